@@ -1,0 +1,489 @@
+//! One build over one or more pipelines: load and check them, take their locks, plan which
+//! stages are stale, hand them to the scheduler with a `StageExecutor`, and summarize.
+//! It neither prints nor spawns: events go to an observer, processes to a `ProcessRunner`.
+
+mod executor;
+pub mod explain;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+pub use executor::{Standing, current_key, standing};
+use explain::Change;
+use process::ProcessRunner;
+
+use crate::fingerprint::StatCache;
+use crate::graph::{GraphError, ResolvedInput, StageGraph};
+use crate::scheduler::{self, Capacity, Check, GpuRequest, Job, Outcome, Request};
+use crate::spec::{Device, Pipeline, SpecError, suggest};
+use crate::state::{OutputRecord, StateError, StateLock, StateStore};
+
+/// Why a build could not start or finish its bookkeeping.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BuildError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    State(#[from] StateError),
+    #[error("unknown target `{name}`")]
+    #[diagnostic(help("{hint}"))]
+    UnknownTarget { name: String, hint: String },
+    #[error("two pipelines named `{name}` in one run: {} and {}", first.display(), second.display())]
+    #[diagnostic(help("give one of them another `[pipeline] name`"))]
+    DuplicatePipeline { name: String, first: PathBuf, second: PathBuf },
+}
+
+/// One pipeline with its graph, state and stat cache.
+#[derive(Debug)]
+pub struct Project {
+    pub pipeline: Pipeline,
+    pub graph: StageGraph,
+    pub state: Mutex<StateStore>,
+    pub stats: StatCache,
+}
+
+impl Project {
+    /// Parses, resolves and checks a pipeline, and reads its state.
+    pub fn load(path: &Path) -> Result<Project, BuildError> {
+        let pipeline = Pipeline::load(path)?;
+        let graph = StageGraph::build(&pipeline)?;
+        check_sources_exist(&pipeline, &graph)?;
+        let state = StateStore::open(&pipeline.state_dir())?;
+        let stats = StatCache::load(&state.stat_cache_path());
+        Ok(Project { pipeline, graph, state: Mutex::new(state), stats })
+    }
+
+    /// The interpreter `{python}` names: `[toolchain] python`, else `python3` on PATH.
+    pub fn python(&self) -> PathBuf {
+        self.pipeline.toolchain.python.clone().unwrap_or_else(|| PathBuf::from("python3"))
+    }
+
+    pub fn state_log_path(&self, stage: usize) -> PathBuf {
+        self.state().log_path(&self.pipeline.stages[stage].name)
+    }
+
+    pub fn temp_root(&self) -> PathBuf {
+        self.state().temp_root()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last recorded duration of a stage, in ms.
+    pub fn last_duration_ms(&self, stage: usize) -> Option<u64> {
+        self.state().built(&self.pipeline.stages[stage].name).map(|r| r.duration_ms)
+    }
+
+    /// The published outputs of a stage's last successful run.
+    pub fn recorded_outputs(&self, stage: usize) -> Vec<OutputRecord> {
+        self.state().built(&self.pipeline.stages[stage].name).map(|r| r.outputs.clone()).unwrap_or_default()
+    }
+
+    /// The message of the stage's last run, if it failed after its last success.
+    pub fn last_failure(&self, stage: usize) -> Option<String> {
+        self.state().failed(&self.pipeline.stages[stage].name).map(|f| f.message.clone())
+    }
+
+    fn persist_caches(&self) -> Result<(), StateError> {
+        let mut state = self.state();
+        let path = state.stat_cache_path();
+        self.stats.save(&path).map_err(|source| StateError::Io { path, source })?;
+        state.compact_if_large()
+    }
+}
+
+/// Source inputs (not produced by a stage) must exist before anything runs.
+fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), SpecError> {
+    for (index, stage) in pipeline.stages.iter().enumerate() {
+        for ((key, input), named) in graph.inputs(index).iter().zip(stage.kind.inputs()) {
+            if let ResolvedInput::Source(path) = input
+                && std::fs::symlink_metadata(pipeline.dir.join(path)).is_err()
+            {
+                return Err(pipeline
+                    .source
+                    .error(named.span.clone(), format!("input `{key}` of stage `{}` does not exist: {}", stage.name, path.display()))
+                    .with_label("no such file or directory")
+                    .with_help("create it, fix the path (relative to the pipeline file), or refer to a stage's output with \"@stage\"")
+                    .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the machine offers, as detected by the caller.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cores: u32,
+    pub memory: u64,
+    pub gpus: Vec<u32>,
+}
+
+/// How to run a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub targets: Vec<String>,
+    pub jobs: Option<u32>,
+    pub keep_going: bool,
+    /// Fail at once instead of waiting when another build holds a lock.
+    pub no_wait: bool,
+}
+
+/// What a build reports while it runs.
+#[derive(Debug)]
+pub enum BuildEvent<'a> {
+    WaitingForLock { pipeline: &'a str, holder: &'a str },
+    Planned { stages: usize, to_run: usize },
+    Started { stage: &'a str, reason: &'a str, gpu: Option<u32> },
+    Finished { stage: &'a str, outcome: &'a Outcome, duration: Duration },
+}
+
+/// The machine-readable result of a build (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildSummary {
+    pub schema_version: u32,
+    pub ok: bool,
+    pub interrupted: bool,
+    pub duration_ms: u64,
+    pub counts: BTreeMap<&'static str, usize>,
+    pub stages: Vec<StageSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    pub pipeline: String,
+    pub stage: String,
+    /// ran | skipped | failed | blocked | stopped | cancelled
+    pub status: &'static str,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub outputs: Vec<OutputRecord>,
+}
+
+/// Several pipelines built together: one scheduler, one set of resources.
+#[derive(Debug)]
+pub struct Workspace {
+    pub projects: Arc<Vec<Project>>,
+}
+
+/// A stage of the workspace: (project index, stage index).
+pub type StageId = (usize, usize);
+
+impl Workspace {
+    pub fn load(paths: &[PathBuf]) -> Result<Workspace, BuildError> {
+        let projects: Vec<Project> = paths.iter().map(|path| Project::load(path)).collect::<Result<_, _>>()?;
+        let mut seen: BTreeMap<PathBuf, &Path> = BTreeMap::new();
+        for project in &projects {
+            if let Some(first) = seen.insert(project.pipeline.state_dir(), &project.pipeline.file) {
+                return Err(BuildError::DuplicatePipeline {
+                    name: project.pipeline.name.clone(),
+                    first: first.to_path_buf(),
+                    second: project.pipeline.file.clone(),
+                });
+            }
+        }
+        Ok(Workspace { projects: Arc::new(projects) })
+    }
+
+    /// How a stage is named in messages: `stage`, or `pipeline/stage` with several pipelines.
+    pub fn display_name(&self, (project, stage): StageId) -> String {
+        let pipeline = &self.projects[project].pipeline;
+        if self.projects.len() == 1 {
+            pipeline.stages[stage].name.clone()
+        } else {
+            format!("{}/{}", pipeline.name, pipeline.stages[stage].name)
+        }
+    }
+
+    /// Every stage, pipeline by pipeline.
+    pub fn stage_ids(&self) -> Vec<StageId> {
+        self.projects
+            .iter()
+            .enumerate()
+            .flat_map(|(p, project)| (0..project.pipeline.stages.len()).map(move |s| (p, s)))
+            .collect()
+    }
+
+    /// Resolves `--target` names (`stage` or `pipeline/stage`); none means every stage.
+    pub fn resolve_targets(&self, targets: &[String]) -> Result<Vec<StageId>, BuildError> {
+        if targets.is_empty() {
+            return Ok(self.stage_ids());
+        }
+        let mut found = Vec::new();
+        for target in targets {
+            let (pipeline, name) = match target.split_once('/') {
+                Some((pipeline, name)) => (Some(pipeline), name),
+                None => (None, target.as_str()),
+            };
+            let matches: Vec<StageId> = self
+                .projects
+                .iter()
+                .enumerate()
+                .filter(|(_, project)| pipeline.is_none_or(|p| p == project.pipeline.name))
+                .filter_map(|(p, project)| project.graph.index(name).map(|s| (p, s)))
+                .collect();
+            if matches.is_empty() {
+                let names: Vec<String> = self.stage_ids().into_iter().map(|id| self.display_name(id)).collect();
+                let hint = match suggest::nearest(target, names.iter().map(String::as_str)) {
+                    Some(best) => format!("did you mean `{best}`?"),
+                    None => format!("the stages are: {}", names.join(", ")),
+                };
+                return Err(BuildError::UnknownTarget { name: target.clone(), hint });
+            }
+            found.extend(matches);
+        }
+        Ok(found)
+    }
+
+    /// The pools for this build: `-j` caps cpu slots; memory and GPUs come from the first
+    /// pipeline's `[resources]` that declares them, else from the machine.
+    pub fn capacity(&self, machine: &Machine, jobs: Option<u32>) -> Capacity {
+        let declared = |f: &dyn Fn(&Pipeline) -> Option<u64>| self.projects.iter().find_map(|p| f(&p.pipeline));
+        let cpu = declared(&|p| p.resources.cpu.map(u64::from)).map(|c| c as u32).unwrap_or(machine.cores);
+        let memory = declared(&|p| p.resources.memory.map(|m| m.0)).unwrap_or(machine.memory);
+        let gpus = self.projects.iter().find_map(|p| p.pipeline.resources.gpus.clone()).unwrap_or_else(|| machine.gpus.clone());
+        Capacity { cpu: jobs.unwrap_or(cpu).max(1), memory, gpus }
+    }
+
+    /// Runs the build; returns its summary (also when stages failed).
+    pub fn build(
+        &self,
+        options: &BuildOptions,
+        machine: &Machine,
+        runner: Arc<dyn ProcessRunner>,
+        cancel: Arc<AtomicBool>,
+        observer: &mut dyn FnMut(BuildEvent),
+    ) -> Result<BuildSummary, BuildError> {
+        let started = Instant::now();
+        let _locks = self.lock_all(options.no_wait, observer)?;
+        let targets = self.resolve_targets(&options.targets)?;
+        let ids = self.stage_ids();
+        let index_of: BTreeMap<StageId, usize> = ids.iter().enumerate().map(|(job, id)| (*id, job)).collect();
+        let wanted = self.wanted(&targets, &ids, &index_of);
+        let jobs = self.jobs(&ids, &index_of);
+        let executor = Arc::new(executor::StageExecutor::new(Arc::clone(&self.projects), ids.clone(), runner, Arc::clone(&cancel)));
+        let prechecked: Vec<Option<Check>> = (0..ids.len())
+            .into_par_iter()
+            .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
+            .collect();
+        let to_run = prechecked.iter().filter(|c| matches!(c, Some(Check::Run(_)))).count();
+        observer(BuildEvent::Planned { stages: wanted.iter().filter(|w| **w).count(), to_run });
+        let capacity = self.capacity(machine, options.jobs);
+        let scheduler_options = scheduler::Options { keep_going: options.keep_going, cancel: Arc::clone(&cancel) };
+        let outcomes = scheduler::run(&jobs, &wanted, prechecked, capacity, executor, &scheduler_options, &mut |event| match event {
+            scheduler::Event::Started { job, lease, reason } => {
+                observer(BuildEvent::Started { stage: &self.display_name(ids[job]), reason, gpu: lease.gpu });
+            }
+            scheduler::Event::Finished { job, outcome, duration } => {
+                observer(BuildEvent::Finished { stage: &self.display_name(ids[job]), outcome, duration });
+            }
+        });
+        for project in self.projects.iter() {
+            project.persist_caches()?;
+        }
+        let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
+    }
+
+    fn lock_all(&self, no_wait: bool, observer: &mut dyn FnMut(BuildEvent)) -> Result<Vec<StateLock>, BuildError> {
+        let mut order: Vec<&Project> = self.projects.iter().collect();
+        order.sort_by_key(|p| p.pipeline.state_dir());
+        let mut locks = Vec::new();
+        for project in order {
+            let name = &project.pipeline.name;
+            let lock = StateLock::acquire(&project.pipeline.state_dir(), name, !no_wait, |holder| {
+                observer(BuildEvent::WaitingForLock { pipeline: name, holder });
+            })
+            .map_err(StateError::from)?;
+            // Another build may have finished while we waited: read the state afresh, and
+            // drop temporary outputs left by builds that were killed.
+            let fresh = StateStore::open(&project.pipeline.state_dir())?;
+            let temp = fresh.temp_root();
+            *project.state.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+            let _ = crate::fsutil::remove_path(&temp);
+            locks.push(lock);
+        }
+        Ok(locks)
+    }
+
+    fn wanted(&self, targets: &[StageId], ids: &[StageId], index_of: &BTreeMap<StageId, usize>) -> Vec<bool> {
+        let mut wanted = vec![false; ids.len()];
+        for (p, project) in self.projects.iter().enumerate() {
+            let local: Vec<usize> = targets.iter().filter(|(tp, _)| *tp == p).map(|(_, s)| *s).collect();
+            for (stage, yes) in project.graph.closure(&local).into_iter().enumerate() {
+                if yes {
+                    wanted[index_of[&(p, stage)]] = true;
+                }
+            }
+        }
+        wanted
+    }
+
+    fn jobs(&self, ids: &[StageId], index_of: &BTreeMap<StageId, usize>) -> Vec<Job> {
+        ids.iter()
+            .map(|&(p, s)| {
+                let project = &self.projects[p];
+                let stage = &project.pipeline.stages[s];
+                Job {
+                    deps: project.graph.deps(s).iter().map(|&d| index_of[&(p, d)]).collect(),
+                    request: Request {
+                        cpu: stage.resources.cpu,
+                        memory: stage.resources.memory.0,
+                        gpu: match stage.device {
+                            Device::Cpu => GpuRequest::None,
+                            Device::Cuda(None) => GpuRequest::Any,
+                            Device::Cuda(Some(id)) => GpuRequest::Id(id),
+                        },
+                    },
+                    estimate_ms: project.last_duration_ms(s).unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    fn summary(&self, ids: &[StageId], outcomes: &[Option<Outcome>], elapsed: Duration, interrupted: bool) -> BuildSummary {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut stages = Vec::new();
+        for (job, outcome) in outcomes.iter().enumerate() {
+            let Some(outcome) = outcome else { continue };
+            let (p, s) = ids[job];
+            let project = &self.projects[p];
+            let (status, reason, error) = match outcome {
+                Outcome::Skipped => ("skipped", None, None),
+                Outcome::Ran(reason) => ("ran", Some(reason.clone()), None),
+                Outcome::Failed(message) => ("failed", None, Some(message.clone())),
+                Outcome::Blocked(dep) => ("blocked", Some(format!("`{}` did not build", self.display_name(ids[*dep]))), None),
+                Outcome::Stopped => ("stopped", Some("the build stopped after a failure (use --keep-going to continue)".into()), None),
+                Outcome::Cancelled => ("cancelled", Some("interrupted".into()), None),
+            };
+            *counts.entry(status).or_default() += 1;
+            let succeeded = outcome.is_success();
+            stages.push(StageSummary {
+                pipeline: project.pipeline.name.clone(),
+                stage: project.pipeline.stages[s].name.clone(),
+                status,
+                reason,
+                error,
+                duration_ms: matches!(outcome, Outcome::Ran(_)).then(|| project.last_duration_ms(s)).flatten(),
+                outputs: if succeeded { project.recorded_outputs(s) } else { Vec::new() },
+            });
+        }
+        let ok = !interrupted && outcomes.iter().flatten().all(Outcome::is_success);
+        BuildSummary { schema_version: 1, ok, interrupted, duration_ms: elapsed.as_millis() as u64, counts, stages }
+    }
+}
+
+/// A stage's status without running anything (`status`, `graph`, `explain`, `--dry-run`).
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub id: StageId,
+    pub status: PlanStatus,
+    /// Why it would run (empty when up to date).
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    UpToDate,
+    Stale,
+    NeverBuilt,
+    Failed,
+    WaitsOnUpstream,
+    Broken,
+}
+
+impl PlanStatus {
+    pub fn would_run(self) -> bool {
+        self != PlanStatus::UpToDate
+    }
+}
+
+impl Workspace {
+    /// The status of every stage of `targets` (and their dependencies), in topological order
+    /// per pipeline: a stage downstream of one that would run waits on it.
+    pub fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
+        let mut plans = Vec::new();
+        for (p, project) in self.projects.iter().enumerate() {
+            let local: Vec<usize> = targets.iter().filter(|(tp, _)| *tp == p).map(|(_, s)| *s).collect();
+            let wanted = project.graph.closure(&local);
+            let standings: Vec<Option<Standing>> = (0..wanted.len())
+                .into_par_iter()
+                .map(|stage| wanted[stage].then(|| standing(project, stage).0))
+                .collect();
+            let mut status: Vec<Option<PlanStatus>> = vec![None; wanted.len()];
+            for &stage in project.graph.topological() {
+                let Some(standing) = &standings[stage] else { continue };
+                let upstream = project.graph.deps(stage).iter().find(|&&d| status[d].is_some_and(PlanStatus::would_run));
+                let (stage_status, mut reasons) = classify(project, stage, standing);
+                let stage_status = match upstream {
+                    Some(&dep) if stage_status == PlanStatus::UpToDate || stage_status == PlanStatus::WaitsOnUpstream => {
+                        reasons = vec![format!("upstream `{}` will run first", project.pipeline.stages[dep].name)];
+                        PlanStatus::WaitsOnUpstream
+                    }
+                    _ => stage_status,
+                };
+                status[stage] = Some(stage_status);
+                plans.push(StagePlan { id: (p, stage), status: stage_status, reasons });
+            }
+        }
+        plans
+    }
+}
+
+fn classify(project: &Project, stage: usize, standing: &Standing) -> (PlanStatus, Vec<String>) {
+    let failure = project.last_failure(stage);
+    match standing {
+        Standing::UpToDate => (PlanStatus::UpToDate, Vec::new()),
+        Standing::Broken(why) => (PlanStatus::Broken, vec![why.clone()]),
+        Standing::WaitsOnUpstream(why) => (PlanStatus::WaitsOnUpstream, vec![why.clone()]),
+        Standing::Stale(changes) => {
+            let reasons: Vec<String> = changes.iter().map(Change::to_string).collect();
+            if let Some(message) = failure {
+                let first = message.lines().next().unwrap_or_default().to_string();
+                (PlanStatus::Failed, std::iter::once(format!("last run failed: {first}")).chain(reasons).collect())
+            } else if changes == &[Change::NeverBuilt] {
+                (PlanStatus::NeverBuilt, reasons)
+            } else {
+                (PlanStatus::Stale, reasons)
+            }
+        }
+    }
+}
+
+/// Removes the outputs and records of `targets` (every stage when empty).
+pub fn clean(workspace: &Workspace, targets: &[StageId]) -> Result<Vec<PathBuf>, BuildError> {
+    let _locks = workspace.lock_all(false, &mut |_| {})?;
+    let mut removed = Vec::new();
+    for &(p, s) in targets {
+        let project = &workspace.projects[p];
+        let stage = &project.pipeline.stages[s];
+        for output in stage.kind.outputs() {
+            let path = project.pipeline.dir.join(&output.path);
+            if std::fs::symlink_metadata(&path).is_ok() {
+                crate::fsutil::remove_path(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+                removed.push(output.path.clone());
+            }
+            project.stats.forget(&output.path);
+        }
+        project.state().record_cleaned(&stage.name)?;
+    }
+    for project in workspace.projects.iter() {
+        project.persist_caches()?;
+    }
+    Ok(removed)
+}

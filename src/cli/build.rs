@@ -1,0 +1,101 @@
+//! `pochi build`: build what is out of date, or with `--dry-run` say what would run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Args;
+
+use super::output::{failure, paint};
+use super::progress::Reporter;
+use crate::build::{BuildOptions, Workspace};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Pipeline files (default: pipeline.toml); several share one scheduler and resources.
+    pipelines: Vec<PathBuf>,
+    /// Build only these stages (and what they need); `stage` or `pipeline/stage`.
+    #[arg(short, long = "target", value_name = "STAGE")]
+    targets: Vec<String>,
+    /// Run at most N stages at once (default: the number of cores).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    jobs: Option<u32>,
+    /// Keep building independent stages after a failure.
+    #[arg(short, long)]
+    keep_going: bool,
+    /// Say what would run and why, without running anything.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Fail at once if another pochi is building the same pipeline, instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
+    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    if args.dry_run {
+        return dry_run(&workspace, &args);
+    }
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_interrupt_handler(Arc::clone(&cancel));
+    let options = BuildOptions {
+        targets: args.targets.clone(),
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+        no_wait: args.no_wait,
+    };
+    let machine = crate::machine::detect();
+    let mut reporter = Reporter::new();
+    let runner = Arc::new(crate::runner::SystemRunner);
+    let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| reporter.event(event))?;
+    reporter.summary(&summary);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    }
+    if summary.interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    if !summary.ok {
+        let failed: Vec<String> = summary.stages.iter().filter(|s| s.status == "failed").map(|s| s.stage.clone()).collect();
+        return Err(failure(
+            format!("{} stage(s) failed: {}", failed.len(), failed.join(", ")),
+            "read the stage's log named above; `pochi status` shows what is left to build",
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> {
+    let targets = workspace.resolve_targets(&args.targets)?;
+    let plans = workspace.plan(&targets);
+    let mut would_run = 0;
+    for plan in &plans {
+        if plan.status.would_run() {
+            would_run += 1;
+            eprintln!("{} {}: {}", paint("would run", "1;34"), workspace.display_name(plan.id), plan.reasons.join("; "));
+        }
+    }
+    if args.json {
+        let stages: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "schema_version": 1, "dry_run": true, "stages": stages })).unwrap_or_default());
+    }
+    eprintln!("pochi: {would_run} of {} stages would run", plans.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First Ctrl-C: stop running stages and discard their partial outputs. Second: exit now.
+fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("interrupted: stopping running stages (Ctrl-C again to quit at once)");
+    });
+}

@@ -1,0 +1,68 @@
+//! `pochi graph`: the pipeline's stages, edges, kinds, devices, status and last durations,
+//! rendered by `crate::render`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::build::{PlanStatus, Workspace};
+use crate::render::{self, GraphFormat, GraphView, StageStatus, StageView};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Dot,
+    Mermaid,
+    Json,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
+    let workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    let project = &workspace.projects[0];
+    let plans = workspace.plan(&workspace.stage_ids());
+    let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];
+    for plan in &plans {
+        status[plan.id.1] = match plan.status {
+            PlanStatus::UpToDate => StageStatus::UpToDate,
+            PlanStatus::Stale => StageStatus::Stale,
+            PlanStatus::NeverBuilt => StageStatus::NeverBuilt,
+            PlanStatus::Failed | PlanStatus::Broken => StageStatus::Failed,
+            PlanStatus::WaitsOnUpstream => StageStatus::WaitsOnUpstream,
+        };
+    }
+    let stages = project
+        .pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(index, stage)| StageView {
+            name: stage.name.clone(),
+            kind: stage.kind.kind().to_string(),
+            device: stage.device.to_string(),
+            status: status[index],
+            last_duration_ms: project.last_duration_ms(index),
+            deps: project.graph.deps(index).iter().map(|&d| project.pipeline.stages[d].name.clone()).collect(),
+            outputs: stage.kind.outputs().iter().map(|o| o.path.display().to_string()).collect(),
+        })
+        .collect();
+    let view = GraphView { pipeline: project.pipeline.name.clone(), stages };
+    let format = match args.format {
+        Format::Text => GraphFormat::Text,
+        Format::Dot => GraphFormat::Dot,
+        Format::Mermaid => GraphFormat::Mermaid,
+        Format::Json => GraphFormat::Json,
+        Format::Html => GraphFormat::Html,
+    };
+    print!("{}", render::render(&view, format));
+    Ok(ExitCode::SUCCESS)
+}

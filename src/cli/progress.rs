@@ -1,0 +1,103 @@
+//! The build reporter: fed by build events, it shows one line per running stage with its
+//! elapsed time on a terminal (indicatif), plain lines otherwise, and a summary at the end.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::output::{duration, paint};
+use crate::build::{BuildEvent, BuildSummary};
+use crate::scheduler::Outcome;
+
+pub struct Reporter {
+    bars: Option<MultiProgress>,
+    running: HashMap<String, ProgressBar>,
+}
+
+impl Reporter {
+    pub fn new() -> Reporter {
+        let fancy = std::io::stderr().is_terminal() && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
+        let bars = fancy.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Reporter { bars, running: HashMap::new() }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    pub fn event(&mut self, event: BuildEvent) {
+        match event {
+            BuildEvent::WaitingForLock { pipeline, holder } => {
+                self.line(&format!("waiting: another pochi (pid {holder}) is building `{pipeline}`; this build starts when it ends"));
+            }
+            BuildEvent::Planned { stages, to_run } => {
+                if to_run > 0 {
+                    self.line(&format!("{} {to_run} of {stages} stages are out of date", paint("plan", "1")));
+                }
+            }
+            BuildEvent::Started { stage, reason, gpu } => self.started(stage, reason, gpu),
+            BuildEvent::Finished { stage, outcome, duration: took } => self.finished(stage, outcome, took),
+        }
+    }
+
+    fn started(&mut self, stage: &str, reason: &str, gpu: Option<u32>) {
+        let device = gpu.map(|g| format!(" [gpu {g}]")).unwrap_or_default();
+        match &self.bars {
+            Some(bars) => {
+                let bar = bars.add(ProgressBar::new_spinner());
+                bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                bar.set_message(format!("{stage}{device} ({reason})"));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                self.running.insert(stage.to_string(), bar);
+            }
+            None => eprintln!("{} {stage}{device}: {reason}", paint("run ", "1;34")),
+        }
+    }
+
+    fn finished(&mut self, stage: &str, outcome: &Outcome, took: Duration) {
+        if let Some(bar) = self.running.remove(stage) {
+            bar.finish_and_clear();
+            if let Some(bars) = &self.bars {
+                bars.remove(&bar);
+            }
+        }
+        match outcome {
+            Outcome::Ran(_) => self.line(&format!("{} {stage} ({})", paint("done", "1;32"), duration(took))),
+            Outcome::Failed(message) => {
+                let mut lines = message.lines();
+                let first = lines.next().unwrap_or_default();
+                let mut text = format!("{} {stage}: {first}", paint("FAILED", "1;31"));
+                for line in lines {
+                    text.push_str("\n  ");
+                    text.push_str(line);
+                }
+                self.line(&text);
+            }
+            Outcome::Cancelled => self.line(&format!("{} {stage}: interrupted, its partial outputs were discarded", paint("stop", "1;33"))),
+            Outcome::Skipped | Outcome::Blocked(_) | Outcome::Stopped => {}
+        }
+    }
+
+    /// The closing line: counts and time.
+    pub fn summary(&mut self, summary: &BuildSummary) {
+        for bar in self.running.drain().map(|(_, bar)| bar) {
+            bar.finish_and_clear();
+        }
+        let count = |status: &str| summary.counts.get(status).copied().unwrap_or(0);
+        let mut parts = vec![format!("{} ran", count("ran")), format!("{} up to date", count("skipped"))];
+        for (status, label) in [("failed", "failed"), ("blocked", "not run (upstream failed)"), ("stopped", "not started"), ("cancelled", "interrupted")] {
+            if count(status) > 0 {
+                parts.push(format!("{} {label}", count(status)));
+            }
+        }
+        let head = if summary.ok { paint("pochi:", "1;32") } else { paint("pochi:", "1;31") };
+        eprintln!("{head} {} in {}", parts.join(", "), duration(Duration::from_millis(summary.duration_ms)));
+    }
+}

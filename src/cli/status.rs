@@ -1,0 +1,68 @@
+//! `pochi status`: each stage's status and why, without running anything; exit 1 when
+//! something would run, so CI can use it as a check.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::output::paint;
+use crate::build::{PlanStatus, Workspace};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Pipeline files (default: pipeline.toml).
+    pipelines: Vec<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn label(status: PlanStatus) -> &'static str {
+    match status {
+        PlanStatus::UpToDate => "up to date",
+        PlanStatus::Stale => "stale",
+        PlanStatus::NeverBuilt => "never built",
+        PlanStatus::Failed => "failed",
+        PlanStatus::WaitsOnUpstream => "waits on upstream",
+        PlanStatus::Broken => "broken",
+    }
+}
+
+fn color(status: PlanStatus) -> &'static str {
+    match status {
+        PlanStatus::UpToDate => "32",
+        PlanStatus::Failed | PlanStatus::Broken => "31",
+        _ => "33",
+    }
+}
+
+pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
+    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let plans = workspace.plan(&workspace.stage_ids());
+    let mut sorted = plans.clone();
+    sorted.sort_by_key(|plan| workspace.display_name(plan.id));
+    if args.json {
+        let stages: Vec<serde_json::Value> = sorted
+            .iter()
+            .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "schema_version": 1, "stages": stages })).unwrap_or_default());
+    } else {
+        let width = sorted.iter().map(|p| workspace.display_name(p.id).len()).max().unwrap_or(0);
+        for plan in &sorted {
+            let name = workspace.display_name(plan.id);
+            let status = format!("{:<17}", label(plan.status));
+            let why = plan.reasons.first().map(|r| format!("  {r}")).unwrap_or_default();
+            println!("{name:<width$}  {}{}", paint(&status, color(plan.status)).trim_end(), why);
+        }
+    }
+    let pending = plans.iter().filter(|p| p.status.would_run()).count();
+    if pending == 0 {
+        eprintln!("pochi: all {} stages are up to date", plans.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("pochi: {pending} of {} stages would run", plans.len());
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,246 @@
+//! Content digests: blake3 of files (mmap + rayon when large) and directories (recursive,
+//! sorted), behind a stat cache so unchanged files are not read again; and stage keys.
+
+mod key;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use key::{InputDigest, KEY_FORMAT, StageKey};
+
+/// A blake3 digest in hex.
+pub type Digest = String;
+
+/// Files at least this large are hashed with mmap and rayon.
+const PARALLEL_HASH_BYTES: u64 = 1 << 20;
+/// A file modified this recently may change again within the same timestamp tick, so its
+/// digest is not cached (the "racily clean" problem).
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+/// Hashes one file's content.
+pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
+    let size = std::fs::metadata(path)?.len();
+    let mut hasher = blake3::Hasher::new();
+    if size >= PARALLEL_HASH_BYTES {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        hasher.update_reader(std::fs::File::open(path)?)?;
+    }
+    Ok(hasher.finalize())
+}
+
+/// What identifies a file's version without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub inode: u64,
+}
+
+impl FileStat {
+    pub fn of(metadata: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            size: metadata.len(),
+            mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
+            ctime_ns: metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128,
+            inode: metadata.ino(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CacheEntry {
+    stat: FileStat,
+    digest: Digest,
+}
+
+/// Digests of files keyed by path, valid while their stat is unchanged. Shared across threads.
+#[derive(Debug, Default)]
+pub struct StatCache {
+    entries: Mutex<HashMap<PathBuf, CacheEntry>>,
+    changed: AtomicBool,
+}
+
+impl StatCache {
+    /// Loads a saved cache; a missing or unreadable one is an empty cache (it is only a cache).
+    pub fn load(path: &Path) -> StatCache {
+        let entries = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Vec<(PathBuf, CacheEntry)>>(&bytes).ok())
+            .map(|entries| entries.into_iter().collect())
+            .unwrap_or_default();
+        StatCache {
+            entries: Mutex::new(entries),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Saves the cache atomically if anything changed.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        if !self.changed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sorted: Vec<(&PathBuf, &CacheEntry)> = entries.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let bytes = serde_json::to_vec(&sorted).map_err(io::Error::other)?;
+        crate::fsutil::write_atomic(path, &bytes)
+    }
+
+    /// The digest of a file or directory at `root/path` (`path` as the pipeline names it).
+    pub fn digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+        let full = root.join(path);
+        let metadata = std::fs::metadata(&full)?;
+        if metadata.is_dir() {
+            self.dir_digest(root, path)
+        } else {
+            self.file_digest(path, &full, &metadata)
+        }
+    }
+
+    fn file_digest(&self, key: &Path, full: &Path, metadata: &std::fs::Metadata) -> io::Result<Digest> {
+        let stat = FileStat::of(metadata);
+        if let Some(entry) = self.lock().get(key)
+            && entry.stat == stat
+        {
+            return Ok(entry.digest.clone());
+        }
+        let digest = hash_file(full)?.to_hex().to_string();
+        if !is_racy(stat) {
+            let entry = CacheEntry { stat, digest: digest.clone() };
+            self.lock().insert(key.to_path_buf(), entry);
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        Ok(digest)
+    }
+
+    /// A directory's digest: its entries' names, types and digests, in sorted order.
+    fn dir_digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(path))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"pochi-dir\n");
+        for name in names {
+            let child = path.join(&name);
+            let full = root.join(&child);
+            let metadata = std::fs::metadata(&full)?;
+            let (kind, digest) = if metadata.is_dir() {
+                ("d", self.dir_digest(root, &child)?)
+            } else {
+                ("f", self.file_digest(&child, &full, &metadata)?)
+            };
+            hasher.update(name.as_encoded_bytes());
+            hasher.update(format!("\0{kind}\0{digest}\n").as_bytes());
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// Forgets a path (and everything under it), after pochi rewrote it.
+    pub fn forget(&self, path: &Path) {
+        self.lock().retain(|key, _| !key.starts_with(path));
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, CacheEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn is_racy(stat: FileStat) -> bool {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    stat.mtime_ns > now - RACY_WINDOW_NS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backdate(path: &Path) {
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
+    }
+
+    #[test]
+    fn file_digest_is_blake3_of_content() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"hello").unwrap();
+        let cache = StatCache::default();
+        let digest = cache.digest(dir.path(), Path::new("a")).unwrap();
+        assert_eq!(digest, blake3::hash(b"hello").to_hex().to_string());
+    }
+
+    #[test]
+    fn large_files_hash_the_same_in_parallel() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("big"), &data).unwrap();
+        assert_eq!(hash_file(&dir.path().join("big")).unwrap(), blake3::hash(&data));
+    }
+
+    #[test]
+    fn cache_hit_skips_reading_and_a_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a");
+        std::fs::write(&file, b"one").unwrap();
+        backdate(&file);
+        let cache = StatCache::default();
+        let first = cache.digest(dir.path(), Path::new("a")).unwrap();
+        // Poison the cached digest: a hit returns it without reading the file.
+        cache.lock().get_mut(Path::new("a")).unwrap().digest = "cached".into();
+        assert_eq!(cache.digest(dir.path(), Path::new("a")).unwrap(), "cached");
+        std::fs::write(&file, b"two!").unwrap();
+        let second = cache.digest(dir.path(), Path::new("a")).unwrap();
+        assert_ne!(second, "cached");
+        assert_ne!(second, first);
+    }
+
+    #[test]
+    fn recently_modified_files_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fresh"), b"x").unwrap();
+        let cache = StatCache::default();
+        cache.digest(dir.path(), Path::new("fresh")).unwrap();
+        assert!(cache.lock().is_empty());
+    }
+
+    #[test]
+    fn directory_digest_covers_names_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/sub")).unwrap();
+        std::fs::write(root.join("d/a"), b"1").unwrap();
+        std::fs::write(root.join("d/sub/b"), b"2").unwrap();
+        let cache = StatCache::default();
+        let before = cache.digest(root, Path::new("d")).unwrap();
+        assert_eq!(before, cache.digest(root, Path::new("d")).unwrap());
+        std::fs::write(root.join("d/sub/b"), b"3").unwrap();
+        let changed = cache.digest(root, Path::new("d")).unwrap();
+        assert_ne!(before, changed);
+        std::fs::rename(root.join("d/a"), root.join("d/c")).unwrap();
+        assert_ne!(changed, cache.digest(root, Path::new("d")).unwrap());
+    }
+
+    #[test]
+    fn saved_cache_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a");
+        std::fs::write(&file, b"one").unwrap();
+        backdate(&file);
+        let cache = StatCache::default();
+        let digest = cache.digest(dir.path(), Path::new("a")).unwrap();
+        cache.save(&dir.path().join("cache.json")).unwrap();
+        let loaded = StatCache::load(&dir.path().join("cache.json"));
+        assert_eq!(loaded.lock().get(Path::new("a")).unwrap().digest, digest);
+    }
+}

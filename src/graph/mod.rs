@@ -1,0 +1,317 @@
+//! The stage graph: references resolved into edges, checked (unknown names, cycles,
+//! clashing or overlapping outputs), then sealed into a read-only `StageGraph`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use crate::spec::{InputSource, Pipeline, SpanError, suggest};
+
+/// A stage's input with its reference resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedInput {
+    /// A file or directory that no stage produces.
+    Source(PathBuf),
+    /// Output `output` of stage `stage`, at `path`.
+    Upstream { stage: usize, output: usize, path: PathBuf },
+}
+
+impl ResolvedInput {
+    pub fn path(&self) -> &Path {
+        match self {
+            ResolvedInput::Source(path) | ResolvedInput::Upstream { path, .. } => path,
+        }
+    }
+}
+
+/// Why a pipeline's stages do not form a valid graph.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error(transparent)]
+#[diagnostic(transparent)]
+pub struct GraphError(Box<SpanError>);
+
+impl From<SpanError> for GraphError {
+    fn from(error: SpanError) -> Self {
+        GraphError(Box::new(error))
+    }
+}
+
+/// The sealed graph of one pipeline; stage indexes are those of `Pipeline::stages`.
+#[derive(Debug)]
+pub struct StageGraph {
+    deps: Vec<Vec<usize>>,
+    dependents: Vec<Vec<usize>>,
+    topo: Vec<usize>,
+    by_name: HashMap<String, usize>,
+    inputs: Vec<Vec<(String, ResolvedInput)>>,
+}
+
+impl StageGraph {
+    /// Resolves references and checks the pipeline's structure.
+    pub fn build(pipeline: &Pipeline) -> Result<StageGraph, GraphError> {
+        let by_name: HashMap<String, usize> = pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(index, stage)| (stage.name.clone(), index))
+            .collect();
+        let resolver = Resolver { pipeline, by_name: &by_name };
+        let mut deps = Vec::with_capacity(pipeline.stages.len());
+        let mut inputs = Vec::with_capacity(pipeline.stages.len());
+        for stage in &pipeline.stages {
+            let (stage_inputs, stage_deps) = resolver.stage(stage)?;
+            inputs.push(stage_inputs);
+            deps.push(stage_deps);
+        }
+        check_outputs(pipeline)?;
+        let topo = topological_order(pipeline, &deps)?;
+        let mut dependents = vec![Vec::new(); deps.len()];
+        for (stage, stage_deps) in deps.iter().enumerate() {
+            for &dep in stage_deps {
+                dependents[dep].push(stage);
+            }
+        }
+        Ok(StageGraph {
+            deps,
+            dependents,
+            topo,
+            by_name,
+            inputs,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.deps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deps.is_empty()
+    }
+
+    /// The stages `stage` depends on (through references and `needs`), sorted.
+    pub fn deps(&self, stage: usize) -> &[usize] {
+        &self.deps[stage]
+    }
+
+    pub fn dependents(&self, stage: usize) -> &[usize] {
+        &self.dependents[stage]
+    }
+
+    /// Stages in an order where every stage follows its dependencies.
+    pub fn topological(&self) -> &[usize] {
+        &self.topo
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The stage's inputs in declaration order, resolved.
+    pub fn inputs(&self, stage: usize) -> &[(String, ResolvedInput)] {
+        &self.inputs[stage]
+    }
+
+    /// `targets` and everything they depend on.
+    pub fn closure(&self, targets: &[usize]) -> Vec<bool> {
+        let mut wanted = vec![false; self.len()];
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(stage) = stack.pop() {
+            if !std::mem::replace(&mut wanted[stage], true) {
+                stack.extend(&self.deps[stage]);
+            }
+        }
+        wanted
+    }
+}
+
+struct Resolver<'a> {
+    pipeline: &'a Pipeline,
+    by_name: &'a HashMap<String, usize>,
+}
+
+impl Resolver<'_> {
+    fn stage(&self, stage: &crate::spec::Stage) -> Result<(Vec<(String, ResolvedInput)>, Vec<usize>), SpanError> {
+        let mut deps = Vec::new();
+        let mut inputs = Vec::with_capacity(stage.kind.inputs().len());
+        for input in stage.kind.inputs() {
+            let resolved = match &input.source {
+                InputSource::Path(path) => ResolvedInput::Source(path.clone()),
+                InputSource::Output { stage: upstream, key } => {
+                    let resolved = self.reference(upstream, key.as_deref(), input.span.clone())?;
+                    if let ResolvedInput::Upstream { stage, .. } = resolved {
+                        deps.push(stage);
+                    }
+                    resolved
+                }
+            };
+            inputs.push((input.key.clone(), resolved));
+        }
+        for need in &stage.needs {
+            deps.push(self.stage_index(&need.value, need.span.clone())?);
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        Ok((inputs, deps))
+    }
+
+    fn stage_index(&self, name: &str, span: std::ops::Range<usize>) -> Result<usize, SpanError> {
+        self.by_name.get(name).copied().ok_or_else(|| {
+            let names = self.pipeline.stages.iter().map(|s| s.name.as_str());
+            let help = match suggest::nearest(name, names) {
+                Some(best) => format!("did you mean `{best}`?"),
+                None => "no stage of this pipeline has that name".to_string(),
+            };
+            self.pipeline
+                .source
+                .error(span, format!("unknown stage `{name}`"))
+                .with_label("no such stage")
+                .with_help(help)
+        })
+    }
+
+    fn reference(&self, name: &str, key: Option<&str>, span: std::ops::Range<usize>) -> Result<ResolvedInput, SpanError> {
+        let stage = self.stage_index(name, span.clone())?;
+        let outputs = self.pipeline.stages[stage].kind.outputs();
+        let found = match key {
+            None => outputs.first().map(|o| (0, o)),
+            Some(key) => outputs.iter().enumerate().find(|(_, o)| o.key == key),
+        };
+        match found {
+            Some((output, named)) => Ok(ResolvedInput::Upstream {
+                stage,
+                output,
+                path: named.path.clone(),
+            }),
+            None => {
+                let keys: Vec<&str> = outputs.iter().map(|o| o.key.as_str()).collect();
+                let (message, help) = match key {
+                    None => (format!("stage `{name}` declares no outputs"), "a reference `@stage` needs the stage to declare an output".to_string()),
+                    Some(key) => (
+                        format!("stage `{name}` has no output `{key}`"),
+                        match suggest::nearest(key, keys.iter().copied()) {
+                            Some(best) => format!("did you mean `@{name}.{best}`?"),
+                            None => format!("its outputs are: {}", keys.join(", ")),
+                        },
+                    ),
+                };
+                Err(self.pipeline.source.error(span, message).with_help(help))
+            }
+        }
+    }
+}
+
+/// Two stages may not declare the same output; outputs may not nest in one another or
+/// overlap a source input (which would change behind pochi's back).
+fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
+    let mut outputs: BTreeMap<&Path, (usize, usize)> = BTreeMap::new();
+    let mut sources: BTreeMap<&Path, (usize, usize)> = BTreeMap::new();
+    for (stage_index, stage) in pipeline.stages.iter().enumerate() {
+        for (index, output) in stage.kind.outputs().iter().enumerate() {
+            if let Some(&(other_stage, other)) = outputs.get(output.path.as_path()) {
+                let first = &pipeline.stages[other_stage];
+                return Err(pipeline
+                    .source
+                    .error(output.span.clone(), format!("stages `{}` and `{}` both declare the output `{}`", first.name, stage.name, output.path.display()))
+                    .also(first.kind.outputs()[other].span.clone())
+                    .with_help("each file is produced by one stage; give one of them another path"));
+            }
+            outputs.insert(&output.path, (stage_index, index));
+        }
+        for (index, input) in stage.kind.inputs().iter().enumerate() {
+            if let InputSource::Path(path) = &input.source {
+                sources.insert(path, (stage_index, index));
+            }
+        }
+    }
+    for (&path, &(stage, index)) in &outputs {
+        let output = &pipeline.stages[stage].kind.outputs()[index];
+        if let Some((other_path, &(other_stage, other))) = nested(&outputs, path) {
+            let other_output = &pipeline.stages[other_stage].kind.outputs()[other];
+            return Err(pipeline
+                .source
+                .error(output.span.clone(), format!("output `{}` overlaps output `{}` of stage `{}`", path.display(), other_path.display(), pipeline.stages[other_stage].name))
+                .also(other_output.span.clone())
+                .with_help("one output may not lie inside another; give them separate paths"));
+        }
+        if let Some((input_path, &(input_stage, input))) = nested(&sources, path).or_else(|| sources.get_key_value(path).map(|(p, v)| (*p, v))) {
+            let reader = &pipeline.stages[input_stage];
+            return Err(pipeline
+                .source
+                .error(output.span.clone(), format!("output `{}` overlaps input `{}` of stage `{}`", path.display(), input_path.display(), reader.name))
+                .also(reader.kind.inputs()[input].span.clone())
+                .with_help(format!("refer to the output as \"@{}\" instead of by path, or move it out of the input", pipeline.stages[stage].name)));
+        }
+    }
+    Ok(())
+}
+
+/// A key of `map` strictly inside `path` or strictly containing it.
+fn nested<'m, 'p, V>(map: &'m BTreeMap<&'p Path, V>, path: &Path) -> Option<(&'p Path, &'m V)> {
+    for ancestor in path.ancestors().skip(1) {
+        if let Some((key, value)) = map.get_key_value(ancestor) {
+            return Some((key, value));
+        }
+    }
+    map.range::<Path, _>((std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded))
+        .next()
+        .filter(|(key, _)| key.starts_with(path))
+        .map(|(key, value)| (*key, value))
+}
+
+fn topological_order(pipeline: &Pipeline, deps: &[Vec<usize>]) -> Result<Vec<usize>, SpanError> {
+    let mut graph: DiGraph<usize, ()> = DiGraph::with_capacity(deps.len(), deps.len());
+    let nodes: Vec<NodeIndex> = (0..deps.len()).map(|stage| graph.add_node(stage)).collect();
+    for (stage, stage_deps) in deps.iter().enumerate() {
+        for &dep in stage_deps {
+            graph.add_edge(nodes[dep], nodes[stage], ());
+        }
+    }
+    match toposort(&graph, None) {
+        Ok(order) => Ok(order.into_iter().map(|node| graph[node]).collect()),
+        Err(_) => Err(cycle_error(pipeline, &graph)),
+    }
+}
+
+fn cycle_error(pipeline: &Pipeline, graph: &DiGraph<usize, ()>) -> SpanError {
+    let component = tarjan_scc(graph)
+        .into_iter()
+        .filter(|c| c.len() > 1 || graph.contains_edge(c[0], c[0]))
+        .min_by_key(|c| c.iter().map(|n| graph[*n]).min())
+        .unwrap_or_default();
+    let cycle = cycle_path(graph, &component);
+    let names: Vec<&str> = cycle.iter().map(|&stage| pipeline.stages[stage].name.as_str()).collect();
+    let first = cycle.first().copied().unwrap_or(0);
+    pipeline
+        .source
+        .error(pipeline.stages[first].span.clone(), format!("the stages form a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")))
+        .with_label("this stage depends on itself through the cycle")
+        .with_help("remove one of these references or `needs` entries")
+}
+
+/// One cycle through the strongly connected `component`, starting at its smallest stage.
+fn cycle_path(graph: &DiGraph<usize, ()>, component: &[NodeIndex]) -> Vec<usize> {
+    let Some(&start) = component.iter().min_by_key(|n| graph[**n]) else {
+        return Vec::new();
+    };
+    let mut path = vec![start];
+    let mut current = start;
+    let mut seen = std::collections::HashSet::from([start]);
+    loop {
+        let mut next: Vec<NodeIndex> = graph.neighbors(current).filter(|n| component.contains(n)).collect();
+        next.sort_by_key(|n| graph[*n]);
+        if next.contains(&start) {
+            break;
+        }
+        match next.into_iter().find(|n| !seen.contains(n)) {
+            Some(node) => {
+                seen.insert(node);
+                path.push(node);
+                current = node;
+            }
+            None => break,
+        }
+    }
+    path.into_iter().map(|n| graph[n]).collect()
+}

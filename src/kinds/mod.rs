@@ -1,0 +1,93 @@
+//! The stage-kind seam: each kind is one module behind `StageKind` (its parameters, its
+//! inputs and outputs, its fingerprint parameters, its device and tool, how it runs).
+
+pub mod command;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::DeValue;
+
+use crate::spec::{Device, NamedInput, NamedOutput, SpanError, suggest};
+
+/// What every stage kind provides to the engine.
+pub trait StageKind: Debug + Send + Sync {
+    /// The kind's name as written in `kind = "..."`.
+    fn kind(&self) -> &'static str;
+    /// Named inputs: files, directories, or other stages' outputs.
+    fn inputs(&self) -> &[NamedInput];
+    /// Named outputs; the first is the primary one (`@stage`).
+    fn outputs(&self) -> &[NamedOutput];
+    /// Every parameter that shapes the output, besides inputs' content and env, as JSON
+    /// (serialized canonically into the fingerprint).
+    fn params(&self) -> serde_json::Value;
+    /// The device when the stage names none.
+    fn default_device(&self) -> Device {
+        Device::Cpu
+    }
+    /// The tool whose identity (versions) is part of the fingerprint.
+    fn tool(&self) -> Tool {
+        Tool::None
+    }
+    /// The process that produces the outputs, given resolved paths.
+    fn invocation(&self, context: &InvocationContext) -> Invocation;
+}
+
+/// A tool a stage depends on beyond its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    None,
+    Python,
+}
+
+/// Paths resolved for one run, all relative to the pipeline directory (the working directory).
+#[derive(Debug)]
+pub struct InvocationContext<'a> {
+    pub inputs: &'a BTreeMap<String, PathBuf>,
+    /// Temporary paths: the engine publishes them once the stage succeeded.
+    pub outputs: &'a BTreeMap<String, PathBuf>,
+    pub python: &'a Path,
+    pub build_dir: &'a Path,
+}
+
+/// A process to run in the pipeline directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// Parses a stage table of one kind.
+pub type ParseFn = fn(&crate::spec::parse_api::Parser, &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError>;
+
+/// A registered stage kind.
+pub struct KindInfo {
+    pub name: &'static str,
+    /// The kind's own keys (besides the common ones).
+    pub keys: &'static [&'static str],
+    pub parse: ParseFn,
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+/// Every stage kind this build of pochi knows.
+pub static KINDS: &[&KindInfo] = &[&command::INFO];
+
+/// Kinds the pipeline format defines that this version does not implement yet.
+const PLANNED: &[&str] = &["export", "dataset", "quantize", "engine", "report"];
+
+/// Finds a kind by name, or returns a hint for the error.
+pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {
+    if let Some(info) = KINDS.iter().find(|info| info.name == name) {
+        return Ok(info);
+    }
+    if PLANNED.contains(&name) {
+        return Err(format!(
+            "the `{name}` kind is part of the pipeline format but not implemented in this version of pochi; use kind = \"command\""
+        ));
+    }
+    let known: Vec<&str> = KINDS.iter().map(|info| info.name).chain(PLANNED.iter().copied()).collect();
+    Err(suggest::hint(name, &known))
+}

@@ -1,0 +1,5 @@
+//! The `pochi` binary.
+
+fn main() -> std::process::ExitCode {
+    pochi::cli::main()
+}

@@ -1,0 +1,130 @@
+//! The real `ProcessRunner`: each stage in its own process group (so Ctrl-C can stop the
+//! whole tree), killed if pochi dies, stdout and stderr into the stage's log, the last
+//! lines of stderr kept for the error message.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::build::process::{ProcessResult, ProcessRunner, ProcessSpec};
+
+/// How many lines of stderr an error message shows.
+const STDERR_TAIL_LINES: usize = 20;
+/// How long a stage gets to exit after SIGTERM before SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs stage processes on this machine.
+#[derive(Debug, Default)]
+pub struct SystemRunner;
+
+impl ProcessRunner for SystemRunner {
+    fn run(&self, spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult {
+        match run_process(spec, cancel) {
+            Ok(result) => result,
+            Err(error) => ProcessResult::SpawnError(error.to_string()),
+        }
+    }
+}
+
+fn run_process(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessResult> {
+    if let Some(dir) = spec.log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = std::fs::File::create(&spec.log)?;
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(&spec.env)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child when
+    // the thread that spawned it dies, so a killed pochi leaves no stage running.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let group = child.id() as i32;
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let reader = child.stderr.take().map(|stderr| {
+        let tail = Arc::clone(&tail);
+        std::thread::spawn(move || copy_stderr(stderr, log, &tail))
+    });
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            terminate_group(group, &mut child);
+            end_group(group);
+            if let Some(reader) = reader {
+                let _ = reader.join();
+            }
+            return Ok(ProcessResult::Cancelled);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    // Whatever the stage left running in its group goes with it.
+    end_group(group);
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
+    if status.success() {
+        return Ok(ProcessResult::Success);
+    }
+    let status = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal {signal}{}", if signal == libc::SIGKILL { " (killed; out of memory?)" } else { "" }),
+        _ => "an unknown status".to_string(),
+    };
+    let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    Ok(ProcessResult::Failed { status, stderr_tail })
+}
+
+fn copy_stderr(stderr: std::process::ChildStderr, mut log: std::fs::File, tail: &Mutex<VecDeque<String>>) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    while let Ok(read) = reader.read_until(b'\n', &mut line) {
+        if read == 0 {
+            break;
+        }
+        let _ = log.write_all(&line);
+        if let Ok(mut tail) = tail.lock() {
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
+        }
+        line.clear();
+    }
+}
+
+fn terminate_group(group: i32, child: &mut std::process::Child) {
+    // SAFETY: signalling our own child's process group.
+    unsafe { libc::killpg(group, libc::SIGTERM) };
+    let deadline = Instant::now() + TERMINATE_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn end_group(group: i32) {
+    // SAFETY: the group is the stage's own; ESRCH (already gone) is fine.
+    unsafe { libc::killpg(group, libc::SIGKILL) };
+}

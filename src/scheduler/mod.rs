@@ -1,0 +1,377 @@
+//! Runs a DAG of jobs: checks each job once its dependencies are done, runs the ones that
+//! must run in parallel under resource pools, longest critical path first. It knows nothing
+//! of stages or processes: an `Executor` checks and runs, an observer hears events.
+
+mod resources;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use resources::{Capacity, GpuRequest, Lease, Pools, Request};
+
+/// One node of the DAG.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub deps: Vec<usize>,
+    pub request: Request,
+    /// How long the job took last time (0 when unknown), for critical-path ordering.
+    pub estimate_ms: u64,
+}
+
+/// Whether a job must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    UpToDate,
+    Run(String),
+    Failed(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunResult {
+    Done,
+    Failed(String),
+    Cancelled,
+}
+
+/// What happened to a job in this build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Up to date: not run.
+    Skipped,
+    /// Ran and succeeded; with the reason it ran.
+    Ran(String),
+    Failed(String),
+    /// Not run because dependency `0` failed or did not run.
+    Blocked(usize),
+    /// Not started: the build stopped (a failure without keep-going, or an interrupt).
+    Stopped,
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Skipped | Outcome::Ran(_))
+    }
+}
+
+/// Checks and runs jobs; called from worker threads.
+pub trait Executor: Send + Sync + 'static {
+    fn check(&self, job: usize) -> Check;
+    fn run(&self, job: usize, lease: &Lease) -> RunResult;
+}
+
+/// What the scheduler reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Started { job: usize, lease: &'a Lease, reason: &'a str },
+    Finished { job: usize, outcome: &'a Outcome, duration: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub keep_going: bool,
+    pub cancel: Arc<AtomicBool>,
+}
+
+enum Message {
+    Checked(usize, Check),
+    Finished(usize, RunResult, Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Waiting(usize),
+    Checking,
+    Ready(String),
+    Running(Lease, String),
+    Done,
+}
+
+/// Runs the jobs marked in `wanted` (their dependencies must be wanted too). `prechecked`
+/// holds checks made before the build; one is used only while all of a job's dependencies
+/// were up to date, since otherwise its inputs may have changed since.
+pub fn run(
+    jobs: &[Job],
+    wanted: &[bool],
+    prechecked: Vec<Option<Check>>,
+    capacity: Capacity,
+    executor: Arc<dyn Executor>,
+    options: &Options,
+    observer: &mut dyn FnMut(Event),
+) -> Vec<Option<Outcome>> {
+    let mut scheduler = Scheduler::new(jobs, wanted, prechecked, capacity, executor, options);
+    scheduler.start();
+    scheduler.drive(observer);
+    scheduler.outcomes
+}
+
+struct Scheduler<'a> {
+    jobs: &'a [Job],
+    wanted: &'a [bool],
+    dependents: Vec<Vec<usize>>,
+    priority: Vec<u64>,
+    prechecked: Vec<Option<Check>>,
+    all_deps_skipped: Vec<bool>,
+    states: Vec<State>,
+    outcomes: Vec<Option<Outcome>>,
+    ready: BinaryHeap<(u64, Reverse<usize>)>,
+    pools: Pools,
+    executor: Arc<dyn Executor>,
+    options: &'a Options,
+    sender: mpsc::Sender<Message>,
+    receiver: mpsc::Receiver<Message>,
+    in_flight: usize,
+    stopping: bool,
+    pending: std::collections::VecDeque<(usize, Outcome, bool)>,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(
+        jobs: &'a [Job],
+        wanted: &'a [bool],
+        prechecked: Vec<Option<Check>>,
+        capacity: Capacity,
+        executor: Arc<dyn Executor>,
+        options: &'a Options,
+    ) -> Self {
+        let mut dependents = vec![Vec::new(); jobs.len()];
+        for (job, spec) in jobs.iter().enumerate() {
+            for &dep in &spec.deps {
+                dependents[dep].push(job);
+            }
+        }
+        let priority = critical_paths(jobs, &dependents);
+        let (sender, receiver) = mpsc::channel();
+        Scheduler {
+            jobs,
+            wanted,
+            dependents,
+            priority,
+            prechecked,
+            all_deps_skipped: vec![true; jobs.len()],
+            states: jobs.iter().map(|job| State::Waiting(job.deps.len())).collect(),
+            outcomes: vec![None; jobs.len()],
+            ready: BinaryHeap::new(),
+            pools: Pools::new(capacity),
+            executor,
+            options,
+            sender,
+            receiver,
+            in_flight: 0,
+            stopping: false,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn start(&mut self) {
+        for job in 0..self.jobs.len() {
+            if self.wanted[job] && self.jobs[job].deps.is_empty() {
+                self.become_ready(job);
+            }
+        }
+    }
+
+    fn drive(&mut self, observer: &mut dyn FnMut(Event)) {
+        loop {
+            if self.options.cancel.load(Ordering::Relaxed) && !self.stopping {
+                self.stopping = true;
+            }
+            self.process_pending(observer);
+            self.start_ready(observer);
+            if self.in_flight == 0 && self.pending.is_empty() {
+                break;
+            }
+            match self.receiver.recv_timeout(Duration::from_millis(50)) {
+                Ok(Message::Checked(job, check)) => {
+                    self.in_flight -= 1;
+                    self.on_check(job, check, observer);
+                }
+                Ok(Message::Finished(job, result, duration)) => {
+                    self.in_flight -= 1;
+                    self.on_finished(job, result, duration, observer);
+                }
+                Err(_) => {}
+            }
+        }
+        self.stop_remaining();
+    }
+
+    fn become_ready(&mut self, job: usize) {
+        let usable = self.all_deps_skipped[job];
+        match self.prechecked[job].take().filter(|_| usable) {
+            Some(check) => self.deliver_check(job, check),
+            None => {
+                self.states[job] = State::Checking;
+                self.in_flight += 1;
+                let executor = Arc::clone(&self.executor);
+                let sender = self.sender.clone();
+                rayon::spawn(move || {
+                    let check = executor.check(job);
+                    let _ = sender.send(Message::Checked(job, check));
+                });
+            }
+        }
+    }
+
+    fn deliver_check(&mut self, job: usize, check: Check) {
+        match check {
+            Check::UpToDate => self.pending.push_back((job, Outcome::Skipped, false)),
+            Check::Run(reason) => {
+                self.states[job] = State::Ready(reason);
+                self.ready.push((self.priority[job], Reverse(job)));
+            }
+            Check::Failed(message) => self.pending.push_back((job, Outcome::Failed(message), true)),
+        }
+    }
+
+    fn on_check(&mut self, job: usize, check: Check, observer: &mut dyn FnMut(Event)) {
+        self.deliver_check(job, check);
+        self.process_pending(observer);
+    }
+
+    fn on_finished(&mut self, job: usize, result: RunResult, duration: Duration, observer: &mut dyn FnMut(Event)) {
+        let reason = match std::mem::replace(&mut self.states[job], State::Done) {
+            State::Running(lease, reason) => {
+                self.pools.release(&lease);
+                reason
+            }
+            _ => String::new(),
+        };
+        let outcome = match result {
+            RunResult::Done => Outcome::Ran(reason),
+            RunResult::Failed(message) => Outcome::Failed(message),
+            RunResult::Cancelled => Outcome::Cancelled,
+        };
+        observer(Event::Finished { job, outcome: &outcome, duration });
+        self.pending.push_back((job, outcome, false));
+        self.process_pending(observer);
+    }
+
+    fn start_ready(&mut self, observer: &mut dyn FnMut(Event)) {
+        let mut deferred = Vec::new();
+        while !self.stopping {
+            let Some((priority, Reverse(job))) = self.ready.pop() else { break };
+            let request = self.jobs[job].request;
+            if let Some(why) = self.pools.impossible(&request) {
+                let outcome = Outcome::Failed(format!("this stage can never run here: {why}"));
+                self.pending.push_back((job, outcome, true));
+                self.process_pending(observer);
+                continue;
+            }
+            match self.pools.try_lease(&request) {
+                Some(lease) => self.launch(job, lease, observer),
+                None => deferred.push((priority, Reverse(job))),
+            }
+        }
+        self.ready.extend(deferred);
+    }
+
+    fn launch(&mut self, job: usize, lease: Lease, observer: &mut dyn FnMut(Event)) {
+        let State::Ready(reason) = std::mem::replace(&mut self.states[job], State::Done) else {
+            return;
+        };
+        observer(Event::Started { job, lease: &lease, reason: &reason });
+        self.states[job] = State::Running(lease.clone(), reason);
+        self.in_flight += 1;
+        let executor = Arc::clone(&self.executor);
+        let sender = self.sender.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = executor.run(job, &lease);
+            let _ = sender.send(Message::Finished(job, result, started.elapsed()));
+        });
+    }
+
+    /// Applies finished jobs to their dependents, one at a time (no recursion, so a chain
+    /// of ten thousand up-to-date stages needs no deep stack).
+    fn process_pending(&mut self, observer: &mut dyn FnMut(Event)) {
+        while let Some((job, outcome, announce)) = self.pending.pop_front() {
+            if announce {
+                observer(Event::Finished { job, outcome: &outcome, duration: Duration::ZERO });
+            }
+            self.states[job] = State::Done;
+            let success = outcome.is_success();
+            let skipped = outcome == Outcome::Skipped;
+            if !success && !self.options.keep_going {
+                self.stopping = true;
+            }
+            self.outcomes[job] = Some(outcome);
+            if !success {
+                self.block_dependents(job);
+                continue;
+            }
+            for index in 0..self.dependents[job].len() {
+                let dependent = self.dependents[job][index];
+                if !self.wanted[dependent] {
+                    continue;
+                }
+                self.all_deps_skipped[dependent] &= skipped;
+                if let State::Waiting(remaining) = &mut self.states[dependent] {
+                    *remaining -= 1;
+                    if *remaining == 0 {
+                        self.become_ready(dependent);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks everything downstream of a failed job as blocked by it.
+    fn block_dependents(&mut self, failed: usize) {
+        let mut stack: Vec<(usize, usize)> = self.dependents[failed].iter().map(|&d| (d, failed)).collect();
+        while let Some((job, because)) = stack.pop() {
+            if !self.wanted[job] || self.states[job] == State::Done {
+                continue;
+            }
+            self.states[job] = State::Done;
+            self.outcomes[job] = Some(Outcome::Blocked(because));
+            stack.extend(self.dependents[job].iter().map(|&d| (d, job)));
+        }
+    }
+
+    /// Everything wanted that never finished is marked as stopped or cancelled.
+    fn stop_remaining(&mut self) {
+        let cancelled = self.options.cancel.load(Ordering::Relaxed);
+        for job in 0..self.jobs.len() {
+            if self.wanted[job] && self.outcomes[job].is_none() {
+                self.outcomes[job] = Some(if cancelled { Outcome::Cancelled } else { Outcome::Stopped });
+            }
+        }
+    }
+}
+
+/// Each job's longest path to a sink, counting its own estimate (at least 1 ms per job).
+fn critical_paths(jobs: &[Job], dependents: &[Vec<usize>]) -> Vec<u64> {
+    let order = topological(jobs, dependents);
+    let mut longest = vec![0u64; jobs.len()];
+    for &job in order.iter().rev() {
+        let tail = dependents[job].iter().map(|&d| longest[d]).max().unwrap_or(0);
+        longest[job] = jobs[job].estimate_ms.max(1) + tail;
+    }
+    longest
+}
+
+fn topological(jobs: &[Job], dependents: &[Vec<usize>]) -> Vec<usize> {
+    let mut remaining: Vec<usize> = jobs.iter().map(|job| job.deps.len()).collect();
+    let mut order: Vec<usize> = (0..jobs.len()).filter(|&j| remaining[j] == 0).collect();
+    let mut next = 0;
+    while next < order.len() {
+        let job = order[next];
+        next += 1;
+        for &dependent in &dependents[job] {
+            remaining[dependent] -= 1;
+            if remaining[dependent] == 0 {
+                order.push(dependent);
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests;

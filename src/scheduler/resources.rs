@@ -1,0 +1,135 @@
+//! Typed resource pools: cpu slots, memory, and GPUs leased one stage at a time.
+
+/// What one job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub cpu: u32,
+    pub memory: u64,
+    pub gpu: GpuRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuRequest {
+    None,
+    /// Any one free GPU.
+    Any,
+    /// This GPU.
+    Id(u32),
+}
+
+/// What the machine offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    pub cpu: u32,
+    pub memory: u64,
+    pub gpus: Vec<u32>,
+}
+
+/// What a running job holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub cpu: u32,
+    pub memory: u64,
+    /// The GPU this job may use, if it asked for one.
+    pub gpu: Option<u32>,
+}
+
+/// The pools while a build runs.
+#[derive(Debug)]
+pub struct Pools {
+    capacity: Capacity,
+    cpu_used: u32,
+    memory_used: u64,
+    gpus_busy: Vec<u32>,
+}
+
+impl Pools {
+    pub fn new(capacity: Capacity) -> Pools {
+        Pools { capacity, cpu_used: 0, memory_used: 0, gpus_busy: Vec::new() }
+    }
+
+    /// Why `request` can never be satisfied here, if it cannot.
+    pub fn impossible(&self, request: &Request) -> Option<String> {
+        let capacity = &self.capacity;
+        if request.memory > capacity.memory {
+            return Some(format!(
+                "it needs {} of memory but this machine offers {}",
+                crate::spec::ByteSize(request.memory).display(),
+                crate::spec::ByteSize(capacity.memory).display()
+            ));
+        }
+        match request.gpu {
+            GpuRequest::Any if capacity.gpus.is_empty() => Some("it needs a GPU (device = \"cuda\") but this machine has none".into()),
+            GpuRequest::Id(id) if !capacity.gpus.contains(&id) => Some(format!(
+                "it needs GPU {id} (device = \"cuda:{id}\") but this machine offers {}",
+                if capacity.gpus.is_empty() { "no GPU".to_string() } else { format!("GPUs {:?}", capacity.gpus) }
+            )),
+            _ => None,
+        }
+    }
+
+    /// Leases what `request` asks for if it fits now. A cpu request larger than the pool
+    /// is clamped to the pool, so such a job runs alone rather than never.
+    pub fn try_lease(&mut self, request: &Request) -> Option<Lease> {
+        let cpu = request.cpu.clamp(1, self.capacity.cpu.max(1));
+        if self.cpu_used + cpu > self.capacity.cpu.max(1) || self.memory_used + request.memory > self.capacity.memory {
+            return None;
+        }
+        let gpu = match request.gpu {
+            GpuRequest::None => None,
+            GpuRequest::Any => Some(*self.capacity.gpus.iter().find(|g| !self.gpus_busy.contains(g))?),
+            GpuRequest::Id(id) if self.gpus_busy.contains(&id) => return None,
+            GpuRequest::Id(id) => Some(id),
+        };
+        self.cpu_used += cpu;
+        self.memory_used += request.memory;
+        self.gpus_busy.extend(gpu);
+        Some(Lease { cpu, memory: request.memory, gpu })
+    }
+
+    pub fn release(&mut self, lease: &Lease) {
+        self.cpu_used -= lease.cpu;
+        self.memory_used -= lease.memory;
+        self.gpus_busy.retain(|g| Some(*g) != lease.gpu);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools() -> Pools {
+        Pools::new(Capacity { cpu: 2, memory: 10, gpus: vec![0, 1] })
+    }
+
+    #[test]
+    fn gpus_are_leased_exclusively() {
+        let mut pools = pools();
+        let any = Request { cpu: 1, memory: 0, gpu: GpuRequest::Any };
+        let a = pools.try_lease(&any).unwrap();
+        let b = pools.try_lease(&any).unwrap();
+        assert_ne!(a.gpu, b.gpu);
+        assert!(pools.try_lease(&Request { cpu: 0, memory: 0, gpu: GpuRequest::Id(0) }).is_none());
+        pools.release(&a);
+        assert_eq!(pools.try_lease(&Request { cpu: 1, memory: 0, gpu: GpuRequest::Id(0) }).unwrap().gpu, Some(0));
+    }
+
+    #[test]
+    fn memory_and_cpu_limit_concurrency() {
+        let mut pools = pools();
+        let heavy = Request { cpu: 1, memory: 6, gpu: GpuRequest::None };
+        let lease = pools.try_lease(&heavy).unwrap();
+        assert!(pools.try_lease(&heavy).is_none(), "two 6-unit jobs do not fit in 10");
+        pools.release(&lease);
+        let wide = Request { cpu: 8, memory: 0, gpu: GpuRequest::None };
+        assert_eq!(pools.try_lease(&wide).unwrap().cpu, 2, "clamped to the pool");
+    }
+
+    #[test]
+    fn impossible_requests_are_named() {
+        let pools = Pools::new(Capacity { cpu: 2, memory: 10, gpus: vec![] });
+        assert!(pools.impossible(&Request { cpu: 1, memory: 0, gpu: GpuRequest::Any }).unwrap().contains("has none"));
+        assert!(pools.impossible(&Request { cpu: 1, memory: 11, gpu: GpuRequest::None }).unwrap().contains("memory"));
+        assert!(pools.impossible(&Request { cpu: 1, memory: 10, gpu: GpuRequest::None }).is_none());
+    }
+}

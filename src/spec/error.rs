@@ -1,0 +1,97 @@
+//! Errors in a pipeline file: each one points at file:line:col with the span and a hint.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+
+/// The text of one pipeline file, shared by every error that points into it.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: Arc<String>,
+}
+
+impl SourceFile {
+    pub fn new(name: String, text: String) -> Self {
+        Self {
+            name,
+            text: Arc::new(text),
+        }
+    }
+
+    pub fn named_source(&self) -> NamedSource<Arc<String>> {
+        NamedSource::new(self.name.clone(), Arc::clone(&self.text))
+    }
+
+    /// An error at `span` in this file.
+    pub fn error(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SpanError {
+        SpanError {
+            message: message.into(),
+            src: self.named_source(),
+            span: span.into(),
+            label: "here".into(),
+            other: None,
+            help: None,
+        }
+    }
+}
+
+/// A problem located in the pipeline file.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+pub struct SpanError {
+    pub message: String,
+    #[source_code]
+    pub src: NamedSource<Arc<String>>,
+    #[label("{label}")]
+    pub span: SourceSpan,
+    pub label: String,
+    #[label("also here")]
+    pub other: Option<SourceSpan>,
+    #[help]
+    pub help: Option<String>,
+}
+
+impl SpanError {
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn with_maybe_help(mut self, help: Option<String>) -> Self {
+        self.help = help;
+        self
+    }
+
+    pub fn also(mut self, span: std::ops::Range<usize>) -> Self {
+        self.other = Some(span.into());
+        self
+    }
+}
+
+/// Why a pipeline could not be loaded.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum SpecError {
+    #[error("cannot read pipeline file `{}`", path.display())]
+    #[diagnostic(help("check the path; pipeline files are TOML, e.g. pipelines/resnet18.toml"))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    At(#[from] Box<SpanError>),
+}
+
+impl From<SpanError> for SpecError {
+    fn from(error: SpanError) -> Self {
+        SpecError::At(Box::new(error))
+    }
+}

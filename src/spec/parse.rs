@@ -1,0 +1,420 @@
+//! Parsing `pipeline.toml`: TOML with spans, unknown keys rejected with a suggestion, every
+//! value checked, then handed to the stage kind that owns the stage's own keys.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::error::{SourceFile, SpanError, SpecError};
+use super::size::ByteSize;
+use super::suggest;
+use super::{
+    DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
+    StageResources, ToolchainSpec, paths,
+};
+use crate::kinds::{self, KindInfo};
+
+pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
+pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];
+pub(crate) const TOOLCHAIN_KEYS: &[&str] = &["python"];
+pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory", "gpus"];
+pub(crate) const COMMON_STAGE_KEYS: &[&str] = &["kind", "needs", "device", "resources", "env"];
+const STAGE_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
+
+/// `[pipeline]`
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub(crate) struct PipelineSection {
+    /// The pipeline's name; default: the file's stem.
+    name: Option<String>,
+    /// Where outputs go by convention (`{build_dir}`); default: `build/<name>`.
+    build_dir: Option<String>,
+}
+
+/// `[toolchain]`
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub(crate) struct ToolchainSection {
+    /// A Python interpreter to use instead of the managed one.
+    python: Option<String>,
+}
+
+/// `[resources]`: what this machine offers (default: detected).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub(crate) struct ResourcesSection {
+    /// CPU slots.
+    cpu: Option<u32>,
+    /// Memory available to stages.
+    memory: Option<ByteSize>,
+    /// GPU device ids; default: what nvidia-smi lists, else none.
+    gpus: Option<Vec<u32>>,
+}
+
+/// The keys every stage has, whatever its kind.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct CommonStageKeys {
+    /// The stage kind.
+    #[schemars(with = "String")]
+    #[allow(dead_code, reason = "read with its span by `kind_of`; declared here for the schema")]
+    kind: Spanned<String>,
+    /// Extra ordering edges: stages whose outputs this one depends on.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    needs: Vec<Spanned<String>>,
+    /// `cpu`, `cuda` (any GPU) or `cuda:N`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^(cpu|cuda|cuda:[0-9]+)$"))]
+    device: Option<Spanned<String>>,
+    /// What the stage takes from the machine while it runs.
+    #[schemars(with = "Option<StageResourcesSection>")]
+    resources: Option<Spanned<StageResourcesSection>>,
+    /// Environment variables for the stage (part of its fingerprint).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// `resources = { cpu = 1, memory = "6GiB" }`
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct StageResourcesSection {
+    /// CPU slots the stage occupies (default 1).
+    cpu: Option<u32>,
+    /// Peak memory the stage needs (default 0: not limited).
+    memory: Option<ByteSize>,
+}
+
+/// The JSON Schema of the keys every stage has.
+pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<CommonStageKeys>()
+}
+
+/// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
+pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> {
+    let file = std::path::absolute(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let src = SourceFile::new(path.display().to_string(), text);
+    let text = Arc::clone(&src.text);
+    let root = DeTable::parse(&text).map_err(|error| toml_error(&src, error))?;
+    let parser = Parser { src: &src, dir: &dir };
+    parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
+
+    let section: PipelineSection = parser.section(&root, "pipeline", PIPELINE_KEYS)?;
+    let toolchain: ToolchainSection = parser.section(&root, "toolchain", TOOLCHAIN_KEYS)?;
+    let resources: ResourcesSection = parser.section(&root, "resources", RESOURCES_KEYS)?;
+    let name = parser.pipeline_name(&root, section.name, &file)?;
+    let build_dir = section
+        .build_dir
+        .map(|raw| paths::normalize(&dir, Path::new(&raw)))
+        .unwrap_or_else(|| Path::new("build").join(&name));
+    let stages = parser.stages(&root)?;
+    if resources.cpu == Some(0) {
+        return Err(parser.key_error(&root, "resources", "`resources.cpu` must be at least 1").into());
+    }
+    Ok(Pipeline {
+        name,
+        file,
+        dir: dir.clone(),
+        source: src.clone(),
+        build_dir,
+        toolchain: ToolchainSpec {
+            python: toolchain.python.map(|raw| paths::normalize(&dir, Path::new(&raw))),
+        },
+        resources: DeclaredResources {
+            cpu: resources.cpu,
+            memory: resources.memory,
+            gpus: resources.gpus,
+        },
+        stages,
+    })
+}
+
+/// Turns a TOML or serde error into one that points at its span.
+fn toml_error(src: &SourceFile, error: toml::de::Error) -> SpanError {
+    let span = error.span().unwrap_or(0..0);
+    let message = error.message().trim().to_string();
+    src.error(span, message).with_label("here")
+}
+
+/// The parsing context handed to stage kinds: the file (for errors) and its directory.
+pub struct Parser<'a> {
+    pub src: &'a SourceFile,
+    pub dir: &'a Path,
+}
+
+impl Parser<'_> {
+    /// Rejects keys of `table` that are not in `allowed`, suggesting the nearest one.
+    pub fn check_keys(&self, table: &DeTable, allowed: &[&str], place: &str) -> Result<(), SpanError> {
+        for key in table.keys() {
+            if !allowed.contains(&key.get_ref().as_ref()) {
+                return Err(self
+                    .src
+                    .error(key.span(), format!("unknown key `{}` {place}", key.get_ref()))
+                    .with_label("unknown key")
+                    .with_help(suggest::hint(key.get_ref(), allowed)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deserializes a whole spanned value into `T`, keeping serde's span in errors.
+    pub fn deserialize<T: DeserializeOwned>(&self, value: &Spanned<DeValue>) -> Result<T, SpanError> {
+        T::deserialize(ValueDeserializer::from(value.clone())).map_err(|error| toml_error(self.src, error))
+    }
+
+    fn section<T: DeserializeOwned + Default>(
+        &self,
+        root: &Spanned<DeTable>,
+        name: &str,
+        keys: &[&str],
+    ) -> Result<T, SpanError> {
+        let Some(value) = root.get_ref().get(name) else {
+            return Ok(T::default());
+        };
+        let table = value
+            .get_ref()
+            .as_table()
+            .ok_or_else(|| self.src.error(value.span(), format!("`{name}` must be a table")))?;
+        self.check_keys(table, keys, &format!("in [{name}]"))?;
+        self.deserialize(value)
+    }
+
+    fn key_error(&self, root: &Spanned<DeTable>, key: &str, message: &str) -> SpanError {
+        let span = root.get_ref().get(key).map(|value| value.span()).unwrap_or(0..0);
+        self.src.error(span, message)
+    }
+
+    fn pipeline_name(&self, root: &Spanned<DeTable>, given: Option<String>, file: &Path) -> Result<String, SpanError> {
+        let name = match given {
+            Some(name) => name,
+            None => file
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into()),
+        };
+        if is_valid_name(&name) {
+            return Ok(name);
+        }
+        let span = root
+            .get_ref()
+            .get("pipeline")
+            .and_then(|p| p.get_ref().get("name"))
+            .map(|v| v.span())
+            .unwrap_or(0..0);
+        Err(self
+            .src
+            .error(span, format!("pipeline name `{name}` is not valid"))
+            .with_help("a pipeline name uses only a-z, 0-9, `_` and `-`; set [pipeline] name"))
+    }
+
+    fn stages(&self, root: &Spanned<DeTable>) -> Result<Vec<Stage>, SpanError> {
+        let Some(value) = root.get_ref().get("stages") else {
+            return Ok(Vec::new());
+        };
+        let table = value
+            .get_ref()
+            .as_table()
+            .ok_or_else(|| self.src.error(value.span(), "`stages` must be a table of stage tables"))?;
+        let mut stages = Vec::with_capacity(table.len());
+        for (name, value) in table.iter() {
+            stages.push(self.stage(name, value)?);
+        }
+        stages.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(stages)
+    }
+
+    fn stage(&self, name: &Spanned<toml::de::DeString>, value: &Spanned<DeValue>) -> Result<Stage, SpanError> {
+        let stage_name = name.get_ref().to_string();
+        if !is_valid_name(&stage_name) {
+            return Err(self
+                .src
+                .error(name.span(), format!("stage name `{stage_name}` is not valid"))
+                .with_help("stage names use only a-z, 0-9, `_` and `-`"));
+        }
+        let table = value
+            .get_ref()
+            .as_table()
+            .ok_or_else(|| self.src.error(value.span(), format!("stage `{stage_name}` must be a table")))?;
+        let info = self.kind_of(&stage_name, name.span(), table)?;
+        let allowed: Vec<&str> = COMMON_STAGE_KEYS.iter().chain(info.keys).copied().collect();
+        self.check_keys(table, &allowed, &format!("in stage `{stage_name}` (kind `{}`)", info.name))?;
+        let common: CommonStageKeys = self.deserialize(value)?;
+        let kind = (info.parse)(self, value)?;
+        let device = match &common.device {
+            Some(device) => Device::parse(device.get_ref()).ok_or_else(|| {
+                self.src
+                    .error(device.span(), format!("invalid device `{}`", device.get_ref()))
+                    .with_help("use \"cpu\", \"cuda\" (any GPU) or \"cuda:N\" (GPU number N)")
+            })?,
+            None => kind.default_device(),
+        };
+        Ok(Stage {
+            name: stage_name,
+            span: name.span(),
+            kind,
+            needs: common
+                .needs
+                .into_iter()
+                .map(|need| Located {
+                    span: need.span(),
+                    value: need.into_inner(),
+                })
+                .collect(),
+            device,
+            resources: self.stage_resources(common.resources, table)?,
+            env: common.env,
+        })
+    }
+
+    fn kind_of(&self, stage: &str, name_span: Range<usize>, table: &DeTable) -> Result<&'static KindInfo, SpanError> {
+        let Some(kind) = table.get("kind") else {
+            return Err(self
+                .src
+                .error(name_span, format!("stage `{stage}` has no `kind`"))
+                .with_help("add `kind = \"command\"` (or another kind) to the stage"));
+        };
+        let Some(kind_name) = kind.get_ref().as_str() else {
+            return Err(self.src.error(kind.span(), "`kind` must be a string"));
+        };
+        kinds::lookup(kind_name).map_err(|hint| {
+            self.src
+                .error(kind.span(), format!("unknown stage kind `{kind_name}`"))
+                .with_label("unknown kind")
+                .with_help(hint)
+        })
+    }
+
+    fn stage_resources(
+        &self,
+        section: Option<Spanned<StageResourcesSection>>,
+        table: &DeTable,
+    ) -> Result<StageResources, SpanError> {
+        if let Some(resources) = table.get("resources").and_then(|v| v.get_ref().as_table()) {
+            self.check_keys(resources, STAGE_RESOURCE_KEYS, "in a stage's `resources`")?;
+        }
+        let Some(section) = section else {
+            return Ok(StageResources { cpu: 1, memory: ByteSize(0) });
+        };
+        let span = section.span();
+        let section = section.into_inner();
+        if section.cpu == Some(0) {
+            return Err(self
+                .src
+                .error(span, "a stage needs at least 1 cpu slot")
+                .with_help("remove `cpu` or set it to 1 or more"));
+        }
+        Ok(StageResources {
+            cpu: section.cpu.unwrap_or(1),
+            memory: section.memory.unwrap_or(ByteSize(0)),
+        })
+    }
+
+    /// Parses an input value: `@stage`, `@stage.key`, or a path relative to the pipeline.
+    pub fn input(&self, key: &str, value: &Spanned<String>) -> Result<NamedInput, SpanError> {
+        let raw = value.get_ref();
+        let source = match raw.strip_prefix('@') {
+            Some(reference) => self.reference(reference, value.span())?,
+            None => {
+                if raw.trim().is_empty() {
+                    return Err(self.src.error(value.span(), format!("input `{key}` is empty")));
+                }
+                InputSource::Path(paths::normalize(self.dir, Path::new(raw)))
+            }
+        };
+        Ok(NamedInput {
+            key: key.to_string(),
+            source,
+            span: value.span(),
+        })
+    }
+
+    fn reference(&self, reference: &str, span: Range<usize>) -> Result<InputSource, SpanError> {
+        let (stage, key) = match reference.split_once('.') {
+            Some((stage, key)) => (stage, Some(key)),
+            None => (reference, None),
+        };
+        let key_ok = key.is_none_or(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        if !is_valid_name(stage) || !key_ok {
+            return Err(self
+                .src
+                .error(span, format!("`@{reference}` is not a valid stage reference"))
+                .with_help("write \"@stage\" for a stage's primary output or \"@stage.key\" for a named one"));
+        }
+        Ok(InputSource::Output {
+            stage: stage.to_string(),
+            key: key.map(str::to_string),
+        })
+    }
+
+    /// Parses an output path: it must lie inside the project.
+    pub fn output(&self, key: &str, value: &Spanned<String>) -> Result<NamedOutput, SpanError> {
+        let path: PathBuf = paths::normalize(self.dir, Path::new(value.get_ref()));
+        if !paths::is_inside_project(&path) {
+            return Err(self
+                .src
+                .error(value.span(), format!("output `{key}` (`{}`) is outside the project", value.get_ref()))
+                .with_label("outside the project")
+                .with_help(format!(
+                    "outputs must be inside the pipeline's directory `{}`; use a relative path such as \"build/{key}\"",
+                    self.dir.display()
+                )));
+        }
+        Ok(NamedOutput {
+            key: key.to_string(),
+            path,
+            span: value.span(),
+        })
+    }
+}
+
+/// Stage and pipeline names: `[a-z0-9_-]+`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_keys<T: JsonSchema>() -> Vec<String> {
+        let schema = schemars::schema_for!(T);
+        let mut keys: Vec<String> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
+    fn sorted(keys: &[&str]) -> Vec<String> {
+        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn key_lists_match_the_schema_types() {
+        assert_eq!(schema_keys::<PipelineSection>(), sorted(PIPELINE_KEYS));
+        assert_eq!(schema_keys::<ToolchainSection>(), sorted(TOOLCHAIN_KEYS));
+        assert_eq!(schema_keys::<ResourcesSection>(), sorted(RESOURCES_KEYS));
+        assert_eq!(schema_keys::<CommonStageKeys>(), sorted(COMMON_STAGE_KEYS));
+        assert_eq!(schema_keys::<StageResourcesSection>(), sorted(STAGE_RESOURCE_KEYS));
+    }
+
+    #[test]
+    fn names_are_lowercase_words() {
+        assert!(is_valid_name("onnx_fp16-2"));
+        assert!(!is_valid_name("Onnx"));
+        assert!(!is_valid_name("a.b"));
+        assert!(!is_valid_name(""));
+    }
+}

@@ -1,0 +1,75 @@
+//! One `pochi build` per pipeline at a time: an OS file lock (released by the kernel when
+//! its holder dies, so a dead process's lock is reclaimed with no `--unlock`).
+
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum LockError {
+    #[error("another pochi (pid {holder}) is building pipeline `{pipeline}`")]
+    #[diagnostic(help("wait for it to finish, or run without --no-wait to wait for it"))]
+    Busy { pipeline: String, holder: String },
+    #[error("cannot lock `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A held lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateLock {
+    /// Takes the lock in `dir`. When another process holds it, calls `on_wait` with that
+    /// process's pid and waits, or fails at once when `wait` is false.
+    pub fn acquire(dir: &Path, pipeline: &str, wait: bool, on_wait: impl FnOnce(&str)) -> Result<StateLock, LockError> {
+        let path = dir.join("lock");
+        let io = |source| LockError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = File::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = read_holder(&mut file);
+                if !wait {
+                    return Err(LockError::Busy { pipeline: pipeline.to_string(), holder });
+                }
+                on_wait(&holder);
+                file.lock().map_err(io)?;
+            }
+            Err(TryLockError::Error(source)) => return Err(io(source)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
+}
+
+fn read_holder(file: &mut File) -> String {
+    let mut holder = String::new();
+    let _ = file.rewind().and_then(|()| file.read_to_string(&mut holder));
+    let holder = holder.trim();
+    if holder.is_empty() { "unknown".into() } else { holder.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_then_admitted_after_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap();
+        let busy = StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap_err();
+        assert!(matches!(&busy, LockError::Busy { holder, .. } if *holder == std::process::id().to_string()));
+        drop(first);
+        StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap();
+    }
+}

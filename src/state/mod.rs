@@ -1,0 +1,312 @@
+//! What pochi remembers between runs, in `.pochi/v1/<pipeline>/`: an append-only log of
+//! stage records (a record is written only after its outputs are published and hashed),
+//! the stat cache, stage logs, temporary outputs, and the lock.
+
+mod lock;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use lock::{LockError, StateLock};
+
+use crate::fingerprint::{Digest, StageKey};
+
+/// The on-disk layout version: a new layout gets a new directory, never a migration.
+pub const LAYOUT_VERSION: &str = "v1";
+
+const LOG_FILE: &str = "log.jsonl";
+const STAT_CACHE_FILE: &str = "stat-cache.json";
+
+/// A stage's last successful run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: String,
+    pub fingerprint: String,
+    pub key: StageKey,
+    pub outputs: Vec<OutputRecord>,
+    pub duration_ms: u64,
+    pub finished_unix_ms: u64,
+}
+
+/// One published output and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub key: String,
+    pub path: PathBuf,
+    pub digest: Digest,
+}
+
+/// A stage's last failed run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureRecord {
+    pub stage: String,
+    pub message: String,
+    /// The stage's log, relative to the pipeline directory.
+    pub log: Option<PathBuf>,
+    pub duration_ms: u64,
+    pub finished_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum LogEntry {
+    Built(StageRecord),
+    Failed(FailureRecord),
+    Cleaned { stage: String },
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum StateError {
+    #[error("cannot use pochi's state directory `{}`", path.display())]
+    #[diagnostic(help("check that the directory is writable; deleting it only costs a full rebuild"))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// The records of one pipeline, loaded from its log; appends go straight to the log.
+#[derive(Debug)]
+pub struct StateStore {
+    dir: PathBuf,
+    built: HashMap<String, StageRecord>,
+    failed: HashMap<String, FailureRecord>,
+    log: Option<File>,
+    lines: usize,
+}
+
+impl StateStore {
+    /// Reads the state in `dir` (empty when there is none). A torn last line, left by a
+    /// process killed mid-write, is ignored.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        let mut store = StateStore {
+            dir: dir.to_path_buf(),
+            built: HashMap::new(),
+            failed: HashMap::new(),
+            log: None,
+            lines: 0,
+        };
+        let text = match std::fs::read(dir.join(LOG_FILE)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
+            Err(source) => return Err(store.io_error(source)),
+        };
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            store.lines += 1;
+            if let Ok(entry) = serde_json::from_slice::<LogEntry>(line) {
+                store.apply(entry);
+            }
+        }
+        Ok(store)
+    }
+
+    fn apply(&mut self, entry: LogEntry) {
+        match entry {
+            LogEntry::Built(record) => {
+                self.failed.remove(&record.stage);
+                self.built.insert(record.stage.clone(), record);
+            }
+            LogEntry::Failed(record) => {
+                self.failed.insert(record.stage.clone(), record);
+            }
+            LogEntry::Cleaned { stage } => {
+                self.built.remove(&stage);
+                self.failed.remove(&stage);
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last successful run of `stage`.
+    pub fn built(&self, stage: &str) -> Option<&StageRecord> {
+        self.built.get(stage)
+    }
+
+    /// The last run of `stage`, if it failed after its last success.
+    pub fn failed(&self, stage: &str) -> Option<&FailureRecord> {
+        self.failed.get(stage)
+    }
+
+    pub fn record_built(&mut self, record: StageRecord) -> Result<(), StateError> {
+        self.append(LogEntry::Built(record))
+    }
+
+    pub fn record_failed(&mut self, record: FailureRecord) -> Result<(), StateError> {
+        self.append(LogEntry::Failed(record))
+    }
+
+    pub fn record_cleaned(&mut self, stage: &str) -> Result<(), StateError> {
+        self.append(LogEntry::Cleaned { stage: stage.to_string() })
+    }
+
+    /// Appends one entry as a single write of one line.
+    fn append(&mut self, entry: LogEntry) -> Result<(), StateError> {
+        let mut line = serde_json::to_vec(&entry).map_err(|e| self.io_error(io::Error::other(e)))?;
+        line.push(b'\n');
+        let log = match &mut self.log {
+            Some(log) => log,
+            None => {
+                let opened = std::fs::create_dir_all(&self.dir).and_then(|()| {
+                    File::options().create(true).append(true).open(self.dir.join(LOG_FILE))
+                });
+                self.log.insert(opened.map_err(|e| self.io_error(e))?)
+            }
+        };
+        log.write_all(&line).map_err(|e| self.io_error(e))?;
+        self.lines += 1;
+        self.apply(entry);
+        Ok(())
+    }
+
+    /// Rewrites the log with one line per stage when it has grown well past that.
+    pub fn compact_if_large(&mut self) -> Result<(), StateError> {
+        let live = self.built.len() + self.failed.len();
+        if self.lines <= 2 * live + 64 {
+            return Ok(());
+        }
+        let mut stages: Vec<&String> = self.built.keys().chain(self.failed.keys()).collect();
+        stages.sort();
+        stages.dedup();
+        let mut bytes = Vec::new();
+        for stage in stages {
+            if let Some(record) = self.built.get(stage) {
+                serde_json::to_writer(&mut bytes, &LogEntry::Built(record.clone())).map_err(|e| self.io_error(io::Error::other(e)))?;
+                bytes.push(b'\n');
+            }
+            if let Some(record) = self.failed.get(stage) {
+                serde_json::to_writer(&mut bytes, &LogEntry::Failed(record.clone())).map_err(|e| self.io_error(io::Error::other(e)))?;
+                bytes.push(b'\n');
+            }
+        }
+        self.log = None;
+        crate::fsutil::write_atomic(&self.dir.join(LOG_FILE), &bytes).map_err(|e| self.io_error(e))?;
+        self.lines = live;
+        Ok(())
+    }
+
+    pub fn stat_cache_path(&self) -> PathBuf {
+        self.dir.join(STAT_CACHE_FILE)
+    }
+
+    /// Where a stage's log goes.
+    pub fn log_path(&self, stage: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{stage}.log"))
+    }
+
+    /// Where a stage's outputs are written before they are published.
+    pub fn temp_root(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    fn io_error(&self, source: io::Error) -> StateError {
+        StateError::Io {
+            path: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::KEY_FORMAT;
+
+    fn record(stage: &str, fingerprint: &str) -> StageRecord {
+        StageRecord {
+            stage: stage.into(),
+            fingerprint: fingerprint.into(),
+            key: StageKey {
+                format: KEY_FORMAT,
+                kind: "command".into(),
+                params: serde_json::Value::Null,
+                outputs: vec![],
+                device: "cpu".into(),
+                env: Default::default(),
+                inputs: Default::default(),
+                needs: Default::default(),
+                tool: None,
+            },
+            outputs: vec![],
+            duration_ms: 5,
+            finished_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_later_entries_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.record_built(record("a", "1")).unwrap();
+        store.record_built(record("a", "2")).unwrap();
+        store.record_built(record("b", "3")).unwrap();
+        store.record_cleaned("b").unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.built("a").unwrap().fingerprint, "2");
+        assert!(store.built("b").is_none());
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.record_built(record("a", "1")).unwrap();
+        drop(store);
+        let mut log = File::options().append(true).open(dir.path().join(LOG_FILE)).unwrap();
+        log.write_all(b"{\"event\":\"built\",\"stage\":\"b\",\"fingerp").unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.built("a").is_some());
+        assert!(store.built("b").is_none());
+    }
+
+    #[test]
+    fn a_success_clears_an_earlier_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store
+            .record_failed(FailureRecord {
+                stage: "a".into(),
+                message: "boom".into(),
+                log: None,
+                duration_ms: 1,
+                finished_unix_ms: 1,
+            })
+            .unwrap();
+        assert!(store.failed("a").is_some());
+        store.record_built(record("a", "1")).unwrap();
+        assert!(store.failed("a").is_none());
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        for i in 0..100 {
+            store.record_built(record("a", &i.to_string())).unwrap();
+        }
+        store.compact_if_large().unwrap();
+        store.record_built(record("b", "x")).unwrap();
+        let reopened = StateStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.built("a").unwrap().fingerprint, "99");
+        assert_eq!(reopened.built("b").unwrap().fingerprint, "x");
+        assert_eq!(reopened.lines, 2);
+    }
+}
