@@ -13,7 +13,7 @@ use super::process::{ProcessResult, ProcessRunner, ProcessSpec};
 use super::Project;
 use crate::fingerprint::{InputDigest, KEY_FORMAT, StageKey};
 use crate::graph::ResolvedInput;
-use crate::kinds::{InvocationContext, Tool};
+use crate::kinds::{Action, Invocation, InvocationContext, Tool};
 use crate::scheduler::{Check, Executor, Lease, RunResult};
 use crate::state::{FailureRecord, OutputRecord, StageRecord, unix_ms_now};
 
@@ -69,7 +69,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         needs,
         tool: match spec.kind.tool() {
             Tool::None => None,
-            Tool::Python => Some(format!("python:{}", project.python().display())),
+            Tool::Python => Some(project.toolchain().identity),
         },
     })
 }
@@ -158,14 +158,27 @@ impl StageExecutor {
         let spec = &pipeline.stages[stage];
         let inputs: BTreeMap<String, PathBuf> =
             project.graph.inputs(stage).iter().map(|(key, input)| (key.clone(), input.path().to_path_buf())).collect();
-        let python = project.python();
-        let invocation = spec.kind.invocation(&InvocationContext {
+        let toolchain = project.toolchain();
+        let context = InvocationContext {
+            dir: &pipeline.dir,
             inputs: &inputs,
             outputs: &temp.paths,
-            python: &python,
+            python: &toolchain.python,
             build_dir: &pipeline.build_dir,
-        });
-        let mut env = spec.env.clone();
+        };
+        match spec.kind.action(&context) {
+            Action::Process(invocation) => self.run_process(project, stage, lease, invocation)?,
+            Action::InProcess => spec.kind.run_in_process(&context, &self.cancel)?,
+        }
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        spec.kind.verify(&context)
+    }
+
+    fn run_process(&self, project: &Project, stage: usize, lease: &Lease, invocation: Invocation) -> Result<(), String> {
+        let pipeline = &project.pipeline;
+        let mut env = pipeline.stages[stage].env.clone();
         env.extend(invocation.env);
         let visible = lease.gpu.map(|gpu| gpu.to_string()).unwrap_or_default();
         env.insert("CUDA_VISIBLE_DEVICES".into(), visible);

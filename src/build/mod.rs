@@ -21,6 +21,7 @@ use process::ProcessRunner;
 
 use crate::fingerprint::StatCache;
 use crate::graph::{GraphError, ResolvedInput, StageGraph};
+use crate::kinds::{Tool, Toolchain};
 use crate::scheduler::{self, Capacity, Check, GpuRequest, Job, Outcome, Request};
 use crate::spec::{Device, Pipeline, SpecError, suggest};
 use crate::state::{OutputRecord, StateError, StateLock, StateStore};
@@ -52,6 +53,8 @@ pub struct Project {
     pub graph: StageGraph,
     pub state: Mutex<StateStore>,
     pub stats: StatCache,
+    /// Set by the caller (`Workspace::attach_toolchains`) when a stage runs Python.
+    pub toolchain: Option<Toolchain>,
 }
 
 impl Project {
@@ -62,12 +65,21 @@ impl Project {
         check_sources_exist(&pipeline, &graph)?;
         let state = StateStore::open(&pipeline.state_dir())?;
         let stats = StatCache::load(&state.stat_cache_path());
-        Ok(Project { pipeline, graph, state: Mutex::new(state), stats })
+        Ok(Project { pipeline, graph, state: Mutex::new(state), stats, toolchain: None })
     }
 
-    /// The interpreter `{python}` names: `[toolchain] python`, else `python3` on PATH.
-    pub fn python(&self) -> PathBuf {
-        self.pipeline.toolchain.python.clone().unwrap_or_else(|| PathBuf::from("python3"))
+    /// Whether any stage runs the Python toolchain.
+    pub fn needs_python(&self) -> bool {
+        self.pipeline.stages.iter().any(|stage| stage.kind.tool() == Tool::Python)
+    }
+
+    /// The toolchain attached by the caller; without one, `[toolchain] python` or `python3`
+    /// on PATH, identified by its path only.
+    pub fn toolchain(&self) -> Toolchain {
+        self.toolchain.clone().unwrap_or_else(|| {
+            let python = self.pipeline.toolchain.python.clone().unwrap_or_else(|| PathBuf::from("python3"));
+            Toolchain { identity: format!("python:{}", python.display()), python }
+        })
     }
 
     pub fn state_log_path(&self, stage: usize) -> PathBuf {
@@ -197,6 +209,18 @@ impl Workspace {
             }
         }
         Ok(Workspace { projects: Arc::new(projects) })
+    }
+
+    /// Gives every project that runs Python its toolchain (resolved by the caller, which
+    /// may create environments and spawn interpreters; the engine does neither).
+    pub fn attach_toolchains<E>(&mut self, mut resolve: impl FnMut(&Pipeline) -> Result<Toolchain, E>) -> Result<(), E> {
+        let Some(projects) = Arc::get_mut(&mut self.projects) else {
+            return Ok(());
+        };
+        for project in projects.iter_mut().filter(|p| p.needs_python()) {
+            project.toolchain = Some(resolve(&project.pipeline)?);
+        }
+        Ok(())
     }
 
     /// How a stage is named in messages: `stage`, or `pipeline/stage` with several pipelines.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Invocation, InvocationContext, KindInfo, StageKind, Tool};
+use super::{Action, Invocation, InvocationContext, KindInfo, StageKind, Tool};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
 
@@ -192,14 +192,14 @@ impl StageKind for Command {
         if uses_python { Tool::Python } else { Tool::None }
     }
 
-    fn invocation(&self, context: &InvocationContext) -> Invocation {
+    fn action(&self, context: &InvocationContext) -> Action {
         let mut argv = self.template.iter().map(|pieces| render(pieces, context));
         let program = argv.next().unwrap_or_default();
-        Invocation {
+        Action::Process(Invocation {
             program,
             args: argv.collect(),
             env: BTreeMap::new(),
-        }
+        })
     }
 }
 
@@ -258,12 +258,14 @@ mod tests {
         };
         let inputs = BTreeMap::from([("src".to_string(), "a.txt".into())]);
         let outputs = BTreeMap::from([("out".to_string(), "tmp/o.txt".into())]);
-        let invocation = command.invocation(&InvocationContext {
+        let action = command.action(&InvocationContext {
+            dir: std::path::Path::new("/p"),
             inputs: &inputs,
             outputs: &outputs,
             python: std::path::Path::new("/py"),
             build_dir: std::path::Path::new("build/x"),
         });
+        let Action::Process(invocation) = action else { panic!("a command runs a process") };
         assert_eq!(invocation.program, "/py");
         assert_eq!(invocation.args, vec!["a.txt:tmp/o.txt:build/x"]);
         assert_eq!(command.tool(), Tool::Python);

@@ -6,6 +6,7 @@ pub mod command;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use toml::Spanned;
 use toml::de::DeValue;
@@ -31,8 +32,35 @@ pub trait StageKind: Debug + Send + Sync {
     fn tool(&self) -> Tool {
         Tool::None
     }
-    /// The process that produces the outputs, given resolved paths.
-    fn invocation(&self, context: &InvocationContext) -> Invocation;
+    /// How the stage produces its outputs: a process, or work done inside pochi.
+    fn action(&self, context: &InvocationContext) -> Action;
+    /// Work done inside pochi (for kinds whose `action` is `InProcess`), writing to the
+    /// temporary output paths in `context`. It should return early once `cancel` is set.
+    fn run_in_process(&self, context: &InvocationContext, cancel: &AtomicBool) -> Result<(), String> {
+        let _ = (context, cancel);
+        Err(format!("the `{}` kind has no in-process action", self.kind()))
+    }
+    /// Checks the outputs after the action succeeded and before they are published (for
+    /// example, a worker's JSON result). An error fails the stage and publishes nothing.
+    fn verify(&self, context: &InvocationContext) -> Result<(), String> {
+        let _ = context;
+        Ok(())
+    }
+}
+
+/// How a stage kind does its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Process(Invocation),
+    InProcess,
+}
+
+/// The Python interpreter stages run, and its identity (Python and package versions)
+/// that goes into the fingerprint of every stage whose tool is `Tool::Python`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toolchain {
+    pub python: PathBuf,
+    pub identity: String,
 }
 
 /// A tool a stage depends on beyond its inputs.
@@ -42,9 +70,11 @@ pub enum Tool {
     Python,
 }
 
-/// Paths resolved for one run, all relative to the pipeline directory (the working directory).
+/// Paths resolved for one run, relative to the pipeline directory (the working directory).
 #[derive(Debug)]
 pub struct InvocationContext<'a> {
+    /// The pipeline directory, absolute (for in-process work, which has no working directory).
+    pub dir: &'a Path,
     pub inputs: &'a BTreeMap<String, PathBuf>,
     /// Temporary paths: the engine publishes them once the stage succeeded.
     pub outputs: &'a BTreeMap<String, PathBuf>,
