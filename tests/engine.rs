@@ -386,7 +386,7 @@ fn a_second_build_waits_for_the_first_or_refuses_with_no_wait() {
     wait_for_partial(&project);
     let refused = project.run(&["build", "--no-wait"]);
     refused.assert_error(&["another pochi", "is building pipeline `pipeline`"]);
-    let mut second = project
+    let second = project
         .command(&["build", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
