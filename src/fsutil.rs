@@ -18,7 +18,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Moves a finished output from its temporary path to `dest`, replacing what was there.
 /// A file is replaced in one rename; a directory is swapped with two renames, so a crash
-/// in between leaves `dest` missing (rebuilt next time), never half-written.
+/// in between leaves `dest` missing (rebuilt next time), never half-written. Like make and
+/// ninja, pochi does not fsync outputs: a killed process never leaves a partial output; after
+/// a power cut an output may come back truncated, and since its digest then differs from
+/// the recorded one, the next build reruns its stage.
 pub fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
@@ -33,7 +36,6 @@ pub fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
         }
         _ => rename_or_copy(temp, dest)?,
     }
-    sync_dir(parent);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! whole tree), killed if pochi dies, stdout and stderr into the stage's log, the last
 //! lines of stderr kept for the error message.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -17,92 +17,132 @@ const STDERR_TAIL_LINES: usize = 20;
 /// How long a stage gets to exit after SIGTERM before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(3);
 
-/// Runs stage processes on this machine.
+/// Runs stage processes on this machine. Each run blocks in `wait`; one watcher thread
+/// per runner turns a cancel into SIGTERM (then SIGKILL) for every running group.
 #[derive(Debug, Default)]
-pub struct SystemRunner;
+pub struct SystemRunner {
+    running: Arc<Mutex<HashSet<i32>>>,
+    watcher: std::sync::OnceLock<()>,
+}
 
 impl ProcessRunner for SystemRunner {
     fn run(&self, spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult {
-        match run_process(spec, cancel) {
+        match self.run_process(spec, cancel) {
             Ok(result) => result,
             Err(error) => ProcessResult::SpawnError(error.to_string()),
         }
     }
 }
 
-fn run_process(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<ProcessResult> {
-    if let Some(dir) = spec.log.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let log = std::fs::File::create(&spec.log)?;
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .envs(&spec.env)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child when
-    // the thread that spawned it dies, so a killed pochi leaves no stage running.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+impl SystemRunner {
+    /// Starts the watcher that stops running groups once `cancel` is set.
+    pub fn watch(&self, cancel: Arc<AtomicBool>) {
+        let running = Arc::clone(&self.running);
+        self.watcher.get_or_init(|| {
+            std::thread::spawn(move || {
+                while !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                signal_all(&running, libc::SIGTERM);
+                let deadline = Instant::now() + TERMINATE_GRACE;
+                while Instant::now() < deadline
+                    && !running.lock().map(|r| r.is_empty()).unwrap_or(true)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                signal_all(&running, libc::SIGKILL);
+            });
         });
     }
-    let mut child = command.spawn()?;
-    let group = child.id() as i32;
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let reader = child.stderr.take().map(|stderr| {
-        let tail = Arc::clone(&tail);
-        std::thread::spawn(move || copy_stderr(stderr, log, &tail))
-    });
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+
+    fn run_process(
+        &self,
+        spec: &ProcessSpec,
+        cancel: &AtomicBool,
+    ) -> std::io::Result<ProcessResult> {
+        if let Some(dir) = spec.log.parent() {
+            std::fs::create_dir_all(dir)?;
         }
-        if cancel.load(Ordering::Relaxed) {
-            terminate_group(group, &mut child);
-            end_group(group);
-            if let Some(reader) = reader {
-                let _ = reader.join();
+        let log = std::fs::File::create(&spec.log)?;
+        let mut command = Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .envs(&spec.env)
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child
+        // when the thread that spawned it dies, so a killed pochi leaves no stage running.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = {
+            // Registering under the lock means a cancel either sees this group or comes
+            // before it, in which case the stage is not started at all.
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(ProcessResult::Cancelled);
             }
+            let child = command.spawn()?;
+            running.insert(child.id() as i32);
+            child
+        };
+        let group = child.id() as i32;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let reader = child.stderr.take().map(|stderr| {
+            let tail = Arc::clone(&tail);
+            std::thread::spawn(move || copy_stderr(stderr, log, &tail))
+        });
+        let status = child.wait();
+        // Whatever the stage left running in its group goes with it.
+        end_group(group);
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group);
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
+        let status = status?;
+        if cancel.load(Ordering::Relaxed) {
             return Ok(ProcessResult::Cancelled);
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    };
-    // Whatever the stage left running in its group goes with it.
-    end_group(group);
-    if let Some(reader) = reader {
-        let _ = reader.join();
+        if status.success() {
+            return Ok(ProcessResult::Success);
+        }
+        let status = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(signal)) => format!(
+                "signal {signal}{}",
+                if signal == libc::SIGKILL {
+                    " (killed; out of memory?)"
+                } else {
+                    ""
+                }
+            ),
+            _ => "an unknown status".to_string(),
+        };
+        let stderr_tail = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        Ok(ProcessResult::Failed {
+            status,
+            stderr_tail,
+        })
     }
-    if status.success() {
-        return Ok(ProcessResult::Success);
+}
+
+fn signal_all(running: &Mutex<HashSet<i32>>, signal: i32) {
+    for &group in running.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        // SAFETY: signalling a stage's own process group.
+        unsafe { libc::killpg(group, signal) };
     }
-    let status = match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => format!(
-            "signal {signal}{}",
-            if signal == libc::SIGKILL {
-                " (killed; out of memory?)"
-            } else {
-                ""
-            }
-        ),
-        _ => "an unknown status".to_string(),
-    };
-    let stderr_tail = tail
-        .lock()
-        .map(|t| t.iter().cloned().collect())
-        .unwrap_or_default();
-    Ok(ProcessResult::Failed {
-        status,
-        stderr_tail,
-    })
 }
 
 fn copy_stderr(
@@ -125,20 +165,6 @@ fn copy_stderr(
         }
         line.clear();
     }
-}
-
-fn terminate_group(group: i32, child: &mut std::process::Child) {
-    // SAFETY: signalling our own child's process group.
-    unsafe { libc::killpg(group, libc::SIGTERM) };
-    let deadline = Instant::now() + TERMINATE_GRACE;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn end_group(group: i32) {

@@ -447,12 +447,14 @@ impl Workspace {
                     });
                 })
                 .map_err(StateError::from)?;
-            // Another build may have finished while we waited: read the state afresh, and
-            // drop temporary outputs left by builds that were killed.
-            let fresh = StateStore::open(&project.pipeline.state_dir())?;
-            let temp = fresh.temp_root();
-            *project.state.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-            let _ = crate::fsutil::remove_path(&temp);
+            // Another build may have finished while we waited: read the state afresh if so,
+            // and drop temporary outputs left by builds that were killed.
+            let mut state = project.state();
+            if state.changed_on_disk() {
+                *state = StateStore::open(&project.pipeline.state_dir())?;
+            }
+            let _ = crate::fsutil::remove_path(&state.temp_root());
+            drop(state);
             locks.push(lock);
         }
         Ok(locks)

@@ -50,7 +50,8 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     };
     let machine = crate::machine::detect();
     let mut reporter = Reporter::new();
-    let runner = Arc::new(crate::runner::SystemRunner);
+    let runner = Arc::new(crate::runner::SystemRunner::default());
+    runner.watch(Arc::clone(&cancel));
     let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| {
         reporter.event(event)
     })?;

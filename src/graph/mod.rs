@@ -1,7 +1,7 @@
 //! The stage graph: references resolved into edges, checked (unknown names, cycles,
 //! clashing or overlapping outputs), then sealed into a read-only `StageGraph`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use petgraph::algo::{tarjan_scc, toposort};
@@ -218,10 +218,11 @@ impl Resolver<'_> {
 }
 
 /// Two stages may not declare the same output; outputs may not nest in one another or
-/// overlap a source input (which would change behind pochi's back).
+/// overlap a source input (which would change behind pochi's back). Every check walks a
+/// path's ancestors through hash maps, so it stays linear in the number of paths.
 fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
-    let mut outputs: BTreeMap<&Path, (usize, usize)> = BTreeMap::new();
-    let mut sources: BTreeMap<&Path, (usize, usize)> = BTreeMap::new();
+    let mut outputs: HashMap<&Path, (usize, usize)> = HashMap::new();
+    let mut sources: HashMap<&Path, (usize, usize)> = HashMap::new();
     for (stage_index, stage) in pipeline.stages.iter().enumerate() {
         for (index, output) in stage.kind.outputs().iter().enumerate() {
             if let Some(&(other_stage, other)) = outputs.get(output.path.as_path()) {
@@ -250,49 +251,90 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
             }
         }
     }
-    for (&path, &(stage, index)) in &outputs {
-        let output = &pipeline.stages[stage].kind.outputs()[index];
-        if let Some((other_path, &(other_stage, other))) = nested(&outputs, path) {
-            let other_output = &pipeline.stages[other_stage].kind.outputs()[other];
+    let output_of = |(stage, index): (usize, usize)| &pipeline.stages[stage].kind.outputs()[index];
+    let input_of = |(stage, index): (usize, usize)| &pipeline.stages[stage].kind.inputs()[index];
+    for (&path, &id) in &outputs {
+        if let Some((&outer, &outer_id)) = ancestor_in(&outputs, path) {
             return Err(pipeline
                 .source
                 .error(
-                    output.span.clone(),
+                    output_of(id).span.clone(),
                     format!(
                         "output `{}` overlaps output `{}` of stage `{}`",
                         path.display(),
-                        other_path.display(),
-                        pipeline.stages[other_stage].name
+                        outer.display(),
+                        pipeline.stages[outer_id.0].name
                     ),
                 )
-                .also(other_output.span.clone())
+                .also(output_of(outer_id).span.clone())
                 .with_help("one output may not lie inside another; give them separate paths"));
         }
-        if let Some((input_path, &(input_stage, input))) =
-            nested(&sources, path).or_else(|| sources.get_key_value(path).map(|(p, v)| (*p, v)))
-        {
-            let reader = &pipeline.stages[input_stage];
-            return Err(pipeline
-                .source
-                .error(output.span.clone(), format!("output `{}` overlaps input `{}` of stage `{}`", path.display(), input_path.display(), reader.name))
-                .also(reader.kind.inputs()[input].span.clone())
-                .with_help(format!("refer to the output as \"@{}\" instead of by path, or move it out of the input", pipeline.stages[stage].name)));
+        let containing_input = sources
+            .get_key_value(path)
+            .or_else(|| ancestor_in(&sources, path));
+        if let Some((&input_path, &input_id)) = containing_input {
+            return Err(overlap_error(
+                pipeline,
+                path,
+                output_of(id),
+                id.0,
+                input_path,
+                input_of(input_id),
+                input_id.0,
+            ));
+        }
+    }
+    for (&input_path, &input_id) in &sources {
+        if let Some((&path, &id)) = ancestor_in(&outputs, input_path) {
+            return Err(overlap_error(
+                pipeline,
+                path,
+                output_of(id),
+                id.0,
+                input_path,
+                input_of(input_id),
+                input_id.0,
+            ));
         }
     }
     Ok(())
 }
 
-/// A key of `map` strictly inside `path` or strictly containing it.
-fn nested<'m, 'p, V>(map: &'m BTreeMap<&'p Path, V>, path: &Path) -> Option<(&'p Path, &'m V)> {
-    for ancestor in path.ancestors().skip(1) {
-        if let Some((key, value)) = map.get_key_value(ancestor) {
-            return Some((key, value));
-        }
-    }
-    map.range::<Path, _>((std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded))
-        .next()
-        .filter(|(key, _)| key.starts_with(path))
-        .map(|(key, value)| (*key, value))
+/// The nearest proper ancestor of `path` that is a key of `map`.
+fn ancestor_in<'m, 'p, V>(
+    map: &'m HashMap<&'p Path, V>,
+    path: &Path,
+) -> Option<(&'m &'p Path, &'m V)> {
+    path.ancestors()
+        .skip(1)
+        .find_map(|ancestor| map.get_key_value(ancestor))
+}
+
+fn overlap_error(
+    pipeline: &Pipeline,
+    output_path: &Path,
+    output: &crate::spec::NamedOutput,
+    producer: usize,
+    input_path: &Path,
+    input: &crate::spec::NamedInput,
+    reader: usize,
+) -> SpanError {
+    pipeline
+        .source
+        .error(
+            output.span.clone(),
+            format!(
+                "output `{}` overlaps input `{}` of stage `{}`",
+                output_path.display(),
+                input_path.display(),
+                pipeline.stages[reader].name
+            ),
+        )
+        .also(input.span.clone())
+        .with_help(format!(
+            "refer to the output as \"@{}\" instead of by path, or move it out of the input",
+            pipeline.stages[producer].name
+        ))
 }
 
 fn topological_order(pipeline: &Pipeline, deps: &[Vec<usize>]) -> Result<Vec<usize>, SpanError> {

@@ -84,6 +84,8 @@ pub struct StateStore {
     failed: HashMap<String, FailureRecord>,
     log: Option<File>,
     lines: usize,
+    /// The log's size and mtime when it was read, to tell whether another build changed it.
+    read_stamp: Option<(u64, std::time::SystemTime)>,
 }
 
 impl StateStore {
@@ -96,6 +98,7 @@ impl StateStore {
             failed: HashMap::new(),
             log: None,
             lines: 0,
+            read_stamp: log_stamp(dir),
         };
         let text = match std::fs::read(dir.join(LOG_FILE)) {
             Ok(bytes) => bytes,
@@ -129,6 +132,11 @@ impl StateStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the log on disk differs from what this store read (another process wrote it).
+    pub fn changed_on_disk(&self) -> bool {
+        self.log.is_none() && log_stamp(&self.dir) != self.read_stamp
     }
 
     /// The last successful run of `stage`.
@@ -227,6 +235,11 @@ impl StateStore {
             source,
         }
     }
+}
+
+fn log_stamp(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let metadata = std::fs::metadata(dir.join(LOG_FILE)).ok()?;
+    Some((metadata.len(), metadata.modified().ok()?))
 }
 
 pub fn unix_ms_now() -> u64 {
