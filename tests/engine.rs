@@ -690,3 +690,64 @@ fn schema_is_json_with_every_stage_key() {
     assert_eq!(command["properties"]["kind"]["const"], "command");
     assert!(command["properties"]["run"].is_object());
 }
+
+/// Sets every file's mtime a minute back, so the no-op stamp trusts their stats at once.
+fn backdate_all(project: &Project) {
+    fn walk(dir: &std::path::Path) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|n| n == ".pochi") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path);
+            }
+            let old = std::time::SystemTime::now() - Duration::from_secs(60);
+            if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+                file.set_modified(old).unwrap();
+            } else if let Ok(handle) = std::fs::File::open(&path) {
+                handle.set_modified(old).unwrap();
+            }
+        }
+    }
+    walk(project.dir.path());
+}
+
+#[test]
+fn the_no_op_stamp_answers_fast_and_never_hides_a_change() {
+    let project = demo();
+    project.build(&[]).assert_ok();
+    backdate_all(&project);
+    project.run(&["build"]).assert_ok(); // full check; everything is up to date: stamp written
+    let fast = project.run(&["build"]);
+    fast.assert_ok();
+    assert!(
+        fast.stderr.contains("nothing changed since the last build"),
+        "{}",
+        fast.stderr
+    );
+
+    // Same size, new content: the stat differs, so the full check runs and finds it.
+    project.write("data/a.txt", "jello\n");
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["count", "prep"]);
+    assert_eq!(project.read("out/prep.txt"), "JELLO\n");
+
+    backdate_all(&project);
+    project.run(&["build"]).assert_ok();
+    assert!(project.run(&["build"]).stderr.contains("nothing changed"));
+    project.write(
+        "pipeline.toml",
+        &PIPELINE.replace("echo other", "echo changed"),
+    );
+    let run = project.run(&["build"]);
+    assert!(!run.stderr.contains("nothing changed"), "{}", run.stderr);
+    assert!(project.read("out/other.txt").contains("changed"));
+
+    backdate_all(&project);
+    project.run(&["build"]).assert_ok();
+    project.run(&["clean", "--target", "other"]).assert_ok();
+    project.run(&["build"]).assert_ok();
+    assert!(project.exists("out/other.txt"), "clean voids the stamp");
+}

@@ -4,6 +4,7 @@
 
 mod executor;
 pub mod explain;
+pub mod noop;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -371,6 +372,9 @@ impl Workspace {
             ids.iter().enumerate().map(|(job, id)| (*id, job)).collect();
         let wanted = self.wanted(&targets, &ids, &index_of);
         let jobs = self.jobs(&ids, &index_of);
+        for project in self.projects.iter() {
+            noop::invalidate(project);
+        }
         let executor = Arc::new(executor::StageExecutor::new(
             Arc::clone(&self.projects),
             ids.clone(),
@@ -426,6 +430,16 @@ impl Workspace {
             project.persist_caches()?;
         }
         let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
+        for (p, project) in self.projects.iter().enumerate() {
+            let complete = ids
+                .iter()
+                .zip(&outcomes)
+                .filter(|((id, _), _)| *id == p)
+                .all(|(_, o)| o.as_ref().is_some_and(Outcome::is_success));
+            if complete && !interrupted {
+                noop::record(project);
+            }
+        }
         Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
     }
 
@@ -674,6 +688,9 @@ fn classify(project: &Project, stage: usize, standing: &Standing) -> (PlanStatus
 /// Removes the outputs and records of `targets` (every stage when empty).
 pub fn clean(workspace: &Workspace, targets: &[StageId]) -> Result<Vec<PathBuf>, BuildError> {
     let _locks = workspace.lock_all(false, &mut |_| {})?;
+    for project in workspace.projects.iter() {
+        noop::invalidate(project);
+    }
     let mut removed = Vec::new();
     for &(p, s) in targets {
         let project = &workspace.projects[p];

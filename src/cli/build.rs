@@ -36,7 +36,19 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let started = std::time::Instant::now();
+    let paths = super::pipeline_paths(&args.pipelines);
+    if !args.json
+        && !args.dry_run
+        && let Some(stages) = nothing_changed(&paths)
+    {
+        eprintln!(
+            "pochi: 0 ran, {stages} up to date in {} (nothing changed since the last build)",
+            super::output::duration(started.elapsed())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let workspace = Workspace::load(&paths)?;
     if args.dry_run {
         return dry_run(&workspace, &args);
     }
@@ -78,6 +90,14 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stage count when every pipeline's no-op stamp still holds (see `build::noop`).
+fn nothing_changed(paths: &[std::path::PathBuf]) -> Option<usize> {
+    paths
+        .iter()
+        .map(|path| crate::build::noop::up_to_date(path))
+        .sum()
 }
 
 fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> {

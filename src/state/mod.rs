@@ -215,6 +215,11 @@ impl StateStore {
         Ok(())
     }
 
+    /// The log file (which may not exist yet).
+    pub fn log_path_on_disk(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+
     pub fn stat_cache_path(&self) -> PathBuf {
         self.dir.join(STAT_CACHE_FILE)
     }
