@@ -426,6 +426,10 @@ impl Workspace {
                 }
             },
         );
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "scheduler finished"
+        );
         for project in self.projects.iter() {
             project.persist_caches()?;
         }

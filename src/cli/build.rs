@@ -49,6 +49,10 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let workspace = Workspace::load(&paths)?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "pipelines loaded"
+    );
     if args.dry_run {
         return dry_run(&workspace, &args);
     }
