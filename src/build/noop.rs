@@ -111,7 +111,7 @@ pub fn record(project: &Project) {
         files,
     };
     if let Ok(bytes) = serde_json::to_vec(&stamp) {
-        let _ = crate::fsutil::write_atomic(&path, &bytes);
+        let _ = crate::fsutil::write_cache(&path, &bytes);
     }
 }
 

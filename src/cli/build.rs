@@ -90,7 +90,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
             .collect();
         return Err(failure(
             format!("{} stage(s) failed: {}", failed.len(), failed.join(", ")),
-            "read the stage's log named above; `pochi status` shows what is left to build",
+            "the lines above say why each stage failed (with its log, when it ran); `pochi status` shows what is left to build",
         ));
     }
     Ok(ExitCode::SUCCESS)

@@ -90,7 +90,7 @@ impl StatCache {
         let mut sorted: Vec<(&PathBuf, &CacheEntry)> = entries.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let bytes = serde_json::to_vec(&sorted).map_err(io::Error::other)?;
-        crate::fsutil::write_atomic(path, &bytes)
+        crate::fsutil::write_cache(path, &bytes)
     }
 
     /// The digest of a file or directory at `root/path` (`path` as the pipeline names it).

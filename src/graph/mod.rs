@@ -377,31 +377,36 @@ fn cycle_error(pipeline: &Pipeline, graph: &DiGraph<usize, ()>) -> SpanError {
         .with_help("remove one of these references or `needs` entries")
 }
 
-/// One cycle through the strongly connected `component`, starting at its smallest stage.
+/// The shortest cycle through the smallest stage of the strongly connected `component`
+/// (a breadth-first search back to it), as stage indexes.
 fn cycle_path(graph: &DiGraph<usize, ()>, component: &[NodeIndex]) -> Vec<usize> {
     let Some(&start) = component.iter().min_by_key(|n| graph[**n]) else {
         return Vec::new();
     };
-    let mut path = vec![start];
-    let mut current = start;
-    let mut seen = std::collections::HashSet::from([start]);
-    loop {
+    let mut parent: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(node) = queue.pop_front() {
         let mut next: Vec<NodeIndex> = graph
-            .neighbors(current)
+            .neighbors(node)
             .filter(|n| component.contains(n))
             .collect();
         next.sort_by_key(|n| graph[*n]);
-        if next.contains(&start) {
-            break;
-        }
-        match next.into_iter().find(|n| !seen.contains(n)) {
-            Some(node) => {
-                seen.insert(node);
-                path.push(node);
-                current = node;
+        for successor in next {
+            if successor == start {
+                let mut path = vec![graph[node]];
+                let mut current = node;
+                while current != start {
+                    current = parent[&current];
+                    path.push(graph[current]);
+                }
+                path.reverse();
+                return path;
             }
-            None => break,
+            if successor != start && !parent.contains_key(&successor) {
+                parent.insert(successor, node);
+                queue.push_back(successor);
+            }
         }
     }
-    path.into_iter().map(|n| graph[n]).collect()
+    vec![graph[start]]
 }
