@@ -133,7 +133,18 @@ fn longest_critical_path_starts_first() {
     jobs[2].estimate_ms = 10;
     jobs[3].estimate_ms = 25;
     let executor = Arc::new(FakeExecutor::default());
-    schedule(&jobs, Arc::clone(&executor), capacity(1, &[]), false);
+    // As in a real build, every job is prechecked, so both roots are ready at once.
+    let prechecked = vec![Some(Check::Run("never built".into())); jobs.len()];
+    let wanted = vec![true; jobs.len()];
+    run(
+        &jobs,
+        &wanted,
+        prechecked,
+        capacity(1, &[]),
+        executor.clone(),
+        &options(false),
+        &mut |_| {},
+    );
     let order: Vec<usize> = executor.log.lock().unwrap().iter().map(|e| e.0).collect();
     assert_eq!(
         order[0], 0,

@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -251,11 +252,15 @@ impl Parser<'_> {
             self.src
                 .error(value.span(), "`stages` must be a table of stage tables")
         })?;
-        let mut stages = Vec::with_capacity(table.len());
-        for (name, value) in table.iter() {
-            stages.push(self.stage(name, value)?);
-        }
-        stages.sort_by(|a, b| a.name.cmp(&b.name));
+        // Stages parse independently, so in parallel; the first error in file order wins,
+        // so errors do not depend on thread timing.
+        let entries: Vec<_> = table.iter().collect();
+        let parsed: Vec<Result<Stage, SpanError>> = entries
+            .par_iter()
+            .map(|(name, value)| self.stage(name, value))
+            .collect();
+        let mut stages = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
+        stages.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(stages)
     }
 
