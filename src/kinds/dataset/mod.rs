@@ -27,7 +27,15 @@ use transform::{RawTransform, Transform, TransformSchema};
 
 pub static INFO: KindInfo = KindInfo {
     name: "dataset",
-    keys: &["source", "synthetic", "samples", "seed", "shuffle", "transform", "output"],
+    keys: &[
+        "source",
+        "synthetic",
+        "samples",
+        "seed",
+        "shuffle",
+        "transform",
+        "output",
+    ],
     parse,
     schema: |generator| generator.subschema_for::<DatasetKeys>(),
 };
@@ -126,8 +134,13 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             if synthetic.shape.is_empty() || synthetic.shape.contains(&0) || synthetic.count == 0 {
                 return Err(parser
                     .src
-                    .error(span, "`synthetic` needs a non-empty `shape` of sizes >= 1 and a `count` >= 1")
-                    .with_help("for example synthetic = { shape = [1, 96, 96, 96], count = 16, seed = 0 }"));
+                    .error(
+                        span,
+                        "`synthetic` needs a non-empty `shape` of sizes >= 1 and a `count` >= 1",
+                    )
+                    .with_help(
+                        "for example synthetic = { shape = [1, 96, 96, 96], count = 16, seed = 0 }",
+                    ));
             }
             let spec = SyntheticSpec {
                 shape: synthetic.shape,
@@ -154,7 +167,11 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         .flatten()
         .map(|raw| transform::parse(parser, raw))
         .collect::<Result<Vec<_>, _>>()?;
-    let outputs = outputs(parser, keys.output.as_ref(), key_span(value, "kind").unwrap_or(stage_span))?;
+    let outputs = outputs(
+        parser,
+        keys.output.as_ref(),
+        key_span(value, "kind").unwrap_or(stage_span),
+    )?;
     Ok(Box::new(Dataset {
         origin,
         samples,
@@ -176,11 +193,19 @@ fn key_span(value: &Spanned<DeValue>, key: &str) -> Option<std::ops::Range<usize
 fn stage_cpus(parser: &Parser, value: &Spanned<DeValue>) -> Option<usize> {
     let resources = value.get_ref().as_table()?.get("resources")?;
     let resources: toml::Value = parser.deserialize(resources).ok()?;
-    resources.get("cpu")?.as_integer().and_then(|n| usize::try_from(n).ok()).filter(|&n| n >= 1)
+    resources
+        .get("cpu")?
+        .as_integer()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n >= 1)
 }
 
 /// `data`, `labels` and `manifest` under `output` or `{build_dir}/<stage>/`.
-fn outputs(parser: &Parser, output: Option<&Spanned<String>>, default_span: std::ops::Range<usize>) -> Result<Vec<NamedOutput>, SpanError> {
+fn outputs(
+    parser: &Parser,
+    output: Option<&Spanned<String>>,
+    default_span: std::ops::Range<usize>,
+) -> Result<Vec<NamedOutput>, SpanError> {
     let (dir, span) = match output {
         Some(output) => (output.get_ref().clone(), output.span()),
         None => {
@@ -189,13 +214,17 @@ fn outputs(parser: &Parser, output: Option<&Spanned<String>>, default_span: std:
         }
     };
     let stage = parser.stage;
-    [("data", format!("{stage}.npy")), ("labels", format!("{stage}_labels.npy")), ("manifest", format!("{stage}_manifest.json"))]
-        .into_iter()
-        .map(|(key, file)| {
-            let path = Path::new(&dir).join(file).to_string_lossy().into_owned();
-            parser.output(key, &Spanned::new(span.clone(), path))
-        })
-        .collect()
+    [
+        ("data", format!("{stage}.npy")),
+        ("labels", format!("{stage}_labels.npy")),
+        ("manifest", format!("{stage}_manifest.json")),
+    ]
+    .into_iter()
+    .map(|(key, file)| {
+        let path = Path::new(&dir).join(file).to_string_lossy().into_owned();
+        parser.output(key, &Spanned::new(span.clone(), path))
+    })
+    .collect()
 }
 
 impl StageKind for Dataset {
@@ -229,7 +258,11 @@ impl StageKind for Dataset {
         Action::InProcess
     }
 
-    fn run_in_process(&self, context: &InvocationContext, cancel: &AtomicBool) -> Result<(), String> {
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<(), String> {
         run::run(self, context, cancel)
     }
 }
@@ -240,7 +273,8 @@ mod tests {
     use crate::spec::{InputSource, parse_pipeline};
 
     fn load(body: &str) -> Result<crate::spec::Pipeline, String> {
-        let text = format!("[pipeline]\nname = \"p\"\n\n[stages.calib]\nkind = \"dataset\"\n{body}");
+        let text =
+            format!("[pipeline]\nname = \"p\"\n\n[stages.calib]\nkind = \"dataset\"\n{body}");
         parse_pipeline(Path::new("/proj/pipeline.toml"), text).map_err(|e| {
             let report = miette::Report::new(e);
             format!("{report:?}")
@@ -254,7 +288,13 @@ mod tests {
     #[test]
     fn keys_match_the_schema() {
         let schema = schemars::schema_for!(DatasetKeys);
-        let mut keys: Vec<&str> = schema.get("properties").and_then(|p| p.as_object()).unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort();
         let mut expected = INFO.keys.to_vec();
         expected.sort();
@@ -265,9 +305,15 @@ mod tests {
     fn a_source_stage_has_its_input_and_conventional_outputs() {
         let pipeline = load("source = \"data/val\"\nsamples = 8\nseed = 3\ntransform = [{ resize = 32 }, { center_crop = 24 }]").unwrap();
         let kind = dataset(&pipeline);
-        assert_eq!(kind.inputs()[0].source, InputSource::Path("data/val".into()));
-        let outputs: Vec<(&str, String)> =
-            kind.outputs().iter().map(|o| (o.key.as_str(), o.path.display().to_string())).collect();
+        assert_eq!(
+            kind.inputs()[0].source,
+            InputSource::Path("data/val".into())
+        );
+        let outputs: Vec<(&str, String)> = kind
+            .outputs()
+            .iter()
+            .map(|o| (o.key.as_str(), o.path.display().to_string()))
+            .collect();
         assert_eq!(
             outputs,
             vec![
@@ -278,7 +324,10 @@ mod tests {
         );
         let params = kind.params();
         assert_eq!(params["samples"], 8);
-        assert_eq!(params["transform"], serde_json::json!([{ "resize": 32 }, { "center_crop": [24, 24] }]));
+        assert_eq!(
+            params["transform"],
+            serde_json::json!([{ "resize": 32 }, { "center_crop": [24, 24] }])
+        );
     }
 
     #[test]
@@ -286,7 +335,13 @@ mod tests {
         let pipeline = load("source = \"@other\"\noutput = \"out/calib\"").unwrap();
         let kind = dataset(&pipeline);
         assert_eq!(kind.outputs()[0].path, Path::new("out/calib/calib.npy"));
-        assert_eq!(kind.inputs()[0].source, InputSource::Output { stage: "other".into(), key: None });
+        assert_eq!(
+            kind.inputs()[0].source,
+            InputSource::Output {
+                stage: "other".into(),
+                key: None
+            }
+        );
         let error = load("source = \"a\"\noutput = \"../elsewhere\"").unwrap_err();
         assert!(error.contains("outside the project"), "{error}");
     }
@@ -305,10 +360,18 @@ mod tests {
         let both = load("source = \"a\"\nsynthetic = { shape = [1], count = 1 }").unwrap_err();
         assert!(both.contains("not both"), "{both}");
         let neither = load("seed = 1").unwrap_err();
-        assert!(neither.contains("needs `source` or `synthetic`"), "{neither}");
+        assert!(
+            neither.contains("needs `source` or `synthetic`"),
+            "{neither}"
+        );
         let unknown = load("source = \"a\"\ntransform = [{ resise = 3 }]").unwrap_err();
-        assert!(unknown.contains("unknown transform `resise`") && unknown.contains("did you mean `resize`"), "{unknown}");
-        let two = load("source = \"a\"\ntransform = [{ resize = 3, center_crop = 2 }]").unwrap_err();
+        assert!(
+            unknown.contains("unknown transform `resise`")
+                && unknown.contains("did you mean `resize`"),
+            "{unknown}"
+        );
+        let two =
+            load("source = \"a\"\ntransform = [{ resize = 3, center_crop = 2 }]").unwrap_err();
         assert!(two.contains("one key"), "{two}");
         let zero = load("source = \"a\"\nsamples = 0").unwrap_err();
         assert!(zero.contains("at least 1"), "{zero}");

@@ -79,8 +79,16 @@ mod tests {
         assert_eq!(output.shape(), &[1, 2]);
         let coefficients = coefficients(4, 2);
         assert_eq!(coefficients[0].0, 0);
-        assert_eq!(coefficients[0].1, vec![0.75 / 1.75, 0.75 / 1.75, 0.25 / 1.75]);
-        let expected: f64 = coefficients[0].1.iter().zip([0.0, 8.0, 16.0, 24.0]).map(|(w, v)| w * v).sum();
+        assert_eq!(
+            coefficients[0].1,
+            vec![0.75 / 1.75, 0.75 / 1.75, 0.25 / 1.75]
+        );
+        let expected: f64 = coefficients[0]
+            .1
+            .iter()
+            .zip([0.0, 8.0, 16.0, 24.0])
+            .map(|(w, v)| w * v)
+            .sum();
         assert_eq!(output[[0, 0]], expected as f32);
         assert!(output[[0, 0]] < output[[0, 1]]);
     }

@@ -17,10 +17,17 @@ use crate::kinds::InvocationContext;
 /// Samples decoded per chunk and thread: bounds memory while keeping threads busy.
 const CHUNK_PER_THREAD: usize = 4;
 
-pub(super) fn run(dataset: &Dataset, context: &InvocationContext, cancel: &AtomicBool) -> Result<(), String> {
+pub(super) fn run(
+    dataset: &Dataset,
+    context: &InvocationContext,
+    cancel: &AtomicBool,
+) -> Result<(), String> {
     let (listing, shown_source) = match &dataset.origin {
         Origin::Source => {
-            let path = context.inputs.get("source").ok_or("internal error: the stage has no `source` input")?;
+            let path = context
+                .inputs
+                .get("source")
+                .ok_or("internal error: the stage has no `source` input")?;
             let shown = path.display().to_string();
             (Listing::open(&context.dir.join(path), &shown)?, Some(shown))
         }
@@ -38,7 +45,9 @@ pub(super) fn run(dataset: &Dataset, context: &InvocationContext, cancel: &Atomi
         ),
         None => None,
     };
-    let threads = pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+    let threads = pool
+        .as_ref()
+        .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
     let chunk_len = (threads * CHUNK_PER_THREAD).max(8);
 
     let output = |key: &str| context.dir.join(&context.outputs[key]);
@@ -48,7 +57,12 @@ pub(super) fn run(dataset: &Dataset, context: &InvocationContext, cancel: &Atomi
         if cancel.load(Ordering::Relaxed) {
             return Err("interrupted".into());
         }
-        let work = || chunk.par_iter().map(|&index| prepare(&listing, &steps, index, cancel)).collect::<Vec<_>>();
+        let work = || {
+            chunk
+                .par_iter()
+                .map(|&index| prepare(&listing, &steps, index, cancel))
+                .collect::<Vec<_>>()
+        };
         let samples = match &pool {
             Some(pool) => pool.install(work),
             None => work(),
@@ -61,7 +75,10 @@ pub(super) fn run(dataset: &Dataset, context: &InvocationContext, cancel: &Atomi
                     let mut shape = vec![selected.len()];
                     shape.extend_from_slice(sample.shape());
                     let path = output("data");
-                    writer = Some(NpyWriter::create(&path, "<f4", &shape).map_err(|e| format!("cannot write {}: {e}", path.display()))?);
+                    writer = Some(
+                        NpyWriter::create(&path, "<f4", &shape)
+                            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                    );
                     first = Some((sample.shape().to_vec(), listing.name(index)));
                 }
                 Some((shape, name)) if shape.as_slice() != sample.shape() => {
@@ -74,22 +91,39 @@ pub(super) fn run(dataset: &Dataset, context: &InvocationContext, cancel: &Atomi
                 Some(_) => {}
             }
             if let Some(writer) = writer.as_mut() {
-                writer.write_f32(sample.iter().copied()).map_err(|e| format!("cannot write the data: {e}"))?;
+                writer
+                    .write_f32(sample.iter().copied())
+                    .map_err(|e| format!("cannot write the data: {e}"))?;
             }
         }
     }
     let (Some(writer), Some((sample_shape, _))) = (writer, first) else {
         return Err("the source has no samples".into());
     };
-    writer.finish().map_err(|e| format!("cannot write the data: {e}"))?;
+    writer
+        .finish()
+        .map_err(|e| format!("cannot write the data: {e}"))?;
 
     let labels: Vec<i64> = selected.iter().map(|&index| listing.label(index)).collect();
     let path = output("labels");
-    let mut label_writer = NpyWriter::create(&path, "<i8", &[labels.len()]).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    label_writer.write_i64(labels.iter().copied()).map_err(|e| format!("cannot write the labels: {e}"))?;
-    label_writer.finish().map_err(|e| format!("cannot write the labels: {e}"))?;
+    let mut label_writer = NpyWriter::create(&path, "<i8", &[labels.len()])
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    label_writer
+        .write_i64(labels.iter().copied())
+        .map_err(|e| format!("cannot write the labels: {e}"))?;
+    label_writer
+        .finish()
+        .map_err(|e| format!("cannot write the labels: {e}"))?;
 
-    let manifest = manifest(dataset, &listing, shown_source, &selected, &labels, &sample_shape, &steps);
+    let manifest = manifest(
+        dataset,
+        &listing,
+        shown_source,
+        &selected,
+        &labels,
+        &sample_shape,
+        &steps,
+    );
     let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?;
     text.push('\n');
     let path = output("manifest");
@@ -115,7 +149,9 @@ fn select(dataset: &Dataset, total: usize) -> Vec<usize> {
 
 /// The steps as run: images start with `to_float` (ToTensor) unless the list places it.
 fn effective_steps(transforms: &[Transform], images: bool) -> Vec<Transform> {
-    let placed = transforms.iter().any(|step| matches!(step, Transform::ToFloat(_)));
+    let placed = transforms
+        .iter()
+        .any(|step| matches!(step, Transform::ToFloat(_)));
     let mut steps = Vec::with_capacity(transforms.len() + 1);
     if images && !placed {
         steps.push(Transform::ToFloat(true));
@@ -125,20 +161,33 @@ fn effective_steps(transforms: &[Transform], images: bool) -> Vec<Transform> {
 }
 
 /// Loads and transforms one sample.
-fn prepare(listing: &Listing, steps: &[Transform], index: usize, cancel: &AtomicBool) -> Result<ArrayD<f32>, String> {
+fn prepare(
+    listing: &Listing,
+    steps: &[Transform],
+    index: usize,
+    cancel: &AtomicBool,
+) -> Result<ArrayD<f32>, String> {
     if cancel.load(Ordering::Relaxed) {
         return Err("interrupted".into());
     }
     let mut sample = listing.load(index)?;
     for step in steps {
-        sample = step.apply(sample).map_err(|e| format!("sample `{}`: {e}", listing.name(index)))?;
+        sample = step
+            .apply(sample)
+            .map_err(|e| format!("sample `{}`: {e}", listing.name(index)))?;
     }
     Ok(sample)
 }
 
 /// A folder of `.npy` volumes must end channels first: C x H x W or C x D x H x W.
 fn check_layout(listing: &Listing, sample: &ArrayD<f32>, index: usize) -> Result<(), String> {
-    let volumes = matches!(listing, Listing::Files { kind: FileKind::Volumes, .. });
+    let volumes = matches!(
+        listing,
+        Listing::Files {
+            kind: FileKind::Volumes,
+            ..
+        }
+    );
     if volumes && !(3..=4).contains(&sample.ndim()) {
         return Err(format!(
             "sample `{}` has shape {:?} after the transforms; samples must be C x H x W or C x D x H x W (add {{ add_channel = true }} to give a D x H x W volume its channel axis)",
@@ -205,8 +254,14 @@ mod tests {
     #[test]
     fn images_get_to_float_first_unless_placed() {
         let crop = Transform::CenterCrop(vec![2, 2]);
-        assert_eq!(effective_steps(std::slice::from_ref(&crop), true), vec![Transform::ToFloat(true), crop.clone()]);
-        assert_eq!(effective_steps(std::slice::from_ref(&crop), false), vec![crop.clone()]);
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&crop), true),
+            vec![Transform::ToFloat(true), crop.clone()]
+        );
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&crop), false),
+            vec![crop.clone()]
+        );
         let placed = vec![crop.clone(), Transform::ToFloat(false)];
         assert_eq!(effective_steps(&placed, true), placed);
     }

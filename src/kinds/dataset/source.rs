@@ -53,7 +53,9 @@ pub(super) struct SyntheticSpec {
     pub distribution: Distribution,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum Distribution {
     /// Standard normal (mean 0, std 1).
@@ -65,7 +67,8 @@ pub(super) enum Distribution {
 impl Listing {
     /// Lists a folder or reads a `.npy` file at `root` (absolute); `shown` names it in errors.
     pub(super) fn open(root: &Path, shown: &str) -> Result<Listing, String> {
-        let metadata = std::fs::metadata(root).map_err(|e| format!("cannot read source `{shown}`: {e}"))?;
+        let metadata =
+            std::fs::metadata(root).map_err(|e| format!("cannot read source `{shown}`: {e}"))?;
         if metadata.is_file() {
             if extension(root).as_deref() != Some("npy") {
                 return Err(format!(
@@ -79,7 +82,10 @@ impl Listing {
                     array.shape()
                 ));
             }
-            return Ok(Listing::Array { path: root.to_path_buf(), array });
+            return Ok(Listing::Array {
+                path: root.to_path_buf(),
+                array,
+            });
         }
         list_folder(root, shown)
     }
@@ -96,7 +102,9 @@ impl Listing {
     /// Sample `index`, decoded to float32 (images: 3 x H x W RGB with values 0..255).
     pub(super) fn load(&self, index: usize) -> Result<ArrayD<f32>, String> {
         match self {
-            Listing::Files { root, kind, files, .. } => {
+            Listing::Files {
+                root, kind, files, ..
+            } => {
                 let file = &files[index];
                 let path = root.join(&file.relative);
                 match kind {
@@ -108,7 +116,12 @@ impl Listing {
             Listing::Array { array, .. } => Ok(array.index_axis(Axis(0), index).to_owned()),
             Listing::Synthetic(spec) => {
                 let len = spec.shape.iter().product();
-                let values = random::values(len, spec.distribution == Distribution::Normal, spec.seed, index as u64);
+                let values = random::values(
+                    len,
+                    spec.distribution == Distribution::Normal,
+                    spec.seed,
+                    index as u64,
+                );
                 ArrayD::from_shape_vec(spec.shape.clone(), values).map_err(|e| e.to_string())
             }
         }
@@ -119,7 +132,12 @@ impl Listing {
         match self {
             Listing::Files { files, .. } => files[index].relative.clone(),
             Listing::Array { path, .. } => {
-                format!("{}[{index}]", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+                format!(
+                    "{}[{index}]",
+                    path.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                )
             }
             Listing::Synthetic(_) => format!("synthetic[{index}]"),
         }
@@ -140,13 +158,25 @@ impl Listing {
     }
 
     pub(super) fn is_images(&self) -> bool {
-        matches!(self, Listing::Files { kind: FileKind::Images, .. })
+        matches!(
+            self,
+            Listing::Files {
+                kind: FileKind::Images,
+                ..
+            }
+        )
     }
 
     pub(super) fn kind_name(&self) -> &'static str {
         match self {
-            Listing::Files { kind: FileKind::Images, .. } => "images",
-            Listing::Files { kind: FileKind::Volumes, .. } => "npy_files",
+            Listing::Files {
+                kind: FileKind::Images,
+                ..
+            } => "images",
+            Listing::Files {
+                kind: FileKind::Volumes,
+                ..
+            } => "npy_files",
             Listing::Array { .. } => "npy_array",
             Listing::Synthetic(_) => "synthetic",
         }
@@ -154,7 +184,9 @@ impl Listing {
 
     /// blake3 over the sorted relative paths of every file the source offers (one per line).
     pub(super) fn files_digest(&self) -> Option<String> {
-        let Listing::Files { files, .. } = self else { return None };
+        let Listing::Files { files, .. } = self else {
+            return None;
+        };
         let mut hasher = blake3::Hasher::new();
         for file in files {
             hasher.update(file.relative.as_bytes());
@@ -165,7 +197,8 @@ impl Listing {
 }
 
 fn extension(path: &Path) -> Option<String> {
-    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase())
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
 fn kind_of(path: &Path) -> Option<FileKind> {
@@ -191,7 +224,9 @@ fn entries(dir: &Path, shown: &str) -> Result<Vec<(String, PathBuf, bool)>, Stri
         }
         let path = entry.path();
         // Follows symbolic links, as the fingerprint does.
-        let is_dir = std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
+        let is_dir = std::fs::metadata(&path)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
         out.push((name, path, is_dir));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -199,7 +234,12 @@ fn entries(dir: &Path, shown: &str) -> Result<Vec<(String, PathBuf, bool)>, Stri
 }
 
 /// Files with a known extension under `dir`, recursively, as (relative path, kind).
-fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<(String, FileKind)>) -> Result<(), String> {
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, FileKind)>,
+) -> Result<(), String> {
     for (name, path, is_dir) in entries(dir, prefix)? {
         let relative = format!("{prefix}/{name}");
         if is_dir {
@@ -224,14 +264,21 @@ fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
             walk(path, name, 1, &mut found)?;
             let label = classes.len() as i64;
             classes.push(name.clone());
-            class_files.extend(found.into_iter().map(|(relative, kind)| (relative, kind, label)));
+            class_files.extend(
+                found
+                    .into_iter()
+                    .map(|(relative, kind)| (relative, kind, label)),
+            );
         } else if let Some(kind) = kind_of(path) {
             top_files.push((name.clone(), kind));
         }
     }
     let files: Vec<(String, FileKind, i64)> = if class_files.is_empty() {
         classes.clear();
-        top_files.into_iter().map(|(relative, kind)| (relative, kind, -1)).collect()
+        top_files
+            .into_iter()
+            .map(|(relative, kind)| (relative, kind, -1))
+            .collect()
     } else {
         if let Some((stray, _)) = top_files.first() {
             return Err(format!(
@@ -243,7 +290,11 @@ fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
     let Some(first) = files.first() else {
         return Err(format!(
             "source `{shown}` has no images ({}) or .npy files",
-            IMAGE_EXTENSIONS.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
+            IMAGE_EXTENSIONS
+                .iter()
+                .map(|e| format!(".{e}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
     let kind = first.1;
@@ -259,7 +310,12 @@ fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
         .collect();
     // Class folders are in name order already; sort the whole list by path for good measure.
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
-    Ok(Listing::Files { root: root.to_path_buf(), kind, classes, files })
+    Ok(Listing::Files {
+        root: root.to_path_buf(),
+        kind,
+        classes,
+        files,
+    })
 }
 
 /// Decodes an image (any supported format, whatever its extension says) to RGB, as
@@ -276,7 +332,9 @@ fn decode_image(path: &Path) -> Result<ArrayD<f32>, String> {
     let pixels = image.into_raw();
     let mut out = ArrayD::<f32>::zeros(vec![3, height, width]);
     let plane = height * width;
-    let data = out.as_slice_mut().ok_or("internal: a new array is contiguous")?;
+    let data = out
+        .as_slice_mut()
+        .ok_or("internal: a new array is contiguous")?;
     for (i, rgb) in pixels.chunks_exact(3).enumerate() {
         data[i] = f32::from(rgb[0]);
         data[plane + i] = f32::from(rgb[1]);
@@ -321,12 +379,22 @@ mod tests {
     #[test]
     fn class_folders_give_sorted_labels() {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["dog/b.png", "dog/a.JPG", "cat/x/deep.bmp", "cat/1.jpeg", "cat/notes.txt", ".hidden/z.png", "empty/.keep"] {
+        for file in [
+            "dog/b.png",
+            "dog/a.JPG",
+            "cat/x/deep.bmp",
+            "cat/1.jpeg",
+            "cat/notes.txt",
+            ".hidden/z.png",
+            "empty/.keep",
+        ] {
             touch(&dir.path().join(file));
         }
         let listing = list_folder(dir.path(), "src").unwrap();
         assert_eq!(listing.classes(), &["cat", "dog", "empty"]);
-        let names: Vec<(String, i64)> = (0..listing.len()).map(|i| (listing.name(i), listing.label(i))).collect();
+        let names: Vec<(String, i64)> = (0..listing.len())
+            .map(|i| (listing.name(i), listing.label(i)))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -350,16 +418,28 @@ mod tests {
         assert_eq!(listing.kind_name(), "npy_files");
 
         touch(&dir.path().join("c.png"));
-        assert!(list_folder(dir.path(), "vol").unwrap_err().contains("mixes"));
+        assert!(
+            list_folder(dir.path(), "vol")
+                .unwrap_err()
+                .contains("mixes")
+        );
 
         let empty = tempfile::tempdir().unwrap();
         touch(&empty.path().join("readme.txt"));
-        assert!(list_folder(empty.path(), "e").unwrap_err().contains("has no images"));
+        assert!(
+            list_folder(empty.path(), "e")
+                .unwrap_err()
+                .contains("has no images")
+        );
 
         let stray = tempfile::tempdir().unwrap();
         touch(&stray.path().join("cat/a.png"));
         touch(&stray.path().join("b.png"));
-        assert!(list_folder(stray.path(), "s").unwrap_err().contains("`b.png`"));
+        assert!(
+            list_folder(stray.path(), "s")
+                .unwrap_err()
+                .contains("`b.png`")
+        );
     }
 
     #[test]

@@ -133,19 +133,29 @@ pub(super) fn parse(parser: &Parser, raw: &RawTransform) -> Result<Transform, Sp
     if !known {
         return Err(parser
             .src
-            .error(name.span(), format!("unknown transform `{}`", name.get_ref()))
+            .error(
+                name.span(),
+                format!("unknown transform `{}`", name.get_ref()),
+            )
             .with_label("unknown transform")
             .with_help(suggest::hint(name.get_ref(), NAMES)));
     }
-    parse_value(name.get_ref(), value.get_ref())
-        .map_err(|(message, help)| parser.src.error(value.span(), format!("`{}`: {message}", name.get_ref())).with_help(help))
+    parse_value(name.get_ref(), value.get_ref()).map_err(|(message, help)| {
+        parser
+            .src
+            .error(value.span(), format!("`{}`: {message}", name.get_ref()))
+            .with_help(help)
+    })
 }
 
 fn parse_value(name: &str, value: &toml::Value) -> Result<Transform, ValueError> {
     Ok(match name {
         "resize" => Transform::Resize(match value {
             toml::Value::Integer(_) => ResizeTo::Shorter(positive(value)?),
-            _ => ResizeTo::Exact(sizes(value, "resize = 256 (shorter side), [224, 224] or [96, 96, 96]")?),
+            _ => ResizeTo::Exact(sizes(
+                value,
+                "resize = 256 (shorter side), [224, 224] or [96, 96, 96]",
+            )?),
         }),
         "center_crop" => match value {
             toml::Value::Integer(_) => {
@@ -157,7 +167,9 @@ fn parse_value(name: &str, value: &toml::Value) -> Result<Transform, ValueError>
         "crop_or_pad" => Transform::CropOrPad(sizes(value, "crop_or_pad = [96, 96, 96]")?),
         "to_float" => Transform::ToFloat(boolean(value, "to_float = true")?),
         "add_channel" => Transform::AddChannel(boolean(value, "add_channel = true")?),
-        "scale" => Transform::Scale(finite(value).ok_or_else(|| expected("a number", "scale = 255.0 (a factor)"))?),
+        "scale" => Transform::Scale(
+            finite(value).ok_or_else(|| expected("a number", "scale = 255.0 (a factor)"))?,
+        ),
         "channel_order" => match value.as_str() {
             Some("rgb") => Transform::ChannelOrder(ChannelOrder::Rgb),
             Some("bgr") => Transform::ChannelOrder(ChannelOrder::Bgr),
@@ -165,7 +177,12 @@ fn parse_value(name: &str, value: &toml::Value) -> Result<Transform, ValueError>
         },
         "normalize" => normalize(value)?,
         "scale_intensity" => scale_intensity(value)?,
-        _ => return Err((format!("unknown transform `{name}`"), suggest::hint(name, NAMES))),
+        _ => {
+            return Err((
+                format!("unknown transform `{name}`"),
+                suggest::hint(name, NAMES),
+            ));
+        }
     })
 }
 
@@ -176,20 +193,30 @@ fn expected(what: &str, example: &str) -> ValueError {
 fn positive(value: &toml::Value) -> Result<usize, ValueError> {
     match value.as_integer() {
         Some(n) if n >= 1 => Ok(n as usize),
-        _ => Err(("expected a whole number of at least 1".into(), "sizes are pixels (or voxels), e.g. 224".into())),
+        _ => Err((
+            "expected a whole number of at least 1".into(),
+            "sizes are pixels (or voxels), e.g. 224".into(),
+        )),
     }
 }
 
 fn sizes(value: &toml::Value, example: &str) -> Result<Vec<usize>, ValueError> {
-    let list = value.as_array().ok_or_else(|| expected("a size or a list of 2 or 3 sizes", example))?;
+    let list = value
+        .as_array()
+        .ok_or_else(|| expected("a size or a list of 2 or 3 sizes", example))?;
     if !(2..=3).contains(&list.len()) {
-        return Err((format!("expected 2 or 3 sizes, got {}", list.len()), format!("for example {example}")));
+        return Err((
+            format!("expected 2 or 3 sizes, got {}", list.len()),
+            format!("for example {example}"),
+        ));
     }
     list.iter().map(positive).collect()
 }
 
 fn boolean(value: &toml::Value, example: &str) -> Result<bool, ValueError> {
-    value.as_bool().ok_or_else(|| expected("true or false", example))
+    value
+        .as_bool()
+        .ok_or_else(|| expected("true or false", example))
 }
 
 fn finite(value: &toml::Value) -> Option<f64> {
@@ -202,8 +229,14 @@ fn finite(value: &toml::Value) -> Option<f64> {
 }
 
 /// `{ key = value, ... }` with only `allowed` keys.
-fn table<'a>(value: &'a toml::Value, allowed: &[&str], example: &str) -> Result<&'a toml::Table, ValueError> {
-    let table = value.as_table().ok_or_else(|| expected("a table", example))?;
+fn table<'a>(
+    value: &'a toml::Value,
+    allowed: &[&str],
+    example: &str,
+) -> Result<&'a toml::Table, ValueError> {
+    let table = value
+        .as_table()
+        .ok_or_else(|| expected("a table", example))?;
     for key in table.keys() {
         if !allowed.contains(&key.as_str()) {
             return Err((format!("unknown key `{key}`"), suggest::hint(key, allowed)));
@@ -213,11 +246,17 @@ fn table<'a>(value: &'a toml::Value, allowed: &[&str], example: &str) -> Result<
 }
 
 fn numbers(value: Option<&toml::Value>, key: &str) -> Result<Vec<f64>, ValueError> {
-    let help = "for example normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }";
+    let help =
+        "for example normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }";
     let list = value
         .and_then(toml::Value::as_array)
         .filter(|list| !list.is_empty())
-        .ok_or_else(|| (format!("`{key}` must be a non-empty list of numbers, one per channel"), help.to_string()))?;
+        .ok_or_else(|| {
+            (
+                format!("`{key}` must be a non-empty list of numbers, one per channel"),
+                help.to_string(),
+            )
+        })?;
     list.iter()
         .map(|v| finite(v).ok_or_else(|| (format!("`{key}` must hold numbers"), help.to_string())))
         .collect()
@@ -230,12 +269,19 @@ fn normalize(value: &toml::Value) -> Result<Transform, ValueError> {
     let std = numbers(table.get("std"), "std")?;
     if mean.len() != std.len() {
         return Err((
-            format!("`mean` has {} values but `std` has {}", mean.len(), std.len()),
+            format!(
+                "`mean` has {} values but `std` has {}",
+                mean.len(),
+                std.len()
+            ),
             "give one mean and one std per channel".into(),
         ));
     }
     if std.iter().any(|&s| s <= 0.0) {
-        return Err(("every `std` must be greater than 0".into(), "a std of 0 would divide by zero".into()));
+        return Err((
+            "every `std` must be greater than 0".into(),
+            "a std of 0 would divide by zero".into(),
+        ));
     }
     Ok(Transform::Normalize { mean, std })
 }
@@ -245,11 +291,19 @@ fn scale_intensity(value: &toml::Value) -> Result<Transform, ValueError> {
     let table = table(value, &["min", "max"], example)?;
     let bound = |key: &str, default: f64| match table.get(key) {
         None => Ok(default),
-        Some(v) => finite(v).ok_or_else(|| (format!("`{key}` must be a number"), format!("for example {example}"))),
+        Some(v) => finite(v).ok_or_else(|| {
+            (
+                format!("`{key}` must be a number"),
+                format!("for example {example}"),
+            )
+        }),
     };
     let (min, max) = (bound("min", 0.0)?, bound("max", 1.0)?);
     if min >= max {
-        return Err((format!("`min` ({min}) must be less than `max` ({max})"), format!("for example {example}")));
+        return Err((
+            format!("`min` ({min}) must be less than `max` ({max})"),
+            format!("for example {example}"),
+        ));
     }
     Ok(Transform::ScaleIntensity { min, max })
 }
@@ -271,7 +325,10 @@ impl Transform {
             Transform::Normalize { mean, std } => normalize_sample(sample, mean, std),
             Transform::ChannelOrder(ChannelOrder::Bgr) => {
                 if sample.ndim() < 2 {
-                    return Err(format!("channel_order needs a channel axis; the sample has shape {:?}", sample.shape()));
+                    return Err(format!(
+                        "channel_order needs a channel axis; the sample has shape {:?}",
+                        sample.shape()
+                    ));
                 }
                 let mut sample = sample;
                 sample.invert_axis(Axis(0));
@@ -288,7 +345,10 @@ fn resize(sample: ArrayD<f32>, to: &ResizeTo) -> Result<ArrayD<f32>, String> {
     let target: Vec<usize> = match to {
         ResizeTo::Shorter(side) => {
             if ndim < 2 {
-                return Err(format!("resize needs at least 2 axes; the sample has shape {:?}", sample.shape()));
+                return Err(format!(
+                    "resize needs at least 2 axes; the sample has shape {:?}",
+                    sample.shape()
+                ));
             }
             let (h, w) = (sample.shape()[ndim - 2], sample.shape()[ndim - 1]);
             shorter_side(h, w, *side).to_vec()
@@ -308,7 +368,11 @@ fn resize(sample: ArrayD<f32>, to: &ResizeTo) -> Result<ArrayD<f32>, String> {
 /// torchvision `Resize(int)`: the shorter side becomes `side`, the longer one keeps the
 /// aspect ratio (rounded down).
 pub(super) fn shorter_side(h: usize, w: usize, side: usize) -> [usize; 2] {
-    if h <= w { [side, (side * w / h).max(1)] } else { [(side * h / w).max(1), side] }
+    if h <= w {
+        [side, (side * w / h).max(1)]
+    } else {
+        [(side * h / w).max(1), side]
+    }
 }
 
 fn check_axes(sample: &ArrayD<f32>, size: &[usize], name: &str) -> Result<(), String> {
@@ -327,7 +391,11 @@ fn check_axes(sample: &ArrayD<f32>, size: &[usize], name: &str) -> Result<(), St
 fn torchvision_start(len: usize, size: usize) -> usize {
     let diff = len - size;
     let half = diff / 2;
-    if diff % 2 == 1 && half % 2 == 1 { half + 1 } else { half }
+    if diff % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
 }
 
 /// Where MONAI's centre crop starts: `len // 2 - size // 2`.
@@ -337,7 +405,12 @@ fn monai_start(len: usize, size: usize) -> usize {
 
 /// Crops (from `start`) or zero-pads (`(size - len) // 2` before, the rest after) each
 /// trailing axis to `size`.
-fn fit(sample: ArrayD<f32>, size: &[usize], name: &str, start: fn(usize, usize) -> usize) -> Result<ArrayD<f32>, String> {
+fn fit(
+    sample: ArrayD<f32>,
+    size: &[usize],
+    name: &str,
+    start: fn(usize, usize) -> usize,
+) -> Result<ArrayD<f32>, String> {
     check_axes(&sample, size, name)?;
     let first = sample.ndim() - size.len();
     let mut sample = sample;
@@ -346,7 +419,9 @@ fn fit(sample: ArrayD<f32>, size: &[usize], name: &str, start: fn(usize, usize) 
         let len = sample.shape()[axis];
         if target < len {
             let from = start(len, target) as isize;
-            sample = sample.slice_axis(Axis(axis), Slice::from(from..from + target as isize)).to_owned();
+            sample = sample
+                .slice_axis(Axis(axis), Slice::from(from..from + target as isize))
+                .to_owned();
         } else if target > len {
             let mut shape = sample.shape().to_vec();
             shape[axis] = target;
@@ -362,13 +437,21 @@ fn fit(sample: ArrayD<f32>, size: &[usize], name: &str, start: fn(usize, usize) 
 }
 
 /// `(x - mean) / std` per channel, in float32 as torchvision computes it.
-fn normalize_sample(mut sample: ArrayD<f32>, mean: &[f64], std: &[f64]) -> Result<ArrayD<f32>, String> {
+fn normalize_sample(
+    mut sample: ArrayD<f32>,
+    mean: &[f64],
+    std: &[f64],
+) -> Result<ArrayD<f32>, String> {
     let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
     let std: Vec<f32> = std.iter().map(|&s| s as f32).collect();
     if mean.len() == 1 {
         return Ok(sample.mapv_into(|v| (v - mean[0]) / std[0]));
     }
-    let channels = if sample.ndim() >= 2 { sample.shape()[0] } else { 0 };
+    let channels = if sample.ndim() >= 2 {
+        sample.shape()[0]
+    } else {
+        0
+    };
     if channels != mean.len() {
         return Err(format!(
             "normalize has {} means but the sample has {} channel(s) (shape {:?}, channels first)",
@@ -387,7 +470,7 @@ fn normalize_sample(mut sample: ArrayD<f32>, mean: &[f64], std: &[f64]) -> Resul
 fn scale_to(sample: ArrayD<f32>, min: f64, max: f64) -> ArrayD<f32> {
     let low = sample.iter().copied().fold(f32::INFINITY, f32::min);
     let high = sample.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !(high > low) {
+    if high <= low {
         return sample.mapv_into(|_| min as f32);
     }
     let range = f64::from(high) - f64::from(low);
@@ -411,13 +494,31 @@ mod tests {
     #[test]
     fn normalize_of_a_constant_image_is_known() {
         let sample = ArrayD::from_elem(vec![3, 2, 2], 0.5f32);
-        let step = Transform::Normalize { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] };
+        let step = Transform::Normalize {
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+        };
         let out = step.apply(sample).unwrap();
-        for (c, (m, s)) in [(0.485f32, 0.229f32), (0.456, 0.224), (0.406, 0.225)].into_iter().enumerate() {
-            assert!(out.index_axis(Axis(0), c).iter().all(|&v| v == (0.5 - m) / s));
+        for (c, (m, s)) in [(0.485f32, 0.229f32), (0.456, 0.224), (0.406, 0.225)]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(
+                out.index_axis(Axis(0), c)
+                    .iter()
+                    .all(|&v| v == (0.5 - m) / s)
+            );
         }
-        let wrong = Transform::Normalize { mean: vec![0.5, 0.5], std: vec![1.0, 1.0] };
-        assert!(wrong.apply(ArrayD::zeros(vec![3, 2, 2])).unwrap_err().contains("3 channel"));
+        let wrong = Transform::Normalize {
+            mean: vec![0.5, 0.5],
+            std: vec![1.0, 1.0],
+        };
+        assert!(
+            wrong
+                .apply(ArrayD::zeros(vec![3, 2, 2]))
+                .unwrap_err()
+                .contains("3 channel")
+        );
     }
 
     #[test]
@@ -425,9 +526,13 @@ mod tests {
         assert_eq!(shorter_side(480, 640, 256), [256, 341]);
         assert_eq!(shorter_side(640, 480, 256), [341, 256]);
         assert_eq!(shorter_side(100, 100, 32), [32, 32]);
-        let out = Transform::Resize(ResizeTo::Shorter(4)).apply(ArrayD::zeros(vec![3, 8, 12])).unwrap();
+        let out = Transform::Resize(ResizeTo::Shorter(4))
+            .apply(ArrayD::zeros(vec![3, 8, 12]))
+            .unwrap();
         assert_eq!(out.shape(), &[3, 4, 6]);
-        let out = Transform::Resize(ResizeTo::Exact(vec![2, 3, 4])).apply(ArrayD::zeros(vec![1, 4, 6, 8])).unwrap();
+        let out = Transform::Resize(ResizeTo::Exact(vec![2, 3, 4]))
+            .apply(ArrayD::zeros(vec![1, 4, 6, 8]))
+            .unwrap();
         assert_eq!(out.shape(), &[1, 2, 3, 4]);
     }
 
@@ -458,15 +563,24 @@ mod tests {
         assert_eq!(out[[0, 2, 2, 2]], 1.0);
         assert_eq!(out[[0, 0, 1, 1]], 0.0);
         assert_eq!(out[[0, 1, 1, 3]], 0.0);
-        let cropped = Transform::CropOrPad(vec![1, 1, 1]).apply(array(&[1, 3, 3, 3], (0..27).map(|v| v as f32))).unwrap();
+        let cropped = Transform::CropOrPad(vec![1, 1, 1])
+            .apply(array(&[1, 3, 3, 3], (0..27).map(|v| v as f32)))
+            .unwrap();
         assert_eq!(cropped.as_slice().unwrap(), &[13.0]);
     }
 
     #[test]
     fn scale_intensity_maps_min_and_max() {
-        let out = Transform::ScaleIntensity { min: -1.0, max: 1.0 }.apply(array(&[1, 3], [10.0, 20.0, 30.0])).unwrap();
+        let out = Transform::ScaleIntensity {
+            min: -1.0,
+            max: 1.0,
+        }
+        .apply(array(&[1, 3], [10.0, 20.0, 30.0]))
+        .unwrap();
         assert_eq!(out.as_slice().unwrap(), &[-1.0, 0.0, 1.0]);
-        let constant = Transform::ScaleIntensity { min: 0.0, max: 1.0 }.apply(ArrayD::from_elem(vec![2], 7.0)).unwrap();
+        let constant = Transform::ScaleIntensity { min: 0.0, max: 1.0 }
+            .apply(ArrayD::from_elem(vec![2], 7.0))
+            .unwrap();
         assert_eq!(constant.as_slice().unwrap(), &[0.0, 0.0]);
     }
 
@@ -475,21 +589,39 @@ mod tests {
         let sample = array(&[3, 1, 1], [255.0, 51.0, 0.0]);
         let out = Transform::ToFloat(true).apply(sample.clone()).unwrap();
         assert_eq!(out.as_slice().unwrap(), &[1.0, 0.2, 0.0]);
-        let out = Transform::ChannelOrder(ChannelOrder::Bgr).apply(sample.clone()).unwrap();
+        let out = Transform::ChannelOrder(ChannelOrder::Bgr)
+            .apply(sample.clone())
+            .unwrap();
         assert_eq!(out.as_slice().unwrap(), &[0.0, 51.0, 255.0]);
         let out = Transform::Scale(2.0).apply(sample).unwrap();
         assert_eq!(out.as_slice().unwrap(), &[510.0, 102.0, 0.0]);
-        let out = Transform::AddChannel(true).apply(ArrayD::zeros(vec![4, 5, 6])).unwrap();
+        let out = Transform::AddChannel(true)
+            .apply(ArrayD::zeros(vec![4, 5, 6]))
+            .unwrap();
         assert_eq!(out.shape(), &[1, 4, 5, 6]);
     }
 
     #[test]
     fn values_parse_with_clear_errors() {
-        assert_eq!(parse_value("resize", &value("256")).unwrap(), Transform::Resize(ResizeTo::Shorter(256)));
-        assert_eq!(parse_value("center_crop", &value("224")).unwrap(), Transform::CenterCrop(vec![224, 224]));
-        assert_eq!(parse_value("channel_order", &value("\"bgr\"")).unwrap(), Transform::ChannelOrder(ChannelOrder::Bgr));
+        assert_eq!(
+            parse_value("resize", &value("256")).unwrap(),
+            Transform::Resize(ResizeTo::Shorter(256))
+        );
+        assert_eq!(
+            parse_value("center_crop", &value("224")).unwrap(),
+            Transform::CenterCrop(vec![224, 224])
+        );
+        assert_eq!(
+            parse_value("channel_order", &value("\"bgr\"")).unwrap(),
+            Transform::ChannelOrder(ChannelOrder::Bgr)
+        );
         assert!(parse_value("resize", &value("0")).is_err());
-        assert!(parse_value("crop_or_pad", &value("[1, 2, 3, 4]")).unwrap_err().0.contains("2 or 3"));
+        assert!(
+            parse_value("crop_or_pad", &value("[1, 2, 3, 4]"))
+                .unwrap_err()
+                .0
+                .contains("2 or 3")
+        );
         let error = parse_value("normalize", &value("{ mean = [0.5], sdt = [0.5] }")).unwrap_err();
         assert!(error.1.contains("`std`"), "{error:?}");
         assert!(parse_value("normalize", &value("{ mean = [0.5, 0.5], std = [0.5] }")).is_err());
