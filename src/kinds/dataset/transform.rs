@@ -60,7 +60,8 @@ pub(super) enum ChannelOrder {
     Bgr,
 }
 
-/// The JSON Schema of one transform (the parser below does the checking, with spans).
+// Only for the JSON Schema: `parse` below does the checking, with spans.
+/// One step of `transform`: a table with one key.
 #[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code, reason = "only its JSON Schema is used")]
