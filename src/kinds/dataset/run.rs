@@ -251,6 +251,32 @@ fn manifest(
 mod tests {
     use super::*;
 
+    fn dataset(samples: Option<usize>, shuffle: bool) -> Dataset {
+        Dataset {
+            origin: Origin::Source,
+            samples,
+            seed: 1,
+            shuffle,
+            transforms: Vec::new(),
+            threads: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn selection_keeps_source_order_unless_shuffled() {
+        assert_eq!(select(&dataset(None, false), 4), vec![0, 1, 2, 3]);
+        assert_eq!(select(&dataset(Some(9), false), 4), vec![0, 1, 2, 3]);
+        let subset = select(&dataset(Some(3), false), 10);
+        assert_eq!(subset.len(), 3);
+        assert!(subset.windows(2).all(|w| w[0] < w[1]), "{subset:?}");
+        let mut shuffled = select(&dataset(None, true), 10);
+        assert_ne!(shuffled, (0..10).collect::<Vec<_>>());
+        shuffled.sort_unstable();
+        assert_eq!(shuffled, (0..10).collect::<Vec<_>>());
+    }
+
     #[test]
     fn images_get_to_float_first_unless_placed() {
         let crop = Transform::CenterCrop(vec![2, 2]);
