@@ -2,6 +2,7 @@
 //! inputs and outputs, its fingerprint parameters, its device and tool, how it runs).
 
 pub mod command;
+pub mod dataset;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -111,10 +112,10 @@ pub struct KindInfo {
 }
 
 /// Every stage kind this build of pochi knows.
-pub static KINDS: &[&KindInfo] = &[&command::INFO];
+pub static KINDS: &[&KindInfo] = &[&command::INFO, &dataset::INFO];
 
 /// Kinds the pipeline format defines that this version does not implement yet.
-const PLANNED: &[&str] = &["export", "dataset", "quantize", "engine", "report"];
+const PLANNED: &[&str] = &["export", "quantize", "engine", "report"];
 
 /// Finds a kind by name, or returns a hint for the error.
 pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {

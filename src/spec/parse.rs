@@ -108,6 +108,8 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
     let parser = Parser {
         src: &src,
         dir: &dir,
+        build_dir: Path::new(""),
+        stage: "",
     };
     parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
 
@@ -119,7 +121,11 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
         .build_dir
         .map(|raw| paths::normalize(&dir, Path::new(&raw)))
         .unwrap_or_else(|| Path::new("build").join(&name));
-    let stages = parser.stages(&root)?;
+    let stages = Parser {
+        build_dir: &build_dir,
+        ..parser
+    }
+    .stages(&root)?;
     if resources.cpu == Some(0) {
         return Err(parser
             .key_error(&root, "resources", "`resources.cpu` must be at least 1")
@@ -152,10 +158,16 @@ fn toml_error(src: &SourceFile, error: toml::de::Error) -> SpanError {
     src.error(span, message).with_label("here")
 }
 
-/// The parsing context handed to stage kinds: the file (for errors) and its directory.
+/// The parsing context handed to stage kinds: the file (for errors), its directory, the
+/// pipeline's build directory and the stage being parsed (for kinds whose outputs have
+/// conventional paths under `{build_dir}/<stage>/`).
 pub struct Parser<'a> {
     pub src: &'a SourceFile,
     pub dir: &'a Path,
+    /// The pipeline's `build_dir`, relative to `dir` (empty before it is known).
+    pub build_dir: &'a Path,
+    /// The stage whose keys are being parsed (empty outside a stage).
+    pub stage: &'a str,
 }
 
 impl Parser<'_> {
@@ -293,7 +305,13 @@ impl Parser<'_> {
             &format!("in stage `{stage_name}` (kind `{}`)", info.name),
         )?;
         let common: CommonStageKeys = self.deserialize(value)?;
-        let kind = (info.parse)(self, value)?;
+        let kind = (info.parse)(
+            &Parser {
+                stage: &stage_name,
+                ..*self
+            },
+            value,
+        )?;
         let device = match &common.device {
             Some(device) => Device::parse(device.get_ref()).ok_or_else(|| {
                 self.src

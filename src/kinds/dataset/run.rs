@@ -1,0 +1,294 @@
+//! Running a dataset stage: list the source, select the samples, decode and transform them
+//! in parallel chunks (written in selection order, whatever the thread timing), then the
+//! labels and the manifest. Everything goes to the engine's temporary output paths.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::ArrayD;
+use rayon::prelude::*;
+
+use super::npy::NpyWriter;
+use super::source::{FileKind, Listing};
+use super::transform::Transform;
+use super::{Dataset, FORMAT, Origin, random};
+use crate::kinds::InvocationContext;
+
+/// Samples decoded per chunk and thread: bounds memory while keeping threads busy.
+const CHUNK_PER_THREAD: usize = 4;
+
+pub(super) fn run(
+    dataset: &Dataset,
+    context: &InvocationContext,
+    cancel: &AtomicBool,
+) -> Result<(), String> {
+    let (listing, shown_source) = match &dataset.origin {
+        Origin::Source => {
+            let path = context
+                .inputs
+                .get("source")
+                .ok_or("internal error: the stage has no `source` input")?;
+            let shown = path.display().to_string();
+            (Listing::open(&context.dir.join(path), &shown)?, Some(shown))
+        }
+        Origin::Synthetic(spec) => (Listing::Synthetic(spec.clone()), None),
+    };
+    let selected = select(dataset, listing.len());
+    let steps = effective_steps(&dataset.transforms, listing.is_images());
+
+    let pool = match dataset.threads {
+        Some(threads) => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| format!("cannot start decoding threads: {e}"))?,
+        ),
+        None => None,
+    };
+    let threads = pool
+        .as_ref()
+        .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+    let chunk_len = (threads * CHUNK_PER_THREAD).max(8);
+
+    let output = |key: &str| context.dir.join(&context.outputs[key]);
+    let mut writer: Option<NpyWriter> = None;
+    let mut first: Option<(Vec<usize>, String)> = None;
+    for chunk in selected.chunks(chunk_len) {
+        if cancel.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        let work = || {
+            chunk
+                .par_iter()
+                .map(|&index| prepare(&listing, &steps, index, cancel))
+                .collect::<Vec<_>>()
+        };
+        let samples = match &pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        };
+        for (sample, &index) in samples.into_iter().zip(chunk) {
+            let sample = sample?;
+            match &first {
+                None => {
+                    check_layout(&listing, &sample, index)?;
+                    let mut shape = vec![selected.len()];
+                    shape.extend_from_slice(sample.shape());
+                    let path = output("data");
+                    writer = Some(
+                        NpyWriter::create(&path, "<f4", &shape)
+                            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                    );
+                    first = Some((sample.shape().to_vec(), listing.name(index)));
+                }
+                Some((shape, name)) if shape.as_slice() != sample.shape() => {
+                    return Err(format!(
+                        "samples differ in shape after the transforms: `{}` is {:?} but `{name}` is {shape:?}; add a resize, center_crop or crop_or_pad so every sample ends the same size",
+                        listing.name(index),
+                        sample.shape()
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(writer) = writer.as_mut() {
+                writer
+                    .write_f32(sample.iter().copied())
+                    .map_err(|e| format!("cannot write the data: {e}"))?;
+            }
+        }
+    }
+    let (Some(writer), Some((sample_shape, _))) = (writer, first) else {
+        return Err("the source has no samples".into());
+    };
+    writer
+        .finish()
+        .map_err(|e| format!("cannot write the data: {e}"))?;
+
+    let labels: Vec<i64> = selected.iter().map(|&index| listing.label(index)).collect();
+    let path = output("labels");
+    let mut label_writer = NpyWriter::create(&path, "<i8", &[labels.len()])
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    label_writer
+        .write_i64(labels.iter().copied())
+        .map_err(|e| format!("cannot write the labels: {e}"))?;
+    label_writer
+        .finish()
+        .map_err(|e| format!("cannot write the labels: {e}"))?;
+
+    let manifest = manifest(
+        dataset,
+        &listing,
+        shown_source,
+        &selected,
+        &labels,
+        &sample_shape,
+        &steps,
+    );
+    let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?;
+    text.push('\n');
+    let path = output("manifest");
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The samples to take, in output order: every one in source order, or a seeded subset
+/// (kept in source order), shuffled with the seed when asked.
+fn select(dataset: &Dataset, total: usize) -> Vec<usize> {
+    let mut selected: Vec<usize> = match dataset.samples {
+        Some(samples) if samples < total => {
+            let mut subset = random::subset(total, samples, dataset.seed);
+            subset.sort_unstable();
+            subset
+        }
+        _ => (0..total).collect(),
+    };
+    if dataset.shuffle {
+        random::shuffle(&mut selected, dataset.seed);
+    }
+    selected
+}
+
+/// The steps as run: images start with `to_float` (ToTensor) unless the list places it.
+fn effective_steps(transforms: &[Transform], images: bool) -> Vec<Transform> {
+    let placed = transforms
+        .iter()
+        .any(|step| matches!(step, Transform::ToFloat(_)));
+    let mut steps = Vec::with_capacity(transforms.len() + 1);
+    if images && !placed {
+        steps.push(Transform::ToFloat(true));
+    }
+    steps.extend_from_slice(transforms);
+    steps
+}
+
+/// Loads and transforms one sample.
+fn prepare(
+    listing: &Listing,
+    steps: &[Transform],
+    index: usize,
+    cancel: &AtomicBool,
+) -> Result<ArrayD<f32>, String> {
+    if cancel.load(Ordering::Relaxed) {
+        return Err("interrupted".into());
+    }
+    let mut sample = listing.load(index)?;
+    for step in steps {
+        sample = step
+            .apply(sample)
+            .map_err(|e| format!("sample `{}`: {e}", listing.name(index)))?;
+    }
+    Ok(sample)
+}
+
+/// A folder of `.npy` volumes must end channels first: C x H x W or C x D x H x W.
+fn check_layout(listing: &Listing, sample: &ArrayD<f32>, index: usize) -> Result<(), String> {
+    let volumes = matches!(
+        listing,
+        Listing::Files {
+            kind: FileKind::Volumes,
+            ..
+        }
+    );
+    if volumes && !(3..=4).contains(&sample.ndim()) {
+        return Err(format!(
+            "sample `{}` has shape {:?} after the transforms; samples must be C x H x W or C x D x H x W (add {{ add_channel = true }} to give a D x H x W volume its channel axis)",
+            listing.name(index),
+            sample.shape()
+        ));
+    }
+    Ok(())
+}
+
+fn manifest(
+    dataset: &Dataset,
+    listing: &Listing,
+    source: Option<String>,
+    selected: &[usize],
+    labels: &[i64],
+    sample_shape: &[usize],
+    steps: &[Transform],
+) -> serde_json::Value {
+    let mut shape = vec![selected.len()];
+    shape.extend_from_slice(sample_shape);
+    let classes = listing.classes();
+    let mut class_counts: BTreeMap<&str, usize> = classes.iter().map(|c| (c.as_str(), 0)).collect();
+    for &label in labels {
+        if let Some(class) = usize::try_from(label).ok().and_then(|l| classes.get(l)) {
+            *class_counts.entry(class.as_str()).or_default() += 1;
+        }
+    }
+    let files: Option<Vec<String>> = match listing {
+        Listing::Synthetic(_) => None,
+        _ => Some(selected.iter().map(|&index| listing.name(index)).collect()),
+    };
+    serde_json::json!({
+        "format": FORMAT,
+        "count": selected.len(),
+        "shape": shape,
+        "dtype": "float32",
+        "labels_dtype": "int64",
+        "source": {
+            "kind": listing.kind_name(),
+            "path": source,
+            "available": listing.len(),
+            "files_digest": listing.files_digest(),
+            "synthetic": match &dataset.origin {
+                Origin::Synthetic(spec) => Some(spec),
+                Origin::Source => None,
+            },
+        },
+        "classes": classes,
+        "class_counts": class_counts,
+        "unlabelled": labels.iter().filter(|&&l| l < 0).count(),
+        "samples": dataset.samples,
+        "seed": dataset.seed,
+        "shuffle": dataset.shuffle,
+        "transform": steps,
+        "files": files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(samples: Option<usize>, shuffle: bool) -> Dataset {
+        Dataset {
+            origin: Origin::Source,
+            samples,
+            seed: 1,
+            shuffle,
+            transforms: Vec::new(),
+            threads: None,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn selection_keeps_source_order_unless_shuffled() {
+        assert_eq!(select(&dataset(None, false), 4), vec![0, 1, 2, 3]);
+        assert_eq!(select(&dataset(Some(9), false), 4), vec![0, 1, 2, 3]);
+        let subset = select(&dataset(Some(3), false), 10);
+        assert_eq!(subset.len(), 3);
+        assert!(subset.windows(2).all(|w| w[0] < w[1]), "{subset:?}");
+        let mut shuffled = select(&dataset(None, true), 10);
+        assert_ne!(shuffled, (0..10).collect::<Vec<_>>());
+        shuffled.sort_unstable();
+        assert_eq!(shuffled, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn images_get_to_float_first_unless_placed() {
+        let crop = Transform::CenterCrop(vec![2, 2]);
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&crop), true),
+            vec![Transform::ToFloat(true), crop.clone()]
+        );
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&crop), false),
+            vec![crop.clone()]
+        );
+        let placed = vec![crop.clone(), Transform::ToFloat(false)];
+        assert_eq!(effective_steps(&placed, true), placed);
+    }
+}
