@@ -342,7 +342,7 @@ impl StageExecutor {
                     )
                 },
             )?;
-            project.stats.forget(&output.path);
+            project.stats.forget(&output.path, dest.is_dir());
             let digest = project
                 .stats
                 .digest(&pipeline.dir, &output.path)

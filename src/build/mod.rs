@@ -708,7 +708,7 @@ pub fn clean(workspace: &Workspace, targets: &[StageId]) -> Result<Vec<PathBuf>,
                 })?;
                 removed.push(output.path.clone());
             }
-            project.stats.forget(&output.path);
+            project.stats.forget(&output.path, true);
         }
         project.state().record_cleaned(&stage.name)?;
     }

@@ -151,10 +151,20 @@ impl StatCache {
         Ok(hasher.finalize().to_hex().to_string())
     }
 
-    /// Forgets a path (and everything under it), after pochi rewrote it.
-    pub fn forget(&self, path: &Path) {
-        self.lock().retain(|key, _| !key.starts_with(path));
+    /// Forgets a path after pochi rewrote it; `is_dir` also forgets everything under it
+    /// (a scan of the cache, so only for directories).
+    pub fn forget(&self, path: &Path, is_dir: bool) {
+        let mut entries = self.lock();
+        entries.remove(path);
+        if is_dir {
+            entries.retain(|key, _| !key.starts_with(path));
+        }
         self.changed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a digest for `path` is cached.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.lock().contains_key(path)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, CacheEntry>> {

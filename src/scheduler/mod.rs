@@ -277,7 +277,9 @@ impl<'a> Scheduler<'a> {
 
     fn start_ready(&mut self, observer: &mut dyn FnMut(Event)) {
         let mut deferred = Vec::new();
-        while !self.stopping {
+        // Every job takes at least one cpu slot, so with none free nothing can start: stop
+        // before scanning (with thousands of ready jobs, scanning each time is quadratic).
+        while !self.stopping && self.pools.has_free_cpu() {
             let Some((priority, Reverse(job))) = self.ready.pop() else {
                 break;
             };

@@ -110,6 +110,11 @@ impl Pools {
         })
     }
 
+    /// Whether at least one cpu slot is free (every job needs one).
+    pub fn has_free_cpu(&self) -> bool {
+        self.cpu_used < self.capacity.cpu.max(1)
+    }
+
     pub fn release(&mut self, lease: &Lease) {
         self.cpu_used -= lease.cpu;
         self.memory_used -= lease.memory;
