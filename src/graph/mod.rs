@@ -253,6 +253,10 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
     }
     let output_of = |(stage, index): (usize, usize)| &pipeline.stages[stage].kind.outputs()[index];
     let input_of = |(stage, index): (usize, usize)| &pipeline.stages[stage].kind.inputs()[index];
+    let overlap = |path: &Path, id: (usize, usize), input_path: &Path, input_id: (usize, usize)| {
+        let (output, input) = (output_of(id), input_of(input_id));
+        overlap_error(pipeline, path, output, id.0, input_path, input, input_id.0)
+    };
     for (&path, &id) in &outputs {
         if let Some((&outer, &outer_id)) = ancestor_in(&outputs, path) {
             return Err(pipeline
@@ -273,28 +277,12 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
             .get_key_value(path)
             .or_else(|| ancestor_in(&sources, path));
         if let Some((&input_path, &input_id)) = containing_input {
-            return Err(overlap_error(
-                pipeline,
-                path,
-                output_of(id),
-                id.0,
-                input_path,
-                input_of(input_id),
-                input_id.0,
-            ));
+            return Err(overlap(path, id, input_path, input_id));
         }
     }
     for (&input_path, &input_id) in &sources {
         if let Some((&path, &id)) = ancestor_in(&outputs, input_path) {
-            return Err(overlap_error(
-                pipeline,
-                path,
-                output_of(id),
-                id.0,
-                input_path,
-                input_of(input_id),
-                input_id.0,
-            ));
+            return Err(overlap(path, id, input_path, input_id));
         }
     }
     Ok(())
