@@ -167,7 +167,10 @@ impl StageExecutor {
             build_dir: &pipeline.build_dir,
         };
         match spec.kind.action(&context) {
-            Action::Process(invocation) => self.run_process(project, stage, lease, invocation)?,
+            Action::Process(invocation) => self.run_process(project, stage, lease, invocation).map_err(|failure| match failure {
+                ProcessFailure::Ran { status, message } => spec.kind.explain_failure(&context, &status, message),
+                ProcessFailure::Other(message) => message,
+            })?,
             Action::InProcess => spec.kind.run_in_process(&context, &self.cancel)?,
         }
         if self.cancel.load(Ordering::Relaxed) {
@@ -176,7 +179,7 @@ impl StageExecutor {
         spec.kind.verify(&context)
     }
 
-    fn run_process(&self, project: &Project, stage: usize, lease: &Lease, invocation: Invocation) -> Result<(), String> {
+    fn run_process(&self, project: &Project, stage: usize, lease: &Lease, invocation: Invocation) -> Result<(), ProcessFailure> {
         let pipeline = &project.pipeline;
         let mut env = pipeline.stages[stage].env.clone();
         env.extend(invocation.env);
@@ -187,8 +190,8 @@ impl StageExecutor {
         let shown_log = log.strip_prefix(&pipeline.dir).unwrap_or(&log).display().to_string();
         match self.runner.run(&process, &self.cancel) {
             ProcessResult::Success => Ok(()),
-            ProcessResult::Cancelled => Err("interrupted".into()),
-            ProcessResult::SpawnError(error) => Err(format!("cannot start `{}`: {error}", process.program)),
+            ProcessResult::Cancelled => Err(ProcessFailure::Other("interrupted".into())),
+            ProcessResult::SpawnError(error) => Err(ProcessFailure::Other(format!("cannot start `{}`: {error}", process.program))),
             ProcessResult::Failed { status, stderr_tail } => {
                 let mut message = format!("`{}` failed with {status}\nlog: {shown_log}", process.program);
                 if !stderr_tail.is_empty() {
@@ -198,7 +201,7 @@ impl StageExecutor {
                         message.push_str(&line);
                     }
                 }
-                Err(message)
+                Err(ProcessFailure::Ran { status, message })
             }
         }
     }
@@ -251,6 +254,14 @@ impl StageExecutor {
             .record_built(record)
             .map_err(|e| format!("cannot record the stage as built: {e}"))
     }
+}
+
+/// Why a stage's process did not succeed.
+enum ProcessFailure {
+    /// It ran and failed; the kind may explain the failure (`StageKind::explain_failure`).
+    Ran { status: String, message: String },
+    /// It never ran, or was interrupted.
+    Other(String),
 }
 
 /// Describes a standing that prevents computing a key.

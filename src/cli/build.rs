@@ -10,6 +10,7 @@ use clap::Args;
 use super::output::{failure, paint};
 use super::progress::Reporter;
 use crate::build::{BuildOptions, Workspace};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -36,10 +37,12 @@ pub struct BuildArgs {
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let mut workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
     if args.dry_run {
+        workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
         return dry_run(&workspace, &args);
     }
+    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
     let cancel = Arc::new(AtomicBool::new(false));
     install_interrupt_handler(Arc::clone(&cancel));
     let options = BuildOptions {
@@ -91,7 +94,7 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
 }
 
 /// First Ctrl-C: stop running stages and discard their partial outputs. Second: exit now.
-fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
+pub(super) fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, Ordering::SeqCst) {
             std::process::exit(130);

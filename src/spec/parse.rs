@@ -101,7 +101,7 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
     let src = SourceFile::new(path.display().to_string(), text);
     let text = Arc::clone(&src.text);
     let root = DeTable::parse(&text).map_err(|error| toml_error(&src, error))?;
-    let parser = Parser { src: &src, dir: &dir };
+    let parser = Parser { src: &src, dir: &dir, build_dir: Path::new(""), stage: "" };
     parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
 
     let section: PipelineSection = parser.section(&root, "pipeline", PIPELINE_KEYS)?;
@@ -112,6 +112,7 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
         .build_dir
         .map(|raw| paths::normalize(&dir, Path::new(&raw)))
         .unwrap_or_else(|| Path::new("build").join(&name));
+    let parser = Parser { build_dir: &build_dir, ..parser };
     let stages = parser.stages(&root)?;
     if resources.cpu == Some(0) {
         return Err(parser.key_error(&root, "resources", "`resources.cpu` must be at least 1").into());
@@ -141,10 +142,15 @@ fn toml_error(src: &SourceFile, error: toml::de::Error) -> SpanError {
     src.error(span, message).with_label("here")
 }
 
-/// The parsing context handed to stage kinds: the file (for errors) and its directory.
+/// The parsing context handed to stage kinds: the file (for errors), its directory, the
+/// pipeline's build directory and the stage's name (for default output paths).
 pub struct Parser<'a> {
     pub src: &'a SourceFile,
     pub dir: &'a Path,
+    /// Relative to `dir` (empty until `[pipeline]` is read).
+    pub build_dir: &'a Path,
+    /// The stage being parsed (empty outside a stage).
+    pub stage: &'a str,
 }
 
 impl Parser<'_> {
@@ -244,7 +250,7 @@ impl Parser<'_> {
         let allowed: Vec<&str> = COMMON_STAGE_KEYS.iter().chain(info.keys).copied().collect();
         self.check_keys(table, &allowed, &format!("in stage `{stage_name}` (kind `{}`)", info.name))?;
         let common: CommonStageKeys = self.deserialize(value)?;
-        let kind = (info.parse)(self, value)?;
+        let kind = (info.parse)(&Parser { stage: &stage_name, ..*self }, value)?;
         let device = match &common.device {
             Some(device) => Device::parse(device.get_ref()).ok_or_else(|| {
                 self.src
