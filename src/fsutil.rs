@@ -74,7 +74,10 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{tag}.{}", std::process::id()))
 }
 

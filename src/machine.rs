@@ -10,7 +10,11 @@ use crate::spec::ByteSize;
 pub fn detect() -> Machine {
     Machine {
         cores: env_number("POCHI_CPUS").unwrap_or_else(cores),
-        memory: std::env::var("POCHI_MEMORY").ok().and_then(|m| ByteSize::parse(&m).ok()).map(|m| m.0).unwrap_or_else(total_memory),
+        memory: std::env::var("POCHI_MEMORY")
+            .ok()
+            .and_then(|m| ByteSize::parse(&m).ok())
+            .map(|m| m.0)
+            .unwrap_or_else(total_memory),
         gpus: match std::env::var("POCHI_GPUS") {
             Ok(list) => parse_gpu_list(&list),
             Err(_) => nvidia_smi_gpus(),
@@ -19,11 +23,18 @@ pub fn detect() -> Machine {
 }
 
 fn env_number(name: &str) -> Option<u32> {
-    std::env::var(name).ok()?.trim().parse().ok().filter(|n| *n > 0)
+    std::env::var(name)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
 }
 
 fn cores() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 fn total_memory() -> u64 {
@@ -41,13 +52,20 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
 
 /// `"0,1"` -> [0, 1]; `""` -> none.
 pub fn parse_gpu_list(list: &str) -> Vec<u32> {
-    list.split(',').filter_map(|id| id.trim().parse().ok()).collect()
+    list.split(',')
+        .filter_map(|id| id.trim().parse().ok())
+        .collect()
 }
 
 fn nvidia_smi_gpus() -> Vec<u32> {
-    let output = Command::new("nvidia-smi").args(["--query-gpu=index", "--format=csv,noheader"]).output();
+    let output = Command::new("nvidia-smi")
+        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .output();
     match output {
-        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect(),
+        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
         _ => Vec::new(),
     }
 }

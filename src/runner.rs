@@ -85,14 +85,31 @@ fn run_process(spec: &ProcessSpec, cancel: &AtomicBool) -> std::io::Result<Proce
     }
     let status = match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
-        (None, Some(signal)) => format!("signal {signal}{}", if signal == libc::SIGKILL { " (killed; out of memory?)" } else { "" }),
+        (None, Some(signal)) => format!(
+            "signal {signal}{}",
+            if signal == libc::SIGKILL {
+                " (killed; out of memory?)"
+            } else {
+                ""
+            }
+        ),
         _ => "an unknown status".to_string(),
     };
-    let stderr_tail = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-    Ok(ProcessResult::Failed { status, stderr_tail })
+    let stderr_tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    Ok(ProcessResult::Failed {
+        status,
+        stderr_tail,
+    })
 }
 
-fn copy_stderr(stderr: std::process::ChildStderr, mut log: std::fs::File, tail: &Mutex<VecDeque<String>>) {
+fn copy_stderr(
+    stderr: std::process::ChildStderr,
+    mut log: std::fs::File,
+    tail: &Mutex<VecDeque<String>>,
+) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
     while let Ok(read) = reader.read_until(b'\n', &mut line) {

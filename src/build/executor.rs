@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::Project;
 use super::explain::{self, Change};
 use super::process::{ProcessResult, ProcessRunner, ProcessSpec};
-use super::Project;
 use crate::fingerprint::{InputDigest, KEY_FORMAT, StageKey};
 use crate::graph::ResolvedInput;
 use crate::kinds::{Action, Invocation, InvocationContext, Tool};
@@ -36,24 +36,46 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
     let mut inputs = BTreeMap::new();
     for (key, input) in project.graph.inputs(stage) {
         let path = input.path();
-        let digest = project.stats.digest(&pipeline.dir, path).map_err(|error| match input {
-            ResolvedInput::Upstream { stage: upstream, .. } => Standing::WaitsOnUpstream(format!(
-                "output `{}` of stage `{}` is not built",
-                path.display(),
-                pipeline.stages[*upstream].name
-            )),
-            ResolvedInput::Source(_) => Standing::Broken(format!("input `{key}` (`{}`): {error}", path.display())),
-        })?;
-        inputs.insert(key.clone(), InputDigest { path: path.to_path_buf(), digest });
+        let digest = project
+            .stats
+            .digest(&pipeline.dir, path)
+            .map_err(|error| match input {
+                ResolvedInput::Upstream {
+                    stage: upstream, ..
+                } => Standing::WaitsOnUpstream(format!(
+                    "output `{}` of stage `{}` is not built",
+                    path.display(),
+                    pipeline.stages[*upstream].name
+                )),
+                ResolvedInput::Source(_) => {
+                    Standing::Broken(format!("input `{key}` (`{}`): {error}", path.display()))
+                }
+            })?;
+        inputs.insert(
+            key.clone(),
+            InputDigest {
+                path: path.to_path_buf(),
+                digest,
+            },
+        );
     }
     let mut needs = BTreeMap::new();
     for need in &spec.needs {
-        let Some(upstream) = project.graph.index(&need.value) else { continue };
+        let Some(upstream) = project.graph.index(&need.value) else {
+            continue;
+        };
         let mut digests = BTreeMap::new();
         for output in pipeline.stages[upstream].kind.outputs() {
-            let digest = project.stats.digest(&pipeline.dir, &output.path).map_err(|_| {
-                Standing::WaitsOnUpstream(format!("output `{}` of stage `{}` is not built", output.path.display(), need.value))
-            })?;
+            let digest = project
+                .stats
+                .digest(&pipeline.dir, &output.path)
+                .map_err(|_| {
+                    Standing::WaitsOnUpstream(format!(
+                        "output `{}` of stage `{}` is not built",
+                        output.path.display(),
+                        need.value
+                    ))
+                })?;
             digests.insert(output.key.clone(), digest);
         }
         needs.insert(need.value.clone(), digests);
@@ -62,7 +84,12 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         format: KEY_FORMAT,
         kind: spec.kind.kind().to_string(),
         params: spec.kind.params(),
-        outputs: spec.kind.outputs().iter().map(|o| (o.key.clone(), o.path.clone())).collect(),
+        outputs: spec
+            .kind
+            .outputs()
+            .iter()
+            .map(|o| (o.key.clone(), o.path.clone()))
+            .collect(),
         device: spec.device.to_string(),
         env: spec.env.clone(),
         inputs,
@@ -85,14 +112,21 @@ pub fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>)
     let Some(record) = state.built(name) else {
         return (Standing::Stale(vec![Change::NeverBuilt]), Some(key));
     };
-    let mut changes = if record.fingerprint == key.fingerprint() { Vec::new() } else { explain::diff(&record.key, &key) };
+    let mut changes = if record.fingerprint == key.fingerprint() {
+        Vec::new()
+    } else {
+        explain::diff(&record.key, &key)
+    };
     if changes.is_empty() && record.fingerprint != key.fingerprint() {
         changes.push(Change::Format);
     }
     for output in &record.outputs {
         let path = output.path.display().to_string();
         match project.stats.digest(&project.pipeline.dir, &output.path) {
-            Err(_) => changes.push(Change::OutputMissing { key: output.key.clone(), path }),
+            Err(_) => changes.push(Change::OutputMissing {
+                key: output.key.clone(),
+                path,
+            }),
             Ok(digest) if digest != output.digest => changes.push(Change::OutputModified {
                 key: output.key.clone(),
                 path,
@@ -102,7 +136,11 @@ pub fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>)
             Ok(_) => {}
         }
     }
-    let standing = if changes.is_empty() { Standing::UpToDate } else { Standing::Stale(changes) };
+    let standing = if changes.is_empty() {
+        Standing::UpToDate
+    } else {
+        Standing::Stale(changes)
+    };
     (standing, Some(key))
 }
 
@@ -119,21 +157,38 @@ pub struct StageExecutor {
 }
 
 impl StageExecutor {
-    pub fn new(projects: Arc<Vec<Project>>, jobs: Vec<(usize, usize)>, runner: Arc<dyn ProcessRunner>, cancel: Arc<AtomicBool>) -> Self {
-        StageExecutor { projects, jobs, runner, cancel, keys: Mutex::new(BTreeMap::new()), runs: AtomicU64::new(0) }
+    pub fn new(
+        projects: Arc<Vec<Project>>,
+        jobs: Vec<(usize, usize)>,
+        runner: Arc<dyn ProcessRunner>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        StageExecutor {
+            projects,
+            jobs,
+            runner,
+            cancel,
+            keys: Mutex::new(BTreeMap::new()),
+            runs: AtomicU64::new(0),
+        }
     }
 
     fn run_stage(&self, job: usize, lease: &Lease) -> Result<(), String> {
         let (project_index, stage) = self.jobs[job];
         let project = &self.projects[project_index];
-        let key = self.keys.lock().unwrap_or_else(|e| e.into_inner()).remove(&job);
+        let key = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job);
         let key = match key {
             Some(key) => key,
             None => current_key(project, stage).map_err(describe)?,
         };
         let started = Instant::now();
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
-        let workspace = TempOutputs::create(project, stage, run).map_err(|e| format!("cannot create temporary output directory: {e}"))?;
+        let workspace = TempOutputs::create(project, stage, run)
+            .map_err(|e| format!("cannot create temporary output directory: {e}"))?;
         let result = self.execute(project, stage, lease, &workspace);
         let outcome = result.and_then(|()| self.finish(project, stage, &key, &workspace, started));
         workspace.discard();
@@ -144,20 +199,37 @@ impl StageExecutor {
             let record = FailureRecord {
                 stage: project.pipeline.stages[stage].name.clone(),
                 message: message.clone(),
-                log: log.strip_prefix(&project.pipeline.dir).ok().map(Path::to_path_buf),
+                log: log
+                    .strip_prefix(&project.pipeline.dir)
+                    .ok()
+                    .map(Path::to_path_buf),
                 duration_ms: started.elapsed().as_millis() as u64,
                 finished_unix_ms: unix_ms_now(),
             };
-            let _ = project.state.lock().unwrap_or_else(|e| e.into_inner()).record_failed(record);
+            let _ = project
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_failed(record);
         }
         outcome
     }
 
-    fn execute(&self, project: &Project, stage: usize, lease: &Lease, temp: &TempOutputs) -> Result<(), String> {
+    fn execute(
+        &self,
+        project: &Project,
+        stage: usize,
+        lease: &Lease,
+        temp: &TempOutputs,
+    ) -> Result<(), String> {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
-        let inputs: BTreeMap<String, PathBuf> =
-            project.graph.inputs(stage).iter().map(|(key, input)| (key.clone(), input.path().to_path_buf())).collect();
+        let inputs: BTreeMap<String, PathBuf> = project
+            .graph
+            .inputs(stage)
+            .iter()
+            .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
+            .collect();
         let toolchain = project.toolchain();
         let context = InvocationContext {
             dir: &pipeline.dir,
@@ -167,10 +239,14 @@ impl StageExecutor {
             build_dir: &pipeline.build_dir,
         };
         match spec.kind.action(&context) {
-            Action::Process(invocation) => self.run_process(project, stage, lease, invocation).map_err(|failure| match failure {
-                ProcessFailure::Ran { status, message } => spec.kind.explain_failure(&context, &status, message),
-                ProcessFailure::Other(message) => message,
-            })?,
+            Action::Process(invocation) => self
+                .run_process(project, stage, lease, invocation)
+                .map_err(|failure| match failure {
+                    ProcessFailure::Ran { status, message } => {
+                        spec.kind.explain_failure(&context, &status, message)
+                    }
+                    ProcessFailure::Other(message) => message,
+                })?,
             Action::InProcess => spec.kind.run_in_process(&context, &self.cancel)?,
         }
         if self.cancel.load(Ordering::Relaxed) {
@@ -179,21 +255,46 @@ impl StageExecutor {
         spec.kind.verify(&context)
     }
 
-    fn run_process(&self, project: &Project, stage: usize, lease: &Lease, invocation: Invocation) -> Result<(), ProcessFailure> {
+    fn run_process(
+        &self,
+        project: &Project,
+        stage: usize,
+        lease: &Lease,
+        invocation: Invocation,
+    ) -> Result<(), ProcessFailure> {
         let pipeline = &project.pipeline;
         let mut env = pipeline.stages[stage].env.clone();
         env.extend(invocation.env);
         let visible = lease.gpu.map(|gpu| gpu.to_string()).unwrap_or_default();
         env.insert("CUDA_VISIBLE_DEVICES".into(), visible);
         let log = project.state_log_path(stage);
-        let process = ProcessSpec { program: invocation.program, args: invocation.args, env, cwd: pipeline.dir.clone(), log: log.clone() };
-        let shown_log = log.strip_prefix(&pipeline.dir).unwrap_or(&log).display().to_string();
+        let process = ProcessSpec {
+            program: invocation.program,
+            args: invocation.args,
+            env,
+            cwd: pipeline.dir.clone(),
+            log: log.clone(),
+        };
+        let shown_log = log
+            .strip_prefix(&pipeline.dir)
+            .unwrap_or(&log)
+            .display()
+            .to_string();
         match self.runner.run(&process, &self.cancel) {
             ProcessResult::Success => Ok(()),
             ProcessResult::Cancelled => Err(ProcessFailure::Other("interrupted".into())),
-            ProcessResult::SpawnError(error) => Err(ProcessFailure::Other(format!("cannot start `{}`: {error}", process.program))),
-            ProcessResult::Failed { status, stderr_tail } => {
-                let mut message = format!("`{}` failed with {status}\nlog: {shown_log}", process.program);
+            ProcessResult::SpawnError(error) => Err(ProcessFailure::Other(format!(
+                "cannot start `{}`: {error}",
+                process.program
+            ))),
+            ProcessResult::Failed {
+                status,
+                stderr_tail,
+            } => {
+                let mut message = format!(
+                    "`{}` failed with {status}\nlog: {shown_log}",
+                    process.program
+                );
                 if !stderr_tail.is_empty() {
                     message.push_str("\nlast lines of stderr:");
                     for line in stderr_tail {
@@ -207,7 +308,14 @@ impl StageExecutor {
     }
 
     /// Verifies, re-checks inputs, publishes, hashes and records.
-    fn finish(&self, project: &Project, stage: usize, key: &StageKey, temp: &TempOutputs, started: Instant) -> Result<(), String> {
+    fn finish(
+        &self,
+        project: &Project,
+        stage: usize,
+        key: &StageKey,
+        temp: &TempOutputs,
+        started: Instant,
+    ) -> Result<(), String> {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
         for output in spec.kind.outputs() {
@@ -225,19 +333,33 @@ impl StageExecutor {
         if after.inputs != key.inputs || after.needs != key.needs {
             let changes = explain::diff(key, &after);
             let what: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
-            return Err(format!("an input changed while the stage ran ({}); its outputs were discarded, run the build again", what.join("; ")));
+            return Err(format!(
+                "an input changed while the stage ran ({}); its outputs were discarded, run the build again",
+                what.join("; ")
+            ));
         }
         let mut outputs = Vec::new();
         for output in spec.kind.outputs() {
             let dest = pipeline.dir.join(&output.path);
-            crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest)
-                .map_err(|e| format!("cannot publish output `{}` to {}: {e}", output.key, output.path.display()))?;
+            crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest).map_err(
+                |e| {
+                    format!(
+                        "cannot publish output `{}` to {}: {e}",
+                        output.key,
+                        output.path.display()
+                    )
+                },
+            )?;
             project.stats.forget(&output.path);
             let digest = project
                 .stats
                 .digest(&pipeline.dir, &output.path)
                 .map_err(|e| format!("cannot hash output `{}`: {e}", output.path.display()))?;
-            outputs.push(OutputRecord { key: output.key.clone(), path: output.path.clone(), digest });
+            outputs.push(OutputRecord {
+                key: output.key.clone(),
+                path: output.path.clone(),
+                digest,
+            });
         }
         let record = StageRecord {
             stage: spec.name.clone(),
@@ -278,11 +400,16 @@ impl Executor for StageExecutor {
         let (project_index, stage) = self.jobs[job];
         let (standing, key) = standing(&self.projects[project_index], stage);
         if let Some(key) = key {
-            self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(job, key);
+            self.keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job, key);
         }
         match standing {
             Standing::UpToDate => Check::UpToDate,
-            Standing::Stale(changes) => Check::Run(changes.first().map(|c| c.to_string()).unwrap_or_default()),
+            Standing::Stale(changes) => {
+                Check::Run(changes.first().map(|c| c.to_string()).unwrap_or_default())
+            }
             Standing::WaitsOnUpstream(why) => Check::Run(why),
             Standing::Broken(why) => Check::Failed(why),
         }
@@ -309,14 +436,23 @@ impl TempOutputs {
     fn create(project: &Project, stage: usize, run: u64) -> std::io::Result<TempOutputs> {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
-        let root = project.temp_root().join(format!("{}.{}.{run}", spec.name, std::process::id()));
+        let root = project
+            .temp_root()
+            .join(format!("{}.{}.{run}", spec.name, std::process::id()));
         crate::fsutil::remove_path(&root)?;
-        let relative_root = root.strip_prefix(&pipeline.dir).map(Path::to_path_buf).unwrap_or_else(|_| root.clone());
+        let relative_root = root
+            .strip_prefix(&pipeline.dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| root.clone());
         let mut paths = BTreeMap::new();
         for output in spec.kind.outputs() {
             let dir = relative_root.join(&output.key);
             std::fs::create_dir_all(pipeline.dir.join(&dir))?;
-            let name = output.path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| output.key.clone().into());
+            let name = output
+                .path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| output.key.clone().into());
             paths.insert(output.key.clone(), dir.join(name));
         }
         Ok(TempOutputs { root, paths })

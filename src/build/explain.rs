@@ -10,21 +10,62 @@ use crate::fingerprint::StageKey;
 #[serde(tag = "what", rename_all = "snake_case")]
 pub enum Change {
     NeverBuilt,
-    Kind { old: String, new: String },
-    Param { key: String, old: serde_json::Value, new: serde_json::Value },
-    Outputs { old: String, new: String },
-    Device { old: String, new: String },
-    Env { key: String, old: Option<String>, new: Option<String> },
-    Input { key: String, path: String, old: Option<String>, new: Option<String> },
-    Upstream { stage: String, output: String, old: Option<String>, new: Option<String> },
-    Tool { old: Option<String>, new: Option<String> },
+    Kind {
+        old: String,
+        new: String,
+    },
+    Param {
+        key: String,
+        old: serde_json::Value,
+        new: serde_json::Value,
+    },
+    Outputs {
+        old: String,
+        new: String,
+    },
+    Device {
+        old: String,
+        new: String,
+    },
+    Env {
+        key: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    Input {
+        key: String,
+        path: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    Upstream {
+        stage: String,
+        output: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    Tool {
+        old: Option<String>,
+        new: Option<String>,
+    },
     Format,
-    OutputMissing { key: String, path: String },
-    OutputModified { key: String, path: String, old: String, new: String },
+    OutputMissing {
+        key: String,
+        path: String,
+    },
+    OutputModified {
+        key: String,
+        path: String,
+        old: String,
+        new: String,
+    },
 }
 
 fn short(digest: &Option<String>) -> String {
-    digest.as_deref().map(|d| d.chars().take(12).collect()).unwrap_or_else(|| "(none)".into())
+    digest
+        .as_deref()
+        .map(|d| d.chars().take(12).collect())
+        .unwrap_or_else(|| "(none)".into())
 }
 
 impl fmt::Display for Change {
@@ -32,20 +73,62 @@ impl fmt::Display for Change {
         match self {
             Change::NeverBuilt => f.write_str("never built"),
             Change::Kind { old, new } => write!(f, "kind changed: {old} -> {new}"),
-            Change::Param { key, old, new } => write!(f, "parameter `{key}` changed: {old} -> {new}"),
+            Change::Param { key, old, new } => {
+                write!(f, "parameter `{key}` changed: {old} -> {new}")
+            }
             Change::Outputs { old, new } => write!(f, "declared outputs changed: {old} -> {new}"),
             Change::Device { old, new } => write!(f, "device changed: {old} -> {new}"),
-            Change::Env { key, old, new } => write!(f, "env `{key}` changed: {} -> {}", old.as_deref().unwrap_or("(unset)"), new.as_deref().unwrap_or("(unset)")),
-            Change::Input { key, path, old, new } => match (old, new) {
+            Change::Env { key, old, new } => write!(
+                f,
+                "env `{key}` changed: {} -> {}",
+                old.as_deref().unwrap_or("(unset)"),
+                new.as_deref().unwrap_or("(unset)")
+            ),
+            Change::Input {
+                key,
+                path,
+                old,
+                new,
+            } => match (old, new) {
                 (None, _) => write!(f, "new input `{key}` ({path})"),
                 (_, None) => write!(f, "input `{key}` removed ({path})"),
-                _ => write!(f, "input `{key}` ({path}) changed: {} -> {}", short(old), short(new)),
+                _ => write!(
+                    f,
+                    "input `{key}` ({path}) changed: {} -> {}",
+                    short(old),
+                    short(new)
+                ),
             },
-            Change::Upstream { stage, output, old, new } => write!(f, "output `{output}` of needed stage `{stage}` changed: {} -> {}", short(old), short(new)),
-            Change::Tool { old, new } => write!(f, "tool changed: {} -> {}", old.as_deref().unwrap_or("(none)"), new.as_deref().unwrap_or("(none)")),
+            Change::Upstream {
+                stage,
+                output,
+                old,
+                new,
+            } => write!(
+                f,
+                "output `{output}` of needed stage `{stage}` changed: {} -> {}",
+                short(old),
+                short(new)
+            ),
+            Change::Tool { old, new } => write!(
+                f,
+                "tool changed: {} -> {}",
+                old.as_deref().unwrap_or("(none)"),
+                new.as_deref().unwrap_or("(none)")
+            ),
             Change::Format => f.write_str("pochi's key format changed"),
             Change::OutputMissing { key, path } => write!(f, "output `{key}` ({path}) is missing"),
-            Change::OutputModified { key, path, old, new } => write!(f, "output `{key}` ({path}) was modified: {} -> {}", short(&Some(old.clone())), short(&Some(new.clone()))),
+            Change::OutputModified {
+                key,
+                path,
+                old,
+                new,
+            } => write!(
+                f,
+                "output `{key}` ({path}) was modified: {} -> {}",
+                short(&Some(old.clone())),
+                short(&Some(new.clone()))
+            ),
         }
     }
 }
@@ -57,24 +140,45 @@ pub fn diff(old: &StageKey, new: &StageKey) -> Vec<Change> {
         changes.push(Change::Format);
     }
     if old.kind != new.kind {
-        changes.push(Change::Kind { old: old.kind.clone(), new: new.kind.clone() });
+        changes.push(Change::Kind {
+            old: old.kind.clone(),
+            new: new.kind.clone(),
+        });
     }
     diff_params(&old.params, &new.params, &mut changes);
     if old.outputs != new.outputs {
-        let show = |o: &Vec<(String, std::path::PathBuf)>| o.iter().map(|(k, p)| format!("{k}={}", p.display())).collect::<Vec<_>>().join(", ");
-        changes.push(Change::Outputs { old: show(&old.outputs), new: show(&new.outputs) });
+        let show = |o: &Vec<(String, std::path::PathBuf)>| {
+            o.iter()
+                .map(|(k, p)| format!("{k}={}", p.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        changes.push(Change::Outputs {
+            old: show(&old.outputs),
+            new: show(&new.outputs),
+        });
     }
     if old.device != new.device {
-        changes.push(Change::Device { old: old.device.clone(), new: new.device.clone() });
+        changes.push(Change::Device {
+            old: old.device.clone(),
+            new: new.device.clone(),
+        });
     }
     for (key, (old_value, new_value)) in zip_maps(&old.env, &new.env) {
         if old_value != new_value {
-            changes.push(Change::Env { key: key.clone(), old: old_value.cloned(), new: new_value.cloned() });
+            changes.push(Change::Env {
+                key: key.clone(),
+                old: old_value.cloned(),
+                new: new_value.cloned(),
+            });
         }
     }
     for (key, (old_input, new_input)) in zip_maps(&old.inputs, &new.inputs) {
         if old_input != new_input {
-            let path = new_input.or(old_input).map(|i| i.path.display().to_string()).unwrap_or_default();
+            let path = new_input
+                .or(old_input)
+                .map(|i| i.path.display().to_string())
+                .unwrap_or_default();
             changes.push(Change::Input {
                 key: key.clone(),
                 path,
@@ -85,14 +189,24 @@ pub fn diff(old: &StageKey, new: &StageKey) -> Vec<Change> {
     }
     let empty = BTreeMap::new();
     for (stage, (old_outputs, new_outputs)) in zip_maps(&old.needs, &new.needs) {
-        for (output, (old_digest, new_digest)) in zip_maps(old_outputs.unwrap_or(&empty), new_outputs.unwrap_or(&empty)) {
+        for (output, (old_digest, new_digest)) in
+            zip_maps(old_outputs.unwrap_or(&empty), new_outputs.unwrap_or(&empty))
+        {
             if old_digest != new_digest {
-                changes.push(Change::Upstream { stage: stage.clone(), output: output.clone(), old: old_digest.cloned(), new: new_digest.cloned() });
+                changes.push(Change::Upstream {
+                    stage: stage.clone(),
+                    output: output.clone(),
+                    old: old_digest.cloned(),
+                    new: new_digest.cloned(),
+                });
             }
         }
     }
     if old.tool != new.tool {
-        changes.push(Change::Tool { old: old.tool.clone(), new: new.tool.clone() });
+        changes.push(Change::Tool {
+            old: old.tool.clone(),
+            new: new.tool.clone(),
+        });
     }
     changes
 }
@@ -112,13 +226,20 @@ fn diff_params(old: &serde_json::Value, new: &serde_json::Value, changes: &mut V
                 }
             }
         }
-        _ if old != new => changes.push(Change::Param { key: "(all)".into(), old: old.clone(), new: new.clone() }),
+        _ if old != new => changes.push(Change::Param {
+            key: "(all)".into(),
+            old: old.clone(),
+            new: new.clone(),
+        }),
         _ => {}
     }
 }
 
 /// Pairs of values by key over the union of both maps' keys.
-fn zip_maps<'a, K: Ord, V>(old: &'a BTreeMap<K, V>, new: &'a BTreeMap<K, V>) -> BTreeMap<&'a K, (Option<&'a V>, Option<&'a V>)> {
+fn zip_maps<'a, K: Ord, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> BTreeMap<&'a K, (Option<&'a V>, Option<&'a V>)> {
     let mut pairs: BTreeMap<&K, (Option<&V>, Option<&V>)> = BTreeMap::new();
     for (key, value) in old {
         pairs.entry(key).or_default().0 = Some(value);
@@ -142,7 +263,13 @@ mod tests {
             outputs: vec![("out".into(), "b".into())],
             device: "cpu".into(),
             env: BTreeMap::new(),
-            inputs: BTreeMap::from([("src".into(), InputDigest { path: "a".into(), digest: "aaaa".into() })]),
+            inputs: BTreeMap::from([(
+                "src".into(),
+                InputDigest {
+                    path: "a".into(),
+                    digest: "aaaa".into(),
+                },
+            )]),
             needs: BTreeMap::new(),
             tool: None,
         }
@@ -154,7 +281,10 @@ mod tests {
         new.inputs.get_mut("src").unwrap().digest = "bbbb".into();
         let changes = diff(&key(), &new);
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].to_string(), "input `src` (a) changed: aaaa -> bbbb");
+        assert_eq!(
+            changes[0].to_string(),
+            "input `src` (a) changed: aaaa -> bbbb"
+        );
     }
 
     #[test]
@@ -163,10 +293,13 @@ mod tests {
         new.params = serde_json::json!({ "run": ["cp", "a", "c"] });
         new.env.insert("SEED".into(), "1".into());
         let text: Vec<String> = diff(&key(), &new).iter().map(|c| c.to_string()).collect();
-        assert_eq!(text, vec![
-            "parameter `run` changed: [\"cp\",\"a\",\"b\"] -> [\"cp\",\"a\",\"c\"]".to_string(),
-            "env `SEED` changed: (unset) -> 1".to_string(),
-        ]);
+        assert_eq!(
+            text,
+            vec![
+                "parameter `run` changed: [\"cp\",\"a\",\"b\"] -> [\"cp\",\"a\",\"c\"]".to_string(),
+                "env `SEED` changed: (unset) -> 1".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -43,7 +43,11 @@ pub enum BuildError {
     UnknownTarget { name: String, hint: String },
     #[error("two pipelines named `{name}` in one run: {} and {}", first.display(), second.display())]
     #[diagnostic(help("give one of them another `[pipeline] name`"))]
-    DuplicatePipeline { name: String, first: PathBuf, second: PathBuf },
+    DuplicatePipeline {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
 }
 
 /// One pipeline with its graph, state and stat cache.
@@ -65,20 +69,37 @@ impl Project {
         check_sources_exist(&pipeline, &graph)?;
         let state = StateStore::open(&pipeline.state_dir())?;
         let stats = StatCache::load(&state.stat_cache_path());
-        Ok(Project { pipeline, graph, state: Mutex::new(state), stats, toolchain: None })
+        Ok(Project {
+            pipeline,
+            graph,
+            state: Mutex::new(state),
+            stats,
+            toolchain: None,
+        })
     }
 
     /// Whether any stage runs the Python toolchain.
     pub fn needs_python(&self) -> bool {
-        self.pipeline.stages.iter().any(|stage| stage.kind.tool() == Tool::Python)
+        self.pipeline
+            .stages
+            .iter()
+            .any(|stage| stage.kind.tool() == Tool::Python)
     }
 
     /// The toolchain attached by the caller; without one, `[toolchain] python` or `python3`
     /// on PATH, identified by its path only.
     pub fn toolchain(&self) -> Toolchain {
         self.toolchain.clone().unwrap_or_else(|| {
-            let python = self.pipeline.toolchain.python.clone().unwrap_or_else(|| PathBuf::from("python3"));
-            Toolchain { identity: format!("python:{}", python.display()), python }
+            let python = self
+                .pipeline
+                .toolchain
+                .python
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("python3"));
+            Toolchain {
+                identity: format!("python:{}", python.display()),
+                python,
+            }
         })
     }
 
@@ -96,23 +117,32 @@ impl Project {
 
     /// The last recorded duration of a stage, in ms.
     pub fn last_duration_ms(&self, stage: usize) -> Option<u64> {
-        self.state().built(&self.pipeline.stages[stage].name).map(|r| r.duration_ms)
+        self.state()
+            .built(&self.pipeline.stages[stage].name)
+            .map(|r| r.duration_ms)
     }
 
     /// The published outputs of a stage's last successful run.
     pub fn recorded_outputs(&self, stage: usize) -> Vec<OutputRecord> {
-        self.state().built(&self.pipeline.stages[stage].name).map(|r| r.outputs.clone()).unwrap_or_default()
+        self.state()
+            .built(&self.pipeline.stages[stage].name)
+            .map(|r| r.outputs.clone())
+            .unwrap_or_default()
     }
 
     /// The message of the stage's last run, if it failed after its last success.
     pub fn last_failure(&self, stage: usize) -> Option<String> {
-        self.state().failed(&self.pipeline.stages[stage].name).map(|f| f.message.clone())
+        self.state()
+            .failed(&self.pipeline.stages[stage].name)
+            .map(|f| f.message.clone())
     }
 
     fn persist_caches(&self) -> Result<(), StateError> {
         let mut state = self.state();
         let path = state.stat_cache_path();
-        self.stats.save(&path).map_err(|source| StateError::Io { path, source })?;
+        self.stats
+            .save(&path)
+            .map_err(|source| StateError::Io { path, source })?;
         state.compact_if_large()
     }
 }
@@ -157,10 +187,24 @@ pub struct BuildOptions {
 /// What a build reports while it runs.
 #[derive(Debug)]
 pub enum BuildEvent<'a> {
-    WaitingForLock { pipeline: &'a str, holder: &'a str },
-    Planned { stages: usize, to_run: usize },
-    Started { stage: &'a str, reason: &'a str, gpu: Option<u32> },
-    Finished { stage: &'a str, outcome: &'a Outcome, duration: Duration },
+    WaitingForLock {
+        pipeline: &'a str,
+        holder: &'a str,
+    },
+    Planned {
+        stages: usize,
+        to_run: usize,
+    },
+    Started {
+        stage: &'a str,
+        reason: &'a str,
+        gpu: Option<u32>,
+    },
+    Finished {
+        stage: &'a str,
+        outcome: &'a Outcome,
+        duration: Duration,
+    },
 }
 
 /// The machine-readable result of a build (`--json`).
@@ -197,7 +241,10 @@ pub type StageId = (usize, usize);
 
 impl Workspace {
     pub fn load(paths: &[PathBuf]) -> Result<Workspace, BuildError> {
-        let projects: Vec<Project> = paths.iter().map(|path| Project::load(path)).collect::<Result<_, _>>()?;
+        let projects: Vec<Project> = paths
+            .iter()
+            .map(|path| Project::load(path))
+            .collect::<Result<_, _>>()?;
         let mut seen: BTreeMap<PathBuf, &Path> = BTreeMap::new();
         for project in &projects {
             if let Some(first) = seen.insert(project.pipeline.state_dir(), &project.pipeline.file) {
@@ -208,12 +255,17 @@ impl Workspace {
                 });
             }
         }
-        Ok(Workspace { projects: Arc::new(projects) })
+        Ok(Workspace {
+            projects: Arc::new(projects),
+        })
     }
 
     /// Gives every project that runs Python its toolchain (resolved by the caller, which
     /// may create environments and spawn interpreters; the engine does neither).
-    pub fn attach_toolchains<E>(&mut self, mut resolve: impl FnMut(&Pipeline) -> Result<Toolchain, E>) -> Result<(), E> {
+    pub fn attach_toolchains<E>(
+        &mut self,
+        mut resolve: impl FnMut(&Pipeline) -> Result<Toolchain, E>,
+    ) -> Result<(), E> {
         let Some(projects) = Arc::get_mut(&mut self.projects) else {
             return Ok(());
         };
@@ -261,12 +313,19 @@ impl Workspace {
                 .filter_map(|(p, project)| project.graph.index(name).map(|s| (p, s)))
                 .collect();
             if matches.is_empty() {
-                let names: Vec<String> = self.stage_ids().into_iter().map(|id| self.display_name(id)).collect();
+                let names: Vec<String> = self
+                    .stage_ids()
+                    .into_iter()
+                    .map(|id| self.display_name(id))
+                    .collect();
                 let hint = match suggest::nearest(target, names.iter().map(String::as_str)) {
                     Some(best) => format!("did you mean `{best}`?"),
                     None => format!("the stages are: {}", names.join(", ")),
                 };
-                return Err(BuildError::UnknownTarget { name: target.clone(), hint });
+                return Err(BuildError::UnknownTarget {
+                    name: target.clone(),
+                    hint,
+                });
             }
             found.extend(matches);
         }
@@ -276,11 +335,23 @@ impl Workspace {
     /// The pools for this build: `-j` caps cpu slots; memory and GPUs come from the first
     /// pipeline's `[resources]` that declares them, else from the machine.
     pub fn capacity(&self, machine: &Machine, jobs: Option<u32>) -> Capacity {
-        let declared = |f: &dyn Fn(&Pipeline) -> Option<u64>| self.projects.iter().find_map(|p| f(&p.pipeline));
-        let cpu = declared(&|p| p.resources.cpu.map(u64::from)).map(|c| c as u32).unwrap_or(machine.cores);
+        let declared = |f: &dyn Fn(&Pipeline) -> Option<u64>| {
+            self.projects.iter().find_map(|p| f(&p.pipeline))
+        };
+        let cpu = declared(&|p| p.resources.cpu.map(u64::from))
+            .map(|c| c as u32)
+            .unwrap_or(machine.cores);
         let memory = declared(&|p| p.resources.memory.map(|m| m.0)).unwrap_or(machine.memory);
-        let gpus = self.projects.iter().find_map(|p| p.pipeline.resources.gpus.clone()).unwrap_or_else(|| machine.gpus.clone());
-        Capacity { cpu: jobs.unwrap_or(cpu).max(1), memory, gpus }
+        let gpus = self
+            .projects
+            .iter()
+            .find_map(|p| p.pipeline.resources.gpus.clone())
+            .unwrap_or_else(|| machine.gpus.clone());
+        Capacity {
+            cpu: jobs.unwrap_or(cpu).max(1),
+            memory,
+            gpus,
+        }
     }
 
     /// Runs the build; returns its summary (also when stages failed).
@@ -296,26 +367,61 @@ impl Workspace {
         let _locks = self.lock_all(options.no_wait, observer)?;
         let targets = self.resolve_targets(&options.targets)?;
         let ids = self.stage_ids();
-        let index_of: BTreeMap<StageId, usize> = ids.iter().enumerate().map(|(job, id)| (*id, job)).collect();
+        let index_of: BTreeMap<StageId, usize> =
+            ids.iter().enumerate().map(|(job, id)| (*id, job)).collect();
         let wanted = self.wanted(&targets, &ids, &index_of);
         let jobs = self.jobs(&ids, &index_of);
-        let executor = Arc::new(executor::StageExecutor::new(Arc::clone(&self.projects), ids.clone(), runner, Arc::clone(&cancel)));
+        let executor = Arc::new(executor::StageExecutor::new(
+            Arc::clone(&self.projects),
+            ids.clone(),
+            runner,
+            Arc::clone(&cancel),
+        ));
         let prechecked: Vec<Option<Check>> = (0..ids.len())
             .into_par_iter()
             .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
             .collect();
-        let to_run = prechecked.iter().filter(|c| matches!(c, Some(Check::Run(_)))).count();
-        observer(BuildEvent::Planned { stages: wanted.iter().filter(|w| **w).count(), to_run });
-        let capacity = self.capacity(machine, options.jobs);
-        let scheduler_options = scheduler::Options { keep_going: options.keep_going, cancel: Arc::clone(&cancel) };
-        let outcomes = scheduler::run(&jobs, &wanted, prechecked, capacity, executor, &scheduler_options, &mut |event| match event {
-            scheduler::Event::Started { job, lease, reason } => {
-                observer(BuildEvent::Started { stage: &self.display_name(ids[job]), reason, gpu: lease.gpu });
-            }
-            scheduler::Event::Finished { job, outcome, duration } => {
-                observer(BuildEvent::Finished { stage: &self.display_name(ids[job]), outcome, duration });
-            }
+        let to_run = prechecked
+            .iter()
+            .filter(|c| matches!(c, Some(Check::Run(_))))
+            .count();
+        observer(BuildEvent::Planned {
+            stages: wanted.iter().filter(|w| **w).count(),
+            to_run,
         });
+        let capacity = self.capacity(machine, options.jobs);
+        let scheduler_options = scheduler::Options {
+            keep_going: options.keep_going,
+            cancel: Arc::clone(&cancel),
+        };
+        let outcomes = scheduler::run(
+            &jobs,
+            &wanted,
+            prechecked,
+            capacity,
+            executor,
+            &scheduler_options,
+            &mut |event| match event {
+                scheduler::Event::Started { job, lease, reason } => {
+                    observer(BuildEvent::Started {
+                        stage: &self.display_name(ids[job]),
+                        reason,
+                        gpu: lease.gpu,
+                    });
+                }
+                scheduler::Event::Finished {
+                    job,
+                    outcome,
+                    duration,
+                } => {
+                    observer(BuildEvent::Finished {
+                        stage: &self.display_name(ids[job]),
+                        outcome,
+                        duration,
+                    });
+                }
+            },
+        );
         for project in self.projects.iter() {
             project.persist_caches()?;
         }
@@ -323,16 +429,24 @@ impl Workspace {
         Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
     }
 
-    fn lock_all(&self, no_wait: bool, observer: &mut dyn FnMut(BuildEvent)) -> Result<Vec<StateLock>, BuildError> {
+    fn lock_all(
+        &self,
+        no_wait: bool,
+        observer: &mut dyn FnMut(BuildEvent),
+    ) -> Result<Vec<StateLock>, BuildError> {
         let mut order: Vec<&Project> = self.projects.iter().collect();
         order.sort_by_key(|p| p.pipeline.state_dir());
         let mut locks = Vec::new();
         for project in order {
             let name = &project.pipeline.name;
-            let lock = StateLock::acquire(&project.pipeline.state_dir(), name, !no_wait, |holder| {
-                observer(BuildEvent::WaitingForLock { pipeline: name, holder });
-            })
-            .map_err(StateError::from)?;
+            let lock =
+                StateLock::acquire(&project.pipeline.state_dir(), name, !no_wait, |holder| {
+                    observer(BuildEvent::WaitingForLock {
+                        pipeline: name,
+                        holder,
+                    });
+                })
+                .map_err(StateError::from)?;
             // Another build may have finished while we waited: read the state afresh, and
             // drop temporary outputs left by builds that were killed.
             let fresh = StateStore::open(&project.pipeline.state_dir())?;
@@ -344,10 +458,19 @@ impl Workspace {
         Ok(locks)
     }
 
-    fn wanted(&self, targets: &[StageId], ids: &[StageId], index_of: &BTreeMap<StageId, usize>) -> Vec<bool> {
+    fn wanted(
+        &self,
+        targets: &[StageId],
+        ids: &[StageId],
+        index_of: &BTreeMap<StageId, usize>,
+    ) -> Vec<bool> {
         let mut wanted = vec![false; ids.len()];
         for (p, project) in self.projects.iter().enumerate() {
-            let local: Vec<usize> = targets.iter().filter(|(tp, _)| *tp == p).map(|(_, s)| *s).collect();
+            let local: Vec<usize> = targets
+                .iter()
+                .filter(|(tp, _)| *tp == p)
+                .map(|(_, s)| *s)
+                .collect();
             for (stage, yes) in project.graph.closure(&local).into_iter().enumerate() {
                 if yes {
                     wanted[index_of[&(p, stage)]] = true;
@@ -363,7 +486,12 @@ impl Workspace {
                 let project = &self.projects[p];
                 let stage = &project.pipeline.stages[s];
                 Job {
-                    deps: project.graph.deps(s).iter().map(|&d| index_of[&(p, d)]).collect(),
+                    deps: project
+                        .graph
+                        .deps(s)
+                        .iter()
+                        .map(|&d| index_of[&(p, d)])
+                        .collect(),
                     request: Request {
                         cpu: stage.resources.cpu,
                         memory: stage.resources.memory.0,
@@ -379,7 +507,13 @@ impl Workspace {
             .collect()
     }
 
-    fn summary(&self, ids: &[StageId], outcomes: &[Option<Outcome>], elapsed: Duration, interrupted: bool) -> BuildSummary {
+    fn summary(
+        &self,
+        ids: &[StageId],
+        outcomes: &[Option<Outcome>],
+        elapsed: Duration,
+        interrupted: bool,
+    ) -> BuildSummary {
         let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut stages = Vec::new();
         for (job, outcome) in outcomes.iter().enumerate() {
@@ -390,8 +524,16 @@ impl Workspace {
                 Outcome::Skipped => ("skipped", None, None),
                 Outcome::Ran(reason) => ("ran", Some(reason.clone()), None),
                 Outcome::Failed(message) => ("failed", None, Some(message.clone())),
-                Outcome::Blocked(dep) => ("blocked", Some(format!("`{}` did not build", self.display_name(ids[*dep]))), None),
-                Outcome::Stopped => ("stopped", Some("the build stopped after a failure (use --keep-going to continue)".into()), None),
+                Outcome::Blocked(dep) => (
+                    "blocked",
+                    Some(format!("`{}` did not build", self.display_name(ids[*dep]))),
+                    None,
+                ),
+                Outcome::Stopped => (
+                    "stopped",
+                    Some("the build stopped after a failure (use --keep-going to continue)".into()),
+                    None,
+                ),
                 Outcome::Cancelled => ("cancelled", Some("interrupted".into()), None),
             };
             *counts.entry(status).or_default() += 1;
@@ -402,12 +544,25 @@ impl Workspace {
                 status,
                 reason,
                 error,
-                duration_ms: matches!(outcome, Outcome::Ran(_)).then(|| project.last_duration_ms(s)).flatten(),
-                outputs: if succeeded { project.recorded_outputs(s) } else { Vec::new() },
+                duration_ms: matches!(outcome, Outcome::Ran(_))
+                    .then(|| project.last_duration_ms(s))
+                    .flatten(),
+                outputs: if succeeded {
+                    project.recorded_outputs(s)
+                } else {
+                    Vec::new()
+                },
             });
         }
         let ok = !interrupted && outcomes.iter().flatten().all(Outcome::is_success);
-        BuildSummary { schema_version: 1, ok, interrupted, duration_ms: elapsed.as_millis() as u64, counts, stages }
+        BuildSummary {
+            schema_version: 1,
+            ok,
+            interrupted,
+            duration_ms: elapsed.as_millis() as u64,
+            counts,
+            stages,
+        }
     }
 }
 
@@ -443,7 +598,11 @@ impl Workspace {
     pub fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
         let mut plans = Vec::new();
         for (p, project) in self.projects.iter().enumerate() {
-            let local: Vec<usize> = targets.iter().filter(|(tp, _)| *tp == p).map(|(_, s)| *s).collect();
+            let local: Vec<usize> = targets
+                .iter()
+                .filter(|(tp, _)| *tp == p)
+                .map(|(_, s)| *s)
+                .collect();
             let wanted = project.graph.closure(&local);
             let standings: Vec<Option<Standing>> = (0..wanted.len())
                 .into_par_iter()
@@ -451,18 +610,34 @@ impl Workspace {
                 .collect();
             let mut status: Vec<Option<PlanStatus>> = vec![None; wanted.len()];
             for &stage in project.graph.topological() {
-                let Some(standing) = &standings[stage] else { continue };
-                let upstream = project.graph.deps(stage).iter().find(|&&d| status[d].is_some_and(PlanStatus::would_run));
+                let Some(standing) = &standings[stage] else {
+                    continue;
+                };
+                let upstream = project
+                    .graph
+                    .deps(stage)
+                    .iter()
+                    .find(|&&d| status[d].is_some_and(PlanStatus::would_run));
                 let (stage_status, mut reasons) = classify(project, stage, standing);
                 let stage_status = match upstream {
-                    Some(&dep) if stage_status == PlanStatus::UpToDate || stage_status == PlanStatus::WaitsOnUpstream => {
-                        reasons = vec![format!("upstream `{}` will run first", project.pipeline.stages[dep].name)];
+                    Some(&dep)
+                        if stage_status == PlanStatus::UpToDate
+                            || stage_status == PlanStatus::WaitsOnUpstream =>
+                    {
+                        reasons = vec![format!(
+                            "upstream `{}` will run first",
+                            project.pipeline.stages[dep].name
+                        )];
                         PlanStatus::WaitsOnUpstream
                     }
                     _ => stage_status,
                 };
                 status[stage] = Some(stage_status);
-                plans.push(StagePlan { id: (p, stage), status: stage_status, reasons });
+                plans.push(StagePlan {
+                    id: (p, stage),
+                    status: stage_status,
+                    reasons,
+                });
             }
         }
         plans
@@ -479,7 +654,12 @@ fn classify(project: &Project, stage: usize, standing: &Standing) -> (PlanStatus
             let reasons: Vec<String> = changes.iter().map(Change::to_string).collect();
             if let Some(message) = failure {
                 let first = message.lines().next().unwrap_or_default().to_string();
-                (PlanStatus::Failed, std::iter::once(format!("last run failed: {first}")).chain(reasons).collect())
+                (
+                    PlanStatus::Failed,
+                    std::iter::once(format!("last run failed: {first}"))
+                        .chain(reasons)
+                        .collect(),
+                )
             } else if changes == &[Change::NeverBuilt] {
                 (PlanStatus::NeverBuilt, reasons)
             } else {
@@ -499,7 +679,10 @@ pub fn clean(workspace: &Workspace, targets: &[StageId]) -> Result<Vec<PathBuf>,
         for output in stage.kind.outputs() {
             let path = project.pipeline.dir.join(&output.path);
             if std::fs::symlink_metadata(&path).is_ok() {
-                crate::fsutil::remove_path(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+                crate::fsutil::remove_path(&path).map_err(|source| StateError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
                 removed.push(output.path.clone());
             }
             project.stats.forget(&output.path);

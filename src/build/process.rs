@@ -22,7 +22,10 @@ pub struct ProcessSpec {
 pub enum ProcessResult {
     Success,
     /// It ran and failed: `status` says how ("exit status 1", "killed by signal 9").
-    Failed { status: String, stderr_tail: Vec<String> },
+    Failed {
+        status: String,
+        stderr_tail: Vec<String>,
+    },
     /// It could not be started.
     SpawnError(String),
     /// The build was interrupted and the process group was terminated.

@@ -54,16 +54,26 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     let machine = crate::machine::detect();
     let mut reporter = Reporter::new();
     let runner = Arc::new(crate::runner::SystemRunner);
-    let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| reporter.event(event))?;
+    let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| {
+        reporter.event(event)
+    })?;
     reporter.summary(&summary);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
     }
     if summary.interrupted {
         return Ok(ExitCode::from(130));
     }
     if !summary.ok {
-        let failed: Vec<String> = summary.stages.iter().filter(|s| s.status == "failed").map(|s| s.stage.clone()).collect();
+        let failed: Vec<String> = summary
+            .stages
+            .iter()
+            .filter(|s| s.status == "failed")
+            .map(|s| s.stage.clone())
+            .collect();
         return Err(failure(
             format!("{} stage(s) failed: {}", failed.len(), failed.join(", ")),
             "read the stage's log named above; `pochi status` shows what is left to build",
@@ -79,7 +89,12 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
     for plan in &plans {
         if plan.status.would_run() {
             would_run += 1;
-            eprintln!("{} {}: {}", paint("would run", "1;34"), workspace.display_name(plan.id), plan.reasons.join("; "));
+            eprintln!(
+                "{} {}: {}",
+                paint("would run", "1;34"),
+                workspace.display_name(plan.id),
+                plan.reasons.join("; ")
+            );
         }
     }
     if args.json {
@@ -87,7 +102,13 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             .iter()
             .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "schema_version": 1, "dry_run": true, "stages": stages })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "schema_version": 1, "dry_run": true, "stages": stages })
+            )
+            .unwrap_or_default()
+        );
     }
     eprintln!("pochi: {would_run} of {} stages would run", plans.len());
     Ok(ExitCode::SUCCESS)

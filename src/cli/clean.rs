@@ -23,6 +23,10 @@ pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
     for path in &removed {
         eprintln!("removed {}", path.display());
     }
-    eprintln!("pochi: cleaned {} stages, removed {} outputs", targets.len(), removed.len());
+    eprintln!(
+        "pochi: cleaned {} stages, removed {} outputs",
+        targets.len(),
+        removed.len()
+    );
     Ok(ExitCode::SUCCESS)
 }

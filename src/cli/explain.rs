@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::toolchain::{self, Mode};
 use crate::build::{PlanStatus, Workspace};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -29,7 +29,10 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let name = &project.pipeline.stages[s].name;
     if plan.status == PlanStatus::UpToDate {
         let state = project.state.lock().unwrap_or_else(|e| e.into_inner());
-        let fingerprint = state.built(name).map(|r| r.fingerprint.chars().take(16).collect::<String>()).unwrap_or_default();
+        let fingerprint = state
+            .built(name)
+            .map(|r| r.fingerprint.chars().take(16).collect::<String>())
+            .unwrap_or_default();
         println!("{name} is up to date (fingerprint {fingerprint}); nothing would run");
         return Ok(ExitCode::SUCCESS);
     }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use crate::toolchain::{self, Mode};
 use crate::build::{PlanStatus, Workspace};
 use crate::render::{self, GraphFormat, GraphView, StageStatus, StageView};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -53,11 +53,24 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
             device: stage.device.to_string(),
             status: status[index],
             last_duration_ms: project.last_duration_ms(index),
-            deps: project.graph.deps(index).iter().map(|&d| project.pipeline.stages[d].name.clone()).collect(),
-            outputs: stage.kind.outputs().iter().map(|o| o.path.display().to_string()).collect(),
+            deps: project
+                .graph
+                .deps(index)
+                .iter()
+                .map(|&d| project.pipeline.stages[d].name.clone())
+                .collect(),
+            outputs: stage
+                .kind
+                .outputs()
+                .iter()
+                .map(|o| o.path.display().to_string())
+                .collect(),
         })
         .collect();
-    let view = GraphView { pipeline: project.pipeline.name.clone(), stages };
+    let view = GraphView {
+        pipeline: project.pipeline.name.clone(),
+        stages,
+    };
     let format = match args.format {
         Format::Text => GraphFormat::Text,
         Format::Dot => GraphFormat::Dot,

@@ -23,7 +23,12 @@ pub struct BenchArgs {
 
 pub fn hash(files: &[PathBuf]) -> miette::Result<ExitCode> {
     for file in files {
-        let digest = hash_file(file).map_err(|e| failure(format!("cannot hash {}: {e}", file.display()), "check the path"))?;
+        let digest = hash_file(file).map_err(|e| {
+            failure(
+                format!("cannot hash {}: {e}", file.display()),
+                "check the path",
+            )
+        })?;
         println!("{}  {}", digest.to_hex(), file.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -43,7 +48,11 @@ pub fn bench(args: BenchArgs) -> miette::Result<ExitCode> {
 fn chain_pipeline(stages: usize) -> String {
     let mut text = String::from("[pipeline]\nname = \"bench\"\n");
     for index in 0..stages {
-        let input = if index == 0 { "\"src.txt\"".to_string() } else { format!("\"@s{:06}\"", index - 1) };
+        let input = if index == 0 {
+            "\"src.txt\"".to_string()
+        } else {
+            format!("\"@s{:06}\"", index - 1)
+        };
         text.push_str(&format!(
             "\n[stages.s{index:06}]\nkind = \"command\"\nrun = [\"cp\", \"{{inputs.src}}\", \"{{outputs.out}}\"]\ninputs = {{ src = {input} }}\noutputs = {{ out = \"out/s{index:06}.txt\" }}\n"
         ));
@@ -71,14 +80,22 @@ fn bench_graph(stages: usize) -> miette::Result<()> {
 fn bench_stat_hit(file: &Path) -> miette::Result<()> {
     let cache = StatCache::default();
     let root = Path::new("/");
-    let absolute = std::path::absolute(file).map_err(|e| failure(e.to_string(), "check the path"))?;
+    let absolute =
+        std::path::absolute(file).map_err(|e| failure(e.to_string(), "check the path"))?;
     let cold = Instant::now();
-    cache.digest(root, &absolute).map_err(|e| failure(format!("cannot hash {}: {e}", file.display()), "check the path"))?;
+    cache.digest(root, &absolute).map_err(|e| {
+        failure(
+            format!("cannot hash {}: {e}", file.display()),
+            "check the path",
+        )
+    })?;
     let cold = cold.elapsed();
     const ROUNDS: u32 = 1000;
     let started = Instant::now();
     for _ in 0..ROUNDS {
-        cache.digest(root, &absolute).map_err(|e| failure(e.to_string(), "check the path"))?;
+        cache
+            .digest(root, &absolute)
+            .map_err(|e| failure(e.to_string(), "check the path"))?;
     }
     let hit = started.elapsed() / ROUNDS;
     println!(

@@ -90,5 +90,9 @@ fn init_logging() {
 
 /// The pipeline files named on the command line, or `pipeline.toml` here.
 fn pipeline_paths(given: &[PathBuf]) -> Vec<PathBuf> {
-    if given.is_empty() { vec![PathBuf::from("pipeline.toml")] } else { given.to_vec() }
+    if given.is_empty() {
+        vec![PathBuf::from("pipeline.toml")]
+    } else {
+        given.to_vec()
+    }
 }

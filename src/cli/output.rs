@@ -14,19 +14,29 @@ pub fn color() -> bool {
 
 /// Wraps `text` in an ANSI style when colour is on.
 pub fn paint(text: &str, code: &str) -> String {
-    if color() { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+    if color() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
 }
 
 pub fn print_error(report: &miette::Report) {
-    let mut theme = if color() { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let mut theme = if color() {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
     theme.characters.error = paint("error:", "1;31");
-    let handler = GraphicalReportHandler::new_themed(theme).with_cause_chain().with_width(100);
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_cause_chain()
+        .with_width(100);
     let mut text = String::new();
     let diagnostic: &dyn miette::Diagnostic = report.as_ref();
     if handler.render_report(&mut text, diagnostic).is_err() {
         text = format!("error: {report}");
     }
-    eprintln!("{}", text.trim_end());
+    eprintln!("{}", text.trim());
 }
 
 /// A hand-made error with a hint, for failures that are not a typed error elsewhere.
@@ -39,7 +49,10 @@ pub struct Failure {
 }
 
 pub fn failure(message: impl Into<String>, hint: impl Into<String>) -> miette::Report {
-    miette::Report::new(Failure { message: message.into(), hint: Some(hint.into()) })
+    miette::Report::new(Failure {
+        message: message.into(),
+        hint: Some(hint.into()),
+    })
 }
 
 /// Formats a duration as people read it: 350ms, 1.2s, 2m03s.

@@ -18,9 +18,13 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new() -> Reporter {
-        let fancy = std::io::stderr().is_terminal() && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
+        let fancy = std::io::stderr().is_terminal()
+            && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
         let bars = fancy.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Reporter { bars, running: HashMap::new() }
+        Reporter {
+            bars,
+            running: HashMap::new(),
+        }
     }
 
     fn line(&self, text: &str) {
@@ -39,11 +43,18 @@ impl Reporter {
             }
             BuildEvent::Planned { stages, to_run } => {
                 if to_run > 0 {
-                    self.line(&format!("{} {to_run} of {stages} stages are out of date", paint("plan", "1")));
+                    self.line(&format!(
+                        "{} {to_run} of {stages} stages are out of date",
+                        paint("plan", "1")
+                    ));
                 }
             }
             BuildEvent::Started { stage, reason, gpu } => self.started(stage, reason, gpu),
-            BuildEvent::Finished { stage, outcome, duration: took } => self.finished(stage, outcome, took),
+            BuildEvent::Finished {
+                stage,
+                outcome,
+                duration: took,
+            } => self.finished(stage, outcome, took),
         }
     }
 
@@ -52,7 +63,10 @@ impl Reporter {
         match &self.bars {
             Some(bars) => {
                 let bar = bars.add(ProgressBar::new_spinner());
-                bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 bar.set_message(format!("{stage}{device} ({reason})"));
                 bar.enable_steady_tick(Duration::from_millis(120));
                 self.running.insert(stage.to_string(), bar);
@@ -69,7 +83,11 @@ impl Reporter {
             }
         }
         match outcome {
-            Outcome::Ran(_) => self.line(&format!("{} {stage} ({})", paint("done", "1;32"), duration(took))),
+            Outcome::Ran(_) => self.line(&format!(
+                "{} {stage} ({})",
+                paint("done", "1;32"),
+                duration(took)
+            )),
             Outcome::Failed(message) => {
                 let mut lines = message.lines();
                 let first = lines.next().unwrap_or_default();
@@ -80,7 +98,10 @@ impl Reporter {
                 }
                 self.line(&text);
             }
-            Outcome::Cancelled => self.line(&format!("{} {stage}: interrupted, its partial outputs were discarded", paint("stop", "1;33"))),
+            Outcome::Cancelled => self.line(&format!(
+                "{} {stage}: interrupted, its partial outputs were discarded",
+                paint("stop", "1;33")
+            )),
             Outcome::Skipped | Outcome::Blocked(_) | Outcome::Stopped => {}
         }
     }
@@ -91,13 +112,29 @@ impl Reporter {
             bar.finish_and_clear();
         }
         let count = |status: &str| summary.counts.get(status).copied().unwrap_or(0);
-        let mut parts = vec![format!("{} ran", count("ran")), format!("{} up to date", count("skipped"))];
-        for (status, label) in [("failed", "failed"), ("blocked", "not run (upstream failed)"), ("stopped", "not started"), ("cancelled", "interrupted")] {
+        let mut parts = vec![
+            format!("{} ran", count("ran")),
+            format!("{} up to date", count("skipped")),
+        ];
+        for (status, label) in [
+            ("failed", "failed"),
+            ("blocked", "not run (upstream failed)"),
+            ("stopped", "not started"),
+            ("cancelled", "interrupted"),
+        ] {
             if count(status) > 0 {
                 parts.push(format!("{} {label}", count(status)));
             }
         }
-        let head = if summary.ok { paint("pochi:", "1;32") } else { paint("pochi:", "1;31") };
-        eprintln!("{head} {} in {}", parts.join(", "), duration(Duration::from_millis(summary.duration_ms)));
+        let head = if summary.ok {
+            paint("pochi:", "1;32")
+        } else {
+            paint("pochi:", "1;31")
+        };
+        eprintln!(
+            "{head} {} in {}",
+            parts.join(", "),
+            duration(Duration::from_millis(summary.duration_ms))
+        );
     }
 }

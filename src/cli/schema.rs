@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 pub fn run() -> miette::Result<ExitCode> {
     let schema = crate::spec::pipeline_schema();
-    println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&schema).unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::paint;
-use crate::toolchain::{self, Mode};
 use crate::build::{PlanStatus, Workspace};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -49,14 +49,32 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
             .iter()
             .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "schema_version": 1, "stages": stages })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "schema_version": 1, "stages": stages })
+            )
+            .unwrap_or_default()
+        );
     } else {
-        let width = sorted.iter().map(|p| workspace.display_name(p.id).len()).max().unwrap_or(0);
+        let width = sorted
+            .iter()
+            .map(|p| workspace.display_name(p.id).len())
+            .max()
+            .unwrap_or(0);
         for plan in &sorted {
             let name = workspace.display_name(plan.id);
             let status = format!("{:<17}", label(plan.status));
-            let why = plan.reasons.first().map(|r| format!("  {r}")).unwrap_or_default();
-            println!("{name:<width$}  {}{}", paint(&status, color(plan.status)).trim_end(), why);
+            let why = plan
+                .reasons
+                .first()
+                .map(|r| format!("  {r}"))
+                .unwrap_or_default();
+            println!(
+                "{name:<width$}  {}{}",
+                paint(&status, color(plan.status)).trim_end(),
+                why
+            );
         }
     }
     let pending = plans.iter().filter(|p| p.status.would_run()).count();

@@ -44,27 +44,40 @@ impl Common {
             None => Ok((Choice::of(None), Vec::new())),
             Some(path) => {
                 let pipeline = Pipeline::load(path)?;
-                Ok((Choice::of(Some(&pipeline)), toolchain::needed_modules(&pipeline)))
+                Ok((
+                    Choice::of(Some(&pipeline)),
+                    toolchain::needed_modules(&pipeline),
+                ))
             }
         }
     }
 }
 
 pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
-    match args.action.unwrap_or(Action::Info { common: Common { pipeline: None }, json: false }) {
+    match args.action.unwrap_or(Action::Info {
+        common: Common { pipeline: None },
+        json: false,
+    }) {
         Action::Sync(common) => {
             let (choice, needed) = common.load()?;
             let resolved = toolchain::resolve(&choice, &needed, Mode::Create, &mut toolchain::say)?;
-            eprintln!("pochi: the toolchain is ready: {}", resolved.toolchain.python.display());
+            eprintln!(
+                "pochi: the toolchain is ready: {}",
+                resolved.toolchain.python.display()
+            );
             eprintln!("pochi: identity: {}", resolved.toolchain.identity);
             Ok(ExitCode::SUCCESS)
         }
         Action::Path(common) => {
             let (choice, needed) = common.load()?;
-            let resolved = toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
+            let resolved =
+                toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
             if !resolved.toolchain.python.exists() {
                 return Err(failure(
-                    format!("the managed toolchain is not created yet ({})", resolved.toolchain.python.display()),
+                    format!(
+                        "the managed toolchain is not created yet ({})",
+                        resolved.toolchain.python.display()
+                    ),
                     "run `pochi toolchain sync` (or `pochi build`, which creates it when a stage needs it)",
                 ));
             }
@@ -73,9 +86,13 @@ pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
         }
         Action::Info { common, json } => {
             let (choice, needed) = common.load()?;
-            let resolved = toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
+            let resolved =
+                toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info_json(&resolved)).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info_json(&resolved)).unwrap_or_default()
+                );
             } else {
                 print_info(&resolved);
             }
@@ -112,11 +129,18 @@ fn print_info(resolved: &Resolved) {
     println!("interpreter  {}", resolved.toolchain.python.display());
     println!("source       {}", source(resolved));
     if matches!(resolved.choice, Choice::Managed) {
-        let state = if managed.exists() { "created" } else { "not created (run `pochi toolchain sync`)" };
+        let state = if managed.exists() {
+            "created"
+        } else {
+            "not created (run `pochi toolchain sync`)"
+        };
         println!("state        {state}");
         println!("location     {}", managed.root.display());
         let pins = toolchain::locked_versions(toolchain::LOCK).len();
-        println!("lock         {} ({pins} packages pinned with hashes)", toolchain::lock_hash());
+        println!(
+            "lock         {} ({pins} packages pinned with hashes)",
+            toolchain::lock_hash()
+        );
     }
     println!("cache        {}", resolved.cache.root().display());
     if let Some(facts) = &resolved.facts {

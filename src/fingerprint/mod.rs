@@ -104,7 +104,12 @@ impl StatCache {
         }
     }
 
-    fn file_digest(&self, key: &Path, full: &Path, metadata: &std::fs::Metadata) -> io::Result<Digest> {
+    fn file_digest(
+        &self,
+        key: &Path,
+        full: &Path,
+        metadata: &std::fs::Metadata,
+    ) -> io::Result<Digest> {
         let stat = FileStat::of(metadata);
         if let Some(entry) = self.lock().get(key)
             && entry.stat == stat
@@ -113,7 +118,10 @@ impl StatCache {
         }
         let digest = hash_file(full)?.to_hex().to_string();
         if !is_racy(stat) {
-            let entry = CacheEntry { stat, digest: digest.clone() };
+            let entry = CacheEntry {
+                stat,
+                digest: digest.clone(),
+            };
             self.lock().insert(key.to_path_buf(), entry);
             self.changed.store(true, Ordering::Relaxed);
         }
@@ -168,7 +176,12 @@ mod tests {
 
     fn backdate(path: &Path) {
         let old = SystemTime::now() - std::time::Duration::from_secs(60);
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
     }
 
     #[test]
@@ -185,7 +198,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(dir.path().join("big"), &data).unwrap();
-        assert_eq!(hash_file(&dir.path().join("big")).unwrap(), blake3::hash(&data));
+        assert_eq!(
+            hash_file(&dir.path().join("big")).unwrap(),
+            blake3::hash(&data)
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ pub enum ResolvedInput {
     /// A file or directory that no stage produces.
     Source(PathBuf),
     /// Output `output` of stage `stage`, at `path`.
-    Upstream { stage: usize, output: usize, path: PathBuf },
+    Upstream {
+        stage: usize,
+        output: usize,
+        path: PathBuf,
+    },
 }
 
 impl ResolvedInput {
@@ -30,13 +34,7 @@ impl ResolvedInput {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error(transparent)]
 #[diagnostic(transparent)]
-pub struct GraphError(Box<SpanError>);
-
-impl From<SpanError> for GraphError {
-    fn from(error: SpanError) -> Self {
-        GraphError(Box::new(error))
-    }
-}
+pub struct GraphError(#[from] SpanError);
 
 /// The sealed graph of one pipeline; stage indexes are those of `Pipeline::stages`.
 #[derive(Debug)]
@@ -57,7 +55,10 @@ impl StageGraph {
             .enumerate()
             .map(|(index, stage)| (stage.name.clone(), index))
             .collect();
-        let resolver = Resolver { pipeline, by_name: &by_name };
+        let resolver = Resolver {
+            pipeline,
+            by_name: &by_name,
+        };
         let mut deps = Vec::with_capacity(pipeline.stages.len());
         let mut inputs = Vec::with_capacity(pipeline.stages.len());
         for stage in &pipeline.stages {
@@ -126,19 +127,25 @@ impl StageGraph {
     }
 }
 
+/// A stage's resolved inputs and its dependencies.
+type Resolved = (Vec<(String, ResolvedInput)>, Vec<usize>);
+
 struct Resolver<'a> {
     pipeline: &'a Pipeline,
     by_name: &'a HashMap<String, usize>,
 }
 
 impl Resolver<'_> {
-    fn stage(&self, stage: &crate::spec::Stage) -> Result<(Vec<(String, ResolvedInput)>, Vec<usize>), SpanError> {
+    fn stage(&self, stage: &crate::spec::Stage) -> Result<Resolved, SpanError> {
         let mut deps = Vec::new();
         let mut inputs = Vec::with_capacity(stage.kind.inputs().len());
         for input in stage.kind.inputs() {
             let resolved = match &input.source {
                 InputSource::Path(path) => ResolvedInput::Source(path.clone()),
-                InputSource::Output { stage: upstream, key } => {
+                InputSource::Output {
+                    stage: upstream,
+                    key,
+                } => {
                     let resolved = self.reference(upstream, key.as_deref(), input.span.clone())?;
                     if let ResolvedInput::Upstream { stage, .. } = resolved {
                         deps.push(stage);
@@ -171,7 +178,12 @@ impl Resolver<'_> {
         })
     }
 
-    fn reference(&self, name: &str, key: Option<&str>, span: std::ops::Range<usize>) -> Result<ResolvedInput, SpanError> {
+    fn reference(
+        &self,
+        name: &str,
+        key: Option<&str>,
+        span: std::ops::Range<usize>,
+    ) -> Result<ResolvedInput, SpanError> {
         let stage = self.stage_index(name, span.clone())?;
         let outputs = self.pipeline.stages[stage].kind.outputs();
         let found = match key {
@@ -187,7 +199,10 @@ impl Resolver<'_> {
             None => {
                 let keys: Vec<&str> = outputs.iter().map(|o| o.key.as_str()).collect();
                 let (message, help) = match key {
-                    None => (format!("stage `{name}` declares no outputs"), "a reference `@stage` needs the stage to declare an output".to_string()),
+                    None => (
+                        format!("stage `{name}` declares no outputs"),
+                        "a reference `@stage` needs the stage to declare an output".to_string(),
+                    ),
                     Some(key) => (
                         format!("stage `{name}` has no output `{key}`"),
                         match suggest::nearest(key, keys.iter().copied()) {
@@ -213,9 +228,19 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
                 let first = &pipeline.stages[other_stage];
                 return Err(pipeline
                     .source
-                    .error(output.span.clone(), format!("stages `{}` and `{}` both declare the output `{}`", first.name, stage.name, output.path.display()))
+                    .error(
+                        output.span.clone(),
+                        format!(
+                            "stages `{}` and `{}` both declare the output `{}`",
+                            first.name,
+                            stage.name,
+                            output.path.display()
+                        ),
+                    )
                     .also(first.kind.outputs()[other].span.clone())
-                    .with_help("each file is produced by one stage; give one of them another path"));
+                    .with_help(
+                        "each file is produced by one stage; give one of them another path",
+                    ));
             }
             outputs.insert(&output.path, (stage_index, index));
         }
@@ -231,11 +256,21 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
             let other_output = &pipeline.stages[other_stage].kind.outputs()[other];
             return Err(pipeline
                 .source
-                .error(output.span.clone(), format!("output `{}` overlaps output `{}` of stage `{}`", path.display(), other_path.display(), pipeline.stages[other_stage].name))
+                .error(
+                    output.span.clone(),
+                    format!(
+                        "output `{}` overlaps output `{}` of stage `{}`",
+                        path.display(),
+                        other_path.display(),
+                        pipeline.stages[other_stage].name
+                    ),
+                )
                 .also(other_output.span.clone())
                 .with_help("one output may not lie inside another; give them separate paths"));
         }
-        if let Some((input_path, &(input_stage, input))) = nested(&sources, path).or_else(|| sources.get_key_value(path).map(|(p, v)| (*p, v))) {
+        if let Some((input_path, &(input_stage, input))) =
+            nested(&sources, path).or_else(|| sources.get_key_value(path).map(|(p, v)| (*p, v)))
+        {
             let reader = &pipeline.stages[input_stage];
             return Err(pipeline
                 .source
@@ -281,11 +316,21 @@ fn cycle_error(pipeline: &Pipeline, graph: &DiGraph<usize, ()>) -> SpanError {
         .min_by_key(|c| c.iter().map(|n| graph[*n]).min())
         .unwrap_or_default();
     let cycle = cycle_path(graph, &component);
-    let names: Vec<&str> = cycle.iter().map(|&stage| pipeline.stages[stage].name.as_str()).collect();
+    let names: Vec<&str> = cycle
+        .iter()
+        .map(|&stage| pipeline.stages[stage].name.as_str())
+        .collect();
     let first = cycle.first().copied().unwrap_or(0);
     pipeline
         .source
-        .error(pipeline.stages[first].span.clone(), format!("the stages form a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")))
+        .error(
+            pipeline.stages[first].span.clone(),
+            format!(
+                "the stages form a cycle: {} -> {}",
+                names.join(" -> "),
+                names.first().unwrap_or(&"?")
+            ),
+        )
         .with_label("this stage depends on itself through the cycle")
         .with_help("remove one of these references or `needs` entries")
 }
@@ -299,7 +344,10 @@ fn cycle_path(graph: &DiGraph<usize, ()>, component: &[NodeIndex]) -> Vec<usize>
     let mut current = start;
     let mut seen = std::collections::HashSet::from([start]);
     loop {
-        let mut next: Vec<NodeIndex> = graph.neighbors(current).filter(|n| component.contains(n)).collect();
+        let mut next: Vec<NodeIndex> = graph
+            .neighbors(current)
+            .filter(|n| component.contains(n))
+            .collect();
         next.sort_by_key(|n| graph[*n]);
         if next.contains(&start) {
             break;

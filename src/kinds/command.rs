@@ -60,7 +60,9 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         return Err(parser
             .src
             .error(keys.run.span(), "`run` is empty")
-            .with_help("give the program and its arguments, e.g. run = [\"sh\", \"-c\", \"...\"]"));
+            .with_help(
+                "give the program and its arguments, e.g. run = [\"sh\", \"-c\", \"...\"]",
+            ));
     }
     let inputs = keys
         .inputs
@@ -82,7 +84,12 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         template.push(pieces);
     }
     Ok(Box::new(Command {
-        run: keys.run.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        run: keys
+            .run
+            .into_inner()
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         template,
         inputs,
         outputs,
@@ -139,8 +146,13 @@ fn placeholder(name: &str) -> Result<Piece, PlaceholderError> {
         _ => {
             let head = name.split('.').next().unwrap_or(name);
             let hint = match suggest::nearest(head, ["inputs", "outputs", "python", "build_dir"]) {
-                Some(best) => format!("did you mean `{{{best}...}}`? (write {{{{ for a literal brace)"),
-                None => format!("placeholders are {}; write {{{{ for a literal brace", KNOWN.join(", ")),
+                Some(best) => {
+                    format!("did you mean `{{{best}...}}`? (write {{{{ for a literal brace)")
+                }
+                None => format!(
+                    "placeholders are {}; write {{{{ for a literal brace",
+                    KNOWN.join(", ")
+                ),
             };
             Err((format!("unknown placeholder `{{{name}}}`"), hint))
         }
@@ -164,7 +176,13 @@ fn check_placeholders(
                 None if keys.is_empty() => format!("the stage declares no {side}"),
                 None => format!("the stage's {side} are: {}", keys.join(", ")),
             };
-            return Err((format!("`{{{side}.{key}}}` names no declared {}", &side[..side.len() - 1]), help));
+            return Err((
+                format!(
+                    "`{{{side}.{key}}}` names no declared {}",
+                    &side[..side.len() - 1]
+                ),
+                help,
+            ));
         }
     }
     Ok(pieces)
@@ -188,8 +206,16 @@ impl StageKind for Command {
     }
 
     fn tool(&self) -> Tool {
-        let uses_python = self.template.iter().flatten().any(|piece| *piece == Piece::Python);
-        if uses_python { Tool::Python } else { Tool::None }
+        let uses_python = self
+            .template
+            .iter()
+            .flatten()
+            .any(|piece| *piece == Piece::Python);
+        if uses_python {
+            Tool::Python
+        } else {
+            Tool::None
+        }
     }
 
     fn action(&self, context: &InvocationContext) -> Action {
@@ -204,7 +230,10 @@ impl StageKind for Command {
 }
 
 fn render(pieces: &[Piece], context: &InvocationContext) -> String {
-    let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = |p: Option<&std::path::PathBuf>| {
+        p.map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     pieces
         .iter()
         .map(|piece| match piece {
@@ -238,8 +267,18 @@ mod tests {
 
     #[test]
     fn rejects_unknown_and_unbalanced_placeholders() {
-        assert!(split_placeholders("{input.a}").unwrap_err().1.contains("inputs"));
-        assert!(split_placeholders("{inputs.a").unwrap_err().0.contains("unbalanced"));
+        assert!(
+            split_placeholders("{input.a}")
+                .unwrap_err()
+                .1
+                .contains("inputs")
+        );
+        assert!(
+            split_placeholders("{inputs.a")
+                .unwrap_err()
+                .0
+                .contains("unbalanced")
+        );
         let pieces = split_placeholders("{outputs.ot}").unwrap();
         let error = check_placeholders(pieces, &[], &["out"]).unwrap_err();
         assert!(error.1.contains("{outputs.out}"), "{error:?}");
@@ -265,7 +304,9 @@ mod tests {
             python: std::path::Path::new("/py"),
             build_dir: std::path::Path::new("build/x"),
         });
-        let Action::Process(invocation) = action else { panic!("a command runs a process") };
+        let Action::Process(invocation) = action else {
+            panic!("a command runs a process")
+        };
         assert_eq!(invocation.program, "/py");
         assert_eq!(invocation.args, vec!["a.txt:tmp/o.txt:build/x"]);
         assert_eq!(command.tool(), Tool::Python);

@@ -37,9 +37,16 @@ pub trait StageKind: Debug + Send + Sync {
     fn action(&self, context: &InvocationContext) -> Action;
     /// Work done inside pochi (for kinds whose `action` is `InProcess`), writing to the
     /// temporary output paths in `context`. It should return early once `cancel` is set.
-    fn run_in_process(&self, context: &InvocationContext, cancel: &AtomicBool) -> Result<(), String> {
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<(), String> {
         let _ = (context, cancel);
-        Err(format!("the `{}` kind has no in-process action", self.kind()))
+        Err(format!(
+            "the `{}` kind has no in-process action",
+            self.kind()
+        ))
     }
     /// Checks the outputs after the action succeeded and before they are published (for
     /// example, a worker's JSON result). An error fails the stage and publishes nothing.
@@ -55,7 +62,12 @@ pub trait StageKind: Debug + Send + Sync {
     /// Rewrites the message of a failed process (`status` says how it ended, e.g. "exit
     /// status 1" or "signal 9 ..."): for example, a worker's JSON error, or the remedy for
     /// running out of memory.
-    fn explain_failure(&self, context: &InvocationContext, status: &str, message: String) -> String {
+    fn explain_failure(
+        &self,
+        context: &InvocationContext,
+        status: &str,
+        message: String,
+    ) -> String {
         let _ = (context, status);
         message
     }
@@ -104,7 +116,8 @@ pub struct Invocation {
 }
 
 /// Parses a stage table of one kind.
-pub type ParseFn = fn(&crate::spec::parse_api::Parser, &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError>;
+pub type ParseFn =
+    fn(&crate::spec::parse_api::Parser, &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError>;
 
 /// A registered stage kind.
 pub struct KindInfo {
@@ -131,6 +144,10 @@ pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {
             "the `{name}` kind is part of the pipeline format but not implemented in this version of pochi; use kind = \"command\""
         ));
     }
-    let known: Vec<&str> = KINDS.iter().map(|info| info.name).chain(PLANNED.iter().copied()).collect();
+    let known: Vec<&str> = KINDS
+        .iter()
+        .map(|info| info.name)
+        .chain(PLANNED.iter().copied())
+        .collect();
     Err(suggest::hint(name, &known))
 }

@@ -68,8 +68,16 @@ pub trait Executor: Send + Sync + 'static {
 /// What the scheduler reports as it goes.
 #[derive(Debug)]
 pub enum Event<'a> {
-    Started { job: usize, lease: &'a Lease, reason: &'a str },
-    Finished { job: usize, outcome: &'a Outcome, duration: Duration },
+    Started {
+        job: usize,
+        lease: &'a Lease,
+        reason: &'a str,
+    },
+    Finished {
+        job: usize,
+        outcome: &'a Outcome,
+        duration: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +162,10 @@ impl<'a> Scheduler<'a> {
             priority,
             prechecked,
             all_deps_skipped: vec![true; jobs.len()],
-            states: jobs.iter().map(|job| State::Waiting(job.deps.len())).collect(),
+            states: jobs
+                .iter()
+                .map(|job| State::Waiting(job.deps.len()))
+                .collect(),
             outcomes: vec![None; jobs.len()],
             ready: BinaryHeap::new(),
             pools: Pools::new(capacity),
@@ -225,7 +236,9 @@ impl<'a> Scheduler<'a> {
                 self.states[job] = State::Ready(reason);
                 self.ready.push((self.priority[job], Reverse(job)));
             }
-            Check::Failed(message) => self.pending.push_back((job, Outcome::Failed(message), true)),
+            Check::Failed(message) => self
+                .pending
+                .push_back((job, Outcome::Failed(message), true)),
         }
     }
 
@@ -234,7 +247,13 @@ impl<'a> Scheduler<'a> {
         self.process_pending(observer);
     }
 
-    fn on_finished(&mut self, job: usize, result: RunResult, duration: Duration, observer: &mut dyn FnMut(Event)) {
+    fn on_finished(
+        &mut self,
+        job: usize,
+        result: RunResult,
+        duration: Duration,
+        observer: &mut dyn FnMut(Event),
+    ) {
         let reason = match std::mem::replace(&mut self.states[job], State::Done) {
             State::Running(lease, reason) => {
                 self.pools.release(&lease);
@@ -247,7 +266,11 @@ impl<'a> Scheduler<'a> {
             RunResult::Failed(message) => Outcome::Failed(message),
             RunResult::Cancelled => Outcome::Cancelled,
         };
-        observer(Event::Finished { job, outcome: &outcome, duration });
+        observer(Event::Finished {
+            job,
+            outcome: &outcome,
+            duration,
+        });
         self.pending.push_back((job, outcome, false));
         self.process_pending(observer);
     }
@@ -255,7 +278,9 @@ impl<'a> Scheduler<'a> {
     fn start_ready(&mut self, observer: &mut dyn FnMut(Event)) {
         let mut deferred = Vec::new();
         while !self.stopping {
-            let Some((priority, Reverse(job))) = self.ready.pop() else { break };
+            let Some((priority, Reverse(job))) = self.ready.pop() else {
+                break;
+            };
             let request = self.jobs[job].request;
             if let Some(why) = self.pools.impossible(&request) {
                 let outcome = Outcome::Failed(format!("this stage can never run here: {why}"));
@@ -275,7 +300,11 @@ impl<'a> Scheduler<'a> {
         let State::Ready(reason) = std::mem::replace(&mut self.states[job], State::Done) else {
             return;
         };
-        observer(Event::Started { job, lease: &lease, reason: &reason });
+        observer(Event::Started {
+            job,
+            lease: &lease,
+            reason: &reason,
+        });
         self.states[job] = State::Running(lease.clone(), reason);
         self.in_flight += 1;
         let executor = Arc::clone(&self.executor);
@@ -292,7 +321,11 @@ impl<'a> Scheduler<'a> {
     fn process_pending(&mut self, observer: &mut dyn FnMut(Event)) {
         while let Some((job, outcome, announce)) = self.pending.pop_front() {
             if announce {
-                observer(Event::Finished { job, outcome: &outcome, duration: Duration::ZERO });
+                observer(Event::Finished {
+                    job,
+                    outcome: &outcome,
+                    duration: Duration::ZERO,
+                });
             }
             self.states[job] = State::Done;
             let success = outcome.is_success();
@@ -323,7 +356,10 @@ impl<'a> Scheduler<'a> {
 
     /// Marks everything downstream of a failed job as blocked by it.
     fn block_dependents(&mut self, failed: usize) {
-        let mut stack: Vec<(usize, usize)> = self.dependents[failed].iter().map(|&d| (d, failed)).collect();
+        let mut stack: Vec<(usize, usize)> = self.dependents[failed]
+            .iter()
+            .map(|&d| (d, failed))
+            .collect();
         while let Some((job, because)) = stack.pop() {
             if !self.wanted[job] || self.states[job] == State::Done {
                 continue;
@@ -339,7 +375,11 @@ impl<'a> Scheduler<'a> {
         let cancelled = self.options.cancel.load(Ordering::Relaxed);
         for job in 0..self.jobs.len() {
             if self.wanted[job] && self.outcomes[job].is_none() {
-                self.outcomes[job] = Some(if cancelled { Outcome::Cancelled } else { Outcome::Stopped });
+                self.outcomes[job] = Some(if cancelled {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Stopped
+                });
             }
         }
     }
@@ -350,7 +390,11 @@ fn critical_paths(jobs: &[Job], dependents: &[Vec<usize>]) -> Vec<u64> {
     let order = topological(jobs, dependents);
     let mut longest = vec![0u64; jobs.len()];
     for &job in order.iter().rev() {
-        let tail = dependents[job].iter().map(|&d| longest[d]).max().unwrap_or(0);
+        let tail = dependents[job]
+            .iter()
+            .map(|&d| longest[d])
+            .max()
+            .unwrap_or(0);
         longest[job] = jobs[job].estimate_ms.max(1) + tail;
     }
     longest

@@ -45,7 +45,12 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(capacity: Capacity) -> Pools {
-        Pools { capacity, cpu_used: 0, memory_used: 0, gpus_busy: Vec::new() }
+        Pools {
+            capacity,
+            cpu_used: 0,
+            memory_used: 0,
+            gpus_busy: Vec::new(),
+        }
     }
 
     /// Why `request` can never be satisfied here, if it cannot.
@@ -59,10 +64,16 @@ impl Pools {
             ));
         }
         match request.gpu {
-            GpuRequest::Any if capacity.gpus.is_empty() => Some("it needs a GPU (device = \"cuda\") but this machine has none".into()),
+            GpuRequest::Any if capacity.gpus.is_empty() => {
+                Some("it needs a GPU (device = \"cuda\") but this machine has none".into())
+            }
             GpuRequest::Id(id) if !capacity.gpus.contains(&id) => Some(format!(
                 "it needs GPU {id} (device = \"cuda:{id}\") but this machine offers {}",
-                if capacity.gpus.is_empty() { "no GPU".to_string() } else { format!("GPUs {:?}", capacity.gpus) }
+                if capacity.gpus.is_empty() {
+                    "no GPU".to_string()
+                } else {
+                    format!("GPUs {:?}", capacity.gpus)
+                }
             )),
             _ => None,
         }
@@ -72,19 +83,31 @@ impl Pools {
     /// is clamped to the pool, so such a job runs alone rather than never.
     pub fn try_lease(&mut self, request: &Request) -> Option<Lease> {
         let cpu = request.cpu.clamp(1, self.capacity.cpu.max(1));
-        if self.cpu_used + cpu > self.capacity.cpu.max(1) || self.memory_used + request.memory > self.capacity.memory {
+        if self.cpu_used + cpu > self.capacity.cpu.max(1)
+            || self.memory_used + request.memory > self.capacity.memory
+        {
             return None;
         }
         let gpu = match request.gpu {
             GpuRequest::None => None,
-            GpuRequest::Any => Some(*self.capacity.gpus.iter().find(|g| !self.gpus_busy.contains(g))?),
+            GpuRequest::Any => Some(
+                *self
+                    .capacity
+                    .gpus
+                    .iter()
+                    .find(|g| !self.gpus_busy.contains(g))?,
+            ),
             GpuRequest::Id(id) if self.gpus_busy.contains(&id) => return None,
             GpuRequest::Id(id) => Some(id),
         };
         self.cpu_used += cpu;
         self.memory_used += request.memory;
         self.gpus_busy.extend(gpu);
-        Some(Lease { cpu, memory: request.memory, gpu })
+        Some(Lease {
+            cpu,
+            memory: request.memory,
+            gpu,
+        })
     }
 
     pub fn release(&mut self, lease: &Lease) {
@@ -99,37 +122,108 @@ mod tests {
     use super::*;
 
     fn pools() -> Pools {
-        Pools::new(Capacity { cpu: 2, memory: 10, gpus: vec![0, 1] })
+        Pools::new(Capacity {
+            cpu: 2,
+            memory: 10,
+            gpus: vec![0, 1],
+        })
     }
 
     #[test]
     fn gpus_are_leased_exclusively() {
         let mut pools = pools();
-        let any = Request { cpu: 1, memory: 0, gpu: GpuRequest::Any };
+        let any = Request {
+            cpu: 1,
+            memory: 0,
+            gpu: GpuRequest::Any,
+        };
         let a = pools.try_lease(&any).unwrap();
         let b = pools.try_lease(&any).unwrap();
         assert_ne!(a.gpu, b.gpu);
-        assert!(pools.try_lease(&Request { cpu: 0, memory: 0, gpu: GpuRequest::Id(0) }).is_none());
+        assert!(
+            pools
+                .try_lease(&Request {
+                    cpu: 0,
+                    memory: 0,
+                    gpu: GpuRequest::Id(0)
+                })
+                .is_none()
+        );
         pools.release(&a);
-        assert_eq!(pools.try_lease(&Request { cpu: 1, memory: 0, gpu: GpuRequest::Id(0) }).unwrap().gpu, Some(0));
+        assert_eq!(
+            pools
+                .try_lease(&Request {
+                    cpu: 1,
+                    memory: 0,
+                    gpu: GpuRequest::Id(0)
+                })
+                .unwrap()
+                .gpu,
+            Some(0)
+        );
     }
 
     #[test]
     fn memory_and_cpu_limit_concurrency() {
         let mut pools = pools();
-        let heavy = Request { cpu: 1, memory: 6, gpu: GpuRequest::None };
+        let heavy = Request {
+            cpu: 1,
+            memory: 6,
+            gpu: GpuRequest::None,
+        };
         let lease = pools.try_lease(&heavy).unwrap();
-        assert!(pools.try_lease(&heavy).is_none(), "two 6-unit jobs do not fit in 10");
+        assert!(
+            pools.try_lease(&heavy).is_none(),
+            "two 6-unit jobs do not fit in 10"
+        );
         pools.release(&lease);
-        let wide = Request { cpu: 8, memory: 0, gpu: GpuRequest::None };
-        assert_eq!(pools.try_lease(&wide).unwrap().cpu, 2, "clamped to the pool");
+        let wide = Request {
+            cpu: 8,
+            memory: 0,
+            gpu: GpuRequest::None,
+        };
+        assert_eq!(
+            pools.try_lease(&wide).unwrap().cpu,
+            2,
+            "clamped to the pool"
+        );
     }
 
     #[test]
     fn impossible_requests_are_named() {
-        let pools = Pools::new(Capacity { cpu: 2, memory: 10, gpus: vec![] });
-        assert!(pools.impossible(&Request { cpu: 1, memory: 0, gpu: GpuRequest::Any }).unwrap().contains("has none"));
-        assert!(pools.impossible(&Request { cpu: 1, memory: 11, gpu: GpuRequest::None }).unwrap().contains("memory"));
-        assert!(pools.impossible(&Request { cpu: 1, memory: 10, gpu: GpuRequest::None }).is_none());
+        let pools = Pools::new(Capacity {
+            cpu: 2,
+            memory: 10,
+            gpus: vec![],
+        });
+        assert!(
+            pools
+                .impossible(&Request {
+                    cpu: 1,
+                    memory: 0,
+                    gpu: GpuRequest::Any
+                })
+                .unwrap()
+                .contains("has none")
+        );
+        assert!(
+            pools
+                .impossible(&Request {
+                    cpu: 1,
+                    memory: 11,
+                    gpu: GpuRequest::None
+                })
+                .unwrap()
+                .contains("memory")
+        );
+        assert!(
+            pools
+                .impossible(&Request {
+                    cpu: 1,
+                    memory: 10,
+                    gpu: GpuRequest::None
+                })
+                .is_none()
+        );
     }
 }

@@ -26,21 +26,26 @@ impl SourceFile {
 
     /// An error at `span` in this file.
     pub fn error(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SpanError {
-        SpanError {
+        SpanError(Box::new(SpanDetails {
             message: message.into(),
             src: self.named_source(),
             span: span.into(),
             label: "here".into(),
             other: None,
             help: None,
-        }
+        }))
     }
 }
 
-/// A problem located in the pipeline file.
+/// A problem located in the pipeline file (boxed: errors stay one pointer wide).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error(transparent)]
+#[diagnostic(transparent)]
+pub struct SpanError(Box<SpanDetails>);
+
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("{message}")]
-pub struct SpanError {
+pub struct SpanDetails {
     pub message: String,
     #[source_code]
     pub src: NamedSource<Arc<String>>,
@@ -55,22 +60,17 @@ pub struct SpanError {
 
 impl SpanError {
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = label.into();
+        self.0.label = label.into();
         self
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
-        self
-    }
-
-    pub fn with_maybe_help(mut self, help: Option<String>) -> Self {
-        self.help = help;
+        self.0.help = Some(help.into());
         self
     }
 
     pub fn also(mut self, span: std::ops::Range<usize>) -> Self {
-        self.other = Some(span.into());
+        self.0.other = Some(span.into());
         self
     }
 }
@@ -87,11 +87,5 @@ pub enum SpecError {
     },
     #[error(transparent)]
     #[diagnostic(transparent)]
-    At(#[from] Box<SpanError>),
-}
-
-impl From<SpanError> for SpecError {
-    fn from(error: SpanError) -> Self {
-        SpecError::At(Box::new(error))
-    }
+    At(#[from] SpanError),
 }

@@ -2,8 +2,8 @@
 
 mod error;
 mod parse;
-mod schema;
 pub mod paths;
+mod schema;
 mod size;
 pub mod suggest;
 
@@ -52,7 +52,10 @@ impl Pipeline {
 
     /// The directory holding pochi's state for this pipeline: `.pochi/v1/<name>/`.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join(".pochi").join(crate::state::LAYOUT_VERSION).join(&self.name)
+        self.dir
+            .join(".pochi")
+            .join(crate::state::LAYOUT_VERSION)
+            .join(&self.name)
     }
 }
 

@@ -60,7 +60,10 @@ pub(crate) struct ResourcesSection {
 pub(crate) struct CommonStageKeys {
     /// The stage kind.
     #[schemars(with = "String")]
-    #[allow(dead_code, reason = "read with its span by `kind_of`; declared here for the schema")]
+    #[allow(
+        dead_code,
+        reason = "read with its span by `kind_of`; declared here for the schema"
+    )]
     kind: Spanned<String>,
     /// Extra ordering edges: stages whose outputs this one depends on.
     #[serde(default)]
@@ -101,7 +104,12 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
     let src = SourceFile::new(path.display().to_string(), text);
     let text = Arc::clone(&src.text);
     let root = DeTable::parse(&text).map_err(|error| toml_error(&src, error))?;
-    let parser = Parser { src: &src, dir: &dir, build_dir: Path::new(""), stage: "" };
+    let parser = Parser {
+        src: &src,
+        dir: &dir,
+        build_dir: Path::new(""),
+        stage: "",
+    };
     parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
 
     let section: PipelineSection = parser.section(&root, "pipeline", PIPELINE_KEYS)?;
@@ -112,10 +120,15 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
         .build_dir
         .map(|raw| paths::normalize(&dir, Path::new(&raw)))
         .unwrap_or_else(|| Path::new("build").join(&name));
-    let parser = Parser { build_dir: &build_dir, ..parser };
+    let parser = Parser {
+        build_dir: &build_dir,
+        ..parser
+    };
     let stages = parser.stages(&root)?;
     if resources.cpu == Some(0) {
-        return Err(parser.key_error(&root, "resources", "`resources.cpu` must be at least 1").into());
+        return Err(parser
+            .key_error(&root, "resources", "`resources.cpu` must be at least 1")
+            .into());
     }
     Ok(Pipeline {
         name,
@@ -124,7 +137,9 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
         source: src.clone(),
         build_dir,
         toolchain: ToolchainSpec {
-            python: toolchain.python.map(|raw| paths::normalize(&dir, Path::new(&raw))),
+            python: toolchain
+                .python
+                .map(|raw| paths::normalize(&dir, Path::new(&raw))),
         },
         resources: DeclaredResources {
             cpu: resources.cpu,
@@ -155,12 +170,20 @@ pub struct Parser<'a> {
 
 impl Parser<'_> {
     /// Rejects keys of `table` that are not in `allowed`, suggesting the nearest one.
-    pub fn check_keys(&self, table: &DeTable, allowed: &[&str], place: &str) -> Result<(), SpanError> {
+    pub fn check_keys(
+        &self,
+        table: &DeTable,
+        allowed: &[&str],
+        place: &str,
+    ) -> Result<(), SpanError> {
         for key in table.keys() {
             if !allowed.contains(&key.get_ref().as_ref()) {
                 return Err(self
                     .src
-                    .error(key.span(), format!("unknown key `{}` {place}", key.get_ref()))
+                    .error(
+                        key.span(),
+                        format!("unknown key `{}` {place}", key.get_ref()),
+                    )
                     .with_label("unknown key")
                     .with_help(suggest::hint(key.get_ref(), allowed)));
             }
@@ -169,8 +192,12 @@ impl Parser<'_> {
     }
 
     /// Deserializes a whole spanned value into `T`, keeping serde's span in errors.
-    pub fn deserialize<T: DeserializeOwned>(&self, value: &Spanned<DeValue>) -> Result<T, SpanError> {
-        T::deserialize(ValueDeserializer::from(value.clone())).map_err(|error| toml_error(self.src, error))
+    pub fn deserialize<T: DeserializeOwned>(
+        &self,
+        value: &Spanned<DeValue>,
+    ) -> Result<T, SpanError> {
+        T::deserialize(ValueDeserializer::from(value.clone()))
+            .map_err(|error| toml_error(self.src, error))
     }
 
     fn section<T: DeserializeOwned + Default>(
@@ -182,20 +209,29 @@ impl Parser<'_> {
         let Some(value) = root.get_ref().get(name) else {
             return Ok(T::default());
         };
-        let table = value
-            .get_ref()
-            .as_table()
-            .ok_or_else(|| self.src.error(value.span(), format!("`{name}` must be a table")))?;
+        let table = value.get_ref().as_table().ok_or_else(|| {
+            self.src
+                .error(value.span(), format!("`{name}` must be a table"))
+        })?;
         self.check_keys(table, keys, &format!("in [{name}]"))?;
         self.deserialize(value)
     }
 
     fn key_error(&self, root: &Spanned<DeTable>, key: &str, message: &str) -> SpanError {
-        let span = root.get_ref().get(key).map(|value| value.span()).unwrap_or(0..0);
+        let span = root
+            .get_ref()
+            .get(key)
+            .map(|value| value.span())
+            .unwrap_or(0..0);
         self.src.error(span, message)
     }
 
-    fn pipeline_name(&self, root: &Spanned<DeTable>, given: Option<String>, file: &Path) -> Result<String, SpanError> {
+    fn pipeline_name(
+        &self,
+        root: &Spanned<DeTable>,
+        given: Option<String>,
+        file: &Path,
+    ) -> Result<String, SpanError> {
         let name = match given {
             Some(name) => name,
             None => file
@@ -222,10 +258,10 @@ impl Parser<'_> {
         let Some(value) = root.get_ref().get("stages") else {
             return Ok(Vec::new());
         };
-        let table = value
-            .get_ref()
-            .as_table()
-            .ok_or_else(|| self.src.error(value.span(), "`stages` must be a table of stage tables"))?;
+        let table = value.get_ref().as_table().ok_or_else(|| {
+            self.src
+                .error(value.span(), "`stages` must be a table of stage tables")
+        })?;
         let mut stages = Vec::with_capacity(table.len());
         for (name, value) in table.iter() {
             stages.push(self.stage(name, value)?);
@@ -234,27 +270,49 @@ impl Parser<'_> {
         Ok(stages)
     }
 
-    fn stage(&self, name: &Spanned<toml::de::DeString>, value: &Spanned<DeValue>) -> Result<Stage, SpanError> {
+    fn stage(
+        &self,
+        name: &Spanned<toml::de::DeString>,
+        value: &Spanned<DeValue>,
+    ) -> Result<Stage, SpanError> {
         let stage_name = name.get_ref().to_string();
         if !is_valid_name(&stage_name) {
             return Err(self
                 .src
-                .error(name.span(), format!("stage name `{stage_name}` is not valid"))
+                .error(
+                    name.span(),
+                    format!("stage name `{stage_name}` is not valid"),
+                )
                 .with_help("stage names use only a-z, 0-9, `_` and `-`"));
         }
-        let table = value
-            .get_ref()
-            .as_table()
-            .ok_or_else(|| self.src.error(value.span(), format!("stage `{stage_name}` must be a table")))?;
+        let table = value.get_ref().as_table().ok_or_else(|| {
+            self.src.error(
+                value.span(),
+                format!("stage `{stage_name}` must be a table"),
+            )
+        })?;
         let info = self.kind_of(&stage_name, name.span(), table)?;
         let allowed: Vec<&str> = COMMON_STAGE_KEYS.iter().chain(info.keys).copied().collect();
-        self.check_keys(table, &allowed, &format!("in stage `{stage_name}` (kind `{}`)", info.name))?;
+        self.check_keys(
+            table,
+            &allowed,
+            &format!("in stage `{stage_name}` (kind `{}`)", info.name),
+        )?;
         let common: CommonStageKeys = self.deserialize(value)?;
-        let kind = (info.parse)(&Parser { stage: &stage_name, ..*self }, value)?;
+        let kind = (info.parse)(
+            &Parser {
+                stage: &stage_name,
+                ..*self
+            },
+            value,
+        )?;
         let device = match &common.device {
             Some(device) => Device::parse(device.get_ref()).ok_or_else(|| {
                 self.src
-                    .error(device.span(), format!("invalid device `{}`", device.get_ref()))
+                    .error(
+                        device.span(),
+                        format!("invalid device `{}`", device.get_ref()),
+                    )
                     .with_help("use \"cpu\", \"cuda\" (any GPU) or \"cuda:N\" (GPU number N)")
             })?,
             None => kind.default_device(),
@@ -277,7 +335,12 @@ impl Parser<'_> {
         })
     }
 
-    fn kind_of(&self, stage: &str, name_span: Range<usize>, table: &DeTable) -> Result<&'static KindInfo, SpanError> {
+    fn kind_of(
+        &self,
+        stage: &str,
+        name_span: Range<usize>,
+        table: &DeTable,
+    ) -> Result<&'static KindInfo, SpanError> {
         let Some(kind) = table.get("kind") else {
             return Err(self
                 .src
@@ -304,7 +367,10 @@ impl Parser<'_> {
             self.check_keys(resources, STAGE_RESOURCE_KEYS, "in a stage's `resources`")?;
         }
         let Some(section) = section else {
-            return Ok(StageResources { cpu: 1, memory: ByteSize(0) });
+            return Ok(StageResources {
+                cpu: 1,
+                memory: ByteSize(0),
+            });
         };
         let span = section.span();
         let section = section.into_inner();
@@ -327,7 +393,9 @@ impl Parser<'_> {
             Some(reference) => self.reference(reference, value.span())?,
             None => {
                 if raw.trim().is_empty() {
-                    return Err(self.src.error(value.span(), format!("input `{key}` is empty")));
+                    return Err(self
+                        .src
+                        .error(value.span(), format!("input `{key}` is empty")));
                 }
                 InputSource::Path(paths::normalize(self.dir, Path::new(raw)))
             }
@@ -344,7 +412,11 @@ impl Parser<'_> {
             Some((stage, key)) => (stage, Some(key)),
             None => (reference, None),
         };
-        let key_ok = key.is_none_or(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+        let key_ok = key.is_none_or(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
         if !is_valid_name(stage) || !key_ok {
             return Err(self
                 .src
@@ -413,7 +485,10 @@ mod tests {
         assert_eq!(schema_keys::<ToolchainSection>(), sorted(TOOLCHAIN_KEYS));
         assert_eq!(schema_keys::<ResourcesSection>(), sorted(RESOURCES_KEYS));
         assert_eq!(schema_keys::<CommonStageKeys>(), sorted(COMMON_STAGE_KEYS));
-        assert_eq!(schema_keys::<StageResourcesSection>(), sorted(STAGE_RESOURCE_KEYS));
+        assert_eq!(
+            schema_keys::<StageResourcesSection>(),
+            sorted(STAGE_RESOURCE_KEYS)
+        );
     }
 
     #[test]

@@ -53,14 +53,20 @@ mod tests {
     #[test]
     fn inside_paths_become_relative() {
         let dir = Path::new("/p/proj");
-        assert_eq!(normalize(dir, Path::new("./a/../b/c.txt")), PathBuf::from("b/c.txt"));
+        assert_eq!(
+            normalize(dir, Path::new("./a/../b/c.txt")),
+            PathBuf::from("b/c.txt")
+        );
         assert_eq!(normalize(dir, Path::new("/p/proj/x")), PathBuf::from("x"));
     }
 
     #[test]
     fn outside_paths_stay_absolute() {
         let dir = Path::new("/p/proj");
-        assert_eq!(normalize(dir, Path::new("../other/x")), PathBuf::from("/p/other/x"));
+        assert_eq!(
+            normalize(dir, Path::new("../other/x")),
+            PathBuf::from("/p/other/x")
+        );
         assert!(!is_inside_project(&normalize(dir, Path::new("../x"))));
         assert!(!is_inside_project(&normalize(dir, Path::new("."))));
         assert!(is_inside_project(&normalize(dir, Path::new("out/x"))));

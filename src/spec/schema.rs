@@ -9,7 +9,9 @@ use crate::kinds::KINDS;
 
 /// The schema `pochi schema` prints.
 pub fn pipeline_schema() -> Value {
-    let mut generator = SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true).into_generator();
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
     let section = |schema: schemars::Schema| {
         let mut value = schema.to_value();
         close(&mut value);
@@ -55,10 +57,18 @@ fn stage_schema(name: &str, common: &Value, own: &Value) -> Value {
             properties.extend(props.clone());
         }
         if let Some(list) = schema.get("required").and_then(Value::as_array) {
-            required.extend(list.iter().filter(|k| !required.contains(k)).cloned().collect::<Vec<_>>());
+            required.extend(
+                list.iter()
+                    .filter(|k| !required.contains(k))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
         }
     }
-    properties.insert("kind".into(), json!({ "const": name, "description": "The stage kind." }));
+    properties.insert(
+        "kind".into(),
+        json!({ "const": name, "description": "The stage kind." }),
+    );
     json!({
         "title": format!("{name} stage"),
         "type": "object",
@@ -82,11 +92,21 @@ mod tests {
     #[test]
     fn schema_lists_every_kind_and_its_keys() {
         let schema = pipeline_schema();
-        let variants = schema["properties"]["stages"]["additionalProperties"]["oneOf"].as_array().unwrap();
+        let variants = schema["properties"]["stages"]["additionalProperties"]["oneOf"]
+            .as_array()
+            .unwrap();
         assert_eq!(variants.len(), KINDS.len());
         let command = &variants[0];
         assert_eq!(command["properties"]["kind"]["const"], "command");
-        for key in ["run", "inputs", "outputs", "needs", "device", "resources", "env"] {
+        for key in [
+            "run",
+            "inputs",
+            "outputs",
+            "needs",
+            "device",
+            "resources",
+            "env",
+        ] {
             assert!(command["properties"].get(key).is_some(), "missing {key}");
         }
         assert_eq!(command["additionalProperties"], false);

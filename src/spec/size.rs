@@ -30,6 +30,11 @@ impl ByteSize {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
+        if number.is_empty() {
+            return Err(format!(
+                "`{text}` is not a size (write e.g. \"6GiB\" or \"512MiB\")"
+            ));
+        }
         let unit = unit.trim().to_ascii_lowercase();
         let factor = if unit.is_empty() {
             1
@@ -38,7 +43,11 @@ impl ByteSize {
                 .iter()
                 .find(|(name, _)| *name == unit)
                 .map(|(_, factor)| *factor)
-                .ok_or_else(|| format!("unknown size unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"))?
+                .ok_or_else(|| {
+                    format!(
+                        "unknown size unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+                    )
+                })?
         };
         let value: f64 = number
             .parse()
@@ -51,7 +60,12 @@ impl ByteSize {
 
     /// Human form: `6.0 GiB`.
     pub fn display(self) -> String {
-        const STEPS: &[(&str, u64)] = &[("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const STEPS: &[(&str, u64)] = &[
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, factor) in STEPS {
             if self.0 >= *factor {
                 return format!("{:.1} {name}", self.0 as f64 / *factor as f64);
@@ -114,7 +128,15 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        assert!(ByteSize::parse("six gigs").is_err());
-        assert!(ByteSize::parse("6XB").unwrap_err().contains("unknown size unit"));
+        assert!(
+            ByteSize::parse("six gigs")
+                .unwrap_err()
+                .contains("is not a size")
+        );
+        assert!(
+            ByteSize::parse("6XB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
     }
 }

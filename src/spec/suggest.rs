@@ -8,12 +8,16 @@ pub fn nearest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -
         .filter(|(distance, candidate)| {
             *distance <= 2.max(given.len().min(candidate.len()) / 3) && *distance < candidate.len()
         })
-        .min()
+        // Equal edit distances: the one sharing the longer prefix wins (`gpu` -> `gpus`, not `cpu`).
+        .min_by(|(d1, c1), (d2, c2)| {
+            d1.cmp(d2)
+                .then(strsim::jaro_winkler(given, c2).total_cmp(&strsim::jaro_winkler(given, c1)))
+        })
         .map(|(_, candidate)| candidate)
 }
 
 /// A hint naming the nearest candidate, or listing the valid ones.
-pub fn hint<'a>(given: &str, candidates: &[&'a str]) -> String {
+pub fn hint(given: &str, candidates: &[&str]) -> String {
     match nearest(given, candidates.iter().copied()) {
         Some(best) => format!("did you mean `{best}`?"),
         None => format!(
@@ -34,7 +38,11 @@ mod tests {
     #[test]
     fn suggests_a_close_name() {
         assert_eq!(nearest("rn", ["run", "inputs", "outputs"]), Some("run"));
-        assert_eq!(nearest("ouptuts", ["run", "inputs", "outputs"]), Some("outputs"));
+        assert_eq!(
+            nearest("ouptuts", ["run", "inputs", "outputs"]),
+            Some("outputs")
+        );
+        assert_eq!(nearest("gpu", ["cpu", "memory", "gpus"]), Some("gpus"));
     }
 
     #[test]

@@ -28,17 +28,34 @@ pub struct StateLock {
 impl StateLock {
     /// Takes the lock in `dir`. When another process holds it, calls `on_wait` with that
     /// process's pid and waits, or fails at once when `wait` is false.
-    pub fn acquire(dir: &Path, pipeline: &str, wait: bool, on_wait: impl FnOnce(&str)) -> Result<StateLock, LockError> {
+    pub fn acquire(
+        dir: &Path,
+        pipeline: &str,
+        wait: bool,
+        on_wait: impl FnOnce(&str),
+    ) -> Result<StateLock, LockError> {
         let path = dir.join("lock");
-        let io = |source| LockError::Io { path: path.clone(), source };
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let mut file = File::options().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let holder = read_holder(&mut file);
                 if !wait {
-                    return Err(LockError::Busy { pipeline: pipeline.to_string(), holder });
+                    return Err(LockError::Busy {
+                        pipeline: pipeline.to_string(),
+                        holder,
+                    });
                 }
                 on_wait(&holder);
                 file.lock().map_err(io)?;
@@ -54,9 +71,15 @@ impl StateLock {
 
 fn read_holder(file: &mut File) -> String {
     let mut holder = String::new();
-    let _ = file.rewind().and_then(|()| file.read_to_string(&mut holder));
+    let _ = file
+        .rewind()
+        .and_then(|()| file.read_to_string(&mut holder));
     let holder = holder.trim();
-    if holder.is_empty() { "unknown".into() } else { holder.to_string() }
+    if holder.is_empty() {
+        "unknown".into()
+    } else {
+        holder.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +91,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap();
         let busy = StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap_err();
-        assert!(matches!(&busy, LockError::Busy { holder, .. } if *holder == std::process::id().to_string()));
+        assert!(
+            matches!(&busy, LockError::Busy { holder, .. } if *holder == std::process::id().to_string())
+        );
         drop(first);
         StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap();
     }

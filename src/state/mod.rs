@@ -54,7 +54,7 @@ pub struct FailureRecord {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum LogEntry {
-    Built(StageRecord),
+    Built(Box<StageRecord>),
     Failed(FailureRecord),
     Cleaned { stage: String },
 }
@@ -63,7 +63,9 @@ enum LogEntry {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum StateError {
     #[error("cannot use pochi's state directory `{}`", path.display())]
-    #[diagnostic(help("check that the directory is writable; deleting it only costs a full rebuild"))]
+    #[diagnostic(help(
+        "check that the directory is writable; deleting it only costs a full rebuild"
+    ))]
     Io {
         path: PathBuf,
         #[source]
@@ -113,7 +115,7 @@ impl StateStore {
         match entry {
             LogEntry::Built(record) => {
                 self.failed.remove(&record.stage);
-                self.built.insert(record.stage.clone(), record);
+                self.built.insert(record.stage.clone(), *record);
             }
             LogEntry::Failed(record) => {
                 self.failed.insert(record.stage.clone(), record);
@@ -140,7 +142,7 @@ impl StateStore {
     }
 
     pub fn record_built(&mut self, record: StageRecord) -> Result<(), StateError> {
-        self.append(LogEntry::Built(record))
+        self.append(LogEntry::Built(Box::new(record)))
     }
 
     pub fn record_failed(&mut self, record: FailureRecord) -> Result<(), StateError> {
@@ -148,18 +150,24 @@ impl StateStore {
     }
 
     pub fn record_cleaned(&mut self, stage: &str) -> Result<(), StateError> {
-        self.append(LogEntry::Cleaned { stage: stage.to_string() })
+        self.append(LogEntry::Cleaned {
+            stage: stage.to_string(),
+        })
     }
 
     /// Appends one entry as a single write of one line.
     fn append(&mut self, entry: LogEntry) -> Result<(), StateError> {
-        let mut line = serde_json::to_vec(&entry).map_err(|e| self.io_error(io::Error::other(e)))?;
+        let mut line =
+            serde_json::to_vec(&entry).map_err(|e| self.io_error(io::Error::other(e)))?;
         line.push(b'\n');
         let log = match &mut self.log {
             Some(log) => log,
             None => {
                 let opened = std::fs::create_dir_all(&self.dir).and_then(|()| {
-                    File::options().create(true).append(true).open(self.dir.join(LOG_FILE))
+                    File::options()
+                        .create(true)
+                        .append(true)
+                        .open(self.dir.join(LOG_FILE))
                 });
                 self.log.insert(opened.map_err(|e| self.io_error(e))?)
             }
@@ -182,16 +190,19 @@ impl StateStore {
         let mut bytes = Vec::new();
         for stage in stages {
             if let Some(record) = self.built.get(stage) {
-                serde_json::to_writer(&mut bytes, &LogEntry::Built(record.clone())).map_err(|e| self.io_error(io::Error::other(e)))?;
+                serde_json::to_writer(&mut bytes, &LogEntry::Built(Box::new(record.clone())))
+                    .map_err(|e| self.io_error(io::Error::other(e)))?;
                 bytes.push(b'\n');
             }
             if let Some(record) = self.failed.get(stage) {
-                serde_json::to_writer(&mut bytes, &LogEntry::Failed(record.clone())).map_err(|e| self.io_error(io::Error::other(e)))?;
+                serde_json::to_writer(&mut bytes, &LogEntry::Failed(record.clone()))
+                    .map_err(|e| self.io_error(io::Error::other(e)))?;
                 bytes.push(b'\n');
             }
         }
         self.log = None;
-        crate::fsutil::write_atomic(&self.dir.join(LOG_FILE), &bytes).map_err(|e| self.io_error(e))?;
+        crate::fsutil::write_atomic(&self.dir.join(LOG_FILE), &bytes)
+            .map_err(|e| self.io_error(e))?;
         self.lines = live;
         Ok(())
     }
@@ -270,8 +281,12 @@ mod tests {
         let mut store = StateStore::open(dir.path()).unwrap();
         store.record_built(record("a", "1")).unwrap();
         drop(store);
-        let mut log = File::options().append(true).open(dir.path().join(LOG_FILE)).unwrap();
-        log.write_all(b"{\"event\":\"built\",\"stage\":\"b\",\"fingerp").unwrap();
+        let mut log = File::options()
+            .append(true)
+            .open(dir.path().join(LOG_FILE))
+            .unwrap();
+        log.write_all(b"{\"event\":\"built\",\"stage\":\"b\",\"fingerp")
+            .unwrap();
         let store = StateStore::open(dir.path()).unwrap();
         assert!(store.built("a").is_some());
         assert!(store.built("b").is_none());

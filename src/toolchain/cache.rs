@@ -22,7 +22,11 @@ impl CacheDir {
 
     /// The cache directory named by `var` (an environment lookup), for tests.
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<CacheDir, String> {
-        let set = |name: &str| var(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+        let set = |name: &str| {
+            var(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
         let base = if let Some(dir) = set("POCHI_CACHE_DIR") {
             dir
         } else if let Some(dir) = set("XDG_CACHE_HOME") {
@@ -33,12 +37,16 @@ impl CacheDir {
             return Err("cannot find a cache directory: set POCHI_CACHE_DIR (or HOME)".into());
         };
         let base = std::path::absolute(&base).unwrap_or(base);
-        Ok(CacheDir { root: base.join(CACHE_LAYOUT) })
+        Ok(CacheDir {
+            root: base.join(CACHE_LAYOUT),
+        })
     }
 
     /// A cache directory at `root` (its layout directory is `root/v1`).
     pub fn at(root: &Path) -> CacheDir {
-        CacheDir { root: root.join(CACHE_LAYOUT) }
+        CacheDir {
+            root: root.join(CACHE_LAYOUT),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -71,22 +79,46 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| OsString::from(v))
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
     }
 
     #[test]
     fn pochi_cache_dir_wins_then_xdg_then_home() {
-        let all = [("POCHI_CACHE_DIR", "/p"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h")];
-        assert_eq!(CacheDir::from_vars(vars(&all)).unwrap().root(), Path::new("/p/v1"));
-        assert_eq!(CacheDir::from_vars(vars(&all[1..])).unwrap().root(), Path::new("/x/pochi/v1"));
-        assert_eq!(CacheDir::from_vars(vars(&all[2..])).unwrap().root(), Path::new("/h/.cache/pochi/v1"));
+        let all = [
+            ("POCHI_CACHE_DIR", "/p"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+        ];
+        assert_eq!(
+            CacheDir::from_vars(vars(&all)).unwrap().root(),
+            Path::new("/p/v1")
+        );
+        assert_eq!(
+            CacheDir::from_vars(vars(&all[1..])).unwrap().root(),
+            Path::new("/x/pochi/v1")
+        );
+        assert_eq!(
+            CacheDir::from_vars(vars(&all[2..])).unwrap().root(),
+            Path::new("/h/.cache/pochi/v1")
+        );
         assert!(CacheDir::from_vars(vars(&[])).is_err());
     }
 
     #[test]
     fn empty_variables_are_unset() {
         let cache = CacheDir::from_vars(vars(&[("POCHI_CACHE_DIR", ""), ("HOME", "/h")])).unwrap();
-        assert_eq!(cache.toolchains(), Path::new("/h/.cache/pochi/v1/toolchains"));
+        assert_eq!(
+            cache.toolchains(),
+            Path::new("/h/.cache/pochi/v1/toolchains")
+        );
     }
 }

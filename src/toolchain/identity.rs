@@ -66,18 +66,32 @@ struct Stamp {
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    let modified_ns = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos() as u64;
-    Some(Stamp { path: path.to_path_buf(), modified_ns, len: meta.len() })
+    let modified_ns = meta
+        .modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as u64;
+    Some(Stamp {
+        path: path.to_path_buf(),
+        modified_ns,
+        len: meta.len(),
+    })
 }
 
 fn stamps(python: &Path, facts: &Facts) -> Vec<Stamp> {
-    std::iter::once(python).chain(facts.site_dirs.iter().map(PathBuf::as_path)).filter_map(stamp).collect()
+    std::iter::once(python)
+        .chain(facts.site_dirs.iter().map(PathBuf::as_path))
+        .filter_map(stamp)
+        .collect()
 }
 
 /// The facts of `python`, from `cache_file` when it is still current, else asked afresh
 /// (and cached).
 pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts, String> {
-    if let Some(entry) = std::fs::read(cache_file).ok().and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())
+    if let Some(entry) = std::fs::read(cache_file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())
         && entry.format == ENTRY_FORMAT
         && entry.worker == IDENTITY.hash()
         && entry.interpreter == python
@@ -102,11 +116,24 @@ pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts
 
 /// Runs the identity worker in `python`.
 fn query(python: &Path, cache: &CacheDir) -> Result<Facts, String> {
-    let worker = IDENTITY.materialize(cache).map_err(|e| format!("cannot write the identity worker to {}: {e}", cache.workers().display()))?;
-    std::fs::create_dir_all(cache.root()).map_err(|e| format!("cannot create {}: {e}", cache.root().display()))?;
-    let scratch = tempfile::tempdir_in(cache.root()).map_err(|e| format!("cannot create a temporary directory in {}: {e}", cache.root().display()))?;
+    let worker = IDENTITY.materialize(cache).map_err(|e| {
+        format!(
+            "cannot write the identity worker to {}: {e}",
+            cache.workers().display()
+        )
+    })?;
+    std::fs::create_dir_all(cache.root())
+        .map_err(|e| format!("cannot create {}: {e}", cache.root().display()))?;
+    let scratch = tempfile::tempdir_in(cache.root()).map_err(|e| {
+        format!(
+            "cannot create a temporary directory in {}: {e}",
+            cache.root().display()
+        )
+    })?;
     let result_path = scratch.path().join("identity.json");
-    let pairs = TRACKED.iter().map(|(module, dist)| format!("{module}={dist}"));
+    let pairs = TRACKED
+        .iter()
+        .map(|(module, dist)| format!("{module}={dist}"));
     let output = Command::new(python)
         .arg("-I")
         .arg(&worker)
@@ -117,21 +144,41 @@ fn query(python: &Path, cache: &CacheDir) -> Result<Facts, String> {
         .map_err(|e| format!("cannot run `{}`: {e}", python.display()))?;
     let Ok(bytes) = std::fs::read(&result_path) else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return Err(format!(
             "`{}` did not answer the identity query ({}){}",
             python.display(),
             output.status,
-            if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" / ")) }
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", tail.join(" / "))
+            }
         ));
     };
-    parse_result(&bytes).map_err(|e| format!("`{}` answered the identity query with {e}", python.display()))
+    parse_result(&bytes).map_err(|e| {
+        format!(
+            "`{}` answered the identity query with {e}",
+            python.display()
+        )
+    })
 }
 
 fn parse_result(bytes: &[u8]) -> Result<Facts, String> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
     if value.get("ok").and_then(serde_json::Value::as_bool) != Some(true) {
-        let error = value.get("error").and_then(serde_json::Value::as_str).unwrap_or("no message");
+        let error = value
+            .get("error")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("no message");
         return Err(format!("an error: {error}"));
     }
     serde_json::from_value(value).map_err(|e| format!("an unexpected answer: {e}"))
@@ -140,7 +187,10 @@ fn parse_result(bytes: &[u8]) -> Result<Facts, String> {
 /// The identity string that goes into stage fingerprints: Python and tracked package
 /// versions, sorted; `prefix` says which toolchain (e.g. the lock hash).
 pub fn identity(prefix: &str, facts: &Facts) -> String {
-    let mut parts = vec![format!("{prefix}; {} {}", facts.implementation, facts.python)];
+    let mut parts = vec![format!(
+        "{prefix}; {} {}",
+        facts.implementation, facts.python
+    )];
     for (module, fact) in &facts.modules {
         if let (Some(dist), Some(version)) = (&fact.distribution, &fact.version) {
             parts.push(format!("{dist} {version}"));
@@ -153,7 +203,11 @@ pub fn identity(prefix: &str, facts: &Facts) -> String {
 
 /// The modules of `needed` that the interpreter lacks.
 pub fn missing<'a>(facts: &Facts, needed: &[&'a str]) -> Vec<&'a str> {
-    needed.iter().copied().filter(|module| !facts.modules.get(*module).is_some_and(|fact| fact.found)).collect()
+    needed
+        .iter()
+        .copied()
+        .filter(|module| !facts.modules.get(*module).is_some_and(|fact| fact.found))
+        .collect()
 }
 
 #[cfg(test)]
@@ -161,7 +215,11 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Facts {
-        let fact = |dist: &str, version: &str| ModuleFact { found: true, distribution: Some(dist.into()), version: Some(version.into()) };
+        let fact = |dist: &str, version: &str| ModuleFact {
+            found: true,
+            distribution: Some(dist.into()),
+            version: Some(version.into()),
+        };
         Facts {
             python: "3.11.7".into(),
             implementation: "cpython".into(),
@@ -170,7 +228,14 @@ mod tests {
             modules: BTreeMap::from([
                 ("torch".into(), fact("torch", "2.15.0")),
                 ("onnxruntime".into(), fact("onnxruntime-gpu", "1.24.4")),
-                ("monai".into(), ModuleFact { found: false, distribution: None, version: None }),
+                (
+                    "monai".into(),
+                    ModuleFact {
+                        found: false,
+                        distribution: None,
+                        version: None,
+                    },
+                ),
             ]),
             site_dirs: vec![],
         }
@@ -179,7 +244,10 @@ mod tests {
     #[test]
     fn identity_lists_python_and_sorted_versions() {
         let text = identity("python /env/bin/python", &sample());
-        assert_eq!(text, "python /env/bin/python; cpython 3.11.7; onnxruntime-gpu 1.24.4; torch 2.15.0");
+        assert_eq!(
+            text,
+            "python /env/bin/python; cpython 3.11.7; onnxruntime-gpu 1.24.4; torch 2.15.0"
+        );
         let mut upgraded = sample();
         upgraded.modules.get_mut("torch").unwrap().version = Some("2.16.0".into());
         assert_ne!(identity("x", &upgraded), identity("x", &sample()));
@@ -187,12 +255,16 @@ mod tests {
 
     #[test]
     fn missing_modules_are_named() {
-        assert_eq!(missing(&sample(), &["torch", "monai", "onnx"]), vec!["monai", "onnx"]);
+        assert_eq!(
+            missing(&sample(), &["torch", "monai", "onnx"]),
+            vec!["monai", "onnx"]
+        );
     }
 
     #[test]
     fn results_with_ok_false_are_errors() {
-        let error = parse_result(br#"{"ok": false, "error": "boom", "traceback": "..."}"#).unwrap_err();
+        let error =
+            parse_result(br#"{"ok": false, "error": "boom", "traceback": "..."}"#).unwrap_err();
         assert!(error.contains("boom"));
         assert!(parse_result(b"not json").is_err());
     }

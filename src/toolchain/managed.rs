@@ -21,7 +21,10 @@ pub struct Managed {
 
 impl Managed {
     pub fn new(cache: &CacheDir, hash: &str) -> Managed {
-        Managed { root: cache.toolchains().join(hash), hash: hash.to_string() }
+        Managed {
+            root: cache.toolchains().join(hash),
+            hash: hash.to_string(),
+        }
     }
 
     /// The environment's interpreter.
@@ -41,12 +44,18 @@ impl Managed {
 
     /// Creates the environment unless it exists, telling `say` what happens (installers'
     /// own progress goes to stderr).
-    pub fn ensure(&self, cache: &CacheDir, lock: &str, say: &mut dyn FnMut(&str)) -> Result<(), String> {
+    pub fn ensure(
+        &self,
+        cache: &CacheDir,
+        lock: &str,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<(), String> {
         if self.exists() {
             return Ok(());
         }
         let parent = cache.toolchains();
-        std::fs::create_dir_all(&parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         let lock_path = parent.join(format!("{}.lock", self.hash));
         let lock_file = File::options()
             .read(true)
@@ -57,7 +66,9 @@ impl Managed {
             .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
         if lock_file.try_lock().is_err() {
             say("waiting: another pochi is creating the Python toolchain");
-            lock_file.lock().map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+            lock_file
+                .lock()
+                .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
         }
         if self.exists() {
             return Ok(());
@@ -76,26 +87,50 @@ impl Managed {
             return Err(error);
         }
         let _ = crate::fsutil::remove_path(&self.root);
-        std::fs::rename(&partial, &self.root).map_err(|e| format!("cannot move the new toolchain into {}: {e}", self.root.display()))?;
-        say(&format!("created the Python toolchain in {:.0}s", started.elapsed().as_secs_f64()));
+        std::fs::rename(&partial, &self.root).map_err(|e| {
+            format!(
+                "cannot move the new toolchain into {}: {e}",
+                self.root.display()
+            )
+        })?;
+        say(&format!(
+            "created the Python toolchain in {:.0}s",
+            started.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
 }
 
 /// Builds an environment in `dir`: `dir/env` and `dir/requirements.lock`.
-fn build(cache: &CacheDir, dir: &Path, lock: &str, say: &mut dyn FnMut(&str)) -> Result<(), String> {
+fn build(
+    cache: &CacheDir,
+    dir: &Path,
+    lock: &str,
+    say: &mut dyn FnMut(&str),
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let lock_file = dir.join("requirements.lock");
-    std::fs::write(&lock_file, lock).map_err(|e| format!("cannot write {}: {e}", lock_file.display()))?;
+    std::fs::write(&lock_file, lock)
+        .map_err(|e| format!("cannot write {}: {e}", lock_file.display()))?;
     let env = dir.join("env");
     let python = env.join("bin").join("python");
     let base = base_python();
     match find_uv(cache, say) {
         Some(uv) => {
             say(&format!("using {}", uv.display()));
-            run(Command::new(&uv).args(["venv", "--quiet", "--relocatable", "--python"]).arg(&base).arg(&env))?;
             run(Command::new(&uv)
-                .args(["pip", "install", "--no-deps", "--require-hashes", "--compile-bytecode", "--python"])
+                .args(["venv", "--quiet", "--relocatable", "--python"])
+                .arg(&base)
+                .arg(&env))?;
+            run(Command::new(&uv)
+                .args([
+                    "pip",
+                    "install",
+                    "--no-deps",
+                    "--require-hashes",
+                    "--compile-bytecode",
+                    "--python",
+                ])
                 .arg(&python)
                 .arg("-r")
                 .arg(&lock_file))
@@ -104,7 +139,15 @@ fn build(cache: &CacheDir, dir: &Path, lock: &str, say: &mut dyn FnMut(&str)) ->
             say("uv is not available: using python3 -m venv and pip (slower)");
             run(Command::new(&base).args(["-m", "venv"]).arg(&env))?;
             run(Command::new(&python)
-                .args(["-m", "pip", "install", "--no-deps", "--require-hashes", "--disable-pip-version-check", "-r"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-deps",
+                    "--require-hashes",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
                 .arg(&lock_file))
         }
     }
@@ -112,7 +155,10 @@ fn build(cache: &CacheDir, dir: &Path, lock: &str, say: &mut dyn FnMut(&str)) ->
 
 /// The interpreter the environment is built from: `$POCHI_BASE_PYTHON`, else `python3`.
 fn base_python() -> PathBuf {
-    std::env::var_os("POCHI_BASE_PYTHON").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("python3"))
+    std::env::var_os("POCHI_BASE_PYTHON")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
 /// Runs an installer step with its output on our stderr (its progress is the user's).
@@ -123,7 +169,11 @@ fn run(command: &mut Command) -> Result<(), String> {
         .stdout(Stdio::from(std::io::stderr()))
         .status()
         .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("`{shown}` failed with {status}")) }
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed with {status}"))
+    }
 }
 
 /// `uv` on PATH, else the one pochi installed into the cache, else installs it there with
@@ -141,10 +191,19 @@ fn find_uv(cache: &CacheDir, say: &mut dyn FnMut(&str)) -> Option<PathBuf> {
         return Some(uv);
     }
     say("installing uv from PyPI into the cache (python3 -m pip install uv)");
-    let partial = cache.tools().join(format!(".uv.partial-{}", std::process::id()));
+    let partial = cache
+        .tools()
+        .join(format!(".uv.partial-{}", std::process::id()));
     let _ = crate::fsutil::remove_path(&partial);
     let installed = run(Command::new(base_python())
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
         .arg(&partial)
         .arg("uv"));
     let moved = installed.and_then(|()| {
@@ -165,5 +224,7 @@ fn find_uv(cache: &CacheDir, say: &mut dyn FnMut(&str)) -> Option<PathBuf> {
 
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }

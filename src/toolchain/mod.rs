@@ -69,7 +69,10 @@ pub enum Mode {
 pub enum Choice {
     Managed,
     /// The user's interpreter and where it was named.
-    Interpreter { python: PathBuf, from: String },
+    Interpreter {
+        python: PathBuf,
+        from: String,
+    },
 }
 
 impl Choice {
@@ -78,20 +81,39 @@ impl Choice {
     pub fn of(pipeline: Option<&Pipeline>) -> Choice {
         Self::from_parts(
             std::env::var_os("POCHI_PYTHON"),
-            pipeline.and_then(|p| p.toolchain.python.as_deref().map(|python| (python, p.dir.as_path(), p.file.as_path()))),
+            pipeline.and_then(|p| {
+                p.toolchain
+                    .python
+                    .as_deref()
+                    .map(|python| (python, p.dir.as_path(), p.file.as_path()))
+            }),
         )
     }
 
     fn from_parts(env: Option<OsString>, pipeline: Option<(&Path, &Path, &Path)>) -> Choice {
         if let Some(python) = env.filter(|v| !v.is_empty()) {
             let python = PathBuf::from(python);
-            let resolved = if python.components().count() == 1 { on_path(&python).unwrap_or(python) } else { absolute(&python) };
-            return Choice::Interpreter { python: resolved, from: "POCHI_PYTHON".into() };
+            let resolved = if python.components().count() == 1 {
+                on_path(&python).unwrap_or(python)
+            } else {
+                absolute(&python)
+            };
+            return Choice::Interpreter {
+                python: resolved,
+                from: "POCHI_PYTHON".into(),
+            };
         }
         if let Some((python, dir, file)) = pipeline {
             let joined = dir.join(python);
-            let resolved = if python.components().count() == 1 && !joined.exists() { on_path(python).unwrap_or(joined) } else { joined };
-            return Choice::Interpreter { python: resolved, from: format!("[toolchain] python in {}", file.display()) };
+            let resolved = if python.components().count() == 1 && !joined.exists() {
+                on_path(python).unwrap_or(joined)
+            } else {
+                joined
+            };
+            return Choice::Interpreter {
+                python: resolved,
+                from: format!("[toolchain] python in {}", file.display()),
+            };
         }
         Choice::Managed
     }
@@ -103,7 +125,9 @@ fn absolute(path: &Path) -> PathBuf {
 
 fn on_path(name: &Path) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Why a toolchain cannot be used.
@@ -116,10 +140,22 @@ pub enum ToolchainError {
     Create { message: String },
     #[error("cannot use the Python interpreter `{}` ({from}): {message}", python.display())]
     #[diagnostic(help("{hint}"))]
-    Interpreter { python: PathBuf, from: String, message: String, hint: String },
+    Interpreter {
+        python: PathBuf,
+        from: String,
+        message: String,
+        hint: String,
+    },
     #[error("the Python interpreter `{}` ({from}) lacks {}", python.display(), list(modules))]
-    #[diagnostic(help("the pipeline's stages import them; install them into that interpreter: {install}"))]
-    Missing { python: PathBuf, from: String, modules: Vec<String>, install: String },
+    #[diagnostic(help(
+        "the pipeline's stages import them; install them into that interpreter: {install}"
+    ))]
+    Missing {
+        python: PathBuf,
+        from: String,
+        modules: Vec<String>,
+        install: String,
+    },
     #[error("{0}")]
     Cache(String),
 }
@@ -146,13 +182,23 @@ pub struct Resolved {
 
 /// The modules the pipeline's stages import (from each kind's `python_modules`).
 pub fn needed_modules(pipeline: &Pipeline) -> Vec<&'static str> {
-    let set: BTreeSet<&'static str> = pipeline.stages.iter().flat_map(|stage| stage.kind.python_modules()).collect();
+    let set: BTreeSet<&'static str> = pipeline
+        .stages
+        .iter()
+        .flat_map(|stage| stage.kind.python_modules())
+        .collect();
     set.into_iter().collect()
 }
 
 /// The toolchain for a pipeline (what `Workspace::attach_toolchains` wants).
 pub fn for_pipeline(pipeline: &Pipeline, mode: Mode) -> Result<Toolchain, ToolchainError> {
-    resolve(&Choice::of(Some(pipeline)), &needed_modules(pipeline), mode, &mut say).map(|resolved| resolved.toolchain)
+    resolve(
+        &Choice::of(Some(pipeline)),
+        &needed_modules(pipeline),
+        mode,
+        &mut say,
+    )
+    .map(|resolved| resolved.toolchain)
 }
 
 /// How toolchain creation talks to people: on stderr.
@@ -162,16 +208,31 @@ pub fn say(message: &str) {
 
 /// Resolves a choice: creates the managed environment when `mode` allows, asks the
 /// interpreter for its identity, and checks that it has the `needed` modules.
-pub fn resolve(choice: &Choice, needed: &[&str], mode: Mode, say: &mut dyn FnMut(&str)) -> Result<Resolved, ToolchainError> {
+pub fn resolve(
+    choice: &Choice,
+    needed: &[&str],
+    mode: Mode,
+    say: &mut dyn FnMut(&str),
+) -> Result<Resolved, ToolchainError> {
     let cache = CacheDir::from_env().map_err(ToolchainError::Cache)?;
     resolve_in(cache, choice, needed, mode, say)
 }
 
 /// `resolve` with the cache directory given.
-pub fn resolve_in(cache: CacheDir, choice: &Choice, needed: &[&str], mode: Mode, say: &mut dyn FnMut(&str)) -> Result<Resolved, ToolchainError> {
+pub fn resolve_in(
+    cache: CacheDir,
+    choice: &Choice,
+    needed: &[&str],
+    mode: Mode,
+    say: &mut dyn FnMut(&str),
+) -> Result<Resolved, ToolchainError> {
     if mode == Mode::Create {
-        workers::materialize_all(&cache)
-            .map_err(|e| ToolchainError::Cache(format!("cannot write pochi's worker scripts to {}: {e}", cache.workers().display())))?;
+        workers::materialize_all(&cache).map_err(|e| {
+            ToolchainError::Cache(format!(
+                "cannot write pochi's worker scripts to {}: {e}",
+                cache.workers().display()
+            ))
+        })?;
     }
     let (python, cache_file, prefix) = match choice {
         Choice::Managed => {
@@ -179,15 +240,32 @@ pub fn resolve_in(cache: CacheDir, choice: &Choice, needed: &[&str], mode: Mode,
             if !managed.exists() {
                 if mode == Mode::Inspect {
                     let identity = format!("managed toolchain {} (not created)", managed.hash);
-                    let toolchain = Toolchain { python: managed.python(), identity };
-                    return Ok(Resolved { choice: choice.clone(), toolchain, facts: None, cache });
+                    let toolchain = Toolchain {
+                        python: managed.python(),
+                        identity,
+                    };
+                    return Ok(Resolved {
+                        choice: choice.clone(),
+                        toolchain,
+                        facts: None,
+                        cache,
+                    });
                 }
-                managed.ensure(&cache, LOCK, say).map_err(|message| ToolchainError::Create { message })?;
+                managed
+                    .ensure(&cache, LOCK, say)
+                    .map_err(|message| ToolchainError::Create { message })?;
             }
-            (managed.python(), managed.identity_file(), format!("managed toolchain {}", managed.hash))
+            (
+                managed.python(),
+                managed.identity_file(),
+                format!("managed toolchain {}", managed.hash),
+            )
         }
         Choice::Interpreter { python, .. } => {
-            let file = cache.interpreters().join(format!("{}.json", short_hash(python.as_os_str().as_encoded_bytes())));
+            let file = cache.interpreters().join(format!(
+                "{}.json",
+                short_hash(python.as_os_str().as_encoded_bytes())
+            ));
             (python.clone(), file, format!("python {}", python.display()))
         }
     };
@@ -195,7 +273,12 @@ pub fn resolve_in(cache: CacheDir, choice: &Choice, needed: &[&str], mode: Mode,
         Ok(facts) => facts,
         Err(message) if mode == Mode::Inspect => {
             let identity = format!("{prefix} (unusable: {message})");
-            return Ok(Resolved { choice: choice.clone(), toolchain: Toolchain { python, identity }, facts: None, cache });
+            return Ok(Resolved {
+                choice: choice.clone(),
+                toolchain: Toolchain { python, identity },
+                facts: None,
+                cache,
+            });
         }
         Err(message) => return Err(interpreter_error(choice, &python, message)),
     };
@@ -213,7 +296,12 @@ pub fn resolve_in(cache: CacheDir, choice: &Choice, needed: &[&str], mode: Mode,
         });
     }
     let identity = identity::identity(&prefix, &facts);
-    Ok(Resolved { choice: choice.clone(), toolchain: Toolchain { python, identity }, facts: Some(facts), cache })
+    Ok(Resolved {
+        choice: choice.clone(),
+        toolchain: Toolchain { python, identity },
+        facts: Some(facts),
+        cache,
+    })
 }
 
 fn interpreter_error(choice: &Choice, python: &Path, message: String) -> ToolchainError {
@@ -239,7 +327,11 @@ fn install_command(python: &Path, modules: &[&str]) -> String {
     let specs: Vec<String> = modules
         .iter()
         .map(|module| {
-            let dist = TRACKED.iter().find(|(m, _)| m == module).map(|(_, d)| *d).unwrap_or(module);
+            let dist = TRACKED
+                .iter()
+                .find(|(m, _)| m == module)
+                .map(|(_, d)| *d)
+                .unwrap_or(module);
             match locked.get(dist) {
                 Some(version) => format!("{dist}=={version}"),
                 None => dist.to_string(),
@@ -258,10 +350,21 @@ mod tests {
         let versions = locked_versions(LOCK);
         assert_eq!(versions.get("torch").map(String::as_str), Some("2.15.0"));
         assert_eq!(versions.get("monai").map(String::as_str), Some("1.6.1"));
-        assert!(versions.get("onnxruntime").is_some_and(|v| v.starts_with("1.32.")));
-        assert!(versions.get("nvidia-modelopt").is_some_and(|v| v.starts_with("0.47.")));
+        assert!(
+            versions
+                .get("onnxruntime")
+                .is_some_and(|v| v.starts_with("1.32."))
+        );
+        assert!(
+            versions
+                .get("nvidia-modelopt")
+                .is_some_and(|v| v.starts_with("0.47."))
+        );
         for (_, dist) in TRACKED {
-            assert!(versions.contains_key(*dist), "{dist} is tracked but not locked");
+            assert!(
+                versions.contains_key(*dist),
+                "{dist} is tracked but not locked"
+            );
         }
         // The GPU wheel would overwrite the CPU one's `onnxruntime` package.
         assert!(!versions.contains_key("onnxruntime-gpu"));
@@ -274,31 +377,54 @@ mod tests {
         assert_eq!(lock_hash(), lock_hash());
         assert_eq!(lock_hash().len(), 16);
         assert_eq!(short_hash(LOCK.as_bytes()), lock_hash());
-        assert_ne!(short_hash(format!("{LOCK}\n# changed").as_bytes()), lock_hash());
+        assert_ne!(
+            short_hash(format!("{LOCK}\n# changed").as_bytes()),
+            lock_hash()
+        );
     }
 
     #[test]
     fn parses_pins_with_extras_and_markers() {
         let lock = "a==1.0 \\\n    --hash=sha256:00\nnvidia-modelopt[onnx]==0.47.0 ; sys_platform == 'linux'\n# c==3\n    # via x\n";
         let versions = locked_versions(lock);
-        assert_eq!(versions, BTreeMap::from([("a".into(), "1.0".into()), ("nvidia-modelopt".into(), "0.47.0".into())]));
+        assert_eq!(
+            versions,
+            BTreeMap::from([
+                ("a".into(), "1.0".into()),
+                ("nvidia-modelopt".into(), "0.47.0".into())
+            ])
+        );
     }
 
     #[test]
     fn the_environment_variable_wins_over_the_pipeline() {
         let dir = Path::new("/project");
         let file = Path::new("/project/pipeline.toml");
-        let from_env = Choice::from_parts(Some("/opt/py/bin/python".into()), Some((Path::new("venv/bin/python"), dir, file)));
-        assert_eq!(from_env, Choice::Interpreter { python: "/opt/py/bin/python".into(), from: "POCHI_PYTHON".into() });
+        let from_env = Choice::from_parts(
+            Some("/opt/py/bin/python".into()),
+            Some((Path::new("venv/bin/python"), dir, file)),
+        );
+        assert_eq!(
+            from_env,
+            Choice::Interpreter {
+                python: "/opt/py/bin/python".into(),
+                from: "POCHI_PYTHON".into()
+            }
+        );
         let from_file = Choice::from_parts(None, Some((Path::new("venv/bin/python"), dir, file)));
-        assert!(matches!(from_file, Choice::Interpreter { python, from } if python == Path::new("/project/venv/bin/python") && from.contains("[toolchain]")));
+        assert!(
+            matches!(from_file, Choice::Interpreter { python, from } if python == Path::new("/project/venv/bin/python") && from.contains("[toolchain]"))
+        );
         assert_eq!(Choice::from_parts(Some("".into()), None), Choice::Managed);
     }
 
     #[test]
     fn missing_packages_get_an_install_command_with_locked_versions() {
         let command = install_command(Path::new("/py"), &["torch", "modelopt", "other"]);
-        assert_eq!(command, "/py -m pip install torch==2.15.0 nvidia-modelopt==0.47.0 other");
+        assert_eq!(
+            command,
+            "/py -m pip install torch==2.15.0 nvidia-modelopt==0.47.0 other"
+        );
     }
 
     #[test]
@@ -306,11 +432,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = CacheDir::at(dir.path());
         let mut said = Vec::new();
-        let resolved = resolve_in(cache.clone(), &Choice::Managed, &["torch"], Mode::Inspect, &mut |m| said.push(m.to_string())).unwrap();
-        assert_eq!(resolved.toolchain.identity, format!("managed toolchain {} (not created)", lock_hash()));
-        assert_eq!(resolved.toolchain.python, Managed::new(&cache, &lock_hash()).python());
+        let resolved = resolve_in(
+            cache.clone(),
+            &Choice::Managed,
+            &["torch"],
+            Mode::Inspect,
+            &mut |m| said.push(m.to_string()),
+        )
+        .unwrap();
+        assert_eq!(
+            resolved.toolchain.identity,
+            format!("managed toolchain {} (not created)", lock_hash())
+        );
+        assert_eq!(
+            resolved.toolchain.python,
+            Managed::new(&cache, &lock_hash()).python()
+        );
         assert!(resolved.facts.is_none());
         assert!(said.is_empty());
-        assert!(!cache.toolchains().exists(), "inspecting must not create anything");
+        assert!(
+            !cache.toolchains().exists(),
+            "inspecting must not create anything"
+        );
     }
 }

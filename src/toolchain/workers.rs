@@ -14,10 +14,16 @@ pub struct Worker {
 }
 
 /// Reports which Python and which package versions an interpreter has.
-pub const IDENTITY: Worker = Worker { name: "identity.py", source: include_str!("workers/identity.py") };
+pub const IDENTITY: Worker = Worker {
+    name: "identity.py",
+    source: include_str!("workers/identity.py"),
+};
 
 /// Exports a checkpoint to ONNX, verifies it and writes its reference outputs and manifest.
-pub const EXPORT: Worker = Worker { name: "export.py", source: include_str!("workers/export.py") };
+pub const EXPORT: Worker = Worker {
+    name: "export.py",
+    source: include_str!("workers/export.py"),
+};
 
 /// Every worker, written to the cache together.
 pub const ALL: &[Worker] = &[IDENTITY, EXPORT];
@@ -45,7 +51,9 @@ impl Worker {
     /// Writes the script to the cache unless it is there already.
     pub fn materialize(&self, cache: &CacheDir) -> std::io::Result<PathBuf> {
         let path = self.path_in(cache);
-        let current = std::fs::read(&path).map(|bytes| bytes == self.source.as_bytes()).unwrap_or(false);
+        let current = std::fs::read(&path)
+            .map(|bytes| bytes == self.source.as_bytes())
+            .unwrap_or(false);
         if !current {
             crate::fsutil::write_atomic(&path, self.source.as_bytes())?;
         }
@@ -55,7 +63,8 @@ impl Worker {
 
 /// Writes every worker script to the cache.
 pub fn materialize_all(cache: &CacheDir) -> std::io::Result<()> {
-    ALL.iter().try_for_each(|worker| worker.materialize(cache).map(|_| ()))
+    ALL.iter()
+        .try_for_each(|worker| worker.materialize(cache).map(|_| ()))
 }
 
 #[cfg(test)]
