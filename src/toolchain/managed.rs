@@ -139,6 +139,7 @@ fn build(
             say("uv is not available: using python3 -m venv and pip (slower)");
             run(Command::new(&base).args(["-m", "venv"]).arg(&env))?;
             run(Command::new(&python)
+                .env("PIP_ROOT_USER_ACTION", "ignore")
                 .args([
                     "-m",
                     "pip",
@@ -196,6 +197,7 @@ fn find_uv(cache: &CacheDir, say: &mut dyn FnMut(&str)) -> Option<PathBuf> {
         .join(format!(".uv.partial-{}", std::process::id()));
     let _ = crate::fsutil::remove_path(&partial);
     let installed = run(Command::new(base_python())
+        .env("PIP_ROOT_USER_ACTION", "ignore")
         .args([
             "-m",
             "pip",
