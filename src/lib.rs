@@ -2,8 +2,9 @@
 //!
 //! Phases, one module each: `spec` (parse) -> `graph` (resolve, check, seal) -> `build`
 //! (plan with `fingerprint` and `state`) -> `scheduler` (run under resources). `kinds` is
-//! the stage-kind seam; `runner` and `machine` touch the OS; `render` draws graphs; `cli`
-//! is the command line.
+//! the stage-kind seam; `runner` and `machine` touch the OS; `toolchain` creates and
+//! identifies Python environments (the only module that spawns Python outside a stage);
+//! `render` draws graphs; `cli` is the command line.
 
 pub mod build;
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod runner;
 pub mod scheduler;
 pub mod spec;
 pub mod state;
+pub mod toolchain;

@@ -35,6 +35,13 @@ impl ProcessRunner for SystemRunner {
 }
 
 impl SystemRunner {
+    /// A runner whose stages are stopped once `cancel` is set.
+    pub fn watching(cancel: Arc<AtomicBool>) -> Arc<SystemRunner> {
+        let runner = Arc::new(SystemRunner::default());
+        runner.watch(cancel);
+        runner
+    }
+
     /// Starts the watcher that stops running groups once `cancel` is set.
     pub fn watch(&self, cancel: Arc<AtomicBool>) {
         let running = Arc::clone(&self.running);

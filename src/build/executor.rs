@@ -239,7 +239,14 @@ impl StageExecutor {
             build_dir: &pipeline.build_dir,
         };
         match spec.kind.action(&context) {
-            Action::Process(invocation) => self.run_process(project, stage, lease, invocation)?,
+            Action::Process(invocation) => self
+                .run_process(project, stage, lease, invocation)
+                .map_err(|failure| match failure {
+                    ProcessFailure::Ran { status, message } => {
+                        spec.kind.explain_failure(&context, &status, message)
+                    }
+                    ProcessFailure::Other(message) => message,
+                })?,
             Action::InProcess => spec.kind.run_in_process(&context, &self.cancel)?,
         }
         if self.cancel.load(Ordering::Relaxed) {
@@ -254,7 +261,7 @@ impl StageExecutor {
         stage: usize,
         lease: &Lease,
         invocation: Invocation,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProcessFailure> {
         let pipeline = &project.pipeline;
         let mut env = pipeline.stages[stage].env.clone();
         env.extend(invocation.env);
@@ -275,10 +282,11 @@ impl StageExecutor {
             .to_string();
         match self.runner.run(&process, &self.cancel) {
             ProcessResult::Success => Ok(()),
-            ProcessResult::Cancelled => Err("interrupted".into()),
-            ProcessResult::SpawnError(error) => {
-                Err(format!("cannot start `{}`: {error}", process.program))
-            }
+            ProcessResult::Cancelled => Err(ProcessFailure::Other("interrupted".into())),
+            ProcessResult::SpawnError(error) => Err(ProcessFailure::Other(format!(
+                "cannot start `{}`: {error}",
+                process.program
+            ))),
             ProcessResult::Failed {
                 status,
                 stderr_tail,
@@ -294,7 +302,7 @@ impl StageExecutor {
                         message.push_str(&line);
                     }
                 }
-                Err(message)
+                Err(ProcessFailure::Ran { status, message })
             }
         }
     }
@@ -368,6 +376,14 @@ impl StageExecutor {
             .record_built(record)
             .map_err(|e| format!("cannot record the stage as built: {e}"))
     }
+}
+
+/// Why a stage's process did not succeed.
+enum ProcessFailure {
+    /// It ran and failed; the kind may explain the failure (`StageKind::explain_failure`).
+    Ran { status: String, message: String },
+    /// It never ran, or was interrupted.
+    Other(String),
 }
 
 /// Describes a standing that prevents computing a key.

@@ -10,6 +10,7 @@ use clap::Args;
 use super::output::{failure, paint};
 use super::progress::Reporter;
 use crate::build::{BuildOptions, Workspace};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -48,14 +49,16 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let workspace = Workspace::load(&paths)?;
+    let mut workspace = Workspace::load(&paths)?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "pipelines loaded"
     );
     if args.dry_run {
+        workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
         return dry_run(&workspace, &args);
     }
+    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
     let cancel = Arc::new(AtomicBool::new(false));
     install_interrupt_handler(Arc::clone(&cancel));
     let options = BuildOptions {
@@ -66,8 +69,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     };
     let machine = crate::machine::detect();
     let mut reporter = Reporter::new();
-    let runner = Arc::new(crate::runner::SystemRunner::default());
-    runner.watch(Arc::clone(&cancel));
+    let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
     let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| {
         reporter.event(event)
     })?;
@@ -137,7 +139,7 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
 }
 
 /// First Ctrl-C: stop running stages and discard their partial outputs. Second: exit now.
-fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
+pub(super) fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, Ordering::SeqCst) {
             std::process::exit(130);

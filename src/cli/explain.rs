@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::build::{PlanStatus, Workspace};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -16,7 +17,8 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    let mut workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&args.stage))?;
     let plans = workspace.plan(&targets);
     let Some(plan) = plans.iter().find(|plan| targets.contains(&plan.id)) else {

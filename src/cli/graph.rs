@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::build::{PlanStatus, Workspace};
 use crate::render::{self, GraphFormat, GraphView, StageStatus, StageView};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -27,7 +28,8 @@ pub struct GraphArgs {
 }
 
 pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    let mut workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
     let project = &workspace.projects[0];
     let plans = workspace.plan(&workspace.stage_ids());
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];

@@ -5,12 +5,14 @@
 mod build;
 mod clean;
 mod explain;
+mod export_onnx;
 mod graph;
 mod internal;
 mod output;
 mod progress;
 mod schema;
 mod status;
+mod toolchain;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +41,10 @@ enum Command {
     Clean(clean::CleanArgs),
     /// Print the JSON Schema of the pipeline file (for editors such as Taplo).
     Schema,
+    /// Export a checkpoint to a verified ONNX model in one command (a one-stage pipeline).
+    ExportOnnx(export_onnx::ExportOnnxArgs),
+    /// Show or prepare the Python toolchain: sync | info | path.
+    Toolchain(toolchain::ToolchainArgs),
     /// Print the blake3 digest of files, as pochi computes it.
     #[command(hide = true)]
     Hash { files: Vec<PathBuf> },
@@ -58,6 +64,8 @@ pub fn main() -> ExitCode {
         Command::Graph(args) => graph::run(args),
         Command::Clean(args) => clean::run(args),
         Command::Schema => schema::run(),
+        Command::Toolchain(args) => toolchain::run(args),
+        Command::ExportOnnx(args) => export_onnx::run(args),
         Command::Hash { files } => internal::hash(&files),
         Command::BenchInternal(args) => internal::bench(args),
     };

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::output::paint;
 use crate::build::{PlanStatus, Workspace};
+use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -38,7 +39,8 @@ fn color(status: PlanStatus) -> &'static str {
 }
 
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let mut workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
     let plans = workspace.plan(&workspace.stage_ids());
     let mut sorted = plans.clone();
     sorted.sort_by_key(|plan| workspace.display_name(plan.id));

@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod dataset;
+pub mod export;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -53,6 +54,23 @@ pub trait StageKind: Debug + Send + Sync {
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {
         let _ = context;
         Ok(())
+    }
+    /// The Python modules the stage imports, checked against the toolchain before a build
+    /// (a missing one is named in the error instead of failing the stage).
+    fn python_modules(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+    /// Rewrites the message of a failed process (`status` says how it ended, e.g. "exit
+    /// status 1" or "signal 9 ..."): for example, a worker's JSON error, or the remedy for
+    /// running out of memory.
+    fn explain_failure(
+        &self,
+        context: &InvocationContext,
+        status: &str,
+        message: String,
+    ) -> String {
+        let _ = (context, status);
+        message
     }
 }
 
@@ -112,10 +130,10 @@ pub struct KindInfo {
 }
 
 /// Every stage kind this build of pochi knows.
-pub static KINDS: &[&KindInfo] = &[&command::INFO, &dataset::INFO];
+pub static KINDS: &[&KindInfo] = &[&command::INFO, &dataset::INFO, &export::INFO];
 
 /// Kinds the pipeline format defines that this version does not implement yet.
-const PLANNED: &[&str] = &["export", "quantize", "engine", "report"];
+const PLANNED: &[&str] = &["quantize", "engine", "report"];
 
 /// Finds a kind by name, or returns a hint for the error.
 pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {

@@ -1,0 +1,85 @@
+//! Python worker scripts shipped inside the binary. Each is written to the cache under its
+//! content hash (so two pochi versions never overwrite each other's script) and run as
+//! `python -I WORKER ...`; every worker answers with a JSON result file, never free text.
+
+use std::path::PathBuf;
+
+use super::cache::CacheDir;
+
+/// One embedded worker script.
+#[derive(Debug, Clone, Copy)]
+pub struct Worker {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Reports which Python and which package versions an interpreter has.
+pub const IDENTITY: Worker = Worker {
+    name: "identity.py",
+    source: include_str!("workers/identity.py"),
+};
+
+/// Exports a checkpoint to ONNX, verifies it and writes its reference outputs and manifest.
+pub const EXPORT: Worker = Worker {
+    name: "export.py",
+    source: include_str!("workers/export.py"),
+};
+
+/// Every worker, written to the cache together.
+pub const ALL: &[Worker] = &[IDENTITY, EXPORT];
+
+impl Worker {
+    /// The first 16 hex digits of the script's blake3: part of the fingerprint of the
+    /// stages it runs, so a changed script reruns them.
+    pub fn hash(&self) -> String {
+        super::short_hash(self.source.as_bytes())
+    }
+
+    /// Where the script lives in the cache.
+    pub fn path_in(&self, cache: &CacheDir) -> PathBuf {
+        cache.workers().join(self.hash()).join(self.name)
+    }
+
+    /// Where the script lives in the cache of this process's environment.
+    pub fn path(&self) -> PathBuf {
+        match CacheDir::from_env() {
+            Ok(cache) => self.path_in(&cache),
+            Err(_) => PathBuf::from(self.name),
+        }
+    }
+
+    /// Writes the script to the cache unless it is there already.
+    pub fn materialize(&self, cache: &CacheDir) -> std::io::Result<PathBuf> {
+        let path = self.path_in(cache);
+        let current = std::fs::read(&path)
+            .map(|bytes| bytes == self.source.as_bytes())
+            .unwrap_or(false);
+        if !current {
+            crate::fsutil::write_atomic(&path, self.source.as_bytes())?;
+        }
+        Ok(path)
+    }
+}
+
+/// Writes every worker script to the cache.
+pub fn materialize_all(cache: &CacheDir) -> std::io::Result<()> {
+    ALL.iter()
+        .try_for_each(|worker| worker.materialize(cache).map(|_| ()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_land_under_their_content_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::at(dir.path());
+        let path = EXPORT.materialize(&cache).unwrap();
+        assert_eq!(path, cache.workers().join(EXPORT.hash()).join("export.py"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), EXPORT.source);
+        assert_ne!(EXPORT.hash(), IDENTITY.hash());
+        // A second call leaves the file alone.
+        assert_eq!(EXPORT.materialize(&cache).unwrap(), path);
+    }
+}
