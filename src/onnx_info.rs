@@ -36,7 +36,8 @@ pub struct GraphInput {
 /// Reads the runtime inputs of an ONNX model file.
 pub fn read_inputs(path: &Path) -> Result<Vec<GraphInput>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_inputs(&bytes).map_err(|e| format!("{} is not a readable ONNX model: {e}", path.display()))
+    parse_inputs(&bytes)
+        .map_err(|e| format!("{} is not a readable ONNX model: {e}", path.display()))
 }
 
 /// Parses the runtime inputs from the bytes of a `ModelProto`.

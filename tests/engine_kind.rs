@@ -30,7 +30,11 @@ fn dyn_batch() -> Vec<Dim> {
 /// A project with `model.onnx` (graph inputs only) and a pipeline.
 fn project(pipeline: &str, dims: Vec<Dim>) -> Project {
     let project = Project::new(pipeline);
-    std::fs::write(project.path("model.onnx"), encode::model(&[("input", dims)])).unwrap();
+    std::fs::write(
+        project.path("model.onnx"),
+        encode::model(&[("input", dims)]),
+    )
+    .unwrap();
     project
 }
 
@@ -55,7 +59,10 @@ fn call<'a>(calls: &'a [Value], name: &str) -> Vec<&'a Value> {
 
 /// Builds with the stand-in on the worker's path, recording to trt-record.json.
 fn build_with_standin(project: &Project, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
-    let record = project.path("trt-record.json").to_string_lossy().into_owned();
+    let record = project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned();
     let standin = standin_dir();
     let mut env = vec![
         ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
@@ -95,11 +102,28 @@ fn without_tensorrt_the_engine_is_unavailable_and_everything_else_builds() {
     assert_eq!(summary["ok"], true);
     let engine = stage(&summary, "engine");
     let reason = engine["reason"].as_str().unwrap();
-    assert!(reason.contains("TensorRT is not available on this machine"), "{reason}");
+    assert!(
+        reason.contains("TensorRT is not available on this machine"),
+        "{reason}"
+    );
     assert!(reason.contains("no GPU"), "{reason}");
-    assert!(stage(&summary, "after")["reason"].as_str().unwrap().contains("`engine`"));
-    assert!(run.stderr.contains("unavailable engine: cannot run on this machine"), "{}", run.stderr);
-    assert!(run.stderr.contains("2 unavailable on this machine"), "{}", run.stderr);
+    assert!(
+        stage(&summary, "after")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`engine`")
+    );
+    assert!(
+        run.stderr
+            .contains("unavailable engine: cannot run on this machine"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("2 unavailable on this machine"),
+        "{}",
+        run.stderr
+    );
     // A second build does the same, and the rest stays up to date.
     let again = project.build(&[]);
     again.assert_ok();
@@ -109,7 +133,11 @@ fn without_tensorrt_the_engine_is_unavailable_and_everything_else_builds() {
 #[test]
 fn strict_builds_and_engine_targets_fail_at_once_naming_what_is_missing() {
     let project = project(WITH_NEIGHBOURS, dyn_batch());
-    for args in [&["--require-engines"][..], &["--require-all"], &["--target", "engine"]] {
+    for args in [
+        &["--require-engines"][..],
+        &["--require-all"],
+        &["--target", "engine"],
+    ] {
         let mut all = vec!["build"];
         all.extend_from_slice(args);
         let run = project.run(&all);
@@ -156,7 +184,8 @@ optimization_level = 4
     assert_eq!(built["optimization_level"], 4);
     assert_eq!(built["profiling_verbosity"], "DETAILED");
     assert_eq!(call(&calls, "set_timing_cache").len(), 1);
-    let manifest: Value = serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
     assert_eq!(manifest["tensorrt"], "11.4.0");
     assert_eq!(manifest["gpu"]["name"], "Fake GPU (stand-in)");
     assert_eq!(manifest["gpu"]["compute_capability"], "9.0");
@@ -166,7 +195,12 @@ optimization_level = 4
     assert_eq!(manifest["builder"]["workspace"], 2u64 << 30);
     assert!(project.exists("build/pipeline/engine.engine"));
     // Up to date with the same TensorRT; another TensorRT version rebuilds it.
-    assert!(build_with_standin(&project, &[], &[]).assert_ok().ran().is_empty());
+    assert!(
+        build_with_standin(&project, &[], &[])
+            .assert_ok()
+            .ran()
+            .is_empty()
+    );
     let other = build_with_standin(&project, &[], &[("FAKE_TRT_VERSION", "11.5.0")]);
     other.assert_ok();
     assert_eq!(other.ran(), vec!["engine"]);
@@ -188,11 +222,19 @@ precision = "fp16"
     let run = build_with_standin(&project, &[], &[("FAKE_TRT_VERSION", "10.13.0")]);
     run.assert_ok();
     let calls = calls(&project);
-    assert!(call(&calls, "set_shape").is_empty(), "a static ONNX gets no profile");
+    assert!(
+        call(&calls, "set_shape").is_empty(),
+        "a static ONNX gets no profile"
+    );
     assert!(call(&calls, "add_optimization_profile").is_empty());
-    assert_eq!(call(&calls, "create_network")[0]["flags"], 0, "weakly typed on 10.x");
+    assert_eq!(
+        call(&calls, "create_network")[0]["flags"],
+        0,
+        "weakly typed on 10.x"
+    );
     assert_eq!(call(&calls, "set_flag")[0]["flag"], "FP16");
-    let manifest: Value = serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
     assert_eq!(manifest["layers_by_precision"]["fp16"], 3);
     assert_eq!(manifest["builder"]["fp16_flag"], true);
     assert_eq!(manifest["shapes"]["pattern"], "static");
@@ -214,18 +256,30 @@ precision = "fp16"
     let run = build_with_standin(
         &project,
         &[],
-        &[("FAKE_TRT_VERSION", "10.13.0"), ("FAKE_TRT_LAYER_TYPE", "Float")],
+        &[
+            ("FAKE_TRT_VERSION", "10.13.0"),
+            ("FAKE_TRT_LAYER_TYPE", "Float"),
+        ],
     );
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let summary = run.summary();
-    let error = stage(&summary, "engine")["error"].as_str().unwrap().to_string();
-    assert!(error.contains("asked to be fp16 but TensorRT built no fp16 layer"), "{error}");
+    let error = stage(&summary, "engine")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("asked to be fp16 but TensorRT built no fp16 layer"),
+        "{error}"
+    );
     assert!(error.contains("fp32: 3"), "{error}");
     assert!(!project.exists("build/pipeline/engine.engine"));
     // TensorRT 11 refuses an fp32 ONNX for an fp16 engine before building.
     let run = build_with_standin(&project, &[], &[]);
     assert_eq!(run.code, Some(1));
-    let error = stage(&run.summary(), "engine")["error"].as_str().unwrap().to_string();
+    let error = stage(&run.summary(), "engine")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(error.contains("strongly typed"), "{error}");
     assert!(error.contains("quantize"), "{error}");
 }
@@ -250,18 +304,29 @@ onnx = "model.onnx"
     let project = project(pipeline, dims.clone());
     let run = build_with_standin(&project, &[], &[]);
     assert_eq!(run.code, Some(1));
-    let error = stage(&run.summary(), "engine")["error"].as_str().unwrap().to_string();
+    let error = stage(&run.summary(), "engine")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        error.contains("the ONNX has dynamic shapes; give `input_size` with the resolution you will use"),
+        error.contains(
+            "the ONNX has dynamic shapes; give `input_size` with the resolution you will use"
+        ),
         "{error}"
     );
-    assert!(!project.exists("trt-record.json"), "no TensorRT call was made");
+    assert!(
+        !project.exists("trt-record.json"),
+        "no TensorRT call was made"
+    );
 
     let fixed = project.read("pipeline.toml") + "input_size = [64, 64, 64]\n";
     project.write("pipeline.toml", &fixed);
     build_with_standin(&project, &[], &[]).assert_ok();
     let calls = calls(&project);
-    assert_eq!(call(&calls, "set_shape")[0]["opt"], serde_json::json!([1, 1, 64, 64, 64]));
+    assert_eq!(
+        call(&calls, "set_shape")[0]["opt"],
+        serde_json::json!([1, 1, 64, 64, 64])
+    );
 }
 
 #[test]
@@ -275,7 +340,9 @@ fn bad_engine_keys_are_spec_errors() {
         "pipeline.toml",
         "[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\nprecision = \"fp61\"\n",
     );
-    project.run(&["build"]).assert_error(&["unknown precision `fp61`", "fp16"]);
+    project
+        .run(&["build"])
+        .assert_error(&["unknown precision `fp61`", "fp16"]);
 }
 
 #[test]
@@ -289,13 +356,21 @@ fn convert_fails_clearly_without_tensorrt() {
     let run = project.run(&["convert", "missing.onnx"]);
     run.assert_error(&["does not exist"]);
     let run = project.run(&["convert", "model.onnx", "--int8"]);
-    assert_eq!(run.code, Some(2), "clap: --int8 requires --calib-data: {}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(2),
+        "clap: --int8 requires --calib-data: {}",
+        run.stderr
+    );
 }
 
 #[test]
 fn convert_with_the_standin_writes_pochitrains_engine_name() {
     let project = project("", dyn_batch());
-    let record = project.path("trt-record.json").to_string_lossy().into_owned();
+    let record = project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned();
     let standin = standin_dir();
     let run = project.run_env(
         &["convert", "model.onnx", "--workspace-size", "1048576"],
@@ -309,5 +384,8 @@ fn convert_with_the_standin_writes_pochitrains_engine_name() {
     assert!(project.exists("model.engine"), "{}", run.stderr);
     let calls = calls(&project);
     assert_eq!(call(&calls, "set_memory_pool_limit")[0]["size"], 1048576);
-    assert_eq!(call(&calls, "set_shape")[0]["max"], serde_json::json!([1, 3, 32, 32]));
+    assert_eq!(
+        call(&calls, "set_shape")[0]["max"],
+        serde_json::json!([1, 3, 32, 32])
+    );
 }

@@ -75,7 +75,10 @@ high_precision = "fp32"
     run.assert_ok();
     assert_eq!(run.ran(), vec!["calib", "int8", "model"]);
     let manifest = json(&project, "build/pipeline/int8.manifest.json");
-    assert!(manifest["quantize_linear"].as_u64().unwrap() > 0, "{manifest}");
+    assert!(
+        manifest["quantize_linear"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
     assert!(manifest["dequantize_linear"].as_u64().unwrap() > 0);
     assert_eq!(manifest["calibration_samples"], 8);
     assert_eq!(manifest["versions"]["nvidia-modelopt"], "0.47.0");
@@ -85,7 +88,8 @@ high_precision = "fp32"
     assert!(check["qdq"].as_u64().unwrap() > 0);
     assert!(check["cosine"].as_f64().unwrap() > 0.99, "{check}");
     assert!(
-        check["max_abs_error"].as_f64().unwrap() < 0.1 * check["max_abs_reference"].as_f64().unwrap().max(1e-3),
+        check["max_abs_error"].as_f64().unwrap()
+            < 0.1 * check["max_abs_reference"].as_f64().unwrap().max(1e-3),
         "{check}"
     );
 
@@ -117,9 +121,20 @@ keep_fp32 = ["Gemm"]
     let run = project.build(&["--target", "fp16"]);
     run.assert_ok();
     let manifest = json(&project, "build/pipeline/fp16.manifest.json");
-    assert!(manifest["nodes_by_precision"]["fp16"].as_u64().unwrap() > 0, "{manifest}");
-    assert!(manifest["initializers_by_precision"]["fp16"].as_u64().unwrap() > 0);
-    assert_eq!(manifest["kept_fp32"]["op_types"], serde_json::json!(["Gemm"]));
+    assert!(
+        manifest["nodes_by_precision"]["fp16"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    assert!(
+        manifest["initializers_by_precision"]["fp16"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        manifest["kept_fp32"]["op_types"],
+        serde_json::json!(["Gemm"])
+    );
     assert_eq!(manifest["quantize_linear"], 0);
     let check = compare(&project, "build/pipeline/fp16.onnx");
     eprintln!("fp16 vs fp32: {check}");
@@ -128,7 +143,9 @@ keep_fp32 = ["Gemm"]
     assert!(check["cosine"].as_f64().unwrap() > 0.999, "{check}");
 
     // An unknown op type or node name in keep_fp32 fails with a hint.
-    let text = project.read("pipeline.toml").replace("[\"Gemm\"]", "[\"Gem\"]");
+    let text = project
+        .read("pipeline.toml")
+        .replace("[\"Gemm\"]", "[\"Gem\"]");
     project.write("pipeline.toml", &text);
     let run = project.build(&["--target", "fp16"]);
     assert_eq!(run.code, Some(1));
@@ -146,9 +163,8 @@ keep_fp32 = ["Gemm"]
 
 #[test]
 fn int8_without_calibration_is_a_spec_error() {
-    let project = project(
-        "[stages.int8]\nkind = \"quantize\"\nonnx = \"@model\"\nprecision = \"int8\"\n",
-    );
+    let project =
+        project("[stages.int8]\nkind = \"quantize\"\nonnx = \"@model\"\nprecision = \"int8\"\n");
     project
         .run(&["build"])
         .assert_error(&["int8 needs calibration data", "calibration = {"]);

@@ -161,11 +161,7 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
 }
 
 /// The pipeline, as TOML (serialized, so every value is escaped correctly).
-fn pipeline_text(
-    args: &ConvertArgs,
-    model: &Path,
-    calib: Option<&Path>,
-) -> miette::Result<String> {
+fn pipeline_text(args: &ConvertArgs, model: &Path, calib: Option<&Path>) -> miette::Result<String> {
     use toml::{Table, Value};
     let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());
     let ints = |v: &[u64]| Value::Array(v.iter().map(|&n| Value::Integer(n as i64)).collect());
@@ -242,7 +238,10 @@ fn pipeline_text(
     engine.insert("onnx".into(), engine_onnx);
     engine.insert("precision".into(), precision.into());
     engine.insert("batch".into(), Value::Integer(1));
-    engine.insert("workspace".into(), Value::Integer(args.workspace_size as i64));
+    engine.insert(
+        "workspace".into(),
+        Value::Integer(args.workspace_size as i64),
+    );
     if let Some(size) = &args.input_size {
         engine.insert("input_size".into(), ints(size));
     }
@@ -272,8 +271,17 @@ mod tests {
     #[test]
     fn engine_names_follow_pochitrain() {
         let model = Path::new("models/resnet18.onnx");
-        assert_eq!(engine_name(model, "fp32"), Path::new("models/resnet18.engine"));
-        assert_eq!(engine_name(model, "fp16"), Path::new("models/resnet18_fp16.engine"));
-        assert_eq!(engine_name(model, "int8"), Path::new("models/resnet18_int8.engine"));
+        assert_eq!(
+            engine_name(model, "fp32"),
+            Path::new("models/resnet18.engine")
+        );
+        assert_eq!(
+            engine_name(model, "fp16"),
+            Path::new("models/resnet18_fp16.engine")
+        );
+        assert_eq!(
+            engine_name(model, "int8"),
+            Path::new("models/resnet18_int8.engine")
+        );
     }
 }

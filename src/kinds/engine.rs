@@ -16,8 +16,8 @@ use toml::de::DeValue;
 
 use super::{Action, Host, Invocation, InvocationContext, KindInfo, StageKind, Tool};
 use crate::onnx_info::{self, Dim, GraphInput};
-use crate::spec::parse_api::Parser;
 use crate::spec::ByteSize;
+use crate::spec::parse_api::Parser;
 use crate::spec::{Device, NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::workers::ENGINE;
 
@@ -344,7 +344,10 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             let list = size.get_ref();
             if !(1..=3).contains(&list.len()) || list.iter().any(|&d| d <= 0) {
                 return Err(src
-                    .error(size.span(), "`input_size` must be [H, W] or [D, H, W] of positive sizes")
+                    .error(
+                        size.span(),
+                        "`input_size` must be [H, W] or [D, H, W] of positive sizes",
+                    )
                     .with_help("e.g. input_size = [224, 224] or input_size = [96, 96, 96]"));
             }
             Some(list.iter().map(|&d| d as u64).collect())
@@ -360,7 +363,10 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             let (min, opt, max) = range;
             if min < 1 || !(min <= opt && opt <= max) {
                 return Err(src
-                    .error(spanned.span(), "`batch` must be 1 or more, with min <= opt <= max")
+                    .error(
+                        spanned.span(),
+                        "`batch` must be 1 or more, with min <= opt <= max",
+                    )
                     .with_help("e.g. batch = 1 or batch = { min = 1, opt = 4, max = 8 }"));
             }
             Some(BatchRange {
@@ -372,7 +378,10 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     };
     let precision = match &keys.precision {
         None => "auto",
-        Some(p) => match PRECISIONS.iter().find(|known| **known == p.get_ref().as_str()) {
+        Some(p) => match PRECISIONS
+            .iter()
+            .find(|known| **known == p.get_ref().as_str())
+        {
             Some(known) => *known,
             None => {
                 return Err(src
@@ -453,12 +462,10 @@ fn timing_cache(probe: Option<&Probe>) -> Option<PathBuf> {
         probe.cuda.as_deref().unwrap_or("unknown-cuda"),
         probe.tensorrt.as_deref().unwrap_or("unknown-trt"),
     );
-    Some(
-        cache
-            .root()
-            .join("tensorrt-timing")
-            .join(format!("{}.cache", crate::toolchain::short_hash(key.as_bytes()))),
-    )
+    Some(cache.root().join("tensorrt-timing").join(format!(
+        "{}.cache",
+        crate::toolchain::short_hash(key.as_bytes())
+    )))
 }
 
 fn describe_failure(result: &Value) -> String {
@@ -579,7 +586,9 @@ impl StageKind for Engine {
             args: vec![
                 "-I".into(),
                 ENGINE.path().to_string_lossy().into_owned(),
-                sibling(context, REQUEST_FILE).to_string_lossy().into_owned(),
+                sibling(context, REQUEST_FILE)
+                    .to_string_lossy()
+                    .into_owned(),
                 sibling(context, RESULT_FILE).to_string_lossy().into_owned(),
             ],
             env,
@@ -646,8 +655,17 @@ mod tests {
 
     #[test]
     fn dynamic_spatial_needs_input_size() {
-        let inputs = input(vec![D("batch".into()), F(1), D("d".into()), D("h".into()), D("w".into())]);
-        assert_eq!(decide_shapes(&inputs, None, None).unwrap_err(), DYNAMIC_NEEDS_SIZE);
+        let inputs = input(vec![
+            D("batch".into()),
+            F(1),
+            D("d".into()),
+            D("h".into()),
+            D("w".into()),
+        ]);
+        assert_eq!(
+            decide_shapes(&inputs, None, None).unwrap_err(),
+            DYNAMIC_NEEDS_SIZE
+        );
         let shapes = decide_shapes(&inputs, Some(&[96, 96, 96]), None).unwrap();
         assert_eq!(shapes.pattern, ShapePattern::DynamicSpatial);
         assert_eq!(shapes.profiles[0].opt, vec![1, 1, 96, 96, 96]);
@@ -677,12 +695,20 @@ mod tests {
     #[test]
     fn dynamic_channels_and_missing_shapes_are_errors() {
         let inputs = input(vec![F(1), D("c".into()), F(8), F(8)]);
-        assert!(decide_shapes(&inputs, None, None).unwrap_err().contains("channel"));
+        assert!(
+            decide_shapes(&inputs, None, None)
+                .unwrap_err()
+                .contains("channel")
+        );
         let inputs = vec![GraphInput {
             name: "x".into(),
             elem_type: 1,
             shape: None,
         }];
-        assert!(decide_shapes(&inputs, None, None).unwrap_err().contains("no shape"));
+        assert!(
+            decide_shapes(&inputs, None, None)
+                .unwrap_err()
+                .contains("no shape")
+        );
     }
 }

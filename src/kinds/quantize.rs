@@ -37,7 +37,14 @@ pub static INFO: KindInfo = KindInfo {
 const MODULES: &[&str] = &["numpy", "onnx", "onnxruntime", "modelopt"];
 const RESULT_FILE: &str = "pochi-quantize-result.json";
 const PRECISIONS: &[&str] = &["fp16", "bf16", "int8", "fp8"];
-const METHODS: &[&str] = &["entropy", "max", "minmax", "percentile", "awq_clip", "rtn_dq"];
+const METHODS: &[&str] = &[
+    "entropy",
+    "max",
+    "minmax",
+    "percentile",
+    "awq_clip",
+    "rtn_dq",
+];
 
 /// `kind = "quantize"`: precision baked into the ONNX.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -133,8 +140,10 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
                 &Spanned::new(calibration.span(), c.data.clone()),
             )?);
             if c.samples == Some(0) || c.batch_size == Some(0) {
-                return Err(src
-                    .error(calibration.span(), "`samples` and `batch_size` must be 1 or more"));
+                return Err(src.error(
+                    calibration.span(),
+                    "`samples` and `batch_size` must be 1 or more",
+                ));
             }
             samples = c.samples;
             batch_size = c.batch_size.unwrap_or(1);
@@ -142,7 +151,10 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
                 && !METHODS.contains(&m.as_str())
             {
                 return Err(src
-                    .error(calibration.span(), format!("unknown calibration method `{m}`"))
+                    .error(
+                        calibration.span(),
+                        format!("unknown calibration method `{m}`"),
+                    )
                     .with_help(suggest::hint(m, METHODS)));
             }
             method = Some(c.method.clone().unwrap_or_else(|| "entropy".into()));
@@ -164,7 +176,10 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             "fp32" => "fp32",
             other => {
                 return Err(src
-                    .error(h.span(), format!("`high_precision = \"{other}\"` is not a setting"))
+                    .error(
+                        h.span(),
+                        format!("`high_precision = \"{other}\"` is not a setting"),
+                    )
                     .with_help("use \"fp16\" (the default) or \"fp32\""));
             }
         },

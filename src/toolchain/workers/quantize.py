@@ -171,12 +171,34 @@ def versions():
     return found
 
 
+def private_copy(source, workdir):
+    """ModelOpt may rewrite the model file it is given: work on a copy (with its external
+    data files), never on the input pochi fingerprinted."""
+    import shutil
+
+    target = os.path.join(workdir, os.path.basename(source))
+    shutil.copyfile(source, target)
+    folder = os.path.dirname(os.path.abspath(source))
+    for name in os.listdir(folder):
+        if name.startswith(os.path.basename(source)) and name != os.path.basename(source):
+            shutil.copyfile(os.path.join(folder, name), os.path.join(workdir, name))
+    return target
+
+
 def quantize(request):
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pochi-quantize-") as workdir:
+        return quantize_in(request, workdir)
+
+
+def quantize_in(request, workdir):
     started = time.monotonic()
     import numpy as np
     import onnx
 
-    source = request["onnx"]
+    original = request["onnx"]
+    source = private_copy(original, workdir)
     out_path = request["outputs"]["onnx"]
     precision = request["precision"]
     model = onnx.load(source)
@@ -243,7 +265,7 @@ def quantize(request):
     if sample is not None:
         feed = {graph_input.name: sample}
         try:
-            reference = run_cpu(source, feed)
+            reference = run_cpu(original, feed)
             got = run_cpu(out_path, feed)
         except Exception as error:
             raise Failure("verify", f"the {precision} model does not run in ONNX Runtime on the CPU: {error}", "")
@@ -257,7 +279,7 @@ def quantize(request):
 
     manifest = {
         "precision": precision,
-        "source": source,
+        "source": original,
         "method": (calib or {}).get("method") if precision in ("int8", "fp8") else "autocast",
         "calibration_samples": None if calibration is None else int(len(calibration)),
         "kept_fp32": {"nodes": keep_nodes, "op_types": keep_ops},
