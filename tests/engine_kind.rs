@@ -194,6 +194,13 @@ optimization_level = 4
     assert_eq!(manifest["shapes"]["pattern"], "dynamic_batch");
     assert_eq!(manifest["builder"]["workspace"], 2u64 << 30);
     assert!(project.exists("build/pipeline/engine.engine"));
+    // `pochi status` sees the same fingerprint (TensorRT facts included): up to date.
+    let standin = standin_dir();
+    let status = project.run_env(
+        &["status"],
+        &[("POCHI_TEST_TENSORRT_STANDIN", standin.as_str())],
+    );
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
     // Up to date with the same TensorRT; another TensorRT version rebuilds it.
     assert!(
         build_with_standin(&project, &[], &[])
@@ -388,4 +395,68 @@ fn convert_with_the_standin_writes_pochitrains_engine_name() {
         call(&calls, "set_shape")[0]["max"],
         serde_json::json!([1, 3, 32, 32])
     );
+}
+
+/// Real ModelOpt int8 on the CPU, then the stand-in engine: the whole one-shot.
+#[test]
+fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
+    let project = Project::new("");
+    project.write(
+        "make.py",
+        "import sys, numpy as np, torch\n\
+         torch.manual_seed(0)\n\
+         m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()\n\
+         torch.onnx.export(m, torch.randn(1, 3, 16, 16), 'net.onnx', opset_version=17, input_names=['input'], output_names=['output'], dynamic_axes={'input': {0: 'batch'}}, dynamo=False)\n\
+         np.save('calib.npy', np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))\n",
+    );
+    let python = project.run(&["toolchain", "path"]);
+    python.assert_ok();
+    let made = std::process::Command::new(python.stdout.trim())
+        .args(["-I", "make.py"])
+        .current_dir(project.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let record = project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned();
+    let standin = standin_dir();
+    let env = [
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("FAKE_TRT_RECORD", record.as_str()),
+        ("POCHI_GPUS", "0"),
+    ];
+    let args = [
+        "convert",
+        "net.onnx",
+        "--int8",
+        "--calib-data",
+        "calib.npy",
+        "--calib-samples",
+        "4",
+    ];
+    let run = project.run_env(&args, &env);
+    run.assert_ok();
+    assert!(project.exists("net_int8.engine"), "{}", run.stderr);
+    let calls = calls(&project);
+    // The quantized ONNX carries Q/DQ: strongly typed, no flag, int8 layers reported.
+    assert_eq!(call(&calls, "create_network")[0]["flags"], 1 << 1);
+    assert!(call(&calls, "set_flag").is_empty());
+    assert!(
+        call(&calls, "parse_from_file")[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("model_int8.onnx")
+    );
+    // A second convert is cached: nothing reruns, the engine is written again.
+    std::fs::remove_file(project.path("net_int8.engine")).unwrap();
+    let again = project.run_env(&args, &env);
+    again.assert_ok();
+    assert!(again.stderr.contains("0 ran"), "{}", again.stderr);
+    assert!(project.exists("net_int8.engine"));
 }

@@ -280,7 +280,11 @@ impl Workspace {
             return Ok(());
         };
         for project in projects.iter_mut().filter(|p| p.needs_python()) {
-            project.toolchain = Some(resolve(&project.pipeline)?);
+            let toolchain = resolve(&project.pipeline)?;
+            for stage in &project.pipeline.stages {
+                stage.kind.observe_toolchain(&toolchain.python);
+            }
+            project.toolchain = Some(toolchain);
         }
         Ok(())
     }

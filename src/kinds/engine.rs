@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::onnx_info::{self, Dim, GraphInput};
 use crate::spec::ByteSize;
 use crate::spec::parse_api::Parser;
 use crate::spec::{Device, NamedInput, NamedOutput, SpanError, suggest};
+use crate::toolchain::tensorrt::{Probe, probe};
 use crate::toolchain::workers::ENGINE;
 
 pub static INFO: KindInfo = KindInfo {
@@ -43,8 +44,7 @@ const REQUEST_FILE: &str = "pochi-engine-request.json";
 /// pochitrain's default workspace: 1 GiB.
 pub const DEFAULT_WORKSPACE: u64 = 1 << 30;
 const DEFAULT_OPT_LEVEL: u32 = 3;
-/// Test-only: a directory put first on the worker's `sys.path` (a TensorRT stand-in).
-pub const STANDIN_ENV: &str = "POCHI_TEST_TENSORRT_STANDIN";
+pub use crate::toolchain::tensorrt::STANDIN_ENV;
 const PRECISIONS: &[&str] = &["auto", "fp32", "fp16", "bf16", "int8", "fp8"];
 
 /// `kind = "engine"`: a TensorRT engine from an ONNX model.
@@ -256,70 +256,6 @@ fn show(dims: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// What the TensorRT probe found with this interpreter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
-    pub tensorrt: Option<String>,
-    pub error: Option<String>,
-    #[serde(default)]
-    pub gpu_name: Option<String>,
-    #[serde(default)]
-    pub compute_capability: Option<String>,
-    #[serde(default)]
-    pub cuda: Option<String>,
-}
-
-/// Probes are cached per interpreter (and stand-in path) for the life of the process.
-static PROBES: Mutex<BTreeMap<(PathBuf, String), Probe>> = Mutex::new(BTreeMap::new());
-
-/// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`).
-pub fn probe(python: &Path) -> Probe {
-    let standin = std::env::var(STANDIN_ENV).unwrap_or_default();
-    let key = (python.to_path_buf(), standin.clone());
-    if let Some(found) = PROBES.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return found.clone();
-    }
-    let failed = |error: String| Probe {
-        tensorrt: None,
-        error: Some(error),
-        gpu_name: None,
-        compute_capability: None,
-        cuda: None,
-    };
-    let found = run_probe(python).unwrap_or_else(failed);
-    PROBES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, found.clone());
-    found
-}
-
-fn run_probe(python: &Path) -> Result<Probe, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let result = dir.path().join("probe.json");
-    let script = ENGINE.path();
-    if !script.exists()
-        && let Ok(cache) = crate::toolchain::cache::CacheDir::from_env()
-    {
-        ENGINE.materialize(&cache).map_err(|e| e.to_string())?;
-    }
-    let output = std::process::Command::new(python)
-        .arg("-I")
-        .arg(&script)
-        .arg("--probe")
-        .arg(&result)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    let text = std::fs::read(&result).map_err(|_| {
-        format!(
-            "the TensorRT probe gave no answer: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )
-    })?;
-    serde_json::from_slice::<Probe>(&text).map_err(|e| e.to_string())
-}
-
 #[derive(Debug)]
 struct Engine {
     input_size: Option<Vec<u64>>,
@@ -527,6 +463,13 @@ impl StageKind for Engine {
 
     fn python_modules(&self) -> Vec<&'static str> {
         vec!["onnx"]
+    }
+
+    fn observe_toolchain(&self, python: &Path) {
+        let found = probe(python);
+        if found.tensorrt.is_some() {
+            let _ = self.probed.set(found);
+        }
     }
 
     fn availability(&self, host: &Host) -> Result<(), String> {

@@ -68,6 +68,12 @@ pub trait StageKind: Debug + Send + Sync {
     fn python_modules(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// Called once the toolchain is attached, before any key is computed: a kind whose
+    /// fingerprint holds facts about the machine's tools (the engine's TensorRT version
+    /// and GPU) learns them here, so `build`, `status` and `explain` agree.
+    fn observe_toolchain(&self, python: &Path) {
+        let _ = python;
+    }
     /// Whether the stage can run on this machine at all (e.g. TensorRT and a GPU for an
     /// engine). `Err` says what is missing: the build reports the stage as unavailable
     /// and builds everything else, or fails at once when the stage is a target or the

@@ -15,6 +15,7 @@
 pub mod cache;
 mod identity;
 mod managed;
+pub mod tensorrt;
 pub mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
