@@ -124,6 +124,11 @@ fn without_tensorrt_the_engine_is_unavailable_and_everything_else_builds() {
         "{}",
         run.stderr
     );
+    assert!(
+        run.stderr.contains("1 of 3 stages are out of date"),
+        "{}",
+        run.stderr
+    );
     // A second build does the same, and the rest stays up to date.
     let again = project.build(&[]);
     again.assert_ok();
@@ -452,6 +457,11 @@ fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
             .as_str()
             .unwrap()
             .ends_with("model_int8.onnx")
+    );
+    // The profile came from pochi's own reader of the real (ModelOpt-written) ONNX.
+    assert_eq!(
+        call(&calls, "set_shape")[0]["max"],
+        serde_json::json!([1, 3, 16, 16])
     );
     // A second convert is cached: nothing reruns, the engine is written again.
     std::fs::remove_file(project.path("net_int8.engine")).unwrap();

@@ -173,6 +173,27 @@ fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), Sp
     Ok(())
 }
 
+/// The jobs in `from` and every job that depends on them, directly or not.
+fn downstream(jobs: &[Job], from: impl Iterator<Item = usize>) -> Vec<bool> {
+    let mut marked = vec![false; jobs.len()];
+    let mut stack: Vec<usize> = from.collect();
+    if stack.is_empty() {
+        return marked;
+    }
+    let mut dependents = vec![Vec::new(); jobs.len()];
+    for (job, spec) in jobs.iter().enumerate() {
+        for &dep in &spec.deps {
+            dependents[dep].push(job);
+        }
+    }
+    while let Some(job) = stack.pop() {
+        if !std::mem::replace(&mut marked[job], true) {
+            stack.extend(&dependents[job]);
+        }
+    }
+    marked
+}
+
 /// What the machine offers, as detected by the caller.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -399,9 +420,11 @@ impl Workspace {
             .into_par_iter()
             .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
             .collect();
+        let cannot_run = downstream(&jobs, executor.unavailable.keys().copied());
         let to_run = prechecked
             .iter()
-            .filter(|c| matches!(c, Some(Check::Run(_))))
+            .enumerate()
+            .filter(|(job, c)| matches!(c, Some(Check::Run(_))) && !cannot_run[*job])
             .count();
         observer(BuildEvent::Planned {
             stages: wanted.iter().filter(|w| **w).count(),
