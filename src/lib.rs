@@ -13,6 +13,7 @@ mod fsutil;
 pub mod graph;
 pub mod kinds;
 pub mod machine;
+pub mod onnx_info;
 pub mod render;
 pub mod runner;
 pub mod scheduler;

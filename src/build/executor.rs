@@ -154,6 +154,8 @@ pub struct StageExecutor {
     /// Keys computed by `check`, reused by `run` to detect inputs that change meanwhile.
     keys: Mutex<BTreeMap<usize, StageKey>>,
     runs: AtomicU64,
+    /// Jobs that cannot run on this machine, with what is missing.
+    pub unavailable: BTreeMap<usize, String>,
 }
 
 impl StageExecutor {
@@ -170,6 +172,7 @@ impl StageExecutor {
             cancel,
             keys: Mutex::new(BTreeMap::new()),
             runs: AtomicU64::new(0),
+            unavailable: BTreeMap::new(),
         }
     }
 
@@ -238,6 +241,7 @@ impl StageExecutor {
             python: &toolchain.python,
             build_dir: &pipeline.build_dir,
         };
+        spec.kind.prepare(&context)?;
         match spec.kind.action(&context) {
             Action::Process(invocation) => self
                 .run_process(project, stage, lease, invocation)
@@ -397,6 +401,9 @@ pub fn describe(standing: Standing) -> String {
 
 impl Executor for StageExecutor {
     fn check(&self, job: usize) -> Check {
+        if let Some(reason) = self.unavailable.get(&job) {
+            return Check::Unavailable(reason.clone());
+        }
         let (project_index, stage) = self.jobs[job];
         let (standing, key) = standing(&self.projects[project_index], stage);
         if let Some(key) = key {

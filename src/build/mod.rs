@@ -42,6 +42,13 @@ pub enum BuildError {
     #[error("unknown target `{name}`")]
     #[diagnostic(help("{hint}"))]
     UnknownTarget { name: String, hint: String },
+    #[error("stage `{stage}` cannot run on this machine: {reason}")]
+    #[diagnostic(help("{help}"))]
+    Unavailable {
+        stage: String,
+        reason: String,
+        help: String,
+    },
     #[error("two pipelines named `{name}` in one run: {} and {}", first.display(), second.display())]
     #[diagnostic(help("give one of them another `[pipeline] name`"))]
     DuplicatePipeline {
@@ -167,6 +174,27 @@ fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), Sp
     Ok(())
 }
 
+/// The jobs in `from` and every job that depends on them, directly or not.
+fn downstream(jobs: &[Job], from: impl Iterator<Item = usize>) -> Vec<bool> {
+    let mut marked = vec![false; jobs.len()];
+    let mut stack: Vec<usize> = from.collect();
+    if stack.is_empty() {
+        return marked;
+    }
+    let mut dependents = vec![Vec::new(); jobs.len()];
+    for (job, spec) in jobs.iter().enumerate() {
+        for &dep in &spec.deps {
+            dependents[dep].push(job);
+        }
+    }
+    while let Some(job) = stack.pop() {
+        if !std::mem::replace(&mut marked[job], true) {
+            stack.extend(&dependents[job]);
+        }
+    }
+    marked
+}
+
 /// What the machine offers, as detected by the caller.
 #[derive(Debug, Clone)]
 pub struct Machine {
@@ -183,6 +211,9 @@ pub struct BuildOptions {
     pub keep_going: bool,
     /// Fail at once instead of waiting when another build holds a lock.
     pub no_wait: bool,
+    /// Fail at once when a wanted stage cannot run on this machine (e.g. an engine
+    /// without TensorRT or a GPU) instead of reporting it as unavailable.
+    pub require_all: bool,
 }
 
 /// What a build reports while it runs.
@@ -223,7 +254,7 @@ pub struct BuildSummary {
 pub struct StageSummary {
     pub pipeline: String,
     pub stage: String,
-    /// ran | skipped | failed | blocked | stopped | cancelled
+    /// ran | skipped | failed | blocked | stopped | cancelled | unavailable
     pub status: &'static str,
     pub reason: Option<String>,
     pub error: Option<String>,
@@ -271,7 +302,11 @@ impl Workspace {
             return Ok(());
         };
         for project in projects.iter_mut().filter(|p| p.needs_python()) {
-            project.toolchain = Some(resolve(&project.pipeline)?);
+            let toolchain = resolve(&project.pipeline)?;
+            for stage in &project.pipeline.stages {
+                stage.kind.observe_toolchain(&toolchain.python);
+            }
+            project.toolchain = Some(toolchain);
         }
         Ok(())
     }
@@ -375,25 +410,30 @@ impl Workspace {
         for project in self.projects.iter() {
             noop::invalidate(project);
         }
-        let executor = Arc::new(executor::StageExecutor::new(
+        let capacity = self.capacity(machine, options.jobs);
+        let unavailable = self.unavailable(&ids, &wanted, &targets, &capacity, options)?;
+        let mut executor = executor::StageExecutor::new(
             Arc::clone(&self.projects),
             ids.clone(),
             runner,
             Arc::clone(&cancel),
-        ));
+        );
+        executor.unavailable = unavailable;
+        let executor = Arc::new(executor);
         let prechecked: Vec<Option<Check>> = (0..ids.len())
             .into_par_iter()
             .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
             .collect();
+        let cannot_run = downstream(&jobs, executor.unavailable.keys().copied());
         let to_run = prechecked
             .iter()
-            .filter(|c| matches!(c, Some(Check::Run(_))))
+            .enumerate()
+            .filter(|(job, c)| matches!(c, Some(Check::Run(_))) && !cannot_run[*job])
             .count();
         observer(BuildEvent::Planned {
             stages: wanted.iter().filter(|w| **w).count(),
             to_run,
         });
-        let capacity = self.capacity(machine, options.jobs);
         let scheduler_options = scheduler::Options {
             keep_going: options.keep_going,
             cancel: Arc::clone(&cancel),
@@ -445,6 +485,50 @@ impl Workspace {
             }
         }
         Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
+    }
+
+    /// Asks every wanted stage whether it can run here. A stage that cannot is an error
+    /// when it is a target or the build is strict; otherwise it is reported as unavailable.
+    fn unavailable(
+        &self,
+        ids: &[StageId],
+        wanted: &[bool],
+        targets: &[StageId],
+        capacity: &Capacity,
+        options: &BuildOptions,
+    ) -> Result<BTreeMap<usize, String>, BuildError> {
+        let mut found = BTreeMap::new();
+        for (job, &id) in ids.iter().enumerate() {
+            if !wanted[job] {
+                continue;
+            }
+            let project = &self.projects[id.0];
+            let python = project.toolchain().python;
+            let host = crate::kinds::Host {
+                python: &python,
+                gpus: &capacity.gpus,
+            };
+            let Err(reason) = project.pipeline.stages[id.1].kind.availability(&host) else {
+                continue;
+            };
+            let named = !options.targets.is_empty() && targets.contains(&id);
+            if options.require_all || named {
+                let why = if named {
+                    "it is named as a target"
+                } else {
+                    "--require-all asks for every stage"
+                };
+                return Err(BuildError::Unavailable {
+                    stage: self.display_name(id),
+                    reason,
+                    help: format!(
+                        "{why}; run it on a machine with what is missing, or build without it (without --require-all and --target for it, pochi reports it as unavailable and builds the rest)"
+                    ),
+                });
+            }
+            found.insert(job, reason);
+        }
+        Ok(found)
     }
 
     fn lock_all(
@@ -555,6 +639,15 @@ impl Workspace {
                     None,
                 ),
                 Outcome::Cancelled => ("cancelled", Some("interrupted".into()), None),
+                Outcome::Unavailable(reason) => ("unavailable", Some(reason.clone()), None),
+                Outcome::NeedsUnavailable(dep) => (
+                    "unavailable",
+                    Some(format!(
+                        "needs `{}`, which cannot run on this machine",
+                        self.display_name(ids[*dep])
+                    )),
+                    None,
+                ),
             };
             *counts.entry(status).or_default() += 1;
             let succeeded = outcome.is_success();
@@ -574,7 +667,7 @@ impl Workspace {
                 },
             });
         }
-        let ok = !interrupted && outcomes.iter().flatten().all(Outcome::is_success);
+        let ok = !interrupted && !outcomes.iter().flatten().any(Outcome::is_failure);
         BuildSummary {
             schema_version: 1,
             ok,

@@ -34,6 +34,10 @@ pub struct BuildArgs {
     /// Fail at once if another pochi is building the same pipeline, instead of waiting.
     #[arg(long)]
     no_wait: bool,
+    /// Fail at once if a stage cannot run on this machine (e.g. a TensorRT engine without
+    /// TensorRT or a GPU) instead of reporting it as unavailable and exiting 0.
+    #[arg(long, alias = "require-engines")]
+    require_all: bool,
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
@@ -66,6 +70,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         jobs: args.jobs,
         keep_going: args.keep_going,
         no_wait: args.no_wait,
+        require_all: args.require_all,
     };
     let machine = crate::machine::detect();
     let mut reporter = Reporter::new();

@@ -4,6 +4,7 @@
 
 mod build;
 mod clean;
+mod convert;
 mod explain;
 mod export_onnx;
 mod graph;
@@ -43,6 +44,9 @@ enum Command {
     Schema,
     /// Export a checkpoint to a verified ONNX model in one command (a one-stage pipeline).
     ExportOnnx(export_onnx::ExportOnnxArgs),
+    /// Convert an ONNX model to a TensorRT engine in one command (fp32, --fp16 or --int8),
+    /// through a generated pipeline: cached, and non-zero on any failure.
+    Convert(convert::ConvertArgs),
     /// Show or prepare the Python toolchain: sync | info | path.
     Toolchain(toolchain::ToolchainArgs),
     /// Print the blake3 digest of files, as pochi computes it.
@@ -66,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Schema => schema::run(),
         Command::Toolchain(args) => toolchain::run(args),
         Command::ExportOnnx(args) => export_onnx::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Hash { files } => internal::hash(&files),
         Command::BenchInternal(args) => internal::bench(args),
     };

@@ -102,7 +102,14 @@ impl Reporter {
                 "{} {stage}: interrupted, its partial outputs were discarded",
                 paint("stop", "1;33")
             )),
-            Outcome::Skipped | Outcome::Blocked(_) | Outcome::Stopped => {}
+            Outcome::Unavailable(reason) => self.line(&format!(
+                "{} {stage}: cannot run on this machine: {reason}",
+                paint("unavailable", "1;33")
+            )),
+            Outcome::Skipped
+            | Outcome::Blocked(_)
+            | Outcome::Stopped
+            | Outcome::NeedsUnavailable(_) => {}
         }
     }
 
@@ -121,6 +128,7 @@ impl Reporter {
             ("blocked", "not run (upstream failed)"),
             ("stopped", "not started"),
             ("cancelled", "interrupted"),
+            ("unavailable", "unavailable on this machine"),
         ] {
             if count(status) > 0 {
                 parts.push(format!("{} {label}", count(status)));

@@ -3,7 +3,9 @@
 
 pub mod command;
 pub mod dataset;
+pub mod engine;
 pub mod export;
+pub mod quantize;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -34,6 +36,13 @@ pub trait StageKind: Debug + Send + Sync {
     fn tool(&self) -> Tool {
         Tool::None
     }
+    /// Work done before `action` once the inputs exist (for example, reading the input
+    /// model to decide shapes, or writing a request file next to the temporary outputs).
+    /// An error fails the stage before anything is started.
+    fn prepare(&self, context: &InvocationContext) -> Result<(), String> {
+        let _ = context;
+        Ok(())
+    }
     /// How the stage produces its outputs: a process, or work done inside pochi.
     fn action(&self, context: &InvocationContext) -> Action;
     /// Work done inside pochi (for kinds whose `action` is `InProcess`), writing to the
@@ -60,6 +69,20 @@ pub trait StageKind: Debug + Send + Sync {
     fn python_modules(&self) -> Vec<&'static str> {
         Vec::new()
     }
+    /// Called once the toolchain is attached, before any key is computed: a kind whose
+    /// fingerprint holds facts about the machine's tools (the engine's TensorRT version
+    /// and GPU) learns them here, so `build`, `status` and `explain` agree.
+    fn observe_toolchain(&self, python: &Path) {
+        let _ = python;
+    }
+    /// Whether the stage can run on this machine at all (e.g. TensorRT and a GPU for an
+    /// engine). `Err` says what is missing: the build reports the stage as unavailable
+    /// and builds everything else, or fails at once when the stage is a target or the
+    /// build is strict. Called once per build, before anything is scheduled.
+    fn availability(&self, host: &Host) -> Result<(), String> {
+        let _ = host;
+        Ok(())
+    }
     /// Rewrites the message of a failed process (`status` says how it ended, e.g. "exit
     /// status 1" or "signal 9 ..."): for example, a worker's JSON error, or the remedy for
     /// running out of memory.
@@ -72,6 +95,15 @@ pub trait StageKind: Debug + Send + Sync {
         let _ = (context, status);
         message
     }
+}
+
+/// What the machine offers a stage, for `StageKind::availability`.
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    /// The toolchain's interpreter.
+    pub python: &'a Path,
+    /// The GPUs the scheduler may hand out (detected or declared in `[resources]`).
+    pub gpus: &'a [u32],
 }
 
 /// How a stage kind does its work.
@@ -130,10 +162,16 @@ pub struct KindInfo {
 }
 
 /// Every stage kind this build of pochi knows.
-pub static KINDS: &[&KindInfo] = &[&command::INFO, &dataset::INFO, &export::INFO];
+pub static KINDS: &[&KindInfo] = &[
+    &command::INFO,
+    &dataset::INFO,
+    &export::INFO,
+    &quantize::INFO,
+    &engine::INFO,
+];
 
 /// Kinds the pipeline format defines that this version does not implement yet.
-const PLANNED: &[&str] = &["quantize", "engine", "report"];
+const PLANNED: &[&str] = &["report"];
 
 /// Finds a kind by name, or returns a hint for the error.
 pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {

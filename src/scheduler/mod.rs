@@ -28,6 +28,8 @@ pub enum Check {
     UpToDate,
     Run(String),
     Failed(String),
+    /// It cannot run on this machine (e.g. no TensorRT or no GPU); not a failure.
+    Unavailable(String),
 }
 
 /// How a run ended.
@@ -51,11 +53,24 @@ pub enum Outcome {
     /// Not started: the build stopped (a failure without keep-going, or an interrupt).
     Stopped,
     Cancelled,
+    /// Not run: it cannot run on this machine (the reason says what is missing).
+    Unavailable(String),
+    /// Not run: dependency `0` is unavailable on this machine (or needs one that is).
+    NeedsUnavailable(usize),
 }
 
 impl Outcome {
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Skipped | Outcome::Ran(_))
+    }
+
+    /// Whether the build fails because of this outcome (an unavailable stage does not fail it).
+    pub fn is_failure(&self) -> bool {
+        !self.is_success() && !self.is_unavailable()
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Outcome::Unavailable(_) | Outcome::NeedsUnavailable(_))
     }
 }
 
@@ -239,6 +254,10 @@ impl<'a> Scheduler<'a> {
             Check::Failed(message) => self
                 .pending
                 .push_back((job, Outcome::Failed(message), true)),
+            Check::Unavailable(reason) => {
+                self.pending
+                    .push_back((job, Outcome::Unavailable(reason), true))
+            }
         }
     }
 
@@ -332,12 +351,13 @@ impl<'a> Scheduler<'a> {
             self.states[job] = State::Done;
             let success = outcome.is_success();
             let skipped = outcome == Outcome::Skipped;
-            if !success && !self.options.keep_going {
+            if outcome.is_failure() && !self.options.keep_going {
                 self.stopping = true;
             }
+            let unavailable = outcome.is_unavailable();
             self.outcomes[job] = Some(outcome);
             if !success {
-                self.block_dependents(job);
+                self.block_dependents(job, unavailable);
                 continue;
             }
             for index in 0..self.dependents[job].len() {
@@ -356,8 +376,9 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Marks everything downstream of a failed job as blocked by it.
-    fn block_dependents(&mut self, failed: usize) {
+    /// Marks everything downstream of a failed job as blocked by it (or, downstream of an
+    /// unavailable one, as needing an unavailable stage).
+    fn block_dependents(&mut self, failed: usize, unavailable: bool) {
         let mut stack: Vec<(usize, usize)> = self.dependents[failed]
             .iter()
             .map(|&d| (d, failed))
@@ -367,7 +388,11 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             self.states[job] = State::Done;
-            self.outcomes[job] = Some(Outcome::Blocked(because));
+            self.outcomes[job] = Some(if unavailable {
+                Outcome::NeedsUnavailable(because)
+            } else {
+                Outcome::Blocked(because)
+            });
             stack.extend(self.dependents[job].iter().map(|&d| (d, job)));
         }
     }

@@ -74,8 +74,11 @@ fn schedule(
     keep_going: bool,
 ) -> Vec<Option<Outcome>> {
     let wanted = vec![true; jobs.len()];
-    // As in a real build, every job is prechecked, so all roots are ready at once.
-    let prechecked = vec![Some(Check::Run("never built".into())); jobs.len()];
+    // As in a real build, every job is prechecked (through the executor), so all roots are
+    // ready at once.
+    let prechecked = (0..jobs.len())
+        .map(|job| Some(executor.check(job)))
+        .collect();
     run(
         jobs,
         &wanted,
@@ -255,4 +258,22 @@ fn parallel_jobs_respect_the_cpu_pool() {
     }
     assert!(most <= 2, "at most 2 at once, saw {most}");
     assert_eq!(log.len(), 6);
+}
+
+#[test]
+fn an_unavailable_job_marks_its_dependents_and_does_not_stop_the_build() {
+    // 0 is unavailable (e.g. a TensorRT engine on a machine without a GPU); 1 needs it,
+    // 2 needs 1; 3 is independent and still runs without keep-going.
+    let mut jobs = vec![job(&[]), job(&[0]), job(&[1]), job(&[])];
+    jobs[0].estimate_ms = 100;
+    let executor = Arc::new(FakeExecutor {
+        checks: HashMap::from([(0, Check::Unavailable("no GPU".into()))]),
+        ..Default::default()
+    });
+    let outcomes = schedule(&jobs, executor, capacity(1, &[]), false);
+    assert_eq!(outcomes[0], Some(Outcome::Unavailable("no GPU".into())));
+    assert_eq!(outcomes[1], Some(Outcome::NeedsUnavailable(0)));
+    assert_eq!(outcomes[2], Some(Outcome::NeedsUnavailable(1)));
+    assert!(matches!(outcomes[3], Some(Outcome::Ran(_))));
+    assert!(outcomes.iter().flatten().all(|o| !o.is_failure()));
 }

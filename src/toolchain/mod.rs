@@ -12,9 +12,10 @@
 //! Either way the identity (Python version + tracked package versions) goes into the
 //! fingerprint of every stage that runs Python.
 
-mod cache;
+pub mod cache;
 mod identity;
 mod managed;
+pub mod tensorrt;
 pub mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -25,8 +25,21 @@ pub const EXPORT: Worker = Worker {
     source: include_str!("workers/export.py"),
 };
 
+/// Builds a TensorRT engine from an ONNX model (and, with `--probe`, reports whether
+/// TensorRT imports and which GPU it sees).
+pub const ENGINE: Worker = Worker {
+    name: "engine.py",
+    source: include_str!("workers/engine.py"),
+};
+
+/// Bakes fp16/bf16 (AutoCast) or int8/fp8 (PTQ with Q/DQ) into an ONNX model on the CPU.
+pub const QUANTIZE: Worker = Worker {
+    name: "quantize.py",
+    source: include_str!("workers/quantize.py"),
+};
+
 /// Every worker, written to the cache together.
-pub const ALL: &[Worker] = &[IDENTITY, EXPORT];
+pub const ALL: &[Worker] = &[IDENTITY, EXPORT, QUANTIZE, ENGINE];
 
 impl Worker {
     /// The first 16 hex digits of the script's blake3: part of the fingerprint of the

@@ -1,0 +1,472 @@
+//! The `engine` kind and `pochi convert` on a machine without TensorRT or a GPU: shape
+//! patterns and their errors, availability (unavailable vs. strict), and the TensorRT
+//! worker driven against a recording STAND-IN (`tests/fixtures/fake_tensorrt`, a test
+//! double of the `tensorrt` Python package, never the real one).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::Project;
+use pochi::onnx_info::{Dim, encode};
+use serde_json::Value;
+
+fn standin_dir() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fake_tensorrt")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn dyn_batch() -> Vec<Dim> {
+    vec![
+        Dim::Dynamic("batch".into()),
+        Dim::Fixed(3),
+        Dim::Fixed(32),
+        Dim::Fixed(32),
+    ]
+}
+
+/// A project with `model.onnx` (graph inputs only) and a pipeline.
+fn project(pipeline: &str, dims: Vec<Dim>) -> Project {
+    let project = Project::new(pipeline);
+    std::fs::write(
+        project.path("model.onnx"),
+        encode::model(&[("input", dims)]),
+    )
+    .unwrap();
+    project
+}
+
+fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {summary}"))
+}
+
+/// The stand-in's record of TensorRT calls.
+fn calls(project: &Project) -> Vec<Value> {
+    let record: Value = serde_json::from_str(&project.read("trt-record.json")).unwrap();
+    record["calls"].as_array().unwrap().clone()
+}
+
+fn call<'a>(calls: &'a [Value], name: &str) -> Vec<&'a Value> {
+    calls.iter().filter(|c| c["call"] == name).collect()
+}
+
+/// Builds with the stand-in on the worker's path, recording to trt-record.json.
+fn build_with_standin(project: &Project, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
+    let record = project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned();
+    let standin = standin_dir();
+    let mut env = vec![
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("FAKE_TRT_RECORD", record.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let mut all = vec!["build", "--json"];
+    all.extend_from_slice(args);
+    project.run_env(&all, &env)
+}
+
+const WITH_NEIGHBOURS: &str = r#"
+[stages.prep]
+kind = "command"
+run = ["sh", "-c", "echo prep > {outputs.out}"]
+outputs = { out = "out/prep.txt" }
+
+[stages.engine]
+kind = "engine"
+onnx = "model.onnx"
+
+[stages.after]
+kind = "command"
+run = ["sh", "-c", "cp {inputs.engine} {outputs.out}"]
+inputs = { engine = "@engine" }
+outputs = { out = "out/after.bin" }
+"#;
+
+#[test]
+fn without_tensorrt_the_engine_is_unavailable_and_everything_else_builds() {
+    let project = project(WITH_NEIGHBOURS, dyn_batch());
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), vec!["prep"]);
+    assert_eq!(run.stages("unavailable"), vec!["after", "engine"]);
+    let summary = run.summary();
+    assert_eq!(summary["ok"], true);
+    let engine = stage(&summary, "engine");
+    let reason = engine["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("TensorRT is not available on this machine"),
+        "{reason}"
+    );
+    assert!(reason.contains("no GPU"), "{reason}");
+    assert!(
+        stage(&summary, "after")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`engine`")
+    );
+    assert!(
+        run.stderr
+            .contains("unavailable engine: cannot run on this machine"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("2 unavailable on this machine"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 of 3 stages are out of date"),
+        "{}",
+        run.stderr
+    );
+    // A second build does the same, and the rest stays up to date.
+    let again = project.build(&[]);
+    again.assert_ok();
+    assert!(again.ran().is_empty());
+}
+
+#[test]
+fn strict_builds_and_engine_targets_fail_at_once_naming_what_is_missing() {
+    let project = project(WITH_NEIGHBOURS, dyn_batch());
+    for args in [
+        &["--require-engines"][..],
+        &["--require-all"],
+        &["--target", "engine"],
+    ] {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        let run = project.run(&all);
+        run.assert_error(&[
+            "stage `engine` cannot run on this machine",
+            "TensorRT is not available on this machine",
+            "no GPU",
+        ]);
+        assert!(!project.exists("out/prep.txt"), "nothing runs: {args:?}");
+    }
+    // Targeting only the CPU stage is fine.
+    project.build(&["--target", "prep"]).assert_ok();
+}
+
+#[test]
+fn standin_build_gets_the_profile_workspace_flags_and_writes_a_manifest() {
+    let pipeline = r#"
+[resources]
+gpus = [0]
+
+[stages.engine]
+kind = "engine"
+onnx = "model.onnx"
+batch = { min = 1, opt = 4, max = 8 }
+workspace = "2GiB"
+optimization_level = 4
+"#;
+    let project = project(pipeline, dyn_batch());
+    let run = build_with_standin(&project, &[], &[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), vec!["engine"]);
+    let calls = calls(&project);
+    let shapes = call(&calls, "set_shape");
+    assert_eq!(shapes.len(), 1);
+    assert_eq!(shapes[0]["input"], "input");
+    assert_eq!(shapes[0]["min"], serde_json::json!([1, 3, 32, 32]));
+    assert_eq!(shapes[0]["opt"], serde_json::json!([4, 3, 32, 32]));
+    assert_eq!(shapes[0]["max"], serde_json::json!([8, 3, 32, 32]));
+    assert_eq!(call(&calls, "set_memory_pool_limit")[0]["size"], 2u64 << 30);
+    // TensorRT 11: a strongly typed network, no precision flag.
+    assert_eq!(call(&calls, "create_network")[0]["flags"], 1 << 1);
+    let built = call(&calls, "build_serialized_network")[0];
+    assert_eq!(built["config_flags"], serde_json::json!([]));
+    assert_eq!(built["optimization_level"], 4);
+    assert_eq!(built["profiling_verbosity"], "DETAILED");
+    assert_eq!(call(&calls, "set_timing_cache").len(), 1);
+    let manifest: Value =
+        serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
+    assert_eq!(manifest["tensorrt"], "11.4.0");
+    assert_eq!(manifest["gpu"]["name"], "Fake GPU (stand-in)");
+    assert_eq!(manifest["gpu"]["compute_capability"], "9.0");
+    assert_eq!(manifest["precision"], "fp32");
+    assert_eq!(manifest["layers_by_precision"]["fp32"], 3);
+    assert_eq!(manifest["shapes"]["pattern"], "dynamic_batch");
+    assert_eq!(manifest["builder"]["workspace"], 2u64 << 30);
+    assert!(project.exists("build/pipeline/engine.engine"));
+    // `pochi status` sees the same fingerprint (TensorRT facts included): up to date.
+    let standin = standin_dir();
+    let status = project.run_env(
+        &["status"],
+        &[("POCHI_TEST_TENSORRT_STANDIN", standin.as_str())],
+    );
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    // Up to date with the same TensorRT; another TensorRT version rebuilds it.
+    assert!(
+        build_with_standin(&project, &[], &[])
+            .assert_ok()
+            .ran()
+            .is_empty()
+    );
+    let other = build_with_standin(&project, &[], &[("FAKE_TRT_VERSION", "11.5.0")]);
+    other.assert_ok();
+    assert_eq!(other.ran(), vec!["engine"]);
+}
+
+#[test]
+fn standin_static_onnx_has_no_profile_and_tensorrt_10_gets_the_fp16_flag() {
+    let pipeline = r#"
+[resources]
+gpus = [0]
+
+[stages.engine]
+kind = "engine"
+onnx = "model.onnx"
+precision = "fp16"
+"#;
+    let dims = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)];
+    let project = project(pipeline, dims);
+    let run = build_with_standin(&project, &[], &[("FAKE_TRT_VERSION", "10.13.0")]);
+    run.assert_ok();
+    let calls = calls(&project);
+    assert!(
+        call(&calls, "set_shape").is_empty(),
+        "a static ONNX gets no profile"
+    );
+    assert!(call(&calls, "add_optimization_profile").is_empty());
+    assert_eq!(
+        call(&calls, "create_network")[0]["flags"],
+        0,
+        "weakly typed on 10.x"
+    );
+    assert_eq!(call(&calls, "set_flag")[0]["flag"], "FP16");
+    let manifest: Value =
+        serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
+    assert_eq!(manifest["layers_by_precision"]["fp16"], 3);
+    assert_eq!(manifest["builder"]["fp16_flag"], true);
+    assert_eq!(manifest["shapes"]["pattern"], "static");
+}
+
+#[test]
+fn standin_precision_mismatch_fails_and_publishes_nothing() {
+    let pipeline = r#"
+[resources]
+gpus = [0]
+
+[stages.engine]
+kind = "engine"
+onnx = "model.onnx"
+precision = "fp16"
+"#;
+    let project = project(pipeline, dyn_batch());
+    // TensorRT 10 with the FP16 flag, but the stand-in reports fp32 layers.
+    let run = build_with_standin(
+        &project,
+        &[],
+        &[
+            ("FAKE_TRT_VERSION", "10.13.0"),
+            ("FAKE_TRT_LAYER_TYPE", "Float"),
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let summary = run.summary();
+    let error = stage(&summary, "engine")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("asked to be fp16 but TensorRT built no fp16 layer"),
+        "{error}"
+    );
+    assert!(error.contains("fp32: 3"), "{error}");
+    assert!(!project.exists("build/pipeline/engine.engine"));
+    // TensorRT 11 refuses an fp32 ONNX for an fp16 engine before building.
+    let run = build_with_standin(&project, &[], &[]);
+    assert_eq!(run.code, Some(1));
+    let error = stage(&run.summary(), "engine")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("strongly typed"), "{error}");
+    assert!(error.contains("quantize"), "{error}");
+}
+
+#[test]
+fn dynamic_spatial_onnx_needs_input_size_before_any_tensorrt_call() {
+    let pipeline = r#"
+[resources]
+gpus = [0]
+
+[stages.engine]
+kind = "engine"
+onnx = "model.onnx"
+"#;
+    let dims = vec![
+        Dim::Dynamic("batch".into()),
+        Dim::Fixed(1),
+        Dim::Dynamic("d".into()),
+        Dim::Dynamic("h".into()),
+        Dim::Dynamic("w".into()),
+    ];
+    let project = project(pipeline, dims.clone());
+    let run = build_with_standin(&project, &[], &[]);
+    assert_eq!(run.code, Some(1));
+    let error = stage(&run.summary(), "engine")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(
+            "the ONNX has dynamic shapes; give `input_size` with the resolution you will use"
+        ),
+        "{error}"
+    );
+    assert!(
+        !project.exists("trt-record.json"),
+        "no TensorRT call was made"
+    );
+
+    let fixed = project.read("pipeline.toml") + "input_size = [64, 64, 64]\n";
+    project.write("pipeline.toml", &fixed);
+    build_with_standin(&project, &[], &[]).assert_ok();
+    let calls = calls(&project);
+    assert_eq!(
+        call(&calls, "set_shape")[0]["opt"],
+        serde_json::json!([1, 1, 64, 64, 64])
+    );
+}
+
+#[test]
+fn bad_engine_keys_are_spec_errors() {
+    let project = project(
+        "[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\nbatch = { min = 4, opt = 2, max = 8 }\n",
+        dyn_batch(),
+    );
+    project.run(&["build"]).assert_error(&["min <= opt <= max"]);
+    project.write(
+        "pipeline.toml",
+        "[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\nprecision = \"fp61\"\n",
+    );
+    project
+        .run(&["build"])
+        .assert_error(&["unknown precision `fp61`", "fp16"]);
+}
+
+#[test]
+fn convert_fails_clearly_without_tensorrt() {
+    let project = project("", dyn_batch());
+    let run = project.run(&["convert", "model.onnx"]);
+    run.assert_error(&["TensorRT is not available on this machine", "no GPU"]);
+    assert!(!project.exists("model.engine"));
+    let run = project.run(&["convert", "model.onnx", "--fp16"]);
+    run.assert_error(&["TensorRT is not available on this machine"]);
+    let run = project.run(&["convert", "missing.onnx"]);
+    run.assert_error(&["does not exist"]);
+    let run = project.run(&["convert", "model.onnx", "--int8"]);
+    assert_eq!(
+        run.code,
+        Some(2),
+        "clap: --int8 requires --calib-data: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn convert_with_the_standin_writes_pochitrains_engine_name() {
+    let project = project("", dyn_batch());
+    let record = project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned();
+    let standin = standin_dir();
+    let run = project.run_env(
+        &["convert", "model.onnx", "--workspace-size", "1048576"],
+        &[
+            ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+            ("FAKE_TRT_RECORD", record.as_str()),
+            ("POCHI_GPUS", "0"),
+        ],
+    );
+    run.assert_ok();
+    assert!(project.exists("model.engine"), "{}", run.stderr);
+    let calls = calls(&project);
+    assert_eq!(call(&calls, "set_memory_pool_limit")[0]["size"], 1048576);
+    assert_eq!(
+        call(&calls, "set_shape")[0]["max"],
+        serde_json::json!([1, 3, 32, 32])
+    );
+}
+
+/// Real ModelOpt int8 on the CPU, then the stand-in engine: the whole one-shot.
+#[test]
+fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
+    let project = Project::new("");
+    project.write(
+        "make.py",
+        "import sys, numpy as np, torch\n\
+         torch.manual_seed(0)\n\
+         m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()\n\
+         torch.onnx.export(m, torch.randn(1, 3, 16, 16), 'net.onnx', opset_version=17, input_names=['input'], output_names=['output'], dynamic_axes={'input': {0: 'batch'}}, dynamo=False)\n\
+         np.save('calib.npy', np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))\n",
+    );
+    let python = project.run(&["toolchain", "path"]);
+    python.assert_ok();
+    let made = std::process::Command::new(python.stdout.trim())
+        .args(["-I", "make.py"])
+        .current_dir(project.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let record = project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned();
+    let standin = standin_dir();
+    let env = [
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("FAKE_TRT_RECORD", record.as_str()),
+        ("POCHI_GPUS", "0"),
+    ];
+    let args = [
+        "convert",
+        "net.onnx",
+        "--int8",
+        "--calib-data",
+        "calib.npy",
+        "--calib-samples",
+        "4",
+    ];
+    let run = project.run_env(&args, &env);
+    run.assert_ok();
+    assert!(project.exists("net_int8.engine"), "{}", run.stderr);
+    let calls = calls(&project);
+    // The quantized ONNX carries Q/DQ: strongly typed, no flag, int8 layers reported.
+    assert_eq!(call(&calls, "create_network")[0]["flags"], 1 << 1);
+    assert!(call(&calls, "set_flag").is_empty());
+    assert!(
+        call(&calls, "parse_from_file")[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("model_int8.onnx")
+    );
+    // The profile came from pochi's own reader of the real (ModelOpt-written) ONNX.
+    assert_eq!(
+        call(&calls, "set_shape")[0]["max"],
+        serde_json::json!([1, 3, 16, 16])
+    );
+    // A second convert is cached: nothing reruns, the engine is written again.
+    std::fs::remove_file(project.path("net_int8.engine")).unwrap();
+    let again = project.run_env(&args, &env);
+    again.assert_ok();
+    assert!(again.stderr.contains("0 ran"), "{}", again.stderr);
+    assert!(project.exists("net_int8.engine"));
+}

@@ -1,0 +1,171 @@
+//! The `quantize` kind end to end on the CPU, with the real ModelOpt, ONNX and ONNX
+//! Runtime of the managed toolchain: fp16 (AutoCast) and int8 (PTQ, Q/DQ) of a small real
+//! conv net, accuracy against the fp32 model, and recalibration only when the calibration
+//! data changes. Heavy: about a minute per quantize run on 2 busy cores.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Project;
+use serde_json::Value;
+
+const MAKE_MODEL: &str = include_str!("fixtures/quantize/make_model.py");
+const MAKE_CALIB: &str = include_str!("fixtures/quantize/make_calib.py");
+const COMPARE: &str = include_str!("fixtures/quantize/compare.py");
+
+const SOURCES: &str = r#"
+[stages.model]
+kind = "command"
+run = ["{python}", "{inputs.script}", "{outputs.onnx}"]
+inputs = { script = "scripts/make_model.py" }
+outputs = { onnx = "out/model.onnx" }
+
+[stages.calib]
+kind = "command"
+run = ["{python}", "{inputs.script}", "{inputs.seed}", "{outputs.npy}"]
+inputs = { script = "scripts/make_calib.py", seed = "seed.txt" }
+outputs = { npy = "out/calib.npy" }
+"#;
+
+fn project(stages: &str) -> Project {
+    let project = Project::new(&format!("{SOURCES}{stages}"));
+    project.write("scripts/make_model.py", MAKE_MODEL);
+    project.write("scripts/make_calib.py", MAKE_CALIB);
+    project.write("scripts/compare.py", COMPARE);
+    project.write("seed.txt", "1\n");
+    project
+}
+
+fn json(project: &Project, path: &str) -> Value {
+    serde_json::from_str(&project.read(path)).expect("JSON")
+}
+
+/// Runs compare.py with the toolchain's Python: the fp32 model against `quantized`.
+fn compare(project: &Project, quantized: &str) -> Value {
+    let path = project.run(&["toolchain", "path"]);
+    path.assert_ok();
+    let output = Command::new(path.stdout.trim())
+        .args(["-I", "scripts/compare.py", "out/model.onnx", quantized])
+        .current_dir(project.dir.path())
+        .output()
+        .expect("python");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn int8_has_qdq_stays_close_and_recalibrates_only_on_new_data() {
+    let project = project(
+        r#"
+[stages.int8]
+kind = "quantize"
+onnx = "@model"
+precision = "int8"
+calibration = { data = "@calib", samples = 8, batch_size = 1, method = "entropy" }
+high_precision = "fp32"
+"#,
+    );
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), vec!["calib", "int8", "model"]);
+    let manifest = json(&project, "build/pipeline/int8.manifest.json");
+    assert!(
+        manifest["quantize_linear"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    assert!(manifest["dequantize_linear"].as_u64().unwrap() > 0);
+    assert_eq!(manifest["calibration_samples"], 8);
+    assert_eq!(manifest["versions"]["nvidia-modelopt"], "0.47.0");
+    assert_eq!(manifest["check"]["ran"], true);
+    let check = compare(&project, "build/pipeline/int8.onnx");
+    eprintln!("int8 vs fp32: {check}");
+    assert!(check["qdq"].as_u64().unwrap() > 0);
+    assert!(check["cosine"].as_f64().unwrap() > 0.99, "{check}");
+    assert!(
+        check["max_abs_error"].as_f64().unwrap()
+            < 0.1 * check["max_abs_reference"].as_f64().unwrap().max(1e-3),
+        "{check}"
+    );
+
+    // The calibration stage reruns with the same seed (its input's bytes changed) and
+    // writes the same data: quantize is not recalibrated.
+    project.write("seed.txt", "1 \n");
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), vec!["calib"]);
+    // New data recalibrates.
+    project.write("seed.txt", "2\n");
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), vec!["calib", "int8"]);
+    assert!(Path::new(&project.path("build/pipeline/int8.onnx")).exists());
+}
+
+#[test]
+fn fp16_autocast_keeps_io_fp32_and_the_named_ops() {
+    let project = project(
+        r#"
+[stages.fp16]
+kind = "quantize"
+onnx = "@model"
+precision = "fp16"
+keep_fp32 = ["Gemm"]
+"#,
+    );
+    let run = project.build(&["--target", "fp16"]);
+    run.assert_ok();
+    let manifest = json(&project, "build/pipeline/fp16.manifest.json");
+    assert!(
+        manifest["nodes_by_precision"]["fp16"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    assert!(
+        manifest["initializers_by_precision"]["fp16"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        manifest["kept_fp32"]["op_types"],
+        serde_json::json!(["Gemm"])
+    );
+    assert_eq!(manifest["quantize_linear"], 0);
+    let check = compare(&project, "build/pipeline/fp16.onnx");
+    eprintln!("fp16 vs fp32: {check}");
+    assert_eq!(check["input_type"], 1, "graph input stays float32");
+    assert_eq!(check["output_type"], 1, "graph output stays float32");
+    assert!(check["cosine"].as_f64().unwrap() > 0.999, "{check}");
+
+    // An unknown op type or node name in keep_fp32 fails with a hint.
+    let text = project
+        .read("pipeline.toml")
+        .replace("[\"Gemm\"]", "[\"Gem\"]");
+    project.write("pipeline.toml", &text);
+    let run = project.build(&["--target", "fp16"]);
+    assert_eq!(run.code, Some(1));
+    let error = run.summary()["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "fp16")
+        .unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("`Gem`") && error.contains("Gemm"), "{error}");
+}
+
+#[test]
+fn int8_without_calibration_is_a_spec_error() {
+    let project =
+        project("[stages.int8]\nkind = \"quantize\"\nonnx = \"@model\"\nprecision = \"int8\"\n");
+    project
+        .run(&["build"])
+        .assert_error(&["int8 needs calibration data", "calibration = {"]);
+}
