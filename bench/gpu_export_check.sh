@@ -13,6 +13,7 @@ set -u
 POCHI=$(realpath "${POCHI:-target/release/pochi}")
 OUT=${1:-${OUT:-/tmp/gpu-export-check}}
 SCRIPT_DIR=$(cd "$(dirname "$0")/.." && pwd)
+[ -n "${MONAI_SITE:-}" ] && MONAI_SITE=$(realpath "$MONAI_SITE")
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 cd "$WORK"
@@ -21,6 +22,10 @@ nvidia-smi --query-gpu=index,name,memory.free,memory.total --format=csv
 PY=$(command -v python3 || command -v python)
 "$PY" -c "import torch, onnx, onnxruntime as o; print('torch', torch.__version__, 'onnx', onnx.__version__, 'onnxruntime', o.__version__, o.get_available_providers(), 'cuda', torch.cuda.is_available())"
 "$PY" -m venv --system-site-packages --without-pip "$WORK/venv"
+# When python3 is itself a venv (as on NVIDIA's images), a new venv sees the base
+# interpreter's packages, not the parent venv's: chain the parent's with a .pth file.
+"$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+  > "$("$WORK/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/parent-venv.pth"
 if [ -n "${MONAI_SITE:-}" ]; then
   cp -r "$MONAI_SITE"/* "$("$WORK/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"/
 fi
