@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod export;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -105,6 +106,11 @@ pub struct InvocationContext<'a> {
     pub outputs: &'a BTreeMap<String, PathBuf>,
     pub python: &'a Path,
     pub build_dir: &'a Path,
+    /// The pipeline's state directory (`.pochi/v1/<pipeline>/`), absolute: where a kind may
+    /// keep files for inspection after a failure (temporary outputs are discarded).
+    pub state_dir: &'a Path,
+    /// The stage's name.
+    pub stage: &'a str,
 }
 
 /// A process to run in the pipeline directory.
@@ -129,10 +135,10 @@ pub struct KindInfo {
 }
 
 /// Every stage kind this build of pochi knows.
-pub static KINDS: &[&KindInfo] = &[&command::INFO, &export::INFO];
+pub static KINDS: &[&KindInfo] = &[&command::INFO, &export::INFO, &report::INFO];
 
 /// Kinds the pipeline format defines that this version does not implement yet.
-const PLANNED: &[&str] = &["dataset", "quantize", "engine", "report"];
+const PLANNED: &[&str] = &["dataset", "quantize", "engine"];
 
 /// Finds a kind by name, or returns a hint for the error.
 pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {

@@ -1,0 +1,654 @@
+//! The `report` stage kind: every model of the pipeline side by side on the same data:
+//! latency and throughput (ONNX Runtime through `ort`, in process), parity against a
+//! reference, task metrics, and the environment they were measured in. Writes
+//! `summary.json`, `report.md`, `latency.svg` and, for classification, pochitrain's
+//! `predictions.csv` / `classification_report.csv` and a confusion matrix.
+
+mod charts;
+mod config;
+mod data;
+mod environment;
+pub mod metrics;
+mod outputs;
+mod runner;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use ndarray::ArrayD;
+use serde::Serialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+use toml::de::DeValue;
+
+use self::config::{Config, Task};
+use self::metrics::{Classification, Latency, Parity, Tolerance};
+use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
+use crate::spec::parse_api::Parser;
+use crate::spec::{NamedInput, NamedOutput, SpanError};
+
+pub static INFO: KindInfo = KindInfo {
+    name: "report",
+    keys: &[
+        "models",
+        "data",
+        "reference",
+        "labels",
+        "task",
+        "warmup",
+        "iterations",
+        "min_duration",
+        "threads",
+        "batch",
+        "tolerances",
+        "on_parity_failure",
+        "output",
+    ],
+    parse,
+    schema: |generator| generator.subschema_for::<config::ReportKeys>(),
+};
+
+/// The version of `summary.json`'s layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What the timed figures include.
+pub const TIMING_NOTE: &str = "pure inference: session.run on preloaded input tensors (no file reading, preprocessing or copies into the input); outputs are dropped unread";
+
+#[derive(Debug)]
+struct Report {
+    config: Config,
+}
+
+fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError> {
+    Ok(Box::new(Report {
+        config: config::parse(parser, value)?,
+    }))
+}
+
+/// One model's row of the report.
+#[derive(Debug, Serialize)]
+pub struct ModelResult {
+    pub name: String,
+    pub path: String,
+    /// "ok" or "unavailable"
+    pub status: String,
+    pub note: Option<String>,
+    pub precision: String,
+    pub size_bytes: u64,
+    pub batch: usize,
+    pub latency: Option<Latency>,
+    pub noisy: bool,
+    pub parity: Vec<OutputParity>,
+    /// "pass", "fail", "reference" (the model is the reference) or "not measured".
+    pub verdict: String,
+    pub tolerance: Option<Tolerance>,
+    pub task: Option<TaskResult>,
+    #[serde(skip)]
+    pub predictions: Vec<usize>,
+    #[serde(skip)]
+    pub confidence: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputParity {
+    pub output: String,
+    #[serde(flatten)]
+    pub figures: Parity,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskResult {
+    /// Share of samples (classification) or voxels (segmentation) whose argmax equals the
+    /// reference's.
+    pub agreement_with_reference: Option<f64>,
+    pub classification: Option<Classification>,
+    /// Per-class Dice against the reference's argmax (null: class absent from both).
+    pub dice_vs_reference: Option<Vec<Option<f64>>>,
+    pub mean_dice_vs_reference: Option<f64>,
+    pub dice_vs_labels: Option<Vec<Option<f64>>>,
+    pub mean_dice_vs_labels: Option<f64>,
+}
+
+impl StageKind for Report {
+    fn kind(&self) -> &'static str {
+        "report"
+    }
+
+    fn inputs(&self) -> &[NamedInput] {
+        &self.config.inputs
+    }
+
+    fn outputs(&self) -> &[NamedOutput] {
+        &self.config.outputs
+    }
+
+    fn params(&self) -> Value {
+        let c = &self.config;
+        json!({
+            "models": c.models,
+            "has_data": c.has_data,
+            "has_reference": c.has_reference,
+            "has_labels": c.has_labels,
+            "task": c.task,
+            "warmup": c.warmup,
+            "iterations": c.iterations,
+            "min_duration_s": c.min_duration.as_secs_f64(),
+            "threads": c.threads,
+            "batch": c.batch,
+            "tolerances": c.tolerances,
+            "fail_on_parity": c.fail_on_parity,
+            "schema": SCHEMA_VERSION,
+        })
+    }
+
+    fn tool(&self) -> Tool {
+        Tool::Python
+    }
+
+    fn python_modules(&self) -> Vec<&'static str> {
+        vec!["onnxruntime"]
+    }
+
+    fn action(&self, _context: &InvocationContext) -> Action {
+        Action::InProcess
+    }
+
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<(), String> {
+        let summary = self.measure(context, cancel)?;
+        let written = outputs::write_all(context, &self.config, &summary)?;
+        let failures: Vec<String> = summary
+            .models
+            .iter()
+            .filter(|m| m.verdict == "fail")
+            .map(|m| {
+                let details: Vec<String> = m
+                    .parity
+                    .iter()
+                    .filter_map(|p| p.failure.as_ref().map(|f| format!("`{}`: {f}", p.output)))
+                    .collect();
+                format!(
+                    "{} ({}): {}",
+                    m.name,
+                    m.precision,
+                    details.join("; ")
+                )
+            })
+            .collect();
+        if failures.is_empty() || !self.config.fail_on_parity {
+            for failure in &failures {
+                eprintln!("warning: parity failure (on_parity_failure = \"warn\"): {failure}");
+            }
+            return Ok(());
+        }
+        let kept = keep_for_inspection(context, &written);
+        Err(format!(
+            "parity check failed against the reference ({}):\n  {}\nthe report was kept for inspection in {}\nhint: if the difference is expected, loosen tolerances = {{ <precision> = {{ atol = ..., rtol = ..., cosine = ... }} }} or set on_parity_failure = \"warn\"",
+            summary.reference.description,
+            failures.join("\n  "),
+            kept
+        ))
+    }
+}
+
+/// Copies the written files to `<state>/failed/<stage>/` (temporary outputs are
+/// discarded when a stage fails); returns where, for the message.
+fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> String {
+    let dir = context.state_dir.join("failed").join(context.stage);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return format!("(nowhere: cannot create {}: {e})", dir.display());
+    }
+    for file in written {
+        if let Some(name) = file.file_name() {
+            let _ = std::fs::copy(file, dir.join(name));
+        }
+    }
+    dir.strip_prefix(context.dir)
+        .unwrap_or(&dir)
+        .display()
+        .to_string()
+}
+
+/// The reference the models are compared with.
+#[derive(Debug, Serialize)]
+pub struct ReferenceInfo {
+    pub description: String,
+    #[serde(skip)]
+    pub outputs: Vec<(String, ArrayD<f32>)>,
+    /// The model name when the reference is one of the models.
+    #[serde(skip)]
+    pub model: Option<String>,
+}
+
+/// Everything the report writes.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub stage: String,
+    pub task: Task,
+    pub data: DataInfo,
+    pub reference: ReferenceInfo,
+    pub timing: TimingInfo,
+    pub environment: environment::EnvironmentInfo,
+    pub models: Vec<ModelResult>,
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub labels: Option<ArrayD<i64>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataInfo {
+    pub path: String,
+    pub samples: usize,
+    pub sample_shape: Vec<usize>,
+    pub labels: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimingInfo {
+    pub includes: &'static str,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub min_duration_s: f64,
+    pub threads: String,
+    pub provider: &'static str,
+}
+
+fn rel(context: &InvocationContext, path: &Path) -> PathBuf {
+    context.dir.join(path)
+}
+
+fn is_engine(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("engine" | "plan" | "trt")
+    )
+}
+
+/// The size of a model on disk, with its external data file if any.
+fn size_on_disk(path: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut data = path.as_os_str().to_owned();
+    data.push(".data");
+    size(path) + size(Path::new(&data))
+}
+
+/// The precision of a model: a `precision` in the manifest next to it
+/// (`<stem>.manifest.json`, as quantize stages write), else fp32.
+fn precision_of(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = path.with_file_name(format!("{stem}.manifest.json"));
+    std::fs::read(&manifest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|v| v.get("precision").and_then(Value::as_str).map(str::to_string))
+        .filter(|p| ["fp32", "fp16", "int8"].contains(&p.as_str()))
+        .unwrap_or_else(|| "fp32".into())
+}
+
+impl Report {
+    fn measure(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<Summary, String> {
+        let c = &self.config;
+        let facts = environment::query(context.python);
+        let input = |key: &str| context.inputs.get(key).map(|p| rel(context, p));
+
+        // The data, and the export's reference outputs when the data is its .npz.
+        let data_path = input("data").ok_or("the report has no data input")?;
+        let (data, npz_outputs) = if data_path.extension().is_some_and(|e| e == "npz") {
+            let (inputs, outputs) = data::read_reference(&data_path)?;
+            let Some((_, array)) = inputs.into_iter().next() else {
+                return Err(format!("{} holds no input.* array", data_path.display()));
+            };
+            (array, Some(outputs))
+        } else {
+            (data::read_f32(&data_path)?, None)
+        };
+        if data.ndim() < 2 || data.shape()[0] == 0 {
+            return Err(format!(
+                "{}: expected N x C x ... samples, got shape {:?}",
+                data_path.display(),
+                data.shape()
+            ));
+        }
+        let samples = data.shape()[0];
+        let labels = match input("labels") {
+            Some(path) => {
+                let labels = data::read_labels(&path)?;
+                if labels.shape().first() != Some(&samples) {
+                    return Err(format!(
+                        "{} has {:?} labels for {samples} samples",
+                        path.display(),
+                        labels.shape()
+                    ));
+                }
+                Some(labels)
+            }
+            None => None,
+        };
+
+        let library = facts.onnxruntime_library.clone().ok_or_else(|| {
+            "cannot find ONNX Runtime's library (onnxruntime/capi/libonnxruntime.so*) in the toolchain's site-packages\nhint: `pochi toolchain sync`, or set POCHI_ONNXRUNTIME_LIB to the library's path".to_string()
+        })?;
+        let environment = runner::environment(&library)?;
+
+        // The reference outputs.
+        let mut warnings = Vec::new();
+        let mut reference = match (input("reference"), npz_outputs) {
+            (Some(path), _) if path.extension().is_some_and(|e| e == "npz") => {
+                let (_, outputs) = data::read_reference(&path)?;
+                ReferenceInfo {
+                    description: format!("reference outputs in {}", c_display(context, &path)),
+                    outputs,
+                    model: None,
+                }
+            }
+            (Some(path), _) => {
+                let mut model = runner::load(&environment, &path, c.threads)?;
+                let batch = batch_for(c.batch, &model.input_shape, samples)?;
+                let outputs = model.outputs_for(&runner::batches(&data, batch))?;
+                let name = c
+                    .models
+                    .iter()
+                    .zip(&c.inputs)
+                    .find(|(_, i)| input(&i.key).as_deref() == Some(path.as_path()))
+                    .map(|((_, text), _)| text.clone());
+                ReferenceInfo {
+                    description: format!(
+                        "{} run on ONNX Runtime CPU",
+                        c_display(context, &path)
+                    ),
+                    outputs: model.outputs.iter().cloned().zip(outputs).collect(),
+                    model: name,
+                }
+            }
+            (None, Some(outputs)) => ReferenceInfo {
+                description: format!(
+                    "the export's PyTorch outputs ({})",
+                    c_display(context, &data_path)
+                ),
+                outputs,
+                model: None,
+            },
+            (None, None) => ReferenceInfo {
+                description: format!("the first model ({})", c.models[0].1),
+                outputs: Vec::new(),
+                model: Some(c.models[0].1.clone()),
+            },
+        };
+
+        let mut models = Vec::new();
+        for (key, text) in &c.models {
+            let path = input(key).ok_or_else(|| format!("model input `{key}` is missing"))?;
+            let mut result = ModelResult {
+                name: text.clone(),
+                path: c_display(context, &path),
+                status: "ok".into(),
+                note: None,
+                precision: precision_of(&path),
+                size_bytes: size_on_disk(&path),
+                batch: 0,
+                latency: None,
+                noisy: false,
+                parity: Vec::new(),
+                verdict: "not measured".into(),
+                tolerance: None,
+                task: None,
+                predictions: Vec::new(),
+                confidence: Vec::new(),
+            };
+            if is_engine(&path) {
+                result.status = "unavailable".into();
+                result.note = Some(if facts.tensorrt.is_none() || facts.gpus.is_empty() {
+                    "unavailable on this machine (TensorRT not installed / no GPU)".into()
+                } else {
+                    "not run: TensorRT engines need the TensorRT worker, which this version of pochi does not have".into()
+                });
+                models.push(result);
+                continue;
+            }
+            let mut model = runner::load(&environment, &path, c.threads)?;
+            let batch = batch_for(c.batch, &model.input_shape, samples)?;
+            result.batch = batch;
+            let batches = runner::batches(&data, batch);
+            let outputs = model.outputs_for(&batches)?;
+            let (times, sizes) =
+                model.time(&batches, c.warmup, c.iterations, c.min_duration, cancel)?;
+            let latency = metrics::latency(&times, sizes.iter().sum(), batch);
+            result.noisy = latency.cv > metrics::NOISY_CV;
+            if result.noisy {
+                warnings.push(format!(
+                    "{}: timings are noisy (coefficient of variation {:.0}% > {:.0}%): other work on the machine? compare with care",
+                    text,
+                    latency.cv * 100.0,
+                    metrics::NOISY_CV * 100.0
+                ));
+            }
+            result.latency = Some(latency);
+            let named: Vec<(String, ArrayD<f32>)> =
+                model.outputs.iter().cloned().zip(outputs).collect();
+            if reference.model.as_deref() == Some(text.as_str()) {
+                if reference.outputs.is_empty() {
+                    reference.outputs = named.clone();
+                }
+                result.verdict = "reference".into();
+            } else if !reference.outputs.is_empty() {
+                let tolerance = c.tolerances[&result.precision];
+                result.tolerance = Some(tolerance);
+                result.parity = compare(&named, &reference.outputs, &tolerance)?;
+                result.verdict = if result.parity.iter().all(|p| p.failure.is_none()) {
+                    "pass".into()
+                } else {
+                    "fail".into()
+                };
+            }
+            result.task = task_metrics(
+                c.task,
+                &named,
+                &reference.outputs,
+                labels.as_ref(),
+                &mut result,
+            )?;
+            models.push(result);
+        }
+        let data_info = DataInfo {
+            path: c_display(context, &data_path),
+            samples,
+            sample_shape: data.shape()[1..].to_vec(),
+            labels: input("labels").map(|p| c_display(context, &p)),
+        };
+        Ok(Summary {
+            schema_version: SCHEMA_VERSION,
+            stage: context.stage.to_string(),
+            task: c.task,
+            data: data_info,
+            reference,
+            timing: TimingInfo {
+                includes: TIMING_NOTE,
+                warmup: c.warmup,
+                iterations: c.iterations,
+                min_duration_s: c.min_duration.as_secs_f64(),
+                threads: if c.threads == 0 {
+                    "ONNX Runtime default".into()
+                } else {
+                    c.threads.to_string()
+                },
+                provider: "CPUExecutionProvider",
+            },
+            environment: facts.info(c.threads),
+            models,
+            warnings,
+            labels,
+        })
+    }
+}
+
+fn c_display(context: &InvocationContext, path: &Path) -> String {
+    path.strip_prefix(context.dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The batch: the one asked for, else the model's fixed batch, else 1.
+fn batch_for(asked: Option<usize>, shape: &[i64], samples: usize) -> Result<usize, String> {
+    let fixed = shape.first().copied().filter(|&d| d > 0).map(|d| d as usize);
+    let batch = match (asked, fixed) {
+        (Some(a), Some(f)) if a != f => {
+            return Err(format!(
+                "batch = {a}, but the model's batch axis is fixed at {f}"
+            ));
+        }
+        (Some(a), _) => a,
+        (None, Some(f)) => f,
+        (None, None) => 1,
+    };
+    if fixed.is_some() && samples % batch != 0 {
+        return Err(format!(
+            "the model takes batches of exactly {batch}, and {samples} samples do not divide into them"
+        ));
+    }
+    Ok(batch)
+}
+
+/// Parity of each output against the reference output of the same name (or position).
+fn compare(
+    outputs: &[(String, ArrayD<f32>)],
+    reference: &[(String, ArrayD<f32>)],
+    tolerance: &Tolerance,
+) -> Result<Vec<OutputParity>, String> {
+    outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (name, actual))| {
+            let found = reference
+                .iter()
+                .find(|(n, _)| n == name)
+                .or_else(|| reference.get(i))?;
+            Some((name, actual, &found.1))
+        })
+        .map(|(name, actual, expected)| {
+            if actual.shape() != expected.shape() {
+                return Err(format!(
+                    "output `{name}` has shape {:?}, the reference {:?}",
+                    actual.shape(),
+                    expected.shape()
+                ));
+            }
+            let a: Vec<f32> = actual.iter().copied().collect();
+            let r: Vec<f32> = expected.iter().copied().collect();
+            let figures = metrics::parity(&a, &r);
+            let failure = metrics::verdict(&figures, tolerance);
+            Ok(OutputParity {
+                output: name.clone(),
+                figures,
+                failure,
+            })
+        })
+        .collect()
+}
+
+/// (N, C, S): samples, channels (classes) and spatial size of a first output.
+fn layout(array: &ArrayD<f32>) -> (usize, usize, usize) {
+    let shape = array.shape();
+    let n = shape.first().copied().unwrap_or(0);
+    let c = shape.get(1).copied().unwrap_or(1);
+    let s = shape.iter().skip(2).product::<usize>().max(1);
+    (n, c, s)
+}
+
+fn task_metrics(
+    task: Task,
+    outputs: &[(String, ArrayD<f32>)],
+    reference: &[(String, ArrayD<f32>)],
+    labels: Option<&ArrayD<i64>>,
+    result: &mut ModelResult,
+) -> Result<Option<TaskResult>, String> {
+    let Some((_, first)) = outputs.first() else {
+        return Ok(None);
+    };
+    let values: Vec<f32> = first.iter().copied().collect();
+    let reference_first: Option<Vec<f32>> = reference
+        .first()
+        .filter(|(_, r)| r.shape() == first.shape())
+        .map(|(_, r)| r.iter().copied().collect());
+    let (n, c, s) = layout(first);
+    match task {
+        Task::None => Ok(None),
+        Task::Classification => {
+            if first.ndim() != 2 {
+                return Err(format!(
+                    "task = \"classification\" expects N x classes outputs; the first output has shape {:?}",
+                    first.shape()
+                ));
+            }
+            let predicted = metrics::argmax_rows(&values, c);
+            result.confidence = metrics::top_confidence(&values, c);
+            let agreement = reference_first
+                .map(|r| metrics::agreement(&predicted, &metrics::argmax_rows(&r, c)));
+            let classification = labels.map(|l| {
+                let l: Vec<i64> = l.iter().copied().collect();
+                metrics::classification(&predicted, &l, c)
+            });
+            result.predictions = predicted;
+            Ok(Some(TaskResult {
+                agreement_with_reference: agreement,
+                classification,
+                dice_vs_reference: None,
+                mean_dice_vs_reference: None,
+                dice_vs_labels: None,
+                mean_dice_vs_labels: None,
+            }))
+        }
+        Task::Segmentation => {
+            if first.ndim() < 3 {
+                return Err(format!(
+                    "task = \"segmentation\" expects N x classes x spatial outputs; the first output has shape {:?}",
+                    first.shape()
+                ));
+            }
+            let predicted = metrics::argmax_channels(&values, c, s);
+            let (mut dice_ref, mut agreement) = (None, None);
+            if let Some(r) = reference_first {
+                let truth = metrics::argmax_channels(&r, c, s);
+                agreement = Some(metrics::agreement(&predicted, &truth));
+                dice_ref = Some(metrics::dice(&predicted, &truth, c));
+            }
+            let dice_labels = match labels {
+                None => None,
+                Some(l) => {
+                    if l.len() != n * s {
+                        return Err(format!(
+                            "labels of shape {:?} do not match {n} volumes of {s} voxels",
+                            l.shape()
+                        ));
+                    }
+                    let truth: Vec<usize> = l
+                        .iter()
+                        .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
+                        .collect();
+                    Some(metrics::dice(&predicted, &truth, c))
+                }
+            };
+            Ok(Some(TaskResult {
+                agreement_with_reference: agreement,
+                classification: None,
+                mean_dice_vs_reference: dice_ref.as_deref().and_then(metrics::mean_defined),
+                dice_vs_reference: dice_ref,
+                mean_dice_vs_labels: dice_labels.as_deref().and_then(metrics::mean_defined),
+                dice_vs_labels: dice_labels,
+            }))
+        }
+    }
+}
