@@ -7,6 +7,7 @@ mod clean;
 mod explain;
 mod export_onnx;
 mod graph;
+mod infer;
 mod internal;
 mod output;
 mod progress;
@@ -43,6 +44,11 @@ enum Command {
     Schema,
     /// Export a checkpoint to a verified ONNX model in one command (a one-stage pipeline).
     ExportOnnx(export_onnx::ExportOnnxArgs),
+    /// Run one model over a data file and write a report (latency, throughput, predictions,
+    /// classification metrics): a one-stage `report` pipeline.
+    Infer(infer::InferArgs),
+    /// `pochi infer` for a TensorRT engine (the seed's name for it).
+    InferTrt(infer::InferArgs),
     /// Show or prepare the Python toolchain: sync | info | path.
     Toolchain(toolchain::ToolchainArgs),
     /// Print the blake3 digest of files, as pochi computes it.
@@ -66,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Schema => schema::run(),
         Command::Toolchain(args) => toolchain::run(args),
         Command::ExportOnnx(args) => export_onnx::run(args),
+        Command::Infer(args) | Command::InferTrt(args) => infer::run(args),
         Command::Hash { files } => internal::hash(&files),
         Command::BenchInternal(args) => internal::bench(args),
     };

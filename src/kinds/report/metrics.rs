@@ -15,13 +15,16 @@ pub struct Latency {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Standard deviation over mean.
+    /// Standard deviation over mean (outliers weigh in).
     pub cv: f64,
+    /// Robust spread: (p90 - p10) / median; the noise warning uses this.
+    pub spread: f64,
     /// Samples per second: runs x batch over the summed run times.
     pub throughput: f64,
 }
 
-/// Runs whose coefficient of variation exceeds this are flagged as too noisy to compare.
+/// Runs whose robust spread ((p90 - p10) / median) exceeds this are flagged as too noisy
+/// to compare.
 pub const NOISY_CV: f64 = 0.25;
 
 /// The `q`-quantile (0..=1) of sorted values, linearly interpolated (numpy's default).
@@ -56,6 +59,14 @@ pub fn latency(times_s: &[f64], samples: usize, batch: usize) -> Latency {
         p99_ms: quantile(&ms, 0.99),
         max_ms: ms.last().copied().unwrap_or(f64::NAN),
         cv: if mean > 0.0 { variance.sqrt() / mean } else { 0.0 },
+        spread: {
+            let median = quantile(&ms, 0.5);
+            if median > 0.0 {
+                (quantile(&ms, 0.9) - quantile(&ms, 0.1)) / median
+            } else {
+                0.0
+            }
+        },
         throughput: if total > 0.0 {
             samples as f64 / (total / 1e3)
         } else {

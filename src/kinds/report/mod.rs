@@ -409,6 +409,9 @@ impl Report {
                 confidence: Vec::new(),
             };
             if is_engine(&path) {
+                if result.precision == "fp32" && !path.with_extension("manifest.json").is_file() {
+                    result.precision = "unknown".into();
+                }
                 result.status = "unavailable".into();
                 result.note = Some(if facts.tensorrt.is_none() || facts.gpus.is_empty() {
                     "unavailable on this machine (TensorRT not installed / no GPU)".into()
@@ -426,12 +429,12 @@ impl Report {
             let (times, sizes) =
                 model.time(&batches, c.warmup, c.iterations, c.min_duration, cancel)?;
             let latency = metrics::latency(&times, sizes.iter().sum(), batch);
-            result.noisy = latency.cv > metrics::NOISY_CV;
+            result.noisy = latency.spread > metrics::NOISY_CV;
             if result.noisy {
                 warnings.push(format!(
-                    "{}: timings are noisy (coefficient of variation {:.0}% > {:.0}%): other work on the machine? compare with care",
+                    "{}: timings are noisy ((p90 - p10) / median = {:.0}% > {:.0}%): other work on the machine? compare with care",
                     text,
-                    latency.cv * 100.0,
+                    latency.spread * 100.0,
                     metrics::NOISY_CV * 100.0
                 ));
             }

@@ -188,7 +188,7 @@ pub fn markdown(summary: &Summary) -> String {
         if let Some(l) = &m.latency {
             let _ = writeln!(
                 md,
-                "Latency over {} runs (ms): min {} · mean {} · median {} · p90 {} · p95 {} · p99 {} · max {} · spread (CV) {:.1}%\n",
+                "Latency over {} runs (ms): min {} · mean {} · median {} · p90 {} · p95 {} · p99 {} · max {} · spread (p90 - p10) / median {:.1}% · CV {:.1}%\n",
                 l.runs,
                 ms(l.min_ms),
                 ms(l.mean_ms),
@@ -197,6 +197,7 @@ pub fn markdown(summary: &Summary) -> String {
                 ms(l.p95_ms),
                 ms(l.p99_ms),
                 ms(l.max_ms),
+                l.spread * 100.0,
                 l.cv * 100.0
             );
         }
