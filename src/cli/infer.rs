@@ -60,7 +60,10 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
                 "check the path"
             };
             return Err(failure(
-                format!("the {what} {} does not exist or is not a file", path.display()),
+                format!(
+                    "the {what} {} does not exist or is not a file",
+                    path.display()
+                ),
                 hint,
             ));
         }
@@ -128,8 +131,8 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
     })?;
     for entry in entries.flatten() {
         let to = output.join(entry.file_name());
-        let bytes = std::fs::read(entry.path())
-            .and_then(|bytes| crate::fsutil::write_atomic(&to, &bytes));
+        let bytes =
+            std::fs::read(entry.path()).and_then(|bytes| crate::fsutil::write_atomic(&to, &bytes));
         bytes.map_err(|e| {
             failure(
                 format!("cannot write {}: {e}", to.display()),

@@ -817,7 +817,13 @@ mod tests {
     #[test]
     fn the_registered_keys_are_the_schema_keys() {
         let schema = schemars::schema_for!(ExportKeys);
-        let mut properties: Vec<String> = schema.get("properties").and_then(|p| p.as_object()).unwrap().keys().cloned().collect();
+        let mut properties: Vec<String> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         properties.sort();
         let mut keys: Vec<String> = INFO.keys.iter().map(|k| k.to_string()).collect();
         keys.sort();

@@ -243,10 +243,8 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
     if task == Task::Classification {
         outputs.push(parser.output("predictions", &file("predictions.csv"))?);
         if keys.labels.is_some() {
-            outputs.push(parser.output(
-                "classification_report",
-                &file("classification_report.csv"),
-            )?);
+            outputs
+                .push(parser.output("classification_report", &file("classification_report.csv"))?);
             outputs.push(parser.output("confusion_matrix", &file("confusion_matrix.svg"))?);
         }
     }

@@ -58,7 +58,11 @@ pub fn latency(times_s: &[f64], samples: usize, batch: usize) -> Latency {
         p95_ms: quantile(&ms, 0.95),
         p99_ms: quantile(&ms, 0.99),
         max_ms: ms.last().copied().unwrap_or(f64::NAN),
-        cv: if mean > 0.0 { variance.sqrt() / mean } else { 0.0 },
+        cv: if mean > 0.0 {
+            variance.sqrt() / mean
+        } else {
+            0.0
+        },
         spread: {
             let median = quantile(&ms, 0.5);
             if median > 0.0 {
@@ -429,7 +433,10 @@ mod tests {
         let c = classification(&[0, 1, 1, 1, 2, 0, 2], &[0, 0, 1, 1, 2, 2, -1], 3);
         assert_eq!(c.labelled, 6);
         assert!((c.accuracy - 4.0 / 6.0).abs() < 1e-12);
-        assert_eq!(c.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 1]]);
+        assert_eq!(
+            c.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 1]]
+        );
         // class 0: tp 1, predicted 2, support 2 -> p 0.5, r 0.5
         assert_eq!(c.per_class[0].precision, 0.5);
         assert_eq!(c.per_class[0].recall, 0.5);

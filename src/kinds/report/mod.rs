@@ -171,12 +171,7 @@ impl StageKind for Report {
                     .iter()
                     .filter_map(|p| p.failure.as_ref().map(|f| format!("`{}`: {f}", p.output)))
                     .collect();
-                format!(
-                    "{} ({}): {}",
-                    m.name,
-                    m.precision,
-                    details.join("; ")
-                )
+                format!("{} ({}): {}", m.name, m.precision, details.join("; "))
             })
             .collect();
         if failures.is_empty() || !self.config.fail_on_parity {
@@ -289,17 +284,17 @@ fn precision_of(path: &Path) -> String {
     std::fs::read(&manifest)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-        .and_then(|v| v.get("precision").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("precision")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .filter(|p| ["fp32", "fp16", "int8"].contains(&p.as_str()))
         .unwrap_or_else(|| "fp32".into())
 }
 
 impl Report {
-    fn measure(
-        &self,
-        context: &InvocationContext,
-        cancel: &AtomicBool,
-    ) -> Result<Summary, String> {
+    fn measure(&self, context: &InvocationContext, cancel: &AtomicBool) -> Result<Summary, String> {
         let c = &self.config;
         let facts = environment::query(context.python);
         let input = |key: &str| context.inputs.get(key).map(|p| rel(context, p));
@@ -365,10 +360,7 @@ impl Report {
                     .find(|(_, i)| input(&i.key).as_deref() == Some(path.as_path()))
                     .map(|((_, text), _)| text.clone());
                 ReferenceInfo {
-                    description: format!(
-                        "{} run on ONNX Runtime CPU",
-                        c_display(context, &path)
-                    ),
+                    description: format!("{} run on ONNX Runtime CPU", c_display(context, &path)),
                     outputs: model.outputs.iter().cloned().zip(outputs).collect(),
                     model: name,
                 }
@@ -506,7 +498,11 @@ fn c_display(context: &InvocationContext, path: &Path) -> String {
 
 /// The batch: the one asked for, else the model's fixed batch, else 1.
 fn batch_for(asked: Option<usize>, shape: &[i64], samples: usize) -> Result<usize, String> {
-    let fixed = shape.first().copied().filter(|&d| d > 0).map(|d| d as usize);
+    let fixed = shape
+        .first()
+        .copied()
+        .filter(|&d| d > 0)
+        .map(|d| d as usize);
     let batch = match (asked, fixed) {
         (Some(a), Some(f)) if a != f => {
             return Err(format!(

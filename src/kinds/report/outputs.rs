@@ -44,8 +44,7 @@ pub fn write_all(
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        std::fs::write(&path, text)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         written.push(path);
     }
     Ok(written)
@@ -180,7 +179,13 @@ pub fn markdown(summary: &Summary) -> String {
     }
     for m in &summary.models {
         let _ = writeln!(md, "## `{}`\n", m.name);
-        let _ = writeln!(md, "File `{}`, {}, {}.\n", m.path, m.precision, size(m.size_bytes));
+        let _ = writeln!(
+            md,
+            "File `{}`, {}, {}.\n",
+            m.path,
+            m.precision,
+            size(m.size_bytes)
+        );
         if let Some(note) = &m.note {
             let _ = writeln!(md, "{note}\n");
             continue;
@@ -304,7 +309,11 @@ pub fn markdown(summary: &Summary) -> String {
         e.onnxruntime.clone().unwrap_or_else(none)
     );
     let _ = writeln!(md, "| torch | {} |", e.torch.clone().unwrap_or_else(none));
-    let _ = writeln!(md, "| TensorRT | {} |", e.tensorrt.clone().unwrap_or_else(none));
+    let _ = writeln!(
+        md,
+        "| TensorRT | {} |",
+        e.tensorrt.clone().unwrap_or_else(none)
+    );
     let _ = writeln!(md, "| threads | {} |", e.threads);
     let _ = writeln!(md, "| pochi | {} |", e.pochi);
     md
@@ -320,12 +329,16 @@ fn csv_field(text: &str) -> String {
 
 /// pochitrain's per-image columns, one row per sample and model (the model last).
 pub fn predictions(summary: &Summary) -> String {
-    let mut out =
-        String::from("image_path,predicted,predicted_class,true,true_class,confidence,correct,model\n");
+    let mut out = String::from(
+        "image_path,predicted,predicted_class,true,true_class,confidence,correct,model\n",
+    );
     let labels: Option<Vec<i64>> = summary.labels.as_ref().map(|l| l.iter().copied().collect());
     for m in &summary.models {
         for (i, (&p, &conf)) in m.predictions.iter().zip(&m.confidence).enumerate() {
-            let truth = labels.as_ref().and_then(|l| l.get(i).copied()).filter(|&t| t >= 0);
+            let truth = labels
+                .as_ref()
+                .and_then(|l| l.get(i).copied())
+                .filter(|&t| t >= 0);
             let (t, tc, correct) = match truth {
                 Some(t) => (
                     t.to_string(),

@@ -142,11 +142,8 @@ pub fn batches(data: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
     (0..n)
         .step_by(batch.max(1))
         .map(|start| {
-            data.slice_axis(
-                Axis(0),
-                ndarray::Slice::from(start..(start + batch).min(n)),
-            )
-            .to_owned()
+            data.slice_axis(Axis(0), ndarray::Slice::from(start..(start + batch).min(n)))
+                .to_owned()
         })
         .collect()
 }
