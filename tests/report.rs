@@ -262,6 +262,11 @@ fn segmentation_dice_matches_numpy_on_synthetic_volumes() {
 #[test]
 fn infer_writes_the_report_for_one_model() {
     let project = project("");
+    // A dataset stage's manifest next to the data names the classes and the files.
+    project.write(
+        "data_manifest.json",
+        r#"{"classes": ["cat", "dog", "fox"], "files": ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]}"#,
+    );
     let run = project.run(&[
         "infer",
         "ident.onnx",
@@ -290,6 +295,21 @@ fn infer_writes_the_report_for_one_model() {
     }
     let summary = json(&project, "out/summary.json");
     assert_eq!(summary["environment"]["threads"], "1");
+    assert_eq!(
+        summary["data"]["classes"],
+        serde_json::json!(["cat", "dog", "fox"])
+    );
+    let predictions = project.read("out/predictions.csv");
+    assert!(
+        predictions.contains("\na.png,0,cat,0,cat,")
+            && predictions.contains("\nf.png,2,fox,0,cat,"),
+        "{predictions}"
+    );
+    assert!(
+        project
+            .read("out/classification_report.csv")
+            .contains(",1,dog,")
+    );
     // An engine through infer-trt: reported unavailable, not a failure.
     project.write("m.engine", "x");
     let trt = project.run(&["infer-trt", "m.engine", "--data", "data.npy", "-o", "trt"]);

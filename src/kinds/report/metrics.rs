@@ -400,7 +400,7 @@ mod tests {
         assert!(verdict(&p, &t).unwrap().contains("max |diff|"));
         let same = parity(&[1.0, -2.0], &[1.0, -2.0]);
         assert_eq!(verdict(&same, &t), None);
-        assert_eq!(same.cosine, 1.0);
+        assert!((same.cosine - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -236,12 +236,53 @@ pub struct Summary {
     pub labels: Option<ArrayD<i64>>,
 }
 
+/// Class names and per-sample file names from a dataset stage's manifest
+/// (`<stem>_manifest.json` next to the data: `classes`, `files`).
+#[derive(Debug, Default, Serialize)]
+pub struct DatasetNames {
+    pub classes: Option<Vec<String>>,
+    #[serde(skip)]
+    pub files: Option<Vec<String>>,
+}
+
+fn dataset_names(data: &Path) -> DatasetNames {
+    let stem = data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = data.with_file_name(format!("{stem}_manifest.json"));
+    let Some(value) = std::fs::read(&manifest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+    else {
+        return DatasetNames::default();
+    };
+    let strings = |key: &str| -> Option<Vec<String>> {
+        value.get(key)?.as_array().map(|list| {
+            list.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect()
+        })
+    };
+    DatasetNames {
+        classes: strings("classes").filter(|c| !c.is_empty()),
+        files: strings("files"),
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct DataInfo {
     pub path: String,
     pub samples: usize,
     pub sample_shape: Vec<usize>,
     pub labels: Option<String>,
+    /// From the dataset's manifest, when the data is a dataset stage's output.
+    #[serde(flatten)]
+    pub names: DatasetNames,
 }
 
 #[derive(Debug, Serialize)]
@@ -462,6 +503,7 @@ impl Report {
             samples,
             sample_shape: data.shape()[1..].to_vec(),
             labels: input("labels").map(|p| c_display(context, &p)),
+            names: dataset_names(&data_path),
         };
         Ok(Summary {
             schema_version: SCHEMA_VERSION,
@@ -513,7 +555,7 @@ fn batch_for(asked: Option<usize>, shape: &[i64], samples: usize) -> Result<usiz
         (None, Some(f)) => f,
         (None, None) => 1,
     };
-    if fixed.is_some() && samples % batch != 0 {
+    if fixed.is_some() && !samples.is_multiple_of(batch) {
         return Err(format!(
             "the model takes batches of exactly {batch}, and {samples} samples do not divide into them"
         ));

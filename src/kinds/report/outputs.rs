@@ -153,12 +153,11 @@ pub fn markdown(summary: &Summary) -> String {
             None => {
                 let _ = writeln!(
                     md,
-                    "| `{}` | {} | {} | – | – | – | – | – | – | {} | {} |",
+                    "| `{}` | {} | {} | – | – | – | – | – | – | {} | – |",
                     m.name,
                     m.precision,
                     size(m.size_bytes),
-                    m.note.as_deref().unwrap_or(&m.status),
-                    "–"
+                    m.note.as_deref().unwrap_or(&m.status)
                 );
             }
         }
@@ -256,7 +255,11 @@ pub fn markdown(summary: &Summary) -> String {
                     let _ = writeln!(
                         md,
                         "| {} | {:.4} | {:.4} | {:.4} | {} |",
-                        s.class, s.precision, s.recall, s.f1, s.support
+                        class_name(summary, s.class),
+                        s.precision,
+                        s.recall,
+                        s.f1,
+                        s.support
                     );
                 }
                 let _ = writeln!(md);
@@ -319,6 +322,17 @@ pub fn markdown(summary: &Summary) -> String {
     md
 }
 
+/// The dataset's class name, else `class_<i>`.
+fn class_name(summary: &Summary, class: usize) -> String {
+    summary
+        .data
+        .names
+        .classes
+        .as_ref()
+        .and_then(|c| c.get(class).cloned())
+        .unwrap_or_else(|| format!("class_{class}"))
+}
+
 fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
@@ -333,6 +347,7 @@ pub fn predictions(summary: &Summary) -> String {
         "image_path,predicted,predicted_class,true,true_class,confidence,correct,model\n",
     );
     let labels: Option<Vec<i64>> = summary.labels.as_ref().map(|l| l.iter().copied().collect());
+    let names = &summary.data.names;
     for m in &summary.models {
         for (i, (&p, &conf)) in m.predictions.iter().zip(&m.confidence).enumerate() {
             let truth = labels
@@ -342,15 +357,22 @@ pub fn predictions(summary: &Summary) -> String {
             let (t, tc, correct) = match truth {
                 Some(t) => (
                     t.to_string(),
-                    format!("class_{t}"),
+                    class_name(summary, t as usize),
                     (t as usize == p).to_string(),
                 ),
                 None => (String::new(), String::new(), String::new()),
             };
+            let path = names
+                .files
+                .as_ref()
+                .and_then(|f| f.get(i).cloned())
+                .unwrap_or_else(|| format!("{}#{i}", summary.data.path));
             let _ = writeln!(
                 out,
-                "{},{p},class_{p},{t},{tc},{conf:.6},{correct},{}",
-                csv_field(&format!("{}#{i}", summary.data.path)),
+                "{},{p},{},{t},{},{conf:.6},{correct},{}",
+                csv_field(&path),
+                csv_field(&class_name(summary, p)),
+                csv_field(&tc),
                 csv_field(&m.name)
             );
         }
@@ -368,10 +390,10 @@ pub fn classification_report(summary: &Summary) -> String {
         for s in &c.per_class {
             let _ = writeln!(
                 out,
-                "{},{},class_{},{:.6},{:.6},{:.6},{}",
+                "{},{},{},{:.6},{:.6},{:.6},{}",
                 csv_field(&m.name),
                 s.class,
-                s.class,
+                csv_field(&class_name(summary, s.class)),
                 s.precision,
                 s.recall,
                 s.f1,
