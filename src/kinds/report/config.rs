@@ -269,6 +269,94 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::SourceFile;
+
+    fn parse_stage(table: &str) -> Result<Config, String> {
+        let text = format!("[stages.rep]\nkind = \"report\"\n{table}");
+        let src = SourceFile::new("pipeline.toml".into(), text.clone());
+        let root = toml::de::DeTable::parse(&text).unwrap();
+        let stage = root.get_ref()["stages"].get_ref().as_table().unwrap()["rep"].clone();
+        let parser = Parser {
+            src: &src,
+            dir: Path::new("/project"),
+            build_dir: Path::new("build/p"),
+            stage: "rep",
+        };
+        parse(&parser, &stage).map_err(|e| {
+            let help = miette::Diagnostic::help(&e)
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            format!("{e} | {help}")
+        })
+    }
+
+    fn keys(config: &Config) -> Vec<String> {
+        config.outputs.iter().map(|o| o.key.clone()).collect()
+    }
+
+    #[test]
+    fn defaults_and_the_export_reference_as_data() {
+        let c = parse_stage("models = [\"@onnx\", \"@int8\"]\n").unwrap();
+        assert_eq!((c.warmup, c.iterations), (10, 100));
+        assert_eq!(c.min_duration, Duration::from_secs(1));
+        assert!(c.fail_on_parity && c.task == Task::None && !c.has_data);
+        let data = c.inputs.iter().find(|i| i.key == "data").unwrap();
+        assert_eq!(
+            data.source,
+            InputSource::Output {
+                stage: "onnx".into(),
+                key: Some("reference".into())
+            }
+        );
+        assert_eq!(keys(&c), ["summary", "report", "latency_chart"]);
+        assert_eq!(
+            c.outputs[0].path,
+            std::path::PathBuf::from("build/p/rep/summary.json")
+        );
+    }
+
+    #[test]
+    fn classification_outputs_follow_the_labels() {
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\ntask = \"classification\"\n")
+            .unwrap();
+        assert_eq!(
+            keys(&c),
+            ["summary", "report", "latency_chart", "predictions"]
+        );
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nlabels = \"l.npy\"\ntask = \"classification\"\noutput = \"out\"\n").unwrap();
+        assert!(keys(&c).contains(&"confusion_matrix".to_string()));
+        assert!(keys(&c).contains(&"classification_report".to_string()));
+        assert_eq!(
+            c.outputs[0].path,
+            std::path::PathBuf::from("out/summary.json")
+        );
+    }
+
+    #[test]
+    fn tolerance_overrides_merge_with_the_defaults() {
+        let c = parse_stage(
+            "models = [\"@onnx\"]\ntolerances = { fp16 = { atol = 0.5 } }\non_parity_failure = \"warn\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tolerances["fp16"].atol, 0.5);
+        assert_eq!(c.tolerances["fp16"].rtol, default_tolerance("fp16").rtol);
+        assert_eq!(c.tolerances["fp32"], default_tolerance("fp32"));
+        assert!(!c.fail_on_parity);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let error =
+            parse_stage("models = [\"@onnx\"]\ntolerances = { fp8 = { atol = 1 } }\n").unwrap_err();
+        assert!(error.contains("unknown precision"), "{error}");
+        let error = parse_stage("models = [\"@onnx\"]\nmin_duration = \"soon\"\n").unwrap_err();
+        assert!(error.contains("not a duration"), "{error}");
+        let error =
+            parse_stage("models = [\"@onnx\"]\non_parity_failure = \"ignore\"\n").unwrap_err();
+        assert!(error.contains("\"warn\""), "{error}");
+        let error = parse_stage("models = []\n").unwrap_err();
+        assert!(error.contains("`models` is empty"), "{error}");
+    }
 
     #[test]
     fn durations() {
