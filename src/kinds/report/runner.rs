@@ -19,8 +19,12 @@ static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock:
 /// Loads ONNX Runtime from `library` (once per process) and returns its environment.
 pub fn environment(library: &Path) -> Result<Environment, String> {
     let loaded = ENVIRONMENT.get_or_init(|| {
-        let builder = ort::init_from(library)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
+        let builder = ort::init_from(library).map_err(|e| {
+            format!(
+                "cannot load ONNX Runtime from {}: {e}\nhint: the report stage needs ONNX Runtime 1.31 or newer (it uses the `ort` crate 2.0.0-rc.15); `pochi toolchain sync` installs the locked version",
+                library.display()
+            )
+        })?;
         let environment = builder
             .with_name("pochi-report")
             .build()
