@@ -102,6 +102,11 @@ fn classification_metrics_on_a_labelled_set_with_a_known_answer() {
     assert_eq!(models[1]["parity"][0]["max_abs"], 0.0);
     for model in models {
         assert_sane_latency(model, 2);
+        // End to end: one pass over 6 samples in batches of 2.
+        let e2e = &model["end_to_end"];
+        assert_eq!(e2e["runs"], 3);
+        let expected = 2.0 / (e2e["mean_ms"].as_f64().unwrap() / 1e3);
+        assert!((e2e["throughput"].as_f64().unwrap() - expected).abs() <= 1e-6 * expected);
         let task = &model["task"];
         assert_eq!(task["agreement_with_reference"], 1.0);
         // Predictions 0 1 2 0 1 2 against labels 0 1 -1 0 1 0: 4 of 5 labelled right.

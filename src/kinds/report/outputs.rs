@@ -164,13 +164,14 @@ pub fn markdown(summary: &Summary) -> String {
     }
     let _ = writeln!(
         md,
-        "\nTimes: {}; {} warm-up runs, then at least {} runs and {} s; threads: {}; {}.\n",
+        "\nTimes: {}; {} warm-up runs, then at least {} runs and {} s; threads: {}; {}. Each model's section also gives {}.\n",
         summary.timing.includes,
         summary.timing.warmup,
         summary.timing.iterations,
         summary.timing.min_duration_s,
         summary.timing.threads,
-        summary.timing.provider
+        summary.timing.provider,
+        summary.timing.end_to_end_includes
     );
     let _ = writeln!(md, "![latency](latency.svg)\n");
     for w in &summary.warnings {
@@ -203,6 +204,17 @@ pub fn markdown(summary: &Summary) -> String {
                 ms(l.max_ms),
                 l.spread * 100.0,
                 l.cv * 100.0
+            );
+        }
+        if let Some(e) = &m.end_to_end {
+            let _ = writeln!(
+                md,
+                "End to end over {} run(s) of one pass over the data (ms, with the input and output copies): mean {} · median {} · max {} · {:.1} samples/s\n",
+                e.runs,
+                ms(e.mean_ms),
+                ms(e.median_ms),
+                ms(e.max_ms),
+                e.throughput
             );
         }
         if !m.parity.is_empty() {

@@ -153,10 +153,17 @@ pub fn batches(data: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
 }
 
 impl Model {
-    /// Runs every batch once; returns each output concatenated over the batches.
-    pub fn outputs_for(&mut self, batches: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>, String> {
+    /// Runs every batch once; returns each output concatenated over the batches, and each
+    /// run's seconds end to end (copying the batch into a new input tensor, the run, and
+    /// copying the outputs out).
+    pub fn outputs_for(
+        &mut self,
+        batches: &[ArrayD<f32>],
+    ) -> Result<(Vec<ArrayD<f32>>, Vec<f64>), String> {
         let mut collected: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); self.outputs.len()];
+        let mut times = Vec::with_capacity(batches.len());
         for batch in batches {
+            let t0 = Instant::now();
             let tensor = Tensor::from_array(batch.clone()).map_err(|e| e.to_string())?;
             let outputs = self
                 .session
@@ -168,8 +175,9 @@ impl Model {
                     .map_err(|e| format!("output `{name}` is not float32: {e}"))?;
                 collected[i].push(value.to_owned());
             }
+            times.push(t0.elapsed().as_secs_f64());
         }
-        collected
+        let outputs = collected
             .into_iter()
             .map(|parts| {
                 let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
@@ -178,7 +186,8 @@ impl Model {
                 }
                 ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((outputs, times))
     }
 
     /// `warmup` runs, then timed runs (cycling over the batches) until at least
