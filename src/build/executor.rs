@@ -234,7 +234,10 @@ impl StageExecutor {
             .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
             .collect();
         let toolchain = project.toolchain();
+        let state_dir = pipeline.state_dir();
         let context = InvocationContext {
+            state_dir: &state_dir,
+            stage: &spec.name,
             dir: &pipeline.dir,
             inputs: &inputs,
             outputs: &temp.paths,

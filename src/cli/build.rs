@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::output::{failure, paint};
 use super::progress::Reporter;
-use crate::build::{BuildOptions, Workspace};
+use crate::build::{BuildOptions, BuildSummary, Workspace};
 use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
@@ -63,8 +63,6 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         return dry_run(&workspace, &args);
     }
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    install_interrupt_handler(Arc::clone(&cancel));
     let options = BuildOptions {
         targets: args.targets.clone(),
         jobs: args.jobs,
@@ -72,13 +70,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         no_wait: args.no_wait,
         require_all: args.require_all,
     };
-    let machine = crate::machine::detect();
-    let mut reporter = Reporter::new();
-    let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
-    let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| {
-        reporter.event(event)
-    })?;
-    reporter.summary(&summary);
+    let summary = run_build(&workspace, &options)?;
     if args.json {
         println!(
             "{}",
@@ -143,8 +135,26 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// Builds `workspace` on this machine with real processes, progress on stderr and Ctrl-C
+/// handling: the one way every command (`build` and the one-shots) runs a build.
+pub(super) fn run_build(
+    workspace: &Workspace,
+    options: &BuildOptions,
+) -> miette::Result<BuildSummary> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    install_interrupt_handler(Arc::clone(&cancel));
+    let machine = crate::machine::detect();
+    let mut reporter = Reporter::new();
+    let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
+    let summary = workspace.build(options, &machine, runner, cancel, &mut |event| {
+        reporter.event(event)
+    })?;
+    reporter.summary(&summary);
+    Ok(summary)
+}
+
 /// First Ctrl-C: stop running stages and discard their partial outputs. Second: exit now.
-pub(super) fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
+fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, Ordering::SeqCst) {
             std::process::exit(130);

@@ -7,13 +7,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
 use super::output::failure;
-use super::progress::Reporter;
 use crate::build::{BuildOptions, Workspace};
 use crate::toolchain::{self, Mode};
 
@@ -113,20 +110,12 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     })?;
     let mut workspace = Workspace::load(std::slice::from_ref(&file))?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    super::build::install_interrupt_handler(Arc::clone(&cancel));
-    let machine = crate::machine::detect();
-    let mut reporter = Reporter::new();
     let options = BuildOptions {
         targets: vec!["engine".into()],
         require_all: true,
         ..BuildOptions::default()
     };
-    let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
-    let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| {
-        reporter.event(event)
-    })?;
-    reporter.summary(&summary);
+    let summary = super::build::run_build(&workspace, &options)?;
     if summary.interrupted {
         return Ok(ExitCode::from(130));
     }

@@ -4,13 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
 use super::output::{duration, failure};
-use super::progress::Reporter;
 use crate::build::{BuildOptions, Workspace};
 use crate::spec::Device;
 use crate::toolchain::{self, Mode};
@@ -87,16 +84,7 @@ pub fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
     list_gpus(device);
     let mut workspace = Workspace::load(std::slice::from_ref(&file))?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
-    let cancel = Arc::new(AtomicBool::new(false));
-    super::build::install_interrupt_handler(Arc::clone(&cancel));
-    let machine = crate::machine::detect();
-    let mut reporter = Reporter::new();
-    let options = BuildOptions::default();
-    let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
-    let summary = workspace.build(&options, &machine, runner, cancel, &mut |event| {
-        reporter.event(event)
-    })?;
-    reporter.summary(&summary);
+    let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
     let project = &workspace.projects[0];
     if summary.interrupted {
         return Ok(ExitCode::from(130));

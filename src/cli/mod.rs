@@ -8,6 +8,7 @@ mod convert;
 mod explain;
 mod export_onnx;
 mod graph;
+mod infer;
 mod internal;
 mod output;
 mod progress;
@@ -47,6 +48,11 @@ enum Command {
     /// Convert an ONNX model to a TensorRT engine in one command (fp32, --fp16 or --int8),
     /// through a generated pipeline: cached, and non-zero on any failure.
     Convert(convert::ConvertArgs),
+    /// Run one model over a data file and write a report (latency, throughput, predictions,
+    /// classification metrics): a one-stage `report` pipeline.
+    Infer(infer::InferArgs),
+    /// `pochi infer` for a TensorRT engine (the seed's name for it).
+    InferTrt(infer::InferArgs),
     /// Show or prepare the Python toolchain: sync | info | path.
     Toolchain(toolchain::ToolchainArgs),
     /// Print the blake3 digest of files, as pochi computes it.
@@ -71,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Toolchain(args) => toolchain::run(args),
         Command::ExportOnnx(args) => export_onnx::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Infer(args) | Command::InferTrt(args) => infer::run(args),
         Command::Hash { files } => internal::hash(&files),
         Command::BenchInternal(args) => internal::bench(args),
     };

@@ -303,6 +303,8 @@ mod tests {
             outputs: &outputs,
             python: std::path::Path::new("/py"),
             build_dir: std::path::Path::new("build/x"),
+            state_dir: std::path::Path::new("/p/.pochi/v1/x"),
+            stage: "x",
         });
         let Action::Process(invocation) = action else {
             panic!("a command runs a process")

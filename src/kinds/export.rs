@@ -866,6 +866,8 @@ mod tests {
             outputs: &outputs,
             python: Path::new("/py"),
             build_dir: Path::new("build/p"),
+            state_dir: Path::new("/project/.pochi/v1/p"),
+            stage: "onnx",
         };
         let Action::Process(invocation) = kind.action(&context) else {
             panic!("export runs a process")
@@ -894,6 +896,8 @@ mod tests {
             outputs: &outputs,
             python: Path::new("/py"),
             build_dir: Path::new("b"),
+            state_dir: Path::new("/s"),
+            stage: "onnx",
         };
         // Killed with no answer: out of memory, with the peak from the progress file.
         std::fs::write(

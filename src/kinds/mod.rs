@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod engine;
 pub mod export;
 pub mod quantize;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -138,6 +139,11 @@ pub struct InvocationContext<'a> {
     pub outputs: &'a BTreeMap<String, PathBuf>,
     pub python: &'a Path,
     pub build_dir: &'a Path,
+    /// The pipeline's state directory (`.pochi/v1/<pipeline>/`), absolute: where a kind may
+    /// keep files for inspection after a failure (temporary outputs are discarded).
+    pub state_dir: &'a Path,
+    /// The stage's name.
+    pub stage: &'a str,
 }
 
 /// A process to run in the pipeline directory.
@@ -168,10 +174,11 @@ pub static KINDS: &[&KindInfo] = &[
     &export::INFO,
     &quantize::INFO,
     &engine::INFO,
+    &report::INFO,
 ];
 
 /// Kinds the pipeline format defines that this version does not implement yet.
-const PLANNED: &[&str] = &["report"];
+const PLANNED: &[&str] = &[];
 
 /// Finds a kind by name, or returns a hint for the error.
 pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {

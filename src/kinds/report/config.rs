@@ -1,0 +1,370 @@
+//! `kind = "report"`: its keys, parsed and checked.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::metrics::{Tolerance, default_tolerance};
+use crate::spec::parse_api::Parser;
+use crate::spec::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
+
+/// `kind = "report"`: latency, throughput, parity and task metrics of every model.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReportKeys {
+    /// The models: "@stage" (ONNX, or a TensorRT .engine) or paths.
+    #[schemars(with = "Vec<String>", length(min = 1))]
+    pub models: Spanned<Vec<Spanned<String>>>,
+    /// The input data: a float32 .npy (N x C x ...), e.g. a dataset stage ("@testset"), or
+    /// an export's reference .npz. Default: the first model's export reference inputs.
+    #[schemars(with = "Option<String>")]
+    pub data: Option<Spanned<String>>,
+    /// The reference outputs: "@stage" of an ONNX model run as the reference, or an
+    /// export's reference .npz ("@onnx.reference"). Default: the export's PyTorch outputs
+    /// when `data` is not given, else the first model.
+    #[schemars(with = "Option<String>")]
+    pub reference: Option<Spanned<String>>,
+    /// Labels: int64 .npy, one per sample (classification) or one volume per sample
+    /// (segmentation); -1 = no label.
+    #[schemars(with = "Option<String>")]
+    pub labels: Option<Spanned<String>>,
+    /// "classification", "segmentation" or "none" (the default).
+    #[schemars(with = "Option<String>")]
+    pub task: Option<Spanned<String>>,
+    /// Untimed runs before timing (default 10).
+    #[serde(default)]
+    pub warmup: Option<u32>,
+    /// Timed runs, at least (default 100).
+    #[serde(default)]
+    pub iterations: Option<u32>,
+    /// Time runs for at least this long: "1s" (the default), "500ms", "0s".
+    #[schemars(with = "Option<String>")]
+    pub min_duration: Option<Spanned<String>>,
+    /// ONNX Runtime intra-op threads (default: ONNX Runtime's own choice).
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Samples per run (default 1, or the model's fixed batch).
+    #[serde(default)]
+    pub batch: Option<u32>,
+    /// Per-precision overrides: { fp16 = { atol = 1e-2, rtol = 1e-2, cosine = 0.999 } }.
+    #[serde(default)]
+    pub tolerances: BTreeMap<String, ToleranceKeys>,
+    /// "fail" (the default) or "warn".
+    #[schemars(with = "Option<String>")]
+    pub on_parity_failure: Option<Spanned<String>>,
+    /// Where the files go (default "{build_dir}/<stage>").
+    #[schemars(with = "Option<String>")]
+    pub output: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToleranceKeys {
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+    pub cosine: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Classification,
+    Segmentation,
+    None,
+}
+
+/// A parsed report stage.
+#[derive(Debug)]
+pub struct Config {
+    /// Input keys of the models, in order, with the text as written.
+    pub models: Vec<(String, String)>,
+    pub has_data: bool,
+    pub has_labels: bool,
+    pub has_reference: bool,
+    pub task: Task,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub min_duration: Duration,
+    pub threads: usize,
+    pub batch: Option<usize>,
+    pub tolerances: BTreeMap<String, Tolerance>,
+    pub fail_on_parity: bool,
+    pub inputs: Vec<NamedInput>,
+    pub outputs: Vec<NamedOutput>,
+}
+
+/// "1s", "500ms", "2.5s", "1m", "0".
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let seconds = match unit {
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanError> {
+    let keys: ReportKeys = parser.deserialize(value)?;
+    let src = parser.src;
+    let mut inputs = Vec::new();
+    if keys.models.get_ref().is_empty() {
+        return Err(src
+            .error(keys.models.span(), "`models` is empty")
+            .with_help("list the models to compare, e.g. models = [\"@onnx\"]"));
+    }
+    let mut models = Vec::new();
+    for (i, model) in keys.models.get_ref().iter().enumerate() {
+        let key = format!("model{i}");
+        inputs.push(parser.input(&key, model)?);
+        models.push((key, model.get_ref().clone()));
+    }
+    let first_stage = match &inputs[0].source {
+        InputSource::Output { stage, key: None } => Some(stage.clone()),
+        _ => None,
+    };
+    let has_data = keys.data.is_some();
+    match &keys.data {
+        Some(data) => inputs.push(parser.input("data", data)?),
+        None => {
+            let Some(stage) = &first_stage else {
+                return Err(src
+                    .error(keys.models.span(), "no `data`, and the first model is not an export stage whose reference inputs could be used")
+                    .with_help("give data = \"@dataset_stage\" or a float32 .npy file"));
+            };
+            let reference = Spanned::new(keys.models.span(), format!("@{stage}.reference"));
+            inputs.push(parser.input("data", &reference)?);
+        }
+    }
+    if let Some(reference) = &keys.reference {
+        inputs.push(parser.input("reference", reference)?);
+    }
+    if let Some(labels) = &keys.labels {
+        inputs.push(parser.input("labels", labels)?);
+    }
+    let task = match &keys.task {
+        None => Task::None,
+        Some(task) => match task.get_ref().as_str() {
+            "classification" => Task::Classification,
+            "segmentation" => Task::Segmentation,
+            "none" => Task::None,
+            other => {
+                return Err(src
+                    .error(task.span(), format!("unknown task `{other}`"))
+                    .with_help(suggest::hint(
+                        other,
+                        &["classification", "segmentation", "none"],
+                    )));
+            }
+        },
+    };
+    let min_duration = match &keys.min_duration {
+        None => Duration::from_secs(1),
+        Some(text) => parse_duration(text.get_ref()).ok_or_else(|| {
+            src.error(
+                text.span(),
+                format!("`{}` is not a duration", text.get_ref()),
+            )
+            .with_help("write e.g. \"1s\", \"500ms\" or \"0s\"")
+        })?,
+    };
+    let mut tolerances = BTreeMap::new();
+    for precision in ["fp32", "fp16", "int8"] {
+        tolerances.insert(precision.to_string(), default_tolerance(precision));
+    }
+    for (precision, given) in &keys.tolerances {
+        let Some(base) = tolerances.get(precision).copied() else {
+            return Err(src
+                .error(
+                    value.span(),
+                    format!("`tolerances.{precision}`: unknown precision"),
+                )
+                .with_help(suggest::hint(precision, &["fp32", "fp16", "int8"])));
+        };
+        let merged = Tolerance {
+            atol: given.atol.unwrap_or(base.atol),
+            rtol: given.rtol.unwrap_or(base.rtol),
+            cosine: given.cosine.unwrap_or(base.cosine),
+        };
+        if !(merged.atol >= 0.0 && merged.rtol >= 0.0 && merged.cosine <= 1.0) {
+            return Err(src.error(
+                value.span(),
+                format!("`tolerances.{precision}`: atol and rtol must be >= 0 and cosine <= 1"),
+            ));
+        }
+        tolerances.insert(precision.clone(), merged);
+    }
+    let fail_on_parity = match &keys.on_parity_failure {
+        None => true,
+        Some(mode) => match mode.get_ref().as_str() {
+            "fail" => true,
+            "warn" => false,
+            other => {
+                return Err(src
+                    .error(mode.span(), format!("`on_parity_failure = \"{other}\"`"))
+                    .with_help("use \"fail\" (the default) or \"warn\""));
+            }
+        },
+    };
+    let dir = match &keys.output {
+        Some(output) => output.get_ref().clone(),
+        None => parser
+            .build_dir
+            .join(parser.stage)
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let span = keys
+        .output
+        .as_ref()
+        .map(Spanned::span)
+        .unwrap_or_else(|| value.span());
+    let file = |name: &str| {
+        Spanned::new(
+            span.clone(),
+            Path::new(&dir).join(name).to_string_lossy().into_owned(),
+        )
+    };
+    let mut outputs = vec![
+        parser.output("summary", &file("summary.json"))?,
+        parser.output("report", &file("report.md"))?,
+        parser.output("latency_chart", &file("latency.svg"))?,
+    ];
+    if task == Task::Classification {
+        outputs.push(parser.output("predictions", &file("predictions.csv"))?);
+        if keys.labels.is_some() {
+            outputs
+                .push(parser.output("classification_report", &file("classification_report.csv"))?);
+            outputs.push(parser.output("confusion_matrix", &file("confusion_matrix.svg"))?);
+        }
+    }
+    Ok(Config {
+        models,
+        has_data,
+        has_labels: keys.labels.is_some(),
+        has_reference: keys.reference.is_some(),
+        task,
+        warmup: keys.warmup.unwrap_or(10) as usize,
+        iterations: keys.iterations.unwrap_or(100).max(1) as usize,
+        min_duration,
+        threads: keys.threads.unwrap_or(0) as usize,
+        batch: keys.batch.map(|b| b.max(1) as usize),
+        tolerances,
+        fail_on_parity,
+        inputs,
+        outputs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SourceFile;
+
+    fn parse_stage(table: &str) -> Result<Config, String> {
+        let text = format!("[stages.rep]\nkind = \"report\"\n{table}");
+        let src = SourceFile::new("pipeline.toml".into(), text.clone());
+        let root = toml::de::DeTable::parse(&text).unwrap();
+        let stage = root.get_ref()["stages"].get_ref().as_table().unwrap()["rep"].clone();
+        let parser = Parser {
+            src: &src,
+            dir: Path::new("/project"),
+            build_dir: Path::new("build/p"),
+            stage: "rep",
+        };
+        parse(&parser, &stage).map_err(|e| {
+            let help = miette::Diagnostic::help(&e)
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            format!("{e} | {help}")
+        })
+    }
+
+    fn keys(config: &Config) -> Vec<String> {
+        config.outputs.iter().map(|o| o.key.clone()).collect()
+    }
+
+    #[test]
+    fn defaults_and_the_export_reference_as_data() {
+        let c = parse_stage("models = [\"@onnx\", \"@int8\"]\n").unwrap();
+        assert_eq!((c.warmup, c.iterations), (10, 100));
+        assert_eq!(c.min_duration, Duration::from_secs(1));
+        assert!(c.fail_on_parity && c.task == Task::None && !c.has_data);
+        let data = c.inputs.iter().find(|i| i.key == "data").unwrap();
+        assert_eq!(
+            data.source,
+            InputSource::Output {
+                stage: "onnx".into(),
+                key: Some("reference".into())
+            }
+        );
+        assert_eq!(keys(&c), ["summary", "report", "latency_chart"]);
+        assert_eq!(
+            c.outputs[0].path,
+            std::path::PathBuf::from("build/p/rep/summary.json")
+        );
+    }
+
+    #[test]
+    fn classification_outputs_follow_the_labels() {
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\ntask = \"classification\"\n")
+            .unwrap();
+        assert_eq!(
+            keys(&c),
+            ["summary", "report", "latency_chart", "predictions"]
+        );
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nlabels = \"l.npy\"\ntask = \"classification\"\noutput = \"out\"\n").unwrap();
+        assert!(keys(&c).contains(&"confusion_matrix".to_string()));
+        assert!(keys(&c).contains(&"classification_report".to_string()));
+        assert_eq!(
+            c.outputs[0].path,
+            std::path::PathBuf::from("out/summary.json")
+        );
+    }
+
+    #[test]
+    fn tolerance_overrides_merge_with_the_defaults() {
+        let c = parse_stage(
+            "models = [\"@onnx\"]\ntolerances = { fp16 = { atol = 0.5 } }\non_parity_failure = \"warn\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tolerances["fp16"].atol, 0.5);
+        assert_eq!(c.tolerances["fp16"].rtol, default_tolerance("fp16").rtol);
+        assert_eq!(c.tolerances["fp32"], default_tolerance("fp32"));
+        assert!(!c.fail_on_parity);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let error =
+            parse_stage("models = [\"@onnx\"]\ntolerances = { fp8 = { atol = 1 } }\n").unwrap_err();
+        assert!(error.contains("unknown precision"), "{error}");
+        let error = parse_stage("models = [\"@onnx\"]\nmin_duration = \"soon\"\n").unwrap_err();
+        assert!(error.contains("not a duration"), "{error}");
+        let error =
+            parse_stage("models = [\"@onnx\"]\non_parity_failure = \"ignore\"\n").unwrap_err();
+        assert!(error.contains("\"warn\""), "{error}");
+        let error = parse_stage("models = []\n").unwrap_err();
+        assert!(error.contains("`models` is empty"), "{error}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

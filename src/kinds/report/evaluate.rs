@@ -1,0 +1,164 @@
+//! Per-model evaluation: the batch a model runs with, parity of its outputs against the
+//! reference, and the task metrics of its first output.
+
+use ndarray::ArrayD;
+
+use super::config::Task;
+use super::metrics::{self, Tolerance};
+use super::{ModelResult, OutputParity, TaskResult};
+
+/// The batch: the one asked for, else the model's fixed batch, else 1.
+pub fn batch_for(asked: Option<usize>, shape: &[i64], samples: usize) -> Result<usize, String> {
+    let fixed = shape
+        .first()
+        .copied()
+        .filter(|&d| d > 0)
+        .map(|d| d as usize);
+    let batch = match (asked, fixed) {
+        (Some(a), Some(f)) if a != f => {
+            return Err(format!(
+                "batch = {a}, but the model's batch axis is fixed at {f}"
+            ));
+        }
+        (Some(a), _) => a,
+        (None, Some(f)) => f,
+        (None, None) => 1,
+    };
+    if fixed.is_some() && !samples.is_multiple_of(batch) {
+        return Err(format!(
+            "the model takes batches of exactly {batch}, and {samples} samples do not divide into them"
+        ));
+    }
+    Ok(batch)
+}
+
+/// Parity of each output against the reference output of the same name (or position).
+pub fn compare(
+    outputs: &[(String, ArrayD<f32>)],
+    reference: &[(String, ArrayD<f32>)],
+    tolerance: &Tolerance,
+) -> Result<Vec<OutputParity>, String> {
+    outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (name, actual))| {
+            let found = reference
+                .iter()
+                .find(|(n, _)| n == name)
+                .or_else(|| reference.get(i))?;
+            Some((name, actual, &found.1))
+        })
+        .map(|(name, actual, expected)| {
+            if actual.shape() != expected.shape() {
+                return Err(format!(
+                    "output `{name}` has shape {:?}, the reference {:?}",
+                    actual.shape(),
+                    expected.shape()
+                ));
+            }
+            let a: Vec<f32> = actual.iter().copied().collect();
+            let r: Vec<f32> = expected.iter().copied().collect();
+            let figures = metrics::parity(&a, &r);
+            let failure = metrics::verdict(&figures, tolerance);
+            Ok(OutputParity {
+                output: name.clone(),
+                figures,
+                failure,
+            })
+        })
+        .collect()
+}
+
+/// (N, C, S): samples, channels (classes) and spatial size of a first output.
+fn layout(array: &ArrayD<f32>) -> (usize, usize, usize) {
+    let shape = array.shape();
+    let n = shape.first().copied().unwrap_or(0);
+    let c = shape.get(1).copied().unwrap_or(1);
+    let s = shape.iter().skip(2).product::<usize>().max(1);
+    (n, c, s)
+}
+
+pub fn task_metrics(
+    task: Task,
+    outputs: &[(String, ArrayD<f32>)],
+    reference: &[(String, ArrayD<f32>)],
+    labels: Option<&ArrayD<i64>>,
+    result: &mut ModelResult,
+) -> Result<Option<TaskResult>, String> {
+    let Some((_, first)) = outputs.first() else {
+        return Ok(None);
+    };
+    let values: Vec<f32> = first.iter().copied().collect();
+    let reference_first: Option<Vec<f32>> = reference
+        .first()
+        .filter(|(_, r)| r.shape() == first.shape())
+        .map(|(_, r)| r.iter().copied().collect());
+    let (n, c, s) = layout(first);
+    match task {
+        Task::None => Ok(None),
+        Task::Classification => {
+            if first.ndim() != 2 {
+                return Err(format!(
+                    "task = \"classification\" expects N x classes outputs; the first output has shape {:?}",
+                    first.shape()
+                ));
+            }
+            let predicted = metrics::argmax_rows(&values, c);
+            result.confidence = metrics::top_confidence(&values, c);
+            let agreement = reference_first
+                .map(|r| metrics::agreement(&predicted, &metrics::argmax_rows(&r, c)));
+            let classification = labels.map(|l| {
+                let l: Vec<i64> = l.iter().copied().collect();
+                metrics::classification(&predicted, &l, c)
+            });
+            result.predictions = predicted;
+            Ok(Some(TaskResult {
+                agreement_with_reference: agreement,
+                classification,
+                dice_vs_reference: None,
+                mean_dice_vs_reference: None,
+                dice_vs_labels: None,
+                mean_dice_vs_labels: None,
+            }))
+        }
+        Task::Segmentation => {
+            if first.ndim() < 3 {
+                return Err(format!(
+                    "task = \"segmentation\" expects N x classes x spatial outputs; the first output has shape {:?}",
+                    first.shape()
+                ));
+            }
+            let predicted = metrics::argmax_channels(&values, c, s);
+            let (mut dice_ref, mut agreement) = (None, None);
+            if let Some(r) = reference_first {
+                let truth = metrics::argmax_channels(&r, c, s);
+                agreement = Some(metrics::agreement(&predicted, &truth));
+                dice_ref = Some(metrics::dice(&predicted, &truth, c));
+            }
+            let dice_labels = match labels {
+                None => None,
+                Some(l) => {
+                    if l.len() != n * s {
+                        return Err(format!(
+                            "labels of shape {:?} do not match {n} volumes of {s} voxels",
+                            l.shape()
+                        ));
+                    }
+                    let truth: Vec<usize> = l
+                        .iter()
+                        .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
+                        .collect();
+                    Some(metrics::dice(&predicted, &truth, c))
+                }
+            };
+            Ok(Some(TaskResult {
+                agreement_with_reference: agreement,
+                classification: None,
+                mean_dice_vs_reference: dice_ref.as_deref().and_then(metrics::mean_defined),
+                dice_vs_reference: dice_ref,
+                mean_dice_vs_labels: dice_labels.as_deref().and_then(metrics::mean_defined),
+                dice_vs_labels: dice_labels,
+            }))
+        }
+    }
+}

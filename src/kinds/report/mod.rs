@@ -1,0 +1,571 @@
+//! The `report` stage kind: every model of the pipeline side by side on the same data:
+//! latency and throughput (ONNX Runtime through `ort`, in process), parity against a
+//! reference, task metrics, and the environment they were measured in. Writes
+//! `summary.json`, `report.md`, `latency.svg` and, for classification, pochitrain's
+//! `predictions.csv` / `classification_report.csv` and a confusion matrix.
+
+mod charts;
+mod config;
+mod data;
+mod environment;
+mod evaluate;
+pub mod metrics;
+mod outputs;
+mod runner;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use ndarray::ArrayD;
+use serde::Serialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+use toml::de::DeValue;
+
+use self::config::{Config, Task};
+use self::metrics::{Classification, Latency, Parity, Tolerance};
+use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
+use crate::spec::parse_api::Parser;
+use crate::spec::{NamedInput, NamedOutput, SpanError};
+
+pub static INFO: KindInfo = KindInfo {
+    name: "report",
+    keys: &[
+        "models",
+        "data",
+        "reference",
+        "labels",
+        "task",
+        "warmup",
+        "iterations",
+        "min_duration",
+        "threads",
+        "batch",
+        "tolerances",
+        "on_parity_failure",
+        "output",
+    ],
+    parse,
+    schema: |generator| generator.subschema_for::<config::ReportKeys>(),
+};
+
+/// The version of `summary.json`'s layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What the timed figures include.
+pub const TIMING_NOTE: &str = "pure inference: session.run on preloaded input tensors (no file reading, preprocessing or copies into the input); outputs are dropped unread";
+/// What the end-to-end figures include.
+pub const END_TO_END_NOTE: &str = "end to end: one pass over the data after the timed runs, each run timed from copying the batch into a new input tensor to copying the outputs out (no file reading or image preprocessing)";
+
+#[derive(Debug)]
+struct Report {
+    config: Config,
+}
+
+fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError> {
+    Ok(Box::new(Report {
+        config: config::parse(parser, value)?,
+    }))
+}
+
+/// One model's row of the report.
+#[derive(Debug, Serialize)]
+pub struct ModelResult {
+    pub name: String,
+    pub path: String,
+    /// "ok" or "unavailable"
+    pub status: String,
+    pub note: Option<String>,
+    pub precision: String,
+    pub size_bytes: u64,
+    pub batch: usize,
+    pub latency: Option<Latency>,
+    /// One pass over the data after the timed runs, each run timed with the copy of the
+    /// batch into a new input tensor and of the outputs out of ONNX Runtime.
+    pub end_to_end: Option<Latency>,
+    pub noisy: bool,
+    pub parity: Vec<OutputParity>,
+    /// "pass", "fail", "reference" (the model is the reference) or "not measured".
+    pub verdict: String,
+    pub tolerance: Option<Tolerance>,
+    pub task: Option<TaskResult>,
+    #[serde(skip)]
+    pub predictions: Vec<usize>,
+    #[serde(skip)]
+    pub confidence: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputParity {
+    pub output: String,
+    #[serde(flatten)]
+    pub figures: Parity,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskResult {
+    /// Share of samples (classification) or voxels (segmentation) whose argmax equals the
+    /// reference's.
+    pub agreement_with_reference: Option<f64>,
+    pub classification: Option<Classification>,
+    /// Per-class Dice against the reference's argmax (null: class absent from both).
+    pub dice_vs_reference: Option<Vec<Option<f64>>>,
+    pub mean_dice_vs_reference: Option<f64>,
+    pub dice_vs_labels: Option<Vec<Option<f64>>>,
+    pub mean_dice_vs_labels: Option<f64>,
+}
+
+impl StageKind for Report {
+    fn kind(&self) -> &'static str {
+        "report"
+    }
+
+    fn inputs(&self) -> &[NamedInput] {
+        &self.config.inputs
+    }
+
+    fn outputs(&self) -> &[NamedOutput] {
+        &self.config.outputs
+    }
+
+    fn params(&self) -> Value {
+        let c = &self.config;
+        json!({
+            "models": c.models,
+            "has_data": c.has_data,
+            "has_reference": c.has_reference,
+            "has_labels": c.has_labels,
+            "task": c.task,
+            "warmup": c.warmup,
+            "iterations": c.iterations,
+            "min_duration_s": c.min_duration.as_secs_f64(),
+            "threads": c.threads,
+            "batch": c.batch,
+            "tolerances": c.tolerances,
+            "fail_on_parity": c.fail_on_parity,
+            "schema": SCHEMA_VERSION,
+        })
+    }
+
+    fn tool(&self) -> Tool {
+        Tool::Python
+    }
+
+    fn python_modules(&self) -> Vec<&'static str> {
+        vec!["onnxruntime"]
+    }
+
+    fn action(&self, _context: &InvocationContext) -> Action {
+        Action::InProcess
+    }
+
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<(), String> {
+        let summary = self.measure(context, cancel)?;
+        let written = outputs::write_all(context, &self.config, &summary)?;
+        let failures: Vec<String> = summary
+            .models
+            .iter()
+            .filter(|m| m.verdict == "fail")
+            .map(|m| {
+                let details: Vec<String> = m
+                    .parity
+                    .iter()
+                    .filter_map(|p| p.failure.as_ref().map(|f| format!("`{}`: {f}", p.output)))
+                    .collect();
+                format!("{} ({}): {}", m.name, m.precision, details.join("; "))
+            })
+            .collect();
+        if failures.is_empty() || !self.config.fail_on_parity {
+            for failure in &failures {
+                eprintln!("warning: parity failure (on_parity_failure = \"warn\"): {failure}");
+            }
+            return Ok(());
+        }
+        let kept = keep_for_inspection(context, &written);
+        Err(format!(
+            "parity check failed against the reference ({}):\n  {}\nthe report was kept for inspection in {}\nhint: if the difference is expected, loosen tolerances = {{ <precision> = {{ atol = ..., rtol = ..., cosine = ... }} }} or set on_parity_failure = \"warn\"",
+            summary.reference.description,
+            failures.join("\n  "),
+            kept
+        ))
+    }
+}
+
+/// Copies the written files to `<state>/failed/<stage>/` (temporary outputs are
+/// discarded when a stage fails); returns where, for the message.
+fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> String {
+    let dir = context.state_dir.join("failed").join(context.stage);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return format!("(nowhere: cannot create {}: {e})", dir.display());
+    }
+    for file in written {
+        if let Some(name) = file.file_name() {
+            let _ = std::fs::copy(file, dir.join(name));
+        }
+    }
+    dir.strip_prefix(context.dir)
+        .unwrap_or(&dir)
+        .display()
+        .to_string()
+}
+
+/// The reference the models are compared with.
+#[derive(Debug, Serialize)]
+pub struct ReferenceInfo {
+    pub description: String,
+    #[serde(skip)]
+    pub outputs: Vec<(String, ArrayD<f32>)>,
+    /// The model name when the reference is one of the models.
+    #[serde(skip)]
+    pub model: Option<String>,
+}
+
+/// Everything the report writes.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub stage: String,
+    pub task: Task,
+    pub data: DataInfo,
+    pub reference: ReferenceInfo,
+    pub timing: TimingInfo,
+    pub environment: environment::EnvironmentInfo,
+    pub models: Vec<ModelResult>,
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub labels: Option<ArrayD<i64>>,
+}
+
+/// Class names and per-sample file names from a dataset stage's manifest
+/// (`<stem>_manifest.json` next to the data: `classes`, `files`).
+#[derive(Debug, Default, Serialize)]
+pub struct DatasetNames {
+    pub classes: Option<Vec<String>>,
+    #[serde(skip)]
+    pub files: Option<Vec<String>>,
+}
+
+fn dataset_names(data: &Path) -> DatasetNames {
+    let stem = data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = data.with_file_name(format!("{stem}_manifest.json"));
+    let Some(value) = std::fs::read(&manifest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+    else {
+        return DatasetNames::default();
+    };
+    let strings = |key: &str| -> Option<Vec<String>> {
+        value.get(key)?.as_array().map(|list| {
+            list.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect()
+        })
+    };
+    DatasetNames {
+        classes: strings("classes").filter(|c| !c.is_empty()),
+        files: strings("files"),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataInfo {
+    pub path: String,
+    pub samples: usize,
+    pub sample_shape: Vec<usize>,
+    pub labels: Option<String>,
+    /// From the dataset's manifest, when the data is a dataset stage's output.
+    #[serde(flatten)]
+    pub names: DatasetNames,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimingInfo {
+    pub includes: &'static str,
+    pub end_to_end_includes: &'static str,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub min_duration_s: f64,
+    pub threads: String,
+    pub provider: &'static str,
+}
+
+fn rel(context: &InvocationContext, path: &Path) -> PathBuf {
+    context.dir.join(path)
+}
+
+fn is_engine(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("engine" | "plan" | "trt")
+    )
+}
+
+/// The size of a model on disk, with its external data file if any.
+fn size_on_disk(path: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut data = path.as_os_str().to_owned();
+    data.push(".data");
+    size(path) + size(Path::new(&data))
+}
+
+/// The precision of a model: a `precision` in the manifest next to it
+/// (`<stem>.manifest.json`, as quantize stages write), else fp32.
+fn precision_of(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let manifest = path.with_file_name(format!("{stem}.manifest.json"));
+    std::fs::read(&manifest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|v| {
+            v.get("precision")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|p| ["fp32", "fp16", "int8"].contains(&p.as_str()))
+        .unwrap_or_else(|| "fp32".into())
+}
+
+impl Report {
+    fn measure(&self, context: &InvocationContext, cancel: &AtomicBool) -> Result<Summary, String> {
+        let c = &self.config;
+        let facts = environment::query(context.python);
+        let input = |key: &str| context.inputs.get(key).map(|p| rel(context, p));
+
+        // The data, and the export's reference outputs when the data is its .npz.
+        let data_path = input("data").ok_or("the report has no data input")?;
+        let (data, npz_outputs) = if data_path.extension().is_some_and(|e| e == "npz") {
+            let (inputs, outputs) = data::read_reference(&data_path)?;
+            let Some((_, array)) = inputs.into_iter().next() else {
+                return Err(format!("{} holds no input.* array", data_path.display()));
+            };
+            (array, Some(outputs))
+        } else {
+            (data::read_f32(&data_path)?, None)
+        };
+        if data.ndim() < 2 || data.shape()[0] == 0 {
+            return Err(format!(
+                "{}: expected N x C x ... samples, got shape {:?}",
+                data_path.display(),
+                data.shape()
+            ));
+        }
+        let samples = data.shape()[0];
+        let labels = match input("labels") {
+            Some(path) => {
+                let labels = data::read_labels(&path)?;
+                if labels.shape().first() != Some(&samples) {
+                    return Err(format!(
+                        "{} has {:?} labels for {samples} samples",
+                        path.display(),
+                        labels.shape()
+                    ));
+                }
+                Some(labels)
+            }
+            None => None,
+        };
+
+        let library = facts.onnxruntime_library.clone().ok_or_else(|| {
+            "cannot find ONNX Runtime's library (onnxruntime/capi/libonnxruntime.so*) in the toolchain's site-packages\nhint: `pochi toolchain sync`, or set POCHI_ONNXRUNTIME_LIB to the library's path".to_string()
+        })?;
+        let environment = runner::environment(&library)?;
+
+        // The reference outputs.
+        let mut warnings = Vec::new();
+        let mut reference = match (input("reference"), npz_outputs) {
+            (Some(path), _) if path.extension().is_some_and(|e| e == "npz") => {
+                let (_, outputs) = data::read_reference(&path)?;
+                ReferenceInfo {
+                    description: format!("reference outputs in {}", c_display(context, &path)),
+                    outputs,
+                    model: None,
+                }
+            }
+            (Some(path), _) => {
+                let mut model = runner::load(&environment, &path, c.threads)?;
+                let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
+                let (outputs, _) = model.outputs_for(&runner::batches(&data, batch))?;
+                let name = c
+                    .models
+                    .iter()
+                    .zip(&c.inputs)
+                    .find(|(_, i)| input(&i.key).as_deref() == Some(path.as_path()))
+                    .map(|((_, text), _)| text.clone());
+                ReferenceInfo {
+                    description: format!("{} run on ONNX Runtime CPU", c_display(context, &path)),
+                    outputs: model.outputs.iter().cloned().zip(outputs).collect(),
+                    model: name,
+                }
+            }
+            (None, Some(outputs)) => ReferenceInfo {
+                description: format!(
+                    "the export's PyTorch outputs ({})",
+                    c_display(context, &data_path)
+                ),
+                outputs,
+                model: None,
+            },
+            (None, None) => ReferenceInfo {
+                description: format!("the first model ({})", c.models[0].1),
+                outputs: Vec::new(),
+                model: Some(c.models[0].1.clone()),
+            },
+        };
+
+        let mut models = Vec::new();
+        for (key, text) in &c.models {
+            let path = input(key).ok_or_else(|| format!("model input `{key}` is missing"))?;
+            let mut result = ModelResult {
+                name: text.clone(),
+                path: c_display(context, &path),
+                status: "ok".into(),
+                note: None,
+                precision: precision_of(&path),
+                size_bytes: size_on_disk(&path),
+                batch: 0,
+                latency: None,
+                end_to_end: None,
+                noisy: false,
+                parity: Vec::new(),
+                verdict: "not measured".into(),
+                tolerance: None,
+                task: None,
+                predictions: Vec::new(),
+                confidence: Vec::new(),
+            };
+            if is_engine(&path) {
+                if result.precision == "fp32" && !path.with_extension("manifest.json").is_file() {
+                    result.precision = "unknown".into();
+                }
+                result.status = "unavailable".into();
+                result.note = Some(if facts.tensorrt.is_none() || facts.gpus.is_empty() {
+                    "unavailable on this machine (TensorRT not installed / no GPU)".into()
+                } else {
+                    "not run: TensorRT engines need the TensorRT worker, which this version of pochi does not have".into()
+                });
+                models.push(result);
+                continue;
+            }
+            let mut model = runner::load(&environment, &path, c.threads)?;
+            let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
+            result.batch = batch;
+            let batches = runner::batches(&data, batch);
+            let (times, sizes) =
+                model.time(&batches, c.warmup, c.iterations, c.min_duration, cancel)?;
+            // After the warm-up: one pass over the data, end to end, for the outputs.
+            let (outputs, e2e) = model.outputs_for(&batches)?;
+            result.end_to_end = Some(metrics::latency(&e2e, samples, batch));
+            let latency = metrics::latency(&times, sizes.iter().sum(), batch);
+            result.noisy = latency.spread > metrics::NOISY_CV;
+            if result.noisy {
+                warnings.push(format!(
+                    "{}: timings are noisy ((p90 - p10) / median = {:.0}% > {:.0}%): other work on the machine? compare with care",
+                    text,
+                    latency.spread * 100.0,
+                    metrics::NOISY_CV * 100.0
+                ));
+            }
+            result.latency = Some(latency);
+            let named: Vec<(String, ArrayD<f32>)> =
+                model.outputs.iter().cloned().zip(outputs).collect();
+            if reference.model.as_deref() == Some(text.as_str()) {
+                if reference.outputs.is_empty() {
+                    reference.outputs = named.clone();
+                }
+                result.verdict = "reference".into();
+            } else if !reference.outputs.is_empty() {
+                let tolerance = c.tolerances[&result.precision];
+                result.tolerance = Some(tolerance);
+                result.parity = evaluate::compare(&named, &reference.outputs, &tolerance)?;
+                result.verdict = if result.parity.iter().all(|p| p.failure.is_none()) {
+                    "pass".into()
+                } else {
+                    "fail".into()
+                };
+            }
+            result.task = evaluate::task_metrics(
+                c.task,
+                &named,
+                &reference.outputs,
+                labels.as_ref(),
+                &mut result,
+            )?;
+            models.push(result);
+        }
+        let data_info = DataInfo {
+            path: c_display(context, &data_path),
+            samples,
+            sample_shape: data.shape()[1..].to_vec(),
+            labels: input("labels").map(|p| c_display(context, &p)),
+            names: dataset_names(&data_path),
+        };
+        Ok(Summary {
+            schema_version: SCHEMA_VERSION,
+            stage: context.stage.to_string(),
+            task: c.task,
+            data: data_info,
+            reference,
+            timing: TimingInfo {
+                includes: TIMING_NOTE,
+                end_to_end_includes: END_TO_END_NOTE,
+                warmup: c.warmup,
+                iterations: c.iterations,
+                min_duration_s: c.min_duration.as_secs_f64(),
+                threads: if c.threads == 0 {
+                    "ONNX Runtime default".into()
+                } else {
+                    c.threads.to_string()
+                },
+                provider: "CPUExecutionProvider",
+            },
+            environment: facts.info(c.threads),
+            models,
+            warnings,
+            labels,
+        })
+    }
+}
+
+fn c_display(context: &InvocationContext, path: &Path) -> String {
+    path.strip_prefix(context.dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registered_keys_are_the_schema_keys() {
+        let schema = schemars::schema_for!(config::ReportKeys);
+        let mut properties: Vec<String> = schema
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        properties.sort();
+        let mut keys: Vec<String> = INFO.keys.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        assert_eq!(properties, keys);
+    }
+}

@@ -1,0 +1,238 @@
+//! ONNX models through ONNX Runtime, natively in Rust (`ort`, loading the toolchain's
+//! `libonnxruntime` at run time): sessions, one pass over the data for the outputs, and
+//! the timed loop (pure inference: `session.run` on preloaded input tensors).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{Tensor, ValueType};
+
+/// The process's ONNX Runtime (a library can be loaded once per process).
+static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
+
+/// Loads ONNX Runtime from `library` (once per process) and returns its environment.
+pub fn environment(library: &Path) -> Result<Environment, String> {
+    let loaded = ENVIRONMENT.get_or_init(|| {
+        let builder = ort::init_from(library).map_err(|e| {
+            format!(
+                "cannot load ONNX Runtime from {}: {e}\nhint: the report stage needs ONNX Runtime 1.31 or newer (it uses the `ort` crate 2.0.0-rc.15); `pochi toolchain sync` installs the locked version",
+                library.display()
+            )
+        })?;
+        let environment = builder
+            .with_name("pochi-report")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+        Ok((environment, library.to_path_buf()))
+    });
+    match loaded {
+        Ok((environment, path)) => {
+            if path != library {
+                tracing::debug!(
+                    "ONNX Runtime already loaded from {}; not loading {}",
+                    path.display(),
+                    library.display()
+                );
+            }
+            Ok(environment.clone())
+        }
+        Err(message) => Err(message.clone()),
+    }
+}
+
+/// Finds `libonnxruntime.so*` (or .dylib / .dll) under `onnxruntime/capi/` in the given
+/// site directories. `POCHI_ONNXRUNTIME_LIB` overrides the search.
+pub fn find_library(site_dirs: &[PathBuf]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("POCHI_ONNXRUNTIME_LIB") {
+        return Some(PathBuf::from(path));
+    }
+    for dir in site_dirs {
+        let capi = dir.join("onnxruntime").join("capi");
+        let Ok(entries) = std::fs::read_dir(&capi) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                name.starts_with("libonnxruntime.so")
+                    || name == "libonnxruntime.dylib"
+                    || name == "onnxruntime.dll"
+            })
+            .collect();
+        // The versioned file (libonnxruntime.so.1.32.0) rather than a link to it.
+        found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        if let Some(first) = found.into_iter().next() {
+            return Some(first);
+        }
+    }
+    None
+}
+
+/// One loaded model.
+pub struct Model {
+    session: Session,
+    pub input: String,
+    /// The input's shape as the model declares it (-1 for dynamic axes).
+    pub input_shape: Vec<i64>,
+    pub outputs: Vec<String>,
+}
+
+pub fn load(environment: &Environment, path: &Path, threads: usize) -> Result<Model, String> {
+    let fail = |e: ort::Error| format!("cannot load {}: {e}", path.display());
+    let mut builder = Session::builder(environment)
+        .map_err(fail)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| fail(e.into()))?;
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| fail(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| fail(e.into()))?;
+    }
+    let session = builder.commit_from_file(path).map_err(fail)?;
+    let [input] = session.inputs() else {
+        return Err(format!(
+            "{} has {} inputs; the report feeds models one input tensor",
+            path.display(),
+            session.inputs().len()
+        ));
+    };
+    let (input_shape, ty) = match input.dtype() {
+        ValueType::Tensor { ty, shape, .. } => (shape.to_vec(), *ty),
+        other => {
+            return Err(format!(
+                "{}: input `{}` is not a tensor ({other:?})",
+                path.display(),
+                input.name()
+            ));
+        }
+    };
+    if ty != ort::value::TensorElementType::Float32 {
+        return Err(format!(
+            "{}: input `{}` is {ty:?}; the report feeds float32 (convert fp16 models with keep_io_types)",
+            path.display(),
+            input.name()
+        ));
+    }
+    let input = input.name().to_string();
+    let outputs = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    Ok(Model {
+        session,
+        input,
+        input_shape,
+        outputs,
+    })
+}
+
+/// Splits `data` (N x ...) into batches of `batch` samples (the last may be smaller).
+pub fn batches(data: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
+    let n = data.shape()[0];
+    (0..n)
+        .step_by(batch.max(1))
+        .map(|start| {
+            data.slice_axis(Axis(0), ndarray::Slice::from(start..(start + batch).min(n)))
+                .to_owned()
+        })
+        .collect()
+}
+
+impl Model {
+    /// Runs every batch once; returns each output concatenated over the batches, and each
+    /// run's seconds end to end (copying the batch into a new input tensor, the run, and
+    /// copying the outputs out).
+    pub fn outputs_for(
+        &mut self,
+        batches: &[ArrayD<f32>],
+    ) -> Result<(Vec<ArrayD<f32>>, Vec<f64>), String> {
+        let mut collected: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); self.outputs.len()];
+        let mut times = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let t0 = Instant::now();
+            let tensor = Tensor::from_array(batch.clone()).map_err(|e| e.to_string())?;
+            let outputs = self
+                .session
+                .run(ort::inputs![self.input.as_str() => tensor])
+                .map_err(|e| format!("inference failed: {e}"))?;
+            for (i, name) in self.outputs.iter().enumerate() {
+                let value = outputs[name.as_str()]
+                    .try_extract_array::<f32>()
+                    .map_err(|e| format!("output `{name}` is not float32: {e}"))?;
+                collected[i].push(value.to_owned());
+            }
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let outputs = collected
+            .into_iter()
+            .map(|parts| {
+                let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+                if views.is_empty() {
+                    return Ok(ArrayD::zeros(IxDyn(&[0])));
+                }
+                ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((outputs, times))
+    }
+
+    /// `warmup` runs, then timed runs (cycling over the batches) until at least
+    /// `iterations` runs and `min_duration` have passed. Returns each run's seconds and
+    /// the samples of each run.
+    pub fn time(
+        &mut self,
+        batches: &[ArrayD<f32>],
+        warmup: usize,
+        iterations: usize,
+        min_duration: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<(Vec<f64>, Vec<usize>), String> {
+        let tensors: Vec<Tensor<f32>> = batches
+            .iter()
+            .map(|b| Tensor::from_array(b.clone()).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let sizes: Vec<usize> = batches.iter().map(|b| b.shape()[0]).collect();
+        let input = self.input.clone();
+        for i in 0..warmup {
+            let tensor = &tensors[i % tensors.len()];
+            self.session
+                .run(ort::inputs![input.as_str() => tensor])
+                .map_err(|e| format!("inference failed: {e}"))?;
+        }
+        let started = Instant::now();
+        let mut times = Vec::with_capacity(iterations);
+        let mut samples = Vec::with_capacity(iterations);
+        let mut i = 0;
+        while times.len() < iterations || started.elapsed() < min_duration {
+            if cancel.load(Ordering::Relaxed) {
+                return Err("interrupted".into());
+            }
+            let k = i % tensors.len();
+            let t0 = Instant::now();
+            let outputs = self
+                .session
+                .run(ort::inputs![input.as_str() => &tensors[k]])
+                .map_err(|e| format!("inference failed: {e}"))?;
+            let elapsed = t0.elapsed().as_secs_f64();
+            drop(outputs);
+            times.push(elapsed);
+            samples.push(sizes[k]);
+            i += 1;
+        }
+        Ok((times, samples))
+    }
+}

@@ -1,0 +1,420 @@
+//! The report stage end to end on the CPU: the built `pochi` in temporary projects, real
+//! ONNX Runtime (the managed toolchain's library, loaded by `ort`), tiny ONNX models
+//! written with the toolchain's `onnx` package, and an export of a real torch model.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::Project;
+use serde_json::Value;
+
+const MODELS: &str = include_str!("fixtures/report_models.py");
+const RANDOM_INIT: &str = include_str!("../pipelines/scripts/random_init_checkpoint.py");
+
+/// The managed toolchain's interpreter (pochi creates it when missing).
+fn toolchain_python(project: &Project) -> PathBuf {
+    project.run(&["toolchain", "sync"]).assert_ok();
+    let run = project.run(&["toolchain", "path"]);
+    run.assert_ok();
+    PathBuf::from(run.stdout.trim())
+}
+
+/// A project with the tiny models and data of `fixtures/report_models.py`.
+fn project(pipeline: &str) -> Project {
+    let project = Project::new(pipeline);
+    project.write("make_models.py", MODELS);
+    let output = Command::new(toolchain_python(&project))
+        .args(["-I", "make_models.py", "."])
+        .current_dir(project.dir.path())
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "make_models.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    project
+}
+
+fn json(project: &Project, path: &str) -> Value {
+    serde_json::from_str(&project.read(path)).expect("JSON")
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+/// Percentiles ordered, throughput = batch / mean latency (all batches full).
+fn assert_sane_latency(model: &Value, batch: u64) {
+    let l = &model["latency"];
+    let f = |k: &str| l[k].as_f64().unwrap_or_else(|| panic!("{k} in {l}"));
+    assert!(f("min_ms") > 0.0, "{l}");
+    let order = [
+        "min_ms",
+        "median_ms",
+        "p90_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+    ];
+    for pair in order.windows(2) {
+        assert!(f(pair[0]) <= f(pair[1]), "{} > {}: {l}", pair[0], pair[1]);
+    }
+    assert!(f("min_ms") <= f("mean_ms") && f("mean_ms") <= f("max_ms"));
+    assert_eq!(l["batch"], batch);
+    let expected = batch as f64 / (f("mean_ms") / 1e3);
+    assert!(
+        (f("throughput") - expected).abs() <= 1e-6 * expected,
+        "throughput {} vs batch / mean {expected}",
+        f("throughput")
+    );
+    assert!(l["runs"].as_u64().unwrap() >= 20);
+}
+
+const CLASSIFICATION: &str = r#"
+[stages.cls]
+kind = "report"
+models = ["ident.onnx", "linear.onnx"]
+data = "data.npy"
+labels = "labels.npy"
+reference = "ident.onnx"
+task = "classification"
+iterations = 20
+min_duration = "0s"
+threads = 1
+batch = 2
+"#;
+
+#[test]
+fn classification_metrics_on_a_labelled_set_with_a_known_answer() {
+    let project = project(CLASSIFICATION);
+    let run = project.build(&[]);
+    run.assert_ok();
+    let summary = json(&project, "build/pipeline/cls/summary.json");
+    assert_eq!(summary["schema_version"], 1);
+    assert_eq!(summary["data"]["samples"], 6);
+    let models = summary["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["verdict"], "reference");
+    assert_eq!(models[1]["verdict"], "pass");
+    assert_eq!(models[1]["parity"][0]["max_abs"], 0.0);
+    for model in models {
+        assert_sane_latency(model, 2);
+        // End to end: one pass over 6 samples in batches of 2.
+        let e2e = &model["end_to_end"];
+        assert_eq!(e2e["runs"], 3);
+        let expected = 2.0 / (e2e["mean_ms"].as_f64().unwrap() / 1e3);
+        assert!((e2e["throughput"].as_f64().unwrap() - expected).abs() <= 1e-6 * expected);
+        let task = &model["task"];
+        assert_eq!(task["agreement_with_reference"], 1.0);
+        // Predictions 0 1 2 0 1 2 against labels 0 1 -1 0 1 0: 4 of 5 labelled right.
+        let c = &task["classification"];
+        assert_eq!(c["labelled"], 5);
+        assert!(close(c["accuracy"].as_f64().unwrap(), 0.8));
+        assert_eq!(
+            c["confusion"],
+            serde_json::json!([[2, 0, 1], [0, 2, 0], [0, 0, 0]])
+        );
+        let per_class = &c["per_class"];
+        assert_eq!(per_class[0]["precision"], 1.0);
+        assert!(close(per_class[0]["recall"].as_f64().unwrap(), 2.0 / 3.0));
+        assert!(close(per_class[0]["f1"].as_f64().unwrap(), 0.8));
+        assert_eq!(per_class[1]["f1"], 1.0);
+        assert_eq!(per_class[2]["precision"], 0.0);
+    }
+    // pochitrain's columns (and the model), one row per sample and model.
+    let predictions = project.read("build/pipeline/cls/predictions.csv");
+    let lines: Vec<&str> = predictions.lines().collect();
+    assert_eq!(
+        lines[0],
+        "image_path,predicted,predicted_class,true,true_class,confidence,correct,model"
+    );
+    assert_eq!(lines.len(), 1 + 12);
+    assert!(
+        lines[1].starts_with("data.npy#0,0,class_0,0,class_0,"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].ends_with(",true,ident.onnx"));
+    assert!(
+        lines[3].starts_with("data.npy#2,2,class_2,,,"),
+        "{}",
+        lines[3]
+    );
+    assert!(lines[6].contains(",2,class_2,0,class_0,") && lines[6].contains(",false,"));
+    let report = project.read("build/pipeline/cls/classification_report.csv");
+    assert!(report.starts_with("model,class,class_name,precision,recall,f1-score,support\n"));
+    assert!(report.contains("ident.onnx,0,class_0,1.000000,0.666667,0.800000,3\n"));
+    assert!(report.contains("ident.onnx,accuracy,accuracy,,,0.800000,5\n"));
+    let md = project.read("build/pipeline/cls/report.md");
+    assert!(md.contains("| `linear.onnx` | fp32 |"), "{md}");
+    assert!(md.contains("accuracy 80.00%"));
+    assert!(md.contains("## Environment"));
+    assert!(md.contains("| ONNX Runtime | 1."), "{md}");
+    for svg in ["latency.svg", "confusion_matrix.svg"] {
+        let text = project.read(&format!("build/pipeline/cls/{svg}"));
+        assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    }
+    assert!(
+        project
+            .read("build/pipeline/cls/confusion_matrix.svg")
+            .contains("true 0, predicted 2: 1")
+    );
+    // Up to date: a second build runs nothing.
+    assert!(project.build(&[]).ran().is_empty());
+}
+
+const PARITY: &str = r#"
+[stages.strict]
+kind = "report"
+models = ["linear.onnx", "perturbed.onnx", "model.engine"]
+data = "data.npy"
+reference = "ident.onnx"
+iterations = 20
+min_duration = "0s"
+"#;
+
+#[test]
+fn a_perturbed_model_fails_parity_with_the_figures_and_the_files_are_kept() {
+    let project = project(PARITY);
+    project.write("model.engine", "not a real engine");
+    let run = project.build(&[]);
+    run.assert_error(&[
+        "parity check failed against the reference",
+        "perturbed.onnx (fp32): `output`: max |diff| 2.000e0 > 9.100e-3",
+        "cosine 0.984539 < 0.99999",
+        "kept for inspection in .pochi/v1/pipeline/failed/strict",
+        "on_parity_failure = \"warn\"",
+    ]);
+    assert!(!project.exists("build/pipeline/strict/summary.json"));
+    let kept: Value =
+        serde_json::from_str(&project.read(".pochi/v1/pipeline/failed/strict/summary.json"))
+            .unwrap();
+    let models = kept["models"].as_array().unwrap();
+    assert_eq!(models[0]["verdict"], "pass");
+    assert_eq!(models[1]["verdict"], "fail");
+    assert_eq!(models[1]["parity"][0]["max_abs"], 2.0);
+    // The engine is reported, not run, where there is no TensorRT or GPU.
+    assert_eq!(models[2]["status"], "unavailable");
+    assert!(
+        models[2]["note"]
+            .as_str()
+            .unwrap()
+            .contains("unavailable on this machine (TensorRT not installed / no GPU)")
+    );
+    assert!(
+        project
+            .read(".pochi/v1/pipeline/failed/strict/report.md")
+            .contains("❌ FAIL")
+    );
+    // Not recorded done: the next build runs it again.
+    let again = project.build(&[]);
+    assert_eq!(again.code, Some(1));
+    // With on_parity_failure = "warn" it succeeds, and says so.
+    project.write(
+        "pipeline.toml",
+        &format!("{PARITY}on_parity_failure = \"warn\"\n"),
+    );
+    let warned = project.build(&[]);
+    warned.assert_ok();
+    assert!(
+        warned.stderr.contains("warning: parity failure"),
+        "{}",
+        warned.stderr
+    );
+    let summary = json(&project, "build/pipeline/strict/summary.json");
+    assert_eq!(summary["models"][1]["verdict"], "fail");
+}
+
+const SEGMENTATION: &str = r#"
+[stages.seg]
+kind = "report"
+models = ["seg.onnx"]
+data = "vol.npy"
+labels = "vol_labels.npy"
+task = "segmentation"
+iterations = 20
+min_duration = "0s"
+"#;
+
+#[test]
+fn segmentation_dice_matches_numpy_on_synthetic_volumes() {
+    let project = project(SEGMENTATION);
+    project.build(&[]).assert_ok();
+    let summary = json(&project, "build/pipeline/seg/summary.json");
+    let expected = json(&project, "expected.json");
+    let task = &summary["models"][0]["task"];
+    // The model is the reference: its argmax agrees with itself everywhere.
+    assert_eq!(
+        task["dice_vs_reference"],
+        serde_json::json!([1.0, 1.0, 1.0])
+    );
+    let got = task["dice_vs_labels"].as_array().unwrap();
+    let want = expected["dice_vs_labels"].as_array().unwrap();
+    assert_eq!(got.len(), 3);
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            close(g.as_f64().unwrap(), w.as_f64().unwrap()),
+            "{g} vs {w}"
+        );
+    }
+    assert!(got.iter().any(|d| d.as_f64().unwrap() < 1.0));
+    assert_sane_latency(&summary["models"][0], 1);
+}
+
+#[test]
+fn infer_writes_the_report_for_one_model() {
+    let project = project("");
+    // A dataset stage's manifest next to the data names the classes and the files.
+    project.write(
+        "data_manifest.json",
+        r#"{"classes": ["cat", "dog", "fox"], "files": ["a.png", "b.png", "c.png", "d.png", "e.png", "f.png"]}"#,
+    );
+    let run = project.run(&[
+        "infer",
+        "ident.onnx",
+        "--data",
+        "data.npy",
+        "--labels",
+        "labels.npy",
+        "--threads",
+        "1",
+        "--iterations",
+        "20",
+        "-o",
+        "out",
+    ]);
+    run.assert_ok();
+    assert!(run.stderr.contains("accuracy 80.00%"), "{}", run.stderr);
+    for file in [
+        "summary.json",
+        "report.md",
+        "latency.svg",
+        "predictions.csv",
+        "classification_report.csv",
+        "confusion_matrix.svg",
+    ] {
+        assert!(project.exists(&format!("out/{file}")), "{file}");
+    }
+    let summary = json(&project, "out/summary.json");
+    assert_eq!(summary["environment"]["threads"], "1");
+    assert_eq!(
+        summary["data"]["classes"],
+        serde_json::json!(["cat", "dog", "fox"])
+    );
+    let predictions = project.read("out/predictions.csv");
+    assert!(
+        predictions.contains("\na.png,0,cat,0,cat,")
+            && predictions.contains("\nf.png,2,fox,0,cat,"),
+        "{predictions}"
+    );
+    assert!(
+        project
+            .read("out/classification_report.csv")
+            .contains(",1,dog,")
+    );
+    // An engine through infer-trt: reported unavailable, not a failure.
+    project.write("m.engine", "x");
+    let trt = project.run(&["infer-trt", "m.engine", "--data", "data.npy", "-o", "trt"]);
+    trt.assert_ok();
+    assert!(
+        trt.stderr.contains("unavailable on this machine"),
+        "{}",
+        trt.stderr
+    );
+    // A folder of images needs the dataset kind.
+    std::fs::create_dir_all(project.path("images")).unwrap();
+    project
+        .run(&["infer", "ident.onnx", "--data", "images"])
+        .assert_error(&["image folders come with the dataset"]);
+}
+
+const EXPORT_THEN_REPORT: &str = r#"
+[stages.checkpoint]
+kind = "command"
+run = ["{python}", "{inputs.script}", "--model", "torch.nn:Linear", "--arg", "in_features=8", "--arg", "out_features=4", "--out", "{outputs.checkpoint}"]
+inputs = { script = "scripts/random_init_checkpoint.py" }
+outputs = { checkpoint = "ckpt/linear.pth" }
+
+[stages.onnx]
+kind = "export"
+checkpoint = "@checkpoint"
+model = "torch.nn:Linear"
+model_args = { in_features = 8, out_features = 4 }
+input_shape = [8]
+
+[stages.perturbed]
+kind = "command"
+run = ["{python}", "-c", "import onnx, numpy as np, sys; from onnx import numpy_helper as h; m = onnx.load(sys.argv[1]); i = m.graph.initializer[0]; a = h.to_array(i).copy(); a.flat[0] += 0.5; i.CopyFrom(h.from_array(a, i.name)); onnx.save(m, sys.argv[2])", "{inputs.model}", "{outputs.onnx}"]
+inputs = { model = "@onnx" }
+outputs = { onnx = "build/perturbed.onnx" }
+
+[stages.report]
+kind = "report"
+models = ["@onnx", "@perturbed"]
+task = "classification"
+iterations = 20
+min_duration = "0s"
+threads = 1
+"#;
+
+#[test]
+fn report_of_an_export_against_its_pytorch_reference() {
+    let project = Project::new(EXPORT_THEN_REPORT);
+    project.write("scripts/random_init_checkpoint.py", RANDOM_INIT);
+    let run = project.build(&[]);
+    // The exported model passes against PyTorch's outputs; the perturbed one fails.
+    run.assert_error(&[
+        "parity check failed against the reference (the export's PyTorch outputs",
+        "@perturbed (fp32): `output`",
+    ]);
+    let kept = json(&project, ".pochi/v1/pipeline/failed/report/summary.json");
+    let models = kept["models"].as_array().unwrap();
+    assert_eq!(models[0]["verdict"], "pass", "{}", models[0]);
+    let max_abs = models[0]["parity"][0]["max_abs"].as_f64().unwrap();
+    assert!(max_abs < 1e-5, "{max_abs}");
+    assert!(models[0]["parity"][0]["cosine"].as_f64().unwrap() > 0.99999);
+    assert_eq!(models[1]["verdict"], "fail");
+    assert!(models[1]["parity"][0]["max_abs"].as_f64().unwrap() > 0.01);
+    assert_eq!(kept["data"]["samples"], 1);
+    assert_eq!(kept["data"]["sample_shape"], serde_json::json!([8]));
+    assert_eq!(kept["models"][0]["task"]["agreement_with_reference"], 1.0);
+    assert_sane_latency(&models[0], 1);
+    assert!(kept["environment"]["torch"].is_string());
+    // With only the exported model, the report passes and is recorded.
+    project.write(
+        "pipeline.toml",
+        &EXPORT_THEN_REPORT.replace(
+            "models = [\"@onnx\", \"@perturbed\"]",
+            "models = [\"@onnx\"]",
+        ),
+    );
+    project.build(&[]).assert_ok();
+    let summary = json(&project, "build/pipeline/report/summary.json");
+    assert_eq!(summary["models"][0]["verdict"], "pass");
+    assert!(
+        summary["reference"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("PyTorch")
+    );
+}
+
+#[test]
+fn bad_report_settings_are_named_with_a_hint() {
+    let project = Project::new(
+        "[stages.r]\nkind = \"report\"\nmodels = [\"m.onnx\"]\ndata = \"d.npy\"\ntask = \"clasification\"\n",
+    );
+    project
+        .run(&["build"])
+        .assert_error(&["unknown task `clasification`", "classification"]);
+    project.write(
+        "pipeline.toml",
+        "[stages.r]\nkind = \"report\"\nmodels = [\"m.onnx\"]\n",
+    );
+    project
+        .run(&["build"])
+        .assert_error(&["no `data`", "data = \"@dataset_stage\""]);
+}
