@@ -29,6 +29,9 @@ pub enum Standing {
     Broken(String),
 }
 
+/// The digest a missing upstream output has in the key of a stage that tolerates it.
+const MISSING_DIGEST: &str = "missing";
+
 /// Computes a stage's key from what is on disk now.
 pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing> {
     let pipeline = &project.pipeline;
@@ -36,21 +39,29 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
     let mut inputs = BTreeMap::new();
     for (key, input) in project.graph.inputs(stage) {
         let path = input.path();
-        let digest = project
-            .stats
-            .digest(&pipeline.dir, path)
-            .map_err(|error| match input {
-                ResolvedInput::Upstream {
-                    stage: upstream, ..
-                } => Standing::WaitsOnUpstream(format!(
-                    "output `{}` of stage `{}` is not built",
-                    path.display(),
-                    pipeline.stages[*upstream].name
-                )),
-                ResolvedInput::Source(_) => {
-                    Standing::Broken(format!("input `{key}` (`{}`): {error}", path.display()))
-                }
-            })?;
+        let found = project.stats.digest(&pipeline.dir, path);
+        // A stage that tolerates unavailable inputs runs without them: the output of an
+        // upstream stage that could not run here enters its key as missing.
+        let found = match (found, input) {
+            (Err(_), ResolvedInput::Upstream { .. })
+                if spec.kind.tolerates_unavailable_inputs() =>
+            {
+                Ok(MISSING_DIGEST.to_string())
+            }
+            (found, _) => found,
+        };
+        let digest = found.map_err(|error| match input {
+            ResolvedInput::Upstream {
+                stage: upstream, ..
+            } => Standing::WaitsOnUpstream(format!(
+                "output `{}` of stage `{}` is not built",
+                path.display(),
+                pipeline.stages[*upstream].name
+            )),
+            ResolvedInput::Source(_) => {
+                Standing::Broken(format!("input `{key}` (`{}`): {error}", path.display()))
+            }
+        })?;
         inputs.insert(
             key.clone(),
             InputDigest {

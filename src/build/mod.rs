@@ -606,6 +606,7 @@ impl Workspace {
                         },
                     },
                     estimate_ms: project.last_duration_ms(s).unwrap_or(0),
+                    tolerates_unavailable: stage.kind.tolerates_unavailable_inputs(),
                 }
             })
             .collect()

@@ -59,6 +59,12 @@ pub trait StageKind: Debug + Send + Sync {
             self.kind()
         ))
     }
+    /// Whether the stage still runs when an input comes from a stage that is unavailable on
+    /// this machine (its output then counts as missing). A report does: it covers the
+    /// artifacts that exist and lists the others as unavailable.
+    fn tolerates_unavailable_inputs(&self) -> bool {
+        false
+    }
     /// Checks the outputs after the action succeeded and before they are published (for
     /// example, a worker's JSON result). An error fails the stage and publishes nothing.
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {

@@ -20,6 +20,9 @@ pub struct Job {
     pub request: Request,
     /// How long the job took last time (0 when unknown), for critical-path ordering.
     pub estimate_ms: u64,
+    /// Whether the job runs even when a dependency is unavailable on this machine (a
+    /// report covers the artifacts that exist); otherwise it is not run either.
+    pub tolerates_unavailable: bool,
 }
 
 /// Whether a job must run.
@@ -356,13 +359,14 @@ impl<'a> Scheduler<'a> {
             }
             let unavailable = outcome.is_unavailable();
             self.outcomes[job] = Some(outcome);
-            if !success {
-                self.block_dependents(job, unavailable);
-                continue;
-            }
             for index in 0..self.dependents[job].len() {
                 let dependent = self.dependents[job][index];
                 if !self.wanted[dependent] {
+                    continue;
+                }
+                let tolerated = unavailable && self.jobs[dependent].tolerates_unavailable;
+                if !success && !tolerated {
+                    self.block_from(dependent, job, unavailable);
                     continue;
                 }
                 self.all_deps_skipped[dependent] &= skipped;
@@ -376,13 +380,10 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Marks everything downstream of a failed job as blocked by it (or, downstream of an
-    /// unavailable one, as needing an unavailable stage).
-    fn block_dependents(&mut self, failed: usize, unavailable: bool) {
-        let mut stack: Vec<(usize, usize)> = self.dependents[failed]
-            .iter()
-            .map(|&d| (d, failed))
-            .collect();
+    /// Marks `start` and everything downstream of it as blocked by `failed` (or, downstream
+    /// of an unavailable job, as needing an unavailable stage).
+    fn block_from(&mut self, start: usize, failed: usize, unavailable: bool) {
+        let mut stack: Vec<(usize, usize)> = vec![(start, failed)];
         while let Some((job, because)) = stack.pop() {
             if !self.wanted[job] || self.states[job] == State::Done {
                 continue;

@@ -49,6 +49,7 @@ fn job(deps: &[usize]) -> Job {
             gpu: GpuRequest::None,
         },
         estimate_ms: 0,
+        tolerates_unavailable: false,
     }
 }
 
@@ -276,4 +277,19 @@ fn an_unavailable_job_marks_its_dependents_and_does_not_stop_the_build() {
     assert_eq!(outcomes[2], Some(Outcome::NeedsUnavailable(1)));
     assert!(matches!(outcomes[3], Some(Outcome::Ran(_))));
     assert!(outcomes.iter().flatten().all(|o| !o.is_failure()));
+}
+
+#[test]
+fn a_job_that_tolerates_unavailable_dependencies_still_runs() {
+    // 0 is unavailable; 1 (a report, say) tolerates it and runs; 2 needs 1 and runs too.
+    let mut jobs = vec![job(&[]), job(&[0]), job(&[1])];
+    jobs[1].tolerates_unavailable = true;
+    let executor = Arc::new(FakeExecutor {
+        checks: HashMap::from([(0, Check::Unavailable("no GPU".into()))]),
+        ..Default::default()
+    });
+    let outcomes = schedule(&jobs, executor, capacity(1, &[]), false);
+    assert_eq!(outcomes[0], Some(Outcome::Unavailable("no GPU".into())));
+    assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Some(Outcome::Ran(_))), "{outcomes:?}");
 }

@@ -117,6 +117,10 @@ pub struct TaskResult {
 }
 
 impl StageKind for Report {
+    fn tolerates_unavailable_inputs(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "report"
     }
