@@ -384,10 +384,6 @@ fn sibling(context: &InvocationContext, name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
 /// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache.
 fn timing_cache(probe: Option<&Probe>) -> Option<PathBuf> {
     let probe = probe?;
@@ -402,25 +398,6 @@ fn timing_cache(probe: Option<&Probe>) -> Option<PathBuf> {
         "{}.cache",
         crate::toolchain::short_hash(key.as_bytes())
     )))
-}
-
-fn describe_failure(result: &Value) -> String {
-    let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
-    let mut message = text("error").to_string();
-    if message.is_empty() {
-        message = "the engine worker failed without a message".into();
-    }
-    if !text("hint").is_empty() {
-        message.push_str(&format!("\nhint: {}", text("hint")));
-    }
-    if text("kind") == "exception" && !text("traceback").is_empty() {
-        message.push_str("\nPython traceback:");
-        for line in text("traceback").lines() {
-            message.push_str("\n  ");
-            message.push_str(line);
-        }
-    }
-    message
 }
 
 impl StageKind for Engine {
@@ -540,16 +517,7 @@ impl StageKind for Engine {
 
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {
         let path = context.dir.join(sibling(context, RESULT_FILE));
-        let Some(result) = read_json(&path) else {
-            return Err(format!(
-                "the engine worker exited without an answer ({} is missing or not JSON)",
-                path.display()
-            ));
-        };
-        if result.get("ok").and_then(Value::as_bool) != Some(true) {
-            return Err(describe_failure(&result));
-        }
-        Ok(())
+        super::worker::check_answer("engine", &path)
     }
 
     fn explain_failure(
@@ -558,8 +526,8 @@ impl StageKind for Engine {
         _status: &str,
         message: String,
     ) -> String {
-        match read_json(&context.dir.join(sibling(context, RESULT_FILE))) {
-            Some(result) => describe_failure(&result),
+        match super::worker::read_json(&context.dir.join(sibling(context, RESULT_FILE))) {
+            Some(result) => super::worker::describe_failure("engine", &result),
             None => message,
         }
     }

@@ -510,35 +510,8 @@ fn result_path(context: &InvocationContext) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(RESULT_FILE))
 }
 
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
 fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
-}
-
-/// The message of a worker's `ok: false` answer.
-fn describe_failure(result: &Value) -> String {
-    let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
-    let mut message = text("error").to_string();
-    if message.is_empty() {
-        message = "the export worker failed without a message".into();
-    }
-    if !text("hint").is_empty() {
-        message.push_str(&format!("\nhint: {}", text("hint")));
-    }
-    if text("kind") == "oom" {
-        return message;
-    }
-    if text("kind") == "exception" && !text("traceback").is_empty() {
-        message.push_str("\nPython traceback:");
-        for line in text("traceback").lines() {
-            message.push_str("\n  ");
-            message.push_str(line);
-        }
-    }
-    message
 }
 
 impl StageKind for Export {
@@ -603,16 +576,7 @@ impl StageKind for Export {
 
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {
         let path = context.dir.join(result_path(context));
-        let Some(result) = read_json(&path) else {
-            return Err(format!(
-                "the export worker exited without an answer ({} is missing or not JSON)",
-                path.display()
-            ));
-        };
-        if result.get("ok").and_then(Value::as_bool) != Some(true) {
-            return Err(describe_failure(&result));
-        }
-        Ok(())
+        super::worker::check_answer("export", &path)
     }
 
     fn explain_failure(
@@ -630,11 +594,12 @@ impl StageKind for Export {
             None => text,
         };
         let path = context.dir.join(result_path(context));
-        if let Some(result) = read_json(&path) {
-            return with_log(describe_failure(&result));
+        if let Some(result) = super::worker::read_json(&path) {
+            return with_log(super::worker::describe_failure("export", &result));
         }
         if status.starts_with("signal 9") {
-            let progress = read_json(&path.with_file_name(format!("{RESULT_FILE}.progress")));
+            let progress =
+                super::worker::read_json(&path.with_file_name(format!("{RESULT_FILE}.progress")));
             let phase = progress
                 .as_ref()
                 .and_then(|p| p.get("phase"))

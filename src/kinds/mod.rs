@@ -7,6 +7,7 @@ pub mod engine;
 pub mod export;
 pub mod quantize;
 pub mod report;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

@@ -231,29 +231,6 @@ fn result_path(context: &InvocationContext) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(RESULT_FILE))
 }
 
-fn read_json(path: &Path) -> Option<Value> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-fn describe_failure(result: &Value) -> String {
-    let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
-    let mut message = text("error").to_string();
-    if message.is_empty() {
-        message = "the quantize worker failed without a message".into();
-    }
-    if !text("hint").is_empty() {
-        message.push_str(&format!("\nhint: {}", text("hint")));
-    }
-    if text("kind") == "exception" && !text("traceback").is_empty() {
-        message.push_str("\nPython traceback:");
-        for line in text("traceback").lines() {
-            message.push_str("\n  ");
-            message.push_str(line);
-        }
-    }
-    message
-}
-
 impl Quantize {
     fn request(&self, context: &InvocationContext) -> Value {
         let path = |map: &BTreeMap<String, PathBuf>, key: &str| {
@@ -331,16 +308,7 @@ impl StageKind for Quantize {
 
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {
         let path = context.dir.join(result_path(context));
-        let Some(result) = read_json(&path) else {
-            return Err(format!(
-                "the quantize worker exited without an answer ({} is missing or not JSON)",
-                path.display()
-            ));
-        };
-        if result.get("ok").and_then(Value::as_bool) != Some(true) {
-            return Err(describe_failure(&result));
-        }
-        Ok(())
+        super::worker::check_answer("quantize", &path)
     }
 
     fn explain_failure(
@@ -349,8 +317,8 @@ impl StageKind for Quantize {
         _status: &str,
         message: String,
     ) -> String {
-        match read_json(&context.dir.join(result_path(context))) {
-            Some(result) => describe_failure(&result),
+        match super::worker::read_json(&context.dir.join(result_path(context))) {
+            Some(result) => super::worker::describe_failure("quantize", &result),
             None => message,
         }
     }

@@ -1,0 +1,76 @@
+//! What the Python-worker kinds (export, quantize, engine) share: reading a worker's JSON
+//! answer and turning a failed one into a message (error, hint, traceback).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// A worker's JSON answer, if the file exists and parses.
+pub fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// The message for a failed answer: the error, its hint, and the Python traceback when the
+/// worker hit an exception.
+pub fn describe_failure(worker: &str, result: &Value) -> String {
+    let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
+    let mut message = text("error").to_string();
+    if message.is_empty() {
+        message = format!("the {worker} worker failed without a message");
+    }
+    if !text("hint").is_empty() {
+        message.push_str(&format!("\nhint: {}", text("hint")));
+    }
+    if text("kind") == "exception" && !text("traceback").is_empty() {
+        message.push_str("\nPython traceback:");
+        for line in text("traceback").lines() {
+            message.push_str("\n  ");
+            message.push_str(line);
+        }
+    }
+    message
+}
+
+/// `verify` for a worker kind: the answer at `path` must exist and say `ok`.
+pub fn check_answer(worker: &str, path: &Path) -> Result<(), String> {
+    let Some(result) = read_json(path) else {
+        return Err(format!(
+            "the {worker} worker exited without an answer ({} is missing or not JSON)",
+            path.display()
+        ));
+    };
+    if result.get("ok").and_then(Value::as_bool) != Some(true) {
+        return Err(describe_failure(worker, &result));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_answer_reads_as_error_hint_and_traceback() {
+        let answer = serde_json::json!({
+            "ok": false, "kind": "exception", "error": "boom", "hint": "try again",
+            "traceback": "line 1\nline 2"
+        });
+        assert_eq!(
+            describe_failure("export", &answer),
+            "boom\nhint: try again\nPython traceback:\n  line 1\n  line 2"
+        );
+        assert_eq!(
+            describe_failure("quantize", &serde_json::json!({"ok": false})),
+            "the quantize worker failed without a message"
+        );
+    }
+
+    #[test]
+    fn a_missing_answer_is_an_error() {
+        let error = check_answer("engine", Path::new("/nonexistent/result.json")).unwrap_err();
+        assert!(
+            error.contains("the engine worker exited without an answer"),
+            "{error}"
+        );
+    }
+}
