@@ -133,6 +133,25 @@ fn without_tensorrt_the_engine_is_unavailable_and_everything_else_builds() {
     let again = project.build(&[]);
     again.assert_ok();
     assert!(again.ran().is_empty());
+    // `status` agrees: nothing that can run here is pending, so the CI check passes, and
+    // the engine and what needs it are named as unavailable.
+    let status = project.run(&["status"]);
+    assert_eq!(status.code, Some(0), "{}\n{}", status.stdout, status.stderr);
+    for name in ["engine", "after"] {
+        let line = status.stdout.lines().find(|l| l.starts_with(name)).unwrap();
+        assert!(line.contains("unavailable here"), "{line}");
+    }
+    assert!(
+        status.stderr.contains("(2 cannot run on this machine)"),
+        "{}",
+        status.stderr
+    );
+    let dry = project.run(&["build", "--dry-run"]);
+    assert!(
+        dry.stderr.contains("0 of 3 stages would run"),
+        "{}",
+        dry.stderr
+    );
 }
 
 #[test]

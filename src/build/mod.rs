@@ -698,20 +698,28 @@ pub enum PlanStatus {
     Failed,
     WaitsOnUpstream,
     Broken,
+    /// Cannot run on this machine, or needs a stage that cannot: not counted as pending.
+    Unavailable,
 }
 
 impl PlanStatus {
     pub fn would_run(self) -> bool {
-        self != PlanStatus::UpToDate
+        !matches!(self, PlanStatus::UpToDate | PlanStatus::Unavailable)
     }
 }
 
 impl Workspace {
     /// The status of every stage of `targets` (and their dependencies), in topological order
     /// per pipeline: a stage downstream of one that would run waits on it.
-    pub fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
+    /// `gpus` are the GPUs this machine offers (for stages' availability).
+    pub fn plan(&self, targets: &[StageId], gpus: &[u32]) -> Vec<StagePlan> {
         let mut plans = Vec::new();
         for (p, project) in self.projects.iter().enumerate() {
+            let python = project.toolchain().python;
+            let host = crate::kinds::Host {
+                python: &python,
+                gpus,
+            };
             let local: Vec<usize> = targets
                 .iter()
                 .filter(|(tp, _)| *tp == p)
@@ -727,6 +735,15 @@ impl Workspace {
                 let Some(standing) = &standings[stage] else {
                     continue;
                 };
+                if let Some(reason) = unavailable_here(project, stage, &host, &status) {
+                    status[stage] = Some(PlanStatus::Unavailable);
+                    plans.push(StagePlan {
+                        id: (p, stage),
+                        status: PlanStatus::Unavailable,
+                        reasons: vec![reason],
+                    });
+                    continue;
+                }
                 let upstream = project
                     .graph
                     .deps(stage)
@@ -756,6 +773,32 @@ impl Workspace {
         }
         plans
     }
+}
+
+/// Why `stage` cannot run here: its kind is unavailable on this host, or it needs a stage
+/// that is (unless it tolerates that, as a report does).
+fn unavailable_here(
+    project: &Project,
+    stage: usize,
+    host: &crate::kinds::Host,
+    status: &[Option<PlanStatus>],
+) -> Option<String> {
+    let kind = &project.pipeline.stages[stage].kind;
+    if let Err(reason) = kind.availability(host) {
+        return Some(format!("cannot run on this machine: {reason}"));
+    }
+    if kind.tolerates_unavailable_inputs() {
+        return None;
+    }
+    let dep = project
+        .graph
+        .deps(stage)
+        .iter()
+        .find(|&&d| status[d] == Some(PlanStatus::Unavailable))?;
+    Some(format!(
+        "needs `{}`, which cannot run on this machine",
+        project.pipeline.stages[*dep].name
+    ))
 }
 
 fn classify(project: &Project, stage: usize, standing: &Standing) -> (PlanStatus, Vec<String>) {

@@ -105,7 +105,7 @@ fn nothing_changed(paths: &[std::path::PathBuf]) -> Option<usize> {
 
 fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> {
     let targets = workspace.resolve_targets(&args.targets)?;
-    let plans = workspace.plan(&targets);
+    let plans = workspace.plan(&targets, &super::offered_gpus(workspace));
     let mut would_run = 0;
     for plan in &plans {
         if plan.status.would_run() {

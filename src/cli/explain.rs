@@ -20,7 +20,7 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let mut workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&args.stage))?;
-    let plans = workspace.plan(&targets);
+    let plans = workspace.plan(&targets, &super::offered_gpus(&workspace));
     let Some(plan) = plans.iter().find(|plan| targets.contains(&plan.id)) else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -36,7 +36,11 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
         println!("{name} is up to date (fingerprint {fingerprint}); nothing would run");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{name} would run ({}):", super::status::label(plan.status));
+    if plan.status == PlanStatus::Unavailable {
+        println!("{name} does not run on this machine:");
+    } else {
+        println!("{name} would run ({}):", super::status::label(plan.status));
+    }
     for reason in &plan.reasons {
         println!("  - {reason}");
     }

@@ -31,7 +31,7 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let mut workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
     let project = &workspace.projects[0];
-    let plans = workspace.plan(&workspace.stage_ids());
+    let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];
     for plan in &plans {
         status[plan.id.1] = match plan.status {
@@ -40,6 +40,7 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
             PlanStatus::NeverBuilt => StageStatus::NeverBuilt,
             PlanStatus::Failed | PlanStatus::Broken => StageStatus::Failed,
             PlanStatus::WaitsOnUpstream => StageStatus::WaitsOnUpstream,
+            PlanStatus::Unavailable => StageStatus::Unavailable,
         };
     }
     let stages = project

@@ -100,6 +100,11 @@ fn init_logging() {
     }
 }
 
+/// The GPUs this machine offers the workspace (declared, `POCHI_GPUS`, or detected).
+fn offered_gpus(workspace: &crate::build::Workspace) -> Vec<u32> {
+    workspace.capacity(&crate::machine::detect(), None).gpus
+}
+
 /// The pipeline files named on the command line, or `pipeline.toml` here.
 fn pipeline_paths(given: &[PathBuf]) -> Vec<PathBuf> {
     if given.is_empty() {

@@ -27,6 +27,7 @@ pub fn label(status: PlanStatus) -> &'static str {
         PlanStatus::Failed => "failed",
         PlanStatus::WaitsOnUpstream => "waits on upstream",
         PlanStatus::Broken => "broken",
+        PlanStatus::Unavailable => "unavailable here",
     }
 }
 
@@ -41,7 +42,7 @@ fn color(status: PlanStatus) -> &'static str {
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     let mut workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
-    let plans = workspace.plan(&workspace.stage_ids());
+    let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
     let mut sorted = plans.clone();
     sorted.sort_by_key(|plan| workspace.display_name(plan.id));
     if args.json {
@@ -78,8 +79,20 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
         }
     }
     let pending = plans.iter().filter(|p| p.status.would_run()).count();
+    let unavailable = plans
+        .iter()
+        .filter(|p| p.status == PlanStatus::Unavailable)
+        .count();
     if pending == 0 {
-        eprintln!("pochi: all {} stages are up to date", plans.len());
+        let elsewhere = if unavailable > 0 {
+            format!(" ({unavailable} cannot run on this machine)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "pochi: all {} stages that can run here are up to date{elsewhere}",
+            plans.len() - unavailable
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("pochi: {pending} of {} stages would run", plans.len());

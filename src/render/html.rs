@@ -613,9 +613,10 @@ mod tests {
         let output = render(&wide());
         assert!(output.contains("up to date (2)</li>"));
         assert!(output.contains("stale (1)</li>"));
-        assert!(output.contains("never built (2)</li>"));
+        assert!(output.contains("never built (1)</li>"));
         assert!(output.contains("failed (1)</li>"));
         assert!(output.contains("waits on upstream (1)</li>"));
+        assert!(output.contains("unavailable here (1)</li>"));
     }
 
     #[test]

@@ -164,6 +164,7 @@ flowchart LR
   classDef never_built fill:#bdbdbd,stroke:#757575,color:#212121
   classDef failed fill:#c62828,stroke:#8e0000,color:#ffffff
   classDef waits_on_upstream fill:#81d4fa,stroke:#0288d1,color:#212121
+  classDef unavailable fill:#eceff1,stroke:#90a4ae,color:#546e7a
   class s_export up_to_date
   class s_quantize stale
   class s_engine never_built

@@ -36,16 +36,19 @@ pub enum StageStatus {
     NeverBuilt,
     Failed,
     WaitsOnUpstream,
+    /// Cannot run on this machine (e.g. a TensorRT engine without TensorRT or a GPU).
+    Unavailable,
 }
 
 impl StageStatus {
     /// Every status, in the order legends list them.
-    pub(crate) const ALL: [StageStatus; 5] = [
+    pub(crate) const ALL: [StageStatus; 6] = [
         StageStatus::UpToDate,
         StageStatus::Stale,
         StageStatus::NeverBuilt,
         StageStatus::Failed,
         StageStatus::WaitsOnUpstream,
+        StageStatus::Unavailable,
     ];
 
     /// The words a person reads for this status.
@@ -56,6 +59,7 @@ impl StageStatus {
             StageStatus::NeverBuilt => "never built",
             StageStatus::Failed => "failed",
             StageStatus::WaitsOnUpstream => "waits on upstream",
+            StageStatus::Unavailable => "unavailable here",
         }
     }
 
@@ -67,6 +71,7 @@ impl StageStatus {
             StageStatus::NeverBuilt => "never_built",
             StageStatus::Failed => "failed",
             StageStatus::WaitsOnUpstream => "waits_on_upstream",
+            StageStatus::Unavailable => "unavailable",
         }
     }
 
@@ -78,6 +83,7 @@ impl StageStatus {
             StageStatus::NeverBuilt => ("#bdbdbd", "#757575", "#212121"),
             StageStatus::Failed => ("#c62828", "#8e0000", "#ffffff"),
             StageStatus::WaitsOnUpstream => ("#81d4fa", "#0288d1", "#212121"),
+            StageStatus::Unavailable => ("#eceff1", "#90a4ae", "#546e7a"),
         };
         StatusStyle { fill, stroke, text }
     }
@@ -314,7 +320,7 @@ pub(crate) mod fixtures {
                     "report",
                     "report",
                     "cpu",
-                    StageStatus::NeverBuilt,
+                    StageStatus::Unavailable,
                     None,
                     &["engine-int8", "engine-fp16", "train"],
                 ),
@@ -383,7 +389,8 @@ mod tests {
                 "stale",
                 "never built",
                 "failed",
-                "waits on upstream"
+                "waits on upstream",
+                "unavailable here",
             ]
         );
     }
