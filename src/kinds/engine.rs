@@ -337,33 +337,13 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             }
         },
     };
-    let engine_path = match &keys.output {
-        Some(output) => output.clone(),
-        None => Spanned::new(
-            value.span(),
-            parser
-                .build_dir
-                .join(format!("{}.engine", parser.stage))
-                .to_string_lossy()
-                .into_owned(),
-        ),
-    };
-    let path = Path::new(engine_path.get_ref());
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let manifest = path
-        .parent()
-        .map(|p| p.join(format!("{stem}.manifest.json")))
-        .unwrap_or_else(|| PathBuf::from(format!("{stem}.manifest.json")));
-    let outputs = vec![
-        parser.output("engine", &engine_path)?,
-        parser.output(
-            "manifest",
-            &Spanned::new(engine_path.span(), manifest.to_string_lossy().into_owned()),
-        )?,
-    ];
+    let outputs = super::worker::primary_and_manifest(
+        parser,
+        value.span(),
+        keys.output.as_ref(),
+        "engine",
+        "engine",
+    )?;
     Ok(Box::new(Engine {
         input_size,
         batch,

@@ -6,7 +6,7 @@
 //! data never does.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -184,33 +184,13 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             }
         },
     };
-    let onnx_path = match &keys.output {
-        Some(output) => output.clone(),
-        None => Spanned::new(
-            value.span(),
-            parser
-                .build_dir
-                .join(format!("{}.onnx", parser.stage))
-                .to_string_lossy()
-                .into_owned(),
-        ),
-    };
-    let path = Path::new(onnx_path.get_ref());
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let manifest = path
-        .parent()
-        .map(|p| p.join(format!("{stem}.manifest.json")))
-        .unwrap_or_else(|| PathBuf::from(format!("{stem}.manifest.json")));
-    let outputs = vec![
-        parser.output("onnx", &onnx_path)?,
-        parser.output(
-            "manifest",
-            &Spanned::new(onnx_path.span(), manifest.to_string_lossy().into_owned()),
-        )?,
-    ];
+    let outputs = super::worker::primary_and_manifest(
+        parser,
+        value.span(),
+        keys.output.as_ref(),
+        "onnx",
+        "onnx",
+    )?;
     Ok(Box::new(Quantize {
         precision,
         samples,

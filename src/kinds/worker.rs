@@ -1,9 +1,13 @@
 //! What the Python-worker kinds (export, quantize, engine) share: reading a worker's JSON
 //! answer and turning a failed one into a message (error, hint, traceback).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use toml::Spanned;
+
+use crate::spec::parse_api::Parser;
+use crate::spec::{NamedOutput, SpanError};
 
 /// A worker's JSON answer, if the file exists and parses.
 pub fn read_json(path: &Path) -> Option<Value> {
@@ -45,6 +49,47 @@ pub fn check_answer(worker: &str, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A worker kind's outputs: the primary one under `key` (the `output` key, else
+/// `{build_dir}/<stage>.<extension>`) and its `<stem>.manifest.json` beside it. `span` is
+/// where errors about the default path point (the stage table).
+pub fn primary_and_manifest(
+    parser: &Parser,
+    span: std::ops::Range<usize>,
+    output: Option<&Spanned<String>>,
+    key: &str,
+    extension: &str,
+) -> Result<Vec<NamedOutput>, SpanError> {
+    let primary = match output {
+        Some(output) => output.clone(),
+        None => {
+            let path = parser
+                .build_dir
+                .join(format!("{}.{extension}", parser.stage));
+            Spanned::new(span, path.to_string_lossy().into_owned())
+        }
+    };
+    let manifest = beside(Path::new(primary.get_ref()), "manifest.json");
+    Ok(vec![
+        parser.output(key, &primary)?,
+        parser.output(
+            "manifest",
+            &Spanned::new(primary.span(), manifest.to_string_lossy().into_owned()),
+        )?,
+    ])
+}
+
+/// `<dir>/<stem>.<suffix>` for `path` = `<dir>/<stem>.<ext>`.
+pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = format!("{stem}.{suffix}");
+    path.parent()
+        .map(|dir| dir.join(&name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +107,18 @@ mod tests {
         assert_eq!(
             describe_failure("quantize", &serde_json::json!({"ok": false})),
             "the quantize worker failed without a message"
+        );
+    }
+
+    #[test]
+    fn manifests_sit_beside_their_output() {
+        assert_eq!(
+            beside(Path::new("build/x/net.onnx"), "manifest.json"),
+            PathBuf::from("build/x/net.manifest.json")
+        );
+        assert_eq!(
+            beside(Path::new("net.engine"), "manifest.json"),
+            PathBuf::from("net.manifest.json")
         );
     }
 
