@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::failure;
-use crate::build::{BuildOptions, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::build::BuildOptions;
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -98,18 +97,8 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| engine_name(&args.model, precision));
     let text = pipeline_text(&args, &model, calib.as_deref())?;
-    let dir = PathBuf::from(".pochi")
-        .join("oneshot")
-        .join(toolchain::short_hash(text.as_bytes()));
-    let file = dir.join("pipeline.toml");
-    crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|e| {
-        failure(
-            format!("cannot write {}: {e}", file.display()),
-            "check that this directory is writable",
-        )
-    })?;
-    let mut workspace = Workspace::load(std::slice::from_ref(&file))?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    let dir = super::oneshot::write(&text)?;
+    let workspace = super::oneshot::load(&dir)?;
     let options = BuildOptions {
         targets: vec!["engine".into()],
         require_all: true,
@@ -236,18 +225,7 @@ fn pipeline_text(args: &ConvertArgs, model: &Path, calib: Option<&Path>) -> miet
     let mut pipeline = Table::new();
     pipeline.insert("name".into(), "convert".into());
     pipeline.insert("build_dir".into(), "out".into());
-    let mut root = Table::new();
-    root.insert("pipeline".into(), Value::Table(pipeline));
-    root.insert("stages".into(), Value::Table(stages));
-    let body = toml::to_string(&root).map_err(|e| {
-        failure(
-            format!("cannot write the pipeline: {e}"),
-            "report this as a bug",
-        )
-    })?;
-    Ok(format!(
-        "# Written by `pochi convert`; rebuilt with the same engine as `pochi build`.\n{body}"
-    ))
+    super::oneshot::pipeline_text("convert", pipeline, stages)
 }
 
 #[cfg(test)]

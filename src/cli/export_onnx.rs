@@ -8,9 +8,8 @@ use std::process::{Command, ExitCode};
 use clap::Args;
 
 use super::output::{duration, failure};
-use crate::build::{BuildOptions, Workspace};
+use crate::build::BuildOptions;
 use crate::spec::Device;
-use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct ExportOnnxArgs {
@@ -70,20 +69,10 @@ pub fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
         PathBuf::from(format!("{stem}.onnx"))
     });
     let text = pipeline_text(&args, &checkpoint, device)?;
-    let dir = PathBuf::from(".pochi")
-        .join("oneshot")
-        .join(toolchain::short_hash(text.as_bytes()));
-    let file = dir.join("pipeline.toml");
-    crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|e| {
-        failure(
-            format!("cannot write {}: {e}", file.display()),
-            "check that this directory is writable",
-        )
-    })?;
+    let dir = super::oneshot::write(&text)?;
 
     list_gpus(device);
-    let mut workspace = Workspace::load(std::slice::from_ref(&file))?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    let workspace = super::oneshot::load(&dir)?;
     let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
     let project = &workspace.projects[0];
     if summary.interrupted {
@@ -181,18 +170,7 @@ fn pipeline_text(
     pipeline.insert("name".into(), "export-onnx".into());
     let mut stages = toml::Table::new();
     stages.insert("export".into(), toml::Value::Table(stage));
-    let mut root = toml::Table::new();
-    root.insert("pipeline".into(), toml::Value::Table(pipeline));
-    root.insert("stages".into(), toml::Value::Table(stages));
-    let body = toml::to_string(&root).map_err(|e| {
-        failure(
-            format!("cannot write the pipeline: {e}"),
-            "report this as a bug",
-        )
-    })?;
-    Ok(format!(
-        "# Written by `pochi export-onnx`; rebuilt with the same engine as `pochi build`.\n{body}"
-    ))
+    super::oneshot::pipeline_text("export-onnx", pipeline, stages)
 }
 
 /// Lists the GPUs and their free memory (nvidia-smi), or says there are none.

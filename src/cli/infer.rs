@@ -10,8 +10,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::failure;
-use crate::build::{BuildOptions, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::build::BuildOptions;
 
 #[derive(Debug, Args)]
 pub struct InferArgs {
@@ -80,18 +79,8 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("infer_{stem}")));
     let text = pipeline_text(&args, &model, &data)?;
-    let dir = PathBuf::from(".pochi")
-        .join("oneshot")
-        .join(toolchain::short_hash(text.as_bytes()));
-    let file = dir.join("pipeline.toml");
-    crate::fsutil::write_atomic(&file, text.as_bytes()).map_err(|e| {
-        failure(
-            format!("cannot write {}: {e}", file.display()),
-            "check that this directory is writable",
-        )
-    })?;
-    let mut workspace = Workspace::load(std::slice::from_ref(&file))?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    let dir = super::oneshot::write(&text)?;
+    let workspace = super::oneshot::load(&dir)?;
     let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
     if summary.interrupted {
         return Ok(ExitCode::from(130));
@@ -179,16 +168,5 @@ fn pipeline_text(args: &InferArgs, model: &Path, data: &Path) -> miette::Result<
     pipeline.insert("name".into(), "infer".into());
     let mut stages = toml::Table::new();
     stages.insert("infer".into(), toml::Value::Table(stage));
-    let mut root = toml::Table::new();
-    root.insert("pipeline".into(), toml::Value::Table(pipeline));
-    root.insert("stages".into(), toml::Value::Table(stages));
-    let body = toml::to_string(&root).map_err(|e| {
-        failure(
-            format!("cannot write the pipeline: {e}"),
-            "report this as a bug",
-        )
-    })?;
-    Ok(format!(
-        "# Written by `pochi infer`; rebuilt with the same engine as `pochi build`.\n{body}"
-    ))
+    super::oneshot::pipeline_text("infer", pipeline, stages)
 }

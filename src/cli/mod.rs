@@ -10,6 +10,7 @@ mod export_onnx;
 mod graph;
 mod infer;
 mod internal;
+mod oneshot;
 mod output;
 mod progress;
 mod schema;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, Host, Invocation, InvocationContext, KindInfo, StageKind, Tool};
+use super::{Action, Host, InvocationContext, KindInfo, StageKind, Tool};
 use crate::onnx_info::{self, Dim, GraphInput};
 use crate::spec::ByteSize;
 use crate::spec::parse_api::Parser;
@@ -357,11 +357,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
 }
 
 fn sibling(context: &InvocationContext, name: &str) -> PathBuf {
-    let manifest = context.outputs.get("manifest").cloned().unwrap_or_default();
-    manifest
-        .parent()
-        .map(|dir| dir.join(name))
-        .unwrap_or_else(|| PathBuf::from(name))
+    super::worker::scratch_file(context, name)
 }
 
 /// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache.
@@ -477,22 +473,20 @@ impl StageKind for Engine {
     }
 
     fn action(&self, context: &InvocationContext) -> Action {
-        let mut env = BTreeMap::from([("PYTHONUNBUFFERED".to_string(), "1".to_string())]);
+        let mut env = BTreeMap::new();
         if let Ok(standin) = std::env::var(STANDIN_ENV) {
             env.insert(STANDIN_ENV.to_string(), standin);
         }
-        Action::Process(Invocation {
-            program: context.python.to_string_lossy().into_owned(),
-            args: vec![
-                "-I".into(),
-                ENGINE.path().to_string_lossy().into_owned(),
-                sibling(context, REQUEST_FILE)
-                    .to_string_lossy()
-                    .into_owned(),
-                sibling(context, RESULT_FILE).to_string_lossy().into_owned(),
-            ],
+        let request = sibling(context, REQUEST_FILE)
+            .to_string_lossy()
+            .into_owned();
+        super::worker::run_worker(
+            context,
+            &ENGINE,
+            request,
+            &sibling(context, RESULT_FILE),
             env,
-        })
+        )
     }
 
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, Invocation, InvocationContext, KindInfo, StageKind, Tool};
+use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::workers::EXPORT;
@@ -503,11 +503,7 @@ impl Export {
 
 /// Where the worker writes its answer for this run (relative to the pipeline directory).
 fn result_path(context: &InvocationContext) -> PathBuf {
-    let manifest = context.outputs.get("manifest").cloned().unwrap_or_default();
-    manifest
-        .parent()
-        .map(|dir| dir.join(RESULT_FILE))
-        .unwrap_or_else(|| PathBuf::from(RESULT_FILE))
+    super::worker::scratch_file(context, RESULT_FILE)
 }
 
 fn gib(bytes: f64) -> String {
@@ -562,16 +558,14 @@ impl StageKind for Export {
     }
 
     fn action(&self, context: &InvocationContext) -> Action {
-        Action::Process(Invocation {
-            program: context.python.to_string_lossy().into_owned(),
-            args: vec![
-                "-I".into(),
-                EXPORT.path().to_string_lossy().into_owned(),
-                self.request(context).to_string(),
-                result_path(context).to_string_lossy().into_owned(),
-            ],
-            env: BTreeMap::from([("PYTHONUNBUFFERED".to_string(), "1".to_string())]),
-        })
+        let request = self.request(context).to_string();
+        super::worker::run_worker(
+            context,
+            &EXPORT,
+            request,
+            &result_path(context),
+            BTreeMap::new(),
+        )
     }
 
     fn verify(&self, context: &InvocationContext) -> Result<(), String> {

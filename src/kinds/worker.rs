@@ -1,13 +1,48 @@
 //! What the Python-worker kinds (export, quantize, engine) share: reading a worker's JSON
 //! answer and turning a failed one into a message (error, hint, traceback).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use toml::Spanned;
 
+use super::{Action, Invocation, InvocationContext};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedOutput, SpanError};
+use crate::toolchain::workers::Worker;
+
+/// A scratch file of this run (request, answer), in the temporary output directory next to
+/// the manifest, so it is discarded with the run's other temporary files.
+pub fn scratch_file(context: &InvocationContext, name: &str) -> PathBuf {
+    let manifest = context.outputs.get("manifest").cloned().unwrap_or_default();
+    manifest
+        .parent()
+        .map(|dir| dir.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The process of a worker kind: `python -I WORKER REQUEST RESULT`, unbuffered, plus `env`.
+pub fn run_worker(
+    context: &InvocationContext,
+    worker: &Worker,
+    request: String,
+    result: &Path,
+    env: BTreeMap<String, String>,
+) -> Action {
+    let mut env = env;
+    env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
+    Action::Process(Invocation {
+        program: context.python.to_string_lossy().into_owned(),
+        args: vec![
+            "-I".into(),
+            worker.path().to_string_lossy().into_owned(),
+            request,
+            result.to_string_lossy().into_owned(),
+        ],
+        env,
+    })
+}
 
 /// A worker's JSON answer, if the file exists and parses.
 pub fn read_json(path: &Path) -> Option<Value> {
