@@ -145,6 +145,32 @@ impl SystemRunner {
     }
 }
 
+/// Runs one process for in-process work, which holds only a borrowed cancel flag: a scoped
+/// watcher stops the process's group (SIGTERM, then SIGKILL) once `cancel` is set.
+pub fn run_borrowing_cancel(spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult {
+    let runner = SystemRunner::default();
+    let finished = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if cancel.load(Ordering::Relaxed) {
+                    signal_all(&runner.running, libc::SIGTERM);
+                    let deadline = Instant::now() + TERMINATE_GRACE;
+                    while Instant::now() < deadline && !finished.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    signal_all(&runner.running, libc::SIGKILL);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        });
+        let result = runner.run(spec, cancel);
+        finished.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
 fn signal_all(running: &Mutex<HashSet<i32>>, signal: i32) {
     for &group in running.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         // SAFETY: signalling a stage's own process group.

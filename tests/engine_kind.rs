@@ -5,17 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::Project;
 use pochi::onnx_info::{Dim, encode};
 use serde_json::Value;
 
 fn standin_dir() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/fake_tensorrt")
-        .to_string_lossy()
-        .into_owned()
+    common::tensorrt_standin_dir()
 }
 
 fn dyn_batch() -> Vec<Dim> {

@@ -202,7 +202,7 @@ fn a_perturbed_model_fails_parity_with_the_figures_and_the_files_are_kept() {
         models[2]["note"]
             .as_str()
             .unwrap()
-            .contains("unavailable on this machine (TensorRT not installed / no GPU)")
+            .contains("unavailable on this machine: no GPU")
     );
     assert!(
         project
@@ -417,4 +417,173 @@ fn bad_report_settings_are_named_with_a_hint() {
     project
         .run(&["build"])
         .assert_error(&["no `data`", "data = \"@dataset_stage\""]);
+}
+
+/// An engine stage and a report over the ONNX model and its engine, on the TensorRT
+/// STAND-IN (tests/fixtures/fake_tensorrt: a test double that "runs" an engine by running
+/// its ONNX with ONNX Runtime on the CPU) and a declared GPU 0 (no real GPU here).
+const WITH_ENGINE: &str = r#"
+[resources]
+gpus = [0]
+
+[stages.engine]
+kind = "engine"
+onnx = "linear.onnx"
+batch = { min = 1, opt = 2, max = 4 }
+
+[stages.cmp]
+kind = "report"
+models = ["linear.onnx", "@engine"]
+data = "data.npy"
+labels = "labels.npy"
+task = "classification"
+iterations = 20
+min_duration = "0s"
+threads = 1
+batch = 2
+"#;
+
+fn build_with_standin(project: &Project, extra: &[(&str, &str)]) -> common::Run {
+    let standin = common::tensorrt_standin_dir();
+    let record = project.path("trt-record.json");
+    let record = record.to_string_lossy();
+    let mut env = vec![
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("FAKE_TRT_RECORD", record.as_ref()),
+    ];
+    env.extend_from_slice(extra);
+    project.run_env(&["build", "--json"], &env)
+}
+
+#[test]
+fn engines_are_timed_and_checked_through_the_tensorrt_worker_standin() {
+    let project = project(WITH_ENGINE);
+    let run = build_with_standin(&project, &[]);
+    run.assert_ok();
+    let summary = json(&project, "build/pipeline/cmp/summary.json");
+    let models = summary["models"].as_array().unwrap();
+    assert_eq!(models[0]["runs_on"], "ONNX Runtime CPUExecutionProvider");
+    let engine = &models[1];
+    assert_eq!(engine["status"], "ok", "{engine}");
+    assert_eq!(engine["runs_on"], "TensorRT 11.4.0 on Fake GPU (stand-in)");
+    assert!(
+        engine["timing"]
+            .as_str()
+            .unwrap()
+            .contains("TensorRT stand-in"),
+        "{engine}"
+    );
+    assert_eq!(engine["precision"], "fp32");
+    assert_sane_latency(engine, 2);
+    assert_eq!(engine["end_to_end"]["runs"], 3);
+    // The same outputs as the ONNX model it was built from: parity passes exactly, and the
+    // task metrics are the ONNX model's.
+    assert_eq!(engine["verdict"], "pass");
+    assert_eq!(engine["parity"][0]["max_abs"], 0.0);
+    assert_eq!(engine["task"]["agreement_with_reference"], 1.0);
+    assert!(close(
+        engine["task"]["classification"]["accuracy"]
+            .as_f64()
+            .unwrap(),
+        0.8
+    ));
+    // The report held GPU 0 (declared) but this ONNX Runtime has no CUDA provider: said so.
+    assert_eq!(summary["timing"]["provider"], "CPUExecutionProvider");
+    let warnings = summary["warnings"].to_string();
+    assert!(
+        warnings.contains("no CUDA execution provider"),
+        "{warnings}"
+    );
+    let md = project.read("build/pipeline/cmp/report.md");
+    assert!(
+        md.contains("TensorRT 11.4.0 on Fake GPU (stand-in)"),
+        "{md}"
+    );
+    // Up to date afterwards.
+    assert!(
+        build_with_standin(&project, &[])
+            .assert_ok()
+            .ran()
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_engine_that_differs_from_its_reference_fails_the_report() {
+    let project = project(WITH_ENGINE);
+    let run = build_with_standin(&project, &[("FAKE_TRT_PERTURB", "0.5")]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("parity check failed"), "{}", run.stderr);
+    assert!(run.stderr.contains("@engine (fp32)"), "{}", run.stderr);
+    let kept = json(&project, ".pochi/v1/pipeline/failed/cmp/summary.json");
+    assert_eq!(kept["models"][1]["verdict"], "fail");
+    assert!(kept["models"][1]["parity"][0]["max_abs"].as_f64().unwrap() >= 0.49);
+}
+
+#[test]
+fn without_a_gpu_the_engine_is_listed_unavailable_and_the_onnx_model_is_timed() {
+    let project = project(&WITH_ENGINE.replace("gpus = [0]", "gpus = []"));
+    let run = build_with_standin(&project, &[]);
+    run.assert_ok();
+    let summary = json(&project, "build/pipeline/cmp/summary.json");
+    assert_eq!(summary["models"][0]["status"], "ok");
+    assert_eq!(summary["models"][1]["status"], "unavailable");
+    assert!(
+        summary["models"][1]["note"]
+            .as_str()
+            .unwrap()
+            .contains("no GPU")
+    );
+}
+
+#[test]
+fn infer_trt_refuses_an_engine_built_for_another_gpu() {
+    let project = project(WITH_ENGINE);
+    build_with_standin(&project, &[]).assert_ok();
+    // The engine and a manifest saying it was built on a compute capability 8.6 GPU.
+    std::fs::copy(
+        project.path("build/pipeline/engine.engine"),
+        project.path("other.engine"),
+    )
+    .unwrap();
+    let manifest = project
+        .read("build/pipeline/engine.manifest.json")
+        .replace("\"9.0\"", "\"8.6\"");
+    project.write("other.manifest.json", &manifest);
+    let standin = common::tensorrt_standin_dir();
+    let env = [
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("POCHI_GPUS", "0"),
+    ];
+    let run = project.run_env(
+        &[
+            "infer-trt",
+            "other.engine",
+            "--data",
+            "data.npy",
+            "-o",
+            "out",
+        ],
+        &env,
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    run.assert_error(&["compute capability 8.6", "compute capability 9.0"]);
+    // The engine's own build runs fine through the one-shot.
+    let ok = project.run_env(
+        &[
+            "infer-trt",
+            "build/pipeline/engine.engine",
+            "--data",
+            "data.npy",
+            "--iterations",
+            "20",
+            "-o",
+            "out",
+        ],
+        &env,
+    );
+    ok.assert_ok();
+    let summary = json(&project, "out/summary.json");
+    assert_eq!(summary["models"][0]["status"], "ok", "{summary}");
+    assert_eq!(summary["models"][0]["batch"], 1);
 }

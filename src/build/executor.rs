@@ -254,6 +254,7 @@ impl StageExecutor {
             outputs: &temp.paths,
             python: &toolchain.python,
             build_dir: &pipeline.build_dir,
+            gpu: lease.gpu,
         };
         spec.kind.prepare(&context)?;
         match spec.kind.action(&context) {

@@ -406,11 +406,11 @@ impl Workspace {
         let index_of: BTreeMap<StageId, usize> =
             ids.iter().enumerate().map(|(job, id)| (*id, job)).collect();
         let wanted = self.wanted(&targets, &ids, &index_of);
-        let jobs = self.jobs(&ids, &index_of);
+        let capacity = self.capacity(machine, options.jobs);
+        let jobs = self.jobs(&ids, &index_of, &capacity.gpus);
         for project in self.projects.iter() {
             noop::invalidate(project);
         }
-        let capacity = self.capacity(machine, options.jobs);
         let unavailable = self.unavailable(&ids, &wanted, &targets, &capacity, options)?;
         let mut executor = executor::StageExecutor::new(
             Arc::clone(&self.projects),
@@ -584,7 +584,9 @@ impl Workspace {
         wanted
     }
 
-    fn jobs(&self, ids: &[StageId], index_of: &BTreeMap<StageId, usize>) -> Vec<Job> {
+    /// The scheduler's jobs. `gpus` are the GPUs this machine offers: a stage whose kind
+    /// runs without a GPU (`gpu_optional`) asks for none on a machine that has none.
+    fn jobs(&self, ids: &[StageId], index_of: &BTreeMap<StageId, usize>, gpus: &[u32]) -> Vec<Job> {
         ids.iter()
             .map(|&(p, s)| {
                 let project = &self.projects[p];
@@ -601,6 +603,9 @@ impl Workspace {
                         memory: stage.resources.memory.0,
                         gpu: match stage.device {
                             Device::Cpu => GpuRequest::None,
+                            Device::Cuda(_) if gpus.is_empty() && stage.kind.gpu_optional() => {
+                                GpuRequest::None
+                            }
                             Device::Cuda(None) => GpuRequest::Any,
                             Device::Cuda(Some(id)) => GpuRequest::Id(id),
                         },

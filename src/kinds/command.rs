@@ -305,6 +305,7 @@ mod tests {
             build_dir: std::path::Path::new("build/x"),
             state_dir: std::path::Path::new("/p/.pochi/v1/x"),
             stage: "x",
+            gpu: None,
         });
         let Action::Process(invocation) = action else {
             panic!("a command runs a process")

@@ -827,6 +827,7 @@ mod tests {
             build_dir: Path::new("build/p"),
             state_dir: Path::new("/project/.pochi/v1/p"),
             stage: "onnx",
+            gpu: None,
         };
         let Action::Process(invocation) = kind.action(&context) else {
             panic!("export runs a process")
@@ -857,6 +858,7 @@ mod tests {
             build_dir: Path::new("b"),
             state_dir: Path::new("/s"),
             stage: "onnx",
+            gpu: None,
         };
         // Killed with no answer: out of memory, with the peak from the progress file.
         std::fs::write(

@@ -34,6 +34,18 @@ pub trait StageKind: Debug + Send + Sync {
     fn default_device(&self) -> Device {
         Device::Cpu
     }
+    /// The device when the stage names none, knowing the kind of the stage that produces
+    /// each `@stage` input (`producer` maps a stage name to its kind's name).
+    fn default_device_given(&self, producer: &dyn Fn(&str) -> Option<&'static str>) -> Device {
+        let _ = producer;
+        self.default_device()
+    }
+    /// Whether the stage still runs, without a GPU, on a machine that has none although its
+    /// device is `cuda` (a report then times the ONNX models on the CPU and lists TensorRT
+    /// engines as unavailable). Other kinds fail at once: their request is impossible.
+    fn gpu_optional(&self) -> bool {
+        false
+    }
     /// The tool whose identity (versions) is part of the fingerprint.
     fn tool(&self) -> Tool {
         Tool::None
@@ -151,6 +163,9 @@ pub struct InvocationContext<'a> {
     pub state_dir: &'a Path,
     /// The stage's name.
     pub stage: &'a str,
+    /// The GPU the stage holds, if any (processes see only it, as CUDA_VISIBLE_DEVICES;
+    /// in-process work passes it on to the workers it starts).
+    pub gpu: Option<u32>,
 }
 
 /// A process to run in the pipeline directory.

@@ -1,5 +1,6 @@
-//! What the Python-worker kinds (export, quantize, engine) share: reading a worker's JSON
-//! answer and turning a failed one into a message (error, hint, traceback).
+//! What the Python-worker kinds (export, quantize, engine, and the report for TensorRT
+//! engines) share: starting a worker, reading its JSON answer and turning a failed one into
+//! a message (error, hint, traceback).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,68 @@ pub fn run_worker(
         ],
         env,
     })
+}
+
+/// Runs a worker from in-process work (`python -I WORKER ARGS...`) in the pipeline
+/// directory, on the stage's GPU, logging to `log`; stopped when `cancel` is set. Returns
+/// the worker's `ok` answer at `result`, or the message for a failure.
+pub fn run_worker_now(
+    context: &InvocationContext,
+    worker: &Worker,
+    args: &[&Path],
+    result: &Path,
+    log: PathBuf,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Value, String> {
+    use crate::build::process::{ProcessResult, ProcessSpec};
+    let mut command_args = vec![
+        "-I".to_string(),
+        worker.path().to_string_lossy().into_owned(),
+    ];
+    command_args.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    let env = BTreeMap::from([
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+        (
+            "CUDA_VISIBLE_DEVICES".to_string(),
+            context.gpu.map(|g| g.to_string()).unwrap_or_default(),
+        ),
+    ]);
+    let spec = ProcessSpec {
+        program: context.python.to_string_lossy().into_owned(),
+        args: command_args,
+        env,
+        cwd: context.dir.to_path_buf(),
+        log: log.clone(),
+    };
+    let name = worker.name.trim_end_matches(".py");
+    let shown_log = log
+        .strip_prefix(context.dir)
+        .unwrap_or(&log)
+        .display()
+        .to_string();
+    match crate::runner::run_borrowing_cancel(&spec, cancel) {
+        ProcessResult::Success | ProcessResult::Failed { .. } if read_json(result).is_some() => {
+            check_answer(name, result).map_err(|e| format!("{e}\n(log: {shown_log})"))?;
+            read_json(result).ok_or_else(|| format!("the {name} worker's answer vanished"))
+        }
+        ProcessResult::Success => Err(format!(
+            "the {name} worker exited without an answer (log: {shown_log})"
+        )),
+        ProcessResult::Failed {
+            status,
+            stderr_tail,
+        } => Err(format!(
+            "the {name} worker ended with {status} and no answer (log: {shown_log}){}",
+            stderr_tail
+                .iter()
+                .map(|line| format!("\n  {line}"))
+                .collect::<String>()
+        )),
+        ProcessResult::Cancelled => Err("interrupted".into()),
+        ProcessResult::SpawnError(e) => {
+            Err(format!("cannot start {}: {e}", context.python.display()))
+        }
+    }
 }
 
 /// A worker's JSON answer, if the file exists and parses.

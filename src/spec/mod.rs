@@ -82,6 +82,8 @@ pub struct Stage {
     pub kind: Box<dyn StageKind>,
     pub needs: Vec<Located<String>>,
     pub device: Device,
+    /// Whether the pipeline names the device (else the kind's default).
+    pub device_declared: bool,
     pub resources: StageResources,
     pub env: BTreeMap<String, String>,
 }

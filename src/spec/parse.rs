@@ -273,6 +273,7 @@ impl Parser<'_> {
             .collect();
         let mut stages = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
         stages.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        default_devices_from_producers(&mut stages);
         Ok(stages)
     }
 
@@ -312,6 +313,7 @@ impl Parser<'_> {
             },
             value,
         )?;
+        let device_declared = common.device.is_some();
         let device = match &common.device {
             Some(device) => Device::parse(device.get_ref()).ok_or_else(|| {
                 self.src
@@ -336,6 +338,7 @@ impl Parser<'_> {
                 })
                 .collect(),
             device,
+            device_declared,
             resources: self.stage_resources(common.resources, table)?,
             env: common.env,
         })
@@ -462,6 +465,25 @@ pub fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Second pass over the stages (sorted by name): a stage that names no device gets the
+/// one its kind picks knowing which kinds produce its inputs (a report over an `engine`
+/// stage's output asks for a GPU).
+fn default_devices_from_producers(stages: &mut [Stage]) {
+    let kinds: Vec<(String, &'static str)> = stages
+        .iter()
+        .map(|s| (s.name.clone(), s.kind.kind()))
+        .collect();
+    let producer = |name: &str| {
+        kinds
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| kinds[i].1)
+    };
+    for stage in stages.iter_mut().filter(|s| !s.device_declared) {
+        stage.device = stage.kind.default_device_given(&producer);
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,15 @@ impl Run {
     }
 }
 
+/// The TensorRT STAND-IN (a test double of the `tensorrt` Python package, never the real
+/// one), for POCHI_TEST_TENSORRT_STANDIN.
+pub fn tensorrt_standin_dir() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fake_tensorrt")
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub fn pochi_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pochi"))
 }

@@ -12,6 +12,7 @@ mod evaluate;
 pub mod metrics;
 mod outputs;
 mod runner;
+mod tensorrt;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -26,7 +27,7 @@ use self::config::{Config, Task};
 use self::metrics::{Classification, Latency, Parity, Tolerance};
 use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
 use crate::spec::parse_api::Parser;
-use crate::spec::{NamedInput, NamedOutput, SpanError};
+use crate::spec::{Device, InputSource, NamedInput, NamedOutput, SpanError};
 
 pub static INFO: KindInfo = KindInfo {
     name: "report",
@@ -78,6 +79,10 @@ pub struct ModelResult {
     pub note: Option<String>,
     pub precision: String,
     pub size_bytes: u64,
+    /// What ran it: "ONNX Runtime CPUExecutionProvider", "TensorRT 11.4.0 on NVIDIA H100".
+    pub runs_on: Option<String>,
+    /// What the timed runs include, when it differs from `timing.includes` (engines).
+    pub timing: Option<String>,
     pub batch: usize,
     pub latency: Option<Latency>,
     /// One pass over the data after the timed runs, each run timed with the copy of the
@@ -121,6 +126,31 @@ impl StageKind for Report {
         true
     }
 
+    /// A GPU when a model is a TensorRT engine (an `engine` stage's output or an engine
+    /// file), else the CPU.
+    fn default_device_given(&self, producer: &dyn Fn(&str) -> Option<&'static str>) -> Device {
+        let models: Vec<&String> = self.config.models.iter().map(|(key, _)| key).collect();
+        let engine = self
+            .config
+            .inputs
+            .iter()
+            .filter(|input| models.contains(&&input.key))
+            .any(|input| match &input.source {
+                InputSource::Output { stage, .. } => producer(stage) == Some("engine"),
+                InputSource::Path(path) => is_engine(path),
+            });
+        if engine {
+            Device::Cuda(None)
+        } else {
+            Device::Cpu
+        }
+    }
+
+    /// Without a GPU the report still times the ONNX models (engines are unavailable).
+    fn gpu_optional(&self) -> bool {
+        true
+    }
+
     fn kind(&self) -> &'static str {
         "report"
     }
@@ -149,6 +179,7 @@ impl StageKind for Report {
             "tolerances": c.tolerances,
             "fail_on_parity": c.fail_on_parity,
             "schema": SCHEMA_VERSION,
+            "tensorrt_worker": crate::toolchain::workers::ENGINE.hash(),
         })
     }
 
@@ -217,6 +248,17 @@ fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> Stri
         .unwrap_or(&dir)
         .display()
         .to_string()
+}
+
+/// One model's runs, from ONNX Runtime or the TensorRT worker.
+struct Measured {
+    batch: usize,
+    /// Seconds of each timed run, and its samples.
+    times: Vec<f64>,
+    sizes: Vec<usize>,
+    /// Seconds of each run of the pass over the data, end to end.
+    end_to_end: Vec<f64>,
+    outputs: data::Named,
 }
 
 /// The reference the models are compared with.
@@ -389,9 +431,16 @@ impl Report {
             "cannot find ONNX Runtime's library (onnxruntime/capi/libonnxruntime.so*) in the toolchain's site-packages\nhint: `pochi toolchain sync`, or set POCHI_ONNXRUNTIME_LIB to the library's path".to_string()
         })?;
         let environment = runner::environment(&library)?;
+        let provider = runner::provider_for(context.gpu);
+        let mut warnings = Vec::new();
+        if let runner::Provider::Cpu {
+            warning: Some(warning),
+        } = &provider
+        {
+            warnings.push(warning.clone());
+        }
 
         // The reference outputs.
-        let mut warnings = Vec::new();
         let mut reference = match (input("reference"), npz_outputs) {
             (Some(path), _) if path.extension().is_some_and(|e| e == "npz") => {
                 let (_, outputs) = data::read_reference(&path)?;
@@ -402,7 +451,7 @@ impl Report {
                 }
             }
             (Some(path), _) => {
-                let mut model = runner::load(&environment, &path, c.threads)?;
+                let mut model = runner::load(&environment, &path, c.threads, &provider)?;
                 let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
                 let (outputs, _) = model.outputs_for(&runner::batches(&data, batch))?;
                 let name = c
@@ -412,7 +461,11 @@ impl Report {
                     .find(|(_, i)| input(&i.key).as_deref() == Some(path.as_path()))
                     .map(|((_, text), _)| text.clone());
                 ReferenceInfo {
-                    description: format!("{} run on ONNX Runtime CPU", c_display(context, &path)),
+                    description: format!(
+                        "{} run on ONNX Runtime ({})",
+                        c_display(context, &path),
+                        model.provider
+                    ),
                     outputs: model.outputs.iter().cloned().zip(outputs).collect(),
                     model: name,
                 }
@@ -442,6 +495,8 @@ impl Report {
                 note: None,
                 precision: precision_of(&path),
                 size_bytes: size_on_disk(&path),
+                runs_on: None,
+                timing: None,
                 batch: 0,
                 latency: None,
                 end_to_end: None,
@@ -453,29 +508,61 @@ impl Report {
                 predictions: Vec::new(),
                 confidence: Vec::new(),
             };
-            if is_engine(&path) {
+            let measured = if is_engine(&path) {
                 if result.precision == "fp32" && !path.with_extension("manifest.json").is_file() {
                     result.precision = "unknown".into();
                 }
-                result.status = "unavailable".into();
-                result.note = Some(if facts.tensorrt.is_none() || facts.gpus.is_empty() {
-                    "unavailable on this machine (TensorRT not installed / no GPU)".into()
-                } else {
-                    "not run: TensorRT engines need the TensorRT worker, which this version of pochi does not have".into()
-                });
-                models.push(result);
-                continue;
-            }
-            let mut model = runner::load(&environment, &path, c.threads)?;
-            let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
-            result.batch = batch;
-            let batches = runner::batches(&data, batch);
-            let (times, sizes) =
-                model.time(&batches, c.warmup, c.iterations, c.min_duration, cancel)?;
-            // After the warm-up: one pass over the data, end to end, for the outputs.
-            let (outputs, e2e) = model.outputs_for(&batches)?;
-            result.end_to_end = Some(metrics::latency(&e2e, samples, batch));
-            let latency = metrics::latency(&times, sizes.iter().sum(), batch);
+                if let Some(why) = tensorrt::why_not(context, facts.gpus.len()) {
+                    result.status = "unavailable".into();
+                    result.note = Some(why);
+                    models.push(result);
+                    continue;
+                }
+                let runs = tensorrt::Runs {
+                    batch: c.batch,
+                    warmup: c.warmup,
+                    iterations: c.iterations,
+                    min_duration: c.min_duration,
+                };
+                let run = tensorrt::run(context, &path, &data, runs, cancel)
+                    .map_err(|e| format!("{text}: {e}"))?;
+                result.runs_on = Some(run.ran_on);
+                result.timing = Some(format!(
+                    "{}: pure execution on inputs already on the GPU",
+                    run.timing
+                ));
+                Measured {
+                    batch: run.batch,
+                    times: run.times,
+                    sizes: run.samples,
+                    end_to_end: run.end_to_end,
+                    outputs: run.outputs,
+                }
+            } else {
+                let mut model = runner::load(&environment, &path, c.threads, &provider)?;
+                result.runs_on = Some(format!("ONNX Runtime {}", model.provider));
+                let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
+                let batches = runner::batches(&data, batch);
+                let (times, sizes) =
+                    model.time(&batches, c.warmup, c.iterations, c.min_duration, cancel)?;
+                // After the warm-up: one pass over the data, end to end, for the outputs.
+                let (outputs, end_to_end) = model.outputs_for(&batches)?;
+                Measured {
+                    batch,
+                    times,
+                    sizes,
+                    end_to_end,
+                    outputs: model.outputs.iter().cloned().zip(outputs).collect(),
+                }
+            };
+            result.batch = measured.batch;
+            result.end_to_end = Some(metrics::latency(
+                &measured.end_to_end,
+                samples,
+                measured.batch,
+            ));
+            let latency =
+                metrics::latency(&measured.times, measured.sizes.iter().sum(), measured.batch);
             result.noisy = latency.spread > metrics::NOISY_CV;
             if result.noisy {
                 warnings.push(format!(
@@ -486,8 +573,7 @@ impl Report {
                 ));
             }
             result.latency = Some(latency);
-            let named: Vec<(String, ArrayD<f32>)> =
-                model.outputs.iter().cloned().zip(outputs).collect();
+            let named = measured.outputs;
             if reference.model.as_deref() == Some(text.as_str()) {
                 if reference.outputs.is_empty() {
                     reference.outputs = named.clone();
@@ -536,7 +622,10 @@ impl Report {
                 } else {
                     c.threads.to_string()
                 },
-                provider: "CPUExecutionProvider",
+                provider: match provider {
+                    runner::Provider::Cuda { .. } => "CUDAExecutionProvider",
+                    runner::Provider::Cpu { .. } => "CPUExecutionProvider",
+                },
             },
             environment: facts.info(c.threads),
             models,

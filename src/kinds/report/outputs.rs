@@ -181,11 +181,18 @@ pub fn markdown(summary: &Summary) -> String {
         let _ = writeln!(md, "## `{}`\n", m.name);
         let _ = writeln!(
             md,
-            "File `{}`, {}, {}.\n",
+            "File `{}`, {}, {}{}.\n",
             m.path,
             m.precision,
-            size(m.size_bytes)
+            size(m.size_bytes),
+            m.runs_on
+                .as_ref()
+                .map(|r| format!(", run on {r}"))
+                .unwrap_or_default()
         );
+        if let Some(timing) = &m.timing {
+            let _ = writeln!(md, "Times: {timing}.\n");
+        }
         if let Some(note) = &m.note {
             let _ = writeln!(md, "{note}\n");
             continue;

@@ -86,9 +86,45 @@ pub struct Model {
     /// The input's shape as the model declares it (-1 for dynamic axes).
     pub input_shape: Vec<i64>,
     pub outputs: Vec<String>,
+    /// The execution provider the session runs on.
+    pub provider: &'static str,
 }
 
-pub fn load(environment: &Environment, path: &Path, threads: usize) -> Result<Model, String> {
+/// The execution provider a session gets: CUDA on `gpu` when the stage holds one and the
+/// loaded ONNX Runtime has the CUDA provider, else the CPU (with the reason, when a GPU
+/// was held, as a warning).
+pub enum Provider {
+    Cpu { warning: Option<String> },
+    Cuda { device: u32 },
+}
+
+/// Picks the provider for a stage holding `gpu` (ONNX Runtime must be loaded already).
+pub fn provider_for(gpu: Option<u32>) -> Provider {
+    use ort::ep::ExecutionProvider;
+    let Some(device) = gpu else {
+        return Provider::Cpu { warning: None };
+    };
+    match ort::ep::CUDA::is_available() {
+        Ok(true) => Provider::Cuda { device },
+        Ok(false) => Provider::Cpu {
+            warning: Some(format!(
+                "the stage holds GPU {device}, but this ONNX Runtime has no CUDA execution provider (the managed toolchain installs the CPU build): ONNX models ran on the CPU; to time them on the GPU, use a [toolchain] python with onnxruntime-gpu installed, or point POCHI_ONNXRUNTIME_LIB at its library"
+            )),
+        },
+        Err(e) => Provider::Cpu {
+            warning: Some(format!(
+                "cannot ask ONNX Runtime for its execution providers ({e}): ONNX models ran on the CPU"
+            )),
+        },
+    }
+}
+
+pub fn load(
+    environment: &Environment,
+    path: &Path,
+    threads: usize,
+    provider: &Provider,
+) -> Result<Model, String> {
     let fail = |e: ort::Error| format!("cannot load {}: {e}", path.display());
     let mut builder = Session::builder(environment)
         .map_err(fail)?
@@ -100,6 +136,20 @@ pub fn load(environment: &Environment, path: &Path, threads: usize) -> Result<Mo
             .map_err(|e| fail(e.into()))?
             .with_inter_threads(1)
             .map_err(|e| fail(e.into()))?;
+    }
+    let mut name = "CPUExecutionProvider";
+    if let Provider::Cuda { device } = provider {
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(*device as i32)
+            .build()
+            .error_on_failure();
+        builder = builder.with_execution_providers([cuda]).map_err(|e| {
+            format!(
+                "cannot start ONNX Runtime's CUDA provider on GPU {device} for {}: {e}\nhint: check the CUDA and cuDNN libraries onnxruntime-gpu needs, or set device = \"cpu\" on the report",
+                path.display()
+            )
+        })?;
+        name = "CUDAExecutionProvider";
     }
     let session = builder.commit_from_file(path).map_err(fail)?;
     let [input] = session.inputs() else {
@@ -137,6 +187,7 @@ pub fn load(environment: &Environment, path: &Path, threads: usize) -> Result<Mo
         input,
         input_shape,
         outputs,
+        provider: name,
     })
 }
 

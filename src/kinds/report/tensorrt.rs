@@ -1,0 +1,173 @@
+//! TensorRT engines in a report: whether one can run here, and running it through the
+//! engine worker's `--infer` mode on the stage's GPU (timed runs on batches already on the
+//! device, then one pass end to end for the outputs). The answer comes back as JSON and an
+//! `.npz`; the report then treats the engine like an ONNX model.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ndarray::ArrayD;
+use ndarray_npy::WriteNpyExt;
+use serde_json::{Value, json};
+
+use super::data;
+use crate::kinds::InvocationContext;
+use crate::kinds::worker::{read_json, run_worker_now};
+use crate::toolchain::tensorrt;
+use crate::toolchain::workers::ENGINE;
+
+/// What running an engine gave.
+#[derive(Debug)]
+pub struct EngineRun {
+    pub outputs: data::Named,
+    /// Seconds of each timed run (CUDA events around `execute_async_v3`).
+    pub times: Vec<f64>,
+    /// Samples of each timed run.
+    pub samples: Vec<usize>,
+    /// Seconds of each run of the pass over the data: copy in, run, copy out.
+    pub end_to_end: Vec<f64>,
+    pub batch: usize,
+    /// How the worker timed the runs.
+    pub timing: String,
+    /// "TensorRT <version> on <GPU>".
+    pub ran_on: String,
+}
+
+/// How the runs go.
+#[derive(Debug, Clone, Copy)]
+pub struct Runs {
+    pub batch: Option<usize>,
+    pub warmup: usize,
+    pub iterations: usize,
+    pub min_duration: Duration,
+}
+
+/// Why an engine cannot run in this stage, if it cannot: no GPU held, or no TensorRT.
+pub fn why_not(context: &InvocationContext, machine_gpus: usize) -> Option<String> {
+    if context.gpu.is_none() {
+        return Some(if machine_gpus == 0 {
+            "unavailable on this machine: no GPU".into()
+        } else {
+            "not run: the report stage holds no GPU (set device = \"cuda\" on it)".into()
+        });
+    }
+    let probe = tensorrt::probe(context.python);
+    if probe.tensorrt.is_none() {
+        return Some(format!(
+            "unavailable on this machine: TensorRT is not installed ({})",
+            probe.error.as_deref().unwrap_or("cannot import tensorrt")
+        ));
+    }
+    None
+}
+
+/// Runs the engine at `engine` on `samples` through the engine worker.
+pub fn run(
+    context: &InvocationContext,
+    engine: &Path,
+    samples: &ArrayD<f32>,
+    runs: Runs,
+    cancel: &AtomicBool,
+) -> Result<EngineRun, String> {
+    let scratch = tempfile::Builder::new()
+        .prefix("tensorrt-")
+        .tempdir_in(context.state_dir)
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+    let dir = scratch.path();
+    let data_path = dir.join("data.npy");
+    let file = std::fs::File::create(&data_path)
+        .map_err(|e| format!("cannot write {}: {e}", data_path.display()))?;
+    samples
+        .write_npy(std::io::BufWriter::new(file))
+        .map_err(|e| format!("cannot write {}: {e}", data_path.display()))?;
+    let outputs_path = dir.join("outputs.npz");
+    let request = json!({
+        "protocol": 1,
+        "engine": engine,
+        "built_for": built_for(engine),
+        "data": data_path,
+        "batch": runs.batch,
+        "warmup": runs.warmup,
+        "iterations": runs.iterations,
+        "min_duration_s": runs.min_duration.as_secs_f64(),
+        "outputs": outputs_path,
+    });
+    let request_path = dir.join("request.json");
+    std::fs::write(&request_path, request.to_string())
+        .map_err(|e| format!("cannot write {}: {e}", request_path.display()))?;
+    let result_path = dir.join("result.json");
+    let log = context
+        .state_dir
+        .join("logs")
+        .join(format!("{}.tensorrt.log", context.stage));
+    let answer = run_worker_now(
+        context,
+        &ENGINE,
+        &[Path::new("--infer"), &request_path, &result_path],
+        &result_path,
+        log,
+        cancel,
+    )?;
+    let (_, outputs) = data::read_reference(&outputs_path)?;
+    parse_answer(&answer["run"], outputs)
+}
+
+/// The TensorRT version and GPU the engine was built with, from its manifest (the engine
+/// stage's `<stem>.manifest.json`); null when there is none.
+fn built_for(engine: &Path) -> Value {
+    let manifest = crate::kinds::worker::beside(engine, "manifest.json");
+    match read_json(&manifest) {
+        Some(m) => json!({ "tensorrt": m.get("tensorrt"), "gpu": m.get("gpu") }),
+        None => Value::Null,
+    }
+}
+
+fn parse_answer(run: &Value, outputs: data::Named) -> Result<EngineRun, String> {
+    let floats = |key: &str| -> Vec<f64> {
+        run[key]
+            .as_array()
+            .map(|list| list.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let times = floats("times_s");
+    let samples: Vec<usize> = floats("samples").iter().map(|&s| s as usize).collect();
+    if times.is_empty() || times.len() != samples.len() {
+        return Err("the engine worker's answer has no timed runs".into());
+    }
+    let text = |key: &str| run[key].as_str().unwrap_or("unknown").to_string();
+    Ok(EngineRun {
+        outputs,
+        times,
+        samples,
+        end_to_end: floats("end_to_end_s"),
+        batch: run["batch"].as_u64().unwrap_or(1) as usize,
+        timing: text("timing"),
+        ran_on: format!(
+            "TensorRT {} on {}",
+            text("tensorrt"),
+            run["gpu"]["name"].as_str().unwrap_or("an unknown GPU")
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_becomes_a_run() {
+        let answer = json!({
+            "tensorrt": "11.4.0", "gpu": {"name": "H100", "compute_capability": "9.0"},
+            "batch": 2, "times_s": [0.001, 0.002], "samples": [2, 2],
+            "end_to_end_s": [0.003], "timing": "CUDA events around execute_async_v3"
+        });
+        let run = parse_answer(&answer, Vec::new()).unwrap();
+        assert_eq!(run.times, vec![0.001, 0.002]);
+        assert_eq!(run.samples, vec![2, 2]);
+        assert_eq!(run.batch, 2);
+        assert_eq!(run.ran_on, "TensorRT 11.4.0 on H100");
+        let empty = json!({"times_s": [], "samples": []});
+        assert!(parse_answer(&empty, Vec::new()).is_err());
+    }
+}
