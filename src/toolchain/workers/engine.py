@@ -433,7 +433,12 @@ def infer(request):
         raise Failure("unavailable", f"TensorRT is not available on this machine: {error}",
                       "install TensorRT for this GPU (pip install tensorrt from NVIDIA's index)")
     import numpy as np
-    import torch
+
+    try:
+        import torch
+    except ImportError as error:
+        raise Failure("torch", f"running an engine needs PyTorch (for GPU memory, streams and events): {error}",
+                      "use the managed toolchain, or install torch in the [toolchain] python")
 
     standin_cpu = getattr(trt, "_pochi_standin_device", None) == "cpu"
     device = HostDevice(torch) if standin_cpu else CudaDevice(torch)
