@@ -157,11 +157,20 @@ fn classification_metrics_on_a_labelled_set_with_a_known_answer() {
         let text = project.read(&format!("build/pipeline/cls/{svg}"));
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
     }
-    assert!(
-        project
-            .read("build/pipeline/cls/confusion_matrix.svg")
-            .contains("true 0, predicted 2: 1")
-    );
+    let latency = project.read("build/pipeline/cls/latency.svg");
+    for text in ["linear.onnx", "latency (ms)"] {
+        assert!(latency.contains(text), "{text}: {latency}");
+    }
+    let confusion = project.read("build/pipeline/cls/confusion_matrix.svg");
+    for text in [
+        "ident.onnx",
+        "class_2",
+        "predicted",
+        "\n1\n</text>",
+        "\n2\n</text>",
+    ] {
+        assert!(confusion.contains(text), "{text}: {confusion}");
+    }
     // Up to date: a second build runs nothing.
     assert!(project.build(&[]).ran().is_empty());
 }

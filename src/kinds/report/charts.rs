@@ -1,182 +1,346 @@
-//! Charts as self-contained SVG, written directly (no font files or system libraries:
-//! text is left to the viewer's default sans-serif font).
+//! Charts as self-contained SVG, drawn with `plotters`' SVG backend (no font files or
+//! system libraries: text is laid out with plotters' size estimate and left to the viewer's
+//! sans-serif font).
 
-use std::fmt::Write as _;
+use std::error::Error;
+use std::ops::Range;
+
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ModelResult;
+use super::metrics::Latency;
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn = Result<(), Box<dyn Error>>;
+
+const FONT: &str = "sans-serif";
+/// Font sizes in plotters' units (the SVG's `font-size` is these over 1.24).
+const TITLE: u32 = 18;
+const LABEL: u32 = 15;
+const BAR: RGBColor = RGBColor(0x4c, 0x78, 0xa8);
+const MEAN: RGBColor = RGBColor(0xe4, 0x57, 0x56);
+
+/// Draws on a white `width x height` SVG.
+fn svg(
+    width: u32,
+    height: u32,
+    draw: impl FnOnce(&Area) -> Drawn,
+) -> Result<String, Box<dyn Error>> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+    }
+    Ok(svg)
 }
 
-fn header(width: u32, height: u32) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    )
+/// [`svg`], or on a drawing error an SVG saying so.
+fn render(width: u32, height: u32, draw: impl FnOnce(&Area) -> Drawn) -> String {
+    svg(width, height, draw).unwrap_or_else(|e| empty(&format!("cannot draw the chart: {e}")))
+}
+
+/// Pixels that `text` takes at `size`, by plotters' own estimate (about 0.46 em a char).
+fn text_width(text: &str, size: u32) -> u32 {
+    (text.chars().count() as f64 * f64::from(size) * 0.46).ceil() as u32
+}
+
+/// The width of the widest of `names` as labels.
+fn widest(names: &[String]) -> u32 {
+    names
+        .iter()
+        .map(|s| text_width(s, LABEL))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The axis `0..n` of `n` unit slots (a model, a class), slot `i` spanning `i..i + 1`,
+/// with a label at the middle of every `every`-th slot whatever the number of labels
+/// plotters asks for. `down`: slot 0 at the top of a vertical axis.
+struct Slots {
+    n: usize,
+    every: usize,
+    down: bool,
+}
+
+fn slots(n: usize, every: usize, down: bool) -> Slots {
+    Slots {
+        n,
+        every: every.max(1),
+        down,
+    }
+}
+
+impl Ranged for Slots {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let share = value / self.n.max(1) as f64;
+        let share = if self.down { 1.0 - share } else { share };
+        limit.0 + (share * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        (0..self.n)
+            .step_by(self.every)
+            .map(|i| i as f64 + 0.5)
+            .collect()
+    }
+
+    fn range(&self) -> Range<f64> {
+        0.0..self.n as f64
+    }
+}
+
+impl ValueFormatter<f64> for Slots {
+    fn format(value: &f64) -> String {
+        format!("{}", value.floor())
+    }
+}
+
+fn title_font() -> FontDesc<'static> {
+    (FONT, TITLE).into_font().style(FontStyle::Bold)
+}
+
+/// A label's style, centred vertically on its point.
+fn label(h: HPos, ink: &'static RGBColor) -> TextStyle<'static> {
+    TextStyle::from((FONT, LABEL).into_font())
+        .pos(Pos::new(h, VPos::Center))
+        .color(ink)
+}
+
+/// The name of the slot holding `v` (slot `i` spans `i..i + 1`).
+fn slot_name(names: &[String], v: f64) -> String {
+    names.get(v.floor() as usize).cloned().unwrap_or_default()
 }
 
 /// An SVG saying there is nothing to draw.
 pub fn empty(message: &str) -> String {
-    let mut svg = header(400, 60);
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"35\">{}</text>\n</svg>",
-        escape(message)
-    );
-    svg
+    let width = (text_width(message, LABEL) + 40).max(400);
+    // Not `render`, whose fallback is this. The SVG backend writes into a `String` and has
+    // no failing path, so the empty string is never returned.
+    svg(width, 60, |root| {
+        root.draw(&Text::new(
+            message.to_string(),
+            (20, 30),
+            label(HPos::Left, &BLACK),
+        ))?;
+        Ok(())
+    })
+    .unwrap_or_default()
 }
 
 /// Horizontal bars per model: median latency, with whiskers from min to p99 and a mark at
 /// the mean.
 pub fn latency(models: &[ModelResult]) -> String {
-    let timed: Vec<(&str, &super::metrics::Latency)> = models
+    let timed: Vec<(&str, &Latency)> = models
         .iter()
         .filter_map(|m| m.latency.as_ref().map(|l| (m.name.as_str(), l)))
         .collect();
     if timed.is_empty() {
         return empty("no model was timed");
     }
-    let (left, right, row, top) = (180.0, 80.0, 36.0, 40.0);
-    let plot = 480.0;
-    let width = left + plot + right;
-    let height = top + row * timed.len() as f64 + 40.0;
+    latency_bars(&timed)
+}
+
+fn latency_bars(timed: &[(&str, &Latency)]) -> String {
+    let n = timed.len();
+    let names: Vec<String> = timed.iter().map(|(name, _)| name.to_string()).collect();
+    let left = (widest(&names) + 16).clamp(60, 400);
     let max = timed
         .iter()
         .map(|(_, l)| l.p99_ms)
         .fold(0.0f64, f64::max)
         .max(1e-9);
-    let x = |v: f64| left + plot * v / max;
-    let mut svg = header(width as u32, height as u32);
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">Latency per run (ms): bar = median, whisker = min..p99, tick = mean</text>"
-    );
-    for (i, (name, l)) in timed.iter().enumerate() {
-        let y = top + row * i as f64;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            left - 8.0,
-            y + row / 2.0 + 4.0,
-            escape(name)
-        );
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#4c78a8\"><title>median {:.3} ms</title></rect>",
-            y + 6.0,
-            (x(l.median_ms) - left).max(1.0),
-            row - 12.0,
-            l.median_ms
-        );
-        let mid = y + row / 2.0;
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{:.1}\" y1=\"{mid:.1}\" x2=\"{:.1}\" y2=\"{mid:.1}\" stroke=\"black\"/>",
-            x(l.min_ms),
-            x(l.p99_ms)
-        );
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"#e45756\" stroke-width=\"2\"/>",
-            x(l.mean_ms),
-            y + 4.0,
-            y + row - 4.0
-        );
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\">{:.3}</text>",
-            x(l.p99_ms) + 6.0,
-            mid + 4.0,
-            l.median_ms
-        );
-    }
-    let axis_y = top + row * timed.len() as f64 + 4.0;
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{left}\" y1=\"{axis_y:.1}\" x2=\"{:.1}\" y2=\"{axis_y:.1}\" stroke=\"#888\"/>",
-        left + plot
-    );
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{:.3}</text>",
-            x(v),
-            axis_y + 16.0,
-            v
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+    // Room on the right of the longest whisker for the median's figure.
+    let x_range: Range<f64> = 0.0..max * 1.18;
+    render(left + 620, 110 + 36 * n as u32, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "Latency per run: bar = median, whisker = min..p99, tick = mean",
+                title_font(),
+            )
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(left)
+            .build_cartesian_2d(x_range, slots(n, 1, true))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc("latency (ms)")
+            .x_labels(6)
+            .x_label_formatter(&|v| format!("{v:.3}"))
+            .y_label_formatter(&|v| slot_name(&names, *v))
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, LABEL + 1))
+            .draw()?;
+        let figure = label(HPos::Left, &BLACK);
+        for (i, (_, l)) in timed.iter().enumerate() {
+            let (y, mid) = (i as f64, i as f64 + 0.5);
+            chart.draw_series([Rectangle::new(
+                [(0.0, y + 0.2), (l.median_ms, y + 0.8)],
+                BAR.filled(),
+            )])?;
+            chart.draw_series([
+                PathElement::new([(l.min_ms, mid), (l.p99_ms, mid)], BLACK),
+                PathElement::new([(l.min_ms, y + 0.4), (l.min_ms, y + 0.6)], BLACK),
+                PathElement::new([(l.p99_ms, y + 0.4), (l.p99_ms, y + 0.6)], BLACK),
+                PathElement::new(
+                    [(l.mean_ms, y + 0.12), (l.mean_ms, y + 0.88)],
+                    MEAN.stroke_width(2),
+                ),
+            ])?;
+            chart.draw_series([Text::new(
+                format!("{:.3}", l.median_ms),
+                (l.p99_ms + max * 0.015, mid),
+                figure.clone(),
+            )])?;
+        }
+        Ok(())
+    })
 }
 
-/// The confusion matrix (rows: true class, columns: predicted), shaded by row share.
-pub fn confusion(model: &str, matrix: &[Vec<u64>]) -> String {
+/// The confusion matrix (rows: true class, columns: predicted), shaded by row share, with
+/// the count in each cell (where cells are large enough) and `classes[i]`, else `i`, naming
+/// class `i` on both axes.
+pub fn confusion(model: &str, matrix: &[Vec<u64>], classes: &[String]) -> String {
     let n = matrix.len().max(1);
-    let cell = (480.0 / n as f64).clamp(8.0, 48.0);
-    let (left, top) = (70.0, 60.0);
-    let size = cell * n as f64;
-    let mut svg = header((left + size + 20.0) as u32, (top + size + 40.0) as u32);
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">Confusion matrix: {} (rows true, columns predicted)</text>",
-        escape(model)
-    );
-    for (t, row) in matrix.iter().enumerate() {
-        let total: u64 = row.iter().sum();
-        for (p, &count) in row.iter().enumerate() {
-            let share = if total > 0 {
-                count as f64 / total as f64
-            } else {
-                0.0
-            };
-            let shade = (255.0 - share * 200.0) as u8;
-            let (cx, cy) = (left + cell * p as f64, top + cell * t as f64);
-            let _ = writeln!(
-                svg,
-                "<rect x=\"{cx:.1}\" y=\"{cy:.1}\" width=\"{cell:.1}\" height=\"{cell:.1}\" fill=\"rgb({shade},{shade},255)\" stroke=\"#ccc\"><title>true {t}, predicted {p}: {count}</title></rect>"
-            );
-            if cell >= 20.0 {
-                let _ = writeln!(
-                    svg,
-                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{count}</text>",
-                    cx + cell / 2.0,
-                    cy + cell / 2.0 + 4.0
-                );
+    let cell = (480.0 / n as f64).clamp(8.0, 64.0);
+    let size = (cell * n as f64).ceil() as u32;
+    // Label every class while labels are at least 16 px apart, else every few.
+    let every = (16.0 / cell).ceil() as usize;
+    let names: Vec<String> = (0..n)
+        .map(|i| classes.get(i).cloned().unwrap_or_else(|| i.to_string()))
+        .collect();
+    let longest = widest(&names);
+    let left = (longest + 40).clamp(60, 260);
+    // Column names are written upwards where they are wider than their columns.
+    let upright = f64::from(longest) > cell * every as f64 - 6.0;
+    let bottom = if upright { left } else { 50 };
+    let title = format!("Confusion matrix: {model} (rows true, columns predicted)");
+    let chart_width = left + size + 24;
+    // Bold text runs wider than plotters' estimate.
+    let width = chart_width.max(text_width(&title, TITLE) * 11 / 10 + 40);
+    render(width, size + bottom + 60, |root| {
+        let side = (width - chart_width) / 2;
+        let area = root.titled(&title, title_font())?.margin(0, 0, side, side);
+        let mut chart = ChartBuilder::on(&area)
+            .margin(12)
+            .x_label_area_size(bottom)
+            .y_label_area_size(left)
+            .build_cartesian_2d(slots(n, every, false), slots(n, every, true))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("predicted")
+            .y_desc("true")
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, LABEL + 1))
+            // plotters centres a turned label on its tick, half of it over the cells, so
+            // turned column names are written below instead.
+            .x_label_formatter(&|v| match upright {
+                true => String::new(),
+                false => slot_name(&names, *v),
+            })
+            .y_label_formatter(&|v| slot_name(&names, *v))
+            .draw()?;
+        if upright {
+            let style = TextStyle::from((FONT, LABEL).into_font())
+                .transform(FontTransform::Rotate270)
+                .pos(Pos::new(HPos::Right, VPos::Center));
+            for p in (0..n).step_by(every) {
+                let (x, y) = chart.backend_coord(&(p as f64 + 0.5, n as f64));
+                root.draw(&Text::new(names[p].clone(), (x, y + 10), style.clone()))?;
             }
         }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{t}</text>",
-            left - 6.0,
-            top + cell * t as f64 + cell / 2.0 + 4.0
-        );
-    }
-    for p in 0..matrix.len() {
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{p}</text>",
-            left + cell * p as f64 + cell / 2.0,
-            top - 6.0
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+        for (t, row) in matrix.iter().enumerate() {
+            let total: u64 = row.iter().sum();
+            let y = t as f64;
+            for (p, &count) in row.iter().enumerate() {
+                let share = if total > 0 {
+                    count as f64 / total as f64
+                } else {
+                    0.0
+                };
+                let shade = (255.0 - share * 200.0) as u8;
+                let (x, corners) = (p as f64, [(p as f64, y), (p as f64 + 1.0, y + 1.0)]);
+                chart.draw_series([
+                    Rectangle::new(corners, RGBColor(shade, shade, 255).filled()),
+                    Rectangle::new(corners, RGBColor(0xcc, 0xcc, 0xcc)),
+                ])?;
+                if cell >= 20.0 {
+                    let ink = if share > 0.5 { &WHITE } else { &BLACK };
+                    chart.draw_series([Text::new(
+                        count.to_string(),
+                        (x + 0.5, y + 0.5),
+                        label(HPos::Center, ink),
+                    )])?;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::metrics;
     use super::*;
 
+    fn well_formed(svg: &str) {
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+        assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    }
+
     #[test]
-    fn confusion_svg_names_each_cell() {
-        let svg = confusion("m<1>", &[vec![2, 1], vec![0, 3]]);
-        assert!(svg.starts_with("<svg"));
-        assert!(svg.contains("m&lt;1&gt;"));
-        assert!(svg.contains("true 0, predicted 1: 1"));
-        assert!(svg.trim_end().ends_with("</svg>"));
+    fn confusion_svg_writes_counts_and_class_names() {
+        let classes = ["cat".to_string(), "dog & co".to_string()];
+        let svg = confusion("m<1>", &[vec![2, 1], vec![0, 7]], &classes);
+        well_formed(&svg);
+        assert!(svg.contains("m&lt;1&gt;"), "{svg}");
+        for text in ["cat", "dog &amp; co", "predicted", "true"] {
+            assert!(
+                svg.contains(&format!(">\n{text}\n</text>")),
+                "{text}: {svg}"
+            );
+        }
+        for count in [2, 1, 0, 7] {
+            assert!(
+                svg.contains(&format!(">\n{count}\n</text>")),
+                "{count}: {svg}"
+            );
+        }
+    }
+
+    #[test]
+    fn confusion_svg_falls_back_to_indices() {
+        let svg = confusion("m", &[vec![1, 0, 0], vec![0, 1, 0], vec![0, 0, 1]], &[]);
+        well_formed(&svg);
+        assert!(svg.contains(">\n2\n</text>"), "{svg}");
+    }
+
+    #[test]
+    fn latency_svg_names_each_model() {
+        let fast = metrics::latency(&[0.001, 0.002, 0.003], 3, 1);
+        let slow = metrics::latency(&[0.010, 0.012, 0.020], 3, 1);
+        let svg = latency_bars(&[("fast.onnx", &fast), ("slow.onnx", &slow)]);
+        well_formed(&svg);
+        for text in ["fast.onnx", "slow.onnx", "latency (ms)", "Latency per run"] {
+            assert!(svg.contains(text), "{text}: {svg}");
+        }
+        assert!(svg.contains(&format!("{:.3}", slow.median_ms)), "{svg}");
+    }
+
+    #[test]
+    fn empty_svg_says_why() {
+        let svg = empty("no model was timed");
+        well_formed(&svg);
+        assert!(svg.contains("no model was timed"));
     }
 }

@@ -34,7 +34,12 @@ pub fn write_all(
                         .map(|c| (m.name.as_str(), c))
                 });
                 match first {
-                    Some((name, c)) => charts::confusion(name, &c.confusion),
+                    Some((name, c)) => {
+                        let classes: Vec<String> = (0..c.confusion.len())
+                            .map(|i| class_name(summary, i))
+                            .collect();
+                        charts::confusion(name, &c.confusion, &classes)
+                    }
                     None => charts::empty("no labelled classification results"),
                 }
             }
