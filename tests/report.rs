@@ -333,11 +333,206 @@ fn infer_writes_the_report_for_one_model() {
         "{}",
         trt.stderr
     );
-    // A folder of images needs the dataset kind.
-    std::fs::create_dir_all(project.path("images")).unwrap();
+}
+
+/// pochitrain's layout: one folder per class. Cats are red, dogs green, but `dog/c.png` is
+/// red (so `pool.onnx` gets it wrong); the sizes differ, so every image is resized.
+fn write_images(project: &Project, dir: &str) {
+    const RED: [u8; 3] = [230, 10, 20];
+    const GREEN: [u8; 3] = [15, 220, 30];
+    for (file, rgb, width, height) in [
+        ("cat/a.png", RED, 10, 12),
+        ("cat/b.png", RED, 8, 8),
+        ("cat/c.png", RED, 16, 9),
+        ("dog/a.png", GREEN, 12, 12),
+        ("dog/b.png", GREEN, 9, 20),
+        ("dog/c.png", RED, 8, 11),
+    ] {
+        let path = project.path(&format!("{dir}/{file}"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(width, height, image::Rgb(rgb))
+            .save(&path)
+            .unwrap();
+    }
+}
+
+#[test]
+fn infer_on_a_class_per_folder_image_set() {
+    let project = project("");
+    write_images(&project, "val");
+    let args = ["--threads", "1", "--iterations", "10"];
+    let run = project.run(
+        &[
+            &["infer", "pool.onnx", "--data", "val", "-o", "out"],
+            &args[..],
+        ]
+        .concat(),
+    );
+    run.assert_ok();
+    // The input size comes from the ONNX (N x 3 x 8 x 8); ImageNet normalization.
+    assert!(
+        run.stderr.contains(
+            "6 images in 2 classes; resize 8, centre crop 8x8, mean 0.485 0.456 0.406, std 0.229 0.224 0.225"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("accuracy 83.33%"), "{}", run.stderr);
+    let predictions = project.read("out/predictions.csv");
+    let rows: Vec<&str> = predictions.lines().skip(1).collect();
+    assert_eq!(rows.len(), 6, "{predictions}");
+    for (row, (file, predicted, truth)) in rows.iter().zip([
+        ("cat/a.png", "0,cat", "0,cat"),
+        ("cat/b.png", "0,cat", "0,cat"),
+        ("cat/c.png", "0,cat", "0,cat"),
+        ("dog/a.png", "1,dog", "1,dog"),
+        ("dog/b.png", "1,dog", "1,dog"),
+        ("dog/c.png", "0,cat", "1,dog"),
+    ]) {
+        let correct = predicted == truth;
+        assert!(
+            row.starts_with(&format!("{file},{predicted},{truth},"))
+                && row.contains(&format!(",{correct},"))
+                && row.ends_with("pool.onnx"),
+            "{row}"
+        );
+    }
+    let summary = json(&project, "out/summary.json");
+    assert_eq!(summary["data"]["samples"], 6);
+    assert_eq!(
+        summary["data"]["sample_shape"],
+        serde_json::json!([3, 8, 8])
+    );
+    assert_eq!(
+        summary["data"]["classes"],
+        serde_json::json!(["cat", "dog"])
+    );
+    let classification = &summary["models"][0]["task"]["classification"];
+    assert_eq!(classification["labelled"], 6);
+    assert!(close(
+        classification["accuracy"].as_f64().unwrap(),
+        5.0 / 6.0
+    ));
+    assert_eq!(
+        classification["confusion"],
+        serde_json::json!([[3, 0], [1, 2]])
+    );
+
+    // Explicit preprocessing and a seeded subset.
+    let run = project.run(
+        &[
+            &[
+                "infer",
+                "pool.onnx",
+                "--data",
+                "val",
+                "-o",
+                "subset",
+                "--input-size",
+                "8",
+                "8",
+                "--resize",
+                "9",
+                "--mean",
+                "0.5",
+                "--std",
+                "0.25",
+                "--samples",
+                "4",
+            ],
+            &args[..],
+        ]
+        .concat(),
+    );
+    run.assert_ok();
+    assert!(
+        run.stderr
+            .contains("4 of 6 images in 2 classes; resize 9, centre crop 8x8, mean 0.5 0.5 0.5, std 0.25 0.25 0.25"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(project.read("subset/predictions.csv").lines().count(), 5);
+    assert_eq!(json(&project, "subset/summary.json")["data"]["samples"], 4);
+
+    // A flat folder of .npy volumes: fed as they are, unlabelled.
+    let python = toolchain_python(&project);
+    let output = Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import numpy as np, os; os.makedirs('vols'); [np.save(f'vols/v{i}.npy', np.random.default_rng(i).standard_normal((3, 4, 4, 4)).astype(np.float32)) for i in range(2)]",
+        ])
+        .current_dir(project.dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let run = project.run(
+        &[
+            &[
+                "infer",
+                "seg.onnx",
+                "--data",
+                "vols",
+                "--task",
+                "segmentation",
+                "-o",
+                "vol",
+            ],
+            &args[..],
+        ]
+        .concat(),
+    );
+    run.assert_ok();
+    assert!(
+        run.stderr
+            .contains("2 .npy volumes, no class folders (unlabelled)"),
+        "{}",
+        run.stderr
+    );
+    let summary = json(&project, "vol/summary.json");
+    assert_eq!(
+        summary["data"]["sample_shape"],
+        serde_json::json!([3, 4, 4, 4])
+    );
+}
+
+#[test]
+fn infer_names_a_bad_data_folder_with_a_hint() {
+    // Every mistake is caught before the model is read or a toolchain is needed.
+    let project = Project::new("");
+    project.write("m.onnx", "not a model");
+    project.write("x.npy", "");
+    std::fs::create_dir_all(project.path("empty")).unwrap();
     project
-        .run(&["infer", "ident.onnx", "--data", "images"])
-        .assert_error(&["image folders come with the dataset"]);
+        .run(&["infer", "m.onnx", "--data", "empty"])
+        .assert_error(&["has no images", "help:", "one folder per class"]);
+    std::fs::create_dir_all(project.path("classes/cat")).unwrap();
+    std::fs::create_dir_all(project.path("classes/dog")).unwrap();
+    project
+        .run(&["infer", "m.onnx", "--data", "classes"])
+        .assert_error(&["has no images", "help:"]);
+    write_images(&project, "val");
+    project.write("val/stray.png", "");
+    project
+        .run(&["infer", "m.onnx", "--data", "val"])
+        .assert_error(&["`stray.png`", "move it into a class folder"]);
+    std::fs::remove_file(project.path("val/stray.png")).unwrap();
+    project
+        .run(&["infer", "m.onnx", "--data", "val", "--labels", "x.npy"])
+        .assert_error(&["a folder's labels are its class folders", "help:"]);
+    project
+        .run(&["infer", "m.onnx", "--data", "x.npy", "--resize", "256"])
+        .assert_error(&["--resize applies to a folder of images", "help:"]);
+    project
+        .run(&["infer", "m.onnx", "--data", "val", "--mean", "0.5", "0.5"])
+        .assert_error(&["--mean takes 1 or 3 values", "help:"]);
+    project
+        .run(&["infer", "m.onnx", "--data", "missing"])
+        .assert_error(&["does not exist", "help:"]);
+    // Not an ONNX: its input size cannot be read.
+    project
+        .run(&["infer", "m.onnx", "--data", "val"])
+        .assert_error(&["cannot read the model's input size", "--input-size"]);
 }
 
 const EXPORT_THEN_REPORT: &str = r#"

@@ -151,34 +151,19 @@ fn pipeline_text(args: &ConvertArgs, model: &Path, calib: Option<&Path>) -> miet
                 .as_ref()
                 .and_then(|s| s.last().copied())
                 .unwrap_or(224);
-            let mut dataset = Table::new();
-            dataset.insert("kind".into(), "dataset".into());
-            dataset.insert("source".into(), path(calib));
-            dataset.insert("samples".into(), Value::Integer(args.calib_samples as i64));
-            dataset.insert("seed".into(), Value::Integer(42));
-            let mut normalize = Table::new();
-            normalize.insert(
-                "mean".into(),
-                Value::Array(vec![0.485.into(), 0.456.into(), 0.406.into()]),
-            );
-            normalize.insert(
-                "std".into(),
-                Value::Array(vec![0.229.into(), 0.224.into(), 0.225.into()]),
-            );
-            let step = |key: &str, value: Value| {
-                let mut t = Table::new();
-                t.insert(key.into(), value);
-                Value::Table(t)
+            let transform = super::oneshot::ImageTransform {
+                resize: size * 256 / 224,
+                crop: [size, size],
+                mean: super::oneshot::IMAGENET_MEAN.to_vec(),
+                std: super::oneshot::IMAGENET_STD.to_vec(),
             };
-            dataset.insert(
-                "transform".into(),
-                Value::Array(vec![
-                    step("resize", Value::Integer((size * 256 / 224) as i64)),
-                    step("center_crop", Value::Integer(size as i64)),
-                    step("normalize", Value::Table(normalize)),
-                ]),
+            let dataset = super::oneshot::dataset_stage(
+                calib,
+                Some(args.calib_samples),
+                42,
+                Some(&transform),
             );
-            stages.insert("calib".into(), Value::Table(dataset));
+            stages.insert("calib".into(), dataset);
             Value::String("@calib".into())
         } else {
             path(calib)

@@ -1,32 +1,61 @@
-//! `pochi infer MODEL --data FILE.npy [-o OUT_DIR]` (and `infer-trt` for engines): the
-//! seed's inference step as one command. It writes a one-stage `report` pipeline into
-//! `.pochi/oneshot/<hash>/` and builds it with the same engine as `pochi build` (so a
-//! repeat with the same model and data is instant), then copies the report's files to
-//! `-o`.
+//! `pochi infer MODEL --data FILE.npy|DIR [-o OUT_DIR]` (and `infer-trt` for engines): the
+//! seed's inference step as one command. It writes a one-shot pipeline into
+//! `.pochi/oneshot/<hash>/` (a `report` stage, after a `dataset` stage when `--data` is a
+//! folder of class-per-folder images or `.npy` volumes) and builds it with the same engine
+//! as `pochi build` (so a repeat with the same model and data is instant), then copies the
+//! report's files to `-o`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 
+use super::oneshot::{IMAGENET_MEAN, IMAGENET_STD, ImageTransform};
 use super::output::failure;
 use crate::build::BuildOptions;
+use crate::kinds::dataset::{FolderContents, inspect_folder};
+use crate::onnx_info::{self, Dim};
+
+/// The input size of a model whose H and W cannot be read (pochitrain's default).
+const DEFAULT_INPUT_SIZE: u64 = 224;
 
 #[derive(Debug, Args)]
 pub struct InferArgs {
     /// The model: an .onnx file (or a TensorRT .engine, reported as unavailable where
     /// TensorRT or a GPU is missing).
     model: PathBuf,
-    /// The samples: a float32 .npy (N x C x H x W or N x C x D x H x W). Image folders
-    /// come with the dataset stage kind.
-    #[arg(long, value_name = "FILE.npy")]
+    /// The samples: a float32 .npy (N x C x H x W or N x C x D x H x W), or a folder:
+    /// images in one folder per class (pochitrain's layout; the folder names are the
+    /// labels), or .npy volumes.
+    #[arg(long, value_name = "FILE.npy|DIR")]
     data: PathBuf,
-    /// Labels: an int64 .npy, one per sample (-1 = none).
+    /// Labels for a .npy --data: an int64 .npy, one per sample (-1 = none). A folder's
+    /// labels are its class folders.
     #[arg(long, value_name = "FILE.npy")]
     labels: Option<PathBuf>,
     /// classification (the default), segmentation or none.
     #[arg(long, default_value = "classification")]
     task: String,
+    /// Image folders: the model's input size, N or H W (default: the ONNX input's H and W
+    /// when fixed, else 224).
+    #[arg(long, num_args = 1..=2, value_name = "SIZE", value_parser = clap::value_parser!(u64).range(1..))]
+    input_size: Option<Vec<u64>>,
+    /// Image folders: the shorter side is resized to N before the centre crop to the input
+    /// size (default: the input size, the larger of H and W; 256 gives torchvision's
+    /// ImageNet evaluation at 224).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    resize: Option<u64>,
+    /// Image folders: the per-channel mean, after scaling to 0..1 (default: ImageNet's
+    /// 0.485 0.456 0.406).
+    #[arg(long, num_args = 1..=3, value_name = "M")]
+    mean: Option<Vec<f64>>,
+    /// Image folders: the per-channel standard deviation (default: ImageNet's 0.229 0.224
+    /// 0.225).
+    #[arg(long, num_args = 1..=3, value_name = "S")]
+    std: Option<Vec<f64>>,
+    /// Folders: a seeded random subset of N samples (default: every sample).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    samples: Option<u64>,
     /// Where the report's files go (default: infer_<model stem>/).
     #[arg(short, long, value_name = "OUT_DIR")]
     output: Option<PathBuf>,
@@ -41,28 +70,46 @@ pub struct InferArgs {
     batch: Option<u32>,
 }
 
+impl InferArgs {
+    /// The image-only flags that were given, as written.
+    fn image_flags(&self) -> Vec<&'static str> {
+        [
+            ("--input-size", self.input_size.is_some()),
+            ("--resize", self.resize.is_some()),
+            ("--mean", self.mean.is_some()),
+            ("--std", self.std.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
+/// What `--data` is, checked: a tensor file, or a folder with its dataset stage's settings.
+enum Data {
+    Npy(PathBuf),
+    Folder {
+        path: PathBuf,
+        contents: FolderContents,
+        /// For images; `None` for `.npy` volumes.
+        transform: Option<ImageTransform>,
+    },
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
     let model = absolute(&args.model);
-    let data = absolute(&args.data);
-    for (what, path) in [("model", &model), ("data", &data)] {
-        if !path.is_file() {
-            let hint = if what == "data" && path.is_dir() {
-                "this version reads a float32 .npy (N x C x ...); image folders come with the dataset stage kind"
-            } else {
-                "check the path"
-            };
-            return Err(failure(
-                format!(
-                    "the {what} {} does not exist or is not a file",
-                    path.display()
-                ),
-                hint,
-            ));
-        }
+    if !model.is_file() {
+        return Err(failure(
+            format!(
+                "the model {} does not exist or is not a file",
+                model.display()
+            ),
+            "check the path",
+        ));
     }
     if !["classification", "segmentation", "none"].contains(&args.task.as_str()) {
         return Err(failure(
@@ -70,6 +117,7 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
             "use classification, segmentation or none",
         ));
     }
+    let data = data(&args, &model)?;
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -78,6 +126,17 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("infer_{stem}")));
+    if let Data::Folder {
+        contents,
+        transform,
+        ..
+    } = &data
+    {
+        eprintln!(
+            "pochi: {}",
+            describe(contents, transform.as_ref(), args.samples)
+        );
+    }
     let text = pipeline_text(&args, &model, &data)?;
     let dir = super::oneshot::write(&text)?;
     let workspace = super::oneshot::load(&dir)?;
@@ -138,19 +197,220 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn pipeline_text(args: &InferArgs, model: &Path, data: &Path) -> miette::Result<String> {
+const FOLDER_HINT: &str = "give a folder of images in one folder per class (pochitrain's layout: DIR/<class>/<image>.png), a folder of .npy volumes, or a float32 .npy";
+
+/// Checks `--data` and, for a folder, works out its dataset stage.
+fn data(args: &InferArgs, model: &Path) -> miette::Result<Data> {
+    let path = absolute(&args.data);
+    if path.is_file() {
+        if let Some(flag) = args.image_flags().first() {
+            return Err(failure(
+                format!(
+                    "{flag} applies to a folder of images, but --data {} is a file",
+                    args.data.display()
+                ),
+                "a .npy is fed to the model as it is: remove the flag, or give the image folder",
+            ));
+        }
+        if args.samples.is_some() {
+            return Err(failure(
+                format!(
+                    "--samples applies to a folder, but --data {} is a file",
+                    args.data.display()
+                ),
+                "remove --samples to use every sample of the .npy",
+            ));
+        }
+        return Ok(Data::Npy(path));
+    }
+    if !path.is_dir() {
+        return Err(failure(
+            format!("the data {} does not exist", path.display()),
+            FOLDER_HINT,
+        ));
+    }
+    let contents = inspect_folder(&path).map_err(|e| failure(e, FOLDER_HINT))?;
+    if args.labels.is_some() {
+        return Err(failure(
+            "--labels is for a .npy --data; a folder's labels are its class folders",
+            "remove --labels (the class folders, in name order, are the labels)",
+        ));
+    }
+    let transform = if contents.images {
+        Some(image_transform(args, model)?)
+    } else {
+        if let Some(flag) = args.image_flags().first() {
+            return Err(failure(
+                format!(
+                    "{flag} applies to images, but {} holds .npy volumes",
+                    path.display()
+                ),
+                "volumes are fed to the model as they are (channels first): remove the flag",
+            ));
+        }
+        None
+    };
+    Ok(Data::Folder {
+        path,
+        contents,
+        transform,
+    })
+}
+
+/// The image transform from the flags, the model's input and pochitrain's defaults.
+fn image_transform(args: &InferArgs, model: &Path) -> miette::Result<ImageTransform> {
+    let channels = |flag: &str, values: &Option<Vec<f64>>, default: [f64; 3]| {
+        let values = values.clone().unwrap_or_else(|| default.to_vec());
+        match values.as_slice() {
+            &[v] => Ok(vec![v; 3]),
+            [_, _, _] => Ok(values),
+            _ => Err(failure(
+                format!("{flag} takes 1 or 3 values (R G B), not {}", values.len()),
+                format!(
+                    "for example {flag} {}",
+                    default.map(|v| v.to_string()).join(" ")
+                ),
+            )),
+        }
+    };
+    let mean = channels("--mean", &args.mean, IMAGENET_MEAN)?;
+    let std = channels("--std", &args.std, IMAGENET_STD)?;
+    if mean.iter().chain(&std).any(|v| !v.is_finite()) || std.iter().any(|&s| s <= 0.0) {
+        return Err(failure(
+            "--mean and --std must be numbers, and every --std greater than 0",
+            "for example --mean 0.5 --std 0.5 (images are scaled to 0..1 first)",
+        ));
+    }
+    let crop = match args.input_size.as_deref() {
+        Some(&[n]) => [n, n],
+        Some(&[h, w]) => [h, w],
+        _ => model_input_size(model)?,
+    };
+    Ok(ImageTransform {
+        resize: args.resize.unwrap_or(crop[0].max(crop[1])),
+        crop,
+        mean,
+        std,
+    })
+}
+
+/// H and W of the model's first input when the ONNX fixes them; 224 (with a note) for an
+/// engine or dynamic axes. An ONNX that cannot take RGB images is an error.
+fn model_input_size(model: &Path) -> miette::Result<[u64; 2]> {
+    let fallback = |why: &str| {
+        eprintln!(
+            "pochi: {why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
+        );
+        Ok([DEFAULT_INPUT_SIZE; 2])
+    };
+    let extension = model.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ["engine", "plan", "trt"].contains(&extension) {
+        return fallback("the input size of a TensorRT engine is not read");
+    }
+    let inputs = onnx_info::read_inputs(model).map_err(|e| {
+        failure(
+            format!("cannot read the model's input size: {e}"),
+            "give --input-size H W, or check that the model is an ONNX file",
+        )
+    })?;
+    let input = &inputs[0];
+    let Some(shape) = &input.shape else {
+        return fallback(&format!(
+            "the ONNX input `{}` declares no shape",
+            input.name
+        ));
+    };
+    let shown = shape
+        .iter()
+        .map(Dim::to_string)
+        .collect::<Vec<_>>()
+        .join(" x ");
+    let rgb = shape.len() == 4 && matches!(shape[1], Dim::Fixed(3) | Dim::Dynamic(_));
+    if !rgb {
+        return Err(failure(
+            format!(
+                "the model's input `{}` is {shown}, but a folder of images gives N x 3 x H x W (RGB)",
+                input.name
+            ),
+            "give --data as a .npy (or a folder of .npy volumes) shaped for this model",
+        ));
+    }
+    match (&shape[2], &shape[3]) {
+        (Dim::Fixed(h), Dim::Fixed(w)) => Ok([*h as u64, *w as u64]),
+        _ => fallback(&format!(
+            "the ONNX input `{}` ({shown}) has dynamic H and W",
+            input.name
+        )),
+    }
+}
+
+/// One line on what the dataset stage will do, for the terminal.
+fn describe(
+    contents: &FolderContents,
+    transform: Option<&ImageTransform>,
+    samples: Option<u64>,
+) -> String {
+    let kind = if contents.images {
+        "images"
+    } else {
+        ".npy volumes"
+    };
+    let mut line = format!("{} {kind}", contents.files);
+    if let Some(n) = samples.filter(|&n| (n as usize) < contents.files) {
+        line = format!("{n} of {line}");
+    }
+    if contents.classes.is_empty() {
+        line.push_str(", no class folders (unlabelled)");
+    } else {
+        line.push_str(&format!(" in {} classes", contents.classes.len()));
+    }
+    if let Some(t) = transform {
+        let list = |v: &[f64]| v.iter().map(f64::to_string).collect::<Vec<_>>().join(" ");
+        line.push_str(&format!(
+            "; resize {}, centre crop {}x{}, mean {}, std {}",
+            t.resize,
+            t.crop[0],
+            t.crop[1],
+            list(&t.mean),
+            list(&t.std)
+        ));
+    }
+    line
+}
+
+fn pipeline_text(args: &InferArgs, model: &Path, data: &Data) -> miette::Result<String> {
+    let mut stages = toml::Table::new();
     let mut stage = toml::Table::new();
     stage.insert("kind".into(), "report".into());
     stage.insert(
         "models".into(),
         toml::Value::Array(vec![model.to_string_lossy().into_owned().into()]),
     );
-    stage.insert("data".into(), data.to_string_lossy().into_owned().into());
-    if let Some(labels) = &args.labels {
-        stage.insert(
-            "labels".into(),
-            absolute(labels).to_string_lossy().into_owned().into(),
-        );
+    match data {
+        Data::Npy(path) => {
+            stage.insert("data".into(), path.to_string_lossy().into_owned().into());
+            if let Some(labels) = &args.labels {
+                stage.insert(
+                    "labels".into(),
+                    absolute(labels).to_string_lossy().into_owned().into(),
+                );
+            }
+        }
+        Data::Folder {
+            path,
+            contents,
+            transform,
+        } => {
+            stages.insert(
+                "data".into(),
+                super::oneshot::dataset_stage(path, args.samples, 0, transform.as_ref()),
+            );
+            stage.insert("data".into(), "@data".into());
+            // Class folders are classification labels; a segmentation needs label volumes.
+            if !contents.classes.is_empty() && args.task == "classification" {
+                stage.insert("labels".into(), "@data.labels".into());
+            }
+        }
     }
     stage.insert("task".into(), args.task.clone().into());
     stage.insert(
@@ -166,7 +426,6 @@ fn pipeline_text(args: &InferArgs, model: &Path, data: &Path) -> miette::Result<
     stage.insert("output".into(), "out".into());
     let mut pipeline = toml::Table::new();
     pipeline.insert("name".into(), "infer".into());
-    let mut stages = toml::Table::new();
     stages.insert("infer".into(), toml::Value::Table(stage));
     super::oneshot::pipeline_text("infer", pipeline, stages)
 }

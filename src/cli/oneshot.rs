@@ -1,8 +1,9 @@
 //! What the one-shot commands (`export-onnx`, `convert`, `infer`) share: a generated
 //! pipeline written under `.pochi/oneshot/<hash>/` (so the same request is the same,
-//! cached pipeline) and loaded with its toolchain, ready for `build::run_build`.
+//! cached pipeline) and loaded with its toolchain, ready for `build::run_build`; and the
+//! `dataset` stage that `convert` and `infer` write over a folder of images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
@@ -51,4 +52,64 @@ pub(super) fn load(dir: &std::path::Path) -> miette::Result<Workspace> {
     let mut workspace = Workspace::load(&[dir.join("pipeline.toml")])?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
     Ok(workspace)
+}
+
+/// ImageNet's per-channel mean and std (torchvision's `Normalize` for pretrained models,
+/// and pochitrain's default config).
+pub(super) const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+pub(super) const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// How a folder of images becomes the model's input: the shorter side resized to
+/// `resize`, a centre crop of `crop` ([h, w]), then `(x / 255 - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ImageTransform {
+    pub resize: u64,
+    pub crop: [u64; 2],
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// A `dataset` stage over `source` (absolute): an optional seeded subset of `samples`,
+/// and for images the steps of `transform`.
+pub(super) fn dataset_stage(
+    source: &Path,
+    samples: Option<u64>,
+    seed: u64,
+    transform: Option<&ImageTransform>,
+) -> Value {
+    let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let floats = |v: &[f64]| Value::Array(v.iter().map(|&x| Value::Float(x)).collect());
+    let step = |key: &str, value: Value| {
+        let mut t = Table::new();
+        t.insert(key.into(), value);
+        Value::Table(t)
+    };
+    let mut dataset = Table::new();
+    dataset.insert("kind".into(), "dataset".into());
+    dataset.insert(
+        "source".into(),
+        source.to_string_lossy().into_owned().into(),
+    );
+    if let Some(samples) = samples {
+        dataset.insert("samples".into(), int(samples));
+    }
+    dataset.insert("seed".into(), int(seed));
+    if let Some(t) = transform {
+        let crop = match t.crop {
+            [h, w] if h == w => int(h),
+            [h, w] => Value::Array(vec![int(h), int(w)]),
+        };
+        let mut normalize = Table::new();
+        normalize.insert("mean".into(), floats(&t.mean));
+        normalize.insert("std".into(), floats(&t.std));
+        dataset.insert(
+            "transform".into(),
+            Value::Array(vec![
+                step("resize", int(t.resize)),
+                step("center_crop", crop),
+                step("normalize", Value::Table(normalize)),
+            ]),
+        );
+    }
+    Value::Table(dataset)
 }

@@ -88,6 +88,33 @@ struct SyntheticKeys {
     distribution: Option<Distribution>,
 }
 
+/// What a source folder holds, listed as the stage lists it (nothing is decoded): for
+/// `pochi infer`, which checks a `--data` folder and picks its transforms before it writes
+/// the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderContents {
+    /// Images; else `.npy` volumes.
+    pub images: bool,
+    /// Usable files.
+    pub files: usize,
+    /// The class folders in label order; empty for a flat folder (every label -1).
+    pub classes: Vec<String>,
+}
+
+/// Lists the folder `path` as a `source` would be; the error is the stage's own (an
+/// empty folder, mixed kinds, a stray file next to class folders).
+pub fn inspect_folder(path: &Path) -> Result<FolderContents, String> {
+    if !path.is_dir() {
+        return Err(format!("{} is not a folder", path.display()));
+    }
+    let listing = source::Listing::open(path, &path.display().to_string())?;
+    Ok(FolderContents {
+        images: listing.is_images(),
+        files: listing.len(),
+        classes: listing.classes().to_vec(),
+    })
+}
+
 /// Where the samples come from, as parsed.
 #[derive(Debug, Clone, PartialEq)]
 enum Origin {
