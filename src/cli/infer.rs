@@ -313,7 +313,12 @@ fn model_input_size(model: &Path) -> miette::Result<[u64; 2]> {
             "give --input-size H W, or check that the model is an ONNX file",
         )
     })?;
-    let input = &inputs[0];
+    let Some(input) = inputs.first() else {
+        return Err(failure(
+            format!("{} declares no graph input", model.display()),
+            "check that the model is the exported ONNX file",
+        ));
+    };
     let Some(shape) = &input.shape else {
         return fallback(&format!(
             "the ONNX input `{}` declares no shape",
