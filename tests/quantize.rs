@@ -44,10 +44,14 @@ fn json(project: &Project, path: &str) -> Value {
 
 /// Runs compare.py with the toolchain's Python: the fp32 model against `quantized`.
 fn compare(project: &Project, quantized: &str) -> Value {
+    compare_with(project, "out/model.onnx", quantized)
+}
+
+fn compare_with(project: &Project, reference: &str, quantized: &str) -> Value {
     let path = project.run(&["toolchain", "path"]);
     path.assert_ok();
     let output = Command::new(path.stdout.trim())
-        .args(["-I", "scripts/compare.py", "out/model.onnx", quantized])
+        .args(["-I", "scripts/compare.py", reference, quantized])
         .current_dir(project.dir.path())
         .output()
         .expect("python");
@@ -168,4 +172,102 @@ fn int8_without_calibration_is_a_spec_error() {
     project
         .run(&["build"])
         .assert_error(&["int8 needs calibration data", "calibration = {"]);
+}
+
+#[test]
+fn fp8_quantizes_convs_wide_enough_and_refuses_a_model_with_none() {
+    let project = project(
+        r#"
+[stages.wide]
+kind = "command"
+run = ["{python}", "{inputs.script}", "{outputs.onnx}", "64"]
+inputs = { script = "scripts/make_model.py" }
+outputs = { onnx = "out/wide.onnx" }
+
+[stages.fp8]
+kind = "quantize"
+onnx = "@wide"
+precision = "fp8"
+calibration = { data = "@calib", samples = 8, method = "max" }
+
+[stages.fp8_small]
+kind = "quantize"
+onnx = "@model"
+precision = "fp8"
+calibration = { data = "@calib", samples = 8, method = "max" }
+"#,
+    );
+    let run = project.build(&["--target", "fp8"]);
+    run.assert_ok();
+    let manifest = json(&project, "build/pipeline/fp8.manifest.json");
+    assert!(
+        manifest["quantize_linear"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    assert!(
+        manifest["initializers_by_precision"]["fp8"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "fp8 zero points: {manifest}"
+    );
+    assert_eq!(manifest["check"]["ran"], true);
+    let check = compare_with(&project, "out/wide.onnx", "build/pipeline/fp8.onnx");
+    eprintln!("fp8 vs fp32: {check}");
+    assert!(check["cosine"].as_f64().unwrap() > 0.99, "{check}");
+    // The 16-channel model has nothing ModelOpt's fp8 quantizes: a clear failure.
+    project
+        .run(&["build", "--target", "fp8_small"])
+        .assert_error(&["no QuantizeLinear/DequantizeLinear nodes", "16 or fewer"]);
+    assert!(!project.exists("build/pipeline/fp8_small.onnx"));
+}
+
+/// bf16 has no kernels in ONNX Runtime's CPU provider: the quantize stage checks the model's
+/// structure instead (and says so), and a report lists it as not run rather than failing.
+#[test]
+fn bf16_is_checked_structurally_and_reported_as_not_run_on_the_cpu() {
+    let project = project(
+        r#"
+[stages.bf16]
+kind = "quantize"
+onnx = "@model"
+precision = "bf16"
+
+[stages.cmp]
+kind = "report"
+models = ["@model", "@bf16"]
+data = "@calib"
+iterations = 5
+min_duration = "0s"
+"#,
+    );
+    let run = project.build(&[]);
+    run.assert_ok();
+    let manifest = json(&project, "build/pipeline/bf16.manifest.json");
+    assert_eq!(manifest["precision"], "bf16");
+    assert_eq!(manifest["check"]["ran"], false);
+    assert_eq!(manifest["check"]["structural"], true);
+    assert!(
+        manifest["check"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("no bf16 kernel"),
+        "{manifest}"
+    );
+    assert!(
+        manifest["initializers_by_precision"]["bf16"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let summary = json(&project, "build/pipeline/cmp/summary.json");
+    let models = summary["models"].as_array().unwrap();
+    assert_eq!(models[0]["status"], "ok");
+    assert_eq!(models[1]["status"], "unavailable");
+    assert_eq!(models[1]["precision"], "bf16");
+    assert!(
+        models[1]["note"].as_str().unwrap().contains("no kernel"),
+        "{}",
+        models[1]
+    );
 }

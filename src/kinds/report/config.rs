@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::metrics::{Tolerance, default_tolerance};
+use super::metrics::{self, Tolerance, default_tolerance};
 use crate::spec::parse_api::Parser;
 use crate::spec::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
 
@@ -179,7 +179,7 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
         })?,
     };
     let mut tolerances = BTreeMap::new();
-    for precision in ["fp32", "fp16", "int8"] {
+    for &precision in metrics::PRECISIONS {
         tolerances.insert(precision.to_string(), default_tolerance(precision));
     }
     for (precision, given) in &keys.tolerances {
@@ -189,7 +189,7 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
                     value.span(),
                     format!("`tolerances.{precision}`: unknown precision"),
                 )
-                .with_help(suggest::hint(precision, &["fp32", "fp16", "int8"])));
+                .with_help(suggest::hint(precision, metrics::PRECISIONS)));
         };
         let merged = Tolerance {
             atol: given.atol.unwrap_or(base.atol),

@@ -154,6 +154,9 @@ pub struct Tolerance {
 }
 
 /// The default tolerances by precision: fp32 tight, fp16 looser, int8 looser still.
+/// The precisions a model can have, each with default tolerances.
+pub const PRECISIONS: &[&str] = &["fp32", "fp16", "bf16", "int8", "fp8"];
+
 pub fn default_tolerance(precision: &str) -> Tolerance {
     match precision {
         "fp16" => Tolerance {
@@ -161,7 +164,13 @@ pub fn default_tolerance(precision: &str) -> Tolerance {
             rtol: 1e-2,
             cosine: 0.999,
         },
-        "int8" => Tolerance {
+        // bf16 keeps 8 bits of mantissa to fp16's 11.
+        "bf16" => Tolerance {
+            atol: 5e-2,
+            rtol: 5e-2,
+            cosine: 0.995,
+        },
+        "int8" | "fp8" => Tolerance {
             atol: 1e-1,
             rtol: 1e-1,
             cosine: 0.99,

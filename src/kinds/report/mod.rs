@@ -383,7 +383,7 @@ fn precision_of(path: &Path) -> String {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         })
-        .filter(|p| ["fp32", "fp16", "int8"].contains(&p.as_str()))
+        .filter(|p| metrics::PRECISIONS.contains(&p.as_str()))
         .unwrap_or_else(|| "fp32".into())
 }
 
@@ -539,7 +539,20 @@ impl Report {
                     outputs: run.outputs,
                 }
             } else {
-                let mut model = runner::load(&environment, &path, c.threads, &provider)?;
+                let mut model = match runner::load(&environment, &path, c.threads, &provider) {
+                    Ok(model) => model,
+                    // A precision the provider has no kernels for (bf16 on the CPU).
+                    Err(message) if runner::lacks_kernel(&message) => {
+                        result.status = "unavailable".into();
+                        result.note = Some(format!(
+                            "not run: this ONNX Runtime provider has no kernel for it ({})",
+                            message.lines().next().unwrap_or_default()
+                        ));
+                        models.push(result);
+                        continue;
+                    }
+                    Err(message) => return Err(message),
+                };
                 result.runs_on = Some(format!("ONNX Runtime {}", model.provider));
                 let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
                 let batches = runner::batches(&data, batch);

@@ -191,6 +191,12 @@ pub fn load(
     })
 }
 
+/// Whether a session error says the provider has no kernel for an operator (bf16 on the
+/// CPU, for example): the model cannot run here, which is not a fault of the model.
+pub fn lacks_kernel(message: &str) -> bool {
+    message.contains("NOT_IMPLEMENTED") || message.contains("Could not find an implementation")
+}
+
 /// Splits `data` (N x ...) into batches of `batch` samples (the last may be smaller).
 pub fn batches(data: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
     let n = data.shape()[0];
