@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let error =
-            parse_stage("models = [\"@onnx\"]\ntolerances = { fp8 = { atol = 1 } }\n").unwrap_err();
+            parse_stage("models = [\"@onnx\"]\ntolerances = { fp4 = { atol = 1 } }\n").unwrap_err();
         assert!(error.contains("unknown precision"), "{error}");
         let error = parse_stage("models = [\"@onnx\"]\nmin_duration = \"soon\"\n").unwrap_err();
         assert!(error.contains("not a duration"), "{error}");
