@@ -416,35 +416,24 @@ fn convert_with_the_standin_writes_pochitrains_engine_name() {
     );
 }
 
+/// The start of a `make.py`: a tiny seeded conv net as `net.onnx` (batch-dynamic, 3 x 16 x 16).
+const MAKE_NET: &str = "import os, numpy as np, torch\n\
+    torch.manual_seed(0)\n\
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()\n\
+    torch.onnx.export(m, torch.randn(1, 3, 16, 16), 'net.onnx', opset_version=17, input_names=['input'], output_names=['output'], dynamic_axes={'input': {0: 'batch'}}, dynamo=False)\n";
+
 /// Real ModelOpt int8 on the CPU, then the stand-in engine: the whole one-shot.
 #[test]
 fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
     let project = Project::new("");
     project.write(
         "make.py",
-        "import sys, numpy as np, torch\n\
-         torch.manual_seed(0)\n\
-         m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()\n\
-         torch.onnx.export(m, torch.randn(1, 3, 16, 16), 'net.onnx', opset_version=17, input_names=['input'], output_names=['output'], dynamic_axes={'input': {0: 'batch'}}, dynamo=False)\n\
-         np.save('calib.npy', np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))\n",
+        &format!(
+            "{MAKE_NET}np.save('calib.npy', np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))\n"
+        ),
     );
-    let python = project.run(&["toolchain", "path"]);
-    python.assert_ok();
-    let made = std::process::Command::new(python.stdout.trim())
-        .args(["-I", "make.py"])
-        .current_dir(project.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let record = project
-        .path("trt-record.json")
-        .to_string_lossy()
-        .into_owned();
-    let standin = standin_dir();
+    run_make_py(&project);
+    let (standin, record) = (standin_dir(), record_path(&project));
     let env = [
         ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
         ("FAKE_TRT_RECORD", record.as_str()),
@@ -483,4 +472,89 @@ fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
     again.assert_ok();
     assert!(again.stderr.contains("0 ran"), "{}", again.stderr);
     assert!(project.exists("net_int8.engine"));
+}
+
+/// `convert --int8 --calib-data DIR` on pochitrain's class-per-folder images: a dataset
+/// stage resized to the ONNX input feeds real ModelOpt calibration, then the stand-in
+/// builds the engine.
+#[test]
+fn convert_int8_with_an_image_folder_calibrates_on_the_images() {
+    let project = Project::new("");
+    project.write(
+        "make.py",
+        &format!(
+            "{MAKE_NET}from PIL import Image\n\
+         rng = np.random.default_rng(0)\n\
+         for c in ('cat', 'dog'):\n\
+         \x20   os.makedirs(f'val/{{c}}')\n\
+         \x20   for i in range(3):\n\
+         \x20       Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(f'val/{{c}}/{{i}}.png')\n"
+        ),
+    );
+    run_make_py(&project);
+    let (standin, record) = (standin_dir(), record_path(&project));
+    let env = [
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("FAKE_TRT_RECORD", record.as_str()),
+        ("POCHI_GPUS", "0"),
+    ];
+    let run = project.run_env(
+        &["convert", "net.onnx", "--int8", "--calib-data", "val"],
+        &env,
+    );
+    run.assert_ok();
+    assert!(project.exists("net_int8.engine"), "{}", run.stderr);
+    // The calibration set: the 6 images at the ONNX input's 16 x 16, channels first.
+    let manifest = find_dataset_manifest(&project.path(".pochi/oneshot"))
+        .expect("a dataset manifest in the one-shot pipeline");
+    assert_eq!(manifest["count"], 6, "{manifest}");
+    assert_eq!(manifest["shape"], serde_json::json!([6, 3, 16, 16]));
+    assert_eq!(manifest["classes"], serde_json::json!(["cat", "dog"]));
+    // The engine was built from the Q/DQ model.
+    let calls = calls(&project);
+    assert!(
+        call(&calls, "parse_from_file")[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("model_int8.onnx")
+    );
+}
+
+/// The first `*_manifest.json` (a dataset stage's) under `dir`.
+fn find_dataset_manifest(dir: &std::path::Path) -> Option<Value> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_dataset_manifest(&path) {
+                return Some(found);
+            }
+        } else if path.to_string_lossy().ends_with("_manifest.json") {
+            return serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok();
+        }
+    }
+    None
+}
+
+/// Runs the project's `make.py` with the toolchain's Python (real torch, ONNX, PIL).
+fn run_make_py(project: &Project) {
+    let python = project.run(&["toolchain", "path"]);
+    python.assert_ok();
+    let made = std::process::Command::new(python.stdout.trim())
+        .args(["-I", "make.py"])
+        .current_dir(project.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// Where the stand-in records its TensorRT calls.
+fn record_path(project: &Project) -> String {
+    project
+        .path("trt-record.json")
+        .to_string_lossy()
+        .into_owned()
 }

@@ -145,15 +145,16 @@ fn pipeline_text(args: &ConvertArgs, model: &Path, calib: Option<&Path>) -> miet
     let mut engine_onnx = path(model);
     if let Some(calib) = calib {
         let data = if calib.is_dir() {
-            // pochitrain's val_transform for ImageNet-style classifiers.
-            let size = args
-                .input_size
-                .as_ref()
-                .and_then(|s| s.last().copied())
-                .unwrap_or(224);
+            // ImageNet-style evaluation preprocessing at the model's input size (the
+            // ONNX input's H and W, or --input-size).
+            let crop = match args.input_size.as_deref() {
+                Some([.., h, w]) => [*h, *w],
+                Some([n]) => [*n, *n],
+                _ => super::oneshot::image_input_size(model)?,
+            };
             let transform = super::oneshot::ImageTransform {
-                resize: size * 256 / 224,
-                crop: [size, size],
+                resize: crop[0].max(crop[1]) * 256 / 224,
+                crop,
                 mean: super::oneshot::IMAGENET_MEAN.to_vec(),
                 std: super::oneshot::IMAGENET_STD.to_vec(),
             };

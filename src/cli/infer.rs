@@ -14,10 +14,6 @@ use super::oneshot::{IMAGENET_MEAN, IMAGENET_STD, ImageTransform};
 use super::output::failure;
 use crate::build::BuildOptions;
 use crate::kinds::dataset::{FolderContents, inspect_folder};
-use crate::onnx_info::{self, Dim};
-
-/// The input size of a model whose H and W cannot be read (pochitrain's default).
-const DEFAULT_INPUT_SIZE: u64 = 224;
 
 #[derive(Debug, Args)]
 pub struct InferArgs {
@@ -284,7 +280,7 @@ fn image_transform(args: &InferArgs, model: &Path) -> miette::Result<ImageTransf
     let crop = match args.input_size.as_deref() {
         Some(&[n]) => [n, n],
         Some(&[h, w]) => [h, w],
-        _ => model_input_size(model)?,
+        _ => super::oneshot::image_input_size(model)?,
     };
     Ok(ImageTransform {
         resize: args.resize.unwrap_or(crop[0].max(crop[1])),
@@ -292,61 +288,6 @@ fn image_transform(args: &InferArgs, model: &Path) -> miette::Result<ImageTransf
         mean,
         std,
     })
-}
-
-/// H and W of the model's first input when the ONNX fixes them; 224 (with a note) for an
-/// engine or dynamic axes. An ONNX that cannot take RGB images is an error.
-fn model_input_size(model: &Path) -> miette::Result<[u64; 2]> {
-    let fallback = |why: &str| {
-        eprintln!(
-            "pochi: {why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
-        );
-        Ok([DEFAULT_INPUT_SIZE; 2])
-    };
-    let extension = model.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ["engine", "plan", "trt"].contains(&extension) {
-        return fallback("the input size of a TensorRT engine is not read");
-    }
-    let inputs = onnx_info::read_inputs(model).map_err(|e| {
-        failure(
-            format!("cannot read the model's input size: {e}"),
-            "give --input-size H W, or check that the model is an ONNX file",
-        )
-    })?;
-    let Some(input) = inputs.first() else {
-        return Err(failure(
-            format!("{} declares no graph input", model.display()),
-            "check that the model is the exported ONNX file",
-        ));
-    };
-    let Some(shape) = &input.shape else {
-        return fallback(&format!(
-            "the ONNX input `{}` declares no shape",
-            input.name
-        ));
-    };
-    let shown = shape
-        .iter()
-        .map(Dim::to_string)
-        .collect::<Vec<_>>()
-        .join(" x ");
-    let rgb = shape.len() == 4 && matches!(shape[1], Dim::Fixed(3) | Dim::Dynamic(_));
-    if !rgb {
-        return Err(failure(
-            format!(
-                "the model's input `{}` is {shown}, but a folder of images gives N x 3 x H x W (RGB)",
-                input.name
-            ),
-            "give --data as a .npy (or a folder of .npy volumes) shaped for this model",
-        ));
-    }
-    match (&shape[2], &shape[3]) {
-        (Dim::Fixed(h), Dim::Fixed(w)) => Ok([*h as u64, *w as u64]),
-        _ => fallback(&format!(
-            "the ONNX input `{}` ({shown}) has dynamic H and W",
-            input.name
-        )),
-    }
 }
 
 /// One line on what the dataset stage will do, for the terminal.

@@ -9,6 +9,7 @@ use toml::{Table, Value};
 
 use super::output::failure;
 use crate::build::Workspace;
+use crate::onnx_info::{self, Dim};
 use crate::toolchain::{self, Mode};
 
 /// The text of a generated pipeline: `[pipeline]` and `[stages]`, under a header naming
@@ -112,4 +113,62 @@ pub(super) fn dataset_stage(
         );
     }
     Value::Table(dataset)
+}
+
+/// The input size of a model whose H and W cannot be read (pochitrain's default).
+const DEFAULT_INPUT_SIZE: u64 = 224;
+
+/// H and W of the model's first input when the ONNX fixes them; 224 (with a note) for an
+/// engine or dynamic axes. An ONNX that cannot take RGB images is an error.
+pub fn image_input_size(model: &Path) -> miette::Result<[u64; 2]> {
+    let fallback = |why: &str| {
+        eprintln!(
+            "pochi: {why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
+        );
+        Ok([DEFAULT_INPUT_SIZE; 2])
+    };
+    let extension = model.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ["engine", "plan", "trt"].contains(&extension) {
+        return fallback("the input size of a TensorRT engine is not read");
+    }
+    let inputs = onnx_info::read_inputs(model).map_err(|e| {
+        failure(
+            format!("cannot read the model's input size: {e}"),
+            "give --input-size H W, or check that the model is an ONNX file",
+        )
+    })?;
+    let Some(input) = inputs.first() else {
+        return Err(failure(
+            format!("{} declares no graph input", model.display()),
+            "check that the model is the exported ONNX file",
+        ));
+    };
+    let Some(shape) = &input.shape else {
+        return fallback(&format!(
+            "the ONNX input `{}` declares no shape",
+            input.name
+        ));
+    };
+    let shown = shape
+        .iter()
+        .map(Dim::to_string)
+        .collect::<Vec<_>>()
+        .join(" x ");
+    let rgb = shape.len() == 4 && matches!(shape[1], Dim::Fixed(3) | Dim::Dynamic(_));
+    if !rgb {
+        return Err(failure(
+            format!(
+                "the model's input `{}` is {shown}, but a folder of images gives N x 3 x H x W (RGB)",
+                input.name
+            ),
+            "images cannot feed this model: give its data as a .npy shaped for it",
+        ));
+    }
+    match (&shape[2], &shape[3]) {
+        (Dim::Fixed(h), Dim::Fixed(w)) => Ok([*h as u64, *w as u64]),
+        _ => fallback(&format!(
+            "the ONNX input `{}` ({shown}) has dynamic H and W",
+            input.name
+        )),
+    }
 }
