@@ -774,22 +774,6 @@ mod tests {
     }
 
     #[test]
-    fn the_registered_keys_are_the_schema_keys() {
-        let schema = schemars::schema_for!(ExportKeys);
-        let mut properties: Vec<String> = schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        properties.sort();
-        let mut keys: Vec<String> = INFO.keys.iter().map(|k| k.to_string()).collect();
-        keys.sort();
-        assert_eq!(properties, keys);
-    }
-
-    #[test]
     fn verify_false_skips_verification() {
         assert_eq!(
             export(&format!("{BASE}verify = false\n"))["verify"],

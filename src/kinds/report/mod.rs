@@ -654,24 +654,3 @@ fn c_display(context: &InvocationContext, path: &Path) -> String {
         .display()
         .to_string()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_registered_keys_are_the_schema_keys() {
-        let schema = schemars::schema_for!(config::ReportKeys);
-        let mut properties: Vec<String> = schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        properties.sort();
-        let mut keys: Vec<String> = INFO.keys.iter().map(|k| k.to_string()).collect();
-        keys.sort();
-        assert_eq!(properties, keys);
-    }
-}
