@@ -432,7 +432,7 @@ fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
             "{MAKE_NET}np.save('calib.npy', np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))\n"
         ),
     );
-    run_make_py(&project);
+    project.python(&["make.py"]);
     let (standin, record) = (standin_dir(), record_path(&project));
     let env = [
         ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
@@ -491,7 +491,7 @@ fn convert_int8_with_an_image_folder_calibrates_on_the_images() {
          \x20       Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(f'val/{{c}}/{{i}}.png')\n"
         ),
     );
-    run_make_py(&project);
+    project.python(&["make.py"]);
     let (standin, record) = (standin_dir(), record_path(&project));
     let env = [
         ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
@@ -533,22 +533,6 @@ fn find_dataset_manifest(dir: &std::path::Path) -> Option<Value> {
         }
     }
     None
-}
-
-/// Runs the project's `make.py` with the toolchain's Python (real torch, ONNX, PIL).
-fn run_make_py(project: &Project) {
-    let python = project.run(&["toolchain", "path"]);
-    python.assert_ok();
-    let made = std::process::Command::new(python.stdout.trim())
-        .args(["-I", "make.py"])
-        .current_dir(project.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
 }
 
 /// Where the stand-in records its TensorRT calls.

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::Project;
@@ -39,27 +38,9 @@ fn manifest(project: &Project, path: &str) -> Value {
     serde_json::from_str(&project.read(path)).expect("manifest JSON")
 }
 
-/// The managed toolchain's interpreter (pochi creates it when missing).
-fn toolchain_python(project: &Project) -> PathBuf {
-    project.run(&["toolchain", "sync"]).assert_ok();
-    let run = project.run(&["toolchain", "path"]);
-    run.assert_ok();
-    PathBuf::from(run.stdout.trim())
-}
-
 /// Runs Python code in the toolchain, in the project directory; returns stdout.
 fn python(project: &Project, code: &str) -> String {
-    let output = Command::new(toolchain_python(project))
-        .args(["-I", "-c", code])
-        .current_dir(project.dir.path())
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    project.python(&["-c", code])
 }
 
 fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::Project;
 use serde_json::Value;
@@ -48,19 +47,8 @@ fn compare(project: &Project, quantized: &str) -> Value {
 }
 
 fn compare_with(project: &Project, reference: &str, quantized: &str) -> Value {
-    let path = project.run(&["toolchain", "path"]);
-    path.assert_ok();
-    let output = Command::new(path.stdout.trim())
-        .args(["-I", "scripts/compare.py", reference, quantized])
-        .current_dir(project.dir.path())
-        .output()
-        .expect("python");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let stdout = project.python(&["scripts/compare.py", reference, quantized]);
+    serde_json::from_str(&stdout).unwrap()
 }
 
 #[test]

@@ -4,37 +4,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::Project;
 use serde_json::Value;
 
 const MODELS: &str = include_str!("fixtures/report_models.py");
 const RANDOM_INIT: &str = include_str!("../pipelines/scripts/random_init_checkpoint.py");
 
-/// The managed toolchain's interpreter (pochi creates it when missing).
-fn toolchain_python(project: &Project) -> PathBuf {
-    project.run(&["toolchain", "sync"]).assert_ok();
-    let run = project.run(&["toolchain", "path"]);
-    run.assert_ok();
-    PathBuf::from(run.stdout.trim())
-}
-
 /// A project with the tiny models and data of `fixtures/report_models.py`.
 fn project(pipeline: &str) -> Project {
     let project = Project::new(pipeline);
     project.write("make_models.py", MODELS);
-    let output = Command::new(toolchain_python(&project))
-        .args(["-I", "make_models.py", "."])
-        .current_dir(project.dir.path())
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "make_models.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    project.python(&["make_models.py", "."]);
     project
 }
 
@@ -455,17 +435,10 @@ fn infer_on_a_class_per_folder_image_set() {
     assert_eq!(json(&project, "subset/summary.json")["data"]["samples"], 4);
 
     // A flat folder of .npy volumes: fed as they are, unlabelled.
-    let python = toolchain_python(&project);
-    let output = Command::new(python)
-        .args([
-            "-I",
-            "-c",
-            "import numpy as np, os; os.makedirs('vols'); [np.save(f'vols/v{i}.npy', np.random.default_rng(i).standard_normal((3, 4, 4, 4)).astype(np.float32)) for i in range(2)]",
-        ])
-        .current_dir(project.dir.path())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    project.python(&[
+        "-c",
+        "import numpy as np, os; os.makedirs('vols'); [np.save(f'vols/v{i}.npy', np.random.default_rng(i).standard_normal((3, 4, 4, 4)).astype(np.float32)) for i in range(2)]",
+    ]);
     let run = project.run(
         &[
             &[

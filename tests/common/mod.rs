@@ -151,6 +151,31 @@ impl Project {
         Run::from(self.command(args).output().expect("run pochi"))
     }
 
+    /// The managed toolchain's interpreter (pochi creates it when missing).
+    pub fn toolchain_python(&self) -> PathBuf {
+        self.run(&["toolchain", "sync"]).assert_ok();
+        let run = self.run(&["toolchain", "path"]);
+        run.assert_ok();
+        PathBuf::from(run.stdout.trim())
+    }
+
+    /// Runs the toolchain's Python (`python -I ARGS...`) in the project directory, asserts
+    /// that it succeeded, and returns its stdout.
+    pub fn python(&self, args: &[&str]) -> String {
+        let output = Command::new(self.toolchain_python())
+            .arg("-I")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run python");
+        assert!(
+            output.status.success(),
+            "python {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut command = self.command(args);
         command.envs(env.iter().copied());
