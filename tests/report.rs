@@ -698,6 +698,19 @@ fn an_engine_that_differs_from_its_reference_fails_the_report() {
 }
 
 #[test]
+fn a_batch_outside_the_engines_profile_is_named() {
+    let project = project(&WITH_ENGINE.replace("batch = 2\n", "batch = 6\n"));
+    let run = build_with_standin(&project, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("batch = 6 is outside the engine's profile (1..4 for `input`)"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn without_a_gpu_the_engine_is_listed_unavailable_and_the_onnx_model_is_timed() {
     let project = project(&WITH_ENGINE.replace("gpus = [0]", "gpus = []"));
     let run = build_with_standin(&project, &[]);
@@ -745,6 +758,27 @@ fn infer_trt_refuses_an_engine_built_for_another_gpu() {
     );
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     run.assert_error(&["compute capability 8.6", "compute capability 9.0"]);
+    // Another TensorRT version is refused the same way.
+    let manifest = project
+        .read("build/pipeline/engine.manifest.json")
+        .replace("\"11.4.0\"", "\"10.0.0\"");
+    project.write("other.manifest.json", &manifest);
+    project
+        .run_env(
+            &[
+                "infer-trt",
+                "other.engine",
+                "--data",
+                "data.npy",
+                "-o",
+                "out",
+            ],
+            &env,
+        )
+        .assert_error(&[
+            "built with TensorRT 10.0.0",
+            "this machine has TensorRT 11.4.0",
+        ]);
     // The engine's own build runs fine through the one-shot.
     let ok = project.run_env(
         &[

@@ -464,7 +464,7 @@ impl Report {
                     description: format!(
                         "{} run on ONNX Runtime ({})",
                         c_display(context, &path),
-                        model.provider
+                        provider.name()
                     ),
                     outputs: model.outputs.iter().cloned().zip(outputs).collect(),
                     model: name,
@@ -553,7 +553,7 @@ impl Report {
                     }
                     Err(message) => return Err(message),
                 };
-                result.runs_on = Some(format!("ONNX Runtime {}", model.provider));
+                result.runs_on = Some(format!("ONNX Runtime {}", provider.name()));
                 let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
                 let batches = runner::batches(&data, batch);
                 let (times, sizes) =
@@ -635,10 +635,7 @@ impl Report {
                 } else {
                     c.threads.to_string()
                 },
-                provider: match provider {
-                    runner::Provider::Cuda { .. } => "CUDAExecutionProvider",
-                    runner::Provider::Cpu { .. } => "CPUExecutionProvider",
-                },
+                provider: provider.name(),
             },
             environment: facts.info(c.threads),
             models,

@@ -86,8 +86,6 @@ pub struct Model {
     /// The input's shape as the model declares it (-1 for dynamic axes).
     pub input_shape: Vec<i64>,
     pub outputs: Vec<String>,
-    /// The execution provider the session runs on.
-    pub provider: &'static str,
 }
 
 /// The execution provider a session gets: CUDA on `gpu` when the stage holds one and the
@@ -96,6 +94,16 @@ pub struct Model {
 pub enum Provider {
     Cpu { warning: Option<String> },
     Cuda { device: u32 },
+}
+
+impl Provider {
+    /// ONNX Runtime's name for it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Cpu { .. } => "CPUExecutionProvider",
+            Provider::Cuda { .. } => "CUDAExecutionProvider",
+        }
+    }
 }
 
 /// Picks the provider for a stage holding `gpu` (ONNX Runtime must be loaded already).
@@ -137,7 +145,6 @@ pub fn load(
             .with_inter_threads(1)
             .map_err(|e| fail(e.into()))?;
     }
-    let mut name = "CPUExecutionProvider";
     if let Provider::Cuda { device } = provider {
         let cuda = ort::ep::CUDA::default()
             .with_device_id(*device as i32)
@@ -149,7 +156,6 @@ pub fn load(
                 path.display()
             )
         })?;
-        name = "CUDAExecutionProvider";
     }
     let session = builder.commit_from_file(path).map_err(fail)?;
     let [input] = session.inputs() else {
@@ -187,7 +193,6 @@ pub fn load(
         input,
         input_shape,
         outputs,
-        provider: name,
     })
 }
 

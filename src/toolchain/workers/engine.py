@@ -328,7 +328,7 @@ class CudaDevice:
         self.stream.synchronize()
 
 
-class HostDevice(CudaDevice):
+class HostDevice:
     """Only for the TensorRT stand-in of pochi's tests (which runs on the CPU): host memory
     and wall-clock time. A real TensorRT never gets this device."""
 
