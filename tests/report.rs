@@ -745,40 +745,26 @@ fn infer_trt_refuses_an_engine_built_for_another_gpu() {
         ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
         ("POCHI_GPUS", "0"),
     ];
-    let run = project.run_env(
-        &[
-            "infer-trt",
-            "other.engine",
-            "--data",
-            "data.npy",
-            "-o",
-            "out",
-        ],
-        &env,
-    );
-    assert_eq!(run.code, Some(1), "{}", run.stderr);
-    run.assert_error(&["compute capability 8.6", "compute capability 9.0"]);
+    let infer_other = [
+        "infer-trt",
+        "other.engine",
+        "--data",
+        "data.npy",
+        "-o",
+        "out",
+    ];
+    project
+        .run_env(&infer_other, &env)
+        .assert_error(&["compute capability 8.6", "compute capability 9.0"]);
     // Another TensorRT version is refused the same way.
     let manifest = project
         .read("build/pipeline/engine.manifest.json")
         .replace("\"11.4.0\"", "\"10.0.0\"");
     project.write("other.manifest.json", &manifest);
-    project
-        .run_env(
-            &[
-                "infer-trt",
-                "other.engine",
-                "--data",
-                "data.npy",
-                "-o",
-                "out",
-            ],
-            &env,
-        )
-        .assert_error(&[
-            "built with TensorRT 10.0.0",
-            "this machine has TensorRT 11.4.0",
-        ]);
+    project.run_env(&infer_other, &env).assert_error(&[
+        "built with TensorRT 10.0.0",
+        "this machine has TensorRT 11.4.0",
+    ]);
     // The engine's own build runs fine through the one-shot.
     let ok = project.run_env(
         &[
