@@ -42,9 +42,11 @@ pub fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
     std::fs::create_dir_all(parent)?;
     let is_dir = std::fs::symlink_metadata(temp)?.is_dir();
     let old = std::fs::symlink_metadata(dest).ok();
+    let trash = sibling(dest, "pochi-old");
+    // A build killed in the middle of a swap left its trash: it goes first.
+    remove_path(&trash)?;
     match old {
         Some(meta) if is_dir || meta.is_dir() => {
-            let trash = sibling(dest, "pochi-old");
             std::fs::rename(dest, &trash)?;
             rename_or_copy(temp, dest)?;
             remove_path(&trash)?;
@@ -69,6 +71,7 @@ fn rename_or_copy(from: &Path, to: &Path) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             // Another filesystem: copy next to the destination, then rename there.
             let staged = sibling(to, "pochi-new");
+            remove_path(&staged)?;
             copy_tree(from, &staged)?;
             std::fs::rename(&staged, to)?;
             remove_path(from)
@@ -90,12 +93,104 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// The publish protocol's temporary name beside `path`. It is the same in every build (one
+/// build per pipeline holds the lock), so the next publish or `clean` of `path` removes
+/// what a killed build left there.
 fn sibling(path: &Path, tag: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{tag}.{}", std::process::id()))
+    path.with_file_name(format!(".{name}.{tag}"))
+}
+
+/// Removes an output and whatever an interrupted publish of it left beside it.
+pub fn remove_output(path: &Path) -> io::Result<bool> {
+    remove_path(&sibling(path, "pochi-old"))?;
+    remove_path(&sibling(path, "pochi-new"))?;
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    remove_path(path)?;
+    Ok(existed)
+}
+
+/// Fails when writing `path` would go through a symbolic link that leaves `root` (the
+/// project directory, canonical): its nearest existing ancestor must resolve inside `root`.
+pub fn check_confined(root: &Path, path: &Path) -> io::Result<()> {
+    let Some(existing) = path
+        .parent()
+        .into_iter()
+        .flat_map(Path::ancestors)
+        .find(|a| std::fs::symlink_metadata(a).is_ok())
+    else {
+        return Ok(());
+    };
+    let resolved = std::fs::canonicalize(existing)?;
+    if resolved.starts_with(root) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "`{}` resolves to `{}`, outside the project `{}` (through a symbolic link); pochi never writes or deletes outside the project",
+            existing.display(),
+            resolved.display(),
+            root.display()
+        ),
+    ))
+}
+
+/// Checks a finished output before it is published: only regular files, directories, and
+/// symbolic links to one of those inside `root` (canonical). A dangling link, a link out
+/// of the project, or a FIFO or device (which a reader could wait on forever) is an error.
+pub fn check_output_tree(root: &Path, path: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let file_type = meta.file_type();
+    if file_type.is_symlink() {
+        let target = std::fs::canonicalize(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "`{}` is a symbolic link that leads nowhere ({e})",
+                    path.display()
+                ),
+            )
+        })?;
+        if !target.starts_with(root) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "`{}` is a symbolic link to `{}`, outside the project",
+                    path.display(),
+                    target.display()
+                ),
+            ));
+        }
+        let followed = std::fs::metadata(&target)?;
+        if !followed.is_file() && !followed.is_dir() {
+            return Err(not_a_file(path));
+        }
+        return Ok(());
+    }
+    if file_type.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            check_output_tree(root, &entry?.path())?;
+        }
+        return Ok(());
+    }
+    if file_type.is_file() {
+        return Ok(());
+    }
+    Err(not_a_file(path))
+}
+
+fn not_a_file(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "`{}` is not a regular file or directory (a FIFO, device or socket)",
+            path.display()
+        ),
+    )
 }
 
 fn sync_dir(dir: &Path) {

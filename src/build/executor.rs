@@ -337,6 +337,8 @@ impl StageExecutor {
     ) -> Result<(), String> {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
+        let root = std::fs::canonicalize(&pipeline.dir)
+            .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
         for output in spec.kind.outputs() {
             let written = pipeline.dir.join(&temp.paths[&output.key]);
             if std::fs::symlink_metadata(&written).is_err() {
@@ -347,6 +349,22 @@ impl StageExecutor {
                     output.key
                 ));
             }
+            crate::fsutil::check_output_tree(&root, &written).map_err(|e| {
+                format!(
+                    "output `{}` ({}) cannot be published: {e}",
+                    output.key,
+                    output.path.display()
+                )
+            })?;
+            crate::fsutil::check_confined(&root, &pipeline.dir.join(&output.path)).map_err(
+                |e| {
+                    format!(
+                        "output `{}` ({}) cannot be published: {e}",
+                        output.key,
+                        output.path.display()
+                    )
+                },
+            )?;
         }
         let after = current_key(project, stage).map_err(describe)?;
         if after.inputs != key.inputs || after.needs != key.needs {

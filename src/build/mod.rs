@@ -56,6 +56,22 @@ pub enum BuildError {
         first: PathBuf,
         second: PathBuf,
     },
+    #[error("cannot remove output `{}`", path.display())]
+    #[diagnostic(help(
+        "nothing outside the project is removed; fix or remove the link yourself, then run `pochi clean` again"
+    ))]
+    Clean {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pipelines {} and {} in one directory are both named `{name}`, so they would share (and overwrite) one state directory", first.display(), second.display())]
+    #[diagnostic(help("give one of them another `[pipeline] name`"))]
+    SharedState {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
 }
 
 /// One pipeline with its graph, state and stat cache.
@@ -145,13 +161,24 @@ impl Project {
             .map(|f| f.message.clone())
     }
 
-    fn persist_caches(&self) -> Result<(), StateError> {
+    /// Saves the stat cache and compacts the record log. Both are optimizations (the
+    /// records are already on disk), so a failure is a warning, not a failed build.
+    fn persist_caches(&self) -> Vec<String> {
         let mut state = self.state();
         let path = state.stat_cache_path();
-        self.stats
-            .save(&path)
-            .map_err(|source| StateError::Io { path, source })?;
-        state.compact_if_large()
+        let mut warnings = Vec::new();
+        if let Err(e) = self.stats.save(&path) {
+            warnings.push(format!(
+                "cannot save the stat cache {}: {e}; the next build reads every file again to check it",
+                path.display()
+            ));
+        }
+        if let Err(e) = state.compact_if_large() {
+            warnings.push(format!(
+                "cannot compact the record log: {e}; it is compacted next time"
+            ));
+        }
+        warnings
     }
 }
 
@@ -172,6 +199,99 @@ fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), Sp
         }
     }
     Ok(())
+}
+
+/// Two pipeline files in one directory with the same name would share a state directory:
+/// refused while the file that last built there still exists and still has that name.
+fn check_state_owner(pipeline: &Pipeline) -> Result<(), BuildError> {
+    let Some(owner) = crate::state::owner(&pipeline.state_dir()) else {
+        return Ok(());
+    };
+    if Some(owner.as_str()) == pipeline_file_name(pipeline).as_deref() {
+        return Ok(());
+    }
+    let other = pipeline.dir.join(&owner);
+    match Pipeline::load(&other) {
+        Ok(other_pipeline) if other_pipeline.name == pipeline.name => {
+            Err(BuildError::SharedState {
+                name: pipeline.name.clone(),
+                first: other,
+                second: pipeline.file.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn pipeline_file_name(pipeline: &Pipeline) -> Option<String> {
+    Some(pipeline.file.file_name()?.to_string_lossy().into_owned())
+}
+
+/// No two pipelines of one build may declare the same output, or outputs inside one
+/// another (within one pipeline the graph checks this).
+fn check_outputs_across(projects: &[Project]) -> Result<(), GraphError> {
+    if projects.len() < 2 {
+        return Ok(());
+    }
+    let mut owners: std::collections::HashMap<PathBuf, (usize, usize, usize)> =
+        std::collections::HashMap::new();
+    for (p, project) in projects.iter().enumerate() {
+        for (s, stage) in project.pipeline.stages.iter().enumerate() {
+            for (o, output) in stage.kind.outputs().iter().enumerate() {
+                owners.insert(project.pipeline.dir.join(&output.path), (p, s, o));
+            }
+        }
+    }
+    for (p, project) in projects.iter().enumerate() {
+        for stage in &project.pipeline.stages {
+            for output in stage.kind.outputs() {
+                let path = project.pipeline.dir.join(&output.path);
+                let clash = path
+                    .ancestors()
+                    .find_map(|a| owners.get(a).filter(|(other, ..)| *other != p));
+                if let Some(&(other, s, o)) = clash {
+                    return Err(shared_output_error(
+                        projects,
+                        (p, stage),
+                        output,
+                        (other, s, o),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn shared_output_error(
+    projects: &[Project],
+    (p, stage): (usize, &crate::spec::Stage),
+    output: &crate::spec::NamedOutput,
+    (other, s, o): (usize, usize, usize),
+) -> GraphError {
+    let first = &projects[other].pipeline;
+    let first_stage = &first.stages[s];
+    let first_output = &first_stage.kind.outputs()[o];
+    let (line, column) = first.source.line_column(first_output.span.start);
+    projects[p]
+        .pipeline
+        .source
+        .error(
+            output.span.clone(),
+            format!(
+                "output `{}` of stage `{}` is also an output (or inside an output) of stage `{}` of pipeline {}",
+                output.path.display(),
+                stage.name,
+                first_stage.name,
+                first.file.display()
+            ),
+        )
+        .with_label("declared twice")
+        .with_help(format!(
+            "each file is produced by one stage of one pipeline; the other is declared at {}:{line}:{column}; give one of them another path",
+            first.source.name
+        ))
+        .into()
 }
 
 /// The jobs in `from` and every job that depends on them, directly or not.
@@ -223,9 +343,16 @@ pub enum BuildEvent<'a> {
         pipeline: &'a str,
         holder: &'a str,
     },
+    /// `to_run` stages are out of date now; up to `may_follow` more depend on them and run
+    /// if their inputs change (early cutoff spares those whose inputs come out the same).
+    /// Something went wrong that does not fail the build.
+    Warning {
+        message: &'a str,
+    },
     Planned {
         stages: usize,
         to_run: usize,
+        may_follow: usize,
     },
     Started {
         stage: &'a str,
@@ -286,7 +413,9 @@ impl Workspace {
                     second: project.pipeline.file.clone(),
                 });
             }
+            check_state_owner(&project.pipeline)?;
         }
+        check_outputs_across(&projects)?;
         Ok(Workspace {
             projects: Arc::new(projects),
         })
@@ -400,7 +529,7 @@ impl Workspace {
         observer: &mut dyn FnMut(BuildEvent),
     ) -> Result<BuildSummary, BuildError> {
         let started = Instant::now();
-        let _locks = self.lock_all(options.no_wait, observer)?;
+        let _locks = self.lock_all(options.no_wait, &cancel, observer)?;
         let targets = self.resolve_targets(&options.targets)?;
         let ids = self.stage_ids();
         let index_of: BTreeMap<StageId, usize> =
@@ -425,14 +554,18 @@ impl Workspace {
             .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
             .collect();
         let cannot_run = downstream(&jobs, executor.unavailable.keys().copied());
-        let to_run = prechecked
-            .iter()
-            .enumerate()
-            .filter(|(job, c)| matches!(c, Some(Check::Run(_))) && !cannot_run[*job])
-            .count();
+        let out_of_date: Vec<usize> = (0..ids.len())
+            .filter(|&job| matches!(prechecked[job], Some(Check::Run(_))) && !cannot_run[job])
+            .collect();
+        let affected = downstream(&jobs, out_of_date.iter().copied());
+        let may_follow = (0..ids.len())
+            .filter(|&job| affected[job] && wanted[job] && !cannot_run[job])
+            .count()
+            - out_of_date.len();
         observer(BuildEvent::Planned {
             stages: wanted.iter().filter(|w| **w).count(),
-            to_run,
+            to_run: out_of_date.len(),
+            may_follow,
         });
         let scheduler_options = scheduler::Options {
             keep_going: options.keep_going,
@@ -471,7 +604,9 @@ impl Workspace {
             "scheduler finished"
         );
         for project in self.projects.iter() {
-            project.persist_caches()?;
+            for message in project.persist_caches() {
+                observer(BuildEvent::Warning { message: &message });
+            }
         }
         let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
         for (p, project) in self.projects.iter().enumerate() {
@@ -534,6 +669,7 @@ impl Workspace {
     fn lock_all(
         &self,
         no_wait: bool,
+        cancel: &AtomicBool,
         observer: &mut dyn FnMut(BuildEvent),
     ) -> Result<Vec<StateLock>, BuildError> {
         let mut order: Vec<&Project> = self.projects.iter().collect();
@@ -541,14 +677,19 @@ impl Workspace {
         let mut locks = Vec::new();
         for project in order {
             let name = &project.pipeline.name;
-            let lock =
-                StateLock::acquire(&project.pipeline.state_dir(), name, !no_wait, |holder| {
+            let lock = StateLock::acquire(
+                &project.pipeline.state_dir(),
+                name,
+                !no_wait,
+                cancel,
+                |holder| {
                     observer(BuildEvent::WaitingForLock {
                         pipeline: name,
                         holder,
                     });
-                })
-                .map_err(StateError::from)?;
+                },
+            )
+            .map_err(StateError::from)?;
             // Another build may have finished while we waited: read the state afresh if so,
             // and drop temporary outputs left by builds that were killed.
             let mut state = project.state();
@@ -557,6 +698,9 @@ impl Workspace {
             }
             let _ = crate::fsutil::remove_path(&state.temp_root());
             drop(state);
+            if let Some(file_name) = pipeline_file_name(&project.pipeline) {
+                crate::state::claim(&project.pipeline.state_dir(), &file_name)?;
+            }
             locks.push(lock);
         }
         Ok(locks)
@@ -831,9 +975,15 @@ fn classify(project: &Project, stage: usize, standing: &Standing) -> (PlanStatus
     }
 }
 
-/// Removes the outputs and records of `targets` (every stage when empty).
-pub fn clean(workspace: &Workspace, targets: &[StageId]) -> Result<Vec<PathBuf>, BuildError> {
-    let _locks = workspace.lock_all(false, &mut |_| {})?;
+/// Removes the outputs and records of `targets` (every stage when empty), after waiting
+/// (told to `observer`, stopped by `cancel`) for a build of the same pipeline to end.
+pub fn clean(
+    workspace: &Workspace,
+    targets: &[StageId],
+    cancel: &AtomicBool,
+    observer: &mut dyn FnMut(BuildEvent),
+) -> Result<Vec<PathBuf>, BuildError> {
+    let _locks = workspace.lock_all(false, cancel, observer)?;
     for project in workspace.projects.iter() {
         noop::invalidate(project);
     }
@@ -841,21 +991,33 @@ pub fn clean(workspace: &Workspace, targets: &[StageId]) -> Result<Vec<PathBuf>,
     for &(p, s) in targets {
         let project = &workspace.projects[p];
         let stage = &project.pipeline.stages[s];
+        let root =
+            std::fs::canonicalize(&project.pipeline.dir).map_err(|source| StateError::Io {
+                path: project.pipeline.dir.clone(),
+                source,
+            })?;
         for output in stage.kind.outputs() {
             let path = project.pipeline.dir.join(&output.path);
-            if std::fs::symlink_metadata(&path).is_ok() {
-                crate::fsutil::remove_path(&path).map_err(|source| StateError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                removed.push(output.path.clone());
+            let remove = crate::fsutil::check_confined(&root, &path)
+                .and_then(|()| crate::fsutil::remove_output(&path));
+            match remove {
+                Ok(true) => removed.push(output.path.clone()),
+                Ok(false) => {}
+                Err(source) => {
+                    return Err(BuildError::Clean {
+                        path: output.path.clone(),
+                        source,
+                    });
+                }
             }
             project.stats.forget(&output.path, true);
         }
         project.state().record_cleaned(&stage.name)?;
     }
     for project in workspace.projects.iter() {
-        project.persist_caches()?;
+        for message in project.persist_caches() {
+            observer(BuildEvent::Warning { message: &message });
+        }
     }
     Ok(removed)
 }

@@ -1,9 +1,9 @@
 //! `pochi build`: build what is out of date, or with `--dry-run` say what would run.
 
+use super::output::{say, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 
@@ -47,7 +47,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         && !args.dry_run
         && let Some(stages) = nothing_changed(&paths)
     {
-        eprintln!(
+        say!(
             "pochi: 0 ran, {stages} up to date in {} (nothing changed since the last build)",
             super::output::duration(started.elapsed())
         );
@@ -72,13 +72,13 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     };
     let summary = run_build(&workspace, &options)?;
     if args.json {
-        println!(
+        show!(
             "{}",
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
     }
     if summary.interrupted {
-        return Ok(ExitCode::from(130));
+        return Ok(super::signals::interrupted_exit_code());
     }
     if !summary.ok {
         let failed: Vec<String> = summary
@@ -110,7 +110,7 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
     for plan in &plans {
         if plan.status.would_run() {
             would_run += 1;
-            eprintln!(
+            say!(
                 "{} {}: {}",
                 paint("would run", "1;34"),
                 workspace.display_name(plan.id),
@@ -123,7 +123,7 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             .iter()
             .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
             .collect();
-        println!(
+        show!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "schema_version": 1, "dry_run": true, "stages": stages })
@@ -131,7 +131,7 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             .unwrap_or_default()
         );
     }
-    eprintln!("pochi: {would_run} of {} stages would run", plans.len());
+    say!("pochi: {would_run} of {} stages would run", plans.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -141,8 +141,7 @@ pub(super) fn run_build(
     workspace: &Workspace,
     options: &BuildOptions,
 ) -> miette::Result<BuildSummary> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    install_interrupt_handler(Arc::clone(&cancel));
+    let cancel = super::signals::cancel_flag();
     let machine = crate::machine::detect();
     let mut reporter = Reporter::new();
     let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
@@ -151,14 +150,4 @@ pub(super) fn run_build(
     })?;
     reporter.summary(&summary);
     Ok(summary)
-}
-
-/// First Ctrl-C: stop running stages and discard their partial outputs. Second: exit now.
-fn install_interrupt_handler(cancel: Arc<AtomicBool>) {
-    let _ = ctrlc::set_handler(move || {
-        if cancel.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("interrupted: stopping running stages (Ctrl-C again to quit at once)");
-    });
 }

@@ -1,11 +1,12 @@
 //! `pochi clean`: removes stages' published outputs and forgets their records.
 
+use super::output::say;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::build::Workspace;
+use crate::build::{BuildEvent, Workspace};
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
@@ -19,11 +20,18 @@ pub struct CleanArgs {
 pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
     let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
     let targets = workspace.resolve_targets(&args.targets)?;
-    let removed = crate::build::clean(&workspace, &targets)?;
+    let cancel = super::signals::cancel_flag();
+    let removed = crate::build::clean(&workspace, &targets, &cancel, &mut |event| match event {
+        BuildEvent::WaitingForLock { pipeline, holder } => say!(
+            "waiting: another pochi (pid {holder}) is building `{pipeline}`; the clean starts when it ends (Ctrl-C to stop waiting)"
+        ),
+        BuildEvent::Warning { message } => say!("warning: {message}"),
+        _ => {}
+    })?;
     for path in &removed {
-        eprintln!("removed {}", path.display());
+        say!("removed {}", path.display());
     }
-    eprintln!(
+    say!(
         "pochi: cleaned {} stages, removed {} outputs",
         targets.len(),
         removed.len()

@@ -5,6 +5,7 @@
 //! `<stem>_int8.engine` (or to `-o`). Unlike pochitrain it exits non-zero on any failure,
 //! including a machine without TensorRT or a GPU: the user asked for an engine.
 
+use super::output::say;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -106,7 +107,7 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     };
     let summary = super::build::run_build(&workspace, &options)?;
     if summary.interrupted {
-        return Ok(ExitCode::from(130));
+        return Ok(super::signals::interrupted_exit_code());
     }
     if !summary.ok {
         return Err(failure(
@@ -127,7 +128,7 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
             "check the -o path",
         )
     })?;
-    eprintln!(
+    say!(
         "pochi: wrote {} ({precision}; manifest: {})",
         output.display(),
         dir.join("out").join("model.manifest.json").display()

@@ -1,5 +1,6 @@
 //! `pochi explain`: the exact reasons a stage would run, against its last successful run.
 
+use super::output::show;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,17 +10,30 @@ use crate::build::{PlanStatus, Workspace};
 use crate::toolchain::{self, Mode};
 
 #[derive(Debug, Args)]
+#[command(override_usage = "pochi explain [PIPELINE] STAGE")]
 pub struct ExplainArgs {
-    /// The pipeline file.
-    pipeline: PathBuf,
-    /// The stage to explain.
-    stage: String,
+    /// `[PIPELINE] STAGE`: the pipeline file (default: pipeline.toml) and the stage to
+    /// explain.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    words: Vec<String>,
+}
+
+impl ExplainArgs {
+    /// The pipeline file and the stage.
+    fn split(&self) -> (Vec<PathBuf>, String) {
+        match self.words.as_slice() {
+            [pipeline, stage] => (vec![PathBuf::from(pipeline)], stage.clone()),
+            [stage] => (super::pipeline_paths(&[]), stage.clone()),
+            _ => (super::pipeline_paths(&[]), String::new()),
+        }
+    }
 }
 
 pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
-    let mut workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    let (pipelines, stage) = args.split();
+    let mut workspace = Workspace::load(&pipelines)?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
-    let targets = workspace.resolve_targets(std::slice::from_ref(&args.stage))?;
+    let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
     let plans = workspace.plan(&targets, &super::offered_gpus(&workspace));
     let Some(plan) = plans.iter().find(|plan| targets.contains(&plan.id)) else {
         return Ok(ExitCode::SUCCESS);
@@ -33,16 +47,16 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
             .built(name)
             .map(|r| r.fingerprint.chars().take(16).collect::<String>())
             .unwrap_or_default();
-        println!("{name} is up to date (fingerprint {fingerprint}); nothing would run");
+        show!("{name} is up to date (fingerprint {fingerprint}); nothing would run");
         return Ok(ExitCode::SUCCESS);
     }
     if plan.status == PlanStatus::Unavailable {
-        println!("{name} does not run on this machine:");
+        show!("{name} does not run on this machine:");
     } else {
-        println!("{name} would run ({}):", super::status::label(plan.status));
+        show!("{name} would run ({}):", super::status::label(plan.status));
     }
     for reason in &plan.reasons {
-        println!("  - {reason}");
+        show!("  - {reason}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! `.pochi/oneshot/<hash>/` and builds it with the same engine as `pochi build`, so a repeat
 //! with the same arguments and checkpoint is instant; the .onnx is then copied to `-o`.
 
+use super::output::say;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -76,7 +77,7 @@ pub fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
     let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
     let project = &workspace.projects[0];
     if summary.interrupted {
-        return Ok(ExitCode::from(130));
+        return Ok(super::signals::interrupted_exit_code());
     }
     if !summary.ok {
         print_traceback(&project.pipeline.dir.join(project.state_log_path(0)));
@@ -189,9 +190,7 @@ fn list_gpus(device: Device) {
         _ => Vec::new(),
     };
     if lines.is_empty() {
-        eprintln!(
-            "pochi: no NVIDIA GPU found (nvidia-smi is not available); exporting on {device}"
-        );
+        say!("pochi: no NVIDIA GPU found (nvidia-smi is not available); exporting on {device}");
         return;
     }
     for line in lines {
@@ -202,14 +201,14 @@ fn list_gpus(device: Device) {
                     .map(|m| format!("{:.1} GiB", m / 1024.0))
                     .unwrap_or_else(|_| mib.to_string())
             };
-            eprintln!(
+            say!(
                 "pochi: GPU {index}: {name}, {} free of {}",
                 gib(free),
                 gib(total)
             );
         }
     }
-    eprintln!("pochi: exporting on {device}");
+    say!("pochi: exporting on {device}");
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -223,7 +222,7 @@ fn print_traceback(log: &Path) {
         return;
     };
     if let Some(first) = text.find("Traceback (most recent call last)") {
-        eprintln!(
+        say!(
             "Python traceback ({}):\n{}",
             log.display(),
             text[first..].trim_end()
@@ -268,7 +267,7 @@ fn report(manifest: &serde_json::Value, output: &Path, dir: &Path) {
     let params = number(&["parameters"])
         .map(|p| format!("{:.1} M parameters", p / 1e6))
         .unwrap_or_default();
-    eprintln!(
+    say!(
         "pochi: wrote {} ({size}, {params}, opset {}): {} -> {}",
         output.display(),
         manifest["opset"],
@@ -284,21 +283,21 @@ fn report(manifest: &serde_json::Value, output: &Path, dir: &Path) {
     let took = number(&["durations", "total_s"])
         .map(|s| duration(std::time::Duration::from_secs_f64(s)))
         .unwrap_or_default();
-    eprintln!(
+    say!(
         "pochi: {memory} on {}; the export took {took}",
         manifest["device"].as_str().unwrap_or("?")
     );
     match manifest.get("verification").filter(|v| !v.is_null()) {
-        Some(v) => eprintln!(
+        Some(v) => say!(
             "pochi: verified with ONNX Runtime against PyTorch: max |diff| {:.3e}, mean |diff| {:.3e} (rtol {}, atol {})",
             v["max_abs_diff"].as_f64().unwrap_or(f64::NAN),
             v["mean_abs_diff"].as_f64().unwrap_or(f64::NAN),
             v["rtol"],
             v["atol"]
         ),
-        None => eprintln!("pochi: not verified (--no-verify)"),
+        None => say!("pochi: not verified (--no-verify)"),
     }
-    eprintln!(
+    say!(
         "pochi: manifest and reference outputs: {}",
         dir.join("out").display()
     );

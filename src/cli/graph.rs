@@ -21,14 +21,15 @@ enum Format {
 
 #[derive(Debug, Args)]
 pub struct GraphArgs {
-    /// The pipeline file.
-    pipeline: PathBuf,
+    /// The pipeline file (default: pipeline.toml).
+    pipeline: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
 
 pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
-    let mut workspace = Workspace::load(std::slice::from_ref(&args.pipeline))?;
+    let paths = super::pipeline_paths(args.pipeline.as_slice());
+    let mut workspace = Workspace::load(&paths)?;
     workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
     let project = &workspace.projects[0];
     let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
@@ -79,6 +80,9 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
         Format::Json => GraphFormat::Json,
         Format::Html => GraphFormat::Html,
     };
-    print!("{}", render::render(&view, format));
+    print!(
+        "{}",
+        super::output::sanitize(&render::render(&view, format))
+    );
     Ok(ExitCode::SUCCESS)
 }

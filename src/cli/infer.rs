@@ -5,6 +5,7 @@
 //! as `pochi build` (so a repeat with the same model and data is instant), then copies the
 //! report's files to `-o`.
 
+use super::output::say;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -128,7 +129,7 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
         ..
     } = &data
     {
-        eprintln!(
+        say!(
             "pochi: {}",
             describe(contents, transform.as_ref(), args.samples)
         );
@@ -138,7 +139,7 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
     let workspace = super::oneshot::load(&dir)?;
     let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
     if summary.interrupted {
-        return Ok(ExitCode::from(130));
+        return Ok(super::signals::interrupted_exit_code());
     }
     if !summary.ok {
         return Err(failure(
@@ -170,13 +171,13 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
             )
         })?;
     }
-    eprintln!("pochi: report written to {}", output.display());
+    say!("pochi: report written to {}", output.display());
     if let Ok(summary) = std::fs::read_to_string(output.join("summary.json"))
         && let Ok(value) = serde_json::from_str::<serde_json::Value>(&summary)
         && let Some(model) = value["models"].get(0)
     {
         if let Some(l) = model.get("latency").filter(|l| !l.is_null()) {
-            eprintln!(
+            say!(
                 "pochi: {}: mean {:.3} ms, p99 {:.3} ms, {:.1} samples/s",
                 stem,
                 l["mean_ms"].as_f64().unwrap_or(f64::NAN),
@@ -184,10 +185,10 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
                 l["throughput"].as_f64().unwrap_or(f64::NAN)
             );
         } else if let Some(note) = model["note"].as_str() {
-            eprintln!("pochi: {stem}: {note}");
+            say!("pochi: {stem}: {note}");
         }
         if let Some(accuracy) = model["task"]["classification"]["accuracy"].as_f64() {
-            eprintln!("pochi: accuracy {:.2}%", accuracy * 100.0);
+            say!("pochi: accuracy {:.2}%", accuracy * 100.0);
         }
     }
     Ok(ExitCode::SUCCESS)

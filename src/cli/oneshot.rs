@@ -3,6 +3,7 @@
 //! cached pipeline) and loaded with its toolchain, ready for `build::run_build`; and the
 //! `dataset` stage that `convert` and `infer` write over a folder of images.
 
+use super::output::say;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
@@ -35,7 +36,7 @@ pub(super) fn pipeline_text(
 
 /// Writes `text` to `.pochi/oneshot/<hash of text>/pipeline.toml`; returns that directory.
 pub(super) fn write(text: &str) -> miette::Result<PathBuf> {
-    let dir = PathBuf::from(".pochi")
+    let dir = PathBuf::from(crate::spec::STATE_ROOT)
         .join("oneshot")
         .join(toolchain::short_hash(text.as_bytes()));
     let file = dir.join("pipeline.toml");
@@ -122,7 +123,7 @@ const DEFAULT_INPUT_SIZE: u64 = 224;
 /// engine or dynamic axes. An ONNX that cannot take RGB images is an error.
 pub fn image_input_size(model: &Path) -> miette::Result<[u64; 2]> {
     let fallback = |why: &str| {
-        eprintln!(
+        say!(
             "pochi: {why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
         );
         Ok([DEFAULT_INPUT_SIZE; 2])

@@ -1,6 +1,7 @@
 //! The build reporter: fed by build events, it shows one line per running stage with its
 //! elapsed time on a terminal (indicatif), plain lines otherwise, and a summary at the end.
 
+use super::output::say;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -30,21 +31,35 @@ impl Reporter {
     fn line(&self, text: &str) {
         match &self.bars {
             Some(bars) => {
-                let _ = bars.println(text);
+                let _ = bars.println(super::output::sanitize(text));
             }
-            None => eprintln!("{text}"),
+            None => say!("{text}"),
         }
     }
 
     pub fn event(&mut self, event: BuildEvent) {
         match event {
             BuildEvent::WaitingForLock { pipeline, holder } => {
-                self.line(&format!("waiting: another pochi (pid {holder}) is building `{pipeline}`; this build starts when it ends"));
+                self.line(&format!("waiting: another pochi (pid {holder}) is building `{pipeline}`; this build starts when it ends (Ctrl-C to stop waiting)"));
             }
-            BuildEvent::Planned { stages, to_run } => {
+            BuildEvent::Warning { message } => {
+                self.line(&format!("{} {message}", paint("warning:", "1;33")));
+            }
+            BuildEvent::Planned {
+                stages,
+                to_run,
+                may_follow,
+            } => {
                 if to_run > 0 {
+                    let more = if may_follow > 0 {
+                        format!(
+                            "; up to {may_follow} more depend on them and run if their inputs change"
+                        )
+                    } else {
+                        String::new()
+                    };
                     self.line(&format!(
-                        "{} {to_run} of {stages} stages are out of date",
+                        "{} {to_run} of {stages} stages are out of date{more}",
                         paint("plan", "1")
                     ));
                 }
@@ -67,11 +82,13 @@ impl Reporter {
                     ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.set_message(format!("{stage}{device} ({reason})"));
+                bar.set_message(
+                    super::output::sanitize(&format!("{stage}{device} ({reason})")).into_owned(),
+                );
                 bar.enable_steady_tick(Duration::from_millis(120));
                 self.running.insert(stage.to_string(), bar);
             }
-            None => eprintln!("{} {stage}{device}: {reason}", paint("run ", "1;34")),
+            None => say!("{} {stage}{device}: {reason}", paint("run ", "1;34")),
         }
     }
 
@@ -139,7 +156,7 @@ impl Reporter {
         } else {
             paint("pochi:", "1;31")
         };
-        eprintln!(
+        say!(
             "{head} {} in {}",
             parts.join(", "),
             duration(Duration::from_millis(summary.duration_ms))

@@ -1,6 +1,7 @@
 //! `pochi status`: each stage's status and why, without running anything; exit 1 when
 //! something would run, so CI can use it as a check.
 
+use super::output::{say, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,7 +51,7 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
             .iter()
             .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
             .collect();
-        println!(
+        show!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "schema_version": 1, "stages": stages })
@@ -71,7 +72,7 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
                 .first()
                 .map(|r| format!("  {r}"))
                 .unwrap_or_default();
-            println!(
+            show!(
                 "{name:<width$}  {}{}",
                 paint(&status, color(plan.status)).trim_end(),
                 why
@@ -89,13 +90,13 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
         } else {
             String::new()
         };
-        eprintln!(
+        say!(
             "pochi: all {} stages that can run here are up to date{elsewhere}",
             plans.len() - unavailable
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("pochi: {pending} of {} stages would run", plans.len());
+        say!("pochi: {pending} of {} stages would run", plans.len());
         Ok(ExitCode::from(1))
     }
 }

@@ -1,5 +1,6 @@
 //! `pochi toolchain [sync|info|path]`: shows and prepares the Python toolchain.
 
+use super::output::{say, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,11 +62,11 @@ pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
         Action::Sync(common) => {
             let (choice, needed) = common.load()?;
             let resolved = toolchain::resolve(&choice, &needed, Mode::Create, &mut toolchain::say)?;
-            eprintln!(
+            say!(
                 "pochi: the toolchain is ready: {}",
                 resolved.toolchain.python.display()
             );
-            eprintln!("pochi: identity: {}", resolved.toolchain.identity);
+            say!("pochi: identity: {}", resolved.toolchain.identity);
             Ok(ExitCode::SUCCESS)
         }
         Action::Path(common) => {
@@ -81,7 +82,7 @@ pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
                     "run `pochi toolchain sync` (or `pochi build`, which creates it when a stage needs it)",
                 ));
             }
-            println!("{}", resolved.toolchain.python.display());
+            show!("{}", resolved.toolchain.python.display());
             Ok(ExitCode::SUCCESS)
         }
         Action::Info { common, json } => {
@@ -89,7 +90,7 @@ pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
             let resolved =
                 toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
             if json {
-                println!(
+                show!(
                     "{}",
                     serde_json::to_string_pretty(&info_json(&resolved)).unwrap_or_default()
                 );
@@ -126,34 +127,34 @@ fn info_json(resolved: &Resolved) -> serde_json::Value {
 
 fn print_info(resolved: &Resolved) {
     let managed = Managed::new(&resolved.cache, &toolchain::lock_hash());
-    println!("interpreter  {}", resolved.toolchain.python.display());
-    println!("source       {}", source(resolved));
+    show!("interpreter  {}", resolved.toolchain.python.display());
+    show!("source       {}", source(resolved));
     if matches!(resolved.choice, Choice::Managed) {
         let state = if managed.exists() {
             "created"
         } else {
             "not created (run `pochi toolchain sync`)"
         };
-        println!("state        {state}");
-        println!("location     {}", managed.root.display());
+        show!("state        {state}");
+        show!("location     {}", managed.root.display());
         let pins = toolchain::locked_versions(toolchain::LOCK).len();
-        println!(
+        show!(
             "lock         {} ({pins} packages pinned with hashes)",
             toolchain::lock_hash()
         );
     }
-    println!("cache        {}", resolved.cache.root().display());
+    show!("cache        {}", resolved.cache.root().display());
     if let Some(facts) = &resolved.facts {
-        println!("python       {} {}", facts.implementation, facts.python);
-        println!("packages");
+        show!("python       {} {}", facts.implementation, facts.python);
+        show!("packages");
         for (module, fact) in &facts.modules {
             let version = match (&fact.distribution, &fact.version) {
                 (Some(dist), Some(version)) => format!("{dist} {version}"),
                 _ if fact.found => "installed (unknown version)".into(),
                 _ => "not installed".into(),
             };
-            println!("  {module:<12} {version}");
+            show!("  {module:<12} {version}");
         }
     }
-    println!("identity     {}", resolved.toolchain.identity);
+    show!("identity     {}", resolved.toolchain.identity);
 }

@@ -22,9 +22,12 @@ const PARALLEL_HASH_BYTES: u64 = 1 << 20;
 /// digest is not cached (the "racily clean" problem).
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
-/// Hashes one file's content.
+/// Hashes one file's content. Anything but a regular file (a FIFO, a device, a socket) is
+/// an error: reading one may never end.
 pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
-    let size = std::fs::metadata(path)?.len();
+    let metadata = std::fs::metadata(path)?;
+    check_hashable(path, &metadata)?;
+    let size = metadata.len();
     let mut hasher = blake3::Hasher::new();
     if size >= PARALLEL_HASH_BYTES {
         hasher.update_mmap_rayon(path)?;
@@ -32,6 +35,32 @@ pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
         hasher.update_reader(std::fs::File::open(path)?)?;
     }
     Ok(hasher.finalize())
+}
+
+/// Only regular files and directories have a content digest.
+fn check_hashable(path: &Path, metadata: &std::fs::Metadata) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let file_type = metadata.file_type();
+    let what = if file_type.is_file() || file_type.is_dir() {
+        return Ok(());
+    } else if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "`{}` is {what}, not a regular file or directory: pochi reads and hashes only files and directories",
+            path.display()
+        ),
+    ))
 }
 
 /// What identifies a file's version without reading it.
@@ -97,6 +126,7 @@ impl StatCache {
     pub fn digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
         let full = root.join(path);
         let metadata = std::fs::metadata(&full)?;
+        check_hashable(&full, &metadata)?;
         if metadata.is_dir() {
             self.dir_digest(root, path)
         } else {

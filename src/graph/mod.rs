@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::spec::{InputSource, Pipeline, SpanError, suggest};
+use crate::spec::{InputSource, Pipeline, STATE_ROOT, SpanError, suggest};
 
 /// A stage's input with its reference resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,8 +223,13 @@ impl Resolver<'_> {
 fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
     let mut outputs: HashMap<&Path, (usize, usize)> = HashMap::new();
     let mut sources: HashMap<&Path, (usize, usize)> = HashMap::new();
+    let pipeline_file = pipeline
+        .file
+        .strip_prefix(&pipeline.dir)
+        .unwrap_or(&pipeline.file);
     for (stage_index, stage) in pipeline.stages.iter().enumerate() {
         for (index, output) in stage.kind.outputs().iter().enumerate() {
+            check_not_reserved(pipeline, pipeline_file, &stage.name, output)?;
             if let Some(&(other_stage, other)) = outputs.get(output.path.as_path()) {
                 let first = &pipeline.stages[other_stage];
                 return Err(pipeline
@@ -286,6 +291,42 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
         }
     }
     Ok(())
+}
+
+/// pochi's own files are never a stage's output: not its state directory (the lock, the
+/// record log) and not the pipeline file.
+fn check_not_reserved(
+    pipeline: &Pipeline,
+    pipeline_file: &Path,
+    stage: &str,
+    output: &crate::spec::NamedOutput,
+) -> Result<(), SpanError> {
+    let path = output.path.as_path();
+    let (message, help) = if crate::spec::paths::overlaps(path, Path::new(STATE_ROOT)) {
+        (
+            format!(
+                "output `{}` of stage `{stage}` is inside pochi's state directory `{STATE_ROOT}/`",
+                path.display()
+            ),
+            "pochi keeps its lock, records and logs there; write the output elsewhere, e.g. under \"build/\"",
+        )
+    } else if crate::spec::paths::overlaps(path, pipeline_file) {
+        (
+            format!(
+                "output `{}` of stage `{stage}` would overwrite the pipeline file `{}`",
+                path.display(),
+                pipeline_file.display()
+            ),
+            "give the output another path",
+        )
+    } else {
+        return Ok(());
+    };
+    Err(pipeline
+        .source
+        .error(output.span.clone(), message)
+        .with_label("reserved path")
+        .with_help(help))
 }
 
 /// The nearest proper ancestor of `path` that is a key of `map`.

@@ -24,6 +24,17 @@ impl SourceFile {
         NamedSource::new(self.name.clone(), Arc::clone(&self.text))
     }
 
+    /// The 1-based line and column of byte `offset`.
+    pub fn line_column(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(before.len(), |n| before.len() - n - 1)
+            + 1;
+        (line, column)
+    }
+
     /// An error at `span` in this file.
     pub fn error(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> SpanError {
         SpanError(Box::new(SpanDetails {

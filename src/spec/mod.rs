@@ -22,6 +22,9 @@ pub use size::ByteSize;
 
 use crate::kinds::StageKind;
 
+/// The directory under the project root where pochi keeps its state (`.pochi/v1/...`).
+pub const STATE_ROOT: &str = ".pochi";
+
 /// One parsed and validated pipeline file.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -53,7 +56,7 @@ impl Pipeline {
     /// The directory holding pochi's state for this pipeline: `.pochi/v1/<name>/`.
     pub fn state_dir(&self) -> PathBuf {
         self.dir
-            .join(".pochi")
+            .join(STATE_ROOT)
             .join(crate::state::LAYOUT_VERSION)
             .join(&self.name)
     }

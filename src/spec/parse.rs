@@ -97,10 +97,15 @@ pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 
 /// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
 pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> {
-    let file = std::path::absolute(path).map_err(|source| SpecError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // `..` is resolved lexically, so `../seg/pipeline.toml` has the same project root as
+    // its absolute path (`std::path::absolute` keeps `..`).
+    let file =
+        paths::lexical_clean(
+            &std::path::absolute(path).map_err(|source| SpecError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        );
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let src = SourceFile::new(path.display().to_string(), text);
     let text = Arc::clone(&src.text);
@@ -126,6 +131,18 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
         ..parser
     }
     .stages(&root)?;
+    if stages.is_empty() {
+        let span = root
+            .get_ref()
+            .get("stages")
+            .map(|v| v.span())
+            .unwrap_or(0..0);
+        return Err(parser
+            .src
+            .error(span, "the pipeline declares no stages")
+            .with_help("add a stage, e.g. `[stages.hello]` with `kind = \"command\"`, `run = [\"sh\", \"-c\", \"echo hi > {outputs.out}\"]` and `outputs = { out = \"build/hello.txt\" }`")
+            .into());
+    }
     if resources.cpu == Some(0) {
         return Err(parser
             .key_error(&root, "resources", "`resources.cpu` must be at least 1")
@@ -252,8 +269,8 @@ impl Parser<'_> {
             .unwrap_or(0..0);
         Err(self
             .src
-            .error(span, format!("pipeline name `{name}` is not valid"))
-            .with_help("a pipeline name uses only a-z, 0-9, `_` and `-`; set [pipeline] name"))
+            .error(span, format!("pipeline name `{}` is not valid", shorten(&name)))
+            .with_help(format!("a pipeline name uses only a-z, 0-9, `_` and `-`, at most {MAX_NAME_LEN} of them; set [pipeline] name")))
     }
 
     fn stages(&self, root: &Spanned<DeTable>) -> Result<Vec<Stage>, SpanError> {
@@ -288,9 +305,11 @@ impl Parser<'_> {
                 .src
                 .error(
                     name.span(),
-                    format!("stage name `{stage_name}` is not valid"),
+                    format!("stage name `{}` is not valid", shorten(&stage_name)),
                 )
-                .with_help("stage names use only a-z, 0-9, `_` and `-`"));
+                .with_help(format!(
+                    "stage names use only a-z, 0-9, `_` and `-`, at most {MAX_NAME_LEN} of them"
+                )));
         }
         let table = value.get_ref().as_table().ok_or_else(|| {
             self.src.error(
@@ -306,6 +325,7 @@ impl Parser<'_> {
             &format!("in stage `{stage_name}` (kind `{}`)", info.name),
         )?;
         let common: CommonStageKeys = self.deserialize(value)?;
+        self.check_env(table)?;
         let kind = (info.parse)(
             &Parser {
                 stage: &stage_name,
@@ -342,6 +362,36 @@ impl Parser<'_> {
             resources: self.stage_resources(common.resources, table)?,
             env: common.env,
         })
+    }
+
+    /// Environment variable names must be non-empty and hold no `=` or NUL; values no NUL.
+    fn check_env(&self, table: &DeTable) -> Result<(), SpanError> {
+        let Some(env) = table.get("env").and_then(|v| v.get_ref().as_table()) else {
+            return Ok(());
+        };
+        for (key, value) in env.iter() {
+            let name = key.get_ref();
+            if name.is_empty() || name.contains('=') {
+                return Err(self
+                    .src
+                    .error(key.span(), format!("`{name}` is not a valid environment variable name"))
+                    .with_label("invalid name")
+                    .with_help("a variable name is not empty and holds no `=`; write `env = { NAME = \"value\" }`"));
+            }
+            self.check_no_nul(
+                name,
+                key.span(),
+                &format!("environment variable name `{name}`"),
+            )?;
+            if let Some(text) = value.get_ref().as_str() {
+                self.check_no_nul(
+                    text,
+                    value.span(),
+                    &format!("environment variable `{name}`"),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     fn kind_of(
@@ -406,7 +456,9 @@ impl Parser<'_> {
                         .src
                         .error(value.span(), format!("input `{key}` is empty")));
                 }
-                InputSource::Path(paths::normalize(self.dir, Path::new(raw)))
+                self.check_no_nul(raw, value.span(), &format!("input `{key}`"))?;
+                let raw = self.with_build_dir(raw);
+                InputSource::Path(paths::normalize(self.dir, Path::new(&raw)))
             }
         };
         Ok(NamedInput {
@@ -429,7 +481,7 @@ impl Parser<'_> {
         if !is_valid_name(stage) || !key_ok {
             return Err(self
                 .src
-                .error(span, format!("`@{reference}` is not a valid stage reference"))
+                .error(span, format!("`@{}` is not a valid stage reference", shorten(reference)))
                 .with_help("write \"@stage\" for a stage's primary output or \"@stage.key\" for a named one"));
         }
         Ok(InputSource::Output {
@@ -438,9 +490,12 @@ impl Parser<'_> {
         })
     }
 
-    /// Parses an output path: it must lie inside the project.
+    /// Parses an output path (`{build_dir}` stands for the pipeline's build directory): it
+    /// must lie inside the project.
     pub fn output(&self, key: &str, value: &Spanned<String>) -> Result<NamedOutput, SpanError> {
-        let path: PathBuf = paths::normalize(self.dir, Path::new(value.get_ref()));
+        self.check_no_nul(value.get_ref(), value.span(), &format!("output `{key}`"))?;
+        let raw = self.with_build_dir(value.get_ref());
+        let path: PathBuf = paths::normalize(self.dir, Path::new(&raw));
         if !paths::is_inside_project(&path) {
             return Err(self
                 .src
@@ -457,14 +512,50 @@ impl Parser<'_> {
             span: value.span(),
         })
     }
+
+    /// `raw` with `{build_dir}` replaced by the pipeline's build directory.
+    fn with_build_dir(&self, raw: &str) -> String {
+        if raw.contains("{build_dir}") {
+            raw.replace("{build_dir}", &self.build_dir.to_string_lossy())
+        } else {
+            raw.to_string()
+        }
+    }
+
+    /// A NUL byte cannot be part of a path, an argument or an environment variable.
+    pub fn check_no_nul(&self, raw: &str, span: Range<usize>, what: &str) -> Result<(), SpanError> {
+        if raw.contains('\0') {
+            return Err(self
+                .src
+                .error(span, format!("{what} contains a NUL character"))
+                .with_label("NUL here")
+                .with_help("remove the `\\u0000` escape: the operating system cannot pass a NUL in a path, argument or environment variable"));
+        }
+        Ok(())
+    }
 }
 
-/// Stage and pipeline names: `[a-z0-9_-]+`.
+/// The longest stage or pipeline name: names become file names (`logs/<stage>.log`,
+/// `.pochi/v1/<pipeline>/`), and file systems refuse names over 255 bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Stage and pipeline names: `[a-z0-9_-]+`, at most `MAX_NAME_LEN` characters.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A name as shown in an error: long ones are cut (a 65,536-character name is not
+/// repeated back whole).
+fn shorten(name: &str) -> String {
+    const SHOWN: usize = 40;
+    match name.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}... ({} characters)", &name[..end], name.chars().count()),
+        None => name.to_string(),
+    }
 }
 
 /// Second pass over the stages (sorted by name): a stage that names no device gets the

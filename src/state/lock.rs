@@ -4,6 +4,11 @@
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often a waiting build looks at the lock again.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -11,6 +16,11 @@ pub enum LockError {
     #[error("another pochi (pid {holder}) is building pipeline `{pipeline}`")]
     #[diagnostic(help("wait for it to finish, or run without --no-wait to wait for it"))]
     Busy { pipeline: String, holder: String },
+    #[error(
+        "interrupted while waiting for another pochi (pid {holder}) to finish building pipeline `{pipeline}`"
+    )]
+    #[diagnostic(help("nothing was run or changed"))]
+    Interrupted { pipeline: String, holder: String },
     #[error("cannot lock `{}`", path.display())]
     Io {
         path: PathBuf,
@@ -27,11 +37,13 @@ pub struct StateLock {
 
 impl StateLock {
     /// Takes the lock in `dir`. When another process holds it, calls `on_wait` with that
-    /// process's pid and waits, or fails at once when `wait` is false.
+    /// process's pid and waits until it is free or `cancel` is set, or fails at once when
+    /// `wait` is false.
     pub fn acquire(
         dir: &Path,
         pipeline: &str,
         wait: bool,
+        cancel: &AtomicBool,
         on_wait: impl FnOnce(&str),
     ) -> Result<StateLock, LockError> {
         let path = dir.join("lock");
@@ -58,7 +70,13 @@ impl StateLock {
                     });
                 }
                 on_wait(&holder);
-                file.lock().map_err(io)?;
+                wait_for(&file, cancel).map_err(|error| match error {
+                    Waited::Cancelled => LockError::Interrupted {
+                        pipeline: pipeline.to_string(),
+                        holder: holder.clone(),
+                    },
+                    Waited::Io(source) => io(source),
+                })?;
             }
             Err(TryLockError::Error(source)) => return Err(io(source)),
         }
@@ -66,6 +84,25 @@ impl StateLock {
         file.rewind().map_err(io)?;
         write!(file, "{}", std::process::id()).map_err(io)?;
         Ok(StateLock { _file: file })
+    }
+}
+
+enum Waited {
+    Cancelled,
+    Io(std::io::Error),
+}
+
+/// Polls the lock (a blocking `flock` could not be interrupted) until it is ours.
+fn wait_for(file: &File, cancel: &AtomicBool) -> Result<(), Waited> {
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Waited::Cancelled);
+        }
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(POLL),
+            Err(TryLockError::Error(source)) => return Err(Waited::Io(source)),
+        }
     }
 }
 
@@ -89,12 +126,14 @@ mod tests {
     #[test]
     fn a_second_holder_is_refused_then_admitted_after_release() {
         let dir = tempfile::tempdir().unwrap();
-        let first = StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap();
-        let busy = StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap_err();
+        let first =
+            StateLock::acquire(dir.path(), "p", false, &AtomicBool::new(false), |_| {}).unwrap();
+        let busy = StateLock::acquire(dir.path(), "p", false, &AtomicBool::new(false), |_| {})
+            .unwrap_err();
         assert!(
             matches!(&busy, LockError::Busy { holder, .. } if *holder == std::process::id().to_string())
         );
         drop(first);
-        StateLock::acquire(dir.path(), "p", false, |_| {}).unwrap();
+        StateLock::acquire(dir.path(), "p", false, &AtomicBool::new(false), |_| {}).unwrap();
     }
 }

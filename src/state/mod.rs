@@ -20,6 +20,23 @@ pub const LAYOUT_VERSION: &str = "v1";
 
 const LOG_FILE: &str = "log.jsonl";
 const STAT_CACHE_FILE: &str = "stat-cache.json";
+/// The file name of the pipeline file that last built into this state directory.
+const OWNER_FILE: &str = "pipeline-file";
+
+/// The file name of the pipeline file that last built into the state directory `dir`.
+pub fn owner(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
+    Some(text.trim_end_matches('\n').to_string()).filter(|name| !name.is_empty())
+}
+
+/// Records `file_name` as the pipeline file that builds into `dir` (under its lock). The
+/// file is written on every build, before any stage runs: a state directory that cannot
+/// take a new file (read-only, full) fails the build here, not after its stages ran.
+pub fn claim(dir: &Path, file_name: &str) -> Result<(), StateError> {
+    let path = dir.join(OWNER_FILE);
+    crate::fsutil::write_cache(&path, format!("{file_name}\n").as_bytes())
+        .map_err(|source| StateError::Io { path, source })
+}
 
 /// A stage's last successful run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,10 +191,17 @@ impl StateStore {
                 let opened = std::fs::create_dir_all(&self.dir).and_then(|()| {
                     File::options()
                         .create(true)
+                        .read(true)
                         .append(true)
                         .open(self.dir.join(LOG_FILE))
                 });
-                self.log.insert(opened.map_err(|e| self.io_error(e))?)
+                let mut opened = opened.map_err(|e| self.io_error(e))?;
+                // A log that does not end in a newline (a torn write, a hand edit) must not
+                // swallow this record: start it on a fresh line.
+                if !ends_with_newline(&mut opened).map_err(|e| self.io_error(e))? {
+                    line.insert(0, b'\n');
+                }
+                self.log.insert(opened)
             }
         };
         log.write_all(&line).map_err(|e| self.io_error(e))?;
@@ -240,6 +264,18 @@ impl StateStore {
             source,
         }
     }
+}
+
+/// Whether `file` is empty or its last byte is a newline.
+fn ends_with_newline(file: &mut File) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 fn log_stamp(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
@@ -305,9 +341,29 @@ mod tests {
             .unwrap();
         log.write_all(b"{\"event\":\"built\",\"stage\":\"b\",\"fingerp")
             .unwrap();
-        let store = StateStore::open(dir.path()).unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
         assert!(store.built("a").is_some());
         assert!(store.built("b").is_none());
+        // The next record starts on a fresh line instead of being glued to the torn one.
+        store.record_built(record("c", "4")).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.built("c").unwrap().fingerprint, "4");
+    }
+
+    #[test]
+    fn a_valid_log_without_its_final_newline_keeps_both_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.record_built(record("a", "1")).unwrap();
+        drop(store);
+        let path = dir.path().join(LOG_FILE);
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, text.strip_suffix(b"\n").unwrap()).unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.record_built(record("b", "2")).unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.built("a").unwrap().fingerprint, "1");
+        assert_eq!(store.built("b").unwrap().fingerprint, "2");
     }
 
     #[test]

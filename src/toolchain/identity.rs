@@ -57,14 +57,15 @@ struct Entry {
     facts: Facts,
 }
 
+/// A file's path, size and modification time: what tells that it may have changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
+pub(super) struct Stamp {
     path: PathBuf,
     modified_ns: u64,
     len: u64,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+pub(super) fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     let modified_ns = meta
         .modified()

@@ -30,26 +30,122 @@ pub struct Probe {
 /// Probes are cached per interpreter (and stand-in path) for the life of the process.
 static PROBES: Mutex<BTreeMap<(PathBuf, String), Probe>> = Mutex::new(BTreeMap::new());
 
-/// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`).
+/// What a probe's answer depends on. While it is unchanged, the answer on disk is reused
+/// and no Python runs (`status`, `graph` and `explain` stay fast).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ProbeKey {
+    interpreter: PathBuf,
+    /// The interpreter, its environment's site-packages directories (installing TensorRT
+    /// rewrites one) and the NVIDIA device nodes and driver version file.
+    stamps: Vec<super::identity::Stamp>,
+    worker: String,
+    /// Variables that change what the probe finds (which GPUs, which libraries).
+    env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedProbe {
+    key: ProbeKey,
+    probe: Probe,
+}
+
+/// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`),
+/// or reuses the answer cached for this interpreter while nothing it depends on changed.
 pub fn probe(python: &Path) -> Probe {
     let standin = std::env::var(STANDIN_ENV).unwrap_or_default();
     let key = (python.to_path_buf(), standin.clone());
     if let Some(found) = PROBES.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return found.clone();
     }
-    let failed = |error: String| Probe {
-        tensorrt: None,
-        error: Some(error),
-        gpu_name: None,
-        compute_capability: None,
-        cuda: None,
+    // The stand-in (tests only) answers from environment knobs: never cached on disk.
+    let disk_cache = standin.is_empty().then(super::cache::CacheDir::from_env);
+    let disk_key = probe_key(python);
+    let cache_file = disk_cache.and_then(Result::ok).map(|cache| {
+        cache.root().join("tensorrt-probes").join(format!(
+            "{}.json",
+            super::short_hash(python.as_os_str().as_encoded_bytes())
+        ))
+    });
+    let cached = cache_file
+        .as_ref()
+        .and_then(|file| std::fs::read(file).ok())
+        .and_then(|bytes| serde_json::from_slice::<CachedProbe>(&bytes).ok())
+        .filter(|entry| entry.key == disk_key);
+    let found = match cached {
+        Some(entry) => entry.probe,
+        None => {
+            let found = run_probe(python).unwrap_or_else(failed_probe);
+            if let Some(file) = &cache_file {
+                let entry = CachedProbe {
+                    key: disk_key,
+                    probe: found.clone(),
+                };
+                if let Ok(bytes) = serde_json::to_vec_pretty(&entry) {
+                    // Only a cache: failing to write it costs a probe next time.
+                    let _ = crate::fsutil::write_cache(file, &bytes);
+                }
+            }
+            found
+        }
     };
-    let found = run_probe(python).unwrap_or_else(failed);
     PROBES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, found.clone());
     found
+}
+
+fn failed_probe(error: String) -> Probe {
+    Probe {
+        tensorrt: None,
+        error: Some(error),
+        gpu_name: None,
+        compute_capability: None,
+        cuda: None,
+    }
+}
+
+fn probe_key(python: &Path) -> ProbeKey {
+    let prefix = python.parent().and_then(Path::parent);
+    let mut watched: Vec<PathBuf> = vec![python.to_path_buf()];
+    if let Some(prefix) = prefix
+        && let Ok(entries) = std::fs::read_dir(prefix.join("lib"))
+    {
+        let mut libs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("python"))
+            })
+            .flat_map(|lib| [lib.join("site-packages"), lib.join("dist-packages")])
+            .collect();
+        libs.sort();
+        watched.extend(libs);
+    }
+    watched.extend(
+        [
+            "/dev/nvidia0",
+            "/dev/nvidiactl",
+            "/proc/driver/nvidia/version",
+        ]
+        .map(PathBuf::from),
+    );
+    ProbeKey {
+        interpreter: python.to_path_buf(),
+        stamps: watched
+            .iter()
+            .filter_map(|p| super::identity::stamp(p))
+            .collect(),
+        worker: ENGINE.hash(),
+        env: [
+            "CUDA_VISIBLE_DEVICES",
+            "LD_LIBRARY_PATH",
+            "NVIDIA_VISIBLE_DEVICES",
+        ]
+        .iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect(),
+    }
 }
 
 fn run_probe(python: &Path) -> Result<Probe, String> {

@@ -3,7 +3,7 @@
 //! lines of stderr kept for the error message.
 
 use std::collections::{HashSet, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use crate::build::process::{ProcessResult, ProcessRunner, ProcessSpec};
 
+mod watchdog;
+
 /// How many lines of stderr an error message shows.
 const STDERR_TAIL_LINES: usize = 20;
+/// How many bytes of each of those lines it shows.
+const STDERR_TAIL_LINE_BYTES: usize = 1000;
 /// How long a stage gets to exit after SIGTERM before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(3);
 
@@ -80,13 +84,17 @@ impl SystemRunner {
             .stdout(log.try_clone()?)
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the child
-        // when the thread that spawned it dies, so a killed pochi leaves no stage running.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+        let watchdog = watchdog::get();
+        if watchdog.is_none() {
+            // No watchdog (it could not start): at least the stage's own process dies with
+            // pochi. SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL
+            // the child when the thread that spawned it dies.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
         }
         let mut child = {
             // Registering under the lock means a cancel either sees this group or comes
@@ -97,10 +105,13 @@ impl SystemRunner {
             }
             let child = command.spawn()?;
             running.insert(child.id() as i32);
+            if let Some(watchdog) = watchdog {
+                watchdog.watch(child.id() as i32);
+            }
             child
         };
         let group = child.id() as i32;
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = Arc::new(Mutex::new(StderrTail::default()));
         let reader = child.stderr.take().map(|stderr| {
             let tail = Arc::clone(&tail);
             std::thread::spawn(move || copy_stderr(stderr, log, &tail))
@@ -134,10 +145,8 @@ impl SystemRunner {
             ),
             _ => "an unknown status".to_string(),
         };
-        let stderr_tail = tail
-            .lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default();
+        let stderr_tail =
+            std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner())).finish();
         Ok(ProcessResult::Failed {
             status,
             stderr_tail,
@@ -178,29 +187,117 @@ fn signal_all(running: &Mutex<HashSet<i32>>, signal: i32) {
     }
 }
 
+/// Copies a stage's stderr into its log, chunk by chunk (a 100 MB line is never held
+/// whole), and keeps the last lines for the error message.
 fn copy_stderr(
-    stderr: std::process::ChildStderr,
+    mut stderr: std::process::ChildStderr,
     mut log: std::fs::File,
-    tail: &Mutex<VecDeque<String>>,
+    tail: &Mutex<StderrTail>,
 ) {
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
-    while let Ok(read) = reader.read_until(b'\n', &mut line) {
-        if read == 0 {
-            break;
-        }
-        let _ = log.write_all(&line);
-        if let Ok(mut tail) = tail.lock() {
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match stderr.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => {
+                let _ = log.write_all(&chunk[..read]);
+                if let Ok(mut tail) = tail.lock() {
+                    tail.push(&chunk[..read]);
+                }
             }
-            tail.push_back(String::from_utf8_lossy(&line).trim_end().to_string());
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
         }
-        line.clear();
+    }
+}
+
+/// The last `STDERR_TAIL_LINES` lines of a stream, each cut to `STDERR_TAIL_LINE_BYTES`.
+/// A carriage return ends a line too, so a progress bar redrawn with `\r` keeps only its
+/// last states.
+#[derive(Debug, Default)]
+pub struct StderrTail {
+    lines: VecDeque<String>,
+    current: Vec<u8>,
+    cut: usize,
+}
+
+impl StderrTail {
+    pub fn push(&mut self, bytes: &[u8]) {
+        for piece in bytes.split_inclusive(|&b| b == b'\n' || b == b'\r') {
+            let (text, ends) = match piece.last() {
+                Some(b'\n' | b'\r') => (&piece[..piece.len() - 1], true),
+                _ => (piece, false),
+            };
+            let room = STDERR_TAIL_LINE_BYTES.saturating_sub(self.current.len());
+            self.current
+                .extend_from_slice(&text[..text.len().min(room)]);
+            self.cut += text.len().saturating_sub(room);
+            if ends {
+                self.end_line();
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let mut line = String::from_utf8_lossy(&self.current)
+            .trim_end()
+            .to_string();
+        if self.cut > 0 {
+            line.push_str(&format!(" [... {} more bytes]", self.cut));
+        }
+        self.current.clear();
+        self.cut = 0;
+        if line.is_empty() {
+            return;
+        }
+        if self.lines.len() == STDERR_TAIL_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+    }
+
+    /// The kept lines, the unfinished last one included.
+    pub fn finish(mut self) -> Vec<String> {
+        if !self.current.is_empty() || self.cut > 0 {
+            self.end_line();
+        }
+        self.lines.into()
     }
 }
 
 fn end_group(group: i32) {
     // SAFETY: the group is the stage's own; ESRCH (already gone) is fine.
     unsafe { libc::killpg(group, libc::SIGKILL) };
+    if let Some(watchdog) = watchdog::get() {
+        watchdog.forget(group);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_caps_lines_and_treats_carriage_returns_as_breaks() {
+        let mut tail = StderrTail::default();
+        tail.push(&vec![b'x'; 5 * STDERR_TAIL_LINE_BYTES]);
+        tail.push(b"\n");
+        for step in 0..1000 {
+            tail.push(format!("progress {step}%\r").as_bytes());
+        }
+        tail.push(b"Traceback: boom\nlast words");
+        let lines = tail.finish();
+        assert_eq!(lines.len(), STDERR_TAIL_LINES);
+        assert_eq!(lines[STDERR_TAIL_LINES - 1], "last words");
+        assert_eq!(lines[STDERR_TAIL_LINES - 2], "Traceback: boom");
+        assert_eq!(lines[STDERR_TAIL_LINES - 3], "progress 999%");
+        let mut long = StderrTail::default();
+        long.push(&vec![b'y'; 3 * STDERR_TAIL_LINE_BYTES]);
+        let lines = long.finish();
+        assert!(
+            lines[0].len() < STDERR_TAIL_LINE_BYTES + 40,
+            "{}",
+            lines[0].len()
+        );
+        assert!(lines[0].ends_with(&format!("[... {} more bytes]", 2 * STDERR_TAIL_LINE_BYTES)));
+    }
 }
