@@ -751,3 +751,23 @@ fn the_no_op_stamp_answers_fast_and_never_hides_a_change() {
     project.run(&["build"]).assert_ok();
     assert!(project.exists("out/other.txt"), "clean voids the stamp");
 }
+
+#[test]
+fn a_pipeline_path_with_dot_dot_has_the_same_project_root() {
+    let project = demo();
+    std::fs::create_dir_all(project.path("elsewhere")).unwrap();
+    let run = |args: &[&str]| {
+        common::Run::from_output(
+            project
+                .command(args)
+                .current_dir(project.path("elsewhere"))
+                .output()
+                .unwrap(),
+        )
+    };
+    run(&["build", "../pipeline.toml"]).assert_ok();
+    assert_eq!(project.read("out/prep.txt"), "HELLO\n");
+    assert_eq!(run(&["status", "../pipeline.toml"]).code, Some(0));
+    run(&["graph", "../pipeline.toml"]).assert_ok();
+    run(&["build", "-n", "../pipeline.toml"]).assert_ok();
+}

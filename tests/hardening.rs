@@ -47,12 +47,7 @@ fn run_within(project: &Project, args: &[&str], limit: Duration) -> Run {
         let _ = waiter.join();
         panic!("pochi {args:?} hung for more than {limit:?}");
     }
-    let output = waiter.join().unwrap().expect("pochi output");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from_output(waiter.join().unwrap().expect("pochi output"))
 }
 
 fn wait_for(path: &Path, what: &str) {
