@@ -88,11 +88,20 @@ pub struct Project {
 impl Project {
     /// Parses, resolves and checks a pipeline, and reads its state.
     pub fn load(path: &Path) -> Result<Project, BuildError> {
+        let started = Instant::now();
         let pipeline = Pipeline::load(path)?;
+        let parsed = started.elapsed();
         let graph = StageGraph::build(&pipeline)?;
         check_sources_exist(&pipeline, &graph)?;
+        let checked = started.elapsed();
         let state = StateStore::open(&pipeline.state_dir())?;
         let stats = StatCache::load(&state.stat_cache_path());
+        tracing::debug!(
+            parse_ms = parsed.as_millis() as u64,
+            graph_ms = (checked - parsed).as_millis() as u64,
+            state_ms = (started.elapsed() - checked).as_millis() as u64,
+            "pipeline loaded"
+        );
         Ok(Project {
             pipeline,
             graph,
@@ -142,8 +151,7 @@ impl Project {
     /// The last recorded duration of a stage, in ms.
     pub fn last_duration_ms(&self, stage: usize) -> Option<u64> {
         self.state()
-            .built(&self.pipeline.stages[stage].name)
-            .map(|r| r.duration_ms)
+            .last_duration_ms(&self.pipeline.stages[stage].name)
     }
 
     /// The published outputs of a stage's last successful run.
@@ -553,6 +561,10 @@ impl Workspace {
             .into_par_iter()
             .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
             .collect();
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "stages checked"
+        );
         let cannot_run = downstream(&jobs, executor.unavailable.keys().copied());
         let out_of_date: Vec<usize> = (0..ids.len())
             .filter(|&job| matches!(prechecked[job], Some(Check::Run(_))) && !cannot_run[job])
@@ -619,6 +631,10 @@ impl Workspace {
                 noop::record(project);
             }
         }
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state saved"
+        );
         Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
     }
 

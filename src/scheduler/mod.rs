@@ -413,8 +413,15 @@ impl<'a> Scheduler<'a> {
     }
 }
 
-/// Each job's longest path to a sink, counting its own estimate (at least 1 ms per job).
+/// Each job's longest path to a sink, counting its own estimate. A job with no estimate
+/// (never run) counts as the mean of the known ones, so that with no durations at all the
+/// path length in jobs decides, and a new job weighs like a typical one, not like 0 ms.
 fn critical_paths(jobs: &[Job], dependents: &[Vec<usize>]) -> Vec<u64> {
+    let known: Vec<u64> = jobs.iter().map(|j| j.estimate_ms).filter(|&e| e > 0).collect();
+    let typical = match known.len() {
+        0 => 1,
+        n => (known.iter().sum::<u64>() / n as u64).max(1),
+    };
     let order = topological(jobs, dependents);
     let mut longest = vec![0u64; jobs.len()];
     for &job in order.iter().rev() {
@@ -423,7 +430,11 @@ fn critical_paths(jobs: &[Job], dependents: &[Vec<usize>]) -> Vec<u64> {
             .map(|&d| longest[d])
             .max()
             .unwrap_or(0);
-        longest[job] = jobs[job].estimate_ms.max(1) + tail;
+        let own = match jobs[job].estimate_ms {
+            0 => typical,
+            known => known,
+        };
+        longest[job] = own + tail;
     }
     longest
 }

@@ -157,6 +157,31 @@ fn longest_critical_path_starts_first() {
     );
 }
 
+/// The order in which one slot runs `jobs`.
+fn order_on_one_slot(jobs: &[Job]) -> Vec<usize> {
+    let executor = Arc::new(FakeExecutor::default());
+    schedule(jobs, Arc::clone(&executor), capacity(1, &[]), false);
+    let order = executor.log.lock().unwrap().iter().map(|e| e.0).collect();
+    order
+}
+
+#[test]
+fn without_durations_the_longest_chain_in_stages_starts_first() {
+    // Twelve lone jobs (0..12) named before a chain of three (12 -> 13 -> 14).
+    let mut jobs: Vec<Job> = (0..12).map(|_| job(&[])).collect();
+    jobs.extend([job(&[]), job(&[12]), job(&[13])]);
+    assert_eq!(order_on_one_slot(&jobs)[0], 12);
+}
+
+#[test]
+fn a_job_never_run_weighs_like_a_typical_one() {
+    // A known 1000 ms lone job (0) against a chain of three jobs never run (1 -> 2 -> 3):
+    // counted as typical (1000 ms each), the chain is longer and goes first.
+    let mut jobs = vec![job(&[]), job(&[]), job(&[1]), job(&[2])];
+    jobs[0].estimate_ms = 1000;
+    assert_eq!(order_on_one_slot(&jobs)[0], 1);
+}
+
 #[test]
 fn a_failure_blocks_dependents_and_stops_the_build() {
     // 0 fails; 1 depends on it; 2 is independent but waits behind it on one slot.

@@ -74,6 +74,9 @@ enum LogEntry {
     Built(Box<StageRecord>),
     Failed(FailureRecord),
     Cleaned { stage: String },
+    /// How long a stage that is no longer built took last time (written by compaction, so
+    /// that scheduling estimates survive `pochi clean`).
+    Duration { stage: String, duration_ms: u64 },
 }
 
 /// Why the state could not be read or written.
@@ -99,6 +102,8 @@ pub struct StateStore {
     dir: PathBuf,
     built: HashMap<String, StageRecord>,
     failed: HashMap<String, FailureRecord>,
+    /// The last successful run's duration of every stage ever built, cleaned ones too.
+    durations: HashMap<String, u64>,
     log: Option<File>,
     lines: usize,
     /// The log's size and mtime when it was read, to tell whether another build changed it.
@@ -113,6 +118,7 @@ impl StateStore {
             dir: dir.to_path_buf(),
             built: HashMap::new(),
             failed: HashMap::new(),
+            durations: HashMap::new(),
             log: None,
             lines: 0,
             read_stamp: log_stamp(dir),
@@ -135,7 +141,12 @@ impl StateStore {
         match entry {
             LogEntry::Built(record) => {
                 self.failed.remove(&record.stage);
+                self.durations
+                    .insert(record.stage.clone(), record.duration_ms);
                 self.built.insert(record.stage.clone(), *record);
+            }
+            LogEntry::Duration { stage, duration_ms } => {
+                self.durations.insert(stage, duration_ms);
             }
             LogEntry::Failed(record) => {
                 self.failed.insert(record.stage.clone(), record);
@@ -159,6 +170,11 @@ impl StateStore {
     /// The last successful run of `stage`.
     pub fn built(&self, stage: &str) -> Option<&StageRecord> {
         self.built.get(stage)
+    }
+
+    /// How long `stage` took the last time it was built, even if it was cleaned since.
+    pub fn last_duration_ms(&self, stage: &str) -> Option<u64> {
+        self.durations.get(stage).copied()
     }
 
     /// The last run of `stage`, if it failed after its last success.
@@ -212,7 +228,8 @@ impl StateStore {
 
     /// Rewrites the log with one line per stage when it has grown well past that.
     pub fn compact_if_large(&mut self) -> Result<(), StateError> {
-        let live = self.built.len() + self.failed.len();
+        // Every built stage has a duration, so this counts each live line once.
+        let live = self.durations.len() + self.failed.len();
         if self.lines <= 2 * live + 64 {
             return Ok(());
         }
@@ -232,10 +249,25 @@ impl StateStore {
                 bytes.push(b'\n');
             }
         }
+        let mut cleaned: Vec<(&String, &u64)> = self
+            .durations
+            .iter()
+            .filter(|(stage, _)| !self.built.contains_key(*stage))
+            .collect();
+        cleaned.sort();
+        for (stage, &duration_ms) in cleaned {
+            let entry = LogEntry::Duration {
+                stage: stage.clone(),
+                duration_ms,
+            };
+            serde_json::to_writer(&mut bytes, &entry)
+                .map_err(|e| self.io_error(io::Error::other(e)))?;
+            bytes.push(b'\n');
+        }
         self.log = None;
         crate::fsutil::write_atomic(&self.dir.join(LOG_FILE), &bytes)
             .map_err(|e| self.io_error(e))?;
-        self.lines = live;
+        self.lines = bytes.iter().filter(|&&b| b == b'\n').count();
         Ok(())
     }
 
@@ -382,6 +414,25 @@ mod tests {
         assert!(store.failed("a").is_some());
         store.record_built(record("a", "1")).unwrap();
         assert!(store.failed("a").is_none());
+    }
+
+    #[test]
+    fn durations_survive_clean_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.record_built(record("a", "1")).unwrap();
+        store.record_cleaned("a").unwrap();
+        assert!(store.built("a").is_none());
+        assert_eq!(store.last_duration_ms("a"), Some(5));
+        for i in 0..200 {
+            store.record_built(record("b", &i.to_string())).unwrap();
+        }
+        store.compact_if_large().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.last_duration_ms("a"), Some(5), "after compaction");
+        assert_eq!(store.built("b").unwrap().fingerprint, "199");
+        let lines = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
     }
 
     #[test]
