@@ -126,7 +126,10 @@ pub fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>)
     let mut changes = if record.fingerprint == key.fingerprint() {
         Vec::new()
     } else {
-        explain::diff(&record.key, &key)
+        match record.key.parse() {
+            Some(old) => explain::diff(&old, &key),
+            None => vec![Change::Format],
+        }
     };
     if changes.is_empty() && record.fingerprint != key.fingerprint() {
         changes.push(Change::Format);
@@ -401,7 +404,7 @@ impl StageExecutor {
         let record = StageRecord {
             stage: spec.name.clone(),
             fingerprint: key.fingerprint(),
-            key: key.clone(),
+            key: crate::state::RecordedKey::new(key),
             outputs,
             duration_ms: started.elapsed().as_millis() as u64,
             finished_unix_ms: unix_ms_now(),
@@ -439,7 +442,8 @@ impl Executor for StageExecutor {
         }
         let (project_index, stage) = self.jobs[job];
         let (standing, key) = standing(&self.projects[project_index], stage);
-        if let Some(key) = key {
+        // Only a stage that runs needs its key again (to see inputs change meanwhile).
+        if let (Some(key), Standing::Stale(_)) = (key, &standing) {
             self.keys
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -71,6 +71,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         require_all: args.require_all,
     };
     let summary = run_build(&workspace, &options)?;
+    super::exit_without_freeing(workspace);
     if args.json {
         show!(
             "{}",

@@ -84,5 +84,6 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
         "{}",
         super::output::sanitize(&render::render(&view, format))
     );
+    super::exit_without_freeing(workspace);
     Ok(ExitCode::SUCCESS)
 }

@@ -79,6 +79,7 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
             );
         }
     }
+    super::exit_without_freeing(workspace);
     let pending = plans.iter().filter(|p| p.status.would_run()).count();
     let unavailable = plans
         .iter()

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -92,7 +92,8 @@ struct CacheEntry {
 /// Digests of files keyed by path, valid while their stat is unchanged. Shared across threads.
 #[derive(Debug, Default)]
 pub struct StatCache {
-    entries: Mutex<HashMap<PathBuf, CacheEntry>>,
+    /// Read by every parallel check, written only on a miss: a reader-writer lock.
+    entries: RwLock<HashMap<PathBuf, CacheEntry>>,
     changed: AtomicBool,
 }
 
@@ -105,7 +106,7 @@ impl StatCache {
             .map(|entries| entries.into_iter().collect())
             .unwrap_or_default();
         StatCache {
-            entries: Mutex::new(entries),
+            entries: RwLock::new(entries),
             changed: AtomicBool::new(false),
         }
     }
@@ -115,7 +116,7 @@ impl StatCache {
         if !self.changed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = self.read();
         let mut sorted: Vec<(&PathBuf, &CacheEntry)> = entries.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let bytes = serde_json::to_vec(&sorted).map_err(io::Error::other)?;
@@ -141,7 +142,7 @@ impl StatCache {
         metadata: &std::fs::Metadata,
     ) -> io::Result<Digest> {
         let stat = FileStat::of(metadata);
-        if let Some(entry) = self.lock().get(key)
+        if let Some(entry) = self.read().get(key)
             && entry.stat == stat
         {
             return Ok(entry.digest.clone());
@@ -152,7 +153,7 @@ impl StatCache {
                 stat,
                 digest: digest.clone(),
             };
-            self.lock().insert(key.to_path_buf(), entry);
+            self.write().insert(key.to_path_buf(), entry);
             self.changed.store(true, Ordering::Relaxed);
         }
         Ok(digest)
@@ -184,7 +185,7 @@ impl StatCache {
     /// Forgets a path after pochi rewrote it; `is_dir` also forgets everything under it
     /// (a scan of the cache, so only for directories).
     pub fn forget(&self, path: &Path, is_dir: bool) {
-        let mut entries = self.lock();
+        let mut entries = self.write();
         entries.remove(path);
         if is_dir {
             entries.retain(|key, _| !key.starts_with(path));
@@ -194,11 +195,15 @@ impl StatCache {
 
     /// Whether a digest for `path` is cached.
     pub fn contains(&self, path: &Path) -> bool {
-        self.lock().contains_key(path)
+        self.read().contains_key(path)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, CacheEntry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PathBuf, CacheEntry>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PathBuf, CacheEntry>> {
+        self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -253,7 +258,7 @@ mod tests {
         let cache = StatCache::default();
         let first = cache.digest(dir.path(), Path::new("a")).unwrap();
         // Poison the cached digest: a hit returns it without reading the file.
-        cache.lock().get_mut(Path::new("a")).unwrap().digest = "cached".into();
+        cache.write().get_mut(Path::new("a")).unwrap().digest = "cached".into();
         assert_eq!(cache.digest(dir.path(), Path::new("a")).unwrap(), "cached");
         std::fs::write(&file, b"two!").unwrap();
         let second = cache.digest(dir.path(), Path::new("a")).unwrap();
@@ -267,7 +272,7 @@ mod tests {
         std::fs::write(dir.path().join("fresh"), b"x").unwrap();
         let cache = StatCache::default();
         cache.digest(dir.path(), Path::new("fresh")).unwrap();
-        assert!(cache.lock().is_empty());
+        assert!(cache.read().is_empty());
     }
 
     #[test]
@@ -297,6 +302,6 @@ mod tests {
         let digest = cache.digest(dir.path(), Path::new("a")).unwrap();
         cache.save(&dir.path().join("cache.json")).unwrap();
         let loaded = StatCache::load(&dir.path().join("cache.json"));
-        assert_eq!(loaded.lock().get(Path::new("a")).unwrap().digest, digest);
+        assert_eq!(loaded.read().get(Path::new("a")).unwrap().digest, digest);
     }
 }

@@ -417,7 +417,11 @@ impl<'a> Scheduler<'a> {
 /// (never run) counts as the mean of the known ones, so that with no durations at all the
 /// path length in jobs decides, and a new job weighs like a typical one, not like 0 ms.
 fn critical_paths(jobs: &[Job], dependents: &[Vec<usize>]) -> Vec<u64> {
-    let known: Vec<u64> = jobs.iter().map(|j| j.estimate_ms).filter(|&e| e > 0).collect();
+    let known: Vec<u64> = jobs
+        .iter()
+        .map(|j| j.estimate_ms)
+        .filter(|&e| e > 0)
+        .collect();
     let typical = match known.len() {
         0 => 1,
         n => (known.iter().sum::<u64>() / n as u64).max(1),

@@ -43,10 +43,32 @@ pub fn claim(dir: &Path, file_name: &str) -> Result<(), StateError> {
 pub struct StageRecord {
     pub stage: String,
     pub fingerprint: String,
-    pub key: StageKey,
+    pub key: RecordedKey,
     pub outputs: Vec<OutputRecord>,
     pub duration_ms: u64,
     pub finished_unix_ms: u64,
+}
+
+/// A recorded stage key, kept as the JSON text it was read as: the up-to-date test only
+/// compares fingerprints, so the key is parsed only when `explain` or a diff needs it
+/// (parsing 10,000 keys was a sixth of a no-op check).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecordedKey(Box<serde_json::value::RawValue>);
+
+impl RecordedKey {
+    pub fn new(key: &StageKey) -> RecordedKey {
+        let json = serde_json::to_string(key).unwrap_or_else(|_| "null".into());
+        RecordedKey(
+            serde_json::value::RawValue::from_string(json)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// The key, or `None` when it was written by a pochi with another key format.
+    pub fn parse(&self) -> Option<StageKey> {
+        serde_json::from_str(self.0.get()).ok()
+    }
 }
 
 /// One published output and its digest.
@@ -68,15 +90,20 @@ pub struct FailureRecord {
     pub finished_unix_ms: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 enum LogEntry {
     Built(Box<StageRecord>),
     Failed(FailureRecord),
-    Cleaned { stage: String },
+    Cleaned {
+        stage: String,
+    },
     /// How long a stage that is no longer built took last time (written by compaction, so
     /// that scheduling estimates survive `pochi clean`).
-    Duration { stage: String, duration_ms: u64 },
+    Duration {
+        stage: String,
+        duration_ms: u64,
+    },
 }
 
 /// Why the state could not be read or written.
@@ -94,6 +121,52 @@ pub enum StateError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Lock(#[from] LockError),
+}
+
+/// One line of the log as read: every field of every entry, so that it deserializes
+/// straight from the text (an internally tagged enum would buffer it first, which a
+/// `RecordedKey` cannot be read from).
+#[derive(Deserialize)]
+struct LogLine {
+    event: String,
+    stage: String,
+    fingerprint: Option<String>,
+    key: Option<RecordedKey>,
+    outputs: Option<Vec<OutputRecord>>,
+    message: Option<String>,
+    log: Option<PathBuf>,
+    duration_ms: Option<u64>,
+    finished_unix_ms: Option<u64>,
+}
+
+impl LogLine {
+    /// The entry this line holds, if it is complete.
+    fn entry(self) -> Option<LogEntry> {
+        let stage = self.stage;
+        Some(match self.event.as_str() {
+            "built" => LogEntry::Built(Box::new(StageRecord {
+                stage,
+                fingerprint: self.fingerprint?,
+                key: self.key?,
+                outputs: self.outputs?,
+                duration_ms: self.duration_ms?,
+                finished_unix_ms: self.finished_unix_ms?,
+            })),
+            "failed" => LogEntry::Failed(FailureRecord {
+                stage,
+                message: self.message?,
+                log: self.log,
+                duration_ms: self.duration_ms?,
+                finished_unix_ms: self.finished_unix_ms?,
+            }),
+            "cleaned" => LogEntry::Cleaned { stage },
+            "duration" => LogEntry::Duration {
+                stage,
+                duration_ms: self.duration_ms?,
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// The records of one pipeline, loaded from its log; appends go straight to the log.
@@ -130,7 +203,10 @@ impl StateStore {
         };
         for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             store.lines += 1;
-            if let Ok(entry) = serde_json::from_slice::<LogEntry>(line) {
+            if let Some(entry) = serde_json::from_slice::<LogLine>(line)
+                .ok()
+                .and_then(LogLine::entry)
+            {
                 store.apply(entry);
             }
         }
@@ -331,7 +407,7 @@ mod tests {
         StageRecord {
             stage: stage.into(),
             fingerprint: fingerprint.into(),
-            key: StageKey {
+            key: RecordedKey::new(&StageKey {
                 format: KEY_FORMAT,
                 kind: "command".into(),
                 params: serde_json::Value::Null,
@@ -341,7 +417,7 @@ mod tests {
                 inputs: Default::default(),
                 needs: Default::default(),
                 tool: None,
-            },
+            }),
             outputs: vec![],
             duration_ms: 5,
             finished_unix_ms: 1,
@@ -414,6 +490,14 @@ mod tests {
         assert!(store.failed("a").is_some());
         store.record_built(record("a", "1")).unwrap();
         assert!(store.failed("a").is_none());
+    }
+
+    #[test]
+    fn a_recorded_key_parses_back_to_the_same_key() {
+        let key = record("a", "1").key.parse().unwrap();
+        let again = RecordedKey::new(&key).parse().unwrap();
+        assert_eq!(key, again);
+        assert_eq!(key.kind, "command");
     }
 
     #[test]
