@@ -161,8 +161,8 @@ fn longest_critical_path_starts_first() {
 fn order_on_one_slot(jobs: &[Job]) -> Vec<usize> {
     let executor = Arc::new(FakeExecutor::default());
     schedule(jobs, Arc::clone(&executor), capacity(1, &[]), false);
-    let order = executor.log.lock().unwrap().iter().map(|e| e.0).collect();
-    order
+    let log = executor.log.lock().unwrap();
+    log.iter().map(|e| e.0).collect()
 }
 
 #[test]
