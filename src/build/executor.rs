@@ -79,7 +79,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         for output in pipeline.stages[upstream].kind.outputs() {
             let digest = project
                 .stats
-                .digest(&pipeline.dir, &output.path)
+                .digest_published(&pipeline.dir, &output.path)
                 .map_err(|_| {
                     Standing::WaitsOnUpstream(format!(
                         "output `{}` of stage `{}` is not built",

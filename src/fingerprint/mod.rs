@@ -87,6 +87,10 @@ impl FileStat {
 struct CacheEntry {
     stat: FileStat,
     digest: Digest,
+    /// Kept for this process only, never saved: a racily fresh output pochi just published
+    /// and hashed (its dependents' checks need not read it again in the same build).
+    #[serde(skip)]
+    this_build_only: bool,
 }
 
 /// Digests of files keyed by path, valid while their stat is unchanged. Shared across threads.
@@ -117,7 +121,8 @@ impl StatCache {
             return Ok(());
         }
         let entries = self.read();
-        let mut sorted: Vec<(&PathBuf, &CacheEntry)> = entries.iter().collect();
+        let mut sorted: Vec<(&PathBuf, &CacheEntry)> =
+            entries.iter().filter(|(_, e)| !e.this_build_only).collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         let bytes = serde_json::to_vec(&sorted).map_err(io::Error::other)?;
         crate::fsutil::write_cache(path, &bytes)
@@ -125,13 +130,25 @@ impl StatCache {
 
     /// The digest of a file or directory at `root/path` (`path` as the pipeline names it).
     pub fn digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+        self.digest_as(root, path, Freshness::Saved)
+    }
+
+    /// The digest of an output pochi has just published: like `digest`, but a racily fresh
+    /// file's digest is still remembered for the rest of this build (not saved), so the
+    /// checks of the stages that read it do not hash it again. Only pochi wrote it, and the
+    /// process that produced it has ended.
+    pub fn digest_published(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+        self.digest_as(root, path, Freshness::ThisBuild)
+    }
+
+    fn digest_as(&self, root: &Path, path: &Path, fresh: Freshness) -> io::Result<Digest> {
         let full = root.join(path);
         let metadata = std::fs::metadata(&full)?;
         check_hashable(&full, &metadata)?;
         if metadata.is_dir() {
-            self.dir_digest(root, path)
+            self.dir_digest(root, path, fresh)
         } else {
-            self.file_digest(path, &full, &metadata)
+            self.file_digest(path, &full, &metadata, fresh)
         }
     }
 
@@ -140,6 +157,7 @@ impl StatCache {
         key: &Path,
         full: &Path,
         metadata: &std::fs::Metadata,
+        fresh: Freshness,
     ) -> io::Result<Digest> {
         let stat = FileStat::of(metadata);
         if let Some(entry) = self.read().get(key)
@@ -148,10 +166,12 @@ impl StatCache {
             return Ok(entry.digest.clone());
         }
         let digest = hash_file(full)?.to_hex().to_string();
-        if !is_racy(stat) {
+        let racy = is_racy(stat);
+        if !racy || fresh == Freshness::ThisBuild {
             let entry = CacheEntry {
                 stat,
                 digest: digest.clone(),
+                this_build_only: racy,
             };
             self.write().insert(key.to_path_buf(), entry);
             self.changed.store(true, Ordering::Relaxed);
@@ -160,7 +180,7 @@ impl StatCache {
     }
 
     /// A directory's digest: its entries' names, types and digests, in sorted order.
-    fn dir_digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+    fn dir_digest(&self, root: &Path, path: &Path, fresh: Freshness) -> io::Result<Digest> {
         let mut names: Vec<_> = std::fs::read_dir(root.join(path))?
             .map(|entry| entry.map(|e| e.file_name()))
             .collect::<Result<_, _>>()?;
@@ -172,9 +192,9 @@ impl StatCache {
             let full = root.join(&child);
             let metadata = std::fs::metadata(&full)?;
             let (kind, digest) = if metadata.is_dir() {
-                ("d", self.dir_digest(root, &child)?)
+                ("d", self.dir_digest(root, &child, fresh)?)
             } else {
-                ("f", self.file_digest(&child, &full, &metadata)?)
+                ("f", self.file_digest(&child, &full, &metadata, fresh)?)
             };
             hasher.update(name.as_encoded_bytes());
             hasher.update(format!("\0{kind}\0{digest}\n").as_bytes());
@@ -205,6 +225,13 @@ impl StatCache {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PathBuf, CacheEntry>> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Whether a racily fresh file's digest may be remembered (see `digest_published`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    Saved,
+    ThisBuild,
 }
 
 fn is_racy(stat: FileStat) -> bool {

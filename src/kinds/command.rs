@@ -78,6 +78,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     let output_keys: Vec<&str> = outputs.iter().map(|o| o.key.as_str()).collect();
     let mut template = Vec::new();
     for arg in keys.run.get_ref() {
+        parser.check_no_nul(arg.get_ref(), arg.span(), "an argument of `run`")?;
         let pieces = split_placeholders(arg.get_ref())
             .and_then(|pieces| check_placeholders(pieces, &input_keys, &output_keys))
             .map_err(|(message, help)| parser.src.error(arg.span(), message).with_help(help))?;

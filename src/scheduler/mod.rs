@@ -154,7 +154,14 @@ struct Scheduler<'a> {
     in_flight: usize,
     stopping: bool,
     pending: std::collections::VecDeque<(usize, Outcome, bool)>,
+    /// Jobs that became ready and need a check (no usable precheck).
+    to_check: Vec<usize>,
 }
+
+/// Up to this many checks that come due together run on the scheduler's thread: a check
+/// after an upstream ran is a stat and a cache hit, cheaper than waking the thread pool
+/// (whose idle spinning cost a 1,000-stage chain a tenth of its time on 2 cores).
+const INLINE_CHECKS: usize = 2;
 
 impl<'a> Scheduler<'a> {
     fn new(
@@ -194,6 +201,7 @@ impl<'a> Scheduler<'a> {
             in_flight: 0,
             stopping: false,
             pending: std::collections::VecDeque::new(),
+            to_check: Vec::new(),
         }
     }
 
@@ -211,8 +219,9 @@ impl<'a> Scheduler<'a> {
                 self.stopping = true;
             }
             self.process_pending(observer);
+            self.run_checks(observer);
             self.start_ready(observer);
-            if self.in_flight == 0 && self.pending.is_empty() {
+            if self.in_flight == 0 && self.pending.is_empty() && self.to_check.is_empty() {
                 break;
             }
             match self.receiver.recv_timeout(Duration::from_millis(50)) {
@@ -236,14 +245,32 @@ impl<'a> Scheduler<'a> {
             Some(check) => self.deliver_check(job, check),
             None => {
                 self.states[job] = State::Checking;
-                self.in_flight += 1;
-                let executor = Arc::clone(&self.executor);
-                let sender = self.sender.clone();
-                rayon::spawn(move || {
-                    let check = executor.check(job);
-                    let _ = sender.send(Message::Checked(job, check));
-                });
+                self.to_check.push(job);
             }
+        }
+    }
+
+    /// Checks the jobs that came due: a few here, more in parallel on rayon's pool.
+    fn run_checks(&mut self, observer: &mut dyn FnMut(Event)) {
+        while !self.to_check.is_empty() {
+            let jobs = std::mem::take(&mut self.to_check);
+            if jobs.len() > INLINE_CHECKS {
+                for job in jobs {
+                    self.in_flight += 1;
+                    let executor = Arc::clone(&self.executor);
+                    let sender = self.sender.clone();
+                    rayon::spawn(move || {
+                        let check = executor.check(job);
+                        let _ = sender.send(Message::Checked(job, check));
+                    });
+                }
+                return;
+            }
+            for job in jobs {
+                let check = self.executor.check(job);
+                self.deliver_check(job, check);
+            }
+            self.process_pending(observer);
         }
     }
 

@@ -324,7 +324,7 @@ impl Parser<'_> {
             &allowed,
             &format!("in stage `{stage_name}` (kind `{}`)", info.name),
         )?;
-        let common: CommonStageKeys = self.deserialize(value)?;
+        let common: CommonStageKeys = self.deserialize(&common_keys_of(table, value.span()))?;
         self.check_env(table)?;
         let kind = (info.parse)(
             &Parser {
@@ -538,6 +538,19 @@ impl Parser<'_> {
 /// The longest stage or pipeline name: names become file names (`logs/<stage>.log`,
 /// `.pochi/v1/<pipeline>/`), and file systems refuse names over 255 bytes.
 pub const MAX_NAME_LEN: usize = 128;
+
+/// The stage table with only its common keys: deserializing these must not clone the
+/// kind's (often much larger) `run`, `inputs` and `outputs` (a tenth of parsing a 10,000
+/// stage pipeline).
+fn common_keys_of<'i>(table: &DeTable<'i>, span: Range<usize>) -> Spanned<DeValue<'i>> {
+    let mut common = DeTable::new();
+    for (key, value) in table.iter() {
+        if COMMON_STAGE_KEYS.contains(&key.get_ref().as_ref()) {
+            common.insert(key.clone(), value.clone());
+        }
+    }
+    Spanned::new(span, DeValue::Table(common))
+}
 
 /// Stage and pipeline names: `[a-z0-9_-]+`, at most `MAX_NAME_LEN` characters.
 pub fn is_valid_name(name: &str) -> bool {
