@@ -10,6 +10,9 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 pub struct SourceFile {
     pub name: String,
     pub text: Arc<String>,
+    /// Where the piece being parsed starts in `text` (0 but while a stage section is
+    /// parsed on its own): spans of that piece are shifted by it.
+    offset: usize,
 }
 
 impl SourceFile {
@@ -17,7 +20,22 @@ impl SourceFile {
         Self {
             name,
             text: Arc::new(text),
+            offset: 0,
         }
+    }
+
+    /// The same file, for parsing the piece of it that starts at byte `offset`.
+    pub fn at(&self, offset: usize) -> SourceFile {
+        SourceFile {
+            name: self.name.clone(),
+            text: Arc::clone(&self.text),
+            offset,
+        }
+    }
+
+    /// A span of the piece being parsed, as a span of the whole file.
+    pub fn shift(&self, span: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        span.start + self.offset..span.end + self.offset
     }
 
     pub fn named_source(&self) -> NamedSource<Arc<String>> {
@@ -40,10 +58,11 @@ impl SourceFile {
         SpanError(Box::new(SpanDetails {
             message: message.into(),
             src: self.named_source(),
-            span: span.into(),
+            span: self.shift(span).into(),
             label: "here".into(),
             other: None,
             help: None,
+            offset: self.offset,
         }))
     }
 }
@@ -67,6 +86,8 @@ pub struct SpanDetails {
     pub other: Option<SourceSpan>,
     #[help]
     pub help: Option<String>,
+    /// The offset of the piece the spans came from (see `SourceFile::at`), for `also`.
+    offset: usize,
 }
 
 impl SpanError {
@@ -81,7 +102,8 @@ impl SpanError {
     }
 
     pub fn also(mut self, span: std::ops::Range<usize>) -> Self {
-        self.0.other = Some(span.into());
+        let offset = self.0.offset;
+        self.0.other = Some((span.start + offset..span.end + offset).into());
         self
     }
 }

@@ -4,6 +4,7 @@ mod error;
 mod parse;
 pub mod paths;
 mod schema;
+mod sections;
 mod size;
 pub mod suggest;
 

@@ -97,6 +97,11 @@ pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 
 /// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
 pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> {
+    parse_document(path, text, true)
+}
+
+/// `parse_pipeline`; with `cut`, a large file's stage sections are parsed in parallel.
+fn parse_document(path: &Path, text: String, cut: bool) -> Result<Pipeline, SpecError> {
     // `..` is resolved lexically, so `../seg/pipeline.toml` has the same project root as
     // its absolute path (`std::path::absolute` keeps `..`).
     let file =
@@ -109,7 +114,15 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let src = SourceFile::new(path.display().to_string(), text);
     let text = Arc::clone(&src.text);
-    let root = DeTable::parse(&text).map_err(|error| toml_error(&src, error))?;
+    // A large file is cut at its stage headers and the stages parsed in parallel; if that
+    // fails in any way, the whole file is parsed as one document, whose errors win.
+    let sections = cut
+        .then(|| super::sections::stage_sections(&text))
+        .flatten();
+    let prefix = sections
+        .as_ref()
+        .map_or(&text[..], |s| &text[s.prefix.clone()]);
+    let root = DeTable::parse(prefix).map_err(|error| toml_error(&src, error))?;
     let parser = Parser {
         src: &src,
         dir: &dir,
@@ -126,11 +139,16 @@ pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> 
         .build_dir
         .map(|raw| paths::normalize(&dir, Path::new(&raw)))
         .unwrap_or_else(|| Path::new("build").join(&name));
-    let stages = Parser {
+    let stage_parser = Parser {
         build_dir: &build_dir,
         ..parser
-    }
-    .stages(&root)?;
+    };
+    let stages = match sections.map(|s| stage_parser.stages_in_sections(&text, &s.stages)) {
+        Some(Some(stages)) => stages?,
+        // No sections, or one is not TOML on its own: the whole file, as one document.
+        Some(None) => return parse_document(path, src.text.to_string(), false),
+        None => stage_parser.stages(&root)?,
+    };
     if stages.is_empty() {
         let span = root
             .get_ref()
@@ -294,6 +312,33 @@ impl Parser<'_> {
         Ok(stages)
     }
 
+    /// The stages of the file's `[stages.NAME]` sections, parsed in parallel, each as its
+    /// own document; `None` if a section is not valid TOML on its own.
+    fn stages_in_sections(
+        &self,
+        text: &str,
+        sections: &[Range<usize>],
+    ) -> Option<Result<Vec<Stage>, SpanError>> {
+        let parsed: Vec<Option<Result<Stage, SpanError>>> = sections
+            .par_iter()
+            .map(|section| {
+                let root = DeTable::parse(&text[section.clone()]).ok()?;
+                let src = self.src.at(section.start);
+                let parser = Parser { src: &src, ..*self };
+                let stages = root.get_ref().get("stages")?.get_ref().as_table()?;
+                let (name, value) = stages.iter().next()?;
+                Some(parser.stage(name, value))
+            })
+            .collect();
+        let mut stages = match parsed.into_iter().collect::<Option<Result<Vec<_>, _>>>()? {
+            Ok(stages) => stages,
+            Err(error) => return Some(Err(error)),
+        };
+        stages.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        default_devices_from_producers(&mut stages);
+        Some(Ok(stages))
+    }
+
     fn stage(
         &self,
         name: &Spanned<toml::de::DeString>,
@@ -347,13 +392,13 @@ impl Parser<'_> {
         };
         Ok(Stage {
             name: stage_name,
-            span: name.span(),
+            span: self.src.shift(name.span()),
             kind,
             needs: common
                 .needs
                 .into_iter()
                 .map(|need| Located {
-                    span: need.span(),
+                    span: self.src.shift(need.span()),
                     value: need.into_inner(),
                 })
                 .collect(),
@@ -464,7 +509,7 @@ impl Parser<'_> {
         Ok(NamedInput {
             key: key.to_string(),
             source,
-            span: value.span(),
+            span: self.src.shift(value.span()),
         })
     }
 
@@ -509,7 +554,7 @@ impl Parser<'_> {
         Ok(NamedOutput {
             key: key.to_string(),
             path,
-            span: value.span(),
+            span: self.src.shift(value.span()),
         })
     }
 
@@ -621,6 +666,63 @@ mod tests {
             schema_keys::<StageResourcesSection>(),
             sorted(STAGE_RESOURCE_KEYS)
         );
+    }
+
+    /// A pipeline of `n` command stages in a chain, with `tweak` applied to its text.
+    fn chain(n: usize, tweak: impl Fn(String) -> String) -> String {
+        let mut text = String::from("[pipeline]\nname = \"p\"\n\n[resources]\ncpu = 2\n\n");
+        for i in 0..n {
+            let input = if i == 0 {
+                "src.txt".to_string()
+            } else {
+                format!("@s{}", i - 1)
+            };
+            text.push_str(&format!(
+                "[stages.s{i}]\nkind = \"command\"\nrun = [\"cp\", \"{{inputs.i}}\", \"{{outputs.out}}\"]\ninputs = {{ i = \"{input}\" }}\noutputs = {{ out = \"out/{i}.txt\" }} # [stages.x]\nenv = {{ A = \"\"\"[not a header]\"\"\" }}\n\n"
+            ));
+        }
+        tweak(text)
+    }
+
+    fn rendered(result: Result<Pipeline, SpecError>) -> String {
+        match result {
+            Ok(pipeline) => format!("{pipeline:?}"),
+            Err(error) => {
+                let mut text = String::new();
+                let handler = miette::GraphicalReportHandler::new_themed(
+                    miette::GraphicalTheme::unicode_nocolor(),
+                );
+                handler.render_report(&mut text, &error).unwrap();
+                text
+            }
+        }
+    }
+
+    #[test]
+    fn cutting_a_large_file_at_its_stages_changes_nothing_parsed_or_reported() {
+        let path = Path::new("/p/pipeline.toml");
+        let tweaks: Vec<Box<dyn Fn(String) -> String>> = vec![
+            Box::new(|t| t),
+            Box::new(|t| t.replace("[stages.s70]\nkind", "[stages.s70]\nkinds")),
+            Box::new(|t| t.replace("@s69", "@s69x")),
+            Box::new(|t| t.replace("[stages.s70]\nkind = \"command\"", "[stages.s70]\nkind = ")),
+            Box::new(|t| t.replace("out/70.txt", "../70.txt")),
+            Box::new(|t| {
+                t.replace(
+                    "[stages.s70]\nkind = \"command\"",
+                    "[stages.s70]\nkind = \"command\"\nneeds = 3",
+                )
+            }),
+            Box::new(|t| t.replace("[stages.s70]", "[stages.S70]")),
+            Box::new(|t| t.replace("{ i = \"@s69\" }", "{ i = \"@s69\"")),
+        ];
+        for (index, tweak) in tweaks.iter().enumerate() {
+            let text = chain(100, tweak);
+            assert!(super::super::sections::stage_sections(&text).is_some() || index == 7);
+            let cut = rendered(parse_document(path, text.clone(), true));
+            let whole = rendered(parse_document(path, text, false));
+            assert_eq!(cut, whole, "tweak {index}");
+        }
     }
 
     #[test]
