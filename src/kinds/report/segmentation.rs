@@ -46,8 +46,7 @@ pub struct Volumes<'a> {
     pub shape: &'a [usize],
 }
 
-/// Every figure of one model against one truth. NaN: not defined (MONAI's NaN); infinity:
-/// a Hausdorff distance where one side is empty (MONAI's inf).
+/// Every figure of one model against one truth. NaN: not defined (MONAI's NaN).
 #[derive(Debug, Clone, Serialize)]
 pub struct Segmentation {
     pub options: DiceOptions,
@@ -267,16 +266,16 @@ fn hausdorff_table(v: &Volumes, classes: &[usize], percentile: f64) -> Vec<Vec<f
 
 /// MONAI's `compute_hausdorff_distance(percentile, directed = False)` on two masks: the
 /// larger of the two directed percentiles of the distances from each surface voxel of one
-/// mask to the nearest surface voxel of the other (Euclidean, unit spacing). NaN when both
-/// are empty, infinity when one is.
+/// mask to the nearest surface voxel of the other (Euclidean, unit spacing). NaN when
+/// either is empty: MONAI 1.6 takes `torch.quantile` of infinite distances there, which
+/// interpolates `inf - inf` to NaN.
 pub fn hausdorff(predicted: &[bool], truth: &[bool], shape: &[usize], percentile: f64) -> f64 {
     let edges_p = edges(predicted, shape);
     let edges_t = edges(truth, shape);
     let any_p = edges_p.iter().any(|&e| e);
     let any_t = edges_t.iter().any(|&e| e);
     match (any_p, any_t) {
-        (false, false) => f64::NAN,
-        (true, false) | (false, true) => f64::INFINITY,
+        (false, _) | (_, false) => f64::NAN,
         (true, true) => {
             let one = directed(&edges_p, &edges_t, shape, percentile);
             let two = directed(&edges_t, &edges_p, shape, percentile);
@@ -458,7 +457,7 @@ mod tests {
         // Distances pred -> truth: 2, 3; truth -> pred: 3, 2; p95 = 2 + 0.95 = 2.95.
         let hd = hausdorff(&predicted, &truth, &[1, 7], 95.0);
         assert!((hd - 2.95).abs() < 1e-12, "{hd}");
-        assert!(hausdorff(&[false; 7], &truth, &[1, 7], 95.0).is_infinite());
+        assert!(hausdorff(&[false; 7], &truth, &[1, 7], 95.0).is_nan());
         assert!(hausdorff(&[false; 7], &[false; 7], &[1, 7], 95.0).is_nan());
     }
 
