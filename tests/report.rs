@@ -417,7 +417,8 @@ out = {}
 for name in ("ident", "swap"):
     y = ort.InferenceSession(f"{name}.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     saved = np.load(f"build/pipeline/cls/outputs/{name}.npy")
-    e = np.exp(y - y.max(axis=1, keepdims=True))
+    y64 = y.astype(np.float64)
+    e = np.exp(y64 - y64.max(axis=1, keepdims=True))
     keep = labels >= 0
     confusion = np.zeros((3, 3), np.int64)
     np.add.at(confusion, (labels[keep], y.argmax(1)[keep]), 1)
