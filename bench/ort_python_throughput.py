@@ -2,7 +2,9 @@
 intra-op threads = THREADS, inter-op 1, all graph optimizations, CPU provider; inputs
 preloaded; WARMUP untimed runs, then ITERATIONS runs each timed around session.run.
 THREADS = default: `onnxruntime.InferenceSession(MODEL)` with no SessionOptions at all
-(ONNX Runtime's defaults, as a Python user runs it).
+(ONNX Runtime's defaults, as a Python user runs it); THREADS = layout: the same but
+graph_optimization_level = ORT_ENABLE_LAYOUT (what `ort`'s `Level3` sets; pochi's level
+before it was fixed).
 
     python ort_python_throughput.py MODEL.onnx DATA.npy THREADS WARMUP ITERATIONS BATCH
 Prints one JSON line: throughput (samples/s), mean_ms, median_ms, p99_ms.
@@ -18,6 +20,10 @@ import onnxruntime as ort
 def main(model, data, threads, warmup, iterations, batch):
     if threads == "default":
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    elif threads == "layout":
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     else:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads)

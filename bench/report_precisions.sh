@@ -10,8 +10,9 @@
 #   bench/report_precisions.sh [ROUNDS=3] [ITERATIONS=50]
 #
 # POCHI: the pochi binary [target/release/pochi]. Prints CSV rows
-# round,precision,pochi_median_ms,python_median_ms,ratio and, last, the median ratio per
-# precision.
+# round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms (the last:
+# Python at ORT_ENABLE_LAYOUT, the level pochi used before, for comparison) and, last, the
+# median ratio per precision.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds="${1:-3}"; iterations="${2:-50}"
@@ -31,7 +32,7 @@ declare -A models=(
 import numpy as np
 np.save('data.npy', np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32))
 "
-echo "round,precision,pochi_median_ms,python_median_ms,ratio"
+echo "round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms"
 results="$work/results.csv"; : > "$results"
 for round in $(seq 1 "$rounds"); do
   for precision in fp32 fp16 int8; do
@@ -48,13 +49,14 @@ min_duration = "0s"
 batch = 1
 TOML
     py="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy default 10 "$iterations" 1)"
-    (cd "r_$precision" && "$pochi" clean >/dev/null 2>&1 || true; "$pochi" build >/dev/null)
+    (cd "r_$precision" && { "$pochi" clean >/dev/null 2>&1 || true; } && "$pochi" build >/dev/null)
+    layout="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy layout 10 "$iterations" 1)"
     "$python" -I -c "
 import json, sys
 r = json.load(open(sys.argv[3]))['models'][0]['latency']
-p = json.loads(sys.argv[1])
-print(f\"{sys.argv[2]},{sys.argv[4]},{r['median_ms']:.3f},{p['median_ms']:.3f},{r['median_ms'] / p['median_ms']:.3f}\")
-" "$py" "$round" "r_$precision/build/pipeline/bench/summary.json" "$precision" | tee -a "$results"
+p = json.loads(sys.argv[1]); q = json.loads(sys.argv[5])
+print(f\"{sys.argv[2]},{sys.argv[4]},{r['median_ms']:.3f},{p['median_ms']:.3f},{r['median_ms'] / p['median_ms']:.3f},{q['median_ms']:.3f}\")
+" "$py" "$round" "r_$precision/build/pipeline/bench/summary.json" "$precision" "$layout" | tee -a "$results"
   done
 done
 "$python" -I -c "

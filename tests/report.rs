@@ -486,6 +486,9 @@ fn disagreements_confusion_matrices_error_histograms_and_saved_outputs_match_the
     assert_eq!(errors["zero"], peers["histogram"]["zero"]);
     assert_eq!(errors["counts"], peers["histogram"]["counts"]);
     let md = project.read("build/pipeline/cls/report.md");
+    // Tables stay tables: no doubled cell separator, no bare `|` inside a cell.
+    assert!(!md.lines().any(|l| l.ends_with("||")), "{md}");
+    assert!(md.contains("max \\|diff\\|"), "{md}");
     for text in [
         "Confusion matrix (rows true, columns predicted)",
         "sample(s) where the top class differs from the reference's",

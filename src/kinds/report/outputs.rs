@@ -370,7 +370,7 @@ fn parity_section(md: &mut String, m: &ModelResult) {
             f.mean_rel,
             f.cosine,
             f.non_finite,
-            p.failure.as_deref().unwrap_or("pass")
+            p.failure.as_deref().unwrap_or("pass").replace('|', "\\|")
         );
     }
     let _ = writeln!(md);
@@ -385,7 +385,7 @@ fn parity_section(md: &mut String, m: &ModelResult) {
         counts.extend(h.counts.iter().map(u64::to_string));
         let _ = writeln!(
             md,
-            "Absolute error of `{}` against the reference, values per bin:\n\n| {} |\n|{}|\n| {} |\n",
+            "Absolute error of `{}` against the reference, values per bin:\n\n| {} |\n|{}\n| {} |\n",
             p.output,
             header.join(" | "),
             "--:|".repeat(header.len()),
@@ -419,7 +419,7 @@ fn classification_section(md: &mut String, summary: &Summary, c: &super::metrics
         .collect();
     let _ = writeln!(
         md,
-        "\nConfusion matrix (rows true, columns predicted):\n\n| true \\ predicted | {} |\n|---|{}|",
+        "\nConfusion matrix (rows true, columns predicted):\n\n| true \\ predicted | {} |\n|---|{}",
         names.join(" | "),
         "--:|".repeat(names.len())
     );
