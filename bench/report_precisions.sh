@@ -9,15 +9,23 @@
 #
 #   bench/report_precisions.sh [ROUNDS=3] [ITERATIONS=50]
 #
-# POCHI: the pochi binary [target/release/pochi]. Prints CSV rows
-# round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms (the last:
-# Python at ORT_ENABLE_LAYOUT, the level pochi used before, for comparison) and, last, the
-# median ratio per precision.
+# POCHI: the pochi binary [target/release/pochi]. THREADS=N: both sides with N intra-op
+# threads (pochi `threads = N`, Python intra-op N, inter-op 1) instead of the defaults.
+# WORK=DIR: build and keep the models there (a second run reuses them). Prints CSV rows
+# round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms,
+# pochi_min_ms,python_min_ms,min_ratio (python_layout: Python at ORT_ENABLE_LAYOUT, the
+# level pochi used before, for comparison; the minimum is far less disturbed than the
+# median by other work on a shared machine) and, last, the median ratios per precision.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds="${1:-3}"; iterations="${2:-50}"
 pochi="$(realpath "${POCHI:-$here/../target/release/pochi}")"
-work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+if [ -n "${WORK:-}" ]; then
+  mkdir -p "$WORK"; work="$(realpath "$WORK")"
+else
+  work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
+fi
+threads="${THREADS:-}"
 cp -r "$here/../pipelines/resnet18.toml" "$here/../pipelines/scripts" "$work/"
 cd "$work"
 python="$("$pochi" toolchain path)"
@@ -32,7 +40,7 @@ declare -A models=(
 import numpy as np
 np.save('data.npy', np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32))
 "
-echo "round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms"
+echo "round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms,pochi_min_ms,python_min_ms,min_ratio"
 results="$work/results.csv"; : > "$results"
 for round in $(seq 1 "$rounds"); do
   for precision in fp32 fp16 int8; do
@@ -47,15 +55,16 @@ warmup = 10
 iterations = $iterations
 min_duration = "0s"
 batch = 1
+${threads:+threads = $threads}
 TOML
-    py="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy default 10 "$iterations" 1)"
+    py="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy "${threads:-default}" 10 "$iterations" 1)"
     (cd "r_$precision" && { "$pochi" clean >/dev/null 2>&1 || true; } && "$pochi" build >/dev/null)
     layout="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy layout 10 "$iterations" 1)"
     "$python" -I -c "
 import json, sys
 r = json.load(open(sys.argv[3]))['models'][0]['latency']
 p = json.loads(sys.argv[1]); q = json.loads(sys.argv[5])
-print(f\"{sys.argv[2]},{sys.argv[4]},{r['median_ms']:.3f},{p['median_ms']:.3f},{r['median_ms'] / p['median_ms']:.3f},{q['median_ms']:.3f}\")
+print(f\"{sys.argv[2]},{sys.argv[4]},{r['median_ms']:.3f},{p['median_ms']:.3f},{r['median_ms'] / p['median_ms']:.3f},{q['median_ms']:.3f},{r['min_ms']:.3f},{p['min_ms']:.3f},{r['min_ms'] / p['min_ms']:.3f}\")
 " "$py" "$round" "r_$precision/build/pipeline/bench/summary.json" "$precision" "$layout" | tee -a "$results"
   done
 done
@@ -64,5 +73,6 @@ import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))
 for p in ('fp32', 'fp16', 'int8'):
     ratios = [float(r[4]) for r in rows if r[1] == p]
-    print(f'median pochi / Python, {p}: {statistics.median(ratios):.3f} over {len(ratios)} rounds')
+    mins = [float(r[8]) for r in rows if r[1] == p]
+    print(f'{p}: pochi / Python median latency, median over {len(ratios)} rounds {statistics.median(ratios):.3f}; minimum latency {statistics.median(mins):.3f}')
 " "$results"
