@@ -11,9 +11,11 @@
 #
 # POCHI: the pochi binary [target/release/pochi]. THREADS=N: both sides with N intra-op
 # threads (pochi `threads = N`, Python intra-op N, inter-op 1) instead of the defaults.
-# WORK=DIR: build and keep the models there (a second run reuses them). Prints CSV rows
+# WORK=DIR: build and keep the models there (a second run reuses them).
+# POCHI_BEFORE: a second pochi binary (e.g. one built at ORT_ENABLE_LAYOUT) timed in the
+# same rounds; its median is the last column. Prints CSV rows
 # round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms,
-# pochi_min_ms,python_min_ms,min_ratio (python_layout: Python at ORT_ENABLE_LAYOUT, the
+# pochi_min_ms,python_min_ms,min_ratio[,before_median_ms] (python_layout: Python at ORT_ENABLE_LAYOUT, the
 # level pochi used before, for comparison; the minimum is far less disturbed than the
 # median by other work on a shared machine) and, last, the median ratios per precision.
 set -euo pipefail
@@ -40,7 +42,7 @@ declare -A models=(
 import numpy as np
 np.save('data.npy', np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32))
 "
-echo "round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms,pochi_min_ms,python_min_ms,min_ratio"
+echo "round,precision,pochi_median_ms,python_median_ms,ratio,python_layout_median_ms,pochi_min_ms,python_min_ms,min_ratio${POCHI_BEFORE:+,before_median_ms}"
 results="$work/results.csv"; : > "$results"
 for round in $(seq 1 "$rounds"); do
   for precision in fp32 fp16 int8; do
@@ -58,14 +60,19 @@ batch = 1
 ${threads:+threads = $threads}
 TOML
     py="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy "${threads:-default}" 10 "$iterations" 1)"
-    (cd "r_$precision" && { "$pochi" clean >/dev/null 2>&1 || true; } && "$pochi" build >/dev/null)
+    (cd "r_$precision" && { "$pochi" clean >/dev/null 2>&1 || true; } && "$pochi" build >/dev/null && cp build/pipeline/bench/summary.json pochi.json)
     layout="$("$python" -I "$here/ort_python_throughput.py" "$model" data.npy layout 10 "$iterations" 1)"
+    before=""
+    if [ -n "${POCHI_BEFORE:-}" ]; then
+      before="$(cd "r_$precision" && { "$POCHI_BEFORE" clean >/dev/null 2>&1 || true; } && "$POCHI_BEFORE" build >/dev/null \
+        && "$python" -I -c "import json; print(json.load(open('build/pipeline/bench/summary.json'))['models'][0]['latency']['median_ms'])")"
+    fi
     "$python" -I -c "
 import json, sys
 r = json.load(open(sys.argv[3]))['models'][0]['latency']
 p = json.loads(sys.argv[1]); q = json.loads(sys.argv[5])
-print(f\"{sys.argv[2]},{sys.argv[4]},{r['median_ms']:.3f},{p['median_ms']:.3f},{r['median_ms'] / p['median_ms']:.3f},{q['median_ms']:.3f},{r['min_ms']:.3f},{p['min_ms']:.3f},{r['min_ms'] / p['min_ms']:.3f}\")
-" "$py" "$round" "r_$precision/build/pipeline/bench/summary.json" "$precision" "$layout" | tee -a "$results"
+print(f\"{sys.argv[2]},{sys.argv[4]},{r['median_ms']:.3f},{p['median_ms']:.3f},{r['median_ms'] / p['median_ms']:.3f},{q['median_ms']:.3f},{r['min_ms']:.3f},{p['min_ms']:.3f},{r['min_ms'] / p['min_ms']:.3f}\" + (f\",{float(sys.argv[6]):.3f}\" if sys.argv[6] else \"\"))
+" "$py" "$round" "r_$precision/pochi.json" "$precision" "$layout" "$before" | tee -a "$results"
   done
 done
 "$python" -I -c "
