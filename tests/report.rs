@@ -264,6 +264,47 @@ fn assert_figures(what: &str, got: &Value, want: &Value) {
     }
 }
 
+/// `per_sample_dice.csv` of `stage` against MONAI's per-sample figures (`m = monai[key]`).
+fn assert_per_sample_csv(project: &Project, stage: &str, key: &str, s: &Value, monai: &Value) {
+    let m = &monai[key];
+    let what = |figure: &str| format!("{stage} {figure}");
+    let csv = project.read(&format!("build/pipeline/{stage}/per_sample_dice.csv"));
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(",labels,"))
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    let classes = s["classes"].as_array().unwrap().len();
+    assert_eq!(rows.len(), 3 * classes, "{csv}");
+    let cell = |text: &str| match text {
+        "" => Value::Null,
+        "inf" => Value::String("inf".into()),
+        t => serde_json::json!(t.parse::<f64>().unwrap()),
+    };
+    for (r, row) in rows.iter().enumerate() {
+        let (sample, k) = (r / classes, r % classes);
+        let first = if key.starts_with("True") { 0 } else { 1 };
+        assert_eq!(row[4], (k + first).to_string(), "{row:?}");
+        for (column, table) in [(5, "dice_per_sample"), (6, "iou_per_sample")] {
+            let want = &m[table][sample][k];
+            assert_figures(
+                &what(table),
+                &Value::Array(vec![cell(&row[column])]),
+                &Value::Array(vec![want.clone()]),
+            );
+        }
+        if k + first >= 1 {
+            let want = &monai["hd95_per_sample"][sample][k + first - 1];
+            assert_figures(
+                &what("HD95 per sample"),
+                &Value::Array(vec![cell(&row[7])]),
+                &Value::Array(vec![want.clone()]),
+            );
+        }
+    }
+}
+
 #[test]
 fn segmentation_metrics_match_monai() {
     let pipeline = [
@@ -329,45 +370,7 @@ fn segmentation_metrics_match_monai() {
             &Value::Array(vec![s["mean_hd95"].clone()]),
             &Value::Array(vec![monai["mean_hd95"].clone()]),
         );
-        // Per sample, in the CSV.
-        let csv = project.read(&format!("build/pipeline/{stage}/per_sample_dice.csv"));
-        let rows: Vec<Vec<String>> = csv
-            .lines()
-            .skip(1)
-            .filter(|l| l.contains(",labels,"))
-            .map(|l| l.split(',').map(str::to_string).collect())
-            .collect();
-        let classes = s["classes"].as_array().unwrap().len();
-        assert_eq!(rows.len(), 3 * classes, "{csv}");
-        let cell = |text: &str| match text {
-            "" => Value::Null,
-            "inf" => Value::String("inf".into()),
-            t => serde_json::json!(t.parse::<f64>().unwrap()),
-        };
-        for (r, row) in rows.iter().enumerate() {
-            let (sample, k) = (r / classes, r % classes);
-            let first = if key.starts_with("True") { 0 } else { 1 };
-            assert_eq!(row[4], (k + first).to_string(), "{row:?}");
-            for (column, table) in [(5, "dice_per_sample"), (6, "iou_per_sample")] {
-                if stage == "seg_pooled" && column == 5 {
-                    continue;
-                }
-                let want = &m[table][sample][k];
-                assert_figures(
-                    &what(table),
-                    &Value::Array(vec![cell(&row[column])]),
-                    &Value::Array(vec![want.clone()]),
-                );
-            }
-            if k + first >= 1 {
-                let want = &monai["hd95_per_sample"][sample][k + first - 1];
-                assert_figures(
-                    &what("HD95 per sample"),
-                    &Value::Array(vec![cell(&row[7])]),
-                    &Value::Array(vec![want.clone()]),
-                );
-            }
-        }
+        assert_per_sample_csv(&project, stage, key, s, &monai);
     }
     // The data has what the comparison is about: an empty class, a false-positive class
     // (class 3 in volume 1: Dice 0 when empty truths are not ignored, HD95 NaN in MONAI).

@@ -243,6 +243,40 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
             }
         },
     };
+    let labels = model_labels(&models);
+    let save_outputs = keys.save_outputs.unwrap_or(false);
+    let outputs = declare_outputs(parser, &keys, value, task, save_outputs.then_some(&labels))?;
+    let dice = parse_dice(parser, keys.dice.as_ref())?;
+    Ok(Config {
+        models,
+        has_data,
+        has_labels: keys.labels.is_some(),
+        has_reference: keys.reference.is_some(),
+        task,
+        warmup: keys.warmup.unwrap_or(10) as usize,
+        iterations: keys.iterations.unwrap_or(100).max(1) as usize,
+        min_duration,
+        threads: keys.threads.unwrap_or(0) as usize,
+        batch: keys.batch.map(|b| b.max(1) as usize),
+        tolerances,
+        fail_on_parity,
+        dice,
+        save_outputs,
+        labels,
+        inputs,
+        outputs,
+    })
+}
+
+/// The files the stage writes, in `output` (default `{build_dir}/<stage>`); with `saved`,
+/// one `outputs/<label>.npy` per model.
+fn declare_outputs(
+    parser: &Parser,
+    keys: &ReportKeys,
+    value: &Spanned<DeValue>,
+    task: Task,
+    saved: Option<&Vec<String>>,
+) -> Result<Vec<NamedOutput>, SpanError> {
     let dir = match &keys.output {
         Some(output) => output.get_ref().clone(),
         None => parser
@@ -279,34 +313,11 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
     if task == Task::Segmentation {
         outputs.push(parser.output("per_sample", &file("per_sample_dice.csv"))?);
     }
-    let labels = model_labels(&models);
-    let save_outputs = keys.save_outputs.unwrap_or(false);
-    if save_outputs {
-        for (i, label) in labels.iter().enumerate() {
-            let path = file(&format!("outputs/{label}.npy"));
-            outputs.push(parser.output(&format!("output_model{i}"), &path)?);
-        }
+    for (i, label) in saved.into_iter().flatten().enumerate() {
+        let path = file(&format!("outputs/{label}.npy"));
+        outputs.push(parser.output(&format!("output_model{i}"), &path)?);
     }
-    let dice = parse_dice(parser, keys.dice.as_ref())?;
-    Ok(Config {
-        models,
-        has_data,
-        has_labels: keys.labels.is_some(),
-        has_reference: keys.reference.is_some(),
-        task,
-        warmup: keys.warmup.unwrap_or(10) as usize,
-        iterations: keys.iterations.unwrap_or(100).max(1) as usize,
-        min_duration,
-        threads: keys.threads.unwrap_or(0) as usize,
-        batch: keys.batch.map(|b| b.max(1) as usize),
-        tolerances,
-        fail_on_parity,
-        dice,
-        save_outputs,
-        labels,
-        inputs,
-        outputs,
-    })
+    Ok(outputs)
 }
 
 /// `dice = { ... }`, over MONAI `DiceMetric()`'s defaults.

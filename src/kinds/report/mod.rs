@@ -647,12 +647,7 @@ impl Report {
             models.push(result);
         }
         let names = dataset_names(&data_path);
-        for model in &mut models {
-            let list = model.task.as_mut().and_then(|t| t.disagreements.as_mut());
-            for d in list.into_iter().flatten() {
-                d.file = names.files.as_ref().and_then(|f| f.get(d.index).cloned());
-            }
-        }
+        name_files(&mut models, &names);
         let data_info = DataInfo {
             path: c_display(context, &data_path),
             samples,
@@ -686,6 +681,16 @@ impl Report {
             warnings,
             labels,
         })
+    }
+}
+
+/// Each disagreement's file, from the dataset's manifest.
+fn name_files(models: &mut [ModelResult], names: &DatasetNames) {
+    for model in models {
+        let list = model.task.as_mut().and_then(|t| t.disagreements.as_mut());
+        for d in list.into_iter().flatten() {
+            d.file = names.files.as_ref().and_then(|f| f.get(d.index).cloned());
+        }
     }
 }
 
