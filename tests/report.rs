@@ -488,7 +488,11 @@ fn disagreements_confusion_matrices_error_histograms_and_saved_outputs_match_the
     let errors = &models[1]["parity"][0]["errors"];
     assert_eq!(errors["zero"], peers["histogram"]["zero"]);
     assert_eq!(errors["counts"], peers["histogram"]["counts"]);
+    let chart = project.read("build/pipeline/cls/errors.svg");
+    assert!(chart.contains("|swap - reference| of `output`"), "{chart}");
+    assert!(!chart.contains("|ident - reference|"), "{chart}");
     let md = project.read("build/pipeline/cls/report.md");
+    assert!(md.contains("![absolute error per bin](errors.svg)"), "{md}");
     // Tables stay tables: no doubled cell separator, no bare `|` inside a cell.
     assert!(!md.lines().any(|l| l.ends_with("||")), "{md}");
     assert!(md.contains("max \\|diff\\|"), "{md}");

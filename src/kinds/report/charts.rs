@@ -12,7 +12,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ModelResult;
-use super::metrics::Latency;
+use super::metrics::{ErrorHistogram, Latency};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type Drawn = Result<(), Box<dyn Error>>;
@@ -294,6 +294,55 @@ pub fn stack(svgs: &[String]) -> String {
     out
 }
 
+/// The histogram of |model - reference| of one output: a bar per decade bin (bins from
+/// [`ErrorHistogram`], exact zeros first), the count beside each bar.
+pub fn errors(model: &str, output: &str, h: &ErrorHistogram) -> String {
+    let mut names = vec!["= 0".to_string(), format!("< {:e}", h.edges[1])];
+    names.extend(
+        h.edges[1..]
+            .windows(2)
+            .map(|w| format!("{:e} .. {:e}", w[0], w[1])),
+    );
+    names.push(format!("≥ {:e}", h.edges[h.edges.len() - 1]));
+    let mut counts = vec![h.zero];
+    counts.extend(&h.counts);
+    let n = counts.len();
+    let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let left = (widest(&names) + 16).clamp(60, 400);
+    let title = format!("|{model} - reference| of `{output}`: values per bin");
+    render(left + 520, 100 + 26 * n as u32, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&title, title_font())
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(left)
+            .build_cartesian_2d(0.0..max * 1.2, slots(n, 1, true))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc("values")
+            .x_labels(5)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| slot_name(&names, *v))
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, LABEL + 1))
+            .draw()?;
+        for (i, &count) in counts.iter().enumerate() {
+            let y = i as f64;
+            chart.draw_series([Rectangle::new(
+                [(0.0, y + 0.15), (count as f64, y + 0.85)],
+                BAR.filled(),
+            )])?;
+            chart.draw_series([Text::new(
+                count.to_string(),
+                (count as f64 + max * 0.01, y + 0.5),
+                label(HPos::Left, &BLACK),
+            )])?;
+        }
+        Ok(())
+    })
+}
+
 /// The confusion matrix (rows: true class, columns: predicted), shaded by row share, with
 /// the count in each cell (where cells are large enough) and `classes[i]`, else `i`, naming
 /// class `i` on both axes.
@@ -463,6 +512,27 @@ mod tests {
         assert_eq!(both.matches("<svg").count(), 3);
         assert!(both.contains("Confusion matrix: a") && both.contains("Confusion matrix: b"));
         assert_eq!(stack(std::slice::from_ref(&a)), a);
+    }
+
+    #[test]
+    fn error_histogram_svg_has_every_bin_and_count() {
+        let h = metrics::error_histogram(&[1.0, 1.5, 3.0, 7.0], &[1.0, 1.0, 1.0, 1.0]);
+        let svg = errors("int8", "logits", &h);
+        well_formed(&svg);
+        assert!(svg.contains("|int8 - reference| of `logits`"), "{svg}");
+        for text in ["= 0", "&lt; 1e-8", "1e-1 .. 1e0", "≥ 1e0"] {
+            assert!(
+                svg.contains(&format!(">\n{text}\n</text>")),
+                "{text}: {svg}"
+            );
+        }
+        // One exact zero, 0.5 in [0.1, 1), 2 and 6 in [1, inf).
+        for count in ["1", "2"] {
+            assert!(
+                svg.contains(&format!(">\n{count}\n</text>")),
+                "{count}: {svg}"
+            );
+        }
     }
 
     #[test]

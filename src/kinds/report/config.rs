@@ -300,6 +300,7 @@ fn declare_outputs(
         parser.output("summary", &file("summary.json"))?,
         parser.output("report", &file("report.md"))?,
         parser.output("latency_chart", &file("latency.svg"))?,
+        parser.output("error_chart", &file("errors.svg"))?,
     ];
     if task == Task::Classification {
         outputs.push(parser.output("predictions", &file("predictions.csv"))?);
@@ -427,7 +428,10 @@ mod tests {
                 key: Some("reference".into())
             }
         );
-        assert_eq!(keys(&c), ["summary", "report", "latency_chart"]);
+        assert_eq!(
+            keys(&c),
+            ["summary", "report", "latency_chart", "error_chart"]
+        );
         assert_eq!(
             c.outputs[0].path,
             std::path::PathBuf::from("build/p/rep/summary.json")
@@ -444,6 +448,7 @@ mod tests {
                 "summary",
                 "report",
                 "latency_chart",
+                "error_chart",
                 "predictions",
                 "disagreements"
             ]

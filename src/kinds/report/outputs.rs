@@ -1,7 +1,8 @@
 //! The report's files: `summary.json`, `report.md`, `latency.svg`; for classification
 //! `predictions.csv` (pochitrain's columns), `disagreements.csv`,
 //! `classification_report.csv` and `confusion_matrix.svg` (every model's); for
-//! segmentation `per_sample_dice.csv`; with `save_outputs`, `outputs/<model>.npy`.
+//! segmentation `per_sample_dice.csv`; `errors.svg` (|model - reference| histograms); with
+//! `save_outputs`, `outputs/<model>.npy`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -46,6 +47,7 @@ fn content(key: &str, summary: &Summary) -> Result<Vec<u8>, String> {
         "disagreements" => disagreements(summary),
         "classification_report" => classification_report(summary),
         "confusion_matrix" => confusion_matrices(summary),
+        "error_chart" => error_charts(summary),
         "per_sample" => per_sample(summary),
         other => match other.strip_prefix("output_model") {
             Some(index) => return saved_output(summary, index),
@@ -89,6 +91,23 @@ fn confusion_matrices(summary: &Summary) -> String {
         return charts::empty("no labelled classification results");
     }
     charts::stack(&matrices)
+}
+
+/// The |model - reference| histogram of every compared output, one below the other.
+fn error_charts(summary: &Summary) -> String {
+    let charts: Vec<String> = summary
+        .models
+        .iter()
+        .flat_map(|m| {
+            m.parity
+                .iter()
+                .map(|p| charts::errors(&m.label, &p.output, &p.errors))
+        })
+        .collect();
+    if charts.is_empty() {
+        return charts::empty("no model was compared with a reference");
+    }
+    charts::stack(&charts)
 }
 
 fn ms(v: f64) -> String {
@@ -212,6 +231,9 @@ pub fn markdown(summary: &Summary) -> String {
         t.end_to_end_includes
     );
     let _ = writeln!(md, "![latency](latency.svg)\n");
+    if summary.models.iter().any(|m| !m.parity.is_empty()) {
+        let _ = writeln!(md, "![absolute error per bin](errors.svg)\n");
+    }
     for w in &summary.warnings {
         let _ = writeln!(md, "> ⚠ {w}\n");
     }
