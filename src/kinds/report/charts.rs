@@ -322,7 +322,14 @@ pub fn errors(model: &str, output: &str, h: &ErrorHistogram) -> String {
             .disable_y_mesh()
             .x_desc("values")
             .x_labels(5)
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            // Counts are whole: no label on a fractional tick.
+            .x_label_formatter(&|v| {
+                if v.fract() == 0.0 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|v| slot_name(&names, *v))
             .label_style((FONT, LABEL))
             .axis_desc_style((FONT, LABEL + 1))
