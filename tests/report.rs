@@ -73,7 +73,7 @@ fn classification_metrics_on_a_labelled_set_with_a_known_answer() {
     let run = project.build(&[]);
     run.assert_ok();
     let summary = json(&project, "build/pipeline/cls/summary.json");
-    assert_eq!(summary["schema_version"], 1);
+    assert_eq!(summary["schema_version"], 2);
     assert_eq!(summary["data"]["samples"], 6);
     let models = summary["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
@@ -138,12 +138,19 @@ fn classification_metrics_on_a_labelled_set_with_a_known_answer() {
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
     }
     let latency = project.read("build/pipeline/cls/latency.svg");
-    for text in ["linear.onnx", "latency (ms)"] {
+    for text in [
+        ">\nlinear\n</text>",
+        ">\nident\n</text>",
+        "latency per run",
+        " ms\n",
+    ] {
         assert!(latency.contains(text), "{text}: {latency}");
     }
+    assert!(!latency.contains(".onnx"), "{latency}");
     let confusion = project.read("build/pipeline/cls/confusion_matrix.svg");
     for text in [
-        "ident.onnx",
+        "Confusion matrix: ident",
+        "Confusion matrix: linear",
         "class_2",
         "predicted",
         "\n1\n</text>",
@@ -187,16 +194,21 @@ fn a_perturbed_model_fails_parity_with_the_figures_and_the_files_are_kept() {
     assert_eq!(models[1]["parity"][0]["max_abs"], 2.0);
     // The engine is reported, not run, where there is no TensorRT or GPU.
     assert_eq!(models[2]["status"], "unavailable");
+    // Every missing piece is named.
+    let note = models[2]["note"].as_str().unwrap();
     assert!(
-        models[2]["note"]
-            .as_str()
-            .unwrap()
-            .contains("unavailable on this machine: no GPU")
+        note.contains("unavailable on this machine: no GPU; TensorRT is not installed"),
+        "{note}"
     );
+    let md = project.read(".pochi/v1/pipeline/failed/strict/report.md");
+    assert!(md.contains("❌ FAIL"));
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| `model.engine`"))
+        .unwrap_or_else(|| panic!("{md}"));
     assert!(
-        project
-            .read(".pochi/v1/pipeline/failed/strict/report.md")
-            .contains("❌ FAIL")
+        row.starts_with("| `model.engine` | – | 17 B | – |") && row.contains(note),
+        "{row}"
     );
     // Not recorded done: the next build runs it again.
     let again = project.build(&[]);
@@ -217,40 +229,332 @@ fn a_perturbed_model_fails_parity_with_the_figures_and_the_files_are_kept() {
     assert_eq!(summary["models"][1]["verdict"], "fail");
 }
 
-const SEGMENTATION: &str = r#"
-[stages.seg]
+const SEGMENTATION_SCRIPT: &str = include_str!("fixtures/report_segmentation.py");
+
+/// One report stage per Dice setting, over the same identity model and volumes.
+fn segmentation_stage(name: &str, dice: &str) -> String {
+    format!(
+        "[stages.{name}]\nkind = \"report\"\nmodels = [\"seg4.onnx\"]\ndata = \"seg_vol.npy\"\nlabels = \"seg_labels.npy\"\ntask = \"segmentation\"\niterations = 5\nmin_duration = \"0s\"\nthreads = 1\n{dice}\n"
+    )
+}
+
+/// A figure of summary.json: null = not defined (NaN), "inf" = infinite.
+fn figure(v: &Value) -> f64 {
+    match v {
+        Value::Null => f64::NAN,
+        Value::String(s) if s == "inf" => f64::INFINITY,
+        other => other
+            .as_f64()
+            .unwrap_or_else(|| panic!("not a figure: {other}")),
+    }
+}
+
+#[track_caller]
+fn assert_figures(what: &str, got: &Value, want: &Value) {
+    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (figure(g), figure(w));
+        let same =
+            (g.is_nan() && w.is_nan()) || (g.is_infinite() && g == w) || (g - w).abs() <= 1e-6;
+        assert!(
+            same,
+            "{what}: pochi {g} vs MONAI {w} in {got:?} vs {want:?}"
+        );
+    }
+}
+
+/// `per_sample_dice.csv` of `stage` against MONAI's per-sample figures (`m = monai[key]`).
+fn assert_per_sample_csv(project: &Project, stage: &str, key: &str, s: &Value, monai: &Value) {
+    let m = &monai[key];
+    let what = |figure: &str| format!("{stage} {figure}");
+    let csv = project.read(&format!("build/pipeline/{stage}/per_sample_dice.csv"));
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(",labels,"))
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    let classes = s["classes"].as_array().unwrap().len();
+    assert_eq!(rows.len(), 3 * classes, "{csv}");
+    let cell = |text: &str| match text {
+        "" => Value::Null,
+        "inf" => Value::String("inf".into()),
+        t => serde_json::json!(t.parse::<f64>().unwrap()),
+    };
+    for (r, row) in rows.iter().enumerate() {
+        let (sample, k) = (r / classes, r % classes);
+        let first = if key.starts_with("True") { 0 } else { 1 };
+        assert_eq!(row[4], (k + first).to_string(), "{row:?}");
+        for (column, table) in [(5, "dice_per_sample"), (6, "iou_per_sample")] {
+            let want = &m[table][sample][k];
+            assert_figures(
+                &what(table),
+                &Value::Array(vec![cell(&row[column])]),
+                &Value::Array(vec![want.clone()]),
+            );
+        }
+        if k + first >= 1 {
+            let want = &monai["hd95_per_sample"][sample][k + first - 1];
+            assert_figures(
+                &what("HD95 per sample"),
+                &Value::Array(vec![cell(&row[7])]),
+                &Value::Array(vec![want.clone()]),
+            );
+        }
+    }
+}
+
+#[test]
+fn segmentation_metrics_match_monai() {
+    let pipeline = [
+        segmentation_stage("seg_default", ""),
+        segmentation_stage("seg_no_background", "dice = { include_background = false }"),
+        segmentation_stage("seg_keep_empty", "dice = { ignore_empty = false }"),
+        segmentation_stage(
+            "seg_pooled",
+            "dice = { reduction = \"pooled\", include_background = false }",
+        ),
+    ]
+    .concat();
+    let project = Project::new(&pipeline);
+    project.write("seg.py", SEGMENTATION_SCRIPT);
+    project.python(&["seg.py", "."]);
+    project.build(&[]).assert_ok();
+    let monai: Value = serde_json::from_str(&project.python(&["seg.py", ".", "--monai"])).unwrap();
+    for (stage, key) in [
+        ("seg_default", "True_True"),
+        ("seg_no_background", "False_True"),
+        ("seg_keep_empty", "True_False"),
+        ("seg_pooled", "False_True"),
+    ] {
+        let summary = json(&project, &format!("build/pipeline/{stage}/summary.json"));
+        let s = &summary["models"][0]["task"]["segmentation_vs_labels"];
+        let m = &monai[key];
+        let what = |figure: &str| format!("{stage} {figure}");
+        if stage == "seg_pooled" {
+            assert_figures(
+                &what("pooled Dice"),
+                &s["dice_per_class"],
+                &m["pooled_per_class"],
+            );
+        } else {
+            assert_figures(
+                &what("Dice per class"),
+                &s["dice_per_class"],
+                &m["dice_per_class"],
+            );
+            assert_figures(
+                &what("mean Dice"),
+                &Value::Array(vec![s["mean_dice"].clone()]),
+                &Value::Array(vec![m["mean_dice"].clone()]),
+            );
+        }
+        assert_figures(
+            &what("IoU per class"),
+            &s["iou_per_class"],
+            &m["iou_per_class"],
+        );
+        assert_figures(
+            &what("mean IoU"),
+            &Value::Array(vec![s["mean_iou"].clone()]),
+            &Value::Array(vec![m["mean_iou"].clone()]),
+        );
+        assert_figures(
+            &what("HD95 per class"),
+            &s["hd95_per_class"],
+            &monai["hd95_per_class"],
+        );
+        assert_figures(
+            &what("mean HD95"),
+            &Value::Array(vec![s["mean_hd95"].clone()]),
+            &Value::Array(vec![monai["mean_hd95"].clone()]),
+        );
+        assert_per_sample_csv(&project, stage, key, s, &monai);
+    }
+    // The data has what the comparison is about: an empty class, a false-positive class
+    // (class 3 in volume 1: Dice 0 when empty truths are not ignored, HD95 NaN in MONAI).
+    let d = &monai["True_True"]["dice_per_sample"];
+    assert!(d[0][2].is_null(), "{d}");
+    assert_eq!(monai["True_False"]["dice_per_sample"][1][3], 0.0, "{monai}");
+    assert!(monai["hd95_per_sample"][1][2].is_null(), "{monai}");
+    assert!(
+        figure(&monai["hd95_volume0"][0]) > 0.0 && figure(&monai["hd95_volume0"][0]).is_finite()
+    );
+    // Pooling differs from MONAI's per-sample mean on this data.
+    let default = json(&project, "build/pipeline/seg_no_background/summary.json");
+    let pooled = json(&project, "build/pipeline/seg_pooled/summary.json");
+    let f =
+        |s: &Value| figure(&s["models"][0]["task"]["segmentation_vs_labels"]["dice_per_class"][0]);
+    assert!((f(&default) - f(&pooled)).abs() > 1e-3);
+    let md = project.read("build/pipeline/seg_default/report.md");
+    assert!(
+        md.contains("mean HD95") && md.contains("| 3 | – | – | – |"),
+        "{md}"
+    );
+}
+
+const EXTRAS: &str = r#"
+[stages.cls]
 kind = "report"
-models = ["seg.onnx"]
-data = "vol.npy"
-labels = "vol_labels.npy"
-task = "segmentation"
-iterations = 20
+models = ["ident.onnx", "swap.onnx"]
+data = "data.npy"
+labels = "labels.npy"
+reference = "ident.onnx"
+task = "classification"
+iterations = 5
 min_duration = "0s"
+threads = 1
+save_outputs = true
+on_parity_failure = "warn"
+"#;
+
+/// What the peers say about EXTRAS' models: ONNX Runtime from Python for the outputs,
+/// numpy for the argmax, softmax, histogram and confusion matrices (scikit-learn is not in
+/// the managed toolchain).
+const EXTRAS_PEERS: &str = r#"
+import json, sys
+import numpy as np, onnxruntime as ort
+x = np.load("data.npy"); labels = np.load("labels.npy")
+out = {}
+for name in ("ident", "swap"):
+    y = ort.InferenceSession(f"{name}.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    saved = np.load(f"build/pipeline/cls/outputs/{name}.npy")
+    y64 = y.astype(np.float64)
+    e = np.exp(y64 - y64.max(axis=1, keepdims=True))
+    keep = labels >= 0
+    confusion = np.zeros((3, 3), np.int64)
+    np.add.at(confusion, (labels[keep], y.argmax(1)[keep]), 1)
+    out[name] = {
+        "saved_max_diff": float(np.abs(saved - y).max()), "saved_shape": list(saved.shape),
+        "argmax": y.argmax(1).tolist(), "confidence": (e.max(1) / e.sum(1)).tolist(),
+        "confusion": confusion.tolist(),
+    }
+ref, swap = np.load("build/pipeline/cls/outputs/ident.npy"), np.load("build/pipeline/cls/outputs/swap.npy")
+d = np.abs(swap.astype(np.float64) - ref.astype(np.float64)).ravel()
+edges = [0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1, np.inf]
+out["histogram"] = {"zero": int((d == 0).sum()), "counts": np.histogram(d[d > 0], bins=edges)[0].tolist()}
+print(json.dumps(out))
 "#;
 
 #[test]
-fn segmentation_dice_matches_numpy_on_synthetic_volumes() {
-    let project = project(SEGMENTATION);
+fn disagreements_confusion_matrices_error_histograms_and_saved_outputs_match_the_peers() {
+    let project = project(EXTRAS);
+    project.python(&[
+        "-c",
+        "import sys, numpy as np; sys.path.insert(0, '.'); import make_models as m; m.linear('swap.onnx', np.eye(3)[:, [1, 0, 2]])",
+    ]);
     project.build(&[]).assert_ok();
-    let summary = json(&project, "build/pipeline/seg/summary.json");
-    let expected = json(&project, "expected.json");
-    let task = &summary["models"][0]["task"];
-    // The model is the reference: its argmax agrees with itself everywhere.
-    assert_eq!(
-        task["dice_vs_reference"],
-        serde_json::json!([1.0, 1.0, 1.0])
-    );
-    let got = task["dice_vs_labels"].as_array().unwrap();
-    let want = expected["dice_vs_labels"].as_array().unwrap();
-    assert_eq!(got.len(), 3);
-    for (g, w) in got.iter().zip(want) {
-        assert!(
-            close(g.as_f64().unwrap(), w.as_f64().unwrap()),
-            "{g} vs {w}"
+    let peers: Value = serde_json::from_str(&project.python(&["-c", EXTRAS_PEERS])).unwrap();
+    let summary = json(&project, "build/pipeline/cls/summary.json");
+    let models = summary["models"].as_array().unwrap();
+    for (model, name) in models.iter().zip(["ident", "swap"]) {
+        let peer = &peers[name];
+        assert_eq!(model["label"], name);
+        // The saved outputs are ONNX Runtime's (from Python) for all 6 samples.
+        assert_eq!(peer["saved_shape"], serde_json::json!([6, 3]));
+        assert!(peer["saved_max_diff"].as_f64().unwrap() <= 1e-6, "{peer}");
+        // A confusion matrix for every model, as numpy counts it.
+        assert_eq!(
+            model["task"]["classification"]["confusion"], peer["confusion"],
+            "{name}"
         );
     }
-    assert!(got.iter().any(|d| d.as_f64().unwrap() < 1.0));
-    assert_sane_latency(&summary["models"][0], 1);
+    // Disagreements: where the swapped model's argmax differs from the reference's.
+    let (reference, swapped) = (&peers["ident"]["argmax"], &peers["swap"]["argmax"]);
+    let expected: Vec<usize> = (0..6).filter(|&i| reference[i] != swapped[i]).collect();
+    assert!(!expected.is_empty());
+    let listed = models[1]["task"]["disagreements"].as_array().unwrap();
+    let indices: Vec<usize> = listed
+        .iter()
+        .map(|d| d["index"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(indices, expected);
+    for d in listed {
+        let i = d["index"].as_u64().unwrap() as usize;
+        assert_eq!(d["reference"], reference[i]);
+        assert_eq!(d["predicted"], swapped[i]);
+        let confidence = peers["swap"]["confidence"][i].as_f64().unwrap();
+        assert!((d["confidence"].as_f64().unwrap() - confidence).abs() < 1e-9);
+    }
+    assert_eq!(models[0]["task"]["disagreements"], serde_json::json!([]));
+    let csv = project.read("build/pipeline/cls/disagreements.csv");
+    assert_eq!(csv.lines().count(), 1 + expected.len(), "{csv}");
+    assert!(csv.contains(&format!(
+        "swap.onnx,{},data.npy#{},",
+        expected[0], expected[0]
+    )));
+    // The error histogram, as numpy bins it.
+    let errors = &models[1]["parity"][0]["errors"];
+    assert_eq!(errors["zero"], peers["histogram"]["zero"]);
+    assert_eq!(errors["counts"], peers["histogram"]["counts"]);
+    let chart = project.read("build/pipeline/cls/errors.svg");
+    assert!(chart.contains("|swap - reference| of `output`"), "{chart}");
+    assert!(!chart.contains("|ident - reference|"), "{chart}");
+    let md = project.read("build/pipeline/cls/report.md");
+    assert!(md.contains("![absolute error per bin](errors.svg)"), "{md}");
+    // Tables stay tables: no doubled cell separator, no bare `|` inside a cell.
+    assert!(!md.lines().any(|l| l.ends_with("||")), "{md}");
+    assert!(md.contains("max \\|diff\\|"), "{md}");
+    for text in [
+        "Confusion matrix (rows true, columns predicted)",
+        "sample(s) where the top class differs from the reference's",
+        "Absolute error of `output` against the reference",
+    ] {
+        assert_eq!(
+            md.matches(text).count(),
+            if text.starts_with("Confusion") { 2 } else { 1 },
+            "{text}: {md}"
+        );
+    }
+}
+
+#[test]
+fn the_title_names_pipeline_date_and_commit_and_the_optimization_level() {
+    let project = project(CLASSIFICATION);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(project.dir.path())
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "pipeline.toml"]);
+    git(&["commit", "-q", "-m", "pipeline"]);
+    let commit = git(&["rev-parse", "HEAD"]);
+    project.build(&[]).assert_ok();
+    let today = project.python(&[
+        "-c",
+        "import datetime; print(datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d'))",
+    ]);
+    let summary = json(&project, "build/pipeline/cls/summary.json");
+    assert_eq!(summary["provenance"]["commit"], commit.as_str());
+    assert_eq!(summary["provenance"]["pipeline"], "pipeline");
+    assert!(
+        summary["provenance"]["date"]
+            .as_str()
+            .unwrap()
+            .starts_with(today.trim())
+    );
+    let md = project.read("build/pipeline/cls/report.md");
+    let title: Vec<&str> = md.lines().take(3).collect();
+    assert_eq!(title[0], "# Report `cls` of pipeline `pipeline`");
+    assert!(
+        title[2].starts_with(today.trim())
+            && title[2].ends_with(&format!("· commit `{}`", &commit[..12])),
+        "{title:?}"
+    );
+    // Sessions as Python's InferenceSession by default, and said so.
+    assert_eq!(summary["timing"]["graph_optimization"], "ORT_ENABLE_ALL");
+    assert!(md.contains("graph optimization ORT_ENABLE_ALL"), "{md}");
 }
 
 #[test]
@@ -718,12 +1022,15 @@ fn without_a_gpu_the_engine_is_listed_unavailable_and_the_onnx_model_is_timed() 
     let summary = json(&project, "build/pipeline/cmp/summary.json");
     assert_eq!(summary["models"][0]["status"], "ok");
     assert_eq!(summary["models"][1]["status"], "unavailable");
+    // The stand-in provides TensorRT: what is missing is the GPU, and so the engine.
+    let note = summary["models"][1]["note"].as_str().unwrap();
     assert!(
-        summary["models"][1]["note"]
-            .as_str()
-            .unwrap()
-            .contains("no GPU")
+        note.contains("no GPU") && note.contains("the engine file was not built"),
+        "{note}"
     );
+    assert!(!note.contains("TensorRT is not installed"), "{note}");
+    let md = project.read("build/pipeline/cmp/report.md");
+    assert!(md.contains("| `@engine` | – | – | – |"), "{md}");
 }
 
 #[test]

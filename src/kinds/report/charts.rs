@@ -7,11 +7,12 @@ use std::ops::Range;
 
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ModelResult;
-use super::metrics::Latency;
+use super::metrics::{ErrorHistogram, Latency};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type Drawn = Result<(), Box<dyn Error>>;
@@ -135,12 +136,14 @@ pub fn empty(message: &str) -> String {
     .unwrap_or_default()
 }
 
-/// Horizontal bars per model: median latency, with whiskers from min to p99 and a mark at
-/// the mean.
+/// Horizontal bars per model (named by its label): median latency, with whiskers from min
+/// to p99 and a mark at the mean. The axis ends at a robust bound ([`axis_bound`]), so one
+/// model's slow tail cannot squeeze the others' bars; a whisker beyond it is cut at the
+/// bound and marked with an arrow and its p99.
 pub fn latency(models: &[ModelResult]) -> String {
     let timed: Vec<(&str, &Latency)> = models
         .iter()
-        .filter_map(|m| m.latency.as_ref().map(|l| (m.name.as_str(), l)))
+        .filter_map(|m| m.latency.as_ref().map(|l| (m.label.as_str(), l)))
         .collect();
     if timed.is_empty() {
         return empty("no model was timed");
@@ -148,17 +151,46 @@ pub fn latency(models: &[ModelResult]) -> String {
     latency_bars(&timed)
 }
 
+/// A whisker longer than this many medians is cut.
+const CLIP_MEDIANS: f64 = 3.0;
+
+/// Where the latency axis ends: the longest whisker, each cut at [`CLIP_MEDIANS`] times its
+/// own median (and never before the longest bar).
+pub fn axis_bound(timed: &[(&str, &Latency)]) -> f64 {
+    timed
+        .iter()
+        .map(|(_, l)| l.p99_ms.min(CLIP_MEDIANS * l.median_ms).max(l.median_ms))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+}
+
+/// A tick or figure in milliseconds without trailing zeros: "5 ms", "2.5 ms", "0.25 ms".
+pub fn ms_label(v: f64) -> String {
+    let digits = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else if v.abs() >= 1.0 {
+        2
+    } else {
+        3
+    };
+    let text = format!("{v:.digits$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{text} ms")
+}
+
 fn latency_bars(timed: &[(&str, &Latency)]) -> String {
     let n = timed.len();
     let names: Vec<String> = timed.iter().map(|(name, _)| name.to_string()).collect();
     let left = (widest(&names) + 16).clamp(60, 400);
-    let max = timed
-        .iter()
-        .map(|(_, l)| l.p99_ms)
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    // Room on the right of the longest whisker for the median's figure.
-    let x_range: Range<f64> = 0.0..max * 1.18;
+    let bound = axis_bound(timed);
+    // Room on the right of the bound for the figures.
+    let x_range: Range<f64> = 0.0..bound * 1.3;
     render(left + 620, 110 + 36 * n as u32, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
@@ -172,33 +204,146 @@ fn latency_bars(timed: &[(&str, &Latency)]) -> String {
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .x_desc("latency (ms)")
+            .x_desc("latency per run")
             .x_labels(6)
-            .x_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| ms_label(*v))
             .y_label_formatter(&|v| slot_name(&names, *v))
             .label_style((FONT, LABEL))
             .axis_desc_style((FONT, LABEL + 1))
             .draw()?;
-        let figure = label(HPos::Left, &BLACK);
         for (i, (_, l)) in timed.iter().enumerate() {
-            let (y, mid) = (i as f64, i as f64 + 0.5);
+            draw_bar(&mut chart, i as f64, l, bound)?;
+        }
+        Ok(())
+    })
+}
+
+type Bars<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Slots>>;
+
+/// One model's bar at slot `y`; a whisker beyond `bound` is cut there with an arrow.
+fn draw_bar(chart: &mut Bars, y: f64, l: &Latency, bound: f64) -> Drawn {
+    let mid = y + 0.5;
+    let clipped = l.p99_ms > bound;
+    let end = l.p99_ms.min(bound);
+    chart.draw_series([Rectangle::new(
+        [(0.0, y + 0.2), (l.median_ms.min(bound), y + 0.8)],
+        BAR.filled(),
+    )])?;
+    chart.draw_series([
+        PathElement::new([(l.min_ms, mid), (end, mid)], BLACK),
+        PathElement::new([(l.min_ms, y + 0.4), (l.min_ms, y + 0.6)], BLACK),
+        PathElement::new(
+            [
+                (l.mean_ms.min(bound), y + 0.12),
+                (l.mean_ms.min(bound), y + 0.88),
+            ],
+            MEAN.stroke_width(2),
+        ),
+    ])?;
+    let figure = if clipped {
+        chart.draw_series([Polygon::new(
+            [(end, y + 0.3), (end + bound * 0.025, mid), (end, y + 0.7)],
+            BLACK.filled(),
+        )])?;
+        format!(
+            "{} (p99 {}, cut)",
+            ms_label(l.median_ms),
+            ms_label(l.p99_ms)
+        )
+    } else {
+        chart.draw_series([PathElement::new([(end, y + 0.4), (end, y + 0.6)], BLACK)])?;
+        ms_label(l.median_ms)
+    };
+    chart.draw_series([Text::new(
+        figure,
+        (end + bound * 0.035, mid),
+        label(HPos::Left, &BLACK),
+    )])?;
+    Ok(())
+}
+
+/// SVGs one below the other in one SVG (one alone is returned as it is).
+pub fn stack(svgs: &[String]) -> String {
+    if let [one] = svgs {
+        return one.clone();
+    }
+    let attribute = |svg: &str, name: &str| -> u32 {
+        let head = &svg[..svg.find('>').unwrap_or(svg.len())];
+        head.split(&format!(" {name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let width = svgs
+        .iter()
+        .map(|s| attribute(s, "width"))
+        .max()
+        .unwrap_or(0);
+    let height: u32 = svgs.iter().map(|s| attribute(s, "height")).sum();
+    let mut out = format!(
+        "<svg width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" xmlns=\"http://www.w3.org/2000/svg\">\n"
+    );
+    let mut y = 0;
+    for svg in svgs {
+        out.push_str(&svg.replacen("<svg ", &format!("<svg x=\"0\" y=\"{y}\" "), 1));
+        out.push('\n');
+        y += attribute(svg, "height");
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The histogram of |model - reference| of one output: a bar per decade bin (bins from
+/// [`ErrorHistogram`], exact zeros first), the count beside each bar.
+pub fn errors(model: &str, output: &str, h: &ErrorHistogram) -> String {
+    let mut names = vec!["= 0".to_string(), format!("< {:e}", h.edges[1])];
+    names.extend(
+        h.edges[1..]
+            .windows(2)
+            .map(|w| format!("{:e} .. {:e}", w[0], w[1])),
+    );
+    names.push(format!("≥ {:e}", h.edges[h.edges.len() - 1]));
+    let mut counts = vec![h.zero];
+    counts.extend(&h.counts);
+    let n = counts.len();
+    let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let left = (widest(&names) + 16).clamp(60, 400);
+    let title = format!("|{model} - reference| of `{output}`: values per bin");
+    render(left + 520, 100 + 26 * n as u32, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&title, title_font())
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(left)
+            .build_cartesian_2d(0.0..max * 1.2, slots(n, 1, true))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc("values")
+            .x_labels(5)
+            // Counts are whole: no label on a fractional tick.
+            .x_label_formatter(&|v| {
+                if v.fract() == 0.0 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|v| slot_name(&names, *v))
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, LABEL + 1))
+            .draw()?;
+        for (i, &count) in counts.iter().enumerate() {
+            let y = i as f64;
             chart.draw_series([Rectangle::new(
-                [(0.0, y + 0.2), (l.median_ms, y + 0.8)],
+                [(0.0, y + 0.15), (count as f64, y + 0.85)],
                 BAR.filled(),
             )])?;
-            chart.draw_series([
-                PathElement::new([(l.min_ms, mid), (l.p99_ms, mid)], BLACK),
-                PathElement::new([(l.min_ms, y + 0.4), (l.min_ms, y + 0.6)], BLACK),
-                PathElement::new([(l.p99_ms, y + 0.4), (l.p99_ms, y + 0.6)], BLACK),
-                PathElement::new(
-                    [(l.mean_ms, y + 0.12), (l.mean_ms, y + 0.88)],
-                    MEAN.stroke_width(2),
-                ),
-            ])?;
             chart.draw_series([Text::new(
-                format!("{:.3}", l.median_ms),
-                (l.p99_ms + max * 0.015, mid),
-                figure.clone(),
+                count.to_string(),
+                (count as f64 + max * 0.01, y + 0.5),
+                label(HPos::Left, &BLACK),
             )])?;
         }
         Ok(())
@@ -329,12 +474,72 @@ mod tests {
     fn latency_svg_names_each_model() {
         let fast = metrics::latency(&[0.001, 0.002, 0.003], 3, 1);
         let slow = metrics::latency(&[0.010, 0.012, 0.020], 3, 1);
-        let svg = latency_bars(&[("fast.onnx", &fast), ("slow.onnx", &slow)]);
+        let svg = latency_bars(&[("fast", &fast), ("slow", &slow)]);
         well_formed(&svg);
-        for text in ["fast.onnx", "slow.onnx", "latency (ms)", "Latency per run"] {
+        for text in ["fast", "slow", "latency per run", "Latency per run", " ms"] {
             assert!(svg.contains(text), "{text}: {svg}");
         }
-        assert!(svg.contains(&format!("{:.3}", slow.median_ms)), "{svg}");
+        assert!(svg.contains(&ms_label(slow.median_ms)), "{svg}");
+        assert!(!svg.contains(".000"), "{svg}");
+    }
+
+    #[test]
+    fn one_slow_tail_does_not_set_the_axis() {
+        // Median 1 ms, p99 far out at about 98 ms: cut at 3 medians, and said so.
+        let mut times = vec![0.001; 99];
+        times.push(10.0);
+        let tail = metrics::latency(&times, 100, 1);
+        let other = metrics::latency(&[0.002; 10], 10, 1);
+        let bound = axis_bound(&[("tail", &tail), ("other", &other)]);
+        assert!((bound - 3.0 * tail.median_ms).abs() < 1e-9, "{bound}");
+        let svg = latency_bars(&[("tail", &tail), ("other", &other)]);
+        well_formed(&svg);
+        assert!(
+            svg.contains("<polygon"),
+            "no arrow for the cut whisker: {svg}"
+        );
+        assert!(svg.contains("cut)"), "{svg}");
+    }
+
+    #[test]
+    fn ticks_without_trailing_zeros() {
+        assert_eq!(ms_label(5.0), "5 ms");
+        assert_eq!(ms_label(2.5), "2.5 ms");
+        assert_eq!(ms_label(0.25), "0.25 ms");
+        assert_eq!(ms_label(120.0), "120 ms");
+        assert_eq!(ms_label(0.0), "0 ms");
+    }
+
+    #[test]
+    fn stacked_svgs_keep_every_part() {
+        let a = confusion("a", &[vec![1, 0], vec![0, 1]], &[]);
+        let b = confusion("b", &[vec![2, 0], vec![0, 2]], &[]);
+        let both = stack(&[a.clone(), b]);
+        well_formed(&both);
+        assert_eq!(both.matches("<svg").count(), 3);
+        assert!(both.contains("Confusion matrix: a") && both.contains("Confusion matrix: b"));
+        assert_eq!(stack(std::slice::from_ref(&a)), a);
+    }
+
+    #[test]
+    fn error_histogram_svg_has_every_bin_and_count() {
+        let h = metrics::error_histogram(&[1.0, 1.5, 3.0, 7.0], &[1.0, 1.0, 1.0, 1.0]);
+        let svg = errors("int8", "logits", &h);
+        well_formed(&svg);
+        assert!(svg.contains("|int8 - reference| of `logits`"), "{svg}");
+        for text in ["= 0", "&lt; 1e-8", "1e-1 .. 1e0", "≥ 1e0"] {
+            assert!(
+                svg.contains(&format!(">\n{text}\n</text>")),
+                "{text}: {svg}"
+            );
+        }
+        // One exact zero, 0.5 in [0.1, 1), 2 and 6 in [1, inf).
+        for count in ["1", "2"] {
+            assert!(
+                svg.contains(&format!(">\n{count}\n</text>")),
+                "{count}: {svg}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::metrics::{self, Tolerance, default_tolerance};
+use super::segmentation::{DiceOptions, Reduction};
 use crate::spec::parse_api::Parser;
 use crate::spec::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
 
@@ -59,6 +60,27 @@ pub struct ReportKeys {
     /// Where the files go (default "{build_dir}/<stage>").
     #[schemars(with = "Option<String>")]
     pub output: Option<Spanned<String>>,
+    /// Segmentation: how Dice (and IoU) are computed; defaults as MONAI's `DiceMetric()`:
+    /// { reduction = "mean_batch", include_background = true, ignore_empty = true }.
+    #[serde(default)]
+    pub dice: Option<DiceKeys>,
+    /// Write each model's first output to `outputs/<model>.npy` (default false).
+    #[serde(default)]
+    pub save_outputs: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiceKeys {
+    /// "mean_batch" (per sample, then the mean over samples: MONAI's DiceMetric) or
+    /// "pooled" (over all voxels of all samples at once).
+    #[schemars(with = "Option<String>")]
+    pub reduction: Option<Spanned<String>>,
+    /// Whether class 0 (background) enters Dice and IoU (default true, as MONAI).
+    pub include_background: Option<bool>,
+    /// A class absent from a sample's truth is NaN (left out of the means) when true (the
+    /// default, as MONAI); when false it is 1 if also absent from the prediction, else 0.
+    pub ignore_empty: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -93,6 +115,11 @@ pub struct Config {
     pub batch: Option<usize>,
     pub tolerances: BTreeMap<String, Tolerance>,
     pub fail_on_parity: bool,
+    pub dice: DiceOptions,
+    pub save_outputs: bool,
+    /// A short, unique name per model for charts and file names: the stage of "@stage",
+    /// else the file's stem.
+    pub labels: Vec<String>,
     pub inputs: Vec<NamedInput>,
     pub outputs: Vec<NamedOutput>,
 }
@@ -216,6 +243,40 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
             }
         },
     };
+    let labels = model_labels(&models);
+    let save_outputs = keys.save_outputs.unwrap_or(false);
+    let outputs = declare_outputs(parser, &keys, value, task, save_outputs.then_some(&labels))?;
+    let dice = parse_dice(parser, keys.dice.as_ref())?;
+    Ok(Config {
+        models,
+        has_data,
+        has_labels: keys.labels.is_some(),
+        has_reference: keys.reference.is_some(),
+        task,
+        warmup: keys.warmup.unwrap_or(10) as usize,
+        iterations: keys.iterations.unwrap_or(100).max(1) as usize,
+        min_duration,
+        threads: keys.threads.unwrap_or(0) as usize,
+        batch: keys.batch.map(|b| b.max(1) as usize),
+        tolerances,
+        fail_on_parity,
+        dice,
+        save_outputs,
+        labels,
+        inputs,
+        outputs,
+    })
+}
+
+/// The files the stage writes, in `output` (default `{build_dir}/<stage>`); with `saved`,
+/// one `outputs/<label>.npy` per model.
+fn declare_outputs(
+    parser: &Parser,
+    keys: &ReportKeys,
+    value: &Spanned<DeValue>,
+    task: Task,
+    saved: Option<&Vec<String>>,
+) -> Result<Vec<NamedOutput>, SpanError> {
     let dir = match &keys.output {
         Some(output) => output.get_ref().clone(),
         None => parser
@@ -239,31 +300,90 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
         parser.output("summary", &file("summary.json"))?,
         parser.output("report", &file("report.md"))?,
         parser.output("latency_chart", &file("latency.svg"))?,
+        parser.output("error_chart", &file("errors.svg"))?,
     ];
     if task == Task::Classification {
         outputs.push(parser.output("predictions", &file("predictions.csv"))?);
+        outputs.push(parser.output("disagreements", &file("disagreements.csv"))?);
         if keys.labels.is_some() {
             outputs
                 .push(parser.output("classification_report", &file("classification_report.csv"))?);
             outputs.push(parser.output("confusion_matrix", &file("confusion_matrix.svg"))?);
         }
     }
-    Ok(Config {
-        models,
-        has_data,
-        has_labels: keys.labels.is_some(),
-        has_reference: keys.reference.is_some(),
-        task,
-        warmup: keys.warmup.unwrap_or(10) as usize,
-        iterations: keys.iterations.unwrap_or(100).max(1) as usize,
-        min_duration,
-        threads: keys.threads.unwrap_or(0) as usize,
-        batch: keys.batch.map(|b| b.max(1) as usize),
-        tolerances,
-        fail_on_parity,
-        inputs,
-        outputs,
-    })
+    if task == Task::Segmentation {
+        outputs.push(parser.output("per_sample", &file("per_sample_dice.csv"))?);
+    }
+    for (i, label) in saved.into_iter().flatten().enumerate() {
+        let path = file(&format!("outputs/{label}.npy"));
+        outputs.push(parser.output(&format!("output_model{i}"), &path)?);
+    }
+    Ok(outputs)
+}
+
+/// `dice = { ... }`, over MONAI `DiceMetric()`'s defaults.
+fn parse_dice(parser: &Parser, keys: Option<&DiceKeys>) -> Result<DiceOptions, SpanError> {
+    let mut options = DiceOptions::default();
+    let Some(keys) = keys else {
+        return Ok(options);
+    };
+    if let Some(reduction) = &keys.reduction {
+        options.reduction = match reduction.get_ref().as_str() {
+            "mean_batch" => Reduction::MeanBatch,
+            "pooled" => Reduction::Pooled,
+            other => {
+                return Err(parser
+                    .src
+                    .error(
+                        reduction.span(),
+                        format!("unknown Dice reduction `{other}`"),
+                    )
+                    .with_help(suggest::hint(other, &["mean_batch", "pooled"])));
+            }
+        };
+    }
+    options.include_background = keys
+        .include_background
+        .unwrap_or(options.include_background);
+    options.ignore_empty = keys.ignore_empty.unwrap_or(options.ignore_empty);
+    Ok(options)
+}
+
+/// Short, unique model names: "@onnx" -> "onnx", "models/a.onnx" -> "a"; a repeated name
+/// gets its position appended ("a-2").
+pub fn model_labels(models: &[(String, String)]) -> Vec<String> {
+    let short: Vec<String> = models
+        .iter()
+        .map(|(_, text)| match text.strip_prefix('@') {
+            Some(stage) => stage.to_string(),
+            None => Path::new(text)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| text.clone()),
+        })
+        .map(|name| {
+            name.chars()
+                .map(|c| {
+                    if c.is_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    short
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            if short.iter().filter(|n| *n == name).count() > 1 {
+                format!("{name}-{}", i + 1)
+            } else {
+                name.clone()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -308,7 +428,10 @@ mod tests {
                 key: Some("reference".into())
             }
         );
-        assert_eq!(keys(&c), ["summary", "report", "latency_chart"]);
+        assert_eq!(
+            keys(&c),
+            ["summary", "report", "latency_chart", "error_chart"]
+        );
         assert_eq!(
             c.outputs[0].path,
             std::path::PathBuf::from("build/p/rep/summary.json")
@@ -321,7 +444,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             keys(&c),
-            ["summary", "report", "latency_chart", "predictions"]
+            [
+                "summary",
+                "report",
+                "latency_chart",
+                "error_chart",
+                "predictions",
+                "disagreements"
+            ]
         );
         let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nlabels = \"l.npy\"\ntask = \"classification\"\noutput = \"out\"\n").unwrap();
         assert!(keys(&c).contains(&"confusion_matrix".to_string()));
@@ -356,6 +486,59 @@ mod tests {
         assert!(error.contains("\"warn\""), "{error}");
         let error = parse_stage("models = []\n").unwrap_err();
         assert!(error.contains("`models` is empty"), "{error}");
+    }
+
+    #[test]
+    fn dice_options_default_to_monai_and_are_checked() {
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\ntask = \"segmentation\"\n")
+            .unwrap();
+        assert_eq!(c.dice, DiceOptions::default());
+        assert!(c.dice.include_background && c.dice.ignore_empty);
+        assert_eq!(c.dice.reduction, Reduction::MeanBatch);
+        assert!(keys(&c).contains(&"per_sample".to_string()));
+        let c = parse_stage(
+            "models = [\"m.onnx\"]\ndata = \"d.npy\"\ndice = { reduction = \"pooled\", include_background = false }\n",
+        )
+        .unwrap();
+        assert_eq!(c.dice.reduction, Reduction::Pooled);
+        assert!(!c.dice.include_background && c.dice.ignore_empty);
+        let error = parse_stage(
+            "models = [\"m.onnx\"]\ndata = \"d.npy\"\ndice = { reduction = \"mean_btach\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("unknown Dice reduction `mean_btach`") && error.contains("mean_batch"),
+            "{error}"
+        );
+        let error =
+            parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\ndice = { background = false }\n")
+                .unwrap_err();
+        assert!(error.contains("background"), "{error}");
+    }
+
+    #[test]
+    fn saved_outputs_are_declared_per_model_under_short_names() {
+        let c = parse_stage(
+            "models = [\"@onnx\", \"/abs/models/a.onnx\", \"b/a.onnx\"]\ndata = \"d.npy\"\nsave_outputs = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.labels, ["onnx", "a-2", "a-3"]);
+        let saved: Vec<_> = c
+            .outputs
+            .iter()
+            .filter(|o| o.key.starts_with("output_model"))
+            .map(|o| o.path.clone())
+            .collect();
+        assert_eq!(
+            saved,
+            [
+                std::path::PathBuf::from("build/p/rep/outputs/onnx.npy"),
+                "build/p/rep/outputs/a-2.npy".into(),
+                "build/p/rep/outputs/a-3.npy".into()
+            ]
+        );
+        let c = parse_stage("models = [\"@onnx\"]\n").unwrap();
+        assert!(!c.save_outputs);
     }
 
     #[test]

@@ -5,7 +5,8 @@ use ndarray::ArrayD;
 
 use super::config::Task;
 use super::metrics::{self, Tolerance};
-use super::{ModelResult, OutputParity, TaskResult};
+use super::segmentation::{self, DiceOptions, Volumes};
+use super::{Disagreement, ModelResult, OutputParity, TaskResult};
 
 /// The batch: the one asked for, else the model's fixed batch, else 1.
 pub fn batch_for(asked: Option<usize>, shape: &[i64], samples: usize) -> Result<usize, String> {
@@ -64,6 +65,7 @@ pub fn compare(
                 output: name.clone(),
                 figures,
                 failure,
+                errors: metrics::error_histogram(&a, &r),
             })
         })
         .collect()
@@ -78,87 +80,135 @@ fn layout(array: &ArrayD<f32>) -> (usize, usize, usize) {
     (n, c, s)
 }
 
+/// The task metrics of a model's first output (classification: also its disagreements
+/// with the reference; segmentation: MONAI's Dice, IoU and HD95 against the reference's
+/// argmax and the labels).
 pub fn task_metrics(
     task: Task,
     outputs: &[(String, ArrayD<f32>)],
     reference: &[(String, ArrayD<f32>)],
     labels: Option<&ArrayD<i64>>,
+    dice: DiceOptions,
     result: &mut ModelResult,
 ) -> Result<Option<TaskResult>, String> {
     let Some((_, first)) = outputs.first() else {
         return Ok(None);
     };
-    let values: Vec<f32> = first.iter().copied().collect();
     let reference_first: Option<Vec<f32>> = reference
         .first()
         .filter(|(_, r)| r.shape() == first.shape())
         .map(|(_, r)| r.iter().copied().collect());
-    let (n, c, s) = layout(first);
     match task {
         Task::None => Ok(None),
-        Task::Classification => {
-            if first.ndim() != 2 {
-                return Err(format!(
-                    "task = \"classification\" expects N x classes outputs; the first output has shape {:?}",
-                    first.shape()
-                ));
-            }
-            let predicted = metrics::argmax_rows(&values, c);
-            result.confidence = metrics::top_confidence(&values, c);
-            let agreement = reference_first
-                .map(|r| metrics::agreement(&predicted, &metrics::argmax_rows(&r, c)));
-            let classification = labels.map(|l| {
-                let l: Vec<i64> = l.iter().copied().collect();
-                metrics::classification(&predicted, &l, c)
-            });
-            result.predictions = predicted;
-            Ok(Some(TaskResult {
-                agreement_with_reference: agreement,
-                classification,
-                dice_vs_reference: None,
-                mean_dice_vs_reference: None,
-                dice_vs_labels: None,
-                mean_dice_vs_labels: None,
-            }))
-        }
-        Task::Segmentation => {
-            if first.ndim() < 3 {
-                return Err(format!(
-                    "task = \"segmentation\" expects N x classes x spatial outputs; the first output has shape {:?}",
-                    first.shape()
-                ));
-            }
-            let predicted = metrics::argmax_channels(&values, c, s);
-            let (mut dice_ref, mut agreement) = (None, None);
-            if let Some(r) = reference_first {
-                let truth = metrics::argmax_channels(&r, c, s);
-                agreement = Some(metrics::agreement(&predicted, &truth));
-                dice_ref = Some(metrics::dice(&predicted, &truth, c));
-            }
-            let dice_labels = match labels {
-                None => None,
-                Some(l) => {
-                    if l.len() != n * s {
-                        return Err(format!(
-                            "labels of shape {:?} do not match {n} volumes of {s} voxels",
-                            l.shape()
-                        ));
-                    }
-                    let truth: Vec<usize> = l
-                        .iter()
-                        .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
-                        .collect();
-                    Some(metrics::dice(&predicted, &truth, c))
-                }
-            };
-            Ok(Some(TaskResult {
-                agreement_with_reference: agreement,
-                classification: None,
-                mean_dice_vs_reference: dice_ref.as_deref().and_then(metrics::mean_defined),
-                dice_vs_reference: dice_ref,
-                mean_dice_vs_labels: dice_labels.as_deref().and_then(metrics::mean_defined),
-                dice_vs_labels: dice_labels,
-            }))
-        }
+        Task::Classification => classification(first, reference_first, labels, result).map(Some),
+        Task::Segmentation => segmentation(first, reference_first, labels, dice).map(Some),
     }
+}
+
+fn classification(
+    first: &ArrayD<f32>,
+    reference: Option<Vec<f32>>,
+    labels: Option<&ArrayD<i64>>,
+    result: &mut ModelResult,
+) -> Result<TaskResult, String> {
+    if first.ndim() != 2 {
+        return Err(format!(
+            "task = \"classification\" expects N x classes outputs; the first output has shape {:?}",
+            first.shape()
+        ));
+    }
+    let values: Vec<f32> = first.iter().copied().collect();
+    let (_, c, _) = layout(first);
+    let predicted = metrics::argmax_rows(&values, c);
+    result.confidence = metrics::top_confidence(&values, c);
+    let truth = reference.map(|r| metrics::argmax_rows(&r, c));
+    let agreement = truth.as_ref().map(|t| metrics::agreement(&predicted, t));
+    let disagreements = truth
+        .as_ref()
+        .map(|t| {
+            predicted
+                .iter()
+                .zip(t)
+                .enumerate()
+                .filter(|(_, (p, r))| p != r)
+                .map(|(index, (&predicted, &reference))| Disagreement {
+                    index,
+                    file: None,
+                    reference,
+                    predicted,
+                    confidence: result.confidence[index],
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let classification = labels.map(|l| {
+        let l: Vec<i64> = l.iter().copied().collect();
+        metrics::classification(&predicted, &l, c)
+    });
+    result.predictions = predicted;
+    Ok(TaskResult {
+        agreement_with_reference: agreement,
+        classification,
+        disagreements: truth.map(|_| disagreements),
+        segmentation_vs_reference: None,
+        segmentation_vs_labels: None,
+    })
+}
+
+fn segmentation(
+    first: &ArrayD<f32>,
+    reference: Option<Vec<f32>>,
+    labels: Option<&ArrayD<i64>>,
+    dice: DiceOptions,
+) -> Result<TaskResult, String> {
+    if first.ndim() < 3 {
+        return Err(format!(
+            "task = \"segmentation\" expects N x classes x spatial outputs; the first output has shape {:?}",
+            first.shape()
+        ));
+    }
+    let values: Vec<f32> = first.iter().copied().collect();
+    let (n, c, s) = layout(first);
+    let shape = &first.shape()[2..];
+    let predicted = metrics::argmax_channels(&values, c, s);
+    let against = |truth: &[usize]| {
+        segmentation::evaluate(
+            &Volumes {
+                predicted: &predicted,
+                truth,
+                classes: c,
+                shape,
+            },
+            dice,
+        )
+    };
+    let (mut vs_reference, mut agreement) = (None, None);
+    if let Some(r) = reference {
+        let truth = metrics::argmax_channels(&r, c, s);
+        agreement = Some(metrics::agreement(&predicted, &truth));
+        vs_reference = Some(against(&truth));
+    }
+    let vs_labels = match labels {
+        None => None,
+        Some(l) => {
+            if l.len() != n * s {
+                return Err(format!(
+                    "labels of shape {:?} do not match {n} volumes of {s} voxels",
+                    l.shape()
+                ));
+            }
+            let truth: Vec<usize> = l
+                .iter()
+                .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
+                .collect();
+            Some(against(&truth))
+        }
+    };
+    Ok(TaskResult {
+        agreement_with_reference: agreement,
+        classification: None,
+        disagreements: None,
+        segmentation_vs_reference: vs_reference,
+        segmentation_vs_labels: vs_labels,
+    })
 }

@@ -144,6 +144,41 @@ pub fn parity(actual: &[f32], reference: &[f32]) -> Parity {
     }
 }
 
+/// How |model - reference| is spread, by decade: `zero` values are exactly 0; `counts[k]`
+/// lie in `[edges[k], edges[k + 1])` (the first bin excludes 0; the last,
+/// `[edges[last], inf)`, is unbounded). Non-finite values are left out.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorHistogram {
+    pub zero: u64,
+    pub edges: Vec<f64>,
+    pub counts: Vec<u64>,
+}
+
+/// The histogram's edges: 0, then each decade from 1e-8 to 1.
+pub const ERROR_EDGES: [f64; 10] = [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
+/// |a - r| (in f64) of each pair, counted into [`ERROR_EDGES`]' bins.
+pub fn error_histogram(actual: &[f32], reference: &[f32]) -> ErrorHistogram {
+    let mut histogram = ErrorHistogram {
+        zero: 0,
+        edges: ERROR_EDGES.to_vec(),
+        counts: vec![0; ERROR_EDGES.len()],
+    };
+    for (&a, &r) in actual.iter().zip(reference) {
+        let diff = (f64::from(a) - f64::from(r)).abs();
+        if !diff.is_finite() {
+            continue;
+        }
+        if diff == 0.0 {
+            histogram.zero += 1;
+            continue;
+        }
+        let bin = ERROR_EDGES.partition_point(|&edge| edge <= diff) - 1;
+        histogram.counts[bin] += 1;
+    }
+    histogram
+}
+
 /// Tolerances of a parity verdict: pass when max |a - r| <= atol + rtol x max|r|, the
 /// cosine similarity is at least `cosine`, and every value is finite.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -252,36 +287,6 @@ pub fn argmax_channels(values: &[f32], channels: usize, spatial: usize) -> Vec<u
         }
     }
     labels
-}
-
-/// Per-class Dice of two label maps; `None` for a class absent from both.
-pub fn dice(predicted: &[usize], truth: &[usize], classes: usize) -> Vec<Option<f64>> {
-    let mut intersection = vec![0u64; classes];
-    let mut in_predicted = vec![0u64; classes];
-    let mut in_truth = vec![0u64; classes];
-    for (&p, &t) in predicted.iter().zip(truth) {
-        if p < classes {
-            in_predicted[p] += 1;
-        }
-        if t < classes {
-            in_truth[t] += 1;
-        }
-        if p == t && p < classes {
-            intersection[p] += 1;
-        }
-    }
-    (0..classes)
-        .map(|c| {
-            let denominator = in_predicted[c] + in_truth[c];
-            (denominator > 0).then(|| 2.0 * intersection[c] as f64 / denominator as f64)
-        })
-        .collect()
-}
-
-/// Mean of the defined values.
-pub fn mean_defined(values: &[Option<f64>]) -> Option<f64> {
-    let defined: Vec<f64> = values.iter().flatten().copied().collect();
-    (!defined.is_empty()).then(|| defined.iter().sum::<f64>() / defined.len() as f64)
 }
 
 /// Share of equal positions.
@@ -413,6 +418,20 @@ mod tests {
     }
 
     #[test]
+    fn error_histogram_by_decade() {
+        let h = error_histogram(
+            &[1.0, 1.5, 1.0, 3.0, f32::NAN, 1.0],
+            &[1.0, 1.0, 1.0 + 1e-6, 1.0, 0.0, 1.0 + 1e-3],
+        );
+        assert_eq!(h.zero, 1);
+        assert_eq!(h.counts.iter().sum::<u64>(), 4);
+        assert_eq!(h.counts[5] + h.counts[6], 1, "about 1e-3: {h:?}");
+        assert_eq!(h.counts[8], 1, "0.5 in [0.1, 1): {h:?}");
+        assert_eq!(h.counts[9], 1, "2 in [1, inf): {h:?}");
+        assert_eq!(h.counts[3] + h.counts[2], 1, "about 1e-6: {h:?}");
+    }
+
+    #[test]
     fn nan_and_inf_always_fail() {
         let p = parity(&[f32::NAN, 1.0, f32::INFINITY], &[0.0, 1.0, 0.0]);
         assert_eq!(p.non_finite, 2);
@@ -468,20 +487,5 @@ mod tests {
             argmax_channels(&[0.0, 5.0, 0.0, 1.0, 1.0, 2.0], 2, 3),
             vec![1, 0, 1]
         );
-    }
-
-    #[test]
-    fn dice_on_synthetic_volumes() {
-        // A 2x2x2 volume: truth has class 1 in 4 voxels, prediction in 2 of them plus 1
-        // wrong voxel: dice(1) = 2 x 2 / (3 + 4) = 4/7; class 0: truth 4, pred 5, both 3
-        // -> 6/9.
-        let truth = [1, 1, 1, 1, 0, 0, 0, 0];
-        let predicted = [1, 1, 0, 0, 1, 0, 0, 0];
-        let d = dice(&predicted, &truth, 3);
-        assert!((d[1].unwrap() - 4.0 / 7.0).abs() < 1e-12);
-        assert!((d[0].unwrap() - 6.0 / 9.0).abs() < 1e-12);
-        assert_eq!(d[2], None);
-        assert!((mean_defined(&d).unwrap() - (4.0 / 7.0 + 6.0 / 9.0) / 2.0).abs() < 1e-12);
-        assert_eq!(dice(&truth, &truth, 2), vec![Some(1.0), Some(1.0)]);
     }
 }

@@ -11,7 +11,9 @@ mod environment;
 mod evaluate;
 pub mod metrics;
 mod outputs;
+mod provenance;
 mod runner;
+pub mod segmentation;
 mod tensorrt;
 
 use std::path::{Path, PathBuf};
@@ -45,13 +47,15 @@ pub static INFO: KindInfo = KindInfo {
         "tolerances",
         "on_parity_failure",
         "output",
+        "dice",
+        "save_outputs",
     ],
     parse,
     schema: |generator| generator.subschema_for::<config::ReportKeys>(),
 };
 
 /// The version of `summary.json`'s layout.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What the timed figures include.
 pub const TIMING_NOTE: &str = "pure inference: session.run on preloaded input tensors (no file reading, preprocessing or copies into the input); outputs are dropped unread";
@@ -73,6 +77,8 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
 #[derive(Debug, Serialize)]
 pub struct ModelResult {
     pub name: String,
+    /// The short name in charts and file names: the stage, else the file's stem.
+    pub label: String,
     pub path: String,
     /// "ok" or "unavailable"
     pub status: String,
@@ -98,6 +104,9 @@ pub struct ModelResult {
     pub predictions: Vec<usize>,
     #[serde(skip)]
     pub confidence: Vec<f64>,
+    /// The first output, kept for `save_outputs`.
+    #[serde(skip)]
+    pub first_output: Option<ArrayD<f32>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +115,8 @@ pub struct OutputParity {
     #[serde(flatten)]
     pub figures: Parity,
     pub failure: Option<String>,
+    /// |model - reference| by decade.
+    pub errors: metrics::ErrorHistogram,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,11 +125,24 @@ pub struct TaskResult {
     /// reference's.
     pub agreement_with_reference: Option<f64>,
     pub classification: Option<Classification>,
-    /// Per-class Dice against the reference's argmax (null: class absent from both).
-    pub dice_vs_reference: Option<Vec<Option<f64>>>,
-    pub mean_dice_vs_reference: Option<f64>,
-    pub dice_vs_labels: Option<Vec<Option<f64>>>,
-    pub mean_dice_vs_labels: Option<f64>,
+    /// Classification: the samples whose argmax differs from the reference's.
+    pub disagreements: Option<Vec<Disagreement>>,
+    /// Segmentation against the reference's argmax.
+    pub segmentation_vs_reference: Option<segmentation::Segmentation>,
+    /// Segmentation against the labels.
+    pub segmentation_vs_labels: Option<segmentation::Segmentation>,
+}
+
+/// A sample on which a model's top class differs from the reference's.
+#[derive(Debug, Serialize)]
+pub struct Disagreement {
+    pub index: usize,
+    /// The sample's file, from the dataset's manifest.
+    pub file: Option<String>,
+    pub reference: usize,
+    pub predicted: usize,
+    /// The softmax probability of the model's top class.
+    pub confidence: f64,
 }
 
 impl StageKind for Report {
@@ -277,6 +301,8 @@ pub struct ReferenceInfo {
 pub struct Summary {
     pub schema_version: u32,
     pub stage: String,
+    /// Pipeline, date and commit, for the title.
+    pub provenance: provenance::Provenance,
     pub task: Task,
     pub data: DataInfo,
     pub reference: ReferenceInfo,
@@ -346,6 +372,9 @@ pub struct TimingInfo {
     pub min_duration_s: f64,
     pub threads: String,
     pub provider: &'static str,
+    /// ONNX Runtime's graph optimization level of every session (`ORT_ENABLE_ALL`, as
+    /// Python's `onnxruntime.InferenceSession` by default).
+    pub graph_optimization: &'static str,
 }
 
 fn rel(context: &InvocationContext, path: &Path) -> PathBuf {
@@ -486,10 +515,11 @@ impl Report {
         };
 
         let mut models = Vec::new();
-        for (key, text) in &c.models {
+        for (index, (key, text)) in c.models.iter().enumerate() {
             let path = input(key).ok_or_else(|| format!("model input `{key}` is missing"))?;
             let mut result = ModelResult {
                 name: text.clone(),
+                label: c.labels[index].clone(),
                 path: c_display(context, &path),
                 status: "ok".into(),
                 note: None,
@@ -507,12 +537,13 @@ impl Report {
                 task: None,
                 predictions: Vec::new(),
                 confidence: Vec::new(),
+                first_output: None,
             };
             let measured = if is_engine(&path) {
                 if result.precision == "fp32" && !path.with_extension("manifest.json").is_file() {
                     result.precision = "unknown".into();
                 }
-                if let Some(why) = tensorrt::why_not(context, facts.gpus.len()) {
+                if let Some(why) = tensorrt::why_not(context, facts.gpus.len(), path.is_file()) {
                     result.status = "unavailable".into();
                     result.note = Some(why);
                     models.push(result);
@@ -607,20 +638,27 @@ impl Report {
                 &named,
                 &reference.outputs,
                 labels.as_ref(),
+                c.dice,
                 &mut result,
             )?;
+            if c.save_outputs {
+                result.first_output = named.into_iter().next().map(|(_, array)| array);
+            }
             models.push(result);
         }
+        let names = dataset_names(&data_path);
+        name_files(&mut models, &names);
         let data_info = DataInfo {
             path: c_display(context, &data_path),
             samples,
             sample_shape: data.shape()[1..].to_vec(),
             labels: input("labels").map(|p| c_display(context, &p)),
-            names: dataset_names(&data_path),
+            names,
         };
         Ok(Summary {
             schema_version: SCHEMA_VERSION,
             stage: context.stage.to_string(),
+            provenance: provenance::query(context),
             task: c.task,
             data: data_info,
             reference,
@@ -636,12 +674,23 @@ impl Report {
                     c.threads.to_string()
                 },
                 provider: provider.name(),
+                graph_optimization: runner::OPTIMIZATION_NAME,
             },
             environment: facts.info(c.threads),
             models,
             warnings,
             labels,
         })
+    }
+}
+
+/// Each disagreement's file, from the dataset's manifest.
+fn name_files(models: &mut [ModelResult], names: &DatasetNames) {
+    for model in models {
+        let list = model.task.as_mut().and_then(|t| t.disagreements.as_mut());
+        for d in list.into_iter().flatten() {
+            d.file = names.files.as_ref().and_then(|f| f.get(d.index).cloned());
+        }
     }
 }
 

@@ -13,6 +13,13 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, ValueType};
 
+/// The graph optimization level every session gets: ONNX Runtime's `ORT_ENABLE_ALL`, the
+/// default of Python's `onnxruntime.InferenceSession`. (`ort` rc.15's `Level3` is
+/// `ORT_ENABLE_LAYOUT`, one level short of it.)
+pub const OPTIMIZATION: GraphOptimizationLevel = GraphOptimizationLevel::All;
+/// [`OPTIMIZATION`] as the report states it.
+pub const OPTIMIZATION_NAME: &str = "ORT_ENABLE_ALL";
+
 /// The process's ONNX Runtime (a library can be loaded once per process).
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
 
@@ -136,7 +143,7 @@ pub fn load(
     let fail = |e: ort::Error| format!("cannot load {}: {e}", path.display());
     let mut builder = Session::builder(environment)
         .map_err(fail)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(OPTIMIZATION)
         .map_err(|e| fail(e.into()))?;
     if threads > 0 {
         builder = builder

@@ -43,23 +43,28 @@ pub struct Runs {
     pub min_duration: Duration,
 }
 
-/// Why an engine cannot run in this stage, if it cannot: no GPU held, or no TensorRT.
-pub fn why_not(context: &InvocationContext, machine_gpus: usize) -> Option<String> {
+/// Why an engine cannot run in this stage, if it cannot: every missing piece (no GPU held,
+/// no TensorRT, the engine not built because its stage is unavailable here).
+pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) -> Option<String> {
+    let mut missing = Vec::new();
     if context.gpu.is_none() {
-        return Some(if machine_gpus == 0 {
-            "unavailable on this machine: no GPU".into()
+        missing.push(if machine_gpus == 0 {
+            "no GPU".to_string()
         } else {
-            "not run: the report stage holds no GPU (set device = \"cuda\" on it)".into()
+            "the report stage holds no GPU (set device = \"cuda\" on it)".to_string()
         });
     }
     let probe = tensorrt::probe(context.python);
     if probe.tensorrt.is_none() {
-        return Some(format!(
-            "unavailable on this machine: TensorRT is not installed ({})",
+        missing.push(format!(
+            "TensorRT is not installed ({})",
             probe.error.as_deref().unwrap_or("cannot import tensorrt")
         ));
     }
-    None
+    if !built {
+        missing.push("the engine file was not built (its stage is unavailable here)".into());
+    }
+    (!missing.is_empty()).then(|| format!("unavailable on this machine: {}", missing.join("; ")))
 }
 
 /// Runs the engine at `engine` on `samples` through the engine worker.
