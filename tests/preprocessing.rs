@@ -195,6 +195,18 @@ fn resize_is_bit_identical_to_torchvision_on_pil_images() {
             json!(16),
             "bicubic",
         ),
+        // The height shrinks by more than twice the width: Pillow 13 resizes vertically
+        // first.
+        resized(
+            image("vertical_first", 80, 490, "RGB", "png"),
+            json!([12, 70]),
+            "bilinear",
+        ),
+        resized(
+            image("vertical_first_bicubic", 81, 301, "RGB", "png"),
+            json!([7, 60]),
+            "bicubic",
+        ),
         // An unchanged size is a copy in both.
         resized(
             image("same", 20, 10, "RGB", "png"),
@@ -202,6 +214,39 @@ fn resize_is_bit_identical_to_torchvision_on_pil_images() {
             "bicubic",
         ),
     ];
+    assert_identical(&run_cases(&cases));
+}
+
+#[test]
+fn resize_matches_torchvision_on_a_seeded_sweep_of_sizes() {
+    // A fixed linear congruential sequence: sizes from 1 to 300, targets from 1 to 2x.
+    let mut state: u64 = 0x5eed;
+    let mut next = |bound: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let modes = [
+        ("RGB", "png"),
+        ("L", "png"),
+        ("RGBA", "png"),
+        ("P", "png"),
+        ("RGB", "bmp"),
+    ];
+    let cases: Vec<Value> = (0..40)
+        .map(|i| {
+            let (w, h) = (1 + next(300) as u32, 1 + next(300) as u32);
+            let (mode, ext) = modes[i % modes.len()];
+            let size = if i % 2 == 0 {
+                json!(1 + next(2 * u64::from(w.min(h))))
+            } else {
+                json!([1 + next(2 * u64::from(h)), 1 + next(2 * u64::from(w))])
+            };
+            let filter = if i % 3 == 0 { "bicubic" } else { "bilinear" };
+            resized(image(&format!("sweep{i}"), w, h, mode, ext), size, filter)
+        })
+        .collect();
     assert_identical(&run_cases(&cases));
 }
 

@@ -1,6 +1,8 @@
 //! The `pil` backend of `resize`: Pillow's `Image.resize` (what torchvision's `Resize`
-//! runs on a PIL image) on 8-bit planes, bit for bit. Pillow resamples separably,
-//! horizontal pass first, each pass rounding to 8 bits; its weights are computed in f64
+//! runs on a PIL image) on 8-bit planes, bit for bit, as Pillow 13 (the toolchain's)
+//! computes it. Pillow resamples separably, each pass rounding to 8 bits, horizontal pass
+//! first unless the height shrinks by more than twice as many pixels as the width (then
+//! vertical first; Pillow 12 and older always go horizontal first); its weights are computed in f64
 //! (support widened by the downscale factor, so shrinking is antialiased), normalized,
 //! then turned into fixed point with 22 fractional bits, and each output is the rounded,
 //! clamped sum of `pixel * weight`. This module follows that arithmetic step by step.
@@ -123,19 +125,41 @@ pub(super) fn resize(
     }
     let horizontal_pass = (out_w != w).then(|| coefficients(w, out_w, filter));
     let vertical_pass = (out_h != h).then(|| coefficients(h, out_h, filter));
+    let vertical_first = vertical_first([h, w], [out_h, out_w]);
     let mut out = Vec::with_capacity(shape.iter().product());
     for plane in bytes.chunks_exact(h * w) {
-        let across = match &horizontal_pass {
-            Some(c) => horizontal(plane, w, c),
-            None => plane.to_vec(),
+        let mut plane = plane.to_vec();
+        let mut width = w;
+        let across = |plane: Vec<u8>, width: &mut usize| match &horizontal_pass {
+            Some(c) => {
+                let out = horizontal(&plane, *width, c);
+                *width = out_w;
+                out
+            }
+            None => plane,
         };
-        let down = match &vertical_pass {
-            Some(c) => vertical(&across, out_w, c),
-            None => across,
+        let down = |plane: Vec<u8>, width: usize| match &vertical_pass {
+            Some(c) => vertical(&plane, width, c),
+            None => plane,
         };
-        out.extend(down.into_iter().map(f32::from));
+        if vertical_first {
+            plane = down(plane, width);
+            plane = across(plane, &mut width);
+        } else {
+            plane = across(plane, &mut width);
+            plane = down(plane, width);
+        }
+        out.extend(plane.into_iter().map(f32::from));
     }
     ArrayD::from_shape_vec(shape, out).map_err(|e| e.to_string())
+}
+
+/// Pillow 13's choice of pass order: vertical first when the height loses more than
+/// twice as many pixels as the width (in whole pixels, as its C code compares them).
+fn vertical_first([h, w]: [usize; 2], [out_h, out_w]: [usize; 2]) -> bool {
+    let shrink_h = h as i64 - out_h as i64;
+    let shrink_w = w as i64 - out_w as i64;
+    shrink_h > 0 && shrink_h > shrink_w * 2
 }
 
 /// The sample's values as bytes, or an error naming the first value that is not one.
@@ -170,6 +194,26 @@ mod tests {
             .collect();
         assert_eq!(&c.weights[..3], expected.as_slice());
         assert_eq!(fixed_point(-0.1), (-0.1f64 * 4_194_304.0 - 0.5) as i32);
+    }
+
+    #[test]
+    fn the_pass_order_follows_pillow_13() {
+        // 49 -> 2 rows loses 47, 80 -> 59 columns 21: vertical first.
+        assert!(vertical_first([49, 80], [2, 59]));
+        // 44 -> 2 loses 42, but 110 -> 74 loses 36 (x 2 = 72): horizontal first.
+        assert!(!vertical_first([44, 110], [2, 74]));
+        assert!(!vertical_first([18, 4], [91, 121]));
+        // The order matters: rounding to 8 bits between the passes differs.
+        let plane: Vec<f32> = (0..49 * 80)
+            .map(|i| ((i * 37 + i / 80 * 11) % 256) as f32)
+            .collect();
+        let sample = ArrayD::from_shape_vec(vec![1, 49, 80], plane).unwrap();
+        let ours = resize(&sample, 2, 59, Filter::Bilinear).unwrap();
+        let bytes = to_u8(&sample).unwrap();
+        let across = horizontal(&bytes, 80, &coefficients(80, 59, Filter::Bilinear));
+        let other = vertical(&across, 59, &coefficients(49, 2, Filter::Bilinear));
+        let other: Vec<f32> = other.into_iter().map(f32::from).collect();
+        assert_ne!(ours.as_slice().unwrap(), other.as_slice());
     }
 
     #[test]
