@@ -279,5 +279,21 @@ fn jpeg_decodes_as_pillow_does() {
         jpeg("grey", 45, 29, "L", 0, false),
         jpeg("grey_large", 160, 120, "L", 0, true),
     ];
+    // And a seeded sweep: sizes 1..400, each subsampling, grey every fourth.
+    let mut state: u64 = 0x1dc7;
+    let mut next = |bound: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let sweep = (0..16).map(|i| {
+        let (w, h) = (1 + next(400) as u32, 1 + next(400) as u32);
+        let mode = if i % 4 == 3 { "L" } else { "RGB" };
+        let mut case = jpeg(&format!("sweep{i}"), w, h, mode, (i % 3) as u32, i % 5 == 0);
+        case["quality"] = json!(40 + next(61));
+        case
+    });
+    let cases: Vec<Value> = cases.into_iter().chain(sweep).collect();
     assert_identical(&run_cases(&cases));
 }
