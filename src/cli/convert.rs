@@ -325,6 +325,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_calibration_transform_is_given_inline_in_a_file_or_defaulted() {
+        let no_crop = || -> miette::Result<[u64; 2]> { panic!("the crop is not needed") };
+        let inline = "[{ resize = 20 }, { center_crop = 16 }]";
+        let (steps, line) = calibration_transform(Some(inline), no_crop).unwrap();
+        assert_eq!(steps.as_array().unwrap().len(), 2);
+        assert_eq!(line, format!("transform = {inline} (from --transform)"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("val.toml");
+        std::fs::write(&file, format!("transform = {inline}\n")).unwrap();
+        let shown = file.to_string_lossy().into_owned();
+        let (from_file, line) = calibration_transform(Some(&shown), no_crop).unwrap();
+        assert_eq!(from_file, steps);
+        assert!(line.ends_with(&format!("(from {shown})")), "{line}");
+        std::fs::write(&file, "transform = []\nsamples = 3\n").unwrap();
+        assert!(calibration_transform(Some(&shown), no_crop).is_err());
+        assert!(calibration_transform(Some("{ resize"), no_crop).is_err());
+        let (default, line) = calibration_transform(None, || Ok([16, 16])).unwrap();
+        assert_eq!(
+            default.to_string(),
+            "[{ resize = 18 }, { center_crop = 16 }, { normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] } }]"
+        );
+        assert!(line.contains("the default"), "{line}");
+    }
+
+    #[test]
     fn engine_names_follow_pochitrain() {
         let model = Path::new("models/resnet18.onnx");
         assert_eq!(
