@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::npy::NpyWriter;
 use super::source::{FileKind, Listing};
-use super::transform::{Backend, Resize, Transform};
+use super::transform::{Backend, Resize, ResizeTo, Transform};
 use super::{Dataset, FORMAT, Origin, random};
 use crate::kinds::InvocationContext;
 
@@ -163,7 +163,12 @@ fn effective_steps(transforms: &[Transform], images: bool) -> Result<Vec<Transfo
         let mut step = step.clone();
         if let Transform::Resize(resize) = &mut step {
             match resize.backend {
-                None if eight_bit => resize.backend = Some(Backend::Pil),
+                // Pillow resizes 2-D images; a [d, h, w] size takes the float resize.
+                None if eight_bit
+                    && !matches!(&resize.size, ResizeTo::Exact(s) if s.len() != 2) =>
+                {
+                    resize.backend = Some(Backend::Pil)
+                }
                 None => resize.backend = Some(Backend::Tensor),
                 Some(Backend::Pil) if !eight_bit => {
                     return Err(format!(
@@ -293,7 +298,6 @@ fn manifest(
 
 #[cfg(test)]
 mod tests {
-    use super::super::transform::ResizeTo;
     use super::*;
 
     fn dataset(samples: Option<usize>, shuffle: bool) -> Dataset {
@@ -367,6 +371,14 @@ mod tests {
                 normalize,
                 resize(Some(Backend::Tensor))
             ]
+        );
+        let volume = Transform::Resize(Resize::to(ResizeTo::Exact(vec![3, 4, 4])));
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&volume), true).unwrap()[1],
+            Transform::Resize(Resize {
+                backend: Some(Backend::Tensor),
+                ..Resize::to(ResizeTo::Exact(vec![3, 4, 4]))
+            })
         );
         let placed = vec![crop.clone(), Transform::ToFloat(false)];
         assert_eq!(effective_steps(&placed, true).unwrap(), placed);
