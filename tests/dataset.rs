@@ -144,8 +144,13 @@ fn images_become_normalized_tensors_with_class_labels() {
         manifest["source"]["files_digest"].as_str().unwrap().len(),
         64
     );
+    // Resize and crop on the 8-bit image (Pillow's arithmetic), then ToTensor.
     assert_eq!(
         manifest["transform"][0],
+        serde_json::json!({ "resize": { "size": 4, "interpolation": "bilinear", "backend": "pil" } })
+    );
+    assert_eq!(
+        manifest["transform"][2],
         serde_json::json!({ "to_float": true })
     );
 }

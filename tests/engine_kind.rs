@@ -375,10 +375,12 @@ fn bad_engine_keys_are_spec_errors() {
 fn convert_fails_clearly_without_tensorrt() {
     let project = project("", dyn_batch());
     let run = project.run(&["convert", "model.onnx"]);
-    run.assert_error(&["TensorRT is not available on this machine", "no GPU"]);
+    run.assert_error(&[
+        "no engine was written",
+        "TensorRT is not available on this machine",
+        "no GPU",
+    ]);
     assert!(!project.exists("model.engine"));
-    let run = project.run(&["convert", "model.onnx", "--fp16"]);
-    run.assert_error(&["TensorRT is not available on this machine"]);
     let run = project.run(&["convert", "missing.onnx"]);
     run.assert_error(&["does not exist"]);
     let run = project.run(&["convert", "model.onnx", "--int8"]);
@@ -518,6 +520,154 @@ fn convert_int8_with_an_image_folder_calibrates_on_the_images() {
             .unwrap()
             .ends_with("model_int8.onnx")
     );
+}
+
+/// The path after "built and kept: " in an error message.
+fn kept_onnx(stderr: &str) -> std::path::PathBuf {
+    let start = stderr
+        .find("built and kept: ")
+        .unwrap_or_else(|| panic!("no kept ONNX named:\n{stderr}"))
+        + "built and kept: ".len();
+    let rest = &stderr[start..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    std::path::PathBuf::from(&rest[..end])
+}
+
+/// Without TensorRT (no stand-in) and without a GPU, `convert --fp16` and `--int8` still
+/// build the quantized ONNX on the CPU and keep it, then exit 1 naming it and what is
+/// missing. The int8 one calibrates on images through a `--transform` file.
+#[test]
+fn convert_without_tensorrt_keeps_the_quantized_onnx() {
+    let project = Project::new("");
+    project.write(
+        "make.py",
+        &format!(
+            "{MAKE_NET}from PIL import Image\n\
+         rng = np.random.default_rng(0)\n\
+         os.makedirs('val/a')\n\
+         for i in range(3):\n\
+         \x20   Image.fromarray(rng.integers(0, 255, (30, 22, 3), dtype=np.uint8)).save(f'val/a/{{i}}.png')\n\
+         import onnx, sys\n"
+        ),
+    );
+    project.write(
+        "count.py",
+        "import onnx, sys\nm = onnx.load(sys.argv[1])\nprint(sum(n.op_type == sys.argv[2] for n in m.graph.node), m.graph.input[0].type.tensor_type.elem_type)\n",
+    );
+    project.write(
+        "val.toml",
+        "transform = [{ resize = { size = 16, interpolation = \"bicubic\" } }, { center_crop = 16 }]\n",
+    );
+    project.python(&["make.py"]);
+    let run = project.run(&["convert", "net.onnx", "--fp16"]);
+    run.assert_error(&[
+        "no engine was written",
+        "TensorRT is not available",
+        "no GPU",
+    ]);
+    let fp16 = kept_onnx(&run.stderr);
+    assert!(
+        fp16.ends_with("model_fp16.onnx") && fp16.is_file(),
+        "{}",
+        run.stderr
+    );
+    assert!(!project.exists("net_fp16.engine"));
+    let args = ["convert", "net.onnx", "--int8", "--calib-data", "val"];
+    let run = project.run(&[&args[..], &["--transform", "val.toml"]].concat());
+    run.assert_error(&[
+        "no engine was written",
+        "TensorRT is not available",
+        "transform = [{ resize = { size = 16, interpolation = \"bicubic\" } }, { center_crop = 16 }] (from val.toml)",
+    ]);
+    let int8 = kept_onnx(&run.stderr);
+    assert!(int8.ends_with("model_int8.onnx"), "{}", run.stderr);
+    // The kept ONNX is ModelOpt's: it carries Q/DQ nodes.
+    let counted = project.python(&["count.py", int8.to_str().unwrap(), "QuantizeLinear"]);
+    let quantize_nodes: usize = counted.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        quantize_nodes > 0,
+        "no QuantizeLinear in {}",
+        int8.display()
+    );
+}
+
+/// `--transform` inline replaces the default calibration transform; the dataset stage
+/// runs it as given (with its implicit to_float) and the output names it.
+#[test]
+fn convert_int8_takes_the_calibration_transform_inline() {
+    let project = Project::new("");
+    project.write(
+        "make.py",
+        &format!(
+            "{MAKE_NET}from PIL import Image\n\
+         rng = np.random.default_rng(1)\n\
+         os.makedirs('val/a')\n\
+         for i in range(2):\n\
+         \x20   Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(f'val/a/{{i}}.png')\n"
+        ),
+    );
+    project.python(&["make.py"]);
+    let (standin, record) = (standin_dir(), record_path(&project));
+    let env = [
+        ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+        ("FAKE_TRT_RECORD", record.as_str()),
+        ("POCHI_GPUS", "0"),
+    ];
+    let transform =
+        "[{ resize = 18 }, { center_crop = 16 }, { normalize = { mean = [0.5], std = [0.25] } }]";
+    let run = project.run_env(
+        &[
+            "convert",
+            "net.onnx",
+            "--int8",
+            "--calib-data",
+            "val",
+            "--transform",
+            transform,
+        ],
+        &env,
+    );
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "calibration images: transform = {transform} (from --transform)"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(project.exists("net_int8.engine"));
+    let manifest = find_dataset_manifest(&project.path(".pochi/oneshot")).unwrap();
+    assert_eq!(manifest["shape"], serde_json::json!([2, 3, 16, 16]));
+    assert_eq!(
+        manifest["transform"],
+        serde_json::json!([
+            { "resize": { "size": 18, "interpolation": "bilinear", "backend": "pil" } },
+            { "center_crop": [16, 16] },
+            { "to_float": true },
+            { "normalize": { "mean": [0.5], "std": [0.25] } }
+        ])
+    );
+    // Without --transform the default is named as such.
+    let run = project.run_env(
+        &["convert", "net.onnx", "--int8", "--calib-data", "val"],
+        &env,
+    );
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("transform = [{ resize = 18 }, { center_crop = 16 }, { normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] } }] (the default"),
+        "{}",
+        run.stderr
+    );
+    let run = project.run(&[
+        "convert",
+        "net.onnx",
+        "--int8",
+        "--calib-data",
+        "val",
+        "--transform",
+        "{ resize",
+    ]);
+    run.assert_error(&["--transform is neither a TOML file nor a TOML list"]);
 }
 
 /// The first `*_manifest.json` (a dataset stage's) under `dir`.

@@ -3,7 +3,8 @@
 //! `.pochi/oneshot/<hash>/`, builds it with the same engine as `pochi build` (cached), and
 //! copies the engine next to the model as `<stem>.engine`, `<stem>_fp16.engine` or
 //! `<stem>_int8.engine` (or to `-o`). Unlike pochitrain it exits non-zero on any failure,
-//! including a machine without TensorRT or a GPU: the user asked for an engine.
+//! including a machine without TensorRT or a GPU: the user asked for an engine; there the
+//! quantized ONNX (built on the CPU) is still built, and kept where the error says.
 
 use super::output::say;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,13 @@ pub struct ConvertArgs {
     /// .npy of N samples already preprocessed.
     #[arg(long, value_name = "DIR|FILE.npy")]
     calib_data: Option<PathBuf>,
+    /// The calibration images' transform, as a `dataset` stage's `transform` list (like
+    /// pochitrain's `val_transform`): a TOML file holding `transform = [...]`, or the list
+    /// inline, e.g. '[{ resize = 256 }, { center_crop = 224 }, { normalize = { mean = [0.485,
+    /// 0.456, 0.406], std = [0.229, 0.224, 0.225] } }]'. Default: the ImageNet transform at
+    /// the input size.
+    #[arg(long, value_name = "FILE.toml|TOML", requires = "calib_data")]
+    transform: Option<String>,
     /// Calibration samples.
     #[arg(long, default_value_t = 500, value_name = "N")]
     calib_samples: u64,
@@ -97,14 +105,21 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
         .output
         .clone()
         .unwrap_or_else(|| engine_name(&args.model, precision));
-    let text = pipeline_text(&args, &model, calib.as_deref())?;
+    if args.transform.is_some() && calib.as_deref().is_some_and(|c| !c.is_dir()) {
+        return Err(failure(
+            "--transform applies to a folder of images; this --calib-data is a .npy file",
+            "a .npy is used as it is: preprocess it before, or give the image folder",
+        ));
+    }
+    let (text, transform) = pipeline_text(&args, &model, calib.as_deref())?;
+    if let Some(transform) = transform {
+        eprintln!("pochi: calibration images: {transform}");
+    }
     let dir = super::oneshot::write(&text)?;
     let workspace = super::oneshot::load(&dir)?;
-    let options = BuildOptions {
-        targets: vec!["engine".into()],
-        require_all: true,
-        ..BuildOptions::default()
-    };
+    // Everything that can run here: on a machine without TensorRT or a GPU the engine is
+    // unavailable, but the quantized ONNX is still built (on the CPU) and kept.
+    let options = BuildOptions::default();
     let summary = super::build::run_build(&workspace, &options)?;
     if summary.interrupted {
         return Ok(super::signals::interrupted_exit_code());
@@ -114,6 +129,13 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
             "the conversion failed; no engine was written",
             "the failing stage and its error are above",
         ));
+    }
+    if let Some(engine) = summary
+        .stages
+        .iter()
+        .find(|s| s.stage == "engine" && s.status == "unavailable")
+    {
+        return Err(no_engine(&dir, engine.reason.as_deref(), precision));
     }
     let built = dir.join("out").join("model.engine");
     let bytes = std::fs::read(&built).map_err(|e| {
@@ -136,34 +158,115 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The pipeline, as TOML (serialized, so every value is escaped correctly).
-fn pipeline_text(args: &ConvertArgs, model: &Path, calib: Option<&Path>) -> miette::Result<String> {
+/// The engine could not be built here: what is missing, and where the quantized ONNX
+/// that was built anyway is (also printed on a line of its own, unwrapped).
+fn no_engine(dir: &Path, reason: Option<&str>, precision: &str) -> miette::Report {
+    let reason = reason.unwrap_or("TensorRT or a GPU is missing");
+    let kept = match precision {
+        "fp32" => String::new(),
+        other => {
+            let onnx = dir.join("out").join(format!("model_{other}.onnx"));
+            let onnx = std::path::absolute(&onnx).unwrap_or(onnx);
+            eprintln!(
+                "pochi: the {other} ONNX was built and kept: {}",
+                onnx.display()
+            );
+            format!("; the {other} ONNX was built and kept: {}", onnx.display())
+        }
+    };
+    failure(
+        format!(
+            "no engine was written: the engine cannot be built on this machine: {reason}{kept}"
+        ),
+        "run the same command on a machine with TensorRT and an NVIDIA GPU",
+    )
+}
+
+/// What the calibration images go through: `--transform` (a file holding `transform =
+/// [...]`, or the list inline), or the ImageNet transform at the input `crop`. Returns the
+/// list and a line saying which it is.
+fn calibration_transform(
+    given: Option<&str>,
+    crop: impl FnOnce() -> miette::Result<[u64; 2]>,
+) -> miette::Result<(toml::Value, String)> {
+    let Some(given) = given else {
+        let crop = crop()?;
+        let transform = super::oneshot::ImageTransform {
+            resize: crop[0].max(crop[1]) * 256 / 224,
+            crop,
+            mean: super::oneshot::IMAGENET_MEAN.to_vec(),
+            std: super::oneshot::IMAGENET_STD.to_vec(),
+        };
+        let steps = super::oneshot::transform_steps(&transform);
+        let line = format!(
+            "transform = {steps} (the default: ImageNet's at the input size {}x{}; give --transform to change it)",
+            crop[0], crop[1]
+        );
+        return Ok((steps, line));
+    };
+    let path = Path::new(given);
+    let (text, origin) = if path.is_file() {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            failure(
+                format!("cannot read --transform {given}: {e}"),
+                "give a TOML file holding transform = [...], or the list inline",
+            )
+        })?;
+        (text, format!("from {given}"))
+    } else {
+        (given.to_string(), "from --transform".to_string())
+    };
+    let table = toml::from_str::<toml::Table>(&text)
+        .or_else(|_| toml::from_str::<toml::Table>(&format!("transform = {text}")))
+        .map_err(|e| {
+            failure(
+                format!("--transform is neither a TOML file nor a TOML list: {e}"),
+                "for example --transform '[{ resize = 256 }, { center_crop = 224 }]', or a file holding transform = [...]",
+            )
+        })?;
+    let steps = match (table.get("transform"), table.len()) {
+        (Some(steps @ toml::Value::Array(_)), 1) => steps.clone(),
+        _ => {
+            return Err(failure(
+                format!("--transform {given} must hold one key, `transform`, a list of steps"),
+                "for example transform = [{ resize = 256 }, { center_crop = 224 }] (the steps of a dataset stage, docs/dataset.md)",
+            ));
+        }
+    };
+    let line = format!("transform = {steps} ({origin})");
+    Ok((steps, line))
+}
+
+/// The pipeline, as TOML (serialized, so every value is escaped correctly), and for an
+/// image folder a line saying which transform its images go through.
+fn pipeline_text(
+    args: &ConvertArgs,
+    model: &Path,
+    calib: Option<&Path>,
+) -> miette::Result<(String, Option<String>)> {
     use toml::{Table, Value};
     let path = |p: &Path| Value::String(p.to_string_lossy().into_owned());
     let ints = |v: &[u64]| Value::Array(v.iter().map(|&n| Value::Integer(n as i64)).collect());
     let mut stages = Table::new();
     let precision = args.precision();
     let mut engine_onnx = path(model);
+    let mut shown = None;
     if let Some(calib) = calib {
         let data = if calib.is_dir() {
-            // ImageNet-style evaluation preprocessing at the model's input size (the
-            // ONNX input's H and W, or --input-size).
-            let crop = match args.input_size.as_deref() {
-                Some([.., h, w]) => [*h, *w],
-                Some([n]) => [*n, *n],
-                _ => super::oneshot::image_input_size(model)?,
+            // --transform, or ImageNet-style evaluation preprocessing at the model's input
+            // size (the ONNX input's H and W, or --input-size).
+            let crop = || match args.input_size.as_deref() {
+                Some([.., h, w]) => Ok([*h, *w]),
+                Some([n]) => Ok([*n, *n]),
+                _ => super::oneshot::image_input_size(model),
             };
-            let transform = super::oneshot::ImageTransform {
-                resize: crop[0].max(crop[1]) * 256 / 224,
-                crop,
-                mean: super::oneshot::IMAGENET_MEAN.to_vec(),
-                std: super::oneshot::IMAGENET_STD.to_vec(),
-            };
-            let dataset = super::oneshot::dataset_stage(
+            let (steps, line) = calibration_transform(args.transform.as_deref(), crop)?;
+            shown = Some(line);
+            let dataset = super::oneshot::dataset_stage_with(
                 calib,
                 Some(args.calib_samples),
                 42,
-                Some(&transform),
+                Some(steps),
             );
             stages.insert("calib".into(), dataset);
             Value::String("@calib".into())
@@ -212,12 +315,40 @@ fn pipeline_text(args: &ConvertArgs, model: &Path, calib: Option<&Path>) -> miet
     let mut pipeline = Table::new();
     pipeline.insert("name".into(), "convert".into());
     pipeline.insert("build_dir".into(), "out".into());
-    super::oneshot::pipeline_text("convert", pipeline, stages)
+    Ok((
+        super::oneshot::pipeline_text("convert", pipeline, stages)?,
+        shown,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_calibration_transform_is_given_inline_in_a_file_or_defaulted() {
+        let no_crop = || -> miette::Result<[u64; 2]> { panic!("the crop is not needed") };
+        let inline = "[{ resize = 20 }, { center_crop = 16 }]";
+        let (steps, line) = calibration_transform(Some(inline), no_crop).unwrap();
+        assert_eq!(steps.as_array().unwrap().len(), 2);
+        assert_eq!(line, format!("transform = {inline} (from --transform)"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("val.toml");
+        std::fs::write(&file, format!("transform = {inline}\n")).unwrap();
+        let shown = file.to_string_lossy().into_owned();
+        let (from_file, line) = calibration_transform(Some(&shown), no_crop).unwrap();
+        assert_eq!(from_file, steps);
+        assert!(line.ends_with(&format!("(from {shown})")), "{line}");
+        std::fs::write(&file, "transform = []\nsamples = 3\n").unwrap();
+        assert!(calibration_transform(Some(&shown), no_crop).is_err());
+        assert!(calibration_transform(Some("{ resize"), no_crop).is_err());
+        let (default, line) = calibration_transform(None, || Ok([16, 16])).unwrap();
+        assert_eq!(
+            default.to_string(),
+            "[{ resize = 18 }, { center_crop = 16 }, { normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] } }]"
+        );
+        assert!(line.contains("the default"), "{line}");
+    }
 
     #[test]
     fn engine_names_follow_pochitrain() {

@@ -79,6 +79,12 @@ pub(super) fn dataset_stage(
     seed: u64,
     transform: Option<&ImageTransform>,
 ) -> Value {
+    dataset_stage_with(source, samples, seed, transform.map(transform_steps))
+}
+
+/// `transform`'s steps as a dataset stage's `transform` list: resize, center_crop,
+/// normalize.
+pub(super) fn transform_steps(t: &ImageTransform) -> Value {
     let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let floats = |v: &[f64]| Value::Array(v.iter().map(|&x| Value::Float(x)).collect());
     let step = |key: &str, value: Value| {
@@ -86,6 +92,28 @@ pub(super) fn dataset_stage(
         t.insert(key.into(), value);
         Value::Table(t)
     };
+    let crop = match t.crop {
+        [h, w] if h == w => int(h),
+        [h, w] => Value::Array(vec![int(h), int(w)]),
+    };
+    let mut normalize = Table::new();
+    normalize.insert("mean".into(), floats(&t.mean));
+    normalize.insert("std".into(), floats(&t.std));
+    Value::Array(vec![
+        step("resize", int(t.resize)),
+        step("center_crop", crop),
+        step("normalize", Value::Table(normalize)),
+    ])
+}
+
+/// A `dataset` stage over `source` (absolute) with `steps` as its `transform` list.
+pub(super) fn dataset_stage_with(
+    source: &Path,
+    samples: Option<u64>,
+    seed: u64,
+    steps: Option<Value>,
+) -> Value {
+    let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
     let mut dataset = Table::new();
     dataset.insert("kind".into(), "dataset".into());
     dataset.insert(
@@ -96,22 +124,8 @@ pub(super) fn dataset_stage(
         dataset.insert("samples".into(), int(samples));
     }
     dataset.insert("seed".into(), int(seed));
-    if let Some(t) = transform {
-        let crop = match t.crop {
-            [h, w] if h == w => int(h),
-            [h, w] => Value::Array(vec![int(h), int(w)]),
-        };
-        let mut normalize = Table::new();
-        normalize.insert("mean".into(), floats(&t.mean));
-        normalize.insert("std".into(), floats(&t.std));
-        dataset.insert(
-            "transform".into(),
-            Value::Array(vec![
-                step("resize", int(t.resize)),
-                step("center_crop", crop),
-                step("normalize", Value::Table(normalize)),
-            ]),
-        );
+    if let Some(steps) = steps {
+        dataset.insert("transform".into(), steps);
     }
     Value::Table(dataset)
 }

@@ -11,6 +11,15 @@ const BOX_PADDING: usize = 12;
 /// A generous average glyph width for the box text, so that labels fit their box.
 const CHAR_WIDTH: usize = 8;
 const COLUMN_GAP: usize = 64;
+/// The least vertical distance between two edges meeting one side of a box: boxes grow
+/// taller when a stage has more inputs (or outputs) than fit at this spacing.
+const PORT_GAP: usize = 12;
+/// The least horizontal distance between two lane uprights in one column gap: the gap
+/// grows wider when more uprights run through it.
+const TRACK_GAP: usize = 8;
+/// Room left of the first upright in a gap, and right of the last one (for the arrowhead).
+const TRACK_LEFT: usize = 8;
+const TRACK_RIGHT: usize = 14;
 const ROW_GAP: usize = 20;
 /// Vertical distance between the lanes that edges skipping a layer run along.
 const LANE_GAP: usize = 14;
@@ -45,6 +54,7 @@ struct Layout {
     positions: Vec<Point>,
     routes: Vec<Route>,
     box_width: usize,
+    box_height: usize,
     width: usize,
     height: usize,
 }
@@ -58,7 +68,10 @@ struct Point {
 
 /// One drawn edge, from the right side of its dep's box to the left side of its dependent's.
 /// An edge between neighbouring columns is a curve across the gap between them; one that
-/// skips a column runs along a lane below every box, so that it never passes behind one.
+/// skips a column runs along a lane below every box, so that it never passes behind one,
+/// going down at `down_x` (in the gap after its dep) and up at `up_x` (in the gap before
+/// its dependent). Every edge has its own port on each box side and its own uprights, so
+/// no two edges share an end point or run on top of each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Route {
     from: usize,
@@ -66,11 +79,14 @@ struct Route {
     start: Point,
     end: Point,
     lane: Option<usize>,
+    down_x: usize,
+    up_x: usize,
 }
 
 impl Layout {
     /// Columns are layers (longest path from a root); within a column, stages keep their
-    /// name order and the column is centred vertically against the tallest one.
+    /// name order and the column is centred vertically against the tallest one. Boxes are
+    /// tall enough for their ports and gaps wide enough for their lane uprights.
     /// `stages` must be sorted by name.
     fn of(stages: &[StageView]) -> Layout {
         let layer = layers(stages);
@@ -78,25 +94,31 @@ impl Layout {
         let (row, column_heights) = rows_within_layers(&layer, columns);
         let tallest = column_heights.iter().copied().max().unwrap_or(0);
         let box_width = box_width(stages);
+        let pairs = edge_pairs(stages);
+        let lanes = assign_lanes(&pairs, &layer);
+        let box_height = box_height(&pairs, stages.len());
+        let gap = column_gap(&uprights_per_gap(&pairs, &lanes, &layer));
         let positions: Vec<Point> = (0..stages.len())
             .map(|index| {
                 let slack = tallest - column_heights[layer[index]];
                 Point {
-                    x: MARGIN + layer[index] * (box_width + COLUMN_GAP),
+                    x: MARGIN + layer[index] * (box_width + gap),
                     y: MARGIN
-                        + row[index] * (BOX_HEIGHT + ROW_GAP)
-                        + slack * (BOX_HEIGHT + ROW_GAP) / 2,
+                        + row[index] * (box_height + ROW_GAP)
+                        + slack * (box_height + ROW_GAP) / 2,
                 }
             })
             .collect();
-        let routes = routes(stages, &layer, &positions, box_width);
+        let mut routes = routes(&pairs, &lanes, &positions, box_width, box_height);
+        assign_tracks(&mut routes, &layer, box_width, gap);
         let lanes = lane_count(&routes);
         Layout {
             positions,
             routes,
             box_width,
-            width: 2 * MARGIN + span(columns, box_width, COLUMN_GAP),
-            height: 2 * MARGIN + span(tallest, BOX_HEIGHT, ROW_GAP) + lanes * LANE_GAP,
+            box_height,
+            width: 2 * MARGIN + span(columns, box_width, gap),
+            height: 2 * MARGIN + span(tallest, box_height, ROW_GAP) + lanes * LANE_GAP,
         }
     }
 
@@ -127,21 +149,66 @@ fn rows_within_layers(layer: &[usize], columns: usize) -> (Vec<usize>, Vec<usize
     (rows, column_heights)
 }
 
-/// Every edge between known stages, ordered by dependent then dep, with lanes and ports.
-fn routes(
-    stages: &[StageView],
-    layer: &[usize],
-    positions: &[Point],
-    box_width: usize,
-) -> Vec<Route> {
-    let pairs: Vec<(usize, usize)> = known_dep_indices(stages)
+/// Every edge between known stages as `(dep, dependent)`, ordered by dependent then dep.
+fn edge_pairs(stages: &[StageView]) -> Vec<(usize, usize)> {
+    known_dep_indices(stages)
         .into_iter()
         .enumerate()
         .flat_map(|(to, deps)| deps.into_iter().map(move |from| (from, to)))
-        .collect();
-    let lanes = assign_lanes(&pairs, layer);
-    let start_ys = port_ys(&pairs, &lanes, positions, |&(from, to)| (from, to));
-    let end_ys = port_ys(&pairs, &lanes, positions, |&(from, to)| (to, from));
+        .collect()
+}
+
+/// One height for every box: `BOX_HEIGHT`, or taller when a box side has so many edges
+/// that their ports would be closer than `PORT_GAP`.
+fn box_height(pairs: &[(usize, usize)], stages: usize) -> usize {
+    let mut ins = vec![0; stages];
+    let mut outs = vec![0; stages];
+    for &(from, to) in pairs {
+        outs[from] += 1;
+        ins[to] += 1;
+    }
+    let most = ins.into_iter().chain(outs).max().unwrap_or(0);
+    BOX_HEIGHT.max((most + 1) * PORT_GAP)
+}
+
+/// How many lane uprights run through the gap after each layer: an edge's way down
+/// (after its dep's layer) and its way up (before its dependent's).
+fn uprights_per_gap(
+    pairs: &[(usize, usize)],
+    lanes: &[Option<usize>],
+    layer: &[usize],
+) -> Vec<usize> {
+    let mut count = vec![0; layer.iter().max().map_or(0, |deepest| deepest + 1)];
+    for (&(from, to), lane) in pairs.iter().zip(lanes) {
+        if lane.is_some() {
+            count[layer[from]] += 1;
+            count[layer[to] - 1] += 1;
+        }
+    }
+    count
+}
+
+/// One width for every column gap: `COLUMN_GAP`, or wider when the busiest gap needs
+/// more room for its uprights at `TRACK_GAP` apart.
+fn column_gap(uprights: &[usize]) -> usize {
+    let most = uprights.iter().copied().max().unwrap_or(0);
+    COLUMN_GAP.max(TRACK_LEFT + TRACK_RIGHT + most.saturating_sub(1) * TRACK_GAP)
+}
+
+/// The edges with their ports: on each box side the edges are spread evenly down it.
+fn routes(
+    pairs: &[(usize, usize)],
+    lanes: &[Option<usize>],
+    positions: &[Point],
+    box_width: usize,
+    box_height: usize,
+) -> Vec<Route> {
+    let start_ys = port_ys(pairs, lanes, positions, box_height, |&(from, to)| {
+        (from, to)
+    });
+    let end_ys = port_ys(pairs, lanes, positions, box_height, |&(from, to)| {
+        (to, from)
+    });
     pairs
         .iter()
         .enumerate()
@@ -157,8 +224,37 @@ fn routes(
                 y: end_ys[index],
             },
             lane: lanes[index],
+            down_x: 0,
+            up_x: 0,
         })
         .collect()
+}
+
+/// Gives every lane upright its own x in its gap, `TRACK_GAP` apart: the ways down packed
+/// from the left (after the dep), the lowest port leftmost, and the ways up packed to the
+/// right (before the dependent), the highest port leftmost, so that an edge's short
+/// horizontal run to or from its box crosses no upright of another edge at that box.
+/// `column_gap` made every gap wide enough for all of its uprights.
+fn assign_tracks(routes: &mut [Route], layer: &[usize], box_width: usize, gap: usize) {
+    let columns = layer.iter().max().map_or(0, |deepest| deepest + 1);
+    for g in 0..columns {
+        let mut downs: Vec<usize> = (0..routes.len())
+            .filter(|&i| routes[i].lane.is_some() && layer[routes[i].from] == g)
+            .collect();
+        downs.sort_by_key(|&i| (std::cmp::Reverse(routes[i].start.y), i));
+        let mut ups: Vec<usize> = (0..routes.len())
+            .filter(|&i| routes[i].lane.is_some() && layer[routes[i].to] == g + 1)
+            .collect();
+        ups.sort_by_key(|&i| (routes[i].end.y, i));
+        let gap_left = MARGIN + g * (box_width + gap) + box_width;
+        for (k, &i) in downs.iter().enumerate() {
+            routes[i].down_x = gap_left + TRACK_LEFT + k * TRACK_GAP;
+        }
+        let last_up = gap_left + gap - TRACK_RIGHT;
+        for (k, &i) in ups.iter().enumerate() {
+            routes[i].up_x = last_up - (ups.len() - 1 - k) * TRACK_GAP;
+        }
+    }
 }
 
 /// A lane for each edge that skips a layer; edges whose column spans do not overlap
@@ -192,6 +288,7 @@ fn port_ys(
     pairs: &[(usize, usize)],
     lanes: &[Option<usize>],
     positions: &[Point],
+    box_height: usize,
     ends: fn(&(usize, usize)) -> (usize, usize),
 ) -> Vec<usize> {
     let mut ys = vec![0; pairs.len()];
@@ -204,7 +301,7 @@ fn port_ys(
             (lanes[i].is_some(), positions[other].y, other)
         });
         for (rank, &index) in attached.iter().enumerate() {
-            ys[index] = positions[own].y + BOX_HEIGHT * (rank + 1) / (attached.len() + 1);
+            ys[index] = positions[own].y + box_height * (rank + 1) / (attached.len() + 1);
         }
     }
     ys
@@ -323,15 +420,20 @@ fn svg(view: &GraphView, layout: &Layout) -> Vec<String> {
     let boxes_bottom = layout.boxes_bottom();
     lines.extend(layout.routes.iter().map(|route| edge(route, boxes_bottom)));
     for (stage, &corner) in view.stages.iter().zip(&layout.positions) {
-        lines.extend(stage_box(stage, corner, layout.box_width));
+        lines.extend(stage_box(
+            stage,
+            corner,
+            layout.box_width,
+            layout.box_height,
+        ));
     }
     lines.push("</svg>".to_string());
     lines
 }
 
 /// Path data for a route: a curve across one column gap, or, for an edge that skips
-/// layers, straight runs down the gap after its dep, along its lane and up the gap before
-/// its dependent. Lanes are staggered within the gaps so that their uprights do not overlap.
+/// layers, straight runs down the gap after its dep (at its own `down_x`), along its lane
+/// and up the gap before its dependent (at its own `up_x`).
 fn route_path(route: &Route, boxes_bottom: usize) -> String {
     let (start, end) = (route.start, route.end);
     match route.lane {
@@ -343,9 +445,7 @@ fn route_path(route: &Route, boxes_bottom: usize) -> String {
             )
         }
         Some(lane) => {
-            let stagger = 8 * (lane % 3);
-            let down_x = start.x + 10 + stagger;
-            let up_x = end.x - 14 - stagger;
+            let (down_x, up_x) = (route.down_x, route.up_x);
             let lane_y = boxes_bottom + LANE_GAP * (lane + 1);
             format!(
                 "M {} {} H {down_x} V {lane_y} H {up_x} V {} H {}",
@@ -362,7 +462,7 @@ fn edge(route: &Route, boxes_bottom: usize) -> String {
     )
 }
 
-fn stage_box(stage: &StageView, corner: Point, box_width: usize) -> Vec<String> {
+fn stage_box(stage: &StageView, corner: Point, box_width: usize, box_height: usize) -> Vec<String> {
     let style = stage.status.style();
     let [name, placement, state] = box_lines(stage).map(|line| escape(&line));
     let text_x = corner.x + BOX_PADDING;
@@ -370,7 +470,7 @@ fn stage_box(stage: &StageView, corner: Point, box_width: usize) -> Vec<String> 
         format!("<g class=\"node st-{}\">", stage.status.slug()),
         format!("<title>{name} — {state}</title>"),
         format!(
-            "<rect x=\"{}\" y=\"{}\" width=\"{box_width}\" height=\"{BOX_HEIGHT}\" rx=\"6\" fill=\"{}\" stroke=\"{}\" stroke-width=\"1.5\"/>",
+            "<rect x=\"{}\" y=\"{}\" width=\"{box_width}\" height=\"{box_height}\" rx=\"6\" fill=\"{}\" stroke=\"{}\" stroke-width=\"1.5\"/>",
             corner.x, corner.y, style.fill, style.stroke
         ),
         format!(
@@ -513,10 +613,10 @@ mod tests {
         let layout = Layout::of(&view.stages);
         for (index, a) in layout.positions.iter().enumerate() {
             assert!(a.x + layout.box_width + MARGIN <= layout.width);
-            assert!(a.y + BOX_HEIGHT + MARGIN <= layout.height);
+            assert!(a.y + layout.box_height + MARGIN <= layout.height);
             for b in &layout.positions[index + 1..] {
                 let apart_x = a.x.abs_diff(b.x) >= layout.box_width;
-                let apart_y = a.y.abs_diff(b.y) >= BOX_HEIGHT;
+                let apart_y = a.y.abs_diff(b.y) >= layout.box_height;
                 assert!(apart_x || apart_y, "{a:?} overlaps {b:?}");
             }
         }

@@ -5,6 +5,7 @@
 //! a JSON manifest under `{build_dir}/<stage>/`.
 
 mod npy;
+mod pil;
 mod random;
 mod resample;
 mod run;
@@ -42,7 +43,9 @@ pub static INFO: KindInfo = KindInfo {
 
 /// Bumped when the same keys would produce different data (a changed algorithm), so
 /// every dataset stage rebuilds once.
-const FORMAT: u32 = 1;
+/// 2: `resize` on images defaults to Pillow's 8-bit arithmetic (`backend = "pil"`) and
+/// JPEGs decode with libjpeg-turbo.
+const FORMAT: u32 = 2;
 
 /// `kind = "dataset"`: tensors, labels and a manifest from images, volumes or noise.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -353,7 +356,10 @@ mod tests {
         assert_eq!(params["samples"], 8);
         assert_eq!(
             params["transform"],
-            serde_json::json!([{ "resize": 32 }, { "center_crop": [24, 24] }])
+            serde_json::json!([
+                { "resize": { "size": 32, "interpolation": "bilinear" } },
+                { "center_crop": [24, 24] }
+            ])
         );
     }
 

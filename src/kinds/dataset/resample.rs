@@ -1,22 +1,72 @@
-//! Antialiased bilinear resampling along one axis, as PIL's `resize(BILINEAR)` and
-//! torchvision's `Resize(antialias=True)` compute it: a triangle filter whose support
-//! widens with the downscale factor, pixel centres at half-integers, weights normalized.
-//! Weights and sums are in f64, so a constant region stays exactly constant.
+//! The float backend of `resize` (`backend = "tensor"`): antialiased resampling along one
+//! axis as torchvision's `Resize(antialias=True)` computes it on float tensors: the
+//! filter's support widens with the downscale factor, pixel centres at half-integers,
+//! weights normalized. Weights and sums are in f64, so a constant region stays exactly
+//! constant. The filters themselves are Pillow's (shared with the `pil` backend).
 
 use ndarray::{ArrayD, Axis, Zip};
+use serde::Serialize;
+
+/// The resampling filter of `resize`: Pillow's `BILINEAR` (a triangle, support 1) or
+/// `BICUBIC` (Keys' cubic with a = -0.5, support 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Filter {
+    #[default]
+    Bilinear,
+    Bicubic,
+}
+
+impl Filter {
+    /// Half the filter's width at scale 1.
+    pub(super) fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    /// The filter's weight at `x`, evaluated in the order Pillow's `Resample.c` does.
+    pub(super) fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
 
 /// For each output position: the first input index and the weights from there on.
-pub(super) fn coefficients(in_len: usize, out_len: usize) -> Vec<(usize, Vec<f64>)> {
+pub(super) fn coefficients(
+    in_len: usize,
+    out_len: usize,
+    filter: Filter,
+) -> Vec<(usize, Vec<f64>)> {
     let scale = in_len as f64 / out_len as f64;
     let filter_scale = scale.max(1.0);
-    let support = filter_scale;
+    let support = filter.support() * filter_scale;
     (0..out_len)
         .map(|i| {
             let center = (i as f64 + 0.5) * scale;
             let start = (center - support + 0.5).floor().max(0.0) as usize;
             let end = ((center + support + 0.5).floor() as usize).min(in_len);
             let mut weights: Vec<f64> = (start..end)
-                .map(|x| triangle((x as f64 - center + 0.5) / filter_scale))
+                .map(|x| filter.weight((x as f64 - center + 0.5) / filter_scale))
                 .collect();
             let total: f64 = weights.iter().sum();
             if total > 0.0 {
@@ -27,17 +77,18 @@ pub(super) fn coefficients(in_len: usize, out_len: usize) -> Vec<(usize, Vec<f64
         .collect()
 }
 
-fn triangle(x: f64) -> f64 {
-    (1.0 - x.abs()).max(0.0)
-}
-
 /// Resamples `input` along `axis` to `out_len` positions.
-pub(super) fn resample_axis(input: &ArrayD<f32>, axis: usize, out_len: usize) -> ArrayD<f32> {
+pub(super) fn resample_axis(
+    input: &ArrayD<f32>,
+    axis: usize,
+    out_len: usize,
+    filter: Filter,
+) -> ArrayD<f32> {
     let in_len = input.shape()[axis];
     if in_len == out_len {
         return input.clone();
     }
-    let coefficients = coefficients(in_len, out_len);
+    let coefficients = coefficients(in_len, out_len, filter);
     let mut shape = input.shape().to_vec();
     shape[axis] = out_len;
     let mut output = ArrayD::<f32>::zeros(shape);
@@ -62,10 +113,12 @@ mod tests {
 
     #[test]
     fn weights_sum_to_one_and_stay_in_range() {
-        for (input, output) in [(10, 3), (3, 10), (224, 256), (256, 224), (5, 5)] {
-            for (start, weights) in coefficients(input, output) {
-                assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-12);
-                assert!(start + weights.len() <= input);
+        for filter in [Filter::Bilinear, Filter::Bicubic] {
+            for (input, output) in [(10, 3), (3, 10), (224, 256), (256, 224), (5, 5)] {
+                for (start, weights) in coefficients(input, output, filter) {
+                    assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+                    assert!(start + weights.len() <= input);
+                }
             }
         }
     }
@@ -75,9 +128,9 @@ mod tests {
         // Downscaling by 2: the first output (centre 1.0) weighs pixels 0, 1, 2 as
         // 0.75, 0.75, 0.25 before normalization (PIL's coefficients).
         let input = ArrayD::from_shape_vec(vec![1, 4], vec![0.0, 8.0, 16.0, 24.0]).unwrap();
-        let output = resample_axis(&input, 1, 2);
+        let output = resample_axis(&input, 1, 2, Filter::Bilinear);
         assert_eq!(output.shape(), &[1, 2]);
-        let coefficients = coefficients(4, 2);
+        let coefficients = coefficients(4, 2, Filter::Bilinear);
         assert_eq!(coefficients[0].0, 0);
         assert_eq!(
             coefficients[0].1,
@@ -96,9 +149,13 @@ mod tests {
     #[test]
     fn upscaling_keeps_the_edges_and_constant_values() {
         let input = ArrayD::from_shape_vec(vec![2], vec![0.0, 1.0]).unwrap();
-        let output = resample_axis(&input, 0, 4);
+        let output = resample_axis(&input, 0, 4, Filter::Bilinear);
         assert_eq!(output.as_slice().unwrap(), &[0.0, 0.25, 0.75, 1.0]);
         let constant = ArrayD::from_elem(vec![3, 7], 0.3f32);
-        assert!(resample_axis(&constant, 1, 5).iter().all(|&v| v == 0.3));
+        assert!(
+            resample_axis(&constant, 1, 5, Filter::Bicubic)
+                .iter()
+                .all(|&v| v == 0.3)
+        );
     }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::npy::NpyWriter;
 use super::source::{FileKind, Listing};
-use super::transform::Transform;
+use super::transform::{Backend, Resize, ResizeTo, Transform};
 use super::{Dataset, FORMAT, Origin, random};
 use crate::kinds::InvocationContext;
 
@@ -34,7 +34,7 @@ pub(super) fn run(
         Origin::Synthetic(spec) => (Listing::Synthetic(spec.clone()), None),
     };
     let selected = select(dataset, listing.len());
-    let steps = effective_steps(&dataset.transforms, listing.is_images());
+    let steps = effective_steps(&dataset.transforms, listing.is_images())?;
 
     let pool = match dataset.threads {
         Some(threads) => Some(
@@ -147,17 +147,66 @@ fn select(dataset: &Dataset, total: usize) -> Vec<usize> {
     selected
 }
 
-/// The steps as run: images start with `to_float` (ToTensor) unless the list places it.
-fn effective_steps(transforms: &[Transform], images: bool) -> Vec<Transform> {
+/// The steps as run. Images are 8-bit (0..255) until a step changes values; a `resize`
+/// without a `backend` takes `pil` while they are and `tensor` after, and an explicit
+/// `pil` after such a step is an error. Images get an implicit `to_float` (ToTensor)
+/// unless the list places one: right before the first step that works on floats, as
+/// torchvision's `Resize`, `CenterCrop` on the PIL image then `ToTensor`.
+fn effective_steps(transforms: &[Transform], images: bool) -> Result<Vec<Transform>, String> {
     let placed = transforms
         .iter()
         .any(|step| matches!(step, Transform::ToFloat(_)));
+    let mut implicit = images && !placed;
+    let mut eight_bit = images;
     let mut steps = Vec::with_capacity(transforms.len() + 1);
-    if images && !placed {
+    for step in transforms {
+        let mut step = step.clone();
+        if let Transform::Resize(resize) = &mut step {
+            match resize.backend {
+                // Pillow resizes 2-D images; a [d, h, w] size takes the float resize.
+                None if eight_bit
+                    && !matches!(&resize.size, ResizeTo::Exact(s) if s.len() != 2) =>
+                {
+                    resize.backend = Some(Backend::Pil)
+                }
+                None => resize.backend = Some(Backend::Tensor),
+                Some(Backend::Pil) if !eight_bit => {
+                    return Err(format!(
+                        "`resize` with backend = \"pil\" needs 8-bit images (an image folder, before to_float, scale or normalize); here the samples are {}: use backend = \"tensor\" or move the resize first",
+                        if images {
+                            "floats already"
+                        } else {
+                            "read from .npy data"
+                        }
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let keeps_bytes = matches!(
+            &step,
+            Transform::Resize(Resize {
+                backend: Some(Backend::Pil),
+                ..
+            }) | Transform::CenterCrop(_)
+                | Transform::CropOrPad(_)
+                | Transform::ChannelOrder(_)
+                | Transform::AddChannel(_)
+                | Transform::ToFloat(false)
+        );
+        if !keeps_bytes {
+            if implicit {
+                steps.push(Transform::ToFloat(true));
+                implicit = false;
+            }
+            eight_bit = false;
+        }
+        steps.push(step);
+    }
+    if implicit {
         steps.push(Transform::ToFloat(true));
     }
-    steps.extend_from_slice(transforms);
-    steps
+    Ok(steps)
 }
 
 /// Loads and transforms one sample.
@@ -278,17 +327,64 @@ mod tests {
     }
 
     #[test]
-    fn images_get_to_float_first_unless_placed() {
+    fn images_get_to_float_after_the_8_bit_steps_unless_placed() {
         let crop = Transform::CenterCrop(vec![2, 2]);
+        let normalize = Transform::Normalize {
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let resize = |backend| {
+            Transform::Resize(Resize {
+                backend,
+                ..Resize::to(ResizeTo::Shorter(4))
+            })
+        };
+        // torchvision's order: Resize and CenterCrop on the PIL image, then ToTensor.
         assert_eq!(
-            effective_steps(std::slice::from_ref(&crop), true),
-            vec![Transform::ToFloat(true), crop.clone()]
+            effective_steps(&[resize(None), crop.clone(), normalize.clone()], true).unwrap(),
+            vec![
+                resize(Some(Backend::Pil)),
+                crop.clone(),
+                Transform::ToFloat(true),
+                normalize.clone()
+            ]
+        );
+        // The tensor backend resizes floats, as before: to_float comes first.
+        assert_eq!(
+            effective_steps(&[resize(Some(Backend::Tensor)), crop.clone()], true).unwrap(),
+            vec![
+                Transform::ToFloat(true),
+                resize(Some(Backend::Tensor)),
+                crop.clone()
+            ]
         );
         assert_eq!(
-            effective_steps(std::slice::from_ref(&crop), false),
-            vec![crop.clone()]
+            effective_steps(&[resize(None)], false).unwrap(),
+            vec![resize(Some(Backend::Tensor))]
+        );
+        assert!(effective_steps(&[resize(Some(Backend::Pil))], false).is_err());
+        assert!(effective_steps(&[normalize.clone(), resize(Some(Backend::Pil))], true).is_err());
+        assert_eq!(
+            effective_steps(&[normalize.clone(), resize(None)], true).unwrap(),
+            vec![
+                Transform::ToFloat(true),
+                normalize,
+                resize(Some(Backend::Tensor))
+            ]
+        );
+        let volume = Transform::Resize(Resize::to(ResizeTo::Exact(vec![3, 4, 4])));
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&volume), true).unwrap()[1],
+            Transform::Resize(Resize {
+                backend: Some(Backend::Tensor),
+                ..Resize::to(ResizeTo::Exact(vec![3, 4, 4]))
+            })
         );
         let placed = vec![crop.clone(), Transform::ToFloat(false)];
-        assert_eq!(effective_steps(&placed, true), placed);
+        assert_eq!(effective_steps(&placed, true).unwrap(), placed);
+        assert_eq!(
+            effective_steps(std::slice::from_ref(&crop), true).unwrap(),
+            vec![crop, Transform::ToFloat(true)]
+        );
     }
 }

@@ -321,26 +321,50 @@ fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
 /// Decodes an image (any supported format, whatever its extension says) to RGB, as
 /// 3 x H x W float32 with values 0..255.
 fn decode_image(path: &Path) -> Result<ArrayD<f32>, String> {
-    let image = image::ImageReader::open(path)
+    let reader = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?
-        .into_rgb8();
+        .map_err(|e| e.to_string())?;
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        if let Some(decoded) = decode_jpeg(&bytes)? {
+            return Ok(planar(&decoded.pixels, decoded.width, decoded.height));
+        }
+    }
+    let image = reader.decode().map_err(|e| e.to_string())?.into_rgb8();
     let (width, height) = (image.width() as usize, image.height() as usize);
-    let pixels = image.into_raw();
-    let mut out = ArrayD::<f32>::zeros(vec![3, height, width]);
+    Ok(planar(image.as_raw(), width, height))
+}
+
+/// A JPEG decoded by libjpeg-turbo (what Pillow uses) to RGB with its default settings
+/// (accurate integer IDCT, smooth chroma upsampling), as Pillow's
+/// `Image.open(f).convert("RGB")` decodes it; grey JPEGs come out with R = G = B. `None`
+/// for CMYK/YCCK files, which Pillow converts with its own formula: those go through the
+/// `image` crate.
+fn decode_jpeg(bytes: &[u8]) -> Result<Option<turbojpeg::Image<Vec<u8>>>, String> {
+    let header = turbojpeg::read_header(bytes).map_err(|e| format!("not a valid JPEG: {e}"))?;
+    if matches!(
+        header.colorspace,
+        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+    ) {
+        return Ok(None);
+    }
+    turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB)
+        .map(Some)
+        .map_err(|e| format!("not a valid JPEG: {e}"))
+}
+
+/// Interleaved RGB bytes (rows of `width * 3`) as a float32 `3 x height x width` array.
+fn planar(pixels: &[u8], width: usize, height: usize) -> ArrayD<f32> {
     let plane = height * width;
-    let data = out
-        .as_slice_mut()
-        .ok_or("internal: a new array is contiguous")?;
-    for (i, rgb) in pixels.chunks_exact(3).enumerate() {
+    let mut data = vec![0f32; 3 * plane];
+    for (i, rgb) in pixels.chunks_exact(3).take(plane).enumerate() {
         data[i] = f32::from(rgb[0]);
         data[plane + i] = f32::from(rgb[1]);
         data[2 * plane + i] = f32::from(rgb[2]);
     }
-    Ok(out)
+    ArrayD::from_shape_vec(vec![3, height, width], data)
+        .unwrap_or_else(|_| ArrayD::zeros(vec![3, height, width]))
 }
 
 /// Reads a `.npy` array of any real numeric dtype as float32.

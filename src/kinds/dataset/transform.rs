@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use toml::Spanned;
 
-use super::resample::resample_axis;
+use super::pil;
+use super::resample::{Filter, resample_axis};
 use crate::spec::parse_api::Parser;
 use crate::spec::{SpanError, suggest};
 
@@ -34,7 +35,7 @@ pub(super) type RawTransform = Spanned<IndexMap<Spanned<String>, Spanned<toml::V
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Transform {
-    Resize(ResizeTo),
+    Resize(Resize),
     CenterCrop(Vec<usize>),
     ToFloat(bool),
     Scale(f64),
@@ -45,7 +46,37 @@ pub(super) enum Transform {
     AddChannel(bool),
 }
 
-/// `resize = 256` (the shorter side, keeping the aspect) or `resize = [h, w]` / `[d, h, w]`.
+/// `resize = 256`, `[h, w]`, or `{ size = ..., interpolation = ..., backend = ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(super) struct Resize {
+    pub size: ResizeTo,
+    pub interpolation: Filter,
+    /// `None` until the run resolves the default (see `run::effective_steps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
+}
+
+impl Resize {
+    pub(super) fn to(size: ResizeTo) -> Resize {
+        Resize {
+            size,
+            interpolation: Filter::Bilinear,
+            backend: None,
+        }
+    }
+}
+
+/// How `resize` computes: Pillow's 8-bit fixed-point resampling, bit-identical to
+/// torchvision's `Resize` on PIL images (the default for images), or in floating point
+/// as torchvision's `Resize` on float tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Backend {
+    Pil,
+    Tensor,
+}
+
+/// The size of a `resize`: the shorter side (keeping the aspect) or `[h, w]` / `[d, h, w]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub(super) enum ResizeTo {
@@ -66,9 +97,10 @@ pub(super) enum ChannelOrder {
 #[serde(rename_all = "snake_case")]
 #[allow(dead_code, reason = "only its JSON Schema is used")]
 pub(super) enum TransformSchema {
-    /// Bilinear (antialiased) resize: an integer sets the shorter side keeping the aspect
-    /// (torchvision `Resize(int)`); `[h, w]` or `[d, h, w]` sets the trailing axes.
-    Resize(SizeSchema),
+    /// Antialiased resize: an integer sets the shorter side keeping the aspect
+    /// (torchvision `Resize(int)`); `[h, w]` or `[d, h, w]` sets the trailing axes; a table
+    /// also picks the interpolation and the backend.
+    Resize(ResizeSchema),
     /// Crops the centre (zero-pads when larger): an integer is a square, or `[h, w]` / `[d, h, w]`.
     CenterCrop(SizeSchema),
     /// Divides by 255 here (torchvision `ToTensor`); images get it first unless listed;
@@ -94,6 +126,44 @@ pub(super) enum TransformSchema {
 pub(super) enum SizeSchema {
     Square(usize),
     Axes(Vec<usize>),
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "only its JSON Schema is used")]
+pub(super) enum ResizeSchema {
+    Square(usize),
+    Axes(Vec<usize>),
+    Table(ResizeTableSchema),
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code, reason = "only its JSON Schema is used")]
+pub(super) struct ResizeTableSchema {
+    /// The shorter side, or `[h, w]` / `[d, h, w]`.
+    size: SizeSchema,
+    /// `"bilinear"` (the default) or `"bicubic"`, as PIL's and torchvision's.
+    interpolation: Option<InterpolationSchema>,
+    /// `"pil"` (8-bit, bit-identical to torchvision on PIL images; the default for image
+    /// folders) or `"tensor"` (floating point, as torchvision on float tensors; the default
+    /// for `.npy` data and after a step that changes values).
+    backend: Option<BackendSchema>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "only its JSON Schema is used")]
+pub(super) enum InterpolationSchema {
+    Bilinear,
+    Bicubic,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "only its JSON Schema is used")]
+pub(super) enum BackendSchema {
+    Pil,
+    Tensor,
 }
 
 #[derive(JsonSchema)]
@@ -151,13 +221,7 @@ pub(super) fn parse(parser: &Parser, raw: &RawTransform) -> Result<Transform, Sp
 
 fn parse_value(name: &str, value: &toml::Value) -> Result<Transform, ValueError> {
     Ok(match name {
-        "resize" => Transform::Resize(match value {
-            toml::Value::Integer(_) => ResizeTo::Shorter(positive(value)?),
-            _ => ResizeTo::Exact(sizes(
-                value,
-                "resize = 256 (shorter side), [224, 224] or [96, 96, 96]",
-            )?),
-        }),
+        "resize" => Transform::Resize(resize_value(value)?),
         "center_crop" => match value {
             toml::Value::Integer(_) => {
                 let side = positive(value)?;
@@ -263,6 +327,59 @@ fn numbers(value: Option<&toml::Value>, key: &str) -> Result<Vec<f64>, ValueErro
         .collect()
 }
 
+/// `resize = 256`, `[h, w]`, `[d, h, w]` or `{ size = ..., interpolation = ..., backend = ... }`.
+fn resize_value(value: &toml::Value) -> Result<Resize, ValueError> {
+    let size = |value: &toml::Value| -> Result<ResizeTo, ValueError> {
+        match value {
+            toml::Value::Integer(_) => Ok(ResizeTo::Shorter(positive(value)?)),
+            _ => Ok(ResizeTo::Exact(sizes(
+                value,
+                "resize = 256 (shorter side), [224, 224] or [96, 96, 96]",
+            )?)),
+        }
+    };
+    let toml::Value::Table(_) = value else {
+        return Ok(Resize::to(size(value)?));
+    };
+    let example = r#"resize = { size = 256, interpolation = "bicubic", backend = "pil" }"#;
+    let table = table(value, &["size", "interpolation", "backend"], example)?;
+    let size = size(table.get("size").ok_or_else(|| {
+        (
+            "`size` is missing".to_string(),
+            format!("for example {example}"),
+        )
+    })?)?;
+    let choice = |key: &str, options: &[&str]| match table.get(key) {
+        None => Ok(None),
+        Some(v) => match v.as_str() {
+            Some(s) if options.contains(&s) => Ok(Some(s.to_string())),
+            _ => Err((
+                format!("`{key}` must be one of {options:?}"),
+                format!("for example {example}"),
+            )),
+        },
+    };
+    let interpolation = match choice("interpolation", &["bilinear", "bicubic"])?.as_deref() {
+        Some("bicubic") => Filter::Bicubic,
+        _ => Filter::Bilinear,
+    };
+    let backend = choice("backend", &["pil", "tensor"])?.map(|b| match b.as_str() {
+        "pil" => Backend::Pil,
+        _ => Backend::Tensor,
+    });
+    if backend == Some(Backend::Pil) && matches!(&size, ResizeTo::Exact(s) if s.len() != 2) {
+        return Err((
+            "backend = \"pil\" resizes 2-D images: give `size` as one side or [h, w]".into(),
+            "volumes resize with backend = \"tensor\"".into(),
+        ));
+    }
+    Ok(Resize {
+        size,
+        interpolation,
+        backend,
+    })
+}
+
 fn normalize(value: &toml::Value) -> Result<Transform, ValueError> {
     let example = "normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] }";
     let table = table(value, &["mean", "std"], example)?;
@@ -341,9 +458,9 @@ impl Transform {
     }
 }
 
-fn resize(sample: ArrayD<f32>, to: &ResizeTo) -> Result<ArrayD<f32>, String> {
+fn resize(sample: ArrayD<f32>, resize: &Resize) -> Result<ArrayD<f32>, String> {
     let ndim = sample.ndim();
-    let target: Vec<usize> = match to {
+    let target: Vec<usize> = match &resize.size {
         ResizeTo::Shorter(side) => {
             if ndim < 2 {
                 return Err(format!(
@@ -357,11 +474,20 @@ fn resize(sample: ArrayD<f32>, to: &ResizeTo) -> Result<ArrayD<f32>, String> {
         ResizeTo::Exact(size) => size.clone(),
     };
     check_axes(&sample, &target, "resize")?;
+    if resize.backend == Some(Backend::Pil) {
+        let [h, w] = target[..] else {
+            return Err(format!(
+                "backend = \"pil\" resizes 2-D images; {target:?} has {} axes",
+                target.len()
+            ));
+        };
+        return pil::resize(&sample, h, w, resize.interpolation);
+    }
     let first = ndim - target.len();
     let mut sample = sample;
     // The last axis first, as PIL does (horizontal, then vertical).
     for (offset, &len) in target.iter().enumerate().rev() {
-        sample = resample_axis(&sample, first + offset, len);
+        sample = resample_axis(&sample, first + offset, len, resize.interpolation);
     }
     Ok(sample)
 }
@@ -527,11 +653,11 @@ mod tests {
         assert_eq!(shorter_side(480, 640, 256), [256, 341]);
         assert_eq!(shorter_side(640, 480, 256), [341, 256]);
         assert_eq!(shorter_side(100, 100, 32), [32, 32]);
-        let out = Transform::Resize(ResizeTo::Shorter(4))
+        let out = Transform::Resize(Resize::to(ResizeTo::Shorter(4)))
             .apply(ArrayD::zeros(vec![3, 8, 12]))
             .unwrap();
         assert_eq!(out.shape(), &[3, 4, 6]);
-        let out = Transform::Resize(ResizeTo::Exact(vec![2, 3, 4]))
+        let out = Transform::Resize(Resize::to(ResizeTo::Exact(vec![2, 3, 4])))
             .apply(ArrayD::zeros(vec![1, 4, 6, 8]))
             .unwrap();
         assert_eq!(out.shape(), &[1, 2, 3, 4]);
@@ -606,8 +732,23 @@ mod tests {
     fn values_parse_with_clear_errors() {
         assert_eq!(
             parse_value("resize", &value("256")).unwrap(),
-            Transform::Resize(ResizeTo::Shorter(256))
+            Transform::Resize(Resize::to(ResizeTo::Shorter(256)))
         );
+        assert_eq!(
+            parse_value(
+                "resize",
+                &value(r#"{ size = [5, 7], interpolation = "bicubic", backend = "tensor" }"#)
+            )
+            .unwrap(),
+            Transform::Resize(Resize {
+                size: ResizeTo::Exact(vec![5, 7]),
+                interpolation: Filter::Bicubic,
+                backend: Some(Backend::Tensor),
+            })
+        );
+        assert!(parse_value("resize", &value(r#"{ size = 4, backend = "cv2" }"#)).is_err());
+        assert!(parse_value("resize", &value(r#"{ interpolation = "bicubic" }"#)).is_err());
+        assert!(parse_value("resize", &value(r#"{ size = [2, 3, 4], backend = "pil" }"#)).is_err());
         assert_eq!(
             parse_value("center_crop", &value("224")).unwrap(),
             Transform::CenterCrop(vec![224, 224])
@@ -629,6 +770,9 @@ mod tests {
         assert!(parse_value("normalize", &value("{ mean = [0.5], std = [0] }")).is_err());
         assert!(parse_value("scale_intensity", &value("{ min = 1.0, max = 0.0 }")).is_err());
         let json = serde_json::to_value(parse_value("resize", &value("[2, 3]")).unwrap()).unwrap();
-        assert_eq!(json, serde_json::json!({ "resize": [2, 3] }));
+        assert_eq!(
+            json,
+            serde_json::json!({ "resize": { "size": [2, 3], "interpolation": "bilinear" } })
+        );
     }
 }
