@@ -81,7 +81,8 @@ thread_local! {
 /// minimized input in tests/fixtures/fuzz-corpus/pending/. After fixing one, delete its
 /// entry here and move its file from pending/ up into the corpus.
 const KNOWN_CRASHES: &[(&str, &str)] = &[
-    // pending/long-line-error-label.toml: miette's renderer on a label past column 65535.
+    // pending/long-line-error-label.toml, pending/long-line-tabs-error-label.toml: miette's
+    // renderer on a label past visual column 65535 (tabs count 4).
     ("Formatting argument out of range", "miette"),
     // pending/report-min-duration-overflow.toml: Duration::from_secs_f64 in report's parse.
     (
@@ -1476,7 +1477,7 @@ fn mutated_examples_give_a_graph_or_an_error() {
 }
 
 /// Every crasher found so far (and fixed) stays fixed; `pending/` holds those that still
-/// crash, run only with `POCHI_FUZZ_PENDING=1`.
+/// crash, run only with `POCHI_FUZZ_PENDING=1`; `POCHI_FUZZ_FILES` adds any others.
 #[test]
 fn regression_corpus_gives_a_graph_or_an_error() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz-corpus");
@@ -1488,6 +1489,10 @@ fn regression_corpus_gives_a_graph_or_an_error() {
     );
     if std::env::var_os("POCHI_FUZZ_PENDING").is_some_and(|v| v == "1") {
         files.extend(toml_files(&root.join("pending")));
+    }
+    // `POCHI_FUZZ_FILES=a:b` replays other files too (e.g. cargo fuzz's artifacts).
+    if let Some(extra) = std::env::var_os("POCHI_FUZZ_FILES") {
+        files.extend(std::env::split_paths(&extra));
     }
     let mut harness = Harness::new(false);
     for file in files {
