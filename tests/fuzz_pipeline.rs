@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 
 mod fuzz_support;
 
-use fuzz_support::{Outcome, check, check_graph};
+use fuzz_support::{check, check_graph};
 
 /// The fixed seed ("pochi"); `POCHI_FUZZ_SEED` picks another.
 const SEED: u64 = 0x70_6f_63_68_69;
@@ -170,85 +171,119 @@ struct Document {
     bytes: Vec<u8>,
 }
 
-struct Harness {
-    send: mpsc::Sender<Arc<Vec<u8>>>,
-    answers: mpsc::Receiver<Result<Outcome, Failure>>,
+/// What one run gave: counts by outcome, and the failing documents.
+#[derive(Default)]
+struct Tally {
     /// How many documents parsed into a graph, were rejected by the parser, by the graph.
     counts: [u64; 3],
-    /// Whether failures matching `KNOWN_CRASHES` are counted instead of failing.
-    tolerate_known: bool,
+    /// Failures matching `KNOWN_CRASHES` (when tolerated).
     known: u64,
     failures: Vec<(String, Vec<u8>, Failure)>,
-    started: Instant,
+    seconds: f64,
 }
 
-impl Harness {
-    fn new(tolerate_known: bool) -> Harness {
-        install_hook();
-        let (send, inbox) = mpsc::channel::<Arc<Vec<u8>>>();
-        let (reply, answers) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("fuzz-worker".into())
-            .stack_size(8 << 20)
-            .spawn(move || {
-                IS_WORKER.set(true);
-                let dir = tempfile::tempdir().expect("a scratch directory");
-                let file = dir.path().join("pipeline.toml");
-                for bytes in inbox {
-                    std::fs::write(&file, &*bytes).expect("write pipeline.toml");
-                    let result = panic::catch_unwind(AssertUnwindSafe(|| check(&file, &bytes)));
-                    let answer = match result {
-                        Ok(Ok(outcome)) => Ok(outcome),
-                        Ok(Err(message)) => Err(Failure {
-                            what: "property",
-                            message,
-                            location: String::new(),
-                            backtrace: String::new(),
-                        }),
-                        Err(payload) => Err(recorded_panic(payload)),
-                    };
-                    if reply.send(answer).is_err() {
-                        break;
-                    }
-                }
-            })
-            .expect("spawn the fuzz worker");
-        Harness {
-            send,
-            answers,
-            counts: [0; 3],
-            tolerate_known,
-            known: 0,
-            failures: Vec::new(),
-            started: Instant::now(),
-        }
-    }
+/// The worker's progress, watched by the test's thread for hangs.
+#[derive(Default)]
+struct Progress {
+    done: AtomicU64,
+    /// The document being checked (its name and bytes).
+    current: Mutex<Option<(String, Vec<u8>)>>,
+}
 
-    /// Runs one document; a hang ends the run at once (the worker is stuck).
-    fn run(&mut self, document: Document) {
-        let bytes = Arc::new(document.bytes);
-        self.send.send(Arc::clone(&bytes)).expect("the worker runs");
-        match self.answers.recv_timeout(HANG_AFTER) {
-            Ok(Ok(outcome)) => self.counts[outcome as usize] += 1,
-            Ok(Err(failure)) if self.tolerate_known && is_known(&failure) => self.known += 1,
-            Ok(Err(failure)) => self.failures.push((document.name, bytes.to_vec(), failure)),
-            Err(_) => {
-                let failure = Failure {
-                    what: "hang",
-                    message: format!("no answer after {HANG_AFTER:?}"),
+/// Checks documents `make(case)` for every case in `cases` on a worker: a thread of a
+/// rayon pool with 8 MiB stacks (as a main thread has), so the parser's parallel stage
+/// parsing runs on the worker and its sibling without waking a thread per document.
+/// `tolerate_known`: failures matching `KNOWN_CRASHES` are counted, not failures.
+fn run_documents(
+    label: &str,
+    cases: std::ops::Range<u64>,
+    make: impl Fn(u64) -> Document + Send + 'static,
+    tolerate_known: bool,
+) {
+    install_hook();
+    let progress = Arc::new(Progress::default());
+    let (reply, answer) = mpsc::channel::<Tally>();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .stack_size(8 << 20)
+        .build()
+        .expect("a thread pool");
+    let watched = Arc::clone(&progress);
+    let started = Instant::now();
+    pool.spawn(move || {
+        IS_WORKER.set(true);
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let file = dir.path().join("pipeline.toml");
+        let mut tally = Tally::default();
+        for case in cases {
+            let document = make(case);
+            *watched.current.lock().unwrap() =
+                Some((document.name.clone(), document.bytes.clone()));
+            std::fs::write(&file, &document.bytes).expect("write pipeline.toml");
+            let result = panic::catch_unwind(AssertUnwindSafe(|| check(&file, &document.bytes)));
+            let failure = match result {
+                Ok(Ok(outcome)) => {
+                    tally.counts[outcome as usize] += 1;
+                    None
+                }
+                Ok(Err(message)) => Some(Failure {
+                    what: "property",
+                    message,
                     location: String::new(),
                     backtrace: String::new(),
-                };
-                self.failures.push((document.name, bytes.to_vec(), failure));
-                self.finish("stopped at a hang");
+                }),
+                Err(payload) => Some(recorded_panic(payload)),
+            };
+            match failure {
+                Some(failure) if tolerate_known && is_known(&failure) => tally.known += 1,
+                Some(failure) => tally
+                    .failures
+                    .push((document.name, document.bytes, failure)),
+                None => {}
+            }
+            watched.done.fetch_add(1, Ordering::Relaxed);
+        }
+        tally.seconds = started.elapsed().as_secs_f64();
+        let _ = reply.send(tally);
+    });
+    let (mut last_done, mut since) = (0, Instant::now());
+    let tally = loop {
+        match answer.recv_timeout(Duration::from_millis(100)) {
+            Ok(tally) => break tally,
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the fuzz worker died"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let done = progress.done.load(Ordering::Relaxed);
+                if done != last_done {
+                    (last_done, since) = (done, Instant::now());
+                } else if since.elapsed() > HANG_AFTER {
+                    // The worker is stuck (it is left behind): report the document.
+                    let (name, bytes) = progress.current.lock().unwrap().take().unwrap_or_default();
+                    let failure = Failure {
+                        what: "hang",
+                        message: format!("no answer after {HANG_AFTER:?}"),
+                        location: String::new(),
+                        backtrace: String::new(),
+                    };
+                    let tally = Tally {
+                        failures: vec![(name, bytes, failure)],
+                        seconds: started.elapsed().as_secs_f64(),
+                        ..Tally::default()
+                    };
+                    tally.finish(&format!(
+                        "{label} (stopped at a hang after {done} documents)"
+                    ));
+                }
             }
         }
-    }
+    };
+    tally.finish(label);
+}
 
+impl Tally {
     /// Prints the figures, saves every failing document and fails the test if any.
     fn finish(&self, label: &str) {
         let total: u64 = self.counts.iter().sum::<u64>() + self.known + self.failures.len() as u64;
-        let seconds = self.started.elapsed().as_secs_f64();
+        let seconds = self.seconds;
         eprintln!(
             "fuzz {label}: {total} documents in {seconds:.2}s ({:.0}/s): {} graphs, {} parse errors, {} graph errors, {} known crashes (pending/), {} failures",
             total as f64 / seconds.max(1e-9),
@@ -268,7 +303,11 @@ impl Harness {
         let mut report = String::new();
         let mut seen = std::collections::BTreeSet::new();
         for (index, (name, bytes, failure)) in self.failures.iter().enumerate() {
-            let file = save.join(format!("{label}-{index}.toml").replace(' ', "_"));
+            let stem: String = label
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            let file = save.join(format!("{stem}-{index}.toml"));
             std::fs::write(&file, bytes).expect("save a failing document");
             let first = seen.insert(failure.key());
             let _ = writeln!(
@@ -1441,39 +1480,36 @@ fn only_case() -> Option<u64> {
         .map(|v| v.parse().expect("POCHI_FUZZ_CASE is a number"))
 }
 
-fn run_family(label: &str, make: impl Fn(u64) -> Document) {
+/// Runs cases `0..POCHI_FUZZ_CASES` of a family (or `POCHI_FUZZ_CASE` alone, printed).
+fn run_family(label: &str, make: impl Fn(u64) -> Document + Send + 'static) {
     let strict = std::env::var_os("POCHI_FUZZ_STRICT").is_some_and(|v| v == "1");
-    let mut harness = Harness::new(!strict);
     let cases = env_u64("POCHI_FUZZ_CASES", DEFAULT_CASES);
     let range = match only_case() {
-        Some(case) => case..case + 1,
-        None => 0..cases,
-    };
-    for case in range {
-        let document = make(case);
-        if only_case().is_some() {
+        Some(case) => {
+            let document = make(case);
             eprintln!(
                 "{}:\n{}",
                 document.name,
                 String::from_utf8_lossy(&document.bytes)
             );
+            case..case + 1
         }
-        harness.run(document);
-    }
-    harness.finish(label);
+        None => 0..cases,
+    };
+    run_documents(label, range, make, !strict);
 }
 
 #[test]
 fn generated_pipelines_give_a_graph_or_an_error() {
     let seed = seed();
-    run_family("generated", |case| generated(seed, case));
+    run_family("generated", move |case| generated(seed, case));
 }
 
 #[test]
 fn mutated_examples_give_a_graph_or_an_error() {
     let seed = seed();
     let seeds = seeds();
-    run_family("mutated", |case| mutated(seed, case, &seeds));
+    run_family("mutated", move |case| mutated(seed, case, &seeds));
 }
 
 /// Every crasher found so far (and fixed) stays fixed; `pending/` holds those that still
@@ -1494,14 +1530,19 @@ fn regression_corpus_gives_a_graph_or_an_error() {
     if let Some(extra) = std::env::var_os("POCHI_FUZZ_FILES") {
         files.extend(std::env::split_paths(&extra));
     }
-    let mut harness = Harness::new(false);
-    for file in files {
-        harness.run(Document {
-            name: file.display().to_string(),
-            bytes: std::fs::read(&file).expect("read a corpus file"),
-        });
-    }
-    harness.finish("corpus");
+    let documents: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|file| {
+            let bytes = std::fs::read(file).expect("read a corpus file");
+            (file.display().to_string(), bytes)
+        })
+        .collect();
+    let count = documents.len() as u64;
+    let make = move |case: u64| {
+        let (name, bytes) = documents[case as usize].clone();
+        Document { name, bytes }
+    };
+    run_documents("corpus", 0..count, make, false);
 }
 
 /// The example pipelines are the mutation seeds: each is valid as it stands.
