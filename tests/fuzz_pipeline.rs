@@ -210,13 +210,22 @@ fn run_documents(
         .expect("a thread pool");
     let watched = Arc::clone(&progress);
     let started = Instant::now();
+    let label_owned = label.to_string();
     pool.spawn(move || {
+        let label = label_owned;
         IS_WORKER.set(true);
         let dir = tempfile::tempdir().expect("a scratch directory");
         let file = dir.path().join("pipeline.toml");
         let mut tally = Tally::default();
+        let dump = std::env::var_os("POCHI_FUZZ_DUMP").map(PathBuf::from);
         for case in cases {
             let document = make(case);
+            if let Some(dump) = &dump {
+                // Seeds for `cargo fuzz` (docs/fuzzing.md).
+                let name = format!("{}-{case}.toml", label.replace(' ', "_"));
+                std::fs::create_dir_all(dump).expect("create POCHI_FUZZ_DUMP");
+                std::fs::write(dump.join(name), &document.bytes).expect("dump a document");
+            }
             *watched.current.lock().unwrap() =
                 Some((document.name.clone(), document.bytes.clone()));
             std::fs::write(&file, &document.bytes).expect("write pipeline.toml");
@@ -776,16 +785,43 @@ const COMMON_KEYS: &[(&str, Slot)] = &[("needs", Slot::Strings), ("device", Slot
 
 /// Writes TOML text for random documents. `stages` are the names the document declares,
 /// so references and `needs` mostly resolve (and make edges, cycles, clashes).
+/// A `clean` writer (a third of the documents) writes only well-formed TOML, valid names,
+/// resolvable references and plausible values, so that documents reach the graph builder
+/// (edges, cycles, clashing and overlapping outputs) instead of stopping at a typo.
 struct Writer<'g> {
     g: &'g mut Gen,
+    clean: bool,
     stages: Vec<String>,
     out: String,
 }
 
+/// Paths a clean document uses: inside the project, some nested in others.
+const CLEAN_PATHS: &[&str] = &[
+    "build/out.txt",
+    "build/a",
+    "build/a/b.onnx",
+    "build/x",
+    "build",
+    "out",
+    "out/keep.txt",
+    "data",
+    "data/val",
+    "demo_data/words.txt",
+    "scripts/s.py",
+];
+
 impl Writer<'_> {
+    /// Something odd, `percent` of the time, never in a clean document.
+    fn odd(&mut self, percent: usize) -> bool {
+        !self.clean && self.g.chance(percent)
+    }
+
     /// A string literal: mostly a basic string with escapes, sometimes literal or
     /// multi-line, rarely raw bytes TOML forbids.
     fn string(&mut self, value: &str) -> String {
+        if self.clean {
+            return self.basic(value);
+        }
         match self.g.below(100) {
             0..=2 => format!("'{value}'"),
             3 => format!("\"\"\"{value}\"\"\""),
@@ -812,6 +848,9 @@ impl Writer<'_> {
     }
 
     fn name(&mut self) -> String {
+        if self.clean {
+            return self.g.pick(NAMES).to_string();
+        }
         match self.g.below(30) {
             0 => "n".repeat(*self.g.pick(&[&256usize, &300, &4096, &65536])),
             1 => self.g.pick(ODD_NAMES).to_string(),
@@ -825,9 +864,9 @@ impl Writer<'_> {
             && key
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if bare && !self.g.chance(5) {
+        if bare && !self.odd(5) {
             key.to_string()
-        } else if self.g.chance(3) {
+        } else if self.odd(3) {
             self.string(key)
         } else {
             self.basic(key)
@@ -835,6 +874,14 @@ impl Writer<'_> {
     }
 
     fn path(&mut self) -> String {
+        if self.clean {
+            let path = if self.g.chance(20) {
+                format!("build/{}", self.some_stage())
+            } else {
+                self.g.pick(CLEAN_PATHS).to_string()
+            };
+            return self.basic(&path);
+        }
         let path = match self.g.below(12) {
             0 => format!(
                 "build/{}",
@@ -851,7 +898,7 @@ impl Writer<'_> {
     }
 
     fn some_stage(&mut self) -> String {
-        if self.stages.is_empty() || self.g.chance(8) {
+        if self.stages.is_empty() || self.odd(8) {
             self.name()
         } else {
             self.stages[self.g.below(self.stages.len())].clone()
@@ -860,6 +907,14 @@ impl Writer<'_> {
 
     fn reference(&mut self) -> String {
         let stage = self.some_stage();
+        if self.clean {
+            let text = if self.g.chance(60) {
+                format!("@{stage}")
+            } else {
+                format!("@{stage}.{}", self.g.pick(&OUTPUT_KEYS[..10]))
+            };
+            return self.basic(&text);
+        }
         let text = match self.g.below(40) {
             0..=23 => format!("@{stage}"),
             24..=36 => format!("@{stage}.{}", self.g.pick(OUTPUT_KEYS)),
@@ -871,6 +926,9 @@ impl Writer<'_> {
     }
 
     fn integer(&mut self) -> String {
+        if self.clean {
+            return format!("{}", 1 + self.g.below(300));
+        }
         match self.g.below(20) {
             0 => self.g.pick(FLOATS).to_string(),
             1 => format!("0x{:x}", self.g.below(1 << 20)),
@@ -941,7 +999,8 @@ impl Writer<'_> {
     }
 
     fn list(&mut self, mut item: impl FnMut(&mut Self) -> String) -> String {
-        let n = match self.g.below(40) {
+        let n = match self.g.below(if self.clean { 1 } else { 40 }) {
+            _ if self.clean => 1 + self.g.below(4),
             0..=3 => 0,
             4 => 20 + self.g.below(200),
             _ => 1 + self.g.below(4),
@@ -952,7 +1011,7 @@ impl Writer<'_> {
 
     /// A value for `slot`: usually the right shape, sometimes any value at all.
     fn value(&mut self, slot: Slot) -> String {
-        if self.g.chance(4) {
+        if self.odd(4) {
             return self.any(1);
         }
         match slot {
@@ -983,7 +1042,7 @@ impl Writer<'_> {
             Slot::Ints => self.list(|w| w.integer()),
             Slot::Bool => self.g.pick(&["true", "false"]).to_string(),
             Slot::Size => {
-                let s = if self.g.chance(50) {
+                let s = if self.clean || self.g.chance(50) {
                     self.g
                         .pick(&["6GiB", "512MiB", "1.5G", "1000", "1 KiB", "2GiB"])
                 } else {
@@ -994,6 +1053,16 @@ impl Writer<'_> {
                 } else {
                     self.string(s)
                 }
+            }
+            Slot::Duration if self.clean => {
+                let s = self.g.pick(&["0s", "1s", "10ms", "1.5m"]);
+                self.basic(s)
+            }
+            Slot::Run if self.clean => {
+                let run =
+                    self.g
+                        .pick(&["[\"true\"]", "[\"sh\", \"-c\", \"true\"]", "[\"{python}\"]"]);
+                run.to_string()
             }
             Slot::Duration => {
                 let s = self.g.pick(DURATIONS);
@@ -1110,10 +1179,41 @@ impl Writer<'_> {
         }
     }
 
+    /// In a clean document, a valid value for the keys that take one of a few words.
+    fn clean_value(&mut self, key: &str) -> Option<String> {
+        if !self.clean {
+            return None;
+        }
+        let words: &[&str] = match key {
+            "precision" => &["fp16", "int8", "bf16", "fp8"],
+            "high_precision" => &["fp32", "fp16"],
+            "device" => &["cpu", "cuda", "cuda:0"],
+            "task" => &["classification", "segmentation", "none"],
+            "exporter" => &["legacy", "dynamo"],
+            "on_parity_failure" => &["fail", "warn"],
+            "model" => &[
+                "torchvision.models:resnet18",
+                "monai.networks.nets:SwinUNETR",
+            ],
+            "method" => &["entropy", "max"],
+            "dynamic" => return Some("[\"batch\"]".into()),
+            "needs" => {
+                let stages = self.list(|w| {
+                    let stage = w.some_stage();
+                    w.basic(&stage)
+                });
+                return Some(stages);
+            }
+            _ => return None,
+        };
+        let word = self.g.pick(words);
+        Some(self.basic(word))
+    }
+
     /// The keys of one stage, as `key = value` lines.
     fn stage_lines(&mut self, kind: &str) -> Vec<String> {
         let mut lines = Vec::new();
-        if !self.g.chance(3) {
+        if !self.odd(3) {
             lines.push(format!("kind = {}", self.string(kind)));
         }
         let keys = KIND_KEYS
@@ -1124,12 +1224,17 @@ impl Writer<'_> {
         for (index, &(key, slot)) in keys.iter().enumerate() {
             // The first keys (the required ones) come nearly always, the rest sometimes.
             if self.g.chance(if index < 2 { 95 } else { 50 }) {
-                lines.push(format!("{key} = {}", self.value(slot)));
+                if kind == "dataset" && self.clean && key == "synthetic" && index > 0 {
+                    continue; // a clean dataset has `source` or `synthetic`, not both
+                }
+                let value = self.clean_value(key).unwrap_or_else(|| self.value(slot));
+                lines.push(format!("{key} = {value}"));
             }
         }
         for &(key, slot) in COMMON_KEYS {
             if self.g.chance(25) {
-                lines.push(format!("{key} = {}", self.value(slot)));
+                let value = self.clean_value(key).unwrap_or_else(|| self.value(slot));
+                lines.push(format!("{key} = {value}"));
             }
         }
         if self.g.chance(15) {
@@ -1137,7 +1242,7 @@ impl Writer<'_> {
             let memory = self.value(Slot::Size);
             lines.push(format!("resources = {{ cpu = {cpu}, memory = {memory} }}"));
         }
-        if self.g.chance(15) {
+        if self.odd(15) {
             let key = match self.g.below(6) {
                 0 => "A=B".to_string(),
                 1 => "".to_string(),
@@ -1153,14 +1258,14 @@ impl Writer<'_> {
             };
             lines.push(format!("env = {{ {key} = {value} }}"));
         }
-        if self.g.chance(4) {
+        if self.odd(4) {
             let key = self
                 .g
                 .pick(&["rn", "input", "outputs", "kind", "Kind", "é", "needs"]);
             let key = self.key(key);
             lines.push(format!("{key} = {}", self.any(1)));
         }
-        if self.g.chance(10) {
+        if self.odd(10) {
             let a = self.g.below(lines.len().max(1));
             let b = self.g.below(lines.len().max(1));
             if a < lines.len() && b < lines.len() {
@@ -1181,7 +1286,7 @@ impl Writer<'_> {
         let mut names: Vec<String> = Vec::new();
         for _ in 0..n {
             let name = self.name();
-            if !names.contains(&name) || self.g.chance(3) {
+            if !names.contains(&name) || self.odd(3) {
                 names.push(name);
             }
         }
@@ -1189,7 +1294,7 @@ impl Writer<'_> {
         if self.g.chance(60) {
             self.out.push_str("[pipeline]\n");
             if self.g.chance(80) {
-                let name = if self.g.chance(70) {
+                let name = if !self.odd(30) {
                     "pipeline".to_string()
                 } else {
                     self.name()
@@ -1201,7 +1306,7 @@ impl Writer<'_> {
                 let path = self.path();
                 let _ = writeln!(self.out, "build_dir = {path}");
             }
-            if self.g.chance(5) {
+            if self.odd(5) {
                 let value = self.any(1);
                 let _ = writeln!(self.out, "nmae = {value}");
             }
@@ -1223,11 +1328,13 @@ impl Writer<'_> {
                 }
             }
         }
-        let style = self.g.below(20);
+        let style = if self.clean { 3 } else { self.g.below(20) };
         let stages = self.stages.clone();
         for name in &stages {
-            let kind = if self.g.chance(5) {
+            let kind = if self.odd(5) {
                 self.g.pick(ODD_KINDS)
+            } else if self.clean && self.g.chance(50) {
+                "command"
             } else {
                 self.g.pick(KINDS)
             };
@@ -1261,7 +1368,7 @@ impl Writer<'_> {
                 }
             }
         }
-        if self.g.chance(5) {
+        if self.odd(5) {
             let junk = self.g.pick(&[
                 "stages = 1\n",
                 "[stages]\n",
@@ -1280,8 +1387,10 @@ impl Writer<'_> {
 /// Generated document number `case`.
 fn generated(seed: u64, case: u64) -> Document {
     let mut g = Gen::new(seed, 1, case);
+    let clean = g.chance(33);
     let text = Writer {
         g: &mut g,
+        clean,
         stages: Vec::new(),
         out: String::new(),
     }
