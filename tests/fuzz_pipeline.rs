@@ -178,6 +178,9 @@ struct Tally {
     counts: [u64; 3],
     /// Failures matching `KNOWN_CRASHES` (when tolerated).
     known: u64,
+    /// Errors whose rendering holds a raw control character, and the first such document.
+    raw_control: u64,
+    raw_control_example: Option<String>,
     failures: Vec<(String, Vec<u8>, Failure)>,
     seconds: f64,
 }
@@ -231,8 +234,14 @@ fn run_documents(
             std::fs::write(&file, &document.bytes).expect("write pipeline.toml");
             let result = panic::catch_unwind(AssertUnwindSafe(|| check(&file, &document.bytes)));
             let failure = match result {
-                Ok(Ok(outcome)) => {
-                    tally.counts[outcome as usize] += 1;
+                Ok(Ok(checked)) => {
+                    tally.counts[checked.outcome as usize] += 1;
+                    if checked.raw_control {
+                        tally.raw_control += 1;
+                        tally
+                            .raw_control_example
+                            .get_or_insert(document.name.clone());
+                    }
                     None
                 }
                 Ok(Err(message)) => Some(Failure {
@@ -294,13 +303,15 @@ impl Tally {
         let total: u64 = self.counts.iter().sum::<u64>() + self.known + self.failures.len() as u64;
         let seconds = self.seconds;
         eprintln!(
-            "fuzz {label}: {total} documents in {seconds:.2}s ({:.0}/s): {} graphs, {} parse errors, {} graph errors, {} known crashes (pending/), {} failures",
+            "fuzz {label}: {total} documents in {seconds:.2}s ({:.0}/s): {} graphs, {} parse errors, {} graph errors, {} known crashes (pending/), {} failures; {} errors print raw control characters (first: {})",
             total as f64 / seconds.max(1e-9),
             self.counts[0],
             self.counts[1],
             self.counts[2],
             self.known,
-            self.failures.len()
+            self.failures.len(),
+            self.raw_control,
+            self.raw_control_example.as_deref().unwrap_or("none")
         );
         if self.failures.is_empty() {
             return;
