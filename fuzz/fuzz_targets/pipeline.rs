@@ -10,6 +10,10 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "../../tests/fuzz_support/mod.rs"]
+#[allow(
+    dead_code,
+    reason = "the suite test reads the outcome counts; here only failures count"
+)]
 mod fuzz_support;
 
 /// A scratch directory holding `pipeline.toml`, for the whole run.
