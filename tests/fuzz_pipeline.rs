@@ -90,6 +90,9 @@ const KNOWN_CRASHES: &[(&str, &str)] = &[
         "cannot convert float seconds to Duration",
         "kinds/report/config.rs",
     ),
+    // pending/overlap-order-nondeterministic.toml: with several overlapping outputs,
+    // check_outputs (src/graph/mod.rs) reports whichever its HashMap visits first.
+    ("the same pipeline gives different graph errors", ""),
 ];
 
 fn is_known(failure: &Failure) -> bool {

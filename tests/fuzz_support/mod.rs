@@ -1,7 +1,8 @@
 //! The properties every fuzzed pipeline document must keep, shared by the suite test
 //! (tests/fuzz_pipeline.rs) and the `cargo fuzz` target (fuzz/fuzz_targets/pipeline.rs):
 //! parsing and building give a graph or an error, every error renders as the CLI renders
-//! it (non-empty, pointing into the file), and a built graph is a valid order of all stages.
+//! it (non-empty, pointing into the file), a graph error is the same on every build, and a
+//! built graph is a valid order of all stages.
 
 use std::path::Path;
 
@@ -63,6 +64,20 @@ pub fn check(file: &Path, bytes: &[u8]) -> Result<Checked, String> {
         }
         Err(error) => {
             let raw_control = check_error(&error, &text)?;
+            // The same pipeline gives the same error every time (as the parser promises
+            // for stages parsed in parallel): build it twice more.
+            let first = error.to_string();
+            for _ in 0..2 {
+                let again = StageGraph::build(&pipeline)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                if again != first {
+                    return Err(format!(
+                        "the same pipeline gives different graph errors: `{first}`, then `{again}`"
+                    ));
+                }
+            }
             check_report(miette::Report::new(error))?;
             Ok(Checked {
                 outcome: Outcome::GraphError,
