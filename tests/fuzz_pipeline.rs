@@ -31,15 +31,16 @@ const SEED: u64 = 0x70_6f_63_68_69;
 const DEFAULT_CASES: u64 = 2000;
 /// A document that takes longer than this to parse and build is a hang.
 const HANG_AFTER: Duration = Duration::from_secs(10);
-/// Nesting of arrays and inline tables the generator stays under by default (deeper ones
-/// come from `pending/` while they crash).
+/// Nesting of arrays and inline tables the generator stays under (deeper documents are
+/// refused by toml's recursion limit; `fuzz-corpus/deep-nesting.toml` checks that).
 const MAX_DEPTH: usize = 24;
 
 // ---------------------------------------------------------------------------------------
-// The harness: one worker thread (8 MiB of stack, like a main thread) takes documents,
-// writes each to `pipeline.toml` in a scratch directory, parses, builds, renders, and
-// answers; a panic is caught and reported with its location and backtrace, and a document
-// that does not answer within `HANG_AFTER` is a hang.
+// The harness: a worker (a rayon pool thread with 8 MiB of stack, like a main thread)
+// makes each document, writes it to `pipeline.toml` in a scratch directory, parses,
+// builds, renders and counts; a panic is caught and reported with its location and
+// backtrace, and the test's thread reports a hang when the worker makes no progress
+// for `HANG_AFTER`.
 // ---------------------------------------------------------------------------------------
 
 /// What went wrong with one document.
