@@ -82,19 +82,7 @@ thread_local! {
 /// as known rather than failing (`POCHI_FUZZ_STRICT=1` fails on them too); each has its
 /// minimized input in tests/fixtures/fuzz-corpus/pending/. After fixing one, delete its
 /// entry here and move its file from pending/ up into the corpus.
-const KNOWN_CRASHES: &[(&str, &str)] = &[
-    // pending/long-line-error-label.toml, pending/long-line-tabs-error-label.toml: miette's
-    // renderer on a label past visual column 65535 (tabs count 4).
-    ("Formatting argument out of range", "miette"),
-    // pending/report-min-duration-overflow.toml: Duration::from_secs_f64 in report's parse.
-    (
-        "cannot convert float seconds to Duration",
-        "kinds/report/config.rs",
-    ),
-    // pending/overlap-order-nondeterministic.toml: with several overlapping outputs,
-    // check_outputs (src/graph/mod.rs) reports whichever its HashMap visits first.
-    ("the same pipeline gives different graph errors", ""),
-];
+const KNOWN_CRASHES: &[(&str, &str)] = &[];
 
 fn is_known(failure: &Failure) -> bool {
     KNOWN_CRASHES.iter().any(|(message, frame)| {

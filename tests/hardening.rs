@@ -486,3 +486,25 @@ fn every_command_defaults_to_pipeline_toml_and_completions_come_from_clap() {
         }
     }
 }
+
+// Found by the fuzzer (tests/fixtures/fuzz-corpus): a label further right than miette
+// can draw is shown as file:line:col, and a duration too large for a Duration is an error.
+#[test]
+fn an_error_far_right_on_a_line_and_a_huge_duration_are_errors_not_panics() {
+    for indent in [" ".repeat(70_000), "\t".repeat(20_000)] {
+        let project = Project::new(&format!("{indent}x = 1\n"));
+        project.run(&["status"]).assert_error(&[
+            "unknown key `x` at the top level",
+            "pipeline.toml:1:",
+            "too long to show",
+        ]);
+    }
+    let project = Project::new(
+        "[stages.r]\nkind = \"report\"\nmodels = [\"m.onnx\"]\ndata = \"d.npy\"\nmin_duration = \"18446744073709551616s\"\n",
+    );
+    project.write("m.onnx", "");
+    project.write("d.npy", "");
+    project
+        .run(&["status"])
+        .assert_error(&["`18446744073709551616s` is not a duration"]);
+}

@@ -21,6 +21,8 @@ mod toolchain;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub use output::render_error;
+
 use clap::{Parser, Subcommand};
 
 /// pochi: a declarative, make-like build graph for model deployment.

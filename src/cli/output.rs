@@ -42,11 +42,15 @@ pub(crate) use {say, show};
 /// other than newline and tab become visible (`\u{1b}`); colour sequences (`ESC [ ... m`,
 /// which only change colours) are kept when colour is on and dropped otherwise.
 pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    sanitize_with(text, color())
+}
+
+/// `sanitize`, keeping colour sequences only when `keep_color`.
+fn sanitize_with(text: &str, keep_color: bool) -> std::borrow::Cow<'_, str> {
     let is_unsafe = |c: char| c.is_control() && c != '\n' && c != '\t';
     if !text.chars().any(is_unsafe) {
         return std::borrow::Cow::Borrowed(text);
     }
-    let keep_color = color();
     let mut out = String::with_capacity(text.len() + 16);
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
@@ -78,21 +82,109 @@ fn sgr_len(text: &str) -> Option<usize> {
 }
 
 pub fn print_error(report: &miette::Report) {
-    let mut theme = if color() {
+    let diagnostic: &dyn miette::Diagnostic = report.as_ref();
+    eprintln!("{}", render_error(diagnostic, color()).trim());
+}
+
+/// An error as pochi prints it: `error:`, the source snippet with its label, the causes and
+/// `help:`, made safe to print (see `sanitize`; with `color` off, no escape sequence at all).
+/// A label further right than miette can draw (past column 65,535, where its renderer
+/// panics) is shown as `file:line:col` without the snippet.
+pub fn render_error(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
+    let mut theme = if color {
         GraphicalTheme::unicode()
     } else {
         GraphicalTheme::unicode_nocolor()
     };
-    theme.characters.error = paint("error:", "1;31");
+    theme.characters.error = if color {
+        "\x1b[1;31merror:\x1b[0m".to_string()
+    } else {
+        "error:".to_string()
+    };
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_cause_chain()
         .with_width(100);
     let mut text = String::new();
-    let diagnostic: &dyn miette::Diagnostic = report.as_ref();
-    if handler.render_report(&mut text, diagnostic).is_err() {
-        text = format!("error: {report}");
+    let rendered = match far_label(diagnostic) {
+        None => handler.render_report(&mut text, diagnostic),
+        Some(location) => handler.render_report(
+            &mut text,
+            &WithoutSnippet {
+                inner: diagnostic,
+                location,
+            },
+        ),
+    };
+    if rendered.is_err() {
+        text = format!("error: {diagnostic}");
     }
-    eprintln!("{}", sanitize(text.trim()));
+    sanitize_with(&text, color).into_owned()
+}
+
+/// The widest line miette draws a label on: beyond it, its renderer panics.
+const MAX_LABEL_COLUMN: usize = 60_000;
+
+/// `file:line:col` of the first label, if a label's line is too wide to draw.
+fn far_label(diagnostic: &dyn miette::Diagnostic) -> Option<String> {
+    let source = diagnostic.source_code()?;
+    let labels: Vec<miette::LabeledSpan> = diagnostic.labels()?.collect();
+    // The whole text: every line around offset 0.
+    let whole = source
+        .read_span(&(0..0).into(), usize::MAX / 2, usize::MAX / 2)
+        .ok()?;
+    let text = String::from_utf8_lossy(whole.data());
+    let line_of = |offset: usize| {
+        let offset = offset.min(text.len());
+        let start = text[..offset].rfind('\n').map_or(0, |n| n + 1);
+        let end = text[offset..].find('\n').map_or(text.len(), |n| offset + n);
+        (start, end)
+    };
+    let width = |line: &str| {
+        line.chars()
+            .map(|c| if c == '\t' { 4 } else { 1 })
+            .sum::<usize>()
+    };
+    let too_wide = labels.iter().any(|label| {
+        let (start, end) = line_of(label.offset());
+        width(&text[start..end]) > MAX_LABEL_COLUMN
+    });
+    if !too_wide {
+        return None;
+    }
+    let first = labels.first()?.offset().min(text.len());
+    let line = text[..first].matches('\n').count() + 1;
+    let column = first - line_of(first).0 + 1;
+    let name = whole.name().unwrap_or("the pipeline file").to_string();
+    Some(format!("{name}:{line}:{column}"))
+}
+
+/// A diagnostic shown without its source snippet, its location in the message instead.
+#[derive(Debug)]
+struct WithoutSnippet<'a> {
+    inner: &'a dyn miette::Diagnostic,
+    location: String,
+}
+
+impl std::fmt::Display for WithoutSnippet<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (at {}; the line is too long to show)",
+            self.inner, self.location
+        )
+    }
+}
+
+impl std::error::Error for WithoutSnippet<'_> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
+
+impl miette::Diagnostic for WithoutSnippet<'_> {
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.inner.help()
+    }
 }
 
 /// A hand-made error with a hint, for failures that are not a typed error elsewhere.

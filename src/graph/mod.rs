@@ -262,7 +262,12 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
         let (output, input) = (output_of(id), input_of(input_id));
         overlap_error(pipeline, path, output, id.0, input_path, input, input_id.0)
     };
-    for (&path, &id) in &outputs {
+    // In declaration order, not the map's: with several overlaps, the same file always
+    // gives the same error (fuzzing found it varied from run to run).
+    let mut in_order: Vec<(&Path, (usize, usize))> =
+        outputs.iter().map(|(p, id)| (*p, *id)).collect();
+    in_order.sort_unstable_by_key(|(_, id)| *id);
+    for &(path, id) in &in_order {
         if let Some((&outer, &outer_id)) = ancestor_in(&outputs, path) {
             return Err(pipeline
                 .source
@@ -285,7 +290,10 @@ fn check_outputs(pipeline: &Pipeline) -> Result<(), SpanError> {
             return Err(overlap(path, id, input_path, input_id));
         }
     }
-    for (&input_path, &input_id) in &sources {
+    let mut sources_in_order: Vec<(&Path, (usize, usize))> =
+        sources.iter().map(|(p, id)| (*p, *id)).collect();
+    sources_in_order.sort_unstable_by_key(|(_, id)| *id);
+    for &(input_path, input_id) in &sources_in_order {
         if let Some((&path, &id)) = ancestor_in(&outputs, input_path) {
             return Err(overlap(path, id, input_path, input_id));
         }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
+use miette::Diagnostic;
 use pochi::graph::StageGraph;
 use pochi::spec::{Pipeline, parse_pipeline};
 
@@ -108,15 +108,8 @@ fn check_error(error: &dyn Diagnostic, text: &str) -> Result<bool, String> {
             ));
         }
     }
-    let mut theme = GraphicalTheme::unicode_nocolor();
-    theme.characters.error = "error:".into();
-    let handler = GraphicalReportHandler::new_themed(theme)
-        .with_cause_chain()
-        .with_width(100);
-    let mut rendered = String::new();
-    if handler.render_report(&mut rendered, error).is_err() {
-        return Err(format!("error `{message}` does not render"));
-    }
+    // Exactly what the CLI prints (without colour).
+    let rendered = pochi::cli::render_error(error, false);
     if rendered.trim().is_empty() {
         return Err(format!("error `{message}` renders empty"));
     }
@@ -125,14 +118,24 @@ fn check_error(error: &dyn Diagnostic, text: &str) -> Result<bool, String> {
             "error `{message}` renders without pointing at pipeline.toml:LINE:COL:\n{rendered}"
         ));
     }
-    Ok(rendered
+    // The CLI escapes control characters (an ESC from a file must not reach a terminal).
+    if rendered
         .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t'))
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(format!(
+            "error `{message}` renders with a raw control character:\n{rendered:?}"
+        ));
+    }
+    Ok(false)
 }
 
-/// `miette::Report`'s own rendering (what `{:?}` of an error prints) works too.
+/// The error as the CLI's `main` gets it (a `miette::Report`), rendered as it prints it,
+/// with colour on this time. (miette's own `{:?}` rendering, which pochi never uses, panics
+/// on a label past column 65,535; `render_error` shows such a label as file:line:col.)
 fn check_report(report: miette::Report) -> Result<(), String> {
-    let debug = format!("{report:?}");
+    let diagnostic: &dyn Diagnostic = report.as_ref();
+    let debug = pochi::cli::render_error(diagnostic, true);
     if debug.trim().is_empty() {
         return Err(format!("`{report}` renders empty through miette::Report"));
     }

@@ -138,7 +138,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "m" | "min" => value * 60.0,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    // `try_`: a finite value of 2^64 seconds or more does not fit a Duration (found by
+    // fuzzing: `min_duration = "18446744073709551616s"` panicked).
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanError> {
