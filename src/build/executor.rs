@@ -170,6 +170,11 @@ pub struct StageExecutor {
     runs: AtomicU64,
     /// Jobs that cannot run on this machine, with what is missing.
     pub unavailable: BTreeMap<usize, String>,
+    /// Temporary roots ready for the next stage, per project. Each is emptied after its
+    /// stage and reused, because creating and deleting two directories per stage made
+    /// ext4's inode allocator scan its recently deleted inodes (a third of the time of a
+    /// 2,000-stage fan-out, perf).
+    spare_roots: Mutex<Vec<Vec<PathBuf>>>,
 }
 
 impl StageExecutor {
@@ -187,7 +192,32 @@ impl StageExecutor {
             keys: Mutex::new(BTreeMap::new()),
             runs: AtomicU64::new(0),
             unavailable: BTreeMap::new(),
+            spare_roots: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A temporary root for a stage of `project`: a spare one, else a new name.
+    fn take_root(&self, project: usize) -> PathBuf {
+        let spare = self
+            .spare_roots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(project)
+            .and_then(Vec::pop);
+        spare.unwrap_or_else(|| {
+            let run = self.runs.fetch_add(1, Ordering::Relaxed);
+            self.projects[project]
+                .temp_root()
+                .join(format!("run.{}.{run}", std::process::id()))
+        })
+    }
+
+    fn give_back_root(&self, project: usize, root: PathBuf) {
+        let mut spare = self.spare_roots.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() <= project {
+            spare.resize_with(project + 1, Vec::new);
+        }
+        spare[project].push(root);
     }
 
     fn run_stage(&self, job: usize, lease: &Lease) -> Result<(), String> {
@@ -203,12 +233,13 @@ impl StageExecutor {
             None => current_key(project, stage).map_err(describe)?,
         };
         let started = Instant::now();
-        let run = self.runs.fetch_add(1, Ordering::Relaxed);
-        let workspace = TempOutputs::create(project, stage, run)
+        let workspace = TempOutputs::create(project, stage, self.take_root(project_index))
             .map_err(|e| format!("cannot create temporary output directory: {e}"))?;
         let result = self.execute(project, stage, lease, &workspace);
         let outcome = result.and_then(|()| self.finish(project, stage, &key, &workspace, started));
-        workspace.discard();
+        if let Some(root) = workspace.empty() {
+            self.give_back_root(project_index, root);
+        }
         if let Err(message) = &outcome
             && !self.cancel.load(Ordering::Relaxed)
         {
@@ -468,41 +499,72 @@ impl Executor for StageExecutor {
     }
 }
 
+impl Drop for StageExecutor {
+    /// The spare temporary roots are empty: nothing of them outlives the build.
+    fn drop(&mut self) {
+        let spare = self
+            .spare_roots
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for root in spare.iter().flatten() {
+            let _ = crate::fsutil::remove_path(root);
+        }
+    }
+}
+
 /// A stage's private temporary directory inside `.pochi/`, one path per declared output
-/// (keeping the output's file name, since tools read formats from extensions).
+/// (keeping the output's file name, since tools read formats from extensions). The root
+/// is used by one stage at a time and reused by later ones once emptied.
 struct TempOutputs {
     root: PathBuf,
     /// Output key -> temporary path, relative to the pipeline directory.
     paths: BTreeMap<String, PathBuf>,
+    /// The directories of `paths`, absolute.
+    dirs: Vec<PathBuf>,
 }
 
 impl TempOutputs {
-    fn create(project: &Project, stage: usize, run: u64) -> std::io::Result<TempOutputs> {
+    fn create(project: &Project, stage: usize, root: PathBuf) -> std::io::Result<TempOutputs> {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
-        let root = project
-            .temp_root()
-            .join(format!("{}.{}.{run}", spec.name, std::process::id()));
-        crate::fsutil::remove_path(&root)?;
         let relative_root = root
             .strip_prefix(&pipeline.dir)
             .map(Path::to_path_buf)
             .unwrap_or_else(|_| root.clone());
         let mut paths = BTreeMap::new();
+        let mut dirs = Vec::new();
         for output in spec.kind.outputs() {
             let dir = relative_root.join(&output.key);
-            std::fs::create_dir_all(pipeline.dir.join(&dir))?;
+            let full = pipeline.dir.join(&dir);
+            if !is_empty_dir(&full) {
+                crate::fsutil::remove_path(&full)?;
+                std::fs::create_dir_all(&full)?;
+            }
             let name = output
                 .path
                 .file_name()
                 .map(|n| n.to_os_string())
                 .unwrap_or_else(|| output.key.clone().into());
             paths.insert(output.key.clone(), dir.join(name));
+            dirs.push(full);
         }
-        Ok(TempOutputs { root, paths })
+        Ok(TempOutputs { root, paths, dirs })
     }
 
-    fn discard(self) {
-        let _ = crate::fsutil::remove_path(&self.root);
+    /// Empties the stage's directories (published outputs have already moved out) and
+    /// returns the root for reuse; `None` (and the root removed) if that fails.
+    fn empty(self) -> Option<PathBuf> {
+        for dir in self.dirs.iter().filter(|dir| !is_empty_dir(dir)) {
+            if crate::fsutil::remove_path(dir).is_err() {
+                let _ = crate::fsutil::remove_path(&self.root);
+                return None;
+            }
+        }
+        Some(self.root)
     }
+}
+
+/// Whether `dir` is a directory with nothing in it.
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
