@@ -58,9 +58,23 @@ pub fn probe(python: &Path) -> Probe {
         return found.clone();
     }
     // The stand-in (tests only) answers from environment knobs: never cached on disk.
-    let disk_cache = standin.is_empty().then(super::cache::CacheDir::from_env);
+    let cache = standin
+        .is_empty()
+        .then(super::cache::CacheDir::from_env)
+        .and_then(Result::ok);
+    let found = probe_through(python, cache.as_ref());
+    PROBES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, found.clone());
+    found
+}
+
+/// The probe's answer from `cache` while nothing it depends on changed (see `ProbeKey`),
+/// else a fresh probe, written to `cache`.
+fn probe_through(python: &Path, cache: Option<&super::cache::CacheDir>) -> Probe {
     let disk_key = probe_key(python);
-    let cache_file = disk_cache.and_then(Result::ok).map(|cache| {
+    let cache_file = cache.map(|cache| {
         cache.root().join("tensorrt-probes").join(format!(
             "{}.json",
             super::short_hash(python.as_os_str().as_encoded_bytes())
@@ -71,27 +85,20 @@ pub fn probe(python: &Path) -> Probe {
         .and_then(|file| std::fs::read(file).ok())
         .and_then(|bytes| serde_json::from_slice::<CachedProbe>(&bytes).ok())
         .filter(|entry| entry.key == disk_key);
-    let found = match cached {
-        Some(entry) => entry.probe,
-        None => {
-            let found = run_probe(python).unwrap_or_else(failed_probe);
-            if let Some(file) = &cache_file {
-                let entry = CachedProbe {
-                    key: disk_key,
-                    probe: found.clone(),
-                };
-                if let Ok(bytes) = serde_json::to_vec_pretty(&entry) {
-                    // Only a cache: failing to write it costs a probe next time.
-                    let _ = crate::fsutil::write_cache(file, &bytes);
-                }
-            }
-            found
+    if let Some(entry) = cached {
+        return entry.probe;
+    }
+    let found = run_probe(python).unwrap_or_else(failed_probe);
+    if let Some(file) = &cache_file {
+        let entry = CachedProbe {
+            key: disk_key,
+            probe: found.clone(),
+        };
+        if let Ok(bytes) = serde_json::to_vec_pretty(&entry) {
+            // Only a cache: failing to write it costs a probe next time.
+            let _ = crate::fsutil::write_cache(file, &bytes);
         }
-    };
-    PROBES
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, found.clone());
+    }
     found
 }
 
@@ -172,4 +179,47 @@ fn run_probe(python: &Path) -> Result<Probe, String> {
         )
     })?;
     serde_json::from_slice::<Probe>(&text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_probe_answer_is_reused_until_the_interpreter_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        let python = dir.path().join("python");
+        let write_python = |extra: &str| {
+            let script = format!(
+                "#!/bin/sh\necho probe >> '{}'\nprintf '{{\"tensorrt\": \"10.9.0\", \"error\": null}}' > \"$4\"\n{extra}",
+                calls.display()
+            );
+            std::fs::write(&python, script).unwrap();
+            std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        write_python("");
+        let cache = crate::toolchain::cache::CacheDir::at(dir.path());
+        let count = || {
+            std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(
+            probe_through(&python, Some(&cache)).tensorrt.as_deref(),
+            Some("10.9.0")
+        );
+        assert_eq!(
+            probe_through(&python, Some(&cache)).tensorrt.as_deref(),
+            Some("10.9.0")
+        );
+        assert_eq!(count(), 1, "the second answer came from the cache");
+        write_python("# changed\n");
+        probe_through(&python, Some(&cache));
+        assert_eq!(count(), 2, "a changed interpreter is asked again");
+        probe_through(&python, None);
+        assert_eq!(count(), 3, "without a cache directory it always asks");
+    }
 }
