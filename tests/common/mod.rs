@@ -207,3 +207,44 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+impl Project {
+    /// A directory holding scikit-learn (and joblib, threadpoolctl) for the toolchain's
+    /// Python, installed once per build tree with the toolchain's own `uv` from PyPI
+    /// (scikit-learn is a peer the tests compare with, not part of pochi's toolchain).
+    /// Scripts add it to `sys.path` themselves (`python -I` ignores PYTHONPATH).
+    pub fn scikit_learn_dir(&self) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peer-scikit-learn-1.7.2");
+        if dir.join("sklearn").is_dir() {
+            return dir;
+        }
+        let python = self.toolchain_python();
+        // <cache>/v1/toolchains/<hash>/env/bin/python -> <cache>/v1/tools/uv/bin/uv
+        let uv = python
+            .ancestors()
+            .nth(5)
+            .expect("the toolchain's cache directory")
+            .join("tools/uv/bin/uv");
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let output = Command::new(&uv)
+            .args(["pip", "install", "--no-deps", "--python"])
+            .arg(&python)
+            .arg("--target")
+            .arg(&partial)
+            .args([
+                "scikit-learn==1.7.2",
+                "joblib==1.5.2",
+                "threadpoolctl==3.6.0",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", uv.display()));
+        assert!(
+            output.status.success(),
+            "installing scikit-learn failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let _ = std::fs::rename(&partial, &dir);
+        dir
+    }
+}

@@ -317,7 +317,17 @@ pub struct Classification {
     pub confusion: Vec<Vec<u64>>,
 }
 
+/// Classification figures over the labelled samples (a negative label: no label). A label
+/// the model has no output for is a class too, never predicted: its samples count as
+/// wrong, as scikit-learn counts them (dropping them overstated the accuracy).
 pub fn classification(predicted: &[usize], labels: &[i64], classes: usize) -> Classification {
+    let classes = labels
+        .iter()
+        .filter_map(|&t| usize::try_from(t).ok())
+        .map(|t| t + 1)
+        .max()
+        .unwrap_or(0)
+        .max(classes);
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut labelled = 0;
     let mut correct = 0;
