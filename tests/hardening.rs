@@ -118,6 +118,16 @@ run = ["sh", "-c", "touch started; (sleep 2; echo alive >> escaped.txt) & sleep 
 outputs = { out = "out/a.txt" }
 "#;
 
+/// After the grandchild's 2 s sleep: it never wrote, and nothing was published.
+fn assert_nothing_outlived_pochi(project: &Project) {
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !project.exists("escaped.txt"),
+        "a grandchild outlived pochi"
+    );
+    assert!(!project.exists("out/a.txt"));
+}
+
 // 3. SIGTERM is handled like Ctrl-C, and a SIGKILL of pochi leaves no stage running.
 #[test]
 fn sigterm_stops_the_whole_stage_group_and_exits_143() {
@@ -127,12 +137,7 @@ fn sigterm_stops_the_whole_stage_group_and_exits_143() {
     signal(&child, libc::SIGTERM);
     let status = child.wait_with_output().unwrap().status;
     assert_eq!(status.code(), Some(143));
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        !project.exists("escaped.txt"),
-        "a grandchild outlived pochi"
-    );
-    assert!(!project.exists("out/a.txt"));
+    assert_nothing_outlived_pochi(&project);
 }
 
 #[test]
@@ -142,12 +147,7 @@ fn a_sigkill_of_pochi_leaves_no_grandchild_running() {
     wait_for(&project.path("started"), "the stage's start");
     child.kill().unwrap();
     child.wait().unwrap();
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        !project.exists("escaped.txt"),
-        "a grandchild outlived pochi"
-    );
-    assert!(!project.exists("out/a.txt"));
+    assert_nothing_outlived_pochi(&project);
 }
 
 // 4. Special files are errors, not hangs.
