@@ -79,7 +79,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         for output in pipeline.stages[upstream].kind.outputs() {
             let digest = project
                 .stats
-                .digest_published(&pipeline.dir, &output.path)
+                .digest(&pipeline.dir, &output.path)
                 .map_err(|_| {
                     Standing::WaitsOnUpstream(format!(
                         "output `{}` of stage `{}` is not built",
@@ -175,6 +175,9 @@ pub struct StageExecutor {
     /// ext4's inode allocator scan its recently deleted inodes (a third of the time of a
     /// 2,000-stage fan-out, perf).
     spare_roots: Mutex<Vec<Vec<PathBuf>>>,
+    /// Each project's directory with symbolic links resolved, for the confinement checks
+    /// (resolved once, not per published output).
+    canonical_dirs: Vec<std::io::Result<PathBuf>>,
 }
 
 impl StageExecutor {
@@ -184,6 +187,10 @@ impl StageExecutor {
         runner: Arc<dyn ProcessRunner>,
         cancel: Arc<AtomicBool>,
     ) -> Self {
+        let canonical_dirs = projects
+            .iter()
+            .map(|p| std::fs::canonicalize(&p.pipeline.dir))
+            .collect();
         StageExecutor {
             projects,
             jobs,
@@ -193,6 +200,7 @@ impl StageExecutor {
             runs: AtomicU64::new(0),
             unavailable: BTreeMap::new(),
             spare_roots: Mutex::new(Vec::new()),
+            canonical_dirs,
         }
     }
 
@@ -236,7 +244,8 @@ impl StageExecutor {
         let workspace = TempOutputs::create(project, stage, self.take_root(project_index))
             .map_err(|e| format!("cannot create temporary output directory: {e}"))?;
         let result = self.execute(project, stage, lease, &workspace);
-        let outcome = result.and_then(|()| self.finish(project, stage, &key, &workspace, started));
+        let outcome =
+            result.and_then(|()| self.finish(project_index, stage, &key, &workspace, started));
         if let Some(root) = workspace.empty() {
             self.give_back_root(project_index, root);
         }
@@ -363,15 +372,17 @@ impl StageExecutor {
     /// Verifies, re-checks inputs, publishes, hashes and records.
     fn finish(
         &self,
-        project: &Project,
+        project_index: usize,
         stage: usize,
         key: &StageKey,
         temp: &TempOutputs,
         started: Instant,
     ) -> Result<(), String> {
+        let project = &self.projects[project_index];
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
-        let root = std::fs::canonicalize(&pipeline.dir)
+        let root = self.canonical_dirs[project_index]
+            .as_ref()
             .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
         for output in spec.kind.outputs() {
             let written = pipeline.dir.join(&temp.paths[&output.key]);
@@ -383,22 +394,20 @@ impl StageExecutor {
                     output.key
                 ));
             }
-            crate::fsutil::check_output_tree(&root, &written).map_err(|e| {
+            crate::fsutil::check_output_tree(root, &written).map_err(|e| {
                 format!(
                     "output `{}` ({}) cannot be published: {e}",
                     output.key,
                     output.path.display()
                 )
             })?;
-            crate::fsutil::check_confined(&root, &pipeline.dir.join(&output.path)).map_err(
-                |e| {
-                    format!(
-                        "output `{}` ({}) cannot be published: {e}",
-                        output.key,
-                        output.path.display()
-                    )
-                },
-            )?;
+            crate::fsutil::check_confined(root, &pipeline.dir.join(&output.path)).map_err(|e| {
+                format!(
+                    "output `{}` ({}) cannot be published: {e}",
+                    output.key,
+                    output.path.display()
+                )
+            })?;
         }
         let after = current_key(project, stage).map_err(describe)?;
         if after.inputs != key.inputs || after.needs != key.needs {
@@ -424,7 +433,7 @@ impl StageExecutor {
             project.stats.forget(&output.path, dest.is_dir());
             let digest = project
                 .stats
-                .digest(&pipeline.dir, &output.path)
+                .digest_published(&pipeline.dir, &output.path)
                 .map_err(|e| format!("cannot hash output `{}`: {e}", output.path.display()))?;
             outputs.push(OutputRecord {
                 key: output.key.clone(),

@@ -303,6 +303,29 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_published_output_is_remembered_for_this_build_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("out"), b"x").unwrap();
+        let cache = StatCache::default();
+        let digest = cache
+            .digest_published(dir.path(), Path::new("out"))
+            .unwrap();
+        // A reader's check gets it from the cache (poisoned here to show it is not re-read).
+        cache.write().get_mut(Path::new("out")).unwrap().digest = "remembered".into();
+        assert_eq!(
+            cache.digest(dir.path(), Path::new("out")).unwrap(),
+            "remembered"
+        );
+        assert_ne!(digest, "remembered");
+        let saved = dir.path().join("cache.json");
+        cache.save(&saved).unwrap();
+        assert!(
+            StatCache::load(&saved).read().is_empty(),
+            "a racy entry is never saved"
+        );
+    }
+
+    #[test]
     fn directory_digest_covers_names_and_content() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();

@@ -97,7 +97,12 @@ pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 
 /// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
 pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> {
-    parse_document(path, text, true)
+    // Any error of the cut parse is reported as the one-document parse reports it, so
+    // the error (and which of two errors comes first) never depends on the cutting.
+    match parse_document(path, text.clone(), true) {
+        Err(_) => parse_document(path, text, false),
+        parsed => parsed,
+    }
 }
 
 /// `parse_pipeline`; with `cut`, a large file's stage sections are parsed in parallel.
@@ -715,11 +720,16 @@ mod tests {
             }),
             Box::new(|t| t.replace("[stages.s70]", "[stages.S70]")),
             Box::new(|t| t.replace("{ i = \"@s69\" }", "{ i = \"@s69\"")),
+            // Two errors: a bad pipeline name first, a TOML error in a later section.
+            Box::new(|t| {
+                t.replace("name = \"p\"", "name = \"P\"")
+                    .replace("[stages.s90]\nkind = \"command\"", "[stages.s90]\nkind = ")
+            }),
         ];
         for (index, tweak) in tweaks.iter().enumerate() {
             let text = chain(100, tweak);
             assert!(super::super::sections::stage_sections(&text).is_some() || index == 7);
-            let cut = rendered(parse_document(path, text.clone(), true));
+            let cut = rendered(parse_pipeline(path, text.clone()));
             let whole = rendered(parse_document(path, text, false));
             assert_eq!(cut, whole, "tweak {index}");
         }
