@@ -1,22 +1,27 @@
 //! pochi: a declarative, make-like build-graph engine for model deployment.
 //!
-//! Phases, one module each: `spec` (parse) -> `graph` (resolve, check, seal) -> `build`
-//! (plan with `fingerprint` and `state`) -> `scheduler` (run under resources). `kinds` is
-//! the stage-kind seam; `runner` and `machine` touch the OS; `toolchain` creates and
-//! identifies Python environments (the only module that spawns Python outside a stage);
-//! `render` draws graphs; `cli` is the command line.
+//! Phases, one module each: `spec` (parse) -> `graph` (resolve, check, seal) -> `driver`
+//! (one build: plan with `fingerprint` and `state`) -> `scheduler` (run under resources).
+//! Every stage becomes an `action::Action` through the kind seam (`spec::kind`, kinds in
+//! `kinds`); `host` holds the machine facts gathered once per build; `process`, `runner`,
+//! `machine` and `toolchain` touch the OS; `render` draws graphs; `cli` is the command
+//! line and the only module that prints.
 
-pub mod build;
+pub mod action;
 pub mod cli;
+pub mod driver;
 pub mod fingerprint;
 mod fsutil;
 pub mod graph;
+pub mod host;
 pub mod kinds;
 pub mod machine;
 pub mod onnx_info;
+pub mod process;
 pub mod render;
 pub mod runner;
 pub mod scheduler;
+pub mod size;
 pub mod spec;
 pub mod state;
 pub mod toolchain;

@@ -482,10 +482,8 @@ outputs = { out = "out/h.txt" }
             .unwrap()
             .iter()
             .find(|s| s["stage"] == name)
-            .unwrap()["error"]
-            .as_str()
+            .map(common::failure_text)
             .unwrap()
-            .to_string()
     };
     assert!(
         error("needs_gpu").contains("needs a GPU"),

@@ -289,10 +289,7 @@ precision = "fp16"
     );
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let summary = run.summary();
-    let error = stage(&summary, "engine")["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let error = common::failure_text(stage(&summary, "engine"));
     assert!(
         error.contains("asked to be fp16 but TensorRT built no fp16 layer"),
         "{error}"
@@ -302,10 +299,7 @@ precision = "fp16"
     // TensorRT 11 refuses an fp32 ONNX for an fp16 engine before building.
     let run = build_with_standin(&project, &[], &[]);
     assert_eq!(run.code, Some(1));
-    let error = stage(&run.summary(), "engine")["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let error = common::failure_text(stage(&run.summary(), "engine"));
     assert!(error.contains("strongly typed"), "{error}");
     assert!(error.contains("quantize"), "{error}");
 }
@@ -330,10 +324,7 @@ onnx = "model.onnx"
     let project = project(pipeline, dims.clone());
     let run = build_with_standin(&project, &[], &[]);
     assert_eq!(run.code, Some(1));
-    let error = stage(&run.summary(), "engine")["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let error = common::failure_text(stage(&run.summary(), "engine"));
     assert!(
         error.contains(
             "the ONNX has dynamic shapes; give `input_size` with the resolution you will use"

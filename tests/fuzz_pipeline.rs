@@ -1664,7 +1664,7 @@ fn example_pipelines_build_a_graph() {
     let files = toml_files(&root);
     assert!(files.len() >= 3, "examples in {}", root.display());
     for file in files {
-        let pipeline = Pipeline::load(&file)
+        let pipeline = Pipeline::load(&file, pochi::kinds::KINDS)
             .unwrap_or_else(|e| panic!("{}: {:?}", file.display(), miette::Report::new(e)));
         let graph = StageGraph::build(&pipeline)
             .unwrap_or_else(|e| panic!("{}: {:?}", file.display(), miette::Report::new(e)));

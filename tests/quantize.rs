@@ -146,10 +146,8 @@ keep_fp32 = ["Gemm"]
         .unwrap()
         .iter()
         .find(|s| s["stage"] == "fp16")
-        .unwrap()["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .map(common::failure_text)
+        .unwrap();
     assert!(error.contains("`Gem`") && error.contains("Gemm"), "{error}");
 }
 

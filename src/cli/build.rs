@@ -9,8 +9,8 @@ use clap::Args;
 
 use super::output::{failure, paint};
 use super::progress::Reporter;
-use crate::build::{BuildOptions, BuildSummary, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::driver::{BuildOptions, BuildSummary, Workspace};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -59,10 +59,10 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         "pipelines loaded"
     );
     if args.dry_run {
-        workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
+        super::attach_host(&mut workspace, Mode::Inspect)?;
         return dry_run(&workspace, &args);
     }
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    super::attach_host(&mut workspace, Mode::Create)?;
     let options = BuildOptions {
         targets: args.targets.clone(),
         jobs: args.jobs,
@@ -100,13 +100,13 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
 fn nothing_changed(paths: &[std::path::PathBuf]) -> Option<usize> {
     paths
         .iter()
-        .map(|path| crate::build::noop::up_to_date(path))
+        .map(|path| crate::driver::noop::up_to_date(path))
         .sum()
 }
 
 fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> {
     let targets = workspace.resolve_targets(&args.targets)?;
-    let plans = workspace.plan(&targets, &super::offered_gpus(workspace));
+    let plans = workspace.plan(&targets);
     let mut would_run = 0;
     for plan in &plans {
         if plan.status.would_run() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::build::{BuildEvent, Workspace};
+use crate::driver::{BuildEvent, Workspace};
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
@@ -21,7 +21,7 @@ pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
     let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
     let targets = workspace.resolve_targets(&args.targets)?;
     let cancel = super::signals::cancel_flag();
-    let removed = crate::build::clean(&workspace, &targets, &cancel, &mut |event| match event {
+    let removed = crate::driver::clean(&workspace, &targets, &cancel, &mut |event| match event {
         BuildEvent::WaitingForLock { pipeline, holder } => say!(
             "waiting: another pochi (pid {holder}) is building `{pipeline}`; the clean starts when it ends (Ctrl-C to stop waiting)"
         ),

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::failure;
-use crate::build::BuildOptions;
+use crate::driver::BuildOptions;
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {

@@ -9,7 +9,7 @@ use std::process::{Command, ExitCode};
 use clap::Args;
 
 use super::output::{duration, failure};
-use crate::build::BuildOptions;
+use crate::driver::BuildOptions;
 use crate::spec::Device;
 
 #[derive(Debug, Args)]

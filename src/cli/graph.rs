@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use crate::build::{PlanStatus, Workspace};
+use crate::driver::{PlanStatus, Workspace};
 use crate::render::{self, GraphFormat, GraphView, StageStatus, StageView};
-use crate::toolchain::{self, Mode};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -30,9 +30,9 @@ pub struct GraphArgs {
 pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(args.pipeline.as_slice());
     let mut workspace = Workspace::load(&paths)?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
+    super::attach_host(&mut workspace, Mode::Inspect)?;
     let project = &workspace.projects[0];
-    let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
+    let plans = workspace.plan(&workspace.stage_ids());
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];
     for plan in &plans {
         status[plan.id.1] = match plan.status {

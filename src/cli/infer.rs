@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::oneshot::{IMAGENET_MEAN, IMAGENET_STD, ImageTransform};
 use super::output::failure;
-use crate::build::BuildOptions;
+use crate::driver::BuildOptions;
 use crate::kinds::dataset::{FolderContents, inspect_folder};
 
 #[derive(Debug, Args)]

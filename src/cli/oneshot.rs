@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 use super::output::failure;
-use crate::build::Workspace;
+use crate::driver::Workspace;
 use crate::onnx_info::{self, Dim};
 use crate::toolchain::{self, Mode};
 
@@ -52,7 +52,7 @@ pub(super) fn write(text: &str) -> miette::Result<PathBuf> {
 /// Loads the pipeline written by `write`, with its toolchain (created when missing).
 pub(super) fn load(dir: &std::path::Path) -> miette::Result<Workspace> {
     let mut workspace = Workspace::load(&[dir.join("pipeline.toml")])?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    super::attach_host(&mut workspace, Mode::Create)?;
     Ok(workspace)
 }
 

@@ -91,6 +91,16 @@ pub fn print_error(report: &miette::Report) {
 /// A label further right than miette can draw (past column 65,535, where its renderer
 /// panics) is shown as `file:line:col` without the snippet.
 pub fn render_error(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
+    render(diagnostic, color, true)
+}
+
+/// `render_error` without wrapping long lines (a stage's failure, whose lines are a
+/// tool's own output and paths, is shown as the tool wrote it).
+pub fn render_error_unwrapped(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
+    render(diagnostic, color, false)
+}
+
+fn render(diagnostic: &dyn miette::Diagnostic, color: bool, wrap: bool) -> String {
     let mut theme = if color {
         GraphicalTheme::unicode()
     } else {
@@ -103,7 +113,9 @@ pub fn render_error(diagnostic: &dyn miette::Diagnostic, color: bool) -> String 
     };
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_cause_chain()
-        .with_width(100);
+        .with_width(100)
+        .with_wrap_lines(wrap)
+        .with_break_words(false);
     let mut text = String::new();
     let rendered = match far_label(diagnostic) {
         None => handler.render_report(&mut text, diagnostic),

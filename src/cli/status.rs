@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::paint;
-use crate::build::{PlanStatus, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::driver::{PlanStatus, Workspace};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -42,8 +42,8 @@ fn color(status: PlanStatus) -> &'static str {
 
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     let mut workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
-    let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
+    super::attach_host(&mut workspace, Mode::Inspect)?;
+    let plans = workspace.plan(&workspace.stage_ids());
     let mut sorted = plans.clone();
     sorted.sort_by_key(|plan| workspace.display_name(plan.id));
     if args.json {

@@ -44,7 +44,7 @@ impl Common {
         match &self.pipeline {
             None => Ok((Choice::of(None), Vec::new())),
             Some(path) => {
-                let pipeline = Pipeline::load(path)?;
+                let pipeline = Pipeline::load(path, crate::kinds::KINDS)?;
                 Ok((
                     Choice::of(Some(&pipeline)),
                     toolchain::needed_modules(&pipeline),

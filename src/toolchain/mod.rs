@@ -13,9 +13,8 @@
 //! fingerprint of every stage that runs Python.
 
 pub mod cache;
-mod identity;
+pub(crate) mod identity;
 mod managed;
-pub mod tensorrt;
 pub mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +25,8 @@ pub use cache::CacheDir;
 pub use identity::{Facts, ModuleFact, TRACKED};
 pub use managed::Managed;
 
-use crate::kinds::Toolchain;
+pub use crate::host::Toolchain;
+use crate::host::PythonFacts;
 use crate::spec::Pipeline;
 
 /// The lock the managed environment is built from (exact versions and hashes).
@@ -186,7 +186,7 @@ pub fn needed_modules(pipeline: &Pipeline) -> Vec<&'static str> {
     let set: BTreeSet<&'static str> = pipeline
         .stages
         .iter()
-        .flat_map(|stage| stage.kind.python_modules())
+        .flat_map(|stage| stage.kind.requirements().python_modules)
         .collect();
     set.into_iter().collect()
 }
@@ -200,6 +200,53 @@ pub fn for_pipeline(pipeline: &Pipeline, mode: Mode) -> Result<Toolchain, Toolch
         &mut say,
     )
     .map(|resolved| resolved.toolchain)
+}
+
+/// Writes the identity worker and `workers` (every kind's scripts) to the per-user cache.
+pub fn materialize_workers(workers: &[workers::Worker]) -> Result<(), ToolchainError> {
+    let cache = CacheDir::from_env().map_err(ToolchainError::Cache)?;
+    workers::materialize_all(&cache, workers).map_err(|e| {
+        ToolchainError::Cache(format!(
+            "cannot write pochi's worker scripts to {}: {e}",
+            cache.workers().display()
+        ))
+    })
+}
+
+/// Runs `python -I SCRIPT ARGS...` to completion, its output captured (the TensorRT probe).
+pub fn run_script(
+    python: &Path,
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(python)
+        .arg("-I")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+}
+
+/// Asks the interpreter for its version, its packages' versions and its site
+/// directories, without importing the packages (fast): what a report says it ran on.
+pub fn python_facts(python: &Path) -> Option<PythonFacts> {
+    const QUERY: &str = r#"
+import importlib.metadata as m, json, os, sys
+versions = {}
+for name in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "onnx", "numpy"):
+    try:
+        versions[name] = m.version(name)
+    except Exception:
+        pass
+print(json.dumps({"python": sys.version.split()[0], "versions": versions,
+                  "site_dirs": [p for p in sys.path if p and os.path.isdir(p)]}))
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-I", "-c", QUERY])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    serde_json::from_slice(&output.stdout).ok()
 }
 
 /// How toolchain creation talks to people: on stderr.
@@ -227,14 +274,6 @@ pub fn resolve_in(
     mode: Mode,
     say: &mut dyn FnMut(&str),
 ) -> Result<Resolved, ToolchainError> {
-    if mode == Mode::Create {
-        workers::materialize_all(&cache).map_err(|e| {
-            ToolchainError::Cache(format!(
-                "cannot write pochi's worker scripts to {}: {e}",
-                cache.workers().display()
-            ))
-        })?;
-    }
     let (python, cache_file, prefix) = match choice {
         Choice::Managed => {
             let managed = Managed::new(&cache, &lock_hash());

@@ -248,3 +248,12 @@ impl Project {
         dir
     }
 }
+
+/// A failed stage's entry of `--json` as the user reads it: the error, then its hint.
+pub fn failure_text(stage: &serde_json::Value) -> String {
+    let text = |key: &str| stage[key].as_str().unwrap_or_default().to_string();
+    match text("hint") {
+        hint if hint.is_empty() => text("error"),
+        hint => format!("{}\nhelp: {hint}", text("error")),
+    }
+}

@@ -32,8 +32,8 @@ pub struct Checked {
 pub fn check(file: &Path, bytes: &[u8]) -> Result<Checked, String> {
     let text = String::from_utf8_lossy(bytes).into_owned();
     let parsed = match std::str::from_utf8(bytes) {
-        Ok(text) => parse_pipeline(file, text.to_string()),
-        Err(_) => Pipeline::load(file),
+        Ok(text) => parse_pipeline(file, text.to_string(), pochi::kinds::KINDS),
+        Err(_) => Pipeline::load(file, pochi::kinds::KINDS),
     };
     let pipeline = match parsed {
         Ok(pipeline) => pipeline,

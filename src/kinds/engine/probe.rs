@@ -1,6 +1,7 @@
 //! The TensorRT probe: whether the toolchain's interpreter can `import tensorrt`, and which
-//! GPU it sees (through the engine worker's `--probe`). Used by the `engine` kind for its
-//! availability and its fingerprint.
+//! GPU it sees (through the engine worker's `--probe`, started by `toolchain::run_script`).
+//! The command line calls it once per build, when a stage uses TensorRT, and puts the
+//! answer into the `Host`; the engine kind reads it from there for its availability and key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::workers::ENGINE;
+use super::WORKER as ENGINE;
+use crate::host::TensorRt;
+use crate::toolchain::{cache, identity};
 
 /// Test-only: a directory the engine worker puts first on its `sys.path` (a TensorRT
 /// stand-in such as tests/fixtures/fake_tensorrt). Real runs never set it.
@@ -37,7 +40,7 @@ struct ProbeKey {
     interpreter: PathBuf,
     /// The interpreter, its environment's site-packages directories (installing TensorRT
     /// rewrites one) and the NVIDIA device nodes and driver version file.
-    stamps: Vec<super::identity::Stamp>,
+    stamps: Vec<identity::Stamp>,
     worker: String,
     /// Variables that change what the probe finds (which GPUs, which libraries).
     env: Vec<(String, String)>,
@@ -51,7 +54,18 @@ struct CachedProbe {
 
 /// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`),
 /// or reuses the answer cached for this interpreter while nothing it depends on changed.
-pub fn probe(python: &Path) -> Probe {
+pub fn probe(python: &Path) -> TensorRt {
+    let found = probe_cached(python);
+    TensorRt {
+        version: found.tensorrt,
+        error: found.error,
+        gpu_name: found.gpu_name,
+        compute_capability: found.compute_capability,
+        cuda: found.cuda,
+    }
+}
+
+fn probe_cached(python: &Path) -> Probe {
     let standin = std::env::var(STANDIN_ENV).unwrap_or_default();
     let key = (python.to_path_buf(), standin.clone());
     if let Some(found) = PROBES.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -60,7 +74,7 @@ pub fn probe(python: &Path) -> Probe {
     // The stand-in (tests only) answers from environment knobs: never cached on disk.
     let cache = standin
         .is_empty()
-        .then(super::cache::CacheDir::from_env)
+        .then(cache::CacheDir::from_env)
         .and_then(Result::ok);
     let found = probe_through(python, cache.as_ref());
     PROBES
@@ -72,12 +86,12 @@ pub fn probe(python: &Path) -> Probe {
 
 /// The probe's answer from `cache` while nothing it depends on changed (see `ProbeKey`),
 /// else a fresh probe, written to `cache`.
-fn probe_through(python: &Path, cache: Option<&super::cache::CacheDir>) -> Probe {
+fn probe_through(python: &Path, cache: Option<&cache::CacheDir>) -> Probe {
     let disk_key = probe_key(python);
     let cache_file = cache.map(|cache| {
         cache.root().join("tensorrt-probes").join(format!(
             "{}.json",
-            super::short_hash(python.as_os_str().as_encoded_bytes())
+            crate::toolchain::short_hash(python.as_os_str().as_encoded_bytes())
         ))
     });
     let cached = cache_file
@@ -141,7 +155,7 @@ fn probe_key(python: &Path) -> ProbeKey {
         interpreter: python.to_path_buf(),
         stamps: watched
             .iter()
-            .filter_map(|p| super::identity::stamp(p))
+            .filter_map(|p| identity::stamp(p))
             .collect(),
         worker: ENGINE.hash(),
         env: [
@@ -160,17 +174,11 @@ fn run_probe(python: &Path) -> Result<Probe, String> {
     let result = dir.path().join("probe.json");
     let script = ENGINE.path();
     if !script.exists()
-        && let Ok(cache) = super::cache::CacheDir::from_env()
+        && let Ok(cache) = cache::CacheDir::from_env()
     {
         ENGINE.materialize(&cache).map_err(|e| e.to_string())?;
     }
-    let output = std::process::Command::new(python)
-        .arg("-I")
-        .arg(&script)
-        .arg("--probe")
-        .arg(&result)
-        .stdin(std::process::Stdio::null())
-        .output()
+    let output = crate::toolchain::run_script(python, &script, &["--probe".as_ref(), result.as_os_str()])
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let text = std::fs::read(&result).map_err(|_| {
         format!(

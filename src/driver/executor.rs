@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use super::Project;
 use super::explain::{self, Change};
-use super::process::{ProcessResult, ProcessRunner, ProcessSpec};
+use crate::action::Action;
 use crate::fingerprint::{InputDigest, KEY_FORMAT, StageKey};
 use crate::graph::ResolvedInput;
-use crate::kinds::{Action, Invocation, InvocationContext, Tool};
-use crate::scheduler::{Check, Executor, Lease, RunResult};
+use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
+use crate::scheduler::{Check, Executor, Failure, Lease, RunResult};
+use crate::spec::kind::{InvocationContext, StageError, Tool};
 use crate::state::{FailureRecord, OutputRecord, StageRecord, unix_ms_now};
 
 /// A stage's standing against its last successful run.
@@ -36,6 +37,7 @@ const MISSING_DIGEST: &str = "missing";
 pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing> {
     let pipeline = &project.pipeline;
     let spec = &pipeline.stages[stage];
+    let requirements = spec.kind.requirements();
     let mut inputs = BTreeMap::new();
     for (key, input) in project.graph.inputs(stage) {
         let path = input.path();
@@ -43,8 +45,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         // A stage that tolerates unavailable inputs runs without them: the output of an
         // upstream stage that could not run here enters its key as missing.
         let found = match (found, input) {
-            (Err(_), ResolvedInput::Upstream { .. })
-                if spec.kind.tolerates_unavailable_inputs() =>
+            (Err(_), ResolvedInput::Upstream { .. }) if requirements.tolerates_unavailable_inputs =>
             {
                 Ok(MISSING_DIGEST.to_string())
             }
@@ -94,7 +95,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
     Ok(StageKey {
         format: KEY_FORMAT,
         kind: spec.kind.kind().to_string(),
-        params: spec.kind.params(),
+        params: spec.kind.params(&project.host),
         outputs: spec
             .kind
             .outputs()
@@ -105,9 +106,9 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         env: spec.env.clone(),
         inputs,
         needs,
-        tool: match spec.kind.tool() {
+        tool: match requirements.tool {
             Tool::None => None,
-            Tool::Python => Some(project.toolchain().identity),
+            Tool::Python => Some(project.toolchain().identity.clone()),
         },
     })
 }
@@ -170,6 +171,10 @@ pub struct StageExecutor {
     runs: AtomicU64,
     /// Jobs that cannot run on this machine, with what is missing.
     pub unavailable: BTreeMap<usize, String>,
+    /// Jobs whose inputs are wrong for them (`StageKind::check_inputs`).
+    pub invalid: BTreeMap<usize, StageError>,
+    /// Warnings of stages that succeeded, (job, message), told after the build.
+    warnings: Mutex<Vec<(usize, String)>>,
     /// Temporary roots ready for the next stage, per project. Each is emptied after its
     /// stage and reused, because creating and deleting two directories per stage made
     /// ext4's inode allocator scan its recently deleted inodes (a third of the time of a
@@ -199,6 +204,8 @@ impl StageExecutor {
             keys: Mutex::new(BTreeMap::new()),
             runs: AtomicU64::new(0),
             unavailable: BTreeMap::new(),
+            invalid: BTreeMap::new(),
+            warnings: Mutex::new(Vec::new()),
             spare_roots: Mutex::new(Vec::new()),
             canonical_dirs,
         }
@@ -228,7 +235,21 @@ impl StageExecutor {
         spare[project].push(root);
     }
 
-    fn run_stage(&self, job: usize, lease: &Lease) -> Result<(), String> {
+    /// Removes the spare temporary roots (every stage has given its root back once the
+    /// scheduler returned): nothing of them outlives the build.
+    pub fn discard_spare_roots(&self) {
+        let spare = std::mem::take(&mut *self.spare_roots.lock().unwrap_or_else(|e| e.into_inner()));
+        for root in spare.iter().flatten() {
+            let _ = crate::fsutil::remove_path(root);
+        }
+    }
+
+    /// The warnings of the stages that ran, in the order they finished.
+    pub fn take_warnings(&self) -> Vec<(usize, String)> {
+        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn run_stage(&self, job: usize, lease: &Lease) -> Result<(), StageError> {
         let (project_index, stage) = self.jobs[job];
         let project = &self.projects[project_index];
         let key = self
@@ -238,15 +259,19 @@ impl StageExecutor {
             .remove(&job);
         let key = match key {
             Some(key) => key,
-            None => current_key(project, stage).map_err(describe)?,
+            None => current_key(project, stage).map_err(|s| StageError::new(describe(s)))?,
         };
         let started = Instant::now();
-        let workspace = TempOutputs::create(project, stage, self.take_root(project_index))
-            .map_err(|e| format!("cannot create temporary output directory: {e}"))?;
-        let result = self.execute(project, stage, lease, &workspace);
-        let outcome =
-            result.and_then(|()| self.finish(project_index, stage, &key, &workspace, started));
-        if let Some(root) = workspace.empty() {
+        let temp = TempOutputs::create(project, stage, self.take_root(project_index))
+            .map_err(|e| StageError::new(format!("cannot create temporary output directory: {e}")))?;
+        let result = self.execute(project, stage, lease, &temp);
+        let outcome = result.and_then(|warnings| {
+            self.finish(project_index, stage, &key, &temp, started)?;
+            let mut told = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+            told.extend(warnings.into_iter().map(|w| (job, w)));
+            Ok(())
+        });
+        if let Some(root) = temp.empty() {
             self.give_back_root(project_index, root);
         }
         if let Err(message) = &outcome
@@ -255,7 +280,7 @@ impl StageExecutor {
             let log = project.state_log_path(stage);
             let record = FailureRecord {
                 stage: project.pipeline.stages[stage].name.clone(),
-                message: message.clone(),
+                message: message.message.clone(),
                 log: log
                     .strip_prefix(&project.pipeline.dir)
                     .ok()
@@ -272,49 +297,48 @@ impl StageExecutor {
         outcome
     }
 
+    /// Runs the stage's action into the temporary paths and verifies what it wrote;
+    /// returns the warnings it reported.
     fn execute(
         &self,
         project: &Project,
         stage: usize,
         lease: &Lease,
         temp: &TempOutputs,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, StageError> {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
-        let inputs: BTreeMap<String, PathBuf> = project
-            .graph
-            .inputs(stage)
-            .iter()
-            .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
-            .collect();
-        let toolchain = project.toolchain();
-        let state_dir = pipeline.state_dir();
         let context = InvocationContext {
-            state_dir: &state_dir,
-            stage: &spec.name,
-            dir: &pipeline.dir,
-            inputs: &inputs,
-            outputs: &temp.paths,
-            python: &toolchain.python,
-            build_dir: &pipeline.build_dir,
+            dir: pipeline.dir.clone(),
+            inputs: project
+                .graph
+                .inputs(stage)
+                .iter()
+                .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
+                .collect(),
+            outputs: temp.paths.clone(),
+            scratch: temp.scratch(),
+            build_dir: pipeline.build_dir.clone(),
+            state_dir: pipeline.state_dir(),
+            stage: spec.name.clone(),
             gpu: lease.gpu,
+            host: project.host.clone(),
+            pipeline_file: pipeline.file.clone(),
+            pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
         };
-        spec.kind.prepare(&context)?;
-        match spec.kind.action(&context) {
-            Action::Process(invocation) => self
-                .run_process(project, stage, lease, invocation)
-                .map_err(|failure| match failure {
-                    ProcessFailure::Ran { status, message } => {
-                        spec.kind.explain_failure(&context, &status, message)
-                    }
-                    ProcessFailure::Other(message) => message,
-                })?,
-            Action::InProcess => spec.kind.run_in_process(&context, &self.cancel)?,
-        }
+        let action = spec.kind.action(&context)?;
+        self.run_process(project, stage, lease, action)
+            .map_err(|failure| match failure {
+                ProcessFailure::Ran { status, error } => {
+                    spec.kind.explain_failure(&context, &status, error)
+                }
+                ProcessFailure::Other(error) => error,
+            })?;
         if self.cancel.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
+            return Err(StageError::new("interrupted"));
         }
-        spec.kind.verify(&context)
+        spec.kind.verify(&context)?;
+        Ok(crate::kinds::worker::answer_warnings(&context))
     }
 
     fn run_process(
@@ -322,41 +346,34 @@ impl StageExecutor {
         project: &Project,
         stage: usize,
         lease: &Lease,
-        invocation: Invocation,
+        action: Action,
     ) -> Result<(), ProcessFailure> {
         let pipeline = &project.pipeline;
         let mut env = pipeline.stages[stage].env.clone();
-        env.extend(invocation.env);
+        env.extend(action.env);
         let visible = lease.gpu.map(|gpu| gpu.to_string()).unwrap_or_default();
         env.insert("CUDA_VISIBLE_DEVICES".into(), visible);
         let log = project.state_log_path(stage);
+        let mut argv = action.argv.into_iter();
         let process = ProcessSpec {
-            program: invocation.program,
-            args: invocation.args,
+            program: argv.next().unwrap_or_default(),
+            args: argv.collect(),
             env,
             cwd: pipeline.dir.clone(),
             log: log.clone(),
         };
-        let shown_log = log
-            .strip_prefix(&pipeline.dir)
-            .unwrap_or(&log)
-            .display()
-            .to_string();
+        let shown_log = log.strip_prefix(&pipeline.dir).unwrap_or(&log).to_path_buf();
         match self.runner.run(&process, &self.cancel) {
             ProcessResult::Success => Ok(()),
-            ProcessResult::Cancelled => Err(ProcessFailure::Other("interrupted".into())),
-            ProcessResult::SpawnError(error) => Err(ProcessFailure::Other(format!(
-                "cannot start `{}`: {error}",
-                process.program
+            ProcessResult::Cancelled => Err(ProcessFailure::Other(StageError::new("interrupted"))),
+            ProcessResult::SpawnError(error) => Err(ProcessFailure::Other(StageError::new(
+                format!("cannot start `{}`: {error}", process.program),
             ))),
             ProcessResult::Failed {
                 status,
                 stderr_tail,
             } => {
-                let mut message = format!(
-                    "`{}` failed with {status}\nlog: {shown_log}",
-                    process.program
-                );
+                let mut message = format!("`{}` failed with {status}", process.program);
                 if !stderr_tail.is_empty() {
                     message.push_str("\nlast lines of stderr:");
                     for line in stderr_tail {
@@ -364,7 +381,10 @@ impl StageExecutor {
                         message.push_str(&line);
                     }
                 }
-                Err(ProcessFailure::Ran { status, message })
+                Err(ProcessFailure::Ran {
+                    status,
+                    error: StageError::new(message).with_log(shown_log),
+                })
             }
         }
     }
@@ -461,9 +481,18 @@ impl StageExecutor {
 /// Why a stage's process did not succeed.
 enum ProcessFailure {
     /// It ran and failed; the kind may explain the failure (`StageKind::explain_failure`).
-    Ran { status: String, message: String },
+    Ran { status: String, error: StageError },
     /// It never ran, or was interrupted.
-    Other(String),
+    Other(StageError),
+}
+
+/// A stage's error as the scheduler carries it.
+fn failure(error: StageError) -> Failure {
+    Failure {
+        message: error.message,
+        hint: error.hint,
+        log: error.log,
+    }
 }
 
 /// Describes a standing that prevents computing a key.
@@ -477,6 +506,9 @@ pub fn describe(standing: Standing) -> String {
 
 impl Executor for StageExecutor {
     fn check(&self, job: usize) -> Check {
+        if let Some(error) = self.invalid.get(&job) {
+            return Check::Failed(failure(error.clone()));
+        }
         if let Some(reason) = self.unavailable.get(&job) {
             return Check::Unavailable(reason.clone());
         }
@@ -495,7 +527,7 @@ impl Executor for StageExecutor {
                 Check::Run(changes.first().map(|c| c.to_string()).unwrap_or_default())
             }
             Standing::WaitsOnUpstream(why) => Check::Run(why),
-            Standing::Broken(why) => Check::Failed(why),
+            Standing::Broken(why) => Check::Failed(Failure::new(why)),
         }
     }
 
@@ -503,7 +535,7 @@ impl Executor for StageExecutor {
         match self.run_stage(job, lease) {
             Ok(()) => RunResult::Done,
             Err(_) if self.cancel.load(Ordering::Relaxed) => RunResult::Cancelled,
-            Err(message) => RunResult::Failed(message),
+            Err(error) => RunResult::Failed(failure(error)),
         }
     }
 }
@@ -511,13 +543,7 @@ impl Executor for StageExecutor {
 impl Drop for StageExecutor {
     /// The spare temporary roots are empty: nothing of them outlives the build.
     fn drop(&mut self) {
-        let spare = self
-            .spare_roots
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner());
-        for root in spare.iter().flatten() {
-            let _ = crate::fsutil::remove_path(root);
-        }
+        self.discard_spare_roots();
     }
 }
 
@@ -557,7 +583,18 @@ impl TempOutputs {
             paths.insert(output.key.clone(), dir.join(name));
             dirs.push(full);
         }
+        let scratch = root.join(SCRATCH);
+        if !is_empty_dir(&scratch) {
+            crate::fsutil::remove_path(&scratch)?;
+            std::fs::create_dir_all(&scratch)?;
+        }
+        dirs.push(scratch);
         Ok(TempOutputs { root, paths, dirs })
+    }
+
+    /// The run's directory for request and answer files, absolute.
+    fn scratch(&self) -> PathBuf {
+        self.root.join(SCRATCH)
     }
 
     /// Empties the stage's directories (published outputs have already moved out) and
@@ -572,6 +609,10 @@ impl TempOutputs {
         Some(self.root)
     }
 }
+
+/// The name of the scratch directory in a temporary root (output keys are names of other
+/// directories there; this one cannot be a key).
+const SCRATCH: &str = ".scratch";
 
 /// Whether `dir` is a directory with nothing in it.
 fn is_empty_dir(dir: &Path) -> bool {

@@ -335,7 +335,8 @@ def main(argv):
         return 2
     result_path = argv[2]
     try:
-        manifest = quantize(json.loads(argv[1]))
+        text = argv[1] if argv[1].lstrip().startswith("{") else open(argv[1], encoding="utf-8").read()
+        manifest = quantize(json.loads(text))
         result = {"ok": True, "manifest": manifest}
     except Failure as failure:
         result = {"ok": False, "kind": failure.kind, "error": str(failure), "hint": failure.hint}

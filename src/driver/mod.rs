@@ -2,10 +2,10 @@
 //! stages are stale, hand them to the scheduler with a `StageExecutor`, and summarize.
 //! It neither prints nor spawns: events go to an observer, processes to a `ProcessRunner`.
 
+mod availability;
 mod executor;
 pub mod explain;
 pub mod noop;
-pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +17,16 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 pub use executor::{Standing, current_key, standing};
+pub use availability::Verdict;
 use explain::Change;
-use process::ProcessRunner;
 
 use crate::fingerprint::StatCache;
 use crate::graph::{GraphError, ResolvedInput, StageGraph};
-use crate::kinds::{Tool, Toolchain};
+use crate::host::{Host, Toolchain};
+use crate::machine::Machine;
+use crate::process::ProcessRunner;
 use crate::scheduler::{self, Capacity, Check, GpuRequest, Job, Outcome, Request};
+use crate::spec::kind::{Tool, WithoutGpu};
 use crate::spec::{Device, Pipeline, SpecError, suggest};
 use crate::state::{OutputRecord, StateError, StateLock, StateStore};
 
@@ -81,15 +84,17 @@ pub struct Project {
     pub graph: StageGraph,
     pub state: Mutex<StateStore>,
     pub stats: StatCache,
-    /// Set by the caller (`Workspace::attach_toolchains`) when a stage runs Python.
-    pub toolchain: Option<Toolchain>,
+    /// The machine facts of this build, set by the caller (`Workspace::attach_hosts`);
+    /// until then a host without GPUs whose toolchain is `[toolchain] python` or
+    /// `python3` on PATH.
+    pub host: Host,
 }
 
 impl Project {
     /// Parses, resolves and checks a pipeline, and reads its state.
     pub fn load(path: &Path) -> Result<Project, BuildError> {
         let started = Instant::now();
-        let pipeline = Pipeline::load(path)?;
+        let pipeline = Pipeline::load(path, crate::kinds::KINDS)?;
         let parsed = started.elapsed();
         let graph = StageGraph::build(&pipeline)?;
         check_sources_exist(&pipeline, &graph)?;
@@ -103,11 +108,11 @@ impl Project {
             "pipeline loaded"
         );
         Ok(Project {
-            pipeline,
             graph,
             state: Mutex::new(state),
+            host: Host::plain(default_toolchain(&pipeline)),
+            pipeline,
             stats,
-            toolchain: None,
         })
     }
 
@@ -116,24 +121,12 @@ impl Project {
         self.pipeline
             .stages
             .iter()
-            .any(|stage| stage.kind.tool() == Tool::Python)
+            .any(|stage| stage.kind.requirements().tool == Tool::Python)
     }
 
-    /// The toolchain attached by the caller; without one, `[toolchain] python` or `python3`
-    /// on PATH, identified by its path only.
-    pub fn toolchain(&self) -> Toolchain {
-        self.toolchain.clone().unwrap_or_else(|| {
-            let python = self
-                .pipeline
-                .toolchain
-                .python
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("python3"));
-            Toolchain {
-                identity: format!("python:{}", python.display()),
-                python,
-            }
-        })
+    /// The toolchain of the attached host.
+    pub fn toolchain(&self) -> &Toolchain {
+        &self.host.toolchain
     }
 
     pub fn state_log_path(&self, stage: usize) -> PathBuf {
@@ -190,6 +183,20 @@ impl Project {
     }
 }
 
+/// `[toolchain] python`, or `python3` on PATH, identified by its path only: the toolchain
+/// of a project whose caller attached none.
+pub fn default_toolchain(pipeline: &Pipeline) -> Toolchain {
+    let python = pipeline
+        .toolchain
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    Toolchain {
+        identity: format!("python:{}", python.display()),
+        python,
+    }
+}
+
 /// Source inputs (not produced by a stage) must exist before anything runs.
 fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), SpecError> {
     for (index, stage) in pipeline.stages.iter().enumerate() {
@@ -219,7 +226,7 @@ fn check_state_owner(pipeline: &Pipeline) -> Result<(), BuildError> {
         return Ok(());
     }
     let other = pipeline.dir.join(&owner);
-    match Pipeline::load(&other) {
+    match Pipeline::load(&other, crate::kinds::KINDS) {
         Ok(other_pipeline) if other_pipeline.name == pipeline.name => {
             Err(BuildError::SharedState {
                 name: pipeline.name.clone(),
@@ -323,14 +330,6 @@ fn downstream(jobs: &[Job], from: impl Iterator<Item = usize>) -> Vec<bool> {
     marked
 }
 
-/// What the machine offers, as detected by the caller.
-#[derive(Debug, Clone)]
-pub struct Machine {
-    pub cores: u32,
-    pub memory: u64,
-    pub gpus: Vec<u32>,
-}
-
 /// How to run a build.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -393,6 +392,10 @@ pub struct StageSummary {
     pub status: &'static str,
     pub reason: Option<String>,
     pub error: Option<String>,
+    /// What to do about the error.
+    pub hint: Option<String>,
+    /// The failed stage's log, relative to the pipeline directory.
+    pub log: Option<PathBuf>,
     pub duration_ms: Option<u64>,
     pub outputs: Vec<OutputRecord>,
 }
@@ -429,21 +432,18 @@ impl Workspace {
         })
     }
 
-    /// Gives every project that runs Python its toolchain (resolved by the caller, which
-    /// may create environments and spawn interpreters; the engine does neither).
-    pub fn attach_toolchains<E>(
+    /// Gives every project its machine facts, gathered once by the caller (which may
+    /// create environments and spawn probes; the engine does neither), before any key is
+    /// computed.
+    pub fn attach_hosts<E>(
         &mut self,
-        mut resolve: impl FnMut(&Pipeline) -> Result<Toolchain, E>,
+        mut host_for: impl FnMut(&Project) -> Result<Host, E>,
     ) -> Result<(), E> {
         let Some(projects) = Arc::get_mut(&mut self.projects) else {
             return Ok(());
         };
-        for project in projects.iter_mut().filter(|p| p.needs_python()) {
-            let toolchain = resolve(&project.pipeline)?;
-            for stage in &project.pipeline.stages {
-                stage.kind.observe_toolchain(&toolchain.python);
-            }
-            project.toolchain = Some(toolchain);
+        for project in projects.iter_mut() {
+            project.host = host_for(project)?;
         }
         Ok(())
     }
@@ -548,7 +548,7 @@ impl Workspace {
         for project in self.projects.iter() {
             noop::invalidate(project);
         }
-        let unavailable = self.unavailable(&ids, &wanted, &targets, &capacity, options)?;
+        let (unavailable, invalid) = self.unavailable(&ids, &wanted, &targets, options)?;
         let mut executor = executor::StageExecutor::new(
             Arc::clone(&self.projects),
             ids.clone(),
@@ -556,6 +556,7 @@ impl Workspace {
             Arc::clone(&cancel),
         );
         executor.unavailable = unavailable;
+        executor.invalid = invalid;
         let executor = Arc::new(executor);
         let prechecked: Vec<Option<Check>> = (0..ids.len())
             .into_par_iter()
@@ -588,7 +589,7 @@ impl Workspace {
             &wanted,
             prechecked,
             capacity,
-            executor,
+            Arc::clone(&executor) as Arc<dyn scheduler::Executor>,
             &scheduler_options,
             &mut |event| match event {
                 scheduler::Event::Started { job, lease, reason } => {
@@ -615,6 +616,11 @@ impl Workspace {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scheduler finished"
         );
+        executor.discard_spare_roots();
+        for (job, warning) in executor.take_warnings() {
+            let message = format!("{}: {warning}", self.display_name(ids[job]));
+            observer(BuildEvent::Warning { message: &message });
+        }
         for project in self.projects.iter() {
             for message in project.persist_caches() {
                 observer(BuildEvent::Warning { message: &message });
@@ -638,48 +644,46 @@ impl Workspace {
         Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
     }
 
-    /// Asks every wanted stage whether it can run here. A stage that cannot is an error
-    /// when it is a target or the build is strict; otherwise it is reported as unavailable.
+    /// Asks every wanted stage whether it can run here (`availability::verdict`). A stage
+    /// whose inputs are wrong fails; one that cannot run here is an error when it is a
+    /// target or the build is strict, otherwise it is reported as unavailable.
     fn unavailable(
         &self,
         ids: &[StageId],
         wanted: &[bool],
         targets: &[StageId],
-        capacity: &Capacity,
         options: &BuildOptions,
-    ) -> Result<BTreeMap<usize, String>, BuildError> {
-        let mut found = BTreeMap::new();
+    ) -> Result<(BTreeMap<usize, String>, BTreeMap<usize, crate::spec::kind::StageError>), BuildError>
+    {
+        let mut unavailable = BTreeMap::new();
+        let mut invalid = BTreeMap::new();
         for (job, &id) in ids.iter().enumerate() {
             if !wanted[job] {
                 continue;
             }
-            let project = &self.projects[id.0];
-            let python = project.toolchain().python;
-            let host = crate::kinds::Host {
-                python: &python,
-                gpus: &capacity.gpus,
-            };
-            let Err(reason) = project.pipeline.stages[id.1].kind.availability(&host) else {
-                continue;
+            let reason = match availability::verdict(&self.projects[id.0], id.1) {
+                Verdict::Runs => continue,
+                Verdict::Invalid(error) => {
+                    invalid.insert(job, error);
+                    continue;
+                }
+                Verdict::Unavailable(reason) => reason,
             };
             let named = !options.targets.is_empty() && targets.contains(&id);
             if options.require_all || named {
-                let why = if named {
-                    "it is named as a target"
-                } else {
-                    "--require-all asks for every stage"
-                };
                 return Err(BuildError::Unavailable {
                     stage: self.display_name(id),
                     reason,
-                    help: format!(
-                        "{why}; run it on a machine with what is missing, or build without it (without --require-all and --target for it, pochi reports it as unavailable and builds the rest)"
-                    ),
+                    help: if named {
+                        "it is named as a target: run it on a machine with what is missing, or build the other targets".to_string()
+                    } else {
+                        "every stage is required: run the build on a machine with what is missing, or let pochi report the stage as unavailable and build the rest".to_string()
+                    },
                 });
             }
-            found.insert(job, reason);
+            unavailable.insert(job, reason);
         }
-        Ok(found)
+        Ok((unavailable, invalid))
     }
 
     fn lock_all(
@@ -763,7 +767,11 @@ impl Workspace {
                         memory: stage.resources.memory.0,
                         gpu: match stage.device {
                             Device::Cpu => GpuRequest::None,
-                            Device::Cuda(_) if gpus.is_empty() && stage.kind.gpu_optional() => {
+                            Device::Cuda(_)
+                                if gpus.is_empty()
+                                    && stage.kind.requirements().without_gpu
+                                        == WithoutGpu::RunsOnCpu =>
+                            {
                                 GpuRequest::None
                             }
                             Device::Cuda(None) => GpuRequest::Any,
@@ -771,7 +779,7 @@ impl Workspace {
                         },
                     },
                     estimate_ms: project.last_duration_ms(s).unwrap_or(0),
-                    tolerates_unavailable: stage.kind.tolerates_unavailable_inputs(),
+                    tolerates_unavailable: stage.kind.requirements().tolerates_unavailable_inputs,
                 }
             })
             .collect()
@@ -790,10 +798,14 @@ impl Workspace {
             let Some(outcome) = outcome else { continue };
             let (p, s) = ids[job];
             let project = &self.projects[p];
+            let failure = match outcome {
+                Outcome::Failed(failure) => Some(failure),
+                _ => None,
+            };
             let (status, reason, error) = match outcome {
                 Outcome::Skipped => ("skipped", None, None),
                 Outcome::Ran(reason) => ("ran", Some(reason.clone()), None),
-                Outcome::Failed(message) => ("failed", None, Some(message.clone())),
+                Outcome::Failed(failure) => ("failed", None, Some(failure.message.clone())),
                 Outcome::Blocked(dep) => (
                     "blocked",
                     Some(format!("`{}` did not build", self.display_name(ids[*dep]))),
@@ -823,6 +835,8 @@ impl Workspace {
                 status,
                 reason,
                 error,
+                hint: failure.and_then(|f| f.hint.clone()),
+                log: failure.and_then(|f| f.log.clone()),
                 duration_ms: matches!(outcome, Outcome::Ran(_))
                     .then(|| project.last_duration_ms(s))
                     .flatten(),
@@ -876,15 +890,9 @@ impl PlanStatus {
 impl Workspace {
     /// The status of every stage of `targets` (and their dependencies), in topological order
     /// per pipeline: a stage downstream of one that would run waits on it.
-    /// `gpus` are the GPUs this machine offers (for stages' availability).
-    pub fn plan(&self, targets: &[StageId], gpus: &[u32]) -> Vec<StagePlan> {
+    pub fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
         let mut plans = Vec::new();
         for (p, project) in self.projects.iter().enumerate() {
-            let python = project.toolchain().python;
-            let host = crate::kinds::Host {
-                python: &python,
-                gpus,
-            };
             let local: Vec<usize> = targets
                 .iter()
                 .filter(|(tp, _)| *tp == p)
@@ -900,11 +908,11 @@ impl Workspace {
                 let Some(standing) = &standings[stage] else {
                     continue;
                 };
-                if let Some(reason) = unavailable_here(project, stage, &host, &status) {
-                    status[stage] = Some(PlanStatus::Unavailable);
+                if let Some((verdict, reason)) = availability::in_plan(project, stage, &status) {
+                    status[stage] = Some(verdict);
                     plans.push(StagePlan {
                         id: (p, stage),
-                        status: PlanStatus::Unavailable,
+                        status: verdict,
                         reasons: vec![reason],
                     });
                     continue;
@@ -938,32 +946,6 @@ impl Workspace {
         }
         plans
     }
-}
-
-/// Why `stage` cannot run here: its kind is unavailable on this host, or it needs a stage
-/// that is (unless it tolerates that, as a report does).
-fn unavailable_here(
-    project: &Project,
-    stage: usize,
-    host: &crate::kinds::Host,
-    status: &[Option<PlanStatus>],
-) -> Option<String> {
-    let kind = &project.pipeline.stages[stage].kind;
-    if let Err(reason) = kind.availability(host) {
-        return Some(format!("cannot run on this machine: {reason}"));
-    }
-    if kind.tolerates_unavailable_inputs() {
-        return None;
-    }
-    let dep = project
-        .graph
-        .deps(stage)
-        .iter()
-        .find(|&&d| status[d] == Some(PlanStatus::Unavailable))?;
-    Some(format!(
-        "needs `{}`, which cannot run on this machine",
-        project.pipeline.stages[*dep].name
-    ))
 }
 
 fn classify(project: &Project, stage: usize, standing: &Standing) -> (PlanStatus, Vec<String>) {

@@ -14,10 +14,12 @@ use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
+use super::StageKind;
+use super::worker::{Program, WorkerStage};
+use super::{Host, InvocationContext, KindInfo, Requirements, StageError, Tool};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
-use crate::toolchain::workers::QUANTIZE;
+use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
     name: "quantize",
@@ -31,11 +33,17 @@ pub static INFO: KindInfo = KindInfo {
         "output",
     ],
     parse,
+    workers: &[WORKER],
     schema: |generator| generator.subschema_for::<QuantizeKeys>(),
 };
 
+/// Bakes fp16/bf16 (AutoCast) or int8/fp8 (PTQ with Q/DQ) into an ONNX model on the CPU.
+pub const WORKER: Worker = Worker {
+    name: "quantize.py",
+    source: include_str!("worker.py"),
+};
+
 const MODULES: &[&str] = &["numpy", "onnx", "onnxruntime", "modelopt"];
-const RESULT_FILE: &str = "pochi-quantize-result.json";
 const PRECISIONS: &[&str] = &["fp16", "bf16", "int8", "fp8"];
 const METHODS: &[&str] = &[
     "entropy",
@@ -203,16 +211,12 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     }))
 }
 
-fn result_path(context: &InvocationContext) -> PathBuf {
-    super::worker::scratch_file(context, RESULT_FILE)
-}
-
 impl Quantize {
-    fn request(&self, context: &InvocationContext) -> Value {
+    fn request_for(&self, context: &InvocationContext) -> Value {
         let path = |map: &BTreeMap<String, PathBuf>, key: &str| {
             map.get(key).map(|p| p.to_string_lossy().into_owned())
         };
-        let calibration = path(context.inputs, "calibration_data").map(|data| {
+        let calibration = path(&context.inputs, "calibration_data").map(|data| {
             json!({
                 "data": data,
                 "samples": self.samples,
@@ -222,21 +226,21 @@ impl Quantize {
         });
         json!({
             "protocol": 1,
-            "onnx": path(context.inputs, "onnx"),
+            "onnx": path(&context.inputs, "onnx"),
             "precision": self.precision,
             "calibration": calibration,
             "keep_fp32": self.keep_fp32,
-            "calibration_cache": path(context.inputs, "calibration_cache"),
+            "calibration_cache": path(&context.inputs, "calibration_cache"),
             "high_precision": self.high_precision,
             "outputs": {
-                "onnx": path(context.outputs, "onnx"),
-                "manifest": path(context.outputs, "manifest"),
+                "onnx": path(&context.outputs, "onnx"),
+                "manifest": path(&context.outputs, "manifest"),
             },
         })
     }
 }
 
-impl StageKind for Quantize {
+impl WorkerStage for Quantize {
     fn kind(&self) -> &'static str {
         "quantize"
     }
@@ -249,7 +253,7 @@ impl StageKind for Quantize {
         &self.outputs
     }
 
-    fn params(&self) -> Value {
+    fn params(&self, _host: &Host) -> Value {
         json!({
             "precision": self.precision,
             "samples": self.samples,
@@ -257,43 +261,23 @@ impl StageKind for Quantize {
             "method": self.method,
             "keep_fp32": self.keep_fp32,
             "high_precision": self.high_precision,
-            "worker": QUANTIZE.hash(),
+            "worker": WORKER.hash(),
         })
     }
 
-    fn tool(&self) -> Tool {
-        Tool::Python
-    }
-
-    fn python_modules(&self) -> Vec<&'static str> {
-        MODULES.to_vec()
-    }
-
-    fn action(&self, context: &InvocationContext) -> Action {
-        let request = self.request(context).to_string();
-        super::worker::run_worker(
-            context,
-            &QUANTIZE,
-            request,
-            &result_path(context),
-            BTreeMap::new(),
-        )
-    }
-
-    fn verify(&self, context: &InvocationContext) -> Result<(), String> {
-        let path = context.dir.join(result_path(context));
-        super::worker::check_answer("quantize", &path)
-    }
-
-    fn explain_failure(
-        &self,
-        context: &InvocationContext,
-        _status: &str,
-        message: String,
-    ) -> String {
-        match super::worker::read_json(&context.dir.join(result_path(context))) {
-            Some(result) => super::worker::describe_failure("quantize", &result),
-            None => message,
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            tool: Tool::Python,
+            python_modules: MODULES.to_vec(),
+            ..Requirements::default()
         }
+    }
+
+    fn program(&self) -> Program {
+        Program::Python(&WORKER)
+    }
+
+    fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
+        Ok(self.request_for(context))
     }
 }

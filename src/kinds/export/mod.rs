@@ -14,10 +14,11 @@ use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
+use super::worker::{Program, WorkerStage, answer_file, read_json};
+use super::{Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
-use crate::toolchain::workers::EXPORT;
+use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
     name: "export",
@@ -37,13 +38,18 @@ pub static INFO: KindInfo = KindInfo {
         "output",
     ],
     parse,
+    workers: &[WORKER],
     schema: |generator| generator.subschema_for::<ExportKeys>(),
+};
+
+/// Exports a checkpoint to ONNX, verifies it and writes its reference outputs and manifest.
+pub const WORKER: Worker = Worker {
+    name: "export.py",
+    source: include_str!("worker.py"),
 };
 
 /// The modules every export imports.
 const MODULES: &[&str] = &["numpy", "onnx", "onnxruntime", "torch"];
-/// Where the worker writes its answer, next to the manifest's temporary path.
-const RESULT_FILE: &str = "pochi-export-result.json";
 const DEFAULT_OPSET: u32 = 17;
 const DEFAULT_RTOL: f64 = 1e-3;
 const DEFAULT_ATOL: f64 = 1e-5;
@@ -466,7 +472,7 @@ fn declared_outputs(
 }
 
 impl Export {
-    fn request(&self, context: &InvocationContext) -> Value {
+    fn request_for(&self, context: &InvocationContext) -> Value {
         let path = |map: &BTreeMap<String, PathBuf>, key: &str| {
             map.get(key).map(|p| p.to_string_lossy().into_owned())
         };
@@ -474,17 +480,17 @@ impl Export {
             None => None,
             Some(ModelRef::Import(text)) => Some(text.clone()),
             Some(ModelRef::File { name }) => {
-                path(context.inputs, "model_file").map(|file| format!("{file}:{name}"))
+                path(&context.inputs, "model_file").map(|file| format!("{file}:{name}"))
             }
         };
         let outputs: BTreeMap<&str, String> = self
             .outputs
             .iter()
-            .filter_map(|o| Some((o.key.as_str(), path(context.outputs, &o.key)?)))
+            .filter_map(|o| Some((o.key.as_str(), path(&context.outputs, &o.key)?)))
             .collect();
         json!({
             "protocol": 1,
-            "checkpoint": path(context.inputs, "checkpoint"),
+            "checkpoint": path(&context.inputs, "checkpoint"),
             "model": model,
             "model_args": self.model_args,
             "input_shape": self.input_shape,
@@ -501,16 +507,20 @@ impl Export {
     }
 }
 
-/// Where the worker writes its answer for this run (relative to the pipeline directory).
-fn result_path(context: &InvocationContext) -> PathBuf {
-    super::worker::scratch_file(context, RESULT_FILE)
+/// Where the worker records its phase and peak memory while it runs (beside its answer).
+fn progress_file(context: &InvocationContext) -> PathBuf {
+    let answer = answer_file(context);
+    answer.with_file_name(format!(
+        "{}.progress",
+        answer.file_name().unwrap_or_default().to_string_lossy()
+    ))
 }
 
 fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
 }
 
-impl StageKind for Export {
+impl WorkerStage for Export {
     fn kind(&self) -> &'static str {
         "export"
     }
@@ -523,7 +533,7 @@ impl StageKind for Export {
         &self.outputs
     }
 
-    fn params(&self) -> Value {
+    fn params(&self, _host: &Host) -> Value {
         json!({
             "model": self.model_text,
             "model_args": self.model_args,
@@ -536,15 +546,11 @@ impl StageKind for Export {
             "verify": self.verify,
             "seed": self.seed,
             "external_data": self.external_data,
-            "worker": EXPORT.hash(),
+            "worker": WORKER.hash(),
         })
     }
 
-    fn tool(&self) -> Tool {
-        Tool::Python
-    }
-
-    fn python_modules(&self) -> Vec<&'static str> {
+    fn requirements(&self) -> Requirements {
         let mut modules = MODULES.to_vec();
         if let Some(ModelRef::Import(text)) = &self.model {
             let top = text.split([':', '.']).next().unwrap_or_default();
@@ -554,63 +560,43 @@ impl StageKind for Export {
                 _ => {}
             }
         }
-        modules
-    }
-
-    fn action(&self, context: &InvocationContext) -> Action {
-        let request = self.request(context).to_string();
-        super::worker::run_worker(
-            context,
-            &EXPORT,
-            request,
-            &result_path(context),
-            BTreeMap::new(),
-        )
-    }
-
-    fn verify(&self, context: &InvocationContext) -> Result<(), String> {
-        let path = context.dir.join(result_path(context));
-        super::worker::check_answer("export", &path)
-    }
-
-    fn explain_failure(
-        &self,
-        context: &InvocationContext,
-        status: &str,
-        message: String,
-    ) -> String {
-        let log = message
-            .lines()
-            .find(|line| line.starts_with("log: "))
-            .map(str::to_string);
-        let with_log = |text: String| match &log {
-            Some(log) => format!("{text}\n{log} (the full Python output)"),
-            None => text,
-        };
-        let path = context.dir.join(result_path(context));
-        if let Some(result) = super::worker::read_json(&path) {
-            return with_log(super::worker::describe_failure("export", &result));
+        Requirements {
+            tool: Tool::Python,
+            python_modules: modules,
+            ..Requirements::default()
         }
-        if status.starts_with("signal 9") {
-            let progress =
-                super::worker::read_json(&path.with_file_name(format!("{RESULT_FILE}.progress")));
-            let phase = progress
-                .as_ref()
-                .and_then(|p| p.get("phase"))
-                .and_then(Value::as_str)
-                .unwrap_or("the export");
-            let peak = progress
-                .as_ref()
-                .and_then(|p| p.get("peak_rss_bytes"))
-                .and_then(Value::as_f64);
-            let measured = peak
-                .map(|p| format!(" after a peak of {} of host memory", gib(p)))
-                .unwrap_or_default();
-            return with_log(format!(
-                "the export was killed by signal 9 during {phase}{measured}: most likely out of memory (the OOM killer)\nhint: export on the CPU (device = \"cpu\", the default), export a smaller input_shape, or declare the stage's peak memory (resources = {{ memory = \"...\" }}) so that pochi never runs more than the machine holds"
-            ));
+    }
+
+    fn program(&self) -> Program {
+        Program::Python(&WORKER)
+    }
+
+    fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
+        Ok(self.request_for(context))
+    }
+
+    /// A worker killed by signal 9 without an answer ran out of memory, most likely: the
+    /// remedy, with the phase and peak memory its progress file recorded.
+    fn explain_no_answer(&self, context: &InvocationContext, status: &str) -> Option<StageError> {
+        if !status.starts_with("signal 9") {
+            return None;
         }
-        message
+        let progress = read_json(&progress_file(context));
+        let phase = progress
+            .as_ref()
+            .and_then(|p| p.get("phase"))
+            .and_then(Value::as_str)
+            .unwrap_or("the export");
+        let peak = progress
+            .as_ref()
+            .and_then(|p| p.get("peak_rss_bytes"))
+            .and_then(Value::as_f64);
+        let measured = peak
+            .map(|p| format!(" after a peak of {} of host memory", gib(p)))
+            .unwrap_or_default();
+        Some(StageError::new(format!(
+            "the export was killed by signal 9 during {phase}{measured}: most likely out of memory (the OOM killer)"
+        )).with_hint("export on the CPU (device = \"cpu\", the default), export a smaller input_shape, or declare the stage's peak memory (resources = { memory = \"...\" }) so that pochi never runs more than the machine holds"))
     }
 }
 
@@ -639,12 +625,13 @@ mod tests {
             dir,
             build_dir: Path::new("build/p"),
             stage: "onnx",
+            kinds: crate::kinds::KINDS,
         };
         parse(&parser, &stage)
     }
 
     fn export(table: &str) -> Value {
-        parse_stage(table).unwrap().params()
+        parse_stage(table).unwrap().params(&crate::spec::kind::sample_host("/py"))
     }
 
     fn error(table: &str) -> String {
@@ -666,7 +653,7 @@ mod tests {
         assert_eq!(params["verify"], json!({ "rtol": 1e-3, "atol": 1e-5 }));
         assert_eq!(params["seed"], 0);
         assert_eq!(params["external_data"], "auto");
-        assert_eq!(params["worker"], EXPORT.hash());
+        assert_eq!(params["worker"], WORKER.hash());
         let kind = parse_stage(BASE).unwrap();
         let outputs: Vec<(String, PathBuf)> = kind
             .outputs()
@@ -681,10 +668,11 @@ mod tests {
                 ("manifest".into(), "build/p/onnx.manifest.json".into()),
             ]
         );
-        assert_eq!(kind.tool(), Tool::Python);
-        assert_eq!(kind.default_device(), crate::spec::Device::Cpu);
+        let requirements = kind.requirements();
+        assert_eq!(requirements.tool, Tool::Python);
+        assert_eq!(requirements.default_device, crate::spec::Device::Cpu);
         assert!(
-            kind.python_modules().contains(&"einops"),
+            requirements.python_modules.contains(&"einops"),
             "SwinUNETR needs einops"
         );
     }
@@ -783,15 +771,17 @@ mod tests {
 
     #[test]
     fn the_request_names_the_temporary_paths() {
+        let dir = tempfile::tempdir().unwrap();
         let kind = parse_stage(
             "checkpoint = \"ckpt.pth\"\nmodel = \"m.py:Net\"\ninput_shape = [3, 8, 8]\n",
         )
         .unwrap();
-        let inputs = BTreeMap::from([
+        let mut context = InvocationContext::sample(&dir.path().to_string_lossy(), "/py");
+        context.inputs = BTreeMap::from([
             ("checkpoint".to_string(), PathBuf::from("ckpt.pth")),
             ("model_file".to_string(), PathBuf::from("m.py")),
         ]);
-        let outputs: BTreeMap<String, PathBuf> = kind
+        context.outputs = kind
             .outputs()
             .iter()
             .map(|o| {
@@ -803,76 +793,57 @@ mod tests {
                 )
             })
             .collect();
-        let context = InvocationContext {
-            dir: Path::new("/project"),
-            inputs: &inputs,
-            outputs: &outputs,
-            python: Path::new("/py"),
-            build_dir: Path::new("build/p"),
-            state_dir: Path::new("/project/.pochi/v1/p"),
-            stage: "onnx",
-            gpu: None,
-        };
-        let Action::Process(invocation) = kind.action(&context) else {
-            panic!("export runs a process")
-        };
-        assert_eq!(invocation.program, "/py");
-        assert_eq!(invocation.args[0], "-I");
-        assert!(invocation.args[1].ends_with("export.py"));
-        let request: Value = serde_json::from_str(&invocation.args[2]).unwrap();
+        let action = kind.action(&context).unwrap();
+        assert_eq!(action.argv[..2], ["/py", "-I"]);
+        assert!(action.argv[2].ends_with("export.py"));
+        let request: Value =
+            serde_json::from_slice(&std::fs::read(&action.argv[3]).unwrap()).unwrap();
         assert_eq!(request["model"], "m.py:Net");
         assert_eq!(request["outputs"]["onnx"], ".pochi/tmp/onnx/onnx.onnx");
         assert_eq!(
-            invocation.args[3],
-            ".pochi/tmp/manifest/pochi-export-result.json"
+            PathBuf::from(&action.argv[4]),
+            answer_file(&context),
+            "the answer goes to the run's scratch directory"
         );
+        assert!(action.inputs.contains(&PathBuf::from("ckpt.pth")));
     }
 
     #[test]
     fn failures_read_the_workers_answer() {
         let dir = tempfile::tempdir().unwrap();
         let kind = parse_stage(BASE).unwrap();
-        let inputs = BTreeMap::new();
-        let outputs = BTreeMap::from([("manifest".to_string(), PathBuf::from("m.json"))]);
-        let context = InvocationContext {
-            dir: dir.path(),
-            inputs: &inputs,
-            outputs: &outputs,
-            python: Path::new("/py"),
-            build_dir: Path::new("b"),
-            state_dir: Path::new("/s"),
-            stage: "onnx",
-            gpu: None,
-        };
+        let mut context = InvocationContext::sample(&dir.path().to_string_lossy(), "/py");
+        context.scratch = dir.path().to_path_buf();
         // Killed with no answer: out of memory, with the peak from the progress file.
         std::fs::write(
-            dir.path().join("pochi-export-result.json.progress"),
+            progress_file(&context),
             r#"{"phase": "the ONNX export", "peak_rss_bytes": 7516192768}"#,
         )
         .unwrap();
-        let message = kind.explain_failure(
+        let error = kind.explain_failure(
             &context,
             "signal 9 (killed; out of memory?)",
-            "`/py` failed\nlog: .pochi/log".into(),
+            StageError::new("`/py` failed").with_log(".pochi/log"),
         );
         assert!(
-            message.contains("during the ONNX export after a peak of 7.00 GiB"),
-            "{message}"
+            error
+                .message
+                .contains("during the ONNX export after a peak of 7.00 GiB"),
+            "{error:?}"
         );
+        let hint = error.hint.clone().unwrap_or_default();
         assert!(
-            message.contains("device = \"cpu\"") && message.contains("resources = { memory"),
-            "{message}"
+            hint.contains("device = \"cpu\"") && hint.contains("resources = { memory"),
+            "{error:?}"
         );
-        assert!(message.contains("log: .pochi/log"));
+        assert_eq!(error.log, Some(PathBuf::from(".pochi/log")));
         // An answer: its error and hint.
-        std::fs::write(dir.path().join(RESULT_FILE), r#"{"ok": false, "kind": "state_dict", "error": "missing: a.weight", "hint": "check model_args", "traceback": "T"}"#).unwrap();
-        let message = kind.explain_failure(&context, "exit status 1", "x".into());
-        assert_eq!(message, "missing: a.weight\nhint: check model_args");
-        assert_eq!(
-            kind.verify(&context).unwrap_err(),
-            "missing: a.weight\nhint: check model_args"
-        );
-        std::fs::write(dir.path().join(RESULT_FILE), r#"{"ok": true}"#).unwrap();
+        std::fs::write(answer_file(&context), r#"{"ok": false, "kind": "state_dict", "error": "missing: a.weight", "hint": "check model_args", "traceback": "T"}"#).unwrap();
+        let error = kind.explain_failure(&context, "exit status 1", "x".into());
+        assert_eq!(error.message, "missing: a.weight");
+        assert_eq!(error.hint.as_deref(), Some("check model_args"));
+        assert_eq!(kind.verify(&context).unwrap_err().message, "missing: a.weight");
+        std::fs::write(answer_file(&context), r#"{"ok": true}"#).unwrap();
         assert!(kind.verify(&context).is_ok());
     }
 }
