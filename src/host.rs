@@ -22,7 +22,10 @@ pub struct Toolchain {
 pub struct GpuModel {
     pub index: u32,
     pub name: String,
+    /// Total memory, as `nvidia-smi` says it (e.g. "81559 MiB").
     pub memory: String,
+    /// Free memory when the machine was detected.
+    pub memory_free: String,
     pub driver: String,
     pub compute_capability: String,
 }

@@ -17,8 +17,13 @@ pub struct Machine {
     pub gpu_models: Vec<GpuModel>,
 }
 
-/// Detects the machine once per command.
+/// Detects the machine, once per process (later calls return the first answer).
 pub fn detect() -> Machine {
+    static DETECTED: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
+    DETECTED.get_or_init(detect_now).clone()
+}
+
+fn detect_now() -> Machine {
     let gpu_models = nvidia_smi();
     Machine {
         cores: env_number("POCHI_CPUS").unwrap_or_else(cores),
@@ -75,7 +80,7 @@ pub fn parse_gpu_list(list: &str) -> Vec<u32> {
 fn nvidia_smi() -> Vec<GpuModel> {
     let output = Command::new("nvidia-smi")
         .args([
-            "--query-gpu=index,name,memory.total,driver_version,compute_cap",
+            "--query-gpu=index,name,memory.total,memory.free,driver_version,compute_cap",
             "--format=csv,noheader",
         ])
         .output();
@@ -93,10 +98,11 @@ fn parse_gpu_models(text: &str) -> Vec<GpuModel> {
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             match fields[..] {
-                [index, name, memory, driver, compute_capability] => Some(GpuModel {
+                [index, name, memory, memory_free, driver, compute_capability] => Some(GpuModel {
                     index: index.parse().ok()?,
                     name: name.into(),
                     memory: memory.into(),
+                    memory_free: memory_free.into(),
                     driver: driver.into(),
                     compute_capability: compute_capability.into(),
                 }),
@@ -124,7 +130,7 @@ mod tests {
 
     #[test]
     fn parses_nvidia_smis_gpu_models() {
-        let text = "0, NVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15, 9.0\nnot a gpu\n";
+        let text = "0, NVIDIA H100 80GB HBM3, 81559 MiB, 81000 MiB, 550.54.15, 9.0\nnot a gpu\n";
         let models = parse_gpu_models(text);
         assert_eq!(models.len(), 1);
         assert_eq!(models[0].index, 0);

@@ -1,6 +1,6 @@
 //! `pochi clean`: removes stages' published outputs and forgets their records.
 
-use super::output::say;
+use super::output::{note, say};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,7 +18,7 @@ pub struct CleanArgs {
 }
 
 pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
     let targets = workspace.resolve_targets(&args.targets)?;
     let cancel = super::signals::cancel_flag();
     let removed = crate::driver::clean(&workspace, &targets, &cancel, &mut |event| match event {
@@ -31,8 +31,8 @@ pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
     for path in &removed {
         say!("removed {}", path.display());
     }
-    say!(
-        "pochi: cleaned {} stages, removed {} outputs",
+    note!(
+        "cleaned {} stages, removed {} outputs",
         targets.len(),
         removed.len()
     );

@@ -31,7 +31,7 @@ impl ExplainArgs {
 
 pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let (pipelines, stage) = args.split();
-    let mut workspace = Workspace::load(&pipelines)?;
+    let mut workspace = Workspace::load(&pipelines, crate::kinds::KINDS)?;
     super::attach_host(&mut workspace, Mode::Inspect)?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
     let plans = workspace.plan(&targets);

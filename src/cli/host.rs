@@ -6,7 +6,8 @@
 use crate::driver::{Project, Workspace, default_toolchain};
 use crate::host::Host;
 use crate::kinds::TensorRtUse;
-use crate::toolchain::{self, Mode};
+use crate::spec::Pipeline;
+use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
 
 /// Attaches the host of every pipeline in `workspace`. With `Mode::Create`, the worker
 /// scripts are written to the cache and a missing managed toolchain is created.
@@ -26,9 +27,9 @@ fn gather(
     mode: Mode,
     machine: &crate::machine::Machine,
     gpus: &[u32],
-) -> Result<Host, toolchain::ToolchainError> {
+) -> Result<Host, ToolchainError> {
     let toolchain = if project.needs_python() {
-        toolchain::for_pipeline(&project.pipeline, mode)?
+        for_pipeline(&project.pipeline, mode)?
     } else {
         default_toolchain(&project.pipeline)
     };
@@ -63,4 +64,36 @@ fn gather(
         python,
         ..Host::plain(toolchain)
     })
+}
+
+/// What a pipeline asks of the toolchain: its `[toolchain] python`, if any.
+pub(super) fn choice_of(pipeline: &Pipeline) -> Choice {
+    Choice::of(
+        pipeline
+            .toolchain
+            .python
+            .as_deref()
+            .map(|python| (python, pipeline.dir.as_path(), pipeline.file.as_path())),
+    )
+}
+
+/// The modules the pipeline's stages import (from each kind's requirements).
+pub(super) fn needed_modules(pipeline: &Pipeline) -> Vec<&'static str> {
+    let set: std::collections::BTreeSet<&'static str> = pipeline
+        .stages
+        .iter()
+        .flat_map(|stage| stage.kind.requirements().python_modules)
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The toolchain of a pipeline, resolved (and created with `Mode::Create`).
+fn for_pipeline(pipeline: &Pipeline, mode: Mode) -> Result<Toolchain, ToolchainError> {
+    toolchain::resolve(
+        &choice_of(pipeline),
+        &needed_modules(pipeline),
+        mode,
+        &mut super::output::note_line,
+    )
+    .map(|resolved| resolved.toolchain)
 }

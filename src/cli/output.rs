@@ -28,6 +28,14 @@ macro_rules! say {
     };
 }
 
+/// Prints one line on stderr with pochi's prefix, `pochi: `, made safe for a terminal:
+/// the one place the prefix is written.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("pochi: {}", $crate::cli::output::sanitize(&format!($($arg)*)))
+    };
+}
+
 /// Prints one line on stdout, made safe for a terminal (see `sanitize`).
 macro_rules! show {
     ($($arg:tt)*) => {
@@ -35,7 +43,13 @@ macro_rules! show {
     };
 }
 
-pub(crate) use {say, show};
+pub(crate) use {note, say, show};
+
+/// Tells people what happens, on stderr with the `pochi:` prefix (e.g. while the
+/// toolchain is created).
+pub fn note_line(message: &str) {
+    note!("{message}");
+}
 
 /// `text` made safe to print: file names, stage output and values from a pipeline may hold
 /// escape sequences that would clear the screen or move the cursor. Control characters

@@ -160,7 +160,11 @@ impl Reporter {
 
 /// A stage's failure rendered like every other error: `error:` with the message (and the
 /// log's path), then `help:` with the hint.
-pub fn render_stage_failure(stage: &str, failure: &crate::scheduler::Failure, color: bool) -> String {
+pub fn render_stage_failure(
+    stage: &str,
+    failure: &crate::scheduler::Failure,
+    color: bool,
+) -> String {
     let mut message = format!("stage `{stage}` failed: {}", failure.message);
     if let Some(log) = &failure.log {
         message.push_str(&format!("\nlog: {}", log.display()));

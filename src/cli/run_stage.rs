@@ -32,7 +32,10 @@ struct Request {
 pub fn run(args: RunStageArgs) -> miette::Result<ExitCode> {
     let cancel = super::signals::cancel_flag();
     let (answer, code) = match run_request(&args.request, &cancel) {
-        Ok(warnings) => (json!({ "ok": true, "warnings": warnings }), ExitCode::SUCCESS),
+        Ok(warnings) => (
+            json!({ "ok": true, "warnings": warnings }),
+            ExitCode::SUCCESS,
+        ),
         Err(error) => (
             json!({ "ok": false, "kind": "stage", "error": error.message, "hint": error.hint }),
             ExitCode::FAILURE,

@@ -1,7 +1,7 @@
 //! `pochi status`: each stage's status and why, without running anything; exit 1 when
 //! something would run, so CI can use it as a check.
 
-use super::output::{say, show};
+use super::output::{note, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,7 +41,8 @@ fn color(status: PlanStatus) -> &'static str {
 }
 
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
-    let mut workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let mut workspace =
+        Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
     super::attach_host(&mut workspace, Mode::Inspect)?;
     let plans = workspace.plan(&workspace.stage_ids());
     let mut sorted = plans.clone();
@@ -91,13 +92,13 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
         } else {
             String::new()
         };
-        say!(
-            "pochi: all {} stages that can run here are up to date{elsewhere}",
+        note!(
+            "all {} stages that can run here are up to date{elsewhere}",
             plans.len() - unavailable
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        say!("pochi: {pending} of {} stages would run", plans.len());
+        note!("{pending} of {} stages would run", plans.len());
         Ok(ExitCode::from(1))
     }
 }

@@ -45,7 +45,8 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
         // A stage that tolerates unavailable inputs runs without them: the output of an
         // upstream stage that could not run here enters its key as missing.
         let found = match (found, input) {
-            (Err(_), ResolvedInput::Upstream { .. }) if requirements.tolerates_unavailable_inputs =>
+            (Err(_), ResolvedInput::Upstream { .. })
+                if requirements.tolerates_unavailable_inputs =>
             {
                 Ok(MISSING_DIGEST.to_string())
             }
@@ -238,7 +239,8 @@ impl StageExecutor {
     /// Removes the spare temporary roots (every stage has given its root back once the
     /// scheduler returned): nothing of them outlives the build.
     pub fn discard_spare_roots(&self) {
-        let spare = std::mem::take(&mut *self.spare_roots.lock().unwrap_or_else(|e| e.into_inner()));
+        let spare =
+            std::mem::take(&mut *self.spare_roots.lock().unwrap_or_else(|e| e.into_inner()));
         for root in spare.iter().flatten() {
             let _ = crate::fsutil::remove_path(root);
         }
@@ -262,8 +264,10 @@ impl StageExecutor {
             None => current_key(project, stage).map_err(|s| StageError::new(describe(s)))?,
         };
         let started = Instant::now();
-        let temp = TempOutputs::create(project, stage, self.take_root(project_index))
-            .map_err(|e| StageError::new(format!("cannot create temporary output directory: {e}")))?;
+        let temp =
+            TempOutputs::create(project, stage, self.take_root(project_index)).map_err(|e| {
+                StageError::new(format!("cannot create temporary output directory: {e}"))
+            })?;
         let result = self.execute(project, stage, lease, &temp);
         let outcome = result.and_then(|warnings| {
             self.finish(project_index, stage, &key, &temp, started)?;
@@ -337,8 +341,7 @@ impl StageExecutor {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(StageError::new("interrupted"));
         }
-        spec.kind.verify(&context)?;
-        Ok(crate::kinds::worker::answer_warnings(&context))
+        spec.kind.verify(&context)
     }
 
     fn run_process(
@@ -362,7 +365,10 @@ impl StageExecutor {
             cwd: pipeline.dir.clone(),
             log: log.clone(),
         };
-        let shown_log = log.strip_prefix(&pipeline.dir).unwrap_or(&log).to_path_buf();
+        let shown_log = log
+            .strip_prefix(&pipeline.dir)
+            .unwrap_or(&log)
+            .to_path_buf();
         match self.runner.run(&process, &self.cancel) {
             ProcessResult::Success => Ok(()),
             ProcessResult::Cancelled => Err(ProcessFailure::Other(StageError::new("interrupted"))),

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use serde::Serialize;
 
-pub use executor::{Standing, current_key, standing};
 pub use availability::Verdict;
+pub use executor::{Standing, current_key, standing};
 use explain::Change;
 
 use crate::fingerprint::StatCache;
@@ -26,7 +26,7 @@ use crate::host::{Host, Toolchain};
 use crate::machine::Machine;
 use crate::process::ProcessRunner;
 use crate::scheduler::{self, Capacity, Check, GpuRequest, Job, Outcome, Request};
-use crate::spec::kind::{Tool, WithoutGpu};
+use crate::spec::kind::{Registry, Tool, WithoutGpu};
 use crate::spec::{Device, Pipeline, SpecError, suggest};
 use crate::state::{OutputRecord, StateError, StateLock, StateStore};
 
@@ -92,9 +92,9 @@ pub struct Project {
 
 impl Project {
     /// Parses, resolves and checks a pipeline, and reads its state.
-    pub fn load(path: &Path) -> Result<Project, BuildError> {
+    pub fn load(path: &Path, kinds: Registry) -> Result<Project, BuildError> {
         let started = Instant::now();
-        let pipeline = Pipeline::load(path, crate::kinds::KINDS)?;
+        let pipeline = Pipeline::load(path, kinds)?;
         let parsed = started.elapsed();
         let graph = StageGraph::build(&pipeline)?;
         check_sources_exist(&pipeline, &graph)?;
@@ -218,7 +218,7 @@ fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), Sp
 
 /// Two pipeline files in one directory with the same name would share a state directory:
 /// refused while the file that last built there still exists and still has that name.
-fn check_state_owner(pipeline: &Pipeline) -> Result<(), BuildError> {
+fn check_state_owner(pipeline: &Pipeline, kinds: Registry) -> Result<(), BuildError> {
     let Some(owner) = crate::state::owner(&pipeline.state_dir()) else {
         return Ok(());
     };
@@ -226,7 +226,7 @@ fn check_state_owner(pipeline: &Pipeline) -> Result<(), BuildError> {
         return Ok(());
     }
     let other = pipeline.dir.join(&owner);
-    match Pipeline::load(&other, crate::kinds::KINDS) {
+    match Pipeline::load(&other, kinds) {
         Ok(other_pipeline) if other_pipeline.name == pipeline.name => {
             Err(BuildError::SharedState {
                 name: pipeline.name.clone(),
@@ -406,14 +406,22 @@ pub struct Workspace {
     pub projects: Arc<Vec<Project>>,
 }
 
+/// The jobs that cannot run here (with what is missing) and those whose inputs are wrong
+/// for them (with the error).
+type Verdicts = (
+    BTreeMap<usize, String>,
+    BTreeMap<usize, crate::spec::kind::StageError>,
+);
+
 /// A stage of the workspace: (project index, stage index).
 pub type StageId = (usize, usize);
 
 impl Workspace {
-    pub fn load(paths: &[PathBuf]) -> Result<Workspace, BuildError> {
+    /// `kinds`: the stage kinds the pipelines may use (`pochi::kinds::KINDS`).
+    pub fn load(paths: &[PathBuf], kinds: Registry) -> Result<Workspace, BuildError> {
         let projects: Vec<Project> = paths
             .iter()
-            .map(|path| Project::load(path))
+            .map(|path| Project::load(path, kinds))
             .collect::<Result<_, _>>()?;
         let mut seen: BTreeMap<PathBuf, &Path> = BTreeMap::new();
         for project in &projects {
@@ -424,7 +432,7 @@ impl Workspace {
                     second: project.pipeline.file.clone(),
                 });
             }
-            check_state_owner(&project.pipeline)?;
+            check_state_owner(&project.pipeline, kinds)?;
         }
         check_outputs_across(&projects)?;
         Ok(Workspace {
@@ -653,8 +661,7 @@ impl Workspace {
         wanted: &[bool],
         targets: &[StageId],
         options: &BuildOptions,
-    ) -> Result<(BTreeMap<usize, String>, BTreeMap<usize, crate::spec::kind::StageError>), BuildError>
-    {
+    ) -> Result<Verdicts, BuildError> {
         let mut unavailable = BTreeMap::new();
         let mut invalid = BTreeMap::new();
         for (job, &id) in ids.iter().enumerate() {
@@ -813,7 +820,7 @@ impl Workspace {
                 ),
                 Outcome::Stopped => (
                     "stopped",
-                    Some("the build stopped after a failure (use --keep-going to continue)".into()),
+                    Some("not started: the build stopped after another stage failed".into()),
                     None,
                 ),
                 Outcome::Cancelled => ("cancelled", Some("interrupted".into()), None),

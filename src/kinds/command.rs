@@ -212,7 +212,11 @@ impl StageKind for Command {
             .flatten()
             .any(|piece| *piece == Piece::Python);
         Requirements {
-            tool: if uses_python { Tool::Python } else { Tool::None },
+            tool: if uses_python {
+                Tool::Python
+            } else {
+                Tool::None
+            },
             ..Requirements::default()
         }
     }
@@ -299,7 +303,9 @@ mod tests {
         };
         let mut context = InvocationContext::sample("/p", "/py");
         context.inputs.insert("src".to_string(), "a.txt".into());
-        context.outputs.insert("out".to_string(), "tmp/o.txt".into());
+        context
+            .outputs
+            .insert("out".to_string(), "tmp/o.txt".into());
         let action = command.action(&context).unwrap();
         assert_eq!(action.argv, vec!["/py", "a.txt:tmp/o.txt:build/x"]);
         assert_eq!(action.inputs, vec![std::path::PathBuf::from("a.txt")]);

@@ -14,8 +14,7 @@ pub mod worker;
 pub use crate::action::Action;
 pub use crate::host::{Host, Toolchain};
 pub use crate::spec::kind::{
-    InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool,
-    WithoutGpu,
+    InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool, WithoutGpu,
 };
 use crate::toolchain::workers::Worker;
 

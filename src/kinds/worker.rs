@@ -152,8 +152,9 @@ impl<T: WorkerStage> StageKind for T {
         })
     }
 
-    fn verify(&self, context: &InvocationContext) -> Result<(), StageError> {
-        check_answer(WorkerStage::kind(self), &answer_file(context))
+    fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
+        check_answer(WorkerStage::kind(self), &answer_file(context))?;
+        Ok(answer_warnings(context))
     }
 
     fn explain_failure(

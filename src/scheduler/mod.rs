@@ -352,7 +352,9 @@ impl<'a> Scheduler<'a> {
             };
             let request = self.jobs[job].request;
             if let Some(why) = self.pools.impossible(&request) {
-                let outcome = Outcome::Failed(Failure::new(format!("this stage can never run here: {why}")));
+                let outcome = Outcome::Failed(Failure::new(format!(
+                    "this stage can never run here: {why}"
+                )));
                 self.pending.push_back((job, outcome, true));
                 self.process_pending(observer);
                 continue;

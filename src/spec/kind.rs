@@ -51,10 +51,11 @@ pub trait StageKind: Debug + Send + Sync {
     /// process to run (a kind may write a request file into `context.scratch` first).
     fn action(&self, context: &InvocationContext) -> Result<Action, StageError>;
     /// Checks the outputs after the action succeeded and before they are published (for
-    /// example, a worker's JSON answer). An error fails the stage and publishes nothing.
-    fn verify(&self, context: &InvocationContext) -> Result<(), StageError> {
+    /// example, a worker's JSON answer) and returns the run's warnings (told to the user
+    /// once the stage is built). An error fails the stage and publishes nothing.
+    fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
         let _ = context;
-        Ok(())
+        Ok(Vec::new())
     }
     /// The error for a failed process (`status` says how it ended, e.g. "exit status 1"):
     /// a kind may replace it, e.g. with its worker's JSON answer.

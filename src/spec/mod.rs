@@ -18,9 +18,9 @@ pub use parse::{common_stage_schema, parse_pipeline};
 pub mod parse_api {
     pub use super::parse::{Parser, is_valid_name};
 }
-pub use schema::pipeline_schema;
 pub use crate::size::ByteSize;
 pub use kind::StageKind;
+pub use schema::pipeline_schema;
 
 /// The directory under the project root where pochi keeps its state (`.pochi/v1/...`).
 pub const STATE_ROOT: &str = ".pochi";

@@ -14,13 +14,13 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{SourceFile, SpanError, SpecError};
-use crate::size::ByteSize;
+use super::kind::{KindInfo, Registry};
 use super::suggest;
 use super::{
     DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
     StageResources, ToolchainSpec, paths,
 };
-use super::kind::{KindInfo, Registry};
+use crate::size::ByteSize;
 
 pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
 pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];

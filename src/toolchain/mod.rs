@@ -17,7 +17,7 @@ pub(crate) mod identity;
 mod managed;
 pub mod workers;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -25,9 +25,8 @@ pub use cache::CacheDir;
 pub use identity::{Facts, ModuleFact, TRACKED};
 pub use managed::Managed;
 
-pub use crate::host::Toolchain;
 use crate::host::PythonFacts;
-use crate::spec::Pipeline;
+pub use crate::host::Toolchain;
 
 /// The lock the managed environment is built from (exact versions and hashes).
 pub const LOCK: &str = include_str!("../../toolchain/requirements.lock");
@@ -79,16 +78,10 @@ pub enum Choice {
 impl Choice {
     /// `POCHI_PYTHON` (the environment of this run) wins over `[toolchain] python` in the
     /// pipeline; neither means the managed toolchain.
-    pub fn of(pipeline: Option<&Pipeline>) -> Choice {
-        Self::from_parts(
-            std::env::var_os("POCHI_PYTHON"),
-            pipeline.and_then(|p| {
-                p.toolchain
-                    .python
-                    .as_deref()
-                    .map(|python| (python, p.dir.as_path(), p.file.as_path()))
-            }),
-        )
+    /// `declared`: a pipeline's `[toolchain] python`, with the pipeline's directory and
+    /// file (for messages).
+    pub fn of(declared: Option<(&Path, &Path, &Path)>) -> Choice {
+        Self::from_parts(std::env::var_os("POCHI_PYTHON"), declared)
     }
 
     fn from_parts(env: Option<OsString>, pipeline: Option<(&Path, &Path, &Path)>) -> Choice {
@@ -181,27 +174,6 @@ pub struct Resolved {
     pub cache: CacheDir,
 }
 
-/// The modules the pipeline's stages import (from each kind's `python_modules`).
-pub fn needed_modules(pipeline: &Pipeline) -> Vec<&'static str> {
-    let set: BTreeSet<&'static str> = pipeline
-        .stages
-        .iter()
-        .flat_map(|stage| stage.kind.requirements().python_modules)
-        .collect();
-    set.into_iter().collect()
-}
-
-/// The toolchain for a pipeline (what `Workspace::attach_toolchains` wants).
-pub fn for_pipeline(pipeline: &Pipeline, mode: Mode) -> Result<Toolchain, ToolchainError> {
-    resolve(
-        &Choice::of(Some(pipeline)),
-        &needed_modules(pipeline),
-        mode,
-        &mut say,
-    )
-    .map(|resolved| resolved.toolchain)
-}
-
 /// Writes the identity worker and `workers` (every kind's scripts) to the per-user cache.
 pub fn materialize_workers(workers: &[workers::Worker]) -> Result<(), ToolchainError> {
     let cache = CacheDir::from_env().map_err(ToolchainError::Cache)?;
@@ -247,11 +219,6 @@ print(json.dumps({"python": sys.version.split()[0], "versions": versions,
         .output()
         .ok()?;
     serde_json::from_slice(&output.stdout).ok()
-}
-
-/// How toolchain creation talks to people: on stderr.
-pub fn say(message: &str) {
-    eprintln!("pochi: {message}");
 }
 
 /// Resolves a choice: creates the managed environment when `mode` allows, asks the

@@ -391,8 +391,14 @@ mod tests {
         let pipeline = load("seed = 9\nsynthetic = { shape = [1, 4, 4, 4], count = 2 }").unwrap();
         let kind = dataset(&pipeline);
         assert!(kind.inputs().is_empty());
-        assert_eq!(kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["seed"], 9);
-        assert_eq!(kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["distribution"], "normal");
+        assert_eq!(
+            kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["seed"],
+            9
+        );
+        assert_eq!(
+            kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["distribution"],
+            "normal"
+        );
     }
 
     #[test]

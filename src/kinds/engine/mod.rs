@@ -1,5 +1,5 @@
 //! The `engine` stage kind: an ONNX model to a TensorRT engine, built by the embedded
-//! worker (`src/toolchain/workers/engine.py`) on TensorRT's Python API. pochi decides the
+//! worker (`src/kinds/engine/worker.py`) on TensorRT's Python API. pochi decides the
 //! optimization profiles here, from the ONNX's declared input shapes, before any TensorRT
 //! call; the worker builds, checks the precision it got, and writes a manifest. Without
 //! TensorRT or a GPU the stage is unavailable on the machine (`availability`).

@@ -153,10 +153,7 @@ fn probe_key(python: &Path) -> ProbeKey {
     );
     ProbeKey {
         interpreter: python.to_path_buf(),
-        stamps: watched
-            .iter()
-            .filter_map(|p| identity::stamp(p))
-            .collect(),
+        stamps: watched.iter().filter_map(|p| identity::stamp(p)).collect(),
         worker: ENGINE.hash(),
         env: [
             "CUDA_VISIBLE_DEVICES",
@@ -178,8 +175,9 @@ fn run_probe(python: &Path) -> Result<Probe, String> {
     {
         ENGINE.materialize(&cache).map_err(|e| e.to_string())?;
     }
-    let output = crate::toolchain::run_script(python, &script, &["--probe".as_ref(), result.as_os_str()])
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    let output =
+        crate::toolchain::run_script(python, &script, &["--probe".as_ref(), result.as_os_str()])
+            .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     let text = std::fs::read(&result).map_err(|_| {
         format!(
             "the TensorRT probe gave no answer: {}",

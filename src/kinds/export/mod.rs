@@ -1,5 +1,5 @@
 //! The `export` stage kind: a checkpoint to a verified ONNX model, run by the embedded
-//! export worker (`src/toolchain/workers/export.py`) in the Python toolchain. Outputs: the
+//! export worker (`src/kinds/export/worker.py`) in the Python toolchain. Outputs: the
 //! `.onnx` (primary), the reference input and PyTorch outputs (`.npz`) and a manifest
 //! (JSON); all three are published only when the worker answered `ok` (verification
 //! included).
@@ -631,7 +631,9 @@ mod tests {
     }
 
     fn export(table: &str) -> Value {
-        parse_stage(table).unwrap().params(&crate::spec::kind::sample_host("/py"))
+        parse_stage(table)
+            .unwrap()
+            .params(&crate::spec::kind::sample_host("/py"))
     }
 
     fn error(table: &str) -> String {
@@ -842,7 +844,10 @@ mod tests {
         let error = kind.explain_failure(&context, "exit status 1", "x".into());
         assert_eq!(error.message, "missing: a.weight");
         assert_eq!(error.hint.as_deref(), Some("check model_args"));
-        assert_eq!(kind.verify(&context).unwrap_err().message, "missing: a.weight");
+        assert_eq!(
+            kind.verify(&context).unwrap_err().message,
+            "missing: a.weight"
+        );
         std::fs::write(answer_file(&context), r#"{"ok": true}"#).unwrap();
         assert!(kind.verify(&context).is_ok());
     }

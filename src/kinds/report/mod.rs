@@ -10,9 +10,9 @@ mod data;
 mod environment;
 mod evaluate;
 pub mod metrics;
+mod onnxruntime;
 mod outputs;
 mod provenance;
-mod onnxruntime;
 pub mod segmentation;
 mod tensorrt;
 
@@ -189,7 +189,12 @@ impl WorkerStage for Report {
     /// unavailable), covers the models that exist, and asks for a GPU by default when a
     /// model is an engine file or comes from a stage that needs one.
     fn requirements(&self) -> Requirements {
-        let models: Vec<String> = self.config.models.iter().map(|(key, _)| key.clone()).collect();
+        let models: Vec<String> = self
+            .config
+            .models
+            .iter()
+            .map(|(key, _)| key.clone())
+            .collect();
         let engine_file = self.config.inputs.iter().any(|input| {
             models.contains(&input.key)
                 && matches!(&input.source, InputSource::Path(path) if is_engine(path))

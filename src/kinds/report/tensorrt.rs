@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::data;
 use crate::kinds::InvocationContext;
-use crate::kinds::worker::{read_json, run_worker_now};
 use crate::kinds::engine::WORKER as ENGINE;
+use crate::kinds::worker::{read_json, run_worker_now};
 
 /// What running an engine gave.
 #[derive(Debug)]
@@ -54,7 +54,11 @@ pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) ->
         });
     }
     if context.host.tensorrt_version().is_none() {
-        let error = context.host.tensorrt.as_ref().and_then(|t| t.error.as_deref());
+        let error = context
+            .host
+            .tensorrt
+            .as_ref()
+            .and_then(|t| t.error.as_deref());
         missing.push(format!(
             "TensorRT is not installed ({})",
             error.unwrap_or("cannot import tensorrt")

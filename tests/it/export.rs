@@ -2,14 +2,12 @@
 //! projects, on the managed toolchain (created by pochi itself on the first run, in the
 //! per-user cache, so CI installs it through pochi). Heavy: a few minutes on 2 cores.
 
-mod common;
-
 use std::process::Command;
 
-use common::Project;
+use crate::common::Project;
 use serde_json::Value;
 
-const RANDOM_INIT: &str = include_str!("../pipelines/scripts/random_init_checkpoint.py");
+const RANDOM_INIT: &str = include_str!("../../pipelines/scripts/random_init_checkpoint.py");
 
 /// A project with the random-init script and a pipeline.
 fn project(pipeline: &str) -> Project {
@@ -224,7 +222,7 @@ fn bad_exports_fail_clearly_and_publish_nothing() {
     let error = |name: &str| {
         let stage = stage(&summary, name);
         assert_eq!(stage["status"], "failed", "{stage}");
-        common::failure_text(stage)
+        crate::common::failure_text(stage)
     };
     let wrong_keys = error("wrong_keys");
     assert!(

@@ -1,9 +1,7 @@
 //! Bad pipelines: each gets a clear `error:` pointing at file:line:col with a hint, exit
 //! status 1, never a panic, and nothing runs.
 
-mod common;
-
-use common::Project;
+use crate::common::Project;
 
 /// Builds `pipeline` and asserts the error names each needle.
 #[track_caller]

@@ -21,9 +21,7 @@ use pochi::spec::Pipeline;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 
-mod fuzz_support;
-
-use fuzz_support::{check, check_graph};
+use crate::fuzz_support::{check, check_graph};
 
 /// The fixed seed ("pochi"); `POCHI_FUZZ_SEED` picks another.
 const SEED: u64 = 0x70_6f_63_68_69;

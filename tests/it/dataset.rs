@@ -9,23 +9,21 @@ use ndarray_npy::{ReadNpyExt, write_npy};
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// A project of one `dataset` stage, `calib`, on the shared harness.
 struct Project {
-    dir: tempfile::TempDir,
+    inner: crate::common::Project,
 }
 
 impl Project {
     fn new(stage: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("pipeline.toml"),
-            format!("[pipeline]\nname = \"p\"\n\n[stages.calib]\nkind = \"dataset\"\n{stage}\n"),
-        )
-        .unwrap();
-        Project { dir }
+        let inner = crate::common::Project::new(&format!(
+            "[pipeline]\nname = \"p\"\n\n[stages.calib]\nkind = \"dataset\"\n{stage}\n"
+        ));
+        Project { inner }
     }
 
     fn path(&self, relative: &str) -> PathBuf {
-        self.dir.path().join(relative)
+        self.inner.path(relative)
     }
 
     fn image(&self, relative: &str, width: u32, height: u32, rgb: [u8; 3]) {
@@ -37,12 +35,7 @@ impl Project {
     }
 
     fn build(&self) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pochi"))
-            .args(["build", "--json"])
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
+        self.inner.command(&["build", "--json"]).output().unwrap()
     }
 
     /// Builds, expecting success; returns the status of the stage ("ran" / "skipped").

@@ -3,14 +3,12 @@
 //! worker driven against a recording STAND-IN (`tests/fixtures/fake_tensorrt`, a test
 //! double of the `tensorrt` Python package, never the real one).
 
-mod common;
-
-use common::Project;
+use crate::common::Project;
 use pochi::onnx_info::{Dim, encode};
 use serde_json::Value;
 
 fn standin_dir() -> String {
-    common::tensorrt_standin_dir()
+    crate::common::tensorrt_standin_dir()
 }
 
 fn dyn_batch() -> Vec<Dim> {
@@ -53,7 +51,11 @@ fn call<'a>(calls: &'a [Value], name: &str) -> Vec<&'a Value> {
 }
 
 /// Builds with the stand-in on the worker's path, recording to trt-record.json.
-fn build_with_standin(project: &Project, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
+fn build_with_standin(
+    project: &Project,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> crate::common::Run {
     let record = project
         .path("trt-record.json")
         .to_string_lossy()
@@ -289,7 +291,7 @@ precision = "fp16"
     );
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let summary = run.summary();
-    let error = common::failure_text(stage(&summary, "engine"));
+    let error = crate::common::failure_text(stage(&summary, "engine"));
     assert!(
         error.contains("asked to be fp16 but TensorRT built no fp16 layer"),
         "{error}"
@@ -299,7 +301,7 @@ precision = "fp16"
     // TensorRT 11 refuses an fp32 ONNX for an fp16 engine before building.
     let run = build_with_standin(&project, &[], &[]);
     assert_eq!(run.code, Some(1));
-    let error = common::failure_text(stage(&run.summary(), "engine"));
+    let error = crate::common::failure_text(stage(&run.summary(), "engine"));
     assert!(error.contains("strongly typed"), "{error}");
     assert!(error.contains("quantize"), "{error}");
 }
@@ -324,7 +326,7 @@ onnx = "model.onnx"
     let project = project(pipeline, dims.clone());
     let run = build_with_standin(&project, &[], &[]);
     assert_eq!(run.code, Some(1));
-    let error = common::failure_text(stage(&run.summary(), "engine"));
+    let error = crate::common::failure_text(stage(&run.summary(), "engine"));
     assert!(
         error.contains(
             "the ONNX has dynamic shapes; give `input_size` with the resolution you will use"
@@ -372,6 +374,10 @@ fn convert_fails_clearly_without_tensorrt() {
         "no GPU",
     ]);
     assert!(!project.exists("model.engine"));
+    // Issue 9: only flags the user can act on; `pochi convert` has no --target.
+    for flag in ["--require-all", "--target", "--keep-going"] {
+        assert!(!run.stderr.contains(flag), "{flag}: {}", run.stderr);
+    }
     let run = project.run(&["convert", "missing.onnx"]);
     run.assert_error(&["does not exist"]);
     let run = project.run(&["convert", "model.onnx", "--int8"]);
@@ -682,4 +688,120 @@ fn record_path(project: &Project) -> String {
         .path("trt-record.json")
         .to_string_lossy()
         .into_owned()
+}
+
+/// Issue 9: the shape decision comes before availability. Without TensorRT (and without
+/// a GPU), a dynamic-spatial ONNX with no `input_size` is reported with the seed's
+/// message by `status`, `build --target`, `build -n` and `graph`, not hidden behind
+/// "TensorRT is not available".
+#[test]
+fn shape_errors_come_before_unavailability_everywhere() {
+    let pipeline = "[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\n";
+    let dims = vec![
+        Dim::Dynamic("batch".into()),
+        Dim::Fixed(1),
+        Dim::Dynamic("d".into()),
+        Dim::Dynamic("h".into()),
+        Dim::Dynamic("w".into()),
+    ];
+    let project = project(pipeline, dims);
+    let status = project.run(&["status"]);
+    assert_eq!(status.code, Some(1), "{}", status.stdout);
+    assert!(status.stdout.contains(DYNAMIC), "{}", status.stdout);
+    assert!(
+        !status.stdout.contains("TensorRT is not available"),
+        "{}",
+        status.stdout
+    );
+    for args in [
+        &["build", "--target", "engine"][..],
+        &["build"][..],
+        &["build", "-n"][..],
+    ] {
+        let run = project.run(args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(all.contains(DYNAMIC), "{args:?}: {all}");
+        assert!(
+            !all.contains("TensorRT is not available"),
+            "{args:?}: {all}"
+        );
+    }
+    for format in ["json", "text"] {
+        let graph = project.run(&["graph", "--format", format]);
+        graph.assert_ok();
+        assert!(graph.stdout.contains(DYNAMIC), "{format}: {}", graph.stdout);
+    }
+    // Fixed by giving `input_size`: the stage is then merely unavailable here.
+    project.write(
+        "pipeline.toml",
+        &format!("{pipeline}input_size = [64, 64, 64]\n"),
+    );
+    let status = project.run(&["status"]);
+    assert!(
+        status.stdout.contains("TensorRT is not available"),
+        "{}",
+        status.stdout
+    );
+}
+
+const DYNAMIC: &str =
+    "the ONNX has dynamic shapes; give `input_size` with the resolution you will use";
+
+/// Issue 9: a stage's key does not depend on which command ran first. The engine's key
+/// holds what the (stand-in) TensorRT probe found; whether `status` and `explain` or
+/// `build` come first, the recorded key is the same and the stage is up to date after.
+#[test]
+fn a_stages_key_is_the_same_whatever_order_commands_run_in() {
+    let orders: [&[&str]; 3] = [
+        &["build"],
+        &["status", "explain", "build"],
+        &["explain", "build", "status"],
+    ];
+    let mut fingerprints = Vec::new();
+    for order in orders {
+        let project = project(
+            "[resources]\ngpus = [0]\n\n[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\n",
+            dyn_batch(),
+        );
+        let record = record_path(&project);
+        let env = [
+            ("POCHI_TEST_TENSORRT_STANDIN", standin_dir()),
+            ("FAKE_TRT_RECORD", record),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for command in order {
+            let args: Vec<&str> = match *command {
+                "explain" => vec!["explain", "engine"],
+                other => vec![other],
+            };
+            let run = project.run_env(&args, &env);
+            if *command == "build" {
+                run.assert_ok();
+            }
+        }
+        let status = project.run_env(&["status"], &env);
+        assert_eq!(status.code, Some(0), "{order:?}: {}", status.stdout);
+        let explain = project.run_env(&["explain", "engine"], &env);
+        assert!(
+            explain.stdout.contains("up to date"),
+            "{order:?}: {}",
+            explain.stdout
+        );
+        let log = project.read(".pochi/v1/pipeline/log.jsonl");
+        let built: Value = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|entry| entry["stage"] == "engine" && entry.get("fingerprint").is_some())
+            .unwrap_or_else(|| panic!("no record in {log}"));
+        assert!(
+            built["key"]["params"]["tensorrt"]["version"].is_string(),
+            "the key holds the TensorRT the probe found: {built}"
+        );
+        fingerprints.push(built["fingerprint"].clone());
+    }
+    assert!(
+        fingerprints.windows(2).all(|w| w[0] == w[1]),
+        "{fingerprints:?}"
+    );
 }

@@ -1,13 +1,11 @@
 //! Regression tests for the defects that fault and fuzz testing found (issue 15): each one
 //! drives the built binary in a temp dir the way the fault was found.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Project, Run};
+use crate::common::{Project, Run};
 
 const ONE: &str = r#"
 [pipeline]

@@ -2,13 +2,11 @@
 //! ONNX Runtime (the managed toolchain's library, loaded by `ort`), tiny ONNX models
 //! written with the toolchain's `onnx` package, and an export of a real torch model.
 
-mod common;
-
-use common::Project;
+use crate::common::Project;
 use serde_json::Value;
 
-const MODELS: &str = include_str!("fixtures/report_models.py");
-const RANDOM_INIT: &str = include_str!("../pipelines/scripts/random_init_checkpoint.py");
+const MODELS: &str = include_str!("../fixtures/report_models.py");
+const RANDOM_INIT: &str = include_str!("../../pipelines/scripts/random_init_checkpoint.py");
 
 /// A project with the tiny models and data of `fixtures/report_models.py`.
 fn project(pipeline: &str) -> Project {
@@ -262,7 +260,9 @@ fn a_perturbed_model_fails_parity_with_the_figures_and_the_files_are_kept() {
     let warned = project.build(&[]);
     warned.assert_ok();
     assert!(
-        warned.stderr.contains("warning: parity failure"),
+        warned
+            .stderr
+            .contains("warning: strict: parity failure (on_parity_failure = \"warn\")"),
         "{}",
         warned.stderr
     );
@@ -270,7 +270,7 @@ fn a_perturbed_model_fails_parity_with_the_figures_and_the_files_are_kept() {
     assert_eq!(summary["models"][1]["verdict"], "fail");
 }
 
-const SEGMENTATION_SCRIPT: &str = include_str!("fixtures/report_segmentation.py");
+const SEGMENTATION_SCRIPT: &str = include_str!("../fixtures/report_segmentation.py");
 
 /// One report stage per Dice setting, over the same identity model and volumes.
 fn segmentation_stage(name: &str, dice: &str) -> String {
@@ -965,8 +965,8 @@ threads = 1
 batch = 2
 "#;
 
-fn build_with_standin(project: &Project, extra: &[(&str, &str)]) -> common::Run {
-    let standin = common::tensorrt_standin_dir();
+fn build_with_standin(project: &Project, extra: &[(&str, &str)]) -> crate::common::Run {
+    let standin = crate::common::tensorrt_standin_dir();
     let record = project.path("trt-record.json");
     let record = record.to_string_lossy();
     let mut env = vec![
@@ -1088,7 +1088,7 @@ fn infer_trt_refuses_an_engine_built_for_another_gpu() {
         .read("build/pipeline/engine.manifest.json")
         .replace("\"9.0\"", "\"8.6\"");
     project.write("other.manifest.json", &manifest);
-    let standin = common::tensorrt_standin_dir();
+    let standin = crate::common::tensorrt_standin_dir();
     let env = [
         ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
         ("POCHI_GPUS", "0"),

@@ -249,11 +249,15 @@ impl Project {
     }
 }
 
-/// A failed stage's entry of `--json` as the user reads it: the error, then its hint.
+/// A failed stage's entry of `--json` as the user reads it: the error, its log, its hint.
 pub fn failure_text(stage: &serde_json::Value) -> String {
     let text = |key: &str| stage[key].as_str().unwrap_or_default().to_string();
-    match text("hint") {
-        hint if hint.is_empty() => text("error"),
-        hint => format!("{}\nhelp: {hint}", text("error")),
+    let mut shown = text("error");
+    if !text("log").is_empty() {
+        shown.push_str(&format!("\nlog: {}", text("log")));
     }
+    if !text("hint").is_empty() {
+        shown.push_str(&format!("\nhelp: {}", text("hint")));
+    }
+    shown
 }

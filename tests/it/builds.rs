@@ -1,10 +1,8 @@
 //! The engine's promises, checked by running the built `pochi` binary in temp dirs.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Project, copy_tree};
+use crate::common::{Project, copy_tree};
 
 /// prep -> count, plus an independent `other`.
 const PIPELINE: &str = r#"
@@ -482,7 +480,7 @@ outputs = { out = "out/h.txt" }
             .unwrap()
             .iter()
             .find(|s| s["stage"] == name)
-            .map(common::failure_text)
+            .map(crate::common::failure_text)
             .unwrap()
     };
     assert!(
@@ -514,14 +512,32 @@ fn memory_declarations_limit_concurrency() {
             (lines.next().unwrap(), lines.next().unwrap())
         })
         .collect();
-    for (i, a) in spans.iter().enumerate() {
-        for b in &spans[i + 1..] {
-            assert!(
-                !(a.0 < b.1 && b.0 < a.1),
-                "two 6 GiB stages ran at once in 10 GiB"
-            );
-        }
-    }
+    let overlaps = |spans: &[(u128, u128)]| {
+        spans
+            .iter()
+            .enumerate()
+            .any(|(i, a)| spans[i + 1..].iter().any(|b| a.0 < b.1 && b.0 < a.1))
+    };
+    assert!(!overlaps(&spans), "two 6 GiB stages ran at once in 10 GiB");
+    // Positive control: with 20 GiB the same stages do run side by side, so the test
+    // above would see an overlap if memory were not limiting them.
+    project.write(
+        "pipeline.toml",
+        &pipeline.replace("memory = \"10GiB\"", "memory = \"20GiB\""),
+    );
+    project.run(&["clean"]).assert_ok();
+    project.build(&["-j", "4"]).assert_ok();
+    let spans: Vec<(u128, u128)> = (0..3)
+        .map(|i| {
+            let text = project.read(&format!("out/h{i}.txt"));
+            let mut lines = text.lines().map(|l| l.trim().parse::<u128>().unwrap());
+            (lines.next().unwrap(), lines.next().unwrap())
+        })
+        .collect();
+    assert!(
+        overlaps(&spans),
+        "with room for three, they ran one by one: {spans:?}"
+    );
 }
 
 #[test]
@@ -633,10 +649,17 @@ fn graph_formats_are_deterministic_and_html_is_self_contained() {
     let mermaid = project
         .run(&["graph", "pipeline.toml", "--format", "mermaid"])
         .stdout;
-    assert!(
-        mermaid.starts_with("%%") || mermaid.contains("flowchart LR"),
-        "{mermaid}"
-    );
+    assert!(mermaid.contains("flowchart LR"), "{mermaid}");
+    assert!(mermaid.contains("s_prep --> s_count"), "{mermaid}");
+    for format in ["text", "mermaid", "json", "html"] {
+        let again = project
+            .run(&["graph", "pipeline.toml", "--format", format])
+            .stdout;
+        let once_more = project
+            .run(&["graph", "pipeline.toml", "--format", format])
+            .stdout;
+        assert_eq!(again, once_more, "`--format {format}` is deterministic");
+    }
 }
 
 #[test]
@@ -684,9 +707,52 @@ outputs = { out = "out/size.txt" }
 fn schema_is_json_with_every_stage_key() {
     let project = demo();
     let schema: serde_json::Value = serde_json::from_str(&project.run(&["schema"]).stdout).unwrap();
-    let command = &schema["properties"]["stages"]["additionalProperties"]["oneOf"][0];
-    assert_eq!(command["properties"]["kind"]["const"], "command");
-    assert!(command["properties"]["run"].is_object());
+    let variants = schema["properties"]["stages"]["additionalProperties"]["oneOf"]
+        .as_array()
+        .unwrap();
+    let kinds: Vec<&str> = variants
+        .iter()
+        .map(|v| v["properties"]["kind"]["const"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "command", "dataset", "export", "quantize", "engine", "report"
+        ]
+    );
+    // Every kind's own keys and the common keys, each described.
+    let own: [(&str, &[&str]); 6] = [
+        ("command", &["run", "inputs", "outputs"]),
+        (
+            "dataset",
+            &["source", "synthetic", "samples", "transform", "output"],
+        ),
+        (
+            "export",
+            &["checkpoint", "model", "input_shape", "opset", "output"],
+        ),
+        ("quantize", &["onnx", "precision", "calibration", "output"]),
+        (
+            "engine",
+            &["onnx", "input_size", "batch", "precision", "output"],
+        ),
+        ("report", &["models", "data", "task", "output"]),
+    ];
+    for (variant, (kind, keys)) in variants.iter().zip(own) {
+        for key in keys
+            .iter()
+            .chain(&["kind", "needs", "env", "device", "resources"])
+        {
+            assert!(
+                variant["properties"][key].is_object(),
+                "`{kind}` stages have `{key}` in the schema: {variant}"
+            );
+        }
+        assert_eq!(
+            variant["additionalProperties"], false,
+            "{kind}: unknown keys are refused"
+        );
+    }
 }
 
 /// Sets every file's mtime a minute back, so the no-op stamp trusts their stats at once.
@@ -755,7 +821,7 @@ fn a_pipeline_path_with_dot_dot_has_the_same_project_root() {
     let project = demo();
     std::fs::create_dir_all(project.path("elsewhere")).unwrap();
     let run = |args: &[&str]| {
-        common::Run::from_output(
+        crate::common::Run::from_output(
             project
                 .command(args)
                 .current_dir(project.path("elsewhere"))

@@ -3,9 +3,7 @@
 //! images the toolchain's Pillow generates (odd sizes, upscales, 40x downscales, every
 //! 8-bit mode a PNG or BMP holds, JPEGs with several subsamplings).
 
-mod common;
-
-use common::Project;
+use crate::common::Project;
 use ndarray::ArrayD;
 use ndarray_npy::ReadNpyExt;
 use serde_json::{Value, json};

@@ -3,16 +3,14 @@
 //! conv net, accuracy against the fp32 model, and recalibration only when the calibration
 //! data changes. Heavy: about a minute per quantize run on 2 busy cores.
 
-mod common;
-
 use std::path::Path;
 
-use common::Project;
+use crate::common::Project;
 use serde_json::Value;
 
-const MAKE_MODEL: &str = include_str!("fixtures/quantize/make_model.py");
-const MAKE_CALIB: &str = include_str!("fixtures/quantize/make_calib.py");
-const COMPARE: &str = include_str!("fixtures/quantize/compare.py");
+const MAKE_MODEL: &str = include_str!("../fixtures/quantize/make_model.py");
+const MAKE_CALIB: &str = include_str!("../fixtures/quantize/make_calib.py");
+const COMPARE: &str = include_str!("../fixtures/quantize/compare.py");
 
 const SOURCES: &str = r#"
 [stages.model]
@@ -146,7 +144,7 @@ keep_fp32 = ["Gemm"]
         .unwrap()
         .iter()
         .find(|s| s["stage"] == "fp16")
-        .map(common::failure_text)
+        .map(crate::common::failure_text)
         .unwrap();
     assert!(error.contains("`Gem`") && error.contains("Gemm"), "{error}");
 }

@@ -4,9 +4,7 @@
 //! models) and on a wide generated one. Checked on the SVG the binary writes; how it
 //! looks in a browser is checked by hand (headless Chromium screenshots), not here.
 
-mod common;
-
-use common::Project;
+use crate::common::Project;
 
 /// A straight piece of an edge: horizontal (`y`, from `a` to `b` in x) or vertical (`x`,
 /// from `a` to `b` in y).
