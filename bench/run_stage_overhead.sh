@@ -3,13 +3,14 @@
 # (`pochi run-stage` in a child process, since issue 9) against running it inside the
 # pochi process (the binary given as POCHI_BEFORE, e.g. one built at commit b9efb60):
 # a dataset stage over N JPEG images (resize 72, center crop 64, normalize), built from
-# clean (`pochi clean` first), both binaries interleaved round by round.
+# clean (`pochi clean` first), both binaries interleaved round by round. Wall time and CPU
+# time (user + system, the children included: steadier than wall time on a busy machine).
 #
 #   POCHI_BEFORE=/path/to/old/pochi bench/run_stage_overhead.sh [ROUNDS=5] [IMAGES=1000]
 #
 # POCHI: the new binary [target/release/pochi]. The images are written once with the
-# managed toolchain's Pillow (seeded noise). Prints CSV rows round,before_s,child_s,ratio
-# and the median ratio (goal: within 1.05).
+# managed toolchain's Pillow (seeded noise). Prints CSV rows and the median ratios
+# (goal: within 1.05). Needs /usr/bin/time (Debian's `time`).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds="${1:-5}"; images="${2:-1000}"
@@ -37,22 +38,20 @@ source = "$work/images"
 transform = [{ resize = 72 }, { center_crop = 64 }, { normalize = { mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225] } }]
 TOML
 done
-time_build() { # binary dir -> seconds
+time_build() { # binary dir -> "wall_s cpu_s" (cpu: user + system of pochi and its children)
   "$1" clean "$2/pipeline.toml" >/dev/null 2>&1
-  local start end
-  start=$(date +%s.%N)
-  "$1" build "$2/pipeline.toml" >/dev/null 2>&1
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
+  /usr/bin/time -f "%e %U %S" -o "$work/time" "$1" build "$2/pipeline.toml" >/dev/null 2>&1
+  awk '{printf "%s %.3f\n", $1, $2 + $3}' "$work/time"
 }
-echo "round,before_s,child_s,ratio"
-ratios=()
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "round,before_wall_s,child_wall_s,wall_ratio,before_cpu_s,child_cpu_s,cpu_ratio"
+walls=(); cpus=()
 for round in $(seq 1 "$rounds"); do
-  b=$(time_build "$before" "$work/before")
-  c=$(time_build "$pochi" "$work/child")
-  r=$(echo "$c / $b" | bc -l)
-  ratios+=("$r")
-  printf '%s,%.3f,%.3f,%.3f\n' "$round" "$b" "$c" "$r"
+  read -r bw bc < <(time_build "$before" "$work/before")
+  read -r cw cc < <(time_build "$pochi" "$work/child")
+  wr=$(echo "$cw / $bw" | bc -l); cr=$(echo "$cc / $bc" | bc -l)
+  walls+=("$wr"); cpus+=("$cr")
+  printf '%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f\n' "$round" "$bw" "$cw" "$wr" "$bc" "$cc" "$cr"
 done
-median=$(printf '%s\n' "${ratios[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-printf 'median child/in-process ratio: %.3f\n' "$median"
+printf 'median child/in-process ratio: wall %.3f, cpu %.3f\n' \
+  "$(printf '%s\n' "${walls[@]}" | median)" "$(printf '%s\n' "${cpus[@]}" | median)"
