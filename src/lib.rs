@@ -11,22 +11,22 @@
 pub mod action;
 #[allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 pub mod cli;
-pub mod driver;
-pub mod fingerprint;
+pub(crate) mod driver;
+pub(crate) mod fingerprint;
 mod fsutil;
 pub mod graph;
 pub mod host;
 pub mod kinds;
 #[allow(clippy::disallowed_methods)]
-pub mod machine;
+pub(crate) mod machine;
 pub mod onnx_info;
-pub mod process;
-pub mod render;
+pub(crate) mod process;
+pub(crate) mod render;
 #[allow(clippy::disallowed_methods)]
-pub mod runner;
-pub mod scheduler;
-pub mod size;
+pub(crate) mod runner;
+pub(crate) mod scheduler;
+pub(crate) mod size;
 pub mod spec;
-pub mod state;
+pub(crate) mod state;
 #[allow(clippy::disallowed_methods)]
-pub mod toolchain;
+pub(crate) mod toolchain;

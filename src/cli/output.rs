@@ -129,7 +129,8 @@ fn render(diagnostic: &dyn miette::Diagnostic, color: bool, wrap: bool) -> Strin
         .with_cause_chain()
         .with_width(100)
         .with_wrap_lines(wrap)
-        .with_break_words(false);
+        .with_break_words(false)
+        .with_word_separator(textwrap::WordSeparator::AsciiSpace);
     let mut text = String::new();
     let rendered = match far_label(diagnostic) {
         None => handler.render_report(&mut text, diagnostic),
@@ -244,6 +245,32 @@ pub fn duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: a long path in a message is never broken inside the path, in an error or
+    /// a stage failure, whatever the wrapping width.
+    #[test]
+    fn long_paths_are_not_broken_mid_word() {
+        let path = format!("/{}/model.onnx", "very_long_directory_name".repeat(8));
+        let error = Failure {
+            message: format!(
+                "cannot read {path}: no such file or directory, so the stage cannot run"
+            ),
+            hint: Some(format!(
+                "check that {path} exists, or change the `onnx` key"
+            )),
+        };
+        for rendered in [
+            render_error(&error, false),
+            render_error_unwrapped(&error, false),
+        ] {
+            assert_eq!(rendered.matches(&path).count(), 2, "{rendered}");
+        }
+        assert!(
+            render_error_unwrapped(&error, false)
+                .contains("no such file or directory, so the stage cannot run"),
+            "a stage failure keeps its lines as written"
+        );
+    }
 
     #[test]
     fn sanitize_makes_escapes_visible_and_drops_colour_off_a_terminal() {

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 pub use availability::Verdict;
-pub use executor::{Standing, current_key, standing};
+pub use executor::{Standing, standing};
 use explain::Change;
 
 use crate::fingerprint::StatCache;

@@ -22,7 +22,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 pub use cache::CacheDir;
-pub use identity::{Facts, ModuleFact, TRACKED};
+pub use identity::{Facts, TRACKED};
 pub use managed::Managed;
 
 use crate::host::PythonFacts;
