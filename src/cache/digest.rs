@@ -65,10 +65,7 @@ pub enum Transfer {
 /// Makes `to` (an empty file opened for reading and writing) a copy of `from`, by reflink
 /// when possible, and returns how, with the BLAKE3 digest and size of what `to` now holds
 /// (a clone is read back to hash it; a copy is hashed as it is written).
-pub fn clone_or_copy(
-    from: &mut File,
-    to: &mut File,
-) -> io::Result<(Transfer, blake3::Hash, u64)> {
+pub fn clone_or_copy(from: &mut File, to: &mut File) -> io::Result<(Transfer, blake3::Hash, u64)> {
     if try_reflink(from, to) {
         to.rewind()?;
         let (hash, size) = hash_blake3(to)?;
@@ -118,10 +115,8 @@ pub fn copy_hashing(
             return Ok((hasher.finalize(), size));
         }
         let chunk = &buffer[..n];
-        let ((), written) = rayon::join(
-            || update_blake3(&mut hasher, chunk),
-            || to.write_all(chunk),
-        );
+        let ((), written) =
+            rayon::join(|| update_blake3(&mut hasher, chunk), || to.write_all(chunk));
         written?;
         size += n as u64;
     }

@@ -64,8 +64,14 @@ mod tests {
     #[test]
     fn parses_units_and_combinations() {
         let day = 86_400;
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * day));
-        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * day)
+        );
+        assert_eq!(
+            parse_duration("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
         assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("90min").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * day));
@@ -75,13 +81,24 @@ mod tests {
             parse_duration("1d12h").unwrap(),
             Duration::from_secs(day + 12 * 3600)
         );
-        assert_eq!(parse_duration("1d 12h").unwrap(), parse_duration("36H").unwrap());
+        assert_eq!(
+            parse_duration("1d 12h").unwrap(),
+            parse_duration("36H").unwrap()
+        );
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
     }
 
     #[test]
     fn rejects_nonsense() {
-        for bad in ["", "30", "d", "1..5h", "-3d", "3d-", "99999999999999999999999999999w"] {
+        for bad in [
+            "",
+            "30",
+            "d",
+            "1..5h",
+            "-3d",
+            "3d-",
+            "99999999999999999999999999999w",
+        ] {
             assert!(
                 matches!(parse_duration(bad), Err(DurationError::NotADuration { .. })),
                 "{bad}"

@@ -52,7 +52,9 @@ pub struct OutputRecord {
 pub enum Node {
     File(FileRecord),
     /// Every file and directory below the output, sorted by path.
-    Dir { entries: Vec<TreeEntry> },
+    Dir {
+        entries: Vec<TreeEntry>,
+    },
 }
 
 /// One stored file.
@@ -93,7 +95,10 @@ impl Entry {
     /// Why this entry cannot be trusted for `key`, if it cannot.
     pub fn check(&self, key: &str) -> Result<(), String> {
         if self.format != ENTRY_FORMAT {
-            return Err(format!("entry format {} is not {ENTRY_FORMAT}", self.format));
+            return Err(format!(
+                "entry format {} is not {ENTRY_FORMAT}",
+                self.format
+            ));
         }
         if self.key != key {
             return Err(format!("entry is for key {}", self.key));
@@ -149,7 +154,10 @@ pub fn tree_digest(entries: &[TreeEntry]) -> Result<String, String> {
             .iter()
             .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
         {
-            return Err(format!("unsafe path `{}` in a directory output", entry.path));
+            return Err(format!(
+                "unsafe path `{}` in a directory output",
+                entry.path
+            ));
         }
         let (name, parents) = parts.split_last().unwrap_or((&"", &[]));
         let mut dir = &mut root;

@@ -153,7 +153,9 @@ impl LocalCache {
         for seen in scan(&self.root.join("ac"))? {
             referenced.extend(self.referenced_by(&seen).unwrap_or_default());
         }
-        let fresh_since = now.checked_sub(self.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let fresh_since = now
+            .checked_sub(self.grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         for blob in blobs.iter().filter(|b| !referenced.contains(&b.name)) {
             if remove_if_older(&blob.path, fresh_since)? {
                 report.blobs_removed += 1;

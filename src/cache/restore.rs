@@ -67,11 +67,7 @@ impl LocalCache {
     /// digest. On a miss nothing is left at the destinations, and a blob found corrupt is
     /// removed from the store so the next store of it replaces it. A hit marks the entry
     /// used now (for `gc`).
-    pub fn restore(
-        &self,
-        key: &str,
-        dest_for: impl Fn(&str) -> PathBuf,
-    ) -> Result<Restored, Miss> {
+    pub fn restore(&self, key: &str, dest_for: impl Fn(&str) -> PathBuf) -> Result<Restored, Miss> {
         let entry = self.lookup(key)?;
         let mut tally = Tally::default();
         let mut placed = Vec::new();
@@ -132,12 +128,7 @@ impl LocalCache {
     }
 
     /// Writes one blob at `dest` (which does not exist) and checks what was written.
-    fn materialize(
-        &self,
-        file: &FileRecord,
-        dest: &Path,
-        tally: &mut Tally,
-    ) -> Result<(), Miss> {
+    fn materialize(&self, file: &FileRecord, dest: &Path, tally: &mut Tally) -> Result<(), Miss> {
         let blob_path = self.blob_path(&file.blake3);
         let mut blob = match File::open(&blob_path) {
             Ok(blob) => blob,

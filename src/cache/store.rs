@@ -129,9 +129,9 @@ impl LocalCache {
         names.sort();
         for name in names {
             let path = dir.join(&name);
-            let name = name.to_str().ok_or_else(|| CacheError::NotUtf8 {
-                path: path.clone(),
-            })?;
+            let name = name
+                .to_str()
+                .ok_or_else(|| CacheError::NotUtf8 { path: path.clone() })?;
             let child = if rel.is_empty() {
                 name.to_string()
             } else {
@@ -158,7 +158,11 @@ impl LocalCache {
     }
 
     /// Puts one file into `cas/` (or reuses the blob already there) and describes it.
-    pub(super) fn ingest(&self, path: &Path, stored: &mut Stored) -> Result<FileRecord, CacheError> {
+    pub(super) fn ingest(
+        &self,
+        path: &Path,
+        stored: &mut Stored,
+    ) -> Result<FileRecord, CacheError> {
         let io = CacheError::io(path);
         let mut source = File::open(path).map_err(io)?;
         let metadata = source.metadata().map_err(CacheError::io(path))?;
@@ -182,7 +186,8 @@ impl LocalCache {
             let reused = self.reuse_blob(&digests);
             if !reused {
                 source.rewind().map_err(CacheError::io(path))?;
-                let (hash, size) = copy_hashing(&mut source, temp.as_file_mut()).map_err(temp_io)?;
+                let (hash, size) =
+                    copy_hashing(&mut source, temp.as_file_mut()).map_err(temp_io)?;
                 if hash.to_hex().as_str() != digests.blake3 || size != digests.size {
                     return Err(CacheError::Changed {
                         path: path.to_path_buf(),

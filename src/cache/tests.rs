@@ -76,6 +76,14 @@ fn make_writable(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
+/// Whether the filesystem at `dir` makes reflinks.
+fn has_reflinks(dir: &Path) -> bool {
+    std::fs::write(dir.join("probe"), b"probe").unwrap();
+    let from = std::fs::File::open(dir.join("probe")).unwrap();
+    let to = std::fs::File::create(dir.join("probe-clone")).unwrap();
+    super::digest::try_reflink(&from, &to)
+}
+
 fn hours(n: u64) -> Duration {
     Duration::from_secs(n * 3600)
 }
@@ -123,8 +131,15 @@ fn files_and_trees_round_trip_with_executable_bits_and_digests() {
 
     let restored = f.restore(KEY_A).unwrap();
     assert_eq!(restored.files, 6);
+    // Reflinks wherever this filesystem has them (run with TMPDIR on XFS or btrfs).
+    let reflinks = has_reflinks(f.dir.path());
+    assert_eq!(stored.reflinked, if reflinks { 6 } else { 0 });
+    assert_eq!(restored.reflinked, if reflinks { 6 } else { 0 });
     assert_eq!(restored.entry.meta, meta());
-    assert_eq!(std::fs::read(f.restored("model")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(
+        std::fs::read(f.restored("model")).unwrap(),
+        vec![7u8; 100_000]
+    );
     assert_eq!(tree(&f.restored("calib")), tree(&calib));
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
     assert_ne!(mode(&f.restored("tool")) & 0o100, 0);
@@ -139,7 +154,10 @@ fn files_and_trees_round_trip_with_executable_bits_and_digests() {
             "tool" => "bin/run.sh",
             _ => "calib",
         };
-        assert_eq!(output.digest, stat.digest(&f.project(), Path::new(rel)).unwrap());
+        assert_eq!(
+            output.digest,
+            stat.digest(&f.project(), Path::new(rel)).unwrap()
+        );
     }
     // Both digests of each file, for the remote caches.
     let Node::File(file) = &restored.entry.outputs[0].node else {
@@ -162,7 +180,8 @@ fn an_unknown_or_malformed_key_is_a_miss() {
     assert_eq!(f.restore(KEY_A).unwrap_err(), Miss::NoEntry);
     assert!(matches!(f.restore("../../etc"), Err(Miss::BadKey(_))));
     assert!(matches!(
-        f.cache.store("ABCDEF0123456789", &[], &EntryMeta::default()),
+        f.cache
+            .store("ABCDEF0123456789", &[], &EntryMeta::default()),
         Err(CacheError::InvalidKey { .. })
     ));
 }
@@ -175,7 +194,10 @@ fn a_corrupt_blob_is_a_miss_that_leaves_nothing_and_is_replaced_by_the_next_stor
     let blob = f.cache.blob_path(&digest);
     make_writable(&blob);
     std::fs::write(&blob, b"the fake model bytes").unwrap(); // same size
-    assert_eq!(f.restore(KEY_A).unwrap_err(), Miss::BlobCorrupt(digest.clone()));
+    assert_eq!(
+        f.restore(KEY_A).unwrap_err(),
+        Miss::BlobCorrupt(digest.clone())
+    );
     assert_eq!(
         f.restore(KEY_A).unwrap_err().to_string(),
         format!("blob {digest} missing"),
@@ -184,13 +206,18 @@ fn a_corrupt_blob_is_a_miss_that_leaves_nothing_and_is_replaced_by_the_next_stor
     assert!(!f.restored("out").exists());
     f.store_one(KEY_A, "model.onnx", b"the real model bytes");
     f.restore(KEY_A).unwrap();
-    assert_eq!(std::fs::read(f.restored("out")).unwrap(), b"the real model bytes");
+    assert_eq!(
+        std::fs::read(f.restored("out")).unwrap(),
+        b"the real model bytes"
+    );
 }
 
 #[test]
 fn a_truncated_blob_is_corrupt() {
     let f = Fixture::new();
-    let digest = f.store_one(KEY_A, "m", b"0123456789").entry.outputs[0].digest.clone();
+    let digest = f.store_one(KEY_A, "m", b"0123456789").entry.outputs[0]
+        .digest
+        .clone();
     let blob = f.cache.blob_path(&digest);
     make_writable(&blob);
     std::fs::write(&blob, b"01234").unwrap();
@@ -255,8 +282,15 @@ fn editing_a_restored_output_leaves_the_store_intact() {
     f.restore(KEY_A).unwrap();
     let restored = f.restored("out");
     let blob = f.cache.blob_path(&digest);
-    let (a, b) = (std::fs::metadata(&restored).unwrap(), std::fs::metadata(&blob).unwrap());
-    assert_ne!(a.ino(), b.ino(), "a restored output is never a hard link into the store");
+    let (a, b) = (
+        std::fs::metadata(&restored).unwrap(),
+        std::fs::metadata(&blob).unwrap(),
+    );
+    assert_ne!(
+        a.ino(),
+        b.ino(),
+        "a restored output is never a hard link into the store"
+    );
     assert_eq!(a.nlink(), 1);
     std::fs::write(&restored, b"edited!").unwrap();
     assert_eq!(std::fs::read(&blob).unwrap(), b"weights");
@@ -304,7 +338,9 @@ fn concurrent_stores_and_restores_of_one_key_are_safe() {
     });
     f.restore(KEY_A).unwrap();
     assert_eq!(std::fs::read(f.restored("big")).unwrap(), data);
-    let left = std::fs::read_dir(f.cache.root().join("cache-tmp")).unwrap().count();
+    let left = std::fs::read_dir(f.cache.root().join("cache-tmp"))
+        .unwrap()
+        .count();
     assert_eq!(left, 0, "no temporary files are left");
     assert_eq!(f.cache.info().unwrap().blobs, 3);
 }
@@ -312,13 +348,18 @@ fn concurrent_stores_and_restores_of_one_key_are_safe() {
 #[test]
 fn a_blob_already_stored_is_reused_and_refreshed() {
     let f = Fixture::new();
-    let digest = f.store_one(KEY_A, "m", b"same bytes").entry.outputs[0].digest.clone();
+    let digest = f.store_one(KEY_A, "m", b"same bytes").entry.outputs[0]
+        .digest
+        .clone();
     let blob = f.cache.blob_path(&digest);
     set_mtime(&blob, hours(5));
     let again = f.store_one(KEY_B, "n", b"same bytes");
     assert_eq!((again.blobs_added, again.bytes_added), (0, 0));
     let age = std::fs::metadata(&blob).unwrap().modified().unwrap();
-    assert!(age > SystemTime::now() - hours(1), "its mtime is refreshed for gc");
+    assert!(
+        age > SystemTime::now() - hours(1),
+        "its mtime is refreshed for gc"
+    );
 }
 
 #[test]
@@ -367,7 +408,9 @@ fn gc_removes_entries_unused_for_longer_than_the_limit() {
     f.store_one(KEY_B, "b", b"new");
     set_mtime(&cache.entry_path(KEY_A), hours(24 * 40));
     set_mtime(&cache.entry_path(KEY_B), hours(24));
-    let report = cache.gc(None, Some(parse_duration("30d").unwrap())).unwrap();
+    let report = cache
+        .gc(None, Some(parse_duration("30d").unwrap()))
+        .unwrap();
     assert_eq!((report.entries_removed, report.blobs_removed), (1, 1));
     assert_eq!(f.restore(KEY_A).unwrap_err(), Miss::NoEntry);
     f.restore(KEY_B).unwrap();
@@ -387,15 +430,24 @@ fn gc_keeps_referenced_blobs_and_fresh_unreferenced_ones() {
         bytes_added: 0,
         reflinked: 0,
     };
-    let fresh = f.cache.ingest(&f.write("c", b"in flight"), &mut tally).unwrap();
-    let stale = f.cache.ingest(&f.write("d", b"abandoned"), &mut tally).unwrap();
+    let fresh = f
+        .cache
+        .ingest(&f.write("c", b"in flight"), &mut tally)
+        .unwrap();
+    let stale = f
+        .cache
+        .ingest(&f.write("d", b"abandoned"), &mut tally)
+        .unwrap();
     set_mtime(&f.cache.blob_path(&stale.blake3), hours(2));
     for blob in [&fresh.blake3, &stale.blake3] {
         assert!(f.cache.blob_path(blob).exists());
     }
     let report = f.cache.gc(None, Some(hours(24 * 30))).unwrap();
     assert_eq!((report.entries_removed, report.blobs_removed), (1, 1));
-    assert!(f.cache.blob_path(&fresh.blake3).exists(), "within the grace period");
+    assert!(
+        f.cache.blob_path(&fresh.blake3).exists(),
+        "within the grace period"
+    );
     assert!(!f.cache.blob_path(&stale.blake3).exists());
     f.restore(KEY_B).unwrap();
     assert_eq!(std::fs::read(f.restored("out")).unwrap(), b"shared");
@@ -426,9 +478,20 @@ fn gc_if_over_limit_trims_to_ninety_percent_of_the_limit() {
     }
     let size = f.cache.info().unwrap().bytes;
     let cache = f.cache.clone().with_grace(Duration::ZERO);
-    assert_eq!(cache.clone().with_max_size(size).gc_if_over_limit().unwrap(), None);
+    assert_eq!(
+        cache
+            .clone()
+            .with_max_size(size)
+            .gc_if_over_limit()
+            .unwrap(),
+        None
+    );
     // One byte over: the oldest entry goes, and the store ends at most at 90% of the limit.
-    let report = cache.with_max_size(size - 1).gc_if_over_limit().unwrap().unwrap();
+    let report = cache
+        .with_max_size(size - 1)
+        .gc_if_over_limit()
+        .unwrap()
+        .unwrap();
     assert_eq!((report.entries_removed, report.blobs_removed), (1, 1));
     assert!(report.bytes_after <= (size - 1) / 100 * 90);
     assert_eq!(f.restore(KEY_A).unwrap_err(), Miss::NoEntry);
@@ -446,7 +509,9 @@ fn info_counts_sizes_and_ages() {
     f.store_one(KEY_B, "b", &[2; 3000]);
     f.store_one(KEY_C, "c", &[2; 3000]);
     set_mtime(&f.cache.entry_path(KEY_A), hours(48));
-    f.cache.record_build_stats(&BuildStats::new(2, 0, 1)).unwrap();
+    f.cache
+        .record_build_stats(&BuildStats::new(2, 0, 1))
+        .unwrap();
     let info = f.cache.info().unwrap();
     assert_eq!((info.entries, info.blobs, info.blob_bytes), (3, 2, 4000));
     let entry_bytes: u64 = [KEY_A, KEY_B, KEY_C]
@@ -476,7 +541,10 @@ fn the_size_limit_comes_from_the_environment() {
     assert_eq!(cache.root(), Path::new("/c/v1"));
     assert_eq!(cache.max_size(), DEFAULT_MAX_SIZE);
     let sized = &[("POCHI_CACHE_DIR", "/c"), ("POCHI_CACHE_MAX_SIZE", "20GiB")];
-    assert_eq!(LocalCache::from_vars(vars(sized)).unwrap().max_size(), 20 << 30);
+    assert_eq!(
+        LocalCache::from_vars(vars(sized)).unwrap().max_size(),
+        20 << 30
+    );
     let bad = &[("POCHI_CACHE_DIR", "/c"), ("POCHI_CACHE_MAX_SIZE", "lots")];
     assert!(matches!(
         LocalCache::from_vars(vars(bad)),
@@ -544,20 +612,33 @@ fn bench_restore_of_a_large_output() {
     let mut reflinked = 0;
     let restore = best_of_three(|| {
         let _ = std::fs::remove_file(&dest);
-        reflinked = cache.restore(&key(runs), |_| dest.clone()).unwrap().reflinked;
+        reflinked = cache
+            .restore(&key(runs), |_| dest.clone())
+            .unwrap()
+            .reflinked;
     });
     let copy = best_of_three(|| {
         let _ = std::fs::remove_file(dir.path().join("copy"));
         std::fs::copy(&source, dir.path().join("copy")).unwrap();
     });
     let rate = |secs: f64| format!("{:.3} s ({:.0} MB/s)", secs, mb as f64 * 1.048_576 / secs);
+    println!();
     println!("| {mb} MiB on {} | time |", dir.path().display());
     println!("| --- | --- |");
-    println!("| blake3 of the file (the fingerprint's hash_file) | {} |", rate(hash));
-    println!("| blake3 + sha256 in one read (FileDigests) | {} |", rate(both));
+    println!(
+        "| blake3 of the file (the fingerprint's hash_file) | {} |",
+        rate(hash)
+    );
+    println!(
+        "| blake3 + sha256 in one read (FileDigests) | {} |",
+        rate(both)
+    );
     println!("| store, new blob | {} |", rate(store_new));
     println!("| store, blob already there | {} |", rate(store_again));
     let how = if reflinked > 0 { "reflink" } else { "copy" };
-    println!("| restore ({how}, every byte verified) | {} |", rate(restore));
+    println!(
+        "| restore ({how}, every byte verified) | {} |",
+        rate(restore)
+    );
     println!("| std::fs::copy (reference, no hashing) | {} |", rate(copy));
 }
