@@ -175,6 +175,22 @@ fn files_and_trees_round_trip_with_executable_bits_and_digests() {
 }
 
 #[test]
+fn empty_files_and_empty_directories_round_trip() {
+    let f = Fixture::new();
+    let empty = f.write("empty.txt", b"");
+    let dir = f.project().join("nothing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outputs = [("empty", &*empty), ("nothing", &*dir)];
+    f.cache.store(KEY_A, &outputs, &meta()).unwrap();
+    let restored = f.restore(KEY_A).unwrap();
+    assert_eq!(std::fs::read(f.restored("empty")).unwrap(), b"");
+    assert_eq!(std::fs::read_dir(f.restored("nothing")).unwrap().count(), 0);
+    let stat = StatCache::default();
+    let digest = stat.digest(&f.project(), Path::new("nothing")).unwrap();
+    assert_eq!(restored.entry.outputs[1].digest, digest);
+}
+
+#[test]
 fn an_unknown_or_malformed_key_is_a_miss() {
     let f = Fixture::new();
     assert_eq!(f.restore(KEY_A).unwrap_err(), Miss::NoEntry);
@@ -346,6 +362,43 @@ fn concurrent_stores_and_restores_of_one_key_are_safe() {
 }
 
 #[test]
+fn a_collection_during_stores_keeps_the_blobs_they_reuse() {
+    // Real concurrency (the deterministic case of a reused blob is in
+    // `gc_keeps_referenced_blobs_and_fresh_unreferenced_ones`): every entry written while
+    // collections run can be restored.
+    let f = Fixture::new();
+    // An old blob that no entry references any more: garbage, until a store reuses it.
+    let shared = f.write("shared.bin", &[5; 50_000]);
+    let digest = f.store_one(KEY_A, "old", &[5; 50_000]).entry.outputs[0]
+        .digest
+        .clone();
+    f.cache.remove(KEY_A).unwrap();
+    set_mtime(&f.cache.blob_path(&digest), hours(2));
+    let keys: Vec<String> = (0..40).map(|i| format!("{i:064x}")).collect();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for _ in 0..200 {
+                f.cache.gc(None, None).unwrap();
+            }
+        });
+        for chunk in keys.chunks(10) {
+            let (cache, shared) = (&f.cache, &shared);
+            scope.spawn(move || {
+                for key in chunk {
+                    let own = cache.root().join(format!("../project/{key}"));
+                    std::fs::write(&own, key).unwrap();
+                    let outputs = [("shared", &**shared), ("own", &*own)];
+                    cache.store(key, &outputs, &meta()).unwrap();
+                }
+            });
+        }
+    });
+    for key in &keys {
+        f.restore(key).unwrap();
+    }
+}
+
+#[test]
 fn a_blob_already_stored_is_reused_and_refreshed() {
     let f = Fixture::new();
     let digest = f.store_one(KEY_A, "m", b"same bytes").entry.outputs[0]
@@ -439,6 +492,15 @@ fn gc_keeps_referenced_blobs_and_fresh_unreferenced_ones() {
         .ingest(&f.write("d", b"abandoned"), &mut tally)
         .unwrap();
     set_mtime(&f.cache.blob_path(&stale.blake3), hours(2));
+    // An old unreferenced blob that a store in progress has just reused.
+    let reused = f
+        .cache
+        .ingest(&f.write("e", b"reused"), &mut tally)
+        .unwrap();
+    set_mtime(&f.cache.blob_path(&reused.blake3), hours(2));
+    f.cache
+        .ingest(&f.write("e2", b"reused"), &mut tally)
+        .unwrap();
     for blob in [&fresh.blake3, &stale.blake3] {
         assert!(f.cache.blob_path(blob).exists());
     }
@@ -447,6 +509,10 @@ fn gc_keeps_referenced_blobs_and_fresh_unreferenced_ones() {
     assert!(
         f.cache.blob_path(&fresh.blake3).exists(),
         "within the grace period"
+    );
+    assert!(
+        f.cache.blob_path(&reused.blake3).exists(),
+        "refreshed by its reuse"
     );
     assert!(!f.cache.blob_path(&stale.blake3).exists());
     f.restore(KEY_B).unwrap();
