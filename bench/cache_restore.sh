@@ -8,7 +8,7 @@
 #   MB=100 PROFILE=release bench/cache_restore.sh
 #
 # It runs the ignored unit test `cache::tests::bench_restore_of_a_large_output`, which
-# writes an MB MiB file of random bytes and prints a Markdown table (best of three runs,
+# writes an MB MiB file of random bytes and prints a Markdown table (best of five runs,
 # warm page cache): blake3 of the file, blake3 + sha256 in one read, a store of a new blob,
 # a store of a blob already there, a restore (reflink or copy, every byte verified), and a
 # plain std::fs::copy for reference. The test binary is the dev profile unless
