@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::{File, Permissions};
 use std::io::{Seek, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -15,10 +15,6 @@ use tempfile::NamedTempFile;
 use super::digest::{FileDigests, copy_hashing, try_reflink};
 use super::entry::{ENTRY_FORMAT, Entry, EntryMeta, FileRecord, Node, OutputRecord, TreeEntry};
 use super::{CacheError, LocalCache, check_key, entry::tree_digest};
-
-/// A directory output deeper than this is refused (a symbolic link to an ancestor would
-/// otherwise be followed until the path is too long).
-const MAX_DEPTH: usize = 128;
 
 /// What a store did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +82,7 @@ impl LocalCache {
         let metadata = std::fs::metadata(path).map_err(CacheError::io(path))?;
         let (digest, node) = if metadata.is_dir() {
             let mut entries = Vec::new();
-            self.walk(path, "", 0, &mut entries, stored)?;
+            self.walk(path, "", &mut entries, stored)?;
             // Names come from the filesystem, so the tree is well formed.
             let digest = tree_digest(&entries).map_err(|reason| CacheError::Io {
                 path: path.to_path_buf(),
@@ -109,19 +105,15 @@ impl LocalCache {
     }
 
     /// Stores every file under `dir` (its path in the output is `rel`), sorted by name.
+    /// Symbolic links are followed; a cycle of them ends in the kernel's ELOOP (40 links
+    /// in one path), an error.
     fn walk(
         &self,
         dir: &Path,
         rel: &str,
-        depth: usize,
         entries: &mut Vec<TreeEntry>,
         stored: &mut Stored,
     ) -> Result<(), CacheError> {
-        if depth > MAX_DEPTH {
-            return Err(CacheError::NotAFile {
-                path: dir.to_path_buf(),
-            });
-        }
         let io = CacheError::io(dir);
         let mut names: Vec<OsString> = std::fs::read_dir(dir)
             .and_then(|list| list.map(|e| e.map(|e| e.file_name())).collect())
@@ -143,7 +135,7 @@ impl LocalCache {
                     path: child.clone(),
                     file: None,
                 });
-                self.walk(&path, &child, depth + 1, entries, stored)?;
+                self.walk(&path, &child, entries, stored)?;
             } else if metadata.is_file() {
                 let file = self.ingest(&path, stored)?;
                 entries.push(TreeEntry {
@@ -163,8 +155,13 @@ impl LocalCache {
         path: &Path,
         stored: &mut Stored,
     ) -> Result<FileRecord, CacheError> {
-        let io = CacheError::io(path);
-        let mut source = File::open(path).map_err(io)?;
+        // Non-blocking: should a FIFO replace the file after it was checked, opening it
+        // must not wait for a writer (for a regular file the flag changes nothing).
+        let mut source = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(CacheError::io(path))?;
         let metadata = source.metadata().map_err(CacheError::io(path))?;
         if !metadata.is_file() {
             return Err(CacheError::NotAFile {

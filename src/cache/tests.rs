@@ -430,6 +430,14 @@ fn what_cannot_be_stored_is_refused() {
         f.cache.store(KEY_A, &[("x", &file), ("x", &file)], &meta()),
         Err(CacheError::DuplicateOutput { .. })
     ));
+    // A link to its own directory is followed until the kernel's limit of links in a path.
+    std::fs::create_dir_all(f.project().join("loop")).unwrap();
+    std::os::unix::fs::symlink(".", f.project().join("loop/up")).unwrap();
+    let looped = f.project().join("loop");
+    assert!(matches!(
+        f.cache.store(KEY_A, &[("l", &looped)], &meta()),
+        Err(CacheError::Io { source, .. }) if source.raw_os_error() == Some(libc::ELOOP)
+    ));
     assert_eq!(f.restore(KEY_A).unwrap_err(), Miss::NoEntry);
 }
 
