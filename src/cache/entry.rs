@@ -124,11 +124,14 @@ impl Entry {
 }
 
 fn check_file(file: &FileRecord) -> Result<(), String> {
-    if is_blake3_hex(&file.blake3) {
-        Ok(())
-    } else {
-        Err(format!("`{}` is not a BLAKE3 digest", file.blake3))
+    if !is_blake3_hex(&file.blake3) {
+        return Err(format!("`{}` is not a BLAKE3 digest", file.blake3));
     }
+    // A SHA-256 is as long as a BLAKE3 digest in hex.
+    if !is_blake3_hex(&file.sha256) {
+        return Err(format!("`{}` is not a SHA-256 digest", file.sha256));
+    }
+    Ok(())
 }
 
 /// A directory being rebuilt from a flat list of entries.
@@ -201,7 +204,9 @@ mod tests {
     fn file(content: &[u8]) -> FileRecord {
         FileRecord {
             blake3: blake3::hash(content).to_hex().to_string(),
-            sha256: String::new(),
+            sha256: super::super::FileDigests::of_reader(content)
+                .unwrap()
+                .sha256,
             size: content.len() as u64,
             executable: false,
         }
@@ -276,6 +281,11 @@ mod tests {
         let mut bad = good.clone();
         bad.outputs[0].digest = file(b"other").blake3;
         assert!(bad.check(&good.key).is_err());
+        let mut no_sha = good.clone();
+        if let Node::File(file) = &mut no_sha.outputs[0].node {
+            file.sha256 = "not hex".into();
+        }
+        assert!(no_sha.check(&good.key).is_err());
         let mut twice = good.clone();
         twice.outputs.push(good.outputs[0].clone());
         assert!(twice.check(&good.key).is_err());

@@ -27,6 +27,21 @@
 //! Files are copied into and out of the store with a reflink where the filesystem has one
 //! (btrfs, XFS, APFS...), else with a plain copy; never with a hard link, so editing a
 //! restored output cannot change the store.
+//!
+//! How a build uses it:
+//!
+//! ```text
+//! let cache = LocalCache::from_env()?;                    // once per process
+//! match cache.restore(&key_hex, |name| temp_path(name)) {  // before running a stage
+//!     Ok(restored) => publish the temp paths; restored.entry.outputs[i].digest is each
+//!                     output's content digest (no need to hash it again)
+//!     Err(miss)    => log `miss` ("no entry", "blob X corrupt"...), run the stage
+//! }
+//! cache.store(&key_hex, &[(name, published_path)], &meta)  // after a stage ran; an Err
+//!                                                          // is a warning
+//! cache.record_build_stats(&BuildStats::new(local, remote, ran));
+//! cache.gc_if_over_limit()                                 // if anything was stored
+//! ```
 
 mod digest;
 mod duration;
@@ -226,7 +241,8 @@ fn check_key(key: &str) -> Result<(), CacheError> {
     }
 }
 
-/// Whether `text` is a BLAKE3 digest as the store names blobs (64 lowercase hex digits).
+/// Whether `text` is a digest as the store writes them: 64 lowercase hex digits (BLAKE3's
+/// and SHA-256's length).
 fn is_blake3_hex(text: &str) -> bool {
     text.len() == 64
         && text
