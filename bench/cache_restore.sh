@@ -8,7 +8,7 @@
 #   MB=100 PROFILE=release bench/cache_restore.sh
 #
 # It runs the ignored unit test `cache::tests::bench_restore_of_a_large_output`, which
-# writes an MB MiB file of random bytes and prints a Markdown table (best of five runs,
+# writes an MB MiB file of random bytes and writes a Markdown table (shown here) (best of five runs,
 # warm page cache): blake3 of the file, blake3 + sha256 in one read, a store of a new blob,
 # a store of a blob already there, a restore (reflink or copy, every byte verified), and a
 # plain std::fs::copy for reference. The test binary is the dev profile unless
@@ -21,12 +21,15 @@ PROFILE="${PROFILE:-dev}"
 release=()
 [ "$PROFILE" = release ] && release=(--release)
 
+table="$(mktemp)"
 run() {
-    POCHI_BENCH_DIR="$1" POCHI_BENCH_MB="$MB" nice -n 10 cargo test "${release[@]}" --lib \
-        cache::tests::bench_restore_of_a_large_output -- --ignored --nocapture --test-threads=1 |
-        grep '^|'
+    POCHI_BENCH_DIR="$1" POCHI_BENCH_MB="$MB" POCHI_BENCH_OUT="$table" nice -n 10 \
+        cargo test "${release[@]}" --lib cache::tests::bench_restore_of_a_large_output \
+        -- --ignored --test-threads=1 >/dev/null
+    cat "$table"
 }
 
+trap 'rm -f "$table"' EXIT
 fs_of() { df -T "$1" | awk 'NR == 2 { print $2 }'; }
 
 tmp="${TMPDIR:-/tmp}"
@@ -38,7 +41,7 @@ if [ "$(id -u)" = 0 ] && command -v mkfs.xfs >/dev/null; then
     mnt="$work/mnt"
     cleanup() {
         umount "$mnt" 2>/dev/null || true
-        rm -rf "$work"
+        rm -rf "$work" "$table"
     }
     trap cleanup EXIT
     mkdir "$mnt"

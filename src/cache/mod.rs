@@ -65,7 +65,7 @@ pub use restore::{Miss, Restored};
 pub use stats::BuildStats;
 pub use store::Stored;
 
-use crate::spec::ByteSize;
+use crate::size::ByteSize;
 use crate::toolchain::cache::CacheDir;
 
 /// The size limit `gc_if_over_limit` keeps the store under unless told otherwise: 10 GiB.
