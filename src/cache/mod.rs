@@ -75,7 +75,7 @@ use crate::toolchain::cache::CacheDir;
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
 
 /// When the limit is exceeded, `gc_if_over_limit` trims to this fraction of it (in
-/// percent), so the next few builds do not each collect again (ccache trims to 90% too).
+/// percent), so the next few builds do not each collect again.
 const TRIM_TO_PERCENT: u64 = 90;
 
 /// An unreferenced blob or a temporary file younger than this may belong to a store in
