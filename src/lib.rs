@@ -9,6 +9,7 @@
 //! allowed only in `runner`, `machine`, `toolchain` and `cli`, printing only in `cli`.
 
 pub mod action;
+pub mod cache;
 #[allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 pub mod cli;
 pub(crate) mod driver;
