@@ -326,9 +326,13 @@ fn start_on_free_port(
     let mut last_log = String::new();
     for _ in 0..3 {
         let port = free_port();
+        let started = Instant::now();
         let mut process = ServerProcess::spawn(name, command(port), log, stop_signal);
         match process.wait_for_port(port, limit) {
-            Ok(()) => return (port, process),
+            Ok(()) => {
+                eprintln!("servers: {name} on port {port} after {:.2?}", started.elapsed());
+                return (port, process);
+            }
             Err(log_text) => last_log = log_text,
         }
     }
