@@ -50,6 +50,12 @@ fn put(address: &str, file: &Path) -> String {
     answer["digest"].as_str().expect("a digest").to_string()
 }
 
+/// Uploads an Action running `echo WORD`; returns its digest (an action-cache key).
+fn put_action(address: &str, word: &str) -> String {
+    let answer = reapi_client(address, &["put-action", "--", "echo", word], CALL);
+    answer["digest"].as_str().expect("a digest").to_string()
+}
+
 #[test]
 fn buildgrid_cache_round_trips_blobs_and_action_results() {
     let server = BuildGridCache::shared();
@@ -78,10 +84,7 @@ fn buildgrid_cache_round_trips_blobs_and_action_results() {
     let answer = reapi_client(&address, &["find-missing", &absent, &small_digest], CALL);
     assert_eq!(answer["missing"], serde_json::json!([absent]));
 
-    let action = put(
-        &address,
-        &write_temp(dir.path(), "action", b"not really an Action"),
-    );
+    let action = put_action(&address, "round-trip");
     let answer = reapi_client(&address, &["ac-get", &action], CALL);
     assert_eq!(answer["found"], false);
     let output = format!("out/small={small_digest}");
@@ -130,10 +133,7 @@ fn a_killed_cache_server_restarts_with_its_cas_and_an_empty_action_cache() {
         &server.address(),
         &write_temp(dir.path(), "kept", b"survives a restart"),
     );
-    let action = put(
-        &server.address(),
-        &write_temp(dir.path(), "action", b"an action"),
-    );
+    let action = put_action(&server.address(), "restart");
     let output = format!("out/kept={blob}");
     reapi_client(
         &server.address(),
@@ -163,16 +163,14 @@ fn a_killed_cache_server_restarts_with_its_cas_and_an_empty_action_cache() {
 }
 
 fn curl(args: &[&str]) -> String {
+    curl_to(None, args)
+}
+
+/// Runs curl; returns the HTTP status. The body goes to `body` (or nowhere).
+fn curl_to(body: Option<&Path>, args: &[&str]) -> String {
+    let out = body.map_or("/dev/null".into(), |path| path.display().to_string());
     let output = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
+        .args(["-sS", "--max-time", "10", "-o", &out, "-w", "%{http_code}"])
         .args(args)
         .output()
         .expect("curl");
@@ -195,7 +193,7 @@ fn nginx_serves_the_bazel_http_cache_layout() {
         );
         assert_eq!(curl(&["-I", &url]), "200");
         let back = dir.path().join("back");
-        assert_eq!(curl(&["-o", back.to_str().unwrap(), &url]), "200");
+        assert_eq!(curl_to(Some(&back), &[&url]), "200");
         assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
         assert_eq!(
             std::fs::read(server.blob_path(kind, &hash)).unwrap(),
@@ -227,7 +225,7 @@ fn execution_lands_on_the_worker_whose_gpu_matches() {
     let tool = write_temp(
         input.path(),
         "tool.sh",
-        b"#!/bin/sh\necho \"$1\" > out/result/of.txt\n",
+        b"#!/bin/sh\nmkdir -p out/result\necho \"$1\" > out/result/of.txt\n",
     );
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     for (gpu, worker) in [

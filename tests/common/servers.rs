@@ -330,7 +330,10 @@ fn start_on_free_port(
         let mut process = ServerProcess::spawn(name, command(port), log, stop_signal);
         match process.wait_for_port(port, limit) {
             Ok(()) => {
-                eprintln!("servers: {name} on port {port} after {:.2?}", started.elapsed());
+                eprintln!(
+                    "servers: {name} on port {port} after {:.2?}",
+                    started.elapsed()
+                );
                 return (port, process);
             }
             Err(log_text) => last_log = log_text,

@@ -8,6 +8,8 @@ object on stdout.
     reapi_client.py --server ... put FILE                  -> {"digest": "HASH/SIZE"}
     reapi_client.py --server ... get HASH/SIZE OUT         -> {"ok": true} or {"error": "..."}
     reapi_client.py --server ... find-missing HASH/SIZE... -> {"missing": [...]}
+    reapi_client.py --server ... put-action [--output PATH] -- ARGV...  -> {"digest": ...}
+    reapi_client.py --server ... put-action [--output PATH] -- ARGV...  -> {"digest": ...}
     reapi_client.py --server ... ac-put ACTION HASH/SIZE --output-file PATH=HASH/SIZE [--exit-code N]
     reapi_client.py --server ... ac-get ACTION HASH/SIZE   -> {"found": bool, "result": {...}}
     reapi_client.py --server ... execute [--property K=V] [--output PATH] [--input DIR]
@@ -103,6 +105,18 @@ def upload_dir(cas, path):
             directory.files.add(name=entry.name, digest=digest,
                                 is_executable=os.access(entry.path, os.X_OK))
     return cas.write_message(directory)
+
+
+def put_action(cas, args):
+    """Uploads an Action (and its Command) for ARGV: action-cache keys must be real Actions,
+    since BuildGrid parses the Action behind a GetActionResult."""
+    return {"digest": digest_text(cas.write_message(build_action(cas, args)))}
+
+
+def put_action(cas, args):
+    """Uploads an Action (and its Command) for ARGV: action-cache keys must be real Actions,
+    since BuildGrid parses the Action behind a GetActionResult."""
+    return {"digest": digest_text(cas.write_message(build_action(cas, args)))}
 
 
 def build_action(cas, args):
@@ -212,6 +226,14 @@ def parse(argv):
     one.add_argument("--output-file", action="append", default=[])
     one.add_argument("--exit-code", type=int, default=0)
     sub.add_parser("ac-get").add_argument("action")
+    one = sub.add_parser("put-action")
+    one.add_argument("--output", action="append", default=[])
+    one.add_argument("argv", nargs="+")
+    one.set_defaults(property=[], input=None, skip_cache=False)
+    one = sub.add_parser("put-action")
+    one.add_argument("--output", action="append", default=[])
+    one.add_argument("argv", nargs="+")
+    one.set_defaults(property=[], input=None, skip_cache=False)
     one = sub.add_parser("execute")
     one.add_argument("--property", action="append", default=[])
     one.add_argument("--output", action="append", default=[])
@@ -232,6 +254,8 @@ def main():
         "put": lambda: put(cas, args),
         "get": lambda: get(cas, args),
         "find-missing": lambda: find_missing(cas, args),
+        "put-action": lambda: put_action(cas, args),
+        "put-action": lambda: put_action(cas, args),
         "ac-put": lambda: ac_put(channel, args),
         "ac-get": lambda: ac_get(channel, args),
         "execute": lambda: execute(channel, cas, args),
