@@ -20,5 +20,6 @@ mod graph_html;
 mod hardening;
 mod preprocessing;
 mod quantize;
+mod remote_servers;
 mod report;
 mod tensorrt_engine;
