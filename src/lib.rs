@@ -14,6 +14,7 @@ pub mod graph;
 pub mod kinds;
 pub mod machine;
 pub mod onnx_info;
+pub mod remote;
 pub mod render;
 pub mod runner;
 pub mod scheduler;
