@@ -84,4 +84,50 @@ impl Host {
     pub fn tensorrt_version(&self) -> Option<&str> {
         self.tensorrt.as_ref()?.version.as_deref()
     }
+
+    /// Where a TensorRT result can be used, as platform properties (REAPI names them on
+    /// the Action): the GPU model, its compute capability, the TensorRT and CUDA versions
+    /// TensorRT reported. Empty when TensorRT does not import here.
+    pub fn tensorrt_platform(&self) -> BTreeMap<String, String> {
+        let Some(trt) = self.tensorrt.as_ref().filter(|t| t.version.is_some()) else {
+            return BTreeMap::new();
+        };
+        [
+            ("gpu", &trt.gpu_name),
+            ("compute_capability", &trt.compute_capability),
+            ("tensorrt", &trt.version),
+            ("cuda", &trt.cuda),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tensorrt_platform_names_the_gpu_and_the_versions() {
+        let mut host = Host::plain(Toolchain {
+            python: "python3".into(),
+            identity: "py".into(),
+        });
+        assert!(host.tensorrt_platform().is_empty());
+        host.tensorrt = Some(TensorRt {
+            version: Some("10.13.0".into()),
+            gpu_name: Some("NVIDIA H200".into()),
+            compute_capability: Some("9.0".into()),
+            cuda: None,
+            error: None,
+        });
+        let platform = host.tensorrt_platform();
+        assert_eq!(platform["gpu"], "NVIDIA H200");
+        assert_eq!(platform["compute_capability"], "9.0");
+        assert_eq!(platform["tensorrt"], "10.13.0");
+        assert!(!platform.contains_key("cuda"));
+        host.tensorrt.as_mut().unwrap().version = None;
+        assert!(host.tensorrt_platform().is_empty(), "TensorRT did not import");
+    }
 }

@@ -22,6 +22,7 @@ pub mod kinds;
 pub(crate) mod machine;
 pub mod onnx_info;
 pub(crate) mod process;
+pub mod remote;
 pub(crate) mod render;
 #[allow(clippy::disallowed_methods)]
 pub(crate) mod runner;

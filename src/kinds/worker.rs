@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::{Action, Host, InvocationContext, Requirements, StageError, StageKind};
+use crate::spec::kind::TensorRtUse;
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError};
 use crate::toolchain::workers::Worker;
@@ -144,12 +145,17 @@ impl<T: WorkerStage> StageKind for T {
         env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
         let mut inputs: Vec<PathBuf> = context.inputs.values().cloned().collect();
         inputs.extend([tool, file]);
-        Ok(Action {
+        let mut action = Action {
             env,
             inputs,
             outputs: context.outputs.values().cloned().collect(),
             ..Action::new(argv)
-        })
+        };
+        // A stage that uses TensorRT made its outputs for this GPU and these versions.
+        if WorkerStage::requirements(self).tensorrt != TensorRtUse::Never {
+            action.platform.extend(context.host.tensorrt_platform());
+        }
+        Ok(action)
     }
 
     fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {

@@ -20,6 +20,7 @@ mod graph_html;
 mod hardening;
 mod preprocessing;
 mod quantize;
+mod remote_client;
 mod remote_servers;
 mod report;
 mod tensorrt_engine;

@@ -1,0 +1,152 @@
+//! The remote client's errors: each says what failed, against which server, and what to
+//! do about it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::digest::Digest;
+
+/// A bad `--remote-*` setting: the URL, a header, or a timeout.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error(
+        "`{url}` is not a remote URL: {reason}; write grpc://HOST:PORT, grpcs://HOST[:PORT], \
+         http://HOST[:PORT]/PREFIX or https://HOST[:PORT]/PREFIX"
+    )]
+    Url { url: String, reason: String },
+    #[error("`{url}` has an unsupported scheme `{scheme}`; use grpc, grpcs, http or https")]
+    Scheme { url: String, scheme: String },
+    #[error(
+        "`{url}` carries credentials in the URL; pass them as a header instead \
+         (e.g. --remote-header authorization=Basic ...), so they are not printed with the URL"
+    )]
+    Credentials { url: String },
+    #[error(
+        "`{url}` has a path; a gRPC server takes no path: give the instance name separately \
+         (--remote-instance NAME)"
+    )]
+    GrpcPath { url: String },
+    #[error("header `{header}` is not KEY=VALUE: {reason}")]
+    Header { header: String, reason: String },
+}
+
+/// An operation against a remote cache or executor that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(
+        "cannot reach the remote server {endpoint} for {operation}: {detail}; check the \
+         address and that the server is running"
+    )]
+    Unreachable {
+        endpoint: String,
+        operation: &'static str,
+        detail: String,
+    },
+    #[error(
+        "the remote server {endpoint} did not answer {operation} within {}; it may be \
+         overloaded or hung (raise the timeout if it is only slow)", seconds(*.timeout)
+    )]
+    Timeout {
+        endpoint: String,
+        operation: &'static str,
+        timeout: Duration,
+    },
+    #[error(
+        "the remote server {endpoint} refused {operation}: {message}; check the credentials \
+         (--remote-header) and the instance name"
+    )]
+    PermissionDenied {
+        endpoint: String,
+        operation: &'static str,
+        message: String,
+    },
+    #[error("the remote server {endpoint} failed {operation}: {code}: {message}")]
+    Server {
+        endpoint: String,
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+    #[error("the remote server {endpoint} has no blob {digest} ({operation})")]
+    NotFound {
+        endpoint: String,
+        operation: &'static str,
+        digest: Digest,
+    },
+    #[error(
+        "the remote server {endpoint} returned other bytes for blob {expected} (they hash to \
+         {actual}); its copy is corrupt and was not used: delete it on the server"
+    )]
+    DigestMismatch {
+        endpoint: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error(
+        "`{}` changed while it was uploaded (expected {expected}, read {actual}); nothing was \
+         stored, retry once the file is stable", path.display()
+    )]
+    LocalFileChanged {
+        path: PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("the remote server {endpoint} sent a malformed {what}: {detail}")]
+    Protocol {
+        endpoint: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("`{digest}` is not a valid digest: {reason}")]
+    InvalidDigest { digest: String, reason: String },
+    #[error(
+        "the remote server {endpoint} does not accept {function} digests (it offers {offered}); \
+         use one it offers"
+    )]
+    UnsupportedDigestFunction {
+        endpoint: String,
+        function: &'static str,
+        offered: String,
+    },
+    #[error("cannot {action} `{}`: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid input tree: {0}")]
+    InputTree(String),
+    #[error(
+        "the output tree from {endpoint} names an unsafe path `{path}`; nothing outside the \
+         destination is written"
+    )]
+    UnsafePath { endpoint: String, path: String },
+    #[error("cannot start the remote client's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the remote server {endpoint} is not used for the rest of this build: {first}")]
+    Down { endpoint: String, first: String },
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_server_and_the_remedy() {
+        let timeout = RemoteError::Timeout {
+            endpoint: "grpc://127.0.0.1:1".into(),
+            operation: "GetCapabilities",
+            timeout: Duration::from_millis(1500),
+        };
+        let text = timeout.to_string();
+        assert!(text.contains("grpc://127.0.0.1:1"), "{text}");
+        assert!(text.contains("1.5 s"), "{text}");
+    }
+}
