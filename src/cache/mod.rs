@@ -52,6 +52,7 @@ mod stats;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tier;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,9 @@ pub use gc::{CacheInfo, GcReport};
 pub use restore::{Miss, Restored};
 pub use stats::BuildStats;
 pub use store::Stored;
+pub use tier::{
+    CacheRequest, Origin, OutputCache, PublishedOutput, StoreError, Tier, Tiered, cache_key,
+};
 
 use crate::size::ByteSize;
 use crate::toolchain::cache::CacheDir;

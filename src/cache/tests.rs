@@ -62,6 +62,7 @@ fn meta() -> EntryMeta {
         stage: "export".into(),
         kind: "export".into(),
         platform: [("gpu".to_string(), "NVIDIA H200".to_string())].into(),
+        duration_ms: Some(1234),
     }
 }
 
