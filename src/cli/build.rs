@@ -38,6 +38,8 @@ pub struct BuildArgs {
     /// TensorRT or a GPU) instead of reporting it as unavailable and exiting 0.
     #[arg(long, alias = "require-engines")]
     require_all: bool,
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {

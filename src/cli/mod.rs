@@ -14,6 +14,7 @@ mod internal;
 mod oneshot;
 mod output;
 mod progress;
+mod remote;
 mod run_stage;
 mod schema;
 mod signals;

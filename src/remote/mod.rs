@@ -7,8 +7,9 @@
 //! bounded timeout.
 //!
 //! `stage` turns a stage into a REAPI Action (its digest is the action-cache key; pochi's
-//! stage key is the salt); `RemoteCache` looks entries up and uploads them; every
-//! downloaded blob is verified against its digest before it is used (`verify`).
+//! stage key is the salt); `RemoteCache` looks entries up and uploads them; `RemoteTier`
+//! is the remote tier of a build's `cache::OutputCache`. Every downloaded blob is
+//! verified against its digest before it is used (`verify`).
 
 mod action;
 mod cache;
@@ -19,6 +20,7 @@ mod grpc;
 mod http;
 mod results;
 mod stage;
+mod tier;
 mod tree;
 mod verify;
 
@@ -39,6 +41,7 @@ pub use grpc::GrpcClient;
 pub use http::HttpClient;
 pub use results::{Downloaded, RemoteMiss, ResultUpload, action_result, record_digest};
 pub use stage::{DigestMemo, StageAction, StageDescription, StageOutput, input_files, stage_action};
+pub use tier::RemoteTier;
 pub use tree::{fetch_tree, tree_files, write_tree};
 
 /// What a server says it supports (its Capabilities; fixed for the HTTP protocol).

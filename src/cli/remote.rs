@@ -1,0 +1,99 @@
+//! The `--remote-*` options of `pochi build`: which shared cache to use and how (see
+//! docs/cache.md), turned into the remote tier of the build's cache.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cache::LocalCache;
+use crate::remote::{Endpoint, RemoteCache, RemoteTier};
+
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// A shared cache of stage outputs: grpc://HOST:PORT or grpcs://HOST[:PORT] (the Remote
+    /// Execution API: BuildBuddy, Buildbarn, NativeLink, BuildGrid, bazel-remote), or
+    /// http(s)://HOST[:PORT]/PREFIX (Bazel's HTTP cache: bazel-remote, nginx with WebDAV).
+    #[arg(long, value_name = "URL", env = "POCHI_REMOTE_CACHE")]
+    pub remote_cache: Option<String>,
+    /// The REAPI instance name (gRPC only), e.g. `main`.
+    #[arg(long, value_name = "NAME", env = "POCHI_REMOTE_INSTANCE")]
+    pub remote_instance: Option<String>,
+    /// A header sent with every call, KEY=VALUE (e.g. an API key); repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub remote_header: Vec<String>,
+    /// Restore from the shared cache but upload nothing (developers read what CI wrote).
+    #[arg(long)]
+    pub remote_cache_read_only: bool,
+    /// Make any failure of the shared cache an error (CI), instead of a warning and a
+    /// local build.
+    #[arg(long)]
+    pub remote_cache_required: bool,
+    /// How long one call to the shared cache may take, in seconds (for a large blob: each
+    /// chunk), before the server is given up for the build.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub remote_timeout: u64,
+}
+
+impl RemoteArgs {
+    /// The endpoint named, if any, checked.
+    pub fn endpoint(&self) -> miette::Result<Option<Endpoint>> {
+        let Some(url) = self.remote_cache.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let bad = |error: crate::remote::EndpointError| {
+            super::output::failure(
+                error.to_string(),
+                "see `pochi build --help` and docs/cache.md for the forms --remote-cache takes",
+            )
+        };
+        let mut endpoint = Endpoint::parse(url)
+            .map_err(bad)?
+            .with_timeout(Duration::from_secs(self.remote_timeout));
+        if let Some(instance) = &self.remote_instance {
+            endpoint = endpoint.with_instance(instance);
+        }
+        for header in &self.remote_header {
+            endpoint = endpoint.with_header_arg(header).map_err(bad)?;
+        }
+        Ok(Some(endpoint))
+    }
+
+    /// The remote tier for a build, if a shared cache is named. With
+    /// `--remote-cache-required` the server must answer now.
+    pub fn tier(
+        &self,
+        local: &LocalCache,
+        dirs: BTreeMap<String, PathBuf>,
+    ) -> miette::Result<Option<RemoteTier>> {
+        let Some(endpoint) = self.endpoint()? else {
+            return Ok(None);
+        };
+        let unusable = |error: crate::remote::RemoteError| {
+            super::output::failure(
+                format!("the remote cache {endpoint} cannot be used: {error}"),
+                "check --remote-cache, --remote-instance and --remote-header; without \
+                 --remote-cache-required pochi builds locally instead",
+            )
+        };
+        let remote =
+            RemoteCache::connect(&endpoint, self.remote_cache_read_only).map_err(unusable)?;
+        if self.remote_cache_required {
+            remote.digest_function().map_err(unusable)?;
+        }
+        Ok(Some(RemoteTier::new(remote, local.clone(), dirs)))
+    }
+
+    /// The error for a build whose required shared cache failed.
+    pub fn check_required(&self, tier: Option<&RemoteTier>) -> miette::Result<()> {
+        match tier.and_then(RemoteTier::failure) {
+            Some(failure) if self.remote_cache_required => Err(super::output::failure(
+                failure,
+                "--remote-cache-required makes a failing shared cache an error; the \
+                 outputs were built locally and are correct",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
