@@ -38,6 +38,8 @@ pub struct BuildArgs {
     /// TensorRT or a GPU) instead of reporting it as unavailable and exiting 0.
     #[arg(long, alias = "require-engines")]
     require_all: bool,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
@@ -69,6 +71,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         keep_going: args.keep_going,
         no_wait: args.no_wait,
         require_all: args.require_all,
+        cache: args.cache.open()?,
     };
     let summary = run_build(&workspace, &options)?;
     super::exit_without_freeing(workspace);
