@@ -45,6 +45,9 @@ pub struct BuildArgs {
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     let started = std::time::Instant::now();
     let paths = super::pipeline_paths(&args.pipelines);
+    // Before the no-op test, so that a wrong POCHI_CACHE_MAX_SIZE is an error on every
+    // build (opening reads the environment only).
+    let cache = args.cache.open()?;
     if !args.json
         && !args.dry_run
         && let Some(stages) = nothing_changed(&paths)
@@ -71,7 +74,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         keep_going: args.keep_going,
         no_wait: args.no_wait,
         require_all: args.require_all,
-        cache: args.cache.open()?,
+        cache,
     };
     let summary = run_build(&workspace, &options)?;
     super::exit_without_freeing(workspace);

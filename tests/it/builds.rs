@@ -64,7 +64,7 @@ fn touch_and_a_copied_project_with_its_state_run_nothing() {
 
     let clone = tempfile::tempdir().unwrap();
     copy_tree(project.dir.path(), clone.path());
-    let copied = Project { dir: clone };
+    let copied = Project::in_dir(clone);
     let run = copied.build(&[]);
     run.assert_ok();
     assert!(
