@@ -392,3 +392,27 @@ fn the_size_limit_is_applied_after_a_build() {
     let bad = project.run_env(&["build"], &[("POCHI_CACHE_MAX_SIZE", "lots")]);
     bad.assert_error(&["POCHI_CACHE_MAX_SIZE"]);
 }
+
+#[test]
+fn a_modified_deleted_or_cleaned_output_is_restored_with_its_recorded_content() {
+    let project = switch_project();
+    project.build(&[]).assert_ok();
+    let built = outputs(&project);
+    project.write("out/model.engine", "tampered\n");
+    std::fs::remove_dir_all(project.path("out/calib")).unwrap();
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.stages("restored"), ["calib", "engine"]);
+    assert_eq!(run.stages("skipped"), ["export"]);
+    project.run(&["clean"]).assert_ok();
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.stages("restored"), ["calib", "engine", "export"]);
+    assert_eq!(runs(&project), 3, "only the first build ran the stages");
+    assert_eq!(outputs(&project), built);
+    // The restored outputs are the user's to edit: the cache keeps its copy.
+    project.write("out/model.onnx", "edited by hand\n");
+    std::fs::remove_file(project.path("out/model.onnx")).unwrap();
+    project.build(&[]).assert_ok();
+    assert_eq!(outputs(&project), built);
+}
