@@ -39,12 +39,17 @@ pub struct BuildArgs {
     #[arg(long, alias = "require-engines")]
     require_all: bool,
     #[command(flatten)]
+    cache: super::cache::CacheArgs,
+    #[command(flatten)]
     remote: super::remote::RemoteArgs,
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     let started = std::time::Instant::now();
     let paths = super::pipeline_paths(&args.pipelines);
+    // Before the no-op test, so that a wrong POCHI_CACHE_MAX_SIZE is an error on every
+    // build (opening reads the environment only).
+    let cache = args.cache.open()?;
     if !args.json
         && !args.dry_run
         && let Some(stages) = nothing_changed(&paths)
@@ -71,6 +76,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         keep_going: args.keep_going,
         no_wait: args.no_wait,
         require_all: args.require_all,
+        cache,
     };
     let summary = run_build(&workspace, &options)?;
     super::exit_without_freeing(workspace);

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::cache::{LocalCache, Origin};
 use crate::driver::{PlanStatus, Workspace};
 use crate::toolchain::Mode;
 
@@ -43,11 +44,16 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let name = &project.pipeline.stages[s].name;
     if plan.status == PlanStatus::UpToDate {
         let state = project.state.lock().unwrap_or_else(|e| e.into_inner());
-        let fingerprint = state
-            .built(name)
+        let record = state.built(name);
+        let fingerprint = record
             .map(|r| r.fingerprint.chars().take(16).collect::<String>())
             .unwrap_or_default();
-        show!("{name} is up to date (fingerprint {fingerprint}); nothing would run");
+        match record.and_then(|r| r.restored_from.as_deref()) {
+            Some(from) => show!(
+                "{name} is up to date (fingerprint {fingerprint}): its last build restored it from cache ({from}); nothing would run"
+            ),
+            None => show!("{name} is up to date (fingerprint {fingerprint}); nothing would run"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if plan.status == PlanStatus::Unavailable {
@@ -58,5 +64,19 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     for reason in &plan.reasons {
         show!("  - {reason}");
     }
+    if plan.status != PlanStatus::Unavailable
+        && let Some(origin) = cached_here(project, s)
+    {
+        show!("  it would be restored from cache ({origin}) instead of run");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the stage's outputs for its key now are in the local cache, if they are (its
+/// entry is read and checked; its blobs are checked only by a restore).
+fn cached_here(project: &crate::driver::Project, stage: usize) -> Option<Origin> {
+    let (_, key) = crate::driver::standing(project, stage);
+    let cache = LocalCache::from_env().ok()?;
+    cache.lookup(&crate::driver::cache_key_of(&key?)).ok()?;
+    Some(Origin::local(cache.root()))
 }

@@ -12,6 +12,7 @@ mod common;
 mod fuzz_support;
 
 mod builds;
+mod cache;
 mod dataset;
 mod errors;
 mod export;

@@ -7,9 +7,14 @@ pub mod servers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::rc::Rc;
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// The output cache its pochi runs use (`POCHI_OUTPUT_CACHE_DIR`): a temporary one per
+    /// project, so that no test restores what another test stored, and none touches the
+    /// user's cache. `Project::sharing_cache` gives a second project the same one.
+    pub cache: Rc<tempfile::TempDir>,
 }
 
 /// What one pochi run printed and returned.
@@ -117,11 +122,31 @@ pub fn pochi_bin() -> PathBuf {
 
 impl Project {
     pub fn new(pipeline: &str) -> Project {
-        let project = Project {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
+        let project = Project::in_dir(tempfile::tempdir().expect("temp dir"));
         project.write("pipeline.toml", pipeline);
         project
+    }
+
+    /// A project in `dir` (already holding its files) with an output cache of its own.
+    pub fn in_dir(dir: tempfile::TempDir) -> Project {
+        Project {
+            dir,
+            cache: Rc::new(tempfile::tempdir().expect("temp dir")),
+        }
+    }
+
+    /// A project in `dir` that uses this project's output cache (a clone on the same
+    /// machine).
+    pub fn sharing_cache(&self, dir: tempfile::TempDir) -> Project {
+        Project {
+            dir,
+            cache: Rc::clone(&self.cache),
+        }
+    }
+
+    /// The output cache's layout directory (`cas/`, `ac/`...).
+    pub fn cache_root(&self) -> PathBuf {
+        self.cache.path().join("v1")
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -149,6 +174,8 @@ impl Project {
             .args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
+            .env("POCHI_OUTPUT_CACHE_DIR", self.cache.path())
+            .env_remove("POCHI_CACHE_MAX_SIZE")
             .env_remove("POCHI_GPUS");
         command
     }
