@@ -9,7 +9,9 @@ use clap::Args;
 
 use super::output::{failure, paint};
 use super::progress::Reporter;
+use crate::cache::{LocalCache, OutputCache, Tiered};
 use crate::driver::{BuildOptions, BuildSummary, Workspace};
+use crate::remote::RemoteTier;
 use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
@@ -49,7 +51,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(&args.pipelines);
     // Before the no-op test, so that a wrong POCHI_CACHE_MAX_SIZE is an error on every
     // build (opening reads the environment only).
-    let cache = args.cache.open()?;
+    let local = args.cache.open_local()?;
     if !args.json
         && !args.dry_run
         && let Some(stages) = nothing_changed(&paths)
@@ -70,6 +72,15 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         return dry_run(&workspace, &args);
     }
     super::attach_host(&mut workspace, Mode::Create)?;
+    let remote = remote_tier(&args, local.as_ref(), &workspace)?;
+    let cache = local.map(|local| {
+        let tiers = Tiered::local(local);
+        let tiers = match &remote {
+            Some(remote) => tiers.with_remote(Arc::clone(remote) as Arc<dyn OutputCache>),
+            None => tiers,
+        };
+        Arc::new(tiers) as Arc<dyn OutputCache>
+    });
     let options = BuildOptions {
         targets: args.targets.clone(),
         jobs: args.jobs,
@@ -89,6 +100,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     if summary.interrupted {
         return Ok(super::signals::interrupted_exit_code());
     }
+    args.remote.check_required(remote.as_deref())?;
     if !summary.ok {
         let failed: Vec<String> = summary
             .stages
@@ -102,6 +114,24 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The remote tier of the build's cache, when `--remote-cache` names one (never with
+/// `--no-cache`): each pipeline's directory by name, for the input roots of its Actions.
+fn remote_tier(
+    args: &BuildArgs,
+    local: Option<&LocalCache>,
+    workspace: &Workspace,
+) -> miette::Result<Option<Arc<RemoteTier>>> {
+    let Some(local) = local else {
+        return Ok(None);
+    };
+    let dirs = workspace
+        .projects
+        .iter()
+        .map(|p| (p.pipeline.name.clone(), p.pipeline.dir.clone()))
+        .collect();
+    Ok(args.remote.tier(local, dirs)?.map(Arc::new))
 }
 
 /// The stage count when every pipeline's no-op stamp still holds (see `build::noop`).

@@ -24,11 +24,17 @@ impl CacheArgs {
     /// The cache a build uses: none with `--no-cache`, else the local store (a warning and
     /// none when there is no cache directory; an error when its size limit is not a size).
     pub fn open(&self) -> miette::Result<Option<Arc<dyn OutputCache>>> {
+        let local = self.open_local()?;
+        Ok(local.map(|local| Arc::new(Tiered::local(local)) as Arc<dyn OutputCache>))
+    }
+
+    /// The local store a build uses (see `open`), for a build that adds a remote tier.
+    pub fn open_local(&self) -> miette::Result<Option<LocalCache>> {
         if self.no_cache {
             return Ok(None);
         }
         match LocalCache::from_env() {
-            Ok(local) => Ok(Some(Arc::new(Tiered::local(local)))),
+            Ok(local) => Ok(Some(local)),
             Err(CacheError::NoCacheDir(why)) => {
                 say!(
                     "{} {why}; building without the output cache",

@@ -27,7 +27,7 @@ pub fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u64>) -> 
         pipeline: project.pipeline.name.clone(),
         stage: spec.name.clone(),
         kind: spec.kind.kind().to_string(),
-        platform: crate::action::base_platform(),
+        platform: spec.kind.requirements().platform(&project.host),
         duration_ms,
     }
 }

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::{Action, Host, InvocationContext, Requirements, StageError, StageKind};
-use crate::spec::kind::TensorRtUse;
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError};
 use crate::toolchain::workers::Worker;
@@ -145,17 +144,13 @@ impl<T: WorkerStage> StageKind for T {
         env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
         let mut inputs: Vec<PathBuf> = context.inputs.values().cloned().collect();
         inputs.extend([tool, file]);
-        let mut action = Action {
+        Ok(Action {
             env,
             inputs,
             outputs: context.outputs.values().cloned().collect(),
+            platform: WorkerStage::requirements(self).platform(&context.host),
             ..Action::new(argv)
-        };
-        // A stage that uses TensorRT made its outputs for this GPU and these versions.
-        if WorkerStage::requirements(self).tensorrt != TensorRtUse::Never {
-            action.platform.extend(context.host.tensorrt_platform());
-        }
-        Ok(action)
+        })
     }
 
     fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {

@@ -125,6 +125,20 @@ impl Default for Requirements {
     }
 }
 
+impl Requirements {
+    /// The platform properties of the stage's Action on `host`: the operating system and
+    /// instruction set; for a stage that uses TensorRT also the GPU model, its compute
+    /// capability and the TensorRT and CUDA versions, so its cached outputs are never
+    /// restored for another GPU type.
+    pub fn platform(&self, host: &Host) -> BTreeMap<String, String> {
+        let mut platform = crate::action::base_platform();
+        if self.tensorrt != TensorRtUse::Never {
+            platform.extend(host.tensorrt_platform());
+        }
+        platform
+    }
+}
+
 /// A `cuda` stage on a machine that has no GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WithoutGpu {

@@ -21,6 +21,7 @@ mod graph_html;
 mod hardening;
 mod preprocessing;
 mod quantize;
+mod remote_cache;
 mod remote_client;
 mod remote_servers;
 mod report;

@@ -470,6 +470,11 @@ impl BuildGridCache {
         self.process.log_text()
     }
 
+    /// The server's process id, which is also its session's and process group's.
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
     /// Kills the server (SIGKILL) and leaves it down; its storage stays.
     pub fn kill(&mut self) {
         self.process.kill();

@@ -1,0 +1,319 @@
+//! The shared (remote) cache in builds, against real servers the harness starts on
+//! 127.0.0.1 (`common::servers`): BuildGrid 0.4.4 over the Remote Execution API and nginx
+//! with WebDAV over Bazel's HTTP cache protocol. A project builds and uploads; a fresh
+//! clone with an empty local cache runs nothing and gets the same bytes; bytes corrupted on
+//! the server's disk are refused (the stage runs); a read-only client uploads nothing; a
+//! server killed mid-build costs a warning (an error with `--remote-cache-required`); an
+//! engine made for one GPU (the TensorRT STAND-IN, a test double) is not restored for
+//! another.
+//!
+//! The stages append to `runs.log` when they run and put random bytes in their outputs,
+//! so a run is never byte-identical to an earlier one: identical bytes prove a restore.
+
+use std::path::Path;
+
+use crate::common::servers::{BuildGridCache, NginxCache, corrupt_file};
+use crate::common::{Project, Run};
+
+/// export (6 MB, over BuildGrid's batch limit: ByteStream) -> calib (a directory with a
+/// copy of the export, an executable, an empty directory).
+const PIPELINE: &str = r#"
+[pipeline]
+name = "shared"
+
+[stages.export]
+kind = "command"
+run = ["sh", "-c", "echo export >> runs.log; ( cat {inputs.src}; head -c 6000000 /dev/urandom ) > {outputs.out}"]
+inputs = { src = "model.txt" }
+outputs = { out = "out/model.onnx" }
+
+[stages.calib]
+kind = "command"
+run = ["sh", "-c", "echo calib >> runs.log; mkdir -p {outputs.dir}/sub {outputs.dir}/empty; cp {inputs.onnx} {outputs.dir}/sub/copy.onnx; head -c 64 /dev/urandom > {outputs.dir}/run.sh; chmod +x {outputs.dir}/run.sh"]
+inputs = { onnx = "@export" }
+outputs = { dir = "out/calib" }
+"#;
+
+const OUTPUTS: [&str; 3] = [
+    "out/model.onnx",
+    "out/calib/sub/copy.onnx",
+    "out/calib/run.sh",
+];
+
+/// A project (in a directory and with a local output cache of its own).
+fn project() -> Project {
+    let project = Project::new(PIPELINE);
+    project.write("model.txt", "weights\n");
+    project
+}
+
+/// A fresh clone of `project`: its files only, no `.pochi/`, no outputs, an empty cache.
+fn fresh_clone(project: &Project) -> Project {
+    let clone = Project::new(&project.read("pipeline.toml"));
+    clone.write("model.txt", &project.read("model.txt"));
+    clone
+}
+
+fn build(project: &Project, url: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["--remote-cache", url, "--remote-timeout", "20"];
+    args.extend_from_slice(extra);
+    project.build(&args)
+}
+
+fn runs(project: &Project) -> usize {
+    std::fs::read_to_string(project.path("runs.log"))
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+fn outputs(project: &Project) -> Vec<Vec<u8>> {
+    OUTPUTS
+        .iter()
+        .map(|path| std::fs::read(project.path(path)).unwrap())
+        .collect()
+}
+
+fn count(run: &Run, name: &str) -> u64 {
+    run.summary()["counts"][name].as_u64().unwrap_or(0)
+}
+
+fn sha256_of(path: &Path) -> String {
+    pochi::cache::FileDigests::of_path(path).unwrap().sha256
+}
+
+/// The calib stage copied the export it was built from.
+fn assert_consistent(project: &Project) {
+    assert!(
+        std::fs::read(project.path("out/model.onnx")).unwrap()
+            == std::fs::read(project.path("out/calib/sub/copy.onnx")).unwrap(),
+        "calib holds the export it was built from"
+    );
+    assert!(project.path("out/calib/empty").is_dir());
+}
+
+/// A builds and uploads; a fresh clone B with an empty local cache runs nothing and gets
+/// A's bytes; a clone C sharing B's local cache restores locally (B kept what it got).
+fn a_fresh_clone_runs_nothing(url: &str) {
+    let a = project();
+    let run = build(&a, url, &[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["export", "calib"], "{}", run.stderr);
+    let built = outputs(&a);
+
+    let b = fresh_clone(&a);
+    let run = build(&b, url, &[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), Vec::<String>::new(), "{}", run.stderr);
+    assert_eq!(count(&run, "restored_remote"), 2, "{}", run.stdout);
+    assert_eq!(runs(&b), 0);
+    assert!(outputs(&b) == built, "byte-identical outputs");
+    let mode = std::fs::metadata(b.path("out/calib/run.sh")).unwrap();
+    assert_ne!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o111,
+        0
+    );
+    assert_consistent(&b);
+    b.run(&["status"]).assert_ok();
+    let explain = b.run(&["explain", "export"]);
+    assert!(explain.stdout.contains("remote"), "{}", explain.stdout);
+
+    let c = b.sharing_cache(tempfile::tempdir().unwrap());
+    c.write("pipeline.toml", &a.read("pipeline.toml"));
+    c.write("model.txt", &a.read("model.txt"));
+    let run = build(&c, url, &[]);
+    run.assert_ok();
+    assert_eq!(count(&run, "restored_local"), 2, "{}", run.stdout);
+    assert!(outputs(&c) == built);
+}
+
+#[test]
+fn buildgrid_a_fresh_clone_with_an_empty_cache_runs_nothing() {
+    a_fresh_clone_runs_nothing(&BuildGridCache::shared().url());
+}
+
+#[test]
+fn nginx_a_fresh_clone_with_an_empty_cache_runs_nothing() {
+    a_fresh_clone_runs_nothing(&format!("{}/team-a", NginxCache::shared().url()));
+}
+
+/// A builds and uploads; `corrupt` damages the export's blob on the server's disk; a
+/// fresh clone finds it, warns, runs the stage, and its build is correct.
+fn a_corrupt_blob_is_refused(url: &str, corrupt: impl Fn(&str)) {
+    let a = project();
+    build(&a, url, &[]).assert_ok();
+    let export = a.path("out/model.onnx");
+    let damaged: Vec<u8> = std::fs::read(&export)
+        .unwrap()
+        .iter()
+        .map(|b| b ^ 0xff)
+        .collect();
+    corrupt(&sha256_of(&export));
+
+    let b = fresh_clone(&a);
+    let run = build(&b, url, &[]);
+    run.assert_ok();
+    assert!(run.ran().contains(&"export".to_string()), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("other bytes") && run.stderr.contains("corrupt"),
+        "a warning says so: {}",
+        run.stderr
+    );
+    assert!(std::fs::read(b.path("out/model.onnx")).unwrap() != damaged);
+    assert!(b.read("out/model.onnx").starts_with("weights\n"));
+    assert_consistent(&b);
+    b.run(&["status"]).assert_ok();
+}
+
+#[test]
+fn buildgrid_a_blob_corrupted_on_the_server_is_refused_and_the_stage_runs() {
+    let server = BuildGridCache::shared();
+    a_corrupt_blob_is_refused(&server.url(), |sha| server.corrupt_blob(sha));
+}
+
+#[test]
+fn nginx_a_blob_corrupted_on_the_server_is_refused_and_the_stage_runs() {
+    let server = NginxCache::shared();
+    let url = format!("{}/team-b", server.url());
+    a_corrupt_blob_is_refused(&url, |sha| {
+        corrupt_file(&server.cache_dir().join("team-b/cas").join(sha));
+    });
+}
+
+#[test]
+fn a_read_only_client_uploads_nothing() {
+    let server = BuildGridCache::shared();
+    let a = project();
+    let run = build(&a, &server.url(), &["--remote-cache-read-only"]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["export", "calib"]);
+    for output in OUTPUTS {
+        let sha = sha256_of(&a.path(output));
+        assert!(!server.blob_path(&sha).exists(), "{output} was uploaded");
+    }
+    let b = fresh_clone(&a);
+    let run = build(&b, &server.url(), &[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["export", "calib"], "nothing to restore: {}", run.stderr);
+}
+
+/// A pipeline whose first stage kills the whole session of the server (pid `sid`).
+fn killing_pipeline(sid: i32) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "killed"
+
+[stages.first]
+kind = "command"
+run = ["sh", "-c", "kill -KILL -- -{sid}; head -c 100000 /dev/urandom > {{outputs.out}}"]
+outputs = {{ out = "out/first.bin" }}
+
+[stages.second]
+kind = "command"
+run = ["sh", "-c", "cp {{inputs.first}} {{outputs.out}}"]
+inputs = {{ first = "@first" }}
+outputs = {{ out = "out/second.bin" }}
+"#
+    )
+}
+
+#[test]
+fn a_server_killed_mid_build_costs_a_warning_or_with_required_an_error() {
+    let mut server = BuildGridCache::start();
+    let project = Project::new(&killing_pipeline(server.pid()));
+    let run = build(&project, &server.url(), &[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["first", "second"]);
+    assert!(
+        run.stderr.contains("warning") && run.stderr.contains(&server.url()),
+        "the failure is a warning: {}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read(project.path("out/first.bin")).unwrap(),
+        std::fs::read(project.path("out/second.bin")).unwrap()
+    );
+
+    server.restart();
+    let project = Project::new(&killing_pipeline(server.pid()));
+    let run = build(&project, &server.url(), &["--remote-cache-required"]);
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    run.assert_error(&["--remote-cache-required", &server.url()]);
+    assert!(project.exists("out/second.bin"), "the local build went on");
+}
+
+#[test]
+fn a_required_cache_that_is_down_is_an_error_before_anything_runs() {
+    let port = crate::common::servers::free_port();
+    let project = project();
+    let url = format!("grpc://127.0.0.1:{port}");
+    let run = build(&project, &url, &["--remote-cache-required"]);
+    run.assert_error(&["cannot be used", &url]);
+    assert_eq!(runs(&project), 0);
+    // Without --remote-cache-required: a warning, and a local build.
+    let run = build(&project, &url, &[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["export", "calib"]);
+    assert!(run.stderr.contains("warning"), "{}", run.stderr);
+}
+
+/// An engine stage, built with the TensorRT stand-in on a declared GPU.
+const ENGINE: &str = r#"
+[pipeline]
+name = "engines"
+
+[resources]
+gpus = [0]
+
+[stages.engine]
+kind = "engine"
+onnx = "model.onnx"
+"#;
+
+fn engine_project() -> Project {
+    use pochi::onnx_info::{Dim, encode};
+    let project = Project::new(ENGINE);
+    let dims = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)];
+    std::fs::write(
+        project.path("model.onnx"),
+        encode::model(&[("input", dims)]),
+    )
+    .unwrap();
+    project
+}
+
+fn engine_build(project: &Project, url: &str, gpu: &str) -> Run {
+    let standin = crate::common::tensorrt_standin_dir();
+    project.run_env(
+        &["build", "--json", "--remote-cache", url],
+        &[
+            ("POCHI_TEST_TENSORRT_STANDIN", standin.as_str()),
+            ("FAKE_TRT_GPU_NAME", gpu),
+        ],
+    )
+}
+
+#[test]
+fn an_engine_made_for_one_gpu_is_not_restored_for_another() {
+    let url = BuildGridCache::shared().url();
+    let h100 = engine_project();
+    let run = engine_build(&h100, &url, "NVIDIA H100 (stand-in)");
+    run.assert_ok();
+    assert_eq!(run.ran(), ["engine"]);
+    let engine = "build/engines/engine.engine";
+    let built = std::fs::read(h100.path(engine)).unwrap();
+
+    let a100 = engine_project();
+    let run = engine_build(&a100, &url, "NVIDIA A100 (stand-in)");
+    run.assert_ok();
+    assert_eq!(run.ran(), ["engine"], "not restored: {}", run.stdout);
+    assert_eq!(count(&run, "restored_remote"), 0);
+    let manifest = a100.read("build/engines/engine.manifest.json");
+    assert!(manifest.contains("A100"), "{manifest}");
+
+    let again = engine_project();
+    let run = engine_build(&again, &url, "NVIDIA H100 (stand-in)");
+    run.assert_ok();
+    assert_eq!(count(&run, "restored_remote"), 1, "{}", run.stdout);
+    assert!(std::fs::read(again.path(engine)).unwrap() == built);
+}
