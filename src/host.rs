@@ -128,6 +128,9 @@ mod tests {
         assert_eq!(platform["tensorrt"], "10.13.0");
         assert!(!platform.contains_key("cuda"));
         host.tensorrt.as_mut().unwrap().version = None;
-        assert!(host.tensorrt_platform().is_empty(), "TensorRT did not import");
+        assert!(
+            host.tensorrt_platform().is_empty(),
+            "TensorRT did not import"
+        );
     }
 }

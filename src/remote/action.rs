@@ -45,7 +45,9 @@ pub struct CommandSpec {
 /// deduplicated (as the spec requires), no platform (it belongs on the Action).
 pub fn build_command(spec: &CommandSpec) -> Result<re::Command, RemoteError> {
     if spec.arguments.is_empty() {
-        return Err(RemoteError::InputTree("a command needs at least one argument".into()));
+        return Err(RemoteError::InputTree(
+            "a command needs at least one argument".into(),
+        ));
     }
     for path in &spec.output_paths {
         check_relative(path, "output path")?;
@@ -245,10 +247,12 @@ pub fn build_action(function: DigestFunction, spec: &ActionSpec) -> (re::Action,
     let action = re::Action {
         command_digest: Some(spec.command.to_proto()),
         input_root_digest: Some(spec.input_root.to_proto()),
-        timeout: spec.timeout.map(|t| bazel_remote_apis::google::protobuf::Duration {
-            seconds: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
-            nanos: t.subsec_nanos() as i32,
-        }),
+        timeout: spec
+            .timeout
+            .map(|t| bazel_remote_apis::google::protobuf::Duration {
+                seconds: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+                nanos: t.subsec_nanos() as i32,
+            }),
         do_not_cache: spec.do_not_cache,
         salt: spec.salt.clone(),
         platform,
@@ -262,7 +266,9 @@ pub(crate) fn check_relative(path: &str, what: &str) -> Result<(), RemoteError> 
     let bad = path.is_empty()
         || path.starts_with('/')
         || path.contains('\0')
-        || path.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+        || path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
     if bad {
         return Err(RemoteError::InputTree(format!(
             "{what} `{path}` must be relative, `/`-separated, without empty, `.` or `..` parts"
@@ -317,8 +323,13 @@ mod tests {
         assert_eq!(names, ["data", "model"]);
         assert_eq!(root.files.len(), 1);
         assert!(root.files[0].is_executable);
-        let model_digest = Digest::from_proto(root.directories[1].digest.as_ref().unwrap()).unwrap();
-        let model_blob = tree.directories.iter().find(|b| b.digest == model_digest).unwrap();
+        let model_digest =
+            Digest::from_proto(root.directories[1].digest.as_ref().unwrap()).unwrap();
+        let model_blob = tree
+            .directories
+            .iter()
+            .find(|b| b.digest == model_digest)
+            .unwrap();
         let model = re::Directory::decode(model_blob.bytes.as_slice()).unwrap();
         let files: Vec<_> = model.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(files, ["b.txt", "weights.pth"]);
@@ -349,24 +360,38 @@ mod tests {
         let conflict = vec![file("a/b", b"2", false), file("a", b"1", false)];
         assert!(build_input_tree(F, &conflict).is_err());
         for bad in ["", "/abs", "a/../b", "./a", "a//b", "a/"] {
-            assert!(build_input_tree(F, &[file(bad, b"", false)]).is_err(), "{bad}");
+            assert!(
+                build_input_tree(F, &[file(bad, b"", false)]).is_err(),
+                "{bad}"
+            );
         }
         let empty = build_input_tree(F, &[]).unwrap();
-        assert_eq!(empty.root, Digest::of_bytes(F, &re::Directory::default().encode_to_vec()));
+        assert_eq!(
+            empty.root,
+            Digest::of_bytes(F, &re::Directory::default().encode_to_vec())
+        );
     }
 
     #[test]
     fn commands_sort_environment_and_outputs() {
         let mut spec = CommandSpec {
             arguments: vec!["python3".into(), "-I".into(), "w.py".into()],
-            output_paths: vec!["out/b.onnx".into(), "out/a.onnx".into(), "out/a.onnx".into()],
+            output_paths: vec![
+                "out/b.onnx".into(),
+                "out/a.onnx".into(),
+                "out/a.onnx".into(),
+            ],
             working_directory: "work".into(),
             ..Default::default()
         };
         spec.environment.insert("Z".into(), "1".into());
         spec.environment.insert("A".into(), "2".into());
         let command = build_command(&spec).unwrap();
-        let names: Vec<_> = command.environment_variables.iter().map(|e| e.name.as_str()).collect();
+        let names: Vec<_> = command
+            .environment_variables
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
         assert_eq!(names, ["A", "Z"]);
         assert_eq!(command.output_paths, ["out/a.onnx", "out/b.onnx"]);
         assert!(command.platform.is_none());
@@ -383,7 +408,10 @@ mod tests {
         let spec = |platform: Vec<(&str, &str)>| ActionSpec {
             command: command.clone(),
             input_root: input_root.clone(),
-            platform: platform.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            platform: platform
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             salt: b"pochi-key".to_vec(),
             do_not_cache: false,
             timeout: Some(Duration::from_secs(90)),
@@ -391,13 +419,22 @@ mod tests {
         let (action, blob) = build_action(F, &spec(vec![("gpu", "H100"), ("OSFamily", "linux")]));
         let (_, again) = build_action(F, &spec(vec![("OSFamily", "linux"), ("gpu", "H100")]));
         assert_eq!(blob, again);
-        let names: Vec<_> = action.platform.unwrap().properties.into_iter().map(|p| p.name).collect();
+        let names: Vec<_> = action
+            .platform
+            .unwrap()
+            .properties
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(names, ["OSFamily", "gpu"]);
         let (_, other_gpu) = build_action(F, &spec(vec![("OSFamily", "linux"), ("gpu", "A100")]));
         assert_ne!(blob.digest, other_gpu.digest);
         let mut salted = spec(vec![]);
         salted.salt = b"other".to_vec();
-        assert_ne!(build_action(F, &salted).1.digest, build_action(F, &spec(vec![])).1.digest);
+        assert_ne!(
+            build_action(F, &salted).1.digest,
+            build_action(F, &spec(vec![])).1.digest
+        );
         let decoded = re::Action::decode(blob.bytes.as_slice()).unwrap();
         assert_eq!(decoded.salt, b"pochi-key");
         assert_eq!(decoded.timeout.unwrap().seconds, 90);

@@ -82,10 +82,12 @@ impl RemoteCache {
             let Some(result) = self.backend.get_action_result(&stage.digest)? else {
                 return Ok(Lookup::Miss(RemoteMiss::NoEntry));
             };
-            Ok(match download_result(&*self.backend, stage, &result, dest_for)? {
-                Ok(done) => Lookup::Hit(done),
-                Err(miss) => Lookup::Miss(miss),
-            })
+            Ok(
+                match download_result(&*self.backend, stage, &result, dest_for)? {
+                    Ok(done) => Lookup::Hit(done),
+                    Err(miss) => Lookup::Miss(miss),
+                },
+            )
         })
     }
 
@@ -132,10 +134,7 @@ impl RemoteCache {
 
     /// Runs a call unless the server is out of the build; takes it out when the call
     /// says it is unusable.
-    fn guarded<T>(
-        &self,
-        call: impl FnOnce() -> Result<T, RemoteError>,
-    ) -> Result<T, RemoteError> {
+    fn guarded<T>(&self, call: impl FnOnce() -> Result<T, RemoteError>) -> Result<T, RemoteError> {
         if let Some(first) = self.down.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(RemoteError::Down {
                 endpoint: self.endpoint().to_string(),

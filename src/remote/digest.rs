@@ -93,7 +93,9 @@ impl Digest {
             digest: text.to_owned(),
             reason: reason.to_owned(),
         };
-        let (hash, size) = text.split_once('/').ok_or_else(|| invalid("expected HASH/SIZE"))?;
+        let (hash, size) = text
+            .split_once('/')
+            .ok_or_else(|| invalid("expected HASH/SIZE"))?;
         let size = size
             .parse::<u64>()
             .map_err(|_| invalid("the size is not a number"))?;

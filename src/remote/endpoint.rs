@@ -59,20 +59,45 @@ impl Endpoint {
         };
         let authority = uri.authority().ok_or_else(|| bad("it has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(EndpointError::Credentials { url: url.to_owned() });
+            return Err(EndpointError::Credentials {
+                url: url.to_owned(),
+            });
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(bad("it has no host"));
         }
         if uri.query().is_some() {
             return Err(bad("it has a query (`?...`)"));
         }
-        let tls = matches!(protocol, Protocol::Grpc { tls: true } | Protocol::Http { tls: true });
-        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let tls = matches!(
+            protocol,
+            Protocol::Grpc { tls: true } | Protocol::Http { tls: true }
+        );
+        let port_text = authority
+            .as_str()
+            .strip_prefix(authority.host())
+            .unwrap_or("");
+        let port = match (authority.port_u16(), port_text) {
+            (Some(0), _) => return Err(bad("port 0 is not a port")),
+            (Some(port), _) => port,
+            (None, "") => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+            (None, _) => return Err(bad("the port is not a number from 1 to 65535")),
+        };
         let prefix = uri.path().trim_end_matches('/').to_owned();
         if matches!(protocol, Protocol::Grpc { .. }) && !prefix.is_empty() {
-            return Err(EndpointError::GrpcPath { url: url.to_owned() });
+            return Err(EndpointError::GrpcPath {
+                url: url.to_owned(),
+            });
         }
         Ok(Endpoint {
             protocol,
@@ -173,8 +198,20 @@ impl FromStr for Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = match self.protocol {
-            Protocol::Grpc { tls } => if tls { "grpcs" } else { "grpc" },
-            Protocol::Http { tls } => if tls { "https" } else { "http" },
+            Protocol::Grpc { tls } => {
+                if tls {
+                    "grpcs"
+                } else {
+                    "grpc"
+                }
+            }
+            Protocol::Http { tls } => {
+                if tls {
+                    "https"
+                } else {
+                    "http"
+                }
+            }
         };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -206,12 +243,19 @@ pub fn parse_header(arg: &str) -> Result<(String, String), EndpointError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !key_ok {
-        return Err(bad("the key may hold only letters, digits, `-`, `_` and `.`"));
+        return Err(bad(
+            "the key may hold only letters, digits, `-`, `_` and `.`",
+        ));
     }
     if key.starts_with("grpc-") || key.ends_with("-bin") {
-        return Err(bad("`grpc-` keys are reserved and binary `-bin` keys are not supported"));
+        return Err(bad(
+            "`grpc-` keys are reserved and binary `-bin` keys are not supported",
+        ));
     }
-    if !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
+    if !value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
         return Err(bad("the value may hold only printable ASCII"));
     }
     Ok((key, value.to_owned()))
@@ -269,11 +313,16 @@ mod tests {
             Endpoint::parse("https://user:secret@host/x"),
             Err(EndpointError::Credentials { .. })
         ));
-        assert!(matches!(Endpoint::parse("host:1"), Err(EndpointError::Url { .. }) | Err(EndpointError::Scheme { .. })));
+        assert!(matches!(
+            Endpoint::parse("host:1"),
+            Err(EndpointError::Url { .. }) | Err(EndpointError::Scheme { .. })
+        ));
         assert!(Endpoint::parse("").is_err());
         assert!(Endpoint::parse("http://host:99999").is_err());
         assert!(Endpoint::parse("http://host/x?y=1").is_err());
-        let message = Endpoint::parse("grpc://host:1/main").unwrap_err().to_string();
+        let message = Endpoint::parse("grpc://host:1/main")
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("--remote-instance"), "{message}");
     }
 
@@ -289,7 +338,10 @@ mod tests {
         assert_eq!(e.instance(), "main");
         assert_eq!(e.timeout(), Duration::from_secs(2));
         assert_eq!(e.connect_timeout(), Duration::from_millis(300));
-        assert_eq!(e.headers(), [("x-buildbuddy-api-key".to_owned(), "abc123".to_owned())]);
+        assert_eq!(
+            e.headers(),
+            [("x-buildbuddy-api-key".to_owned(), "abc123".to_owned())]
+        );
         assert_eq!(e.to_string(), "grpc://h:1 (instance main)");
     }
 

@@ -115,7 +115,11 @@ impl HttpClient {
             endpoint: self.name.clone(),
             operation,
             code: format!("HTTP {status}"),
-            message: if text.is_empty() { "no message".into() } else { text },
+            message: if text.is_empty() {
+                "no message".into()
+            } else {
+                text
+            },
         }
     }
 
@@ -141,7 +145,8 @@ impl HttpClient {
 
     /// Streams a GET of a blob into a verifying sink.
     fn get_blob(&self, digest: &Digest, sink: &mut dyn Sink) -> Result<(), RemoteError> {
-        let Some(response) = self.exchange("GET cas", Request::Get(self.url("cas", digest)))? else {
+        let Some(response) = self.exchange("GET cas", Request::Get(self.url("cas", digest)))?
+        else {
             return Err(RemoteError::NotFound {
                 endpoint: self.name.clone(),
                 operation: "GET cas",
@@ -175,7 +180,13 @@ impl HttpClient {
         }
     }
 
-    fn put(&self, kind: &str, digest: &Digest, body: ureq::SendBody, size: u64) -> Result<(), RemoteError> {
+    fn put(
+        &self,
+        kind: &str,
+        digest: &Digest,
+        body: ureq::SendBody,
+        size: u64,
+    ) -> Result<(), RemoteError> {
         let operation = if kind == "ac" { "PUT ac" } else { "PUT cas" };
         let url = self.url(kind, digest);
         self.exchange(operation, Request::Put(url, body, size))?
@@ -275,7 +286,10 @@ impl CacheBackend for HttpClient {
             if is_empty_blob(digest, FUNCTION) {
                 continue;
             }
-            if self.exchange("HEAD cas", Request::Head(self.url("cas", digest)))?.is_none() {
+            if self
+                .exchange("HEAD cas", Request::Head(self.url("cas", digest)))?
+                .is_none()
+            {
                 missing.push(digest.clone());
             }
         }
@@ -296,7 +310,12 @@ impl CacheBackend for HttpClient {
             start: 0,
             mismatch: None,
         };
-        let result = self.put("cas", digest, ureq::SendBody::from_reader(&mut reader), digest.size());
+        let result = self.put(
+            "cas",
+            digest,
+            ureq::SendBody::from_reader(&mut reader),
+            digest.size(),
+        );
         match reader.mismatch {
             Some(actual) => Err(RemoteError::LocalFileChanged {
                 path: path.to_owned(),
@@ -365,7 +384,11 @@ impl CacheBackend for HttpClient {
             })
     }
 
-    fn update_action_result(&self, action: &Digest, result: &re::ActionResult) -> Result<(), RemoteError> {
+    fn update_action_result(
+        &self,
+        action: &Digest,
+        result: &re::ActionResult,
+    ) -> Result<(), RemoteError> {
         let bytes = result.encode_to_vec();
         let size = bytes.len() as u64;
         let mut reader = bytes.as_slice();

@@ -30,17 +30,17 @@ pub use action::{
     ActionSpec, Blob, CommandSpec, InputFile, InputTree, build_action, build_command,
     build_directory_tree, build_input_tree,
 };
-pub use cache::{Lookup, RemoteCache, Uploaded};
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as proto;
+pub use cache::{Lookup, RemoteCache, Uploaded};
 pub use digest::{Digest, DigestFunction, Hasher};
-pub use endpoint::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Endpoint, Protocol, parse_header,
-};
+pub use endpoint::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Endpoint, Protocol, parse_header};
 pub use error::{EndpointError, RemoteError};
 pub use grpc::GrpcClient;
 pub use http::HttpClient;
 pub use results::{Downloaded, RemoteMiss, ResultUpload, action_result, record_digest};
-pub use stage::{DigestMemo, StageAction, StageDescription, StageOutput, input_files, stage_action};
+pub use stage::{
+    DigestMemo, StageAction, StageDescription, StageOutput, input_files, stage_action,
+};
 pub use tier::RemoteTier;
 pub use tree::{fetch_tree, tree_files, write_tree};
 
@@ -95,8 +95,10 @@ pub trait CacheBackend: Send + Sync {
     fn download_bytes(&self, digest: &Digest) -> Result<Vec<u8>, RemoteError>;
 
     /// The action-cache entry for an action, if there is one.
-    fn get_action_result(&self, action: &Digest)
-    -> Result<Option<proto::ActionResult>, RemoteError>;
+    fn get_action_result(
+        &self,
+        action: &Digest,
+    ) -> Result<Option<proto::ActionResult>, RemoteError>;
 
     /// Writes an action-cache entry (upload its blobs first: the entry goes last).
     fn update_action_result(

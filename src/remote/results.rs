@@ -79,11 +79,14 @@ pub fn action_result(stage: &StageAction, entry: &Entry) -> Result<ResultUpload,
                     .to_tree()
                     .map_err(|e| RemoteError::InputTree(e.to_string()))?;
                 let blob = Blob::of_message(function, &tree);
-                upload.result.output_directories.push(proto::OutputDirectory {
-                    path: path.clone(),
-                    tree_digest: Some(blob.digest.to_proto()),
-                    ..Default::default()
-                });
+                upload
+                    .result
+                    .output_directories
+                    .push(proto::OutputDirectory {
+                        path: path.clone(),
+                        tree_digest: Some(blob.digest.to_proto()),
+                        ..Default::default()
+                    });
                 upload.trees.push(blob);
             }
         }

@@ -355,8 +355,14 @@ mod tests {
         let action = action(dir, temp_root, gpu);
         let outputs = outputs(temp_root);
         let rewrites = vec![
-            (PathBuf::from(format!("{temp_root}/.scratch")), ".scratch".into()),
-            (PathBuf::from(format!("{dir}/.cache/python")), "python".into()),
+            (
+                PathBuf::from(format!("{temp_root}/.scratch")),
+                ".scratch".into(),
+            ),
+            (
+                PathBuf::from(format!("{dir}/.cache/python")),
+                "python".into(),
+            ),
         ];
         let env = BTreeMap::from([
             ("CUDA_VISIBLE_DEVICES".to_string(), "3".to_string()),
@@ -401,7 +407,11 @@ mod tests {
             .iter()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(names, ["PYTHONUNBUFFERED", "SEED"], "no CUDA_VISIBLE_DEVICES");
+        assert_eq!(
+            names,
+            ["PYTHONUNBUFFERED", "SEED"],
+            "no CUDA_VISIBLE_DEVICES"
+        );
         assert_eq!(command.output_paths, ["build/model.onnx"]);
         let stored = proto::Action::decode(a.blobs[0].bytes.as_slice()).unwrap();
         assert_eq!(a.digest, Digest::of_bytes(F, &a.blobs[0].bytes));
@@ -419,7 +429,10 @@ mod tests {
         let a100 = build("/p", "t", Some("NVIDIA A100"), "key");
         assert_ne!(h100.digest, a100.digest);
         assert_ne!(h100.digest, base.digest);
-        assert!(h100.platform.contains(&("gpu".into(), "NVIDIA H100".into())));
+        assert!(
+            h100.platform
+                .contains(&("gpu".into(), "NVIDIA H100".into()))
+        );
     }
 
     #[test]
@@ -440,8 +453,11 @@ mod tests {
         fs::write(dir.path().join("data/a.npy"), b"a").unwrap();
         fs::write(dir.path().join("data/sub/b.npy"), b"b").unwrap();
         fs::write(dir.path().join("model.pth"), b"w").unwrap();
-        fs::set_permissions(dir.path().join("model.pth"), fs::Permissions::from_mode(0o755))
-            .unwrap();
+        fs::set_permissions(
+            dir.path().join("model.pth"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let memo = DigestMemo::default();
         let paths = [
             PathBuf::from("model.pth"),

@@ -98,7 +98,11 @@ impl RemoteTier {
 
     /// Blobs and bytes uploaded so far.
     pub fn uploaded(&self) -> (u64, u64) {
-        *self.inner.uploaded.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .inner
+            .uploaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn origin(&self) -> Origin {
@@ -133,7 +137,8 @@ impl RemoteTier {
         if let Some((sender, handle)) = taken {
             drop(sender);
             if handle.join().is_err() {
-                self.inner.warn("the remote cache's uploader stopped unexpectedly".into());
+                self.inner
+                    .warn("the remote cache's uploader stopped unexpectedly".into());
             }
         }
     }
@@ -348,6 +353,12 @@ impl OutputCache for RemoteTier {
 
     fn finish_build(&self, _stats: &BuildStats, _stored: bool) -> Vec<String> {
         self.wait_for_uploads();
-        std::mem::take(&mut *self.inner.warnings.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .inner
+                .warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 }

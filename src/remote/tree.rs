@@ -63,7 +63,11 @@ pub fn write_tree(
         name,
         children,
     };
-    writer.write(tree.root.as_ref().unwrap_or(&re::Directory::default()), dest, 0)
+    writer.write(
+        tree.root.as_ref().unwrap_or(&re::Directory::default()),
+        dest,
+        0,
+    )
 }
 
 struct TreeWriter<'a> {
@@ -92,7 +96,10 @@ impl TreeWriter<'_> {
             self.check_name(&node.name)?;
             let digest = self.digest(node.digest.as_ref())?;
             let child = self.children.get(&digest).ok_or_else(|| {
-                self.malformed(format!("the tree lacks directory {digest} (`{}`)", node.name))
+                self.malformed(format!(
+                    "the tree lacks directory {digest} (`{}`)",
+                    node.name
+                ))
             })?;
             let target = path.join(&node.name);
             create_dir(&target)?;
@@ -102,17 +109,24 @@ impl TreeWriter<'_> {
             self.check_name(&link.name)?;
             check_link_target(&self.name, &link.target, depth)?;
             let target = path.join(&link.name);
-            std::os::unix::fs::symlink(&link.target, &target).map_err(|source| RemoteError::Io {
-                action: "create the symbolic link",
-                path: target,
-                source,
+            std::os::unix::fs::symlink(&link.target, &target).map_err(|source| {
+                RemoteError::Io {
+                    action: "create the symbolic link",
+                    path: target,
+                    source,
+                }
             })?;
         }
         Ok(())
     }
 
     fn check_name(&self, name: &str) -> Result<(), RemoteError> {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
+        {
             return Err(RemoteError::UnsafePath {
                 endpoint: self.name.clone(),
                 path: name.to_owned(),

@@ -231,7 +231,11 @@ mod tests {
         file.write(b"hello w0rld").unwrap();
         let err = file.finish(false).unwrap_err();
         match err {
-            RemoteError::DigestMismatch { expected: e, actual, .. } => {
+            RemoteError::DigestMismatch {
+                expected: e,
+                actual,
+                ..
+            } => {
                 assert_eq!(e, expected);
                 assert_eq!(actual, digest(b"hello w0rld"));
             }

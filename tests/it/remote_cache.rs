@@ -40,11 +40,27 @@ const OUTPUTS: [&str; 3] = [
     "out/calib/run.sh",
 ];
 
-/// A project (in a directory and with a local output cache of its own).
+/// A project (in a directory and with a local output cache of its own) whose stages no
+/// other test has: the servers are shared by the tests of this process.
 fn project() -> Project {
     let project = Project::new(PIPELINE);
-    project.write("model.txt", "weights\n");
+    project.write("model.txt", &format!("weights\n{}\n", unique()));
     project
+}
+
+/// A text no other call of this test binary (and no earlier one) returns.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!(
+        "{now}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// A fresh clone of `project`: its files only, no `.pochi/`, no outputs, an empty cache.
@@ -97,7 +113,7 @@ fn a_fresh_clone_runs_nothing(url: &str) {
     let a = project();
     let run = build(&a, url, &[]);
     run.assert_ok();
-    assert_eq!(run.ran(), ["export", "calib"], "{}", run.stderr);
+    assert_eq!(run.ran(), ["calib", "export"], "{}", run.stderr);
     let built = outputs(&a);
 
     let b = fresh_clone(&a);
@@ -159,7 +175,11 @@ fn a_corrupt_blob_is_refused(url: &str, corrupt: impl Fn(&str)) {
         run.stderr
     );
     assert!(std::fs::read(b.path("out/model.onnx")).unwrap() != damaged);
-    assert!(b.read("out/model.onnx").starts_with("weights\n"));
+    assert!(
+        std::fs::read(b.path("out/model.onnx"))
+            .unwrap()
+            .starts_with(b"weights\n")
+    );
     assert_consistent(&b);
     b.run(&["status"]).assert_ok();
 }
@@ -185,7 +205,7 @@ fn a_read_only_client_uploads_nothing() {
     let a = project();
     let run = build(&a, &server.url(), &["--remote-cache-read-only"]);
     run.assert_ok();
-    assert_eq!(run.ran(), ["export", "calib"]);
+    assert_eq!(run.ran(), ["calib", "export"]);
     for output in OUTPUTS {
         let sha = sha256_of(&a.path(output));
         assert!(!server.blob_path(&sha).exists(), "{output} was uploaded");
@@ -193,11 +213,17 @@ fn a_read_only_client_uploads_nothing() {
     let b = fresh_clone(&a);
     let run = build(&b, &server.url(), &[]);
     run.assert_ok();
-    assert_eq!(run.ran(), ["export", "calib"], "nothing to restore: {}", run.stderr);
+    assert_eq!(
+        run.ran(),
+        ["calib", "export"],
+        "nothing to restore: {}",
+        run.stderr
+    );
 }
 
-/// A pipeline whose first stage kills the whole session of the server (pid `sid`).
+/// A pipeline whose first stage kills the server's whole process group (its pid `sid`).
 fn killing_pipeline(sid: i32) -> String {
+    let nonce = unique();
     format!(
         r#"
 [pipeline]
@@ -205,8 +231,9 @@ name = "killed"
 
 [stages.first]
 kind = "command"
-run = ["sh", "-c", "kill -KILL -- -{sid}; head -c 100000 /dev/urandom > {{outputs.out}}"]
+run = ["sh", "-c", "kill -9 -{sid} && head -c 100000 /dev/urandom > {{outputs.out}}"]
 outputs = {{ out = "out/first.bin" }}
+env = {{ NONCE = "{nonce}" }}
 
 [stages.second]
 kind = "command"
@@ -253,7 +280,7 @@ fn a_required_cache_that_is_down_is_an_error_before_anything_runs() {
     // Without --remote-cache-required: a warning, and a local build.
     let run = build(&project, &url, &[]);
     run.assert_ok();
-    assert_eq!(run.ran(), ["export", "calib"]);
+    assert_eq!(run.ran(), ["calib", "export"]);
     assert!(run.stderr.contains("warning"), "{}", run.stderr);
 }
 
@@ -311,9 +338,50 @@ fn an_engine_made_for_one_gpu_is_not_restored_for_another() {
     let manifest = a100.read("build/engines/engine.manifest.json");
     assert!(manifest.contains("A100"), "{manifest}");
 
+    // The entries are real REAPI Actions with the GPU on the Action's platform.
+    let server = BuildGridCache::shared();
+    for gpu in ["NVIDIA H100 (stand-in)", "NVIDIA A100 (stand-in)"] {
+        let platforms = actions_on_disk(&server.storage_dir(), gpu);
+        assert_eq!(platforms.len(), 1, "one Action for {gpu}: {platforms:?}");
+        for key in ["OSFamily", "ISA", "compute_capability", "tensorrt", "cuda"] {
+            assert!(platforms[0].contains_key(key), "{key}: {platforms:?}");
+        }
+    }
+
     let again = engine_project();
     let run = engine_build(&again, &url, "NVIDIA H100 (stand-in)");
     run.assert_ok();
     assert_eq!(count(&run, "restored_remote"), 1, "{}", run.stdout);
     assert!(std::fs::read(again.path(engine)).unwrap() == built);
+}
+
+/// The platforms of the Actions in BuildGrid's disk storage whose `gpu` property is `gpu`
+/// (every blob is tried as an Action; only those naming that GPU count).
+fn actions_on_disk(storage: &Path, gpu: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    use pochi::remote::proto;
+    use prost::Message;
+    let mut found = Vec::new();
+    let objects = storage.join("cas/objects");
+    for shard in std::fs::read_dir(&objects).unwrap().flatten() {
+        for blob in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let Ok(bytes) = std::fs::read(blob.path()) else {
+                continue;
+            };
+            let Ok(action) = proto::Action::decode(bytes.as_slice()) else {
+                continue;
+            };
+            let Some(platform) = action.platform else {
+                continue;
+            };
+            let properties: std::collections::BTreeMap<String, String> = platform
+                .properties
+                .into_iter()
+                .map(|p| (p.name, p.value))
+                .collect();
+            if properties.get("gpu").map(String::as_str) == Some(gpu) && !action.salt.is_empty() {
+                found.push(properties);
+            }
+        }
+    }
+    found
 }

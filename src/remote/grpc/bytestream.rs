@@ -25,7 +25,11 @@ const QUEUE: usize = 4;
 
 /// Where an upload's bytes come from.
 pub(crate) enum Source<'a> {
-    File { path: &'a Path, file: File, position: u64 },
+    File {
+        path: &'a Path,
+        file: File,
+        position: u64,
+    },
     Bytes(&'a [u8]),
 }
 
@@ -47,11 +51,17 @@ impl<'a> Source<'a> {
     fn chunk(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, RemoteError> {
         match self {
             Source::Bytes(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 let end = start.saturating_add(len).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            Source::File { path, file, position } => {
+            Source::File {
+                path,
+                file,
+                position,
+            } => {
                 let io = |source| RemoteError::Io {
                     action: "read",
                     path: path.to_path_buf(),
@@ -101,7 +111,11 @@ fn retryable(code: Code) -> bool {
 
 impl GrpcClient {
     /// Writes a blob over ByteStream, resuming after interruptions.
-    pub(crate) fn write_blob(&self, source: &mut Source, digest: &Digest) -> Result<(), RemoteError> {
+    pub(crate) fn write_blob(
+        &self,
+        source: &mut Source,
+        digest: &Digest,
+    ) -> Result<(), RemoteError> {
         let function = self.function()?;
         let instance = self.endpoint_ref().instance().to_owned();
         let mut resource = write_name(&instance, &new_upload_id(), function, digest);
@@ -164,27 +178,36 @@ impl GrpcClient {
             let data = source.chunk(position, want).map_err(Interrupted::Fatal)?;
             if data.len() < want {
                 call.abort();
-                return Err(Interrupted::Fatal(self.changed(source, digest, verifier, &data)));
+                return Err(Interrupted::Fatal(
+                    self.changed(source, digest, verifier, &data),
+                ));
             }
             let last = position + want as u64 == digest.size();
             if let Some(hasher) = verifier.as_mut() {
                 hasher.update(&data);
                 if last && hasher.clone().finish() != *digest {
                     call.abort();
-                    return Err(Interrupted::Fatal(self.changed(source, digest, verifier, &[])));
+                    return Err(Interrupted::Fatal(self.changed(
+                        source,
+                        digest,
+                        verifier,
+                        &[],
+                    )));
                 }
             }
             let request = WriteRequest {
-                resource_name: if first { resource.to_owned() } else { String::new() },
+                resource_name: if first {
+                    resource.to_owned()
+                } else {
+                    String::new()
+                },
                 write_offset: i64::try_from(position).unwrap_or(i64::MAX),
                 finish_write: last,
                 data,
             };
             first = false;
             position += want as u64;
-            let sent = self
-                .runtime()
-                .block_on(tokio::time::timeout(timeout, sender.send(request)));
+            let sent = self.within(timeout, sender.send(request));
             match sent {
                 Err(_) => {
                     call.abort();
@@ -202,12 +225,14 @@ impl GrpcClient {
 
     fn finish_write(
         &self,
-        call: tokio::task::JoinHandle<Result<tonic::Response<bazel_remote_apis::google::bytestream::WriteResponse>, Status>>,
+        call: tokio::task::JoinHandle<
+            Result<tonic::Response<bazel_remote_apis::google::bytestream::WriteResponse>, Status>,
+        >,
         digest: &Digest,
     ) -> Result<(), Interrupted> {
         let timeout = self.endpoint_ref().timeout();
         let abort = call.abort_handle();
-        let answer = match self.runtime().block_on(tokio::time::timeout(timeout, call)) {
+        let answer = match self.within(timeout, call) {
             Err(_) => {
                 abort.abort();
                 return Err(Interrupted::Retry(self.timeout_error("ByteStream.Write")));
@@ -264,7 +289,8 @@ impl GrpcClient {
                 }
             }
             (None, Source::Bytes(bytes)) => Digest::of_bytes(
-                self.function().unwrap_or(crate::remote::DigestFunction::Sha256),
+                self.function()
+                    .unwrap_or(crate::remote::DigestFunction::Sha256),
                 bytes,
             ),
         };
@@ -277,7 +303,11 @@ impl GrpcClient {
 
     /// Reads a blob over ByteStream into a verifying sink, resuming at the offset
     /// already received after an interruption. The caller finishes the sink.
-    pub(crate) fn read_blob(&self, digest: &Digest, sink: &mut dyn Sink) -> Result<(), RemoteError> {
+    pub(crate) fn read_blob(
+        &self,
+        digest: &Digest,
+        sink: &mut dyn Sink,
+    ) -> Result<(), RemoteError> {
         let resource = read_name(self.endpoint_ref().instance(), self.function()?, digest);
         let mut attempt = 1;
         loop {
@@ -293,7 +323,12 @@ impl GrpcClient {
         }
     }
 
-    fn read_attempt(&self, resource: &str, digest: &Digest, sink: &mut dyn Sink) -> Result<(), Interrupted> {
+    fn read_attempt(
+        &self,
+        resource: &str,
+        digest: &Digest,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Interrupted> {
         let offset = sink.written();
         if offset == digest.size() && offset > 0 {
             return Ok(());
@@ -331,9 +366,7 @@ impl GrpcClient {
         });
         let timeout = self.endpoint_ref().timeout();
         loop {
-            let next = self
-                .runtime()
-                .block_on(tokio::time::timeout(timeout, receiver.recv()));
+            let next = self.within(timeout, receiver.recv());
             match next {
                 Err(_) => {
                     task.abort();

@@ -73,7 +73,10 @@ impl GrpcClient {
         for response in answer.responses {
             let status = response.status.unwrap_or_default();
             if status.code != Code::Ok as i32 {
-                let digest = response.digest.as_ref().map(|d| format!("{}/{}", d.hash, d.size_bytes));
+                let digest = response
+                    .digest
+                    .as_ref()
+                    .map(|d| format!("{}/{}", d.hash, d.size_bytes));
                 return Err(RemoteError::Server {
                     endpoint: self.name().to_owned(),
                     operation: "BatchUpdateBlobs",
@@ -98,11 +101,16 @@ impl GrpcClient {
         let answer = self.unary("BatchReadBlobs", async move {
             client.batch_read_blobs(request).await
         })?;
-        let response = answer.responses.into_iter().next().ok_or_else(|| RemoteError::Protocol {
-            endpoint: self.name().to_owned(),
-            what: "BatchReadBlobs answer",
-            detail: format!("no response for {digest}"),
-        })?;
+        let response =
+            answer
+                .responses
+                .into_iter()
+                .next()
+                .ok_or_else(|| RemoteError::Protocol {
+                    endpoint: self.name().to_owned(),
+                    what: "BatchReadBlobs answer",
+                    detail: format!("no response for {digest}"),
+                })?;
         let status = response.status.unwrap_or_default();
         match Code::from(status.code) {
             Code::Ok => verify_bytes(self.name(), digest, self.function()?, response.data),
@@ -170,7 +178,12 @@ impl CacheBackend for GrpcClient {
                 .iter()
                 .map(Digest::from_proto)
                 .collect::<Result<_, _>>()?;
-            missing.extend(chunk.iter().filter(|d| absent.contains(d)).map(|d| (*d).clone()));
+            missing.extend(
+                chunk
+                    .iter()
+                    .filter(|d| absent.contains(d))
+                    .map(|d| (*d).clone()),
+            );
         }
         Ok(missing)
     }
@@ -273,7 +286,11 @@ impl CacheBackend for GrpcClient {
         })
     }
 
-    fn update_action_result(&self, action: &Digest, result: &re::ActionResult) -> Result<(), RemoteError> {
+    fn update_action_result(
+        &self,
+        action: &Digest,
+        result: &re::ActionResult,
+    ) -> Result<(), RemoteError> {
         let request = re::UpdateActionResultRequest {
             instance_name: self.endpoint_ref().instance().to_owned(),
             action_digest: Some(action.to_proto()),

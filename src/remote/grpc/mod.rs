@@ -145,7 +145,11 @@ impl GrpcClient {
     /// The largest blob sent or read in a batch call.
     pub(crate) fn batch_limit(&self) -> Result<u64, RemoteError> {
         let advertised = self.cached_capabilities()?.max_batch_total_size;
-        let limit = if advertised == 0 { DEFAULT_BATCH } else { advertised.min(MAX_BATCH) };
+        let limit = if advertised == 0 {
+            DEFAULT_BATCH
+        } else {
+            advertised.min(MAX_BATCH)
+        };
         // Room for the request's own fields and each blob's digest.
         Ok(limit.saturating_sub(2048))
     }
@@ -157,13 +161,24 @@ impl GrpcClient {
         request
     }
 
+    /// Runs a future on the client's runtime for at most `limit` (the timer is made inside
+    /// the runtime, which it needs).
+    pub(crate) fn within<F: Future>(
+        &self,
+        limit: Duration,
+        future: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        self.runtime
+            .block_on(async { tokio::time::timeout(limit, future).await })
+    }
+
     /// Runs a unary call to completion within the endpoint's timeout.
     pub(crate) fn unary<T, F>(&self, operation: &'static str, call: F) -> Result<T, RemoteError>
     where
         F: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let timeout = self.endpoint.timeout();
-        match self.runtime.block_on(tokio::time::timeout(timeout, call)) {
+        match self.within(timeout, call) {
             Err(_) => Err(self.timeout_error(operation)),
             Ok(Err(status)) => Err(self.status_error(operation, &status)),
             Ok(Ok(response)) => Ok(response.into_inner()),
@@ -180,7 +195,7 @@ impl GrpcClient {
         F: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let timeout = self.endpoint.timeout();
-        match self.runtime.block_on(tokio::time::timeout(timeout, call)) {
+        match self.within(timeout, call) {
             Err(_) => Err(self.timeout_error(operation)),
             Ok(Err(status)) if status.code() == Code::NotFound => Ok(None),
             Ok(Err(status)) => Err(self.status_error(operation, &status)),
@@ -202,6 +217,8 @@ impl GrpcClient {
         let message = describe(status);
         match status.code() {
             Code::DeadlineExceeded => self.timeout_error(operation),
+            // tonic's own deadline (the request's timeout) ends the call this way.
+            Code::Cancelled if message.contains("Timeout expired") => self.timeout_error(operation),
             Code::Unavailable => RemoteError::Unreachable {
                 endpoint,
                 operation,
@@ -262,17 +279,21 @@ fn open_channel(
         let config = ClientTlsConfig::new()
             .with_webpki_roots()
             .domain_name(endpoint.host());
-        builder = builder.tls_config(config).map_err(|e| RemoteError::Unreachable {
-            endpoint: endpoint.to_string(),
-            operation: "TLS setup",
-            detail: e.to_string(),
-        })?;
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| RemoteError::Unreachable {
+                endpoint: endpoint.to_string(),
+                operation: "TLS setup",
+                detail: e.to_string(),
+            })?;
     }
     let _entered = runtime.enter();
     Ok(builder.connect_lazy())
 }
 
-fn metadata(endpoint: &Endpoint) -> Result<Vec<(AsciiMetadataKey, AsciiMetadataValue)>, EndpointError> {
+fn metadata(
+    endpoint: &Endpoint,
+) -> Result<Vec<(AsciiMetadataKey, AsciiMetadataValue)>, EndpointError> {
     endpoint
         .headers()
         .iter()
@@ -281,7 +302,8 @@ fn metadata(endpoint: &Endpoint) -> Result<Vec<(AsciiMetadataKey, AsciiMetadataV
                 header: format!("{key}=..."),
                 reason: reason.to_owned(),
             };
-            let key = AsciiMetadataKey::from_str(key).map_err(|_| bad("not a gRPC metadata key"))?;
+            let key =
+                AsciiMetadataKey::from_str(key).map_err(|_| bad("not a gRPC metadata key"))?;
             let value = AsciiMetadataValue::try_from(value.as_str())
                 .map_err(|_| bad("not a gRPC metadata value"))?;
             Ok((key, value))

@@ -7,7 +7,11 @@ use crate::remote::digest::{Digest, DigestFunction};
 
 /// The name a blob is read under.
 pub(crate) fn read_name(instance: &str, function: DigestFunction, digest: &Digest) -> String {
-    format!("{}blobs/{}", instance_prefix(instance), blob_part(function, digest))
+    format!(
+        "{}blobs/{}",
+        instance_prefix(instance),
+        blob_part(function, digest)
+    )
 }
 
 /// The name a blob is written under; `upload_id` is a fresh UUID per upload.
@@ -57,7 +61,10 @@ mod tests {
     fn names_follow_the_spec() {
         let hash = "ab".repeat(32);
         let d = digest();
-        assert_eq!(read_name("", DigestFunction::Sha256, &d), format!("blobs/{hash}/1234"));
+        assert_eq!(
+            read_name("", DigestFunction::Sha256, &d),
+            format!("blobs/{hash}/1234")
+        );
         assert_eq!(
             read_name("main", DigestFunction::Sha256, &d),
             format!("main/blobs/{hash}/1234")
