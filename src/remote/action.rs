@@ -394,7 +394,10 @@ mod tests {
             .collect();
         assert_eq!(names, ["A", "Z"]);
         assert_eq!(command.output_paths, ["out/a.onnx", "out/b.onnx"]);
-        assert!(command.platform.is_none());
+        // Deprecated in REAPI (the platform belongs on the Action): asserted unset.
+        #[allow(deprecated)]
+        let platform = &command.platform;
+        assert!(platform.is_none());
         assert_eq!(command.working_directory, "work");
         spec.output_paths.push("../escape".into());
         assert!(build_command(&spec).is_err());

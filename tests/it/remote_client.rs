@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use pochi::cache::{EntryMeta, LocalCache};
 use pochi::remote::{
-    self, ActionSpec, CacheBackend, CommandSpec, Digest, DigestFunction, Endpoint, Lookup,
-    RemoteCache, RemoteError, RemoteMiss, StageAction, proto,
+    self, ActionSpec, CommandSpec, Digest, DigestFunction, Endpoint, Lookup, RemoteCache,
+    RemoteError, RemoteMiss, StageAction, proto,
 };
 use prost::Message;
 

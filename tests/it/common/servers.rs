@@ -127,6 +127,9 @@ fn reaper() -> &'static Reaper {
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
         in_new_session(&mut command);
+        // It lives as long as this test process and is never waited for: it outlives it
+        // on purpose, to stop what the process leaves behind.
+        #[allow(clippy::zombie_processes)]
         let mut child = command.spawn().expect("start tests/servers/reaper.py");
         let stdin = child.stdin.take().expect("reaper stdin");
         Reaper {
