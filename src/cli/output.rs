@@ -130,7 +130,8 @@ fn render(diagnostic: &dyn miette::Diagnostic, color: bool, wrap: bool) -> Strin
         .with_width(100)
         .with_wrap_lines(wrap)
         .with_break_words(false)
-        .with_word_separator(textwrap::WordSeparator::AsciiSpace);
+        .with_word_separator(textwrap::WordSeparator::AsciiSpace)
+        .with_word_splitter(textwrap::WordSplitter::NoHyphenation);
     let mut text = String::new();
     let rendered = match far_label(diagnostic) {
         None => handler.render_report(&mut text, diagnostic),

@@ -12,7 +12,8 @@
 //! entry's metadata; and the cache key, which covers the fingerprint and the platform, as
 //! the salt.
 //!
-//! A server that fails costs one warning (`finish_build`) and the rest of the build runs
+//! A server that fails costs one warning (a lookup's through the executor, which warns of
+//! a `Miss::Remote`; an upload's from `finish_build`) and the rest of the build runs
 //! locally; `failure` tells the command line whether it failed, for
 //! `--remote-cache-required`.
 
@@ -145,18 +146,18 @@ impl RemoteTier {
 }
 
 impl Inner {
-    /// Records a failure: the first of the server for `failure`, and a warning unless an
-    /// earlier one said the same (a server that went down is told once).
-    fn failed(&self, what: &str, error: &RemoteError) {
+    /// Records a failure of the server as the first one, for `failure` (a server that
+    /// went down is told once: later calls answer `Down`); returns its text.
+    fn failed(&self, what: &str, error: &RemoteError) -> Option<String> {
         if let RemoteError::Down { .. } = error {
-            return;
+            return None;
         }
         let text = format!("remote cache {}: {what}: {error}", self.remote.endpoint());
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| text.clone());
-        self.warn(text);
+        Some(text)
     }
 
     fn warn(&self, text: String) {
@@ -223,7 +224,12 @@ impl Inner {
                 total.0 += sent.blobs;
                 total.1 += sent.bytes;
             }
-            Err(error) => self.failed(&format!("upload of stage `{}`", job.stage), &error),
+            Err(error) => {
+                if let Some(text) = self.failed(&format!("upload of stage `{}`", job.stage), &error)
+                {
+                    self.warn(text);
+                }
+            }
         }
     }
 }
@@ -304,25 +310,14 @@ impl OutputCache for RemoteTier {
                     ))),
                 }
             }
-            Ok(Lookup::Miss(miss)) => {
-                let notable = !matches!(miss, super::results::RemoteMiss::NoEntry);
-                if notable {
-                    inner.warn(format!(
-                        "remote cache {}: stage `{}`: {miss}; the stage ran instead",
-                        inner.remote.endpoint(),
-                        request.meta.stage
-                    ));
-                }
-                Err(if notable {
-                    Miss::Remote(miss.to_string())
-                } else {
-                    Miss::NoEntry
-                })
-            }
-            Err(error) => {
-                inner.failed(&format!("lookup of stage `{}`", request.meta.stage), &error);
-                Err(Miss::Remote(error.to_string()))
-            }
+            // The executor warns of a notable miss (`Miss::Remote`), once per stage.
+            Ok(Lookup::Miss(super::results::RemoteMiss::NoEntry)) => Err(Miss::NoEntry),
+            Ok(Lookup::Miss(miss)) => Err(Miss::Remote(miss.to_string())),
+            Err(error) => match inner.failed("lookup", &error) {
+                Some(_) => Err(Miss::Remote(error.to_string())),
+                // Already told: the server is out of this build.
+                None => Err(Miss::NoEntry),
+            },
         }
     }
 
@@ -344,8 +339,10 @@ impl OutputCache for RemoteTier {
                 Ok(())
             }
             Err(error) => {
-                self.inner
-                    .failed(&format!("upload of stage `{}`", request.meta.stage), &error);
+                let what = format!("upload of stage `{}`", request.meta.stage);
+                if let Some(text) = self.inner.failed(&what, &error) {
+                    self.inner.warn(text);
+                }
                 Ok(())
             }
         }
