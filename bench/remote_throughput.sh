@@ -10,8 +10,9 @@
 # pochi's side is the ignored test `remote_client::bench_throughput` of the `it` test
 # binary, dev profile (pochi's code unoptimized; its dependencies, tonic, prost, sha2,
 # are built with opt-level 2 by Cargo.toml). pochi verifies the SHA-256 of the upload
-# while it streams and of the download before it renames it into place; the Python side
-# hashes before its upload (outside the timing) and only writes the download.
+# while it streams and of the download before it renames it into place. The Python
+# client runs twice per round: as is (it hashes before its upload, outside the timing,
+# and only writes the download) and with --verify (it checks the bytes as pochi does).
 set -euo pipefail
 megabytes="${1:-250}"
 rounds="${2:-3}"
@@ -26,19 +27,24 @@ variant() { # a copy of base.bin with its first bytes replaced, so each blob is 
 field() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 mbps() { python3 -c "print(f'{$megabytes / $1:.0f}')"; }
-echo "round,pochi_upload_MBps,python_upload_MBps,upload_ratio,pochi_download_MBps,python_download_MBps,download_ratio"
+echo "round,pochi_up_MBps,python_up_MBps,python_verify_up_MBps,pochi_down_MBps,python_down_MBps,python_verify_down_MBps,up_ratio,up_ratio_verify,down_ratio,down_ratio_verify"
 for round in $(seq 1 "$rounds"); do
     variant "pochi-$round"
     variant "python-$round"
+    variant "verify-$round"
     pochi="$(cd "$root" && POCHI_BENCH_URL="grpc://127.0.0.1:$port" POCHI_BENCH_FILE="$work/pochi-$round.bin" \
         cargo test -q --test it remote_client::bench_throughput -- --ignored --nocapture 2>&1 \
         | grep '^RESULT')"
     py="$("$python" "$here/remote_throughput_client.py" "127.0.0.1:$port" "$work/python-$round.bin" \
         | grep '^RESULT')"
+    pv="$("$python" "$here/remote_throughput_client.py" "127.0.0.1:$port" "$work/verify-$round.bin" \
+        --verify | grep '^RESULT')"
     ru="$(mbps "$(field "$pochi" upload_s)")"
     pu="$(mbps "$(field "$py" upload_s)")"
+    vu="$(mbps "$(field "$pv" upload_s)")"
     rd="$(mbps "$(field "$pochi" download_s)")"
     pd="$(mbps "$(field "$py" download_s)")"
-    echo "$round,$ru,$pu,$(ratio "$ru" "$pu"),$rd,$pd,$(ratio "$rd" "$pd")"
+    vd="$(mbps "$(field "$pv" download_s)")"
+    echo "$round,$ru,$pu,$vu,$rd,$pd,$vd,$(ratio "$ru" "$pu"),$(ratio "$ru" "$vu"),$(ratio "$rd" "$pd"),$(ratio "$rd" "$vd")"
     rm -f "$work"/*-"$round".bin* 2>/dev/null || true
 done

@@ -230,6 +230,14 @@ impl Tiered {
         dest_for: &dyn Fn(&str) -> PathBuf,
     ) {
         let Some(local) = &self.local else { return };
+        // A remote tier that keeps its downloads in this store already (the REAPI tier
+        // does, to describe them) needs no second store.
+        if local
+            .lookup(request.key)
+            .is_ok_and(|entry| entry.outputs == hit.entry.outputs)
+        {
+            return;
+        }
         let paths: Vec<(String, PathBuf)> = hit
             .entry
             .outputs

@@ -70,18 +70,13 @@ impl<'a> Source<'a> {
                 if *position != offset {
                     file.seek(SeekFrom::Start(offset)).map_err(io)?;
                 }
-                let mut buffer = vec![0u8; len];
-                let mut filled = 0;
-                while filled < len {
-                    match file.read(&mut buffer[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(io(e)),
-                    }
-                }
-                buffer.truncate(filled);
-                *position = offset + filled as u64;
+                // Read into spare capacity: no zeroing of a buffer about to be filled.
+                let mut buffer = Vec::with_capacity(len);
+                (&mut *file)
+                    .take(len as u64)
+                    .read_to_end(&mut buffer)
+                    .map_err(io)?;
+                *position = offset + buffer.len() as u64;
                 Ok(buffer)
             }
         }
