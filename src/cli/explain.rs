@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cache::{LocalCache, Origin};
 use crate::driver::{PlanStatus, Workspace};
 use crate::toolchain::Mode;
 
@@ -64,19 +63,8 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     for reason in &plan.reasons {
         show!("  - {reason}");
     }
-    if plan.status != PlanStatus::Unavailable
-        && let Some(origin) = cached_here(project, s)
-    {
+    if let Some(origin) = super::cache::restorable_from(project, s, plan.status) {
         show!("  it would be restored from cache ({origin}) instead of run");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Where the stage's outputs for its key now are in the local cache, if they are (its
-/// entry is read and checked; its blobs are checked only by a restore).
-fn cached_here(project: &crate::driver::Project, stage: usize) -> Option<Origin> {
-    let (_, key) = crate::driver::standing(project, stage);
-    let cache = LocalCache::from_env().ok()?;
-    cache.lookup(&crate::driver::cache_key_of(&key?)).ok()?;
-    Some(Origin::local(cache.root()))
 }

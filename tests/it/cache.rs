@@ -259,6 +259,18 @@ fn explain_and_the_summary_say_what_was_restored_and_from_where() {
         explain.stdout
     );
 
+    let dry = project.run(&["build", "--dry-run"]);
+    dry.assert_ok();
+    assert!(
+        dry.stderr.contains(&format!(
+            "env `PRECISION` changed: int8 -> fp16 (would be restored from cache (local: {location}))"
+        )),
+        "{}",
+        dry.stderr
+    );
+    let dry = project.run(&["build", "--dry-run", "--no-cache"]);
+    assert!(!dry.stderr.contains("would be restored"), "{}", dry.stderr);
+
     let run = project.build(&[]);
     run.assert_ok();
     let summary = run.summary();
