@@ -5,23 +5,27 @@
 #      STAGES-stage chain of `cp` stages (bench/gen_pipelines.py), every stage up to date:
 #      the stamp path (`pochi build`) and the full check (`pochi build --json`, which
 #      checks every key). Goal: no measurable cost.
-#   2. Switching back: one `command` stage writing an MB MiB output (random bytes from a
+#   2. Switching back (wall and CPU time, user + system with the children, from
+#      /usr/bin/time): one `command` stage writing an MB MiB output (random bytes from a
 #      seed, through `openssl enc`, the stand-in for an export) built for
 #      PRECISION=fp16, then int8 (untimed), then fp16 again, timed: restored from the cache
 #      against the same build with --no-cache (the stage reruns). Goal: the restore costs
 #      a fraction of the rebuild.
 #
 #   bench/cache_build.sh [ROUNDS=9]
-#   POCHI=target/release/pochi STAGES=1000 MB=250 bench/cache_build.sh 9
+#   POCHI=target/release/pochi STAGES=1000 MB=250 NOOP_ROUNDS=30 bench/cache_build.sh 9
+#
+# ROUNDS: rounds of switching back; NOOP_ROUNDS: rounds of no-op builds [3 x ROUNDS].
 #
 # POCHI: the binary [target/debug/pochi; its dependencies (hashing, copying) are built
 # with opt-level 2 in the dev profile]. The cache is a fresh POCHI_OUTPUT_CACHE_DIR under
 # the scratch directory (on the filesystem of $TMPDIR). Prints one CSV row per round and
-# the median ratios. Needs python3, openssl and GNU date.
+# the median ratios. Needs python3, openssl, bc, GNU date and /usr/bin/time (Debian's `time`).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 rounds="${1:-9}"
 stages="${STAGES:-1000}"
+noop_rounds="${NOOP_ROUNDS:-$((rounds * 3))}"
 mb="${MB:-250}"
 pochi="$(realpath "${POCHI:-$here/../target/debug/pochi}")"
 work="$(mktemp -d)"
@@ -44,10 +48,13 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 python3 "$here/gen_pipelines.py" --shape chain --stages "$stages" --out "$work/chain" >/dev/null 2>&1
 cd "$work/chain"
 "$pochi" build -j 2 >/dev/null 2>&1
+# Past the stat cache's racy window (files written in the last 2 s are hashed again).
+sleep 3
+"$pochi" build --json >/dev/null 2>&1
 echo "noop_round,stamp_cache_s,stamp_no_cache_s,full_cache_s,full_no_cache_s"
 stamp_ratios=()
 full_ratios=()
-for round in $(seq 1 "$rounds"); do
+for round in $(seq 1 "$noop_rounds"); do
     # Which goes first alternates, so that neither always follows the other.
     if [ $((round % 2)) = 1 ]; then
         sc="$(timed "$pochi" build)"
@@ -93,28 +100,32 @@ restore_or_rebuild() {
     write_pipeline int8
     "$pochi" build >/dev/null 2>&1
     write_pipeline fp16
-    seconds="$(timed sh -c "'$pochi' build --json ${flags[*]} > '$work/$1.json'")"
+    /usr/bin/time -f "%e %U %S" -o "$work/time" "$pochi" build --json "${flags[@]}" \
+        > "$work/$1.json" 2>/dev/null || { echo "$1 failed" >&2; exit 1; }
     [ "$(count "$work/$1.json" "$expect")" = 1 ] || { echo "$1: not $expect" >&2; exit 1; }
-    echo "$seconds"
+    awk '{printf "%s %.3f\n", $1, $2 + $3}' "$work/time"
 }
-echo "switch_round,restore_s,rebuild_s"
-switch_ratios=()
+echo "switch_round,restore_wall_s,rebuild_wall_s,restore_cpu_s,rebuild_cpu_s"
+switch_walls=()
+switch_cpus=()
 for round in $(seq 1 "$rounds"); do
     # Which goes first alternates (the page cache, the machine's other work).
     if [ $((round % 2)) = 1 ]; then
-        restore="$(restore_or_rebuild restore)"
-        rebuild="$(restore_or_rebuild rebuild)"
+        read -r rw rc < <(restore_or_rebuild restore)
+        read -r bw bc < <(restore_or_rebuild rebuild)
     else
-        rebuild="$(restore_or_rebuild rebuild)"
-        restore="$(restore_or_rebuild restore)"
+        read -r bw bc < <(restore_or_rebuild rebuild)
+        read -r rw rc < <(restore_or_rebuild restore)
     fi
-    switch_ratios+=("$(echo "$restore / $rebuild" | bc -l)")
-    printf '%s,%.3f,%.3f\n' "$round" "$restore" "$rebuild"
+    switch_walls+=("$(echo "$rw / $bw" | bc -l)")
+    switch_cpus+=("$(echo "$rc / $bc" | bc -l)")
+    printf '%s,%.2f,%.2f,%.3f,%.3f\n' "$round" "$rw" "$bw" "$rc" "$bc"
 done
 
 printf 'median cache/no-cache ratio of a no-op build (%s stages): stamp %.3f, full check %.3f\n' \
     "$stages" \
     "$(printf '%s\n' "${stamp_ratios[@]}" | median)" \
     "$(printf '%s\n' "${full_ratios[@]}" | median)"
-printf 'median restore/rebuild ratio of switching back (%s MiB output): %.3f\n' \
-    "$mb" "$(printf '%s\n' "${switch_ratios[@]}" | median)"
+printf 'median restore/rebuild ratio of switching back (%s MiB output): wall %.3f, cpu %.3f\n' \
+    "$mb" "$(printf '%s\n' "${switch_walls[@]}" | median)" \
+    "$(printf '%s\n' "${switch_cpus[@]}" | median)"
