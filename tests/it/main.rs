@@ -18,6 +18,7 @@ mod export;
 mod fuzz_pipeline;
 mod graph_html;
 mod hardening;
+mod layering;
 mod preprocessing;
 mod quantize;
 mod report;
