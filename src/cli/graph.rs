@@ -85,10 +85,7 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
         Format::Json => GraphFormat::Json,
         Format::Html => GraphFormat::Html,
     };
-    print!(
-        "{}",
-        super::output::sanitize(&render::render(&view, format))
-    );
+    super::output::write_stdout(&super::output::sanitize(&render::render(&view, format)));
     super::exit_without_freeing(workspace);
     Ok(ExitCode::SUCCESS)
 }
