@@ -101,6 +101,23 @@ impl SpanError {
         self
     }
 
+    /// Where the error points, in the whole file.
+    pub fn span(&self) -> std::ops::Range<usize> {
+        let span = self.0.span;
+        span.offset()..span.offset() + span.len()
+    }
+
+    /// Whether the error already points at a second place.
+    pub fn has_also(&self) -> bool {
+        self.0.other.is_some()
+    }
+
+    /// The message with `suffix` appended.
+    pub fn with_suffix(mut self, suffix: impl AsRef<str>) -> Self {
+        self.0.message.push_str(suffix.as_ref());
+        self
+    }
+
     pub fn also(mut self, span: std::ops::Range<usize>) -> Self {
         let offset = self.0.offset;
         self.0.other = Some((span.start + offset..span.end + offset).into());

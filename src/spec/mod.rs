@@ -1,6 +1,7 @@
 //! The pipeline file users write: its types, parsed and validated with spans (`parse`).
 
 mod error;
+pub mod matrix;
 mod parse;
 pub mod paths;
 mod schema;
@@ -90,6 +91,8 @@ pub struct Stage {
     pub device_declared: bool,
     pub resources: StageResources,
     pub env: BTreeMap<String, String>,
+    /// For a variant of a matrix stage: the stage it was declared as and its values.
+    pub matrix: Option<matrix::MatrixOf>,
 }
 
 /// A value with the span it came from.

@@ -1,0 +1,862 @@
+//! Parametrized stages: a stage's `matrix = { KEY = [values] }` expands, before its kind
+//! parses it, into one stage per combination of values (`NAME-SEGMENT-SEGMENT`), with
+//! `{matrix.KEY}` substituted in its values and `@references` to matrix stages resolved
+//! to variants (every variant in a list, the matching one in a single value). Spans keep
+//! pointing at the text as written. The rules are in docs/pipeline-format.md.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+use toml::Spanned;
+use toml::de::{DeArray, DeString, DeValue};
+
+use super::error::{SourceFile, SpanError};
+use super::parse::{MAX_NAME_LEN, is_valid_name};
+use super::suggest;
+
+/// The most variants one stage's matrix may make (a typo must not make 10,000 stages).
+pub const MAX_VARIANTS_PER_STAGE: usize = 256;
+/// The most variant stages all the matrices of one pipeline may make together.
+pub const MAX_VARIANTS_PER_PIPELINE: usize = 4096;
+/// The stage key that declares a matrix.
+pub const MATRIX_KEY: &str = "matrix";
+const PLACEHOLDER: &str = "{matrix.";
+
+/// One value of a matrix key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatrixValue {
+    String(String),
+    Integer(i64),
+    /// A finite float, with its text as written (so `1.0` stays `1.0` in strings).
+    Float(f64, String),
+    Boolean(bool),
+}
+
+impl MatrixValue {
+    /// The value as it reads inside a string: `{matrix.KEY}` in `"out/{matrix.KEY}.onnx"`.
+    pub fn text(&self) -> String {
+        match self {
+            MatrixValue::String(text) | MatrixValue::Float(_, text) => text.clone(),
+            MatrixValue::Integer(value) => value.to_string(),
+            MatrixValue::Boolean(value) => value.to_string(),
+        }
+    }
+
+    /// The value as JSON (`status --json`, `graph --format json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            MatrixValue::String(text) => text.clone().into(),
+            MatrixValue::Integer(value) => (*value).into(),
+            MatrixValue::Float(value, _) => (*value).into(),
+            MatrixValue::Boolean(value) => (*value).into(),
+        }
+    }
+
+    /// The piece of a variant's name this value makes: a string as itself (lowercased,
+    /// other characters than a-z, 0-9, `_` and `-` as `_`), a number after its key's
+    /// first letter (`batch = 8` -> `b8`, `0.5` -> `0p5`), a boolean as its key or `no_KEY`.
+    pub fn segment(&self, key: &str) -> String {
+        let initial: String = key.chars().take(1).flat_map(char::to_lowercase).collect();
+        match self {
+            MatrixValue::String(text) => slug(text),
+            MatrixValue::Integer(value) => format!("{initial}{value}"),
+            MatrixValue::Float(_, text) => format!("{initial}{}", slug(&text.replace('.', "p"))),
+            MatrixValue::Boolean(true) => slug(key),
+            MatrixValue::Boolean(false) => format!("no_{}", slug(key)),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            MatrixValue::String(_) => "a string",
+            MatrixValue::Integer(_) => "an integer",
+            MatrixValue::Float(..) => "a float",
+            MatrixValue::Boolean(_) => "a boolean",
+        }
+    }
+
+    /// How the value is shown in messages: as TOML writes it.
+    pub fn display(&self) -> String {
+        match self {
+            MatrixValue::String(text) => format!("{text:?}"),
+            other => other.text(),
+        }
+    }
+}
+
+fn slug(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What a variant stage keeps of its matrix: the stage it was declared as and its values,
+/// in the order the keys are declared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatrixOf {
+    pub base: String,
+    pub values: Vec<(String, MatrixValue)>,
+}
+
+/// One `[stages.NAME]` table as the file gives it; `src` is the piece it was parsed from.
+pub(crate) struct Entry<'a, 'i> {
+    pub src: &'a SourceFile,
+    pub name: &'a Spanned<DeString<'i>>,
+    pub value: &'a Spanned<DeValue<'i>>,
+}
+
+/// One stage after expansion: a plain stage unchanged (borrowed), or a variant with its
+/// own name (spanning the declared name) and table.
+pub(crate) struct Expanded<'a, 'i> {
+    pub src: &'a SourceFile,
+    pub name: Cow<'a, Spanned<DeString<'i>>>,
+    pub value: Cow<'a, Spanned<DeValue<'i>>>,
+    pub matrix: Option<MatrixOf>,
+    /// Where a whole value was replaced by a matrix value, and that value's span.
+    fed: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Expanded<'_, '_> {
+    /// A kind's error about a value the matrix fed also points at the matrix value.
+    pub fn annotate(&self, error: SpanError) -> SpanError {
+        let Some(name) = self.matrix.as_ref().map(|_| self.name.get_ref()) else {
+            return error;
+        };
+        let at = error.span();
+        let fed = self
+            .fed
+            .iter()
+            .find(|(site, _)| self.src.shift(site.clone()) == at);
+        match fed {
+            Some((_, origin)) if !error.has_also() => error
+                .also(origin.clone())
+                .with_suffix(format!(" (the matrix value of variant `{name}`)")),
+            _ => error,
+        }
+    }
+}
+
+/// One declared matrix: its keys and their values, as written.
+struct Decl<'i> {
+    span: Range<usize>,
+    keys: Vec<Spanned<String>>,
+    values: Vec<Vec<(MatrixValue, Spanned<DeValue<'i>>)>>,
+}
+
+impl Decl<'_> {
+    /// The number of combinations, saturating (a huge matrix is an error, not an overflow).
+    fn count(&self) -> usize {
+        self.values
+            .iter()
+            .fold(1usize, |n, list| n.saturating_mul(list.len()))
+    }
+
+    /// Every combination as one value index per key; the first key varies slowest.
+    fn combinations(&self) -> Vec<Vec<usize>> {
+        let mut all = vec![Vec::new()];
+        for list in &self.values {
+            all = all
+                .into_iter()
+                .flat_map(|prefix: Vec<usize>| {
+                    (0..list.len()).map(move |i| {
+                        let mut next = prefix.clone();
+                        next.push(i);
+                        next
+                    })
+                })
+                .collect();
+        }
+        all
+    }
+}
+
+/// A matrix stage's variants, for resolving references to it.
+struct Family<'d> {
+    keys: Vec<&'d str>,
+    variants: Vec<(String, Vec<&'d MatrixValue>)>,
+}
+
+/// Expands every matrix stage of `entries` (in file order) into its variants; plain
+/// stages come back borrowed unless they refer to a matrix stage. `root` is the whole
+/// file, for errors that point at two stages.
+pub(crate) fn expand<'a, 'i>(
+    root: &SourceFile,
+    entries: &[Entry<'a, 'i>],
+) -> Result<Vec<Expanded<'a, 'i>>, SpanError> {
+    let decls: Vec<Option<Decl<'i>>> = entries
+        .par_iter()
+        .map(declaration)
+        .collect::<Result<_, _>>()?;
+    if decls.iter().all(Option::is_none) && !entries.par_iter().any(uses_placeholders) {
+        return Ok(entries.iter().map(plain).collect());
+    }
+    let variants = name_variants(root, entries, &decls)?;
+    let families: HashMap<&str, Family> = entries
+        .iter()
+        .zip(&decls)
+        .zip(&variants)
+        .filter_map(|((entry, decl), names)| {
+            let decl = decl.as_ref()?;
+            let family = Family {
+                keys: decl.keys.iter().map(|k| k.get_ref().as_str()).collect(),
+                variants: names
+                    .iter()
+                    .map(|(name, picks)| (name.clone(), values_of(decl, picks)))
+                    .collect(),
+            };
+            Some((entry.name.get_ref().as_ref(), family))
+        })
+        .collect();
+    let expanded: Vec<Vec<Expanded<'a, 'i>>> = entries
+        .par_iter()
+        .zip(&decls)
+        .zip(&variants)
+        .map(|((entry, decl), names)| match decl {
+            None => rewrite_plain(entry, &families),
+            Some(decl) => names
+                .iter()
+                .map(|(name, picks)| variant(entry, decl, name, picks, &families))
+                .collect(),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(expanded.into_iter().flatten().collect())
+}
+
+fn plain<'a, 'i>(entry: &Entry<'a, 'i>) -> Expanded<'a, 'i> {
+    Expanded {
+        src: entry.src,
+        name: Cow::Borrowed(entry.name),
+        value: Cow::Borrowed(entry.value),
+        matrix: None,
+        fed: Vec::new(),
+    }
+}
+
+fn values_of<'d>(decl: &'d Decl, picks: &[usize]) -> Vec<&'d MatrixValue> {
+    picks
+        .iter()
+        .zip(&decl.values)
+        .map(|(&i, list)| &list[i].0)
+        .collect()
+}
+
+/// Whether a string anywhere in the stage holds `{matrix.` (an error without a matrix).
+fn uses_placeholders(entry: &Entry) -> bool {
+    fn walk(value: &DeValue) -> bool {
+        match value {
+            DeValue::String(text) => text.contains(PLACEHOLDER),
+            DeValue::Array(items) => items.iter().any(|v| walk(v.get_ref())),
+            DeValue::Table(table) => table.values().any(|v| walk(v.get_ref())),
+            _ => false,
+        }
+    }
+    walk(entry.value.get_ref())
+}
+
+/// The stage's `matrix`, checked; `None` for a plain stage (or one whose name is not
+/// valid: parsing it reports that first).
+fn declaration<'i>(entry: &Entry<'_, 'i>) -> Result<Option<Decl<'i>>, SpanError> {
+    let Some(table) = entry.value.get_ref().as_table() else {
+        return Ok(None);
+    };
+    let Some(matrix) = table.get(MATRIX_KEY) else {
+        return Ok(None);
+    };
+    if !is_valid_name(entry.name.get_ref()) {
+        return Ok(None);
+    }
+    let src = entry.src;
+    let Some(keys) = matrix.get_ref().as_table() else {
+        return Err(src
+            .error(matrix.span(), "`matrix` must be a table of lists")
+            .with_help("write matrix = { precision = [\"fp16\", \"int8\"], batch = [1, 8] }"));
+    };
+    if keys.is_empty() {
+        return Err(src
+            .error(matrix.span(), "`matrix` is empty")
+            .with_label("no keys")
+            .with_help("give it at least one key with a list of values, e.g. matrix = { precision = [\"fp16\", \"int8\"] }, or remove it"));
+    }
+    let mut decl = Decl {
+        span: matrix.span(),
+        keys: Vec::new(),
+        values: Vec::new(),
+    };
+    for (key, list) in keys.iter() {
+        check_key(src, key)?;
+        decl.values.push(key_values(src, key.get_ref(), list)?);
+        decl.keys
+            .push(Spanned::new(key.span(), key.get_ref().to_string()));
+    }
+    let count = decl.count();
+    if count > MAX_VARIANTS_PER_STAGE {
+        return Err(src
+            .error(matrix.span(), format!("the matrix of stage `{}` makes {} variants; at most {MAX_VARIANTS_PER_STAGE} are allowed", entry.name.get_ref(), shown_count(count)))
+            .with_label("too many combinations")
+            .with_help("check the lists for a typo; split the stage into several if you really need more variants"));
+    }
+    Ok(Some(decl))
+}
+
+fn shown_count(count: usize) -> String {
+    if count == usize::MAX {
+        "more than 18446744073709551614".into()
+    } else {
+        count.to_string()
+    }
+}
+
+/// A matrix key is an identifier, so that `{matrix.KEY}` can name it.
+fn check_key(src: &SourceFile, key: &Spanned<DeString>) -> Result<(), SpanError> {
+    let name = key.get_ref();
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        return Ok(());
+    }
+    Err(src
+        .error(key.span(), format!("matrix key `{}` is not an identifier", name.escape_debug()))
+        .with_label("not an identifier")
+        .with_help("a matrix key uses letters, digits and `_` and does not start with a digit (it is written `{matrix.KEY}`), e.g. `batch_size`"))
+}
+
+/// The values of one key: a non-empty list of strings, integers, floats or booleans, all
+/// of one type, none twice.
+fn key_values<'i>(
+    src: &SourceFile,
+    key: &str,
+    list: &Spanned<DeValue<'i>>,
+) -> Result<Vec<(MatrixValue, Spanned<DeValue<'i>>)>, SpanError> {
+    let Some(items) = list.get_ref().as_array() else {
+        return Err(src
+            .error(list.span(), format!("`matrix.{key}` must be a list of values"))
+            .with_label("not a list")
+            .with_help(format!("write {key} = [...], e.g. {key} = [\"fp16\", \"int8\"]")));
+    };
+    if items.is_empty() {
+        return Err(src
+            .error(list.span(), format!("`matrix.{key}` is an empty list"))
+            .with_label("no values")
+            .with_help("an empty list would make no stages at all; give it at least one value or remove the key"));
+    }
+    let mut values: Vec<(MatrixValue, Spanned<DeValue<'i>>)> = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        let value = matrix_value(src, key, item)?;
+        if let Some((first, _)) = values.first()
+            && std::mem::discriminant(first) != std::mem::discriminant(&value)
+        {
+            return Err(src
+                .error(item.span(), format!("the values of `matrix.{key}` are not all of one type: {} is {}, {} is {}", first.display(), first.type_name(), value.display(), value.type_name()))
+                .also(values[0].1.span())
+                .with_help("give a key values of one type; quote them all to make strings"));
+        }
+        if let Some((_, twin)) = values.iter().find(|(v, _)| *v == value) {
+            return Err(src
+                .error(item.span(), format!("the value {} appears twice in `matrix.{key}`", value.display()))
+                .also(twin.span())
+                .with_label("again here")
+                .with_help("two equal values would make two identical variants; remove one"));
+        }
+        values.push((value, item.clone()));
+    }
+    Ok(values)
+}
+
+fn matrix_value(
+    src: &SourceFile,
+    key: &str,
+    item: &Spanned<DeValue>,
+) -> Result<MatrixValue, SpanError> {
+    let value = match item.get_ref() {
+        DeValue::String(text) => {
+            if text.is_empty() || text.contains(['{', '}']) {
+                return Err(src
+                    .error(item.span(), format!("`matrix.{key}` holds a string that cannot be a matrix value"))
+                    .with_label("empty, or holding a brace")
+                    .with_help("a string value names its variants, so it is not empty, and it holds no `{` or `}`"));
+            }
+            Some(MatrixValue::String(text.to_string()))
+        }
+        DeValue::Integer(int) => i64::from_str_radix(int.as_str(), int.radix())
+            .ok()
+            .map(MatrixValue::Integer),
+        DeValue::Float(float) => float
+            .as_str()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| MatrixValue::Float(f, float.as_str().to_string())),
+        DeValue::Boolean(value) => Some(MatrixValue::Boolean(*value)),
+        _ => {
+            return Err(src
+                .error(item.span(), format!("a value of `matrix.{key}` must be a string, an integer, a float or a boolean, not {}", item.get_ref().type_str()))
+                .with_help("lists and tables cannot be matrix values; give each combination a scalar and derive the rest from it"));
+        }
+    };
+    value.ok_or_else(|| {
+        src.error(
+            item.span(),
+            format!("a value of `matrix.{key}` is out of range or not finite"),
+        )
+        .with_help("use an integer that fits in 64 bits, or a finite float")
+    })
+}
+
+/// Each matrix stage's variant names (with their value picks), checked against each other
+/// and against every stage name: a clash is an error pointing at both.
+type Names = Vec<(String, Vec<usize>)>;
+
+fn name_variants(
+    root: &SourceFile,
+    entries: &[Entry],
+    decls: &[Option<Decl>],
+) -> Result<Vec<Names>, SpanError> {
+    let abs = |entry: &Entry, span: Range<usize>| entry.src.shift(span);
+    let mut taken: HashMap<String, Range<usize>> = HashMap::new();
+    for entry in entries {
+        taken.insert(entry.name.get_ref().to_string(), abs(entry, entry.name.span()));
+    }
+    let mut total = 0usize;
+    let mut all = Vec::with_capacity(entries.len());
+    for (entry, decl) in entries.iter().zip(decls) {
+        let Some(decl) = decl else {
+            all.push(Vec::new());
+            continue;
+        };
+        total += decl.count();
+        if total > MAX_VARIANTS_PER_PIPELINE {
+            return Err(root
+                .error(abs(entry, decl.span.clone()), format!("the pipeline's matrices make more than {MAX_VARIANTS_PER_PIPELINE} variant stages"))
+                .with_label("this matrix crosses the limit")
+                .with_help("check the lists for a typo; a pipeline's matrices make at most that many stages together"));
+        }
+        let base = entry.name.get_ref();
+        let mut names = Vec::with_capacity(decl.count());
+        for picks in decl.combinations() {
+            let name = variant_name(base, decl, &picks);
+            let span = abs(entry, entry.name.span());
+            if !is_valid_name(&name) {
+                return Err(root
+                    .error(abs(entry, decl.span.clone()), format!("the variant name `{}...` of stage `{base}` is longer than {MAX_NAME_LEN} characters", &name[..name.floor_char_boundary(40)]))
+                    .with_help("shorten the stage's name or its string values"));
+            }
+            if let Some(other) = taken.insert(name.clone(), span.clone()) {
+                return Err(clash(root, &name, base, decl, &picks, span, other));
+            }
+            names.push((name, picks));
+        }
+        all.push(names);
+    }
+    Ok(all)
+}
+
+fn variant_name(base: &str, decl: &Decl, picks: &[usize]) -> String {
+    let mut name = base.to_string();
+    for ((key, list), &i) in decl.keys.iter().zip(&decl.values).zip(picks) {
+        name.push('-');
+        name.push_str(&list[i].0.segment(key.get_ref()));
+    }
+    name
+}
+
+fn clash(
+    root: &SourceFile,
+    name: &str,
+    base: &str,
+    decl: &Decl,
+    picks: &[usize],
+    span: Range<usize>,
+    other: Range<usize>,
+) -> SpanError {
+    let values = describe(decl.keys.iter().map(|k| k.get_ref().as_str()), values_of(decl, picks));
+    root.error(
+        span,
+        format!("the variant `{name}` of stage `{base}` ({values}) has the name of another stage or variant"),
+    )
+    .with_label("variant declared here")
+    .also(other)
+    .with_help("variant names are NAME-VALUE-...; rename a stage, or make the values differ after lowercasing and with characters other than a-z, 0-9, `_` and `-` as `_`")
+}
+
+/// `precision = "fp16", batch = 1`
+fn describe<'v>(
+    keys: impl IntoIterator<Item = &'v str>,
+    values: impl IntoIterator<Item = &'v MatrixValue>,
+) -> String {
+    keys.into_iter()
+        .zip(values)
+        .map(|(k, v)| format!("{k} = {}", v.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A plain stage: borrowed unless it refers to a matrix stage (then those references are
+/// resolved) or writes `{matrix.KEY}` (an error: it has no matrix).
+fn rewrite_plain<'a, 'i>(
+    entry: &Entry<'a, 'i>,
+    families: &HashMap<&str, Family>,
+) -> Result<Vec<Expanded<'a, 'i>>, SpanError> {
+    let mut rewriter = Rewriter {
+        src: entry.src,
+        stage: entry.name.get_ref(),
+        keys: &[],
+        values: Vec::new(),
+        families,
+        fed: Vec::new(),
+        changed: false,
+    };
+    let mut value = entry.value.clone();
+    rewriter.stage_table(&mut value)?;
+    if !rewriter.changed {
+        return Ok(vec![plain(entry)]);
+    }
+    Ok(vec![Expanded {
+        src: entry.src,
+        name: Cow::Borrowed(entry.name),
+        value: Cow::Owned(value),
+        matrix: None,
+        fed: Vec::new(),
+    }])
+}
+
+fn variant<'a, 'i>(
+    entry: &Entry<'a, 'i>,
+    decl: &Decl<'i>,
+    name: &str,
+    picks: &[usize],
+    families: &HashMap<&str, Family>,
+) -> Result<Expanded<'a, 'i>, SpanError> {
+    let mut rewriter = Rewriter {
+        src: entry.src,
+        stage: entry.name.get_ref(),
+        keys: &decl.keys,
+        values: picks
+            .iter()
+            .zip(&decl.values)
+            .map(|(&i, list)| &list[i])
+            .collect(),
+        families,
+        fed: Vec::new(),
+        changed: true,
+    };
+    let mut value = entry.value.clone();
+    if let DeValue::Table(table) = value.get_mut() {
+        table.remove(MATRIX_KEY);
+    }
+    rewriter.stage_table(&mut value)?;
+    Ok(Expanded {
+        src: entry.src,
+        name: Cow::Owned(Spanned::new(entry.name.span(), Cow::Owned(name.to_string()))),
+        value: Cow::Owned(value),
+        matrix: Some(MatrixOf {
+            base: entry.name.get_ref().to_string(),
+            values: decl
+                .keys
+                .iter()
+                .zip(&rewriter.values)
+                .map(|(k, (v, _))| (k.get_ref().clone(), v.clone()))
+                .collect(),
+        }),
+        fed: rewriter.fed,
+    })
+}
+
+/// Where in a stage a value sits: `run` and `env` are text (a whole `{matrix.KEY}` stays
+/// a string, `@` is not a reference), `needs` lists stage names, the rest may hold
+/// `@references`.
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    Text,
+    Needs,
+    Values,
+}
+
+/// Rewrites one stage's table for one variant (or a plain stage, with no keys).
+struct Rewriter<'r, 'i> {
+    src: &'r SourceFile,
+    stage: &'r str,
+    keys: &'r [Spanned<String>],
+    values: Vec<&'r (MatrixValue, Spanned<DeValue<'i>>)>,
+    families: &'r HashMap<&'r str, Family<'r>>,
+    fed: Vec<(Range<usize>, Range<usize>)>,
+    changed: bool,
+}
+
+impl<'i> Rewriter<'_, 'i> {
+    fn stage_table(&mut self, value: &mut Spanned<DeValue<'i>>) -> Result<(), SpanError> {
+        let DeValue::Table(table) = value.get_mut() else {
+            return Ok(());
+        };
+        for (key, item) in table.iter_mut() {
+            let place = match key.get_ref().as_ref() {
+                "run" | "env" => Place::Text,
+                "needs" => Place::Needs,
+                "kind" => continue,
+                _ => Place::Values,
+            };
+            self.value(item, place)?;
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, item: &mut Spanned<DeValue<'i>>, place: Place) -> Result<(), SpanError> {
+        if item.get_ref().is_str() {
+            self.substitute(item, place)?;
+            if place == Place::Values {
+                self.pick_variant(item)?;
+            }
+            return Ok(());
+        }
+        match item.get_mut() {
+            DeValue::Array(items) => {
+                for element in items.iter_mut() {
+                    self.value_in_list(element, place)?;
+                }
+                if place != Place::Text {
+                    self.expand_list(items, place);
+                }
+            }
+            DeValue::Table(table) => {
+                for (_, element) in table.iter_mut() {
+                    self.value(element, place)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// An element of a list: substituted; a reference in it names every variant (below).
+    fn value_in_list(
+        &mut self,
+        element: &mut Spanned<DeValue<'i>>,
+        place: Place,
+    ) -> Result<(), SpanError> {
+        match element.get_ref() {
+            DeValue::String(_) => self.substitute(element, place),
+            _ => self.value(element, place),
+        }
+    }
+
+    /// `{matrix.KEY}` in a string replaced by the value; a string that is only
+    /// `{matrix.KEY}` (outside `run` and `env`) becomes the value, with its type.
+    fn substitute(
+        &mut self,
+        item: &mut Spanned<DeValue<'i>>,
+        place: Place,
+    ) -> Result<(), SpanError> {
+        let span = item.span();
+        let Some(text) = item.get_ref().as_str().filter(|t| t.contains(PLACEHOLDER)) else {
+            return Ok(());
+        };
+        let whole = text
+            .strip_prefix(PLACEHOLDER)
+            .and_then(|rest| rest.strip_suffix('}'))
+            .filter(|key| !key.contains(['{', '}']));
+        if let (Some(key), true) = (whole, place != Place::Text) {
+            let index = self.key_index(key, span.clone())?;
+            let (_, origin) = self.values[index];
+            self.fed.push((span.clone(), origin.span()));
+            *item = Spanned::new(span, origin.get_ref().clone());
+        } else {
+            let text = substitute_text(text, |key| {
+                self.key_index(key, span.clone())
+                    .map(|i| self.values[i].0.text())
+            })?;
+            *item = Spanned::new(span, DeValue::String(Cow::Owned(text)));
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    fn key_index(&self, key: &str, span: Range<usize>) -> Result<usize, SpanError> {
+        if let Some(index) = self.keys.iter().position(|k| k.get_ref() == key) {
+            return Ok(index);
+        }
+        if self.keys.is_empty() {
+            return Err(self
+                .src
+                .error(span, format!("`{{matrix.{key}}}` in stage `{}`, which has no matrix", self.stage))
+                .with_label("no matrix value")
+                .with_help(format!("declare `matrix = {{ {key} = [...] }}` in the stage; in `run`, write `{{{{matrix.{key}}}}}` for the text itself")));
+        }
+        let keys: Vec<&str> = self.keys.iter().map(|k| k.get_ref().as_str()).collect();
+        Err(self
+            .src
+            .error(span, format!("unknown matrix key `{key}` in `{{matrix.{key}}}`"))
+            .with_label("not a key of this stage's matrix")
+            .with_help(suggest::hint(key, &keys)))
+    }
+
+    /// A single `@stage` or `@stage.key` naming a matrix stage becomes the one variant
+    /// whose values agree with this variant's on the keys they share.
+    fn pick_variant(&mut self, item: &mut Spanned<DeValue<'i>>) -> Result<(), SpanError> {
+        let Some((base, key, family)) = item.get_ref().as_str().and_then(|t| self.reference(t))
+        else {
+            return Ok(());
+        };
+        let candidates: Vec<&str> = family
+            .variants
+            .iter()
+            .filter(|(_, values)| self.agrees(family, values))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let [chosen] = candidates[..] else {
+            return Err(self.ambiguous(item.span(), base, family, &candidates));
+        };
+        let text = match key {
+            Some(key) => format!("@{chosen}.{key}"),
+            None => format!("@{chosen}"),
+        };
+        *item = Spanned::new(item.span(), DeValue::String(Cow::Owned(text)));
+        self.changed = true;
+        Ok(())
+    }
+
+    /// `@base` or `@base.key` where `base` is a matrix stage.
+    fn reference<'t>(&self, text: &'t str) -> Option<(&'t str, Option<&'t str>, &'_ Family<'_>)> {
+        let reference = text.strip_prefix('@')?;
+        let (base, key) = match reference.split_once('.') {
+            Some((base, key)) => (base, Some(key)),
+            None => (reference, None),
+        };
+        self.families.get(base).map(|family| (base, key, family))
+    }
+
+    fn agrees(&self, family: &Family, values: &[&MatrixValue]) -> bool {
+        self.keys.iter().zip(&self.values).all(|(key, (mine, _))| {
+            family
+                .keys
+                .iter()
+                .position(|k| *k == key.get_ref())
+                .is_none_or(|i| values[i] == mine)
+        })
+    }
+
+    fn ambiguous(
+        &self,
+        span: Range<usize>,
+        base: &str,
+        family: &Family,
+        candidates: &[&str],
+    ) -> SpanError {
+        let listed = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("\"@{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let all: Vec<&str> = family.variants.iter().map(|(n, _)| n.as_str()).collect();
+        if candidates.is_empty() {
+            let mine = describe(
+                self.keys.iter().map(|k| k.get_ref().as_str()),
+                self.values.iter().map(|(v, _)| v),
+            );
+            return self
+                .src
+                .error(span, format!("no variant of `{base}` matches this stage's {mine}"))
+                .with_label("no matching variant")
+                .with_help(format!("`{base}`'s variants are {}; add the value to its matrix or name a variant", listed(&all)));
+        }
+        let shared: Vec<&str> = family.keys.clone();
+        self.src
+            .error(span, format!("`@{base}` is a matrix stage with {} variants here, and this value takes one", candidates.len()))
+            .with_label("which variant?")
+            .with_help(format!(
+                "name one of {}, or give stage `{}` a matrix with the keys {} so each of its variants reads its own",
+                listed(candidates),
+                self.stage,
+                shared.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ))
+    }
+
+    /// In a list, `@base` (or `base` in `needs`) of a matrix stage names every variant.
+    fn expand_list(&mut self, items: &mut DeArray<'i>, place: Place) {
+        let expands = |item: &Spanned<DeValue>| {
+            item.get_ref().as_str().is_some_and(|t| match place {
+                Place::Needs => self.families.contains_key(t),
+                _ => self.reference(t).is_some(),
+            })
+        };
+        if !items.iter().any(expands) {
+            return;
+        }
+        let mut expanded = DeArray::new();
+        for item in items.iter() {
+            let Some(text) = item.get_ref().as_str().filter(|_| expands(item)) else {
+                expanded.push(item.clone());
+                continue;
+            };
+            for name in self.every_variant(text, place) {
+                expanded.push(Spanned::new(item.span(), DeValue::String(Cow::Owned(name))));
+            }
+        }
+        *items = expanded;
+        self.changed = true;
+    }
+
+    fn every_variant(&self, text: &str, place: Place) -> Vec<String> {
+        if let Some(family) = self.families.get(text).filter(|_| place == Place::Needs) {
+            return family.variants.iter().map(|(n, _)| n.clone()).collect();
+        }
+        let Some((_, key, family)) = self.reference(text) else {
+            return vec![text.to_string()];
+        };
+        family
+            .variants
+            .iter()
+            .map(|(name, _)| match key {
+                Some(key) => format!("@{name}.{key}"),
+                None => format!("@{name}"),
+            })
+            .collect()
+    }
+}
+
+/// `text` with each `{matrix.KEY}` replaced by `value(KEY)`; `{{` and `}}` stay as
+/// written (the kinds read them as literal braces).
+fn substitute_text(
+    text: &str,
+    mut value: impl FnMut(&str) -> Result<String, SpanError>,
+) -> Result<String, SpanError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(['{', '}']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..2]);
+            rest = &tail[2..];
+            continue;
+        }
+        let placeholder = tail
+            .strip_prefix(PLACEHOLDER)
+            .and_then(|after| after.find('}').map(|end| &after[..end]))
+            .filter(|key| !key.contains('{'));
+        match placeholder {
+            Some(key) => {
+                out.push_str(&value(key)?);
+                rest = &tail[PLACEHOLDER.len() + key.len() + 1..];
+            }
+            None => {
+                out.push_str(&tail[..1]);
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
