@@ -771,15 +771,20 @@ impl<'i> Rewriter<'_, 'i> {
                 .with_label("no matching variant")
                 .with_help(format!("`{base}`'s variants are {}; add the value to its matrix or name a variant", listed(&all)));
         }
-        let shared: Vec<&str> = family.keys.clone();
+        let count = if candidates.len() == all.len() {
+            format!("a matrix stage of {} variants", all.len())
+        } else {
+            format!("a matrix stage; {} of its variants match this stage's values", candidates.len())
+        };
+        let keys: Vec<String> = family.keys.iter().map(|k| format!("`{k}`")).collect();
         self.src
-            .error(span, format!("`@{base}` is a matrix stage with {} variants here, and this value takes one", candidates.len()))
+            .error(span, format!("`@{base}` is {count}, and this value takes one"))
             .with_label("which variant?")
             .with_help(format!(
                 "name one of {}, or give stage `{}` a matrix with the keys {} so each of its variants reads its own",
                 listed(candidates),
                 self.stage,
-                shared.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                keys.join(", ")
             ))
     }
 
@@ -859,4 +864,188 @@ fn substitute_text(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{InputSource, Pipeline, parse_pipeline};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Pipeline, String> {
+        parse_pipeline(Path::new("/p/pipeline.toml"), text.to_string())
+            .map_err(|error| format!("{error:?}"))
+    }
+
+    fn names(pipeline: &Pipeline) -> Vec<&str> {
+        pipeline.stages.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    const ENGINE: &str = r#"
+[stages.onnx]
+kind = "command"
+run = ["true"]
+outputs = { out = "m.onnx" }
+
+[stages.engine]
+kind = "engine"
+matrix = { precision = ["fp16", "int8"], batch = [1, 8] }
+onnx = "@onnx"
+precision = "{matrix.precision}"
+batch = "{matrix.batch}"
+output = "build/{matrix.precision}/b{matrix.batch}.engine"
+"#;
+
+    #[test]
+    fn segments_are_strings_or_key_initials_with_numbers() {
+        let segment = |v: MatrixValue, key: &str| v.segment(key);
+        assert_eq!(segment(MatrixValue::String("fp16".into()), "precision"), "fp16");
+        assert_eq!(segment(MatrixValue::String("Cuda:0 x".into()), "d"), "cuda_0_x");
+        assert_eq!(segment(MatrixValue::Integer(8), "batch"), "b8");
+        assert_eq!(segment(MatrixValue::Integer(-1), "Size"), "s-1");
+        assert_eq!(segment(MatrixValue::Float(0.25, "0.25".into()), "overlap"), "o0p25");
+        assert_eq!(segment(MatrixValue::Boolean(true), "sparse"), "sparse");
+        assert_eq!(segment(MatrixValue::Boolean(false), "sparse"), "no_sparse");
+    }
+
+    #[test]
+    fn placeholders_are_replaced_and_escaped_braces_kept() {
+        let value = |key: &str| Ok(format!("<{key}>"));
+        assert_eq!(
+            substitute_text("a {matrix.x}/{matrix.y_1} {{matrix.x}} }} {inputs.i} {matrix.", value).unwrap(),
+            "a <x>/<y_1> {{matrix.x}} }} {inputs.i} {matrix."
+        );
+        assert_eq!(substitute_text("{{{matrix.x}}}", value).unwrap(), "{{<x>}}");
+    }
+
+    #[test]
+    fn a_matrix_expands_into_one_typed_stage_per_combination_in_key_order() {
+        let pipeline = parse(ENGINE).unwrap();
+        assert_eq!(
+            names(&pipeline),
+            ["engine-fp16-b1", "engine-fp16-b8", "engine-int8-b1", "engine-int8-b8", "onnx"]
+        );
+        let variant = &pipeline.stages[1];
+        let params = variant.kind.params();
+        assert_eq!(params["batch"]["opt"], 8, "{params}");
+        assert_eq!(params["precision"], "fp16", "{params}");
+        assert_eq!(
+            variant.kind.outputs()[0].path,
+            Path::new("build/fp16/b8.engine")
+        );
+        let matrix = variant.matrix.as_ref().unwrap();
+        assert_eq!(matrix.base, "engine");
+        assert_eq!(
+            matrix.values,
+            [
+                ("precision".to_string(), MatrixValue::String("fp16".into())),
+                ("batch".to_string(), MatrixValue::Integer(8)),
+            ]
+        );
+        // Every variant's name points at the declared name.
+        let declared = ENGINE.find("engine]").unwrap();
+        assert_eq!(variant.span, declared..declared + "engine".len());
+        assert!(pipeline.stages[4].matrix.is_none());
+    }
+
+    fn source_of(pipeline: &Pipeline, stage: &str, input: usize) -> InputSource {
+        let stage = pipeline.stages.iter().find(|s| s.name == stage).unwrap();
+        stage.kind.inputs()[input].source.clone()
+    }
+
+    fn output_of(stage: &str) -> InputSource {
+        InputSource::Output {
+            stage: stage.into(),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn a_single_reference_pairs_variants_and_a_list_takes_them_all() {
+        let text = format!(
+            "{ENGINE}
+[stages.check]
+kind = \"command\"
+matrix = {{ batch = [8, 1], precision = [\"int8\"] }}
+run = [\"true\", \"@engine\"]
+inputs = {{ e = \"@engine\", m = \"@engine.manifest\" }}
+outputs = {{ out = \"c/{{matrix.batch}}\" }}
+needs = [\"engine\", \"onnx\"]
+
+[stages.report]
+kind = \"report\"
+models = [\"@onnx\", \"@engine\"]
+data = \"d.npy\"
+"
+        );
+        let pipeline = parse(&text).unwrap();
+        assert_eq!(source_of(&pipeline, "check-b8-int8", 0), output_of("engine-int8-b8"));
+        assert_eq!(
+            source_of(&pipeline, "check-b1-int8", 1),
+            InputSource::Output {
+                stage: "engine-int8-b1".into(),
+                key: Some("manifest".into())
+            }
+        );
+        let check = pipeline.stages.iter().find(|s| s.name == "check-b1-int8").unwrap();
+        let needs: Vec<&str> = check.needs.iter().map(|n| n.value.as_str()).collect();
+        assert_eq!(
+            needs,
+            ["engine-fp16-b1", "engine-fp16-b8", "engine-int8-b1", "engine-int8-b8", "onnx"]
+        );
+        // `run` is text: "@engine" stays as written.
+        assert!(format!("{:?}", check.kind.params()).contains("@engine\""));
+        let report = pipeline.stages.iter().find(|s| s.name == "report").unwrap();
+        let models: Vec<InputSource> =
+            report.kind.inputs()[..5].iter().map(|i| i.source.clone()).collect();
+        assert_eq!(
+            models,
+            ["onnx", "engine-fp16-b1", "engine-fp16-b8", "engine-int8-b1", "engine-int8-b8"]
+                .map(output_of)
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_matrix() {
+        let error = |matrix: &str| {
+            parse(&ENGINE.replace(
+                "{ precision = [\"fp16\", \"int8\"], batch = [1, 8] }",
+                matrix,
+            ))
+            .unwrap_err()
+        };
+        assert!(error("{}").contains("`matrix` is empty"));
+        assert!(error("{ precision = [], batch = [1] }").contains("`matrix.precision` is an empty list"));
+        assert!(error("{ precision = \"fp16\", batch = [1] }").contains("must be a list"));
+        assert!(error("{ \"pre-cision\" = [\"fp16\"], batch = [1] }").contains("matrix key `pre-cision` is not an identifier"));
+        assert!(error("{ precision = [\"fp16\", 1], batch = [1] }").contains("not all of one type"));
+        assert!(error("{ precision = [\"fp16\", \"fp16\"], batch = [1] }").contains("appears twice"));
+        assert!(error("{ precision = [\"fp16\", \"FP16\"], batch = [1] }").contains("has the name of another stage or variant"));
+        assert!(error("{ precision = [[1]], batch = [1] }").contains("not array"));
+        assert!(error("{ precision = [nan], batch = [1] }").contains("not finite"));
+        let many: Vec<String> = (0..17).map(|i| i.to_string()).collect();
+        let many = format!("[{}]", many.join(", "));
+        let message = error(&format!("{{ precision = [\"fp16\"], batch = {many}, x = {many} }}"));
+        assert!(message.contains("makes 289 variants; at most 256"), "{message}");
+        let wrong = error("{ precision = [\"fp16\"], batch = [\"one\"] }");
+        assert!(wrong.contains("(the matrix value of variant `engine-fp16-one`)"), "{wrong}");
+        let unknown = parse(&ENGINE.replace("{matrix.batch}.engine", "{matrix.bacth}.engine")).unwrap_err();
+        assert!(unknown.contains("unknown matrix key `bacth`") && unknown.contains("did you mean `batch`?"), "{unknown}");
+    }
+
+    #[test]
+    fn the_pipeline_limit_counts_every_matrix() {
+        let values: Vec<String> = (0..256).map(|i| i.to_string()).collect();
+        let mut text = String::new();
+        for s in 0..17 {
+            text.push_str(&format!(
+                "[stages.s{s}]\nkind = \"command\"\nmatrix = {{ n = [{}] }}\nrun = [\"true\"]\noutputs = {{ o = \"o/{s}/{{matrix.n}}\" }}\n",
+                values.join(", ")
+            ));
+        }
+        let message = parse(&text).unwrap_err();
+        assert!(message.contains("make more than 4096 variant stages"), "{message}");
+        let at_the_limit = &text[..text.find("[stages.s16]").unwrap()];
+        assert_eq!(parse(at_the_limit).unwrap().stages.len(), 4096);
+    }
 }

@@ -778,6 +778,27 @@ mod tests {
                 t.replace("name = \"p\"", "name = \"P\"")
                     .replace("[stages.s90]\nkind = \"command\"", "[stages.s90]\nkind = ")
             }),
+            // A matrix stage read by a plain stage (an error), then by a matrix stage (paired).
+            Box::new(|t| {
+                t.replace(
+                    "[stages.s70]\nkind = \"command\"",
+                    "[stages.s70]\nkind = \"command\"\nmatrix = { p = [\"a\", \"b\"] }",
+                )
+                .replace("out/70.txt", "out/70-{matrix.p}.txt")
+            }),
+            Box::new(|t| {
+                t.replace(
+                    "[stages.s70]\nkind = \"command\"",
+                    "[stages.s70]\nkind = \"command\"\nmatrix = { p = [\"a\", \"b\"] }",
+                )
+                .replace("out/70.txt", "out/70-{matrix.p}.txt")
+                .replace(
+                    "[stages.s71]\nkind = \"command\"",
+                    "[stages.s71]\nkind = \"command\"\nmatrix = { p = [\"b\", \"a\"] }",
+                )
+                .replace("out/71.txt", "out/71-{matrix.p}.txt")
+                .replace("{ i = \"@s71\" }", "{ i = \"@s71-a\" }")
+            }),
         ];
         for (index, tweak) in tweaks.iter().enumerate() {
             let text = chain(100, tweak);
@@ -785,6 +806,12 @@ mod tests {
             let cut = rendered(parse_pipeline(path, text.clone()));
             let whole = rendered(parse_document(path, text, false));
             assert_eq!(cut, whole, "tweak {index}");
+            if index == 9 {
+                assert!(cut.contains("is a matrix stage"), "{cut}");
+            }
+            if index == 10 {
+                assert!(cut.contains("\"s71-a\"") && cut.contains("\"s70-a\""), "{cut}");
+            }
         }
     }
 
