@@ -79,7 +79,9 @@ pub struct SpanDetails {
     pub message: String,
     #[source_code]
     pub src: NamedSource<Arc<String>>,
-    #[label("{label}")]
+    /// The primary label: `file:line:col` in the header is its start, even when the
+    /// second label comes first in the file.
+    #[label(primary, "{label}")]
     pub span: SourceSpan,
     pub label: String,
     #[label("also here")]

@@ -366,7 +366,7 @@ fn key_values<'i>(
             return Err(src
                 .error(item.span(), format!("the value {} appears twice in `matrix.{key}`", value.display()))
                 .also(twin.span())
-                .with_label("again here")
+                .with_label("the same value again")
                 .with_help("two equal values would make two identical variants; remove one"));
         }
         values.push((value, item.clone()));
