@@ -439,6 +439,7 @@ const OUTPUT_KEYS: &[&str] = &[
 /// control characters, placeholders.
 const PATHS: &[&str] = &[
     "build/out.txt",
+    "build/{matrix.p}/{matrix.n}.txt",
     "build/a/b.onnx",
     "data",
     "demo_data/words.txt",
@@ -484,9 +485,6 @@ const PATHS: &[&str] = &[
     "a/./b/.",
 ];
 const STRINGS: &[&str] = &[
-    "{matrix.p}",
-    "{matrix.n}",
-    "out/{matrix.p}-{matrix.batch}",
     "fp16",
     "fp32",
     "bf16",
@@ -1293,7 +1291,7 @@ impl Writer<'_> {
             }
         }
         for &(key, slot) in COMMON_KEYS {
-            if self.g.chance(25) {
+            if self.g.chance(if key == "matrix" { 10 } else { 25 }) {
                 let value = self.clean_value(key).unwrap_or_else(|| self.value(slot));
                 lines.push(format!("{key} = {value}"));
             }
