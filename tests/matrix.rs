@@ -183,3 +183,66 @@ fn a_new_value_builds_only_the_new_variants() {
     let run = project.build(&[]);
     assert_eq!(run.ran(), ["report"]);
 }
+
+/// Validates every TOML file in the project directory against `pochi schema` with the
+/// Python `jsonschema` library (a peer implementation of JSON Schema), printing one line
+/// per file: `NAME ok` or `NAME invalid: MESSAGE`.
+const VALIDATE: &str = r#"
+import json, sys, tomllib, pathlib
+sys.path.insert(0, sys.argv[1])
+import jsonschema
+schema = json.loads(pathlib.Path("schema.json").read_text())
+validator = jsonschema.Draft202012Validator(schema)
+for path in sorted(pathlib.Path(".").glob("*.toml")):
+    errors = sorted(validator.iter_errors(tomllib.loads(path.read_text())), key=str)
+    print(path.name, "ok" if not errors else "invalid: " + errors[0].message)
+"#;
+
+#[test]
+fn the_schema_describes_matrices_and_accepts_the_examples() {
+    let project = Project::new(PIPELINE);
+    let schema = project.run(&["schema"]);
+    schema.assert_ok();
+    project.write("schema.json", &schema.stdout);
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for name in ["resnet18.toml", "demo.toml"] {
+        project.write(name, &std::fs::read_to_string(examples.join(name)).unwrap());
+    }
+    // Typed placeholders in an integer, a table and a list, and two that are not valid.
+    project.write(
+        "typed.toml",
+        "[stages.e]\nkind = \"engine\"\nmatrix = { b = [1, 8], s = [96] }\nonnx = \"m.onnx\"\nbatch = \"{matrix.b}\"\ninput_size = [\"{matrix.s}\", 96, 96]\nworkspace = \"1GiB\"\n",
+    );
+    project.write(
+        "empty_list.toml",
+        "[stages.e]\nkind = \"command\"\nmatrix = { b = [] }\nrun = [\"true\"]\n",
+    );
+    project.write(
+        "bad_key.toml",
+        "[stages.e]\nkind = \"command\"\nmatrix = { \"b-c\" = [1] }\nrun = [\"true\"]\n",
+    );
+    project.write(
+        "not_a_placeholder.toml",
+        "[stages.e]\nkind = \"engine\"\nonnx = \"m.onnx\"\nbatch = \"{matrix}\"\n",
+    );
+    let peer = project.jsonschema_dir();
+    project.write("validate.py", VALIDATE);
+    let report = project.python(&["validate.py", peer.to_str().unwrap()]);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 7, "{report}");
+    for ok in ["demo.toml", "pipeline.toml", "resnet18.toml", "typed.toml"] {
+        assert!(lines.contains(&format!("{ok} ok").as_str()), "{report}");
+    }
+    for bad in ["bad_key.toml", "empty_list.toml", "not_a_placeholder.toml"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{bad} invalid"))),
+            "{report}"
+        );
+    }
+    // pochi agrees: it reads the typed one and refuses the others.
+    project.write("m.onnx", "not read by `graph`");
+    project.run(&["graph", "typed.toml"]).assert_ok();
+    for bad in ["bad_key.toml", "empty_list.toml", "not_a_placeholder.toml"] {
+        project.run(&["graph", bad]).assert_error(&[bad]);
+    }
+}

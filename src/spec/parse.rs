@@ -82,8 +82,10 @@ pub(crate) struct CommonStageKeys {
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// Parametrizes the stage: one stage per combination of the values, named
-    /// `NAME-VALUE-...`; `{matrix.KEY}` in the stage's values is the combination's value
-    /// (see docs/pipeline-format.md). Expanded before the stage is parsed.
+    /// `NAME-VALUE-...` in key order (a string as itself, a number after its key's first
+    /// letter: `batch = 8` -> `b8`, a boolean as `KEY` or `no_KEY`). `{matrix.KEY}` in the
+    /// stage's strings is the variant's value; a string that is only `{matrix.KEY}` takes
+    /// the value's type. See docs/pipeline-format.md.
     #[serde(default)]
     #[schemars(schema_with = "matrix_schema")]
     #[allow(
@@ -97,7 +99,6 @@ pub(crate) struct CommonStageKeys {
 /// each list non-empty, of scalars.
 fn matrix_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
-        "description": "One stage per combination of the values, named NAME-VALUE-... in key order (a string as itself, a number after its key's first letter: `b8`, a boolean as KEY or no_KEY); `{matrix.KEY}` in any string of the stage is the variant's value, and a string that is only `{matrix.KEY}` takes the value's type.",
         "type": "object",
         "minProperties": 1,
         "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" },
