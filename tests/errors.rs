@@ -344,11 +344,10 @@ fn two_variants_with_one_name() {
 #[test]
 fn a_matrix_value_of_the_wrong_type() {
     rejects(
-        &with_matrix(
-            "{ p = [\"one\", \"two\"] }",
-            "",
-        )
-        .replace("run = [\"true\"]", "run = [\"true\"]\nresources = { cpu = \"{matrix.p}\" }"),
+        &with_matrix("{ p = [\"one\", \"two\"] }", "").replace(
+            "run = [\"true\"]",
+            "run = [\"true\"]\nresources = { cpu = \"{matrix.p}\" }",
+        ),
         &[
             "invalid type: string \"one\", expected u32 (the matrix value of variant `q-one`)",
             "pipeline.toml:5:21",
@@ -367,14 +366,12 @@ fn a_matrix_value_of_the_wrong_type() {
 
 #[test]
 fn too_many_variants_per_stage_and_per_pipeline() {
-    let values = |n: usize| {
-        (0..n)
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let values = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
     rejects(
-        &with_matrix(&format!("{{ p = [{}], n = [{}] }}", values(100), values(100)), ""),
+        &with_matrix(
+            &format!("{{ p = [{}], n = [{}] }}", values(100), values(100)),
+            "",
+        ),
         &[
             "the matrix of stage `q` makes 10000 variants; at most 256 are allowed",
             "pipeline.toml:3:10",
@@ -415,7 +412,10 @@ fn a_reference_to_a_variant_that_does_not_exist() {
             "{ p = [\"fp16\", \"int8\"] }",
             "[stages.r]\nkind = \"command\"\nrun = [\"true\"]\nneeds = [\"q-int4\"]\n",
         ),
-        &["stage `q` has no variant `q-int4`", "did you mean `q-int8`?"],
+        &[
+            "stage `q` has no variant `q-int4`",
+            "did you mean `q-int8`?",
+        ],
     );
 }
 
@@ -438,6 +438,9 @@ fn a_single_reference_to_a_matrix_stage_must_say_which_variant() {
             "{ p = [\"fp16\", \"int8\"] }",
             "[stages.r]\nkind = \"command\"\nmatrix = { p = [\"fp8\"] }\nrun = [\"true\"]\ninputs = { m = \"@q\" }\n",
         ),
-        &["no variant of `q` matches this stage's p = \"fp8\"", "pipeline.toml:11:16"],
+        &[
+            "no variant of `q` matches this stage's p = \"fp8\"",
+            "pipeline.toml:11:16",
+        ],
     );
 }

@@ -797,22 +797,8 @@ const COMMON_KEYS: &[(&str, Slot)] = &[
 /// Matrix keys and values, and the placeholders that name them (`{matrix.p}`).
 const MATRIX_KEYS: &[&str] = &["p", "n", "precision", "batch", "on", "x", "Bad-key", ""];
 const MATRIX_VALUES: &[&str] = &[
-    "\"fp16\"",
-    "\"int8\"",
-    "\"FP16\"",
-    "\"a.b\"",
-    "\"\"",
-    "\"{x}\"",
-    "1",
-    "8",
-    "-3",
-    "0.5",
-    "1e999",
-    "nan",
-    "true",
-    "false",
-    "[1]",
-    "{}",
+    "\"fp16\"", "\"int8\"", "\"FP16\"", "\"a.b\"", "\"\"", "\"{x}\"", "1", "8", "-3", "0.5",
+    "1e999", "nan", "true", "false", "[1]", "{}",
 ];
 
 /// Writes TOML text for random documents. `stages` are the names the document declares,
@@ -1034,7 +1020,11 @@ impl Writer<'_> {
     /// distinct values of one type, an odd one anything from `MATRIX_VALUES`.
     fn matrix(&mut self) -> String {
         let keys = self.distinct(|w| {
-            let pool = if w.clean { &MATRIX_KEYS[..6] } else { MATRIX_KEYS };
+            let pool = if w.clean {
+                &MATRIX_KEYS[..6]
+            } else {
+                MATRIX_KEYS
+            };
             w.g.pick(pool).to_string()
         });
         let pairs: Vec<String> = keys

@@ -66,7 +66,10 @@ fn a_matrix_builds_one_stage_per_combination_with_its_values() {
     // The report needs every variant, so it ran after all four.
     assert_eq!(project.read("build/report.txt").matches("batch").count(), 4);
     project.build(&[]).assert_ok();
-    assert!(project.build(&[]).ran().is_empty(), "a second build runs nothing");
+    assert!(
+        project.build(&[]).ran().is_empty(),
+        "a second build runs nothing"
+    );
 }
 
 #[test]
@@ -127,7 +130,9 @@ fn status_explain_and_graph_know_variants() {
     let explain = project.run(&["explain", "engine-int8-b8"]);
     explain.assert_ok();
     assert!(
-        explain.stdout.starts_with("engine-int8-b8 would run (waits on upstream)"),
+        explain
+            .stdout
+            .starts_with("engine-int8-b8 would run (waits on upstream)"),
         "{}",
         explain.stdout
     );
@@ -136,20 +141,41 @@ fn status_explain_and_graph_know_variants() {
     all.assert_ok();
     let heads: Vec<&str> = all.stdout.lines().filter(|l| !l.starts_with(' ')).collect();
     assert_eq!(heads.len(), 4, "{}", all.stdout);
-    assert!(heads[0].starts_with("engine-fp16-b1 is up to date"), "{}", all.stdout);
+    assert!(
+        heads[0].starts_with("engine-fp16-b1 is up to date"),
+        "{}",
+        all.stdout
+    );
 
     let text = project.run(&["graph"]).stdout;
-    assert!(text.contains("engine-int8-b8") && text.contains("variant of engine: batch = 8, precision = \"int8\""), "{text}");
+    assert!(
+        text.contains("engine-int8-b8")
+            && text.contains("variant of engine: batch = 8, precision = \"int8\""),
+        "{text}"
+    );
     let dot = project.run(&["graph", "--format", "dot"]).stdout;
-    assert!(dot.contains("subgraph \"cluster_engine\"") && dot.contains("\"quant-int8\" -> \"engine-int8-b8\";"), "{dot}");
+    assert!(
+        dot.contains("subgraph \"cluster_engine\"")
+            && dot.contains("\"quant-int8\" -> \"engine-int8-b8\";"),
+        "{dot}"
+    );
     let mermaid = project.run(&["graph", "--format", "mermaid"]).stdout;
-    assert!(mermaid.contains("subgraph m_s_engine[\"engine (matrix)\"]"), "{mermaid}");
+    assert!(
+        mermaid.contains("subgraph m_s_engine[\"engine (matrix)\"]"),
+        "{mermaid}"
+    );
     let html = project.run(&["graph", "--format", "html"]).stdout;
-    assert!(html.contains("engine-int8-b8 (engine: batch = 8, precision = &quot;int8&quot;)"), "{html}");
+    assert!(
+        html.contains("engine-int8-b8 (engine: batch = 8, precision = &quot;int8&quot;)"),
+        "{html}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&project.run(&["graph", "--format", "json"]).stdout).unwrap();
     let stages = json["stages"].as_array().unwrap();
-    let engine = stages.iter().find(|s| s["name"] == "engine-int8-b8").unwrap();
+    let engine = stages
+        .iter()
+        .find(|s| s["name"] == "engine-int8-b8")
+        .unwrap();
     assert_eq!(engine["matrix_of"], "engine");
     assert_eq!(engine["matrix"]["batch"], 8);
     assert_eq!(engine["deps"], serde_json::json!(["quant-int8"]));
@@ -173,9 +199,16 @@ fn a_new_value_builds_only_the_new_variants() {
         ["engine-fp8-b1", "engine-fp8-b8", "quant-fp8", "report"]
     );
     assert_eq!(run.stages("skipped").len(), 7);
-    assert!(project.read(".pochi/v1/pipeline/log.jsonl").starts_with(&before));
+    assert!(
+        project
+            .read(".pochi/v1/pipeline/log.jsonl")
+            .starts_with(&before)
+    );
     // Values listed in another order name the same variants: nothing runs.
-    let reordered = wider.replace("[\"fp16\", \"int8\", \"fp8\"]", "[\"fp8\", \"int8\", \"fp16\"]");
+    let reordered = wider.replace(
+        "[\"fp16\", \"int8\", \"fp8\"]",
+        "[\"fp8\", \"int8\", \"fp16\"]",
+    );
     project.write("pipeline.toml", &reordered);
     assert!(project.build(&[]).ran().is_empty());
     // Dropping a value drops its variants; the others stay built.
@@ -235,7 +268,9 @@ fn the_schema_describes_matrices_and_accepts_the_examples() {
     }
     for bad in ["bad_key.toml", "empty_list.toml", "not_a_placeholder.toml"] {
         assert!(
-            lines.iter().any(|l| l.starts_with(&format!("{bad} invalid"))),
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{bad} invalid"))),
             "{report}"
         );
     }

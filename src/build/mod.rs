@@ -484,7 +484,9 @@ impl Workspace {
                 .iter()
                 .enumerate()
                 .filter(|(_, project)| pipeline.is_none_or(|p| p == project.pipeline.name))
-                .flat_map(|(p, project)| project.graph.select(name).into_iter().map(move |s| (p, s)))
+                .flat_map(|(p, project)| {
+                    project.graph.select(name).into_iter().map(move |s| (p, s))
+                })
                 .collect();
             if matches.is_empty() {
                 let names: Vec<String> = self

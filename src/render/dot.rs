@@ -12,7 +12,10 @@ pub(crate) fn render(view: &GraphView) -> String {
     lines.extend(view.stages.iter().map(node_line));
     // The variants of a matrix stage share a cluster labelled with its name.
     for (base, variants) in super::matrix_groups(&view.stages) {
-        lines.push(format!("  subgraph {} {{", quote(&format!("cluster_{base}"))));
+        lines.push(format!(
+            "  subgraph {} {{",
+            quote(&format!("cluster_{base}"))
+        ));
         lines.push(format!("    label={};", quote(&format!("{base} (matrix)"))));
         lines.extend(
             variants

@@ -179,7 +179,7 @@ impl Decl<'_> {
     }
 }
 
-/// A matrix stage's variants, for resolving references to it.
+/// A matrix stage's variants (in name order), for resolving references to it.
 struct Family<'d> {
     keys: Vec<&'d str>,
     variants: Vec<(String, Vec<&'d MatrixValue>)>,
@@ -206,13 +206,15 @@ pub(crate) fn expand<'a, 'i>(
         .zip(&variants)
         .filter_map(|((entry, decl), names)| {
             let decl = decl.as_ref()?;
-            let family = Family {
+            let mut family = Family {
                 keys: decl.keys.iter().map(|k| k.get_ref().as_str()).collect(),
                 variants: names
                     .iter()
                     .map(|(name, picks)| (name.clone(), values_of(decl, picks)))
                     .collect(),
             };
+            // In name order: listing a matrix's values in another order changes no list.
+            family.variants.sort_by(|a, b| a.0.cmp(&b.0));
             Some((entry.name.get_ref().as_ref(), family))
         })
         .collect();
@@ -341,9 +343,14 @@ fn key_values<'i>(
 ) -> Result<Vec<(MatrixValue, Spanned<DeValue<'i>>)>, SpanError> {
     let Some(items) = list.get_ref().as_array() else {
         return Err(src
-            .error(list.span(), format!("`matrix.{key}` must be a list of values"))
+            .error(
+                list.span(),
+                format!("`matrix.{key}` must be a list of values"),
+            )
             .with_label("not a list")
-            .with_help(format!("write {key} = [...], e.g. {key} = [\"fp16\", \"int8\"]")));
+            .with_help(format!(
+                "write {key} = [...], e.g. {key} = [\"fp16\", \"int8\"]"
+            )));
     };
     if items.is_empty() {
         return Err(src
@@ -358,13 +365,28 @@ fn key_values<'i>(
             && std::mem::discriminant(first) != std::mem::discriminant(&value)
         {
             return Err(src
-                .error(item.span(), format!("the values of `matrix.{key}` are not all of one type: {} is {}, {} is {}", first.display(), first.type_name(), value.display(), value.type_name()))
+                .error(
+                    item.span(),
+                    format!(
+                        "the values of `matrix.{key}` are not all of one type: {} is {}, {} is {}",
+                        first.display(),
+                        first.type_name(),
+                        value.display(),
+                        value.type_name()
+                    ),
+                )
                 .also(values[0].1.span())
                 .with_help("give a key values of one type; quote them all to make strings"));
         }
         if let Some((_, twin)) = values.iter().find(|(v, _)| *v == value) {
             return Err(src
-                .error(item.span(), format!("the value {} appears twice in `matrix.{key}`", value.display()))
+                .error(
+                    item.span(),
+                    format!(
+                        "the value {} appears twice in `matrix.{key}`",
+                        value.display()
+                    ),
+                )
                 .also(twin.span())
                 .with_label("the same value again")
                 .with_help("two equal values would make two identical variants; remove one"));
@@ -426,7 +448,10 @@ fn name_variants(
     let abs = |entry: &Entry, span: Range<usize>| entry.src.shift(span);
     let mut taken: HashMap<String, Range<usize>> = HashMap::new();
     for entry in entries {
-        taken.insert(entry.name.get_ref().to_string(), abs(entry, entry.name.span()));
+        taken.insert(
+            entry.name.get_ref().to_string(),
+            abs(entry, entry.name.span()),
+        );
     }
     let mut total = 0usize;
     let mut all = Vec::with_capacity(entries.len());
@@ -480,7 +505,10 @@ fn clash(
     span: Range<usize>,
     other: Range<usize>,
 ) -> SpanError {
-    let values = describe(decl.keys.iter().map(|k| k.get_ref().as_str()), values_of(decl, picks));
+    let values = describe(
+        decl.keys.iter().map(|k| k.get_ref().as_str()),
+        values_of(decl, picks),
+    );
     root.error(
         span,
         format!("the variant `{name}` of stage `{base}` ({values}) has the name of another stage or variant"),
@@ -558,7 +586,10 @@ fn variant<'a, 'i>(
     rewriter.stage_table(&mut value)?;
     Ok(Expanded {
         src: entry.src,
-        name: Cow::Owned(Spanned::new(entry.name.span(), Cow::Owned(name.to_string()))),
+        name: Cow::Owned(Spanned::new(
+            entry.name.span(),
+            Cow::Owned(name.to_string()),
+        )),
         value: Cow::Owned(value),
         matrix: Some(MatrixOf {
             base: entry.name.get_ref().to_string(),
@@ -695,7 +726,10 @@ impl<'i> Rewriter<'_, 'i> {
         let keys: Vec<&str> = self.keys.iter().map(|k| k.get_ref().as_str()).collect();
         Err(self
             .src
-            .error(span, format!("unknown matrix key `{key}` in `{{matrix.{key}}}`"))
+            .error(
+                span,
+                format!("unknown matrix key `{key}` in `{{matrix.{key}}}`"),
+            )
             .with_label("not a key of this stage's matrix")
             .with_help(suggest::hint(key, &keys)))
     }
@@ -767,14 +801,23 @@ impl<'i> Rewriter<'_, 'i> {
             );
             return self
                 .src
-                .error(span, format!("no variant of `{base}` matches this stage's {mine}"))
+                .error(
+                    span,
+                    format!("no variant of `{base}` matches this stage's {mine}"),
+                )
                 .with_label("no matching variant")
-                .with_help(format!("`{base}`'s variants are {}; add the value to its matrix or name a variant", listed(&all)));
+                .with_help(format!(
+                    "`{base}`'s variants are {}; add the value to its matrix or name a variant",
+                    listed(&all)
+                ));
         }
         let count = if candidates.len() == all.len() {
             format!("a matrix stage of {} variants", all.len())
         } else {
-            format!("a matrix stage; {} of its variants match this stage's values", candidates.len())
+            format!(
+                "a matrix stage; {} of its variants match this stage's values",
+                candidates.len()
+            )
         };
         let keys: Vec<String> = family.keys.iter().map(|k| format!("`{k}`")).collect();
         self.src
@@ -899,11 +942,20 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
     #[test]
     fn segments_are_strings_or_key_initials_with_numbers() {
         let segment = |v: MatrixValue, key: &str| v.segment(key);
-        assert_eq!(segment(MatrixValue::String("fp16".into()), "precision"), "fp16");
-        assert_eq!(segment(MatrixValue::String("Cuda:0 x".into()), "d"), "cuda_0_x");
+        assert_eq!(
+            segment(MatrixValue::String("fp16".into()), "precision"),
+            "fp16"
+        );
+        assert_eq!(
+            segment(MatrixValue::String("Cuda:0 x".into()), "d"),
+            "cuda_0_x"
+        );
         assert_eq!(segment(MatrixValue::Integer(8), "batch"), "b8");
         assert_eq!(segment(MatrixValue::Integer(-1), "Size"), "s-1");
-        assert_eq!(segment(MatrixValue::Float(0.25, "0.25".into()), "overlap"), "o0p25");
+        assert_eq!(
+            segment(MatrixValue::Float(0.25, "0.25".into()), "overlap"),
+            "o0p25"
+        );
         assert_eq!(segment(MatrixValue::Boolean(true), "sparse"), "sparse");
         assert_eq!(segment(MatrixValue::Boolean(false), "sparse"), "no_sparse");
     }
@@ -912,7 +964,11 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
     fn placeholders_are_replaced_and_escaped_braces_kept() {
         let value = |key: &str| Ok(format!("<{key}>"));
         assert_eq!(
-            substitute_text("a {matrix.x}/{matrix.y_1} {{matrix.x}} }} {inputs.i} {matrix.", value).unwrap(),
+            substitute_text(
+                "a {matrix.x}/{matrix.y_1} {{matrix.x}} }} {inputs.i} {matrix.",
+                value
+            )
+            .unwrap(),
             "a <x>/<y_1> {{matrix.x}} }} {inputs.i} {matrix."
         );
         assert_eq!(substitute_text("{{{matrix.x}}}", value).unwrap(), "{{<x>}}");
@@ -923,7 +979,13 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
         let pipeline = parse(ENGINE).unwrap();
         assert_eq!(
             names(&pipeline),
-            ["engine-fp16-b1", "engine-fp16-b8", "engine-int8-b1", "engine-int8-b8", "onnx"]
+            [
+                "engine-fp16-b1",
+                "engine-fp16-b8",
+                "engine-int8-b1",
+                "engine-int8-b8",
+                "onnx"
+            ]
         );
         let variant = &pipeline.stages[1];
         let params = variant.kind.params();
@@ -962,8 +1024,10 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
 
     #[test]
     fn a_single_reference_pairs_variants_and_a_list_takes_them_all() {
+        // The values listed out of order: lists still name the variants in name order.
+        let engine = ENGINE.replace("batch = [1, 8]", "batch = [8, 1]");
         let text = format!(
-            "{ENGINE}
+            "{engine}
 [stages.check]
 kind = \"command\"
 matrix = {{ batch = [8, 1], precision = [\"int8\"] }}
@@ -979,7 +1043,10 @@ data = \"d.npy\"
 "
         );
         let pipeline = parse(&text).unwrap();
-        assert_eq!(source_of(&pipeline, "check-b8-int8", 0), output_of("engine-int8-b8"));
+        assert_eq!(
+            source_of(&pipeline, "check-b8-int8", 0),
+            output_of("engine-int8-b8")
+        );
         assert_eq!(
             source_of(&pipeline, "check-b1-int8", 1),
             InputSource::Output {
@@ -987,21 +1054,39 @@ data = \"d.npy\"
                 key: Some("manifest".into())
             }
         );
-        let check = pipeline.stages.iter().find(|s| s.name == "check-b1-int8").unwrap();
+        let check = pipeline
+            .stages
+            .iter()
+            .find(|s| s.name == "check-b1-int8")
+            .unwrap();
         let needs: Vec<&str> = check.needs.iter().map(|n| n.value.as_str()).collect();
         assert_eq!(
             needs,
-            ["engine-fp16-b1", "engine-fp16-b8", "engine-int8-b1", "engine-int8-b8", "onnx"]
+            [
+                "engine-fp16-b1",
+                "engine-fp16-b8",
+                "engine-int8-b1",
+                "engine-int8-b8",
+                "onnx"
+            ]
         );
         // `run` is text: "@engine" stays as written.
         assert!(format!("{:?}", check.kind.params()).contains("@engine\""));
         let report = pipeline.stages.iter().find(|s| s.name == "report").unwrap();
-        let models: Vec<InputSource> =
-            report.kind.inputs()[..5].iter().map(|i| i.source.clone()).collect();
+        let models: Vec<InputSource> = report.kind.inputs()[..5]
+            .iter()
+            .map(|i| i.source.clone())
+            .collect();
         assert_eq!(
             models,
-            ["onnx", "engine-fp16-b1", "engine-fp16-b8", "engine-int8-b1", "engine-int8-b8"]
-                .map(output_of)
+            [
+                "onnx",
+                "engine-fp16-b1",
+                "engine-fp16-b8",
+                "engine-int8-b1",
+                "engine-int8-b8"
+            ]
+            .map(output_of)
         );
     }
 
@@ -1015,22 +1100,48 @@ data = \"d.npy\"
             .unwrap_err()
         };
         assert!(error("{}").contains("`matrix` is empty"));
-        assert!(error("{ precision = [], batch = [1] }").contains("`matrix.precision` is an empty list"));
+        assert!(
+            error("{ precision = [], batch = [1] }")
+                .contains("`matrix.precision` is an empty list")
+        );
         assert!(error("{ precision = \"fp16\", batch = [1] }").contains("must be a list"));
-        assert!(error("{ \"pre-cision\" = [\"fp16\"], batch = [1] }").contains("matrix key `pre-cision` is not an identifier"));
-        assert!(error("{ precision = [\"fp16\", 1], batch = [1] }").contains("not all of one type"));
-        assert!(error("{ precision = [\"fp16\", \"fp16\"], batch = [1] }").contains("appears twice"));
-        assert!(error("{ precision = [\"fp16\", \"FP16\"], batch = [1] }").contains("has the name of another stage or variant"));
+        assert!(
+            error("{ \"pre-cision\" = [\"fp16\"], batch = [1] }")
+                .contains("matrix key `pre-cision` is not an identifier")
+        );
+        assert!(
+            error("{ precision = [\"fp16\", 1], batch = [1] }").contains("not all of one type")
+        );
+        assert!(
+            error("{ precision = [\"fp16\", \"fp16\"], batch = [1] }").contains("appears twice")
+        );
+        assert!(
+            error("{ precision = [\"fp16\", \"FP16\"], batch = [1] }")
+                .contains("has the name of another stage or variant")
+        );
         assert!(error("{ precision = [[1]], batch = [1] }").contains("not array"));
         assert!(error("{ precision = [nan], batch = [1] }").contains("not finite"));
         let many: Vec<String> = (0..17).map(|i| i.to_string()).collect();
         let many = format!("[{}]", many.join(", "));
-        let message = error(&format!("{{ precision = [\"fp16\"], batch = {many}, x = {many} }}"));
-        assert!(message.contains("makes 289 variants; at most 256"), "{message}");
+        let message = error(&format!(
+            "{{ precision = [\"fp16\"], batch = {many}, x = {many} }}"
+        ));
+        assert!(
+            message.contains("makes 289 variants; at most 256"),
+            "{message}"
+        );
         let wrong = error("{ precision = [\"fp16\"], batch = [\"one\"] }");
-        assert!(wrong.contains("(the matrix value of variant `engine-fp16-one`)"), "{wrong}");
-        let unknown = parse(&ENGINE.replace("{matrix.batch}.engine", "{matrix.bacth}.engine")).unwrap_err();
-        assert!(unknown.contains("unknown matrix key `bacth`") && unknown.contains("did you mean `batch`?"), "{unknown}");
+        assert!(
+            wrong.contains("(the matrix value of variant `engine-fp16-one`)"),
+            "{wrong}"
+        );
+        let unknown =
+            parse(&ENGINE.replace("{matrix.batch}.engine", "{matrix.bacth}.engine")).unwrap_err();
+        assert!(
+            unknown.contains("unknown matrix key `bacth`")
+                && unknown.contains("did you mean `batch`?"),
+            "{unknown}"
+        );
     }
 
     #[test]
@@ -1044,7 +1155,10 @@ data = \"d.npy\"
             ));
         }
         let message = parse(&text).unwrap_err();
-        assert!(message.contains("make more than 4096 variant stages"), "{message}");
+        assert!(
+            message.contains("make more than 4096 variant stages"),
+            "{message}"
+        );
         let at_the_limit = &text[..text.find("[stages.s16]").unwrap()];
         assert_eq!(parse(at_the_limit).unwrap().stages.len(), 4096);
     }

@@ -14,8 +14,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{SourceFile, SpanError, SpecError};
-use super::size::ByteSize;
 use super::matrix::{self, Entry};
+use super::size::ByteSize;
 use super::suggest;
 use super::{
     DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
@@ -385,7 +385,8 @@ impl Parser<'_> {
                 Some((self.src.at(section.start), root))
             })
             .collect();
-        let roots: Vec<(SourceFile, Spanned<DeTable>)> = roots.into_iter().collect::<Option<_>>()?;
+        let roots: Vec<(SourceFile, Spanned<DeTable>)> =
+            roots.into_iter().collect::<Option<_>>()?;
         let entries: Vec<Entry> = roots
             .iter()
             .map(|(src, root)| {
@@ -811,7 +812,10 @@ mod tests {
                 assert!(cut.contains("is a matrix stage"), "{cut}");
             }
             if index == 10 {
-                assert!(cut.contains("\"s71-a\"") && cut.contains("\"s70-a\""), "{cut}");
+                assert!(
+                    cut.contains("\"s71-a\"") && cut.contains("\"s70-a\""),
+                    "{cut}"
+                );
             }
         }
     }
