@@ -192,6 +192,9 @@ pub(crate) fn expand<'a, 'i>(
     root: &SourceFile,
     entries: &[Entry<'a, 'i>],
 ) -> Result<Vec<Expanded<'a, 'i>>, SpanError> {
+    if cannot_have_matrices(&root.text) {
+        return Ok(entries.iter().map(plain).collect());
+    }
     let decls: Vec<Option<Decl<'i>>> = entries
         .par_iter()
         .map(declaration)
@@ -233,6 +236,14 @@ pub(crate) fn expand<'a, 'i>(
     Ok(expanded.into_iter().flatten().collect())
 }
 
+/// Whether `text` can hold neither a `matrix` key nor a `{matrix.` placeholder: it never
+/// spells `matrix`, and has no `\u` or `\U` escape that could. Most files, and the whole
+/// pass costs one scan of the text (a 100,000-stage file would otherwise spend a tenth of
+/// its parse here in a debug build).
+fn cannot_have_matrices(text: &str) -> bool {
+    !text.contains(MATRIX_KEY) && !text.contains("\\u") && !text.contains("\\U")
+}
+
 fn plain<'a, 'i>(entry: &Entry<'a, 'i>) -> Expanded<'a, 'i> {
     Expanded {
         src: entry.src,
@@ -249,6 +260,25 @@ fn values_of<'d>(decl: &'d Decl, picks: &[usize]) -> Vec<&'d MatrixValue> {
         .zip(&decl.values)
         .map(|(&i, list)| &list[i].0)
         .collect()
+}
+
+/// Whether a string anywhere in `value` holds `{matrix.` or names a matrix stage (`@base`,
+/// `@base.key`, `base`): only such a plain stage is copied and rewritten.
+fn mentions_a_matrix(value: &DeValue, families: &HashMap<&str, Family>) -> bool {
+    match value {
+        DeValue::String(text) => {
+            let name = text.strip_prefix('@').unwrap_or(text);
+            let base = name.split_once('.').map_or(name, |(base, _)| base);
+            text.contains(PLACEHOLDER) || families.contains_key(base)
+        }
+        DeValue::Array(items) => items
+            .iter()
+            .any(|v| mentions_a_matrix(v.get_ref(), families)),
+        DeValue::Table(table) => table
+            .values()
+            .any(|v| mentions_a_matrix(v.get_ref(), families)),
+        _ => false,
+    }
 }
 
 /// Whether a string anywhere in the stage holds `{matrix.` (an error without a matrix).
@@ -536,6 +566,9 @@ fn rewrite_plain<'a, 'i>(
     entry: &Entry<'a, 'i>,
     families: &HashMap<&str, Family>,
 ) -> Result<Vec<Expanded<'a, 'i>>, SpanError> {
+    if !mentions_a_matrix(entry.value.get_ref(), families) {
+        return Ok(vec![plain(entry)]);
+    }
     let mut rewriter = Rewriter {
         src: entry.src,
         stage: entry.name.get_ref(),
