@@ -349,7 +349,7 @@ fn a_matrix_value_of_the_wrong_type() {
             "run = [\"true\"]\nresources = { cpu = \"{matrix.p}\" }",
         ),
         &[
-            "invalid type: string \"one\", expected u32 (the matrix value of variant `q-one`)",
+            "invalid type: string \"one\", expected u32 (in variant `q-one`, from the matrix value)",
             "pipeline.toml:5:21",
             "also here",
         ],
@@ -441,6 +441,19 @@ fn a_single_reference_to_a_matrix_stage_must_say_which_variant() {
         &[
             "no variant of `q` matches this stage's p = \"fp8\"",
             "pipeline.toml:11:16",
+        ],
+    );
+}
+
+#[test]
+fn an_error_in_a_string_made_from_the_matrix_names_the_variant() {
+    rejects(
+        &with_matrix("{ p = [\"a\", \"b\"] }", "")
+            .replace("out/{matrix.p}.txt", "../{matrix.p}.txt"),
+        &[
+            "output `out` (`../a.txt`) is outside the project (in variant `q-a`, from the matrix value)",
+            "pipeline.toml:5:19",
+            "also here",
         ],
     );
 }

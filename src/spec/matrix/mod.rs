@@ -124,7 +124,8 @@ pub(crate) struct Expanded<'a, 'i> {
     pub name: Cow<'a, Spanned<DeString<'i>>>,
     pub value: Cow<'a, Spanned<DeValue<'i>>>,
     pub matrix: Option<MatrixOf>,
-    /// Where a whole value was replaced by a matrix value, and that value's span.
+    /// Where a value was made from a matrix value (the first, for a string holding several
+    /// placeholders), and that value's span.
     fed: Vec<(Range<usize>, Range<usize>)>,
 }
 
@@ -142,7 +143,7 @@ impl Expanded<'_, '_> {
         match fed {
             Some((_, origin)) if !error.has_also() => error
                 .also(origin.clone())
-                .with_suffix(format!(" (the matrix value of variant `{name}`)")),
+                .with_suffix(format!(" (in variant `{name}`, from the matrix value)")),
             _ => error,
         }
     }
@@ -521,7 +522,7 @@ data = \"d.npy\"
         );
         let wrong = error("{ precision = [\"fp16\"], batch = [\"one\"] }");
         assert!(
-            wrong.contains("(the matrix value of variant `engine-fp16-one`)"),
+            wrong.contains("(in variant `engine-fp16-one`, from the matrix value)"),
             "{wrong}"
         );
         let unknown =

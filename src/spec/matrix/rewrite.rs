@@ -192,10 +192,15 @@ impl<'i> Rewriter<'_, 'i> {
             self.fed.push((span.clone(), origin.span()));
             *item = Spanned::new(span, origin.get_ref().clone());
         } else {
+            let mut first = None;
             let text = substitute_text(text, |key| {
-                self.key_index(key, span.clone())
-                    .map(|i| self.values[i].0.text())
+                let index = self.key_index(key, span.clone())?;
+                first.get_or_insert(index);
+                Ok(self.values[index].0.text())
             })?;
+            if let Some(index) = first {
+                self.fed.push((span.clone(), self.values[index].1.span()));
+            }
             *item = Spanned::new(span, DeValue::String(Cow::Owned(text)));
         }
         self.changed = true;
