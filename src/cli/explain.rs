@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::build::{PlanStatus, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::driver::{PlanStatus, Workspace};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 #[command(override_usage = "pochi explain [PIPELINE] STAGE")]
@@ -31,12 +31,12 @@ impl ExplainArgs {
 
 pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let (pipelines, stage) = args.split();
-    let mut workspace = Workspace::load(&pipelines)?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
+    let mut workspace = Workspace::load(&pipelines, crate::kinds::KINDS)?;
+    super::attach_host(&mut workspace, Mode::Inspect)?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
-    let plans = workspace.plan(&targets, &super::offered_gpus(&workspace));
+    let plans = workspace.plan(&targets);
     // A matrix stage's name explains each of its variants, in name order.
-    let mut explained: Vec<&crate::build::StagePlan> = plans
+    let mut explained: Vec<&crate::driver::StagePlan> = plans
         .iter()
         .filter(|plan| targets.contains(&plan.id))
         .collect();
@@ -47,7 +47,7 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn explain_one(workspace: &Workspace, plan: &crate::build::StagePlan) {
+fn explain_one(workspace: &Workspace, plan: &crate::driver::StagePlan) {
     let (p, s) = plan.id;
     let project = &workspace.projects[p];
     let name = &project.pipeline.stages[s].name;

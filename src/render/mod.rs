@@ -31,6 +31,9 @@ pub struct StageView {
     /// For a variant: its matrix values (a JSON object).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matrix: Option<serde_json::Value>,
+    /// Why a stage that cannot build fails or cannot run here (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 impl StageView {
@@ -273,6 +276,7 @@ pub(crate) mod fixtures {
             outputs: vec![format!("build/{name}.out")],
             matrix_of: None,
             matrix: None,
+            problems: Vec::new(),
         }
     }
 
