@@ -93,7 +93,7 @@ fn a_whole_placeholder_takes_the_value_type() {
     let quoted = PIPELINE.replace("batch = [1, 8]", "batch = [\"1\", \"8\"]");
     Project::new(&quoted).run(&["status"]).assert_error(&[
         "invalid type: string \"1\", expected u32",
-        "(in variant `engine-fp16-1`, from the matrix value)",
+        "(in variant `engine-fp16-1`, from the matrix",
         "pipeline.toml:21:21",
         "also here",
     ]);

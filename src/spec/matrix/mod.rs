@@ -306,8 +306,12 @@ mod tests {
     use std::path::Path;
 
     fn parse(text: &str) -> Result<Pipeline, String> {
-        parse_pipeline(Path::new("/p/pipeline.toml"), text.to_string())
-            .map_err(|error| format!("{error:?}"))
+        parse_pipeline(
+            Path::new("/p/pipeline.toml"),
+            text.to_string(),
+            crate::kinds::KINDS,
+        )
+        .map_err(|error| format!("{error:?}"))
     }
 
     fn names(pipeline: &Pipeline) -> Vec<&str> {
@@ -378,7 +382,7 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
             ]
         );
         let variant = &pipeline.stages[1];
-        let params = variant.kind.params();
+        let params = variant.kind.params(&crate::spec::kind::sample_host("/py"));
         assert_eq!(params["batch"]["opt"], 8, "{params}");
         assert_eq!(params["precision"], "fp16", "{params}");
         assert_eq!(
@@ -461,7 +465,13 @@ data = \"d.npy\"
             ]
         );
         // `run` is text: "@engine" stays as written.
-        assert!(format!("{:?}", check.kind.params()).contains("@engine\""));
+        assert!(
+            format!(
+                "{:?}",
+                check.kind.params(&crate::spec::kind::sample_host("/py"))
+            )
+            .contains("@engine\"")
+        );
         let report = pipeline.stages.iter().find(|s| s.name == "report").unwrap();
         let models: Vec<InputSource> = report.kind.inputs()[..5]
             .iter()
