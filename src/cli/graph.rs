@@ -72,6 +72,8 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
                 .iter()
                 .map(|o| o.path.display().to_string())
                 .collect(),
+            matrix_of: stage.matrix.as_ref().map(|m| m.base.clone()),
+            matrix: stage.matrix.as_ref().map(super::status::matrix_json),
         })
         .collect();
     let view = GraphView {
