@@ -2,6 +2,7 @@
 
 mod error;
 pub mod kind;
+pub mod matrix;
 mod parse;
 pub mod paths;
 mod schema;
@@ -89,6 +90,8 @@ pub struct Stage {
     pub device_declared: bool,
     pub resources: StageResources,
     pub env: BTreeMap<String, String>,
+    /// For a variant of a matrix stage: the stage it was declared as and its values.
+    pub matrix: Option<matrix::MatrixOf>,
 }
 
 /// A value with the span it came from.
