@@ -44,7 +44,7 @@ impl CacheArgs {
 /// Where the local cache holds the outputs a stage whose plan is `status` would get with
 /// its key as it is now, if it does (the entry is read and checked; its blobs are checked
 /// by a restore only). None for a stage that is up to date, waits on an upstream stage
-/// (its key is not known yet) or cannot run here.
+/// (its key is not known yet), cannot run here or opts out (`cache = false`).
 pub fn restorable_from(
     project: &crate::driver::Project,
     stage: usize,
@@ -54,7 +54,8 @@ pub fn restorable_from(
     if !matches!(
         status,
         PlanStatus::Stale | PlanStatus::NeverBuilt | PlanStatus::Failed
-    ) {
+    ) || !project.pipeline.stages[stage].cache
+    {
         return None;
     }
     let (_, key) = crate::driver::standing(project, stage);

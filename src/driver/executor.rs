@@ -272,6 +272,9 @@ impl StageExecutor {
             return false;
         };
         let (project, stage) = self.jobs[job];
+        if !self.projects[project].pipeline.stages[stage].cache {
+            return false;
+        }
         cached::with_request(&self.projects[project], stage, key, |r| cache.may_have(r))
     }
 
@@ -380,7 +383,11 @@ impl StageExecutor {
         let result = self.execute(project, stage, lease, &temp);
         let outcome = result.and_then(|warnings| {
             let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
-            if let Some(storer) = &self.storer {
+            if let Some(storer) = self
+                .storer
+                .as_ref()
+                .filter(|_| project.pipeline.stages[stage].cache)
+            {
                 let took = started.elapsed().as_millis() as u64;
                 storer.submit(job, (project, stage), &key, &outputs, took);
             }

@@ -27,8 +27,15 @@ pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "st
 pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];
 pub(crate) const TOOLCHAIN_KEYS: &[&str] = &["python"];
 pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory", "gpus"];
-pub(crate) const COMMON_STAGE_KEYS: &[&str] =
-    &["kind", "needs", "device", "resources", "env", "matrix"];
+pub(crate) const COMMON_STAGE_KEYS: &[&str] = &[
+    "kind",
+    "needs",
+    "device",
+    "resources",
+    "env",
+    "cache",
+    "matrix",
+];
 const STAGE_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
 
 /// `[pipeline]`
@@ -81,6 +88,12 @@ pub(crate) struct CommonStageKeys {
     /// Environment variables for the stage (part of its fingerprint).
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Whether the stage's outputs go to and come from the output cache (default true).
+    /// `false` for a stage that reads something pochi cannot see (an undeclared file, the
+    /// clock, the network): it then runs whenever its key changes, and nothing of it is
+    /// stored. Not part of the stage's key.
+    #[serde(default = "cached_by_default")]
+    cache: bool,
     /// Parametrizes the stage: one stage per combination of the values, named
     /// `NAME-VALUE-...` in key order (a string as itself, a number after its key's first
     /// letter: `batch = 8` -> `b8`, a boolean as `KEY` or `no_KEY`). `{matrix.KEY}` in the
@@ -93,6 +106,10 @@ pub(crate) struct CommonStageKeys {
         reason = "expanded away by `matrix::expand`; declared for the schema"
     )]
     matrix: Option<serde::de::IgnoredAny>,
+}
+
+fn cached_by_default() -> bool {
+    true
 }
 
 /// `matrix = { precision = ["fp16", "int8"], batch = [1, 8] }`: each key an identifier,
@@ -474,6 +491,7 @@ impl Parser<'_> {
             device_declared,
             resources: self.stage_resources(common.resources, table)?,
             env: common.env,
+            cache: common.cache,
             matrix: None,
         })
     }
