@@ -158,8 +158,16 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             );
         } else if plan.status.would_run() {
             would_run += 1;
+            let (p, s) = plan.id;
+            let restored = match args.cache.no_cache {
+                true => None,
+                false => super::cache::restorable_from(&workspace.projects[p], s, plan.status),
+            };
+            let restored = restored
+                .map(|origin| format!(" (would be restored from cache ({origin}))"))
+                .unwrap_or_default();
             say!(
-                "{} {}: {}",
+                "{} {}: {}{restored}",
                 paint("would run", "1;34"),
                 workspace.display_name(plan.id),
                 plan.reasons.join("; ")

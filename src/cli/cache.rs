@@ -47,6 +47,29 @@ impl CacheArgs {
     }
 }
 
+/// Where the local cache holds the outputs a stage whose plan is `status` would get with
+/// its key as it is now, if it does (the entry is read and checked; its blobs are checked
+/// by a restore only). None for a stage that is up to date, waits on an upstream stage
+/// (its key is not known yet), cannot run here or opts out (`cache = false`).
+pub fn restorable_from(
+    project: &crate::driver::Project,
+    stage: usize,
+    status: crate::driver::PlanStatus,
+) -> Option<crate::cache::Origin> {
+    use crate::driver::PlanStatus;
+    if !matches!(
+        status,
+        PlanStatus::Stale | PlanStatus::NeverBuilt | PlanStatus::Failed
+    ) || !project.pipeline.stages[stage].cache
+    {
+        return None;
+    }
+    let (_, key) = crate::driver::standing(project, stage);
+    let cache = LocalCache::from_env().ok()?;
+    cache.lookup(&crate::driver::cache_key_of(&key?)).ok()?;
+    Some(crate::cache::Origin::local(cache.root()))
+}
+
 #[derive(Debug, Args)]
 pub struct CacheCommandArgs {
     #[command(subcommand)]

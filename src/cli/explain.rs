@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cache::{LocalCache, Origin};
 use crate::driver::{PlanStatus, Workspace};
 use crate::toolchain::Mode;
 
@@ -36,9 +35,19 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     super::attach_host(&mut workspace, Mode::Inspect)?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
     let plans = workspace.plan(&targets);
-    let Some(plan) = plans.iter().find(|plan| targets.contains(&plan.id)) else {
-        return Ok(ExitCode::SUCCESS);
-    };
+    // A matrix stage's name explains each of its variants, in name order.
+    let mut explained: Vec<&crate::driver::StagePlan> = plans
+        .iter()
+        .filter(|plan| targets.contains(&plan.id))
+        .collect();
+    explained.sort_by_key(|plan| workspace.display_name(plan.id));
+    for plan in explained {
+        explain_one(&workspace, plan);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain_one(workspace: &Workspace, plan: &crate::driver::StagePlan) {
     let (p, s) = plan.id;
     let project = &workspace.projects[p];
     let name = &project.pipeline.stages[s].name;
@@ -54,7 +63,7 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
             ),
             None => show!("{name} is up to date (fingerprint {fingerprint}); nothing would run"),
         }
-        return Ok(ExitCode::SUCCESS);
+        return;
     }
     if plan.status == PlanStatus::Unavailable {
         show!("{name} does not run on this machine:");
@@ -64,19 +73,7 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     for reason in &plan.reasons {
         show!("  - {reason}");
     }
-    if plan.status != PlanStatus::Unavailable
-        && let Some(origin) = cached_here(project, s)
-    {
+    if let Some(origin) = super::cache::restorable_from(project, s, plan.status) {
         show!("  it would be restored from cache ({origin}) instead of run");
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Where the stage's outputs for its key now are in the local cache, if they are (its
-/// entry is read and checked; its blobs are checked only by a restore).
-fn cached_here(project: &crate::driver::Project, stage: usize) -> Option<Origin> {
-    let (_, key) = crate::driver::standing(project, stage);
-    let cache = LocalCache::from_env().ok()?;
-    cache.lookup(&crate::driver::cache_key_of(&key?)).ok()?;
-    Some(Origin::local(cache.root()))
 }

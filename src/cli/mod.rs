@@ -13,6 +13,7 @@ mod host;
 mod infer;
 mod internal;
 mod oneshot;
+#[allow(clippy::disallowed_macros)]
 mod output;
 mod progress;
 mod remote;
@@ -103,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::RunStage(args) => run_stage::run(args),
     };
     match result {
+        Ok(_) if output::stdout_failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(report) => {
             output::print_error(&report);

@@ -272,6 +272,9 @@ impl StageExecutor {
             return false;
         };
         let (project, stage) = self.jobs[job];
+        if !self.projects[project].pipeline.stages[stage].cache {
+            return false;
+        }
         cached::with_request(&self.projects[project], stage, key, |r| cache.may_have(r))
     }
 
@@ -380,7 +383,11 @@ impl StageExecutor {
         let result = self.execute(project, stage, lease, &temp);
         let outcome = result.and_then(|warnings| {
             let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
-            if let Some(storer) = &self.storer {
+            if let Some(storer) = self
+                .storer
+                .as_ref()
+                .filter(|_| project.pipeline.stages[stage].cache)
+            {
                 let took = started.elapsed().as_millis() as u64;
                 storer.submit(job, (project, stage), &key, &outputs, took);
             }
@@ -520,36 +527,8 @@ impl StageExecutor {
         restored: Option<&Restored>,
     ) -> Result<Vec<OutputRecord>, String> {
         let project = &self.projects[project_index];
-        let pipeline = &project.pipeline;
-        let spec = &pipeline.stages[stage];
-        let root = self.canonical_dirs[project_index]
-            .as_ref()
-            .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
-        for output in spec.kind.outputs() {
-            let written = pipeline.dir.join(&temp.paths[&output.key]);
-            if std::fs::symlink_metadata(&written).is_err() {
-                return Err(format!(
-                    "the stage succeeded but did not write its declared output `{}` ({}); it must write to the path given by {{outputs.{}}}",
-                    output.key,
-                    output.path.display(),
-                    output.key
-                ));
-            }
-            crate::fsutil::check_output_tree(root, &written).map_err(|e| {
-                format!(
-                    "output `{}` ({}) cannot be published: {e}",
-                    output.key,
-                    output.path.display()
-                )
-            })?;
-            crate::fsutil::check_confined(root, &pipeline.dir.join(&output.path)).map_err(|e| {
-                format!(
-                    "output `{}` ({}) cannot be published: {e}",
-                    output.key,
-                    output.path.display()
-                )
-            })?;
-        }
+        let spec = &project.pipeline.stages[stage];
+        self.check_written(project_index, stage, temp)?;
         let after = current_key(project, stage).map_err(describe)?;
         if after.inputs != key.inputs || after.needs != key.needs {
             let changes = explain::diff(key, &after);
@@ -559,48 +538,7 @@ impl StageExecutor {
                 what.join("; ")
             ));
         }
-        let mut outputs = Vec::new();
-        for output in spec.kind.outputs() {
-            let dest = pipeline.dir.join(&output.path);
-            crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest).map_err(
-                |e| {
-                    format!(
-                        "cannot publish output `{}` to {}: {e}",
-                        output.key,
-                        output.path.display()
-                    )
-                },
-            )?;
-            project.stats.forget(&output.path, dest.is_dir());
-            let from_cache =
-                restored.and_then(|hit| hit.entry.outputs.iter().find(|o| o.name == output.key));
-            if let Some(record) = from_cache {
-                cached::remember_restored(
-                    &project.stats,
-                    &pipeline.dir,
-                    &output.path,
-                    &record.node,
-                );
-            }
-            let digest = project
-                .stats
-                .digest_published(&pipeline.dir, &output.path)
-                .map_err(|e| format!("cannot hash output `{}`: {e}", output.path.display()))?;
-            if let Some(record) = from_cache
-                && record.digest != digest
-            {
-                return Err(format!(
-                    "output `{}` ({}) does not have the cached digest",
-                    output.key,
-                    output.path.display()
-                ));
-            }
-            outputs.push(OutputRecord {
-                key: output.key.clone(),
-                path: output.path.clone(),
-                digest,
-            });
-        }
+        let outputs = publish_all(project, stage, temp, restored)?;
         let elapsed = started.elapsed().as_millis() as u64;
         let record = StageRecord {
             stage: spec.name.clone(),
@@ -622,6 +560,92 @@ impl StageExecutor {
             .map_err(|e| format!("cannot record the stage as built: {e}"))?;
         Ok(outputs)
     }
+
+    /// Every declared output was written, holds only what may be published, and its
+    /// destination is inside the project.
+    fn check_written(
+        &self,
+        project_index: usize,
+        stage: usize,
+        temp: &TempOutputs,
+    ) -> Result<(), String> {
+        let pipeline = &self.projects[project_index].pipeline;
+        let root = self.canonical_dirs[project_index]
+            .as_ref()
+            .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
+        for output in pipeline.stages[stage].kind.outputs() {
+            let written = pipeline.dir.join(&temp.paths[&output.key]);
+            if std::fs::symlink_metadata(&written).is_err() {
+                return Err(format!(
+                    "the stage succeeded but did not write its declared output `{}` ({}); it must write to the path given by {{outputs.{}}}",
+                    output.key,
+                    output.path.display(),
+                    output.key
+                ));
+            }
+            let unpublishable = |e| {
+                format!(
+                    "output `{}` ({}) cannot be published: {e}",
+                    output.key,
+                    output.path.display()
+                )
+            };
+            crate::fsutil::check_output_tree(root, &written).map_err(unpublishable)?;
+            crate::fsutil::check_confined(root, &pipeline.dir.join(&output.path))
+                .map_err(unpublishable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes every output of the stage from its temporary path and hashes it (a restored
+/// one's digests are known: its files are not read again, and its digest must be the
+/// entry's).
+fn publish_all(
+    project: &Project,
+    stage: usize,
+    temp: &TempOutputs,
+    restored: Option<&Restored>,
+) -> Result<Vec<OutputRecord>, String> {
+    let pipeline = &project.pipeline;
+    let mut outputs = Vec::new();
+    for output in pipeline.stages[stage].kind.outputs() {
+        let dest = pipeline.dir.join(&output.path);
+        crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest).map_err(
+            |e| {
+                format!(
+                    "cannot publish output `{}` to {}: {e}",
+                    output.key,
+                    output.path.display()
+                )
+            },
+        )?;
+        project.stats.forget(&output.path, dest.is_dir());
+        let from_cache =
+            restored.and_then(|hit| hit.entry.outputs.iter().find(|o| o.name == output.key));
+        if let Some(record) = from_cache {
+            cached::remember_restored(&project.stats, &pipeline.dir, &output.path, &record.node);
+        }
+        let digest = project
+            .stats
+            .digest_published(&pipeline.dir, &output.path)
+            .map_err(|e| format!("cannot hash output `{}`: {e}", output.path.display()))?;
+        if let Some(record) = from_cache
+            && record.digest != digest
+        {
+            return Err(format!(
+                "output `{}` ({}) does not have the cached digest",
+                output.key,
+                output.path.display()
+            ));
+        }
+        outputs.push(OutputRecord {
+            key: output.key.clone(),
+            path: output.path.clone(),
+            digest,
+        });
+    }
+    Ok(outputs)
 }
 
 /// The hit, if its entry names exactly the stage's declared outputs (the key holds them,

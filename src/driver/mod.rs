@@ -484,7 +484,8 @@ impl Workspace {
             .collect()
     }
 
-    /// Resolves `--target` names (`stage` or `pipeline/stage`); none means every stage.
+    /// Resolves `--target` names (`stage` or `pipeline/stage`; a matrix stage's name selects
+    /// every variant); none means every stage.
     pub fn resolve_targets(&self, targets: &[String]) -> Result<Vec<StageId>, BuildError> {
         if targets.is_empty() {
             return Ok(self.stage_ids());
@@ -500,7 +501,9 @@ impl Workspace {
                 .iter()
                 .enumerate()
                 .filter(|(_, project)| pipeline.is_none_or(|p| p == project.pipeline.name))
-                .filter_map(|(p, project)| project.graph.index(name).map(|s| (p, s)))
+                .flat_map(|(p, project)| {
+                    project.graph.select(name).into_iter().map(move |s| (p, s))
+                })
                 .collect();
             if matches.is_empty() {
                 let names: Vec<String> = self

@@ -389,7 +389,7 @@ fn a_job_that_is_not_restored_runs() {
 
 #[test]
 fn a_restore_holds_no_resources() {
-    // One cpu slot and one GPU, both taken by job 0 for 300 ms: job 1 (which asks for the
+    // One cpu slot and one GPU, both taken by job 0 for 500 ms: job 1 (which asks for the
     // GPU too) is restored meanwhile instead of waiting for them.
     let mut jobs = vec![job(&[]), job(&[])];
     for job in &mut jobs {
@@ -400,7 +400,7 @@ fn a_restore_holds_no_resources() {
     let executor = Arc::new(FakeExecutor {
         checks,
         restorable: vec![1],
-        sleep_ms: 300,
+        sleep_ms: 500,
         ..Default::default()
     });
     let outcomes = schedule(&jobs, executor.clone(), capacity(1, &[0]), false);

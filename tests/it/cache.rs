@@ -210,6 +210,34 @@ fn no_cache_runs_the_stages_and_stores_nothing() {
 }
 
 #[test]
+fn a_stage_that_opts_out_runs_and_is_never_stored() {
+    let project = Project::new(&PIPELINE.replace(
+        "[stages.engine]\nkind = \"command\"\n",
+        "[stages.engine]\nkind = \"command\"\ncache = false\n",
+    ));
+    project.write("model.txt", "weights\n");
+    project.build(&[]).assert_ok();
+    assert_eq!(entries(&project).len(), 2, "export and calib only");
+
+    // A fresh clone: the opted-out stage runs, the others are restored, and dry-run and
+    // explain do not promise a restore for it.
+    let clone = project.sharing_cache(tempfile::tempdir().unwrap());
+    clone.write("pipeline.toml", &project.read("pipeline.toml"));
+    clone.write("model.txt", &project.read("model.txt"));
+    let explained = clone.run(&["explain", "engine"]);
+    assert!(
+        !explained.stdout.contains("restored"),
+        "{}",
+        explained.stdout
+    );
+    let run = clone.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["engine"], "{}", run.stderr);
+    assert_eq!(run.stages("restored"), ["calib", "export"]);
+    assert_eq!(entries(&clone).len(), 2, "still nothing stored for engine");
+}
+
+#[test]
 fn a_failed_stage_is_never_stored() {
     let project = Project::new(
         r#"
@@ -258,6 +286,18 @@ fn explain_and_the_summary_say_what_was_restored_and_from_where() {
         "{}",
         explain.stdout
     );
+
+    let dry = project.run(&["build", "--dry-run"]);
+    dry.assert_ok();
+    assert!(
+        dry.stderr.contains(&format!(
+            "env `PRECISION` changed: int8 -> fp16 (would be restored from cache (local: {location}))"
+        )),
+        "{}",
+        dry.stderr
+    );
+    let dry = project.run(&["build", "--dry-run", "--no-cache"]);
+    assert!(!dry.stderr.contains("would be restored"), "{}", dry.stderr);
 
     let run = project.build(&[]);
     run.assert_ok();

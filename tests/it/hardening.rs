@@ -507,3 +507,41 @@ fn an_error_far_right_on_a_line_and_a_huge_duration_are_errors_not_panics() {
         .run(&["status"])
         .assert_error(&["`18446744073709551616s` is not a duration"]);
 }
+
+#[test]
+fn a_reader_that_goes_away_is_no_panic() {
+    // `pochi graph | head -1`: the reader closes the pipe before pochi writes.
+    let project = one();
+    let mut child = project
+        .command(&["graph", "--format", "html"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn output_that_cannot_be_written_is_a_failure() {
+    // stdout on a full device: the command fails, and says why.
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let project = one();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = project
+        .command(&["graph", "--format", "json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+}

@@ -19,6 +19,8 @@ mod export;
 mod fuzz_pipeline;
 mod graph_html;
 mod hardening;
+mod layering;
+mod matrix;
 mod preprocessing;
 mod quantize;
 mod remote_cache;

@@ -243,8 +243,39 @@ impl Project {
     /// (scikit-learn is a peer the tests compare with, not part of pochi's toolchain).
     /// Scripts add it to `sys.path` themselves (`python -I` ignores PYTHONPATH).
     pub fn scikit_learn_dir(&self) -> PathBuf {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peer-scikit-learn-1.7.2");
-        if dir.join("sklearn").is_dir() {
+        self.peer_packages(
+            "peer-scikit-learn-1.7.2",
+            "sklearn",
+            &[
+                "scikit-learn==1.7.2",
+                "joblib==1.5.2",
+                "threadpoolctl==3.6.0",
+            ],
+        )
+    }
+
+    /// A directory holding the Python `jsonschema` validator (and what it imports), for
+    /// checking pipelines against `pochi schema`; installed like `scikit_learn_dir`.
+    pub fn jsonschema_dir(&self) -> PathBuf {
+        self.peer_packages(
+            "peer-jsonschema-4.26.0",
+            "jsonschema",
+            &[
+                "jsonschema==4.26.0",
+                "jsonschema-specifications==2025.9.1",
+                "referencing==0.37.0",
+                "rpds-py==0.30.0",
+                "attrs==26.1.0",
+            ],
+        )
+    }
+
+    /// `packages` installed (without dependencies) into `CARGO_TARGET_TMPDIR/<name>` for
+    /// the toolchain's Python with the toolchain's own `uv`, once per build tree; `marker`
+    /// is a directory that exists once they are.
+    fn peer_packages(&self, name: &str, marker: &str, packages: &[&str]) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        if dir.join(marker).is_dir() {
             return dir;
         }
         let python = self.toolchain_python();
@@ -261,16 +292,12 @@ impl Project {
             .arg(&python)
             .arg("--target")
             .arg(&partial)
-            .args([
-                "scikit-learn==1.7.2",
-                "joblib==1.5.2",
-                "threadpoolctl==3.6.0",
-            ])
+            .args(packages)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", uv.display()));
         assert!(
             output.status.success(),
-            "installing scikit-learn failed: {}",
+            "installing {packages:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         let _ = std::fs::rename(&partial, &dir);
