@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["size", "action", "host", "process", "fsutil", "onnx_info"],
     &["machine", "runner", "fingerprint", "state", "scheduler"],
-    &["toolchain", "cache"],
+    &["toolchain", "cache", "remote"],
     &["spec", "graph"],
     &["kinds"],
     &["driver", "render"],
