@@ -422,6 +422,61 @@ fn nginx_never_stores_a_file_that_changed_since_it_was_hashed() {
     );
 }
 
+#[test]
+fn the_instance_name_reaches_every_call() {
+    let server = BuildGridCache::start_with_instance("main");
+    let named = endpoint(&server.url()).with_instance(server.instance());
+    let remote = RemoteCache::connect(&named, false).unwrap();
+    // Batch calls, a ByteStream write and read of the 5 MB blob, the action cache.
+    round_trip(&remote, &stored_stage());
+    let unnamed = RemoteCache::connect(&endpoint(&server.url()), false).unwrap();
+    let err = unnamed.digest_function().unwrap_err();
+    assert!(err.to_string().contains(&server.url()), "{err}");
+}
+
+/// A STAND-IN for an HTTP cache (a test double that records one request and answers 404),
+/// to see what goes on the wire.
+fn record_one_request() -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let answer = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        stream.write_all(answer).unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    (port, handle)
+}
+
+#[test]
+fn headers_and_the_prefix_go_with_http_calls() {
+    let (port, request) = record_one_request();
+    let endpoint = endpoint(&format!("http://127.0.0.1:{port}/team/a"))
+        .with_header_arg("X-Api-Key=secret-1")
+        .unwrap();
+    let client = remote::connect(&endpoint).unwrap();
+    let action = Digest::of_bytes(SHA256, b"an action");
+    assert!(client.get_action_result(&action).unwrap().is_none(), "404: no entry");
+    let head = request.join().unwrap();
+    let first = head.lines().next().unwrap_or_default();
+    assert_eq!(first, format!("GET /team/a/ac/{} HTTP/1.1", action.hash()));
+    assert!(
+        head.lines().any(|l| l.eq_ignore_ascii_case("x-api-key: secret-1")),
+        "{head}"
+    );
+    // The header's value is never shown with the endpoint.
+    assert!(!endpoint.to_string().contains("secret-1"));
+}
+
 fn quick(url: &str) -> Endpoint {
     Endpoint::parse(url)
         .unwrap()

@@ -357,12 +357,18 @@ fn private_dir(prefix: &str) -> tempfile::TempDir {
 
 /// Waits until a Capabilities call succeeds (BuildGrid opens its port before it serves).
 fn wait_for_capabilities(address: &str, process: &mut ServerProcess, limit: Duration) {
+    wait_for_instance(address, "", process, limit);
+}
+
+/// Like `wait_for_capabilities`, asking for the instance `instance`.
+fn wait_for_instance(address: &str, instance: &str, process: &mut ServerProcess, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let mut command = Command::new(venv_python());
         command
             .arg(script("reapi_client.py"))
-            .args(["--server", address, "--rpc-timeout", "5", "capabilities"])
+            .args(["--server", address, "--instance", instance])
+            .args(["--rpc-timeout", "5", "capabilities"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if command.status().map(|s| s.success()).unwrap_or(false) {
@@ -384,13 +390,24 @@ pub struct BuildGridCache {
     process: ServerProcess,
     dir: tempfile::TempDir,
     port: u16,
+    instance: String,
 }
 
 impl BuildGridCache {
     pub fn start() -> BuildGridCache {
+        BuildGridCache::start_with_instance("")
+    }
+
+    /// A server whose one instance is named `instance` (`""`: the unnamed instance).
+    pub fn start_with_instance(instance: &str) -> BuildGridCache {
         let dir = private_dir("pochi-buildgrid-cache-");
-        let (port, process) = Self::launch(dir.path(), None);
-        BuildGridCache { dir, port, process }
+        let (port, process) = Self::launch(dir.path(), None, instance);
+        BuildGridCache {
+            dir,
+            port,
+            process,
+            instance: instance.to_string(),
+        }
     }
 
     /// One server for every test of this test binary that does not restart it.
@@ -399,7 +416,7 @@ impl BuildGridCache {
         SHARED.get_or_init(BuildGridCache::start)
     }
 
-    fn launch(dir: &Path, port: Option<u16>) -> (u16, ServerProcess) {
+    fn launch(dir: &Path, port: Option<u16>, instance: &str) -> (u16, ServerProcess) {
         let venv = buildgrid_venv();
         let command = |port: u16| {
             let mut command = Command::new("python3");
@@ -410,7 +427,7 @@ impl BuildGridCache {
                 .arg(venv)
                 .arg("--dir")
                 .arg(dir)
-                .args(["--port", &port.to_string()]);
+                .args(["--port", &port.to_string(), "--instance", instance]);
             command
         };
         let log = dir.join("buildgrid.log");
@@ -431,12 +448,18 @@ impl BuildGridCache {
                 (port, process)
             }
         };
-        wait_for_capabilities(
+        wait_for_instance(
             &format!("127.0.0.1:{port}"),
+            instance,
             &mut process,
             BUILDGRID_START_TIMEOUT,
         );
         (port, process)
+    }
+
+    /// The name of its instance.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// `127.0.0.1:PORT`, for gRPC clients.
@@ -486,7 +509,7 @@ impl BuildGridCache {
     /// Starts it again on the same port with the same storage (the action cache is empty).
     pub fn restart(&mut self) {
         self.process.kill();
-        let (_, process) = Self::launch(self.dir.path(), Some(self.port));
+        let (_, process) = Self::launch(self.dir.path(), Some(self.port), &self.instance);
         self.process = process;
     }
 }
