@@ -1182,7 +1182,10 @@ fn sliding_window_outputs_equal_monais_sliding_window_inference_in_both_modes() 
         let diff: f64 = fields[fields.len() - 2].parse().unwrap();
         let scale: f64 = fields[fields.len() - 1].parse().unwrap();
         assert!(diff <= 1e-4, "{mode}: max |pochi - MONAI| = {diff}: {out}");
-        assert!(scale > 0.1, "{mode}: a trivial output proves nothing: {out}");
+        assert!(
+            scale > 0.1,
+            "{mode}: a trivial output proves nothing: {out}"
+        );
         let summary = json(&project, &format!("build/pipeline/sw_{mode}/summary.json"));
         let sw = &summary["sliding_window"];
         assert_eq!(sw["mode"], mode, "{sw}");
@@ -1197,7 +1200,10 @@ fn sliding_window_outputs_equal_monais_sliding_window_inference_in_both_modes() 
     let summary = json(&project, "build/pipeline/sw_gaussian/summary.json");
     assert_eq!(summary["sliding_window"]["windows_per_sample"], 12);
     let md = project.read("build/pipeline/sw_gaussian/report.md");
-    assert!(md.contains("Sliding window (MONAI's `sliding_window_inference`)"), "{md}");
+    assert!(
+        md.contains("Sliding window (MONAI's `sliding_window_inference`)"),
+        "{md}"
+    );
 }
 
 #[test]
@@ -1210,11 +1216,26 @@ fn sliding_window_settings_are_checked_with_spans() {
     let cases = [
         ("{ roi = [] }", "needs one size of 1 or more"),
         ("{ roi = [16, 0, 16] }", "needs one size of 1 or more"),
-        ("{ roi = [16, 16, 16], overlap = 1.0 }", "must be >= 0 and < 1"),
-        ("{ roi = [16, 16, 16], overlap = [0.5, 0.5] }", "has 2 values for the 3 axes"),
-        ("{ roi = [16, 16, 16], sw_batch_size = 0 }", "at least 1 window per run"),
-        ("{ roi = [16, 16, 16], mode = \"gausian\" }", "did you mean `gaussian`"),
-        ("{ roi = [16, 16, 16], padding_mode = \"reflekt\" }", "did you mean `reflect`"),
+        (
+            "{ roi = [16, 16, 16], overlap = 1.0 }",
+            "must be >= 0 and < 1",
+        ),
+        (
+            "{ roi = [16, 16, 16], overlap = [0.5, 0.5] }",
+            "has 2 values for the 3 axes",
+        ),
+        (
+            "{ roi = [16, 16, 16], sw_batch_size = 0 }",
+            "at least 1 window per run",
+        ),
+        (
+            "{ roi = [16, 16, 16], mode = \"gausian\" }",
+            "did you mean `gaussian`",
+        ),
+        (
+            "{ roi = [16, 16, 16], padding_mode = \"reflekt\" }",
+            "did you mean `reflect`",
+        ),
         ("{ roi = [16, 16, 16], sigma_scale = 0 }", "must be above 0"),
         ("{ roi = [16, 16, 16], window = 3 }", "window"),
     ];
@@ -1223,7 +1244,11 @@ fn sliding_window_settings_are_checked_with_spans() {
         let run = project.run(&["build", "--dry-run"]);
         assert_eq!(run.code, Some(1), "{settings}: {}", run.stderr);
         assert!(run.stderr.contains(needle), "{settings}: {}", run.stderr);
-        assert!(run.stderr.contains("pipeline.toml:5:"), "{settings}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("pipeline.toml:5:"),
+            "{settings}: {}",
+            run.stderr
+        );
     }
     // The roi must have the data's spatial axes: named at run time, with both shapes.
     let project = sliding_project();
@@ -1233,9 +1258,10 @@ fn sliding_window_settings_are_checked_with_spans() {
         .assert_error(&["roi [16, 16] has 2 axes", "3 spatial axes"]);
     // The window must be what the model takes.
     project.write("pipeline.toml", &stage("{ roi = [8, 8, 8] }"));
-    project
-        .build(&[])
-        .assert_error(&["sliding_window.roi = [8, 8, 8]", "set roi to the model's spatial input size"]);
+    project.build(&[]).assert_error(&[
+        "sliding_window.roi = [8, 8, 8]",
+        "set roi to the model's spatial input size",
+    ]);
 }
 
 #[test]

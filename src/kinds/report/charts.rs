@@ -491,7 +491,7 @@ pub fn throughput(models: &[ModelResult], sweep: &[usize]) -> String {
             .draw()?;
         for (i, (_, points)) in lines.iter().enumerate() {
             let colour = Palette99::pick(i).to_rgba();
-            chart.draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?;
+            chart.draw_series([PathElement::new(points.clone(), colour.stroke_width(2))])?;
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
         }
         for (i, name) in legend.iter().enumerate() {
@@ -621,4 +621,3 @@ mod tests {
         assert!(svg.contains("no model was timed"));
     }
 }
-

@@ -413,10 +413,9 @@ fn parse_batch(
             }
             let mut sweep = Vec::new();
             for &b in list {
-                let b = usize::try_from(b)
-                    .ok()
-                    .filter(|&b| b >= 1)
-                    .ok_or_else(|| error(format!("`batch`: {b} is not a batch size (1 or more)")))?;
+                let b = usize::try_from(b).ok().filter(|&b| b >= 1).ok_or_else(|| {
+                    error(format!("`batch`: {b} is not a batch size (1 or more)"))
+                })?;
                 if sweep.contains(&b) {
                     return Err(error(format!("`batch`: {b} is listed twice")));
                 }
@@ -498,7 +497,10 @@ fn parse_sliding_window(
     };
     let cval = keys.cval.unwrap_or(0.0);
     if !cval.is_finite() {
-        return Err(src.error(stage.span(), "`sliding_window.cval` must be a finite number"));
+        return Err(src.error(
+            stage.span(),
+            "`sliding_window.cval` must be a finite number",
+        ));
     }
     Ok(Settings {
         roi,
@@ -566,7 +568,10 @@ fn one_of(
         .ok_or_else(|| {
             parser
                 .src
-                .error(value.span(), format!("unknown {what} `{}`", value.get_ref()))
+                .error(
+                    value.span(),
+                    format!("unknown {what} `{}`", value.get_ref()),
+                )
                 .with_help(suggest::hint(value.get_ref(), names))
         })
 }

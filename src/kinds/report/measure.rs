@@ -112,7 +112,11 @@ fn all_windows(plan: &Plan, data: &ArrayD<f32>) -> ArrayD<f32> {
 }
 
 /// Stitches each output of `windows x ...` predictions of every sample back into samples.
-fn stitch_all(plan: &Plan, outputs: Vec<ArrayD<f32>>, samples: usize) -> Result<Vec<ArrayD<f32>>, String> {
+fn stitch_all(
+    plan: &Plan,
+    outputs: Vec<ArrayD<f32>>,
+    samples: usize,
+) -> Result<Vec<ArrayD<f32>>, String> {
     outputs
         .into_iter()
         .map(|output| {
@@ -120,7 +124,11 @@ fn stitch_all(plan: &Plan, outputs: Vec<ArrayD<f32>>, samples: usize) -> Result<
             for i in 0..samples {
                 let range = i * plan.windows()..(i + 1) * plan.windows();
                 let windows = output.slice_axis(Axis(0), ndarray::Slice::from(range));
-                parts.push(plan.stitch(windows).map_err(|e| e.to_string())?.insert_axis(Axis(0)));
+                parts.push(
+                    plan.stitch(windows)
+                        .map_err(|e| e.to_string())?
+                        .insert_axis(Axis(0)),
+                );
             }
             let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
             ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())
@@ -228,7 +236,11 @@ pub fn onnx(s: &Setup, path: &Path) -> Result<Outcome, String> {
             let batch = asked.unwrap_or(sw.sw_batch_size);
             let batch = evaluate::batch_for(Some(batch), &model.input_shape, batch)?;
             // The timed runs go over the windows of the first sample.
-            (batch, Cow::Owned(plan.cut(s.data.index_axis(Axis(0), 0))), 1)
+            (
+                batch,
+                Cow::Owned(plan.cut(s.data.index_axis(Axis(0), 0))),
+                1,
+            )
         }
         _ => {
             let batch = evaluate::batch_for(asked, &model.input_shape, s.data.shape()[0])?;
@@ -249,7 +261,8 @@ pub fn onnx(s: &Setup, path: &Path) -> Result<Outcome, String> {
             Some(f) => skipped(b, format!("the model's batch axis is fixed at {f}")),
             None => {
                 let batches = full_batches(&samples, b);
-                let (t, n) = model.time(&batches, c.warmup, c.iterations, c.min_duration, s.cancel)?;
+                let (t, n) =
+                    model.time(&batches, c.warmup, c.iterations, c.min_duration, s.cancel)?;
                 timed(b, metrics::latency(&t, n.iter().sum(), b))
             }
         };
@@ -257,8 +270,12 @@ pub fn onnx(s: &Setup, path: &Path) -> Result<Outcome, String> {
     }
     drop(samples);
     let sw_batch = c.sliding_window.as_ref().map_or(1, |sw| sw.sw_batch_size);
-    let (outputs, end_to_end) =
-        onnx_outputs(&mut model, s.data, batch, plan.as_ref().map(|p| (p, sw_batch)))?;
+    let (outputs, end_to_end) = onnx_outputs(
+        &mut model,
+        s.data,
+        batch,
+        plan.as_ref().map(|p| (p, sw_batch)),
+    )?;
     Ok(Outcome::Ran(Box::new(Measured {
         batch,
         times,
@@ -323,7 +340,13 @@ pub fn engine(s: &Setup, path: &Path, file_exists: bool) -> Result<Outcome, Stri
         iterations: c.iterations,
         min_duration: c.min_duration,
     };
-    let run = tensorrt::run(s.context, path, &samples, runs(asked.or(sw_batch)), s.cancel)?;
+    let run = tensorrt::run(
+        s.context,
+        path,
+        &samples,
+        runs(asked.or(sw_batch)),
+        s.cancel,
+    )?;
     let main = metrics::latency(&run.times, run.samples.iter().sum(), run.batch);
     let mut sweep = Vec::new();
     for &b in &c.sweep {
@@ -369,7 +392,11 @@ fn fixed_engine(engine: &Path) -> bool {
     std::fs::read(manifest)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|v| v.pointer("/shapes/profiles").and_then(Value::as_array).map(Vec::is_empty))
+        .and_then(|v| {
+            v.pointer("/shapes/profiles")
+                .and_then(Value::as_array)
+                .map(Vec::is_empty)
+        })
         .unwrap_or(false)
 }
 

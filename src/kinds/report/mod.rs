@@ -591,9 +591,10 @@ impl Report {
                     .clone()
                     .unwrap_or_else(|| format!("ONNX Runtime {}", provider.name())),
             );
-            result.timing = measured.timing.as_ref().map(|t| {
-                format!("{t}: pure execution on inputs already on the GPU")
-            });
+            result.timing = measured
+                .timing
+                .as_ref()
+                .map(|t| format!("{t}: pure execution on inputs already on the GPU"));
             result.batch_sweep = measured.sweep.clone();
             result.batch = measured.batch;
             result.end_to_end = Some(metrics::latency(

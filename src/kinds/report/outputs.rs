@@ -254,7 +254,11 @@ fn overview_table(md: &mut String, summary: &Summary) {
     let _ = writeln!(
         md,
         "| model | precision | size | batch | mean ms | p50 ms | p90 ms | p99 ms | throughput (samples/s) |{} parity | task |",
-        if swept { " best throughput (batch) |" } else { "" }
+        if swept {
+            " best throughput (batch) |"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         md,
@@ -323,10 +327,16 @@ fn sliding_window_line(sw: &super::SlidingWindowInfo) -> String {
         "Sliding window (MONAI's `sliding_window_inference`): roi {:?}, overlap {:?}, mode {}, sigma_scale {:?}, {} windows per run, padding {} (cval {}): {} windows per sample. The timed runs are on windows of the first sample (batch = windows per run); end to end is one sample: its windows cut, run, blended and cropped.",
         s.roi,
         s.overlap,
-        serde_json::to_value(s.mode).unwrap_or_default().as_str().unwrap_or("?"),
+        serde_json::to_value(s.mode)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?"),
         s.sigma_scale,
         s.sw_batch_size,
-        serde_json::to_value(s.padding_mode).unwrap_or_default().as_str().unwrap_or("?"),
+        serde_json::to_value(s.padding_mode)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?"),
         s.cval,
         sw.windows_per_sample
     )
@@ -337,11 +347,21 @@ fn sweep_section(md: &mut String, summary: &Summary) {
     if summary.batch_sweep.is_empty() {
         return;
     }
-    let _ = writeln!(md, "### Batch sweep
-");
-    let heads: Vec<String> = summary.batch_sweep.iter().map(|b| format!("batch {b}")).collect();
-    let _ = writeln!(md, "Mean latency per run · throughput (samples/s).
-");
+    let _ = writeln!(
+        md,
+        "### Batch sweep
+"
+    );
+    let heads: Vec<String> = summary
+        .batch_sweep
+        .iter()
+        .map(|b| format!("batch {b}"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Mean latency per run · throughput (samples/s).
+"
+    );
     let _ = writeln!(md, "| model | {} |", heads.join(" | "));
     let _ = writeln!(md, "|---|{}", "--:|".repeat(heads.len()));
     let mut reasons = Vec::new();

@@ -329,7 +329,11 @@ fn check_padding(mode: Padding, axis: usize, length: usize, pad: usize) -> Resul
 }
 
 /// For each index of a padded axis, the index it reads in the original (None: `cval`).
-fn source_indices(mode: Padding, length: usize, (before, after): (usize, usize)) -> Vec<Option<usize>> {
+fn source_indices(
+    mode: Padding,
+    length: usize,
+    (before, after): (usize, usize),
+) -> Vec<Option<usize>> {
     let n = length as isize;
     (0..(length + before + after) as isize)
         .map(|i| {
@@ -433,7 +437,8 @@ mod tests {
 
     #[test]
     fn mismatched_dimensions_and_outputs_are_named() {
-        let error = Plan::new(&settings(&[4, 4, 4], 0.25, Blend::Constant), &[1, 8, 8]).unwrap_err();
+        let error =
+            Plan::new(&settings(&[4, 4, 4], 0.25, Blend::Constant), &[1, 8, 8]).unwrap_err();
         assert!(error.to_string().contains("2 spatial axes"), "{error}");
         let plan = Plan::new(&settings(&[4, 4], 0.25, Blend::Constant), &[1, 8, 8]).unwrap();
         let wrong = ArrayD::<f32>::zeros(IxDyn(&[plan.windows(), 2, 2, 2]));
