@@ -797,6 +797,42 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_list_is_a_sweep_and_sliding_windows_get_monais_defaults() {
+        let c =
+            parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = [4, 1, 16]\n").unwrap();
+        assert_eq!((c.batch, c.sweep.clone()), (Some(4), vec![4, 1, 16]));
+        assert!(keys(&c).contains(&"throughput_chart".to_string()));
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = 2\n").unwrap();
+        assert_eq!((c.batch, c.sweep.len()), (Some(2), 0));
+        assert!(!keys(&c).contains(&"throughput_chart".to_string()));
+        for (bad, needle) in [
+            ("[]", "lists no batch size"),
+            ("[1, 0]", "0 is not a batch size"),
+            ("[2, 2]", "2 is listed twice"),
+        ] {
+            let error = parse_stage(&format!(
+                "models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+        let c = parse_stage(
+            "models = [\"m.onnx\"]\ndata = \"d.npy\"\nsliding_window = { roi = [96, 96, 64] }\n",
+        )
+        .unwrap();
+        let sw = c.sliding_window.unwrap();
+        assert_eq!(sw.roi, [96, 96, 64]);
+        assert_eq!(
+            (sw.overlap.clone(), sw.sigma_scale.clone()),
+            (vec![0.25; 3], vec![0.125; 3])
+        );
+        assert_eq!(
+            (sw.mode, sw.padding_mode, sw.sw_batch_size, sw.cval),
+            (Blend::Constant, Padding::Constant, 1, 0.0)
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("1s"), Some(Duration::from_secs(1)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
