@@ -1,22 +1,33 @@
 //! pochi: a declarative, make-like build-graph engine for model deployment.
 //!
-//! Phases, one module each: `spec` (parse) -> `graph` (resolve, check, seal) -> `build`
-//! (plan with `fingerprint` and `state`) -> `scheduler` (run under resources). `kinds` is
-//! the stage-kind seam; `runner` and `machine` touch the OS; `toolchain` creates and
-//! identifies Python environments (the only module that spawns Python outside a stage);
-//! `render` draws graphs; `cli` is the command line.
+//! Phases, one module each: `spec` (parse) -> `graph` (resolve, check, seal) -> `driver`
+//! (one build: plan with `fingerprint` and `state`) -> `scheduler` (run under resources).
+//! Every stage becomes an `action::Action` through the kind seam (`spec::kind`, kinds in
+//! `kinds`); `host` holds the machine facts gathered once per build; `process`, `runner`,
+//! `machine` and `toolchain` touch the OS; `render` draws graphs; `cli` is the command
+//! line and the only module that prints. `clippy.toml` enforces both: `Command::new` is
+//! allowed only in `runner`, `machine`, `toolchain` and `cli`, printing only in `cli`.
 
-pub mod build;
+pub mod action;
+pub mod cache;
+#[allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 pub mod cli;
-pub mod fingerprint;
+pub(crate) mod driver;
+pub(crate) mod fingerprint;
 mod fsutil;
 pub mod graph;
+pub mod host;
 pub mod kinds;
-pub mod machine;
+#[allow(clippy::disallowed_methods)]
+pub(crate) mod machine;
 pub mod onnx_info;
-pub mod render;
-pub mod runner;
-pub mod scheduler;
+pub(crate) mod process;
+pub(crate) mod render;
+#[allow(clippy::disallowed_methods)]
+pub(crate) mod runner;
+pub(crate) mod scheduler;
+pub(crate) mod size;
 pub mod spec;
-pub mod state;
-pub mod toolchain;
+pub(crate) mod state;
+#[allow(clippy::disallowed_methods)]
+pub(crate) mod toolchain;

@@ -1,13 +1,30 @@
-//! What this machine offers: cores, memory, and GPUs (from `POCHI_GPUS`, else
-//! `nvidia-smi`), with `POCHI_CPUS` / `POCHI_MEMORY` to override detection.
+//! What this machine offers: cores, memory, and GPUs (from `POCHI_GPUS`, else one
+//! `nvidia-smi` query that also gives each GPU's model, memory, driver and compute
+//! capability), with `POCHI_CPUS` / `POCHI_MEMORY` to override detection.
 
 use std::process::Command;
 
-use crate::build::Machine;
-use crate::spec::ByteSize;
+use crate::host::GpuModel;
+use crate::size::ByteSize;
 
-/// Detects the machine once per command.
+/// What the machine offers, as detected once per command.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cores: u32,
+    pub memory: u64,
+    pub gpus: Vec<u32>,
+    /// The models of the GPUs `nvidia-smi` lists (empty without it).
+    pub gpu_models: Vec<GpuModel>,
+}
+
+/// Detects the machine, once per process (later calls return the first answer).
 pub fn detect() -> Machine {
+    static DETECTED: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
+    DETECTED.get_or_init(detect_now).clone()
+}
+
+fn detect_now() -> Machine {
+    let gpu_models = nvidia_smi();
     Machine {
         cores: env_number("POCHI_CPUS").unwrap_or_else(cores),
         memory: std::env::var("POCHI_MEMORY")
@@ -17,8 +34,9 @@ pub fn detect() -> Machine {
             .unwrap_or_else(total_memory),
         gpus: match std::env::var("POCHI_GPUS") {
             Ok(list) => parse_gpu_list(&list),
-            Err(_) => nvidia_smi_gpus(),
+            Err(_) => gpu_models.iter().map(|gpu| gpu.index).collect(),
         },
+        gpu_models,
     }
 }
 
@@ -57,17 +75,41 @@ pub fn parse_gpu_list(list: &str) -> Vec<u32> {
         .collect()
 }
 
-fn nvidia_smi_gpus() -> Vec<u32> {
+/// The one `nvidia-smi` query: every GPU's index, model, memory, driver and compute
+/// capability.
+fn nvidia_smi() -> Vec<GpuModel> {
     let output = Command::new("nvidia-smi")
-        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .args([
+            "--query-gpu=index,name,memory.total,memory.free,driver_version,compute_cap",
+            "--format=csv,noheader",
+        ])
         .output();
     match output {
-        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect(),
+        Ok(output) if output.status.success() => {
+            parse_gpu_models(&String::from_utf8_lossy(&output.stdout))
+        }
         _ => Vec::new(),
     }
+}
+
+/// `nvidia-smi`'s CSV lines as GPU models (lines that do not parse are left out).
+fn parse_gpu_models(text: &str) -> Vec<GpuModel> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            match fields[..] {
+                [index, name, memory, memory_free, driver, compute_capability] => Some(GpuModel {
+                    index: index.parse().ok()?,
+                    name: name.into(),
+                    memory: memory.into(),
+                    memory_free: memory_free.into(),
+                    driver: driver.into(),
+                    compute_capability: compute_capability.into(),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -84,5 +126,15 @@ mod tests {
     fn parses_gpu_lists() {
         assert_eq!(parse_gpu_list("0, 1,3"), vec![0, 1, 3]);
         assert!(parse_gpu_list("").is_empty());
+    }
+
+    #[test]
+    fn parses_nvidia_smis_gpu_models() {
+        let text = "0, NVIDIA H100 80GB HBM3, 81559 MiB, 81000 MiB, 550.54.15, 9.0\nnot a gpu\n";
+        let models = parse_gpu_models(text);
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].index, 0);
+        assert_eq!(models[0].name, "NVIDIA H100 80GB HBM3");
+        assert_eq!(models[0].compute_capability, "9.0");
     }
 }

@@ -1,5 +1,5 @@
 //! `cargo fuzz run pipeline`: each input is a `pipeline.toml`, parsed and built into a graph
-//! in-process; a panic, a hang, or an error that does not render (tests/fuzz_support) is a
+//! in-process; a panic, a hang, or an error that does not render (tests/it/fuzz_support) is a
 //! crash. See docs/fuzzing.md.
 
 #![no_main]
@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/fuzz_support/mod.rs"]
+#[path = "../../tests/it/fuzz_support/mod.rs"]
 #[allow(
     dead_code,
     reason = "the suite test reads the outcome counts; here only failures count"

@@ -1,6 +1,6 @@
 //! `pochi build`: build what is out of date, or with `--dry-run` say what would run.
 
-use super::output::{say, show};
+use super::output::{note, say, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,8 +9,8 @@ use clap::Args;
 
 use super::output::{failure, paint};
 use super::progress::Reporter;
-use crate::build::{BuildOptions, BuildSummary, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::driver::{BuildOptions, BuildSummary, Workspace};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -47,22 +47,22 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         && !args.dry_run
         && let Some(stages) = nothing_changed(&paths)
     {
-        say!(
-            "pochi: 0 ran, {stages} up to date in {} (nothing changed since the last build)",
+        note!(
+            "0 ran, {stages} up to date in {} (nothing changed since the last build)",
             super::output::duration(started.elapsed())
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut workspace = Workspace::load(&paths)?;
+    let mut workspace = Workspace::load(&paths, crate::kinds::KINDS)?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "pipelines loaded"
     );
     if args.dry_run {
-        workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
+        super::attach_host(&mut workspace, Mode::Inspect)?;
         return dry_run(&workspace, &args);
     }
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    super::attach_host(&mut workspace, Mode::Create)?;
     let options = BuildOptions {
         targets: args.targets.clone(),
         jobs: args.jobs,
@@ -100,16 +100,25 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
 fn nothing_changed(paths: &[std::path::PathBuf]) -> Option<usize> {
     paths
         .iter()
-        .map(|path| crate::build::noop::up_to_date(path))
+        .map(|path| crate::driver::noop::up_to_date(path))
         .sum()
 }
 
 fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> {
     let targets = workspace.resolve_targets(&args.targets)?;
-    let plans = workspace.plan(&targets, &super::offered_gpus(workspace));
+    let plans = workspace.plan(&targets);
     let mut would_run = 0;
+    let mut would_fail = 0;
     for plan in &plans {
-        if plan.status.would_run() {
+        if plan.status == crate::driver::PlanStatus::Broken {
+            would_fail += 1;
+            say!(
+                "{} {}: {}",
+                paint("would fail", "1;31"),
+                workspace.display_name(plan.id),
+                plan.reasons.join("; ")
+            );
+        } else if plan.status.would_run() {
             would_run += 1;
             say!(
                 "{} {}: {}",
@@ -132,7 +141,11 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             .unwrap_or_default()
         );
     }
-    say!("pochi: {would_run} of {} stages would run", plans.len());
+    note!("{would_run} of {} stages would run", plans.len());
+    if would_fail > 0 {
+        note!("{would_fail} would fail: fix what the lines above say");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,12 +1,12 @@
 //! `pochi clean`: removes stages' published outputs and forgets their records.
 
-use super::output::say;
+use super::output::{note, say};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::build::{BuildEvent, Workspace};
+use crate::driver::{BuildEvent, Workspace};
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
@@ -18,10 +18,10 @@ pub struct CleanArgs {
 }
 
 pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
-    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
+    let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
     let targets = workspace.resolve_targets(&args.targets)?;
     let cancel = super::signals::cancel_flag();
-    let removed = crate::build::clean(&workspace, &targets, &cancel, &mut |event| match event {
+    let removed = crate::driver::clean(&workspace, &targets, &cancel, &mut |event| match event {
         BuildEvent::WaitingForLock { pipeline, holder } => say!(
             "waiting: another pochi (pid {holder}) is building `{pipeline}`; the clean starts when it ends (Ctrl-C to stop waiting)"
         ),
@@ -31,8 +31,8 @@ pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
     for path in &removed {
         say!("removed {}", path.display());
     }
-    say!(
-        "pochi: cleaned {} stages, removed {} outputs",
+    note!(
+        "cleaned {} stages, removed {} outputs",
         targets.len(),
         removed.len()
     );

@@ -6,14 +6,14 @@
 //! including a machine without TensorRT or a GPU: the user asked for an engine; there the
 //! quantized ONNX (built on the CPU) is still built, and kept where the error says.
 
-use super::output::say;
+use super::output::note;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 
 use super::output::failure;
-use crate::build::BuildOptions;
+use crate::driver::BuildOptions;
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -113,7 +113,7 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     }
     let (text, transform) = pipeline_text(&args, &model, calib.as_deref())?;
     if let Some(transform) = transform {
-        eprintln!("pochi: calibration images: {transform}");
+        note!("calibration images: {transform}");
     }
     let dir = super::oneshot::write(&text)?;
     let workspace = super::oneshot::load(&dir)?;
@@ -150,8 +150,8 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
             "check the -o path",
         )
     })?;
-    say!(
-        "pochi: wrote {} ({precision}; manifest: {})",
+    note!(
+        "wrote {} ({precision}; manifest: {})",
         output.display(),
         dir.join("out").join("model.manifest.json").display()
     );
@@ -167,10 +167,7 @@ fn no_engine(dir: &Path, reason: Option<&str>, precision: &str) -> miette::Repor
         other => {
             let onnx = dir.join("out").join(format!("model_{other}.onnx"));
             let onnx = std::path::absolute(&onnx).unwrap_or(onnx);
-            eprintln!(
-                "pochi: the {other} ONNX was built and kept: {}",
-                onnx.display()
-            );
+            note!("the {other} ONNX was built and kept: {}", onnx.display());
             format!("; the {other} ONNX was built and kept: {}", onnx.display())
         }
     };

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::build::{PlanStatus, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::driver::{PlanStatus, Workspace};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 #[command(override_usage = "pochi explain [PIPELINE] STAGE")]
@@ -31,10 +31,10 @@ impl ExplainArgs {
 
 pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let (pipelines, stage) = args.split();
-    let mut workspace = Workspace::load(&pipelines)?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
+    let mut workspace = Workspace::load(&pipelines, crate::kinds::KINDS)?;
+    super::attach_host(&mut workspace, Mode::Inspect)?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
-    let plans = workspace.plan(&targets, &super::offered_gpus(&workspace));
+    let plans = workspace.plan(&targets);
     let Some(plan) = plans.iter().find(|plan| targets.contains(&plan.id)) else {
         return Ok(ExitCode::SUCCESS);
     };

@@ -2,14 +2,14 @@
 //! `.pochi/oneshot/<hash>/` and builds it with the same engine as `pochi build`, so a repeat
 //! with the same arguments and checkpoint is instant; the .onnx is then copied to `-o`.
 
-use super::output::say;
+use super::output::{note, say};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use clap::Args;
 
 use super::output::{duration, failure};
-use crate::build::BuildOptions;
+use crate::driver::BuildOptions;
 use crate::spec::Device;
 
 #[derive(Debug, Args)]
@@ -174,41 +174,24 @@ fn pipeline_text(
     super::oneshot::pipeline_text("export-onnx", pipeline, stages)
 }
 
-/// Lists the GPUs and their free memory (nvidia-smi), or says there are none.
+/// Lists the GPUs and their free memory (from the machine's one `nvidia-smi` query), or
+/// says there are none.
 fn list_gpus(device: Device) {
-    let query = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=index,name,memory.free,memory.total",
-            "--format=csv,noheader,nounits",
-        ])
-        .output();
-    let lines: Vec<String> = match query {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    };
-    if lines.is_empty() {
-        say!("pochi: no NVIDIA GPU found (nvidia-smi is not available); exporting on {device}");
+    let gpus = crate::machine::detect().gpu_models;
+    if gpus.is_empty() {
+        note!("no NVIDIA GPU found (nvidia-smi is not available); exporting on {device}");
         return;
     }
-    for line in lines {
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if let [index, name, free, total] = fields[..] {
-            let gib = |mib: &str| {
-                mib.parse::<f64>()
-                    .map(|m| format!("{:.1} GiB", m / 1024.0))
-                    .unwrap_or_else(|_| mib.to_string())
-            };
-            say!(
-                "pochi: GPU {index}: {name}, {} free of {}",
-                gib(free),
-                gib(total)
-            );
-        }
+    for gpu in gpus {
+        note!(
+            "GPU {}: {}, {} free of {}",
+            gpu.index,
+            gpu.name,
+            gpu.memory_free,
+            gpu.memory
+        );
     }
-    say!("pochi: exporting on {device}");
+    note!("exporting on {device}");
 }
 
 fn copy_atomic(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -267,8 +250,8 @@ fn report(manifest: &serde_json::Value, output: &Path, dir: &Path) {
     let params = number(&["parameters"])
         .map(|p| format!("{:.1} M parameters", p / 1e6))
         .unwrap_or_default();
-    say!(
-        "pochi: wrote {} ({size}, {params}, opset {}): {} -> {}",
+    note!(
+        "wrote {} ({size}, {params}, opset {}): {} -> {}",
         output.display(),
         manifest["opset"],
         shape(&manifest["inputs"]),
@@ -283,22 +266,22 @@ fn report(manifest: &serde_json::Value, output: &Path, dir: &Path) {
     let took = number(&["durations", "total_s"])
         .map(|s| duration(std::time::Duration::from_secs_f64(s)))
         .unwrap_or_default();
-    say!(
-        "pochi: {memory} on {}; the export took {took}",
+    note!(
+        "{memory} on {}; the export took {took}",
         manifest["device"].as_str().unwrap_or("?")
     );
     match manifest.get("verification").filter(|v| !v.is_null()) {
-        Some(v) => say!(
-            "pochi: verified with ONNX Runtime against PyTorch: max |diff| {:.3e}, mean |diff| {:.3e} (rtol {}, atol {})",
+        Some(v) => note!(
+            "verified with ONNX Runtime against PyTorch: max |diff| {:.3e}, mean |diff| {:.3e} (rtol {}, atol {})",
             v["max_abs_diff"].as_f64().unwrap_or(f64::NAN),
             v["mean_abs_diff"].as_f64().unwrap_or(f64::NAN),
             v["rtol"],
             v["atol"]
         ),
-        None => say!("pochi: not verified (--no-verify)"),
+        None => note!("not verified (--no-verify)"),
     }
-    say!(
-        "pochi: manifest and reference outputs: {}",
+    note!(
+        "manifest and reference outputs: {}",
         dir.join("out").display()
     );
 }

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use crate::build::{PlanStatus, Workspace};
+use crate::driver::{PlanStatus, Workspace};
 use crate::render::{self, GraphFormat, GraphView, StageStatus, StageView};
-use crate::toolchain::{self, Mode};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -29,12 +29,16 @@ pub struct GraphArgs {
 
 pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(args.pipeline.as_slice());
-    let mut workspace = Workspace::load(&paths)?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
+    let mut workspace = Workspace::load(&paths, crate::kinds::KINDS)?;
+    super::attach_host(&mut workspace, Mode::Inspect)?;
     let project = &workspace.projects[0];
-    let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
+    let plans = workspace.plan(&workspace.stage_ids());
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];
+    let mut problems = vec![Vec::new(); project.pipeline.stages.len()];
     for plan in &plans {
+        if matches!(plan.status, PlanStatus::Broken | PlanStatus::Unavailable) {
+            problems[plan.id.1] = plan.reasons.clone();
+        }
         status[plan.id.1] = match plan.status {
             PlanStatus::UpToDate => StageStatus::UpToDate,
             PlanStatus::Stale => StageStatus::Stale,
@@ -54,6 +58,7 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
             kind: stage.kind.kind().to_string(),
             device: stage.device.to_string(),
             status: status[index],
+            problems: problems[index].clone(),
             last_duration_ms: project.last_duration_ms(index),
             deps: project
                 .graph

@@ -5,7 +5,7 @@
 //! as `pochi build` (so a repeat with the same model and data is instant), then copies the
 //! report's files to `-o`.
 
-use super::output::say;
+use super::output::note;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::oneshot::{IMAGENET_MEAN, IMAGENET_STD, ImageTransform};
 use super::output::failure;
-use crate::build::BuildOptions;
+use crate::driver::BuildOptions;
 use crate::kinds::dataset::{FolderContents, inspect_folder};
 
 #[derive(Debug, Args)]
@@ -129,10 +129,7 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
         ..
     } = &data
     {
-        say!(
-            "pochi: {}",
-            describe(contents, transform.as_ref(), args.samples)
-        );
+        note!("{}", describe(contents, transform.as_ref(), args.samples));
     }
     let text = pipeline_text(&args, &model, &data)?;
     let dir = super::oneshot::write(&text)?;
@@ -171,24 +168,24 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
             )
         })?;
     }
-    say!("pochi: report written to {}", output.display());
+    note!("report written to {}", output.display());
     if let Ok(summary) = std::fs::read_to_string(output.join("summary.json"))
         && let Ok(value) = serde_json::from_str::<serde_json::Value>(&summary)
         && let Some(model) = value["models"].get(0)
     {
         if let Some(l) = model.get("latency").filter(|l| !l.is_null()) {
-            say!(
-                "pochi: {}: mean {:.3} ms, p99 {:.3} ms, {:.1} samples/s",
+            note!(
+                "{}: mean {:.3} ms, p99 {:.3} ms, {:.1} samples/s",
                 stem,
                 l["mean_ms"].as_f64().unwrap_or(f64::NAN),
                 l["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 l["throughput"].as_f64().unwrap_or(f64::NAN)
             );
         } else if let Some(note) = model["note"].as_str() {
-            say!("pochi: {stem}: {note}");
+            note!("{stem}: {note}");
         }
         if let Some(accuracy) = model["task"]["classification"]["accuracy"].as_f64() {
-            say!("pochi: accuracy {:.2}%", accuracy * 100.0);
+            note!("accuracy {:.2}%", accuracy * 100.0);
         }
     }
     Ok(ExitCode::SUCCESS)

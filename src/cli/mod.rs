@@ -8,11 +8,13 @@ mod convert;
 mod explain;
 mod export_onnx;
 mod graph;
+mod host;
 mod infer;
 mod internal;
 mod oneshot;
 mod output;
 mod progress;
+mod run_stage;
 mod schema;
 mod signals;
 mod status;
@@ -70,6 +72,9 @@ enum Command {
     /// Measurements used by bench/run.sh.
     #[command(hide = true)]
     BenchInternal(internal::BenchArgs),
+    /// Runs a stage that pochi does itself (dataset, report) from its request file.
+    #[command(hide = true)]
+    RunStage(run_stage::RunStageArgs),
 }
 
 /// Runs pochi and returns its exit status.
@@ -90,6 +95,7 @@ pub fn main() -> ExitCode {
         Command::Completions { shell } => completions(shell),
         Command::Hash { files } => internal::hash(&files),
         Command::BenchInternal(args) => internal::bench(args),
+        Command::RunStage(args) => run_stage::run(args),
     };
     match result {
         Ok(code) => code,
@@ -124,14 +130,11 @@ fn init_logging() {
 /// Lets go of `workspace` without freeing it: the process exits right after, and freeing
 /// the allocations of 10,000 stages one by one took 9% of a no-op check (perf, 10k-stage
 /// diamond).
-fn exit_without_freeing(workspace: crate::build::Workspace) {
+fn exit_without_freeing(workspace: crate::driver::Workspace) {
     std::mem::forget(workspace);
 }
 
-/// The GPUs this machine offers the workspace (declared, `POCHI_GPUS`, or detected).
-fn offered_gpus(workspace: &crate::build::Workspace) -> Vec<u32> {
-    workspace.capacity(&crate::machine::detect(), None).gpus
-}
+use host::attach_host;
 
 /// The pipeline files named on the command line, or `pipeline.toml` here.
 fn pipeline_paths(given: &[PathBuf]) -> Vec<PathBuf> {

@@ -3,13 +3,13 @@
 //! cached pipeline) and loaded with its toolchain, ready for `build::run_build`; and the
 //! `dataset` stage that `convert` and `infer` write over a folder of images.
 
-use super::output::say;
+use super::output::note;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
 use super::output::failure;
-use crate::build::Workspace;
+use crate::driver::Workspace;
 use crate::onnx_info::{self, Dim};
 use crate::toolchain::{self, Mode};
 
@@ -51,8 +51,8 @@ pub(super) fn write(text: &str) -> miette::Result<PathBuf> {
 
 /// Loads the pipeline written by `write`, with its toolchain (created when missing).
 pub(super) fn load(dir: &std::path::Path) -> miette::Result<Workspace> {
-    let mut workspace = Workspace::load(&[dir.join("pipeline.toml")])?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Create))?;
+    let mut workspace = Workspace::load(&[dir.join("pipeline.toml")], crate::kinds::KINDS)?;
+    super::attach_host(&mut workspace, Mode::Create)?;
     Ok(workspace)
 }
 
@@ -137,8 +137,8 @@ const DEFAULT_INPUT_SIZE: u64 = 224;
 /// engine or dynamic axes. An ONNX that cannot take RGB images is an error.
 pub fn image_input_size(model: &Path) -> miette::Result<[u64; 2]> {
     let fallback = |why: &str| {
-        say!(
-            "pochi: {why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
+        note!(
+            "{why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
         );
         Ok([DEFAULT_INPUT_SIZE; 2])
     };

@@ -28,6 +28,14 @@ macro_rules! say {
     };
 }
 
+/// Prints one line on stderr with pochi's prefix, `pochi: `, made safe for a terminal:
+/// the one place the prefix is written.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("pochi: {}", $crate::cli::output::sanitize(&format!($($arg)*)))
+    };
+}
+
 /// Prints one line on stdout, made safe for a terminal (see `sanitize`).
 macro_rules! show {
     ($($arg:tt)*) => {
@@ -35,7 +43,13 @@ macro_rules! show {
     };
 }
 
-pub(crate) use {say, show};
+pub(crate) use {note, say, show};
+
+/// Tells people what happens, on stderr with the `pochi:` prefix (e.g. while the
+/// toolchain is created).
+pub fn note_line(message: &str) {
+    note!("{message}");
+}
 
 /// `text` made safe to print: file names, stage output and values from a pipeline may hold
 /// escape sequences that would clear the screen or move the cursor. Control characters
@@ -91,6 +105,16 @@ pub fn print_error(report: &miette::Report) {
 /// A label further right than miette can draw (past column 65,535, where its renderer
 /// panics) is shown as `file:line:col` without the snippet.
 pub fn render_error(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
+    render(diagnostic, color, true)
+}
+
+/// `render_error` without wrapping long lines (a stage's failure, whose lines are a
+/// tool's own output and paths, is shown as the tool wrote it).
+pub fn render_error_unwrapped(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
+    render(diagnostic, color, false)
+}
+
+fn render(diagnostic: &dyn miette::Diagnostic, color: bool, wrap: bool) -> String {
     let mut theme = if color {
         GraphicalTheme::unicode()
     } else {
@@ -103,7 +127,10 @@ pub fn render_error(diagnostic: &dyn miette::Diagnostic, color: bool) -> String 
     };
     let handler = GraphicalReportHandler::new_themed(theme)
         .with_cause_chain()
-        .with_width(100);
+        .with_width(100)
+        .with_wrap_lines(wrap)
+        .with_break_words(false)
+        .with_word_separator(textwrap::WordSeparator::AsciiSpace);
     let mut text = String::new();
     let rendered = match far_label(diagnostic) {
         None => handler.render_report(&mut text, diagnostic),
@@ -218,6 +245,32 @@ pub fn duration(d: std::time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9: a long path in a message is never broken inside the path, in an error or
+    /// a stage failure, whatever the wrapping width.
+    #[test]
+    fn long_paths_are_not_broken_mid_word() {
+        let path = format!("/{}/model.onnx", "very_long_directory_name".repeat(8));
+        let error = Failure {
+            message: format!(
+                "cannot read {path}: no such file or directory, so the stage cannot run"
+            ),
+            hint: Some(format!(
+                "check that {path} exists, or change the `onnx` key"
+            )),
+        };
+        for rendered in [
+            render_error(&error, false),
+            render_error_unwrapped(&error, false),
+        ] {
+            assert_eq!(rendered.matches(&path).count(), 2, "{rendered}");
+        }
+        assert!(
+            render_error_unwrapped(&error, false)
+                .contains("no such file or directory, so the stage cannot run"),
+            "a stage failure keeps its lines as written"
+        );
+    }
 
     #[test]
     fn sanitize_makes_escapes_visible_and_drops_colour_off_a_terminal() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::{duration, paint};
-use crate::build::{BuildEvent, BuildSummary};
+use crate::driver::{BuildEvent, BuildSummary};
 use crate::scheduler::Outcome;
 
 pub struct Reporter {
@@ -105,15 +105,9 @@ impl Reporter {
                 paint("done", "1;32"),
                 duration(took)
             )),
-            Outcome::Failed(message) => {
-                let mut lines = message.lines();
-                let first = lines.next().unwrap_or_default();
-                let mut text = format!("{} {stage}: {first}", paint("FAILED", "1;31"));
-                for line in lines {
-                    text.push_str("\n  ");
-                    text.push_str(line);
-                }
-                self.line(&text);
+            Outcome::Failed(failure) => {
+                let rendered = render_stage_failure(stage, failure, super::output::color());
+                self.line(&format!("{} {stage}\n{rendered}", paint("FAILED", "1;31")));
             }
             Outcome::Cancelled => self.line(&format!(
                 "{} {stage}: interrupted, its partial outputs were discarded",
@@ -162,4 +156,24 @@ impl Reporter {
             duration(Duration::from_millis(summary.duration_ms))
         );
     }
+}
+
+/// A stage's failure rendered like every other error: `error:` with the message (and the
+/// log's path), then `help:` with the hint.
+pub fn render_stage_failure(
+    stage: &str,
+    failure: &crate::scheduler::Failure,
+    color: bool,
+) -> String {
+    let mut message = format!("stage `{stage}` failed: {}", failure.message);
+    if let Some(log) = &failure.log {
+        message.push_str(&format!("\nlog: {}", log.display()));
+    }
+    let diagnostic = super::output::Failure {
+        message,
+        hint: failure.hint.clone(),
+    };
+    super::output::render_error_unwrapped(&diagnostic, color)
+        .trim_end()
+        .to_string()
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 pub fn run() -> miette::Result<ExitCode> {
-    let schema = crate::spec::pipeline_schema();
+    let schema = crate::spec::pipeline_schema(crate::kinds::KINDS);
     println!(
         "{}",
         serde_json::to_string_pretty(&schema).unwrap_or_default()

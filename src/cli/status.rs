@@ -1,15 +1,15 @@
 //! `pochi status`: each stage's status and why, without running anything; exit 1 when
 //! something would run, so CI can use it as a check.
 
-use super::output::{say, show};
+use super::output::{note, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
 
 use super::output::paint;
-use crate::build::{PlanStatus, Workspace};
-use crate::toolchain::{self, Mode};
+use crate::driver::{PlanStatus, Workspace};
+use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -41,9 +41,10 @@ fn color(status: PlanStatus) -> &'static str {
 }
 
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
-    let mut workspace = Workspace::load(&super::pipeline_paths(&args.pipelines))?;
-    workspace.attach_toolchains(|pipeline| toolchain::for_pipeline(pipeline, Mode::Inspect))?;
-    let plans = workspace.plan(&workspace.stage_ids(), &super::offered_gpus(&workspace));
+    let mut workspace =
+        Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
+    super::attach_host(&mut workspace, Mode::Inspect)?;
+    let plans = workspace.plan(&workspace.stage_ids());
     let mut sorted = plans.clone();
     sorted.sort_by_key(|plan| workspace.display_name(plan.id));
     if args.json {
@@ -91,13 +92,13 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
         } else {
             String::new()
         };
-        say!(
-            "pochi: all {} stages that can run here are up to date{elsewhere}",
+        note!(
+            "all {} stages that can run here are up to date{elsewhere}",
             plans.len() - unavailable
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        say!("pochi: {pending} of {} stages would run", plans.len());
+        note!("{pending} of {} stages would run", plans.len());
         Ok(ExitCode::from(1))
     }
 }

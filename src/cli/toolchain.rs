@@ -1,6 +1,6 @@
 //! `pochi toolchain [sync|info|path]`: shows and prepares the Python toolchain.
 
-use super::output::{say, show};
+use super::output::{note, show};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,10 +44,10 @@ impl Common {
         match &self.pipeline {
             None => Ok((Choice::of(None), Vec::new())),
             Some(path) => {
-                let pipeline = Pipeline::load(path)?;
+                let pipeline = Pipeline::load(path, crate::kinds::KINDS)?;
                 Ok((
-                    Choice::of(Some(&pipeline)),
-                    toolchain::needed_modules(&pipeline),
+                    super::host::choice_of(&pipeline),
+                    super::host::needed_modules(&pipeline),
                 ))
             }
         }
@@ -61,18 +61,27 @@ pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
     }) {
         Action::Sync(common) => {
             let (choice, needed) = common.load()?;
-            let resolved = toolchain::resolve(&choice, &needed, Mode::Create, &mut toolchain::say)?;
-            say!(
-                "pochi: the toolchain is ready: {}",
+            let resolved = toolchain::resolve(
+                &choice,
+                &needed,
+                Mode::Create,
+                &mut super::output::note_line,
+            )?;
+            note!(
+                "the toolchain is ready: {}",
                 resolved.toolchain.python.display()
             );
-            say!("pochi: identity: {}", resolved.toolchain.identity);
+            note!("identity: {}", resolved.toolchain.identity);
             Ok(ExitCode::SUCCESS)
         }
         Action::Path(common) => {
             let (choice, needed) = common.load()?;
-            let resolved =
-                toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
+            let resolved = toolchain::resolve(
+                &choice,
+                &needed,
+                Mode::Inspect,
+                &mut super::output::note_line,
+            )?;
             if !resolved.toolchain.python.exists() {
                 return Err(failure(
                     format!(
@@ -87,8 +96,12 @@ pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
         }
         Action::Info { common, json } => {
             let (choice, needed) = common.load()?;
-            let resolved =
-                toolchain::resolve(&choice, &needed, Mode::Inspect, &mut toolchain::say)?;
+            let resolved = toolchain::resolve(
+                &choice,
+                &needed,
+                Mode::Inspect,
+                &mut super::output::note_line,
+            )?;
             if json {
                 show!(
                     "{}",

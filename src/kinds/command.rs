@@ -1,15 +1,13 @@
 //! The `command` stage kind: any program, make-style, with `{inputs.KEY}`, `{outputs.KEY}`,
 //! `{python}` and `{build_dir}` placeholders in its `run` list.
 
-use std::collections::BTreeMap;
-
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, Invocation, InvocationContext, KindInfo, StageKind, Tool};
+use super::{Action, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
 
@@ -17,6 +15,7 @@ pub static INFO: KindInfo = KindInfo {
     name: "command",
     keys: &["run", "inputs", "outputs"],
     parse,
+    workers: &[],
     schema: |generator| generator.subschema_for::<CommandKeys>(),
 };
 
@@ -202,30 +201,36 @@ impl StageKind for Command {
         &self.outputs
     }
 
-    fn params(&self) -> serde_json::Value {
+    fn params(&self, _host: &Host) -> serde_json::Value {
         serde_json::json!({ "run": self.run })
     }
 
-    fn tool(&self) -> Tool {
+    fn requirements(&self) -> Requirements {
         let uses_python = self
             .template
             .iter()
             .flatten()
             .any(|piece| *piece == Piece::Python);
-        if uses_python {
-            Tool::Python
-        } else {
-            Tool::None
+        Requirements {
+            tool: if uses_python {
+                Tool::Python
+            } else {
+                Tool::None
+            },
+            ..Requirements::default()
         }
     }
 
-    fn action(&self, context: &InvocationContext) -> Action {
-        let mut argv = self.template.iter().map(|pieces| render(pieces, context));
-        let program = argv.next().unwrap_or_default();
-        Action::Process(Invocation {
-            program,
-            args: argv.collect(),
-            env: BTreeMap::new(),
+    fn action(&self, context: &InvocationContext) -> Result<Action, StageError> {
+        let argv = self
+            .template
+            .iter()
+            .map(|pieces| render(pieces, context))
+            .collect();
+        Ok(Action {
+            inputs: context.inputs.values().cloned().collect(),
+            outputs: context.outputs.values().cloned().collect(),
+            ..Action::new(argv)
         })
     }
 }
@@ -241,7 +246,7 @@ fn render(pieces: &[Piece], context: &InvocationContext) -> String {
             Piece::Text(text) => text.clone(),
             Piece::Input(key) => path(context.inputs.get(key)),
             Piece::Output(key) => path(context.outputs.get(key)),
-            Piece::Python => context.python.to_string_lossy().into_owned(),
+            Piece::Python => context.python().to_string_lossy().into_owned(),
             Piece::BuildDir => context.build_dir.to_string_lossy().into_owned(),
         })
         .collect()
@@ -296,23 +301,14 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
         };
-        let inputs = BTreeMap::from([("src".to_string(), "a.txt".into())]);
-        let outputs = BTreeMap::from([("out".to_string(), "tmp/o.txt".into())]);
-        let action = command.action(&InvocationContext {
-            dir: std::path::Path::new("/p"),
-            inputs: &inputs,
-            outputs: &outputs,
-            python: std::path::Path::new("/py"),
-            build_dir: std::path::Path::new("build/x"),
-            state_dir: std::path::Path::new("/p/.pochi/v1/x"),
-            stage: "x",
-            gpu: None,
-        });
-        let Action::Process(invocation) = action else {
-            panic!("a command runs a process")
-        };
-        assert_eq!(invocation.program, "/py");
-        assert_eq!(invocation.args, vec!["a.txt:tmp/o.txt:build/x"]);
-        assert_eq!(command.tool(), Tool::Python);
+        let mut context = InvocationContext::sample("/p", "/py");
+        context.inputs.insert("src".to_string(), "a.txt".into());
+        context
+            .outputs
+            .insert("out".to_string(), "tmp/o.txt".into());
+        let action = command.action(&context).unwrap();
+        assert_eq!(action.argv, vec!["/py", "a.txt:tmp/o.txt:build/x"]);
+        assert_eq!(action.inputs, vec![std::path::PathBuf::from("a.txt")]);
+        assert_eq!(command.requirements().tool, Tool::Python);
     }
 }

@@ -1,62 +1,223 @@
-//! What the Python-worker kinds (export, quantize, engine, and the report for TensorRT
-//! engines) share: starting a worker, reading its JSON answer and turning a failed one into
-//! a message (error, hint, traceback).
+//! What the worker kinds share: every kind but `command` runs a worker (a Python script
+//! of its folder, or pochi itself for the kinds built in Rust) that reads a JSON request
+//! file and writes a JSON answer. A kind implements `WorkerStage` (its keys, its request)
+//! and gets `StageKind` from the one implementation here: the request written to the
+//! run's scratch directory, the worker's argv, the answer checked in `verify`, and a failed
+//! answer turned into a `StageError` (error, hint, traceback).
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use toml::Spanned;
 
-use super::{Action, Invocation, InvocationContext};
+use super::{Action, Host, InvocationContext, Requirements, StageError, StageKind};
 use crate::spec::parse_api::Parser;
-use crate::spec::{NamedOutput, SpanError};
+use crate::spec::{NamedInput, NamedOutput, SpanError};
 use crate::toolchain::workers::Worker;
 
-/// A scratch file of this run (request, answer), in the temporary output directory next to
-/// the manifest, so it is discarded with the run's other temporary files.
-pub fn scratch_file(context: &InvocationContext, name: &str) -> PathBuf {
-    let manifest = context.outputs.get("manifest").cloned().unwrap_or_default();
-    manifest
-        .parent()
-        .map(|dir| dir.join(name))
-        .unwrap_or_else(|| PathBuf::from(name))
+/// The version of the request file pochi writes for `pochi run-stage`.
+pub const RUN_STAGE_PROTOCOL: u32 = 1;
+
+/// The program of a worker stage.
+#[derive(Debug, Clone, Copy)]
+pub enum Program {
+    /// `python -I WORKER REQUEST ANSWER`, a script embedded in pochi.
+    Python(&'static Worker),
+    /// `pochi run-stage REQUEST ANSWER`: the kind's `run_in_process`, in a child process.
+    Pochi,
 }
 
-/// The process of a worker kind: `python -I WORKER REQUEST RESULT`, unbuffered, plus `env`.
-pub fn run_worker(
-    context: &InvocationContext,
-    worker: &Worker,
-    request: String,
-    result: &Path,
-    env: BTreeMap<String, String>,
-) -> Action {
-    let mut env = env;
-    env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
-    Action::Process(Invocation {
-        program: context.python.to_string_lossy().into_owned(),
-        args: vec![
-            "-I".into(),
-            worker.path().to_string_lossy().into_owned(),
-            request,
-            result.to_string_lossy().into_owned(),
-        ],
-        env,
-    })
+/// A stage kind run by a worker. Implementing it gives the kind its `StageKind`.
+pub trait WorkerStage: Debug + Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn inputs(&self) -> &[NamedInput];
+    fn outputs(&self) -> &[NamedOutput];
+    fn params(&self, host: &Host) -> Value;
+    fn requirements(&self) -> Requirements;
+    fn program(&self) -> Program;
+    /// The request a Python worker reads, for the run's paths in `context` (pochi's own
+    /// request, `run_stage_request`, needs none from the kind).
+    fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
+        let _ = context;
+        Ok(Value::Null)
+    }
+    /// Variables the worker needs besides the stage's `env`.
+    fn env(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+    /// See `StageKind::check_inputs`.
+    fn check_inputs(
+        &self,
+        dir: &Path,
+        inputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), StageError> {
+        let _ = (dir, inputs);
+        Ok(())
+    }
+    /// The error for a worker that ended without an answer (`status`: how it ended), when
+    /// the kind knows more than the exit status (the export's out-of-memory remedy).
+    fn explain_no_answer(&self, context: &InvocationContext, status: &str) -> Option<StageError> {
+        let _ = (context, status);
+        None
+    }
+    /// See `StageKind::run_in_process` (for `Program::Pochi`).
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<String>, StageError> {
+        let _ = (context, cancel);
+        Err(StageError::new(format!(
+            "the `{}` kind does not run inside pochi",
+            self.kind()
+        )))
+    }
+}
+
+/// The request file of a run.
+pub fn request_file(context: &InvocationContext) -> PathBuf {
+    context.scratch.join("request.json")
+}
+
+/// The answer file of a run (relative to nothing: `scratch` is absolute).
+pub fn answer_file(context: &InvocationContext) -> PathBuf {
+    context.scratch.join("answer.json")
+}
+
+impl<T: WorkerStage> StageKind for T {
+    fn kind(&self) -> &'static str {
+        WorkerStage::kind(self)
+    }
+
+    fn inputs(&self) -> &[NamedInput] {
+        WorkerStage::inputs(self)
+    }
+
+    fn outputs(&self) -> &[NamedOutput] {
+        WorkerStage::outputs(self)
+    }
+
+    fn params(&self, host: &Host) -> Value {
+        WorkerStage::params(self, host)
+    }
+
+    fn requirements(&self) -> Requirements {
+        WorkerStage::requirements(self)
+    }
+
+    fn check_inputs(
+        &self,
+        dir: &Path,
+        inputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), StageError> {
+        WorkerStage::check_inputs(self, dir, inputs)
+    }
+
+    fn action(&self, context: &InvocationContext) -> Result<Action, StageError> {
+        let request = match self.program() {
+            Program::Python(_) => WorkerStage::request(self, context)?,
+            Program::Pochi => run_stage_request(context)?,
+        };
+        let file = request_file(context);
+        std::fs::create_dir_all(&context.scratch)
+            .and_then(|()| std::fs::write(&file, request.to_string()))
+            .map_err(|e| StageError::new(format!("cannot write {}: {e}", file.display())))?;
+        let shown = |path: &Path| path.to_string_lossy().into_owned();
+        let (mut argv, tool) = match self.program() {
+            Program::Python(worker) => {
+                let script = worker.path();
+                (
+                    vec![shown(context.python()), "-I".into(), shown(&script)],
+                    script,
+                )
+            }
+            Program::Pochi => {
+                let pochi = context.host.pochi.clone();
+                (vec![shown(&pochi), "run-stage".into()], pochi)
+            }
+        };
+        argv.extend([shown(&file), shown(&answer_file(context))]);
+        let mut env = WorkerStage::env(self);
+        env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
+        let mut inputs: Vec<PathBuf> = context.inputs.values().cloned().collect();
+        inputs.extend([tool, file]);
+        Ok(Action {
+            env,
+            inputs,
+            outputs: context.outputs.values().cloned().collect(),
+            ..Action::new(argv)
+        })
+    }
+
+    fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
+        check_answer(WorkerStage::kind(self), &answer_file(context))?;
+        Ok(answer_warnings(context))
+    }
+
+    fn explain_failure(
+        &self,
+        context: &InvocationContext,
+        status: &str,
+        error: StageError,
+    ) -> StageError {
+        let log = error.log.clone();
+        let explained = match read_json(&answer_file(context)) {
+            Some(answer) => Some(describe_failure(WorkerStage::kind(self), &answer)),
+            None => self.explain_no_answer(context, status),
+        };
+        match (explained, log) {
+            (Some(explained), Some(log)) => explained.with_log(log),
+            (Some(explained), None) => explained,
+            (None, _) => error,
+        }
+    }
+
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<String>, StageError> {
+        WorkerStage::run_in_process(self, context, cancel)
+    }
+}
+
+/// The warnings a worker's answer lists (`"warnings": [...]`), e.g. a report's parity
+/// failure under `on_parity_failure = "warn"`.
+pub fn answer_warnings(context: &InvocationContext) -> Vec<String> {
+    read_json(&answer_file(context))
+        .and_then(|answer| answer.get("warnings").cloned())
+        .and_then(|warnings| serde_json::from_value(warnings).ok())
+        .unwrap_or_default()
+}
+
+/// The request of a stage that pochi runs itself (`pochi run-stage`): the pipeline's
+/// text as this build parsed it (the child parses it again and takes the stage named in
+/// the context) and the run's context.
+pub fn run_stage_request(context: &InvocationContext) -> Result<Value, StageError> {
+    let described = serde_json::to_value(context)
+        .map_err(|e| StageError::new(format!("cannot describe the run: {e}")))?;
+    Ok(json!({
+        "protocol": RUN_STAGE_PROTOCOL,
+        "pipeline_text": &*context.pipeline_text,
+        "context": described,
+    }))
 }
 
 /// Runs a worker from in-process work (`python -I WORKER ARGS...`) in the pipeline
 /// directory, on the stage's GPU, logging to `log`; stopped when `cancel` is set. Returns
-/// the worker's `ok` answer at `result`, or the message for a failure.
+/// the worker's `ok` answer at `result`, or the error for a failure.
 pub fn run_worker_now(
     context: &InvocationContext,
     worker: &Worker,
     args: &[&Path],
     result: &Path,
     log: PathBuf,
-    cancel: &std::sync::atomic::AtomicBool,
-) -> Result<Value, String> {
-    use crate::build::process::{ProcessResult, ProcessSpec};
+    cancel: &AtomicBool,
+) -> Result<Value, StageError> {
+    use crate::process::{ProcessResult, ProcessSpec};
     let mut command_args = vec![
         "-I".to_string(),
         worker.path().to_string_lossy().into_owned(),
@@ -70,40 +231,40 @@ pub fn run_worker_now(
         ),
     ]);
     let spec = ProcessSpec {
-        program: context.python.to_string_lossy().into_owned(),
+        program: context.python().to_string_lossy().into_owned(),
         args: command_args,
         env,
-        cwd: context.dir.to_path_buf(),
+        cwd: context.dir.clone(),
         log: log.clone(),
     };
     let name = worker.name.trim_end_matches(".py");
-    let shown_log = log
-        .strip_prefix(context.dir)
-        .unwrap_or(&log)
-        .display()
-        .to_string();
+    let shown_log = log.strip_prefix(&context.dir).unwrap_or(&log).to_path_buf();
     match crate::runner::run_borrowing_cancel(&spec, cancel) {
         ProcessResult::Success | ProcessResult::Failed { .. } if read_json(result).is_some() => {
-            check_answer(name, result).map_err(|e| format!("{e}\n(log: {shown_log})"))?;
-            read_json(result).ok_or_else(|| format!("the {name} worker's answer vanished"))
+            check_answer(name, result).map_err(|e| e.with_log(&shown_log))?;
+            read_json(result)
+                .ok_or_else(|| StageError::new(format!("the {name} worker's answer vanished")))
         }
-        ProcessResult::Success => Err(format!(
-            "the {name} worker exited without an answer (log: {shown_log})"
-        )),
+        ProcessResult::Success => Err(StageError::new(format!(
+            "the {name} worker exited without an answer"
+        ))
+        .with_log(shown_log)),
         ProcessResult::Failed {
             status,
             stderr_tail,
-        } => Err(format!(
-            "the {name} worker ended with {status} and no answer (log: {shown_log}){}",
+        } => Err(StageError::new(format!(
+            "the {name} worker ended with {status} and no answer{}",
             stderr_tail
                 .iter()
                 .map(|line| format!("\n  {line}"))
                 .collect::<String>()
-        )),
-        ProcessResult::Cancelled => Err("interrupted".into()),
-        ProcessResult::SpawnError(e) => {
-            Err(format!("cannot start {}: {e}", context.python.display()))
-        }
+        ))
+        .with_log(shown_log)),
+        ProcessResult::Cancelled => Err(StageError::new("interrupted")),
+        ProcessResult::SpawnError(e) => Err(StageError::new(format!(
+            "cannot start {}: {e}",
+            context.python().display()
+        ))),
     }
 }
 
@@ -114,14 +275,11 @@ pub fn read_json(path: &Path) -> Option<Value> {
 
 /// The message for a failed answer: the error, its hint, and the Python traceback when the
 /// worker hit an exception.
-pub fn describe_failure(worker: &str, result: &Value) -> String {
+pub fn describe_failure(worker: &str, result: &Value) -> StageError {
     let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
     let mut message = text("error").to_string();
     if message.is_empty() {
         message = format!("the {worker} worker failed without a message");
-    }
-    if !text("hint").is_empty() {
-        message.push_str(&format!("\nhint: {}", text("hint")));
     }
     if text("kind") == "exception" && !text("traceback").is_empty() {
         message.push_str("\nPython traceback:");
@@ -130,16 +288,20 @@ pub fn describe_failure(worker: &str, result: &Value) -> String {
             message.push_str(line);
         }
     }
-    message
+    let error = StageError::new(message);
+    match text("hint") {
+        "" => error,
+        hint => error.with_hint(hint),
+    }
 }
 
 /// `verify` for a worker kind: the answer at `path` must exist and say `ok`.
-pub fn check_answer(worker: &str, path: &Path) -> Result<(), String> {
+pub fn check_answer(worker: &str, path: &Path) -> Result<(), StageError> {
     let Some(result) = read_json(path) else {
-        return Err(format!(
+        return Err(StageError::new(format!(
             "the {worker} worker exited without an answer ({} is missing or not JSON)",
             path.display()
-        ));
+        )));
     };
     if result.get("ok").and_then(Value::as_bool) != Some(true) {
         return Err(describe_failure(worker, &result));
@@ -198,12 +360,11 @@ mod tests {
             "ok": false, "kind": "exception", "error": "boom", "hint": "try again",
             "traceback": "line 1\nline 2"
         });
+        let error = describe_failure("export", &answer);
+        assert_eq!(error.message, "boom\nPython traceback:\n  line 1\n  line 2");
+        assert_eq!(error.hint.as_deref(), Some("try again"));
         assert_eq!(
-            describe_failure("export", &answer),
-            "boom\nhint: try again\nPython traceback:\n  line 1\n  line 2"
-        );
-        assert_eq!(
-            describe_failure("quantize", &serde_json::json!({"ok": false})),
+            describe_failure("quantize", &serde_json::json!({"ok": false})).message,
             "the quantize worker failed without a message"
         );
     }
@@ -222,7 +383,9 @@ mod tests {
 
     #[test]
     fn a_missing_answer_is_an_error() {
-        let error = check_answer("engine", Path::new("/nonexistent/result.json")).unwrap_err();
+        let error = check_answer("engine", Path::new("/nonexistent/result.json"))
+            .unwrap_err()
+            .message;
         assert!(
             error.contains("the engine worker exited without an answer"),
             "{error}"

@@ -25,6 +25,9 @@ pub struct StageView {
     pub last_duration_ms: Option<u64>,
     pub deps: Vec<String>, // names of stages this one depends on (edge dep -> name)
     pub outputs: Vec<String>, // output paths relative to the pipeline file
+    /// Why a stage that cannot build fails or cannot run here (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Where a stage stands relative to its inputs and its last build.
@@ -235,6 +238,7 @@ pub(crate) mod fixtures {
             last_duration_ms,
             deps: deps.iter().map(|dep| dep.to_string()).collect(),
             outputs: vec![format!("build/{name}.out")],
+            problems: Vec::new(),
         }
     }
 

@@ -60,6 +60,12 @@ pub(crate) fn render(view: &GraphView) -> String {
                 .iter()
                 .map(|dep| format!("  <- {dep}")),
         );
+        lines.extend(
+            view.stages[index]
+                .problems
+                .iter()
+                .map(|problem| format!("  ! {problem}")),
+        );
     }
     lines.join("\n") + "\n"
 }

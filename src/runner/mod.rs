@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::build::process::{ProcessResult, ProcessRunner, ProcessSpec};
+use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
 
 mod watchdog;
 

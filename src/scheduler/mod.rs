@@ -30,16 +30,34 @@ pub struct Job {
 pub enum Check {
     UpToDate,
     Run(String),
-    Failed(String),
+    Failed(Failure),
     /// It cannot run on this machine (e.g. no TensorRT or no GPU); not a failure.
     Unavailable(String),
+}
+
+/// Why a job failed: what happened, what to do, and where its log is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub hint: Option<String>,
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            hint: None,
+            log: None,
+        }
+    }
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunResult {
     Done,
-    Failed(String),
+    Failed(Failure),
     Cancelled,
 }
 
@@ -50,7 +68,7 @@ pub enum Outcome {
     Skipped,
     /// Ran and succeeded; with the reason it ran.
     Ran(String),
-    Failed(String),
+    Failed(Failure),
     /// Not run because dependency `0` failed or did not run.
     Blocked(usize),
     /// Not started: the build stopped (a failure without keep-going, or an interrupt).
@@ -334,7 +352,9 @@ impl<'a> Scheduler<'a> {
             };
             let request = self.jobs[job].request;
             if let Some(why) = self.pools.impossible(&request) {
-                let outcome = Outcome::Failed(format!("this stage can never run here: {why}"));
+                let outcome = Outcome::Failed(Failure::new(format!(
+                    "this stage can never run here: {why}"
+                )));
                 self.pending.push_back((job, outcome, true));
                 self.process_pending(observer);
                 continue;

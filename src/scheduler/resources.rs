@@ -59,8 +59,8 @@ impl Pools {
         if request.memory > capacity.memory {
             return Some(format!(
                 "it needs {} of memory but this machine offers {}",
-                crate::spec::ByteSize(request.memory).display(),
-                crate::spec::ByteSize(capacity.memory).display()
+                crate::size::ByteSize(request.memory).display(),
+                crate::size::ByteSize(capacity.memory).display()
             ));
         }
         match request.gpu {

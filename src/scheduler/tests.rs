@@ -33,7 +33,7 @@ impl Executor for FakeExecutor {
             .unwrap()
             .push((job, start, Instant::now(), lease.gpu));
         if self.failures.contains(&job) {
-            RunResult::Failed("boom".into())
+            RunResult::Failed(Failure::new("boom"))
         } else {
             RunResult::Done
         }
@@ -193,7 +193,7 @@ fn a_failure_blocks_dependents_and_stops_the_build() {
     let mut jobs_long = jobs.clone();
     jobs_long[0].estimate_ms = 100;
     let outcomes = schedule(&jobs_long, executor, capacity(1, &[]), false);
-    assert_eq!(outcomes[0], Some(Outcome::Failed("boom".into())));
+    assert_eq!(outcomes[0], Some(Outcome::Failed(Failure::new("boom"))));
     assert_eq!(outcomes[1], Some(Outcome::Blocked(0)));
     assert_eq!(outcomes[2], Some(Outcome::Stopped));
 }
@@ -259,7 +259,7 @@ fn impossible_requests_fail_at_once() {
     jobs[0].request.gpu = GpuRequest::Any;
     let executor = Arc::new(FakeExecutor::default());
     let outcomes = schedule(&jobs, Arc::clone(&executor), capacity(2, &[]), false);
-    assert!(matches!(&outcomes[0], Some(Outcome::Failed(m)) if m.contains("GPU")));
+    assert!(matches!(&outcomes[0], Some(Outcome::Failed(f)) if f.message.contains("GPU")));
     assert_eq!(outcomes[1], Some(Outcome::Blocked(0)));
     assert!(executor.log.lock().unwrap().is_empty());
 }

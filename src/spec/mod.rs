@@ -1,11 +1,11 @@
 //! The pipeline file users write: its types, parsed and validated with spans (`parse`).
 
 mod error;
+pub mod kind;
 mod parse;
 pub mod paths;
 mod schema;
 mod sections;
-mod size;
 pub mod suggest;
 
 use std::collections::BTreeMap;
@@ -18,10 +18,9 @@ pub use parse::{common_stage_schema, parse_pipeline};
 pub mod parse_api {
     pub use super::parse::{Parser, is_valid_name};
 }
+pub use crate::size::ByteSize;
+pub use kind::StageKind;
 pub use schema::pipeline_schema;
-pub use size::ByteSize;
-
-use crate::kinds::StageKind;
 
 /// The directory under the project root where pochi keeps its state (`.pochi/v1/...`).
 pub const STATE_ROOT: &str = ".pochi";
@@ -46,12 +45,12 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Reads and parses a pipeline file.
-    pub fn load(path: &Path) -> Result<Pipeline, SpecError> {
+    pub fn load(path: &Path, kinds: kind::Registry) -> Result<Pipeline, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        parse_pipeline(path, text)
+        parse_pipeline(path, text, kinds)
     }
 
     /// The directory holding pochi's state for this pipeline: `.pochi/v1/<name>/`.

@@ -14,13 +14,13 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{SourceFile, SpanError, SpecError};
-use super::size::ByteSize;
+use super::kind::{KindInfo, Registry};
 use super::suggest;
 use super::{
     DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
     StageResources, ToolchainSpec, paths,
 };
-use crate::kinds::{self, KindInfo};
+use crate::size::ByteSize;
 
 pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
 pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];
@@ -96,17 +96,23 @@ pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 }
 
 /// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
-pub fn parse_pipeline(path: &Path, text: String) -> Result<Pipeline, SpecError> {
+/// `kinds` are the stage kinds it knows (`pochi::kinds::KINDS`).
+pub fn parse_pipeline(path: &Path, text: String, kinds: Registry) -> Result<Pipeline, SpecError> {
     // Any error of the cut parse is reported as the one-document parse reports it, so
     // the error (and which of two errors comes first) never depends on the cutting.
-    match parse_document(path, text.clone(), true) {
-        Err(_) => parse_document(path, text, false),
+    match parse_document(path, text.clone(), true, kinds) {
+        Err(_) => parse_document(path, text, false, kinds),
         parsed => parsed,
     }
 }
 
 /// `parse_pipeline`; with `cut`, a large file's stage sections are parsed in parallel.
-fn parse_document(path: &Path, text: String, cut: bool) -> Result<Pipeline, SpecError> {
+fn parse_document(
+    path: &Path,
+    text: String,
+    cut: bool,
+    kinds: Registry,
+) -> Result<Pipeline, SpecError> {
     // `..` is resolved lexically, so `../seg/pipeline.toml` has the same project root as
     // its absolute path (`std::path::absolute` keeps `..`).
     let file =
@@ -133,6 +139,7 @@ fn parse_document(path: &Path, text: String, cut: bool) -> Result<Pipeline, Spec
         dir: &dir,
         build_dir: Path::new(""),
         stage: "",
+        kinds,
     };
     parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
 
@@ -151,7 +158,7 @@ fn parse_document(path: &Path, text: String, cut: bool) -> Result<Pipeline, Spec
     let stages = match sections.map(|s| stage_parser.stages_in_sections(&text, &s.stages)) {
         Some(Some(stages)) => stages?,
         // No sections, or one is not TOML on its own: the whole file, as one document.
-        Some(None) => return parse_document(path, src.text.to_string(), false),
+        Some(None) => return parse_document(path, src.text.to_string(), false, kinds),
         None => stage_parser.stages(&root)?,
     };
     if stages.is_empty() {
@@ -208,6 +215,8 @@ pub struct Parser<'a> {
     pub build_dir: &'a Path,
     /// The stage whose keys are being parsed (empty outside a stage).
     pub stage: &'a str,
+    /// The stage kinds this parse knows.
+    pub kinds: Registry,
 }
 
 impl Parser<'_> {
@@ -393,7 +402,7 @@ impl Parser<'_> {
                     )
                     .with_help("use \"cpu\", \"cuda\" (any GPU) or \"cuda:N\" (GPU number N)")
             })?,
-            None => kind.default_device(),
+            None => kind.requirements().default_device,
         };
         Ok(Stage {
             name: stage_name,
@@ -459,7 +468,7 @@ impl Parser<'_> {
         let Some(kind_name) = kind.get_ref().as_str() else {
             return Err(self.src.error(kind.span(), "`kind` must be a string"));
         };
-        kinds::lookup(kind_name).map_err(|hint| {
+        super::kind::lookup(self.kinds, kind_name).map_err(|hint| {
             self.src
                 .error(kind.span(), format!("unknown stage kind `{kind_name}`"))
                 .with_label("unknown kind")
@@ -621,22 +630,33 @@ fn shorten(name: &str) -> String {
     }
 }
 
-/// Second pass over the stages (sorted by name): a stage that names no device gets the
-/// one its kind picks knowing which kinds produce its inputs (a report over an `engine`
-/// stage's output asks for a GPU).
+/// Second pass over the stages (sorted by name): a stage that names no device and whose
+/// kind's `device_follows` inputs come from a stage that needs a GPU (a report over an
+/// `engine` stage's output) gets `cuda`.
 fn default_devices_from_producers(stages: &mut [Stage]) {
-    let kinds: Vec<(String, &'static str)> = stages
+    let needs_gpu: Vec<(String, bool)> = stages
         .iter()
-        .map(|s| (s.name.clone(), s.kind.kind()))
+        .map(|s| {
+            let requirements = s.kind.requirements();
+            let gpu = requirements.tensorrt == super::kind::TensorRtUse::Required
+                && matches!(requirements.default_device, Device::Cuda(_));
+            (s.name.clone(), gpu)
+        })
         .collect();
-    let producer = |name: &str| {
-        kinds
+    let producer_needs_gpu = |name: &str| {
+        needs_gpu
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
-            .ok()
-            .map(|i| kinds[i].1)
+            .is_ok_and(|i| needs_gpu[i].1)
     };
     for stage in stages.iter_mut().filter(|s| !s.device_declared) {
-        stage.device = stage.kind.default_device_given(&producer);
+        let follows = stage.kind.requirements().device_follows;
+        let gpu = stage.kind.inputs().iter().any(|input| {
+            follows.contains(&input.key)
+                && matches!(&input.source, InputSource::Output { stage, .. } if producer_needs_gpu(stage))
+        });
+        if gpu {
+            stage.device = Device::Cuda(None);
+        }
     }
 }
 
@@ -729,8 +749,8 @@ mod tests {
         for (index, tweak) in tweaks.iter().enumerate() {
             let text = chain(100, tweak);
             assert!(super::super::sections::stage_sections(&text).is_some() || index == 7);
-            let cut = rendered(parse_pipeline(path, text.clone()));
-            let whole = rendered(parse_document(path, text, false));
+            let cut = rendered(parse_pipeline(path, text.clone(), crate::kinds::KINDS));
+            let whole = rendered(parse_document(path, text, false, crate::kinds::KINDS));
             assert_eq!(cut, whole, "tweak {index}");
         }
     }

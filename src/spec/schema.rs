@@ -4,11 +4,11 @@
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
+use super::kind::Registry;
 use super::parse::{CommonStageKeys, PipelineSection, ResourcesSection, ToolchainSection};
-use crate::kinds::KINDS;
 
 /// The schema `pochi schema` prints.
-pub fn pipeline_schema() -> Value {
+pub fn pipeline_schema(kinds: Registry) -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|s| s.inline_subschemas = true)
         .into_generator();
@@ -21,7 +21,7 @@ pub fn pipeline_schema() -> Value {
     let toolchain = section(generator.root_schema_for::<ToolchainSection>());
     let resources = section(generator.root_schema_for::<ResourcesSection>());
     let common = generator.root_schema_for::<CommonStageKeys>().to_value();
-    let stage_variants: Vec<Value> = KINDS
+    let stage_variants: Vec<Value> = kinds
         .iter()
         .map(|kind| {
             let own = (kind.schema)(&mut generator).to_value();
@@ -91,11 +91,11 @@ mod tests {
 
     #[test]
     fn schema_lists_every_kind_and_its_keys() {
-        let schema = pipeline_schema();
+        let schema = pipeline_schema(crate::kinds::KINDS);
         let variants = schema["properties"]["stages"]["additionalProperties"]["oneOf"]
             .as_array()
             .unwrap();
-        assert_eq!(variants.len(), KINDS.len());
+        assert_eq!(variants.len(), crate::kinds::KINDS.len());
         let command = &variants[0];
         assert_eq!(command["properties"]["kind"]["const"], "command");
         for key in [

@@ -234,10 +234,6 @@ impl StateStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Whether the log on disk differs from what this store read (another process wrote it).
     pub fn changed_on_disk(&self) -> bool {
         self.log.is_none() && log_stamp(&self.dir) != self.read_stamp

@@ -59,13 +59,13 @@ struct Entry {
 
 /// A file's path, size and modification time: what tells that it may have changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Stamp {
+pub(crate) struct Stamp {
     path: PathBuf,
     modified_ns: u64,
     len: u64,
 }
 
-pub(super) fn stamp(path: &Path) -> Option<Stamp> {
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     let modified_ns = meta
         .modified()

@@ -13,21 +13,20 @@
 //! fingerprint of every stage that runs Python.
 
 pub mod cache;
-mod identity;
+pub(crate) mod identity;
 mod managed;
-pub mod tensorrt;
 pub mod workers;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 pub use cache::CacheDir;
-pub use identity::{Facts, ModuleFact, TRACKED};
+pub use identity::{Facts, TRACKED};
 pub use managed::Managed;
 
-use crate::kinds::Toolchain;
-use crate::spec::Pipeline;
+use crate::host::PythonFacts;
+pub use crate::host::Toolchain;
 
 /// The lock the managed environment is built from (exact versions and hashes).
 pub const LOCK: &str = include_str!("../../toolchain/requirements.lock");
@@ -79,16 +78,10 @@ pub enum Choice {
 impl Choice {
     /// `POCHI_PYTHON` (the environment of this run) wins over `[toolchain] python` in the
     /// pipeline; neither means the managed toolchain.
-    pub fn of(pipeline: Option<&Pipeline>) -> Choice {
-        Self::from_parts(
-            std::env::var_os("POCHI_PYTHON"),
-            pipeline.and_then(|p| {
-                p.toolchain
-                    .python
-                    .as_deref()
-                    .map(|python| (python, p.dir.as_path(), p.file.as_path()))
-            }),
-        )
+    /// `declared`: a pipeline's `[toolchain] python`, with the pipeline's directory and
+    /// file (for messages).
+    pub fn of(declared: Option<(&Path, &Path, &Path)>) -> Choice {
+        Self::from_parts(std::env::var_os("POCHI_PYTHON"), declared)
     }
 
     fn from_parts(env: Option<OsString>, pipeline: Option<(&Path, &Path, &Path)>) -> Choice {
@@ -181,30 +174,51 @@ pub struct Resolved {
     pub cache: CacheDir,
 }
 
-/// The modules the pipeline's stages import (from each kind's `python_modules`).
-pub fn needed_modules(pipeline: &Pipeline) -> Vec<&'static str> {
-    let set: BTreeSet<&'static str> = pipeline
-        .stages
-        .iter()
-        .flat_map(|stage| stage.kind.python_modules())
-        .collect();
-    set.into_iter().collect()
+/// Writes the identity worker and `workers` (every kind's scripts) to the per-user cache.
+pub fn materialize_workers(workers: &[workers::Worker]) -> Result<(), ToolchainError> {
+    let cache = CacheDir::from_env().map_err(ToolchainError::Cache)?;
+    workers::materialize_all(&cache, workers).map_err(|e| {
+        ToolchainError::Cache(format!(
+            "cannot write pochi's worker scripts to {}: {e}",
+            cache.workers().display()
+        ))
+    })
 }
 
-/// The toolchain for a pipeline (what `Workspace::attach_toolchains` wants).
-pub fn for_pipeline(pipeline: &Pipeline, mode: Mode) -> Result<Toolchain, ToolchainError> {
-    resolve(
-        &Choice::of(Some(pipeline)),
-        &needed_modules(pipeline),
-        mode,
-        &mut say,
-    )
-    .map(|resolved| resolved.toolchain)
+/// Runs `python -I SCRIPT ARGS...` to completion, its output captured (the TensorRT probe).
+pub fn run_script(
+    python: &Path,
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(python)
+        .arg("-I")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
 }
 
-/// How toolchain creation talks to people: on stderr.
-pub fn say(message: &str) {
-    eprintln!("pochi: {message}");
+/// Asks the interpreter for its version, its packages' versions and its site
+/// directories, without importing the packages (fast): what a report says it ran on.
+pub fn python_facts(python: &Path) -> Option<PythonFacts> {
+    const QUERY: &str = r#"
+import importlib.metadata as m, json, os, sys
+versions = {}
+for name in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "onnx", "numpy"):
+    try:
+        versions[name] = m.version(name)
+    except Exception:
+        pass
+print(json.dumps({"python": sys.version.split()[0], "versions": versions,
+                  "site_dirs": [p for p in sys.path if p and os.path.isdir(p)]}))
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-I", "-c", QUERY])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    serde_json::from_slice(&output.stdout).ok()
 }
 
 /// Resolves a choice: creates the managed environment when `mode` allows, asks the
@@ -227,14 +241,6 @@ pub fn resolve_in(
     mode: Mode,
     say: &mut dyn FnMut(&str),
 ) -> Result<Resolved, ToolchainError> {
-    if mode == Mode::Create {
-        workers::materialize_all(&cache).map_err(|e| {
-            ToolchainError::Cache(format!(
-                "cannot write pochi's worker scripts to {}: {e}",
-                cache.workers().display()
-            ))
-        })?;
-    }
     let (python, cache_file, prefix) = match choice {
         Choice::Managed => {
             let managed = Managed::new(&cache, &lock_hash());

@@ -19,28 +19,6 @@ pub const IDENTITY: Worker = Worker {
     source: include_str!("workers/identity.py"),
 };
 
-/// Exports a checkpoint to ONNX, verifies it and writes its reference outputs and manifest.
-pub const EXPORT: Worker = Worker {
-    name: "export.py",
-    source: include_str!("workers/export.py"),
-};
-
-/// Builds a TensorRT engine from an ONNX model (and, with `--probe`, reports whether
-/// TensorRT imports and which GPU it sees).
-pub const ENGINE: Worker = Worker {
-    name: "engine.py",
-    source: include_str!("workers/engine.py"),
-};
-
-/// Bakes fp16/bf16 (AutoCast) or int8/fp8 (PTQ with Q/DQ) into an ONNX model on the CPU.
-pub const QUANTIZE: Worker = Worker {
-    name: "quantize.py",
-    source: include_str!("workers/quantize.py"),
-};
-
-/// Every worker, written to the cache together.
-pub const ALL: &[Worker] = &[IDENTITY, EXPORT, QUANTIZE, ENGINE];
-
 impl Worker {
     /// The first 16 hex digits of the script's blake3: part of the fingerprint of the
     /// stages it runs, so a changed script reruns them.
@@ -74,9 +52,10 @@ impl Worker {
     }
 }
 
-/// Writes every worker script to the cache.
-pub fn materialize_all(cache: &CacheDir) -> std::io::Result<()> {
-    ALL.iter()
+/// Writes the identity worker and the kinds' `workers` to the cache.
+pub fn materialize_all(cache: &CacheDir, workers: &[Worker]) -> std::io::Result<()> {
+    std::iter::once(&IDENTITY)
+        .chain(workers)
         .try_for_each(|worker| worker.materialize(cache).map(|_| ()))
 }
 
@@ -88,11 +67,15 @@ mod tests {
     fn scripts_land_under_their_content_hash() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CacheDir::at(dir.path());
-        let path = EXPORT.materialize(&cache).unwrap();
-        assert_eq!(path, cache.workers().join(EXPORT.hash()).join("export.py"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), EXPORT.source);
-        assert_ne!(EXPORT.hash(), IDENTITY.hash());
+        let other = Worker {
+            name: "other.py",
+            source: "print('other')\n",
+        };
+        let path = other.materialize(&cache).unwrap();
+        assert_eq!(path, cache.workers().join(other.hash()).join("other.py"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), other.source);
+        assert_ne!(other.hash(), IDENTITY.hash());
         // A second call leaves the file alone.
-        assert_eq!(EXPORT.materialize(&cache).unwrap(), path);
+        assert_eq!(other.materialize(&cache).unwrap(), path);
     }
 }

@@ -20,7 +20,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, InvocationContext, KindInfo, StageKind};
+use super::worker::{Program, WorkerStage};
+use super::{Host, InvocationContext, KindInfo, Requirements, StageError, StageKind};
 use crate::spec::parse_api::Parser;
 use crate::spec::{NamedInput, NamedOutput, SpanError};
 use source::{Distribution, SyntheticSpec};
@@ -38,6 +39,7 @@ pub static INFO: KindInfo = KindInfo {
         "output",
     ],
     parse,
+    workers: &[],
     schema: |generator| generator.subschema_for::<DatasetKeys>(),
 };
 
@@ -257,7 +259,7 @@ fn outputs(
     .collect()
 }
 
-impl StageKind for Dataset {
+impl WorkerStage for Dataset {
     fn kind(&self) -> &'static str {
         "dataset"
     }
@@ -270,7 +272,7 @@ impl StageKind for Dataset {
         &self.outputs
     }
 
-    fn params(&self) -> serde_json::Value {
+    fn params(&self, _host: &Host) -> serde_json::Value {
         serde_json::json!({
             "format": FORMAT,
             "synthetic": match &self.origin {
@@ -284,16 +286,21 @@ impl StageKind for Dataset {
         })
     }
 
-    fn action(&self, _context: &InvocationContext) -> Action {
-        Action::InProcess
+    fn requirements(&self) -> Requirements {
+        Requirements::default()
+    }
+
+    fn program(&self) -> Program {
+        Program::Pochi
     }
 
     fn run_in_process(
         &self,
         context: &InvocationContext,
         cancel: &AtomicBool,
-    ) -> Result<(), String> {
-        run::run(self, context, cancel)
+    ) -> Result<Vec<String>, StageError> {
+        run::run(self, context, cancel)?;
+        Ok(Vec::new())
     }
 }
 
@@ -305,7 +312,7 @@ mod tests {
     fn load(body: &str) -> Result<crate::spec::Pipeline, String> {
         let text =
             format!("[pipeline]\nname = \"p\"\n\n[stages.calib]\nkind = \"dataset\"\n{body}");
-        parse_pipeline(Path::new("/proj/pipeline.toml"), text).map_err(|e| {
+        parse_pipeline(Path::new("/proj/pipeline.toml"), text, crate::kinds::KINDS).map_err(|e| {
             let report = miette::Report::new(e);
             format!("{report:?}")
         })
@@ -352,7 +359,7 @@ mod tests {
                 ("manifest", "build/p/calib/calib_manifest.json".into()),
             ]
         );
-        let params = kind.params();
+        let params = kind.params(&crate::spec::kind::sample_host("/py"));
         assert_eq!(params["samples"], 8);
         assert_eq!(
             params["transform"],
@@ -384,8 +391,14 @@ mod tests {
         let pipeline = load("seed = 9\nsynthetic = { shape = [1, 4, 4, 4], count = 2 }").unwrap();
         let kind = dataset(&pipeline);
         assert!(kind.inputs().is_empty());
-        assert_eq!(kind.params()["synthetic"]["seed"], 9);
-        assert_eq!(kind.params()["synthetic"]["distribution"], "normal");
+        assert_eq!(
+            kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["seed"],
+            9
+        );
+        assert_eq!(
+            kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["distribution"],
+            "normal"
+        );
     }
 
     #[test]

@@ -656,6 +656,7 @@ mod tests {
             dir: Path::new("/project"),
             build_dir: Path::new("build/p"),
             stage: "rep",
+            kinds: crate::kinds::KINDS,
         };
         parse(&parser, &stage).map_err(|e| {
             let help = miette::Diagnostic::help(&e)

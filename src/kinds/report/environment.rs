@@ -1,30 +1,11 @@
 //! Where the figures were measured: CPU, GPU, library versions and threads, so that two
 //! reports can be compared honestly.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// Asks the toolchain's interpreter (without importing the packages: fast).
-const QUERY: &str = r#"
-import importlib.metadata as m, json, os, sys
-versions = {}
-for name in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "onnx", "numpy"):
-    try:
-        versions[name] = m.version(name)
-    except Exception:
-        pass
-print(json.dumps({"python": sys.version.split()[0], "versions": versions,
-                  "site_dirs": [p for p in sys.path if p and os.path.isdir(p)]}))
-"#;
-
-#[derive(Debug, Default, Deserialize)]
-struct PythonFacts {
-    python: String,
-    versions: std::collections::BTreeMap<String, String>,
-    site_dirs: Vec<PathBuf>,
-}
+use crate::host::Host;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Gpu {
@@ -58,52 +39,26 @@ pub struct EnvironmentInfo {
     pub pochi: &'static str,
 }
 
-pub fn query(python: &Path) -> Facts {
-    let facts: PythonFacts = Command::new(python)
-        .args(["-I", "-c", QUERY])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
-        .unwrap_or_default();
+/// The facts of the build's host (gathered once by the command line, never probed here).
+pub fn from_host(host: &Host) -> Facts {
+    let facts = host.python.clone().unwrap_or_default();
     let version = |names: &[&str]| names.iter().find_map(|n| facts.versions.get(*n).cloned());
     Facts {
         python: (!facts.python.is_empty()).then(|| facts.python.clone()),
         onnxruntime: version(&["onnxruntime", "onnxruntime-gpu"]),
         torch: version(&["torch"]),
         tensorrt: version(&["tensorrt", "tensorrt-cu13", "tensorrt-cu12"]),
-        onnxruntime_library: super::runner::find_library(&facts.site_dirs),
-        gpus: gpus(),
+        onnxruntime_library: super::onnxruntime::find_library(&facts.site_dirs),
+        gpus: host
+            .gpu_models
+            .iter()
+            .map(|gpu| Gpu {
+                name: gpu.name.clone(),
+                memory: gpu.memory.clone(),
+                driver: gpu.driver.clone(),
+            })
+            .collect(),
     }
-}
-
-fn gpus() -> Vec<Gpu> {
-    let Ok(out) = Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name,memory.total,driver_version",
-            "--format=csv,noheader",
-        ])
-        .output()
-    else {
-        return Vec::new();
-    };
-    if !out.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            match fields[..] {
-                [name, memory, driver] => Some(Gpu {
-                    name: name.into(),
-                    memory: memory.into(),
-                    driver: driver.into(),
-                }),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 fn cpu_model() -> String {

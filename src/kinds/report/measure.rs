@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::config::Config;
 use super::metrics::{self, Latency};
-use super::runner::{self, Model, Provider};
+use super::onnxruntime::{self, Model, Provider};
 use super::sliding_window::{Plan, Settings};
 use super::{data, evaluate, tensorrt};
 use crate::kinds::InvocationContext;
@@ -24,7 +24,7 @@ use crate::kinds::InvocationContext;
 /// What a model's measurement needs.
 pub struct Setup<'a> {
     pub config: &'a Config,
-    pub context: &'a InvocationContext<'a>,
+    pub context: &'a InvocationContext,
     pub data: &'a ArrayD<f32>,
     pub environment: &'a Environment,
     pub provider: &'a Provider,
@@ -144,14 +144,14 @@ fn onnx_outputs(
     plan: Option<(&Plan, usize)>,
 ) -> Result<(Vec<ArrayD<f32>>, Vec<f64>), String> {
     let Some((plan, sw_batch)) = plan else {
-        return model.outputs_for(&runner::batches(data, batch));
+        return model.outputs_for(&onnxruntime::batches(data, batch));
     };
     let mut per_output: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); model.outputs.len()];
     let mut times = Vec::new();
     for sample in data.outer_iter() {
         let t0 = Instant::now();
         let windows = plan.cut(sample);
-        let (outputs, _) = model.outputs_for(&runner::batches(&windows, sw_batch))?;
+        let (outputs, _) = model.outputs_for(&onnxruntime::batches(&windows, sw_batch))?;
         for (k, output) in outputs.iter().enumerate() {
             let stitched = plan.stitch(output.view()).map_err(|e| e.to_string())?;
             per_output[k].push(stitched.insert_axis(Axis(0)));
@@ -179,10 +179,10 @@ fn plan_for(config: &Config, data: &ArrayD<f32>) -> Result<Option<Plan>, String>
 
 /// Loads an ONNX model (None: this provider has no kernel for it, with the note).
 fn load(s: &Setup, path: &Path) -> Result<Result<Model, String>, String> {
-    match runner::load(s.environment, path, s.config.threads, s.provider) {
+    match onnxruntime::load(s.environment, path, s.config.threads, s.provider) {
         Ok(model) => Ok(Ok(model)),
         // A precision the provider has no kernels for (bf16 on the CPU).
-        Err(message) if runner::lacks_kernel(&message) => Ok(Err(format!(
+        Err(message) if onnxruntime::lacks_kernel(&message) => Ok(Err(format!(
             "not run: this ONNX Runtime provider has no kernel for it ({})",
             message.lines().next().unwrap_or_default()
         ))),
@@ -249,7 +249,7 @@ pub fn onnx(s: &Setup, path: &Path) -> Result<Outcome, String> {
     };
     let timed_on = match plan {
         Some(_) => full_batches(&samples, batch),
-        None => runner::batches(&samples, batch),
+        None => onnxruntime::batches(&samples, batch),
     };
     let (times, sizes) = model.time(&timed_on, c.warmup, c.iterations, c.min_duration, s.cancel)?;
     drop(timed_on);

@@ -11,9 +11,9 @@ mod environment;
 mod evaluate;
 mod measure;
 pub mod metrics;
+mod onnxruntime;
 mod outputs;
 mod provenance;
-mod runner;
 pub mod segmentation;
 pub mod sliding_window;
 mod tensorrt;
@@ -29,7 +29,11 @@ use toml::de::DeValue;
 
 use self::config::{Config, Task};
 use self::metrics::{Classification, Latency, Parity, Tolerance};
-use super::{Action, InvocationContext, KindInfo, StageKind, Tool};
+use super::worker::{Program, WorkerStage};
+use super::{
+    Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool,
+    WithoutGpu,
+};
 use crate::spec::parse_api::Parser;
 use crate::spec::{Device, InputSource, NamedInput, NamedOutput, SpanError};
 
@@ -54,6 +58,7 @@ pub static INFO: KindInfo = KindInfo {
         "sliding_window",
     ],
     parse,
+    workers: &[],
     schema: |generator| generator.subschema_for::<config::ReportKeys>(),
 };
 
@@ -151,36 +156,7 @@ pub struct Disagreement {
     pub confidence: f64,
 }
 
-impl StageKind for Report {
-    fn tolerates_unavailable_inputs(&self) -> bool {
-        true
-    }
-
-    /// A GPU when a model is a TensorRT engine (an `engine` stage's output or an engine
-    /// file), else the CPU.
-    fn default_device_given(&self, producer: &dyn Fn(&str) -> Option<&'static str>) -> Device {
-        let models: Vec<&String> = self.config.models.iter().map(|(key, _)| key).collect();
-        let engine = self
-            .config
-            .inputs
-            .iter()
-            .filter(|input| models.contains(&&input.key))
-            .any(|input| match &input.source {
-                InputSource::Output { stage, .. } => producer(stage) == Some("engine"),
-                InputSource::Path(path) => is_engine(path),
-            });
-        if engine {
-            Device::Cuda(None)
-        } else {
-            Device::Cpu
-        }
-    }
-
-    /// Without a GPU the report still times the ONNX models (engines are unavailable).
-    fn gpu_optional(&self) -> bool {
-        true
-    }
-
+impl WorkerStage for Report {
     fn kind(&self) -> &'static str {
         "report"
     }
@@ -193,7 +169,7 @@ impl StageKind for Report {
         &self.config.outputs
     }
 
-    fn params(&self) -> Value {
+    fn params(&self, _host: &Host) -> Value {
         let c = &self.config;
         let mut params = json!({
             "models": c.models,
@@ -208,8 +184,10 @@ impl StageKind for Report {
             "batch": c.batch,
             "tolerances": c.tolerances,
             "fail_on_parity": c.fail_on_parity,
+            "dice": c.dice,
+            "save_outputs": c.save_outputs,
             "schema": SCHEMA_VERSION,
-            "tensorrt_worker": crate::toolchain::workers::ENGINE.hash(),
+            "tensorrt_worker": super::engine::WORKER.hash(),
         });
         // Only when given, so that the keys of reports without them stay as they were.
         if !c.sweep.is_empty() {
@@ -221,23 +199,45 @@ impl StageKind for Report {
         params
     }
 
-    fn tool(&self) -> Tool {
-        Tool::Python
+    /// Runs on the CPU when the machine has no GPU (engines are then listed as
+    /// unavailable), covers the models that exist, and asks for a GPU by default when a
+    /// model is an engine file or comes from a stage that needs one.
+    fn requirements(&self) -> Requirements {
+        let models: Vec<String> = self
+            .config
+            .models
+            .iter()
+            .map(|(key, _)| key.clone())
+            .collect();
+        let engine_file = self.config.inputs.iter().any(|input| {
+            models.contains(&input.key)
+                && matches!(&input.source, InputSource::Path(path) if is_engine(path))
+        });
+        Requirements {
+            tool: Tool::Python,
+            python_modules: vec!["onnxruntime"],
+            default_device: if engine_file {
+                Device::Cuda(None)
+            } else {
+                Device::Cpu
+            },
+            device_follows: models,
+            without_gpu: WithoutGpu::RunsOnCpu,
+            tensorrt: TensorRtUse::WhenPresent,
+            tolerates_unavailable_inputs: true,
+            reports_environment: true,
+        }
     }
 
-    fn python_modules(&self) -> Vec<&'static str> {
-        vec!["onnxruntime"]
-    }
-
-    fn action(&self, _context: &InvocationContext) -> Action {
-        Action::InProcess
+    fn program(&self) -> Program {
+        Program::Pochi
     }
 
     fn run_in_process(
         &self,
         context: &InvocationContext,
         cancel: &AtomicBool,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, StageError> {
         let summary = self.measure(context, cancel)?;
         let written = outputs::write_all(context, &self.config, &summary)?;
         let failures: Vec<String> = summary
@@ -254,25 +254,26 @@ impl StageKind for Report {
             })
             .collect();
         if failures.is_empty() || !self.config.fail_on_parity {
-            for failure in &failures {
-                eprintln!("warning: parity failure (on_parity_failure = \"warn\"): {failure}");
-            }
-            return Ok(());
+            return Ok(failures
+                .iter()
+                .map(|failure| format!("parity failure (on_parity_failure = \"warn\"): {failure}"))
+                .collect());
         }
         let kept = keep_for_inspection(context, &written);
-        Err(format!(
-            "parity check failed against the reference ({}):\n  {}\nthe report was kept for inspection in {}\nhint: if the difference is expected, loosen tolerances = {{ <precision> = {{ atol = ..., rtol = ..., cosine = ... }} }} or set on_parity_failure = \"warn\"",
+        Err(StageError::new(format!(
+            "parity check failed against the reference ({}):\n  {}\nthe report was kept for inspection in {}",
             summary.reference.description,
             failures.join("\n  "),
             kept
         ))
+        .with_hint("if the difference is expected, loosen tolerances = { <precision> = { atol = ..., rtol = ..., cosine = ... } } or set on_parity_failure = \"warn\""))
     }
 }
 
 /// Copies the written files to `<state>/failed/<stage>/` (temporary outputs are
 /// discarded when a stage fails); returns where, for the message.
 fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> String {
-    let dir = context.state_dir.join("failed").join(context.stage);
+    let dir = context.state_dir.join("failed").join(&context.stage);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return format!("(nowhere: cannot create {}: {e})", dir.display());
@@ -282,7 +283,7 @@ fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> Stri
             let _ = std::fs::copy(file, dir.join(name));
         }
     }
-    dir.strip_prefix(context.dir)
+    dir.strip_prefix(&context.dir)
         .unwrap_or(&dir)
         .display()
         .to_string()
@@ -441,7 +442,7 @@ fn precision_of(path: &Path) -> String {
 impl Report {
     fn measure(&self, context: &InvocationContext, cancel: &AtomicBool) -> Result<Summary, String> {
         let c = &self.config;
-        let facts = environment::query(context.python);
+        let facts = environment::from_host(&context.host);
         let input = |key: &str| context.inputs.get(key).map(|p| rel(context, p));
 
         // The data, and the export's reference outputs when the data is its .npz.
@@ -481,10 +482,10 @@ impl Report {
         let library = facts.onnxruntime_library.clone().ok_or_else(|| {
             "cannot find ONNX Runtime's library (onnxruntime/capi/libonnxruntime.so*) in the toolchain's site-packages\nhint: `pochi toolchain sync`, or set POCHI_ONNXRUNTIME_LIB to the library's path".to_string()
         })?;
-        let environment = runner::environment(&library)?;
-        let provider = runner::provider_for(context.gpu);
+        let environment = onnxruntime::environment(&library)?;
+        let provider = onnxruntime::provider_for(context.gpu);
         let mut warnings = Vec::new();
-        if let runner::Provider::Cpu {
+        if let onnxruntime::Provider::Cpu {
             warning: Some(warning),
         } = &provider
         {
@@ -671,7 +672,7 @@ impl Report {
                     c.threads.to_string()
                 },
                 provider: provider.name(),
-                graph_optimization: runner::OPTIMIZATION_NAME,
+                graph_optimization: onnxruntime::OPTIMIZATION_NAME,
             },
             environment: facts.info(c.threads),
             models,
@@ -707,7 +708,7 @@ fn name_files(models: &mut [ModelResult], names: &DatasetNames) {
 }
 
 fn c_display(context: &InvocationContext, path: &Path) -> String {
-    path.strip_prefix(context.dir)
+    path.strip_prefix(&context.dir)
         .unwrap_or(path)
         .display()
         .to_string()

@@ -31,7 +31,7 @@ pub fn query(context: &InvocationContext) -> Provenance {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         date: utc(seconds),
-        commit: git_commit(context.dir),
+        commit: git_commit(&context.dir),
     }
 }
 

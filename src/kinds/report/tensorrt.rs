@@ -13,9 +13,8 @@ use serde_json::{Value, json};
 
 use super::data;
 use crate::kinds::InvocationContext;
+use crate::kinds::engine::WORKER as ENGINE;
 use crate::kinds::worker::{read_json, run_worker_now};
-use crate::toolchain::tensorrt;
-use crate::toolchain::workers::ENGINE;
 
 /// What running an engine gave.
 #[derive(Debug)]
@@ -54,11 +53,15 @@ pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) ->
             "the report stage holds no GPU (set device = \"cuda\" on it)".to_string()
         });
     }
-    let probe = tensorrt::probe(context.python);
-    if probe.tensorrt.is_none() {
+    if context.host.tensorrt_version().is_none() {
+        let error = context
+            .host
+            .tensorrt
+            .as_ref()
+            .and_then(|t| t.error.as_deref());
         missing.push(format!(
             "TensorRT is not installed ({})",
-            probe.error.as_deref().unwrap_or("cannot import tensorrt")
+            error.unwrap_or("cannot import tensorrt")
         ));
     }
     if !built {
@@ -77,7 +80,7 @@ pub fn run(
 ) -> Result<EngineRun, String> {
     let scratch = tempfile::Builder::new()
         .prefix("tensorrt-")
-        .tempdir_in(context.state_dir)
+        .tempdir_in(&context.state_dir)
         .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
     let dir = scratch.path();
     let data_path = dir.join("data.npy");
@@ -113,7 +116,11 @@ pub fn run(
         &result_path,
         log,
         cancel,
-    )?;
+    )
+    .map_err(|e| match e.log {
+        Some(log) => format!("{} (log: {})", e.message, log.display()),
+        None => e.message,
+    })?;
     let (_, outputs) = data::read_reference(&outputs_path)?;
     parse_answer(&answer["run"], outputs)
 }

@@ -1,0 +1,99 @@
+//! Gathering the `Host` of every pipeline of a build, once, before any key is computed:
+//! the toolchain (created with `Mode::Create`, only inspected otherwise), the machine
+//! (one `nvidia-smi` query), the TensorRT probe when a stage uses TensorRT, and the Python
+//! packages' versions when a stage reports its environment.
+
+use crate::driver::{Project, Workspace, default_toolchain};
+use crate::host::Host;
+use crate::kinds::TensorRtUse;
+use crate::spec::Pipeline;
+use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
+
+/// Attaches the host of every pipeline in `workspace`. With `Mode::Create`, the worker
+/// scripts are written to the cache and a missing managed toolchain is created.
+pub fn attach_host(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> {
+    if mode == Mode::Create {
+        toolchain::materialize_workers(&crate::kinds::workers())?;
+    }
+    let machine = crate::machine::detect();
+    let gpus = workspace.capacity(&machine, None).gpus;
+    workspace.attach_hosts(|project| gather(project, mode, &machine, &gpus))?;
+    Ok(())
+}
+
+/// The host of one pipeline.
+fn gather(
+    project: &Project,
+    mode: Mode,
+    machine: &crate::machine::Machine,
+    gpus: &[u32],
+) -> Result<Host, ToolchainError> {
+    let toolchain = if project.needs_python() {
+        for_pipeline(&project.pipeline, mode)?
+    } else {
+        default_toolchain(&project.pipeline)
+    };
+    let uses = |wanted: &dyn Fn(TensorRtUse) -> bool| {
+        project
+            .pipeline
+            .stages
+            .iter()
+            .any(|stage| wanted(stage.kind.requirements().tensorrt))
+    };
+    let python_exists = toolchain.python.exists();
+    let tensorrt = (python_exists && uses(&|t| t != TensorRtUse::Never))
+        .then(|| crate::kinds::engine::probe(&toolchain.python));
+    let tensorrt = tensorrt.or_else(|| {
+        uses(&|t| t == TensorRtUse::Required).then(|| crate::host::TensorRt {
+            error: Some(format!("{} does not exist", toolchain.python.display())),
+            ..Default::default()
+        })
+    });
+    let reports = project
+        .pipeline
+        .stages
+        .iter()
+        .any(|stage| stage.kind.requirements().reports_environment);
+    let python = (python_exists && reports)
+        .then(|| toolchain::python_facts(&toolchain.python))
+        .flatten();
+    Ok(Host {
+        gpus: gpus.to_vec(),
+        gpu_models: machine.gpu_models.clone(),
+        tensorrt,
+        python,
+        ..Host::plain(toolchain)
+    })
+}
+
+/// What a pipeline asks of the toolchain: its `[toolchain] python`, if any.
+pub(super) fn choice_of(pipeline: &Pipeline) -> Choice {
+    Choice::of(
+        pipeline
+            .toolchain
+            .python
+            .as_deref()
+            .map(|python| (python, pipeline.dir.as_path(), pipeline.file.as_path())),
+    )
+}
+
+/// The modules the pipeline's stages import (from each kind's requirements).
+pub(super) fn needed_modules(pipeline: &Pipeline) -> Vec<&'static str> {
+    let set: std::collections::BTreeSet<&'static str> = pipeline
+        .stages
+        .iter()
+        .flat_map(|stage| stage.kind.requirements().python_modules)
+        .collect();
+    set.into_iter().collect()
+}
+
+/// The toolchain of a pipeline, resolved (and created with `Mode::Create`).
+fn for_pipeline(pipeline: &Pipeline, mode: Mode) -> Result<Toolchain, ToolchainError> {
+    toolchain::resolve(
+        &choice_of(pipeline),
+        &needed_modules(pipeline),
+        mode,
+        &mut super::output::note_line,
+    )
+    .map(|resolved| resolved.toolchain)
+}

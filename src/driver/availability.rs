@@ -1,0 +1,96 @@
+//! The one place that decides whether a stage can run on this machine, for `build`,
+//! `status`, `graph`, `explain` and `--dry-run` alike: first the kind's check of the
+//! inputs that exist (an error there is the user's to fix, on every machine), then the
+//! kind's declared `Requirements` against the `Host` (TensorRT, a GPU), with one rule
+//! for every kind.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::{PlanStatus, Project};
+use crate::spec::Device;
+use crate::spec::kind::{StageError, TensorRtUse, WithoutGpu};
+
+/// Whether a stage can run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Runs,
+    /// Its inputs are wrong for it (the engine's shape decision): it fails.
+    Invalid(StageError),
+    /// The machine lacks what it needs; the reason says what.
+    Unavailable(String),
+}
+
+/// The stage's verdict from its inputs, its requirements and the project's host.
+pub fn verdict(project: &Project, stage: usize) -> Verdict {
+    let spec = &project.pipeline.stages[stage];
+    let present: BTreeMap<String, PathBuf> = project
+        .graph
+        .inputs(stage)
+        .iter()
+        .filter(|(_, input)| project.pipeline.dir.join(input.path()).exists())
+        .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
+        .collect();
+    if let Err(error) = spec.kind.check_inputs(&project.pipeline.dir, &present) {
+        return Verdict::Invalid(error);
+    }
+    let requirements = spec.kind.requirements();
+    let host = &project.host;
+    let mut missing = Vec::new();
+    if requirements.tensorrt == TensorRtUse::Required && host.tensorrt_version().is_none() {
+        let error = host
+            .tensorrt
+            .as_ref()
+            .and_then(|t| t.error.clone())
+            .unwrap_or_else(|| "not installed".to_string());
+        missing.push(format!(
+            "TensorRT is not available on this machine ({} cannot `import tensorrt`: {error})",
+            host.toolchain.python.display()
+        ));
+    }
+    let gpu_stage = matches!(spec.device, Device::Cuda(_));
+    if gpu_stage && host.gpus.is_empty() && requirements.without_gpu == WithoutGpu::Unavailable {
+        missing.push("no GPU (nvidia-smi lists none and [resources] gpus declares none)".into());
+    }
+    if missing.is_empty() {
+        Verdict::Runs
+    } else {
+        Verdict::Unavailable(missing.join("; "))
+    }
+}
+
+/// For a plan: the status and reason of a stage that cannot run (its inputs are wrong,
+/// it is unavailable here, or it needs an unavailable stage and does not tolerate that),
+/// given the statuses decided so far upstream; `None` when it can run.
+pub fn in_plan(
+    project: &Project,
+    stage: usize,
+    status: &[Option<PlanStatus>],
+) -> Option<(PlanStatus, String)> {
+    match verdict(project, stage) {
+        Verdict::Runs => {}
+        Verdict::Invalid(error) => return Some((PlanStatus::Broken, error.message)),
+        Verdict::Unavailable(reason) => {
+            return Some((
+                PlanStatus::Unavailable,
+                format!("cannot run on this machine: {reason}"),
+            ));
+        }
+    }
+    let kind = &project.pipeline.stages[stage].kind;
+    if kind.requirements().tolerates_unavailable_inputs {
+        return None;
+    }
+    let dep = project
+        .graph
+        .deps(stage)
+        .iter()
+        .find(|&&d| status[d] == Some(PlanStatus::Unavailable))?;
+    Some((
+        PlanStatus::Unavailable,
+        format!(
+            "needs `{}`, which cannot run on this machine",
+            project.pipeline.stages[*dep].name
+        ),
+    ))
+}

@@ -1,0 +1,307 @@
+//! The `engine` stage kind: an ONNX model to a TensorRT engine, built by the embedded
+//! worker (`src/kinds/engine/worker.py`) on TensorRT's Python API. pochi decides the
+//! optimization profiles here, from the ONNX's declared input shapes, before any TensorRT
+//! call; the worker builds, checks the precision it got, and writes a manifest. Without
+//! TensorRT or a GPU the stage is unavailable on the machine (`availability`).
+
+mod probe;
+pub mod shapes;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+use toml::de::DeValue;
+
+pub use self::probe::{STANDIN_ENV, probe};
+pub use self::shapes::{BatchRange, DYNAMIC_NEEDS_SIZE, Shapes, decide_shapes};
+use super::worker::{Program, WorkerStage};
+use super::{
+    Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool,
+    WithoutGpu,
+};
+use crate::host::TensorRt;
+use crate::onnx_info;
+use crate::spec::ByteSize;
+use crate::spec::parse_api::Parser;
+use crate::spec::{Device, NamedInput, NamedOutput, SpanError, suggest};
+use crate::toolchain::workers::Worker;
+
+pub static INFO: KindInfo = KindInfo {
+    name: "engine",
+    keys: &[
+        "onnx",
+        "input_size",
+        "batch",
+        "workspace",
+        "precision",
+        "optimization_level",
+        "output",
+    ],
+    parse,
+    workers: &[WORKER],
+    schema: |generator| generator.subschema_for::<EngineKeys>(),
+};
+
+/// Builds a TensorRT engine from an ONNX model (and, with `--probe`, reports whether TensorRT imports and which GPU it sees).
+pub const WORKER: Worker = Worker {
+    name: "engine.py",
+    source: include_str!("worker.py"),
+};
+
+/// pochitrain's default workspace: 1 GiB.
+pub const DEFAULT_WORKSPACE: u64 = 1 << 30;
+const DEFAULT_OPT_LEVEL: u32 = 3;
+const PRECISIONS: &[&str] = &["auto", "fp32", "fp16", "bf16", "int8", "fp8"];
+
+/// `kind = "engine"`: a TensorRT engine from an ONNX model.
+#[derive(Debug, Deserialize, JsonSchema)]
+struct EngineKeys {
+    /// The ONNX model: "@stage" (e.g. a quantize stage) or a path.
+    #[schemars(with = "String")]
+    onnx: Spanned<String>,
+    /// The spatial size, [H, W] or [D, H, W]: required when the ONNX has dynamic spatial
+    /// axes; must match the ONNX when its spatial axes are fixed.
+    #[schemars(with = "Option<Vec<u64>>")]
+    input_size: Option<Spanned<Vec<i64>>>,
+    /// The batch size (default 1) or a range { min, opt, max } (needs a dynamic batch axis).
+    #[schemars(with = "Option<BatchKeys>")]
+    batch: Option<Spanned<BatchKeys>>,
+    /// The builder's workspace memory limit (default 1 GiB).
+    workspace: Option<ByteSize>,
+    /// The precision the engine must have: "auto" (the default: what the ONNX carries,
+    /// fp16 weights, Q/DQ int8/fp8, else fp32), fp32, fp16, bf16, int8, fp8. The build
+    /// fails when the engine's layers are not in this precision.
+    #[schemars(with = "Option<String>")]
+    precision: Option<Spanned<String>>,
+    /// TensorRT's builder optimization level, 0 to 5 (default 3).
+    #[schemars(with = "Option<u32>")]
+    optimization_level: Option<Spanned<i64>>,
+    /// Where the engine goes (default "{build_dir}/<stage>.engine"); the manifest goes
+    /// next to it as <stem>.manifest.json.
+    #[schemars(with = "Option<String>")]
+    output: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum BatchKeys {
+    One(i64),
+    Range { min: i64, opt: i64, max: i64 },
+}
+
+/// The batch sizes of the profile.
+#[derive(Debug)]
+struct Engine {
+    input_size: Option<Vec<u64>>,
+    batch: Option<BatchRange>,
+    workspace: u64,
+    precision: &'static str,
+    optimization_level: u32,
+    inputs: Vec<NamedInput>,
+    outputs: Vec<NamedOutput>,
+}
+
+fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError> {
+    let keys: EngineKeys = parser.deserialize(value)?;
+    let src = parser.src;
+    let inputs = vec![parser.input("onnx", &keys.onnx)?];
+    let input_size = match &keys.input_size {
+        None => None,
+        Some(size) => {
+            let list = size.get_ref();
+            if !(1..=3).contains(&list.len()) || list.iter().any(|&d| d <= 0) {
+                return Err(src
+                    .error(
+                        size.span(),
+                        "`input_size` must be [H, W] or [D, H, W] of positive sizes",
+                    )
+                    .with_help("e.g. input_size = [224, 224] or input_size = [96, 96, 96]"));
+            }
+            Some(list.iter().map(|&d| d as u64).collect())
+        }
+    };
+    let batch = match &keys.batch {
+        None => None,
+        Some(spanned) => {
+            let range = match *spanned.get_ref() {
+                BatchKeys::One(n) => (n, n, n),
+                BatchKeys::Range { min, opt, max } => (min, opt, max),
+            };
+            let (min, opt, max) = range;
+            if min < 1 || !(min <= opt && opt <= max) {
+                return Err(src
+                    .error(
+                        spanned.span(),
+                        "`batch` must be 1 or more, with min <= opt <= max",
+                    )
+                    .with_help("e.g. batch = 1 or batch = { min = 1, opt = 4, max = 8 }"));
+            }
+            Some(BatchRange {
+                min: min as u64,
+                opt: opt as u64,
+                max: max as u64,
+            })
+        }
+    };
+    let precision = match &keys.precision {
+        None => "auto",
+        Some(p) => match PRECISIONS
+            .iter()
+            .find(|known| **known == p.get_ref().as_str())
+        {
+            Some(known) => *known,
+            None => {
+                return Err(src
+                    .error(p.span(), format!("unknown precision `{}`", p.get_ref()))
+                    .with_help(suggest::hint(p.get_ref(), PRECISIONS)));
+            }
+        },
+    };
+    let optimization_level = match &keys.optimization_level {
+        None => DEFAULT_OPT_LEVEL,
+        Some(level) => match u32::try_from(*level.get_ref()) {
+            Ok(n) if n <= 5 => n,
+            _ => {
+                return Err(src
+                    .error(level.span(), "`optimization_level` must be 0 to 5")
+                    .with_help("3 is TensorRT's default"));
+            }
+        },
+    };
+    let outputs = super::worker::primary_and_manifest(
+        parser,
+        value.span(),
+        keys.output.as_ref(),
+        "engine",
+        "engine",
+    )?;
+    Ok(Box::new(Engine {
+        input_size,
+        batch,
+        workspace: keys.workspace.map(|w| w.0).unwrap_or(DEFAULT_WORKSPACE),
+        precision,
+        optimization_level,
+        inputs,
+        outputs,
+    }))
+}
+
+/// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache.
+fn timing_cache(found: Option<&TensorRt>) -> Option<PathBuf> {
+    let found = found.filter(|t| t.version.is_some())?;
+    let cache = crate::toolchain::cache::CacheDir::from_env().ok()?;
+    let key = format!(
+        "{}|{}|{}",
+        found.gpu_name.as_deref().unwrap_or("unknown-gpu"),
+        found.cuda.as_deref().unwrap_or("unknown-cuda"),
+        found.version.as_deref().unwrap_or("unknown-trt"),
+    );
+    Some(cache.root().join("tensorrt-timing").join(format!(
+        "{}.cache",
+        crate::toolchain::short_hash(key.as_bytes())
+    )))
+}
+
+impl Engine {
+    /// The shapes for the ONNX at `onnx` (relative to `dir`).
+    fn shapes(&self, dir: &Path, onnx: &Path) -> Result<Shapes, StageError> {
+        let graph_inputs = onnx_info::read_inputs(&dir.join(onnx))?;
+        Ok(decide_shapes(
+            &graph_inputs,
+            self.input_size.as_deref(),
+            self.batch,
+        )?)
+    }
+}
+
+impl WorkerStage for Engine {
+    fn kind(&self) -> &'static str {
+        "engine"
+    }
+
+    fn inputs(&self) -> &[NamedInput] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[NamedOutput] {
+        &self.outputs
+    }
+
+    /// With TensorRT, its version and the GPU it builds for: an engine is never reused on
+    /// another GPU model or TensorRT version.
+    fn params(&self, host: &Host) -> Value {
+        json!({
+            "input_size": self.input_size,
+            "batch": self.batch,
+            "workspace": self.workspace,
+            "precision": self.precision,
+            "optimization_level": self.optimization_level,
+            "tensorrt": host.tensorrt.as_ref().filter(|t| t.version.is_some()).map(|t| json!({
+                "version": t.version,
+                "gpu": t.gpu_name,
+                "compute_capability": t.compute_capability,
+                "cuda": t.cuda,
+            })),
+            "worker": WORKER.hash(),
+        })
+    }
+
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            tool: Tool::Python,
+            python_modules: vec!["onnx"],
+            default_device: Device::Cuda(None),
+            without_gpu: WithoutGpu::Unavailable,
+            tensorrt: TensorRtUse::Required,
+            ..Requirements::default()
+        }
+    }
+
+    fn program(&self) -> Program {
+        Program::Python(&WORKER)
+    }
+
+    /// The shape decision, whenever the ONNX exists: its errors come before "TensorRT is
+    /// not available", on every machine.
+    fn check_inputs(
+        &self,
+        dir: &Path,
+        inputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), StageError> {
+        match inputs.get("onnx") {
+            Some(onnx) => self.shapes(dir, onnx).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn env(&self) -> BTreeMap<String, String> {
+        std::env::var(STANDIN_ENV)
+            .map(|standin| BTreeMap::from([(STANDIN_ENV.to_string(), standin)]))
+            .unwrap_or_default()
+    }
+
+    fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
+        let onnx = context.inputs.get("onnx").cloned().unwrap_or_default();
+        let shapes = self.shapes(&context.dir, &onnx)?;
+        let path = |key: &str| {
+            context
+                .outputs
+                .get(key)
+                .map(|p| context.dir.join(p).to_string_lossy().into_owned())
+        };
+        Ok(json!({
+            "protocol": 1,
+            "onnx": context.dir.join(&onnx).to_string_lossy(),
+            "shapes": shapes,
+            "workspace": self.workspace,
+            "precision": self.precision,
+            "optimization_level": self.optimization_level,
+            "timing_cache": timing_cache(context.host.tensorrt.as_ref()).map(|p| p.to_string_lossy().into_owned()),
+            "outputs": { "engine": path("engine"), "manifest": path("manifest") },
+        }))
+    }
+}

@@ -1,0 +1,312 @@
+//! The stage-kind seam, the one door between the engine and a kind: `StageKind` (what a
+//! parsed stage declares and how it becomes an `Action`), `Requirements` (what it needs of
+//! the machine, as data the engine applies with one rule), `KindInfo` (the registry entry),
+//! the `InvocationContext` of one run and the typed `StageError`.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::{Device, NamedInput, NamedOutput, SpanError};
+use crate::action::Action;
+use crate::host::Host;
+use crate::toolchain::workers::Worker;
+
+/// What every stage kind provides to the engine. Everything else a kind needs to say is
+/// data (`requirements`), so that the engine applies one rule to every kind.
+pub trait StageKind: Debug + Send + Sync {
+    /// The kind's name as written in `kind = "..."`.
+    fn kind(&self) -> &'static str;
+    /// Named inputs: files, directories, or other stages' outputs.
+    fn inputs(&self) -> &[NamedInput];
+    /// Named outputs; the first is the primary one (`@stage`).
+    fn outputs(&self) -> &[NamedOutput];
+    /// Every parameter that shapes the output, besides inputs' content and env, as JSON
+    /// (serialized canonically into the key). `host` holds the machine facts gathered once
+    /// per build (an engine's TensorRT version and GPU model), never probed here.
+    fn params(&self, host: &Host) -> Value;
+    /// What the stage needs of the machine and the engine.
+    fn requirements(&self) -> Requirements {
+        Requirements::default()
+    }
+    /// Checks the stage's inputs that exist (`inputs`: key -> path relative to `dir`)
+    /// before anything asks whether the stage can run here: an error in what the user
+    /// wrote or gave (an engine's ONNX with dynamic spatial axes and no `input_size`)
+    /// comes first, on every machine. Inputs not built yet are absent from `inputs`.
+    fn check_inputs(
+        &self,
+        dir: &Path,
+        inputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<(), StageError> {
+        let _ = (dir, inputs);
+        Ok(())
+    }
+    /// The Action that produces the outputs at the temporary paths of `context`: a
+    /// process to run (a kind may write a request file into `context.scratch` first).
+    fn action(&self, context: &InvocationContext) -> Result<Action, StageError>;
+    /// Checks the outputs after the action succeeded and before they are published (for
+    /// example, a worker's JSON answer) and returns the run's warnings (told to the user
+    /// once the stage is built). An error fails the stage and publishes nothing.
+    fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
+        let _ = context;
+        Ok(Vec::new())
+    }
+    /// The error for a failed process (`status` says how it ended, e.g. "exit status 1"):
+    /// a kind may replace it, e.g. with its worker's JSON answer.
+    fn explain_failure(
+        &self,
+        context: &InvocationContext,
+        status: &str,
+        error: StageError,
+    ) -> StageError {
+        let _ = (context, status);
+        error
+    }
+    /// Work done by pochi itself in the child process of `pochi run-stage` (the `dataset`
+    /// and `report` kinds), writing to the temporary output paths; returns warnings. It
+    /// should return early once `cancel` is set.
+    fn run_in_process(
+        &self,
+        context: &InvocationContext,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<String>, StageError> {
+        let _ = (context, cancel);
+        Err(StageError::new(format!(
+            "the `{}` kind does not run inside pochi",
+            self.kind()
+        )))
+    }
+}
+
+/// What a stage needs, declared by its kind as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirements {
+    /// The tool whose identity (versions) is part of the key.
+    pub tool: Tool,
+    /// The Python modules the stage imports, checked against the toolchain before a build.
+    pub python_modules: Vec<&'static str>,
+    /// The device when the stage names none.
+    pub default_device: Device,
+    /// Input keys whose producing stage's need for a GPU carries over: when one of them
+    /// comes from a stage that needs a GPU (a report over an engine), the default device
+    /// is `cuda`.
+    pub device_follows: Vec<String>,
+    /// What happens on a machine without a GPU when the device is `cuda`.
+    pub without_gpu: WithoutGpu,
+    /// TensorRT must import with the toolchain's interpreter, else the stage is
+    /// unavailable on this machine.
+    pub tensorrt: TensorRtUse,
+    /// The stage still runs when an input's stage is unavailable on this machine (its
+    /// output then enters the key as missing): a report covers what exists.
+    pub tolerates_unavailable_inputs: bool,
+    /// The stage records the versions of the toolchain's packages (a report says what it
+    /// measured on): they are read into the `Host` before the build.
+    pub reports_environment: bool,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            tool: Tool::None,
+            python_modules: Vec::new(),
+            default_device: Device::Cpu,
+            device_follows: Vec::new(),
+            without_gpu: WithoutGpu::Fails,
+            tensorrt: TensorRtUse::Never,
+            tolerates_unavailable_inputs: false,
+            reports_environment: false,
+        }
+    }
+}
+
+/// A `cuda` stage on a machine that has no GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithoutGpu {
+    /// The request is impossible: the stage fails.
+    Fails,
+    /// The stage cannot run here: reported as unavailable, the rest builds.
+    Unavailable,
+    /// The stage runs on the CPU (a report times the ONNX models and lists engines as
+    /// unavailable).
+    RunsOnCpu,
+}
+
+/// Whether a stage uses TensorRT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRtUse {
+    Never,
+    /// Without TensorRT the stage is unavailable here.
+    Required,
+    /// The stage uses it when the machine has it (a report times engines).
+    WhenPresent,
+}
+
+/// A tool a stage depends on beyond its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    None,
+    Python,
+}
+
+/// Paths and facts for one run, relative to the pipeline directory (the working
+/// directory of the action).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationContext {
+    /// The pipeline directory, absolute (for in-process work, which has no working directory).
+    pub dir: PathBuf,
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Temporary paths: the engine publishes them once the stage succeeded.
+    pub outputs: BTreeMap<String, PathBuf>,
+    /// A directory of this run for request and answer files, discarded with it.
+    pub scratch: PathBuf,
+    pub build_dir: PathBuf,
+    /// The pipeline's state directory (`.pochi/v1/<pipeline>/`), absolute: where a kind may
+    /// keep files for inspection after a failure (temporary outputs are discarded).
+    pub state_dir: PathBuf,
+    /// The stage's name.
+    pub stage: String,
+    /// The GPU the stage holds, if any (processes see only it, as CUDA_VISIBLE_DEVICES;
+    /// in-process work passes it on to the workers it starts).
+    pub gpu: Option<u32>,
+    /// The machine facts of this build.
+    pub host: Host,
+    /// The pipeline file, absolute, and its text as parsed for this build: what `pochi
+    /// run-stage` parses again to rebuild a stage that pochi runs itself.
+    pub pipeline_file: PathBuf,
+    #[serde(skip)]
+    pub pipeline_text: std::sync::Arc<String>,
+}
+
+impl InvocationContext {
+    /// The toolchain's interpreter.
+    pub fn python(&self) -> &Path {
+        &self.host.toolchain.python
+    }
+
+    /// A context for unit tests: project `dir`, interpreter `python`, build dir
+    /// `build/x`, stage `x`, no inputs or outputs.
+    #[cfg(test)]
+    pub fn sample(dir: &str, python: &str) -> InvocationContext {
+        let dir = PathBuf::from(dir);
+        InvocationContext {
+            inputs: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            scratch: dir.join(".pochi/v1/x/tmp/scratch"),
+            build_dir: PathBuf::from("build/x"),
+            state_dir: dir.join(".pochi/v1/x"),
+            stage: "x".to_string(),
+            gpu: None,
+            host: Host::plain(crate::host::Toolchain {
+                python: PathBuf::from(python),
+                identity: "test".to_string(),
+            }),
+            pipeline_file: dir.join("pipeline.toml"),
+            pipeline_text: std::sync::Arc::new(String::new()),
+            dir,
+        }
+    }
+}
+
+/// A stage that failed: what happened, what to do, and where its log is. Rendered like
+/// every other error (`error:`, `help:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageError {
+    pub message: String,
+    pub hint: Option<String>,
+    pub log: Option<PathBuf>,
+}
+
+impl StageError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StageError {
+            message: message.into(),
+            hint: None,
+            log: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn with_log(mut self, log: impl Into<PathBuf>) -> Self {
+        self.log = Some(log.into());
+        self
+    }
+}
+
+/// A host for unit tests: the given interpreter, no GPU, nothing probed.
+#[cfg(test)]
+pub fn sample_host(python: &str) -> Host {
+    Host::plain(crate::host::Toolchain {
+        python: PathBuf::from(python),
+        identity: "test".to_string(),
+    })
+}
+
+impl From<String> for StageError {
+    fn from(message: String) -> Self {
+        StageError::new(message)
+    }
+}
+
+impl From<&str> for StageError {
+    fn from(message: &str) -> Self {
+        StageError::new(message)
+    }
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// Parses a stage table of one kind.
+pub type ParseFn =
+    fn(&super::parse_api::Parser, &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError>;
+
+/// A registered stage kind.
+pub struct KindInfo {
+    pub name: &'static str,
+    /// The kind's own keys (besides the common ones).
+    pub keys: &'static [&'static str],
+    pub parse: ParseFn,
+    /// The Python worker scripts the kind runs (written to the cache before a build).
+    pub workers: &'static [Worker],
+    pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+/// The kinds a parse knows (the `kinds` module's `KINDS`, passed in so that the parser
+/// does not depend on the kinds).
+pub type Registry = &'static [&'static KindInfo];
+
+/// Kinds the pipeline format defines that this version does not implement yet.
+const PLANNED: &[&str] = &[];
+
+/// Finds a kind by name in `kinds`, or returns a hint for the error.
+pub fn lookup(kinds: Registry, name: &str) -> Result<&'static KindInfo, String> {
+    if let Some(info) = kinds.iter().find(|info| info.name == name) {
+        return Ok(info);
+    }
+    if PLANNED.contains(&name) {
+        return Err(format!(
+            "the `{name}` kind is part of the pipeline format but not implemented in this version of pochi; use kind = \"command\""
+        ));
+    }
+    let known: Vec<&str> = kinds
+        .iter()
+        .map(|info| info.name)
+        .chain(PLANNED.iter().copied())
+        .collect();
+    Err(super::suggest::hint(name, &known))
+}

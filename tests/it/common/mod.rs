@@ -1,0 +1,263 @@
+//! A small harness for integration tests: a temporary project directory with a pipeline
+//! file, and the built `pochi` binary run inside it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// What one pochi run printed and returned.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from_output(output: Output) -> Run {
+        Run::from(output)
+    }
+
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The `--json` summary.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON summary ({e}):\nstdout: {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Stage names with the given status in the `--json` summary, sorted.
+    pub fn stages(&self, status: &str) -> Vec<String> {
+        let summary = self.summary();
+        let mut names: Vec<String> = summary["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .filter(|s| s["status"] == status)
+            .map(|s| s["stage"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn ran(&self) -> Vec<String> {
+        self.stages("ran")
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "pochi failed:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_error(&self, needles: &[&str]) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit 1:\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains("error:"),
+            "no `error:` line:\n{}",
+            self.stderr
+        );
+        assert!(
+            !self.stderr.contains("panicked"),
+            "pochi panicked:\n{}",
+            self.stderr
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+/// The TensorRT STAND-IN (a test double of the `tensorrt` Python package, never the real
+/// one), for POCHI_TEST_TENSORRT_STANDIN.
+pub fn tensorrt_standin_dir() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/fake_tensorrt")
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn pochi_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pochi"))
+}
+
+impl Project {
+    pub fn new(pipeline: &str) -> Project {
+        let project = Project {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        project.write("pipeline.toml", pipeline);
+        project
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn write(&self, relative: &str, content: &str) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    pub fn read(&self, relative: &str) -> String {
+        std::fs::read_to_string(self.path(relative))
+            .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+    }
+
+    pub fn exists(&self, relative: &str) -> bool {
+        self.path(relative).exists()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(pochi_bin());
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("POCHI_GPUS");
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run pochi"))
+    }
+
+    /// The managed toolchain's interpreter (pochi creates it when missing).
+    pub fn toolchain_python(&self) -> PathBuf {
+        self.run(&["toolchain", "sync"]).assert_ok();
+        let run = self.run(&["toolchain", "path"]);
+        run.assert_ok();
+        PathBuf::from(run.stdout.trim())
+    }
+
+    /// Runs the toolchain's Python (`python -I ARGS...`) in the project directory, asserts
+    /// that it succeeded, and returns its stdout.
+    pub fn python(&self, args: &[&str]) -> String {
+        let output = Command::new(self.toolchain_python())
+            .arg("-I")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run python");
+        assert!(
+            output.status.success(),
+            "python {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = self.command(args);
+        command.envs(env.iter().copied());
+        Run::from(command.output().expect("run pochi"))
+    }
+
+    /// `pochi build --json` plus `args`.
+    pub fn build(&self, args: &[&str]) -> Run {
+        let mut all = vec!["build", "--json"];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+}
+
+/// Copies a directory tree (files get new mtimes, inodes and ctimes, like a fresh clone).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+impl Project {
+    /// A directory holding scikit-learn (and joblib, threadpoolctl) for the toolchain's
+    /// Python, installed once per build tree with the toolchain's own `uv` from PyPI
+    /// (scikit-learn is a peer the tests compare with, not part of pochi's toolchain).
+    /// Scripts add it to `sys.path` themselves (`python -I` ignores PYTHONPATH).
+    pub fn scikit_learn_dir(&self) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peer-scikit-learn-1.7.2");
+        if dir.join("sklearn").is_dir() {
+            return dir;
+        }
+        let python = self.toolchain_python();
+        // <cache>/v1/toolchains/<hash>/env/bin/python -> <cache>/v1/tools/uv/bin/uv
+        let uv = python
+            .ancestors()
+            .nth(5)
+            .expect("the toolchain's cache directory")
+            .join("tools/uv/bin/uv");
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let output = Command::new(&uv)
+            .args(["pip", "install", "--no-deps", "--python"])
+            .arg(&python)
+            .arg("--target")
+            .arg(&partial)
+            .args([
+                "scikit-learn==1.7.2",
+                "joblib==1.5.2",
+                "threadpoolctl==3.6.0",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", uv.display()));
+        assert!(
+            output.status.success(),
+            "installing scikit-learn failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let _ = std::fs::rename(&partial, &dir);
+        dir
+    }
+}
+
+/// A failed stage's entry of `--json` as the user reads it: the error, its log, its hint.
+pub fn failure_text(stage: &serde_json::Value) -> String {
+    let text = |key: &str| stage[key].as_str().unwrap_or_default().to_string();
+    let mut shown = text("error");
+    if !text("log").is_empty() {
+        shown.push_str(&format!("\nlog: {}", text("log")));
+    }
+    if !text("hint").is_empty() {
+        shown.push_str(&format!("\nhelp: {}", text("hint")));
+    }
+    shown
+}

@@ -1,0 +1,24 @@
+//! pochi's integration tests: one test binary (as just, ripgrep and uv do), one harness
+//! (`common`: a temporary project and the built `pochi` run in it), one module per
+//! feature. Heavy modules (`export`, `quantize`, `report`, `preprocessing`) use the
+//! managed Python toolchain, which pochi creates on its first run.
+//!
+//! Test doubles, named as such where they are used: the TensorRT STAND-IN
+//! (`tests/fixtures/fake_tensorrt`).
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
+
+mod common;
+mod fuzz_support;
+
+mod builds;
+mod dataset;
+mod errors;
+mod export;
+mod fuzz_pipeline;
+mod graph_html;
+mod hardening;
+mod preprocessing;
+mod quantize;
+mod report;
+mod tensorrt_engine;
