@@ -1267,17 +1267,17 @@ fn sliding_window_settings_are_checked_with_spans() {
 
 #[test]
 fn the_batch_sweep_times_every_size_and_skips_what_an_engine_cannot_take() {
-    let project = project(&WITH_ENGINE.replace("batch = 2\n", "batch = [1, 2, 4, 8]\n"));
+    let project = project(&WITH_ENGINE.replace("batch = 2\n", "batch = [1, 4, 16]\n"));
     let run = build_with_standin(&project, &[]);
     run.assert_ok();
     let summary = json(&project, "build/pipeline/cmp/summary.json");
-    assert_eq!(summary["batch_sweep"], serde_json::json!([1, 2, 4, 8]));
+    assert_eq!(summary["batch_sweep"], serde_json::json!([1, 4, 16]));
     for model in summary["models"].as_array().unwrap() {
         let points = model["batch_sweep"].as_array().unwrap();
-        assert_eq!(points.len(), 4, "{model}");
+        assert_eq!(points.len(), 3, "{model}");
         for point in points {
             let batch = point["batch"].as_u64().unwrap();
-            if model["name"] == "@engine" && batch == 8 {
+            if model["name"] == "@engine" && batch == 16 {
                 assert_eq!(
                     point["skipped"], "outside the engine's profile (batch 1..4)",
                     "{point}"
@@ -1303,7 +1303,7 @@ fn the_batch_sweep_times_every_size_and_skips_what_an_engine_cannot_take() {
     assert!(md.contains("best throughput (batch)"), "{md}");
     assert!(md.contains("### Batch sweep"), "{md}");
     assert!(
-        md.contains("`@engine` at batch 8: outside the engine's profile (batch 1..4)"),
+        md.contains("`@engine` at batch 16: outside the engine's profile (batch 1..4)"),
         "{md}"
     );
     // The best figure in the table is the largest throughput of the sweep.

@@ -121,6 +121,16 @@ fn ms(v: f64) -> String {
     }
 }
 
+/// A throughput (samples/s): one decimal, three below 1 (a volume end to end takes
+/// seconds).
+fn rate(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn size(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= (1u64 << 30) as f64 {
@@ -268,7 +278,7 @@ fn overview_table(md: &mut String, summary: &Summary) {
     let best = |m: &ModelResult| match (swept, best_throughput(m)) {
         (false, _) => String::new(),
         (true, None) => " – |".into(),
-        (true, Some((batch, t))) => format!(" {t:.1} ({batch}) |"),
+        (true, Some((batch, t))) => format!(" {} ({batch}) |", rate(t)),
     };
     for m in &summary.models {
         let Some(l) = &m.latency else {
@@ -294,7 +304,7 @@ fn overview_table(md: &mut String, summary: &Summary) {
         };
         let _ = writeln!(
             md,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.1}{} |{} {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {}{} |{} {} | {} |",
             m.name,
             m.precision,
             size(m.size_bytes),
@@ -303,7 +313,7 @@ fn overview_table(md: &mut String, summary: &Summary) {
             ms(l.median_ms),
             ms(l.p90_ms),
             ms(l.p99_ms),
-            l.throughput,
+            rate(l.throughput),
             if m.noisy { " ⚠ noisy" } else { "" },
             best(m),
             verdict_cell(m),
@@ -371,7 +381,7 @@ fn sweep_section(md: &mut String, summary: &Summary) {
             .iter()
             .map(|&b| match m.batch_sweep.iter().find(|p| p.batch == b) {
                 Some(p) => match (&p.latency, &p.skipped) {
-                    (Some(l), _) => format!("{} · {:.1}", ms(l.mean_ms), l.throughput),
+                    (Some(l), _) => format!("{} · {}", ms(l.mean_ms), rate(l.throughput)),
                     (None, Some(why)) => {
                         reasons.push(format!("`{}` at batch {b}: {why}", m.name));
                         format!("skipped ({})", reasons.len())
@@ -428,12 +438,12 @@ fn model_section(md: &mut String, summary: &Summary, m: &ModelResult) {
     if let Some(e) = &m.end_to_end {
         let _ = writeln!(
             md,
-            "End to end over {} run(s) of one pass over the data (ms, with the input and output copies): mean {} · median {} · max {} · {:.1} samples/s\n",
+            "End to end over {} run(s) of one pass over the data (ms, with the input and output copies): mean {} · median {} · max {} · {} samples/s\n",
             e.runs,
             ms(e.mean_ms),
             ms(e.median_ms),
             ms(e.max_ms),
-            e.throughput
+            rate(e.throughput)
         );
     }
     parity_section(md, m);
