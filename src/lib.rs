@@ -10,7 +10,7 @@
 
 pub mod action;
 pub mod cache;
-#[allow(clippy::disallowed_methods, clippy::disallowed_macros)]
+#[allow(clippy::disallowed_methods)]
 pub mod cli;
 pub(crate) mod driver;
 pub(crate) mod fingerprint;

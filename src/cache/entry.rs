@@ -21,6 +21,10 @@ pub struct EntryMeta {
     /// engine. The caller puts what matters into the key as well; this is for display.
     #[serde(default)]
     pub platform: BTreeMap<String, String>,
+    /// How long the stage ran when its outputs were stored, in ms: a restored stage is
+    /// recorded with it, so scheduling estimates stay those of a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 /// A stage key's outputs.

@@ -52,6 +52,7 @@ mod stats;
 mod store;
 #[cfg(test)]
 mod tests;
+mod tier;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,9 @@ pub use gc::{CacheInfo, GcReport};
 pub use restore::{Miss, Restored};
 pub use stats::BuildStats;
 pub use store::Stored;
+pub use tier::{
+    CacheRequest, Origin, OutputCache, PublishedOutput, StoreError, Tier, Tiered, cache_key,
+};
 
 use crate::size::ByteSize;
 use crate::toolchain::cache::CacheDir;
@@ -131,8 +135,10 @@ pub struct LocalCache {
 }
 
 impl LocalCache {
-    /// The store in the per-user cache directory, with the size limit from
-    /// `POCHI_CACHE_MAX_SIZE` (e.g. `20GiB`) or `DEFAULT_MAX_SIZE`.
+    /// The store in the per-user cache directory, or under `$POCHI_OUTPUT_CACHE_DIR` (its
+    /// `v1` layout directory) when that is set (the store apart from the toolchains, e.g.
+    /// on a filesystem with reflinks), with the size limit from `POCHI_CACHE_MAX_SIZE`
+    /// (e.g. `20GiB`) or `DEFAULT_MAX_SIZE`.
     pub fn from_env() -> Result<LocalCache, CacheError> {
         LocalCache::from_vars(|name| std::env::var_os(name))
     }
@@ -140,7 +146,14 @@ impl LocalCache {
     /// Like `from_env`, with `var` as the environment lookup (tests).
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<LocalCache, CacheError> {
         let max_size = var("POCHI_CACHE_MAX_SIZE").filter(|v| !v.is_empty());
-        let dir = CacheDir::from_vars(var).map_err(CacheError::NoCacheDir)?;
+        let own_dir = var("POCHI_OUTPUT_CACHE_DIR").filter(|v| !v.is_empty());
+        let dir = match own_dir {
+            Some(dir) => {
+                let dir = PathBuf::from(dir);
+                CacheDir::at(&std::path::absolute(&dir).unwrap_or(dir))
+            }
+            None => CacheDir::from_vars(var).map_err(CacheError::NoCacheDir)?,
+        };
         let mut cache = LocalCache::in_dir(&dir);
         if let Some(value) = max_size {
             let value = value.to_string_lossy().into_owned();

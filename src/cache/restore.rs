@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use super::digest::{Transfer, clone_or_copy};
 use super::entry::{Entry, FileRecord, Node};
+use super::tier::Origin;
 use super::{LocalCache, check_key};
 
 /// Why a key was not restored. Never an error for the build: the stage runs instead.
@@ -26,6 +27,20 @@ pub enum Miss {
     BlobCorrupt(String),
     #[error("cannot restore to `{}`: {reason}", path.display())]
     Io { path: PathBuf, reason: String },
+    /// The entry does not name exactly the outputs the stage declares.
+    #[error("entry names other outputs than the stage ({0})")]
+    OtherOutputs(String),
+    /// A remote tier could not answer (down, slow, refused): the build goes on locally.
+    #[error("remote cache: {0}")]
+    Remote(String),
+}
+
+impl Miss {
+    /// Whether the user should hear of this miss (a damaged store, an unreachable server),
+    /// not just a key that was never stored.
+    pub fn is_notable(&self) -> bool {
+        *self != Miss::NoEntry
+    }
 }
 
 /// What a restore put at the destinations.
@@ -33,6 +48,8 @@ pub enum Miss {
 pub struct Restored {
     /// The entry; `entry.outputs[i].digest` is each restored output's content digest.
     pub entry: Entry,
+    /// Where it came from (the local store's directory, a remote cache's URL).
+    pub origin: Origin,
     /// Files written, their bytes, and how many of them were reflinks.
     pub files: u64,
     pub bytes: u64,
@@ -83,6 +100,7 @@ impl LocalCache {
         }
         Ok(Restored {
             entry,
+            origin: Origin::local(&self.root),
             files: tally.files,
             bytes: tally.bytes,
             reflinked: tally.reflinked,

@@ -42,6 +42,19 @@ impl LocalCache {
         outputs: &[(&str, &Path)],
         meta: &EntryMeta,
     ) -> Result<Stored, CacheError> {
+        self.store_expecting(key, outputs, &[], meta)
+    }
+
+    /// Like `store`, but output `i` must have the content digest `expected[i]` (where
+    /// given; the digest pochi recorded when it published the output): an output that
+    /// changed since is `Changed`, and no entry is written.
+    pub fn store_expecting(
+        &self,
+        key: &str,
+        outputs: &[(&str, &Path)],
+        expected: &[&str],
+        meta: &EntryMeta,
+    ) -> Result<Stored, CacheError> {
         check_key(key)?;
         let mut names = BTreeSet::new();
         let mut stored = Stored {
@@ -63,6 +76,13 @@ impl LocalCache {
                 });
             }
             let record = self.store_output(name, path, &mut stored)?;
+            if let Some(digest) = expected.get(stored.entry.outputs.len())
+                && *digest != record.digest
+            {
+                return Err(CacheError::Changed {
+                    path: path.to_path_buf(),
+                });
+            }
             stored.entry.outputs.push(record);
         }
         let bytes = serde_json::to_vec_pretty(&stored.entry).map_err(|e| CacheError::Io {

@@ -62,6 +62,7 @@ fn meta() -> EntryMeta {
         stage: "export".into(),
         kind: "export".into(),
         platform: [("gpu".to_string(), "NVIDIA H200".to_string())].into(),
+        duration_ms: Some(1234),
     }
 }
 
@@ -602,7 +603,7 @@ fn info_counts_sizes_and_ages() {
 }
 
 #[test]
-fn the_size_limit_comes_from_the_environment() {
+fn the_directory_and_size_limit_come_from_the_environment() {
     let vars = |pairs: &'static [(&'static str, &'static str)]| {
         move |name: &str| {
             pairs
@@ -618,6 +619,11 @@ fn the_size_limit_comes_from_the_environment() {
     assert_eq!(
         LocalCache::from_vars(vars(sized)).unwrap().max_size(),
         20 << 30
+    );
+    let apart = &[("POCHI_CACHE_DIR", "/c"), ("POCHI_OUTPUT_CACHE_DIR", "/o")];
+    assert_eq!(
+        LocalCache::from_vars(vars(apart)).unwrap().root(),
+        Path::new("/o/v1")
     );
     let bad = &[("POCHI_CACHE_DIR", "/c"), ("POCHI_CACHE_MAX_SIZE", "lots")];
     assert!(matches!(

@@ -38,11 +38,16 @@ pub struct BuildArgs {
     /// TensorRT or a GPU) instead of reporting it as unavailable and exiting 0.
     #[arg(long, alias = "require-engines")]
     require_all: bool,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
 }
 
 pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     let started = std::time::Instant::now();
     let paths = super::pipeline_paths(&args.pipelines);
+    // Before the no-op test, so that a wrong POCHI_CACHE_MAX_SIZE is an error on every
+    // build (opening reads the environment only).
+    let cache = args.cache.open()?;
     if !args.json
         && !args.dry_run
         && let Some(stages) = nothing_changed(&paths)
@@ -69,6 +74,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         keep_going: args.keep_going,
         no_wait: args.no_wait,
         require_all: args.require_all,
+        cache,
     };
     let summary = run_build(&workspace, &options)?;
     super::exit_without_freeing(workspace);
@@ -120,8 +126,16 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             );
         } else if plan.status.would_run() {
             would_run += 1;
+            let (p, s) = plan.id;
+            let restored = match args.cache.no_cache {
+                true => None,
+                false => super::cache::restorable_from(&workspace.projects[p], s, plan.status),
+            };
+            let restored = restored
+                .map(|origin| format!(" (would be restored from cache ({origin}))"))
+                .unwrap_or_default();
             say!(
-                "{} {}: {}",
+                "{} {}: {}{restored}",
                 paint("would run", "1;34"),
                 workspace.display_name(plan.id),
                 plan.reasons.join("; ")

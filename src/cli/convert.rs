@@ -19,6 +19,8 @@ use crate::driver::BuildOptions;
 pub struct ConvertArgs {
     /// The ONNX model.
     model: PathBuf,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// Build an fp16 engine (the ONNX is converted to fp16 first, as TensorRT 11 needs).
     #[arg(long, conflicts_with = "int8")]
     fp16: bool,
@@ -119,7 +121,10 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     let workspace = super::oneshot::load(&dir)?;
     // Everything that can run here: on a machine without TensorRT or a GPU the engine is
     // unavailable, but the quantized ONNX is still built (on the CPU) and kept.
-    let options = BuildOptions::default();
+    let options = BuildOptions {
+        cache: args.cache.open()?,
+        ..BuildOptions::default()
+    };
     let summary = super::build::run_build(&workspace, &options)?;
     if summary.interrupted {
         return Ok(super::signals::interrupted_exit_code());

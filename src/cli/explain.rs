@@ -35,20 +35,35 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     super::attach_host(&mut workspace, Mode::Inspect)?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
     let plans = workspace.plan(&targets);
-    let Some(plan) = plans.iter().find(|plan| targets.contains(&plan.id)) else {
-        return Ok(ExitCode::SUCCESS);
-    };
+    // A matrix stage's name explains each of its variants, in name order.
+    let mut explained: Vec<&crate::driver::StagePlan> = plans
+        .iter()
+        .filter(|plan| targets.contains(&plan.id))
+        .collect();
+    explained.sort_by_key(|plan| workspace.display_name(plan.id));
+    for plan in explained {
+        explain_one(&workspace, plan);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain_one(workspace: &Workspace, plan: &crate::driver::StagePlan) {
     let (p, s) = plan.id;
     let project = &workspace.projects[p];
     let name = &project.pipeline.stages[s].name;
     if plan.status == PlanStatus::UpToDate {
         let state = project.state.lock().unwrap_or_else(|e| e.into_inner());
-        let fingerprint = state
-            .built(name)
+        let record = state.built(name);
+        let fingerprint = record
             .map(|r| r.fingerprint.chars().take(16).collect::<String>())
             .unwrap_or_default();
-        show!("{name} is up to date (fingerprint {fingerprint}); nothing would run");
-        return Ok(ExitCode::SUCCESS);
+        match record.and_then(|r| r.restored_from.as_deref()) {
+            Some(from) => show!(
+                "{name} is up to date (fingerprint {fingerprint}): its last build restored it from cache ({from}); nothing would run"
+            ),
+            None => show!("{name} is up to date (fingerprint {fingerprint}); nothing would run"),
+        }
+        return;
     }
     if plan.status == PlanStatus::Unavailable {
         show!("{name} does not run on this machine:");
@@ -58,5 +73,7 @@ pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     for reason in &plan.reasons {
         show!("  - {reason}");
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(origin) = super::cache::restorable_from(project, s, plan.status) {
+        show!("  it would be restored from cache ({origin}) instead of run");
+    }
 }

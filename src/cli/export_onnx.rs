@@ -16,6 +16,8 @@ use crate::spec::Device;
 pub struct ExportOnnxArgs {
     /// The checkpoint: a state_dict (.pth), a pickled model or a TorchScript archive.
     checkpoint: PathBuf,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// The model's class or factory: package.module:Name, or file.py:Name.
     #[arg(long, value_name = "IMPORT_PATH")]
     model: Option<String>,
@@ -74,7 +76,11 @@ pub fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
 
     list_gpus(device);
     let workspace = super::oneshot::load(&dir)?;
-    let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
+    let options = BuildOptions {
+        cache: args.cache.open()?,
+        ..BuildOptions::default()
+    };
+    let summary = super::build::run_build(&workspace, &options)?;
     let project = &workspace.projects[0];
     if summary.interrupted {
         return Ok(super::signals::interrupted_exit_code());

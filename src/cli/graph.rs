@@ -72,6 +72,8 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
                 .iter()
                 .map(|o| o.path.display().to_string())
                 .collect(),
+            matrix_of: stage.matrix.as_ref().map(|m| m.base.clone()),
+            matrix: stage.matrix.as_ref().map(super::status::matrix_json),
         })
         .collect();
     let view = GraphView {
@@ -85,10 +87,7 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
         Format::Json => GraphFormat::Json,
         Format::Html => GraphFormat::Html,
     };
-    print!(
-        "{}",
-        super::output::sanitize(&render::render(&view, format))
-    );
+    super::output::write_stdout(&super::output::sanitize(&render::render(&view, format)));
     super::exit_without_freeing(workspace);
     Ok(ExitCode::SUCCESS)
 }

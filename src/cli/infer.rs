@@ -21,6 +21,8 @@ pub struct InferArgs {
     /// The model: an .onnx file (or a TensorRT .engine, reported as unavailable where
     /// TensorRT or a GPU is missing).
     model: PathBuf,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// The samples: a float32 .npy (N x C x H x W or N x C x D x H x W), or a folder:
     /// images in one folder per class (pochitrain's layout; the folder names are the
     /// labels), or .npy volumes.
@@ -134,7 +136,11 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
     let text = pipeline_text(&args, &model, &data)?;
     let dir = super::oneshot::write(&text)?;
     let workspace = super::oneshot::load(&dir)?;
-    let summary = super::build::run_build(&workspace, &BuildOptions::default())?;
+    let options = BuildOptions {
+        cache: args.cache.open()?,
+        ..BuildOptions::default()
+    };
+    let summary = super::build::run_build(&workspace, &options)?;
     if summary.interrupted {
         return Ok(super::signals::interrupted_exit_code());
     }

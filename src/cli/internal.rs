@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use super::output::failure;
+use super::output::{failure, show};
 use crate::fingerprint::{StatCache, hash_file};
 use crate::graph::StageGraph;
 
@@ -29,7 +29,7 @@ pub fn hash(files: &[PathBuf]) -> miette::Result<ExitCode> {
                 "check the path",
             )
         })?;
-        println!("{}  {}", digest.to_hex(), file.display());
+        show!("{}  {}", digest.to_hex(), file.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -68,7 +68,7 @@ fn bench_graph(stages: usize) -> miette::Result<()> {
     let parsed = started.elapsed();
     let graph = StageGraph::build(&pipeline)?;
     let total = started.elapsed();
-    println!(
+    show!(
         "graph construction: {} stages, parse {:.1} ms, graph {:.1} ms, total {:.1} ms",
         graph.len(),
         parsed.as_secs_f64() * 1e3,
@@ -108,7 +108,7 @@ fn bench_stat_hit(file: &Path) -> miette::Result<()> {
             .map_err(|e| failure(e.to_string(), "check the path"))?;
     }
     let hit = started.elapsed() / ROUNDS;
-    println!(
+    show!(
         "stat-cache: {} bytes, first digest {:.1} ms, hit {:.1} us (mean of {ROUNDS})",
         std::fs::metadata(&absolute).map(|m| m.len()).unwrap_or(0),
         cold.as_secs_f64() * 1e3,

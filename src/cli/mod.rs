@@ -3,6 +3,7 @@
 //! and a hint.
 
 mod build;
+mod cache;
 mod clean;
 mod convert;
 mod explain;
@@ -12,6 +13,7 @@ mod host;
 mod infer;
 mod internal;
 mod oneshot;
+#[allow(clippy::disallowed_macros)]
 mod output;
 mod progress;
 mod run_stage;
@@ -61,6 +63,8 @@ enum Command {
     InferTrt(infer::InferArgs),
     /// Show or prepare the Python toolchain: sync | info | path.
     Toolchain(toolchain::ToolchainArgs),
+    /// Show or collect the output cache: info | gc.
+    Cache(cache::CacheCommandArgs),
     /// Print a shell completion script: `pochi completions bash > ~/.local/share/bash-completion/completions/pochi`.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
         Command::Clean(args) => clean::run(args),
         Command::Schema => schema::run(),
         Command::Toolchain(args) => toolchain::run(args),
+        Command::Cache(args) => cache::run(args),
         Command::ExportOnnx(args) => export_onnx::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Infer(args) | Command::InferTrt(args) => infer::run(args),
@@ -98,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::RunStage(args) => run_stage::run(args),
     };
     match result {
+        Ok(_) if output::stdout_failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(report) => {
             output::print_error(&report);

@@ -24,7 +24,7 @@ pub fn paint(text: &str, code: &str) -> String {
 /// Prints one line on stderr, made safe for a terminal (see `sanitize`).
 macro_rules! say {
     ($($arg:tt)*) => {
-        eprintln!("{}", $crate::cli::output::sanitize(&format!($($arg)*)))
+        $crate::cli::output::write_stderr(&format!("{}\n", $crate::cli::output::sanitize(&format!($($arg)*))))
     };
 }
 
@@ -32,18 +32,48 @@ macro_rules! say {
 /// the one place the prefix is written.
 macro_rules! note {
     ($($arg:tt)*) => {
-        eprintln!("pochi: {}", $crate::cli::output::sanitize(&format!($($arg)*)))
+        $crate::cli::output::write_stderr(&format!("pochi: {}\n", $crate::cli::output::sanitize(&format!($($arg)*))))
     };
 }
 
 /// Prints one line on stdout, made safe for a terminal (see `sanitize`).
 macro_rules! show {
     ($($arg:tt)*) => {
-        println!("{}", $crate::cli::output::sanitize(&format!($($arg)*)))
+        $crate::cli::output::write_stdout(&format!("{}\n", $crate::cli::output::sanitize(&format!($($arg)*))))
     };
 }
 
 pub(crate) use {note, say, show};
+
+/// Set when a write to stdout failed for another reason than a reader going away: the
+/// command then ends with status 1 (`stdout_failed`), whatever it did.
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The one place pochi writes to stdout. A reader that went away (`pochi graph | head`)
+/// is no error: the rest is dropped. Any other write error (a full disk) is said once on
+/// stderr and makes the command fail.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+        && !STDOUT_FAILED.swap(true, Ordering::SeqCst)
+    {
+        write_stderr(&format!("error: cannot write to stdout: {e}\n"));
+    }
+}
+
+/// Whether some output to stdout was lost (see `write_stdout`).
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The one place pochi writes to stderr (progress bars aside, which `indicatif` draws).
+pub fn write_stderr(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
 
 /// Tells people what happens, on stderr with the `pochi:` prefix (e.g. while the
 /// toolchain is created).
@@ -97,7 +127,7 @@ fn sgr_len(text: &str) -> Option<usize> {
 
 pub fn print_error(report: &miette::Report) {
     let diagnostic: &dyn miette::Diagnostic = report.as_ref();
-    eprintln!("{}", render_error(diagnostic, color()).trim());
+    write_stderr(&format!("{}\n", render_error(diagnostic, color()).trim()));
 }
 
 /// An error as pochi prints it: `error:`, the source snippet with its label, the causes and

@@ -105,6 +105,11 @@ impl Reporter {
                 paint("done", "1;32"),
                 duration(took)
             )),
+            Outcome::Restored(source) => self.line(&format!(
+                "{} {stage} from the cache ({source}, {})",
+                paint("restored", "1;32"),
+                duration(took)
+            )),
             Outcome::Failed(failure) => {
                 let rendered = render_stage_failure(stage, failure, super::output::color());
                 self.line(&format!("{} {stage}\n{rendered}", paint("FAILED", "1;31")));
@@ -130,10 +135,16 @@ impl Reporter {
             bar.finish_and_clear();
         }
         let count = |status: &str| summary.counts.get(status).copied().unwrap_or(0);
-        let mut parts = vec![
-            format!("{} ran", count("ran")),
-            format!("{} up to date", count("skipped")),
-        ];
+        let mut parts = vec![format!("{} ran", count("ran"))];
+        for (status, label) in [
+            ("restored_local", "restored locally"),
+            ("restored_remote", "restored remotely"),
+        ] {
+            if count(status) > 0 {
+                parts.push(format!("{} {label}", count(status)));
+            }
+        }
+        parts.push(format!("{} up to date", count("skipped")));
         for (status, label) in [
             ("failed", "failed"),
             ("blocked", "not run (upstream failed)"),

@@ -1,10 +1,11 @@
 //! `pochi schema`: the pipeline file's JSON Schema on stdout.
 
+use super::output::show;
 use std::process::ExitCode;
 
 pub fn run() -> miette::Result<ExitCode> {
     let schema = crate::spec::pipeline_schema(crate::kinds::KINDS);
-    println!(
+    show!(
         "{}",
         serde_json::to_string_pretty(&schema).unwrap_or_default()
     );

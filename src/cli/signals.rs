@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use super::output::say;
+
 /// The first signal received (0: none).
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 /// The flag the handler sets, shared by every build of this process.
@@ -37,7 +39,7 @@ fn install(cancel: Arc<AtomicBool>) {
             } else {
                 "the signal"
             };
-            eprintln!(
+            say!(
                 "interrupted ({}): stopping running stages ({again} again to quit at once)",
                 name(signal)
             );

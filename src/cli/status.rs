@@ -40,6 +40,33 @@ fn color(status: PlanStatus) -> &'static str {
     }
 }
 
+/// One stage of `status --json`; a matrix variant also names the stage it was declared
+/// as (`matrix_of`) and its values (`matrix`).
+fn stage_json(workspace: &Workspace, plan: &crate::driver::StagePlan) -> serde_json::Value {
+    let mut stage = serde_json::json!({
+        "stage": workspace.display_name(plan.id),
+        "status": plan.status,
+        "reasons": plan.reasons,
+    });
+    let (p, s) = plan.id;
+    if let Some(matrix) = &workspace.projects[p].pipeline.stages[s].matrix {
+        stage["matrix_of"] = matrix.base.clone().into();
+        stage["matrix"] = matrix_json(matrix);
+    }
+    stage
+}
+
+/// A variant's values as a JSON object (keys sorted, as every JSON map pochi writes).
+pub fn matrix_json(matrix: &crate::spec::matrix::MatrixOf) -> serde_json::Value {
+    serde_json::Value::Object(
+        matrix
+            .values
+            .iter()
+            .map(|(key, value)| (key.clone(), value.to_json()))
+            .collect(),
+    )
+}
+
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     let mut workspace =
         Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
@@ -50,7 +77,7 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     if args.json {
         let stages: Vec<serde_json::Value> = sorted
             .iter()
-            .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
+            .map(|plan| stage_json(&workspace, plan))
             .collect();
         show!(
             "{}",

@@ -1,6 +1,8 @@
 //! Checking and running one stage: its key from current inputs, the up-to-date test
 //! against its record, and a run that writes to temporary paths, verifies, re-checks its
-//! inputs, publishes atomically and only then records the stage as built.
+//! inputs, publishes atomically and only then records the stage as built. A stage whose
+//! key is in the output cache is restored instead: the cache writes (and verifies) its
+//! outputs at the same temporary paths, which are published and recorded the same way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Project;
+use super::cached::{self, Storer};
 use super::explain::{self, Change};
 use crate::action::Action;
+use crate::cache::{Miss, Origin, OutputCache, Restored};
 use crate::fingerprint::{InputDigest, KEY_FORMAT, StageKey};
 use crate::graph::ResolvedInput;
 use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
@@ -184,6 +188,10 @@ pub struct StageExecutor {
     /// Each project's directory with symbolic links resolved, for the confinement checks
     /// (resolved once, not per published output).
     canonical_dirs: Vec<std::io::Result<PathBuf>>,
+    /// The output cache (none with `--no-cache`), and where each restored job came from.
+    cache: Option<Arc<dyn OutputCache>>,
+    storer: Option<Storer>,
+    restored: Mutex<BTreeMap<usize, Origin>>,
 }
 
 impl StageExecutor {
@@ -209,7 +217,111 @@ impl StageExecutor {
             warnings: Mutex::new(Vec::new()),
             spare_roots: Mutex::new(Vec::new()),
             canonical_dirs,
+            cache: None,
+            storer: None,
+            restored: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The same executor restoring from and storing to `cache`.
+    pub fn with_cache(mut self, cache: Option<Arc<dyn OutputCache>>) -> Self {
+        self.storer = cache.clone().map(Storer::new);
+        self.cache = cache;
+        self
+    }
+
+    /// Where each restored job's outputs came from.
+    pub fn restored(&self) -> BTreeMap<usize, Origin> {
+        self.restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After the scheduler: waits for the stores still queued, then lets the cache record
+    /// the build's figures and keep its size limit. Returns the warnings, (job or none,
+    /// message).
+    pub fn finish_cache(&self, stats: &crate::cache::BuildStats) -> Vec<(Option<usize>, String)> {
+        let (Some(cache), Some(storer)) = (&self.cache, &self.storer) else {
+            return Vec::new();
+        };
+        let (warnings, stored) = storer.finish();
+        let mut all: Vec<(Option<usize>, String)> = warnings
+            .into_iter()
+            .map(|(job, w)| (Some(job), w))
+            .collect();
+        all.extend(
+            cache
+                .finish_build(stats, stored)
+                .into_iter()
+                .map(|w| (None, w)),
+        );
+        all
+    }
+
+    fn warn(&self, job: usize, message: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((job, message));
+    }
+
+    /// Whether the cache may hold the outputs of `job` under `key`.
+    fn may_restore(&self, job: usize, key: &StageKey) -> bool {
+        let Some(cache) = &self.cache else {
+            return false;
+        };
+        let (project, stage) = self.jobs[job];
+        if !self.projects[project].pipeline.stages[stage].cache {
+            return false;
+        }
+        cached::with_request(&self.projects[project], stage, key, |r| cache.may_have(r))
+    }
+
+    /// Restores `job` from the cache into temporary paths and publishes it like a run.
+    fn restore_stage(&self, job: usize) -> Option<Origin> {
+        let cache = self.cache.as_ref()?;
+        let key = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job)
+            .cloned()?;
+        let (project_index, stage) = self.jobs[job];
+        let project = &self.projects[project_index];
+        let started = Instant::now();
+        let temp = TempOutputs::create(project, stage, self.take_root(project_index)).ok()?;
+        let dir = &project.pipeline.dir;
+        let scratch = temp.scratch();
+        let dest_for = |name: &str| match temp.paths.get(name) {
+            Some(path) => dir.join(path),
+            None => scratch.join(name),
+        };
+        let restored = cached::with_request(project, stage, &key, |r| cache.restore(r, &dest_for));
+        let origin = match restored.and_then(|hit| check_names(&temp, hit)) {
+            Ok(hit) => {
+                match self.finish(project_index, stage, &key, &temp, started, Some(&hit)) {
+                    Ok(_) => Some(hit.origin),
+                    Err(message) => {
+                        self.warn(job, format!("restored from the cache ({}), but: {message}; the stage runs instead", hit.origin));
+                        None
+                    }
+                }
+            }
+            Err(miss) => {
+                if miss.is_notable() {
+                    self.warn(
+                        job,
+                        format!("not restored from the cache ({miss}); the stage runs instead"),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(root) = temp.empty() {
+            self.give_back_root(project_index, root);
+        }
+        origin
     }
 
     /// A temporary root for a stage of `project`: a spare one, else a new name.
@@ -270,7 +382,15 @@ impl StageExecutor {
             })?;
         let result = self.execute(project, stage, lease, &temp);
         let outcome = result.and_then(|warnings| {
-            self.finish(project_index, stage, &key, &temp, started)?;
+            let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
+            if let Some(storer) = self
+                .storer
+                .as_ref()
+                .filter(|_| project.pipeline.stages[stage].cache)
+            {
+                let took = started.elapsed().as_millis() as u64;
+                storer.submit(job, (project, stage), &key, &outputs, took);
+            }
             let mut told = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
             told.extend(warnings.into_iter().map(|w| (job, w)));
             Ok(())
@@ -395,7 +515,8 @@ impl StageExecutor {
         }
     }
 
-    /// Verifies, re-checks inputs, publishes, hashes and records.
+    /// Verifies, re-checks inputs, publishes, hashes and records; returns what it recorded.
+    /// `restored`: the outputs came from the cache (their digests are the entry's).
     fn finish(
         &self,
         project_index: usize,
@@ -403,38 +524,11 @@ impl StageExecutor {
         key: &StageKey,
         temp: &TempOutputs,
         started: Instant,
-    ) -> Result<(), String> {
+        restored: Option<&Restored>,
+    ) -> Result<Vec<OutputRecord>, String> {
         let project = &self.projects[project_index];
-        let pipeline = &project.pipeline;
-        let spec = &pipeline.stages[stage];
-        let root = self.canonical_dirs[project_index]
-            .as_ref()
-            .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
-        for output in spec.kind.outputs() {
-            let written = pipeline.dir.join(&temp.paths[&output.key]);
-            if std::fs::symlink_metadata(&written).is_err() {
-                return Err(format!(
-                    "the stage succeeded but did not write its declared output `{}` ({}); it must write to the path given by {{outputs.{}}}",
-                    output.key,
-                    output.path.display(),
-                    output.key
-                ));
-            }
-            crate::fsutil::check_output_tree(root, &written).map_err(|e| {
-                format!(
-                    "output `{}` ({}) cannot be published: {e}",
-                    output.key,
-                    output.path.display()
-                )
-            })?;
-            crate::fsutil::check_confined(root, &pipeline.dir.join(&output.path)).map_err(|e| {
-                format!(
-                    "output `{}` ({}) cannot be published: {e}",
-                    output.key,
-                    output.path.display()
-                )
-            })?;
-        }
+        let spec = &project.pipeline.stages[stage];
+        self.check_written(project_index, stage, temp)?;
         let after = current_key(project, stage).map_err(describe)?;
         if after.inputs != key.inputs || after.needs != key.needs {
             let changes = explain::diff(key, &after);
@@ -444,43 +538,129 @@ impl StageExecutor {
                 what.join("; ")
             ));
         }
-        let mut outputs = Vec::new();
-        for output in spec.kind.outputs() {
-            let dest = pipeline.dir.join(&output.path);
-            crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest).map_err(
-                |e| {
-                    format!(
-                        "cannot publish output `{}` to {}: {e}",
-                        output.key,
-                        output.path.display()
-                    )
-                },
-            )?;
-            project.stats.forget(&output.path, dest.is_dir());
-            let digest = project
-                .stats
-                .digest_published(&pipeline.dir, &output.path)
-                .map_err(|e| format!("cannot hash output `{}`: {e}", output.path.display()))?;
-            outputs.push(OutputRecord {
-                key: output.key.clone(),
-                path: output.path.clone(),
-                digest,
-            });
-        }
+        let outputs = publish_all(project, stage, temp, restored)?;
+        let elapsed = started.elapsed().as_millis() as u64;
         let record = StageRecord {
             stage: spec.name.clone(),
             fingerprint: key.fingerprint(),
             key: crate::state::RecordedKey::new(key),
-            outputs,
-            duration_ms: started.elapsed().as_millis() as u64,
+            outputs: outputs.clone(),
+            // A restored stage keeps the duration of its run, for scheduling estimates.
+            duration_ms: restored
+                .and_then(|hit| hit.entry.meta.duration_ms)
+                .unwrap_or(elapsed),
             finished_unix_ms: unix_ms_now(),
+            restored_from: restored.map(|hit| hit.origin.to_string()),
         };
         project
             .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record_built(record)
-            .map_err(|e| format!("cannot record the stage as built: {e}"))
+            .map_err(|e| format!("cannot record the stage as built: {e}"))?;
+        Ok(outputs)
+    }
+
+    /// Every declared output was written, holds only what may be published, and its
+    /// destination is inside the project.
+    fn check_written(
+        &self,
+        project_index: usize,
+        stage: usize,
+        temp: &TempOutputs,
+    ) -> Result<(), String> {
+        let pipeline = &self.projects[project_index].pipeline;
+        let root = self.canonical_dirs[project_index]
+            .as_ref()
+            .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
+        for output in pipeline.stages[stage].kind.outputs() {
+            let written = pipeline.dir.join(&temp.paths[&output.key]);
+            if std::fs::symlink_metadata(&written).is_err() {
+                return Err(format!(
+                    "the stage succeeded but did not write its declared output `{}` ({}); it must write to the path given by {{outputs.{}}}",
+                    output.key,
+                    output.path.display(),
+                    output.key
+                ));
+            }
+            let unpublishable = |e| {
+                format!(
+                    "output `{}` ({}) cannot be published: {e}",
+                    output.key,
+                    output.path.display()
+                )
+            };
+            crate::fsutil::check_output_tree(root, &written).map_err(unpublishable)?;
+            crate::fsutil::check_confined(root, &pipeline.dir.join(&output.path))
+                .map_err(unpublishable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Publishes every output of the stage from its temporary path and hashes it (a restored
+/// one's digests are known: its files are not read again, and its digest must be the
+/// entry's).
+fn publish_all(
+    project: &Project,
+    stage: usize,
+    temp: &TempOutputs,
+    restored: Option<&Restored>,
+) -> Result<Vec<OutputRecord>, String> {
+    let pipeline = &project.pipeline;
+    let mut outputs = Vec::new();
+    for output in pipeline.stages[stage].kind.outputs() {
+        let dest = pipeline.dir.join(&output.path);
+        crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest).map_err(
+            |e| {
+                format!(
+                    "cannot publish output `{}` to {}: {e}",
+                    output.key,
+                    output.path.display()
+                )
+            },
+        )?;
+        project.stats.forget(&output.path, dest.is_dir());
+        let from_cache =
+            restored.and_then(|hit| hit.entry.outputs.iter().find(|o| o.name == output.key));
+        if let Some(record) = from_cache {
+            cached::remember_restored(&project.stats, &pipeline.dir, &output.path, &record.node);
+        }
+        let digest = project
+            .stats
+            .digest_published(&pipeline.dir, &output.path)
+            .map_err(|e| format!("cannot hash output `{}`: {e}", output.path.display()))?;
+        if let Some(record) = from_cache
+            && record.digest != digest
+        {
+            return Err(format!(
+                "output `{}` ({}) does not have the cached digest",
+                output.key,
+                output.path.display()
+            ));
+        }
+        outputs.push(OutputRecord {
+            key: output.key.clone(),
+            path: output.path.clone(),
+            digest,
+        });
+    }
+    Ok(outputs)
+}
+
+/// The hit, if its entry names exactly the stage's declared outputs (the key holds them,
+/// so anything else is a damaged or forged entry).
+fn check_names(temp: &TempOutputs, hit: Restored) -> Result<Restored, Miss> {
+    let mut named: Vec<&str> = hit.entry.outputs.iter().map(|o| o.name.as_str()).collect();
+    named.sort_unstable();
+    if named
+        .iter()
+        .copied()
+        .eq(temp.paths.keys().map(String::as_str))
+    {
+        Ok(hit)
+    } else {
+        Err(Miss::OtherOutputs(named.join(", ")))
     }
 }
 
@@ -520,8 +700,11 @@ impl Executor for StageExecutor {
         }
         let (project_index, stage) = self.jobs[job];
         let (standing, key) = standing(&self.projects[project_index], stage);
-        // Only a stage that runs needs its key again (to see inputs change meanwhile).
+        // Only a stage that runs needs its key again (to see inputs change meanwhile), and
+        // to look it up in the cache.
+        let mut restorable = false;
         if let (Some(key), Standing::Stale(_)) = (key, &standing) {
+            restorable = self.may_restore(job, &key);
             self.keys
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -530,11 +713,30 @@ impl Executor for StageExecutor {
         match standing {
             Standing::UpToDate => Check::UpToDate,
             Standing::Stale(changes) => {
-                Check::Run(changes.first().map(|c| c.to_string()).unwrap_or_default())
+                let reason = changes.first().map(|c| c.to_string()).unwrap_or_default();
+                if restorable {
+                    Check::Restorable(reason)
+                } else {
+                    Check::Run(reason)
+                }
             }
             Standing::WaitsOnUpstream(why) => Check::Run(why),
             Standing::Broken(why) => Check::Failed(Failure::new(why)),
         }
+    }
+
+    fn restore(&self, job: usize) -> Option<String> {
+        let origin = self.restore_stage(job)?;
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job);
+        let shown = origin.to_string();
+        self.restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job, origin);
+        Some(shown)
     }
 
     fn run(&self, job: usize, lease: &Lease) -> RunResult {

@@ -3,6 +3,7 @@
 //! It neither prints nor spawns: events go to an observer, processes to a `ProcessRunner`.
 
 mod availability;
+mod cached;
 mod executor;
 pub mod explain;
 pub mod noop;
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 pub use availability::Verdict;
+pub use cached::cache_key_of;
 pub use executor::{Standing, standing};
 use explain::Change;
 
@@ -341,6 +343,9 @@ pub struct BuildOptions {
     /// Fail at once when a wanted stage cannot run on this machine (e.g. an engine
     /// without TensorRT or a GPU) instead of reporting it as unavailable.
     pub require_all: bool,
+    /// Where stages are restored from instead of run, and their outputs stored after they
+    /// ran; none: nothing is restored or stored (`--no-cache`).
+    pub cache: Option<Arc<dyn crate::cache::OutputCache>>,
 }
 
 /// What a build reports while it runs.
@@ -388,7 +393,8 @@ pub struct BuildSummary {
 pub struct StageSummary {
     pub pipeline: String,
     pub stage: String,
-    /// ran | skipped | failed | blocked | stopped | cancelled | unavailable
+    /// ran | restored | skipped (up to date) | failed | blocked | stopped | cancelled |
+    /// unavailable
     pub status: &'static str,
     pub reason: Option<String>,
     pub error: Option<String>,
@@ -398,6 +404,9 @@ pub struct StageSummary {
     pub log: Option<PathBuf>,
     pub duration_ms: Option<u64>,
     pub outputs: Vec<OutputRecord>,
+    /// Where a `restored` stage's outputs came from (`tier`: local or remote, `location`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<crate::cache::Origin>,
 }
 
 /// Several pipelines built together: one scheduler, one set of resources.
@@ -475,7 +484,8 @@ impl Workspace {
             .collect()
     }
 
-    /// Resolves `--target` names (`stage` or `pipeline/stage`); none means every stage.
+    /// Resolves `--target` names (`stage` or `pipeline/stage`; a matrix stage's name selects
+    /// every variant); none means every stage.
     pub fn resolve_targets(&self, targets: &[String]) -> Result<Vec<StageId>, BuildError> {
         if targets.is_empty() {
             return Ok(self.stage_ids());
@@ -491,7 +501,9 @@ impl Workspace {
                 .iter()
                 .enumerate()
                 .filter(|(_, project)| pipeline.is_none_or(|p| p == project.pipeline.name))
-                .filter_map(|(p, project)| project.graph.index(name).map(|s| (p, s)))
+                .flat_map(|(p, project)| {
+                    project.graph.select(name).into_iter().map(move |s| (p, s))
+                })
                 .collect();
             if matches.is_empty() {
                 let names: Vec<String> = self
@@ -562,7 +574,8 @@ impl Workspace {
             ids.clone(),
             runner,
             Arc::clone(&cancel),
-        );
+        )
+        .with_cache(options.cache.clone());
         executor.unavailable = unavailable;
         executor.invalid = invalid;
         let executor = Arc::new(executor);
@@ -576,7 +589,10 @@ impl Workspace {
         );
         let cannot_run = downstream(&jobs, executor.unavailable.keys().copied());
         let out_of_date: Vec<usize> = (0..ids.len())
-            .filter(|&job| matches!(prechecked[job], Some(Check::Run(_))) && !cannot_run[job])
+            .filter(|&job| {
+                matches!(prechecked[job], Some(Check::Run(_) | Check::Restorable(_)))
+                    && !cannot_run[job]
+            })
             .collect();
         let affected = downstream(&jobs, out_of_date.iter().copied());
         let may_follow = (0..ids.len())
@@ -625,8 +641,17 @@ impl Workspace {
             "scheduler finished"
         );
         executor.discard_spare_roots();
+        let restored = executor.restored();
+        let cache_warnings = executor.finish_cache(&cache_stats(&outcomes, &restored));
         for (job, warning) in executor.take_warnings() {
             let message = format!("{}: {warning}", self.display_name(ids[job]));
+            observer(BuildEvent::Warning { message: &message });
+        }
+        for (job, warning) in cache_warnings {
+            let message = match job {
+                Some(job) => format!("{}: {warning}", self.display_name(ids[job])),
+                None => warning,
+            };
             observer(BuildEvent::Warning { message: &message });
         }
         for project in self.projects.iter() {
@@ -649,7 +674,7 @@ impl Workspace {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state saved"
         );
-        Ok(self.summary(&ids, &outcomes, started.elapsed(), interrupted))
+        Ok(self.summary(&ids, &outcomes, &restored, started.elapsed(), interrupted))
     }
 
     /// Asks every wanted stage whether it can run here (`availability::verdict`). A stage
@@ -796,6 +821,7 @@ impl Workspace {
         &self,
         ids: &[StageId],
         outcomes: &[Option<Outcome>],
+        restored: &BTreeMap<usize, crate::cache::Origin>,
         elapsed: Duration,
         interrupted: bool,
     ) -> BuildSummary {
@@ -812,6 +838,11 @@ impl Workspace {
             let (status, reason, error) = match outcome {
                 Outcome::Skipped => ("skipped", None, None),
                 Outcome::Ran(reason) => ("ran", Some(reason.clone()), None),
+                Outcome::Restored(source) => (
+                    "restored",
+                    Some(format!("restored from the cache ({source})")),
+                    None,
+                ),
                 Outcome::Failed(failure) => ("failed", None, Some(failure.message.clone())),
                 Outcome::Blocked(dep) => (
                     "blocked",
@@ -834,7 +865,10 @@ impl Workspace {
                     None,
                 ),
             };
-            *counts.entry(status).or_default() += 1;
+            let restored_from = restored.get(&job).cloned();
+            *counts
+                .entry(count_name(status, restored_from.as_ref()))
+                .or_default() += 1;
             let succeeded = outcome.is_success();
             stages.push(StageSummary {
                 pipeline: project.pipeline.name.clone(),
@@ -852,11 +886,12 @@ impl Workspace {
                 } else {
                     Vec::new()
                 },
+                restored_from,
             });
         }
         let ok = !interrupted && !outcomes.iter().flatten().any(Outcome::is_failure);
         BuildSummary {
-            schema_version: 1,
+            schema_version: 2,
             ok,
             interrupted,
             duration_ms: elapsed.as_millis() as u64,
@@ -864,6 +899,38 @@ impl Workspace {
             stages,
         }
     }
+}
+
+/// The name a stage is counted under in the summary: its status, except that restores
+/// are counted per tier (`restored_local`, `restored_remote`).
+fn count_name(status: &'static str, restored_from: Option<&crate::cache::Origin>) -> &'static str {
+    match restored_from.map(|origin| origin.tier) {
+        Some(crate::cache::Tier::Local) => "restored_local",
+        Some(crate::cache::Tier::Remote) => "restored_remote",
+        None => status,
+    }
+}
+
+/// The cache's figures of a build: stages restored per tier, and stages that ran.
+fn cache_stats(
+    outcomes: &[Option<Outcome>],
+    restored: &BTreeMap<usize, crate::cache::Origin>,
+) -> crate::cache::BuildStats {
+    let from = |tier| {
+        restored
+            .values()
+            .filter(|origin| origin.tier == tier)
+            .count() as u64
+    };
+    let ran = outcomes
+        .iter()
+        .filter(|o| matches!(o, Some(Outcome::Ran(_))))
+        .count() as u64;
+    crate::cache::BuildStats::new(
+        from(crate::cache::Tier::Local),
+        from(crate::cache::Tier::Remote),
+        ran,
+    )
 }
 
 /// A stage's status without running anything (`status`, `graph`, `explain`, `--dry-run`).

@@ -202,6 +202,23 @@ impl StatCache {
         Ok(hasher.finalize().to_hex().to_string())
     }
 
+    /// Remembers `digest` for the file at `root/path` as it is now, without reading it: for
+    /// a file pochi has just written and verified itself (restored from the cache, every
+    /// byte hashed), and published. As with `digest_published`, a racily fresh file's
+    /// digest is kept for this build only.
+    pub fn remember_published(&self, root: &Path, path: &Path, digest: &str) -> io::Result<()> {
+        let metadata = std::fs::metadata(root.join(path))?;
+        let stat = FileStat::of(&metadata);
+        let entry = CacheEntry {
+            stat,
+            digest: digest.to_string(),
+            this_build_only: is_racy(stat),
+        };
+        self.write().insert(path.to_path_buf(), entry);
+        self.changed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Forgets a path after pochi rewrote it; `is_dir` also forgets everything under it
     /// (a scan of the cache, so only for directories).
     pub fn forget(&self, path: &Path, is_dir: bool) {

@@ -43,6 +43,8 @@ pub struct StageGraph {
     dependents: Vec<Vec<usize>>,
     topo: Vec<usize>,
     by_name: HashMap<String, usize>,
+    /// A matrix stage's name -> its variants, in name order.
+    variants: HashMap<String, Vec<usize>>,
     inputs: Vec<Vec<(String, ResolvedInput)>>,
 }
 
@@ -55,9 +57,16 @@ impl StageGraph {
             .enumerate()
             .map(|(index, stage)| (stage.name.clone(), index))
             .collect();
+        let mut variants: HashMap<String, Vec<usize>> = HashMap::new();
+        for (index, stage) in pipeline.stages.iter().enumerate() {
+            if let Some(matrix) = &stage.matrix {
+                variants.entry(matrix.base.clone()).or_default().push(index);
+            }
+        }
         let resolver = Resolver {
             pipeline,
             by_name: &by_name,
+            variants: &variants,
         };
         let mut deps = Vec::with_capacity(pipeline.stages.len());
         let mut inputs = Vec::with_capacity(pipeline.stages.len());
@@ -79,6 +88,7 @@ impl StageGraph {
             dependents,
             topo,
             by_name,
+            variants,
             inputs,
         })
     }
@@ -109,6 +119,15 @@ impl StageGraph {
         self.by_name.get(name).copied()
     }
 
+    /// The stages a name selects (`--target`, `explain`): the stage of that name, or every
+    /// variant of the matrix stage declared with it; empty when there is none.
+    pub fn select(&self, name: &str) -> Vec<usize> {
+        match self.by_name.get(name) {
+            Some(&index) => vec![index],
+            None => self.variants.get(name).cloned().unwrap_or_default(),
+        }
+    }
+
     /// The stage's inputs in declaration order, resolved.
     pub fn inputs(&self, stage: usize) -> &[(String, ResolvedInput)] {
         &self.inputs[stage]
@@ -133,6 +152,7 @@ type Resolved = (Vec<(String, ResolvedInput)>, Vec<usize>);
 struct Resolver<'a> {
     pipeline: &'a Pipeline,
     by_name: &'a HashMap<String, usize>,
+    variants: &'a HashMap<String, Vec<usize>>,
 }
 
 impl Resolver<'_> {
@@ -165,6 +185,9 @@ impl Resolver<'_> {
 
     fn stage_index(&self, name: &str, span: std::ops::Range<usize>) -> Result<usize, SpanError> {
         self.by_name.get(name).copied().ok_or_else(|| {
+            if let Some(error) = self.unknown_variant(name, span.clone()) {
+                return error;
+            }
             let names = self.pipeline.stages.iter().map(|s| s.name.as_str());
             let help = match suggest::nearest(name, names) {
                 Some(best) => format!("did you mean `{best}`?"),
@@ -176,6 +199,33 @@ impl Resolver<'_> {
                 .with_label("no such stage")
                 .with_help(help)
         })
+    }
+
+    /// `engine-fp32` where `engine` is a matrix stage without that variant: the error names
+    /// the nearest variant and lists them all.
+    fn unknown_variant(&self, name: &str, span: std::ops::Range<usize>) -> Option<SpanError> {
+        let (base, variants) = self
+            .variants
+            .iter()
+            .filter(|(base, _)| {
+                name.strip_prefix(base.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+            })
+            .max_by_key(|(base, _)| base.len())?;
+        let names: Vec<&str> = variants
+            .iter()
+            .map(|&v| self.pipeline.stages[v].name.as_str())
+            .collect();
+        let nearest = suggest::nearest(name, names.iter().copied())
+            .map(|best| format!("did you mean `{best}`? "))
+            .unwrap_or_default();
+        Some(
+            self.pipeline
+                .source
+                .error(span, format!("stage `{base}` has no variant `{name}`"))
+                .with_label("no such variant")
+                .with_help(format!("{nearest}its variants are: {}", names.join(", "))),
+        )
     }
 
     fn reference(

@@ -10,6 +10,20 @@ pub(crate) fn render(view: &GraphView) -> String {
         "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];".to_string(),
     ];
     lines.extend(view.stages.iter().map(node_line));
+    // The variants of a matrix stage share a cluster labelled with its name.
+    for (base, variants) in super::matrix_groups(&view.stages) {
+        lines.push(format!(
+            "  subgraph {} {{",
+            quote(&format!("cluster_{base}"))
+        ));
+        lines.push(format!("    label={};", quote(&format!("{base} (matrix)"))));
+        lines.extend(
+            variants
+                .iter()
+                .map(|&v| format!("    {};", quote(&view.stages[v].name))),
+        );
+        lines.push("  }".to_string());
+    }
     lines.extend(view.stages.iter().flat_map(edge_lines));
     lines.push("}".to_string());
     lines.join("\n") + "\n"

@@ -468,7 +468,10 @@ fn stage_box(stage: &StageView, corner: Point, box_width: usize, box_height: usi
     let text_x = corner.x + BOX_PADDING;
     vec![
         format!("<g class=\"node st-{}\">", stage.status.slug()),
-        format!("<title>{name} — {state}</title>"),
+        match stage.matrix_text() {
+            Some(matrix) => format!("<title>{name} ({}) — {state}</title>", escape(&matrix)),
+            None => format!("<title>{name} — {state}</title>"),
+        },
         format!(
             "<rect x=\"{}\" y=\"{}\" width=\"{box_width}\" height=\"{box_height}\" rx=\"6\" fill=\"{}\" stroke=\"{}\" stroke-width=\"1.5\"/>",
             corner.x, corner.y, style.fill, style.stroke

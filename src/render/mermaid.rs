@@ -9,6 +9,20 @@ pub(crate) fn render(view: &GraphView) -> String {
         format!("  %% pipeline: {}", one_line(&view.pipeline)),
     ];
     lines.extend(view.stages.iter().map(node_line));
+    // The variants of a matrix stage share a subgraph titled with its name.
+    for (base, variants) in super::matrix_groups(&view.stages) {
+        lines.push(format!(
+            "  subgraph m_{}[\"{} (matrix)\"]",
+            node_id(base),
+            escape_label(base)
+        ));
+        lines.extend(
+            variants
+                .iter()
+                .map(|&v| format!("    {}", node_id(&view.stages[v].name))),
+        );
+        lines.push("  end".to_string());
+    }
     lines.extend(view.stages.iter().flat_map(edge_lines));
     lines.extend(StageStatus::ALL.into_iter().map(class_def_line));
     lines.extend(class_lines(&view.stages));

@@ -25,9 +25,45 @@ pub struct StageView {
     pub last_duration_ms: Option<u64>,
     pub deps: Vec<String>, // names of stages this one depends on (edge dep -> name)
     pub outputs: Vec<String>, // output paths relative to the pipeline file
+    /// For a variant of a matrix stage: the stage it was declared as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix_of: Option<String>,
+    /// For a variant: its matrix values (a JSON object).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<serde_json::Value>,
     /// Why a stage that cannot build fails or cannot run here (empty otherwise).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+}
+
+impl StageView {
+    /// `engine: batch = 1, precision = "fp16"` for a variant of a matrix stage.
+    pub(crate) fn matrix_text(&self) -> Option<String> {
+        let base = self.matrix_of.as_ref()?;
+        let values = self
+            .matrix
+            .as_ref()
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        Some(format!("{base}: {values}"))
+    }
+}
+
+/// The matrix stages of a view and their variants (indexes into `stages`), by name.
+pub(crate) fn matrix_groups(stages: &[StageView]) -> BTreeMap<&str, Vec<usize>> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, stage) in stages.iter().enumerate() {
+        if let Some(base) = &stage.matrix_of {
+            groups.entry(base.as_str()).or_default().push(index);
+        }
+    }
+    groups
 }
 
 /// Where a stage stands relative to its inputs and its last build.
@@ -238,6 +274,8 @@ pub(crate) mod fixtures {
             last_duration_ms,
             deps: deps.iter().map(|dep| dep.to_string()).collect(),
             outputs: vec![format!("build/{name}.out")],
+            matrix_of: None,
+            matrix: None,
             problems: Vec::new(),
         }
     }

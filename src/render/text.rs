@@ -56,6 +56,11 @@ pub(crate) fn render(view: &GraphView) -> String {
         lines.push(stage_line(&rows[index], &widths));
         lines.extend(
             view.stages[index]
+                .matrix_text()
+                .map(|text| format!("  variant of {text}")),
+        );
+        lines.extend(
+            view.stages[index]
                 .deps
                 .iter()
                 .map(|dep| format!("  <- {dep}")),

@@ -1,6 +1,9 @@
 //! Runs a DAG of jobs: checks each job once its dependencies are done, runs the ones that
-//! must run in parallel under resource pools, longest critical path first. It knows nothing
-//! of stages or processes: an `Executor` checks and runs, an observer hears events.
+//! must run in parallel under resource pools, longest critical path first. A job whose
+//! results may be had without running it (`Check::Restorable`) is first given to
+//! `Executor::restore` on its own thread, holding no resources, and runs only if that
+//! fails. It knows nothing of stages, processes or caches: an `Executor` checks, restores
+//! and runs, an observer hears events.
 
 mod resources;
 
@@ -30,6 +33,8 @@ pub struct Job {
 pub enum Check {
     UpToDate,
     Run(String),
+    /// It must run (the reason), unless `Executor::restore` can produce its results.
+    Restorable(String),
     Failed(Failure),
     /// It cannot run on this machine (e.g. no TensorRT or no GPU); not a failure.
     Unavailable(String),
@@ -68,6 +73,8 @@ pub enum Outcome {
     Skipped,
     /// Ran and succeeded; with the reason it ran.
     Ran(String),
+    /// Its results were restored instead of running it; with where they came from.
+    Restored(String),
     Failed(Failure),
     /// Not run because dependency `0` failed or did not run.
     Blocked(usize),
@@ -82,7 +89,10 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn is_success(&self) -> bool {
-        matches!(self, Outcome::Skipped | Outcome::Ran(_))
+        matches!(
+            self,
+            Outcome::Skipped | Outcome::Ran(_) | Outcome::Restored(_)
+        )
     }
 
     /// Whether the build fails because of this outcome (an unavailable stage does not fail it).
@@ -98,6 +108,12 @@ impl Outcome {
 /// Checks and runs jobs; called from worker threads.
 pub trait Executor: Send + Sync + 'static {
     fn check(&self, job: usize) -> Check;
+    /// Produces the results of a job checked `Restorable` without running it (from a
+    /// cache): `Some(where from)` when it did, `None` to run it. Called on a thread of its
+    /// own before the job gets resources; it must leave nothing behind when it fails.
+    fn restore(&self, _job: usize) -> Option<String> {
+        None
+    }
     fn run(&self, job: usize, lease: &Lease) -> RunResult;
 }
 
@@ -124,6 +140,7 @@ pub struct Options {
 
 enum Message {
     Checked(usize, Check),
+    Restored(usize, Option<String>, Duration),
     Finished(usize, RunResult, Duration),
 }
 
@@ -131,6 +148,8 @@ enum Message {
 enum State {
     Waiting(usize),
     Checking,
+    /// Waiting for or in `Executor::restore`; the reason it runs if that fails.
+    Restoring(String),
     Ready(String),
     Running(Lease, String),
     Done,
@@ -174,6 +193,11 @@ struct Scheduler<'a> {
     pending: std::collections::VecDeque<(usize, Outcome, bool)>,
     /// Jobs that became ready and need a check (no usable precheck).
     to_check: Vec<usize>,
+    /// `Restorable` jobs waiting for a restore thread, and how many restores are running.
+    to_restore: std::collections::VecDeque<usize>,
+    restoring: usize,
+    /// At most this many restores at once (the cpu slots: a restore hashes what it copies).
+    restore_slots: usize,
 }
 
 /// Up to this many checks that come due together run on the scheduler's thread: a check
@@ -198,6 +222,7 @@ impl<'a> Scheduler<'a> {
         }
         let priority = critical_paths(jobs, &dependents);
         let (sender, receiver) = mpsc::channel();
+        let restore_slots = capacity.cpu.max(1) as usize;
         Scheduler {
             jobs,
             wanted,
@@ -220,6 +245,9 @@ impl<'a> Scheduler<'a> {
             stopping: false,
             pending: std::collections::VecDeque::new(),
             to_check: Vec::new(),
+            to_restore: std::collections::VecDeque::new(),
+            restoring: 0,
+            restore_slots,
         }
     }
 
@@ -238,6 +266,7 @@ impl<'a> Scheduler<'a> {
             }
             self.process_pending(observer);
             self.run_checks(observer);
+            self.start_restores();
             self.start_ready(observer);
             if self.in_flight == 0 && self.pending.is_empty() && self.to_check.is_empty() {
                 break;
@@ -246,6 +275,11 @@ impl<'a> Scheduler<'a> {
                 Ok(Message::Checked(job, check)) => {
                     self.in_flight -= 1;
                     self.on_check(job, check, observer);
+                }
+                Ok(Message::Restored(job, source, duration)) => {
+                    self.in_flight -= 1;
+                    self.restoring -= 1;
+                    self.on_restored(job, source, duration, observer);
                 }
                 Ok(Message::Finished(job, result, duration)) => {
                     self.in_flight -= 1;
@@ -299,6 +333,10 @@ impl<'a> Scheduler<'a> {
                 self.states[job] = State::Ready(reason);
                 self.ready.push((self.priority[job], Reverse(job)));
             }
+            Check::Restorable(reason) => {
+                self.states[job] = State::Restoring(reason);
+                self.to_restore.push_back(job);
+            }
             Check::Failed(message) => self
                 .pending
                 .push_back((job, Outcome::Failed(message), true)),
@@ -312,6 +350,54 @@ impl<'a> Scheduler<'a> {
     fn on_check(&mut self, job: usize, check: Check, observer: &mut dyn FnMut(Event)) {
         self.deliver_check(job, check);
         self.process_pending(observer);
+    }
+
+    /// Starts restores while there are free restore slots (none once the build stops).
+    fn start_restores(&mut self) {
+        while !self.stopping && self.restoring < self.restore_slots {
+            let Some(job) = self.to_restore.pop_front() else {
+                break;
+            };
+            self.in_flight += 1;
+            self.restoring += 1;
+            let executor = Arc::clone(&self.executor);
+            let sender = self.sender.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let source = executor.restore(job);
+                let _ = sender.send(Message::Restored(job, source, started.elapsed()));
+            });
+        }
+    }
+
+    /// A restored job is done; one that was not restored waits for resources to run.
+    fn on_restored(
+        &mut self,
+        job: usize,
+        source: Option<String>,
+        duration: Duration,
+        observer: &mut dyn FnMut(Event),
+    ) {
+        let reason = match std::mem::replace(&mut self.states[job], State::Done) {
+            State::Restoring(reason) => reason,
+            _ => String::new(),
+        };
+        match source {
+            Some(source) => {
+                let outcome = Outcome::Restored(source);
+                observer(Event::Finished {
+                    job,
+                    outcome: &outcome,
+                    duration,
+                });
+                self.pending.push_back((job, outcome, false));
+                self.process_pending(observer);
+            }
+            None => {
+                self.states[job] = State::Ready(reason);
+                self.ready.push((self.priority[job], Reverse(job)));
+            }
+        }
     }
 
     fn on_finished(

@@ -15,6 +15,9 @@ struct FakeExecutor {
     failures: Vec<usize>,
     sleep_ms: u64,
     log: Mutex<Vec<RunEntry>>,
+    /// Jobs `restore` succeeds for; every restore asked for, with when it ended.
+    restorable: Vec<usize>,
+    restores: Mutex<Vec<(usize, Instant)>>,
 }
 
 impl Executor for FakeExecutor {
@@ -23,6 +26,14 @@ impl Executor for FakeExecutor {
             .get(&job)
             .cloned()
             .unwrap_or(Check::Run("never built".into()))
+    }
+
+    fn restore(&self, job: usize) -> Option<String> {
+        std::thread::sleep(Duration::from_millis(5));
+        self.restores.lock().unwrap().push((job, Instant::now()));
+        self.restorable
+            .contains(&job)
+            .then(|| "stand-in cache".to_string())
     }
 
     fn run(&self, job: usize, lease: &Lease) -> RunResult {
@@ -317,4 +328,88 @@ fn a_job_that_tolerates_unavailable_dependencies_still_runs() {
     assert_eq!(outcomes[0], Some(Outcome::Unavailable("no GPU".into())));
     assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
     assert!(matches!(outcomes[2], Some(Outcome::Ran(_))), "{outcomes:?}");
+}
+
+#[test]
+fn a_restored_job_does_not_run_and_its_dependents_are_checked_again() {
+    // 0 is restorable and restores; 1 was prechecked up to date, but 0's restore changed
+    // its input: it is checked again (the fake says run).
+    let jobs = vec![job(&[]), job(&[0])];
+    let executor = Arc::new(FakeExecutor {
+        restorable: vec![0],
+        ..Default::default()
+    });
+    let prechecked = vec![
+        Some(Check::Restorable("changed".into())),
+        Some(Check::UpToDate),
+    ];
+    let outcomes = run(
+        &jobs,
+        &[true, true],
+        prechecked,
+        capacity(1, &[]),
+        executor.clone(),
+        &options(false),
+        &mut |_| {},
+    );
+    assert_eq!(
+        outcomes[0],
+        Some(Outcome::Restored("stand-in cache".into()))
+    );
+    assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
+    let ran: Vec<usize> = executor.log.lock().unwrap().iter().map(|e| e.0).collect();
+    assert_eq!(ran, [1], "the restored job never ran");
+}
+
+#[test]
+fn a_job_that_is_not_restored_runs() {
+    let jobs = vec![job(&[]), job(&[0])];
+    let mut checks = HashMap::new();
+    checks.insert(0, Check::Restorable("never built".into()));
+    let executor = Arc::new(FakeExecutor {
+        checks,
+        ..Default::default()
+    });
+    let outcomes = schedule(&jobs, executor.clone(), capacity(1, &[]), false);
+    assert!(matches!(outcomes[0], Some(Outcome::Ran(_))), "{outcomes:?}");
+    assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
+    let restores: Vec<usize> = executor
+        .restores
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        restores,
+        [0],
+        "only the restorable job was offered to restore"
+    );
+}
+
+#[test]
+fn a_restore_holds_no_resources() {
+    // One cpu slot and one GPU, both taken by job 0 for 500 ms: job 1 (which asks for the
+    // GPU too) is restored meanwhile instead of waiting for them.
+    let mut jobs = vec![job(&[]), job(&[])];
+    for job in &mut jobs {
+        job.request.gpu = GpuRequest::Any;
+    }
+    let mut checks = HashMap::new();
+    checks.insert(1, Check::Restorable("never built".into()));
+    let executor = Arc::new(FakeExecutor {
+        checks,
+        restorable: vec![1],
+        sleep_ms: 500,
+        ..Default::default()
+    });
+    let outcomes = schedule(&jobs, executor.clone(), capacity(1, &[0]), false);
+    assert!(matches!(outcomes[0], Some(Outcome::Ran(_))));
+    assert!(matches!(outcomes[1], Some(Outcome::Restored(_))));
+    let run_end = executor.log.lock().unwrap()[0].2;
+    let restore_end = executor.restores.lock().unwrap()[0].1;
+    assert!(
+        restore_end < run_end,
+        "the restore waited for the running job"
+    );
 }

@@ -79,7 +79,9 @@ pub struct SpanDetails {
     pub message: String,
     #[source_code]
     pub src: NamedSource<Arc<String>>,
-    #[label("{label}")]
+    /// The primary label: `file:line:col` in the header is its start, even when the
+    /// second label comes first in the file.
+    #[label(primary, "{label}")]
     pub span: SourceSpan,
     pub label: String,
     #[label("also here")]
@@ -98,6 +100,23 @@ impl SpanError {
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.0.help = Some(help.into());
+        self
+    }
+
+    /// Where the error points, in the whole file.
+    pub fn span(&self) -> std::ops::Range<usize> {
+        let span = self.0.span;
+        span.offset()..span.offset() + span.len()
+    }
+
+    /// Whether the error already points at a second place.
+    pub fn has_also(&self) -> bool {
+        self.0.other.is_some()
+    }
+
+    /// The message with `suffix` appended.
+    pub fn with_suffix(mut self, suffix: impl AsRef<str>) -> Self {
+        self.0.message.push_str(suffix.as_ref());
         self
     }
 

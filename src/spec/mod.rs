@@ -2,6 +2,7 @@
 
 mod error;
 pub mod kind;
+pub mod matrix;
 mod parse;
 pub mod paths;
 mod schema;
@@ -89,6 +90,10 @@ pub struct Stage {
     pub device_declared: bool,
     pub resources: StageResources,
     pub env: BTreeMap<String, String>,
+    /// Whether the output cache may restore and store this stage (`cache = false` opts out).
+    pub cache: bool,
+    /// For a variant of a matrix stage: the stage it was declared as and its values.
+    pub matrix: Option<matrix::MatrixOf>,
 }
 
 /// A value with the span it came from.

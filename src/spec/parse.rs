@@ -15,6 +15,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{SourceFile, SpanError, SpecError};
 use super::kind::{KindInfo, Registry};
+use super::matrix::{self, Entry};
 use super::suggest;
 use super::{
     DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
@@ -26,7 +27,15 @@ pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "st
 pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];
 pub(crate) const TOOLCHAIN_KEYS: &[&str] = &["python"];
 pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory", "gpus"];
-pub(crate) const COMMON_STAGE_KEYS: &[&str] = &["kind", "needs", "device", "resources", "env"];
+pub(crate) const COMMON_STAGE_KEYS: &[&str] = &[
+    "kind",
+    "needs",
+    "device",
+    "resources",
+    "env",
+    "cache",
+    "matrix",
+];
 const STAGE_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
 
 /// `[pipeline]`
@@ -79,6 +88,45 @@ pub(crate) struct CommonStageKeys {
     /// Environment variables for the stage (part of its fingerprint).
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Whether the stage's outputs go to and come from the output cache (default true).
+    /// `false` for a stage that reads something pochi cannot see (an undeclared file, the
+    /// clock, the network): it then runs whenever its key changes, and nothing of it is
+    /// stored. Not part of the stage's key.
+    #[serde(default = "cached_by_default")]
+    cache: bool,
+    /// Parametrizes the stage: one stage per combination of the values, named
+    /// `NAME-VALUE-...` in key order (a string as itself, a number after its key's first
+    /// letter: `batch = 8` -> `b8`, a boolean as `KEY` or `no_KEY`). `{matrix.KEY}` in the
+    /// stage's strings is the variant's value; a string that is only `{matrix.KEY}` takes
+    /// the value's type. See docs/pipeline-format.md.
+    #[serde(default)]
+    #[schemars(schema_with = "matrix_schema")]
+    #[allow(
+        dead_code,
+        reason = "expanded away by `matrix::expand`; declared for the schema"
+    )]
+    matrix: Option<serde::de::IgnoredAny>,
+}
+
+fn cached_by_default() -> bool {
+    true
+}
+
+/// `matrix = { precision = ["fp16", "int8"], batch = [1, 8] }`: each key an identifier,
+/// each list non-empty, of scalars.
+fn matrix_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" },
+        "additionalProperties": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": matrix::MAX_VARIANTS_PER_STAGE,
+            "uniqueItems": true,
+            "items": { "type": ["string", "integer", "number", "boolean"] }
+        }
+    })
 }
 
 /// `resources = { cpu = 1, memory = "6GiB" }`
@@ -313,12 +361,35 @@ impl Parser<'_> {
             self.src
                 .error(value.span(), "`stages` must be a table of stage tables")
         })?;
-        // Stages parse independently, so in parallel; the first error in file order wins,
-        // so errors do not depend on thread timing.
-        let entries: Vec<_> = table.iter().collect();
-        let parsed: Vec<Result<Stage, SpanError>> = entries
+        let entries: Vec<Entry> = table
+            .iter()
+            .map(|(name, value)| Entry {
+                src: self.src,
+                name,
+                value,
+            })
+            .collect();
+        self.parse_entries(&entries)
+    }
+
+    /// Expands the stages' matrices, then parses every stage. Stages parse independently,
+    /// so in parallel; the first error in file order wins, so errors do not depend on
+    /// thread timing.
+    fn parse_entries(&self, entries: &[Entry]) -> Result<Vec<Stage>, SpanError> {
+        let expanded = matrix::expand(self.src, entries)?;
+        let parsed: Vec<Result<Stage, SpanError>> = expanded
             .par_iter()
-            .map(|(name, value)| self.stage(name, value))
+            .map(|entry| {
+                let parser = Parser {
+                    src: entry.src,
+                    ..*self
+                };
+                let mut stage = parser
+                    .stage(&entry.name, &entry.value)
+                    .map_err(|error| entry.annotate(error))?;
+                stage.matrix = entry.matrix.clone();
+                Ok(stage)
+            })
             .collect();
         let mut stages = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
         stages.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -333,24 +404,24 @@ impl Parser<'_> {
         text: &str,
         sections: &[Range<usize>],
     ) -> Option<Result<Vec<Stage>, SpanError>> {
-        let parsed: Vec<Option<Result<Stage, SpanError>>> = sections
+        let roots: Vec<Option<(SourceFile, Spanned<DeTable>)>> = sections
             .par_iter()
             .map(|section| {
                 let root = DeTable::parse(&text[section.clone()]).ok()?;
-                let src = self.src.at(section.start);
-                let parser = Parser { src: &src, ..*self };
-                let stages = root.get_ref().get("stages")?.get_ref().as_table()?;
-                let (name, value) = stages.iter().next()?;
-                Some(parser.stage(name, value))
+                Some((self.src.at(section.start), root))
             })
             .collect();
-        let mut stages = match parsed.into_iter().collect::<Option<Result<Vec<_>, _>>>()? {
-            Ok(stages) => stages,
-            Err(error) => return Some(Err(error)),
-        };
-        stages.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        default_devices_from_producers(&mut stages);
-        Some(Ok(stages))
+        let roots: Vec<(SourceFile, Spanned<DeTable>)> =
+            roots.into_iter().collect::<Option<_>>()?;
+        let entries: Vec<Entry> = roots
+            .iter()
+            .map(|(src, root)| {
+                let stages = root.get_ref().get("stages")?.get_ref().as_table()?;
+                let (name, value) = stages.iter().next()?;
+                Some(Entry { src, name, value })
+            })
+            .collect::<Option<_>>()?;
+        Some(self.parse_entries(&entries))
     }
 
     fn stage(
@@ -420,6 +491,8 @@ impl Parser<'_> {
             device_declared,
             resources: self.stage_resources(common.resources, table)?,
             env: common.env,
+            cache: common.cache,
+            matrix: None,
         })
     }
 
@@ -745,6 +818,27 @@ mod tests {
                 t.replace("name = \"p\"", "name = \"P\"")
                     .replace("[stages.s90]\nkind = \"command\"", "[stages.s90]\nkind = ")
             }),
+            // A matrix stage read by a plain stage (an error), then by a matrix stage (paired).
+            Box::new(|t| {
+                t.replace(
+                    "[stages.s70]\nkind = \"command\"",
+                    "[stages.s70]\nkind = \"command\"\nmatrix = { p = [\"a\", \"b\"] }",
+                )
+                .replace("out/70.txt", "out/70-{matrix.p}.txt")
+            }),
+            Box::new(|t| {
+                t.replace(
+                    "[stages.s70]\nkind = \"command\"",
+                    "[stages.s70]\nkind = \"command\"\nmatrix = { p = [\"a\", \"b\"] }",
+                )
+                .replace("out/70.txt", "out/70-{matrix.p}.txt")
+                .replace(
+                    "[stages.s71]\nkind = \"command\"",
+                    "[stages.s71]\nkind = \"command\"\nmatrix = { p = [\"b\", \"a\"] }",
+                )
+                .replace("out/71.txt", "out/71-{matrix.p}.txt")
+                .replace("{ i = \"@s71\" }", "{ i = \"@s71-a\" }")
+            }),
         ];
         for (index, tweak) in tweaks.iter().enumerate() {
             let text = chain(100, tweak);
@@ -752,6 +846,15 @@ mod tests {
             let cut = rendered(parse_pipeline(path, text.clone(), crate::kinds::KINDS));
             let whole = rendered(parse_document(path, text, false, crate::kinds::KINDS));
             assert_eq!(cut, whole, "tweak {index}");
+            if index == 9 {
+                assert!(cut.contains("is a matrix stage"), "{cut}");
+            }
+            if index == 10 {
+                assert!(
+                    cut.contains("\"s71-a\"") && cut.contains("\"s70-a\""),
+                    "{cut}"
+                );
+            }
         }
     }
 

@@ -65,6 +65,11 @@ fn stage_schema(name: &str, common: &Value, own: &Value) -> Value {
             );
         }
     }
+    for (key, schema) in properties.iter_mut() {
+        if key != "matrix" {
+            allow_placeholders(schema);
+        }
+    }
     properties.insert(
         "kind".into(),
         json!({ "const": name, "description": "The stage kind." }),
@@ -76,6 +81,59 @@ fn stage_schema(name: &str, common: &Value, own: &Value) -> Value {
         "required": required,
         "additionalProperties": false
     })
+}
+
+/// What a matrix stage writes for a typed value: the whole string `"{matrix.KEY}"`.
+const PLACEHOLDER_PATTERN: &str = r"^\{matrix\.[A-Za-z_][A-Za-z0-9_]*\}$";
+
+/// Lets every constrained scalar in `schema` also be a `"{matrix.KEY}"` string (a matrix
+/// stage's `batch = "{matrix.batch}"`), so editors accept what pochi accepts. `oneOf`
+/// becomes `anyOf`: two branches that both take the placeholder must not cancel out.
+fn allow_placeholders(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if let Some(one_of) = object.remove("oneOf") {
+        object.insert("anyOf".into(), one_of);
+    }
+    for key in ["properties", "patternProperties"] {
+        if let Some(Value::Object(properties)) = object.get_mut(key) {
+            properties.values_mut().for_each(allow_placeholders);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(inner) = object.get_mut(key) {
+            allow_placeholders(inner);
+        }
+    }
+    for key in ["anyOf", "allOf", "prefixItems"] {
+        if let Some(Value::Array(list)) = object.get_mut(key) {
+            list.iter_mut().for_each(allow_placeholders);
+        }
+    }
+    if constrained_scalar(object) {
+        let leaf = std::mem::take(schema);
+        let placeholder = json!({ "type": "string", "pattern": PLACEHOLDER_PATTERN });
+        *schema = json!({ "anyOf": [leaf, placeholder] });
+    }
+}
+
+/// A schema that takes only scalars and is more than "any string".
+fn constrained_scalar(object: &Map<String, Value>) -> bool {
+    if object.contains_key("enum") || object.contains_key("const") {
+        return true;
+    }
+    let types: Vec<&str> = match object.get("type") {
+        Some(Value::String(one)) => vec![one.as_str()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).collect(),
+        _ => return false,
+    };
+    let scalars = !types.iter().any(|t| matches!(*t, "object" | "array"));
+    let any_string = types.contains(&"string")
+        && !["pattern", "format", "minLength", "maxLength"]
+            .iter()
+            .any(|k| object.contains_key(*k));
+    scalars && !any_string
 }
 
 fn close(value: &mut Value) {
@@ -110,5 +168,19 @@ mod tests {
             assert!(command["properties"].get(key).is_some(), "missing {key}");
         }
         assert_eq!(command["additionalProperties"], false);
+    }
+
+    #[test]
+    fn typed_values_may_be_matrix_placeholders() {
+        let mut leaf = json!({ "type": ["integer", "null"], "minimum": 0 });
+        allow_placeholders(&mut leaf);
+        assert_eq!(leaf["anyOf"][1]["pattern"], PLACEHOLDER_PATTERN);
+        let mut text = json!({ "type": "string", "description": "any" });
+        allow_placeholders(&mut text);
+        assert_eq!(text, json!({ "type": "string", "description": "any" }));
+        let mut list = json!({ "type": "array", "items": { "type": "integer" } });
+        allow_placeholders(&mut list);
+        assert_eq!(list["type"], "array");
+        assert!(list["items"]["anyOf"].is_array());
     }
 }

@@ -47,6 +47,10 @@ pub struct StageRecord {
     pub outputs: Vec<OutputRecord>,
     pub duration_ms: u64,
     pub finished_unix_ms: u64,
+    /// Where the outputs were restored from instead of running the stage (`local: DIR`,
+    /// `remote: URL`); none when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 /// A recorded stage key, kept as the JSON text it was read as: the up-to-date test only
@@ -137,6 +141,7 @@ struct LogLine {
     log: Option<PathBuf>,
     duration_ms: Option<u64>,
     finished_unix_ms: Option<u64>,
+    restored_from: Option<String>,
 }
 
 impl LogLine {
@@ -151,6 +156,7 @@ impl LogLine {
                 outputs: self.outputs?,
                 duration_ms: self.duration_ms?,
                 finished_unix_ms: self.finished_unix_ms?,
+                restored_from: self.restored_from,
             })),
             "failed" => LogEntry::Failed(FailureRecord {
                 stage,
@@ -417,6 +423,7 @@ mod tests {
             outputs: vec![],
             duration_ms: 5,
             finished_unix_ms: 1,
+            restored_from: None,
         }
     }
 
@@ -431,6 +438,22 @@ mod tests {
         let store = StateStore::open(dir.path()).unwrap();
         assert_eq!(store.built("a").unwrap().fingerprint, "2");
         assert!(store.built("b").is_none());
+    }
+
+    #[test]
+    fn where_a_stage_was_restored_from_survives_a_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        let mut restored = record("a", "f1");
+        restored.restored_from = Some("local: /cache/v1".into());
+        store.record_built(restored).unwrap();
+        store.record_built(record("b", "f2")).unwrap();
+        let reopened = StateStore::open(dir.path()).unwrap();
+        let from = |store: &StateStore, stage| store.built(stage).unwrap().restored_from.clone();
+        assert_eq!(from(&reopened, "a").as_deref(), Some("local: /cache/v1"));
+        assert_eq!(from(&reopened, "b"), None);
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(text.matches("restored_from").count(), 1, "{text}");
     }
 
     #[test]

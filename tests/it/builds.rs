@@ -64,7 +64,7 @@ fn touch_and_a_copied_project_with_its_state_run_nothing() {
 
     let clone = tempfile::tempdir().unwrap();
     copy_tree(project.dir.path(), clone.path());
-    let copied = Project { dir: clone };
+    let copied = Project::in_dir(clone);
     let run = copied.build(&[]);
     run.assert_ok();
     assert!(
@@ -152,11 +152,12 @@ fn early_cutoff_skips_dependents_of_byte_identical_outputs() {
 fn a_modified_or_deleted_output_is_rebuilt() {
     let project = demo();
     project.build(&[]).assert_ok();
+    // Without the output cache, which would restore them instead (tests/it/cache.rs).
     project.write("out/prep.txt", "tampered\n");
-    assert_eq!(project.build(&[]).assert_ok().ran(), ["prep"]);
+    assert_eq!(project.build(&["--no-cache"]).assert_ok().ran(), ["prep"]);
     assert_eq!(project.read("out/prep.txt"), "HELLO\n");
     std::fs::remove_file(project.path("out/other.txt")).unwrap();
-    assert_eq!(project.build(&[]).assert_ok().ran(), ["other"]);
+    assert_eq!(project.build(&["--no-cache"]).assert_ok().ran(), ["other"]);
 }
 
 #[test]
@@ -526,7 +527,8 @@ fn memory_declarations_limit_concurrency() {
         &pipeline.replace("memory = \"10GiB\"", "memory = \"20GiB\""),
     );
     project.run(&["clean"]).assert_ok();
-    project.build(&["-j", "4"]).assert_ok();
+    // The stages must run again, not be restored from the output cache.
+    project.build(&["-j", "4", "--no-cache"]).assert_ok();
     let spans: Vec<(u128, u128)> = (0..3)
         .map(|i| {
             let text = project.read(&format!("out/h{i}.txt"));
@@ -608,7 +610,8 @@ fn clean_removes_outputs_and_records() {
     project.run(&["clean", "--target", "other"]).assert_ok();
     assert!(!project.exists("out/other.txt"));
     assert!(project.exists("out/prep.txt"));
-    assert_eq!(project.build(&[]).assert_ok().ran(), ["other"]);
+    // Without the output cache, which would restore it instead (tests/it/cache.rs).
+    assert_eq!(project.build(&["--no-cache"]).assert_ok().ran(), ["other"]);
 }
 
 #[test]

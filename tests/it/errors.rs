@@ -251,3 +251,210 @@ fn a_missing_pipeline_file() {
         .run(&["build", "nowhere.toml"])
         .assert_error(&["cannot read pipeline file `nowhere.toml`"]);
 }
+
+/// A matrix stage `q` (per precision) and `body` appended as a second stage.
+fn with_matrix(matrix: &str, body: &str) -> String {
+    format!(
+        "[stages.q]\nkind = \"command\"\nmatrix = {matrix}\nrun = [\"true\"]\noutputs = {{ out = \"out/{{matrix.p}}.txt\" }}\n\n{body}"
+    )
+}
+
+#[test]
+fn a_matrix_that_is_empty_or_has_an_empty_list() {
+    rejects(
+        &with_matrix("{}", ""),
+        &["`matrix` is empty", "pipeline.toml:3:10", "no keys"],
+    );
+    rejects(
+        &with_matrix("{ p = [] }", ""),
+        &[
+            "`matrix.p` is an empty list",
+            "pipeline.toml:3:16",
+            "would make no stages at all",
+        ],
+    );
+    rejects(
+        &with_matrix("{ p = \"fp16\" }", ""),
+        &["`matrix.p` must be a list of values", "write p = [...]"],
+    );
+}
+
+#[test]
+fn a_matrix_key_that_is_not_an_identifier() {
+    rejects(
+        &with_matrix("{ p = [\"a\"], \"batch-size\" = [1] }", ""),
+        &[
+            "matrix key `batch-size` is not an identifier",
+            "pipeline.toml:3:23",
+            "does not start with a digit",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_matrix_placeholder_with_a_suggestion() {
+    rejects(
+        "[stages.q]\nkind = \"command\"\nmatrix = { precision = [\"fp16\"] }\nrun = [\"true\"]\noutputs = { out = \"out/{matrix.percision}.txt\" }\n",
+        &[
+            "unknown matrix key `percision` in `{matrix.percision}`",
+            "pipeline.toml:5:19",
+            "did you mean `precision`?",
+        ],
+    );
+    rejects(
+        "[stages.a]\nkind = \"command\"\nrun = [\"echo\", \"{matrix.p}\"]\n",
+        &[
+            "`{matrix.p}` in stage `a`, which has no matrix",
+            "pipeline.toml:3:16",
+            "{{matrix.p}}",
+        ],
+    );
+}
+
+#[test]
+fn two_variants_with_one_name() {
+    // "FP16" and "fp16" both name the variant q-fp16.
+    rejects(
+        &with_matrix("{ p = [\"fp16\", \"FP16\"] }", ""),
+        &[
+            "the variant `q-fp16` of stage `q` (p = \"FP16\") has the name of another stage or variant",
+            "pipeline.toml:1:9",
+        ],
+    );
+    // A variant may not take the name of a declared stage either.
+    rejects(
+        &with_matrix(
+            "{ p = [\"a\", \"b\"] }",
+            "[stages.q-b]\nkind = \"command\"\nrun = [\"true\"]\n",
+        ),
+        &["the variant `q-b` of stage `q`", "also here"],
+    );
+    rejects(
+        &with_matrix("{ p = [1, 1] }", ""),
+        &[
+            "the value 1 appears twice in `matrix.p`",
+            "pipeline.toml:3:20",
+            "the same value again",
+        ],
+    );
+}
+
+#[test]
+fn a_matrix_value_of_the_wrong_type() {
+    rejects(
+        &with_matrix("{ p = [\"one\", \"two\"] }", "").replace(
+            "run = [\"true\"]",
+            "run = [\"true\"]\nresources = { cpu = \"{matrix.p}\" }",
+        ),
+        &[
+            "invalid type: string \"one\", expected u32",
+            "(in variant `q-one`, from the matrix",
+            "pipeline.toml:5:21",
+            "also here",
+        ],
+    );
+    rejects(
+        &with_matrix("{ p = [\"a\", 1] }", ""),
+        &["the values of `matrix.p` are not all of one type: \"a\" is a string, 1 is an integer"],
+    );
+    rejects(
+        &with_matrix("{ p = [[1, 2]] }", ""),
+        &["must be a string, an integer, a float or a boolean, not array"],
+    );
+}
+
+#[test]
+fn too_many_variants_per_stage_and_per_pipeline() {
+    let values = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    rejects(
+        &with_matrix(
+            &format!("{{ p = [{}], n = [{}] }}", values(100), values(100)),
+            "",
+        ),
+        &[
+            "the matrix of stage `q` makes 10000 variants; at most 256 are allowed",
+            "pipeline.toml:3:10",
+            "check the lists for a typo",
+        ],
+    );
+    let mut pipeline = String::new();
+    for stage in 0..17 {
+        pipeline.push_str(&format!(
+            "[stages.s{stage}]\nkind = \"command\"\nmatrix = {{ p = [{}] }}\nrun = [\"true\"]\noutputs = {{ out = \"out/{stage}/{{matrix.p}}\" }}\n\n",
+            values(256)
+        ));
+    }
+    rejects(
+        &pipeline,
+        &[
+            "the pipeline's matrices make more than 4096 variant stages",
+            "this matrix crosses the limit",
+        ],
+    );
+}
+
+#[test]
+fn a_reference_to_a_variant_that_does_not_exist() {
+    rejects(
+        &with_matrix(
+            "{ p = [\"fp16\", \"int8\"] }",
+            "[stages.r]\nkind = \"command\"\nrun = [\"true\"]\ninputs = { m = \"@q-fp32\" }\n",
+        ),
+        &[
+            "stage `q` has no variant `q-fp32`",
+            "pipeline.toml:10:16",
+            "did you mean `q-fp16`? its variants are: q-fp16, q-int8",
+        ],
+    );
+    rejects(
+        &with_matrix(
+            "{ p = [\"fp16\", \"int8\"] }",
+            "[stages.r]\nkind = \"command\"\nrun = [\"true\"]\nneeds = [\"q-int4\"]\n",
+        ),
+        &[
+            "stage `q` has no variant `q-int4`",
+            "did you mean `q-int8`?",
+        ],
+    );
+}
+
+#[test]
+fn a_single_reference_to_a_matrix_stage_must_say_which_variant() {
+    rejects(
+        &with_matrix(
+            "{ p = [\"fp16\", \"int8\"] }",
+            "[stages.r]\nkind = \"command\"\nrun = [\"true\"]\ninputs = { m = \"@q\" }\n",
+        ),
+        &[
+            "`@q` is a matrix stage of 2 variants, and this value takes one",
+            "pipeline.toml:10:16",
+            "name one of \"@q-fp16\", \"@q-int8\", or give stage `r` a matrix with the keys `p`",
+        ],
+    );
+    // A matrix consumer whose value the producer lacks.
+    rejects(
+        &with_matrix(
+            "{ p = [\"fp16\", \"int8\"] }",
+            "[stages.r]\nkind = \"command\"\nmatrix = { p = [\"fp8\"] }\nrun = [\"true\"]\ninputs = { m = \"@q\" }\n",
+        ),
+        &[
+            "no variant of `q` matches this stage's p = \"fp8\"",
+            "pipeline.toml:11:16",
+        ],
+    );
+}
+
+#[test]
+fn an_error_in_a_string_made_from_the_matrix_names_the_variant() {
+    rejects(
+        &with_matrix("{ p = [\"a\", \"b\"] }", "")
+            .replace("out/{matrix.p}.txt", "../{matrix.p}.txt"),
+        &[
+            "output `out` (`../a.txt`) is outside the project",
+            // The header wraps at the terminal width: the suffix is checked up to a break.
+            "(in variant `q-a`, from the matrix",
+            "pipeline.toml:5:19",
+            "also here",
+        ],
+    );
+}

@@ -437,6 +437,7 @@ const OUTPUT_KEYS: &[&str] = &[
 /// control characters, placeholders.
 const PATHS: &[&str] = &[
     "build/out.txt",
+    "build/{matrix.p}/{matrix.n}.txt",
     "build/a/b.onnx",
     "data",
     "demo_data/words.txt",
@@ -631,6 +632,8 @@ const FLOATS: &[&str] = &[
 ];
 /// Pieces of `run` arguments.
 const RUN_PIECES: &[&str] = &[
+    "{matrix.p}",
+    "{{matrix.p}}",
     "sh",
     "-c",
     "true",
@@ -697,6 +700,7 @@ enum Slot {
     Calibration,
     Tolerances,
     BoolOrStr,
+    Matrix,
 }
 
 const KIND_KEYS: &[(&str, &[(&str, Slot)])] = &[
@@ -782,7 +786,18 @@ const KIND_KEYS: &[(&str, &[(&str, Slot)])] = &[
     ),
 ];
 
-const COMMON_KEYS: &[(&str, Slot)] = &[("needs", Slot::Strings), ("device", Slot::Str)];
+const COMMON_KEYS: &[(&str, Slot)] = &[
+    ("needs", Slot::Strings),
+    ("device", Slot::Str),
+    ("matrix", Slot::Matrix),
+];
+
+/// Matrix keys and values, and the placeholders that name them (`{matrix.p}`).
+const MATRIX_KEYS: &[&str] = &["p", "n", "precision", "batch", "on", "x", "Bad-key", ""];
+const MATRIX_VALUES: &[&str] = &[
+    "\"fp16\"", "\"int8\"", "\"FP16\"", "\"a.b\"", "\"\"", "\"{x}\"", "1", "8", "-3", "0.5",
+    "1e999", "nan", "true", "false", "[1]", "{}",
+];
 
 /// Writes TOML text for random documents. `stages` are the names the document declares,
 /// so references and `needs` mostly resolve (and make edges, cycles, clashes).
@@ -999,6 +1014,36 @@ impl Writer<'_> {
         keys
     }
 
+    /// `{ p = ["fp16", "int8"], n = [1, 8] }`: a clean one has identifier keys and
+    /// distinct values of one type, an odd one anything from `MATRIX_VALUES`.
+    fn matrix(&mut self) -> String {
+        let keys = self.distinct(|w| {
+            let pool = if w.clean {
+                &MATRIX_KEYS[..6]
+            } else {
+                MATRIX_KEYS
+            };
+            w.g.pick(pool).to_string()
+        });
+        let pairs: Vec<String> = keys
+            .iter()
+            .map(|key| {
+                let values = if self.clean {
+                    let typed: &[&str] = self.g.pick(&[
+                        &["\"fp16\"", "\"int8\"", "\"fp8\""][..],
+                        &["1", "8", "16"],
+                        &["true", "false"],
+                    ]);
+                    format!("[{}]", typed[..1 + self.g.below(typed.len())].join(", "))
+                } else {
+                    self.list(|w| w.g.pick(MATRIX_VALUES).to_string())
+                };
+                format!("{} = {values}", self.key(key))
+            })
+            .collect();
+        format!("{{ {} }}", pairs.join(", "))
+    }
+
     fn list(&mut self, mut item: impl FnMut(&mut Self) -> String) -> String {
         let n = match self.g.below(if self.clean { 1 } else { 40 }) {
             _ if self.clean => 1 + self.g.below(4),
@@ -1095,6 +1140,7 @@ impl Writer<'_> {
                 format!("{{ {} }}", pairs.join(", "))
             }
             Slot::Table => self.table(1),
+            Slot::Matrix => self.matrix(),
             Slot::Synthetic => {
                 let shape = self.list(|w| w.integer());
                 let count = self.integer();
@@ -1233,7 +1279,7 @@ impl Writer<'_> {
             }
         }
         for &(key, slot) in COMMON_KEYS {
-            if self.g.chance(25) {
+            if self.g.chance(if key == "matrix" { 10 } else { 25 }) {
                 let value = self.clean_value(key).unwrap_or_else(|| self.value(slot));
                 lines.push(format!("{key} = {value}"));
             }
@@ -1408,6 +1454,9 @@ fn generated(seed: u64, case: u64) -> Document {
 
 /// Tokens a mutation inserts: TOML syntax, references, odd bytes.
 const TOKENS: &[&[u8]] = &[
+    b"matrix = { p = [\"a\", \"b\"], n = [1, 8] }\n",
+    b"{matrix.p}",
+    b"@engine-fp16",
     b"\"",
     b"'",
     b"[",

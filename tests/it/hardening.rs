@@ -293,7 +293,8 @@ fn leftovers_of_an_interrupted_publish_are_removed_by_the_next_build_and_clean()
         project.path("out/.many.pochi-old"),
     )
     .unwrap();
-    assert_eq!(project.build(&[]).assert_ok().ran(), ["many"]);
+    // A run publishes it (a restore from the output cache would publish it the same way).
+    assert_eq!(project.build(&["--no-cache"]).assert_ok().ran(), ["many"]);
     assert!(!project.exists("out/.many.pochi-old"));
     std::fs::create_dir_all(project.path("out/.many.pochi-old")).unwrap();
     project.run(&["clean"]).assert_ok();
@@ -505,4 +506,42 @@ fn an_error_far_right_on_a_line_and_a_huge_duration_are_errors_not_panics() {
     project
         .run(&["status"])
         .assert_error(&["`18446744073709551616s` is not a duration"]);
+}
+
+#[test]
+fn a_reader_that_goes_away_is_no_panic() {
+    // `pochi graph | head -1`: the reader closes the pipe before pochi writes.
+    let project = one();
+    let mut child = project
+        .command(&["graph", "--format", "html"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn output_that_cannot_be_written_is_a_failure() {
+    // stdout on a full device: the command fails, and says why.
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let project = one();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = project
+        .command(&["graph", "--format", "json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot write to stdout"), "{stderr}");
 }

@@ -12,12 +12,15 @@ mod common;
 mod fuzz_support;
 
 mod builds;
+mod cache;
 mod dataset;
 mod errors;
 mod export;
 mod fuzz_pipeline;
 mod graph_html;
 mod hardening;
+mod layering;
+mod matrix;
 mod preprocessing;
 mod quantize;
 mod report;

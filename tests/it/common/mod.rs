@@ -5,9 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::rc::Rc;
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// The output cache its pochi runs use (`POCHI_OUTPUT_CACHE_DIR`): a temporary one per
+    /// project, so that no test restores what another test stored, and none touches the
+    /// user's cache. `Project::sharing_cache` gives a second project the same one.
+    pub cache: Rc<tempfile::TempDir>,
 }
 
 /// What one pochi run printed and returned.
@@ -115,11 +120,31 @@ pub fn pochi_bin() -> PathBuf {
 
 impl Project {
     pub fn new(pipeline: &str) -> Project {
-        let project = Project {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
+        let project = Project::in_dir(tempfile::tempdir().expect("temp dir"));
         project.write("pipeline.toml", pipeline);
         project
+    }
+
+    /// A project in `dir` (already holding its files) with an output cache of its own.
+    pub fn in_dir(dir: tempfile::TempDir) -> Project {
+        Project {
+            dir,
+            cache: Rc::new(tempfile::tempdir().expect("temp dir")),
+        }
+    }
+
+    /// A project in `dir` that uses this project's output cache (a clone on the same
+    /// machine).
+    pub fn sharing_cache(&self, dir: tempfile::TempDir) -> Project {
+        Project {
+            dir,
+            cache: Rc::clone(&self.cache),
+        }
+    }
+
+    /// The output cache's layout directory (`cas/`, `ac/`...).
+    pub fn cache_root(&self) -> PathBuf {
+        self.cache.path().join("v1")
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -147,6 +172,8 @@ impl Project {
             .args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
+            .env("POCHI_OUTPUT_CACHE_DIR", self.cache.path())
+            .env_remove("POCHI_CACHE_MAX_SIZE")
             .env_remove("POCHI_GPUS");
         command
     }
@@ -214,8 +241,39 @@ impl Project {
     /// (scikit-learn is a peer the tests compare with, not part of pochi's toolchain).
     /// Scripts add it to `sys.path` themselves (`python -I` ignores PYTHONPATH).
     pub fn scikit_learn_dir(&self) -> PathBuf {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peer-scikit-learn-1.7.2");
-        if dir.join("sklearn").is_dir() {
+        self.peer_packages(
+            "peer-scikit-learn-1.7.2",
+            "sklearn",
+            &[
+                "scikit-learn==1.7.2",
+                "joblib==1.5.2",
+                "threadpoolctl==3.6.0",
+            ],
+        )
+    }
+
+    /// A directory holding the Python `jsonschema` validator (and what it imports), for
+    /// checking pipelines against `pochi schema`; installed like `scikit_learn_dir`.
+    pub fn jsonschema_dir(&self) -> PathBuf {
+        self.peer_packages(
+            "peer-jsonschema-4.26.0",
+            "jsonschema",
+            &[
+                "jsonschema==4.26.0",
+                "jsonschema-specifications==2025.9.1",
+                "referencing==0.37.0",
+                "rpds-py==0.30.0",
+                "attrs==26.1.0",
+            ],
+        )
+    }
+
+    /// `packages` installed (without dependencies) into `CARGO_TARGET_TMPDIR/<name>` for
+    /// the toolchain's Python with the toolchain's own `uv`, once per build tree; `marker`
+    /// is a directory that exists once they are.
+    fn peer_packages(&self, name: &str, marker: &str, packages: &[&str]) -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        if dir.join(marker).is_dir() {
             return dir;
         }
         let python = self.toolchain_python();
@@ -232,16 +290,12 @@ impl Project {
             .arg(&python)
             .arg("--target")
             .arg(&partial)
-            .args([
-                "scikit-learn==1.7.2",
-                "joblib==1.5.2",
-                "threadpoolctl==3.6.0",
-            ])
+            .args(packages)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", uv.display()));
         assert!(
             output.status.success(),
-            "installing scikit-learn failed: {}",
+            "installing {packages:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         let _ = std::fs::rename(&partial, &dir);
