@@ -71,8 +71,9 @@ impl LocalCache {
     }
 
     /// Removes entries unused for longer than `older_than`, then the least recently used
-    /// until blobs and entries fit in `max_size`, then the blobs no entry references (and
-    /// that are older than the grace period). Fails with `GcBusy` while another collects.
+    /// until blobs and entries fit in `max_size`, then the blobs no entry references: at
+    /// once those of removed entries, after the grace period those no entry ever named (a
+    /// store may be writing them). Fails with `GcBusy` while another collects.
     pub fn gc(
         &self,
         max_size: Option<u64>,
@@ -136,9 +137,15 @@ impl LocalCache {
         };
         let unused_since = older_than.and_then(|age| now.checked_sub(age));
         let mut live = Vec::new();
+        // Blobs some complete entry named when the collection began: no store in progress
+        // can be writing them, so they go as soon as no entry names them (unless a store
+        // touched them since). Only the others wait out the grace period.
+        let mut were_referenced = BTreeSet::new();
         for seen in entries {
             let expired = unused_since.is_some_and(|limit| seen.mtime < limit);
-            match self.referenced_by(&seen) {
+            let names = self.referenced_by(&seen);
+            were_referenced.extend(names.iter().flatten().cloned());
+            match names {
                 Some(names) if !expired => live.push((seen, names)),
                 _ => {
                     remove_entry(&seen, &mut report)?;
@@ -157,7 +164,12 @@ impl LocalCache {
             .checked_sub(self.grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         for blob in blobs.iter().filter(|b| !referenced.contains(&b.name)) {
-            if remove_if_older(&blob.path, fresh_since)? {
+            let limit = if were_referenced.contains(&blob.name) {
+                now
+            } else {
+                fresh_since
+            };
+            if remove_if_older(&blob.path, limit)? {
                 report.blobs_removed += 1;
                 report.bytes_freed += blob.size;
             }

@@ -529,6 +529,18 @@ fn gc_keeps_referenced_blobs_and_fresh_unreferenced_ones() {
 }
 
 #[test]
+fn gc_frees_the_blobs_of_the_entries_it_removes_at_once() {
+    // With the default grace period, just after a build: `gc --max-size 0` frees it all.
+    let f = Fixture::new();
+    f.store_one(KEY_A, "a", &[b'a'; 10_000]);
+    f.store_one(KEY_B, "b", &[b'b'; 10_000]);
+    let report = f.cache.gc(Some(0), None).unwrap();
+    assert_eq!((report.entries_removed, report.blobs_removed), (2, 2));
+    assert_eq!(f.cache.info().unwrap().bytes, 0);
+    assert_eq!(report.bytes_after, 0);
+}
+
+#[test]
 fn gc_removes_stale_temporary_files_and_waits_for_no_other_collector() {
     let f = Fixture::new();
     f.store_one(KEY_A, "a", b"a");

@@ -85,8 +85,8 @@ enum Action {
         json: bool,
     },
     /// Remove entries: those unused for longer than --older-than, then the least recently
-    /// used until the cache fits in --max-size (default: its size limit), then blobs no
-    /// entry uses.
+    /// used until the cache fits in --max-size (default: its size limit), with their blobs;
+    /// blobs no entry ever named are removed after an hour (a build may be storing them).
     Gc {
         /// The size to shrink the cache to, e.g. 20GiB (0 removes every entry).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
