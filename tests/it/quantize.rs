@@ -150,6 +150,31 @@ keep_fp32 = ["Gemm"]
 }
 
 #[test]
+fn fp16_without_the_range_check_converts_and_int8_refuses_the_key() {
+    let project = project(
+        "[stages.fp16]\nkind = \"quantize\"\nonnx = \"@model\"\nprecision = \"fp16\"\nrange_check = false\n",
+    );
+    project.build(&["--target", "fp16"]).assert_ok();
+    let manifest = json(&project, "build/pipeline/fp16.manifest.json");
+    assert!(
+        manifest["nodes_by_precision"]["fp16"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    let check = compare(&project, "build/pipeline/fp16.onnx");
+    assert!(check["cosine"].as_f64().unwrap() > 0.999, "{check}");
+    project.write(
+        "pipeline.toml",
+        &project.read("pipeline.toml").replace(
+            "precision = \"fp16\"",
+            "precision = \"int8\"\ncalibration = { data = \"@calib\" }",
+        ),
+    );
+    project
+        .run(&["build"])
+        .assert_error(&["`range_check` is for fp16 and bf16"]);
+}
+
+#[test]
 fn int8_without_calibration_is_a_spec_error() {
     let project =
         project("[stages.int8]\nkind = \"quantize\"\nonnx = \"@model\"\nprecision = \"int8\"\n");

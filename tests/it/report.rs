@@ -1132,3 +1132,193 @@ fn infer_trt_refuses_an_engine_built_for_another_gpu() {
     assert_eq!(summary["models"][0]["status"], "ok", "{summary}");
     assert_eq!(summary["models"][0]["batch"], 1);
 }
+
+const SLIDING: &str = include_str!("../fixtures/report_sliding_window.py");
+
+/// MONAI's settings as the report writes them, for each mode: windows blended with a
+/// Gaussian (per-axis overlap, a non-default sigma, a partial last batch of windows), and
+/// evenly (replicate padding on the axis shorter than the window).
+const SLIDING_CASES: [(&str, &str, &str); 2] = [
+    (
+        "gaussian",
+        r#"sliding_window = { roi = [16, 16, 16], overlap = [0.5, 0.25, 0.4], mode = "gaussian", sigma_scale = 0.2, sw_batch_size = 3 }"#,
+        r#"{"roi_size": [16, 16, 16], "sw_batch_size": 3, "overlap": [0.5, 0.25, 0.4], "mode": "gaussian", "sigma_scale": 0.2}"#,
+    ),
+    (
+        "constant",
+        r#"sliding_window = { roi = [16, 16, 16], overlap = 0.25, mode = "constant", sw_batch_size = 4, padding_mode = "replicate" }"#,
+        r#"{"roi_size": [16, 16, 16], "sw_batch_size": 4, "overlap": 0.25, "mode": "constant", "padding_mode": "replicate"}"#,
+    ),
+];
+
+fn sliding_project() -> Project {
+    let mut pipeline = String::new();
+    for (mode, settings, _) in SLIDING_CASES {
+        pipeline += &format!(
+            "[stages.sw_{mode}]\nkind = \"report\"\nmodels = [\"win.onnx\"]\ndata = \"vol.npy\"\nwarmup = 1\niterations = 3\nmin_duration = \"0s\"\nthreads = 1\nsave_outputs = true\n{settings}\n\n"
+        );
+    }
+    let project = Project::new(&pipeline);
+    project.write("sw.py", SLIDING);
+    project.python(&["sw.py", "."]);
+    project
+}
+
+#[test]
+fn sliding_window_outputs_equal_monais_sliding_window_inference_in_both_modes() {
+    let project = sliding_project();
+    project.build(&[]).assert_ok();
+    for (mode, _, monai) in SLIDING_CASES {
+        let want = format!("monai_{mode}.npy");
+        project.python(&["sw.py", ".", "--monai", monai, &want]);
+        let ours = format!("build/pipeline/sw_{mode}/outputs/win.npy");
+        let script = format!(
+            "import numpy as np; a = np.load({ours:?}); b = np.load({want:?}); print(a.shape == b.shape, a.shape, float(np.abs(a - b).max()), float(np.abs(b).max()))"
+        );
+        let out = project.python(&["-c", &script]);
+        let fields: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(fields[0], "True", "{mode}: shapes differ: {out}");
+        assert!(out.contains("(2, 3, 37, 29, 12)"), "{mode}: {out}");
+        let diff: f64 = fields[fields.len() - 2].parse().unwrap();
+        let scale: f64 = fields[fields.len() - 1].parse().unwrap();
+        eprintln!("{mode}: max |pochi - MONAI| = {diff:e} (max |MONAI| {scale})");
+        assert!(diff <= 1e-4, "{mode}: max |pochi - MONAI| = {diff}: {out}");
+        assert!(
+            scale > 0.1,
+            "{mode}: a trivial output proves nothing: {out}"
+        );
+        let summary = json(&project, &format!("build/pipeline/sw_{mode}/summary.json"));
+        let sw = &summary["sliding_window"];
+        assert_eq!(sw["mode"], mode, "{sw}");
+        let model = &summary["models"][0];
+        // Timed runs are on batches of windows; end to end, one run per volume.
+        let batch = if mode == "gaussian" { 3 } else { 4 };
+        assert_eq!(model["latency"]["batch"], batch, "{model}");
+        assert_eq!(model["end_to_end"]["runs"], 2, "{model}");
+    }
+    // Windows: gaussian overlap [0.5, 0.25, 0.4] over 37 x 29 x 16 (12 padded): intervals
+    // 8, 12 and 16 (the window covers the axis) -> 4 x 3 x 1 windows.
+    let summary = json(&project, "build/pipeline/sw_gaussian/summary.json");
+    assert_eq!(summary["sliding_window"]["windows_per_sample"], 12);
+    let md = project.read("build/pipeline/sw_gaussian/report.md");
+    assert!(
+        md.contains("Sliding window (MONAI's `sliding_window_inference`)"),
+        "{md}"
+    );
+}
+
+#[test]
+fn sliding_window_settings_are_checked_with_spans() {
+    let stage = |settings: &str| {
+        format!(
+            "[stages.sw]\nkind = \"report\"\nmodels = [\"win.onnx\"]\ndata = \"vol.npy\"\nsliding_window = {settings}\n"
+        )
+    };
+    let cases = [
+        ("{ roi = [] }", "needs one size of 1 or more"),
+        ("{ roi = [16, 0, 16] }", "needs one size of 1 or more"),
+        (
+            "{ roi = [16, 16, 16], overlap = 1.0 }",
+            "must be >= 0 and < 1",
+        ),
+        (
+            "{ roi = [16, 16, 16], overlap = [0.5, 0.5] }",
+            "has 2 values for the 3 axes",
+        ),
+        (
+            "{ roi = [16, 16, 16], sw_batch_size = 0 }",
+            "at least 1 window per run",
+        ),
+        (
+            "{ roi = [16, 16, 16], mode = \"gausian\" }",
+            "did you mean `gaussian`",
+        ),
+        (
+            "{ roi = [16, 16, 16], padding_mode = \"reflekt\" }",
+            "did you mean `reflect`",
+        ),
+        ("{ roi = [16, 16, 16], sigma_scale = 0 }", "must be above 0"),
+        ("{ roi = [16, 16, 16], window = 3 }", "window"),
+    ];
+    for (settings, needle) in cases {
+        let project = Project::new(&stage(settings));
+        let run = project.run(&["build", "--dry-run"]);
+        assert_eq!(run.code, Some(1), "{settings}: {}", run.stderr);
+        assert!(run.stderr.contains(needle), "{settings}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("pipeline.toml:5:"),
+            "{settings}: {}",
+            run.stderr
+        );
+    }
+    // The roi must have the data's spatial axes: named at run time, with both shapes.
+    let project = sliding_project();
+    project.write("pipeline.toml", &stage("{ roi = [16, 16] }"));
+    project
+        .build(&[])
+        .assert_error(&["roi [16, 16] has 2 axes", "3 spatial axes"]);
+    // The window must be what the model takes.
+    project.write("pipeline.toml", &stage("{ roi = [8, 8, 8] }"));
+    project.build(&[]).assert_error(&[
+        "sliding_window.roi = [8, 8, 8]",
+        "set roi to the model's spatial input size",
+    ]);
+}
+
+#[test]
+fn the_batch_sweep_times_every_size_and_skips_what_an_engine_cannot_take() {
+    let project = project(&WITH_ENGINE.replace("batch = 2\n", "batch = [1, 4, 16]\n"));
+    let run = build_with_standin(&project, &[]);
+    run.assert_ok();
+    let summary = json(&project, "build/pipeline/cmp/summary.json");
+    assert_eq!(summary["batch_sweep"], serde_json::json!([1, 4, 16]));
+    for model in summary["models"].as_array().unwrap() {
+        let points = model["batch_sweep"].as_array().unwrap();
+        assert_eq!(points.len(), 3, "{model}");
+        for point in points {
+            let batch = point["batch"].as_u64().unwrap();
+            if model["name"] == "@engine" && batch == 16 {
+                assert_eq!(
+                    point["skipped"], "outside the engine's profile (batch 1..4)",
+                    "{point}"
+                );
+                assert!(point["latency"].is_null());
+                continue;
+            }
+            assert!(point["skipped"].is_null(), "{point}");
+            let l = &point["latency"];
+            assert_eq!(l["batch"], batch);
+            let mean_s = l["mean_ms"].as_f64().unwrap() / 1e3;
+            let throughput = l["throughput"].as_f64().unwrap();
+            assert!(
+                (throughput - batch as f64 / mean_s).abs() <= 1e-6 * throughput,
+                "throughput {throughput} vs batch / mean latency: {point}"
+            );
+            assert!(l["runs"].as_u64().unwrap() >= 20, "{point}");
+        }
+        // The data pass ran at the first size.
+        assert_eq!(model["batch"], 1, "{model}");
+    }
+    let md = project.read("build/pipeline/cmp/report.md");
+    assert!(md.contains("best throughput (batch)"), "{md}");
+    assert!(md.contains("### Batch sweep"), "{md}");
+    assert!(
+        md.contains("`@engine` at batch 16: outside the engine's profile (batch 1..4)"),
+        "{md}"
+    );
+    // The best figure in the table is the largest throughput of the sweep.
+    let engine = &summary["models"][1];
+    let best = engine["batch_sweep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["latency"]["throughput"].as_f64())
+        .fold(0.0, f64::max);
+    let row = md.lines().find(|l| l.starts_with("| `@engine`")).unwrap();
+    assert!(row.contains(&format!("{best:.1} (")), "{best} in {row}");
+    let svg = project.read("build/pipeline/cmp/throughput.svg");
+    assert!(svg.starts_with("<svg"), "{svg}");
+    for name in ["linear", "engine", "batch size", "samples/s"] {
+        assert!(svg.contains(name), "{name} missing from the chart");
+    }
+}

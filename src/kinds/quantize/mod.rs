@@ -30,6 +30,7 @@ pub static INFO: KindInfo = KindInfo {
         "keep_fp32",
         "calibration_cache",
         "high_precision",
+        "range_check",
         "output",
     ],
     parse,
@@ -76,6 +77,12 @@ struct QuantizeKeys {
     /// "fp32" (faster to produce on the CPU, larger engine).
     #[schemars(with = "Option<String>")]
     high_precision: Option<Spanned<String>>,
+    /// fp16/bf16 only: whether AutoCast first runs the model (on random data, keeping every
+    /// intermediate tensor) to keep nodes whose values exceed `data_max` in fp32 (the
+    /// default, true). false passes ModelOpt `data_max = inf` and skips that run: large 3-D
+    /// models need it on a small machine (the full SwinUNETR took over 20 GB).
+    #[schemars(with = "Option<bool>")]
+    range_check: Option<Spanned<bool>>,
     /// Where the ONNX goes (default "{build_dir}/<stage>.onnx"); the manifest goes next to
     /// it as <stem>.manifest.json.
     #[schemars(with = "Option<String>")]
@@ -103,6 +110,8 @@ struct Quantize {
     method: Option<String>,
     keep_fp32: Vec<String>,
     high_precision: &'static str,
+    /// `range_check = false` (None: ModelOpt's default range check).
+    range_check: Option<bool>,
     inputs: Vec<NamedInput>,
     outputs: Vec<NamedOutput>,
 }
@@ -192,6 +201,16 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             }
         },
     };
+    if let Some(check) = &keys.range_check
+        && !matches!(precision, "fp16" | "bf16")
+    {
+        return Err(src
+            .error(
+                check.span(),
+                "`range_check` is for fp16 and bf16 (AutoCast)",
+            )
+            .with_help("remove it"));
+    }
     let outputs = super::worker::primary_and_manifest(
         parser,
         value.span(),
@@ -200,6 +219,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         "onnx",
     )?;
     Ok(Box::new(Quantize {
+        range_check: keys.range_check.as_ref().map(|c| *c.get_ref()),
         precision,
         samples,
         batch_size,
@@ -232,6 +252,7 @@ impl Quantize {
             "keep_fp32": self.keep_fp32,
             "calibration_cache": path(&context.inputs, "calibration_cache"),
             "high_precision": self.high_precision,
+            "range_check": self.range_check,
             "outputs": {
                 "onnx": path(&context.outputs, "onnx"),
                 "manifest": path(&context.outputs, "manifest"),
@@ -254,7 +275,7 @@ impl WorkerStage for Quantize {
     }
 
     fn params(&self, _host: &Host) -> Value {
-        json!({
+        let mut params = json!({
             "precision": self.precision,
             "samples": self.samples,
             "batch_size": self.batch_size,
@@ -262,7 +283,12 @@ impl WorkerStage for Quantize {
             "keep_fp32": self.keep_fp32,
             "high_precision": self.high_precision,
             "worker": WORKER.hash(),
-        })
+        });
+        // Only when given, so that other stages' keys stay as they were.
+        if let Some(check) = self.range_check {
+            params["range_check"] = json!(check);
+        }
+        params
     }
 
     fn requirements(&self) -> Requirements {

@@ -240,6 +240,8 @@ def quantize_in(request, workdir):
         phase(f"autocast to {precision}", started)
         from modelopt.onnx.autocast import convert_to_mixed_precision
 
+        # range_check = false: no reference run to find values beyond fp16's range.
+        unchecked = {"data_max": float("inf")} if request.get("range_check") is False else {}
         converted = convert_to_mixed_precision(
             onnx_path=source,
             low_precision_type=precision,
@@ -247,6 +249,7 @@ def quantize_in(request, workdir):
             op_types_to_exclude=keep_ops or None,
             keep_io_types=True,
             providers=["cpu"],
+            **unchecked,
         )
         onnx.save(converted, out_path)
     else:

@@ -432,6 +432,78 @@ pub fn confusion(model: &str, matrix: &[Vec<u64>], classes: &[String]) -> String
     })
 }
 
+/// Throughput against batch size (`batch = [...]`): a line per model over the batch sizes
+/// it was timed at, on evenly spaced batch positions; the legend names every model, and
+/// says which were not timed at any size.
+pub fn throughput(models: &[ModelResult], sweep: &[usize]) -> String {
+    if sweep.is_empty() {
+        return empty("no batch sweep (batch = [...]) was asked for");
+    }
+    let lines: Vec<(String, Vec<(f64, f64)>)> = models
+        .iter()
+        .map(|m| {
+            let points = m
+                .batch_sweep
+                .iter()
+                .filter_map(|p| {
+                    let at = sweep.iter().position(|&b| b == p.batch)?;
+                    Some((at as f64, p.latency.as_ref()?.throughput))
+                })
+                .collect();
+            (m.label.clone(), points)
+        })
+        .collect();
+    let top = lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let legend: Vec<String> = lines
+        .iter()
+        .map(|(name, points)| match points.is_empty() {
+            true => format!("{name} (not timed)"),
+            false => name.clone(),
+        })
+        .collect();
+    let right = (widest(&legend) + 50).clamp(120, 400);
+    let labels: Vec<String> = sweep.iter().map(usize::to_string).collect();
+    render(640 + right, 420, |root| {
+        let (plot, key) = root.split_horizontally(640);
+        let mut chart = ChartBuilder::on(&plot)
+            .caption("Throughput by batch size", title_font())
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5..sweep.len() as f64 - 0.5, 0.0..(top * 1.15).max(1e-9))?;
+        chart
+            .configure_mesh()
+            .x_desc("batch size")
+            .y_desc("samples/s")
+            .x_labels(sweep.len() * 2 + 1)
+            .x_label_formatter(&|v| {
+                let i = v.round();
+                match (v - i).abs() < 1e-6 && i >= 0.0 {
+                    true => labels.get(i as usize).cloned().unwrap_or_default(),
+                    false => String::new(),
+                }
+            })
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, LABEL + 1))
+            .draw()?;
+        for (i, (_, points)) in lines.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            chart.draw_series([PathElement::new(points.clone(), colour.stroke_width(2))])?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+        }
+        for (i, name) in legend.iter().enumerate() {
+            let y = 60 + 26 * i as i32;
+            let colour = Palette99::pick(i).to_rgba();
+            key.draw(&Rectangle::new([(8, y - 6), (28, y + 6)], colour.filled()))?;
+            key.draw(&Text::new(name.clone(), (36, y), label(HPos::Left, &BLACK)))?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::metrics;

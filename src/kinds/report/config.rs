@@ -11,6 +11,7 @@ use toml::de::DeValue;
 
 use super::metrics::{self, Tolerance, default_tolerance};
 use super::segmentation::{DiceOptions, Reduction};
+use super::sliding_window::{Blend, Padding, Settings};
 use crate::spec::parse_api::Parser;
 use crate::spec::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
 
@@ -48,9 +49,10 @@ pub struct ReportKeys {
     /// ONNX Runtime intra-op threads (default: ONNX Runtime's own choice).
     #[serde(default)]
     pub threads: Option<u32>,
-    /// Samples per run (default 1, or the model's fixed batch).
-    #[serde(default)]
-    pub batch: Option<u32>,
+    /// Samples per run (default 1, or the model's fixed batch), or a list of batch sizes to
+    /// time each model at (a sweep: `batch = [1, 4, 16]`; the data pass uses the first).
+    #[schemars(with = "Option<BatchKeys>")]
+    pub batch: Option<Spanned<BatchKeys>>,
     /// Per-precision overrides: { fp16 = { atol = 1e-2, rtol = 1e-2, cosine = 0.999 } }.
     #[serde(default)]
     pub tolerances: BTreeMap<String, ToleranceKeys>,
@@ -67,6 +69,54 @@ pub struct ReportKeys {
     /// Write each model's first output to `outputs/<model>.npy` (default false).
     #[serde(default)]
     pub save_outputs: Option<bool>,
+    /// Sliding-window inference (MONAI's `sliding_window_inference`) for samples larger
+    /// than the model's input: { roi = [96, 96, 96], overlap = 0.25, mode = "gaussian",
+    /// sw_batch_size = 4 }.
+    #[serde(default)]
+    pub sliding_window: Option<SlidingWindowKeys>,
+}
+
+/// `batch = 4` or `batch = [1, 4, 16]`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum BatchKeys {
+    One(i64),
+    Sweep(Vec<i64>),
+}
+
+/// One value for every axis, or one per axis.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PerAxis {
+    One(f64),
+    Each(Vec<f64>),
+}
+
+/// `sliding_window = { ... }`, MONAI's `sliding_window_inference` arguments.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlidingWindowKeys {
+    /// The window, one size per spatial axis (the model's input), e.g. [96, 96, 96].
+    #[schemars(with = "Vec<u32>", length(min = 1))]
+    pub roi: Spanned<Vec<i64>>,
+    /// Overlap of neighbouring windows, in [0, 1): one value or one per axis (default 0.25).
+    #[schemars(with = "Option<PerAxis>")]
+    pub overlap: Option<Spanned<PerAxis>>,
+    /// How overlapping windows blend: "constant" (the default, as MONAI) or "gaussian".
+    #[schemars(with = "Option<String>")]
+    pub mode: Option<Spanned<String>>,
+    /// The Gaussian's sigma as a share of the window (default 0.125): one value or per axis.
+    #[schemars(with = "Option<PerAxis>")]
+    pub sigma_scale: Option<Spanned<PerAxis>>,
+    /// Windows per model run (default 1).
+    #[schemars(with = "Option<u32>")]
+    pub sw_batch_size: Option<Spanned<i64>>,
+    /// How a sample smaller than the window is padded: "constant" (the default),
+    /// "reflect", "replicate" or "circular".
+    #[schemars(with = "Option<String>")]
+    pub padding_mode: Option<Spanned<String>>,
+    /// The value of constant padding (default 0).
+    pub cval: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -113,6 +163,9 @@ pub struct Config {
     pub min_duration: Duration,
     pub threads: usize,
     pub batch: Option<usize>,
+    /// `batch = [...]`: the batch sizes each model is timed at (empty: no sweep).
+    pub sweep: Vec<usize>,
+    pub sliding_window: Option<Settings>,
     pub tolerances: BTreeMap<String, Tolerance>,
     pub fail_on_parity: bool,
     pub dice: DiceOptions,
@@ -249,6 +302,12 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
     let save_outputs = keys.save_outputs.unwrap_or(false);
     let outputs = declare_outputs(parser, &keys, value, task, save_outputs.then_some(&labels))?;
     let dice = parse_dice(parser, keys.dice.as_ref())?;
+    let (batch, sweep) = parse_batch(parser, keys.batch.as_ref())?;
+    let sliding_window = keys
+        .sliding_window
+        .as_ref()
+        .map(|sw| parse_sliding_window(parser, sw, value))
+        .transpose()?;
     Ok(Config {
         models,
         has_data,
@@ -259,7 +318,9 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
         iterations: keys.iterations.unwrap_or(100).max(1) as usize,
         min_duration,
         threads: keys.threads.unwrap_or(0) as usize,
-        batch: keys.batch.map(|b| b.max(1) as usize),
+        batch,
+        sweep,
+        sliding_window,
         tolerances,
         fail_on_parity,
         dice,
@@ -316,11 +377,203 @@ fn declare_outputs(
     if task == Task::Segmentation {
         outputs.push(parser.output("per_sample", &file("per_sample_dice.csv"))?);
     }
+    if matches!(
+        keys.batch.as_ref().map(Spanned::get_ref),
+        Some(BatchKeys::Sweep(_))
+    ) {
+        outputs.push(parser.output("throughput_chart", &file("throughput.svg"))?);
+    }
     for (i, label) in saved.into_iter().flatten().enumerate() {
         let path = file(&format!("outputs/{label}.npy"));
         outputs.push(parser.output(&format!("output_model{i}"), &path)?);
     }
     Ok(outputs)
+}
+
+/// `batch = N` (0 counts as 1, as before) or a sweep `[a, b, ...]` (each at least 1, no
+/// repeats; the data pass runs at the first).
+fn parse_batch(
+    parser: &Parser,
+    keys: Option<&Spanned<BatchKeys>>,
+) -> Result<(Option<usize>, Vec<usize>), SpanError> {
+    let Some(keys) = keys else {
+        return Ok((None, Vec::new()));
+    };
+    let error = |message: String| {
+        parser
+            .src
+            .error(keys.span(), message)
+            .with_help("write batch = 4, or a sweep such as batch = [1, 4, 16]")
+    };
+    match keys.get_ref() {
+        BatchKeys::One(b) => Ok((Some(usize::try_from(*b).unwrap_or(0).max(1)), Vec::new())),
+        BatchKeys::Sweep(list) => {
+            if list.is_empty() {
+                return Err(error("`batch = []`: the sweep lists no batch size".into()));
+            }
+            let mut sweep = Vec::new();
+            for &b in list {
+                let b = usize::try_from(b).ok().filter(|&b| b >= 1).ok_or_else(|| {
+                    error(format!("`batch`: {b} is not a batch size (1 or more)"))
+                })?;
+                if sweep.contains(&b) {
+                    return Err(error(format!("`batch`: {b} is listed twice")));
+                }
+                sweep.push(b);
+            }
+            Ok((Some(sweep[0]), sweep))
+        }
+    }
+}
+
+/// `sliding_window = { ... }`, checked, with MONAI's defaults filled in.
+fn parse_sliding_window(
+    parser: &Parser,
+    keys: &SlidingWindowKeys,
+    stage: &Spanned<DeValue>,
+) -> Result<Settings, SpanError> {
+    let src = parser.src;
+    let roi: Vec<usize> = keys
+        .roi
+        .get_ref()
+        .iter()
+        .map(|&r| usize::try_from(r).ok().filter(|&r| r >= 1))
+        .collect::<Option<Vec<usize>>>()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            src.error(
+                keys.roi.span(),
+                "`sliding_window.roi` needs one size of 1 or more per spatial axis",
+            )
+            .with_help("e.g. roi = [96, 96, 96], the model's input size")
+        })?;
+    let overlap = per_axis(parser, &roi, "overlap", keys.overlap.as_ref(), 0.25, |o| {
+        (0.0..1.0).contains(&o)
+    })?;
+    let sigma_scale = per_axis(
+        parser,
+        &roi,
+        "sigma_scale",
+        keys.sigma_scale.as_ref(),
+        0.125,
+        |s| s > 0.0 && s.is_finite(),
+    )?;
+    let mode = match &keys.mode {
+        None => Blend::Constant,
+        Some(mode) => [Blend::Constant, Blend::Gaussian][one_of(
+            parser,
+            mode,
+            "sliding-window mode",
+            &["constant", "gaussian"],
+        )?],
+    };
+    let padding_mode = match &keys.padding_mode {
+        None => Padding::Constant,
+        Some(mode) => {
+            let modes = [
+                Padding::Constant,
+                Padding::Reflect,
+                Padding::Replicate,
+                Padding::Circular,
+            ];
+            modes[one_of(parser, mode, "padding_mode", Padding::NAMES)?]
+        }
+    };
+    let sw_batch_size = match &keys.sw_batch_size {
+        None => 1,
+        Some(b) => usize::try_from(*b.get_ref())
+            .ok()
+            .filter(|&b| b >= 1)
+            .ok_or_else(|| {
+                src.error(
+                    b.span(),
+                    format!(
+                        "`sliding_window.sw_batch_size = {}`: at least 1 window per run",
+                        b.get_ref()
+                    ),
+                )
+                .with_help("e.g. sw_batch_size = 4")
+            })?,
+    };
+    let cval = keys.cval.unwrap_or(0.0);
+    if !cval.is_finite() {
+        return Err(src.error(
+            stage.span(),
+            "`sliding_window.cval` must be a finite number",
+        ));
+    }
+    Ok(Settings {
+        roi,
+        overlap,
+        mode,
+        sigma_scale,
+        sw_batch_size,
+        padding_mode,
+        cval,
+    })
+}
+
+/// A value per axis of `roi` (one value applies to every axis), each passing `ok`.
+fn per_axis(
+    parser: &Parser,
+    roi: &[usize],
+    name: &str,
+    given: Option<&Spanned<PerAxis>>,
+    default: f64,
+    ok: fn(f64) -> bool,
+) -> Result<Vec<f64>, SpanError> {
+    let axes = roi.len();
+    let Some(given) = given else {
+        return Ok(vec![default; axes]);
+    };
+    let values = match given.get_ref() {
+        PerAxis::One(v) => vec![*v; axes],
+        PerAxis::Each(list) => list.clone(),
+    };
+    let rule = match name {
+        "overlap" => "it must be >= 0 and < 1 (as in MONAI)",
+        _ => "it must be above 0",
+    };
+    if values.len() != axes {
+        return Err(parser
+            .src
+            .error(
+                given.span(),
+                format!(
+                    "`sliding_window.{name}` has {} values for the {axes} axes of `roi`",
+                    values.len()
+                ),
+            )
+            .with_help(format!("give one value, or one per axis of roi = {roi:?}")));
+    }
+    match values.iter().find(|v| !ok(**v)) {
+        Some(bad) => Err(parser.src.error(
+            given.span(),
+            format!("`sliding_window.{name}` = {bad}: {rule}"),
+        )),
+        None => Ok(values),
+    }
+}
+
+/// The position of `value` among `names`, else an error with the nearest name.
+fn one_of(
+    parser: &Parser,
+    value: &Spanned<String>,
+    what: &str,
+    names: &[&str],
+) -> Result<usize, SpanError> {
+    names
+        .iter()
+        .position(|n| *n == value.get_ref().as_str())
+        .ok_or_else(|| {
+            parser
+                .src
+                .error(
+                    value.span(),
+                    format!("unknown {what} `{}`", value.get_ref()),
+                )
+                .with_help(suggest::hint(value.get_ref(), names))
+        })
 }
 
 /// `dice = { ... }`, over MONAI `DiceMetric()`'s defaults.
@@ -542,6 +795,42 @@ mod tests {
         );
         let c = parse_stage("models = [\"@onnx\"]\n").unwrap();
         assert!(!c.save_outputs);
+    }
+
+    #[test]
+    fn a_batch_list_is_a_sweep_and_sliding_windows_get_monais_defaults() {
+        let c =
+            parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = [4, 1, 16]\n").unwrap();
+        assert_eq!((c.batch, c.sweep.clone()), (Some(4), vec![4, 1, 16]));
+        assert!(keys(&c).contains(&"throughput_chart".to_string()));
+        let c = parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = 2\n").unwrap();
+        assert_eq!((c.batch, c.sweep.len()), (Some(2), 0));
+        assert!(!keys(&c).contains(&"throughput_chart".to_string()));
+        for (bad, needle) in [
+            ("[]", "lists no batch size"),
+            ("[1, 0]", "0 is not a batch size"),
+            ("[2, 2]", "2 is listed twice"),
+        ] {
+            let error = parse_stage(&format!(
+                "models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+        let c = parse_stage(
+            "models = [\"m.onnx\"]\ndata = \"d.npy\"\nsliding_window = { roi = [96, 96, 64] }\n",
+        )
+        .unwrap();
+        let sw = c.sliding_window.unwrap();
+        assert_eq!(sw.roi, [96, 96, 64]);
+        assert_eq!(
+            (sw.overlap.clone(), sw.sigma_scale.clone()),
+            (vec![0.25; 3], vec![0.125; 3])
+        );
+        assert_eq!(
+            (sw.mode, sw.padding_mode, sw.sw_batch_size, sw.cval),
+            (Blend::Constant, Padding::Constant, 1, 0.0)
+        );
     }
 
     #[test]

@@ -9,11 +9,13 @@ mod config;
 mod data;
 mod environment;
 mod evaluate;
+mod measure;
 pub mod metrics;
 mod onnxruntime;
 mod outputs;
 mod provenance;
 pub mod segmentation;
+pub mod sliding_window;
 mod tensorrt;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +55,7 @@ pub static INFO: KindInfo = KindInfo {
         "output",
         "dice",
         "save_outputs",
+        "sliding_window",
     ],
     parse,
     workers: &[],
@@ -99,6 +102,9 @@ pub struct ModelResult {
     /// One pass over the data after the timed runs, each run timed with the copy of the
     /// batch into a new input tensor and of the outputs out of ONNX Runtime.
     pub end_to_end: Option<Latency>,
+    /// `batch = [...]`: the figures at each batch size (empty without a sweep).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batch_sweep: Vec<measure::SweepPoint>,
     pub noisy: bool,
     pub parity: Vec<OutputParity>,
     /// "pass", "fail", "reference" (the model is the reference) or "not measured".
@@ -165,7 +171,7 @@ impl WorkerStage for Report {
 
     fn params(&self, _host: &Host) -> Value {
         let c = &self.config;
-        json!({
+        let mut params = json!({
             "models": c.models,
             "has_data": c.has_data,
             "has_reference": c.has_reference,
@@ -182,7 +188,15 @@ impl WorkerStage for Report {
             "save_outputs": c.save_outputs,
             "schema": SCHEMA_VERSION,
             "tensorrt_worker": super::engine::WORKER.hash(),
-        })
+        });
+        // Only when given, so that the keys of reports without them stay as they were.
+        if !c.sweep.is_empty() {
+            params["batch_sweep"] = json!(c.sweep);
+        }
+        if let Some(sw) = &c.sliding_window {
+            params["sliding_window"] = json!(sw);
+        }
+        params
     }
 
     /// Runs on the CPU when the machine has no GPU (engines are then listed as
@@ -275,17 +289,6 @@ fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> Stri
         .to_string()
 }
 
-/// One model's runs, from ONNX Runtime or the TensorRT worker.
-struct Measured {
-    batch: usize,
-    /// Seconds of each timed run, and its samples.
-    times: Vec<f64>,
-    sizes: Vec<usize>,
-    /// Seconds of each run of the pass over the data, end to end.
-    end_to_end: Vec<f64>,
-    outputs: data::Named,
-}
-
 /// The reference the models are compared with.
 #[derive(Debug, Serialize)]
 pub struct ReferenceInfo {
@@ -311,9 +314,28 @@ pub struct Summary {
     pub environment: environment::EnvironmentInfo,
     pub models: Vec<ModelResult>,
     pub warnings: Vec<String>,
+    /// `batch = [...]`: the batch sizes every model was timed at.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batch_sweep: Vec<usize>,
+    /// How samples were cut into windows, when the report slides a window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<SlidingWindowInfo>,
     #[serde(skip)]
     pub labels: Option<ArrayD<i64>>,
 }
+
+/// `sliding_window` as it ran.
+#[derive(Debug, Serialize)]
+pub struct SlidingWindowInfo {
+    #[serde(flatten)]
+    pub settings: sliding_window::Settings,
+    pub windows_per_sample: usize,
+    /// What the timed and end-to-end figures mean with windows.
+    pub timing: &'static str,
+}
+
+/// What the figures mean with a sliding window.
+pub const SLIDING_TIMING_NOTE: &str = "timed runs: batches of windows (batch = windows per run) cut from the first sample; end to end: one sample per run, its windows cut, run, blended and cropped";
 
 /// Class names and per-sample file names from a dataset stage's manifest
 /// (`<stem>_manifest.json` next to the data: `classes`, `files`).
@@ -470,6 +492,15 @@ impl Report {
             warnings.push(warning.clone());
         }
 
+        let setup = measure::Setup {
+            config: c,
+            context,
+            data: &data,
+            environment: &environment,
+            provider: &provider,
+            machine_gpus: facts.gpus.len(),
+            cancel,
+        };
         // The reference outputs.
         let mut reference = match (input("reference"), npz_outputs) {
             (Some(path), _) if path.extension().is_some_and(|e| e == "npz") => {
@@ -481,9 +512,6 @@ impl Report {
                 }
             }
             (Some(path), _) => {
-                let mut model = onnxruntime::load(&environment, &path, c.threads, &provider)?;
-                let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
-                let (outputs, _) = model.outputs_for(&onnxruntime::batches(&data, batch))?;
                 let name = c
                     .models
                     .iter()
@@ -496,7 +524,7 @@ impl Report {
                         c_display(context, &path),
                         provider.name()
                     ),
-                    outputs: model.outputs.iter().cloned().zip(outputs).collect(),
+                    outputs: measure::reference(&setup, &path)?,
                     model: name,
                 }
             }
@@ -531,6 +559,7 @@ impl Report {
                 batch: 0,
                 latency: None,
                 end_to_end: None,
+                batch_sweep: Vec::new(),
                 noisy: false,
                 parity: Vec::new(),
                 verdict: "not measured".into(),
@@ -540,71 +569,39 @@ impl Report {
                 confidence: Vec::new(),
                 first_output: None,
             };
-            let measured = if is_engine(&path) {
+            let outcome = if is_engine(&path) {
                 if result.precision == "fp32" && !path.with_extension("manifest.json").is_file() {
                     result.precision = "unknown".into();
                 }
-                if let Some(why) = tensorrt::why_not(context, facts.gpus.len(), path.is_file()) {
+                measure::engine(&setup, &path, path.is_file())
+            } else {
+                measure::onnx(&setup, &path)
+            };
+            let mut measured = match outcome.map_err(|e| format!("{text}: {e}"))? {
+                measure::Outcome::Ran(measured) => measured,
+                measure::Outcome::Unavailable(why) => {
                     result.status = "unavailable".into();
                     result.note = Some(why);
                     models.push(result);
                     continue;
                 }
-                let runs = tensorrt::Runs {
-                    batch: c.batch,
-                    warmup: c.warmup,
-                    iterations: c.iterations,
-                    min_duration: c.min_duration,
-                };
-                let run = tensorrt::run(context, &path, &data, runs, cancel)
-                    .map_err(|e| format!("{text}: {e}"))?;
-                result.runs_on = Some(run.ran_on);
-                result.timing = Some(format!(
-                    "{}: pure execution on inputs already on the GPU",
-                    run.timing
-                ));
-                Measured {
-                    batch: run.batch,
-                    times: run.times,
-                    sizes: run.samples,
-                    end_to_end: run.end_to_end,
-                    outputs: run.outputs,
-                }
-            } else {
-                let mut model = match onnxruntime::load(&environment, &path, c.threads, &provider) {
-                    Ok(model) => model,
-                    // A precision the provider has no kernels for (bf16 on the CPU).
-                    Err(message) if onnxruntime::lacks_kernel(&message) => {
-                        result.status = "unavailable".into();
-                        result.note = Some(format!(
-                            "not run: this ONNX Runtime provider has no kernel for it ({})",
-                            message.lines().next().unwrap_or_default()
-                        ));
-                        models.push(result);
-                        continue;
-                    }
-                    Err(message) => return Err(message),
-                };
-                result.runs_on = Some(format!("ONNX Runtime {}", provider.name()));
-                let batch = evaluate::batch_for(c.batch, &model.input_shape, samples)?;
-                let batches = onnxruntime::batches(&data, batch);
-                let (times, sizes) =
-                    model.time(&batches, c.warmup, c.iterations, c.min_duration, cancel)?;
-                // After the warm-up: one pass over the data, end to end, for the outputs.
-                let (outputs, end_to_end) = model.outputs_for(&batches)?;
-                Measured {
-                    batch,
-                    times,
-                    sizes,
-                    end_to_end,
-                    outputs: model.outputs.iter().cloned().zip(outputs).collect(),
-                }
             };
+            result.runs_on = Some(
+                measured
+                    .ran_on
+                    .clone()
+                    .unwrap_or_else(|| format!("ONNX Runtime {}", provider.name())),
+            );
+            result.timing = measured
+                .timing
+                .as_ref()
+                .map(|t| format!("{t}: pure execution on inputs already on the GPU"));
+            result.batch_sweep = measured.sweep.clone();
             result.batch = measured.batch;
             result.end_to_end = Some(metrics::latency(
                 &measured.end_to_end,
                 samples,
-                measured.batch,
+                measured.end_to_end_batch,
             ));
             let latency =
                 metrics::latency(&measured.times, measured.sizes.iter().sum(), measured.batch);
@@ -618,7 +615,7 @@ impl Report {
                 ));
             }
             result.latency = Some(latency);
-            let named = measured.outputs;
+            let named = std::mem::take(&mut measured.outputs);
             if reference.model.as_deref() == Some(text.as_str()) {
                 if reference.outputs.is_empty() {
                     reference.outputs = named.clone();
@@ -680,9 +677,24 @@ impl Report {
             environment: facts.info(c.threads),
             models,
             warnings,
+            batch_sweep: c.sweep.clone(),
+            sliding_window: sliding_info(c, &data)?,
             labels,
         })
     }
+}
+
+fn sliding_info(c: &Config, data: &ArrayD<f32>) -> Result<Option<SlidingWindowInfo>, String> {
+    let Some(settings) = &c.sliding_window else {
+        return Ok(None);
+    };
+    let plan =
+        sliding_window::Plan::new(settings, &data.shape()[1..]).map_err(|e| e.to_string())?;
+    Ok(Some(SlidingWindowInfo {
+        settings: settings.clone(),
+        windows_per_sample: plan.windows(),
+        timing: SLIDING_TIMING_NOTE,
+    }))
 }
 
 /// Each disagreement's file, from the dataset's manifest.

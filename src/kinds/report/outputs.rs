@@ -49,6 +49,7 @@ fn content(key: &str, summary: &Summary) -> Result<Vec<u8>, String> {
         "confusion_matrix" => confusion_matrices(summary),
         "error_chart" => error_charts(summary),
         "per_sample" => per_sample(summary),
+        "throughput_chart" => charts::throughput(&summary.models, &summary.batch_sweep),
         other => match other.strip_prefix("output_model") {
             Some(index) => return saved_output(summary, index),
             None => return Err(format!("the report does not know output `{other}`")),
@@ -115,6 +116,16 @@ fn ms(v: f64) -> String {
         format!("{v:.1}")
     } else if v >= 1.0 {
         format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// A throughput (samples/s): one decimal, three below 1 (a volume end to end takes
+/// seconds).
+fn rate(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.1}")
     } else {
         format!("{v:.3}")
     }
@@ -230,7 +241,11 @@ pub fn markdown(summary: &Summary) -> String {
         t.graph_optimization,
         t.end_to_end_includes
     );
+    if let Some(sw) = &summary.sliding_window {
+        let _ = writeln!(md, "{}\n", sliding_window_line(sw));
+    }
     let _ = writeln!(md, "![latency](latency.svg)\n");
+    sweep_section(&mut md, summary);
     if summary.models.iter().any(|m| !m.parity.is_empty()) {
         let _ = writeln!(md, "![absolute error per bin](errors.svg)\n");
     }
@@ -245,11 +260,26 @@ pub fn markdown(summary: &Summary) -> String {
 }
 
 fn overview_table(md: &mut String, summary: &Summary) {
+    let swept = !summary.batch_sweep.is_empty();
     let _ = writeln!(
         md,
-        "| model | precision | size | batch | mean ms | p50 ms | p90 ms | p99 ms | throughput (samples/s) | parity | task |"
+        "| model | precision | size | batch | mean ms | p50 ms | p90 ms | p99 ms | throughput (samples/s) |{} parity | task |",
+        if swept {
+            " best throughput (batch) |"
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|{}---|---|",
+        if swept { "--:|" } else { "" }
+    );
+    let best = |m: &ModelResult| match (swept, best_throughput(m)) {
+        (false, _) => String::new(),
+        (true, None) => " – |".into(),
+        (true, Some((batch, t))) => format!(" {} ({batch}) |", rate(t)),
+    };
     for m in &summary.models {
         let Some(l) = &m.latency else {
             // Not run here: say why, and no figures that look like measurements.
@@ -265,15 +295,16 @@ fn overview_table(md: &mut String, summary: &Summary) {
             };
             let _ = writeln!(
                 md,
-                "| `{}` | {precision} | {on_disk} | – | – | – | – | – | – | {} | – |",
+                "| `{}` | {precision} | {on_disk} | – | – | – | – | – | – |{} {} | – |",
                 m.name,
+                best(m),
                 m.note.as_deref().unwrap_or(&m.status)
             );
             continue;
         };
         let _ = writeln!(
             md,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.1}{} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {}{} |{} {} | {} |",
             m.name,
             m.precision,
             size(m.size_bytes),
@@ -282,12 +313,90 @@ fn overview_table(md: &mut String, summary: &Summary) {
             ms(l.median_ms),
             ms(l.p90_ms),
             ms(l.p99_ms),
-            l.throughput,
+            rate(l.throughput),
             if m.noisy { " ⚠ noisy" } else { "" },
+            best(m),
             verdict_cell(m),
             task_cell(m)
         );
     }
+}
+
+/// The batch size of the sweep with the highest throughput, and that throughput.
+pub fn best_throughput(m: &ModelResult) -> Option<(usize, f64)> {
+    m.batch_sweep
+        .iter()
+        .filter_map(|p| Some((p.batch, p.latency.as_ref()?.throughput)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// How the samples were cut into windows.
+fn sliding_window_line(sw: &super::SlidingWindowInfo) -> String {
+    let s = &sw.settings;
+    format!(
+        "Sliding window (MONAI's `sliding_window_inference`): roi {:?}, overlap {:?}, mode {}, sigma_scale {:?}, {} windows per run, padding {} (cval {}): {} windows per sample. The timed runs are on windows of the first sample (batch = windows per run); end to end is one sample: its windows cut, run, blended and cropped.",
+        s.roi,
+        s.overlap,
+        serde_json::to_value(s.mode)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?"),
+        s.sigma_scale,
+        s.sw_batch_size,
+        serde_json::to_value(s.padding_mode)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?"),
+        s.cval,
+        sw.windows_per_sample
+    )
+}
+
+/// `batch = [...]`: latency and throughput of every model at every batch size.
+fn sweep_section(md: &mut String, summary: &Summary) {
+    if summary.batch_sweep.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Batch sweep
+"
+    );
+    let heads: Vec<String> = summary
+        .batch_sweep
+        .iter()
+        .map(|b| format!("batch {b}"))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Mean latency per run · throughput (samples/s).
+"
+    );
+    let _ = writeln!(md, "| model | {} |", heads.join(" | "));
+    let _ = writeln!(md, "|---|{}", "--:|".repeat(heads.len()));
+    let mut reasons = Vec::new();
+    for m in &summary.models {
+        let cells: Vec<String> = summary
+            .batch_sweep
+            .iter()
+            .map(|&b| match m.batch_sweep.iter().find(|p| p.batch == b) {
+                Some(p) => match (&p.latency, &p.skipped) {
+                    (Some(l), _) => format!("{} · {}", ms(l.mean_ms), rate(l.throughput)),
+                    (None, Some(why)) => {
+                        reasons.push(format!("`{}` at batch {b}: {why}", m.name));
+                        format!("skipped ({})", reasons.len())
+                    }
+                    (None, None) => "–".into(),
+                },
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| `{}` | {} |", m.name, cells.join(" | "));
+    }
+    for (i, why) in reasons.iter().enumerate() {
+        let _ = writeln!(md, "\n({}) {why}", i + 1);
+    }
+    let _ = writeln!(md, "\n![throughput by batch size](throughput.svg)\n");
 }
 
 fn model_section(md: &mut String, summary: &Summary, m: &ModelResult) {
@@ -329,12 +438,12 @@ fn model_section(md: &mut String, summary: &Summary, m: &ModelResult) {
     if let Some(e) = &m.end_to_end {
         let _ = writeln!(
             md,
-            "End to end over {} run(s) of one pass over the data (ms, with the input and output copies): mean {} · median {} · max {} · {:.1} samples/s\n",
+            "End to end over {} run(s) of one pass over the data (ms, with the input and output copies): mean {} · median {} · max {} · {} samples/s\n",
             e.runs,
             ms(e.mean_ms),
             ms(e.median_ms),
             ms(e.max_ms),
-            e.throughput
+            rate(e.throughput)
         );
     }
     parity_section(md, m);
