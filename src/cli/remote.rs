@@ -80,7 +80,7 @@ impl RemoteArgs {
         let remote =
             RemoteCache::connect(&endpoint, self.remote_cache_read_only).map_err(unusable)?;
         if self.remote_cache_required {
-            remote.digest_function().map_err(unusable)?;
+            remote.check().map_err(unusable)?;
         }
         Ok(Some(RemoteTier::new(remote, local.clone(), dirs)))
     }

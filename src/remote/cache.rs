@@ -71,6 +71,11 @@ impl RemoteCache {
         self.guarded(|| self.backend.digest_function())
     }
 
+    /// Asks the server what it supports: an answer means it is there and usable.
+    pub fn check(&self) -> Result<(), RemoteError> {
+        self.guarded(|| self.backend.capabilities().map(|_| ()))
+    }
+
     /// Looks up a stage's entry and, when it is usable, downloads output `name` to
     /// `dest_for(name)`. A missing, mismatched or damaged entry is a `Miss`, never an error.
     pub fn lookup(

@@ -272,16 +272,20 @@ fn a_server_killed_mid_build_costs_a_warning_or_with_required_an_error() {
 #[test]
 fn a_required_cache_that_is_down_is_an_error_before_anything_runs() {
     let port = crate::common::servers::free_port();
-    let project = project();
-    let url = format!("grpc://127.0.0.1:{port}");
-    let run = build(&project, &url, &["--remote-cache-required"]);
-    run.assert_error(&["cannot be used", &url]);
-    assert_eq!(runs(&project), 0);
-    // Without --remote-cache-required: a warning, and a local build.
-    let run = build(&project, &url, &[]);
-    run.assert_ok();
-    assert_eq!(run.ran(), ["calib", "export"]);
-    assert!(run.stderr.contains("warning"), "{}", run.stderr);
+    for url in [
+        format!("grpc://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{port}/cache"),
+    ] {
+        let project = project();
+        let run = build(&project, &url, &["--remote-cache-required"]);
+        run.assert_error(&["cannot be used", &format!("127.0.0.1:{port}")]);
+        assert_eq!(runs(&project), 0);
+        // Without --remote-cache-required: a warning, and a local build.
+        let run = build(&project, &url, &[]);
+        run.assert_ok();
+        assert_eq!(run.ran(), ["calib", "export"]);
+        assert!(run.stderr.contains("warning"), "{}", run.stderr);
+    }
 }
 
 /// An engine stage, built with the TensorRT stand-in on a declared GPU.
@@ -384,4 +388,36 @@ fn actions_on_disk(storage: &Path, gpu: &str) -> Vec<std::collections::BTreeMap<
         }
     }
     found
+}
+
+#[test]
+fn a_stage_that_failed_is_never_uploaded() {
+    let server = BuildGridCache::shared();
+    let content = format!("written, then failed {}\n", unique());
+    let pipeline = format!(
+        r#"
+[stages.fails]
+kind = "command"
+run = ["sh", "-c", "printf '%s' '{}' > {{outputs.out}}; exit 3"]
+outputs = {{ out = "out/partial.txt" }}
+"#,
+        content.trim_end()
+    );
+    let project = Project::new(&pipeline);
+    let run = build(&project, &server.url(), &[]);
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    let digest = pochi::cache::FileDigests::of_reader(content.trim_end().as_bytes()).unwrap();
+    assert!(
+        !server.blob_path(&digest.sha256).exists(),
+        "its output was uploaded"
+    );
+    let clone = fresh_clone_of(&project);
+    let run = build(&clone, &server.url(), &[]);
+    assert_ne!(run.code, Some(0));
+    assert_eq!(count(&run, "restored_remote"), 0);
+}
+
+/// A fresh clone of a project that has no `model.txt`.
+fn fresh_clone_of(project: &Project) -> Project {
+    Project::new(&project.read("pipeline.toml"))
 }

@@ -465,12 +465,16 @@ fn headers_and_the_prefix_go_with_http_calls() {
         .unwrap();
     let client = remote::connect(&endpoint).unwrap();
     let action = Digest::of_bytes(SHA256, b"an action");
-    assert!(client.get_action_result(&action).unwrap().is_none(), "404: no entry");
+    assert!(
+        client.get_action_result(&action).unwrap().is_none(),
+        "404: no entry"
+    );
     let head = request.join().unwrap();
     let first = head.lines().next().unwrap_or_default();
     assert_eq!(first, format!("GET /team/a/ac/{} HTTP/1.1", action.hash()));
     assert!(
-        head.lines().any(|l| l.eq_ignore_ascii_case("x-api-key: secret-1")),
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("x-api-key: secret-1")),
         "{head}"
     );
     // The header's value is never shown with the endpoint.
