@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::common::{Project, Run};
+use crate::common::Project;
 
 /// export (a file) -> engine (a file); calib (a directory); the first and third read
 /// `PRECISION` from their `env`, which is part of their key.
@@ -62,22 +62,11 @@ fn set_precision(project: &Project, precision: &str) {
     );
 }
 
-/// The lines stages appended to `runs.log` so far.
-fn runs(project: &Project) -> usize {
-    std::fs::read_to_string(project.path("runs.log"))
-        .map(|text| text.lines().count())
-        .unwrap_or(0)
-}
-
 fn outputs(project: &Project) -> Vec<Vec<u8>> {
     OUTPUTS
         .iter()
         .map(|path| std::fs::read(project.path(path)).unwrap())
         .collect()
-}
-
-fn count(run: &Run, name: &str) -> u64 {
-    run.summary()["counts"][name].as_u64().unwrap_or(0)
 }
 
 /// Files under `dir`, recursively.
@@ -121,14 +110,14 @@ fn switching_a_parameter_back_restores_from_the_cache_with_zero_runs() {
     second.assert_ok();
     assert_eq!(second.ran(), ["calib", "engine", "export"]);
     assert!(project.read("out/model.onnx").starts_with("int8\n"));
-    assert_eq!(runs(&project), 6);
+    assert_eq!(project.logged_runs(), 6);
 
     set_precision(&project, "fp16");
     let third = project.build(&[]);
     third.assert_ok();
     assert_eq!(third.ran(), Vec::<String>::new(), "{}", third.stderr);
     assert_eq!(third.stages("restored"), ["calib", "engine", "export"]);
-    assert_eq!(runs(&project), 6, "no stage ran the third time");
+    assert_eq!(project.logged_runs(), 6, "no stage ran the third time");
     assert_eq!(outputs(&project), fp16, "the fp16 outputs, byte for byte");
     assert!(
         project.path("out/calib/empty").is_dir(),
@@ -154,8 +143,8 @@ fn a_fresh_clone_with_the_same_cache_runs_nothing() {
     let run = clone.build(&[]);
     run.assert_ok();
     assert_eq!(run.ran(), Vec::<String>::new(), "{}", run.stderr);
-    assert_eq!(count(&run, "restored_local"), 3);
-    assert_eq!(runs(&clone), 0);
+    assert_eq!(run.count("restored_local"), 3);
+    assert_eq!(clone.logged_runs(), 0);
     assert_eq!(outputs(&clone), built);
     clone.run(&["status"]).assert_ok();
 }
@@ -205,7 +194,7 @@ fn no_cache_runs_the_stages_and_stores_nothing() {
     let run = project.build(&["--no-cache"]);
     run.assert_ok();
     assert_eq!(run.ran(), ["calib", "engine", "export"]);
-    assert_eq!(runs(&project), 9);
+    assert_eq!(project.logged_runs(), 9);
     assert_eq!(entries(&project).len(), stored, "nothing stored");
 }
 
@@ -303,9 +292,9 @@ fn explain_and_the_summary_say_what_was_restored_and_from_where() {
     run.assert_ok();
     let summary = run.summary();
     assert_eq!(summary["schema_version"], 2);
-    assert_eq!(count(&run, "restored_local"), 3);
-    assert_eq!(count(&run, "restored_remote"), 0);
-    assert_eq!(count(&run, "ran"), 0);
+    assert_eq!(run.count("restored_local"), 3);
+    assert_eq!(run.count("restored_remote"), 0);
+    assert_eq!(run.count("ran"), 0);
     for stage in summary["stages"].as_array().unwrap() {
         assert_eq!(stage["status"], "restored");
         assert_eq!(stage["restored_from"]["tier"], "local");
@@ -448,7 +437,11 @@ fn a_modified_deleted_or_cleaned_output_is_restored_with_its_recorded_content() 
     let run = project.build(&[]);
     run.assert_ok();
     assert_eq!(run.stages("restored"), ["calib", "engine", "export"]);
-    assert_eq!(runs(&project), 3, "only the first build ran the stages");
+    assert_eq!(
+        project.logged_runs(),
+        3,
+        "only the first build ran the stages"
+    );
     assert_eq!(outputs(&project), built);
     // The restored outputs are the user's to edit: the cache keeps its copy.
     project.write("out/model.onnx", "edited by hand\n");

@@ -76,21 +76,11 @@ fn build(project: &Project, url: &str, extra: &[&str]) -> Run {
     project.build(&args)
 }
 
-fn runs(project: &Project) -> usize {
-    std::fs::read_to_string(project.path("runs.log"))
-        .map(|text| text.lines().count())
-        .unwrap_or(0)
-}
-
 fn outputs(project: &Project) -> Vec<Vec<u8>> {
     OUTPUTS
         .iter()
         .map(|path| std::fs::read(project.path(path)).unwrap())
         .collect()
-}
-
-fn count(run: &Run, name: &str) -> u64 {
-    run.summary()["counts"][name].as_u64().unwrap_or(0)
 }
 
 fn sha256_of(path: &Path) -> String {
@@ -120,8 +110,8 @@ fn a_fresh_clone_runs_nothing(url: &str) {
     let run = build(&b, url, &[]);
     run.assert_ok();
     assert_eq!(run.ran(), Vec::<String>::new(), "{}", run.stderr);
-    assert_eq!(count(&run, "restored_remote"), 2, "{}", run.stdout);
-    assert_eq!(runs(&b), 0);
+    assert_eq!(run.count("restored_remote"), 2, "{}", run.stdout);
+    assert_eq!(b.logged_runs(), 0);
     assert!(outputs(&b) == built, "byte-identical outputs");
     let mode = std::fs::metadata(b.path("out/calib/run.sh")).unwrap();
     assert_ne!(
@@ -138,7 +128,7 @@ fn a_fresh_clone_runs_nothing(url: &str) {
     c.write("model.txt", &a.read("model.txt"));
     let run = build(&c, url, &[]);
     run.assert_ok();
-    assert_eq!(count(&run, "restored_local"), 2, "{}", run.stdout);
+    assert_eq!(run.count("restored_local"), 2, "{}", run.stdout);
     assert!(outputs(&c) == built);
 }
 
@@ -279,7 +269,7 @@ fn a_required_cache_that_is_down_is_an_error_before_anything_runs() {
         let project = project();
         let run = build(&project, &url, &["--remote-cache-required"]);
         run.assert_error(&["cannot be used", &format!("127.0.0.1:{port}")]);
-        assert_eq!(runs(&project), 0);
+        assert_eq!(project.logged_runs(), 0);
         // Without --remote-cache-required: a warning, and a local build.
         let run = build(&project, &url, &[]);
         run.assert_ok();
@@ -338,7 +328,7 @@ fn an_engine_made_for_one_gpu_is_not_restored_for_another() {
     let run = engine_build(&a100, &url, "NVIDIA A100 (stand-in)");
     run.assert_ok();
     assert_eq!(run.ran(), ["engine"], "not restored: {}", run.stdout);
-    assert_eq!(count(&run, "restored_remote"), 0);
+    assert_eq!(run.count("restored_remote"), 0);
     let manifest = a100.read("build/engines/engine.manifest.json");
     assert!(manifest.contains("A100"), "{manifest}");
 
@@ -355,7 +345,7 @@ fn an_engine_made_for_one_gpu_is_not_restored_for_another() {
     let again = engine_project();
     let run = engine_build(&again, &url, "NVIDIA H100 (stand-in)");
     run.assert_ok();
-    assert_eq!(count(&run, "restored_remote"), 1, "{}", run.stdout);
+    assert_eq!(run.count("restored_remote"), 1, "{}", run.stdout);
     assert!(std::fs::read(again.path(engine)).unwrap() == built);
 }
 
@@ -414,7 +404,7 @@ outputs = {{ out = "out/partial.txt" }}
     let clone = fresh_clone_of(&project);
     let run = build(&clone, &server.url(), &[]);
     assert_ne!(run.code, Some(0));
-    assert_eq!(count(&run, "restored_remote"), 0);
+    assert_eq!(run.count("restored_remote"), 0);
 }
 
 /// A fresh clone of a project that has no `model.txt`.

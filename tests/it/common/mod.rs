@@ -47,6 +47,11 @@ impl Run {
         })
     }
 
+    /// A count of the `--json` summary (`ran`, `restored_local`, `restored_remote`, ...).
+    pub fn count(&self, name: &str) -> u64 {
+        self.summary()["counts"][name].as_u64().unwrap_or(0)
+    }
+
     /// Stage names with the given status in the `--json` summary, sorted.
     pub fn stages(&self, status: &str) -> Vec<String> {
         let summary = self.summary();
@@ -162,6 +167,14 @@ impl Project {
     pub fn read(&self, relative: &str) -> String {
         std::fs::read_to_string(self.path(relative))
             .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+    }
+
+    /// The lines the test's stages appended to `runs.log` when they ran (0 without one):
+    /// runs counted apart from pochi's own summary.
+    pub fn logged_runs(&self) -> usize {
+        std::fs::read_to_string(self.path("runs.log"))
+            .map(|text| text.lines().count())
+            .unwrap_or(0)
     }
 
     pub fn exists(&self, relative: &str) -> bool {
