@@ -42,6 +42,14 @@ pub struct TensorRt {
     pub cuda: Option<String>,
 }
 
+impl TensorRt {
+    /// Whether these facts describe a TensorRT to build for: one that imports here, or a
+    /// declared target (a GPU model named by the stage, for a remote worker).
+    pub fn is_target(&self) -> bool {
+        self.version.is_some() || (self.error.is_none() && self.gpu_name.is_some())
+    }
+}
+
 /// The interpreter's version and its packages' versions (read without importing them).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PythonFacts {
@@ -80,6 +88,22 @@ impl Host {
         }
     }
 
+    /// The facts of a stage that targets GPU model `gpu` (and TensorRT `tensorrt`, when
+    /// declared), wherever it runs: this host's toolchain and binary, the declared GPU
+    /// in place of what the probe found, so the stage's key and platform are the same on
+    /// every machine.
+    pub fn targeting(&self, gpu: &str, tensorrt: Option<&str>) -> Host {
+        let mut host = self.clone();
+        host.tensorrt = Some(TensorRt {
+            version: tensorrt.map(str::to_string),
+            error: None,
+            gpu_name: Some(gpu.to_string()),
+            compute_capability: None,
+            cuda: None,
+        });
+        host
+    }
+
     /// The TensorRT version, when TensorRT imports here.
     pub fn tensorrt_version(&self) -> Option<&str> {
         self.tensorrt.as_ref()?.version.as_deref()
@@ -89,7 +113,7 @@ impl Host {
     /// the Action): the GPU model, its compute capability, the TensorRT and CUDA versions
     /// TensorRT reported. Empty when TensorRT does not import here.
     pub fn tensorrt_platform(&self) -> BTreeMap<String, String> {
-        let Some(trt) = self.tensorrt.as_ref().filter(|t| t.version.is_some()) else {
+        let Some(trt) = self.tensorrt.as_ref().filter(|t| t.is_target()) else {
             return BTreeMap::new();
         };
         [

@@ -69,9 +69,12 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     );
     if args.dry_run {
         super::attach_host(&mut workspace, Mode::Inspect)?;
+        workspace.place(args.remote.executor_configured())?;
         return dry_run(&workspace, &args);
     }
     super::attach_host(&mut workspace, Mode::Create)?;
+    workspace.place(args.remote.executor_configured())?;
+    let execution = args.remote.execution()?.map(Arc::new);
     let remote = remote_tier(&args, local.as_ref(), &workspace)?;
     let cache = local.map(|local| {
         let tiers = Tiered::local(local);
@@ -88,6 +91,8 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         no_wait: args.no_wait,
         require_all: args.require_all,
         cache,
+        remote: execution,
+        remote_jobs: args.remote.remote_jobs,
     };
     let summary = run_build(&workspace, &options)?;
     super::exit_without_freeing(workspace);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::{duration, paint};
+use crate::driver::remote::RanRemotely;
 use crate::driver::{BuildEvent, BuildSummary};
 use crate::scheduler::Outcome;
 
@@ -64,17 +65,27 @@ impl Reporter {
                     ));
                 }
             }
-            BuildEvent::Started { stage, reason, gpu } => self.started(stage, reason, gpu),
+            BuildEvent::Started {
+                stage,
+                reason,
+                gpu,
+                remote,
+            } => self.started(stage, reason, gpu, remote),
             BuildEvent::Finished {
                 stage,
                 outcome,
                 duration: took,
-            } => self.finished(stage, outcome, took),
+                ran_remotely,
+            } => self.finished(stage, outcome, took, ran_remotely),
         }
     }
 
-    fn started(&mut self, stage: &str, reason: &str, gpu: Option<u32>) {
-        let device = gpu.map(|g| format!(" [gpu {g}]")).unwrap_or_default();
+    fn started(&mut self, stage: &str, reason: &str, gpu: Option<u32>, remote: bool) {
+        let device = match (gpu, remote) {
+            (_, true) => " [remote]".to_string(),
+            (Some(g), false) => format!(" [gpu {g}]"),
+            (None, false) => String::new(),
+        };
         match &self.bars {
             Some(bars) => {
                 let bar = bars.add(ProgressBar::new_spinner());
@@ -92,7 +103,13 @@ impl Reporter {
         }
     }
 
-    fn finished(&mut self, stage: &str, outcome: &Outcome, took: Duration) {
+    fn finished(
+        &mut self,
+        stage: &str,
+        outcome: &Outcome,
+        took: Duration,
+        ran_remotely: Option<&RanRemotely>,
+    ) {
         if let Some(bar) = self.running.remove(stage) {
             bar.finish_and_clear();
             if let Some(bars) = &self.bars {
@@ -101,8 +118,9 @@ impl Reporter {
         }
         match outcome {
             Outcome::Ran(_) => self.line(&format!(
-                "{} {stage} ({})",
+                "{} {stage}{} ({})",
                 paint("done", "1;32"),
+                ran_remotely.map(where_it_ran).unwrap_or_default(),
                 duration(took)
             )),
             Outcome::Restored(source) => self.line(&format!(
@@ -167,6 +185,21 @@ impl Reporter {
             duration(Duration::from_millis(summary.duration_ms))
         );
     }
+}
+
+/// " on worker W (remote: URL)", for a stage that ran remotely.
+fn where_it_ran(ran: &RanRemotely) -> String {
+    let worker = if ran.worker.is_empty() {
+        " remotely".to_string()
+    } else {
+        format!(" on worker `{}`", ran.worker)
+    };
+    let cached = if ran.cached {
+        ", the farm's cached result"
+    } else {
+        ""
+    };
+    format!("{worker} ({}{cached})", ran.executor)
 }
 
 /// A stage's failure rendered like every other error: `error:` with the message (and the

@@ -1,5 +1,6 @@
 //! The `--remote-*` options of `pochi build`: which shared cache to use and how (see
-//! docs/cache.md), turned into the remote tier of the build's cache.
+//! docs/cache.md), turned into the remote tier of the build's cache, and which remote
+//! executor runs stages (docs/remote.md).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cache::LocalCache;
-use crate::remote::{Endpoint, RemoteCache, RemoteTier};
+use crate::driver::remote::RemoteExecution;
+use crate::remote::{Endpoint, RemoteCache, RemoteExecutor, RemoteTier};
+use crate::toolchain::cache::CacheDir;
 
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
@@ -34,18 +37,55 @@ pub struct RemoteArgs {
     /// chunk), before the server is given up for the build.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub remote_timeout: u64,
+    /// Run stages on a Remote Execution API farm (grpc:// or grpcs://; BuildBuddy,
+    /// Buildbarn, NativeLink, BuildGrid...). Implies --remote-cache at the same URL unless
+    /// that names another. Which stages go there: `executor` in the pipeline (docs/remote.md).
+    #[arg(long, value_name = "URL", env = "POCHI_REMOTE_EXECUTOR")]
+    pub remote_executor: Option<String>,
+    /// How many stages may run remotely at once (they take no local cpu, memory or GPU).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub remote_jobs: u32,
+    /// How long a remote stage may wait for a worker that offers its platform before it
+    /// fails, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub remote_queue_timeout: u64,
+    /// The workers' pochi cache directory (their POCHI_CACHE_DIR when the worker image ran
+    /// `pochi toolchain sync`): remote stages run the managed toolchain from there.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "POCHI_REMOTE_TOOLCHAIN_DIR",
+        default_value = "/opt/pochi"
+    )]
+    pub remote_toolchain_dir: PathBuf,
 }
 
 impl RemoteArgs {
-    /// The endpoint named, if any, checked.
+    /// Whether a remote executor is named.
+    pub fn executor_configured(&self) -> bool {
+        self.remote_executor
+            .as_deref()
+            .is_some_and(|u| !u.is_empty())
+    }
+
+    /// The shared cache's endpoint, if one is named (by --remote-cache, else by
+    /// --remote-executor), checked.
     pub fn endpoint(&self) -> miette::Result<Option<Endpoint>> {
-        let Some(url) = self.remote_cache.as_deref().filter(|u| !u.is_empty()) else {
-            return Ok(None);
-        };
+        let url = self
+            .remote_cache
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .or(self.remote_executor.as_deref().filter(|u| !u.is_empty()));
+        url.map(|url| self.endpoint_of(url, "--remote-cache"))
+            .transpose()
+    }
+
+    /// An endpoint for `url` with the instance, headers and timeout given.
+    fn endpoint_of(&self, url: &str, flag: &str) -> miette::Result<Endpoint> {
         let bad = |error: crate::remote::EndpointError| {
             super::output::failure(
                 error.to_string(),
-                "see `pochi build --help` and docs/cache.md for the forms --remote-cache takes",
+                format!("see `pochi build --help` and docs/remote.md for the forms {flag} takes"),
             )
         };
         let mut endpoint = Endpoint::parse(url)
@@ -57,7 +97,33 @@ impl RemoteArgs {
         for header in &self.remote_header {
             endpoint = endpoint.with_header_arg(header).map_err(bad)?;
         }
-        Ok(Some(endpoint))
+        Ok(endpoint)
+    }
+
+    /// The remote executor, if one is named; it must answer now and execute actions.
+    pub fn execution(&self) -> miette::Result<Option<RemoteExecution>> {
+        let Some(url) = self.remote_executor.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let endpoint = self.endpoint_of(url, "--remote-executor")?;
+        let unusable = |error: crate::remote::RemoteError| {
+            super::output::failure(
+                format!("the remote executor {endpoint} cannot be used: {error}"),
+                "check --remote-executor, --remote-instance and --remote-header; stages with \
+                 `executor = \"auto\"` run locally without --remote-executor",
+            )
+        };
+        let executor = RemoteExecutor::connect(&endpoint).map_err(unusable)?;
+        executor.check().map_err(unusable)?;
+        let local = CacheDir::from_env()
+            .map_err(|e| super::output::failure(e, "set POCHI_CACHE_DIR"))?
+            .toolchains();
+        let workers = CacheDir::at(&self.remote_toolchain_dir).toolchains();
+        Ok(Some(RemoteExecution::new(
+            executor,
+            Duration::from_secs(self.remote_queue_timeout),
+            (local, workers),
+        )))
     }
 
     /// The remote tier for a build, if a shared cache is named. With

@@ -34,9 +34,16 @@ pub fn verdict(project: &Project, stage: usize) -> Verdict {
     if let Err(error) = spec.kind.check_inputs(&project.pipeline.dir, &present) {
         return Verdict::Invalid(error);
     }
+    if project.runs_remotely(stage) {
+        // The farm decides: an action no worker takes fails after the queue timeout.
+        return Verdict::Runs;
+    }
     let requirements = spec.kind.requirements();
     let host = &project.host;
     let mut missing = Vec::new();
+    if let Some(reason) = other_target(project, stage) {
+        missing.push(reason);
+    }
     if requirements.tensorrt == TensorRtUse::Required && host.tensorrt_version().is_none() {
         let error = host
             .tensorrt
@@ -56,6 +63,35 @@ pub fn verdict(project: &Project, stage: usize) -> Verdict {
         Verdict::Runs
     } else {
         Verdict::Unavailable(missing.join("; "))
+    }
+}
+
+/// Why a stage that names its GPU model (`gpu`, `platform.tensorrt`) cannot run here: this
+/// machine has another GPU or TensorRT, so what it built would not be what the key says.
+fn other_target(project: &Project, stage: usize) -> Option<String> {
+    let placement = &project.pipeline.stages[stage].placement;
+    let gpu = placement.gpu.as_ref()?;
+    let here: Vec<&str> = project
+        .host
+        .gpu_models
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    if !here.contains(&gpu.as_str()) {
+        let found = if here.is_empty() {
+            "no GPU model is known here".to_string()
+        } else {
+            format!("this machine has {}", here.join(", "))
+        };
+        return Some(format!("it targets {gpu} (`gpu`), and {found}"));
+    }
+    let wanted = placement.platform.get("tensorrt")?;
+    match project.host.tensorrt_version() {
+        Some(version) if version == wanted => None,
+        found => Some(format!(
+            "it targets TensorRT {wanted} (`platform.tensorrt`), and this machine has {}",
+            found.map_or("none".to_string(), |v| format!("TensorRT {v}"))
+        )),
     }
 }
 

@@ -27,7 +27,10 @@ pub fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u64>) -> 
         pipeline: project.pipeline.name.clone(),
         stage: spec.name.clone(),
         kind: spec.kind.kind().to_string(),
-        platform: spec.kind.requirements().platform(&project.host),
+        platform: spec
+            .kind
+            .requirements()
+            .platform(&project.stage_host(stage)),
         duration_ms,
     }
 }

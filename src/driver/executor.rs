@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::Project;
 use super::cached::{self, Storer};
 use super::explain::{self, Change};
+use super::remote::{RanRemotely, RemoteExecution, RemoteFailure, RemoteRun, run_remotely};
 use crate::action::Action;
 use crate::cache::{Miss, Origin, OutputCache, Restored};
 use crate::fingerprint::{InputDigest, KEY_FORMAT, StageKey};
@@ -100,7 +101,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
     Ok(StageKey {
         format: KEY_FORMAT,
         kind: spec.kind.kind().to_string(),
-        params: spec.kind.params(&project.host),
+        params: stage_params(project, stage),
         outputs: spec
             .kind
             .outputs()
@@ -116,6 +117,23 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
             Tool::Python => Some(project.toolchain().identity.clone()),
         },
     })
+}
+
+/// The kind's parameters for the stage's host, with the GPU model and the platform
+/// properties it declares (they decide what it is built for, wherever it runs).
+fn stage_params(project: &Project, stage: usize) -> serde_json::Value {
+    let spec = &project.pipeline.stages[stage];
+    let mut params = spec.kind.params(&project.stage_host(stage));
+    let placement = &spec.placement;
+    if (placement.gpu.is_some() || !placement.platform.is_empty())
+        && let Some(object) = params.as_object_mut()
+    {
+        object.insert(
+            "placement".into(),
+            serde_json::json!({ "gpu": placement.gpu, "platform": placement.platform }),
+        );
+    }
+    params
 }
 
 /// Compares the stage's current key and outputs with its last successful run.
@@ -192,6 +210,10 @@ pub struct StageExecutor {
     cache: Option<Arc<dyn OutputCache>>,
     storer: Option<Storer>,
     restored: Mutex<BTreeMap<usize, Origin>>,
+    /// The remote executor (none unless `--remote-executor`), and where each job that ran
+    /// there ran.
+    remote: Option<Arc<RemoteExecution>>,
+    ran_remotely: Mutex<BTreeMap<usize, RanRemotely>>,
 }
 
 impl StageExecutor {
@@ -220,7 +242,15 @@ impl StageExecutor {
             cache: None,
             storer: None,
             restored: Mutex::new(BTreeMap::new()),
+            remote: None,
+            ran_remotely: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The same executor running the stages placed remotely on `remote`.
+    pub fn with_remote(mut self, remote: Option<Arc<RemoteExecution>>) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// The same executor restoring from and storing to `cache`.
@@ -380,7 +410,7 @@ impl StageExecutor {
             TempOutputs::create(project, stage, self.take_root(project_index)).map_err(|e| {
                 StageError::new(format!("cannot create temporary output directory: {e}"))
             })?;
-        let result = self.execute(project, stage, lease, &temp);
+        let result = self.execute(job, lease, &temp, &key.fingerprint());
         let outcome = result.and_then(|warnings| {
             let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
             if let Some(storer) = self
@@ -425,45 +455,108 @@ impl StageExecutor {
     /// returns the warnings it reported.
     fn execute(
         &self,
-        project: &Project,
-        stage: usize,
+        job: usize,
         lease: &Lease,
         temp: &TempOutputs,
+        fingerprint: &str,
     ) -> Result<Vec<String>, StageError> {
-        let pipeline = &project.pipeline;
-        let spec = &pipeline.stages[stage];
-        let context = InvocationContext {
-            dir: pipeline.dir.clone(),
-            inputs: project
-                .graph
-                .inputs(stage)
-                .iter()
-                .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
-                .collect(),
-            outputs: temp.paths.clone(),
-            scratch: temp.scratch(),
-            build_dir: pipeline.build_dir.clone(),
-            state_dir: pipeline.state_dir(),
-            stage: spec.name.clone(),
-            gpu: lease.gpu,
-            host: project.host.clone(),
-            pipeline_file: pipeline.file.clone(),
-            pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
-        };
+        let (project_index, stage) = self.jobs[job];
+        let project = &self.projects[project_index];
+        let spec = &project.pipeline.stages[stage];
+        let context = invocation_context(project, stage, lease, temp);
         let action = spec.kind.action(&context)?;
-        self.run_process(project, stage, lease, action)
-            .map_err(|failure| match failure {
-                ProcessFailure::Ran { status, error } => {
-                    spec.kind.explain_failure(&context, &status, error)
-                }
-                ProcessFailure::Other(error) => error,
-            })?;
+        let result = match (&self.remote, lease.remote) {
+            (Some(remote), true) => self.run_remote(job, remote, &context, action, fingerprint),
+            _ => self.run_process(project, stage, lease, action),
+        };
+        result.map_err(|failure| match failure {
+            ProcessFailure::Ran { status, error } => {
+                spec.kind.explain_failure(&context, &status, error)
+            }
+            ProcessFailure::Other(error) => error,
+        })?;
         if self.cancel.load(Ordering::Relaxed) {
             return Err(StageError::new("interrupted"));
         }
         spec.kind.verify(&context)
     }
 
+    /// Runs the action on the remote executor; remembers the worker.
+    fn run_remote(
+        &self,
+        job: usize,
+        remote: &RemoteExecution,
+        context: &InvocationContext,
+        action: Action,
+        fingerprint: &str,
+    ) -> Result<(), ProcessFailure> {
+        let (project_index, stage) = self.jobs[job];
+        let project = &self.projects[project_index];
+        let log = project.state_log_path(stage);
+        let shown_log = log
+            .strip_prefix(&project.pipeline.dir)
+            .unwrap_or(&log)
+            .to_path_buf();
+        let run = RemoteRun {
+            project,
+            stage,
+            context,
+            fingerprint,
+            log: &log,
+            shown_log: &shown_log,
+        };
+        match run_remotely(remote, &run, action, &self.cancel) {
+            Ok(ran) => {
+                self.ran_remotely
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(job, ran);
+                Ok(())
+            }
+            Err(RemoteFailure::Ran { status, error }) => Err(ProcessFailure::Ran { status, error }),
+            Err(RemoteFailure::Other(error)) => Err(ProcessFailure::Other(error)),
+        }
+    }
+
+    /// Where each job that ran remotely ran.
+    pub fn ran_remotely(&self) -> BTreeMap<usize, RanRemotely> {
+        self.ran_remotely
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The paths and facts of one run of a stage.
+fn invocation_context(
+    project: &Project,
+    stage: usize,
+    lease: &Lease,
+    temp: &TempOutputs,
+) -> InvocationContext {
+    let pipeline = &project.pipeline;
+    let spec = &pipeline.stages[stage];
+    InvocationContext {
+        dir: pipeline.dir.clone(),
+        inputs: project
+            .graph
+            .inputs(stage)
+            .iter()
+            .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
+            .collect(),
+        outputs: temp.paths.clone(),
+        scratch: temp.scratch(),
+        build_dir: pipeline.build_dir.clone(),
+        state_dir: pipeline.state_dir(),
+        stage: spec.name.clone(),
+        gpu: lease.gpu,
+        host: project.stage_host(stage).into_owned(),
+        pipeline_file: pipeline.file.clone(),
+        pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
+    }
+}
+
+impl StageExecutor {
     fn run_process(
         &self,
         project: &Project,

@@ -7,8 +7,9 @@ mod cached;
 mod executor;
 pub mod explain;
 pub mod noop;
+pub mod remote;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,13 @@ pub enum BuildError {
         reason: String,
         help: String,
     },
+    #[error("stage `{stage}` cannot run remotely: {reason}")]
+    #[diagnostic(help("{help}"))]
+    Placement {
+        stage: String,
+        reason: String,
+        help: String,
+    },
     #[error("two pipelines named `{name}` in one run: {} and {}", first.display(), second.display())]
     #[diagnostic(help("give one of them another `[pipeline] name`"))]
     DuplicatePipeline {
@@ -90,6 +98,8 @@ pub struct Project {
     /// until then a host without GPUs whose toolchain is `[toolchain] python` or
     /// `python3` on PATH.
     pub host: Host,
+    /// The stages that run on the remote executor in this build (`Workspace::place`).
+    pub remote: BTreeSet<usize>,
 }
 
 impl Project {
@@ -113,6 +123,7 @@ impl Project {
             graph,
             state: Mutex::new(state),
             host: Host::plain(default_toolchain(&pipeline)),
+            remote: BTreeSet::new(),
             pipeline,
             stats,
         })
@@ -124,6 +135,25 @@ impl Project {
             .stages
             .iter()
             .any(|stage| stage.kind.requirements().tool == Tool::Python)
+    }
+
+    /// The facts a stage is keyed and run with: the attached host, or for a stage that
+    /// names its GPU model (`gpu = ...`) that target instead of the probed GPU, wherever
+    /// the stage runs.
+    pub fn stage_host(&self, stage: usize) -> std::borrow::Cow<'_, Host> {
+        let placement = &self.pipeline.stages[stage].placement;
+        match &placement.gpu {
+            Some(gpu) => std::borrow::Cow::Owned(
+                self.host
+                    .targeting(gpu, placement.platform.get("tensorrt").map(String::as_str)),
+            ),
+            None => std::borrow::Cow::Borrowed(&self.host),
+        }
+    }
+
+    /// Whether the stage runs on the remote executor in this build.
+    pub fn runs_remotely(&self, stage: usize) -> bool {
+        self.remote.contains(&stage)
     }
 
     /// The toolchain of the attached host.
@@ -346,6 +376,10 @@ pub struct BuildOptions {
     /// Where stages are restored from instead of run, and their outputs stored after they
     /// ran; none: nothing is restored or stored (`--no-cache`).
     pub cache: Option<Arc<dyn crate::cache::OutputCache>>,
+    /// The remote executor the stages placed there run on (`Workspace::place`), and how
+    /// many of them may be in flight.
+    pub remote: Option<Arc<remote::RemoteExecution>>,
+    pub remote_jobs: u32,
 }
 
 /// What a build reports while it runs.
@@ -370,11 +404,15 @@ pub enum BuildEvent<'a> {
         stage: &'a str,
         reason: &'a str,
         gpu: Option<u32>,
+        /// It runs on the remote executor.
+        remote: bool,
     },
     Finished {
         stage: &'a str,
         outcome: &'a Outcome,
         duration: Duration,
+        /// Where it ran, when it ran remotely.
+        ran_remotely: Option<&'a remote::RanRemotely>,
     },
 }
 
@@ -407,6 +445,9 @@ pub struct StageSummary {
     /// Where a `restored` stage's outputs came from (`tier`: local or remote, `location`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restored_from: Option<crate::cache::Origin>,
+    /// Where a stage that ran remotely ran (`executor`, `worker`, `cached`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran_remotely: Option<remote::RanRemotely>,
 }
 
 /// Several pipelines built together: one scheduler, one set of resources.
@@ -461,6 +502,44 @@ impl Workspace {
         };
         for project in projects.iter_mut() {
             project.host = host_for(project)?;
+        }
+        Ok(())
+    }
+
+    /// Decides which stages run on the remote executor (`configured`: one is). A stage
+    /// with `executor = "remote"` that cannot run there is an error.
+    pub fn place(&mut self, configured: bool) -> Result<(), BuildError> {
+        let Some(projects) = Arc::get_mut(&mut self.projects) else {
+            return Ok(());
+        };
+        let several = projects.len() > 1;
+        for project in projects.iter_mut() {
+            let mut remote = BTreeSet::new();
+            for stage in 0..project.pipeline.stages.len() {
+                match remote::runs_remotely(project, stage, configured) {
+                    Ok(true) => {
+                        remote.insert(stage);
+                    }
+                    Ok(false) => {}
+                    Err(reason) => {
+                        let name = &project.pipeline.stages[stage].name;
+                        return Err(BuildError::Placement {
+                            stage: if several {
+                                format!("{}/{name}", project.pipeline.name)
+                            } else {
+                                name.clone()
+                            },
+                            reason,
+                            help: if configured {
+                                "fix what keeps it here, or set `executor = \"auto\"` to let it run locally".into()
+                            } else {
+                                "pass --remote-executor URL (or set POCHI_REMOTE_EXECUTOR), or set `executor = \"auto\"`".into()
+                            },
+                        });
+                    }
+                }
+            }
+            project.remote = remote;
         }
         Ok(())
     }
@@ -544,6 +623,7 @@ impl Workspace {
             cpu: jobs.unwrap_or(cpu).max(1),
             memory,
             gpus,
+            remote: 0,
         }
     }
 
@@ -563,7 +643,11 @@ impl Workspace {
         let index_of: BTreeMap<StageId, usize> =
             ids.iter().enumerate().map(|(job, id)| (*id, job)).collect();
         let wanted = self.wanted(&targets, &ids, &index_of);
-        let capacity = self.capacity(machine, options.jobs);
+        let mut capacity = self.capacity(machine, options.jobs);
+        capacity.remote = options
+            .remote
+            .as_ref()
+            .map_or(0, |_| options.remote_jobs.max(1));
         let jobs = self.jobs(&ids, &index_of, &capacity.gpus);
         for project in self.projects.iter() {
             noop::invalidate(project);
@@ -575,7 +659,8 @@ impl Workspace {
             runner,
             Arc::clone(&cancel),
         )
-        .with_cache(options.cache.clone());
+        .with_cache(options.cache.clone())
+        .with_remote(options.remote.clone());
         executor.unavailable = unavailable;
         executor.invalid = invalid;
         let executor = Arc::new(executor);
@@ -621,6 +706,7 @@ impl Workspace {
                         stage: &self.display_name(ids[job]),
                         reason,
                         gpu: lease.gpu,
+                        remote: lease.remote,
                     });
                 }
                 scheduler::Event::Finished {
@@ -628,10 +714,12 @@ impl Workspace {
                     outcome,
                     duration,
                 } => {
+                    let ran_remotely = executor.ran_remotely().remove(&job);
                     observer(BuildEvent::Finished {
                         stage: &self.display_name(ids[job]),
                         outcome,
                         duration,
+                        ran_remotely: ran_remotely.as_ref(),
                     });
                 }
             },
@@ -674,7 +762,14 @@ impl Workspace {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state saved"
         );
-        Ok(self.summary(&ids, &outcomes, &restored, started.elapsed(), interrupted))
+        let ran_remotely = executor.ran_remotely();
+        Ok(self.summary(
+            &ids,
+            &outcomes,
+            (&restored, &ran_remotely),
+            started.elapsed(),
+            interrupted,
+        ))
     }
 
     /// Asks every wanted stage whether it can run here (`availability::verdict`). A stage
@@ -797,6 +892,7 @@ impl Workspace {
                     request: Request {
                         cpu: stage.resources.cpu,
                         memory: stage.resources.memory.0,
+                        remote: project.runs_remotely(s),
                         gpu: match stage.device {
                             Device::Cpu => GpuRequest::None,
                             Device::Cuda(_)
@@ -821,7 +917,10 @@ impl Workspace {
         &self,
         ids: &[StageId],
         outcomes: &[Option<Outcome>],
-        restored: &BTreeMap<usize, crate::cache::Origin>,
+        (restored, ran_remotely): (
+            &BTreeMap<usize, crate::cache::Origin>,
+            &BTreeMap<usize, remote::RanRemotely>,
+        ),
         elapsed: Duration,
         interrupted: bool,
     ) -> BuildSummary {
@@ -887,6 +986,7 @@ impl Workspace {
                     Vec::new()
                 },
                 restored_from,
+                ran_remotely: ran_remotely.get(&job).cloned(),
             });
         }
         let ok = !interrupted && !outcomes.iter().flatten().any(Outcome::is_failure);

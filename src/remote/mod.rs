@@ -16,6 +16,7 @@ mod cache;
 mod digest;
 mod endpoint;
 mod error;
+mod execute;
 mod grpc;
 mod http;
 mod results;
@@ -35,11 +36,13 @@ pub use cache::{Lookup, RemoteCache, Uploaded};
 pub use digest::{Digest, DigestFunction, Hasher};
 pub use endpoint::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Endpoint, Protocol, parse_header};
 pub use error::{EndpointError, RemoteError};
+pub use execute::{Executed, ExecutionError, ExecutionJob, ExecutionPhase, RemoteExecutor};
 pub use grpc::GrpcClient;
 pub use http::HttpClient;
 pub use results::{Downloaded, RemoteMiss, ResultUpload, action_result, record_digest};
 pub use stage::{
-    DigestMemo, StageAction, StageDescription, StageOutput, input_files, stage_action,
+    DigestMemo, StageAction, StageDescription, StageOutput, input_files, rewrite_paths,
+    stage_action,
 };
 pub use tier::RemoteTier;
 pub use tree::{fetch_tree, tree_files, write_tree};

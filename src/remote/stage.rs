@@ -143,6 +143,18 @@ fn ordered_rewrites(stage: &StageDescription) -> Vec<(String, String)> {
     rewrites
 }
 
+/// `text` with every occurrence of each of `rewrites`' paths replaced by its text, longest
+/// path first (as a stage's argv is made stable), for the files a remote action reads.
+pub fn rewrite_paths(text: &str, rewrites: &[(PathBuf, String)]) -> String {
+    let mut ordered: Vec<(String, String)> = rewrites
+        .iter()
+        .map(|(path, to)| (path.to_string_lossy().into_owned(), to.clone()))
+        .filter(|(from, _)| !from.is_empty())
+        .collect();
+    ordered.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+    rewrite(text, &ordered)
+}
+
 /// `text` with every occurrence of each rewrite's path replaced, longest path first, each
 /// part of the text replaced at most once.
 fn rewrite(text: &str, rewrites: &[(String, String)]) -> String {

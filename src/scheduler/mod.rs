@@ -430,9 +430,10 @@ impl<'a> Scheduler<'a> {
 
     fn start_ready(&mut self, observer: &mut dyn FnMut(Event)) {
         let mut deferred = Vec::new();
-        // Every job takes at least one cpu slot, so with none free nothing can start: stop
-        // before scanning (with thousands of ready jobs, scanning each time is quadratic).
-        while !self.stopping && self.pools.has_free_cpu() {
+        // Every local job takes at least one cpu slot and every remote one a remote slot, so
+        // with none free nothing can start: stop before scanning (with thousands of ready
+        // jobs, scanning each time is quadratic).
+        while !self.stopping && self.pools.has_free_slot() {
             let Some((priority, Reverse(job))) = self.ready.pop() else {
                 break;
             };

@@ -1,4 +1,5 @@
-//! Typed resource pools: cpu slots, memory, and GPUs leased one stage at a time.
+//! Typed resource pools: cpu slots, memory, and GPUs leased one stage at a time, and the
+//! slots of jobs that run elsewhere (on a remote executor), which take none of those.
 
 /// What one job asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -6,6 +7,8 @@ pub struct Request {
     pub cpu: u32,
     pub memory: u64,
     pub gpu: GpuRequest,
+    /// The job runs elsewhere: it takes a remote slot and nothing of this machine.
+    pub remote: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub struct Capacity {
     pub cpu: u32,
     pub memory: u64,
     pub gpus: Vec<u32>,
+    /// How many remote jobs may be in flight at once.
+    pub remote: u32,
 }
 
 /// What a running job holds.
@@ -32,6 +37,8 @@ pub struct Lease {
     pub memory: u64,
     /// The GPU this job may use, if it asked for one.
     pub gpu: Option<u32>,
+    /// A remote slot (and nothing else).
+    pub remote: bool,
 }
 
 /// The pools while a build runs.
@@ -41,6 +48,7 @@ pub struct Pools {
     cpu_used: u32,
     memory_used: u64,
     gpus_busy: Vec<u32>,
+    remote_used: u32,
 }
 
 impl Pools {
@@ -50,12 +58,16 @@ impl Pools {
             cpu_used: 0,
             memory_used: 0,
             gpus_busy: Vec::new(),
+            remote_used: 0,
         }
     }
 
     /// Why `request` can never be satisfied here, if it cannot.
     pub fn impossible(&self, request: &Request) -> Option<String> {
         let capacity = &self.capacity;
+        if request.remote {
+            return None;
+        }
         if request.memory > capacity.memory {
             return Some(format!(
                 "it needs {} of memory but this machine offers {}",
@@ -82,6 +94,16 @@ impl Pools {
     /// Leases what `request` asks for if it fits now. A cpu request larger than the pool
     /// is clamped to the pool, so such a job runs alone rather than never.
     pub fn try_lease(&mut self, request: &Request) -> Option<Lease> {
+        if request.remote {
+            if self.remote_used >= self.capacity.remote.max(1) {
+                return None;
+            }
+            self.remote_used += 1;
+            return Some(Lease {
+                remote: true,
+                ..Lease::default()
+            });
+        }
         let cpu = request.cpu.clamp(1, self.capacity.cpu.max(1));
         if self.cpu_used + cpu > self.capacity.cpu.max(1)
             || self.memory_used + request.memory > self.capacity.memory
@@ -107,15 +129,21 @@ impl Pools {
             cpu,
             memory: request.memory,
             gpu,
+            remote: false,
         })
     }
 
-    /// Whether at least one cpu slot is free (every job needs one).
-    pub fn has_free_cpu(&self) -> bool {
+    /// Whether a slot is free: a cpu slot (every local job needs one) or a remote one.
+    pub fn has_free_slot(&self) -> bool {
         self.cpu_used < self.capacity.cpu.max(1)
+            || (self.capacity.remote > 0 && self.remote_used < self.capacity.remote)
     }
 
     pub fn release(&mut self, lease: &Lease) {
+        if lease.remote {
+            self.remote_used -= 1;
+            return;
+        }
         self.cpu_used -= lease.cpu;
         self.memory_used -= lease.memory;
         self.gpus_busy.retain(|g| Some(*g) != lease.gpu);
@@ -131,6 +159,7 @@ mod tests {
             cpu: 2,
             memory: 10,
             gpus: vec![0, 1],
+            remote: 0,
         })
     }
 
@@ -141,6 +170,7 @@ mod tests {
             cpu: 1,
             memory: 0,
             gpu: GpuRequest::Any,
+            remote: false,
         };
         let a = pools.try_lease(&any).unwrap();
         let b = pools.try_lease(&any).unwrap();
@@ -150,7 +180,8 @@ mod tests {
                 .try_lease(&Request {
                     cpu: 0,
                     memory: 0,
-                    gpu: GpuRequest::Id(0)
+                    gpu: GpuRequest::Id(0),
+                    remote: false,
                 })
                 .is_none()
         );
@@ -160,7 +191,8 @@ mod tests {
                 .try_lease(&Request {
                     cpu: 1,
                     memory: 0,
-                    gpu: GpuRequest::Id(0)
+                    gpu: GpuRequest::Id(0),
+                    remote: false,
                 })
                 .unwrap()
                 .gpu,
@@ -175,6 +207,7 @@ mod tests {
             cpu: 1,
             memory: 6,
             gpu: GpuRequest::None,
+            remote: false,
         };
         let lease = pools.try_lease(&heavy).unwrap();
         assert!(
@@ -186,6 +219,7 @@ mod tests {
             cpu: 8,
             memory: 0,
             gpu: GpuRequest::None,
+            remote: false,
         };
         assert_eq!(
             pools.try_lease(&wide).unwrap().cpu,
@@ -200,13 +234,15 @@ mod tests {
             cpu: 2,
             memory: 10,
             gpus: vec![],
+            remote: 0,
         });
         assert!(
             pools
                 .impossible(&Request {
                     cpu: 1,
                     memory: 0,
-                    gpu: GpuRequest::Any
+                    gpu: GpuRequest::Any,
+                    remote: false,
                 })
                 .unwrap()
                 .contains("has none")
@@ -216,7 +252,8 @@ mod tests {
                 .impossible(&Request {
                     cpu: 1,
                     memory: 11,
-                    gpu: GpuRequest::None
+                    gpu: GpuRequest::None,
+                    remote: false,
                 })
                 .unwrap()
                 .contains("memory")
@@ -226,7 +263,8 @@ mod tests {
                 .impossible(&Request {
                     cpu: 1,
                     memory: 10,
-                    gpu: GpuRequest::None
+                    gpu: GpuRequest::None,
+                    remote: false,
                 })
                 .is_none()
         );

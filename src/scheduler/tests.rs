@@ -58,6 +58,7 @@ fn job(deps: &[usize]) -> Job {
             cpu: 1,
             memory: 0,
             gpu: GpuRequest::None,
+            remote: false,
         },
         estimate_ms: 0,
         tolerates_unavailable: false,
@@ -69,6 +70,7 @@ fn capacity(cpu: u32, gpus: &[u32]) -> Capacity {
         cpu,
         memory: 1 << 30,
         gpus: gpus.to_vec(),
+        remote: 0,
     }
 }
 

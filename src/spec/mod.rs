@@ -5,6 +5,7 @@ pub mod kind;
 pub mod matrix;
 mod parse;
 pub mod paths;
+pub mod placement;
 mod schema;
 mod sections;
 pub mod suggest;
@@ -92,6 +93,8 @@ pub struct Stage {
     pub env: BTreeMap<String, String>,
     /// Whether the output cache may restore and store this stage (`cache = false` opts out).
     pub cache: bool,
+    /// Where it may run (`executor`, `gpu`, `platform`).
+    pub placement: placement::Placement,
     /// For a variant of a matrix stage: the stage it was declared as and its values.
     pub matrix: Option<matrix::MatrixOf>,
 }

@@ -16,6 +16,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::error::{SourceFile, SpanError, SpecError};
 use super::kind::{KindInfo, Registry};
 use super::matrix::{self, Entry};
+use super::placement::{ExecutorChoice, Placement, gpu_model, is_reserved_property};
 use super::suggest;
 use super::{
     DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
@@ -35,6 +36,9 @@ pub(crate) const COMMON_STAGE_KEYS: &[&str] = &[
     "env",
     "cache",
     "matrix",
+    "executor",
+    "gpu",
+    "platform",
 ];
 const STAGE_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
 
@@ -106,6 +110,19 @@ pub(crate) struct CommonStageKeys {
         reason = "expanded away by `matrix::expand`; declared for the schema"
     )]
     matrix: Option<serde::de::IgnoredAny>,
+    /// Where the stage runs when a remote executor is configured (`--remote-executor`):
+    /// `auto` (default: remotely when it can run there), `local` or `remote`.
+    #[schemars(with = "Option<String>", regex(pattern = r"^(auto|local|remote)$"))]
+    executor: Option<Spanned<String>>,
+    /// The GPU model a `cuda` stage targets on a remote worker: nvidia-smi's name
+    /// (`"NVIDIA A100-SXM4-40GB"`) or an alias (`t4`, `l4`, `a10g`, `a100`, `a100-80gb`,
+    /// `h100`, `h200`). Part of the stage's key. See docs/remote.md.
+    #[schemars(with = "Option<String>")]
+    gpu: Option<Spanned<String>>,
+    /// Extra platform properties a remote worker must offer (`{ KEY = "VALUE" }`, e.g. a
+    /// farm's pool or container image, or `tensorrt = "10.13.0"`). Part of the stage's key.
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    platform: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 fn cached_by_default() -> bool {
@@ -492,7 +509,58 @@ impl Parser<'_> {
             resources: self.stage_resources(common.resources, table)?,
             env: common.env,
             cache: common.cache,
+            placement: self.placement(common.executor, common.gpu, common.platform, device)?,
             matrix: None,
+        })
+    }
+
+    /// `executor`, `gpu` and `platform`, checked: a known executor, `gpu` only on a `cuda`
+    /// stage, no property pochi sets itself.
+    fn placement(
+        &self,
+        executor: Option<Spanned<String>>,
+        gpu: Option<Spanned<String>>,
+        platform: Option<Spanned<BTreeMap<String, String>>>,
+        device: Device,
+    ) -> Result<Placement, SpanError> {
+        let executor = match &executor {
+            None => ExecutorChoice::Auto,
+            Some(choice) => ExecutorChoice::parse(choice.get_ref()).ok_or_else(|| {
+                self.src
+                    .error(
+                        choice.span(),
+                        format!("unknown executor `{}`", choice.get_ref()),
+                    )
+                    .with_help("use \"auto\" (the default), \"local\" or \"remote\"")
+            })?,
+        };
+        if let Some(gpu) = &gpu
+            && !matches!(device, Device::Cuda(_))
+        {
+            return Err(self
+                .src
+                .error(gpu.span(), "`gpu` names the GPU model of a `cuda` stage")
+                .with_help("set `device = \"cuda\"` on the stage, or remove `gpu`"));
+        }
+        let reserved = platform.as_ref().and_then(|platform| {
+            let name = platform
+                .get_ref()
+                .keys()
+                .find(|n| is_reserved_property(n))?;
+            Some((name.clone(), platform.span()))
+        });
+        if let Some((reserved, span)) = reserved {
+            return Err(self
+                .src
+                .error(span, format!("platform property `{reserved}` is set by pochi"))
+                .with_help(
+                    "name the GPU model with the stage's `gpu` key; OSFamily, ISA, cuda, compute_capability and pochi-toolchain come from the machine and the toolchain",
+                ));
+        }
+        Ok(Placement {
+            executor,
+            gpu: gpu.map(|g| gpu_model(g.get_ref())),
+            platform: platform.map(Spanned::into_inner).unwrap_or_default(),
         })
     }
 

@@ -190,9 +190,11 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     }))
 }
 
-/// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache.
+/// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache; none for a
+/// declared target (a remote worker's GPU: its compute capability is not known here, and the file would
+/// be on this machine).
 fn timing_cache(found: Option<&TensorRt>) -> Option<PathBuf> {
-    let found = found.filter(|t| t.version.is_some())?;
+    let found = found.filter(|t| t.version.is_some() && t.compute_capability.is_some())?;
     let cache = crate::toolchain::cache::CacheDir::from_env().ok()?;
     let key = format!(
         "{}|{}|{}",
@@ -240,7 +242,7 @@ impl WorkerStage for Engine {
             "workspace": self.workspace,
             "precision": self.precision,
             "optimization_level": self.optimization_level,
-            "tensorrt": host.tensorrt.as_ref().filter(|t| t.version.is_some()).map(|t| json!({
+            "tensorrt": host.tensorrt.as_ref().filter(|t| t.is_target()).map(|t| json!({
                 "version": t.version,
                 "gpu": t.gpu_name,
                 "compute_capability": t.compute_capability,

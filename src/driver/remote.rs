@@ -1,0 +1,452 @@
+//! Running a stage on a remote executor (REAPI): where each stage runs (`executor =
+//! auto | local | remote`, and what keeps a stage here), and the remote run itself. A
+//! remote run is the local one with another runner: the kind writes its request and argv
+//! for this run's temporary paths as always; the paths of the project, the run, the
+//! worker script, the pochi binary and the managed toolchain are rewritten to what the
+//! worker sees (the input root mirrors the project directory; tools go to
+//! `.pochi-remote/`; the toolchain is the workers' own, at `--remote-toolchain-dir`); the
+//! worker's outputs come back verified into the temporary paths, and the stage is then
+//! verified, published and recorded like one that ran here.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Project;
+use crate::action::Action;
+use crate::remote::{
+    DigestMemo, ExecutionError, ExecutionJob, InputFile, RemoteExecutor, StageDescription,
+    StageOutput, input_files, rewrite_paths, stage_action,
+};
+use crate::spec::Device;
+use crate::spec::kind::{InvocationContext, StageError, TensorRtUse, Tool};
+use crate::spec::placement::ExecutorChoice;
+
+/// Where the input root keeps the files of tools that live outside the project (the
+/// worker script, the pochi binary).
+pub const TOOLS_DIR: &str = ".pochi-remote";
+
+/// The platform property naming the Python toolchain a worker must have.
+pub const TOOLCHAIN_PROPERTY: &str = "pochi-toolchain";
+
+/// The output name of a worker's answer file in a remote action.
+const ANSWER: &str = ".answer";
+
+/// A build's remote executor and how pochi uses it.
+pub struct RemoteExecution {
+    pub executor: RemoteExecutor,
+    /// How long an action may wait for a worker before it fails.
+    pub queue_timeout: Duration,
+    /// This machine's managed toolchains directory and the workers' one (their
+    /// `POCHI_CACHE_DIR`'s `v1/toolchains`): the interpreter's path is rewritten from one
+    /// to the other.
+    pub toolchains: (PathBuf, PathBuf),
+    memo: DigestMemo,
+}
+
+impl RemoteExecution {
+    pub fn new(
+        executor: RemoteExecutor,
+        queue_timeout: Duration,
+        toolchains: (PathBuf, PathBuf),
+    ) -> Self {
+        RemoteExecution {
+            executor,
+            queue_timeout,
+            toolchains,
+            memo: DigestMemo::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RemoteExecution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteExecution")
+            .field("executor", &self.executor.endpoint().to_string())
+            .finish()
+    }
+}
+
+/// Where a stage ran remotely.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RanRemotely {
+    /// The executor's URL.
+    pub executor: String,
+    /// The worker's name from the result's metadata (empty if the farm gives none).
+    pub worker: String,
+    /// The farm answered from its action cache without running the action.
+    pub cached: bool,
+}
+
+/// Why a stage cannot run on a remote worker, if it cannot.
+pub fn remote_obstacle(project: &Project, stage: usize) -> Option<String> {
+    let spec = &project.pipeline.stages[stage];
+    if !spec.cache {
+        return Some(
+            "it opts out of the cache (`cache = false`): it reads something pochi cannot see, which a worker would not have"
+                .into(),
+        );
+    }
+    for (key, input) in project.graph.inputs(stage) {
+        if relative_inside(input.path()).is_none() {
+            return Some(format!(
+                "input `{key}` ({}) lies outside the project, and a worker gets only the project's files",
+                input.path().display()
+            ));
+        }
+    }
+    let needs_gpu_model = matches!(spec.device, Device::Cuda(_))
+        && spec.kind.requirements().tensorrt == TensorRtUse::Required;
+    if needs_gpu_model && spec.placement.gpu.is_none() {
+        return Some(
+            "it is a `cuda` stage that names no GPU model: add `gpu = \"a100\"` (or another model, see docs/remote.md)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Whether a stage runs remotely in a build with (or without) a remote executor: `Ok(true)`
+/// remotely, `Ok(false)` here, `Err(why)` when it must run remotely and cannot.
+pub fn runs_remotely(project: &Project, stage: usize, configured: bool) -> Result<bool, String> {
+    let choice = project.pipeline.stages[stage].placement.executor;
+    match (choice, configured) {
+        (ExecutorChoice::Local, _) | (ExecutorChoice::Auto, false) => Ok(false),
+        (ExecutorChoice::Remote, false) => {
+            Err("it has `executor = \"remote\"` but no remote executor is configured".into())
+        }
+        (ExecutorChoice::Auto, true) => Ok(remote_obstacle(project, stage).is_none()),
+        (ExecutorChoice::Remote, true) => match remote_obstacle(project, stage) {
+            None => Ok(true),
+            Some(why) => Err(format!("it has `executor = \"remote\"`, but {why}")),
+        },
+    }
+}
+
+/// `path` as a clean relative path inside the project, if it is one.
+fn relative_inside(path: &Path) -> Option<PathBuf> {
+    let mut clean = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(clean)
+}
+
+/// A path as REAPI writes them: relative, `/`-separated.
+fn slash(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// What a remote run of one stage is made of.
+pub struct RemoteRun<'a> {
+    pub project: &'a Project,
+    pub stage: usize,
+    pub context: &'a InvocationContext,
+    /// pochi's key of the stage (the Action's salt).
+    pub fingerprint: &'a str,
+    pub log: &'a Path,
+    pub shown_log: &'a Path,
+}
+
+/// How a remote run failed: the command ran and failed (its status for the kind's
+/// explanation, and the error), or something else did.
+pub enum RemoteFailure {
+    Ran { status: String, error: StageError },
+    Other(StageError),
+}
+
+/// Runs the stage's action on the executor; its outputs (and a worker's answer file) are
+/// in the run's temporary paths when it returns `Ok`.
+pub fn run_remotely(
+    remote: &RemoteExecution,
+    run: &RemoteRun,
+    action: Action,
+    cancel: &AtomicBool,
+) -> Result<RanRemotely, RemoteFailure> {
+    let other = |e: String| RemoteFailure::Other(StageError::new(e));
+    let dir = &run.project.pipeline.dir;
+    let function = remote
+        .executor
+        .digest_function()
+        .map_err(|e| other(format!("remote executor: {e}")))?;
+    let (tools, mut rewrites) = tool_files(dir, &action);
+    rewrites.push((dir.clone(), ".".into()));
+    if run.context.python().starts_with(&remote.toolchains.0) {
+        rewrites.push((
+            remote.toolchains.0.clone(),
+            remote.toolchains.1.to_string_lossy().into_owned(),
+        ));
+    }
+    rewrite_scratch_files(&run.context.scratch, &rewrites).map_err(other)?;
+    let outputs = declared_outputs(run, &action);
+    let mut files = project_files(remote, dir, &action, function).map_err(other)?;
+    for (name, local) in &tools {
+        let metadata = std::fs::metadata(local)
+            .map_err(|e| other(format!("cannot read {}: {e}", local.display())))?;
+        let digest = remote
+            .memo
+            .digest(local, &metadata, function)
+            .map_err(|e| other(e.to_string()))?;
+        let executable =
+            std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o111 != 0;
+        files.push((
+            InputFile {
+                path: format!("{TOOLS_DIR}/{name}"),
+                digest,
+                executable,
+            },
+            local.clone(),
+        ));
+    }
+    let mut action = action;
+    action.platform.extend(
+        run.project.pipeline.stages[run.stage]
+            .placement
+            .platform
+            .clone(),
+    );
+    if run.project.pipeline.stages[run.stage]
+        .kind
+        .requirements()
+        .tool
+        == Tool::Python
+    {
+        action.platform.insert(
+            TOOLCHAIN_PROPERTY.into(),
+            toolchain_property(&run.context.host.toolchain.identity),
+        );
+    }
+    let inputs: Vec<InputFile> = files.iter().map(|(file, _)| file.clone()).collect();
+    let stage_action = stage_action(
+        function,
+        &StageDescription {
+            action: &action,
+            env: &run.project.pipeline.stages[run.stage].env,
+            outputs: &outputs,
+            rewrites: &rewrites,
+            inputs: &inputs,
+            salt: run.fingerprint,
+        },
+    )
+    .map_err(|e| other(format!("cannot describe the remote action: {e}")))?;
+    let dest_for = |name: &str| {
+        outputs
+            .iter()
+            .find(|o| o.name == name)
+            .map(|o| o.temp.clone())
+            .unwrap_or_else(|| run.context.scratch.join(name))
+    };
+    let job = ExecutionJob {
+        action: &stage_action,
+        files: &files,
+        dest_for: &dest_for,
+        queue_timeout: remote.queue_timeout,
+        log: run.log,
+        skip_cache_lookup: false,
+    };
+    let executed = remote
+        .executor
+        .execute(&job, cancel, &|_| {})
+        .map_err(|error| match error {
+            ExecutionError::Cancelled => RemoteFailure::Other(StageError::new("interrupted")),
+            error => RemoteFailure::Other(
+                StageError::new(format!("remote execution failed: {error}"))
+                    .with_log(run.shown_log.to_path_buf()),
+            ),
+        })?;
+    let ran = RanRemotely {
+        executor: remote.executor.endpoint().to_string(),
+        worker: executed.worker.clone(),
+        cached: executed.cached,
+    };
+    if executed.exit_code != 0 {
+        return Err(RemoteFailure::Ran {
+            status: format!("exit code {}", executed.exit_code),
+            error: failed_remotely(&action, &executed, run.shown_log),
+        });
+    }
+    Ok(ran)
+}
+
+/// The error of a command that failed on a worker: like a local failure, naming the worker.
+fn failed_remotely(
+    action: &Action,
+    executed: &crate::remote::Executed,
+    shown_log: &Path,
+) -> StageError {
+    let worker = if executed.worker.is_empty() {
+        "a remote worker".to_string()
+    } else {
+        format!("remote worker `{}`", executed.worker)
+    };
+    let mut message = format!(
+        "`{}` failed on {worker} with exit code {}",
+        action.program(),
+        executed.exit_code
+    );
+    if !executed.stderr_tail.is_empty() {
+        message.push_str("\nlast lines of stderr:");
+        for line in &executed.stderr_tail {
+            message.push_str("\n  ");
+            message.push_str(line);
+        }
+    }
+    StageError::new(message).with_log(shown_log.to_path_buf())
+}
+
+/// The tools the action reads from outside the project (the worker script, the pochi
+/// binary), by the name they get under `TOOLS_DIR`, and the rewrites of their paths.
+fn tool_files(dir: &Path, action: &Action) -> (Vec<(String, PathBuf)>, Vec<(PathBuf, String)>) {
+    let mut tools = Vec::new();
+    let mut rewrites = Vec::new();
+    for input in &action.inputs {
+        if !input.is_absolute() || input.starts_with(dir) {
+            continue;
+        }
+        let Some(name) = input.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        rewrites.push((input.clone(), format!("{TOOLS_DIR}/{name}")));
+        tools.push((name, input.clone()));
+    }
+    (tools, rewrites)
+}
+
+/// The files of the input root that come from the project: the stage's inputs and the
+/// run's scratch files (the request), with where each is on this machine.
+fn project_files(
+    remote: &RemoteExecution,
+    dir: &Path,
+    action: &Action,
+    function: crate::remote::DigestFunction,
+) -> Result<Vec<(InputFile, PathBuf)>, String> {
+    let paths: Vec<PathBuf> = action
+        .inputs
+        .iter()
+        .filter_map(|input| match input.strip_prefix(dir) {
+            Ok(inside) => Some(inside.to_path_buf()),
+            Err(_) if input.is_relative() => Some(input.clone()),
+            Err(_) => None,
+        })
+        .collect();
+    let files = input_files(dir, &paths, function, &remote.memo).map_err(|e| e.to_string())?;
+    Ok(files
+        .into_iter()
+        .map(|file| {
+            let local = dir.join(&file.path);
+            (file, local)
+        })
+        .collect())
+}
+
+/// The action's outputs: every declared output at its temporary path, and the answer file
+/// of a worker kind (the last argument of its argv).
+fn declared_outputs(run: &RemoteRun, action: &Action) -> Vec<StageOutput> {
+    let dir = &run.project.pipeline.dir;
+    let mut outputs: Vec<StageOutput> = run
+        .context
+        .outputs
+        .iter()
+        .map(|(name, path)| StageOutput {
+            name: name.clone(),
+            path: slash(path),
+            temp: dir.join(path),
+        })
+        .collect();
+    let answer = crate::kinds::worker::answer_file(run.context);
+    let shown = answer.to_string_lossy();
+    if action.argv.iter().any(|a| *a == shown)
+        && let Ok(inside) = answer.strip_prefix(dir)
+    {
+        outputs.push(StageOutput {
+            name: ANSWER.into(),
+            path: slash(inside),
+            temp: answer.clone(),
+        });
+    }
+    outputs
+}
+
+/// Rewrites the paths in the run's JSON request files to what the worker sees.
+fn rewrite_scratch_files(scratch: &Path, rewrites: &[(PathBuf, String)]) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let Ok(mut value) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        rewrite_strings(&mut value, rewrites);
+        std::fs::write(&path, value.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn rewrite_strings(value: &mut Value, rewrites: &[(PathBuf, String)]) {
+    match value {
+        Value::String(text) => *text = rewrite_paths(text, rewrites),
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_strings(v, rewrites)),
+        Value::Object(map) => map.values_mut().for_each(|v| rewrite_strings(v, rewrites)),
+        _ => {}
+    }
+}
+
+/// The value of the `pochi-toolchain` property: a short hash of the toolchain's identity
+/// (`pochi toolchain info` shows it, for a farm's admin).
+pub fn toolchain_property(identity: &str) -> String {
+    crate::toolchain::short_hash(identity.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_rewritten_and_other_values_kept() {
+        let rewrites = vec![
+            (PathBuf::from("/home/u/proj"), ".".to_string()),
+            (
+                PathBuf::from("/home/u/.cache/x/worker.py"),
+                ".pochi-remote/worker.py".to_string(),
+            ),
+        ];
+        let mut value = serde_json::json!({
+            "onnx": "/home/u/proj/build/m.onnx",
+            "list": ["/home/u/.cache/x/worker.py", 3, true],
+            "nested": {"dir": "/home/u/proj"},
+            "other": "/elsewhere/file",
+        });
+        rewrite_strings(&mut value, &rewrites);
+        assert_eq!(value["onnx"], "./build/m.onnx");
+        assert_eq!(value["list"][0], ".pochi-remote/worker.py");
+        assert_eq!(value["list"][1], 3);
+        assert_eq!(value["nested"]["dir"], ".");
+        assert_eq!(value["other"], "/elsewhere/file");
+    }
+
+    #[test]
+    fn only_clean_relative_paths_are_inside() {
+        assert_eq!(
+            relative_inside(Path::new("./data/a.npy")),
+            Some(PathBuf::from("data/a.npy"))
+        );
+        assert_eq!(relative_inside(Path::new("../x")), None);
+        assert_eq!(relative_inside(Path::new("/abs/x")), None);
+    }
+}
