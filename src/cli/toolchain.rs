@@ -134,6 +134,9 @@ fn info_json(resolved: &Resolved) -> serde_json::Value {
         "lock_hash": toolchain::lock_hash(),
         "managed_root": managed.root,
         "identity": resolved.toolchain.identity,
+        "remote_platform": {
+            toolchain::PLATFORM_PROPERTY: toolchain::platform_value(&resolved.toolchain.identity),
+        },
         "facts": resolved.facts,
     })
 }
@@ -157,6 +160,11 @@ fn print_info(resolved: &Resolved) {
         );
     }
     show!("cache        {}", resolved.cache.root().display());
+    show!(
+        "workers      {}={} (the platform property of remote workers with this toolchain)",
+        toolchain::PLATFORM_PROPERTY,
+        toolchain::platform_value(&resolved.toolchain.identity)
+    );
     if let Some(facts) = &resolved.facts {
         show!("python       {} {}", facts.implementation, facts.python);
         show!("packages");

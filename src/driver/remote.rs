@@ -28,9 +28,6 @@ use crate::spec::placement::ExecutorChoice;
 /// worker script, the pochi binary).
 pub const TOOLS_DIR: &str = ".pochi-remote";
 
-/// The platform property naming the Python toolchain a worker must have.
-pub const TOOLCHAIN_PROPERTY: &str = "pochi-toolchain";
-
 /// The output name of a worker's answer file in a remote action.
 const ANSWER: &str = ".answer";
 
@@ -221,8 +218,8 @@ pub fn run_remotely(
         == Tool::Python
     {
         action.platform.insert(
-            TOOLCHAIN_PROPERTY.into(),
-            toolchain_property(&run.context.host.toolchain.identity),
+            crate::toolchain::PLATFORM_PROPERTY.into(),
+            crate::toolchain::platform_value(&run.context.host.toolchain.identity),
         );
     }
     let inputs: Vec<InputFile> = files.iter().map(|(file, _)| file.clone()).collect();
@@ -405,12 +402,6 @@ fn rewrite_strings(value: &mut Value, rewrites: &[(PathBuf, String)]) {
         Value::Object(map) => map.values_mut().for_each(|v| rewrite_strings(v, rewrites)),
         _ => {}
     }
-}
-
-/// The value of the `pochi-toolchain` property: a short hash of the toolchain's identity
-/// (`pochi toolchain info` shows it, for a farm's admin).
-pub fn toolchain_property(identity: &str) -> String {
-    crate::toolchain::short_hash(identity.as_bytes())
 }
 
 #[cfg(test)]

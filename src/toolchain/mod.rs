@@ -36,6 +36,16 @@ pub fn short_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex()[..16].to_string()
 }
 
+/// The platform property a remote worker offers for this toolchain (`pochi-toolchain`):
+/// a short hash of its identity (Python and package versions), so an action is never run
+/// with another toolchain. `pochi toolchain info` shows it.
+pub const PLATFORM_PROPERTY: &str = "pochi-toolchain";
+
+/// The value of `PLATFORM_PROPERTY` for a toolchain's identity.
+pub fn platform_value(identity: &str) -> String {
+    short_hash(identity.as_bytes())
+}
+
 /// The hash that names the managed environment of this build of pochi.
 pub fn lock_hash() -> String {
     short_hash(LOCK.as_bytes())

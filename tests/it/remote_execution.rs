@@ -1,0 +1,408 @@
+//! Remote execution in builds (`pochi build --remote-executor`), against a real BuildGrid
+//! scheduler (Execution on PostgreSQL, both started by the harness on 127.0.0.1) with
+//! STAND-IN WORKERS (`tests/servers/standin_worker.py`, test doubles of a farm's workers:
+//! no real REAPI worker installs here). The engines are built by pochi's TensorRT worker
+//! against the TensorRT STAND-IN (`tests/fixtures/fake_tensorrt`), on the workers.
+//!
+//! The workers run on this machine, so they find the managed toolchain where this machine
+//! keeps it (`--remote-toolchain-dir` names it, as a farm's admin would name the image's).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::common::servers::{BuildGridExecution, ExecutionConfig, StandinWorker};
+use crate::common::{Project, Run};
+use serde_json::Value;
+
+const RANDOM_INIT: &str = include_str!("../../pipelines/scripts/random_init_checkpoint.py");
+
+/// Where a worker waits for its first lease, and how long a test waits for one.
+const LEASE_WAIT: Duration = Duration::from_secs(120);
+
+/// The platform a stand-in worker offers: this machine's OS and ISA, the toolchain's
+/// property, and `gpu` when given.
+fn worker_properties(project: &Project, gpu: Option<&str>) -> Vec<(String, String)> {
+    let mut properties = vec![
+        ("OSFamily".to_string(), std::env::consts::OS.to_string()),
+        ("ISA".to_string(), std::env::consts::ARCH.to_string()),
+        ("pochi-toolchain".to_string(), toolchain_property(project)),
+    ];
+    if let Some(gpu) = gpu {
+        properties.push(("gpu".to_string(), gpu.to_string()));
+    }
+    properties
+}
+
+/// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain` (creating the
+/// toolchain first).
+fn toolchain_property(project: &Project) -> String {
+    project.toolchain_python();
+    let run = project.run(&["toolchain", "info", "--json"]);
+    run.assert_ok();
+    let info: Value = serde_json::from_str(&run.stdout).expect("toolchain info JSON");
+    info["remote_platform"]["pochi-toolchain"]
+        .as_str()
+        .expect("the toolchain's platform property")
+        .to_string()
+}
+
+fn start_worker(
+    server: &BuildGridExecution,
+    name: &str,
+    properties: &[(String, String)],
+) -> StandinWorker {
+    let pairs: Vec<(&str, &str)> = properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    server.worker(name, &pairs)
+}
+
+/// This machine's pochi cache directory (the parent of `v1/toolchains/...`), which the
+/// stand-in workers use as theirs.
+fn toolchain_dir(project: &Project) -> String {
+    let python = project.toolchain_python();
+    let mut dir: PathBuf = python.clone();
+    while dir.file_name().is_some_and(|n| n != "v1") {
+        dir.pop();
+    }
+    dir.pop();
+    assert!(
+        python.starts_with(dir.join("v1").join("toolchains")),
+        "{python:?}"
+    );
+    dir.to_string_lossy().into_owned()
+}
+
+/// `pochi build --json --remote-executor URL ...` with the TensorRT stand-in.
+fn build_remote(project: &Project, server: &BuildGridExecution, extra: &[&str]) -> Run {
+    let dir = toolchain_dir(project);
+    let url = server.url();
+    let mut args = vec![
+        "build",
+        "--json",
+        "--remote-executor",
+        &url,
+        "--remote-toolchain-dir",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    let standin = crate::common::tensorrt_standin_dir();
+    project.run_env(&args, &[("POCHI_TEST_TENSORRT_STANDIN", standin.as_str())])
+}
+
+fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {summary}"))
+}
+
+fn leases_started(worker: &StandinWorker) -> usize {
+    worker.log_text().matches(" started").count()
+}
+
+/// A checkpoint and its export, here (`executor = "local"`), and one engine per GPU
+/// model, remotely.
+const ENGINES: &str = r#"
+[stages.weights]
+kind = "command"
+executor = "local"
+run = ["{python}", "{inputs.script}", "--model", "torchvision.models:resnet18", "--arg", "num_classes=10", "--out", "{outputs.checkpoint}"]
+inputs = { script = "scripts/random_init_checkpoint.py" }
+outputs = { checkpoint = "ckpt/weights.pth" }
+
+[stages.onnx]
+kind = "export"
+executor = "local"
+checkpoint = "@weights"
+model = "torchvision.models:resnet18"
+model_args = { num_classes = 10 }
+input_shape = [3, 32, 32]
+
+[stages.engine]
+kind = "engine"
+executor = "remote"
+matrix = { gpu = ["t4", "a100"] }
+gpu = "{matrix.gpu}"
+onnx = "@onnx"
+
+[stages.digest]
+kind = "command"
+run = ["sh", "-c", "sha256sum {inputs.a} {inputs.b} | cut -c1-64 > {outputs.out}"]
+inputs = { a = "@engine-t4", b = "@engine-a100" }
+outputs = { out = "out/engines.sha256" }
+"#;
+
+#[test]
+fn engines_run_on_the_worker_of_their_gpu_the_export_here_and_a_rebuild_restores() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let project = Project::new(ENGINES);
+    project.write("scripts/random_init_checkpoint.py", RANDOM_INIT);
+    let t4 = start_worker(
+        &server,
+        "t4-worker",
+        &worker_properties(&project, Some("Tesla T4")),
+    );
+    let a100 = start_worker(
+        &server,
+        "a100-worker",
+        &worker_properties(&project, Some("NVIDIA A100-SXM4-40GB")),
+    );
+    let run = build_remote(&project, &server, &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    for (stage_name, worker) in [("engine-t4", "t4-worker"), ("engine-a100", "a100-worker")] {
+        let ran = &stage(&summary, stage_name)["ran_remotely"];
+        assert_eq!(ran["worker"], worker, "{stage_name}: {summary}");
+        assert_eq!(ran["executor"], server.url().as_str());
+    }
+    for local in ["weights", "onnx"] {
+        let entry = stage(&summary, local);
+        assert_eq!(entry["status"], "ran", "{entry}");
+        assert!(
+            entry.get("ran_remotely").is_none(),
+            "{local} ran here: {entry}"
+        );
+    }
+    // The digest stage (`executor = "auto"`, a plain command) runs remotely too, on
+    // whichever worker: both offer its platform.
+    assert!(stage(&summary, "digest")["ran_remotely"]["worker"].is_string());
+    // One engine each, never the other's: two leases each (engine + maybe the digest).
+    let (on_t4, on_a100) = (leases_started(&t4), leases_started(&a100));
+    assert_eq!(
+        on_t4 + on_a100,
+        3,
+        "t4:\n{}\na100:\n{}",
+        t4.log_text(),
+        a100.log_text()
+    );
+    assert!(on_t4 >= 1 && on_a100 >= 1);
+    // The outputs are complete and verified: the manifest says what was built.
+    for gpu in ["t4", "a100"] {
+        let path = format!("build/pipeline/engine-{gpu}.manifest.json");
+        let manifest: Value =
+            serde_json::from_str(&project.read(&path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(manifest["gpu"]["name"], "Fake GPU (stand-in)", "{manifest}");
+        assert!(project.exists(&format!("build/pipeline/engine-{gpu}.engine")));
+    }
+    let engines_digest = project.read("out/engines.sha256");
+
+    // Outputs gone: a second build restores every stage from the cache, no worker runs.
+    std::fs::remove_dir_all(project.path("build")).unwrap();
+    std::fs::remove_dir_all(project.path("out")).unwrap();
+    let again = build_remote(&project, &server, &[]);
+    again.assert_ok();
+    assert!(again.ran().is_empty(), "ran again: {:?}", again.ran());
+    assert_eq!(leases_started(&t4) + leases_started(&a100), 3);
+    assert_eq!(project.read("out/engines.sha256"), engines_digest);
+}
+
+#[test]
+fn a_remote_command_writes_the_bytes_a_local_run_writes() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let pipeline = r#"
+[stages.transform]
+kind = "command"
+run = ["sh", "-c", "mkdir -p {outputs.dir}/sub && tr a-z A-Z < {inputs.text} > {outputs.dir}/sub/upper.txt && cp {inputs.text} {outputs.single}"]
+inputs = { text = "data/words.txt" }
+outputs = { dir = "out/tree", single = "out/copy.txt" }
+"#;
+    let remote = Project::new(pipeline);
+    let local = Project::new(pipeline);
+    for project in [&remote, &local] {
+        project.write("data/words.txt", "remote execution\nbyte for byte\n");
+    }
+    let _worker = start_worker(&server, "cpu-worker", &worker_properties(&remote, None));
+    let run = build_remote(&remote, &server, &[]);
+    run.assert_ok();
+    assert_eq!(
+        stage(&run.summary(), "transform")["ran_remotely"]["worker"],
+        "cpu-worker"
+    );
+    local.build(&[]).assert_ok();
+    for output in ["out/tree/sub/upper.txt", "out/copy.txt"] {
+        assert_eq!(
+            std::fs::read(remote.path(output)).unwrap(),
+            std::fs::read(local.path(output)).unwrap(),
+            "{output}"
+        );
+    }
+    assert_eq!(
+        remote.read("out/tree/sub/upper.txt"),
+        "REMOTE EXECUTION\nBYTE FOR BYTE\n"
+    );
+}
+
+#[test]
+fn a_gpu_no_worker_offers_fails_after_the_queue_timeout_naming_the_properties() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let pipeline = r#"
+[stages.onnx_copy]
+kind = "command"
+executor = "remote"
+device = "cuda"
+gpu = "h100"
+run = ["sh", "-c", "echo never > {outputs.out}"]
+outputs = { out = "out/never.txt" }
+"#;
+    let project = Project::new(pipeline);
+    let _t4 = start_worker(
+        &server,
+        "t4-only",
+        &worker_properties(&project, Some("Tesla T4")),
+    );
+    let started = Instant::now();
+    let run = build_remote(&project, &server, &["--remote-queue-timeout", "4"]);
+    let took = started.elapsed();
+    run.assert_error(&["onnx_copy", "NVIDIA H100 80GB HBM3"]);
+    assert!(took < Duration::from_secs(90), "took {took:?}");
+    assert!(!project.exists("out/never.txt"));
+}
+
+#[test]
+fn a_stage_that_must_run_remotely_without_an_executor_is_an_error() {
+    let project = Project::new(
+        r#"
+[stages.far]
+kind = "command"
+executor = "remote"
+run = ["sh", "-c", "echo x > {outputs.out}"]
+outputs = { out = "out/x.txt" }
+"#,
+    );
+    project
+        .build(&[])
+        .assert_error(&["far", "executor = \"remote\"", "--remote-executor"]);
+    assert!(!project.exists("out/x.txt"));
+}
+
+#[test]
+fn interrupting_a_remote_stage_exits_130_cancels_it_and_publishes_nothing() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let project = Project::new(
+        r#"
+[stages.slow]
+kind = "command"
+run = ["sh", "-c", "sleep 60; echo late > {outputs.out}"]
+outputs = { out = "out/late.txt" }
+"#,
+    );
+    let mut worker = start_worker(&server, "slow-worker", &worker_properties(&project, None));
+    let dir = toolchain_dir(&project);
+    let url = server.url();
+    let mut child = project
+        .command(&[
+            "build",
+            "--remote-executor",
+            &url,
+            "--remote-toolchain-dir",
+            &dir,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pochi");
+    assert!(
+        worker.wait_for_log(" started", LEASE_WAIT),
+        "no lease:\n{}",
+        worker.log_text()
+    );
+    let interrupted = Instant::now();
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let output = wait_with_deadline(&mut child, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(130), "{output:?}");
+    assert!(interrupted.elapsed() < Duration::from_secs(30));
+    assert!(
+        worker.wait_for_log("cancelled", Duration::from_secs(30)),
+        "the lease was not cancelled:\n{}",
+        worker.log_text()
+    );
+    assert!(!project.exists("out/late.txt"));
+}
+
+#[test]
+fn a_worker_killed_mid_action_leaves_no_partial_output() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let project = Project::new(
+        r#"
+[stages.long]
+kind = "command"
+run = ["sh", "-c", "head -c 1000 /dev/zero > {outputs.out}; sleep 4; head -c 1000 /dev/zero >> {outputs.out}"]
+outputs = { out = "out/whole.bin" }
+"#,
+    );
+    let properties = worker_properties(&project, None);
+    let mut first = start_worker(&server, "dying-worker", &properties);
+    let dir = toolchain_dir(&project);
+    let url = server.url();
+    let child = project
+        .command(&[
+            "build",
+            "--json",
+            "--remote-executor",
+            &url,
+            "--remote-toolchain-dir",
+            &dir,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pochi");
+    assert!(
+        first.wait_for_log(" started", LEASE_WAIT),
+        "{}",
+        first.log_text()
+    );
+    first.kill();
+    let _second = start_worker(&server, "second-worker", &properties);
+    let mut child = child;
+    let output = wait_with_deadline(&mut child, Duration::from_secs(180));
+    let run = Run::from_output(output);
+    if run.code == Some(0) {
+        assert_eq!(
+            std::fs::read(project.path("out/whole.bin")).unwrap().len(),
+            2000
+        );
+        assert_eq!(
+            stage(&run.summary(), "long")["ran_remotely"]["worker"],
+            "second-worker"
+        );
+    } else {
+        assert!(run.stderr.contains("long"), "{}", run.stderr);
+        assert!(!project.exists("out/whole.bin"));
+    }
+}
+
+/// Waits for a child at most `limit` (then kills it and fails the test).
+fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("pochi did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    use std::io::Read;
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_end(&mut stdout);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_end(&mut stderr);
+    }
+    std::process::Output {
+        status: child.wait().expect("wait"),
+        stdout,
+        stderr,
+    }
+}
