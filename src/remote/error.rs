@@ -28,6 +28,11 @@ pub enum EndpointError {
     GrpcPath { url: String },
     #[error("header `{header}` is not KEY=VALUE: {reason}")]
     Header { header: String, reason: String },
+    #[error(
+        "`{url}` is a Bazel HTTP cache URL; remote execution needs a REAPI server: write \
+         grpc://HOST:PORT or grpcs://HOST[:PORT]"
+    )]
+    ExecutorScheme { url: String },
 }
 
 /// An operation against a remote cache or executor that failed.
@@ -128,6 +133,53 @@ pub enum RemoteError {
     Runtime(std::io::Error),
     #[error("the remote server {endpoint} is not used for the rest of this build: {first}")]
     Down { endpoint: String, first: String },
+    #[error(
+        "the remote server {endpoint} does not execute actions (its Capabilities say \
+         execution is disabled); give a server with the Execution service, or use this one \
+         as a remote cache only"
+    )]
+    NoExecution { endpoint: String },
+}
+
+/// A remote execution that did not give a usable result.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutionError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(
+        "no worker of the farm took the action within {}: no worker offers {}; check the \
+         farm's workers' properties, or raise --remote-queue-timeout",
+        seconds(*.waited), properties(platform)
+    )]
+    Unschedulable {
+        waited: Duration,
+        platform: Vec<(String, String)>,
+    },
+    #[error("the remote action was cancelled (the server was asked to cancel it)")]
+    Cancelled,
+    #[error("the remote server {endpoint} failed the action: {code:?}: {message}")]
+    Failed {
+        endpoint: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error(
+        "the remote action's result is unusable: {0}; nothing of it was used (run it again; \
+         if it repeats, check the worker)"
+    )]
+    BadResult(String),
+}
+
+/// Platform properties as `key=value, key=value` (or a note that there are none).
+pub(crate) fn properties(platform: &[(String, String)]) -> String {
+    if platform.is_empty() {
+        return "an empty platform (the action names no properties)".into();
+    }
+    platform
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn seconds(d: Duration) -> String {
@@ -148,5 +200,28 @@ mod tests {
         let text = timeout.to_string();
         assert!(text.contains("grpc://127.0.0.1:1"), "{text}");
         assert!(text.contains("1.5 s"), "{text}");
+    }
+
+    #[test]
+    fn unschedulable_names_every_property_and_the_remedy() {
+        let error = ExecutionError::Unschedulable {
+            waited: Duration::from_secs(30),
+            platform: vec![
+                ("OSFamily".into(), "linux".into()),
+                ("gpu".into(), "NVIDIA H100".into()),
+            ],
+        };
+        let text = error.to_string();
+        assert!(text.contains("within 30.0 s"), "{text}");
+        assert!(
+            text.contains("no worker offers OSFamily=linux, gpu=NVIDIA H100;"),
+            "{text}"
+        );
+        assert!(text.contains("--remote-queue-timeout"), "{text}");
+        let none = ExecutionError::Unschedulable {
+            waited: Duration::from_secs(3),
+            platform: Vec::new(),
+        };
+        assert!(none.to_string().contains("names no properties"), "{none}");
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! `stage` turns a stage into a REAPI Action (its digest is the action-cache key; pochi's
 //! stage key is the salt); `RemoteCache` looks entries up and uploads them; `RemoteTier`
-//! is the remote tier of a build's `cache::OutputCache`. Every downloaded blob is
+//! is the remote tier of a build's `cache::OutputCache`. `RemoteExecutor` runs a stage's
+//! Action on a farm through the Execution service (`execute`). Every downloaded blob is
 //! verified against its digest before it is used (`verify`).
 
 mod action;
@@ -35,8 +36,8 @@ pub use bazel_remote_apis::build::bazel::remote::execution::v2 as proto;
 pub use cache::{Lookup, RemoteCache, Uploaded};
 pub use digest::{Digest, DigestFunction, Hasher};
 pub use endpoint::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Endpoint, Protocol, parse_header};
-pub use error::{EndpointError, RemoteError};
-pub use execute::{Executed, ExecutionError, ExecutionJob, ExecutionPhase, RemoteExecutor};
+pub use error::{EndpointError, ExecutionError, RemoteError};
+pub use execute::{Executed, ExecutionJob, ExecutionPhase, RemoteExecutor};
 pub use grpc::GrpcClient;
 pub use http::HttpClient;
 pub use results::{Downloaded, RemoteMiss, ResultUpload, action_result, record_digest};

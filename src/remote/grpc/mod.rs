@@ -4,7 +4,10 @@
 
 mod bytestream;
 mod cas;
+mod execution;
 mod resource;
+
+pub(crate) use execution::{OperationStream, StreamEvent};
 
 use std::future::Future;
 use std::str::FromStr;
@@ -13,9 +16,11 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+use bazel_remote_apis::google::longrunning::operations_client::OperationsClient;
 use re::action_cache_client::ActionCacheClient;
 use re::capabilities_client::CapabilitiesClient;
 use re::content_addressable_storage_client::ContentAddressableStorageClient;
+use re::execution_client::ExecutionClient;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -52,8 +57,9 @@ impl Interceptor for Headers {
     }
 }
 
-/// A blocking client of one REAPI server's cache services (CAS, ByteStream, ActionCache,
-/// Capabilities). Safe to share between threads.
+/// A blocking client of one REAPI server's services (CAS, ByteStream, ActionCache,
+/// Capabilities; Execution and Operations for remote execution). Safe to share between
+/// threads.
 pub struct GrpcClient {
     runtime: tokio::runtime::Runtime,
     endpoint: Endpoint,
@@ -62,6 +68,8 @@ pub struct GrpcClient {
     bytestream: ByteStreamClient<Transport>,
     action_cache: ActionCacheClient<Transport>,
     capabilities: CapabilitiesClient<Transport>,
+    execution: ExecutionClient<Transport>,
+    operations: OperationsClient<Transport>,
     cached: OnceLock<Capabilities>,
 }
 
@@ -97,7 +105,10 @@ impl GrpcClient {
                 .max_decoding_message_size(MAX_DECODE),
             action_cache: ActionCacheClient::new(transport.clone())
                 .max_decoding_message_size(MAX_DECODE),
-            capabilities: CapabilitiesClient::new(transport),
+            capabilities: CapabilitiesClient::new(transport.clone()),
+            execution: ExecutionClient::new(transport.clone())
+                .max_decoding_message_size(MAX_DECODE),
+            operations: OperationsClient::new(transport),
             cached: OnceLock::new(),
         })
     }
