@@ -205,29 +205,24 @@ pub fn run_remotely(
         ));
     }
     let mut action = action;
-    action.platform.extend(
-        run.project.pipeline.stages[run.stage]
-            .placement
-            .platform
-            .clone(),
-    );
-    if run.project.pipeline.stages[run.stage]
-        .kind
-        .requirements()
-        .tool
-        == Tool::Python
-    {
+    let spec = &run.project.pipeline.stages[run.stage];
+    action.platform.extend(spec.placement.platform.clone());
+    if let Some(gpu) = &spec.placement.gpu {
+        action.platform.insert("gpu".into(), gpu.clone());
+    }
+    if spec.kind.requirements().tool == Tool::Python {
         action.platform.insert(
             crate::toolchain::PLATFORM_PROPERTY.into(),
             crate::toolchain::platform_value(&run.context.host.toolchain.identity),
         );
     }
+    tracing::debug!(platform = ?action.platform, "remote action");
     let inputs: Vec<InputFile> = files.iter().map(|(file, _)| file.clone()).collect();
     let stage_action = stage_action(
         function,
         &StageDescription {
             action: &action,
-            env: &run.project.pipeline.stages[run.stage].env,
+            env: &spec.env,
             outputs: &outputs,
             rewrites: &rewrites,
             inputs: &inputs,
