@@ -415,3 +415,43 @@ fn a_restore_holds_no_resources() {
         "the restore waited for the running job"
     );
 }
+
+/// The most runs of `jobs` that overlapped in time.
+fn peak_overlap(log: &[RunEntry], jobs: &[usize]) -> usize {
+    let runs: Vec<&RunEntry> = log.iter().filter(|r| jobs.contains(&r.0)).collect();
+    runs.iter()
+        .map(|a| runs.iter().filter(|b| b.1 <= a.1 && a.1 < b.2).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn remote_jobs_take_no_local_slot_and_are_bounded_by_their_own() {
+    // One cpu slot, held by long local jobs; six remote jobs, at most three at once.
+    let mut jobs: Vec<Job> = (0..8).map(|_| job(&[])).collect();
+    for job in jobs.iter_mut().skip(2) {
+        job.request.remote = true;
+        job.request.memory = 1 << 40; // more than the machine has: remote jobs never ask
+        job.request.gpu = GpuRequest::Any; // nor for a GPU this machine lacks
+    }
+    let executor = Arc::new(FakeExecutor {
+        sleep_ms: 40,
+        ..Default::default()
+    });
+    let mut pools = capacity(1, &[]);
+    pools.remote = 3;
+    let outcomes = schedule(&jobs, Arc::clone(&executor), pools, false);
+    assert!(outcomes.iter().flatten().all(Outcome::is_success), "{outcomes:?}");
+    let log = executor.log.lock().unwrap();
+    let remote: Vec<usize> = (2..8).collect();
+    assert_eq!(peak_overlap(&log, &remote), 3, "{log:?}");
+    assert_eq!(peak_overlap(&log, &[0, 1]), 1);
+    // Remote jobs ran while a local one held the only cpu slot.
+    let overlaps = |a: &RunEntry, b: &RunEntry| a.1 < b.2 && b.1 < a.2;
+    assert!(
+        log.iter()
+            .filter(|l| l.0 < 2)
+            .any(|l| log.iter().any(|r| r.0 >= 2 && overlaps(l, r))),
+        "{log:?}"
+    );
+}

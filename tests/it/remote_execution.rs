@@ -406,3 +406,69 @@ fn wait_with_deadline(child: &mut std::process::Child, limit: Duration) -> std::
         stderr,
     }
 }
+
+/// A pipeline of `count` independent small stages (each reads `seed.txt`, so a new seed
+/// makes every action new to the farm's action cache), each writing `bytes` bytes.
+fn bench_pipeline(count: usize, bytes: u64) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "[stages.s{i}]\nkind = \"command\"\n\
+                 run = [\"sh\", \"-c\", \"cat {{inputs.seed}} > {{outputs.out}}; head -c {bytes} /dev/urandom >> {{outputs.out}}\"]\n\
+                 inputs = {{ seed = \"seed.txt\" }}\noutputs = {{ out = \"out/s{i}.bin\" }}\n\n"
+            )
+        })
+        .collect()
+}
+
+/// Wall time of one `pochi build --no-cache` of `project` after a new seed.
+fn timed_build(project: &Project, args: &[&str], round: usize) -> Duration {
+    project.write("seed.txt", &format!("{round} {:?}\n", Instant::now()));
+    let mut all = vec!["build", "--no-cache"];
+    all.extend_from_slice(args);
+    let started = Instant::now();
+    project.run(&all).assert_ok();
+    started.elapsed()
+}
+
+/// The benchmark of BENCHMARKS.md §1f (`bench/remote_exec_overhead.sh`): the time remote
+/// execution adds per action on loopback (BuildGrid + one STAND-IN worker, both on this
+/// machine), one action at a time, against the same stages run here one at a time in the
+/// same run; and the same for one stage with a 250 MB output.
+#[test]
+#[ignore = "benchmark: run by bench/remote_exec_overhead.sh"]
+fn bench_remote_execution_overhead() {
+    let rounds: usize = std::env::var("POCHI_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    for (label, count, bytes) in [("small", 10, 100u64), ("250MB", 1, 250_000_000)] {
+        let project = Project::new(&bench_pipeline(count, bytes));
+        let _worker = start_worker(&server, "bench-worker", &worker_properties(&project, None));
+        let dir = toolchain_dir(&project);
+        let url = server.url();
+        let remote_args = [
+            "-j",
+            "1",
+            "--remote-jobs",
+            "1",
+            "--remote-executor",
+            url.as_str(),
+            "--remote-toolchain-dir",
+            dir.as_str(),
+        ];
+        timed_build(&project, &remote_args, 0);
+        println!("case,round,stages,local_s,remote_s,overhead_per_action_ms");
+        for round in 1..=rounds {
+            let local = timed_build(&project, &["-j", "1"], round * 2);
+            let remote = timed_build(&project, &remote_args, round * 2 + 1);
+            let per_action = (remote.as_secs_f64() - local.as_secs_f64()) / count as f64 * 1000.0;
+            println!(
+                "{label},{round},{count},{:.3},{:.3},{per_action:.0}",
+                local.as_secs_f64(),
+                remote.as_secs_f64()
+            );
+        }
+    }
+}
