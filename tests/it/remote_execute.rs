@@ -16,8 +16,8 @@ use pochi::remote::{
 };
 
 use crate::common::servers::{
-    BuildGridExecution, Postgres, ServerProcess, StandinWorker, buildgrid_venv, delete_at_exit,
-    free_port, servers_dir, venv_python,
+    BuildGridCache, BuildGridExecution, Postgres, ServerProcess, StandinWorker, buildgrid_venv,
+    delete_at_exit, free_port, servers_dir, venv_python,
 };
 
 const SHA256: DigestFunction = DigestFunction::Sha256;
@@ -169,10 +169,13 @@ fn an_action_runs_on_the_worker_whose_gpu_matches_and_its_outputs_come_back() {
     executor.check().unwrap();
     assert_eq!(executor.digest_function().unwrap(), SHA256);
     let script = "mkdir -p out && cat in/data.txt > out/a.txt && echo hi >> out/a.txt \
-                  && echo to-stdout && echo to-stderr >&2";
+                  && wc -c < in/big.bin > out/size.txt && echo to-stdout && echo to-stderr >&2";
     let data = salt();
-    let inputs: &[(&str, &[u8])] = &[("in/data.txt", data.as_bytes())];
-    let job = Job::new(script, inputs, &[("a", "out/a.txt")], &linux("T4-exec"));
+    // Over the batch size: it streams from disk over ByteStream.
+    let big: Vec<u8> = data.bytes().cycle().take(5 << 20).collect();
+    let inputs: &[(&str, &[u8])] = &[("in/data.txt", data.as_bytes()), ("in/big.bin", &big)];
+    let outputs = [("a", "out/a.txt"), ("size", "out/size.txt")];
+    let job = Job::new(script, inputs, &outputs, &linux("T4-exec"));
 
     let (result, phases) = job.run_simply(&executor);
     let executed = result.unwrap();
@@ -181,14 +184,17 @@ fn an_action_runs_on_the_worker_whose_gpu_matches_and_its_outputs_come_back() {
     assert!(!executed.cached);
     let output = std::fs::read_to_string(job.output("a")).unwrap();
     assert_eq!(output, format!("{data}hi\n"));
+    let size = std::fs::read_to_string(job.output("size")).unwrap();
+    assert_eq!(size.trim(), (5 << 20).to_string());
     let log = std::fs::read_to_string(job.log()).unwrap();
     assert_eq!(log, "to-stdout\nto-stderr\n");
     assert_eq!(executed.stderr_tail, ["to-stderr"]);
-    // Action, Command, two Directory messages and the input file.
-    assert_eq!(executed.uploaded.0, 5, "{executed:?}");
-    assert!(
-        executed.downloaded.0 >= 3,
-        "stdout, stderr, out/a.txt: {executed:?}"
+    // Action, Command, two Directory messages and the two input files.
+    assert_eq!(executed.uploaded.0, 6, "{executed:?}");
+    assert!(executed.uploaded.1 > 5 << 20, "{executed:?}");
+    assert_eq!(
+        executed.downloaded.0, 4,
+        "stdout, stderr, two outputs: {executed:?}"
     );
     assert_eq!(
         phases.first(),
@@ -212,12 +218,27 @@ fn an_action_runs_on_the_worker_whose_gpu_matches_and_its_outputs_come_back() {
     );
 
     // The same command for the other GPU runs on the other worker; the input goes up once.
-    let other = Job::new(script, inputs, &[("a", "out/a.txt")], &linux("A100-exec"));
+    let other = Job::new(script, inputs, &outputs, &linux("A100-exec"));
     let executed = other.run_simply(&executor).0.unwrap();
     assert_eq!(executed.worker, "exec-a100-worker");
     assert_eq!(
         executed.uploaded.0, 1,
         "only the Action is new: {executed:?}"
+    );
+}
+
+#[test]
+fn a_cache_only_server_is_refused_as_an_executor() {
+    let server = BuildGridCache::shared();
+    let error = executor(&server.url()).check().unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, remote::RemoteError::NoExecution { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains(&server.url()) && text.contains("does not execute actions"),
+        "{text}"
     );
 }
 
