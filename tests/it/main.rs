@@ -25,6 +25,7 @@ mod preprocessing;
 mod quantize;
 mod remote_cache;
 mod remote_client;
+mod remote_execute;
 mod remote_execution;
 mod remote_servers;
 mod report;

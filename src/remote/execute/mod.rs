@@ -263,3 +263,21 @@ impl RemoteExecutor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_cache_url_is_no_executor() {
+        let endpoint = Endpoint::parse("http://127.0.0.1:9/cache").unwrap();
+        let Err(error) = RemoteExecutor::connect(&endpoint) else {
+            panic!("an HTTP URL was taken for an executor");
+        };
+        let text = error.to_string();
+        assert!(text.contains("grpc://HOST:PORT"), "{text}");
+        let endpoint = Endpoint::parse("grpc://127.0.0.1:9").unwrap();
+        let executor = RemoteExecutor::connect(&endpoint).unwrap();
+        assert_eq!(executor.endpoint(), &endpoint);
+    }
+}
