@@ -8,17 +8,19 @@
 //! worker's outputs come back verified into the temporary paths, and the stage is then
 //! verified, published and recorded like one that ran here.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::Project;
 use crate::action::Action;
 use crate::remote::{
-    DigestMemo, ExecutionError, ExecutionJob, InputFile, RemoteExecutor, StageDescription,
-    StageOutput, input_files, rewrite_paths, stage_action,
+    DigestFunction, DigestMemo, ExecutionError, ExecutionJob, ExecutionPhase, InputFile,
+    RemoteExecutor, StageDescription, StageOutput, input_files, rewrite_paths, stage_action,
 };
 use crate::spec::Device;
 use crate::spec::kind::{InvocationContext, StageError, TensorRtUse, Tool};
@@ -170,59 +172,22 @@ pub fn run_remotely(
     cancel: &AtomicBool,
 ) -> Result<RanRemotely, RemoteFailure> {
     let other = |e: String| RemoteFailure::Other(StageError::new(e));
-    let dir = &run.project.pipeline.dir;
     let function = remote
         .executor
         .digest_function()
         .map_err(|e| other(format!("remote executor: {e}")))?;
-    let (tools, mut rewrites) = tool_files(dir, &action);
-    rewrites.push((dir.clone(), ".".into()));
-    if run.context.python().starts_with(&remote.toolchains.0) {
-        rewrites.push((
-            remote.toolchains.0.clone(),
-            remote.toolchains.1.to_string_lossy().into_owned(),
-        ));
-    }
+    let tools = tool_files(&run.project.pipeline.dir, &action);
+    let rewrites = path_rewrites(remote, run, &tools);
     rewrite_scratch_files(&run.context.scratch, &rewrites).map_err(other)?;
     let outputs = declared_outputs(run, &action);
-    let mut files = project_files(remote, dir, &action, function).map_err(other)?;
-    for (name, local) in &tools {
-        let metadata = std::fs::metadata(local)
-            .map_err(|e| other(format!("cannot read {}: {e}", local.display())))?;
-        let digest = remote
-            .memo
-            .digest(local, &metadata, function)
-            .map_err(|e| other(e.to_string()))?;
-        let executable =
-            std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o111 != 0;
-        files.push((
-            InputFile {
-                path: format!("{TOOLS_DIR}/{name}"),
-                digest,
-                executable,
-            },
-            local.clone(),
-        ));
-    }
-    let mut action = action;
-    let spec = &run.project.pipeline.stages[run.stage];
-    action.platform.extend(spec.placement.platform.clone());
-    if let Some(gpu) = &spec.placement.gpu {
-        action.platform.insert("gpu".into(), gpu.clone());
-    }
-    if spec.kind.requirements().tool == Tool::Python {
-        action.platform.insert(
-            crate::toolchain::PLATFORM_PROPERTY.into(),
-            crate::toolchain::platform_value(&run.context.host.toolchain.identity),
-        );
-    }
-    tracing::debug!(platform = ?action.platform, "remote action");
+    let files = input_root(remote, run, &action, &tools, function).map_err(other)?;
+    let action = with_remote_platform(action, run);
     let inputs: Vec<InputFile> = files.iter().map(|(file, _)| file.clone()).collect();
     let stage_action = stage_action(
         function,
         &StageDescription {
             action: &action,
-            env: &spec.env,
+            env: &run.project.pipeline.stages[run.stage].env,
             outputs: &outputs,
             rewrites: &rewrites,
             inputs: &inputs,
@@ -245,28 +210,148 @@ pub fn run_remotely(
         log: run.log,
         skip_cache_lookup: false,
     };
+    let clock = PhaseClock::new();
     let executed = remote
         .executor
-        .execute(&job, cancel, &|_| {})
-        .map_err(|error| match error {
-            ExecutionError::Cancelled => RemoteFailure::Other(StageError::new("interrupted")),
-            error => RemoteFailure::Other(
-                StageError::new(format!("remote execution failed: {error}"))
-                    .with_log(run.shown_log.to_path_buf()),
-            ),
-        })?;
-    let ran = RanRemotely {
-        executor: remote.executor.endpoint().to_string(),
-        worker: executed.worker.clone(),
-        cached: executed.cached,
-    };
+        .execute(&job, cancel, &|phase| clock.enter(phase));
+    clock.log(&run.project.pipeline.stages[run.stage].name);
+    let executed = executed.map_err(|error| match error {
+        ExecutionError::Cancelled => RemoteFailure::Other(StageError::new("interrupted")),
+        error => {
+            let mut failure = StageError::new(format!("remote execution failed: {error}"))
+                .with_log(run.shown_log.to_path_buf());
+            if let Some(hint) = error.hint() {
+                failure = failure.with_hint(hint);
+            }
+            RemoteFailure::Other(failure)
+        }
+    })?;
     if executed.exit_code != 0 {
         return Err(RemoteFailure::Ran {
             status: format!("exit code {}", executed.exit_code),
             error: failed_remotely(&action, &executed, run.shown_log),
         });
     }
-    Ok(ran)
+    Ok(RanRemotely {
+        executor: remote.executor.endpoint().to_string(),
+        worker: executed.worker,
+        cached: executed.cached,
+    })
+}
+
+/// When each phase of a remote execution began, for `POCHI_LOG=pochi::driver::remote=debug`
+/// (the benchmark of BENCHMARKS.md §1f reads it).
+struct PhaseClock {
+    started: Instant,
+    entered: Mutex<Vec<(ExecutionPhase, Duration)>>,
+}
+
+impl PhaseClock {
+    fn new() -> PhaseClock {
+        PhaseClock {
+            started: Instant::now(),
+            entered: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn enter(&self, phase: ExecutionPhase) {
+        let mut entered = self.entered.lock().unwrap_or_else(|e| e.into_inner());
+        if entered.last().is_none_or(|(last, _)| *last != phase) {
+            entered.push((phase, self.started.elapsed()));
+        }
+    }
+
+    /// One debug line: milliseconds spent in each phase, and in all.
+    fn log(&self, stage: &str) {
+        let total = self.started.elapsed();
+        let entered = self.entered.lock().unwrap_or_else(|e| e.into_inner());
+        let phases: Vec<String> = entered
+            .iter()
+            .enumerate()
+            .map(|(i, (phase, at))| {
+                let end = entered.get(i + 1).map_or(total, |(_, next)| *next);
+                format!("{phase:?}={}", (end - *at).as_millis())
+            })
+            .collect();
+        tracing::debug!(
+            "remote phases of {stage}: {} total={}",
+            phases.join(" "),
+            total.as_millis()
+        );
+    }
+}
+
+/// A file the action runs from outside the project (the worker script, the pochi
+/// binary): where it is here, and its name under `TOOLS_DIR` in the input root.
+struct ToolFile {
+    local: PathBuf,
+    name: String,
+}
+
+/// What the worker sees in place of this machine's paths: the tools under `TOOLS_DIR`,
+/// the project directory as the input root (`.`), this machine's managed toolchains as
+/// the workers' ones.
+fn path_rewrites(
+    remote: &RemoteExecution,
+    run: &RemoteRun,
+    tools: &[ToolFile],
+) -> Vec<(PathBuf, String)> {
+    let mut rewrites: Vec<(PathBuf, String)> = tools
+        .iter()
+        .map(|tool| (tool.local.clone(), format!("{TOOLS_DIR}/{}", tool.name)))
+        .collect();
+    rewrites.push((run.project.pipeline.dir.clone(), ".".into()));
+    let (here, workers) = &remote.toolchains;
+    if run.context.python().starts_with(here) {
+        rewrites.push((here.clone(), workers.to_string_lossy().into_owned()));
+    }
+    rewrites
+}
+
+/// The input root's files with where each is here: the project's (inputs and the run's
+/// request) and the tools.
+fn input_root(
+    remote: &RemoteExecution,
+    run: &RemoteRun,
+    action: &Action,
+    tools: &[ToolFile],
+    function: DigestFunction,
+) -> Result<Vec<(InputFile, PathBuf)>, String> {
+    let mut files = project_files(remote, &run.project.pipeline.dir, action, function)?;
+    for tool in tools {
+        let unreadable = |e: String| format!("cannot read {}: {e}", tool.local.display());
+        let metadata = std::fs::metadata(&tool.local).map_err(|e| unreadable(e.to_string()))?;
+        let digest = remote
+            .memo
+            .digest(&tool.local, &metadata, function)
+            .map_err(|e| unreadable(e.to_string()))?;
+        files.push((
+            InputFile {
+                path: format!("{TOOLS_DIR}/{}", tool.name),
+                digest,
+                executable: metadata.permissions().mode() & 0o111 != 0,
+            },
+            tool.local.clone(),
+        ));
+    }
+    Ok(files)
+}
+
+/// The action's platform with what a worker must also offer: the stage's `platform`,
+/// its declared `gpu`, and for a Python stage the toolchain's property.
+fn with_remote_platform(mut action: Action, run: &RemoteRun) -> Action {
+    let spec = &run.project.pipeline.stages[run.stage];
+    action.platform.extend(spec.placement.platform.clone());
+    if let Some(gpu) = &spec.placement.gpu {
+        action.platform.insert("gpu".into(), gpu.clone());
+    }
+    if spec.kind.requirements().tool == Tool::Python {
+        action.platform.insert(
+            crate::toolchain::PLATFORM_PROPERTY.into(),
+            crate::toolchain::platform_value(&run.context.host.toolchain.identity),
+        );
+    }
+    action
 }
 
 /// The error of a command that failed on a worker: like a local failure, naming the worker.
@@ -295,22 +380,19 @@ fn failed_remotely(
     StageError::new(message).with_log(shown_log.to_path_buf())
 }
 
-/// The tools the action reads from outside the project (the worker script, the pochi
-/// binary), by the name they get under `TOOLS_DIR`, and the rewrites of their paths.
-fn tool_files(dir: &Path, action: &Action) -> (Vec<(String, PathBuf)>, Vec<(PathBuf, String)>) {
-    let mut tools = Vec::new();
-    let mut rewrites = Vec::new();
-    for input in &action.inputs {
-        if !input.is_absolute() || input.starts_with(dir) {
-            continue;
-        }
-        let Some(name) = input.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            continue;
-        };
-        rewrites.push((input.clone(), format!("{TOOLS_DIR}/{name}")));
-        tools.push((name, input.clone()));
-    }
-    (tools, rewrites)
+/// The tools the action reads from outside the project (absolute paths outside it).
+fn tool_files(dir: &Path, action: &Action) -> Vec<ToolFile> {
+    action
+        .inputs
+        .iter()
+        .filter(|input| input.is_absolute() && !input.starts_with(dir))
+        .filter_map(|input| {
+            Some(ToolFile {
+                name: input.file_name()?.to_string_lossy().into_owned(),
+                local: input.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The files of the input root that come from the project: the stage's inputs and the
@@ -319,7 +401,7 @@ fn project_files(
     remote: &RemoteExecution,
     dir: &Path,
     action: &Action,
-    function: crate::remote::DigestFunction,
+    function: DigestFunction,
 ) -> Result<Vec<(InputFile, PathBuf)>, String> {
     let paths: Vec<PathBuf> = action
         .inputs

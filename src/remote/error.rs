@@ -147,8 +147,7 @@ pub enum ExecutionError {
     #[error(transparent)]
     Remote(#[from] RemoteError),
     #[error(
-        "no worker of the farm took the action within {}: no worker offers {}; check the \
-         farm's workers' properties, or raise --remote-queue-timeout",
+        "no worker of the farm took the action within {}: no worker offers {}",
         seconds(*.waited), properties(platform)
     )]
     Unschedulable {
@@ -163,11 +162,24 @@ pub enum ExecutionError {
         code: tonic::Code,
         message: String,
     },
-    #[error(
-        "the remote action's result is unusable: {0}; nothing of it was used (run it again; \
-         if it repeats, check the worker)"
-    )]
+    #[error("the remote action's result is unusable: {0}; nothing of it was used")]
     BadResult(String),
+}
+
+impl ExecutionError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ExecutionError::Unschedulable { .. } => Some(
+                "check that the farm has a worker offering these properties (docs/remote.md lists what pochi sets), or raise --remote-queue-timeout",
+            ),
+            ExecutionError::BadResult(_) => {
+                Some("run the build again; if it repeats, check the worker that ran it")
+            }
+            ExecutionError::Failed { .. } => Some("the farm's message says why; its logs say more"),
+            ExecutionError::Remote(_) | ExecutionError::Cancelled => None,
+        }
+    }
 }
 
 /// Platform properties as `key=value, key=value` (or a note that there are none).
@@ -214,10 +226,10 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("within 30.0 s"), "{text}");
         assert!(
-            text.contains("no worker offers OSFamily=linux, gpu=NVIDIA H100;"),
+            text.ends_with("no worker offers OSFamily=linux, gpu=NVIDIA H100"),
             "{text}"
         );
-        assert!(text.contains("--remote-queue-timeout"), "{text}");
+        assert!(error.hint().unwrap().contains("--remote-queue-timeout"));
         let none = ExecutionError::Unschedulable {
             waited: Duration::from_secs(3),
             platform: Vec::new(),

@@ -441,7 +441,10 @@ fn remote_jobs_take_no_local_slot_and_are_bounded_by_their_own() {
     let mut pools = capacity(1, &[]);
     pools.remote = 3;
     let outcomes = schedule(&jobs, Arc::clone(&executor), pools, false);
-    assert!(outcomes.iter().flatten().all(Outcome::is_success), "{outcomes:?}");
+    assert!(
+        outcomes.iter().flatten().all(Outcome::is_success),
+        "{outcomes:?}"
+    );
     let log = executor.log.lock().unwrap();
     let remote: Vec<usize> = (2..8).collect();
     assert_eq!(peak_overlap(&log, &remote), 3, "{log:?}");

@@ -224,15 +224,25 @@ fn invalid_device_and_resource_values() {
 fn invalid_executor_gpu_and_platform_values() {
     rejects(
         "[stages.a]\nkind = \"command\"\nexecutor = \"cloud\"\nrun = [\"true\"]\n",
-        &["unknown executor `cloud`", "pipeline.toml:3:12", "\"remote\""],
+        &[
+            "unknown executor `cloud`",
+            "pipeline.toml:3:12",
+            "\"remote\"",
+        ],
     );
     rejects(
         "[stages.a]\nkind = \"command\"\ngpu = \"a100\"\nrun = [\"true\"]\n",
-        &["`gpu` names the GPU model of a `cuda` stage", "pipeline.toml:3:7"],
+        &[
+            "`gpu` names the GPU model of a `cuda` stage",
+            "pipeline.toml:3:7",
+        ],
     );
     rejects(
         "[stages.a]\nkind = \"command\"\ndevice = \"cuda\"\nplatform = { gpu = \"x\" }\nrun = [\"true\"]\n",
-        &["platform property `gpu` is set by pochi", "pipeline.toml:4:12"],
+        &[
+            "platform property `gpu` is set by pochi",
+            "pipeline.toml:4:12",
+        ],
     );
     rejects(
         "[stages.a]\nkind = \"command\"\nplatform = { pool = 3 }\nrun = [\"true\"]\n",

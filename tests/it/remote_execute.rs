@@ -291,7 +291,10 @@ fn an_action_no_worker_offers_is_unschedulable_after_the_queue_timeout_and_cance
         text.contains("OSFamily=linux, gpu=H100-nobody-exec"),
         "{text}"
     );
-    assert!(text.contains("--remote-queue-timeout"), "{text}");
+    assert!(
+        error.hint().unwrap().contains("--remote-queue-timeout"),
+        "{text}"
+    );
     // It was cancelled on the server: a worker that offers the GPU now gets no lease.
     let mut late = server.worker("exec-late-worker", &linux(gpu));
     assert!(

@@ -209,13 +209,19 @@ kind = "command"
 run = ["sh", "-c", "mkdir -p {outputs.dir}/sub && tr a-z A-Z < {inputs.text} > {outputs.dir}/sub/upper.txt && cp {inputs.text} {outputs.single}"]
 inputs = { text = "data/words.txt" }
 outputs = { dir = "out/tree", single = "out/copy.txt" }
+
+[stages.clock]
+kind = "command"
+cache = false
+run = ["sh", "-c", "date +%s > {outputs.out}"]
+outputs = { out = "out/clock.txt" }
 "#;
     let remote = Project::new(pipeline);
     let local = Project::new(pipeline);
     for project in [&remote, &local] {
         project.write("data/words.txt", "remote execution\nbyte for byte\n");
     }
-    let _worker = start_worker(&server, "cpu-worker", &worker_properties(&remote, None));
+    let worker = start_worker(&server, "cpu-worker", &worker_properties(&remote, None));
     let run = build_remote(&remote, &server, &[]);
     run.assert_ok();
     assert_eq!(
@@ -233,6 +239,60 @@ outputs = { dir = "out/tree", single = "out/copy.txt" }
     assert_eq!(
         remote.read("out/tree/sub/upper.txt"),
         "REMOTE EXECUTION\nBYTE FOR BYTE\n"
+    );
+    // `cache = false` (it reads what pochi cannot see) keeps a stage here under `auto`.
+    let summary = run.summary();
+    let clock = stage(&summary, "clock");
+    assert_eq!(clock["status"], "ran");
+    assert!(clock.get("ran_remotely").is_none(), "{clock}");
+
+    // A clone with an empty local cache: the executor's URL is also the shared cache, so
+    // the remote stage is restored from it and no worker runs it again.
+    let clone = Project::new(pipeline);
+    clone.write("data/words.txt", "remote execution\nbyte for byte\n");
+    let leases = leases_started(&worker);
+    let restored = build_remote(&clone, &server, &[]);
+    restored.assert_ok();
+    assert_eq!(
+        restored.summary()["counts"]["restored_remote"],
+        1,
+        "{}",
+        restored.stdout
+    );
+    assert_eq!(leases_started(&worker), leases);
+    assert_eq!(
+        std::fs::read(clone.path("out/copy.txt")).unwrap(),
+        std::fs::read(remote.path("out/copy.txt")).unwrap()
+    );
+}
+
+#[test]
+fn a_remote_failure_names_the_worker_and_shows_its_stderr() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let project = Project::new(
+        r#"
+[stages.broken]
+kind = "command"
+run = ["sh", "-c", "echo partial > {outputs.out}; echo 'something broke on the worker' >&2; exit 3"]
+outputs = { out = "out/broken.txt" }
+"#,
+    );
+    let _worker = start_worker(&server, "cpu-worker", &worker_properties(&project, None));
+    let run = build_remote(&project, &server, &[]);
+    run.assert_error(&[
+        "stage `broken` failed",
+        "remote worker `cpu-worker` with exit code 3",
+        "something broke on the worker",
+        ".pochi/v1/pipeline/logs/broken.log",
+    ]);
+    assert!(
+        project
+            .read(".pochi/v1/pipeline/logs/broken.log")
+            .contains("something broke")
+    );
+    assert!(
+        !project.exists("out/broken.txt"),
+        "nothing partial is published"
     );
 }
 
@@ -257,7 +317,12 @@ outputs = { out = "out/never.txt" }
     let started = Instant::now();
     let run = build_remote(&project, &server, &["--remote-queue-timeout", "4"]);
     let took = started.elapsed();
-    run.assert_error(&["onnx_copy", "NVIDIA H100 80GB HBM3"]);
+    run.assert_error(&[
+        "onnx_copy",
+        "no worker offers",
+        "gpu=NVIDIA H100 80GB HBM3",
+        "help: check that the farm has a worker",
+    ]);
     assert!(took < Duration::from_secs(90), "took {took:?}");
     assert!(!project.exists("out/never.txt"));
 }
@@ -421,14 +486,39 @@ fn bench_pipeline(count: usize, bytes: u64) -> String {
         .collect()
 }
 
-/// Wall time of one `pochi build --no-cache` of `project` after a new seed.
-fn timed_build(project: &Project, args: &[&str], round: usize) -> Duration {
+/// Wall time of one `pochi build --no-cache` of `project` after a new seed, and the mean
+/// milliseconds of each remote phase (pochi's debug log: upload, queued, executing,
+/// download).
+fn timed_build(project: &Project, args: &[&str], round: usize) -> (Duration, String) {
     project.write("seed.txt", &format!("{round} {:?}\n", Instant::now()));
     let mut all = vec!["build", "--no-cache"];
     all.extend_from_slice(args);
     let started = Instant::now();
-    project.run(&all).assert_ok();
-    started.elapsed()
+    let run = project.run_env(&all, &[("POCHI_LOG", "pochi::driver::remote=debug")]);
+    let took = started.elapsed();
+    run.assert_ok();
+    (took, mean_phases(&run.stderr))
+}
+
+/// `Uploading=A Queued=B Executing=C Downloading=D` averaged over the stages' lines.
+fn mean_phases(log: &str) -> String {
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut lines: f64 = 0.0;
+    for line in log.lines().filter(|l| l.contains("remote phases of")) {
+        lines += 1.0;
+        for pair in line.split_whitespace().filter(|w| w.contains('=')) {
+            let (name, value) = pair.split_once('=').unwrap();
+            let value: f64 = value.parse().unwrap_or(0.0);
+            match sums.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += value,
+                None => sums.push((name.to_string(), value)),
+            }
+        }
+    }
+    sums.iter()
+        .map(|(name, sum)| format!("{name}={:.0}", sum / lines.max(1.0)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The benchmark of BENCHMARKS.md §1f (`bench/remote_exec_overhead.sh`): the time remote
@@ -459,16 +549,72 @@ fn bench_remote_execution_overhead() {
             dir.as_str(),
         ];
         timed_build(&project, &remote_args, 0);
-        println!("case,round,stages,local_s,remote_s,overhead_per_action_ms");
+        println!("case,round,stages,local_s,remote_s,overhead_per_action_ms,mean_phases_ms");
         for round in 1..=rounds {
-            let local = timed_build(&project, &["-j", "1"], round * 2);
-            let remote = timed_build(&project, &remote_args, round * 2 + 1);
+            let (local, _) = timed_build(&project, &["-j", "1"], round * 2);
+            let (remote, phases) = timed_build(&project, &remote_args, round * 2 + 1);
             let per_action = (remote.as_secs_f64() - local.as_secs_f64()) / count as f64 * 1000.0;
             println!(
-                "{label},{round},{count},{:.3},{:.3},{per_action:.0}",
+                "{label},{round},{count},{:.3},{:.3},{per_action:.0},{phases}",
                 local.as_secs_f64(),
                 remote.as_secs_f64()
             );
         }
     }
+}
+
+#[test]
+fn stages_pochi_runs_itself_run_remotely_from_the_uploaded_binary() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let pipeline = r#"
+[pipeline]
+name = "p"
+
+[stages.calib]
+kind = "dataset"
+synthetic = { shape = [3, 8, 8], count = 4, seed = 7 }
+
+[stages.subset]
+kind = "dataset"
+source = "@calib"
+samples = 2
+transform = [{ channel_order = "bgr" }]
+"#;
+    let remote = Project::new(pipeline);
+    let local = Project::new(pipeline);
+    let worker = start_worker(&server, "cpu-worker", &worker_properties(&remote, None));
+    let run = build_remote(&remote, &server, &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    for name in ["calib", "subset"] {
+        assert_eq!(
+            stage(&summary, name)["ran_remotely"]["worker"],
+            "cpu-worker",
+            "{summary}"
+        );
+    }
+    assert_eq!(leases_started(&worker), 2);
+    local.build(&[]).assert_ok();
+    for output in ["build/p/calib/calib.npy", "build/p/subset/subset.npy"] {
+        assert_eq!(
+            std::fs::read(remote.path(output)).unwrap(),
+            std::fs::read(local.path(output)).unwrap(),
+            "{output}"
+        );
+    }
+    // The binary went to the server once, by digest, as an input of both actions.
+    let pochi = crate::common::pochi_bin();
+    let output = std::process::Command::new("sha256sum")
+        .arg(&pochi)
+        .output()
+        .expect("sha256sum");
+    let digest = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read(server.blob_path(&digest)).unwrap(),
+        std::fs::read(&pochi).unwrap()
+    );
 }

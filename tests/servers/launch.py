@@ -118,6 +118,9 @@ def psycopg2_url(url: str) -> str:
 
 
 def scheduler_yaml(args) -> str:
+    """The scheduler: polls every 0.1 s, and one job assigner without BuildGrid's random
+    extra wait (`jitter-factor`, up to 1 s by default, meant to spread several assigners;
+    there is one here), so a job waits for a worker about 0.1 s, not 0.6 s."""
     keys = "".join("        - %s\n" % key for key in (args.match_key or DEFAULT_MATCH_KEYS))
     queue = ""
     if args.queue_timeout:
@@ -132,7 +135,7 @@ def scheduler_yaml(args) -> str:
         "    bot-session-keepalive-timeout: %s\n    session-expiry-timer-interval: 1\n"
         "    max-job-attempts: %s\n    poll-interval: 0.1\n    bot-poll-interval: 0.1\n%s"
         "    assigners:\n      - !priority-age-assigner\n        interval: 0.1\n"
-        "        failure-backoff: 0.5\n"
+        "        failure-backoff: 0.5\n        jitter-factor: 0\n"
     ) % (psycopg2_url(args.sql), keys, args.bot_keepalive, args.max_job_attempts, queue)
 
 
