@@ -151,10 +151,30 @@ mod tests {
         assert_eq!(platform["compute_capability"], "9.0");
         assert_eq!(platform["tensorrt"], "10.13.0");
         assert!(!platform.contains_key("cuda"));
-        host.tensorrt.as_mut().unwrap().version = None;
+        let trt = host.tensorrt.as_mut().unwrap();
+        trt.version = None;
+        trt.error = Some("ModuleNotFoundError: No module named 'tensorrt'".into());
         assert!(
             host.tensorrt_platform().is_empty(),
             "TensorRT did not import"
         );
+    }
+
+    #[test]
+    fn a_declared_target_replaces_the_probed_gpu() {
+        let host = Host::plain(Toolchain {
+            python: "python3".into(),
+            identity: "py".into(),
+        });
+        let a100 = host.targeting("NVIDIA A100-SXM4-40GB", None);
+        let platform = a100.tensorrt_platform();
+        assert_eq!(platform["gpu"], "NVIDIA A100-SXM4-40GB");
+        assert!(!platform.contains_key("tensorrt"), "{platform:?}");
+        assert!(a100.tensorrt_version().is_none(), "nothing imported here");
+        let pinned = host
+            .targeting("Tesla T4", Some("10.13.0"))
+            .tensorrt_platform();
+        assert_eq!(pinned["tensorrt"], "10.13.0");
+        assert_eq!(a100.toolchain, host.toolchain);
     }
 }

@@ -518,6 +518,15 @@ impl StageExecutor {
         }
     }
 
+    /// Where a job ran, if it ran remotely.
+    pub fn ran_remotely_as(&self, job: usize) -> Option<RanRemotely> {
+        self.ran_remotely
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job)
+            .cloned()
+    }
+
     /// Where each job that ran remotely ran.
     pub fn ran_remotely(&self) -> BTreeMap<usize, RanRemotely> {
         self.ran_remotely

@@ -700,29 +700,7 @@ impl Workspace {
             capacity,
             Arc::clone(&executor) as Arc<dyn scheduler::Executor>,
             &scheduler_options,
-            &mut |event| match event {
-                scheduler::Event::Started { job, lease, reason } => {
-                    observer(BuildEvent::Started {
-                        stage: &self.display_name(ids[job]),
-                        reason,
-                        gpu: lease.gpu,
-                        remote: lease.remote,
-                    });
-                }
-                scheduler::Event::Finished {
-                    job,
-                    outcome,
-                    duration,
-                } => {
-                    let ran_remotely = executor.ran_remotely().remove(&job);
-                    observer(BuildEvent::Finished {
-                        stage: &self.display_name(ids[job]),
-                        outcome,
-                        duration,
-                        ran_remotely: ran_remotely.as_ref(),
-                    });
-                }
-            },
+            &mut |event| self.forward(&ids, &executor, event, observer),
         );
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -730,23 +708,12 @@ impl Workspace {
         );
         executor.discard_spare_roots();
         let restored = executor.restored();
-        let cache_warnings = executor.finish_cache(&cache_stats(&outcomes, &restored));
-        for (job, warning) in executor.take_warnings() {
-            let message = format!("{}: {warning}", self.display_name(ids[job]));
-            observer(BuildEvent::Warning { message: &message });
-        }
-        for (job, warning) in cache_warnings {
-            let message = match job {
-                Some(job) => format!("{}: {warning}", self.display_name(ids[job])),
-                None => warning,
-            };
-            observer(BuildEvent::Warning { message: &message });
-        }
-        for project in self.projects.iter() {
-            for message in project.persist_caches() {
-                observer(BuildEvent::Warning { message: &message });
-            }
-        }
+        self.tell_warnings(
+            &ids,
+            &executor,
+            &cache_stats(&outcomes, &restored),
+            observer,
+        );
         let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
         for (p, project) in self.projects.iter().enumerate() {
             let complete = ids
@@ -770,6 +737,66 @@ impl Workspace {
             started.elapsed(),
             interrupted,
         ))
+    }
+
+    /// Passes a scheduler event on to the build's observer, with the stage's name (and
+    /// where it ran, when remotely).
+    fn forward(
+        &self,
+        ids: &[StageId],
+        executor: &executor::StageExecutor,
+        event: scheduler::Event,
+        observer: &mut dyn FnMut(BuildEvent),
+    ) {
+        match event {
+            scheduler::Event::Started { job, lease, reason } => observer(BuildEvent::Started {
+                stage: &self.display_name(ids[job]),
+                reason,
+                gpu: lease.gpu,
+                remote: lease.remote,
+            }),
+            scheduler::Event::Finished {
+                job,
+                outcome,
+                duration,
+            } => {
+                let ran_remotely = executor.ran_remotely_as(job);
+                observer(BuildEvent::Finished {
+                    stage: &self.display_name(ids[job]),
+                    outcome,
+                    duration,
+                    ran_remotely: ran_remotely.as_ref(),
+                });
+            }
+        }
+    }
+
+    /// After the scheduler: the warnings of the stages that ran, of the cache (once its
+    /// stores are done) and of the state files, told to the observer.
+    fn tell_warnings(
+        &self,
+        ids: &[StageId],
+        executor: &executor::StageExecutor,
+        stats: &crate::cache::BuildStats,
+        observer: &mut dyn FnMut(BuildEvent),
+    ) {
+        let cache_warnings = executor.finish_cache(stats);
+        for (job, warning) in executor.take_warnings() {
+            let message = format!("{}: {warning}", self.display_name(ids[job]));
+            observer(BuildEvent::Warning { message: &message });
+        }
+        for (job, warning) in cache_warnings {
+            let message = match job {
+                Some(job) => format!("{}: {warning}", self.display_name(ids[job])),
+                None => warning,
+            };
+            observer(BuildEvent::Warning { message: &message });
+        }
+        for project in self.projects.iter() {
+            for message in project.persist_caches() {
+                observer(BuildEvent::Warning { message: &message });
+            }
+        }
     }
 
     /// Asks every wanted stage whether it can run here (`availability::verdict`). A stage

@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use crate::common::Project;
+use crate::common::summary_stage as stage;
 use serde_json::Value;
 
 const RANDOM_INIT: &str = include_str!("../../pipelines/scripts/random_init_checkpoint.py");
@@ -39,15 +40,6 @@ fn manifest(project: &Project, path: &str) -> Value {
 /// Runs Python code in the toolchain, in the project directory; returns stdout.
 fn python(project: &Project, code: &str) -> String {
     project.python(&["-c", code])
-}
-
-fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {summary}"))
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::common::servers::{BuildGridExecution, ExecutionConfig, StandinWorker};
-use crate::common::{Project, Run};
+use crate::common::{Project, Run, summary_stage as stage};
 use serde_json::Value;
 
 const RANDOM_INIT: &str = include_str!("../../pipelines/scripts/random_init_checkpoint.py");
@@ -89,15 +89,6 @@ fn build_remote(project: &Project, server: &BuildGridExecution, extra: &[&str]) 
     args.extend_from_slice(extra);
     let standin = crate::common::tensorrt_standin_dir();
     project.run_env(&args, &[("POCHI_TEST_TENSORRT_STANDIN", standin.as_str())])
-}
-
-fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {summary}"))
 }
 
 fn leases_started(worker: &StandinWorker) -> usize {
@@ -356,20 +347,7 @@ outputs = { out = "out/late.txt" }
 "#,
     );
     let mut worker = start_worker(&server, "slow-worker", &worker_properties(&project, None));
-    let dir = toolchain_dir(&project);
-    let url = server.url();
-    let mut child = project
-        .command(&[
-            "build",
-            "--remote-executor",
-            &url,
-            "--remote-toolchain-dir",
-            &dir,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn pochi");
+    let mut child = spawn_remote_build(&project, &server);
     assert!(
         worker.wait_for_log(" started", LEASE_WAIT),
         "no lease:\n{}",
@@ -403,21 +381,7 @@ outputs = { out = "out/whole.bin" }
     );
     let properties = worker_properties(&project, None);
     let mut first = start_worker(&server, "dying-worker", &properties);
-    let dir = toolchain_dir(&project);
-    let url = server.url();
-    let child = project
-        .command(&[
-            "build",
-            "--json",
-            "--remote-executor",
-            &url,
-            "--remote-toolchain-dir",
-            &dir,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn pochi");
+    let child = spawn_remote_build(&project, &server);
     assert!(
         first.wait_for_log(" started", LEASE_WAIT),
         "{}",
@@ -441,6 +405,25 @@ outputs = { out = "out/whole.bin" }
         assert!(run.stderr.contains("long"), "{}", run.stderr);
         assert!(!project.exists("out/whole.bin"));
     }
+}
+
+/// `pochi build --json --remote-executor URL` started in the background, its output piped.
+fn spawn_remote_build(project: &Project, server: &BuildGridExecution) -> std::process::Child {
+    let dir = toolchain_dir(project);
+    let url = server.url();
+    project
+        .command(&[
+            "build",
+            "--json",
+            "--remote-executor",
+            &url,
+            "--remote-toolchain-dir",
+            &dir,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn pochi")
 }
 
 /// Waits for a child at most `limit` (then kills it and fails the test).

@@ -4,6 +4,7 @@
 //! double of the `tensorrt` Python package, never the real one).
 
 use crate::common::Project;
+use crate::common::summary_stage as stage;
 use pochi::onnx_info::{Dim, encode};
 use serde_json::Value;
 
@@ -29,15 +30,6 @@ fn project(pipeline: &str, dims: Vec<Dim>) -> Project {
     )
     .unwrap();
     project
-}
-
-fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {summary}"))
 }
 
 /// The stand-in's record of TensorRT calls.

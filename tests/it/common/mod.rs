@@ -319,6 +319,17 @@ impl Project {
 }
 
 /// A failed stage's entry of `--json` as the user reads it: the error, its log, its hint.
+/// The entry of stage `name` in a `--json` summary.
+#[track_caller]
+pub fn summary_stage<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["stages"]
+        .as_array()
+        .expect("a summary's stages")
+        .iter()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {summary}"))
+}
+
 pub fn failure_text(stage: &serde_json::Value) -> String {
     let text = |key: &str| stage[key].as_str().unwrap_or_default().to_string();
     let mut shown = text("error");
