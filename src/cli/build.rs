@@ -74,7 +74,12 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     }
     super::attach_host(&mut workspace, Mode::Create)?;
     workspace.place(args.remote.executor_configured())?;
-    let execution = args.remote.execution()?.map(Arc::new);
+    // The executor must answer only when a stage goes there.
+    let any_remote = workspace.projects.iter().any(|p| !p.remote.is_empty());
+    let execution = match any_remote {
+        true => args.remote.execution()?.map(Arc::new),
+        false => None,
+    };
     let remote = remote_tier(&args, local.as_ref(), &workspace)?;
     let cache = local.map(|local| {
         let tiers = Tiered::local(local);

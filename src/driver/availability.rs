@@ -83,7 +83,9 @@ fn other_target(project: &Project, stage: usize) -> Option<String> {
         } else {
             format!("this machine has {}", here.join(", "))
         };
-        return Some(format!("it targets {gpu} (`gpu`), and {found}"));
+        return Some(format!(
+            "it targets {gpu} (`gpu`), and {found} (build it on a farm's worker with --remote-executor)"
+        ));
     }
     let wanted = placement.platform.get("tensorrt")?;
     match project.host.tensorrt_version() {

@@ -336,6 +336,41 @@ outputs = { out = "out/x.txt" }
 }
 
 #[test]
+fn an_executor_that_does_not_answer_is_an_error_before_anything_runs() {
+    let project = Project::new(
+        r#"
+[stages.here]
+kind = "command"
+executor = "local"
+run = ["sh", "-c", "echo here >> runs.log; echo x > {outputs.out}"]
+outputs = { out = "out/here.txt" }
+
+[stages.far]
+kind = "command"
+run = ["sh", "-c", "echo far >> runs.log; echo y > {outputs.out}"]
+outputs = { out = "out/far.txt" }
+"#,
+    );
+    // Nothing listens on port 1 of 127.0.0.1.
+    let args = [
+        "--remote-executor",
+        "grpc://127.0.0.1:1",
+        "--remote-timeout",
+        "5",
+    ];
+    project
+        .build(&args)
+        .assert_error(&["the remote executor grpc://127.0.0.1:1 cannot be used"]);
+    assert_eq!(project.logged_runs(), 0, "nothing ran");
+    // With every stage kept here, the executor is not contacted.
+    let local = Project::new(
+        "[stages.here]\nkind = \"command\"\nexecutor = \"local\"\nrun = [\"sh\", \"-c\", \"echo x > {outputs.out}\"]\noutputs = { out = \"out/here.txt\" }\n",
+    );
+    local.build(&args).assert_ok();
+    assert!(local.exists("out/here.txt"));
+}
+
+#[test]
 fn interrupting_a_remote_stage_exits_130_cancels_it_and_publishes_nothing() {
     let server = BuildGridExecution::start(&ExecutionConfig::default());
     let project = Project::new(
@@ -392,6 +427,7 @@ outputs = { out = "out/whole.bin" }
     let mut child = child;
     let output = wait_with_deadline(&mut child, Duration::from_secs(180));
     let run = Run::from_output(output);
+    eprintln!("after the worker died, pochi exited {:?}:\n{}", run.code, run.stderr);
     if run.code == Some(0) {
         assert_eq!(
             std::fs::read(project.path("out/whole.bin")).unwrap().len(),
