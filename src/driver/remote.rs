@@ -209,6 +209,7 @@ pub fn run_remotely(
         queue_timeout: remote.queue_timeout,
         log: run.log,
         skip_cache_lookup: false,
+        kept_on_failure: &[ANSWER],
     };
     let clock = PhaseClock::new();
     let executed = remote

@@ -139,6 +139,7 @@ impl Job {
             queue_timeout,
             log: &log,
             skip_cache_lookup: false,
+            kept_on_failure: &[],
         };
         executor.execute(&job, cancel, progress)
     }

@@ -336,6 +336,25 @@ outputs = { out = "out/x.txt" }
 }
 
 #[test]
+fn a_remote_worker_kind_failure_says_what_its_answer_says() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let project = Project::new(
+        "[stages.corrupt]\nkind = \"export\"\nexecutor = \"remote\"\ncheckpoint = \"corrupt.pth\"\nmodel = \"torchvision.models:resnet18\"\ninput_shape = [3, 16, 16]\n",
+    );
+    project.write("corrupt.pth", "this is not a checkpoint\n");
+    let _worker = start_worker(&server, "cpu-worker", &worker_properties(&project, None));
+    let run = build_remote(&project, &server, &[]);
+    // The export worker's own error (from its answer file, fetched although the command
+    // failed), not only an exit code.
+    run.assert_error(&[
+        "stage `corrupt` failed",
+        "cannot read the checkpoint `corrupt.pth`",
+        "help: give a state_dict saved with torch.save",
+    ]);
+    assert!(!project.exists("build/pipeline/corrupt.onnx"));
+}
+
+#[test]
 fn an_executor_that_does_not_answer_is_an_error_before_anything_runs() {
     let project = Project::new(
         r#"
@@ -427,7 +446,10 @@ outputs = { out = "out/whole.bin" }
     let mut child = child;
     let output = wait_with_deadline(&mut child, Duration::from_secs(180));
     let run = Run::from_output(output);
-    eprintln!("after the worker died, pochi exited {:?}:\n{}", run.code, run.stderr);
+    eprintln!(
+        "after the worker died, pochi exited {:?}:\n{}",
+        run.code, run.stderr
+    );
     if run.code == Some(0) {
         assert_eq!(
             std::fs::read(project.path("out/whole.bin")).unwrap().len(),

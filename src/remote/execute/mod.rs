@@ -53,6 +53,9 @@ pub struct ExecutionJob<'a> {
     pub log: &'a Path,
     /// Whether the server may answer from its action cache.
     pub skip_cache_lookup: bool,
+    /// Outputs fetched even when the command fails (a worker's answer file, which says
+    /// why), when the worker sent them; best effort.
+    pub kept_on_failure: &'a [&'a str],
 }
 
 /// Where an execution is, for progress reports.
@@ -192,7 +195,9 @@ impl RemoteExecutor {
         progress(ExecutionPhase::Downloading);
         let logged = logs::write_log(&*self.grpc, result, job.log)?;
         let mut downloaded = logged.downloaded;
-        if result.exit_code == 0 {
+        if result.exit_code != 0 {
+            self.fetch_kept_on_failure(job, result);
+        } else {
             match download_result(&*self.grpc, job.action, result, job.dest_for)? {
                 Ok(outputs) => {
                     downloaded.0 += outputs.files;
@@ -219,6 +224,37 @@ impl RemoteExecutor {
             message: response.message.clone(),
             resumed: 0,
         })
+    }
+
+    /// After a failed command: the outputs the job keeps on failure, each verified; one
+    /// that is absent or fails to download is left out (the failure is told anyway).
+    fn fetch_kept_on_failure(&self, job: &ExecutionJob, result: &re::ActionResult) {
+        for name in job.kept_on_failure {
+            let Some((_, path)) = job.action.outputs.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let Some(file) = result.output_files.iter().find(|f| &f.path == path) else {
+                continue;
+            };
+            let fetched = file
+                .digest
+                .as_ref()
+                .ok_or_else(|| RemoteError::InvalidDigest {
+                    digest: String::new(),
+                    reason: format!("output `{path}` has no digest"),
+                })
+                .and_then(super::Digest::from_proto)
+                .and_then(|digest| {
+                    super::CacheBackend::download_to_file(
+                        &*self.grpc,
+                        &digest,
+                        &(job.dest_for)(name),
+                    )
+                });
+            if let Err(error) = fetched {
+                tracing::debug!("output `{path}` of the failed action not fetched: {error}");
+            }
+        }
     }
 
     /// A refused execution: its log is written when the answer carries one, and a
