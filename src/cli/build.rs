@@ -176,8 +176,12 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
             let restored = restored
                 .map(|origin| format!(" (would be restored from cache ({origin}))"))
                 .unwrap_or_default();
+            let remote = match workspace.projects[p].runs_remotely(s) {
+                true => " [remote]",
+                false => "",
+            };
             say!(
-                "{} {}: {}{restored}",
+                "{} {}{remote}: {}{restored}",
                 paint("would run", "1;34"),
                 workspace.display_name(plan.id),
                 plan.reasons.join("; ")
@@ -187,7 +191,10 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
     if args.json {
         let stages: Vec<serde_json::Value> = plans
             .iter()
-            .map(|plan| serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons }))
+            .map(|plan| {
+                let remote = workspace.projects[plan.id.0].runs_remotely(plan.id.1);
+                serde_json::json!({ "stage": workspace.display_name(plan.id), "status": plan.status, "reasons": plan.reasons, "remote": remote })
+            })
             .collect();
         show!(
             "{}",

@@ -377,6 +377,15 @@ outputs = { out = "out/far.txt" }
         "--remote-timeout",
         "5",
     ];
+    // A dry run says where each stage would run, without contacting the farm.
+    let dry = project.run(&["build", "-n", "--remote-executor", "grpc://127.0.0.1:1"]);
+    dry.assert_ok();
+    assert!(
+        dry.stderr.contains("would run far [remote]"),
+        "{}",
+        dry.stderr
+    );
+    assert!(dry.stderr.contains("would run here: "), "{}", dry.stderr);
     project
         .build(&args)
         .assert_error(&["the remote executor grpc://127.0.0.1:1 cannot be used"]);
