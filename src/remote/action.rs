@@ -28,6 +28,32 @@ impl Blob {
             bytes,
         }
     }
+
+    /// A small file's bytes, checked against the digest it should have (a file that
+    /// changed since it was hashed is `LocalFileChanged`).
+    pub fn of_file(
+        path: &std::path::Path,
+        digest: &Digest,
+        function: DigestFunction,
+    ) -> Result<Self, RemoteError> {
+        let bytes = std::fs::read(path).map_err(|source| RemoteError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        })?;
+        let actual = Digest::of_bytes(function, &bytes);
+        if actual != *digest {
+            return Err(RemoteError::LocalFileChanged {
+                path: path.to_owned(),
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(Blob {
+            digest: digest.clone(),
+            bytes,
+        })
+    }
 }
 
 /// What a `Command` holds; `build_command` sorts and checks it.

@@ -17,7 +17,7 @@ use pochi::remote::{
 
 use crate::common::servers::{
     BuildGridCache, BuildGridExecution, Postgres, ServerProcess, StandinWorker, buildgrid_venv,
-    delete_at_exit, free_port, servers_dir, venv_python,
+    command_is_gone, delete_at_exit, free_port, servers_dir, venv_python,
 };
 
 const SHA256: DigestFunction = DigestFunction::Sha256;
@@ -329,17 +329,6 @@ fn an_unknown_platform_key_is_refused_with_the_properties_named() {
     assert!(message.contains("OSFamily=linux, colour=blue"), "{error}");
 }
 
-/// Whether a process runs (a zombie does not).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim().to_string())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z'))
-}
-
 #[test]
 fn a_cancel_while_the_command_runs_cancels_the_lease_within_two_seconds() {
     let server = BuildGridExecution::shared();
@@ -377,16 +366,10 @@ fn a_cancel_while_the_command_runs_cancels_the_lease_within_two_seconds() {
         "{}",
         worker.log_text()
     );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let gone = (0..200).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        !alive(pid)
-    });
-    assert!(gone, "the cancelled command still runs");
+    assert!(
+        command_is_gone(&pid_file),
+        "the cancelled command still runs"
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! this test process ends (see servers.rs).
 
 use crate::common::servers::{
-    BuildGridCache, BuildGridExecution, ExecutionConfig, NginxCache, reapi_client,
+    BuildGridCache, BuildGridExecution, ExecutionConfig, NginxCache, alive, command_is_gone,
+    reapi_client,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -24,17 +25,6 @@ fn sha256_hex(path: &Path) -> String {
         .next()
         .expect("a digest")
         .to_string()
-}
-
-/// Whether a process runs (a zombie, dead but not yet reaped, does not).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim().to_string())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
 fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -402,14 +392,8 @@ fn cancelling_an_operation_kills_the_workers_command() {
         "{}",
         worker.log_text()
     );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let gone = (0..200).any(|_| {
-        std::thread::sleep(Duration::from_millis(50));
-        !alive(pid)
-    });
-    assert!(gone, "the cancelled command still runs");
+    assert!(
+        command_is_gone(&pid_file),
+        "the cancelled command still runs"
+    );
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::remote::action::Blob;
 use crate::remote::digest::Digest;
-use crate::remote::error::{ExecutionError, RemoteError};
+use crate::remote::error::ExecutionError;
 use crate::remote::grpc::GrpcClient;
 use crate::remote::{CacheBackend, is_empty_blob};
 
@@ -101,7 +101,9 @@ fn send(
         sent.1 += digest.size();
         let batched = match source {
             Source::Message(blob) => Some((*blob).clone()),
-            Source::File(path) if digest.size() < limit => Some(read_file(path, digest, function)?),
+            Source::File(path) if digest.size() < limit => {
+                Some(Blob::of_file(path, digest, function)?)
+            }
             Source::File(path) => {
                 grpc.upload_file(path, digest)?;
                 None
@@ -119,29 +121,4 @@ fn send(
     }
     grpc.upload_blobs(&batch)?;
     Ok(sent)
-}
-
-/// A small input file's bytes, checked against the digest the Action names.
-fn read_file(
-    path: &Path,
-    digest: &Digest,
-    function: crate::remote::DigestFunction,
-) -> Result<Blob, RemoteError> {
-    let bytes = std::fs::read(path).map_err(|source| RemoteError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    let actual = Digest::of_bytes(function, &bytes);
-    if actual != *digest {
-        return Err(RemoteError::LocalFileChanged {
-            path: path.to_owned(),
-            expected: digest.clone(),
-            actual,
-        });
-    }
-    Ok(Blob {
-        digest: digest.clone(),
-        bytes,
-    })
 }

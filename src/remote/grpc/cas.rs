@@ -193,24 +193,7 @@ impl CacheBackend for GrpcClient {
             return Ok(());
         }
         if self.fits_batch(digest.size())? {
-            let bytes = std::fs::read(path).map_err(|source| RemoteError::Io {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            })?;
-            let function = self.function()?;
-            let actual = Digest::of_bytes(function, &bytes);
-            if actual != *digest {
-                return Err(RemoteError::LocalFileChanged {
-                    path: path.to_owned(),
-                    expected: digest.clone(),
-                    actual,
-                });
-            }
-            let blob = Blob {
-                digest: digest.clone(),
-                bytes,
-            };
+            let blob = Blob::of_file(path, digest, self.function()?)?;
             return self.batch_update(&[&blob]);
         }
         self.write_blob(&mut Source::file(path)?, digest)

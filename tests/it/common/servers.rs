@@ -816,3 +816,27 @@ impl StandinWorker {
         self.process.wait_for_log(needle, limit)
     }
 }
+
+/// Whether a process runs (a zombie, dead but not yet reaped, does not).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// Whether the process whose pid a command wrote to `pid_file` is gone within 10 s.
+pub fn command_is_gone(pid_file: &Path) -> bool {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .expect("the command's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !alive(pid)
+    })
+}
