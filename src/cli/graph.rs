@@ -31,6 +31,7 @@ pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(args.pipeline.as_slice());
     let mut workspace = Workspace::load(&paths, crate::kinds::KINDS)?;
     super::attach_host(&mut workspace, Mode::Inspect)?;
+    workspace.place(super::remote::executor_in_env())?;
     let project = &workspace.projects[0];
     let plans = workspace.plan(&workspace.stage_ids());
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];

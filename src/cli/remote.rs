@@ -60,6 +60,12 @@ pub struct RemoteArgs {
     pub remote_toolchain_dir: PathBuf,
 }
 
+/// Whether `POCHI_REMOTE_EXECUTOR` names an executor: `status`, `explain` and `graph`
+/// (which take no `--remote-*` options) place stages as `pochi build` would with it.
+pub fn executor_in_env() -> bool {
+    std::env::var_os("POCHI_REMOTE_EXECUTOR").is_some_and(|url| !url.is_empty())
+}
+
 impl RemoteArgs {
     /// Whether a remote executor is named.
     pub fn executor_configured(&self) -> bool {

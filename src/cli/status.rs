@@ -71,6 +71,7 @@ pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     let mut workspace =
         Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
     super::attach_host(&mut workspace, Mode::Inspect)?;
+    workspace.place(super::remote::executor_in_env())?;
     let plans = workspace.plan(&workspace.stage_ids());
     let mut sorted = plans.clone();
     sorted.sort_by_key(|plan| workspace.display_name(plan.id));

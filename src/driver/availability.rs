@@ -38,6 +38,9 @@ pub fn verdict(project: &Project, stage: usize) -> Verdict {
         // The farm decides: an action no worker takes fails after the queue timeout.
         return Verdict::Runs;
     }
+    if let Some(why) = project.nowhere.get(&stage) {
+        return Verdict::Unavailable(why.clone());
+    }
     let requirements = spec.kind.requirements();
     let host = &project.host;
     let mut missing = Vec::new();

@@ -797,11 +797,15 @@ impl Executor for StageExecutor {
         if let Some(error) = self.invalid.get(&job) {
             return Check::Failed(failure(error.clone()));
         }
-        if let Some(reason) = self.unavailable.get(&job) {
-            return Check::Unavailable(reason.clone());
-        }
         let (project_index, stage) = self.jobs[job];
         let (standing, key) = standing(&self.projects[project_index], stage);
+        // A stage whose outputs are up to date needs nothing of this machine (it may have
+        // been built elsewhere: on a remote worker, or on a machine with its GPU).
+        if let Some(reason) = self.unavailable.get(&job)
+            && standing != Standing::UpToDate
+        {
+            return Check::Unavailable(reason.clone());
+        }
         // Only a stage that runs needs its key again (to see inputs change meanwhile), and
         // to look it up in the cache.
         let mut restorable = false;

@@ -100,6 +100,9 @@ pub struct Project {
     pub host: Host,
     /// The stages that run on the remote executor in this build (`Workspace::place`).
     pub remote: BTreeSet<usize>,
+    /// The stages that must run remotely when no executor is configured, with why they
+    /// cannot run in this build.
+    pub nowhere: BTreeMap<usize, String>,
 }
 
 impl Project {
@@ -124,6 +127,7 @@ impl Project {
             state: Mutex::new(state),
             host: Host::plain(default_toolchain(&pipeline)),
             remote: BTreeSet::new(),
+            nowhere: BTreeMap::new(),
             pipeline,
             stats,
         })
@@ -507,39 +511,39 @@ impl Workspace {
     }
 
     /// Decides which stages run on the remote executor (`configured`: one is). A stage
-    /// with `executor = "remote"` that cannot run there is an error.
+    /// with `executor = "remote"` that cannot run there is an error; without an executor
+    /// it is unavailable in this build.
     pub fn place(&mut self, configured: bool) -> Result<(), BuildError> {
+        let several = self.projects.len() > 1;
         let Some(projects) = Arc::get_mut(&mut self.projects) else {
             return Ok(());
         };
-        let several = projects.len() > 1;
         for project in projects.iter_mut() {
-            let mut remote = BTreeSet::new();
+            let (mut remote, mut nowhere) = (BTreeSet::new(), BTreeMap::new());
             for stage in 0..project.pipeline.stages.len() {
-                match remote::runs_remotely(project, stage, configured) {
-                    Ok(true) => {
+                match remote::place(project, stage, configured) {
+                    Ok(remote::Placed::Here) => {}
+                    Ok(remote::Placed::Remotely) => {
                         remote.insert(stage);
                     }
-                    Ok(false) => {}
+                    Ok(remote::Placed::Nowhere(why)) => {
+                        nowhere.insert(stage, why);
+                    }
                     Err(reason) => {
                         let name = &project.pipeline.stages[stage].name;
                         return Err(BuildError::Placement {
-                            stage: if several {
-                                format!("{}/{name}", project.pipeline.name)
-                            } else {
-                                name.clone()
+                            stage: match several {
+                                true => format!("{}/{name}", project.pipeline.name),
+                                false => name.clone(),
                             },
                             reason,
-                            help: if configured {
-                                "fix what keeps it here, or set `executor = \"auto\"` to let it run locally".into()
-                            } else {
-                                "pass --remote-executor URL (or set POCHI_REMOTE_EXECUTOR), or set `executor = \"auto\"`".into()
-                            },
+                            help: "fix what keeps it here, or set `executor = \"auto\"` to let it run locally".into(),
                         });
                     }
                 }
             }
             project.remote = remote;
+            project.nowhere = nowhere;
         }
         Ok(())
     }
@@ -1109,7 +1113,10 @@ impl Workspace {
                 let Some(standing) = &standings[stage] else {
                     continue;
                 };
-                if let Some((verdict, reason)) = availability::in_plan(project, stage, &status) {
+                let up_to_date = *standing == Standing::UpToDate;
+                if let Some((verdict, reason)) =
+                    availability::in_plan(project, stage, &status).filter(|_| !up_to_date)
+                {
                     status[stage] = Some(verdict);
                     plans.push(StagePlan {
                         id: (p, stage),

@@ -107,18 +107,32 @@ pub fn remote_obstacle(project: &Project, stage: usize) -> Option<String> {
     None
 }
 
-/// Whether a stage runs remotely in a build with (or without) a remote executor: `Ok(true)`
-/// remotely, `Ok(false)` here, `Err(why)` when it must run remotely and cannot.
-pub fn runs_remotely(project: &Project, stage: usize, configured: bool) -> Result<bool, String> {
+/// Where a stage runs in a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    Here,
+    Remotely,
+    /// It must run remotely (`executor = "remote"`) and no executor is configured: it
+    /// cannot run in this build (unavailable, like an engine without TensorRT).
+    Nowhere(String),
+}
+
+/// Where a stage runs in a build with (or without, `configured`) a remote executor;
+/// `Err(why)` when it must run remotely, an executor is configured, and the stage cannot
+/// run there.
+pub fn place(project: &Project, stage: usize, configured: bool) -> Result<Placed, String> {
     let choice = project.pipeline.stages[stage].placement.executor;
     match (choice, configured) {
-        (ExecutorChoice::Local, _) | (ExecutorChoice::Auto, false) => Ok(false),
-        (ExecutorChoice::Remote, false) => {
-            Err("it has `executor = \"remote\"` but no remote executor is configured".into())
-        }
-        (ExecutorChoice::Auto, true) => Ok(remote_obstacle(project, stage).is_none()),
+        (ExecutorChoice::Local, _) | (ExecutorChoice::Auto, false) => Ok(Placed::Here),
+        (ExecutorChoice::Remote, false) => Ok(Placed::Nowhere(
+            "it must run remotely (`executor = \"remote\"`) and no remote executor is configured (--remote-executor)".into(),
+        )),
+        (ExecutorChoice::Auto, true) => Ok(match remote_obstacle(project, stage) {
+            None => Placed::Remotely,
+            Some(_) => Placed::Here,
+        }),
         (ExecutorChoice::Remote, true) => match remote_obstacle(project, stage) {
-            None => Ok(true),
+            None => Ok(Placed::Remotely),
             Some(why) => Err(format!("it has `executor = \"remote\"`, but {why}")),
         },
     }

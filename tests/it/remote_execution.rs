@@ -181,6 +181,19 @@ fn engines_run_on_the_worker_of_their_gpu_the_export_here_and_a_rebuild_restores
     }
     let engines_digest = project.read("out/engines.sha256");
 
+    // Built on the farm, up to date here: this machine has neither GPU, and needs none to
+    // say so (status) or to build nothing (a build without the executor).
+    let status = project.run(&["status", "--json"]);
+    status.assert_ok();
+    let status: Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    for entry in status["stages"].as_array().unwrap() {
+        assert_eq!(entry["status"], "up_to_date", "{entry}");
+    }
+    let here = project.build(&[]);
+    here.assert_ok();
+    assert!(here.ran().is_empty(), "{:?}", here.ran());
+    assert!(here.stages("unavailable").is_empty(), "{}", here.stdout);
+
     // Outputs gone: a second build restores every stage from the cache, no worker runs.
     std::fs::remove_dir_all(project.path("build")).unwrap();
     std::fs::remove_dir_all(project.path("out")).unwrap();
@@ -319,7 +332,7 @@ outputs = { out = "out/never.txt" }
 }
 
 #[test]
-fn a_stage_that_must_run_remotely_without_an_executor_is_an_error() {
+fn a_stage_that_must_run_remotely_is_unavailable_without_an_executor() {
     let project = Project::new(
         r#"
 [stages.far]
@@ -327,12 +340,35 @@ kind = "command"
 executor = "remote"
 run = ["sh", "-c", "echo x > {outputs.out}"]
 outputs = { out = "out/x.txt" }
+
+[stages.after]
+kind = "command"
+run = ["sh", "-c", "cp {inputs.x} {outputs.out}"]
+inputs = { x = "@far" }
+outputs = { out = "out/after.txt" }
+
+[stages.here]
+kind = "command"
+run = ["sh", "-c", "echo here > {outputs.out}"]
+outputs = { out = "out/here.txt" }
 "#,
     );
-    project
-        .build(&[])
-        .assert_error(&["far", "executor = \"remote\"", "--remote-executor"]);
+    // Like an engine without TensorRT: reported, the rest builds, exit 0.
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.ran(), vec!["here"]);
+    assert_eq!(run.stages("unavailable"), vec!["after", "far"]);
+    let summary = run.summary();
+    let reason = stage(&summary, "far")["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("executor = \"remote\""), "{reason}");
+    assert!(reason.contains("--remote-executor"), "{reason}");
     assert!(!project.exists("out/x.txt"));
+    // `status` says the same; `--require-all` makes it an error before anything runs.
+    let status = project.run(&["status"]);
+    assert!(status.stdout.contains("must run remotely"), "{}", status.stdout);
+    project
+        .build(&["--require-all"])
+        .assert_error(&["far", "executor = \"remote\"", "--remote-executor"]);
 }
 
 #[test]
