@@ -359,16 +359,25 @@ outputs = { out = "out/here.txt" }
     assert_eq!(run.ran(), vec!["here"]);
     assert_eq!(run.stages("unavailable"), vec!["after", "far"]);
     let summary = run.summary();
-    let reason = stage(&summary, "far")["reason"].as_str().unwrap().to_string();
+    let reason = stage(&summary, "far")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(reason.contains("executor = \"remote\""), "{reason}");
     assert!(reason.contains("--remote-executor"), "{reason}");
     assert!(!project.exists("out/x.txt"));
     // `status` says the same; `--require-all` makes it an error before anything runs.
     let status = project.run(&["status"]);
-    assert!(status.stdout.contains("must run remotely"), "{}", status.stdout);
-    project
-        .build(&["--require-all"])
-        .assert_error(&["far", "executor = \"remote\"", "--remote-executor"]);
+    assert!(
+        status.stdout.contains("must run remotely"),
+        "{}",
+        status.stdout
+    );
+    project.build(&["--require-all"]).assert_error(&[
+        "far",
+        "executor = \"remote\"",
+        "--remote-executor",
+    ]);
 }
 
 #[test]
