@@ -30,6 +30,9 @@ use crate::spec::placement::ExecutorChoice;
 /// worker script, the pochi binary).
 pub const TOOLS_DIR: &str = ".pochi-remote";
 
+/// The platform properties of this machine's TensorRT probe (`Host::tensorrt_platform`).
+const TENSORRT_PROPERTIES: &[&str] = &["gpu", "compute_capability", "tensorrt", "cuda"];
+
 /// The output name of a worker's answer file in a remote action.
 const ANSWER: &str = ".answer";
 
@@ -356,6 +359,13 @@ fn input_root(
 /// its declared `gpu`, and for a Python stage the toolchain's property.
 fn with_remote_platform(mut action: Action, run: &RemoteRun) -> Action {
     let spec = &run.project.pipeline.stages[run.stage];
+    if spec.placement.gpu.is_none() {
+        // Nothing names the worker's GPU: what TensorRT found here (a report's
+        // `WhenPresent`) says nothing of it, and would match no worker but this machine.
+        for key in TENSORRT_PROPERTIES {
+            action.platform.remove(*key);
+        }
+    }
     action.platform.extend(spec.placement.platform.clone());
     if let Some(gpu) = &spec.placement.gpu {
         action.platform.insert("gpu".into(), gpu.clone());

@@ -78,6 +78,7 @@ fn toolchain_dir(project: &Project) -> String {
 fn build_remote(project: &Project, server: &BuildGridExecution, extra: &[&str]) -> Run {
     let dir = toolchain_dir(project);
     let url = server.url();
+    // A bound, so that a stage no worker takes fails the test in minutes, not ten.
     let mut args = vec![
         "build",
         "--json",
@@ -86,6 +87,9 @@ fn build_remote(project: &Project, server: &BuildGridExecution, extra: &[&str]) 
         "--remote-toolchain-dir",
         &dir,
     ];
+    if !extra.contains(&"--remote-queue-timeout") {
+        args.extend(["--remote-queue-timeout", "120"]);
+    }
     args.extend_from_slice(extra);
     let standin = crate::common::tensorrt_standin_dir();
     project.run_env(&args, &[("POCHI_TEST_TENSORRT_STANDIN", standin.as_str())])
@@ -712,4 +716,45 @@ transform = [{ channel_order = "bgr" }]
         std::fs::read(server.blob_path(&digest)).unwrap(),
         std::fs::read(&pochi).unwrap()
     );
+}
+
+#[test]
+fn a_report_runs_remotely_with_the_workers_onnx_runtime_and_agrees_with_a_local_one() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let pipeline = r#"
+[stages.cls]
+kind = "report"
+executor = "remote"
+models = ["ident.onnx", "linear.onnx"]
+data = "data.npy"
+labels = "labels.npy"
+reference = "ident.onnx"
+task = "classification"
+iterations = 5
+min_duration = "0s"
+threads = 1
+batch = 2
+"#;
+    let models = include_str!("../fixtures/report_models.py");
+    let remote = Project::new(pipeline);
+    let local = Project::new(&pipeline.replace("executor = \"remote\"\n", ""));
+    for project in [&remote, &local] {
+        project.write("make_models.py", models);
+        project.python(&["make_models.py", "."]);
+    }
+    let _worker = start_worker(&server, "cpu-worker", &worker_properties(&remote, None));
+    let run = build_remote(&remote, &server, &[]);
+    run.assert_ok();
+    assert_eq!(
+        stage(&run.summary(), "cls")["ran_remotely"]["worker"],
+        "cpu-worker"
+    );
+    local.build(&[]).assert_ok();
+    // Predictions and metrics are the same bytes; timings differ run to run.
+    for output in [
+        "build/pipeline/cls/predictions.csv",
+        "build/pipeline/cls/classification_report.csv",
+    ] {
+        assert_eq!(remote.read(output), local.read(output), "{output}");
+    }
 }
