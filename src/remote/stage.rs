@@ -156,13 +156,22 @@ pub fn rewrite_paths(text: &str, rewrites: &[(PathBuf, String)]) -> String {
 }
 
 /// `text` with every occurrence of each rewrite's path replaced, longest path first, each
-/// part of the text replaced at most once.
+/// part of the text replaced at most once. A path matches only where it ends a path
+/// component (`/p` in `/p/a` or `/p"`, not in `/p2/a` or `/p.txt`).
 fn rewrite(text: &str, rewrites: &[(String, String)]) -> String {
+    let ends_component = |tail: &str| {
+        tail.chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     'scan: while !rest.is_empty() {
         for (from, to) in rewrites {
-            if let Some(tail) = rest.strip_prefix(from.as_str()) {
+            if let Some(tail) = rest
+                .strip_prefix(from.as_str())
+                .filter(|tail| ends_component(tail))
+            {
                 out.push_str(to);
                 rest = tail;
                 continue 'scan;
@@ -459,6 +468,9 @@ mod tests {
         assert_eq!(rewrite("/p/tmp/x /p/a", &rewrites), "out ./a");
         assert_eq!(rewrite("none", &rewrites), "none");
         assert_eq!(rewrite("é/p", &rewrites), "é.");
+        // Only whole path components: another directory that starts alike is kept.
+        assert_eq!(rewrite("/p2/a /p.txt /p-x", &rewrites), "/p2/a /p.txt /p-x");
+        assert_eq!(rewrite("--out=/p/tmp/x,/p", &rewrites), "--out=out,.");
     }
 
     #[test]
