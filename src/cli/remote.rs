@@ -77,12 +77,14 @@ impl RemoteArgs {
     /// The shared cache's endpoint, if one is named (by --remote-cache, else by
     /// --remote-executor), checked.
     pub fn endpoint(&self) -> miette::Result<Option<Endpoint>> {
-        let url = self
-            .remote_cache
-            .as_deref()
-            .filter(|u| !u.is_empty())
-            .or(self.remote_executor.as_deref().filter(|u| !u.is_empty()));
-        url.map(|url| self.endpoint_of(url, "--remote-cache"))
+        let named = [
+            (&self.remote_cache, "--remote-cache"),
+            (&self.remote_executor, "--remote-executor"),
+        ];
+        named
+            .into_iter()
+            .find_map(|(url, flag)| url.as_deref().filter(|u| !u.is_empty()).map(|u| (u, flag)))
+            .map(|(url, flag)| self.endpoint_of(url, flag))
             .transpose()
     }
 

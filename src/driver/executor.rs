@@ -534,38 +534,7 @@ impl StageExecutor {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-}
 
-/// The paths and facts of one run of a stage.
-fn invocation_context(
-    project: &Project,
-    stage: usize,
-    lease: &Lease,
-    temp: &TempOutputs,
-) -> InvocationContext {
-    let pipeline = &project.pipeline;
-    let spec = &pipeline.stages[stage];
-    InvocationContext {
-        dir: pipeline.dir.clone(),
-        inputs: project
-            .graph
-            .inputs(stage)
-            .iter()
-            .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
-            .collect(),
-        outputs: temp.paths.clone(),
-        scratch: temp.scratch(),
-        build_dir: pipeline.build_dir.clone(),
-        state_dir: pipeline.state_dir(),
-        stage: spec.name.clone(),
-        gpu: lease.gpu,
-        host: project.stage_host(stage).into_owned(),
-        pipeline_file: pipeline.file.clone(),
-        pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
-    }
-}
-
-impl StageExecutor {
     fn run_process(
         &self,
         project: &Project,
@@ -697,6 +666,35 @@ impl StageExecutor {
                 .map_err(unpublishable)?;
         }
         Ok(())
+    }
+}
+
+/// The paths and facts of one run of a stage.
+fn invocation_context(
+    project: &Project,
+    stage: usize,
+    lease: &Lease,
+    temp: &TempOutputs,
+) -> InvocationContext {
+    let pipeline = &project.pipeline;
+    let spec = &pipeline.stages[stage];
+    InvocationContext {
+        dir: pipeline.dir.clone(),
+        inputs: project
+            .graph
+            .inputs(stage)
+            .iter()
+            .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
+            .collect(),
+        outputs: temp.paths.clone(),
+        scratch: temp.scratch(),
+        build_dir: pipeline.build_dir.clone(),
+        state_dir: pipeline.state_dir(),
+        stage: spec.name.clone(),
+        gpu: lease.gpu,
+        host: project.stage_host(stage).into_owned(),
+        pipeline_file: pipeline.file.clone(),
+        pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
     }
 }
 

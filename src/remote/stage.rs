@@ -127,18 +127,26 @@ pub fn stage_action(
 /// The rewrites with each output's temporary path first (it lies inside the scratch
 /// root), then the rest, longest first.
 fn ordered_rewrites(stage: &StageDescription) -> Vec<(String, String)> {
-    let mut rewrites: Vec<(String, String)> = stage
+    let rewrites = stage
         .outputs
         .iter()
         .map(|o| (o.temp.to_string_lossy().into_owned(), o.path.clone()))
-        .chain(
-            stage
-                .rewrites
-                .iter()
-                .map(|(path, text)| (path.to_string_lossy().into_owned(), text.clone())),
-        )
-        .filter(|(from, _)| !from.is_empty())
+        .chain(text_rewrites(stage.rewrites))
         .collect();
+    longest_first(rewrites)
+}
+
+/// Path rewrites as text pairs.
+fn text_rewrites(rewrites: &[(PathBuf, String)]) -> impl Iterator<Item = (String, String)> + '_ {
+    rewrites
+        .iter()
+        .map(|(path, text)| (path.to_string_lossy().into_owned(), text.clone()))
+}
+
+/// The rewrites without empty paths, longest path first (so a path inside another one
+/// is replaced as a whole).
+fn longest_first(mut rewrites: Vec<(String, String)>) -> Vec<(String, String)> {
+    rewrites.retain(|(from, _)| !from.is_empty());
     rewrites.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
     rewrites
 }
@@ -146,13 +154,7 @@ fn ordered_rewrites(stage: &StageDescription) -> Vec<(String, String)> {
 /// `text` with every occurrence of each of `rewrites`' paths replaced by its text, longest
 /// path first (as a stage's argv is made stable), for the files a remote action reads.
 pub fn rewrite_paths(text: &str, rewrites: &[(PathBuf, String)]) -> String {
-    let mut ordered: Vec<(String, String)> = rewrites
-        .iter()
-        .map(|(path, to)| (path.to_string_lossy().into_owned(), to.clone()))
-        .filter(|(from, _)| !from.is_empty())
-        .collect();
-    ordered.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-    rewrite(text, &ordered)
+    rewrite(text, &longest_first(text_rewrites(rewrites).collect()))
 }
 
 /// `text` with every occurrence of each rewrite's path replaced, longest path first, each

@@ -66,7 +66,8 @@ impl Pools {
     pub fn impossible(&self, request: &Request) -> Option<String> {
         let capacity = &self.capacity;
         if request.remote {
-            return None;
+            return (capacity.remote == 0)
+                .then(|| "it must run remotely and no remote executor is configured".into());
         }
         if request.memory > capacity.memory {
             return Some(format!(
@@ -95,7 +96,7 @@ impl Pools {
     /// is clamped to the pool, so such a job runs alone rather than never.
     pub fn try_lease(&mut self, request: &Request) -> Option<Lease> {
         if request.remote {
-            if self.remote_used >= self.capacity.remote.max(1) {
+            if self.remote_used >= self.capacity.remote {
                 return None;
             }
             self.remote_used += 1;
@@ -135,8 +136,7 @@ impl Pools {
 
     /// Whether a slot is free: a cpu slot (every local job needs one) or a remote one.
     pub fn has_free_slot(&self) -> bool {
-        self.cpu_used < self.capacity.cpu.max(1)
-            || (self.capacity.remote > 0 && self.remote_used < self.capacity.remote)
+        self.cpu_used < self.capacity.cpu.max(1) || self.remote_used < self.capacity.remote
     }
 
     pub fn release(&mut self, lease: &Lease) {
@@ -268,5 +268,40 @@ mod tests {
                 })
                 .is_none()
         );
+    }
+
+    #[test]
+    fn remote_requests_take_only_remote_slots() {
+        let remote = Request {
+            cpu: 1,
+            memory: 1 << 40,
+            gpu: GpuRequest::Any,
+            remote: true,
+        };
+        let mut none = pools();
+        assert!(
+            none.impossible(&remote)
+                .unwrap()
+                .contains("no remote executor")
+        );
+        assert!(none.try_lease(&remote).is_none());
+        let mut pools = Pools::new(Capacity {
+            cpu: 1,
+            memory: 10,
+            gpus: vec![],
+            remote: 2,
+        });
+        assert_eq!(
+            pools.impossible(&remote),
+            None,
+            "memory and GPUs are not asked here"
+        );
+        let first = pools.try_lease(&remote).unwrap();
+        assert!(first.remote && first.gpu.is_none() && first.cpu == 0);
+        assert!(pools.try_lease(&remote).is_some());
+        assert!(pools.try_lease(&remote).is_none(), "two remote slots");
+        assert!(pools.has_free_slot(), "the cpu slot is still free");
+        pools.release(&first);
+        assert!(pools.try_lease(&remote).is_some());
     }
 }

@@ -191,8 +191,8 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
 }
 
 /// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache; none for a
-/// declared target (a remote worker's GPU: its compute capability is not known here, and the file would
-/// be on this machine).
+/// declared target (a remote worker's GPU: its compute capability is not known here, and
+/// the file would be on this machine).
 fn timing_cache(found: Option<&TensorRt>) -> Option<PathBuf> {
     let found = found.filter(|t| t.version.is_some() && t.compute_capability.is_some())?;
     let cache = crate::toolchain::cache::CacheDir::from_env().ok()?;
