@@ -143,22 +143,28 @@ pub fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>)
         Err(standing) => return (standing, None),
     };
     let name = &project.pipeline.stages[stage].name;
-    let state = project.state.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(record) = state.built(name) else {
-        return (Standing::Stale(vec![Change::NeverBuilt]), Some(key));
-    };
-    let mut changes = if record.fingerprint == key.fingerprint() {
-        Vec::new()
-    } else {
-        match record.key.parse() {
-            Some(old) => explain::diff(&old, &key),
-            None => vec![Change::Format],
+    // What the record says is copied out and the state's lock let go before any output is
+    // hashed: a large file hashes on rayon's pool, whose threads may meanwhile run other
+    // stages' checks, and those take this lock (holding it here deadlocked builds).
+    let (mut changes, recorded_outputs) = {
+        let state = project.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(record) = state.built(name) else {
+            return (Standing::Stale(vec![Change::NeverBuilt]), Some(key));
+        };
+        let mut changes = if record.fingerprint == key.fingerprint() {
+            Vec::new()
+        } else {
+            match record.key.parse() {
+                Some(old) => explain::diff(&old, &key),
+                None => vec![Change::Format],
+            }
+        };
+        if changes.is_empty() && record.fingerprint != key.fingerprint() {
+            changes.push(Change::Format);
         }
+        (changes, record.outputs.clone())
     };
-    if changes.is_empty() && record.fingerprint != key.fingerprint() {
-        changes.push(Change::Format);
-    }
-    for output in &record.outputs {
+    for output in &recorded_outputs {
         let path = output.path.display().to_string();
         match project.stats.digest(&project.pipeline.dir, &output.path) {
             Err(_) => changes.push(Change::OutputMissing {

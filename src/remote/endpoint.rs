@@ -39,8 +39,10 @@ impl Endpoint {
     /// Parses `grpc://host:port`, `grpcs://host[:port]`, `http://host[:port]/prefix` or
     /// `https://host[:port]/prefix`.
     pub fn parse(url: &str) -> Result<Self, EndpointError> {
+        // Every error shows the URL without the credentials it may carry.
+        let shown = redact_url(url);
         let bad = |reason: &str| EndpointError::Url {
-            url: url.to_owned(),
+            url: shown.clone(),
             reason: reason.to_owned(),
         };
         let uri = http::Uri::from_str(url).map_err(|e| bad(&e.to_string()))?;
@@ -52,16 +54,14 @@ impl Endpoint {
             "https" => Protocol::Http { tls: true },
             _ => {
                 return Err(EndpointError::Scheme {
-                    url: url.to_owned(),
+                    url: shown.clone(),
                     scheme: scheme.to_owned(),
                 });
             }
         };
         let authority = uri.authority().ok_or_else(|| bad("it has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(EndpointError::Credentials {
-                url: url.to_owned(),
-            });
+            return Err(EndpointError::Credentials { url: shown.clone() });
         }
         let host = authority
             .host()
@@ -95,9 +95,7 @@ impl Endpoint {
         };
         let prefix = uri.path().trim_end_matches('/').to_owned();
         if matches!(protocol, Protocol::Grpc { .. }) && !prefix.is_empty() {
-            return Err(EndpointError::GrpcPath {
-                url: url.to_owned(),
-            });
+            return Err(EndpointError::GrpcPath { url: shown.clone() });
         }
         Ok(Endpoint {
             protocol,
@@ -262,16 +260,67 @@ pub fn parse_header(arg: &str) -> Result<(String, String), EndpointError> {
 }
 
 /// `KEY=...`: a header argument without its value, which may be a secret.
+/// A header argument as errors show it: its key, never its value (`KEY=...`); without
+/// `=`, only what comes before a `:` or a space, since `authorization: Bearer TOKEN` is a
+/// likely mistake.
 fn redact(arg: &str) -> String {
     match arg.split_once('=') {
         Some((key, _)) => format!("{key}=..."),
-        None => arg.chars().take(40).collect(),
+        None => {
+            let name: String = arg
+                .split([':', ' ', '\t'])
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(40)
+                .collect();
+            if name.len() < arg.len() {
+                format!("{name}...")
+            } else {
+                name
+            }
+        }
+    }
+}
+
+/// A URL as messages show it: credentials in its authority (`user:token@`) become `***@`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_error_shows_a_secret() {
+        for url in [
+            "grpcs://user:s3cret-token@farm.example.com",
+            "grpcs://s3cret-token@farm.example.com:443",
+            "gopher://user:s3cret-token@farm.example.com",
+            "https://user:s3cret-token@cache.example.com/prefix",
+            "grpc://user:s3cret-token@host/path",
+        ] {
+            let error = Endpoint::parse(url).unwrap_err().to_string();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.contains("***@"), "{error}");
+        }
+        for header in [
+            "authorization: Bearer s3cret",
+            "authorization:s3cret",
+            "x=\u{1}s3cret",
+        ] {
+            let error = parse_header(header).unwrap_err().to_string();
+            assert!(!error.contains("s3cret"), "{error}");
+        }
+    }
 
     #[test]
     fn grpc_urls() {

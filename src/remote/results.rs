@@ -105,6 +105,10 @@ pub enum RemoteMiss {
     BlobsMissing(usize),
     #[error("the server returned other bytes for blob {0} (corrupt on the server)")]
     Corrupt(Digest),
+    /// An output tree that would write outside its output, or breaks REAPI's rules for one;
+    /// nothing of it was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// One declared output as the entry names it.
@@ -237,6 +241,11 @@ fn write_planned(
                 return Ok(Err(RemoteMiss::Corrupt(expected)));
             }
             Err(RemoteError::NotFound { .. }) => return Ok(Err(RemoteMiss::BlobsMissing(1))),
+            Err(
+                e @ (RemoteError::UnsafePath { .. } | RemoteError::Protocol { what: "Tree", .. }),
+            ) => {
+                return Ok(Err(RemoteMiss::Refused(e.to_string())));
+            }
             Err(e) => return Err(e),
         }
     }

@@ -112,17 +112,21 @@ impl RemoteTier {
 
     /// Queues an upload, starting the uploader thread on first use.
     fn queue(&self, job: UploadJob) {
-        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        let (sender, _) = uploads.get_or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel::<UploadJob>();
-            let inner = Arc::clone(&self.inner);
-            let handle = std::thread::spawn(move || {
-                for job in receiver {
-                    inner.upload(&job);
-                }
+        let sender = {
+            let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+            let (sender, _) = uploads.get_or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel::<UploadJob>();
+                let inner = Arc::clone(&self.inner);
+                let handle = std::thread::spawn(move || {
+                    for job in receiver {
+                        inner.upload(&job);
+                    }
+                });
+                (sender, handle)
             });
-            (sender, handle)
-        });
+            sender.clone()
+        };
+        // The uploader is gone (it panicked): upload here, without holding the lock.
         if let Err(mpsc::SendError(job)) = sender.send(job) {
             self.inner.upload(&job);
         }

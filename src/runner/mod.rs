@@ -20,6 +20,10 @@ const STDERR_TAIL_LINES: usize = 20;
 const STDERR_TAIL_LINE_BYTES: usize = 1000;
 /// How long a stage gets to exit after SIGTERM before SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(3);
+/// How long stderr is still read after the stage's process exited.
+const STDERR_DRAIN: Duration = Duration::from_secs(2);
+/// How often the stderr reader looks whether the stage has exited, in ms.
+const STDERR_POLL_MS: i32 = 100;
 
 /// Runs stage processes on this machine. Each run blocks in `wait`; one watcher thread
 /// per runner turns a cancel into SIGTERM (then SIGKILL) for every running group.
@@ -112,11 +116,14 @@ impl SystemRunner {
         };
         let group = child.id() as i32;
         let tail = Arc::new(Mutex::new(StderrTail::default()));
+        let exited = Arc::new(AtomicBool::new(false));
         let reader = child.stderr.take().map(|stderr| {
             let tail = Arc::clone(&tail);
-            std::thread::spawn(move || copy_stderr(stderr, log, &tail))
+            let exited = Arc::clone(&exited);
+            std::thread::spawn(move || copy_stderr(stderr, log, &tail, &exited))
         });
         let status = child.wait();
+        exited.store(true, Ordering::Relaxed);
         // Whatever the stage left running in its group goes with it.
         end_group(group);
         self.running
@@ -188,14 +195,47 @@ fn signal_all(running: &Mutex<HashSet<i32>>, signal: i32) {
 }
 
 /// Copies a stage's stderr into its log, chunk by chunk (a 100 MB line is never held
-/// whole), and keeps the last lines for the error message.
+/// whole), and keeps the last lines for the error message. Once the stage's process has
+/// exited (`exited`), what is still in the pipe is drained for at most `STDERR_DRAIN`: a
+/// process the stage started outside its group (a daemon, `setsid`) may hold the pipe open
+/// for as long as it lives, and the stage must not wait for it.
 fn copy_stderr(
     mut stderr: std::process::ChildStderr,
     mut log: std::fs::File,
     tail: &Mutex<StderrTail>,
+    exited: &AtomicBool,
 ) {
+    use std::os::fd::AsRawFd;
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut drain_until: Option<Instant> = None;
+    let held_open = |log: &mut std::fs::File| {
+        let _ = writeln!(
+            log,
+            "pochi: stopped reading the stage's stderr after it exited: a process it started outside its process group still holds stderr open"
+        );
+    };
     loop {
+        if exited.load(Ordering::Relaxed) {
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + STDERR_DRAIN);
+            if Instant::now() >= until {
+                return held_open(&mut log);
+            }
+        }
+        let mut poll = libc::pollfd {
+            fd: stderr.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for a descriptor this function owns.
+        let ready = unsafe { libc::poll(&mut poll, 1, STDERR_POLL_MS) };
+        if ready == 0 {
+            // Quiet for the poll interval and not closed after the exit: someone else
+            // holds it.
+            if drain_until.is_some() {
+                return held_open(&mut log);
+            }
+            continue;
+        }
         match stderr.read(&mut chunk) {
             Ok(0) => break,
             Ok(read) => {

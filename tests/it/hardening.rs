@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Project, Run};
+use crate::common::Project;
 
 const ONE: &str = r#"
 [pipeline]
@@ -22,30 +22,6 @@ fn one() -> Project {
     let project = Project::new(ONE);
     project.write("src.txt", "one\n");
     project
-}
-
-/// Runs pochi, killing it if it has not finished within `limit` (a hang is a failure).
-fn run_within(project: &Project, args: &[&str], limit: Duration) -> Run {
-    let child = project
-        .command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pochi");
-    let id = child.id();
-    let (done, wait) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done.send(());
-        output
-    });
-    if wait.recv_timeout(limit).is_err() {
-        // SAFETY: killing the child we spawned, which hangs.
-        unsafe { libc::kill(id as i32, libc::SIGKILL) };
-        let _ = waiter.join();
-        panic!("pochi {args:?} hung for more than {limit:?}");
-    }
-    Run::from_output(waiter.join().unwrap().expect("pochi output"))
 }
 
 fn wait_for(path: &Path, what: &str) {
@@ -157,7 +133,7 @@ fn fifo_and_device_inputs_are_clear_errors() {
     let fifo = std::ffi::CString::new(project.path("src.txt").to_str().unwrap()).unwrap();
     // SAFETY: creating a FIFO at a path we own.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-    let status = run_within(&project, &["status"], Duration::from_secs(20));
+    let status = project.run_within(&["status"], Duration::from_secs(20));
     assert_eq!(status.code, Some(1));
     assert!(
         status
@@ -166,10 +142,12 @@ fn fifo_and_device_inputs_are_clear_errors() {
         "{}",
         status.stdout
     );
-    run_within(&project, &["build"], Duration::from_secs(20))
+    project
+        .run_within(&["build"], Duration::from_secs(20))
         .assert_error(&["is a FIFO (named pipe), not a regular file"]);
     let device = Project::new(&ONE.replace("src.txt", "/dev/zero"));
-    run_within(&device, &["build"], Duration::from_secs(20))
+    device
+        .run_within(&["build"], Duration::from_secs(20))
         .assert_error(&["is a character device, not a regular file"]);
 }
 
@@ -182,7 +160,8 @@ fn an_output_that_links_to_a_device_or_nowhere_is_not_published() {
         let project = Project::new(&format!(
             "[stages.a]\nkind = \"command\"\nrun = [\"ln\", \"-s\", \"{target}\", \"{{outputs.out}}\"]\noutputs = {{ out = \"out/a\" }}\n"
         ));
-        run_within(&project, &["build"], Duration::from_secs(20))
+        project
+            .run_within(&["build"], Duration::from_secs(20))
             .assert_error(&["cannot be published", needle]);
         assert!(
             std::fs::symlink_metadata(project.path("out/a")).is_err(),

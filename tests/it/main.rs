@@ -19,6 +19,7 @@ mod export;
 mod fuzz_pipeline;
 mod graph_html;
 mod hardening;
+mod hardening3;
 mod layering;
 mod matrix;
 mod preprocessing;

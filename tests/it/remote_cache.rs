@@ -349,9 +349,9 @@ fn an_engine_made_for_one_gpu_is_not_restored_for_another() {
     assert!(std::fs::read(again.path(engine)).unwrap() == built);
 }
 
-/// The platforms of the Actions in BuildGrid's disk storage whose `gpu` property is `gpu`
-/// (every blob is tried as an Action; only those naming that GPU count).
-fn actions_on_disk(storage: &Path, gpu: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+/// Every blob in BuildGrid's disk storage that decodes as an Action with pochi's salt, with
+/// its bytes (every blob is tried as an Action).
+fn stored_actions(storage: &Path) -> Vec<(Vec<u8>, pochi::remote::proto::Action)> {
     use pochi::remote::proto;
     use prost::Message;
     let mut found = Vec::new();
@@ -361,23 +361,30 @@ fn actions_on_disk(storage: &Path, gpu: &str) -> Vec<std::collections::BTreeMap<
             let Ok(bytes) = std::fs::read(blob.path()) else {
                 continue;
             };
-            let Ok(action) = proto::Action::decode(bytes.as_slice()) else {
-                continue;
-            };
-            let Some(platform) = action.platform else {
-                continue;
-            };
-            let properties: std::collections::BTreeMap<String, String> = platform
-                .properties
-                .into_iter()
-                .map(|p| (p.name, p.value))
-                .collect();
-            if properties.get("gpu").map(String::as_str) == Some(gpu) && !action.salt.is_empty() {
-                found.push(properties);
+            if let Ok(action) = proto::Action::decode(bytes.as_slice())
+                && !action.salt.is_empty()
+            {
+                found.push((bytes, action));
             }
         }
     }
     found
+}
+
+/// The platforms of the Actions in BuildGrid's disk storage whose `gpu` property is `gpu`.
+fn actions_on_disk(storage: &Path, gpu: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    stored_actions(storage)
+        .into_iter()
+        .filter_map(|(_, action)| action.platform)
+        .map(|platform| {
+            platform
+                .properties
+                .into_iter()
+                .map(|p| (p.name, p.value))
+                .collect::<std::collections::BTreeMap<String, String>>()
+        })
+        .filter(|properties| properties.get("gpu").map(String::as_str) == Some(gpu))
+        .collect()
 }
 
 #[test]
@@ -410,4 +417,96 @@ outputs = {{ out = "out/partial.txt" }}
 /// A fresh clone of a project that has no `model.txt`.
 fn fresh_clone_of(project: &Project) -> Project {
     Project::new(&project.read("pipeline.toml"))
+}
+
+/// One stage with an output directory; `MARKER` makes its Action one no other test has.
+const TREE_STAGE: &str = r#"
+[pipeline]
+name = "hostile"
+
+[stages.tree]
+kind = "command"
+run = ["sh", "-c", "mkdir -p {outputs.dir}/d && cp {inputs.src} {outputs.dir}/d/copy.txt # MARKER"]
+inputs = { src = "model.txt" }
+outputs = { dir = "out/tree" }
+"#;
+
+/// Issue 22 (1): A builds and uploads; the server's entry is then replaced by one whose
+/// output tree chains links out of the output (`common::hostile`, a HOSTILE server's
+/// answer); a fresh clone B gets a miss that says why, runs the stage, and nothing is
+/// written outside its output.
+fn a_hostile_tree_is_a_miss(url: &str, poison: impl Fn(&str, &Path)) {
+    use crate::common::hostile::planted_in;
+    let marker = unique();
+    let pipeline = TREE_STAGE.replace("MARKER", &marker);
+    let a = Project::new(&pipeline);
+    a.write("model.txt", "weights\n");
+    build(&a, url, &[]).assert_ok();
+    let victim = tempfile::tempdir().unwrap();
+    poison(&marker, victim.path());
+
+    let b = Project::new(&pipeline);
+    b.write("model.txt", "weights\n");
+    let run = build(&b, url, &[]);
+    run.assert_ok();
+    assert_eq!(planted_in(victim.path()), Vec::<String>::new());
+    assert_eq!(run.ran(), ["tree"], "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`d` is listed twice"),
+        "a warning says why: {}",
+        run.stderr
+    );
+    assert_eq!(b.read("out/tree/d/copy.txt"), "weights\n");
+    b.run(&["status"]).assert_ok();
+}
+
+#[test]
+fn buildgrid_a_hostile_tree_is_a_miss_and_writes_nothing_outside() {
+    use crate::common::hostile::poison_entry;
+    use pochi::remote::{Endpoint, GrpcClient};
+    let server = BuildGridCache::shared();
+    a_hostile_tree_is_a_miss(&server.url(), |marker, victim| {
+        let client = GrpcClient::connect(&Endpoint::parse(&server.url()).unwrap()).unwrap();
+        let action = action_on_disk(server, marker);
+        poison_entry(&client, &action, victim);
+    });
+}
+
+#[test]
+fn nginx_a_hostile_tree_is_a_miss_and_writes_nothing_outside() {
+    use crate::common::hostile::poison_entry;
+    use pochi::remote::{Digest, Endpoint, HttpClient};
+    let server = NginxCache::shared();
+    let prefix = format!("hostile-{}", unique());
+    let url = format!("{}/{prefix}", server.url());
+    a_hostile_tree_is_a_miss(&url, |_, victim| {
+        let client = HttpClient::connect(&Endpoint::parse(&url).unwrap()).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(server.cache_dir().join(&prefix).join("ac"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(entries.len(), 1, "one stage, one entry");
+        let hash = entries[0].file_name().to_string_lossy().into_owned();
+        poison_entry(&client, &Digest::new(&hash, 0).unwrap(), victim);
+    });
+}
+
+/// The digest of the Action in BuildGrid's disk storage whose Command holds `marker`.
+fn action_on_disk(server: &BuildGridCache, marker: &str) -> pochi::remote::Digest {
+    use pochi::remote::{Digest, DigestFunction, proto};
+    use prost::Message;
+    let holds_marker = |action: &proto::Action| {
+        let Some(command) = &action.command_digest else {
+            return false;
+        };
+        std::fs::read(server.blob_path(&command.hash))
+            .ok()
+            .and_then(|bytes| proto::Command::decode(bytes.as_slice()).ok())
+            .is_some_and(|command| command.arguments.iter().any(|a| a.contains(marker)))
+    };
+    let (bytes, _) = stored_actions(&server.storage_dir())
+        .into_iter()
+        .find(|(_, action)| holds_marker(action))
+        .unwrap_or_else(|| panic!("no Action with `{marker}` on the server"));
+    Digest::of_bytes(DigestFunction::Sha256, &bytes)
 }

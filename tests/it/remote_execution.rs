@@ -758,3 +758,36 @@ batch = 2
         assert_eq!(remote.read(output), local.read(output), "{output}");
     }
 }
+
+/// Issue 22 (1): a HOSTILE worker (the stand-in with `--hostile-tree-into`) answers with an
+/// output tree whose links chain out of the output: the stage fails saying why, nothing is
+/// written outside its output, nothing is published.
+#[test]
+fn a_worker_sending_a_hostile_tree_fails_the_stage_and_writes_nothing_outside() {
+    use crate::common::hostile::planted_in;
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let project = Project::new(
+        r#"
+[stages.tree]
+kind = "command"
+run = ["sh", "-c", "mkdir -p {outputs.dir}/d && echo made > {outputs.dir}/d/made.txt"]
+outputs = { dir = "out/tree" }
+"#,
+    );
+    let victim = tempfile::tempdir().unwrap();
+    let victim_arg = victim.path().to_str().unwrap();
+    let properties = worker_properties(&project, None);
+    let pairs: Vec<(&str, &str)> = properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _worker = server.worker_with(
+        "hostile-worker",
+        &pairs,
+        &["--hostile-tree-into", victim_arg],
+    );
+    let run = build_remote(&project, &server, &[]);
+    assert_eq!(planted_in(victim.path()), Vec::<String>::new());
+    run.assert_error(&["stage `tree` failed", "`d` is listed twice"]);
+    assert!(!project.exists("out/tree"), "nothing is published");
+}

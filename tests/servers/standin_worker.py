@@ -17,8 +17,14 @@ the lease with the ActionResult. A lease the server drops (CancelOperation) kill
 command's process group. A missing or corrupt input blob completes the lease with
 FAILED_PRECONDITION and a PreconditionFailure naming the blob.
 
+With --hostile-tree-into DIR it is a HOSTILE worker (issue 22): every output directory is
+sent as a Tree whose links each pass a lexical check but chain out of the output towards
+DIR, with the same directory listed twice and a file under the last link (the harness's
+`common::hostile` builds the same tree for the cache tests).
+
 Usage: standin_worker.py --server 127.0.0.1:PORT --name t4-worker \
            --property OSFamily=linux --property gpu=T4 [--instance NAME] [--work-dir DIR]
+           [--hostile-tree-into DIR]
 Runs in the BuildGrid venv. Logs one line per event to stderr ("lease ID started", ...).
 """
 
@@ -81,7 +87,27 @@ def directory_of(cas, path, children):
     return directory
 
 
-def upload_outputs(cas, command, workdir, result):
+HOSTILE_CHAIN = 14  # l13 climbs 27 levels, in 15 links (the kernel follows 40)
+HOSTILE_PLANTED = "planted-by-the-tree"
+
+
+def hostile_tree(cas, victim):
+    """The hostile Tree aimed at `victim` (an absolute directory); uploads its file."""
+    links = [re_pb2.SymlinkNode(name="l%d" % i, target=".." if i == 0 else "l%d/../.." % (i - 1))
+             for i in range(HOSTILE_CHAIN)]
+    links.append(re_pb2.SymlinkNode(name="t", target="l%d%s" % (HOSTILE_CHAIN - 1, victim)))
+    chain = re_pb2.Directory(symlinks=sorted(links, key=lambda l: l.name))
+    leaf = re_pb2.Directory()
+    leaf.files.add(name=HOSTILE_PLANTED, digest=cas.write(b"written through a link\n"))
+    through = re_pb2.Directory()
+    through.directories.add(name="t", digest=cas.write_message(leaf))
+    root = re_pb2.Directory()
+    root.directories.add(name="d", digest=cas.write_message(chain))
+    root.directories.add(name="d", digest=cas.write_message(through))
+    return re_pb2.Tree(root=root, children=[chain, through, leaf])
+
+
+def upload_outputs(cas, command, workdir, result, hostile_into=None):
     paths = list(command.output_paths) or list(command.output_files) + list(command.output_directories)
     for relative in paths:
         path = os.path.join(workdir, relative)
@@ -91,6 +117,8 @@ def upload_outputs(cas, command, workdir, result):
             children = []
             root = directory_of(cas, path, children)
             tree = re_pb2.Tree(root=root, children=children)
+            if hostile_into:
+                tree = hostile_tree(cas, hostile_into)
             result.output_directories.add(path=relative, tree_digest=cas.write_message(tree))
         elif os.path.isfile(path):
             with open(path, "rb") as data:
@@ -184,7 +212,7 @@ class Job:
             err.seek(0)
             result.stdout_digest.CopyFrom(cas.write(out.read()))
             result.stderr_digest.CopyFrom(cas.write(err.read()))
-        upload_outputs(cas, command, workdir, result)
+        upload_outputs(cas, command, workdir, result, self.worker.hostile_into)
         meta.output_upload_completed_timestamp.GetCurrentTime()
         return status, result
 
@@ -192,6 +220,7 @@ class Job:
 class Worker:
     def __init__(self, args):
         self.name, self.instance, self.work_dir = args.name, args.instance, args.work_dir
+        self.hostile_into = args.hostile_tree_into
         channel = grpc.insecure_channel(args.server)
         self.cas = Cas(channel, args.instance)
         self.bots = bots_pb2_grpc.BotsStub(channel)
@@ -270,6 +299,8 @@ def main():
     parser.add_argument("--instance", default="")
     parser.add_argument("--property", action="append", default=[])
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--hostile-tree-into", default=None,
+                        help="send every output directory as a hostile Tree aimed at this directory")
     Worker(parser.parse_args()).serve()
 
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
@@ -220,6 +221,30 @@ impl Project {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs pochi, killing it if it has not finished within `limit` (a hang is a failure).
+    pub fn run_within(&self, args: &[&str], limit: std::time::Duration) -> Run {
+        let child = self
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start pochi");
+        let id = child.id();
+        let (done, wait) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let output = child.wait_with_output();
+            let _ = done.send(());
+            output
+        });
+        if wait.recv_timeout(limit).is_err() {
+            // SAFETY: killing the child we spawned, which hangs.
+            unsafe { libc::kill(id as i32, libc::SIGKILL) };
+            let _ = waiter.join();
+            panic!("pochi {args:?} hung for more than {limit:?}");
+        }
+        Run::from_output(waiter.join().unwrap().expect("pochi output"))
     }
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {

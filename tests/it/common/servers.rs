@@ -763,6 +763,16 @@ impl BuildGridExecution {
     /// Starts a stand-in worker (a test double) with this name and these platform
     /// properties; returns once BuildGrid has its bot session.
     pub fn worker(&self, name: &str, properties: &[(&str, &str)]) -> StandinWorker {
+        self.worker_with(name, properties, &[])
+    }
+
+    /// `worker` with more arguments for the stand-in (`--hostile-tree-into DIR`).
+    pub fn worker_with(
+        &self,
+        name: &str,
+        properties: &[(&str, &str)],
+        extra: &[&str],
+    ) -> StandinWorker {
         let index = self.workers.fetch_add(1, Ordering::SeqCst);
         let dir = self.dir.path().join(format!("worker-{index}-{name}"));
         std::fs::create_dir_all(&dir).expect("worker dir");
@@ -775,6 +785,7 @@ impl BuildGridExecution {
         for (key, value) in properties {
             command.args(["--property", &format!("{key}={value}")]);
         }
+        command.args(extra);
         let log = dir.join("worker.log");
         let mut process = ServerProcess::spawn(name, command, &log, libc::SIGTERM);
         assert!(

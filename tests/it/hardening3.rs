@@ -1,0 +1,189 @@
+//! Regression tests for the defects of the third round of fault testing (issue 22), each
+//! driving the built binary the way the fault was found. The hostile-tree tests are with
+//! the servers they need: `remote_cache.rs` (gRPC and HTTP caches) and
+//! `remote_execution.rs` (a worker).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::Project;
+
+/// src (3 MB, from `switch.txt`) -> eight 4 MB outputs -> eight more: every check after
+/// src hashes outputs of 1 MiB or more, which blake3 does on rayon's pool.
+fn large_fan_out() -> String {
+    let mut text = String::from(
+        r#"
+[pipeline]
+name = "p"
+
+[stages.src]
+kind = "command"
+run = ["sh", "-c", "v=$(cat {inputs.switch}); yes \"$v\" | head -c 3000000 > {outputs.out}"]
+inputs = { switch = "switch.txt" }
+outputs = { out = "out/src.bin" }
+"#,
+    );
+    for i in 0..8 {
+        text.push_str(&format!(
+            r#"
+[stages.m{i}]
+kind = "command"
+run = ["sh", "-c", "cat {{inputs.src}} {{inputs.src}} | head -c 4000000 > {{outputs.out}}; echo {i} >> {{outputs.out}}"]
+inputs = {{ src = "@src" }}
+outputs = {{ out = "out/m{i}.bin" }}
+
+[stages.n{i}]
+kind = "command"
+run = ["sh", "-c", "head -c 2000000 {{inputs.m}} > {{outputs.out}}; echo {i} >> {{outputs.out}}"]
+inputs = {{ m = "@m{i}" }}
+outputs = {{ out = "out/n{i}.bin" }}
+"#
+        ));
+    }
+    text
+}
+
+// 2. A check held the state's lock while it hashed outputs; blake3's rayon join then ran
+// another check on the same thread, which waited for that lock forever. Seen in about one
+// build in 20 with the input switched back and forth (restores interleaving with checks).
+#[test]
+fn restores_interleaving_with_checks_of_large_outputs_never_hang() {
+    let project = Project::new(&large_fan_out());
+    for round in 0..40 {
+        let value = if round % 2 == 0 { "a" } else { "b" };
+        project.write("switch.txt", value);
+        let run = project.run_within(&["build", "--json"], Duration::from_secs(60));
+        run.assert_ok();
+        if round >= 2 {
+            assert_eq!(
+                run.ran(),
+                Vec::<String>::new(),
+                "round {round}: all restored"
+            );
+        }
+    }
+}
+
+// 2. A process the stage started outside its process group (a daemon, `setsid`) kept the
+// stage's stderr open, and pochi waited for it: the build hung until the daemon ended,
+// Ctrl-C included. (The stage waits until the daemon has its own session: killed in the
+// stage's group before that, it would hold nothing.)
+#[test]
+fn a_daemon_holding_the_stages_stderr_does_not_hold_the_build() {
+    let project = Project::new(
+        r#"
+[pipeline]
+name = "p"
+
+[stages.daemon]
+kind = "command"
+run = ["sh", "-c", "setsid sh -c 'echo $$ > {outputs.pid}; exec sleep 120' & while [ ! -s {outputs.pid} ]; do sleep 0.05; done; echo started >&2"]
+outputs = { pid = "out/daemon.pid" }
+"#,
+    );
+    let started = Instant::now();
+    let run = project.run_within(&["build", "--json"], Duration::from_secs(30));
+    let pid: i32 = project.read("out/daemon.pid").trim().parse().unwrap_or(0);
+    if pid > 0 {
+        // SAFETY: the sleep the stage started, which outlives it by design.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    run.assert_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = project.read(".pochi/v1/p/logs/daemon.log");
+    assert!(log.contains("started"), "{log}");
+    assert!(log.contains("still holds stderr open"), "{log}");
+}
+
+// 2. A build that is stuck (here: on a server that accepts connections and never answers,
+// with a long `--remote-timeout`) must still end on SIGTERM, with 143.
+#[test]
+fn sigterm_ends_a_build_stuck_on_a_silent_server() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and keeps every connection, and never sends a byte.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let project = Project::new(
+        r#"
+[pipeline]
+name = "p"
+
+[stages.a]
+kind = "command"
+run = ["sh", "-c", "echo a > {outputs.out}"]
+outputs = { out = "out/a.txt" }
+"#,
+    );
+    let url = format!("grpc://127.0.0.1:{port}");
+    let mut child = project
+        .command(&["build", "--remote-cache", &url, "--remote-timeout", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pochi");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "pochi waits on the server"
+    );
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let deadline = signalled + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pochi did not end within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(143));
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+// 7. Credentials in a URL were printed in the very error that refused them.
+#[test]
+fn credentials_in_a_url_or_header_are_never_printed() {
+    let project = Project::new(
+        r#"
+[stages.a]
+kind = "command"
+run = ["sh", "-c", "echo a > {outputs.out}"]
+outputs = { out = "out/a.txt" }
+"#,
+    );
+    for args in [
+        vec!["build", "--remote-cache", "grpcs://user:s3cret@127.0.0.1:1"],
+        vec!["build", "--remote-executor", "grpcs://s3cret@127.0.0.1:1"],
+        vec!["build", "--remote-cache", "https://u:s3cret@127.0.0.1:1/p"],
+        vec![
+            "build",
+            "--remote-cache",
+            "grpc://127.0.0.1:1",
+            "--remote-header",
+            "authorization: Bearer s3cret",
+        ],
+    ] {
+        let run = project.run(&args);
+        run.assert_error(&["error:"]);
+        assert!(
+            !run.stderr.contains("s3cret") && !run.stdout.contains("s3cret"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+}
