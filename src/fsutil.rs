@@ -2,7 +2,7 @@
 //! same directory, fsync, rename) and atomic publication of a finished output.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// Writes `bytes` to `path` so that readers see either the old or the new content, and
 /// makes it durable (fsync of the file and its directory): for state.
@@ -139,48 +139,146 @@ pub fn check_confined(root: &Path, path: &Path) -> io::Result<()> {
     ))
 }
 
-/// Checks a finished output before it is published: only regular files, directories, and
-/// symbolic links to one of those inside `root` (canonical). A dangling link, a link out
-/// of the project, or a FIFO or device (which a reader could wait on forever) is an error.
-pub fn check_output_tree(root: &Path, path: &Path) -> io::Result<()> {
+/// Checks a finished output at `temp` before it is published to `dest`: only regular files,
+/// directories, and symbolic links to one of those inside `root` (canonical). Links are
+/// resolved as they will be at `dest` (a relative link climbs from there, not from the
+/// temporary directory several levels deeper), through the output's own links. A dangling
+/// link, a link out of the project, a link to a directory holding it (a cycle: the output
+/// could never be hashed), or a FIFO or device (which a reader could wait on forever) is an
+/// error.
+pub fn check_output_tree(root: &Path, temp: &Path, dest: &Path) -> io::Result<()> {
+    let place = Relocation {
+        temp,
+        dest: &final_location(dest)?,
+    };
+    let dest = place.dest.to_path_buf();
+    check_entry(root, &place, temp, &dest)
+}
+
+fn check_entry(root: &Path, place: &Relocation, path: &Path, shown: &Path) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
     let file_type = meta.file_type();
     if file_type.is_symlink() {
-        let target = std::fs::canonicalize(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "`{}` is a symbolic link that leads nowhere ({e})",
-                    path.display()
-                ),
-            )
-        })?;
-        if !target.starts_with(root) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "`{}` is a symbolic link to `{}`, outside the project",
-                    path.display(),
-                    target.display()
-                ),
-            ));
-        }
-        let followed = std::fs::metadata(&target)?;
-        if !followed.is_file() && !followed.is_dir() {
-            return Err(not_a_file(path));
-        }
-        return Ok(());
+        return check_link(root, place, shown);
     }
     if file_type.is_dir() {
         for entry in std::fs::read_dir(path)? {
-            check_output_tree(root, &entry?.path())?;
+            let name = entry?.file_name();
+            check_entry(root, place, &path.join(&name), &shown.join(&name))?;
         }
         return Ok(());
     }
     if file_type.is_file() {
         return Ok(());
     }
-    Err(not_a_file(path))
+    Err(not_a_file(shown))
+}
+
+/// The link that will be at `link` (its published place) must lead to a file or directory
+/// inside `root` that does not hold it.
+fn check_link(root: &Path, place: &Relocation, link: &Path) -> io::Result<()> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    let target = place.resolve_link(link, &mut 0).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "`{}` is a symbolic link that leads nowhere ({e})",
+                link.display()
+            ),
+        )
+    })?;
+    if !target.starts_with(root) {
+        return Err(invalid(format!(
+            "`{}` is a symbolic link to `{}`, outside the project",
+            link.display(),
+            target.display()
+        )));
+    }
+    // A link to a directory on its own path (which publishing creates, if it is not there
+    // yet) is a cycle.
+    if link.starts_with(&target) {
+        return Err(invalid(format!(
+            "`{}` is a symbolic link to `{}`, a directory that holds it: a cycle, which could never be hashed",
+            link.display(),
+            target.display()
+        )));
+    }
+    let followed = std::fs::metadata(place.physical(&target)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "`{}` is a symbolic link that leads nowhere ({e})",
+                link.display()
+            ),
+        )
+    })?;
+    if !followed.is_file() && !followed.is_dir() {
+        return Err(not_a_file(link));
+    }
+    Ok(())
+}
+
+/// Where `dest` will be once published, with the symbolic links of its existing ancestors
+/// resolved.
+fn final_location(dest: &Path) -> io::Result<PathBuf> {
+    let mut existing = dest.parent().unwrap_or(Path::new("."));
+    let mut rest = vec![dest.file_name().unwrap_or_default().to_owned()];
+    while std::fs::symlink_metadata(existing).is_err() {
+        rest.push(existing.file_name().unwrap_or_default().to_owned());
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let mut location = std::fs::canonicalize(existing)?;
+    location.extend(rest.iter().rev());
+    Ok(location)
+}
+
+/// An output that is at `temp` now and will be at `dest` (resolved): paths are given as
+/// they will be once published, and read where they are now.
+struct Relocation<'a> {
+    temp: &'a Path,
+    dest: &'a Path,
+}
+
+/// Most links followed to resolve one, as the kernel's own limit.
+const MAX_LINK_HOPS: u32 = 40;
+
+impl Relocation<'_> {
+    /// Where `path` (as published) can be read now.
+    fn physical(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(self.dest) {
+            Ok(rest) => self.temp.join(rest),
+            Err(_) => path.to_path_buf(),
+        }
+    }
+
+    /// Where the link at `link` (as published, its directories resolved) leads, every
+    /// link on the way followed, as the kernel would resolve it there.
+    fn resolve_link(&self, link: &Path, hops: &mut u32) -> io::Result<PathBuf> {
+        *hops += 1;
+        if *hops > MAX_LINK_HOPS {
+            return Err(io::Error::other("too many levels of symbolic links"));
+        }
+        let target = std::fs::read_link(self.physical(link))?;
+        let mut at = link.parent().unwrap_or(Path::new("/")).to_path_buf();
+        for component in target.components() {
+            match component {
+                Component::RootDir | Component::Prefix(_) => at = PathBuf::from("/"),
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    at.pop();
+                }
+                Component::Normal(name) => {
+                    at.push(name);
+                    let is_link = std::fs::symlink_metadata(self.physical(&at))
+                        .is_ok_and(|m| m.file_type().is_symlink());
+                    if is_link {
+                        at = self.resolve_link(&at, hops)?;
+                    }
+                }
+            }
+        }
+        Ok(at)
+    }
 }
 
 fn not_a_file(path: &Path) -> io::Error {

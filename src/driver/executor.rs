@@ -667,9 +667,9 @@ impl StageExecutor {
                     output.path.display()
                 )
             };
-            crate::fsutil::check_output_tree(root, &written).map_err(unpublishable)?;
-            crate::fsutil::check_confined(root, &pipeline.dir.join(&output.path))
-                .map_err(unpublishable)?;
+            let dest = pipeline.dir.join(&output.path);
+            crate::fsutil::check_confined(root, &dest).map_err(unpublishable)?;
+            crate::fsutil::check_output_tree(root, &written, &dest).map_err(unpublishable)?;
         }
         Ok(())
     }
@@ -715,6 +715,27 @@ fn publish_all(
 ) -> Result<Vec<OutputRecord>, String> {
     let pipeline = &project.pipeline;
     let mut outputs = Vec::new();
+    let mut published = Vec::new();
+    let result = publish_each(project, stage, temp, restored, &mut outputs, &mut published);
+    if result.is_err() {
+        // Outputs that cannot be recorded are not left published: the stage failed.
+        for path in published {
+            let _ = crate::fsutil::remove_output(&pipeline.dir.join(&path));
+            project.stats.forget(&path, true);
+        }
+    }
+    result.map(|()| outputs)
+}
+
+fn publish_each(
+    project: &Project,
+    stage: usize,
+    temp: &TempOutputs,
+    restored: Option<&Restored>,
+    outputs: &mut Vec<OutputRecord>,
+    published: &mut Vec<PathBuf>,
+) -> Result<(), String> {
+    let pipeline = &project.pipeline;
     for output in pipeline.stages[stage].kind.outputs() {
         let dest = pipeline.dir.join(&output.path);
         crate::fsutil::publish(&pipeline.dir.join(&temp.paths[&output.key]), &dest).map_err(
@@ -726,6 +747,7 @@ fn publish_all(
                 )
             },
         )?;
+        published.push(output.path.clone());
         project.stats.forget(&output.path, dest.is_dir());
         let from_cache =
             restored.and_then(|hit| hit.entry.outputs.iter().find(|o| o.name == output.key));
@@ -751,7 +773,7 @@ fn publish_all(
             digest,
         });
     }
-    Ok(outputs)
+    Ok(())
 }
 
 /// The hit, if its entry names exactly the stage's declared outputs (the key holds them,

@@ -187,3 +187,87 @@ outputs = { out = "out/a.txt" }
         );
     }
 }
+
+/// A pipeline whose one stage writes the directory `out/o` with `sh -c SCRIPT`.
+fn linking(script: &str) -> Project {
+    let project = Project::new(&format!(
+        r#"
+[pipeline]
+name = "p"
+
+[stages.links]
+kind = "command"
+run = ["sh", "-c", "mkdir -p {{outputs.o}} && echo data > {{outputs.o}}/data.txt && {script}"]
+inputs = {{ src = "src.txt" }}
+outputs = {{ o = "out/o" }}
+"#
+    ));
+    project.write("src.txt", "source\n");
+    project
+}
+
+// 6. Link confinement was checked at the temporary path, seven levels deeper than the
+// final one: a link climbing out of the project from there passed, and was published.
+// 5. A link to a directory above itself could not be hashed after publishing, and the
+// stage was recorded failed with its output left published.
+#[test]
+fn links_are_checked_where_the_output_is_published() {
+    for (script, says) in [
+        (
+            "ln -s ../../../../../../../etc/hostname {outputs.o}/h",
+            "outside the project",
+        ),
+        ("ln -s .. {outputs.o}/loop", "a cycle"),
+        ("ln -s . {outputs.o}/self", "a cycle"),
+    ] {
+        let project = linking(script);
+        let run = project.build(&[]);
+        run.assert_error(&["stage `links` failed", says]);
+        assert!(!project.exists("out/o"), "{script}: nothing is published");
+    }
+    // Links that stay inside the project, seen from where they are published, are kept.
+    let project = linking("ln -s data.txt {outputs.o}/alias && ln -s ../../src.txt {outputs.o}/up");
+    project.build(&[]).assert_ok();
+    assert_eq!(project.read("out/o/alias"), "data\n");
+    assert_eq!(project.read("out/o/up"), "source\n");
+    assert_eq!(project.build(&[]).assert_ok().ran(), Vec::<String>::new());
+}
+
+// 8. Output names of 245-255 bytes never published (`.NAME.pochi-new` adds 11 bytes), found
+// only after the stage ran; paths over PATH_MAX passed the parser.
+#[test]
+fn outputs_that_could_never_publish_are_refused_when_the_file_is_read() {
+    let long_name = "n".repeat(250);
+    let deep = vec!["d".repeat(240); 17].join("/");
+    for (path, says) in [
+        (long_name.as_str(), "has a name of 250 bytes, over 244"),
+        (deep.as_str(), "is too long a path"),
+    ] {
+        let project = Project::new(&format!(
+            r#"
+[stages.a]
+kind = "command"
+run = ["sh", "-c", "echo a > {{outputs.out}}"]
+outputs = {{ out = "{path}" }}
+"#
+        ));
+        for command in [&["build"][..], &["clean"][..], &["status"][..]] {
+            let run = project.run(command);
+            run.assert_error(&[says, "pipeline.toml:5:"]);
+            let first = path.split('/').next().unwrap();
+            assert!(!project.exists(first), "{command:?}: nothing ran");
+        }
+    }
+    // 244 bytes publish.
+    let project = Project::new(&format!(
+        r#"
+[stages.a]
+kind = "command"
+run = ["sh", "-c", "echo a > {{outputs.out}}"]
+outputs = {{ out = "{}" }}
+"#,
+        "n".repeat(244)
+    ));
+    project.build(&[]).assert_ok();
+    assert_eq!(project.read(&"n".repeat(244)), "a\n");
+}
