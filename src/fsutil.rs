@@ -246,6 +246,8 @@ impl Relocation<'_> {
     /// Where `path` (as published) can be read now.
     fn physical(&self, path: &Path) -> PathBuf {
         match path.strip_prefix(self.dest) {
+            // Joined with an empty path, it would end in `/` and name the link's target.
+            Ok(rest) if rest.as_os_str().is_empty() => self.temp.to_path_buf(),
             Ok(rest) => self.temp.join(rest),
             Err(_) => path.to_path_buf(),
         }

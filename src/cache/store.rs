@@ -232,14 +232,20 @@ impl LocalCache {
         Ok(record)
     }
 
-    /// True when the blob is already stored (by its size; restores verify the bytes), after
-    /// refreshing its mtime so that `gc` sees it in use until the entry is written.
+    /// True when the blob is already stored with the right bytes, after refreshing its
+    /// mtime so that `gc` sees it in use until the entry is written. The stored bytes are
+    /// hashed: a damaged blob of the right size (restores refuse it) is replaced by the
+    /// caller rather than named by one more entry.
     fn reuse_blob(&self, digests: &FileDigests) -> bool {
         let path = self.blob_path(&digests.blake3);
         match File::open(&path) {
             Ok(file) if file.metadata().is_ok_and(|m| m.len() == digests.size) => {
-                let _ = file.set_modified(SystemTime::now());
-                true
+                let intact = crate::fingerprint::hash_file(&path)
+                    .is_ok_and(|hash| hash.to_hex().as_str() == digests.blake3);
+                if intact {
+                    let _ = file.set_modified(SystemTime::now());
+                }
+                intact
             }
             _ => false,
         }

@@ -257,11 +257,12 @@ fn pipeline_text(
         let data = if calib.is_dir() {
             // --transform, or ImageNet-style evaluation preprocessing at the model's input
             // size (the ONNX input's H and W, or --input-size).
-            let crop = || match args.input_size.as_deref() {
-                Some([.., h, w]) => Ok([*h, *w]),
-                Some([n]) => Ok([*n, *n]),
-                _ => super::oneshot::image_input_size(model),
+            let given = match args.input_size.as_deref() {
+                Some([.., h, w]) => Some([*h, *w]),
+                Some([n]) => Some([*n, *n]),
+                _ => None,
             };
+            let crop = || super::oneshot::image_input_size(model, given);
             let (steps, line) = calibration_transform(args.transform.as_deref(), crop)?;
             shown = Some(line);
             let dataset = super::oneshot::dataset_stage_with(

@@ -281,11 +281,12 @@ fn image_transform(args: &InferArgs, model: &Path) -> miette::Result<ImageTransf
             "for example --mean 0.5 --std 0.5 (images are scaled to 0..1 first)",
         ));
     }
-    let crop = match args.input_size.as_deref() {
-        Some(&[n]) => [n, n],
-        Some(&[h, w]) => [h, w],
-        _ => super::oneshot::image_input_size(model)?,
+    let given = match args.input_size.as_deref() {
+        Some(&[n]) => Some([n, n]),
+        Some(&[h, w]) => Some([h, w]),
+        _ => None,
     };
+    let crop = super::oneshot::image_input_size(model, given)?;
     Ok(ImageTransform {
         resize: args.resize.unwrap_or(crop[0].max(crop[1])),
         crop,

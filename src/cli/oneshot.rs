@@ -135,8 +135,11 @@ const DEFAULT_INPUT_SIZE: u64 = 224;
 
 /// H and W of the model's first input when the ONNX fixes them; 224 (with a note) for an
 /// engine or dynamic axes. An ONNX that cannot take RGB images is an error.
-pub fn image_input_size(model: &Path) -> miette::Result<[u64; 2]> {
+pub fn image_input_size(model: &Path, given: Option<[u64; 2]>) -> miette::Result<[u64; 2]> {
     let fallback = |why: &str| {
+        if let Some(size) = given {
+            return Ok(size);
+        }
         note!(
             "{why}; images are preprocessed to {DEFAULT_INPUT_SIZE}x{DEFAULT_INPUT_SIZE} (give --input-size H W to change it)"
         );
@@ -146,12 +149,17 @@ pub fn image_input_size(model: &Path) -> miette::Result<[u64; 2]> {
     if ["engine", "plan", "trt"].contains(&extension) {
         return fallback("the input size of a TensorRT engine is not read");
     }
-    let inputs = onnx_info::read_inputs(model).map_err(|e| {
-        failure(
-            format!("cannot read the model's input size: {e}"),
-            "give --input-size H W, or check that the model is an ONNX file",
-        )
-    })?;
+    let inputs = match (onnx_info::read_inputs(model), given) {
+        (Ok(inputs), _) => inputs,
+        // The size is given: the model's reader (ONNX Runtime) says what is wrong with it.
+        (Err(_), Some(size)) => return Ok(size),
+        (Err(e), None) => {
+            return Err(failure(
+                format!("cannot read the model's input size: {e}"),
+                "give --input-size H W, or check that the model is an ONNX file",
+            ));
+        }
+    };
     let Some(input) = inputs.first() else {
         return Err(failure(
             format!("{} declares no graph input", model.display()),
@@ -178,6 +186,11 @@ pub fn image_input_size(model: &Path) -> miette::Result<[u64; 2]> {
             ),
             "images cannot feed this model: give its data as a .npy shaped for it",
         ));
+    }
+    // The layout is checked above even with --input-size: an NHWC model fails here, not
+    // inside ONNX Runtime.
+    if let Some(size) = given {
+        return Ok(size);
     }
     match (&shape[2], &shape[3]) {
         (Dim::Fixed(h), Dim::Fixed(w)) => Ok([*h as u64, *w as u64]),

@@ -164,6 +164,7 @@ fn takes_the_server_out(error: &RemoteError) -> bool {
         error,
         RemoteError::Unreachable { .. }
             | RemoteError::Timeout { .. }
+            | RemoteError::Stalled { .. }
             | RemoteError::PermissionDenied { .. }
             | RemoteError::UnsupportedDigestFunction { .. }
             | RemoteError::Runtime(_)

@@ -90,6 +90,18 @@ pub enum RemoteError {
         actual: Digest,
     },
     #[error(
+        "the download of blob {digest} from {endpoint} stalled: {received} byte(s) in {} (at \
+         least {needed} are needed in that time; the server is trickling or sending empty \
+         messages); it was not used", seconds(*.window)
+    )]
+    Stalled {
+        endpoint: String,
+        digest: Digest,
+        received: u64,
+        needed: u64,
+        window: Duration,
+    },
+    #[error(
         "`{}` changed while it was uploaded (expected {expected}, read {actual}); nothing was \
          stored, retry once the file is stable", path.display()
     )]

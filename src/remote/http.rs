@@ -348,7 +348,8 @@ impl CacheBackend for HttpClient {
     }
 
     fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), RemoteError> {
-        let mut file = VerifiedFile::create(&self.name, digest, FUNCTION, dest)?;
+        let mut file = VerifiedFile::create(&self.name, digest, FUNCTION, dest)?
+            .stalling_after(self.endpoint.timeout());
         if !is_empty_blob(digest, FUNCTION) {
             self.get_blob(digest, &mut file)?;
         }
@@ -356,7 +357,8 @@ impl CacheBackend for HttpClient {
     }
 
     fn download_bytes(&self, digest: &Digest) -> Result<Vec<u8>, RemoteError> {
-        let mut sink = VerifiedBytes::new(&self.name, digest, FUNCTION);
+        let mut sink = VerifiedBytes::new(&self.name, digest, FUNCTION)
+            .stalling_after(self.endpoint.timeout());
         if !is_empty_blob(digest, FUNCTION) {
             self.get_blob(digest, &mut sink)?;
         }
@@ -370,11 +372,20 @@ impl CacheBackend for HttpClient {
         let mut bytes = Vec::new();
         response
             .into_body()
-            .into_with_config()
-            .limit(MAX_ACTION_RESULT)
-            .reader()
+            .into_reader()
+            .take(MAX_ACTION_RESULT + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| self.read_error(e))?;
+        if bytes.len() as u64 > MAX_ACTION_RESULT {
+            return Err(RemoteError::Protocol {
+                endpoint: self.name.clone(),
+                what: "action-cache entry",
+                detail: format!(
+                    "{action} is larger than {} MiB, the most pochi reads of an entry; it is not used",
+                    MAX_ACTION_RESULT >> 20
+                ),
+            });
+        }
         re::ActionResult::decode(bytes.as_slice())
             .map(Some)
             .map_err(|e| RemoteError::Protocol {

@@ -144,6 +144,9 @@ pub fn download_result(
             Planned::Dir(tree) => wanted.extend(tree_files(tree)?),
         }
     }
+    if let Some(miss) = room_for(&planned, &wanted, dest_for) {
+        return Ok(Err(miss));
+    }
     wanted.sort();
     wanted.dedup();
     let missing = backend.find_missing(&wanted)?;
@@ -163,6 +166,33 @@ pub fn download_result(
             bytes: wanted.iter().map(Digest::size).sum(),
         })
     })
+}
+
+/// A miss when the files an entry claims would not fit where they go: a server's claim is
+/// not written to disk until it fills it.
+fn room_for(
+    planned: &[(String, Planned)],
+    files: &[Digest],
+    dest_for: &dyn Fn(&str) -> PathBuf,
+) -> Option<RemoteMiss> {
+    let claimed: u64 = files.iter().map(Digest::size).sum();
+    let (name, _) = planned.first()?;
+    let dest = dest_for(name);
+    let free = free_bytes(&dest)?;
+    (claimed > free).then(|| {
+        RemoteMiss::Refused(format!(
+            "its outputs take {claimed} bytes, more than the {free} free on the disk of `{}`",
+            dest.display()
+        ))
+    })
+}
+
+/// The bytes free for this user on the file system of `path` (its nearest existing
+/// ancestor), if it can be asked.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|a| a.exists())?;
+    let stats = rustix::fs::statvfs(existing).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Each declared output with what the entry says of it (trees fetched, verified).
@@ -197,6 +227,9 @@ fn plan(
                     }
                     Err(RemoteError::DigestMismatch { expected, .. }) => {
                         return Ok(Err(RemoteMiss::Corrupt(expected)));
+                    }
+                    Err(e @ RemoteError::Protocol { what: "Tree", .. }) => {
+                        return Ok(Err(RemoteMiss::Refused(e.to_string())));
                     }
                     Err(e) => return Err(e),
                 }

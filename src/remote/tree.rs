@@ -28,8 +28,23 @@ const MAX_ENTRIES: usize = 1 << 20;
 /// Most links followed to resolve one link, as the kernel's own limit (ELOOP).
 const MAX_LINK_HOPS: u32 = 40;
 
+/// The largest `Tree` held in memory: about 600,000 files. A digest that claims more is
+/// refused before a byte is read (a server could otherwise make pochi buffer gigabytes).
+const MAX_TREE_BYTES: u64 = 64 << 20;
+
 /// Downloads a `Tree` (verified) and decodes it.
 pub fn fetch_tree(backend: &dyn CacheBackend, digest: &Digest) -> Result<re::Tree, RemoteError> {
+    if digest.size() > MAX_TREE_BYTES {
+        return Err(RemoteError::Protocol {
+            endpoint: backend.endpoint().to_string(),
+            what: "Tree",
+            detail: format!(
+                "{digest} claims {} bytes, over the {} MiB pochi holds in memory for a tree",
+                digest.size(),
+                MAX_TREE_BYTES >> 20
+            ),
+        });
+    }
     let bytes = backend.download_bytes(digest)?;
     re::Tree::decode(bytes.as_slice()).map_err(|e| RemoteError::Protocol {
         endpoint: backend.endpoint().to_string(),

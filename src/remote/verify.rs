@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::digest::{Digest, DigestFunction, Hasher};
 use super::error::RemoteError;
@@ -18,11 +19,24 @@ pub(crate) trait Sink {
     fn written(&self) -> u64;
 }
 
-/// Hashing and the size limit, common to the file and the memory sink.
+/// The least a download must bring in each window of the endpoint's timeout (or all it has
+/// left, when less): a server that sends one byte every two seconds, or empty messages,
+/// passes every per-message timeout, and would otherwise hold a build as long as it likes.
+pub(crate) const MIN_BYTES_PER_WINDOW: u64 = 64 << 10;
+
+/// Hashing, the size limit and the progress floor, common to the file and the memory sink.
 struct Check {
     endpoint: String,
     expected: Digest,
     hasher: Hasher,
+    progress: Option<Progress>,
+}
+
+/// What arrived since the current window started.
+struct Progress {
+    window: Duration,
+    started: Instant,
+    at_start: u64,
 }
 
 impl Check {
@@ -31,6 +45,7 @@ impl Check {
             endpoint: endpoint.to_owned(),
             expected: expected.clone(),
             hasher: function.hasher(),
+            progress: None,
         }
     }
 
@@ -39,7 +54,40 @@ impl Check {
         if self.hasher.len() > self.expected.size() {
             return Err(self.mismatch_now());
         }
+        self.check_progress()
+    }
+
+    /// Fails once a window has passed with less than the floor received in it.
+    fn check_progress(&mut self) -> Result<(), RemoteError> {
+        let received = self.hasher.len();
+        let Some(progress) = self.progress.as_mut() else {
+            return Ok(());
+        };
+        if progress.started.elapsed() < progress.window {
+            return Ok(());
+        }
+        let needed = MIN_BYTES_PER_WINDOW.min(self.expected.size() - progress.at_start);
+        let got = received - progress.at_start;
+        if got < needed {
+            return Err(RemoteError::Stalled {
+                endpoint: self.endpoint.clone(),
+                digest: self.expected.clone(),
+                received: got,
+                needed,
+                window: progress.window,
+            });
+        }
+        progress.started = Instant::now();
+        progress.at_start = received;
         Ok(())
+    }
+
+    fn watch_progress(&mut self, window: Duration) {
+        self.progress = Some(Progress {
+            window,
+            started: Instant::now(),
+            at_start: 0,
+        });
     }
 
     /// The mismatch for what arrived so far (used when a server sends too much).
@@ -77,6 +125,12 @@ impl VerifiedBytes {
             check: Check::new(endpoint, expected, function),
             bytes: Vec::with_capacity(capacity),
         }
+    }
+
+    /// The same sink, failing when less than `MIN_BYTES_PER_WINDOW` arrives in a `window`.
+    pub(crate) fn stalling_after(mut self, window: Duration) -> Self {
+        self.check.watch_progress(window);
+        self
     }
 
     /// The bytes, if they match the digest.
@@ -138,6 +192,12 @@ impl VerifiedFile {
             dest: dest.to_owned(),
             written: 0,
         })
+    }
+
+    /// The same sink, failing when less than `MIN_BYTES_PER_WINDOW` arrives in a `window`.
+    pub(crate) fn stalling_after(mut self, window: Duration) -> Self {
+        self.check.watch_progress(window);
+        self
     }
 
     /// Verifies and renames into place (mode 0644, or 0755 when `executable`).

@@ -7,6 +7,7 @@
 //! `fork` in a multi-threaded process it calls only async-signal-safe functions (`read`,
 //! `kill`, `nanosleep`, `close`, `_exit`) and allocates nothing.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -22,41 +23,101 @@ const CAPACITY: usize = 4096;
 /// How long groups get between SIGTERM and SIGKILL once pochi is gone.
 const GRACE_MS: u64 = 3000;
 
-/// pochi's end of the watchdog's pipe.
+/// pochi's end of the watchdog's pipe, the watchdog's process id, and the groups it was
+/// told of (so that a new watchdog can be told them again).
 pub(super) struct Watchdog {
-    pipe: Mutex<File>,
+    state: Mutex<Guard>,
+}
+
+struct Guard {
+    pipe: File,
+    pid: i32,
+    groups: HashSet<i32>,
 }
 
 static WATCHDOG: OnceLock<Option<Watchdog>> = OnceLock::new();
 
-/// The process's watchdog, started on first use; `None` if it could not be started.
+/// The process's watchdog, started on first use; `None` if it could not be started. A
+/// thread waits on it and starts another if it dies (`kill -9` of the watchdog alone),
+/// telling it the groups still registered.
 pub(super) fn get() -> Option<&'static Watchdog> {
-    WATCHDOG.get_or_init(start).as_ref()
+    let watchdog = WATCHDOG
+        .get_or_init(|| {
+            start().map(|(pipe, pid)| Watchdog {
+                state: Mutex::new(Guard {
+                    pipe,
+                    pid,
+                    groups: HashSet::new(),
+                }),
+            })
+        })
+        .as_ref();
+    static MONITOR: OnceLock<()> = OnceLock::new();
+    if let Some(watchdog) = watchdog {
+        MONITOR.get_or_init(|| {
+            std::thread::spawn(move || watchdog.replace_when_it_dies());
+        });
+    }
+    watchdog
 }
 
 impl Watchdog {
     /// Registers a stage's process group.
     pub(super) fn watch(&self, group: i32) {
-        self.send(WATCH, group);
+        let mut state = self.lock();
+        state.groups.insert(group);
+        send(&mut state.pipe, WATCH, group);
     }
 
     /// Unregisters a group that pochi has ended itself.
     pub(super) fn forget(&self, group: i32) {
-        self.send(FORGET, group);
+        let mut state = self.lock();
+        state.groups.remove(&group);
+        send(&mut state.pipe, FORGET, group);
     }
 
-    fn send(&self, op: i32, group: i32) {
-        let mut message = [0u8; MESSAGE];
-        message[..4].copy_from_slice(&op.to_ne_bytes());
-        message[4..].copy_from_slice(&group.to_ne_bytes());
-        // One write of 8 bytes (< PIPE_BUF) is atomic. If the watchdog died, the write
-        // fails with EPIPE (Rust ignores SIGPIPE): nothing more can be done.
-        let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = pipe.write_all(&message);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the watchdog process to end (it never does while pochi lives, unless it
+    /// is killed), then starts a new one and registers the groups again; gives up, leaving
+    /// `PR_SET_PDEATHSIG`-less stages unguarded, only if no process can be forked.
+    fn replace_when_it_dies(&self) {
+        loop {
+            let pid = self.lock().pid;
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if waited < 0 && last_errno() == libc::EINTR {
+                continue;
+            }
+            let mut state = self.lock();
+            let Some((pipe, pid)) = start() else {
+                return;
+            };
+            state.pipe = pipe;
+            state.pid = pid;
+            let groups: Vec<i32> = state.groups.iter().copied().collect();
+            for group in groups {
+                send(&mut state.pipe, WATCH, group);
+            }
+        }
     }
 }
 
-fn start() -> Option<Watchdog> {
+fn send(pipe: &mut File, op: i32, group: i32) {
+    let mut message = [0u8; MESSAGE];
+    message[..4].copy_from_slice(&op.to_ne_bytes());
+    message[4..].copy_from_slice(&group.to_ne_bytes());
+    // One write of 8 bytes (< PIPE_BUF) is atomic. If the watchdog died, the write fails
+    // with EPIPE (Rust ignores SIGPIPE); the monitor thread starts another, which is told
+    // every registered group.
+    let _ = pipe.write_all(&message);
+}
+
+/// Forks a watchdog; pochi's end of its pipe and its process id.
+fn start() -> Option<(File, i32)> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the two descriptors; close-on-exec keeps them out of stages.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -75,12 +136,10 @@ fn start() -> Option<Watchdog> {
             None
         }
         0 => watch_groups(read_end),
-        _ => {
+        pid => {
             // SAFETY: the read end belongs to the child now; the write end is ours alone.
             unsafe { libc::close(read_end) };
-            Some(Watchdog {
-                pipe: Mutex::new(unsafe { File::from_raw_fd(write_end) }),
-            })
+            Some((unsafe { File::from_raw_fd(write_end) }, pid))
         }
     }
 }

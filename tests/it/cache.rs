@@ -449,3 +449,44 @@ fn a_modified_deleted_or_cleaned_output_is_restored_with_its_recorded_content() 
     project.build(&[]).assert_ok();
     assert_eq!(outputs(&project), built);
 }
+
+/// Issue 22 (10): a damaged blob of the right size used to be reused by a later store of
+/// the same content (only restores hashed it), so the new entry pointed at damaged bytes
+/// and its restores missed. A store now hashes the blob it would reuse and replaces a
+/// damaged one.
+#[test]
+fn a_damaged_blob_is_replaced_when_its_content_is_stored_again() {
+    let project = switch_project();
+    project.build(&[]).assert_ok();
+    // calib's `a.txt` holds "fp16\n"; damage its blob, keeping the size.
+    let blob = blob_holding(&project, b"fp16\n");
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    std::fs::write(&blob, b"FP16\n").unwrap();
+
+    // A new stage writes the same bytes: it runs (nothing to restore) and is stored.
+    let twin = r#"
+[stages.twin]
+kind = "command"
+run = ["sh", "-c", "mkdir -p {outputs.dir} && echo fp16 > {outputs.dir}/a.txt"]
+outputs = { dir = "out/twin" }
+"#;
+    project.write("pipeline.toml", &format!("{PIPELINE}{twin}"));
+    let stored = project.build(&[]);
+    stored.assert_ok();
+    assert_eq!(stored.ran(), ["twin"], "{}", stored.stderr);
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        b"fp16\n",
+        "the blob is repaired"
+    );
+
+    // Its entry restores.
+    std::fs::remove_dir_all(project.path("out/twin")).unwrap();
+    let run = project.build(&[]);
+    run.assert_ok();
+    assert_eq!(run.stages("restored"), ["twin"], "{}", run.stderr);
+    assert!(!run.stderr.contains("corrupt"), "{}", run.stderr);
+    assert_eq!(project.read("out/twin/a.txt"), "fp16\n");
+}

@@ -271,3 +271,208 @@ outputs = {{ out = "{}" }}
     project.build(&[]).assert_ok();
     assert_eq!(project.read(&"n".repeat(244)), "a\n");
 }
+
+// 12. Placeholders are substituted unquoted: inside an `sh -c` string a path with a space
+// breaks the command. The README's idiom (paths as the shell's positional arguments) works.
+#[test]
+fn paths_with_spaces_reach_a_shell_as_positional_arguments() {
+    let stage = |run: &str| {
+        let project = Project::new(&format!(
+            r#"
+[stages.a]
+kind = "command"
+run = {run}
+inputs = {{ src = "data/my file.txt" }}
+outputs = {{ out = "out/my upper.txt" }}
+"#
+        ));
+        project.write("data/my file.txt", "spaced\n");
+        project
+    };
+    let quoted = stage(
+        r#"["sh", "-c", "tr a-z A-Z < \"$1\" > \"$2\"", "sh", "{inputs.src}", "{outputs.out}"]"#,
+    );
+    quoted.build(&[]).assert_ok();
+    assert_eq!(quoted.read("out/my upper.txt"), "SPACED\n");
+    // What the README warns of: unquoted, the shell splits both paths.
+    let unquoted = stage(r#"["sh", "-c", "tr a-z A-Z < {inputs.src} > {outputs.out}"]"#);
+    unquoted.build(&[]).assert_error(&["stage `a` failed"]);
+}
+
+/// The children of `parent` whose command name is `name`.
+fn children_named(parent: u32, name: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && comm.ends_with(&format!("({name}")) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+// 9. A killed watchdog went unnoticed: a later `kill -9` of pochi then left the stage
+// running. pochi now starts another watchdog, told every running stage.
+#[test]
+fn a_killed_watchdog_is_replaced_and_a_later_kill_of_pochi_still_ends_the_stage() {
+    use crate::common::servers::alive;
+    let project = Project::new(
+        r#"
+[pipeline]
+name = "p"
+
+[stages.slow]
+kind = "command"
+run = ["sh", "-c", "echo $$ > started.pid; sleep 120; echo done > {outputs.out}"]
+outputs = { out = "out/slow.txt" }
+"#,
+    );
+    let mut pochi = project
+        .command(&["build"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pochi");
+    let started = project.path("started.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&started)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the stage never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stage: i32 = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let watchdogs = children_named(pochi.id(), "pochi");
+    assert_eq!(watchdogs.len(), 1, "one watchdog: {watchdogs:?}");
+    // SAFETY: killing the watchdog of the pochi we started.
+    unsafe { libc::kill(watchdogs[0], libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = children_named(pochi.id(), "pochi");
+        if now.len() == 1 && now[0] != watchdogs[0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new watchdog: {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pochi.kill().unwrap();
+    pochi.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(stage) {
+        if Instant::now() > deadline {
+            // SAFETY: cleaning up the stage this test started.
+            unsafe { libc::kill(-stage, libc::SIGKILL) };
+            panic!("the stage outlived pochi's kill -9");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!project.exists("out/slow.txt"));
+}
+
+/// One stage writing `out/a.txt` (a file) or `out/d` (a directory).
+fn one_output() -> Project {
+    Project::new(
+        r#"
+[pipeline]
+name = "p"
+
+[stages.a]
+kind = "command"
+run = ["sh", "-c", "echo a > {outputs.out}"]
+outputs = { out = "out/a.txt" }
+
+[stages.d]
+kind = "command"
+run = ["sh", "-c", "mkdir -p {outputs.dir} && echo d > {outputs.dir}/f"]
+outputs = { dir = "out/d" }
+"#,
+    )
+}
+
+fn build_against(project: &Project, url: &str, timeout: &str) -> crate::common::Run {
+    let args = [
+        "build",
+        "--json",
+        "--remote-cache",
+        url,
+        "--remote-timeout",
+        timeout,
+    ];
+    project.run_within(&args, Duration::from_secs(90))
+}
+
+// 4. `--remote-timeout` bounded one message, not progress: a server sending one byte every
+// two seconds held a build as long as it liked. Now each timeout's window must bring at
+// least 64 KiB (or the rest of the blob).
+#[test]
+fn a_trickling_cache_server_is_a_miss_within_its_timeout() {
+    use crate::common::hostile::{BlobAnswer, HostileHttp, entry_with_file};
+    use pochi::remote::{Digest, DigestFunction};
+    let content = vec![b'x'; 1000];
+    let digest = Digest::of_bytes(DigestFunction::Sha256, &content);
+    let server = HostileHttp::start(
+        entry_with_file("out/a.txt", &digest),
+        BlobAnswer::Trickle(content),
+    );
+    let project = one_output();
+    let started = Instant::now();
+    let run = build_against(&project, &server.url(), "4");
+    run.assert_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(run.stderr.contains("stalled"), "{}", run.stderr);
+    assert!(run.ran().contains(&"a".to_string()), "{}", run.stderr);
+    assert_eq!(project.read("out/a.txt"), "a\n");
+}
+
+// 3. A tree claiming 10 GiB was buffered in memory up to the claim, a file's claim written
+// to disk up to it, and an entry over ureq's limit read as "cannot reach the server".
+#[test]
+fn claims_a_cache_server_cannot_back_are_refused_before_a_byte_is_read() {
+    use crate::common::hostile::{BlobAnswer, HostileHttp, entry_with_dir, entry_with_file};
+    use pochi::remote::Digest;
+    let tree = Digest::new(&"ab".repeat(32), 10 << 30).unwrap();
+    let file = Digest::new(&"cd".repeat(32), 1 << 50).unwrap();
+    for (entry, says, blob) in [
+        (entry_with_dir("out/d", &tree), "over the 64 MiB", "abab"),
+        (
+            entry_with_file("out/a.txt", &file),
+            "free on the disk",
+            "cdcd",
+        ),
+        (vec![0u8; 65 << 20], "larger than 64 MiB", "cas/"),
+    ] {
+        let server = HostileHttp::start(entry, BlobAnswer::Missing);
+        let project = one_output();
+        let run = build_against(&project, &server.url(), "20");
+        run.assert_ok();
+        assert!(run.stderr.contains(says), "{says}: {}", run.stderr);
+        assert!(!run.stderr.contains("cannot reach"), "{}", run.stderr);
+        let fetched: Vec<String> = server
+            .asked()
+            .into_iter()
+            .filter(|asked| asked.starts_with("GET") && asked.contains(blob))
+            .collect();
+        assert_eq!(fetched, Vec::<String>::new(), "{says}");
+        assert_eq!(project.read("out/a.txt"), "a\n");
+    }
+}

@@ -18,6 +18,17 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+def png16(path, samples):
+    """A 16-bit RGB PNG (Pillow cannot write one), written by hand."""
+    import struct, zlib
+    h, w = samples.shape[:2]
+    raw = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(h))
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
 cases = json.load(open(sys.argv[1]))
 rng = np.random.default_rng(7)
 os.makedirs("ref", exist_ok=True)
@@ -35,11 +46,19 @@ for c in cases:
         img = Image.fromarray(np.concatenate([rgb, alpha], -1), "RGBA")
     elif c["mode"] == "P":
         img = img.quantize(64)
+    elif c["mode"] == "I16":
+        # Half the values under 256 (kept), half over (Pillow clips them to 255).
+        small = rng.integers(0, 256, (h, w))
+        img = Image.fromarray(np.where(rng.random((h, w)) < 0.5, small, rng.integers(0, 65536, (h, w))).astype(np.uint16))
     folder = os.path.join("data", c["name"])
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "img." + c["ext"])
     if c["ext"] == "jpg":
         img.save(path, quality=c["quality"], subsampling=c["subsampling"], progressive=c["progressive"])
+    elif c["mode"] == "RGB16":
+        png16(path, rng.integers(0, 65536, (h, w, 3)))
+    elif c["ext"] == "webp":
+        img.save(path, lossless=c.get("lossless", False))
     else:
         img.save(path)
     ref = Image.open(path).convert("RGB")
@@ -346,5 +365,27 @@ fn jpeg_decodes_as_pillow_does() {
         case
     });
     let cases: Vec<Value> = cases.into_iter().chain(sweep).collect();
+    assert_identical(&run_cases(&cases));
+}
+
+/// Issue 22 (11): every format torchvision's `ImageFolder` reads is read, as Pillow decodes
+/// it (`.webp`, `.tif`, `.ppm` were skipped without a word), and a 16-bit PNG becomes what
+/// Pillow's `convert("RGB")` makes of it (it clips 16-bit grey to 255 and keeps the high
+/// byte of 16-bit colour; pochi scaled by 1/257).
+#[test]
+fn every_format_image_folder_reads_decodes_as_pillow_does() {
+    let mut lossless = image("webp_lossless", 41, 27, "RGB", "webp");
+    lossless["lossless"] = json!(true);
+    let cases = vec![
+        image("tif_rgb", 37, 23, "RGB", "tif"),
+        image("tiff_grey", 20, 31, "L", "tiff"),
+        image("tif_rgba", 33, 17, "RGBA", "tif"),
+        image("ppm", 29, 19, "RGB", "ppm"),
+        image("pgm", 29, 19, "L", "pgm"),
+        image("webp_lossy", 64, 48, "RGB", "webp"),
+        lossless,
+        image("png_grey16", 23, 29, "I16", "png"),
+        image("png_rgb16", 31, 21, "RGB16", "png"),
+    ];
     assert_identical(&run_cases(&cases));
 }

@@ -1322,3 +1322,17 @@ fn the_batch_sweep_times_every_size_and_skips_what_an_engine_cannot_take() {
         assert!(svg.contains(name), "{name} missing from the chart");
     }
 }
+
+/// Issue 22 (11): with `--input-size` the layout check was skipped, and a channels-last
+/// model failed inside ONNX Runtime ("index: 1 Got: 3 Expected: 8"). Now it is refused
+/// first, with or without `--input-size`, saying why.
+#[test]
+fn infer_refuses_a_channels_last_model_for_images_with_or_without_an_input_size() {
+    let project = project("");
+    write_images(&project, "val");
+    for extra in [&[][..], &["--input-size", "8"][..]] {
+        let run = project.run(&[&["infer", "nhwc.onnx", "--data", "val"][..], extra].concat());
+        run.assert_error(&["batch x 8 x 8 x 3, but a folder of images gives", "help:"]);
+        assert!(!run.stderr.contains("Expected"), "{}", run.stderr);
+    }
+}

@@ -52,7 +52,7 @@ const FORMAT: u32 = 2;
 /// `kind = "dataset"`: tensors, labels and a manifest from images, volumes or noise.
 #[derive(Debug, Deserialize, JsonSchema)]
 struct DatasetKeys {
-    /// A folder of class-per-folder (or flat) images (.jpg, .jpeg, .png, .bmp) or .npy
+    /// A folder of class-per-folder (or flat) images (.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp) or .npy
     /// volumes, a .npy array (samples on its first axis), or "@stage". Exclusive with
     /// `synthetic`.
     #[schemars(with = "Option<String>")]

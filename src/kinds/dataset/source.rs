@@ -9,7 +9,10 @@ use ndarray_npy::{ReadNpyError, ReadNpyExt};
 
 use super::random;
 
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp"];
+/// torchvision's `ImageFolder` extensions (`IMG_EXTENSIONS`): every file it reads is read.
+const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
 /// Folders deeper than this inside a class folder are not searched (a guard against loops).
 const MAX_DEPTH: usize = 32;
 
@@ -331,9 +334,45 @@ fn decode_image(path: &Path) -> Result<ArrayD<f32>, String> {
             return Ok(planar(&decoded.pixels, decoded.width, decoded.height));
         }
     }
-    let image = reader.decode().map_err(|e| e.to_string())?.into_rgb8();
+    let image = pillow_rgb8(reader.decode().map_err(|e| e.to_string())?);
     let (width, height) = (image.width() as usize, image.height() as usize);
     Ok(planar(image.as_raw(), width, height))
+}
+
+/// An image as Pillow's `convert("RGB")` makes it. 8-bit images convert as the `image`
+/// crate does. 16-bit ones do not scale: Pillow reads 16-bit grey as `I;16` and clips it
+/// to 255, and keeps the high byte of 16-bit colour (and grey with alpha) samples.
+fn pillow_rgb8(image: image::DynamicImage) -> image::RgbImage {
+    use image::DynamicImage::{ImageLuma16, ImageLumaA16, ImageRgb16, ImageRgba16};
+    let (width, height) = (image.width(), image.height());
+    if !matches!(
+        image,
+        ImageLuma16(_) | ImageLumaA16(_) | ImageRgb16(_) | ImageRgba16(_)
+    ) {
+        return image.into_rgb8();
+    }
+    let rgb = |samples: Vec<u8>| {
+        image::RgbImage::from_raw(width, height, samples).unwrap_or_else(|| image.to_rgb8())
+    };
+    match &image {
+        ImageLuma16(grey) => rgb(grey
+            .as_raw()
+            .iter()
+            .flat_map(|&v| [v.min(255) as u8; 3])
+            .collect()),
+        ImageLumaA16(grey) => rgb(grey
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|la| [(la[0] >> 8) as u8; 3])
+            .collect()),
+        ImageRgb16(colour) => rgb(colour.as_raw().iter().map(|&v| (v >> 8) as u8).collect()),
+        ImageRgba16(colour) => rgb(colour
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .collect()),
+        _ => image.to_rgb8(),
+    }
 }
 
 /// A JPEG decoded by libjpeg-turbo (what Pillow uses) to RGB with its default settings

@@ -232,7 +232,8 @@ impl CacheBackend for GrpcClient {
 
     fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<(), RemoteError> {
         let function = self.function()?;
-        let mut file = VerifiedFile::create(self.name(), digest, function, dest)?;
+        let mut file = VerifiedFile::create(self.name(), digest, function, dest)?
+            .stalling_after(self.endpoint_ref().timeout());
         if self.is_empty(digest)? {
             // Nothing to fetch: the empty blob.
         } else if self.fits_batch(digest.size())? {
@@ -250,7 +251,8 @@ impl CacheBackend for GrpcClient {
         if self.fits_batch(digest.size())? {
             return self.batch_read(digest);
         }
-        let mut sink = VerifiedBytes::new(self.name(), digest, self.function()?);
+        let mut sink = VerifiedBytes::new(self.name(), digest, self.function()?)
+            .stalling_after(self.endpoint_ref().timeout());
         self.read_blob(digest, &mut sink)?;
         sink.finish()
     }

@@ -104,3 +104,122 @@ pub fn planted_in(victim: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect()
 }
+
+/// How a HOSTILE HTTP cache answers `GET .../cas/<hash>`.
+#[derive(Clone)]
+pub enum BlobAnswer {
+    /// These bytes, announced whole, one byte every two seconds.
+    Trickle(Vec<u8>),
+    /// 404 (the test checks that pochi never asked).
+    Missing,
+}
+
+/// A HOSTILE Bazel HTTP cache on 127.0.0.1: every `GET .../ac/<hash>` gets `entry` (any
+/// bytes: a valid `ActionResult` or not), every `HEAD` says the blob is there, every `GET
+/// .../cas/<hash>` gets `blob`; PUTs are read and dropped. It records the paths asked for.
+pub struct HostileHttp {
+    port: u16,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HostileHttp {
+    pub fn start(entry: Vec<u8>, blob: BlobAnswer) -> HostileHttp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&asked);
+        let entry = std::sync::Arc::new(entry);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (entry, blob, log) = (entry.clone(), blob.clone(), log.clone());
+                std::thread::spawn(move || answer(stream, &entry, &blob, &log));
+            }
+        });
+        HostileHttp { port, asked }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hostile", self.port)
+    }
+
+    /// The `METHOD PATH` of every request so far.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+fn answer(
+    mut stream: std::net::TcpStream,
+    entry: &[u8],
+    blob: &BlobAnswer,
+    log: &std::sync::Mutex<Vec<String>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let mut words = request.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    log.lock().unwrap().push(format!("{method} {path}"));
+    let head = |status: &str, length: usize| {
+        format!("HTTP/1.1 {status}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n")
+    };
+    let _ = match (method, path.contains("/ac/"), blob) {
+        ("GET", true, _) => stream
+            .write_all(head("200 OK", entry.len()).as_bytes())
+            .and_then(|()| stream.write_all(entry)),
+        ("HEAD", _, _) => stream.write_all(head("200 OK", 0).as_bytes()),
+        ("GET", false, BlobAnswer::Trickle(bytes)) => {
+            let _ = stream.write_all(head("200 OK", bytes.len()).as_bytes());
+            for byte in bytes {
+                if stream.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            Ok(())
+        }
+        ("PUT", _, _) => stream.write_all(head("200 OK", 0).as_bytes()),
+        _ => stream.write_all(head("404 Not Found", 0).as_bytes()),
+    };
+}
+
+/// An `ActionResult` naming one output file at `path` with `digest`.
+pub fn entry_with_file(path: &str, digest: &Digest) -> Vec<u8> {
+    proto::ActionResult {
+        output_files: vec![proto::OutputFile {
+            path: path.into(),
+            digest: Some(digest.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// An `ActionResult` naming one output directory at `path` whose tree is `tree`.
+pub fn entry_with_dir(path: &str, tree: &Digest) -> Vec<u8> {
+    proto::ActionResult {
+        output_directories: vec![proto::OutputDirectory {
+            path: path.into(),
+            tree_digest: Some(tree.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
