@@ -29,4 +29,5 @@ mod remote_execute;
 mod remote_execution;
 mod remote_servers;
 mod report;
+mod tensorrt_bindings;
 mod tensorrt_engine;
