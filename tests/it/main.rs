@@ -4,7 +4,8 @@
 //! managed Python toolchain, which pochi creates on its first run.
 //!
 //! Test doubles, named as such where they are used: the TensorRT STAND-IN
-//! (`tests/fixtures/fake_tensorrt`).
+//! (`tests/fixtures/fake_tensorrt`, which answers from the real TensorRT Python bindings of
+//! the version under test: `common::tensorrt`).
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 

@@ -356,63 +356,75 @@ fn the_engine_worker_conforms_to_the_real_bindings_of_three_tensorrt_versions() 
     }
 }
 
+/// A copy of the worker with one mistake: `from` replaced by `to`; the conformance run on
+/// each of `versions` must fail with an error holding every `expected` piece.
+struct Mutant {
+    name: &'static str,
+    from: &'static str,
+    to: &'static str,
+    versions: &'static [&'static str],
+    expected: &'static [&'static str],
+}
+
+const MUTANTS: [Mutant; 4] = [
+    Mutant {
+        name: "fp16-under-11",
+        from: "    if use_fp16_flag:\n        config.set_flag(trt.BuilderFlag.FP16)",
+        to: "    if use_fp16_flag or major >= 11:\n        config.set_flag(trt.BuilderFlag.FP16)",
+        versions: &[NEWEST],
+        expected: &["AttributeError", "BuilderFlag", "has no attribute 'FP16'"],
+    },
+    Mutant {
+        name: "max-workspace-size",
+        from: "    config.builder_optimization_level = ",
+        to: "    config.max_workspace_size = int(request[\"workspace\"])\n    config.builder_optimization_level = ",
+        versions: &[FIRST_10, NEWEST_10, NEWEST],
+        expected: &[
+            "AttributeError",
+            "IBuilderConfig",
+            "has no attribute 'max_workspace_size'",
+        ],
+    },
+    Mutant {
+        name: "verbosity-as-int",
+        from: "config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED",
+        to: "config.profiling_verbosity = 2",
+        versions: &[NEWEST],
+        expected: &[
+            "TypeError",
+            "incompatible function arguments",
+            "ProfilingVerbosity",
+        ],
+    },
+    Mutant {
+        name: "set-shape-arity",
+        from: "tuple(p[\"opt\"]), tuple(p[\"max\"]))",
+        to: "tuple(p[\"opt\"]))",
+        versions: &[NEWEST_10],
+        expected: &["TypeError", "set_shape(): incompatible function arguments"],
+    },
+];
+
 /// Copies of the worker with one mistake each: the conformance run fails on them with the
 /// real module's error.
 #[test]
 fn mutated_workers_fail_the_conformance_run_as_the_real_bindings_would() {
     let bench = Bench::new();
     let source = worker_source();
-    let mutants: [(&str, &str, &str, &[&str], &[&str]); 4] = [
-        (
-            "fp16-under-11",
-            "    if use_fp16_flag:\n        config.set_flag(trt.BuilderFlag.FP16)",
-            "    if use_fp16_flag or major >= 11:\n        config.set_flag(trt.BuilderFlag.FP16)",
-            &[NEWEST],
-            &["AttributeError", "BuilderFlag", "has no attribute 'FP16'"],
-        ),
-        (
-            "max-workspace-size",
-            "    config.builder_optimization_level = ",
-            "    config.max_workspace_size = int(request[\"workspace\"])\n    config.builder_optimization_level = ",
-            &[FIRST_10, NEWEST_10, NEWEST],
-            &[
-                "AttributeError",
-                "IBuilderConfig",
-                "has no attribute 'max_workspace_size'",
-            ],
-        ),
-        (
-            "verbosity-as-int",
-            "config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED",
-            "config.profiling_verbosity = 2",
-            &[NEWEST],
-            &[
-                "TypeError",
-                "incompatible function arguments",
-                "ProfilingVerbosity",
-            ],
-        ),
-        (
-            "set-shape-arity",
-            "tuple(p[\"opt\"]), tuple(p[\"max\"]))",
-            "tuple(p[\"opt\"]))",
-            &[NEWEST_10],
-            &["TypeError", "set_shape(): incompatible function arguments"],
-        ),
-    ];
-    for (name, from, to, versions, expected) in mutants {
+    for mutant in &MUTANTS {
+        let name = mutant.name;
         assert_eq!(
-            source.matches(from).count(),
+            source.matches(mutant.from).count(),
             1,
-            "{name}: {from:?} in worker.py"
+            "{name}: in worker.py"
         );
-        let mutant = bench.project.path(&format!("worker-{name}.py"));
-        std::fs::write(&mutant, source.replace(from, to)).unwrap();
-        for version in versions {
-            let error = conformance(&bench, &mutant, version)
+        let path = bench.project.path(&format!("worker-{name}.py"));
+        std::fs::write(&path, source.replace(mutant.from, mutant.to)).unwrap();
+        for version in mutant.versions {
+            let error = conformance(&bench, &path, version)
                 .err()
                 .unwrap_or_else(|| panic!("{name} passed on TensorRT {version}"));
-            for needle in expected {
+            for needle in mutant.expected {
                 assert!(error.contains(needle), "{name} on {version}: {error}");
             }
         }
