@@ -4,7 +4,8 @@
 //! managed Python toolchain, which pochi creates on its first run.
 //!
 //! Test doubles, named as such where they are used: the TensorRT STAND-IN
-//! (`tests/fixtures/fake_tensorrt`).
+//! (`tests/fixtures/fake_tensorrt`, which answers from the real TensorRT Python bindings of
+//! the version under test: `common::tensorrt`).
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_macros)]
 
@@ -30,4 +31,5 @@ mod remote_execute;
 mod remote_execution;
 mod remote_servers;
 mod report;
+mod tensorrt_bindings;
 mod tensorrt_engine;

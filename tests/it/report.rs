@@ -987,7 +987,10 @@ fn engines_are_timed_and_checked_through_the_tensorrt_worker_standin() {
     assert_eq!(models[0]["runs_on"], "ONNX Runtime CPUExecutionProvider");
     let engine = &models[1];
     assert_eq!(engine["status"], "ok", "{engine}");
-    assert_eq!(engine["runs_on"], "TensorRT 11.4.0 on Fake GPU (stand-in)");
+    assert_eq!(
+        engine["runs_on"],
+        "TensorRT 11.4.0.106 on Fake GPU (stand-in)"
+    );
     assert!(
         engine["timing"]
             .as_str()
@@ -1018,7 +1021,7 @@ fn engines_are_timed_and_checked_through_the_tensorrt_worker_standin() {
     );
     let md = project.read("build/pipeline/cmp/report.md");
     assert!(
-        md.contains("TensorRT 11.4.0 on Fake GPU (stand-in)"),
+        md.contains("TensorRT 11.4.0.106 on Fake GPU (stand-in)"),
         "{md}"
     );
     // Up to date afterwards.
@@ -1107,11 +1110,11 @@ fn infer_trt_refuses_an_engine_built_for_another_gpu() {
     // Another TensorRT version is refused the same way.
     let manifest = project
         .read("build/pipeline/engine.manifest.json")
-        .replace("\"11.4.0\"", "\"10.0.0\"");
+        .replace("\"11.4.0.106\"", "\"10.0.0\"");
     project.write("other.manifest.json", &manifest);
     project.run_env(&infer_other, &env).assert_error(&[
         "built with TensorRT 10.0.0",
-        "this machine has TensorRT 11.4.0",
+        "this machine has TensorRT 11.4.0.106",
     ]);
     // The engine's own build runs fine through the one-shot.
     let ok = project.run_env(

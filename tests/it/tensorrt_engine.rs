@@ -1,10 +1,13 @@
 //! The `engine` kind and `pochi convert` on a machine without TensorRT or a GPU: shape
 //! patterns and their errors, availability (unavailable vs. strict), and the TensorRT
 //! worker driven against a recording STAND-IN (`tests/fixtures/fake_tensorrt`, a test
-//! double of the `tensorrt` Python package, never the real one).
+//! double of the `tensorrt` Python package, never the real one) that answers from the real
+//! Python bindings of TensorRT 11.4 (or 10.16 where a test says so; `tensorrt_bindings`
+//! checks the worker on all three versions).
 
 use crate::common::Project;
 use crate::common::summary_stage as stage;
+use crate::common::tensorrt::{NEWEST, NEWEST_10, double_dir};
 use pochi::onnx_info::{Dim, encode};
 use serde_json::Value;
 
@@ -189,9 +192,13 @@ optimization_level = 4
     assert_eq!(shapes[0]["min"], serde_json::json!([1, 3, 32, 32]));
     assert_eq!(shapes[0]["opt"], serde_json::json!([4, 3, 32, 32]));
     assert_eq!(shapes[0]["max"], serde_json::json!([8, 3, 32, 32]));
-    assert_eq!(call(&calls, "set_memory_pool_limit")[0]["size"], 2u64 << 30);
-    // TensorRT 11: a strongly typed network, no precision flag.
-    assert_eq!(call(&calls, "create_network")[0]["flags"], 1 << 1);
+    assert_eq!(
+        call(&calls, "set_memory_pool_limit")[0]["pool_size"],
+        2u64 << 30
+    );
+    // TensorRT 11: strongly typed always (its STRONGLY_TYPED flag is 0, deprecated and
+    // ignored), so no network flag and no precision flag.
+    assert_eq!(call(&calls, "create_network")[0]["flags"], 0);
     let built = call(&calls, "build_serialized_network")[0];
     assert_eq!(built["config_flags"], serde_json::json!([]));
     assert_eq!(built["optimization_level"], 4);
@@ -199,7 +206,8 @@ optimization_level = 4
     assert_eq!(call(&calls, "set_timing_cache").len(), 1);
     let manifest: Value =
         serde_json::from_str(&project.read("build/pipeline/engine.manifest.json")).unwrap();
-    assert_eq!(manifest["tensorrt"], "11.4.0");
+    assert_eq!(manifest["tensorrt"], NEWEST);
+    assert_eq!(manifest["builder"]["strongly_typed"], true);
     assert_eq!(manifest["gpu"]["name"], "Fake GPU (stand-in)");
     assert_eq!(manifest["gpu"]["compute_capability"], "9.0");
     assert_eq!(manifest["precision"], "fp32");
@@ -221,7 +229,8 @@ optimization_level = 4
             .ran()
             .is_empty()
     );
-    let other = build_with_standin(&project, &[], &[("FAKE_TRT_VERSION", "11.5.0")]);
+    let ten = double_dir(NEWEST_10);
+    let other = build_with_standin(&project, &[], &[("POCHI_TEST_TENSORRT_STANDIN", &ten)]);
     other.assert_ok();
     assert_eq!(other.ran(), vec!["engine"]);
 }
@@ -239,7 +248,8 @@ precision = "fp16"
 "#;
     let dims = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)];
     let project = project(pipeline, dims);
-    let run = build_with_standin(&project, &[], &[("FAKE_TRT_VERSION", "10.13.0")]);
+    let ten = double_dir(NEWEST_10);
+    let run = build_with_standin(&project, &[], &[("POCHI_TEST_TENSORRT_STANDIN", &ten)]);
     run.assert_ok();
     let calls = calls(&project);
     assert!(
@@ -273,11 +283,12 @@ precision = "fp16"
 "#;
     let project = project(pipeline, dyn_batch());
     // TensorRT 10 with the FP16 flag, but the stand-in reports fp32 layers.
+    let ten = double_dir(NEWEST_10);
     let run = build_with_standin(
         &project,
         &[],
         &[
-            ("FAKE_TRT_VERSION", "10.13.0"),
+            ("POCHI_TEST_TENSORRT_STANDIN", &ten),
             ("FAKE_TRT_LAYER_TYPE", "Float"),
         ],
     );
@@ -400,7 +411,10 @@ fn convert_with_the_standin_writes_pochitrains_engine_name() {
     run.assert_ok();
     assert!(project.exists("model.engine"), "{}", run.stderr);
     let calls = calls(&project);
-    assert_eq!(call(&calls, "set_memory_pool_limit")[0]["size"], 1048576);
+    assert_eq!(
+        call(&calls, "set_memory_pool_limit")[0]["pool_size"],
+        1048576
+    );
     assert_eq!(
         call(&calls, "set_shape")[0]["max"],
         serde_json::json!([1, 3, 32, 32])
@@ -443,11 +457,11 @@ fn convert_int8_with_npy_calibration_quantizes_then_builds_with_the_standin() {
     run.assert_ok();
     assert!(project.exists("net_int8.engine"), "{}", run.stderr);
     let calls = calls(&project);
-    // The quantized ONNX carries Q/DQ: strongly typed, no flag, int8 layers reported.
-    assert_eq!(call(&calls, "create_network")[0]["flags"], 1 << 1);
+    // The quantized ONNX carries Q/DQ: strongly typed (always, on TensorRT 11), no flag.
+    assert_eq!(call(&calls, "create_network")[0]["flags"], 0);
     assert!(call(&calls, "set_flag").is_empty());
     assert!(
-        call(&calls, "parse_from_file")[0]["path"]
+        call(&calls, "parse_from_file")[0]["model"]
             .as_str()
             .unwrap()
             .ends_with("model_int8.onnx")
@@ -504,7 +518,7 @@ fn convert_int8_with_an_image_folder_calibrates_on_the_images() {
     // The engine was built from the Q/DQ model.
     let calls = calls(&project);
     assert!(
-        call(&calls, "parse_from_file")[0]["path"]
+        call(&calls, "parse_from_file")[0]["model"]
             .as_str()
             .unwrap()
             .ends_with("model_int8.onnx")
@@ -796,4 +810,64 @@ fn a_stages_key_is_the_same_whatever_order_commands_run_in() {
         fingerprints.windows(2).all(|w| w[0] == w[1]),
         "{fingerprints:?}"
     );
+}
+
+/// Issue 23: a timing cache that TensorRT refuses (`set_timing_cache` returns False, as
+/// for another GPU's) is not reported reused; the build goes on and replaces it.
+#[test]
+fn a_timing_cache_tensorrt_refuses_is_not_reported_reused() {
+    let pipeline =
+        "[resources]\ngpus = [0]\n\n[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\n";
+    let project = project(pipeline, dyn_batch());
+    // The timing cache is per GPU model (in the user's cache): a model of this test's own.
+    let gpu = format!("Timing cache test GPU {}", std::process::id());
+    let manifest = |extra: &[(&str, &str)]| {
+        let mut env = vec![("FAKE_TRT_GPU_NAME", gpu.as_str())];
+        env.extend_from_slice(extra);
+        build_with_standin(&project, &[], &env).assert_ok();
+        let text = project.read("build/pipeline/engine.manifest.json");
+        serde_json::from_str::<Value>(&text).unwrap()["builder"].clone()
+    };
+    let first = manifest(&[]);
+    assert_eq!(first["timing_cache_reused"], false, "{first}");
+    let level = |n: u32| format!("{pipeline}optimization_level = {n}\n");
+    project.write("pipeline.toml", &level(4));
+    let second = manifest(&[]);
+    assert_eq!(second["timing_cache_reused"], true, "{second}");
+    assert_eq!(second["timing_cache_rejected"], false, "{second}");
+    project.write("pipeline.toml", &level(5));
+    let refused = manifest(&[("FAKE_TRT_TIMING_CACHE_MISMATCH", "1")]);
+    assert_eq!(refused["timing_cache_reused"], false, "{refused}");
+    assert_eq!(refused["timing_cache_rejected"], true, "{refused}");
+    let calls = calls(&project);
+    let sets: Vec<&Value> = call(&calls, "set_timing_cache")
+        .iter()
+        .map(|c| &c["ignore_mismatch"])
+        .collect();
+    assert_eq!(sets, [false, false], "refused, then an empty cache");
+    let _ = std::fs::remove_file(refused["timing_cache"].as_str().unwrap());
+}
+
+/// Issue 23: when TensorRT's parser fails without an error, the message says so (it was
+/// "TensorRT cannot parse the ONNX: " and nothing more).
+#[test]
+fn a_parse_failure_without_errors_says_so() {
+    let pipeline =
+        "[resources]\ngpus = [0]\n\n[stages.engine]\nkind = \"engine\"\nonnx = \"model.onnx\"\n";
+    let project = project(pipeline, dyn_batch());
+    let run = build_with_standin(&project, &[], &[("FAKE_TRT_PARSE_FAIL_SILENTLY", "1")]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let error = crate::common::failure_text(stage(&run.summary(), "engine"));
+    assert!(
+        error.contains("TensorRT cannot parse the ONNX: the parser reported no error"),
+        "{error}"
+    );
+    let run = build_with_standin(
+        &project,
+        &[],
+        &[("FAKE_TRT_PARSE_ERROR", "No importer for Foo")],
+    );
+    let error = crate::common::failure_text(stage(&run.summary(), "engine"));
+    assert!(error.contains("No importer for Foo"), "{error}");
+    assert!(!project.exists("build/pipeline/engine.engine"));
 }

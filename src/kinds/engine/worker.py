@@ -172,6 +172,22 @@ def check_precision(wanted, counts):
 
 # ---- build ----------------------------------------------------------------------------
 
+def use_timing_cache(config, cache_path):
+    """Gives the builder the timing cache at `cache_path` (an empty one when there is none).
+    TensorRT refuses a cache made with another GPU, CUDA or TensorRT (`set_timing_cache`
+    returns False): then the build starts from an empty cache, which replaces the file.
+    Returns (reused, rejected)."""
+    blob = b""
+    if os.path.exists(cache_path):
+        with open(cache_path, "rb") as f:
+            blob = f.read()
+    if config.set_timing_cache(config.create_timing_cache(blob), False):
+        return bool(blob), False
+    if not blob or not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise Failure("build", "TensorRT refused an empty timing cache", "")
+    return False, True
+
+
 def build(request):
     started = time.monotonic()
     try:
@@ -203,18 +219,24 @@ def build(request):
             f"the ONNX carries {carried} but the engine was asked to be {wanted}",
             f"build the engine from a `quantize` stage with precision = \"{wanted}\", or set precision = \"auto\"",
         )
-    strongly_typed = not use_fp16_flag and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    # TensorRT 11 builds every network strongly typed: its STRONGLY_TYPED flag (value 0 in
+    # 11.4, 1 in 10.x) is deprecated and ignored, so it is not passed there.
+    flags = 0
+    if major >= 11:
+        strongly_typed = True
+    else:
+        strongly_typed = not use_fp16_flag and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+        if strongly_typed:
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(onnx_path):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise Failure("parse", "TensorRT cannot parse the ONNX: " + "; ".join(errors) or "unknown error",
+        detail = "; ".join(errors) or "the parser reported no error (see the log above)"
+        raise Failure("parse", "TensorRT cannot parse the ONNX: " + detail,
                       "check the opset and operators against TensorRT's ONNX support matrix")
 
     config = builder.create_builder_config()
@@ -233,15 +255,9 @@ def build(request):
         config.add_optimization_profile(profile)
 
     cache_path = request.get("timing_cache")
-    cache_reused = False
+    cache_reused = cache_rejected = False
     if cache_path:
-        blob = b""
-        if os.path.exists(cache_path):
-            with open(cache_path, "rb") as f:
-                blob = f.read()
-            cache_reused = bool(blob)
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, False)
+        cache_reused, cache_rejected = use_timing_cache(config, cache_path)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -282,6 +298,7 @@ def build(request):
             "optimization_level": int(request["optimization_level"]),
             "timing_cache": cache_path,
             "timing_cache_reused": cache_reused,
+            "timing_cache_rejected": cache_rejected,
         },
         "duration_s": round(time.monotonic() - started, 3),
     }

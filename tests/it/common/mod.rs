@@ -5,6 +5,7 @@
 
 pub mod hostile;
 pub mod servers;
+pub mod tensorrt;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -114,12 +115,10 @@ impl Run {
 }
 
 /// The TensorRT STAND-IN (a test double of the `tensorrt` Python package, never the real
-/// one), for POCHI_TEST_TENSORRT_STANDIN.
+/// one) answering from the real bindings of the newest TensorRT (`tensorrt::NEWEST`), for
+/// POCHI_TEST_TENSORRT_STANDIN. `tensorrt::double_dir` gives another version's.
 pub fn tensorrt_standin_dir() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/fake_tensorrt")
-        .to_string_lossy()
-        .into_owned()
+    tensorrt::double_dir(tensorrt::NEWEST)
 }
 
 pub fn pochi_bin() -> PathBuf {
