@@ -45,9 +45,15 @@ pub struct ConvertArgs {
     /// Calibration batch size.
     #[arg(long, default_value_t = 1, value_name = "N")]
     calib_batch_size: u64,
-    /// The spatial size (H W or D H W); required when the ONNX has dynamic spatial axes.
+    /// The spatial size (H W or D H W); required when the ONNX has dynamic spatial axes
+    /// (for the engine's profile and, with --fp16, for AutoCast's range check).
     #[arg(long, num_args = 2..=3, value_name = "SIZE")]
     input_size: Option<Vec<u64>>,
+    /// --fp16: skip AutoCast's range check (a run of the model on random data that keeps
+    /// nodes whose values exceed fp16's range in fp32). A model with dynamic spatial axes
+    /// needs --input-size for the check, or this.
+    #[arg(long, requires = "fp16")]
+    no_range_check: bool,
     /// The TensorRT workspace limit in bytes (default 1 GiB).
     #[arg(long, value_name = "BYTES", default_value_t = crate::kinds::engine::DEFAULT_WORKSPACE)]
     workspace_size: u64,
@@ -297,6 +303,11 @@ fn pipeline_text(
         quantize.insert("kind".into(), "quantize".into());
         quantize.insert("onnx".into(), path(model));
         quantize.insert("precision".into(), "fp16".into());
+        if args.no_range_check {
+            quantize.insert("range_check".into(), Value::Boolean(false));
+        } else if let Some(size) = &args.input_size {
+            quantize.insert("input_size".into(), ints(size));
+        }
         quantize.insert("output".into(), "out/model_fp16.onnx".into());
         stages.insert("quantize".into(), Value::Table(quantize));
         engine_onnx = Value::String("@quantize".into());

@@ -280,3 +280,58 @@ min_duration = "0s"
         models[1]
     );
 }
+
+/// Issue 22 (11): fp16 of an ONNX with dynamic H and W failed with a traceback from inside
+/// AutoCast's range check, which ran the model at 1 x 1 (`pochi convert --fp16`, with or
+/// without `--input-size`). Now the check runs at `input_size`, or the stage says what to
+/// give; `range_check = false` still skips it.
+#[test]
+fn fp16_of_a_dynamic_size_model_checks_ranges_at_the_input_size_or_says_what_to_give() {
+    let stages = r#"
+[stages.dynamic]
+kind = "command"
+run = ["{python}", "{inputs.script}", "{outputs.onnx}", "16", "dynamic-hw"]
+inputs = { script = "scripts/make_model.py" }
+outputs = { onnx = "out/dynamic.onnx" }
+
+[stages.fp16]
+kind = "quantize"
+onnx = "@dynamic"
+precision = "fp16"
+"#;
+    let project = project(stages);
+    project.run(&["build", "--target", "fp16"]).assert_error(&[
+        "the ONNX input `input` (batch x 3 x h x w) has dynamic sizes",
+        "--input-size H W",
+        "range_check = false",
+    ]);
+    project.write(
+        "pipeline.toml",
+        &project.read("pipeline.toml").replace(
+            "precision = \"fp16\"",
+            "precision = \"fp16\"\ninput_size = [32, 32]",
+        ),
+    );
+    project.build(&["--target", "fp16"]).assert_ok();
+    let manifest = json(&project, "build/pipeline/fp16.manifest.json");
+    assert!(
+        manifest["nodes_by_precision"]["fp16"].as_u64().unwrap() > 0,
+        "{manifest}"
+    );
+    assert_eq!(manifest["check"]["ran"], true, "{manifest}");
+    let check = compare_with(&project, "out/dynamic.onnx", "build/pipeline/fp16.onnx");
+    assert!(check["cosine"].as_f64().unwrap() > 0.999, "{check}");
+
+    // The one-shot command passes --input-size to the check, or --no-range-check.
+    for extra in [&["--input-size", "32", "32"][..], &["--no-range-check"][..]] {
+        let run = project.run(&[&["convert", "out/dynamic.onnx", "--fp16"][..], extra].concat());
+        assert!(
+            run.stderr.contains("the fp16 ONNX was built and kept"),
+            "{extra:?}: {}",
+            run.stderr
+        );
+    }
+    project
+        .run(&["convert", "out/dynamic.onnx", "--fp16"])
+        .assert_error(&["has dynamic sizes", "--no-range-check"]);
+}

@@ -31,6 +31,7 @@ pub static INFO: KindInfo = KindInfo {
         "calibration_cache",
         "high_precision",
         "range_check",
+        "input_size",
         "output",
     ],
     parse,
@@ -83,6 +84,11 @@ struct QuantizeKeys {
     /// models need it on a small machine (the full SwinUNETR took over 20 GB).
     #[schemars(with = "Option<bool>")]
     range_check: Option<Spanned<bool>>,
+    /// fp16/bf16 only: [H, W] (or [D, H, W]), the spatial size the range check (and the
+    /// check of the result) runs the model at when the ONNX's spatial axes are dynamic;
+    /// without it such a model is an error before AutoCast runs it at 1 x 1.
+    #[schemars(with = "Option<Vec<u64>>")]
+    input_size: Option<Spanned<Vec<u64>>>,
     /// Where the ONNX goes (default "{build_dir}/<stage>.onnx"); the manifest goes next to
     /// it as <stem>.manifest.json.
     #[schemars(with = "Option<String>")]
@@ -112,6 +118,8 @@ struct Quantize {
     high_precision: &'static str,
     /// `range_check = false` (None: ModelOpt's default range check).
     range_check: Option<bool>,
+    /// `input_size = [H, W]` or `[D, H, W]`, for a model with dynamic spatial axes.
+    input_size: Option<Vec<u64>>,
     inputs: Vec<NamedInput>,
     outputs: Vec<NamedOutput>,
 }
@@ -201,16 +209,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
             }
         },
     };
-    if let Some(check) = &keys.range_check
-        && !matches!(precision, "fp16" | "bf16")
-    {
-        return Err(src
-            .error(
-                check.span(),
-                "`range_check` is for fp16 and bf16 (AutoCast)",
-            )
-            .with_help("remove it"));
-    }
+    let input_size = autocast_keys(parser, &keys, precision)?;
     let outputs = super::worker::primary_and_manifest(
         parser,
         value.span(),
@@ -220,6 +219,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     )?;
     Ok(Box::new(Quantize {
         range_check: keys.range_check.as_ref().map(|c| *c.get_ref()),
+        input_size,
         precision,
         samples,
         batch_size,
@@ -229,6 +229,41 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         inputs,
         outputs,
     }))
+}
+
+/// `range_check` and `input_size`, which only AutoCast (fp16, bf16) takes; the size.
+fn autocast_keys(
+    parser: &Parser,
+    keys: &QuantizeKeys,
+    precision: &str,
+) -> Result<Option<Vec<u64>>, SpanError> {
+    let autocast = matches!(precision, "fp16" | "bf16");
+    let spans = [
+        ("range_check", keys.range_check.as_ref().map(Spanned::span)),
+        ("input_size", keys.input_size.as_ref().map(Spanned::span)),
+    ];
+    for (key, span) in spans {
+        if let Some(span) = span.filter(|_| !autocast) {
+            return Err(parser
+                .src
+                .error(span, format!("`{key}` is for fp16 and bf16 (AutoCast)"))
+                .with_help("remove it"));
+        }
+    }
+    let Some(size) = &keys.input_size else {
+        return Ok(None);
+    };
+    let sizes = size.get_ref();
+    if matches!(sizes.len(), 2 | 3) && sizes.iter().all(|&n| n > 0) {
+        return Ok(Some(sizes.clone()));
+    }
+    Err(parser
+        .src
+        .error(
+            size.span(),
+            "`input_size` is [H, W] or [D, H, W], sizes of 1 or more",
+        )
+        .with_help("for example input_size = [224, 224]"))
 }
 
 impl Quantize {
@@ -253,6 +288,7 @@ impl Quantize {
             "calibration_cache": path(&context.inputs, "calibration_cache"),
             "high_precision": self.high_precision,
             "range_check": self.range_check,
+            "input_size": self.input_size,
             "outputs": {
                 "onnx": path(&context.outputs, "onnx"),
                 "manifest": path(&context.outputs, "manifest"),
@@ -287,6 +323,9 @@ impl WorkerStage for Quantize {
         // Only when given, so that other stages' keys stay as they were.
         if let Some(check) = self.range_check {
             params["range_check"] = json!(check);
+        }
+        if let Some(size) = &self.input_size {
+            params["input_size"] = json!(size);
         }
         params
     }

@@ -89,20 +89,60 @@ def load_calibration(path, samples, graph_input):
     return np.ascontiguousarray(data[:n], dtype=np.float32)
 
 
-def sample_input(model, graph_input, calibration):
-    import numpy as np
-
-    if calibration is not None:
-        return calibration[:1]
+def sample_shape(graph_input, input_size):
+    """The shape of one sample: the batch axis 1, the last len(input_size) axes (H W, or
+    D H W) from `input_size` where dynamic, every other axis as the model fixes it. None when
+    an axis stays dynamic (no size to try)."""
+    dims = graph_input.type.tensor_type.shape.dim
+    first_spatial = len(dims) - len(input_size or [])
     shape = []
-    for axis, dim in enumerate(graph_input.type.tensor_type.shape.dim):
+    for axis, dim in enumerate(dims):
         if dim.HasField("dim_value") and dim.dim_value > 0:
             shape.append(dim.dim_value)
         elif axis == 0:
             shape.append(1)
+        elif input_size and axis >= first_spatial:
+            shape.append(int(input_size[axis - first_spatial]))
         else:
-            return None  # a dynamic spatial axis: no size to try
+            return None
+    return shape
+
+
+def sample_input(model, graph_input, calibration, input_size=None):
+    import numpy as np
+
+    if calibration is not None:
+        return calibration[:1]
+    shape = sample_shape(graph_input, input_size)
+    if shape is None:
+        return None  # a dynamic spatial axis: no size to try
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def range_check_data(graph_input, request, workdir):
+    """AutoCast's range check runs the model on random data, every dynamic axis at 1: a model
+    with dynamic H and W runs at 1 x 1, where a convolution without padding fails inside
+    ONNX Runtime. With `input_size` the data is an .npz at that size; without, such a model
+    is refused with what to do. None when the model fixes its sizes."""
+    import numpy as np
+
+    dims = graph_input.type.tensor_type.shape.dim
+    dynamic = [axis for axis, dim in enumerate(dims) if axis > 0 and not (dim.HasField("dim_value") and dim.dim_value > 0)]
+    if not dynamic:
+        return None
+    shape = sample_shape(graph_input, request.get("input_size"))
+    if shape is None:
+        shown = " x ".join(d.dim_param or str(d.dim_value) if (d.dim_param or d.dim_value) else "?" for d in dims)
+        raise Failure(
+            "model",
+            f"the ONNX input `{graph_input.name}` ({shown}) has dynamic sizes: AutoCast's range check "
+            "runs the model on random data and would run it at 1 x 1",
+            "give the size to check at: `pochi convert ... --input-size H W` (input_size = [H, W] on a "
+            "quantize stage), or skip the check: `--no-range-check` (range_check = false)")
+    path = os.path.join(workdir, "range_check_input.npz")
+    data = np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
+    np.savez(path, **{graph_input.name: data})
+    return path
 
 
 def runtime_inputs(model):
@@ -241,7 +281,11 @@ def quantize_in(request, workdir):
         from modelopt.onnx.autocast import convert_to_mixed_precision
 
         # range_check = false: no reference run to find values beyond fp16's range.
-        unchecked = {"data_max": float("inf")} if request.get("range_check") is False else {}
+        if request.get("range_check") is False:
+            unchecked = {"data_max": float("inf")}
+        else:
+            data = range_check_data(graph_input, request, workdir)
+            unchecked = {"calibration_data": data} if data else {}
         converted = convert_to_mixed_precision(
             onnx_path=source,
             low_precision_type=precision,
@@ -289,7 +333,7 @@ def quantize_in(request, workdir):
             hint = ("ModelOpt's fp8 leaves out Conv layers with 16 or fewer input or output channels and "
                     "small MatMul/Gemm: a small model may have nothing to quantize; int8 covers small layers")
         raise Failure("quantize", f"the {precision} model has no QuantizeLinear/DequantizeLinear nodes", hint)
-    sample = sample_input(model, graph_input, calibration)
+    sample = sample_input(model, graph_input, calibration, request.get("input_size"))
     check = {"ran": False}
     if sample is not None:
         feed = {graph_input.name: sample}
