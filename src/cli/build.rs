@@ -115,7 +115,7 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         let failed: Vec<String> = summary
             .stages
             .iter()
-            .filter(|s| s.status == "failed")
+            .filter(|s| s.status == crate::driver::StageStatus::Failed)
             .map(|s| s.stage.clone())
             .collect();
         return Err(failure(

@@ -144,7 +144,7 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     if let Some(engine) = summary
         .stages
         .iter()
-        .find(|s| s.stage == "engine" && s.status == "unavailable")
+        .find(|s| s.stage == "engine" && s.status == crate::driver::StageStatus::Unavailable)
     {
         return Err(no_engine(&dir, engine.reason.as_deref(), precision));
     }
