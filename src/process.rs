@@ -15,6 +15,9 @@ pub struct ProcessSpec {
     pub cwd: PathBuf,
     /// Where stdout and stderr go.
     pub log: PathBuf,
+    /// The paths the process is to write (its Action's outputs, relative to `cwd` or
+    /// absolute); the real runner does not need them, a test double writes them.
+    pub outputs: Vec<PathBuf>,
 }
 
 /// How a process ended.
@@ -35,4 +38,74 @@ pub enum ProcessResult {
 /// Runs processes; stops them when `cancel` becomes true.
 pub trait ProcessRunner: Send + Sync {
     fn run(&self, spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult;
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A TEST DOUBLE of the process runner, as ninja's `build_test.cc` has its fake command
+    //! runner: it records every process it is asked to run and, instead of running it,
+    //! writes each declared output (a file naming the call, so every run's output is new)
+    //! and succeeds; a program named in `failing` fails without writing anything.
+
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    use super::{ProcessResult, ProcessRunner, ProcessSpec};
+
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeRunner {
+        calls: Mutex<Vec<ProcessSpec>>,
+        failing: BTreeSet<String>,
+    }
+
+    impl FakeRunner {
+        /// A runner whose processes named `program` fail (exit status 1).
+        pub(crate) fn failing(program: &str) -> FakeRunner {
+            FakeRunner {
+                failing: BTreeSet::from([program.to_string()]),
+                ..FakeRunner::default()
+            }
+        }
+
+        /// The first argument of every process run so far, in the order they ran.
+        pub(crate) fn first_args(&self) -> Vec<String> {
+            self.calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|spec| spec.args.first().cloned().unwrap_or_default())
+                .collect()
+        }
+    }
+
+    impl ProcessRunner for FakeRunner {
+        fn run(&self, spec: &ProcessSpec, _cancel: &AtomicBool) -> ProcessResult {
+            let call = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push(spec.clone());
+                calls.len()
+            };
+            if self.failing.contains(&spec.program) {
+                return ProcessResult::Failed {
+                    status: "exit status 1".into(),
+                    stderr_tail: vec![format!("{} failed (fake)", spec.program)],
+                };
+            }
+            for output in &spec.outputs {
+                let path = spec.cwd.join(output);
+                let written = path
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| {
+                        let text = format!("{} {:?} call {call}\n", spec.program, spec.args);
+                        std::fs::write(&path, text)
+                    });
+                if let Err(error) = written {
+                    return ProcessResult::SpawnError(format!("{}: {error}", path.display()));
+                }
+            }
+            ProcessResult::Success
+        }
+    }
 }

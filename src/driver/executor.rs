@@ -396,6 +396,7 @@ impl StageExecutor {
             env,
             cwd: pipeline.dir.clone(),
             log: log.clone(),
+            outputs: action.outputs,
         };
         let shown_log = log
             .strip_prefix(&pipeline.dir)

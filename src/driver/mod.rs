@@ -20,6 +20,8 @@ pub mod remote;
 mod run;
 mod standing;
 mod summary;
+#[cfg(test)]
+mod tests;
 mod workspace;
 
 use std::path::PathBuf;

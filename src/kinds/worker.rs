@@ -237,6 +237,7 @@ pub fn run_worker_now(
         env,
         cwd: context.dir.clone(),
         log: log.clone(),
+        outputs: Vec::new(),
     };
     let name = worker.name.trim_end_matches(".py");
     let shown_log = log.strip_prefix(&context.dir).unwrap_or(&log).to_path_buf();

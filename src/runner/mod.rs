@@ -79,6 +79,7 @@ impl SystemRunner {
             std::fs::create_dir_all(dir)?;
         }
         let log = std::fs::File::create(&spec.log)?;
+        tracing::debug!(program = %spec.program, outputs = ?spec.outputs, "starting a stage's process");
         let mut command = Command::new(&spec.program);
         command
             .args(&spec.args)
