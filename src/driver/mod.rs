@@ -7,13 +7,15 @@
 //! (the pipelines of a build: hosts, placement, targets, locks, `clean`), `plan` (every
 //! stage's status without running anything), `run` (the build: scheduler, events,
 //! warnings), `standing` (a stage's key and whether it is up to date: the one place that
-//! decides it), `executor` (one stage: restore or run, verify, publish, record), `summary` (the result, `--json`).
+//! decides it), `executor` (one stage: restore or run, verify, publish, record) with `outputs`
+//! (its temporary outputs and their publication), `summary` (the result, `--json`).
 
 mod availability;
 mod cached;
 mod executor;
 pub mod explain;
 pub mod noop;
+mod outputs;
 mod plan;
 mod project;
 pub mod remote;
