@@ -4,13 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::super::output::{failure, note};
 use super::DiffArgs;
-use crate::cache::{OutputCache, Tiered};
 use crate::driver::{BuildOptions, BuildSummary, Project, Workspace};
 use crate::fingerprint::StageKey;
 use crate::toolchain::Mode;
@@ -55,28 +53,18 @@ pub fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miet
     let mut workspace = Workspace::load(paths, crate::kinds::KINDS)?;
     super::super::attach_host(&mut workspace, Mode::Create)?;
     workspace.place(args.remote.executor_configured())?;
-    let remote = match &local {
-        Some(local) => {
-            let dirs = workspace
-                .projects
-                .iter()
-                .map(|p| (p.pipeline.name.clone(), p.pipeline.dir.clone()))
-                .collect();
-            args.remote.tier(local, dirs)?.map(Arc::new)
-        }
-        None => None,
+    let remote = super::super::build::remote_tier(&args.remote, local.as_ref(), &workspace)?;
+    let cache = super::super::build::tiered(local, remote.as_ref());
+    // Stages placed on a remote executor (`--remote-executor`) run there, as in a build.
+    let execution = match workspace.projects.iter().any(|p| !p.remote.is_empty()) {
+        true => args.remote.execution()?.map(std::sync::Arc::new),
+        false => None,
     };
-    let cache = local.map(|local| {
-        let tiers = Tiered::local(local);
-        let tiers = match &remote {
-            Some(remote) => tiers.with_remote(Arc::clone(remote) as Arc<dyn OutputCache>),
-            None => tiers,
-        };
-        Arc::new(tiers) as Arc<dyn OutputCache>
-    });
     let options = BuildOptions {
         jobs: args.jobs,
         cache,
+        remote: execution,
+        remote_jobs: args.remote.remote_jobs,
         ..BuildOptions::default()
     };
     let summary = super::super::build::run_build(&workspace, &options)?;
@@ -86,6 +74,7 @@ pub fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miet
             "the temporary worktree was removed; run `pochi diff` again",
         ));
     }
+    args.remote.check_required(remote.as_deref())?;
     if !summary.ok {
         let failed: Vec<&str> = summary
             .stages

@@ -56,6 +56,7 @@ pub static INFO: KindInfo = KindInfo {
         "dice",
         "save_outputs",
         "sliding_window",
+        "gates",
     ],
     parse,
     workers: &[],
