@@ -35,6 +35,9 @@ pub struct Timing {
     pub comparable: bool,
     /// The machine facts that differ.
     pub differences: Vec<String>,
+    /// The models timed again here, both sides alternating (`--retime`): their latency rows
+    /// are comparable and gated whatever the summaries recorded.
+    pub retimed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +93,7 @@ pub fn timing(old: &Value, new: &Value) -> Timing {
     Timing {
         comparable: differences.is_empty(),
         differences,
+        retimed: Vec::new(),
     }
 }
 
@@ -243,6 +247,30 @@ pub fn compare_report(
         timing,
         models,
     })
+}
+
+/// Replaces a model's latency rows with figures timed here on both sides (`--retime`:
+/// `old` and `new` are latencies as the summary writes them), gated by `rules`.
+pub fn retime(
+    report: &mut ReportDiff,
+    model: &str,
+    label: &str,
+    old: &Value,
+    new: &Value,
+    rules: &[Rule],
+) {
+    let wrap = |latency: &Value| serde_json::json!({ "latency": latency });
+    let fresh = rows(&figures(&wrap(old)), &figures(&wrap(new)), true);
+    let fresh = gate(fresh, rules, model, label);
+    let Some(diff) = report.models.iter_mut().find(|m| m.model == model) else {
+        return;
+    };
+    for row in fresh.into_iter().filter(|r| rule::is_timing(&r.metric)) {
+        if let Some(slot) = diff.rows.iter_mut().find(|r| r.metric == row.metric) {
+            *slot = row;
+        }
+    }
+    report.timing.retimed.push(model.to_string());
 }
 
 type Figures = [(String, Option<f64>)];

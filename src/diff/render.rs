@@ -62,12 +62,21 @@ fn verdict(row: &Row) -> String {
 }
 
 fn timing_line(timing: &Timing) -> Option<String> {
-    (!timing.comparable).then(|| {
-        format!(
-            "latency not comparable (timed on another machine: {}); latency rows are not gated (--retime times both here)",
-            timing.differences.join("; ")
-        )
-    })
+    let differences = timing.differences.join("; ");
+    match (timing.comparable, timing.retimed.is_empty()) {
+        (true, true) => None,
+        (_, false) => Some(format!(
+            "latency of {} timed again here, baseline and working tree alternating (--retime){}",
+            timing.retimed.join(", "),
+            match timing.comparable {
+                true => String::new(),
+                false => format!("; the reports were timed on different machines ({differences})"),
+            }
+        )),
+        (false, true) => Some(format!(
+            "latency not comparable (timed on another machine: {differences}); latency rows are not gated (--retime times both here)"
+        )),
+    }
 }
 
 fn why_lines(pipeline: &PipelineDiff) -> Vec<String> {

@@ -135,7 +135,10 @@ fn assert_schema(diff: &Value) {
     }
     let report = &pipeline["reports"][0];
     assert_eq!(keys(report), ["models", "stage", "timing"]);
-    assert_eq!(keys(&report["timing"]), ["comparable", "differences"]);
+    assert_eq!(
+        keys(&report["timing"]),
+        ["comparable", "differences", "retimed"]
+    );
     assert_eq!(keys(&report["models"][0]), ["model", "rows"]);
     for row in report["models"][0]["rows"].as_array().unwrap() {
         assert_eq!(

@@ -3,6 +3,7 @@
 //! caches, with `--fail-on` rules (and the reports' `gates`) as a CI gate.
 
 mod git;
+mod retime;
 mod side;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ pub struct DiffArgs {
     /// Print the comparison as Markdown (for $GITHUB_STEP_SUMMARY or a pull request).
     #[arg(long)]
     markdown: bool,
+    /// Time every ONNX model of both sides again here, alternating (5 rounds, the
+    /// report's warmup and iterations, ONNX Runtime's CPU provider), so latency compares
+    /// even when the baseline was timed on another machine.
+    #[arg(long)]
+    retime: bool,
     /// Run at most N stages at once in each build.
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     jobs: Option<u32>,
@@ -92,13 +98,8 @@ pub fn run(args: DiffArgs) -> miette::Result<ExitCode> {
         worktree.path.display()
     );
     let baseline = side::build(&base_paths, &args, Some(&rev))?;
-    let diff = compare(
-        &paths,
-        &baseline,
-        &current,
-        &rules,
-        Baseline { rev, commit },
-    )?;
+    let revision = Baseline { rev, commit };
+    let diff = compare(&paths, (&baseline, &current), &rules, revision, args.retime)?;
     drop(worktree);
     print(&diff, &args);
     let broken = diff.broken();
@@ -161,10 +162,10 @@ fn locate(paths: &[PathBuf]) -> miette::Result<(PathBuf, Vec<PathBuf>)> {
 /// Both sides compared, pipeline by pipeline.
 fn compare(
     paths: &[PathBuf],
-    baseline: &Side,
-    current: &Side,
+    (baseline, current): (&Side, &Side),
     rules: &[Rule],
     revision: Baseline,
+    retime: bool,
 ) -> miette::Result<Diff> {
     let mut all_rules: Vec<String> = rules.iter().map(|r| r.text.clone()).collect();
     let mut pipelines = Vec::new();
@@ -183,7 +184,13 @@ fn compare(
                 all_rules.push(format!("{name}: {gate}"));
                 stage_rules.push(rule);
             }
-            reports.push(compare_report(old, new, &name, stage, &stage_rules)?);
+            reports.push(compare_report(
+                (old, new),
+                &name,
+                stage,
+                &stage_rules,
+                retime,
+            )?);
         }
         if let Some((name, _)) = side::reports(old)
             .into_iter()
@@ -212,11 +219,11 @@ fn compare(
 }
 
 fn compare_report(
-    old: &crate::driver::Project,
-    new: &crate::driver::Project,
+    (old, new): (&crate::driver::Project, &crate::driver::Project),
     name: &str,
     stage: usize,
     rules: &[Rule],
+    retime: bool,
 ) -> miette::Result<ReportDiff> {
     let Some((_, old_stage)) = side::reports(old).into_iter().find(|(n, _)| n == name) else {
         let error = DiffError::ReportAdded { stage: name.into() };
@@ -224,8 +231,12 @@ fn compare_report(
     };
     let old_summary = side::read_summary(old, old_stage, "the baseline's")?;
     let new_summary = side::read_summary(new, stage, "the working tree's")?;
-    diff::compare::compare_report(name, &old_summary, &new_summary, rules)
-        .map_err(|e| failure(e.to_string(), e.help()))
+    let mut report = diff::compare::compare_report(name, &old_summary, &new_summary, rules)
+        .map_err(|e| failure(e.to_string(), e.help()))?;
+    if retime {
+        retime::retime_report(&mut report, (old, &old_summary), (new, &new_summary), rules)?;
+    }
+    Ok(report)
 }
 
 /// The stages whose recorded keys differ, with explain's reasons.
