@@ -356,6 +356,23 @@ mod tests {
     }
 
     #[test]
+    fn segmentation_rows_come_from_the_labels_with_one_row_per_class() {
+        let model = json!({ "task": { "segmentation_vs_reference": { "mean_dice": 0.1 },
+            "segmentation_vs_labels": { "mean_dice": 0.5, "mean_iou": null, "mean_hd95": "inf",
+                "classes": [0, 1], "dice_per_class": [0.4, 0.6], "iou_per_class": [0.3, null],
+                "hd95_classes": [1], "hd95_per_class": [2.0] } } });
+        let found = figures(&model);
+        let get = |name: &str| found.iter().find(|(n, _)| n == name).map(|f| f.1);
+        assert_eq!(get("dice_mean"), Some(Some(0.5)));
+        assert_eq!(get("iou_mean"), Some(None));
+        assert_eq!(get("hd95_mean"), Some(Some(f64::INFINITY)));
+        assert_eq!(get("dice[1]"), Some(Some(0.6)));
+        assert_eq!(get("iou[1]"), Some(None));
+        assert_eq!(get("hd95[1]"), Some(Some(2.0)));
+        assert_eq!(get("hd95[0]"), None);
+    }
+
+    #[test]
     fn a_model_on_one_side_only_is_an_error() {
         let mut new = summary(0.8, "A");
         new["models"][0]["name"] = json!("other.onnx");
