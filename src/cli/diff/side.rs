@@ -71,7 +71,7 @@ pub fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miet
     if summary.interrupted {
         return Err(failure(
             format!("interrupted while building the {what}"),
-            "the temporary worktree was removed; run `pochi diff` again",
+            "what was built is kept (no temporary worktree is left); run `pochi diff` again",
         ));
     }
     args.remote.check_required(remote.as_deref())?;
