@@ -26,6 +26,9 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelDiff {
     pub model: String,
+    /// The short name (`onnx_int8` for `@onnx_int8`, a file's stem) a rule may use too.
+    #[serde(skip)]
+    pub label: String,
     pub rows: Vec<Row>,
 }
 
@@ -48,6 +51,16 @@ pub struct ReportDiff {
 }
 
 impl ReportDiff {
+    /// Whether `rule` names no model of this report (a rule for every model names one).
+    pub fn lacks_model_of(&self, rule: &Rule) -> bool {
+        rule.model.as_deref().is_some_and(|wanted| {
+            !self
+                .models
+                .iter()
+                .any(|m| rule.applies_to(&m.model, &m.label, &rule.metric) || m.model == wanted)
+        })
+    }
+
     /// The rules broken anywhere in this report.
     pub fn broken(&self) -> usize {
         self.models
@@ -238,6 +251,7 @@ pub fn compare_report(
             let rows = gate(rows, rules, name, label);
             ModelDiff {
                 model: name.clone(),
+                label: label.clone(),
                 rows,
             }
         })

@@ -352,6 +352,18 @@ fn wrong_revisions_metrics_pipelines_and_models_are_clear_errors() {
             .stderr
             .contains("known metrics: accuracy, precision_macro")
     );
+    project
+        .run(&[
+            "diff",
+            "--fail-on",
+            "@ident:accuracy < -1pp",
+            "--fail-on",
+            "@idnet:accuracy < 0",
+        ])
+        .assert_error(&[
+            "rule `@idnet:accuracy < 0` names a model that no report compared has",
+            "name one of: @pick, ident.onnx",
+        ]);
     project.write("other.toml", PIPELINE);
     project
         .run(&["diff", "HEAD", "other.toml"])

@@ -184,13 +184,14 @@ fn compare(
                 all_rules.push(format!("{name}: {gate}"));
                 stage_rules.push(rule);
             }
-            reports.push(compare_report(
-                (old, new),
-                &name,
-                stage,
-                &stage_rules,
-                retime,
-            )?);
+            let report = compare_report((old, new), &name, stage, &stage_rules, retime)?;
+            check_models_named(&report, &stage_rules[rules.len()..])?;
+            reports.push(report);
+        }
+        for rule in rules {
+            if reports.iter().all(|r| r.lacks_model_of(rule)) {
+                return Err(unknown_model(rule, &reports));
+            }
         }
         if let Some((name, _)) = side::reports(old)
             .into_iter()
@@ -216,6 +217,29 @@ fn compare(
     };
     diff.ok = diff.broken() == 0;
     Ok(diff)
+}
+
+/// A report's `gates` naming a model it does not have: an error, not a gate that never fires.
+fn check_models_named(report: &ReportDiff, gates: &[Rule]) -> miette::Result<()> {
+    match gates.iter().find(|rule| report.lacks_model_of(rule)) {
+        Some(rule) => Err(unknown_model(rule, std::slice::from_ref(report))),
+        None => Ok(()),
+    }
+}
+
+fn unknown_model(rule: &Rule, reports: &[ReportDiff]) -> miette::Report {
+    let models: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| &r.models)
+        .map(|m| m.model.as_str())
+        .collect();
+    failure(
+        format!("rule `{rule}` names a model that no report compared has"),
+        format!(
+            "name one of: {} (with or without the `@`)",
+            models.join(", ")
+        ),
+    )
 }
 
 fn compare_report(
