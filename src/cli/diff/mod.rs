@@ -17,7 +17,7 @@ use side::Side;
 
 #[derive(Debug, Args)]
 #[command(
-    override_usage = "pochi diff [REV] [PIPELINE ...] [--fail-on RULE ...] [--json | --markdown]"
+    override_usage = "pochi diff [REV] [PIPELINE ...] [--fail-on RULE ...] [--json | --markdown] [--retime]"
 )]
 pub struct DiffArgs {
     /// `[REV] [PIPELINE ...]`: the revision to compare with (default HEAD) and the pipeline
