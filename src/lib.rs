@@ -12,6 +12,7 @@ pub mod action;
 pub mod cache;
 #[allow(clippy::disallowed_methods)]
 pub mod cli;
+pub(crate) mod diff;
 pub(crate) mod driver;
 pub(crate) mod fingerprint;
 mod fsutil;

@@ -80,15 +80,8 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         true => args.remote.execution()?.map(Arc::new),
         false => None,
     };
-    let remote = remote_tier(&args, local.as_ref(), &workspace)?;
-    let cache = local.map(|local| {
-        let tiers = Tiered::local(local);
-        let tiers = match &remote {
-            Some(remote) => tiers.with_remote(Arc::clone(remote) as Arc<dyn OutputCache>),
-            None => tiers,
-        };
-        Arc::new(tiers) as Arc<dyn OutputCache>
-    });
+    let remote = remote_tier(&args.remote, local.as_ref(), &workspace)?;
+    let cache = tiered(local, remote.as_ref());
     let options = BuildOptions {
         targets: args.targets.clone(),
         jobs: args.jobs,
@@ -128,8 +121,8 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
 
 /// The remote tier of the build's cache, when `--remote-cache` names one (never with
 /// `--no-cache`): each pipeline's directory by name, for the input roots of its Actions.
-fn remote_tier(
-    args: &BuildArgs,
+pub(super) fn remote_tier(
+    remote: &super::remote::RemoteArgs,
     local: Option<&LocalCache>,
     workspace: &Workspace,
 ) -> miette::Result<Option<Arc<RemoteTier>>> {
@@ -141,7 +134,22 @@ fn remote_tier(
         .iter()
         .map(|p| (p.pipeline.name.clone(), p.pipeline.dir.clone()))
         .collect();
-    Ok(args.remote.tier(local, dirs)?.map(Arc::new))
+    Ok(remote.tier(local, dirs)?.map(Arc::new))
+}
+
+/// The output cache of a build: the local store, then the remote tier if any.
+pub(super) fn tiered(
+    local: Option<LocalCache>,
+    remote: Option<&Arc<RemoteTier>>,
+) -> Option<Arc<dyn OutputCache>> {
+    local.map(|local| {
+        let tiers = Tiered::local(local);
+        let tiers = match remote {
+            Some(remote) => tiers.with_remote(Arc::clone(remote) as Arc<dyn OutputCache>),
+            None => tiers,
+        };
+        Arc::new(tiers) as Arc<dyn OutputCache>
+    })
 }
 
 /// The stage count when every pipeline's no-op stamp still holds (see `build::noop`).

@@ -6,6 +6,7 @@ mod build;
 mod cache;
 mod clean;
 mod convert;
+mod diff;
 mod explain;
 mod export_onnx;
 mod graph;
@@ -46,6 +47,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Explain exactly why a stage would run.
     Explain(explain::ExplainArgs),
+    /// Compare the working tree's reports with a git revision's (accuracy, latency, size)
+    /// and fail on rules: a CI gate.
+    Diff(diff::DiffArgs),
     /// Print the pipeline's graph (text, dot, mermaid, json or a self-contained html page).
     Graph(graph::GraphArgs),
     /// Remove stages' outputs and records.
@@ -90,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Status(args) => status::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Clean(args) => clean::run(args),
         Command::Schema => schema::run(),

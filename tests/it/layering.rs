@@ -8,7 +8,15 @@ use std::path::{Path, PathBuf};
 /// ARCHITECTURE.md's layers, lowest first. A module may name modules of its own layer or
 /// lower ones; cycles are refused separately.
 const LAYERS: &[&[&str]] = &[
-    &["size", "action", "host", "process", "fsutil", "onnx_info"],
+    &[
+        "size",
+        "action",
+        "host",
+        "process",
+        "fsutil",
+        "onnx_info",
+        "diff",
+    ],
     &["machine", "runner", "fingerprint", "state", "scheduler"],
     &["toolchain", "cache", "remote"],
     &["spec", "graph"],

@@ -15,6 +15,7 @@ mod fuzz_support;
 mod builds;
 mod cache;
 mod dataset;
+mod diff;
 mod errors;
 mod export;
 mod fuzz_pipeline;

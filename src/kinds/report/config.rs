@@ -74,6 +74,10 @@ pub struct ReportKeys {
     /// sw_batch_size = 4 }.
     #[serde(default)]
     pub sliding_window: Option<SlidingWindowKeys>,
+    /// `pochi diff`'s rules for this report, checked against the revision compared with
+    /// (not part of the stage's key): ["accuracy < -0.5pp", "@onnx_int8:p50_ms > +10%"].
+    #[schemars(with = "Option<Vec<String>>")]
+    pub gates: Option<Vec<Spanned<String>>>,
 }
 
 /// `batch = 4` or `batch = [1, 4, 16]`.
@@ -298,6 +302,12 @@ pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanEr
             }
         },
     };
+    for gate in keys.gates.iter().flatten() {
+        crate::diff::rule::parse(gate.get_ref()).map_err(|e| {
+            src.error(gate.span(), format!("`gates`: {}", e.message))
+                .with_help(e.help)
+        })?;
+    }
     let labels = model_labels(&models);
     let save_outputs = keys.save_outputs.unwrap_or(false);
     let outputs = declare_outputs(parser, &keys, value, task, save_outputs.then_some(&labels))?;
@@ -728,6 +738,21 @@ mod tests {
         assert_eq!(c.tolerances["fp16"].rtol, default_tolerance("fp16").rtol);
         assert_eq!(c.tolerances["fp32"], default_tolerance("fp32"));
         assert!(!c.fail_on_parity);
+    }
+
+    #[test]
+    fn gates_are_checked_as_diff_rules() {
+        parse_stage(
+            "models = [\"@onnx\"]\ngates = [\"accuracy < -1pp\", \"@onnx:p50_ms > +10%\"]\n",
+        )
+        .unwrap();
+        let error =
+            parse_stage("models = [\"@onnx\"]\ngates = [\"acuracy < -1pp\"]\n").unwrap_err();
+        assert!(
+            error.contains("`gates`: rule `acuracy < -1pp`: unknown metric"),
+            "{error}"
+        );
+        assert!(error.contains("known metrics: accuracy"), "{error}");
     }
 
     #[test]

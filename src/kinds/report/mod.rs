@@ -14,6 +14,7 @@ pub mod metrics;
 mod onnxruntime;
 mod outputs;
 mod provenance;
+pub mod retime;
 pub mod segmentation;
 pub mod sliding_window;
 mod tensorrt;
@@ -56,6 +57,7 @@ pub static INFO: KindInfo = KindInfo {
         "dice",
         "save_outputs",
         "sliding_window",
+        "gates",
     ],
     parse,
     workers: &[],

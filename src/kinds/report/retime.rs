@@ -1,0 +1,76 @@
+//! Two ONNX models timed in one process, alternating, so that their latencies are
+//! comparable (`pochi diff --retime`): the same timed loop as the report's, on the CPU.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::metrics::{self, Latency};
+use super::{data, onnxruntime};
+use crate::host::Host;
+
+/// One model to time, with what its report timed it on.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub model: PathBuf,
+    /// Its report's data (float32 .npy).
+    pub data: PathBuf,
+    pub batch: usize,
+    /// ONNX Runtime intra-op threads (0: its default).
+    pub threads: usize,
+}
+
+/// How long to time: `warmup` runs of each, then `rounds` rounds in which each model runs
+/// `iterations / rounds` times (and `min_duration / rounds`), old first.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub warmup: usize,
+    pub iterations: usize,
+    pub min_duration: Duration,
+    pub rounds: usize,
+}
+
+/// The latency of `old` and `new`, timed alternately on ONNX Runtime's CPU provider.
+pub fn alternating(
+    host: &Host,
+    old: &Subject,
+    new: &Subject,
+    plan: Plan,
+    cancel: &AtomicBool,
+) -> Result<(Latency, Latency), String> {
+    let site_dirs = host
+        .python
+        .as_ref()
+        .map(|p| p.site_dirs.clone())
+        .unwrap_or_default();
+    let library = onnxruntime::find_library(&site_dirs)
+        .ok_or("ONNX Runtime's library was not found in the toolchain (`pochi toolchain sync`)")?;
+    let environment = onnxruntime::environment(&library)?;
+    let provider = onnxruntime::Provider::Cpu { warning: None };
+    let mut sides = Vec::new();
+    for subject in [old, new] {
+        let model = onnxruntime::load(&environment, &subject.model, subject.threads, &provider)?;
+        let samples = data::read_f32(&subject.data)?;
+        let batches = onnxruntime::batches(&samples, subject.batch.max(1));
+        sides.push((model, batches, Vec::new(), Vec::new()));
+    }
+    let rounds = plan.rounds.max(1);
+    let per_round = plan.iterations.div_ceil(rounds).max(1);
+    let min_duration = plan.min_duration / rounds as u32;
+    for round in 0..rounds {
+        for (model, batches, times, sizes) in sides.iter_mut() {
+            let warmup = if round == 0 { plan.warmup } else { 0 };
+            let (t, n) = model.time(batches, warmup, per_round, min_duration, cancel)?;
+            times.extend(t);
+            sizes.extend(n);
+        }
+    }
+    let mut latencies = sides.into_iter().zip([old, new]).map(|(side, subject)| {
+        let (_, _, times, sizes) = side;
+        metrics::latency(&times, sizes.iter().sum(), subject.batch.max(1))
+    });
+    match (latencies.next(), latencies.next()) {
+        (Some(old), Some(new)) => Ok((old, new)),
+        _ => Err("no latency measured".into()),
+    }
+}
