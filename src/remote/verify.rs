@@ -318,4 +318,32 @@ mod tests {
         assert!(verify_bytes("t", &expected, DigestFunction::Sha256, b"abc".to_vec()).is_ok());
         assert!(verify_bytes("t", &expected, DigestFunction::Sha256, b"ab".to_vec()).is_err());
     }
+
+    #[test]
+    fn a_window_without_enough_bytes_is_a_stall_and_one_with_them_is_not() {
+        let big = vec![7u8; 3 * MIN_BYTES_PER_WINDOW as usize];
+        let expected = digest(&big);
+        // Every write comes after its window: each must bring the floor (or the rest).
+        let mut steady = VerifiedBytes::new("test", &expected, DigestFunction::Sha256)
+            .stalling_after(Duration::ZERO);
+        for chunk in big.chunks(MIN_BYTES_PER_WINDOW as usize) {
+            steady.write(chunk).unwrap();
+        }
+        assert!(steady.finish().is_ok());
+        let mut trickle = VerifiedBytes::new("test", &expected, DigestFunction::Sha256)
+            .stalling_after(Duration::ZERO);
+        assert!(matches!(
+            trickle.write(&big[..1]),
+            Err(RemoteError::Stalled { received: 1, .. })
+        ));
+        let mut empty = VerifiedBytes::new("test", &expected, DigestFunction::Sha256)
+            .stalling_after(Duration::ZERO);
+        assert!(matches!(
+            empty.write(&[]),
+            Err(RemoteError::Stalled { received: 0, .. })
+        ));
+        // Without a window (the default), nothing is timed.
+        let mut untimed = VerifiedBytes::new("test", &expected, DigestFunction::Sha256);
+        untimed.write(&big[..1]).unwrap();
+    }
 }
