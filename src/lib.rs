@@ -1,8 +1,8 @@
 //! pochi: a declarative, make-like build-graph engine for model deployment.
 //!
-//! Phases, one module each: `spec` (parse) -> `graph` (resolve, check, seal) -> `driver`
+//! Phases, one module each: `pipeline` (the pipeline file, parsed) -> `graph` (resolve, check, seal) -> `driver`
 //! (one build: plan with `fingerprint` and `state`) -> `scheduler` (run under resources).
-//! Every stage becomes an `action::Action` through the kind seam (`spec::kind`, kinds in
+//! Every stage becomes an `action::Action` through the kind seam (`pipeline::kind`, kinds in
 //! `kinds`); `host` holds the machine facts gathered once per build; `process`, `runner`,
 //! `machine` and `toolchain` touch the OS; `render` draws graphs; `cli` is the command
 //! line and the only module that prints. `clippy.toml` enforces both: `Command::new` is
@@ -22,6 +22,7 @@ pub mod kinds;
 #[allow(clippy::disallowed_methods)]
 pub(crate) mod machine;
 pub mod onnx_info;
+pub mod pipeline;
 pub(crate) mod process;
 pub mod remote;
 pub(crate) mod render;
@@ -29,7 +30,6 @@ pub(crate) mod render;
 pub(crate) mod runner;
 pub(crate) mod scheduler;
 pub(crate) mod size;
-pub mod spec;
 pub(crate) mod state;
 #[allow(clippy::disallowed_methods)]
 pub(crate) mod toolchain;

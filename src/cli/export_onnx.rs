@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::output::{duration, failure};
 use crate::driver::BuildOptions;
-use crate::spec::Device;
+use crate::pipeline::Device;
 
 #[derive(Debug, Args)]
 pub struct ExportOnnxArgs {

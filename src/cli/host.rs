@@ -6,7 +6,7 @@
 use crate::driver::{Project, Workspace, default_toolchain};
 use crate::host::Host;
 use crate::kinds::TensorRtUse;
-use crate::spec::Pipeline;
+use crate::pipeline::Pipeline;
 use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
 
 /// Attaches the host of every pipeline in `workspace`. With `Mode::Create`, the worker

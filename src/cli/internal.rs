@@ -63,8 +63,11 @@ fn chain_pipeline(stages: usize) -> String {
 fn bench_graph(stages: usize) -> miette::Result<()> {
     let text = chain_pipeline(stages);
     let started = Instant::now();
-    let pipeline =
-        crate::spec::parse_pipeline(Path::new("/bench/pipeline.toml"), text, crate::kinds::KINDS)?;
+    let pipeline = crate::pipeline::parse_pipeline(
+        Path::new("/bench/pipeline.toml"),
+        text,
+        crate::kinds::KINDS,
+    )?;
     let parsed = started.elapsed();
     let graph = StageGraph::build(&pipeline)?;
     let total = started.elapsed();

@@ -36,7 +36,7 @@ pub(super) fn pipeline_text(
 
 /// Writes `text` to `.pochi/oneshot/<hash of text>/pipeline.toml`; returns that directory.
 pub(super) fn write(text: &str) -> miette::Result<PathBuf> {
-    let dir = PathBuf::from(crate::spec::STATE_ROOT)
+    let dir = PathBuf::from(crate::pipeline::STATE_ROOT)
         .join("oneshot")
         .join(toolchain::short_hash(text.as_bytes()));
     let file = dir.join("pipeline.toml");

@@ -70,7 +70,7 @@ fn run_request(
         .with_hint("the request was written by another version of pochi"));
     }
     let mut context = request.context;
-    let pipeline = crate::spec::parse_pipeline(
+    let pipeline = crate::pipeline::parse_pipeline(
         &context.pipeline_file,
         request.pipeline_text,
         crate::kinds::KINDS,

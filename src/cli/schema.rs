@@ -4,7 +4,7 @@ use super::output::show;
 use std::process::ExitCode;
 
 pub fn run() -> miette::Result<ExitCode> {
-    let schema = crate::spec::pipeline_schema(crate::kinds::KINDS);
+    let schema = crate::pipeline::pipeline_schema(crate::kinds::KINDS);
     show!(
         "{}",
         serde_json::to_string_pretty(&schema).unwrap_or_default()

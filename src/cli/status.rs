@@ -57,7 +57,7 @@ fn stage_json(workspace: &Workspace, plan: &crate::driver::StagePlan) -> serde_j
 }
 
 /// A variant's values as a JSON object (keys sorted, as every JSON map pochi writes).
-pub fn matrix_json(matrix: &crate::spec::matrix::MatrixOf) -> serde_json::Value {
+pub fn matrix_json(matrix: &crate::pipeline::matrix::MatrixOf) -> serde_json::Value {
     serde_json::Value::Object(
         matrix
             .values

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::output::failure;
-use crate::spec::Pipeline;
+use crate::pipeline::Pipeline;
 use crate::toolchain::{self, Choice, Managed, Mode, Resolved};
 
 #[derive(Debug, Args)]

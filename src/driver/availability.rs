@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::{PlanStatus, Project};
-use crate::spec::Device;
-use crate::spec::kind::{StageError, TensorRtUse, WithoutGpu};
+use crate::pipeline::Device;
+use crate::pipeline::kind::{StageError, TensorRtUse, WithoutGpu};
 
 /// Whether a stage can run here.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,9 +19,9 @@ use super::standing::{Standing, current_key, describe, standing};
 use crate::action::Action;
 use crate::cache::{Miss, Origin, OutputCache, Restored};
 use crate::fingerprint::StageKey;
+use crate::pipeline::kind::{InvocationContext, StageError};
 use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
 use crate::scheduler::{Check, Executor, Failure, Lease, RunResult};
-use crate::spec::kind::{InvocationContext, StageError};
 use crate::state::{FailureRecord, OutputRecord, StageRecord, unix_ms_now};
 
 /// The scheduler's executor over all stages of all pipelines in one build.

@@ -38,7 +38,7 @@ pub use summary::{BuildSummary, StageStatus};
 pub use workspace::{StageId, Workspace, clean};
 
 use crate::graph::GraphError;
-use crate::spec::SpecError;
+use crate::pipeline::PipelineError;
 use crate::state::StateError;
 
 /// Why a build could not start or finish its bookkeeping.
@@ -46,7 +46,7 @@ use crate::state::StateError;
 pub enum BuildError {
     #[error(transparent)]
     #[diagnostic(transparent)]
-    Spec(#[from] SpecError),
+    Pipeline(#[from] PipelineError),
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),

@@ -33,7 +33,7 @@ fn stamp_path(file: &Path) -> Option<PathBuf> {
     let dir = file.parent()?;
     let name = file.file_name()?.to_string_lossy().into_owned();
     Some(
-        dir.join(crate::spec::STATE_ROOT)
+        dir.join(crate::pipeline::STATE_ROOT)
             .join(crate::state::LAYOUT_VERSION)
             .join("noop")
             .join(format!("{name}.json")),

@@ -10,8 +10,8 @@ use super::*;
 use crate::fingerprint::StatCache;
 use crate::graph::{ResolvedInput, StageGraph};
 use crate::host::{Host, Toolchain};
-use crate::spec::kind::{Registry, Tool};
-use crate::spec::{Pipeline, SpecError};
+use crate::pipeline::kind::{Registry, Tool};
+use crate::pipeline::{Pipeline, PipelineError};
 use crate::state::{OutputRecord, StateStore};
 
 /// One pipeline with its graph, state and stat cache.
@@ -161,7 +161,7 @@ pub fn default_toolchain(pipeline: &Pipeline) -> Toolchain {
 }
 
 /// Source inputs (not produced by a stage) must exist before anything runs.
-fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), SpecError> {
+fn check_sources_exist(pipeline: &Pipeline, graph: &StageGraph) -> Result<(), PipelineError> {
     for (index, stage) in pipeline.stages.iter().enumerate() {
         for ((key, input), named) in graph.inputs(index).iter().zip(stage.kind.inputs()) {
             if let ResolvedInput::Source(path) = input

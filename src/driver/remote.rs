@@ -18,13 +18,13 @@ use serde_json::Value;
 
 use super::Project;
 use crate::action::Action;
+use crate::pipeline::Device;
+use crate::pipeline::kind::{InvocationContext, StageError, TensorRtUse, Tool};
+use crate::pipeline::placement::ExecutorChoice;
 use crate::remote::{
     DigestFunction, DigestMemo, ExecutionError, ExecutionJob, ExecutionPhase, InputFile,
     RemoteExecutor, StageDescription, StageOutput, input_files, rewrite_paths, stage_action,
 };
-use crate::spec::Device;
-use crate::spec::kind::{InvocationContext, StageError, TensorRtUse, Tool};
-use crate::spec::placement::ExecutorChoice;
 
 /// Where the input root keeps the files of tools that live outside the project (the
 /// worker script, the pochi binary).

@@ -8,7 +8,7 @@ use super::Project;
 use super::explain::{self, Change};
 use crate::fingerprint::{InputDigest, KEY_FORMAT, StageKey};
 use crate::graph::ResolvedInput;
-use crate::spec::kind::Tool;
+use crate::pipeline::kind::Tool;
 
 /// A stage's standing against its last successful run.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,9 +11,9 @@ use super::*;
 use crate::graph::GraphError;
 use crate::host::Host;
 use crate::machine::Machine;
+use crate::pipeline::kind::{Registry, WithoutGpu};
+use crate::pipeline::{Device, Pipeline, suggest};
 use crate::scheduler::{Capacity, GpuRequest, Job, Request};
-use crate::spec::kind::{Registry, WithoutGpu};
-use crate::spec::{Device, Pipeline, suggest};
 use crate::state::{StateError, StateLock, StateStore};
 
 /// No two pipelines of one build may declare the same output, or outputs inside one
@@ -54,8 +54,8 @@ fn check_outputs_across(projects: &[Project]) -> Result<(), GraphError> {
 
 fn shared_output_error(
     projects: &[Project],
-    (p, stage): (usize, &crate::spec::Stage),
-    output: &crate::spec::NamedOutput,
+    (p, stage): (usize, &crate::pipeline::Stage),
+    output: &crate::pipeline::NamedOutput,
     (other, s, o): (usize, usize, usize),
 ) -> GraphError {
     let first = &projects[other].pipeline;
@@ -93,7 +93,7 @@ pub struct Workspace {
 /// for them (with the error).
 pub(super) type Verdicts = (
     BTreeMap<usize, String>,
-    BTreeMap<usize, crate::spec::kind::StageError>,
+    BTreeMap<usize, crate::pipeline::kind::StageError>,
 );
 
 /// A stage of the workspace: (project index, stage index).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
-use crate::spec::{InputSource, Pipeline, STATE_ROOT, SpanError, suggest};
+use crate::pipeline::{InputSource, Pipeline, STATE_ROOT, SpanError, suggest};
 
 /// A stage's input with its reference resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +156,7 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    fn stage(&self, stage: &crate::spec::Stage) -> Result<Resolved, SpanError> {
+    fn stage(&self, stage: &crate::pipeline::Stage) -> Result<Resolved, SpanError> {
         let mut deps = Vec::new();
         let mut inputs = Vec::with_capacity(stage.kind.inputs().len());
         for input in stage.kind.inputs() {
@@ -357,10 +357,10 @@ fn check_not_reserved(
     pipeline: &Pipeline,
     pipeline_file: &Path,
     stage: &str,
-    output: &crate::spec::NamedOutput,
+    output: &crate::pipeline::NamedOutput,
 ) -> Result<(), SpanError> {
     let path = output.path.as_path();
-    let (message, help) = if crate::spec::paths::overlaps(path, Path::new(STATE_ROOT)) {
+    let (message, help) = if crate::pipeline::paths::overlaps(path, Path::new(STATE_ROOT)) {
         (
             format!(
                 "output `{}` of stage `{stage}` is inside pochi's state directory `{STATE_ROOT}/`",
@@ -368,7 +368,7 @@ fn check_not_reserved(
             ),
             "pochi keeps its lock, records and logs there; write the output elsewhere, e.g. under \"build/\"",
         )
-    } else if crate::spec::paths::overlaps(path, pipeline_file) {
+    } else if crate::pipeline::paths::overlaps(path, pipeline_file) {
         (
             format!(
                 "output `{}` of stage `{stage}` would overwrite the pipeline file `{}`",
@@ -400,10 +400,10 @@ fn ancestor_in<'m, 'p, V>(
 fn overlap_error(
     pipeline: &Pipeline,
     output_path: &Path,
-    output: &crate::spec::NamedOutput,
+    output: &crate::pipeline::NamedOutput,
     producer: usize,
     input_path: &Path,
-    input: &crate::spec::NamedInput,
+    input: &crate::pipeline::NamedInput,
     reader: usize,
 ) -> SpanError {
     pipeline

@@ -8,8 +8,8 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::{Action, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool};
-use crate::spec::parse_api::Parser;
-use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 
 pub static INFO: KindInfo = KindInfo {
     name: "command",

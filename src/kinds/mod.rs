@@ -13,7 +13,7 @@ pub mod worker;
 
 pub use crate::action::Action;
 pub use crate::host::{Host, Toolchain};
-pub use crate::spec::kind::{
+pub use crate::pipeline::kind::{
     InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool, WithoutGpu,
 };
 use crate::toolchain::workers::Worker;
@@ -38,7 +38,7 @@ pub fn workers() -> Vec<Worker> {
 
 /// Finds a kind by name, or returns a hint for the error.
 pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {
-    crate::spec::kind::lookup(KINDS, name)
+    crate::pipeline::kind::lookup(KINDS, name)
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use super::{Action, Host, InvocationContext, Requirements, StageError, StageKind};
-use crate::spec::parse_api::Parser;
-use crate::spec::{NamedInput, NamedOutput, SpanError};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{NamedInput, NamedOutput, SpanError};
 use crate::toolchain::workers::Worker;
 
 /// The version of the request file pochi writes for `pochi run-stage`.

@@ -1,6 +1,6 @@
 //! Fuzzing the pipeline parser and the graph builder in-process (issue 15, "Fuzzing in the
 //! project"): thousands of generated and mutated `pipeline.toml` documents from a fixed seed,
-//! each parsed (`pochi::spec::parse_pipeline`) and built into a graph
+//! each parsed (`pochi::pipeline::parse_pipeline`) and built into a graph
 //! (`pochi::graph::StageGraph::build`). Every document must give a pipeline or an error,
 //! never a panic or a hang, and every error must render as the CLI renders it: non-empty,
 //! pointing into the file. The crashers found so far are replayed from
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use pochi::graph::StageGraph;
-use pochi::spec::Pipeline;
+use pochi::pipeline::Pipeline;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 

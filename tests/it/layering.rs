@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["machine", "runner", "fingerprint", "state", "scheduler"],
     &["toolchain", "cache", "remote"],
-    &["spec", "graph"],
+    &["pipeline", "graph"],
     &["kinds"],
     &["driver", "render"],
     &["cli"],

@@ -22,8 +22,8 @@ use toml::de::DeValue;
 
 use super::worker::{Program, WorkerStage};
 use super::{Host, InvocationContext, KindInfo, Requirements, StageError, StageKind};
-use crate::spec::parse_api::Parser;
-use crate::spec::{NamedInput, NamedOutput, SpanError};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{NamedInput, NamedOutput, SpanError};
 use source::{Distribution, SyntheticSpec};
 use transform::{RawTransform, Transform, TransformSchema};
 
@@ -307,9 +307,9 @@ impl WorkerStage for Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{InputSource, parse_pipeline};
+    use crate::pipeline::{InputSource, parse_pipeline};
 
-    fn load(body: &str) -> Result<crate::spec::Pipeline, String> {
+    fn load(body: &str) -> Result<crate::pipeline::Pipeline, String> {
         let text =
             format!("[pipeline]\nname = \"p\"\n\n[stages.calib]\nkind = \"dataset\"\n{body}");
         parse_pipeline(Path::new("/proj/pipeline.toml"), text, crate::kinds::KINDS).map_err(|e| {
@@ -318,7 +318,7 @@ mod tests {
         })
     }
 
-    fn dataset(pipeline: &crate::spec::Pipeline) -> &dyn StageKind {
+    fn dataset(pipeline: &crate::pipeline::Pipeline) -> &dyn StageKind {
         pipeline.stages[0].kind.as_ref()
     }
 
@@ -359,7 +359,7 @@ mod tests {
                 ("manifest", "build/p/calib/calib_manifest.json".into()),
             ]
         );
-        let params = kind.params(&crate::spec::kind::sample_host("/py"));
+        let params = kind.params(&crate::pipeline::kind::sample_host("/py"));
         assert_eq!(params["samples"], 8);
         assert_eq!(
             params["transform"],
@@ -392,11 +392,11 @@ mod tests {
         let kind = dataset(&pipeline);
         assert!(kind.inputs().is_empty());
         assert_eq!(
-            kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["seed"],
+            kind.params(&crate::pipeline::kind::sample_host("/py"))["synthetic"]["seed"],
             9
         );
         assert_eq!(
-            kind.params(&crate::spec::kind::sample_host("/py"))["synthetic"]["distribution"],
+            kind.params(&crate::pipeline::kind::sample_host("/py"))["synthetic"]["distribution"],
             "normal"
         );
     }

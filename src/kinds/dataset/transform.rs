@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::pil;
 use super::resample::{Filter, resample_axis};
-use crate::spec::parse_api::Parser;
-use crate::spec::{SpanError, suggest};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{SpanError, suggest};
 
 /// Every transform name, in the order the docs list them.
 pub(super) const NAMES: &[&str] = &[

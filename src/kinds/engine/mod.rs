@@ -25,9 +25,9 @@ use super::{
 };
 use crate::host::TensorRt;
 use crate::onnx_info;
-use crate::spec::ByteSize;
-use crate::spec::parse_api::Parser;
-use crate::spec::{Device, NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::ByteSize;
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{Device, NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {

@@ -16,8 +16,8 @@ use toml::de::DeValue;
 
 use super::worker::{Program, WorkerStage, answer_file, read_json};
 use super::{Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool};
-use crate::spec::parse_api::Parser;
-use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
@@ -603,7 +603,7 @@ impl WorkerStage for Export {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::SourceFile;
+    use crate::pipeline::SourceFile;
 
     fn parse_stage(table: &str) -> Result<Box<dyn StageKind>, SpanError> {
         let text = format!("[stages.onnx]\nkind = \"export\"\n{table}");
@@ -633,7 +633,7 @@ mod tests {
     fn export(table: &str) -> Value {
         parse_stage(table)
             .unwrap()
-            .params(&crate::spec::kind::sample_host("/py"))
+            .params(&crate::pipeline::kind::sample_host("/py"))
     }
 
     fn error(table: &str) -> String {
@@ -672,7 +672,7 @@ mod tests {
         );
         let requirements = kind.requirements();
         assert_eq!(requirements.tool, Tool::Python);
-        assert_eq!(requirements.default_device, crate::spec::Device::Cpu);
+        assert_eq!(requirements.default_device, crate::pipeline::Device::Cpu);
         assert!(
             requirements.python_modules.contains(&"einops"),
             "SwinUNETR needs einops"

@@ -17,8 +17,8 @@ use toml::de::DeValue;
 use super::StageKind;
 use super::worker::{Program, WorkerStage};
 use super::{Host, InvocationContext, KindInfo, Requirements, StageError, Tool};
-use crate::spec::parse_api::Parser;
-use crate::spec::{NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {

@@ -12,8 +12,8 @@ use toml::de::DeValue;
 use super::metrics::{self, Tolerance, default_tolerance};
 use super::segmentation::{DiceOptions, Reduction};
 use super::sliding_window::{Blend, Padding, Settings};
-use crate::spec::parse_api::Parser;
-use crate::spec::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
 
 /// `kind = "report"`: latency, throughput, parity and task metrics of every model.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -654,7 +654,7 @@ pub fn model_labels(models: &[(String, String)]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::SourceFile;
+    use crate::pipeline::SourceFile;
 
     fn parse_stage(table: &str) -> Result<Config, String> {
         let text = format!("[stages.rep]\nkind = \"report\"\n{table}");

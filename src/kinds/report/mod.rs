@@ -35,8 +35,8 @@ use super::{
     Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool,
     WithoutGpu,
 };
-use crate::spec::parse_api::Parser;
-use crate::spec::{Device, InputSource, NamedInput, NamedOutput, SpanError};
+use crate::pipeline::parse_api::Parser;
+use crate::pipeline::{Device, InputSource, NamedInput, NamedOutput, SpanError};
 
 pub static INFO: KindInfo = KindInfo {
     name: "report",

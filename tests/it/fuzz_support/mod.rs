@@ -8,13 +8,13 @@ use std::path::Path;
 
 use miette::Diagnostic;
 use pochi::graph::StageGraph;
-use pochi::spec::{Pipeline, parse_pipeline};
+use pochi::pipeline::{Pipeline, parse_pipeline};
 
 /// What a document gave.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
     Graph,
-    SpecError,
+    PipelineError,
     GraphError,
 }
 
@@ -41,7 +41,7 @@ pub fn check(file: &Path, bytes: &[u8]) -> Result<Checked, String> {
             let raw_control = check_error(&error, &text)?;
             check_report(miette::Report::new(error))?;
             return Ok(Checked {
-                outcome: Outcome::SpecError,
+                outcome: Outcome::PipelineError,
                 raw_control,
             });
         }
@@ -50,7 +50,7 @@ pub fn check(file: &Path, bytes: &[u8]) -> Result<Checked, String> {
         return Err("a file that is not UTF-8 was accepted".into());
     }
     for stage in &pipeline.stages {
-        if !pochi::spec::parse_api::is_valid_name(&stage.name) {
+        if !pochi::pipeline::parse_api::is_valid_name(&stage.name) {
             return Err(format!("stage name {:?} was accepted", stage.name));
         }
     }

@@ -11,8 +11,8 @@ use super::{
     Decl, Entry, MATRIX_KEY, MAX_VARIANTS_PER_PIPELINE, MAX_VARIANTS_PER_STAGE, MatrixValue,
     values_of,
 };
-use crate::spec::error::{SourceFile, SpanError};
-use crate::spec::parse::{MAX_NAME_LEN, is_valid_name};
+use crate::pipeline::error::{SourceFile, SpanError};
+use crate::pipeline::parse::{MAX_NAME_LEN, is_valid_name};
 
 /// The stage's `matrix`, checked; `None` for a plain stage (or one whose name is not
 /// valid: parsing it reports that first).

@@ -14,8 +14,8 @@ use super::{
     Decl, Entry, Expanded, Family, MATRIX_KEY, MatrixOf, MatrixValue, PLACEHOLDER,
     mentions_a_matrix, plain,
 };
-use crate::spec::error::{SourceFile, SpanError};
-use crate::spec::suggest;
+use crate::pipeline::error::{SourceFile, SpanError};
+use crate::pipeline::suggest;
 
 /// A plain stage: borrowed unless it refers to a matrix stage (then those references are
 /// resolved) or writes `{matrix.KEY}` (an error: it has no matrix).

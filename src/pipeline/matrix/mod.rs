@@ -302,7 +302,7 @@ fn uses_placeholders(entry: &Entry) -> bool {
 mod tests {
     use super::rewrite::substitute_text;
     use super::*;
-    use crate::spec::{InputSource, Pipeline, parse_pipeline};
+    use crate::pipeline::{InputSource, Pipeline, parse_pipeline};
     use std::path::Path;
 
     fn parse(text: &str) -> Result<Pipeline, String> {
@@ -382,7 +382,9 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
             ]
         );
         let variant = &pipeline.stages[1];
-        let params = variant.kind.params(&crate::spec::kind::sample_host("/py"));
+        let params = variant
+            .kind
+            .params(&crate::pipeline::kind::sample_host("/py"));
         assert_eq!(params["batch"]["opt"], 8, "{params}");
         assert_eq!(params["precision"], "fp16", "{params}");
         assert_eq!(
@@ -468,7 +470,9 @@ data = \"d.npy\"
         assert!(
             format!(
                 "{:?}",
-                check.kind.params(&crate::spec::kind::sample_host("/py"))
+                check
+                    .kind
+                    .params(&crate::pipeline::kind::sample_host("/py"))
             )
             .contains("@engine\"")
         );

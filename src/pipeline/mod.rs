@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use error::{SourceFile, SpanError, SpecError};
+pub use error::{PipelineError, SourceFile, SpanError};
 pub use parse::{common_stage_schema, parse_pipeline};
 /// What stage kinds use to parse their own keys.
 pub mod parse_api {
@@ -47,8 +47,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Reads and parses a pipeline file.
-    pub fn load(path: &Path, kinds: kind::Registry) -> Result<Pipeline, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+    pub fn load(path: &Path, kinds: kind::Registry) -> Result<Pipeline, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
             path: path.to_path_buf(),
             source,
         })?;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::error::{SourceFile, SpanError, SpecError};
+use super::error::{PipelineError, SourceFile, SpanError};
 use super::kind::{KindInfo, Registry};
 use super::matrix::{self, Entry};
 use super::placement::{ExecutorChoice, Placement, gpu_model, is_reserved_property};
@@ -162,7 +162,11 @@ pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemar
 
 /// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
 /// `kinds` are the stage kinds it knows (`pochi::kinds::KINDS`).
-pub fn parse_pipeline(path: &Path, text: String, kinds: Registry) -> Result<Pipeline, SpecError> {
+pub fn parse_pipeline(
+    path: &Path,
+    text: String,
+    kinds: Registry,
+) -> Result<Pipeline, PipelineError> {
     // Any error of the cut parse is reported as the one-document parse reports it, so
     // the error (and which of two errors comes first) never depends on the cutting.
     match parse_document(path, text.clone(), true, kinds) {
@@ -177,12 +181,12 @@ fn parse_document(
     text: String,
     cut: bool,
     kinds: Registry,
-) -> Result<Pipeline, SpecError> {
+) -> Result<Pipeline, PipelineError> {
     // `..` is resolved lexically, so `../seg/pipeline.toml` has the same project root as
     // its absolute path (`std::path::absolute` keeps `..`).
     let file =
         paths::lexical_clean(
-            &std::path::absolute(path).map_err(|source| SpecError::Read {
+            &std::path::absolute(path).map_err(|source| PipelineError::Read {
                 path: path.to_path_buf(),
                 source,
             })?,
@@ -893,7 +897,7 @@ mod tests {
         tweak(text)
     }
 
-    fn rendered(result: Result<Pipeline, SpecError>) -> String {
+    fn rendered(result: Result<Pipeline, PipelineError>) -> String {
         match result {
             Ok(pipeline) => format!("{pipeline:?}"),
             Err(error) => {

@@ -129,7 +129,7 @@ impl SpanError {
 
 /// Why a pipeline could not be loaded.
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum SpecError {
+pub enum PipelineError {
     #[error("cannot read pipeline file `{}`", path.display())]
     #[diagnostic(help("check the path; pipeline files are TOML, e.g. pipelines/resnet18.toml"))]
     Read {
