@@ -3,10 +3,11 @@
 //! Phases, one module each: `pipeline` (the pipeline file, parsed) -> `graph` (resolve, check, seal) -> `driver`
 //! (one build: plan with `fingerprint` and `state`) -> `scheduler` (run under resources).
 //! Every stage becomes an `action::Action` through the kind seam (`pipeline::kind`, kinds in
-//! `kinds`); `host` holds the machine facts gathered once per build; `process`, `runner`,
-//! `machine` and `toolchain` touch the OS; `render` draws graphs; `cli` is the command
+//! `kinds`); `host` holds the machine facts gathered once per build; `process` (the
+//! runner seam and the real runner), `machine` and `toolchain` touch the OS; `render` draws graphs; `cli` is the command
 //! line and the only module that prints. `clippy.toml` enforces both: `Command::new` is
-//! allowed only in `runner`, `machine`, `toolchain` and `cli`, printing only in `cli`.
+//! allowed only in `process::system`, `machine`, `toolchain` and `cli`, printing only in
+//! `cli`.
 
 pub mod action;
 pub mod cache;
@@ -26,8 +27,6 @@ pub mod pipeline;
 pub(crate) mod process;
 pub mod remote;
 pub(crate) mod render;
-#[allow(clippy::disallowed_methods)]
-pub(crate) mod runner;
 pub(crate) mod scheduler;
 pub(crate) mod size;
 pub(crate) mod state;

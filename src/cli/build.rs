@@ -229,7 +229,7 @@ pub(super) fn run_build(
     let cancel = super::signals::cancel_flag();
     let machine = crate::machine::detect();
     let mut reporter = Reporter::new();
-    let runner = crate::runner::SystemRunner::watching(Arc::clone(&cancel));
+    let runner = crate::process::SystemRunner::watching(Arc::clone(&cancel));
     let summary = workspace.build(options, &machine, runner, cancel, &mut |event| {
         reporter.event(event)
     })?;

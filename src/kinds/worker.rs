@@ -241,7 +241,7 @@ pub fn run_worker_now(
     };
     let name = worker.name.trim_end_matches(".py");
     let shown_log = log.strip_prefix(&context.dir).unwrap_or(&log).to_path_buf();
-    match crate::runner::run_borrowing_cancel(&spec, cancel) {
+    match crate::process::run_borrowing_cancel(&spec, cancel) {
         ProcessResult::Success | ProcessResult::Failed { .. } if read_json(result).is_some() => {
             check_answer(name, result).map_err(|e| e.with_log(&shown_log))?;
             read_json(result)

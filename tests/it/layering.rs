@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "onnx_info",
         "diff",
     ],
-    &["machine", "runner", "fingerprint", "state", "scheduler"],
+    &["machine", "fingerprint", "state", "scheduler"],
     &["toolchain", "cache", "remote"],
     &["pipeline", "graph"],
     &["kinds"],

@@ -1,17 +1,17 @@
 //! A remote action's stdout and stderr, written one after the other into the stage's log:
 //! inline bytes as the result carries them, or blobs downloaded (verified) beside the log
 //! and appended, so a long log is never held in memory. The last lines of stderr are kept
-//! for messages, cut as a local run's are (`runner::StderrTail`).
+//! for messages, cut as a local run's are (`process::StderrTail`).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::process::StderrTail;
 use crate::remote::CacheBackend;
 use crate::remote::digest::Digest;
 use crate::remote::error::RemoteError;
 use crate::remote::proto as re;
-use crate::runner::StderrTail;
 
 /// What writing the log took.
 #[derive(Debug, Default)]

@@ -1,5 +1,13 @@
 //! The seam between the engine and the operating system: the engine describes a process,
-//! a `ProcessRunner` runs it (the real one lives in `crate::runner`).
+//! a `ProcessRunner` runs it. The real one is `system` (process groups, logs, the stderr
+//! tail, termination on cancel) with its `watchdog`; `fake` is the test double the
+//! driver's unit tests run on.
+
+#[allow(clippy::disallowed_methods)]
+mod system;
+mod watchdog;
+
+pub use system::{StderrTail, SystemRunner, run_borrowing_cancel};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

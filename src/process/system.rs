@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
-
-mod watchdog;
+use super::watchdog;
+use super::{ProcessResult, ProcessRunner, ProcessSpec};
 
 /// How many lines of stderr an error message shows.
 const STDERR_TAIL_LINES: usize = 20;
