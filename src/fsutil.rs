@@ -178,7 +178,7 @@ fn check_entry(root: &Path, place: &Relocation, path: &Path, shown: &Path) -> io
 /// inside `root` that does not hold it.
 fn check_link(root: &Path, place: &Relocation, link: &Path) -> io::Result<()> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
-    let target = place.resolve_link(link, &mut 0).map_err(|e| {
+    let nowhere = |e: io::Error| {
         io::Error::new(
             e.kind(),
             format!(
@@ -186,7 +186,8 @@ fn check_link(root: &Path, place: &Relocation, link: &Path) -> io::Result<()> {
                 link.display()
             ),
         )
-    })?;
+    };
+    let target = place.resolve_link(link, &mut 0).map_err(nowhere)?;
     if !target.starts_with(root) {
         return Err(invalid(format!(
             "`{}` is a symbolic link to `{}`, outside the project",
@@ -203,15 +204,7 @@ fn check_link(root: &Path, place: &Relocation, link: &Path) -> io::Result<()> {
             target.display()
         )));
     }
-    let followed = std::fs::metadata(place.physical(&target)).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "`{}` is a symbolic link that leads nowhere ({e})",
-                link.display()
-            ),
-        )
-    })?;
+    let followed = std::fs::metadata(place.physical(&target)).map_err(nowhere)?;
     if !followed.is_file() && !followed.is_dir() {
         return Err(not_a_file(link));
     }

@@ -247,6 +247,26 @@ fn calibration_transform(
 
 /// The pipeline, as TOML (serialized, so every value is escaped correctly), and for an
 /// image folder a line saying which transform its images go through.
+/// The `quantize` stage of `--fp16`: AutoCast's range check at `--input-size` (which a
+/// model with dynamic H and W needs), or none with `--no-range-check`.
+fn fp16_stage(args: &ConvertArgs, model: toml::Value) -> toml::Table {
+    let mut quantize = toml::Table::new();
+    quantize.insert("kind".into(), "quantize".into());
+    quantize.insert("onnx".into(), model);
+    quantize.insert("precision".into(), "fp16".into());
+    if args.no_range_check {
+        quantize.insert("range_check".into(), toml::Value::Boolean(false));
+    } else if let Some(size) = &args.input_size {
+        let sizes = size
+            .iter()
+            .map(|&n| toml::Value::Integer(n as i64))
+            .collect();
+        quantize.insert("input_size".into(), toml::Value::Array(sizes));
+    }
+    quantize.insert("output".into(), "out/model_fp16.onnx".into());
+    quantize
+}
+
 fn pipeline_text(
     args: &ConvertArgs,
     model: &Path,
@@ -263,11 +283,7 @@ fn pipeline_text(
         let data = if calib.is_dir() {
             // --transform, or ImageNet-style evaluation preprocessing at the model's input
             // size (the ONNX input's H and W, or --input-size).
-            let given = match args.input_size.as_deref() {
-                Some([.., h, w]) => Some([*h, *w]),
-                Some([n]) => Some([*n, *n]),
-                _ => None,
-            };
+            let given = super::oneshot::given_image_size(args.input_size.as_deref());
             let crop = || super::oneshot::image_input_size(model, given);
             let (steps, line) = calibration_transform(args.transform.as_deref(), crop)?;
             shown = Some(line);
@@ -299,17 +315,10 @@ fn pipeline_text(
         stages.insert("quantize".into(), Value::Table(quantize));
         engine_onnx = Value::String("@quantize".into());
     } else if precision == "fp16" {
-        let mut quantize = Table::new();
-        quantize.insert("kind".into(), "quantize".into());
-        quantize.insert("onnx".into(), path(model));
-        quantize.insert("precision".into(), "fp16".into());
-        if args.no_range_check {
-            quantize.insert("range_check".into(), Value::Boolean(false));
-        } else if let Some(size) = &args.input_size {
-            quantize.insert("input_size".into(), ints(size));
-        }
-        quantize.insert("output".into(), "out/model_fp16.onnx".into());
-        stages.insert("quantize".into(), Value::Table(quantize));
+        stages.insert(
+            "quantize".into(),
+            Value::Table(fp16_stage(args, path(model))),
+        );
         engine_onnx = Value::String("@quantize".into());
     }
     let mut engine = Table::new();

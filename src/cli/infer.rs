@@ -281,11 +281,7 @@ fn image_transform(args: &InferArgs, model: &Path) -> miette::Result<ImageTransf
             "for example --mean 0.5 --std 0.5 (images are scaled to 0..1 first)",
         ));
     }
-    let given = match args.input_size.as_deref() {
-        Some(&[n]) => Some([n, n]),
-        Some(&[h, w]) => Some([h, w]),
-        _ => None,
-    };
+    let given = super::oneshot::given_image_size(args.input_size.as_deref());
     let crop = super::oneshot::image_input_size(model, given)?;
     Ok(ImageTransform {
         resize: args.resize.unwrap_or(crop[0].max(crop[1])),

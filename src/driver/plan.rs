@@ -5,6 +5,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::explain::Change;
+use super::workspace::stages_of;
 use super::*;
 
 /// A stage's status without running anything (`status`, `graph`, `explain`, `--dry-run`).
@@ -41,11 +42,7 @@ impl Workspace {
     pub fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
         let mut plans = Vec::new();
         for (p, project) in self.projects.iter().enumerate() {
-            let local: Vec<usize> = targets
-                .iter()
-                .filter(|(tp, _)| *tp == p)
-                .map(|(_, s)| *s)
-                .collect();
+            let local = stages_of(targets, p);
             let wanted = project.graph.closure(&local);
             let standings: Vec<Option<Standing>> = (0..wanted.len())
                 .into_par_iter()

@@ -100,40 +100,7 @@ impl Workspace {
                 Outcome::Failed(failure) => Some(failure),
                 _ => None,
             };
-            let (status, reason, error) = match outcome {
-                Outcome::Skipped => (StageStatus::Skipped, None, None),
-                Outcome::Ran(reason) => (StageStatus::Ran, Some(reason.clone()), None),
-                Outcome::Restored(source) => (
-                    StageStatus::Restored,
-                    Some(format!("restored from the cache ({source})")),
-                    None,
-                ),
-                Outcome::Failed(failure) => {
-                    (StageStatus::Failed, None, Some(failure.message.clone()))
-                }
-                Outcome::Blocked(dep) => (
-                    StageStatus::Blocked,
-                    Some(format!("`{}` did not build", self.display_name(ids[*dep]))),
-                    None,
-                ),
-                Outcome::Stopped => (
-                    StageStatus::Stopped,
-                    Some("not started: the build stopped after another stage failed".into()),
-                    None,
-                ),
-                Outcome::Cancelled => (StageStatus::Cancelled, Some("interrupted".into()), None),
-                Outcome::Unavailable(reason) => {
-                    (StageStatus::Unavailable, Some(reason.clone()), None)
-                }
-                Outcome::NeedsUnavailable(dep) => (
-                    StageStatus::Unavailable,
-                    Some(format!(
-                        "needs `{}`, which cannot run on this machine",
-                        self.display_name(ids[*dep])
-                    )),
-                    None,
-                ),
-            };
+            let (status, reason, error) = self.status_of(outcome, ids);
             let restored_from = restored.get(&job).cloned();
             *counts
                 .entry(count_name(status, restored_from.as_ref()))
@@ -167,6 +134,44 @@ impl Workspace {
             duration_ms: elapsed.as_millis() as u64,
             counts,
             stages,
+        }
+    }
+
+    /// A stage's status, with why (`reason`) or what went wrong (`error`).
+    fn status_of(
+        &self,
+        outcome: &Outcome,
+        ids: &[StageId],
+    ) -> (StageStatus, Option<String>, Option<String>) {
+        match outcome {
+            Outcome::Skipped => (StageStatus::Skipped, None, None),
+            Outcome::Ran(reason) => (StageStatus::Ran, Some(reason.clone()), None),
+            Outcome::Restored(source) => (
+                StageStatus::Restored,
+                Some(format!("restored from the cache ({source})")),
+                None,
+            ),
+            Outcome::Failed(failure) => (StageStatus::Failed, None, Some(failure.message.clone())),
+            Outcome::Blocked(dep) => (
+                StageStatus::Blocked,
+                Some(format!("`{}` did not build", self.display_name(ids[*dep]))),
+                None,
+            ),
+            Outcome::Stopped => (
+                StageStatus::Stopped,
+                Some("not started: the build stopped after another stage failed".into()),
+                None,
+            ),
+            Outcome::Cancelled => (StageStatus::Cancelled, Some("interrupted".into()), None),
+            Outcome::Unavailable(reason) => (StageStatus::Unavailable, Some(reason.clone()), None),
+            Outcome::NeedsUnavailable(dep) => (
+                StageStatus::Unavailable,
+                Some(format!(
+                    "needs `{}`, which cannot run on this machine",
+                    self.display_name(ids[*dep])
+                )),
+                None,
+            ),
         }
     }
 }

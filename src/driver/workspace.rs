@@ -99,6 +99,15 @@ pub(super) type Verdicts = (
 /// A stage of the workspace: (project index, stage index).
 pub type StageId = (usize, usize);
 
+/// The stages of `targets` in project `project`.
+pub(super) fn stages_of(targets: &[StageId], project: usize) -> Vec<usize> {
+    targets
+        .iter()
+        .filter(|(p, _)| *p == project)
+        .map(|(_, stage)| *stage)
+        .collect()
+}
+
 impl Workspace {
     /// `kinds`: the stage kinds the pipelines may use (`pochi::kinds::KINDS`).
     pub fn load(paths: &[PathBuf], kinds: Registry) -> Result<Workspace, BuildError> {
@@ -310,11 +319,7 @@ impl Workspace {
     ) -> Vec<bool> {
         let mut wanted = vec![false; ids.len()];
         for (p, project) in self.projects.iter().enumerate() {
-            let local: Vec<usize> = targets
-                .iter()
-                .filter(|(tp, _)| *tp == p)
-                .map(|(_, s)| *s)
-                .collect();
+            let local = stages_of(targets, p);
             for (stage, yes) in project.graph.closure(&local).into_iter().enumerate() {
                 if yes {
                     wanted[index_of[&(p, stage)]] = true;

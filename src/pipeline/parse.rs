@@ -727,28 +727,14 @@ impl Parser<'_> {
         value: &Spanned<String>,
         path: &Path,
     ) -> Result<(), SpanError> {
-        let too_long = path
-            .components()
-            .map(|c| c.as_os_str().len())
-            .find(|&len| len > MAX_OUTPUT_NAME_BYTES);
-        if let Some(len) = too_long {
-            return Err(self
-                .src
-                .error(value.span(), format!("output `{key}` has a name of {len} bytes, over {MAX_OUTPUT_NAME_BYTES}"))
-                .with_label("name too long")
-                .with_help(format!(
-                    "file systems take names of up to 255 bytes, and pochi publishes through `.NAME.pochi-new` beside it: use names of at most {MAX_OUTPUT_NAME_BYTES} bytes"
-                )));
-        }
-        let deepest = self.dir.as_os_str().len() + 1 + path.as_os_str().len() + TEMP_PATH_RESERVE;
-        if deepest >= PATH_MAX_BYTES {
-            return Err(self
-                .src
-                .error(value.span(), format!("output `{key}` is too long a path: with the project directory and pochi's temporary directory it takes {deepest} bytes, over the operating system's {PATH_MAX_BYTES}"))
-                .with_label("path too long")
-                .with_help("use a shorter output path (or a project directory nearer the root)"));
-        }
-        Ok(())
+        let Some(problem) = paths::unpublishable(self.dir, path) else {
+            return Ok(());
+        };
+        Err(self
+            .src
+            .error(value.span(), format!("output `{key}` {}", problem.what))
+            .with_label(problem.label)
+            .with_help(problem.help))
     }
 
     /// `raw` with `{build_dir}` replaced by the pipeline's build directory.
@@ -772,15 +758,6 @@ impl Parser<'_> {
         Ok(())
     }
 }
-
-/// The longest name in an output path: 255 bytes, less the 11 that `.NAME.pochi-new` adds
-/// while it is published.
-pub const MAX_OUTPUT_NAME_BYTES: usize = 255 - ".pochi-new".len() - 1;
-/// The operating system's longest path, its terminating NUL included (Linux's `PATH_MAX`).
-const PATH_MAX_BYTES: usize = 4096;
-/// What the run's temporary directory adds before an output path at most:
-/// `/.pochi/v1/<pipeline name>/tmp/run.<pid>.<counter>/` and the publish sibling's 11 bytes.
-const TEMP_PATH_RESERVE: usize = "/.pochi/v1//tmp/run../".len() + MAX_NAME_LEN + 10 + 20 + 11;
 
 /// The longest stage or pipeline name: names become file names (`logs/<stage>.log`,
 /// `.pochi/v1/<pipeline>/`), and file systems refuse names over 255 bytes.

@@ -2,6 +2,47 @@
 
 use std::path::{Component, Path, PathBuf};
 
+/// The longest name in an output path: 255 bytes, less the 11 that `.NAME.pochi-new` adds
+/// while it is published.
+pub const MAX_OUTPUT_NAME_BYTES: usize = 255 - ".pochi-new".len() - 1;
+/// The operating system's longest path, its terminating NUL included (Linux's `PATH_MAX`).
+const PATH_MAX_BYTES: usize = 4096;
+/// What the run's temporary directory adds before an output path at most:
+/// `/.pochi/v1/<pipeline name>/tmp/run.<pid>.<counter>/` and the publish sibling's 11 bytes.
+const TEMP_PATH_RESERVE: usize =
+    "/.pochi/v1//tmp/run../".len() + super::parse::MAX_NAME_LEN + 10 + 20 + 11;
+
+/// Why an output could never be published.
+pub struct Unpublishable {
+    pub what: String,
+    pub label: &'static str,
+    pub help: String,
+}
+
+/// An output at `path` (relative to `dir`) that could never be published: a name too
+/// long for its publish sibling, or a path too long for the operating system from the
+/// deepest place pochi writes it (the run's temporary directory).
+pub fn unpublishable(dir: &Path, path: &Path) -> Option<Unpublishable> {
+    let longest = path.components().map(|c| c.as_os_str().len()).max()?;
+    if longest > MAX_OUTPUT_NAME_BYTES {
+        return Some(Unpublishable {
+            what: format!("has a name of {longest} bytes, over {MAX_OUTPUT_NAME_BYTES}"),
+            label: "name too long",
+            help: format!(
+                "file systems take names of up to 255 bytes, and pochi publishes through `.NAME.pochi-new` beside it: use names of at most {MAX_OUTPUT_NAME_BYTES} bytes"
+            ),
+        });
+    }
+    let deepest = dir.as_os_str().len() + 1 + path.as_os_str().len() + TEMP_PATH_RESERVE;
+    (deepest >= PATH_MAX_BYTES).then(|| Unpublishable {
+        what: format!(
+            "is too long a path: with the project directory and pochi's temporary directory it takes {deepest} bytes, over the operating system's {PATH_MAX_BYTES}"
+        ),
+        label: "path too long",
+        help: "use a shorter output path (or a project directory nearer the root)".into(),
+    })
+}
+
 /// Resolves `raw` against `dir` lexically: a path inside `dir` comes back relative to it
 /// (no `.` or `..`), one outside comes back absolute.
 pub fn normalize(dir: &Path, raw: &Path) -> PathBuf {

@@ -140,24 +140,24 @@ impl SystemRunner {
         if status.success() {
             return Ok(ProcessResult::Success);
         }
-        let status = match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit status {code}"),
-            (None, Some(signal)) => format!(
-                "signal {signal}{}",
-                if signal == libc::SIGKILL {
-                    " (killed; out of memory?)"
-                } else {
-                    ""
-                }
-            ),
-            _ => "an unknown status".to_string(),
-        };
         let stderr_tail =
             std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner())).finish();
         Ok(ProcessResult::Failed {
-            status,
+            status: describe_exit(status),
             stderr_tail,
         })
+    }
+}
+
+/// How a failed process ended, for its error message.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(libc::SIGKILL)) => {
+            format!("signal {} (killed; out of memory?)", libc::SIGKILL)
+        }
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => "an unknown status".to_string(),
     }
 }
 

@@ -116,6 +116,10 @@ pub enum RemoteError {
         what: &'static str,
         detail: String,
     },
+    /// An output tree pochi will not write: it breaks REAPI's rules for one, claims more
+    /// than pochi holds in memory, or its links lead out of the output.
+    #[error("the remote server {endpoint} sent an output tree pochi refuses: {detail}")]
+    RefusedTree { endpoint: String, detail: String },
     #[error("`{digest}` is not a valid digest: {reason}")]
     InvalidDigest { digest: String, reason: String },
     #[error(

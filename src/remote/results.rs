@@ -228,7 +228,7 @@ fn plan(
                     Err(RemoteError::DigestMismatch { expected, .. }) => {
                         return Ok(Err(RemoteMiss::Corrupt(expected)));
                     }
-                    Err(e @ RemoteError::Protocol { what: "Tree", .. }) => {
+                    Err(e @ RemoteError::RefusedTree { .. }) => {
                         return Ok(Err(RemoteMiss::Refused(e.to_string())));
                     }
                     Err(e) => return Err(e),
@@ -274,9 +274,7 @@ fn write_planned(
                 return Ok(Err(RemoteMiss::Corrupt(expected)));
             }
             Err(RemoteError::NotFound { .. }) => return Ok(Err(RemoteMiss::BlobsMissing(1))),
-            Err(
-                e @ (RemoteError::UnsafePath { .. } | RemoteError::Protocol { what: "Tree", .. }),
-            ) => {
+            Err(e @ (RemoteError::UnsafePath { .. } | RemoteError::RefusedTree { .. })) => {
                 return Ok(Err(RemoteMiss::Refused(e.to_string())));
             }
             Err(e) => return Err(e),

@@ -35,9 +35,8 @@ const MAX_TREE_BYTES: u64 = 64 << 20;
 /// Downloads a `Tree` (verified) and decodes it.
 pub fn fetch_tree(backend: &dyn CacheBackend, digest: &Digest) -> Result<re::Tree, RemoteError> {
     if digest.size() > MAX_TREE_BYTES {
-        return Err(RemoteError::Protocol {
+        return Err(RemoteError::RefusedTree {
             endpoint: backend.endpoint().to_string(),
-            what: "Tree",
             detail: format!(
                 "{digest} claims {} bytes, over the {} MiB pochi holds in memory for a tree",
                 digest.size(),
@@ -220,9 +219,8 @@ impl Shape<'_> {
     }
 
     fn malformed(&self, detail: String) -> RemoteError {
-        RemoteError::Protocol {
+        RemoteError::RefusedTree {
             endpoint: self.endpoint.to_owned(),
-            what: "Tree",
             detail,
         }
     }

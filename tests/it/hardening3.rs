@@ -8,6 +8,27 @@ use std::time::{Duration, Instant};
 
 use crate::common::Project;
 
+/// Whether `done` holds within `limit` (asked every 20 ms).
+fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// A pipeline `p` of one command stage `a` running `sh -c SCRIPT`, with `outputs` (a TOML
+/// inline table).
+fn shell_stage(script: &str, outputs: &str) -> Project {
+    let script = serde_json::to_string(script).unwrap();
+    Project::new(&format!(
+        "[pipeline]\nname = \"p\"\n\n[stages.a]\nkind = \"command\"\nrun = [\"sh\", \"-c\", {script}]\noutputs = {outputs}\n"
+    ))
+}
+
 /// src (3 MB, from `switch.txt`) -> eight 4 MB outputs -> eight more: every check after
 /// src hashes outputs of 1 MiB or more, which blake3 does on rayon's pool.
 fn large_fan_out() -> String {
@@ -70,16 +91,9 @@ fn restores_interleaving_with_checks_of_large_outputs_never_hang() {
 // stage's group before that, it would hold nothing.)
 #[test]
 fn a_daemon_holding_the_stages_stderr_does_not_hold_the_build() {
-    let project = Project::new(
-        r#"
-[pipeline]
-name = "p"
-
-[stages.daemon]
-kind = "command"
-run = ["sh", "-c", "setsid sh -c 'echo $$ > {outputs.pid}; exec sleep 120' & while [ ! -s {outputs.pid} ]; do sleep 0.05; done; echo started >&2"]
-outputs = { pid = "out/daemon.pid" }
-"#,
+    let project = shell_stage(
+        "setsid sh -c 'echo $$ > {outputs.pid}; exec sleep 120' & while [ ! -s {outputs.pid} ]; do sleep 0.05; done; echo started >&2",
+        r#"{ pid = "out/daemon.pid" }"#,
     );
     let started = Instant::now();
     let run = project.run_within(&["build", "--json"], Duration::from_secs(30));
@@ -94,7 +108,7 @@ outputs = { pid = "out/daemon.pid" }
         "{:?}",
         started.elapsed()
     );
-    let log = project.read(".pochi/v1/p/logs/daemon.log");
+    let log = project.read(".pochi/v1/p/logs/a.log");
     assert!(log.contains("started"), "{log}");
     assert!(log.contains("still holds stderr open"), "{log}");
 }
@@ -112,17 +126,7 @@ fn sigterm_ends_a_build_stuck_on_a_silent_server() {
             held.push(stream);
         }
     });
-    let project = Project::new(
-        r#"
-[pipeline]
-name = "p"
-
-[stages.a]
-kind = "command"
-run = ["sh", "-c", "echo a > {outputs.out}"]
-outputs = { out = "out/a.txt" }
-"#,
-    );
+    let project = shell_stage("echo a > {outputs.out}", r#"{ out = "out/a.txt" }"#);
     let url = format!("grpc://127.0.0.1:{port}");
     let mut child = project
         .command(&["build", "--remote-cache", &url, "--remote-timeout", "600"])
@@ -137,20 +141,14 @@ outputs = { out = "out/a.txt" }
     );
     // SAFETY: signalling the child we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let signalled = Instant::now();
-    let deadline = signalled + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("pochi did not end within 30 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(143));
+    if !within(Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    }) {
+        let _ = child.kill();
+        panic!("pochi did not end within 30 s of SIGTERM");
+    }
     let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
@@ -158,14 +156,7 @@ outputs = { out = "out/a.txt" }
 // 7. Credentials in a URL were printed in the very error that refused them.
 #[test]
 fn credentials_in_a_url_or_header_are_never_printed() {
-    let project = Project::new(
-        r#"
-[stages.a]
-kind = "command"
-run = ["sh", "-c", "echo a > {outputs.out}"]
-outputs = { out = "out/a.txt" }
-"#,
-    );
+    let project = shell_stage("echo a > {outputs.out}", r#"{ out = "out/a.txt" }"#);
     for args in [
         vec!["build", "--remote-cache", "grpcs://user:s3cret@127.0.0.1:1"],
         vec!["build", "--remote-executor", "grpcs://s3cret@127.0.0.1:1"],
@@ -326,16 +317,9 @@ fn children_named(parent: u32, name: &str) -> Vec<i32> {
 #[test]
 fn a_killed_watchdog_is_replaced_and_a_later_kill_of_pochi_still_ends_the_stage() {
     use crate::common::servers::alive;
-    let project = Project::new(
-        r#"
-[pipeline]
-name = "p"
-
-[stages.slow]
-kind = "command"
-run = ["sh", "-c", "echo $$ > started.pid; sleep 120; echo done > {outputs.out}"]
-outputs = { out = "out/slow.txt" }
-"#,
+    let project = shell_stage(
+        "echo $$ > started.pid; sleep 120; echo done > {outputs.out}",
+        r#"{ out = "out/slow.txt" }"#,
     );
     let mut pochi = project
         .command(&["build"])
@@ -344,15 +328,14 @@ outputs = { out = "out/slow.txt" }
         .spawn()
         .expect("start pochi");
     let started = project.path("started.pid");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&started)
-        .unwrap_or_default()
-        .trim()
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the stage never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let has_started = || {
+        let text = std::fs::read_to_string(&started).unwrap_or_default();
+        !text.trim().is_empty()
+    };
+    assert!(
+        within(Duration::from_secs(30), has_started),
+        "the stage never started"
+    );
     let stage: i32 = std::fs::read_to_string(&started)
         .unwrap()
         .trim()
@@ -362,25 +345,17 @@ outputs = { out = "out/slow.txt" }
     assert_eq!(watchdogs.len(), 1, "one watchdog: {watchdogs:?}");
     // SAFETY: killing the watchdog of the pochi we started.
     unsafe { libc::kill(watchdogs[0], libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let replaced = || {
         let now = children_named(pochi.id(), "pochi");
-        if now.len() == 1 && now[0] != watchdogs[0] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no new watchdog: {now:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        now.len() == 1 && now[0] != watchdogs[0]
+    };
+    assert!(within(Duration::from_secs(10), replaced), "no new watchdog");
     pochi.kill().unwrap();
     pochi.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while alive(stage) {
-        if Instant::now() > deadline {
-            // SAFETY: cleaning up the stage this test started.
-            unsafe { libc::kill(-stage, libc::SIGKILL) };
-            panic!("the stage outlived pochi's kill -9");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !within(Duration::from_secs(15), || !alive(stage)) {
+        // SAFETY: cleaning up the stage this test started.
+        unsafe { libc::kill(-stage, libc::SIGKILL) };
+        panic!("the stage outlived pochi's kill -9");
     }
     assert!(!project.exists("out/slow.txt"));
 }
