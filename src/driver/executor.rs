@@ -254,7 +254,9 @@ impl StageExecutor {
             })?;
         let result = self.execute(job, lease, &temp, &key.fingerprint());
         let outcome = result.and_then(|warnings| {
-            let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
+            let outputs = self
+                .finish(project_index, stage, &key, &temp, started, None)
+                .map_err(StageError::new)?;
             if let Some(storer) = self
                 .storer
                 .as_ref()

@@ -256,6 +256,29 @@ impl StageError {
     }
 }
 
+/// Every typed error below the seams becomes a stage failure the same way: the message is
+/// the error and its causes joined by `: `, the hint is its `#[diagnostic(help)]` (the one
+/// place hints are written). `StageError` is not itself a `Diagnostic`, so this is coherent.
+impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for StageError {
+    fn from(error: E) -> Self {
+        let mut message = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(inner) = cause {
+            let text = inner.to_string();
+            if !message.ends_with(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = inner.source();
+        }
+        StageError {
+            message,
+            hint: error.help().map(|help| help.to_string()),
+            log: None,
+        }
+    }
+}
+
 /// A host for unit tests: the given interpreter, no GPU, nothing probed.
 #[cfg(test)]
 pub fn sample_host(python: &str) -> Host {
@@ -263,18 +286,6 @@ pub fn sample_host(python: &str) -> Host {
         python: PathBuf::from(python),
         identity: "test".to_string(),
     })
-}
-
-impl From<String> for StageError {
-    fn from(message: String) -> Self {
-        StageError::new(message)
-    }
-}
-
-impl From<&str> for StageError {
-    fn from(message: &str) -> Self {
-        StageError::new(message)
-    }
 }
 
 impl std::fmt::Display for StageError {
@@ -323,4 +334,24 @@ pub fn lookup(kinds: Registry, name: &str) -> Result<&'static KindInfo, String> 
         .chain(PLANNED.iter().copied())
         .collect();
     Err(super::suggest::hint(name, &known))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StageError;
+
+    #[derive(Debug, thiserror::Error, miette::Diagnostic)]
+    #[error("cannot read model.onnx")]
+    #[diagnostic(help("export the model again"))]
+    struct Outer(#[source] std::io::Error);
+
+    /// A typed error becomes a stage failure with its causes in the message and its
+    /// `help` as the hint, the one place hints are written.
+    #[test]
+    fn a_typed_error_becomes_a_stage_failure_with_its_causes_and_help() {
+        let error: StageError = Outer(std::io::Error::other("no such file")).into();
+        assert_eq!(error.message, "cannot read model.onnx: no such file");
+        assert_eq!(error.hint.as_deref(), Some("export the model again"));
+        assert_eq!(error.log, None);
+    }
 }

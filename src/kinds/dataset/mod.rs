@@ -299,7 +299,7 @@ impl WorkerStage for Dataset {
         context: &InvocationContext,
         cancel: &AtomicBool,
     ) -> Result<Vec<String>, StageError> {
-        run::run(self, context, cancel)?;
+        run::run(self, context, cancel).map_err(StageError::new)?;
         Ok(Vec::new())
     }
 }

@@ -211,12 +211,11 @@ fn timing_cache(found: Option<&TensorRt>) -> Option<PathBuf> {
 impl Engine {
     /// The shapes for the ONNX at `onnx` (relative to `dir`).
     fn shapes(&self, dir: &Path, onnx: &Path) -> Result<Shapes, StageError> {
-        let graph_inputs = onnx_info::read_inputs(&dir.join(onnx))?;
-        Ok(decide_shapes(
-            &graph_inputs,
-            self.input_size.as_deref(),
-            self.batch,
-        )?)
+        let graph_inputs = onnx_info::read_inputs(&dir.join(onnx)).map_err(StageError::new)?;
+        Ok(
+            decide_shapes(&graph_inputs, self.input_size.as_deref(), self.batch)
+                .map_err(StageError::new)?,
+        )
     }
 }
 

@@ -841,7 +841,7 @@ mod tests {
         assert_eq!(error.log, Some(PathBuf::from(".pochi/log")));
         // An answer: its error and hint.
         std::fs::write(answer_file(&context), r#"{"ok": false, "kind": "state_dict", "error": "missing: a.weight", "hint": "check model_args", "traceback": "T"}"#).unwrap();
-        let error = kind.explain_failure(&context, "exit status 1", "x".into());
+        let error = kind.explain_failure(&context, "exit status 1", StageError::new("x"));
         assert_eq!(error.message, "missing: a.weight");
         assert_eq!(error.hint.as_deref(), Some("check model_args"));
         assert_eq!(

@@ -240,8 +240,9 @@ impl WorkerStage for Report {
         context: &InvocationContext,
         cancel: &AtomicBool,
     ) -> Result<Vec<String>, StageError> {
-        let summary = self.measure(context, cancel)?;
-        let written = outputs::write_all(context, &self.config, &summary)?;
+        let summary = self.measure(context, cancel).map_err(StageError::new)?;
+        let written =
+            outputs::write_all(context, &self.config, &summary).map_err(StageError::new)?;
         let failures: Vec<String> = summary
             .models
             .iter()
