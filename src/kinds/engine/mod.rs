@@ -212,10 +212,8 @@ impl Engine {
     /// The shapes for the ONNX at `onnx` (relative to `dir`).
     fn shapes(&self, dir: &Path, onnx: &Path) -> Result<Shapes, StageError> {
         let graph_inputs = onnx_info::read_inputs(&dir.join(onnx)).map_err(StageError::new)?;
-        Ok(
-            decide_shapes(&graph_inputs, self.input_size.as_deref(), self.batch)
-                .map_err(StageError::new)?,
-        )
+        decide_shapes(&graph_inputs, self.input_size.as_deref(), self.batch)
+            .map_err(StageError::new)
     }
 }
 
