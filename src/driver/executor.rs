@@ -12,17 +12,17 @@ use std::time::Instant;
 
 use super::Project;
 use super::cached::{self, Storer};
-use super::explain::{self};
-use super::outputs::{TempOutputs, publish_all};
+use super::outputs::{self, OutputError};
 use super::remote::{RanRemotely, RemoteExecution, RemoteFailure, RemoteRun, run_remotely};
 use super::standing::{Standing, current_key, describe, standing};
+use super::temp::TempOutputs;
 use crate::action::Action;
 use crate::cache::{Miss, Origin, OutputCache, Restored};
 use crate::fingerprint::StageKey;
 use crate::pipeline::kind::{InvocationContext, StageError};
 use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
 use crate::scheduler::{Check, Executor, Failure, Lease, RunResult};
-use crate::state::{FailureRecord, OutputRecord, StageRecord, unix_ms_now};
+use crate::state::{FailureRecord, OutputRecord, unix_ms_now};
 
 /// The scheduler's executor over all stages of all pipelines in one build.
 pub struct StageExecutor {
@@ -174,7 +174,8 @@ impl StageExecutor {
             Ok(hit) => {
                 match self.finish(project_index, stage, &key, &temp, started, Some(&hit)) {
                     Ok(_) => Some(hit.origin),
-                    Err(message) => {
+                    Err(error) => {
+                        let message = StageError::from(error).message;
                         self.warn(job, format!("restored from the cache ({}), but: {message}; the stage runs instead", hit.origin));
                         None
                     }
@@ -254,9 +255,7 @@ impl StageExecutor {
             })?;
         let result = self.execute(job, lease, &temp, &key.fingerprint());
         let outcome = result.and_then(|warnings| {
-            let outputs = self
-                .finish(project_index, stage, &key, &temp, started, None)
-                .map_err(StageError::new)?;
+            let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
             if let Some(storer) = self
                 .storer
                 .as_ref()
@@ -431,8 +430,7 @@ impl StageExecutor {
         }
     }
 
-    /// Verifies, re-checks inputs, publishes, hashes and records; returns what it recorded.
-    /// `restored`: the outputs came from the cache (their digests are the entry's).
+    /// Verifies, re-checks inputs, publishes, hashes and records (`outputs::finish`).
     fn finish(
         &self,
         project_index: usize,
@@ -441,76 +439,10 @@ impl StageExecutor {
         temp: &TempOutputs,
         started: Instant,
         restored: Option<&Restored>,
-    ) -> Result<Vec<OutputRecord>, String> {
+    ) -> Result<Vec<OutputRecord>, OutputError> {
         let project = &self.projects[project_index];
-        let spec = &project.pipeline.stages[stage];
-        self.check_written(project_index, stage, temp)?;
-        let after = current_key(project, stage).map_err(describe)?;
-        if after.inputs != key.inputs || after.needs != key.needs {
-            let changes = explain::diff(key, &after);
-            let what: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
-            return Err(format!(
-                "an input changed while the stage ran ({}); its outputs were discarded, run the build again",
-                what.join("; ")
-            ));
-        }
-        let outputs = publish_all(project, stage, temp, restored)?;
-        let elapsed = started.elapsed().as_millis() as u64;
-        let record = StageRecord {
-            stage: spec.name.clone(),
-            fingerprint: key.fingerprint(),
-            key: crate::state::RecordedKey::new(key),
-            outputs: outputs.clone(),
-            // A restored stage keeps the duration of its run, for scheduling estimates.
-            duration_ms: restored
-                .and_then(|hit| hit.entry.meta.duration_ms)
-                .unwrap_or(elapsed),
-            finished_unix_ms: unix_ms_now(),
-            restored_from: restored.map(|hit| hit.origin.to_string()),
-        };
-        project
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_built(record)
-            .map_err(|e| format!("cannot record the stage as built: {e}"))?;
-        Ok(outputs)
-    }
-
-    /// Every declared output was written, holds only what may be published, and its
-    /// destination is inside the project.
-    fn check_written(
-        &self,
-        project_index: usize,
-        stage: usize,
-        temp: &TempOutputs,
-    ) -> Result<(), String> {
-        let pipeline = &self.projects[project_index].pipeline;
-        let root = self.canonical_dirs[project_index]
-            .as_ref()
-            .map_err(|e| format!("cannot resolve the project directory: {e}"))?;
-        for output in pipeline.stages[stage].kind.outputs() {
-            let written = pipeline.dir.join(&temp.paths[&output.key]);
-            if std::fs::symlink_metadata(&written).is_err() {
-                return Err(format!(
-                    "the stage succeeded but did not write its declared output `{}` ({}); it must write to the path given by {{outputs.{}}}",
-                    output.key,
-                    output.path.display(),
-                    output.key
-                ));
-            }
-            let unpublishable = |e| {
-                format!(
-                    "output `{}` ({}) cannot be published: {e}",
-                    output.key,
-                    output.path.display()
-                )
-            };
-            let dest = pipeline.dir.join(&output.path);
-            crate::fsutil::check_confined(root, &dest).map_err(unpublishable)?;
-            crate::fsutil::check_output_tree(root, &written, &dest).map_err(unpublishable)?;
-        }
-        Ok(())
+        let canonical_dir = &self.canonical_dirs[project_index];
+        outputs::finish(project, canonical_dir, stage, key, temp, started, restored)
     }
 }
 

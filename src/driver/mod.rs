@@ -22,6 +22,7 @@ pub mod remote;
 mod run;
 mod standing;
 mod summary;
+mod temp;
 #[cfg(test)]
 mod tests;
 mod workspace;

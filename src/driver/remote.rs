@@ -118,25 +118,26 @@ pub enum Placed {
     /// It must run remotely (`executor = "remote"`) and no executor is configured: it
     /// cannot run in this build (unavailable, like an engine without TensorRT).
     Nowhere(String),
+    /// It must run remotely, an executor is configured, and the stage cannot run there:
+    /// the build cannot start (why).
+    Refused(String),
 }
 
-/// Where a stage runs in a build with (or without, `configured`) a remote executor;
-/// `Err(why)` when it must run remotely, an executor is configured, and the stage cannot
-/// run there.
-pub fn place(project: &Project, stage: usize, configured: bool) -> Result<Placed, String> {
+/// Where a stage runs in a build with (or without, `configured`) a remote executor.
+pub fn place(project: &Project, stage: usize, configured: bool) -> Placed {
     let choice = project.pipeline.stages[stage].placement.executor;
     match (choice, configured) {
-        (ExecutorChoice::Local, _) | (ExecutorChoice::Auto, false) => Ok(Placed::Here),
-        (ExecutorChoice::Remote, false) => Ok(Placed::Nowhere(
+        (ExecutorChoice::Local, _) | (ExecutorChoice::Auto, false) => Placed::Here,
+        (ExecutorChoice::Remote, false) => Placed::Nowhere(
             "it must run remotely (`executor = \"remote\"`) and no remote executor is configured (--remote-executor)".into(),
-        )),
-        (ExecutorChoice::Auto, true) => Ok(match remote_obstacle(project, stage) {
+        ),
+        (ExecutorChoice::Auto, true) => match remote_obstacle(project, stage) {
             None => Placed::Remotely,
             Some(_) => Placed::Here,
-        }),
+        },
         (ExecutorChoice::Remote, true) => match remote_obstacle(project, stage) {
-            None => Ok(Placed::Remotely),
-            Some(why) => Err(format!("it has `executor = \"remote\"`, but {why}")),
+            None => Placed::Remotely,
+            Some(why) => Placed::Refused(format!("it has `executor = \"remote\"`, but {why}")),
         },
     }
 }
@@ -160,6 +161,41 @@ fn slash(path: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Why a stage's remote action could not be put together.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RemoteRunError {
+    #[error("remote executor")]
+    DigestFunction(#[source] crate::remote::RemoteError),
+    #[error("cannot read {}", path.display())]
+    Tool {
+        path: PathBuf,
+        #[source]
+        source: crate::remote::RemoteError,
+    },
+    #[error("cannot read {}", path.display())]
+    ToolMetadata {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Inputs(#[source] crate::remote::RemoteError),
+    #[error("cannot read {}", path.display())]
+    ReadRequest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    WriteRequest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot describe the remote action")]
+    Describe(#[source] crate::remote::RemoteError),
 }
 
 /// What a remote run of one stage is made of.
@@ -188,11 +224,11 @@ pub fn run_remotely(
     action: Action,
     cancel: &AtomicBool,
 ) -> Result<RanRemotely, RemoteFailure> {
-    let other = |e: String| RemoteFailure::Other(StageError::new(e));
+    let other = |e: RemoteRunError| RemoteFailure::Other(e.into());
     let function = remote
         .executor
         .digest_function()
-        .map_err(|e| other(format!("remote executor: {e}")))?;
+        .map_err(|e| other(RemoteRunError::DigestFunction(e)))?;
     let tools = tool_files(&run.project.pipeline.dir, &action);
     let rewrites = path_rewrites(remote, run, &tools);
     rewrite_scratch_files(&run.context.scratch, &rewrites).map_err(other)?;
@@ -211,7 +247,7 @@ pub fn run_remotely(
             salt: run.fingerprint,
         },
     )
-    .map_err(|e| other(format!("cannot describe the remote action: {e}")))?;
+    .map_err(|e| other(RemoteRunError::Describe(e)))?;
     let dest_for = |name: &str| {
         outputs
             .iter()
@@ -238,8 +274,8 @@ pub fn run_remotely(
         error => {
             let mut failure = StageError::new(format!("remote execution failed: {error}"))
                 .with_log(run.shown_log.to_path_buf());
-            if let Some(hint) = error.hint() {
-                failure = failure.with_hint(hint);
+            if let Some(hint) = miette::Diagnostic::help(&error) {
+                failure = failure.with_hint(hint.to_string());
             }
             RemoteFailure::Other(failure)
         }
@@ -334,15 +370,21 @@ fn input_root(
     action: &Action,
     tools: &[ToolFile],
     function: DigestFunction,
-) -> Result<Vec<(InputFile, PathBuf)>, String> {
+) -> Result<Vec<(InputFile, PathBuf)>, RemoteRunError> {
     let mut files = project_files(remote, &run.project.pipeline.dir, action, function)?;
     for tool in tools {
-        let unreadable = |e: String| format!("cannot read {}: {e}", tool.local.display());
-        let metadata = std::fs::metadata(&tool.local).map_err(|e| unreadable(e.to_string()))?;
+        let metadata =
+            std::fs::metadata(&tool.local).map_err(|source| RemoteRunError::ToolMetadata {
+                path: tool.local.clone(),
+                source,
+            })?;
         let digest = remote
             .memo
             .digest(&tool.local, &metadata, function)
-            .map_err(|e| unreadable(e.to_string()))?;
+            .map_err(|source| RemoteRunError::Tool {
+                path: tool.local.clone(),
+                source,
+            })?;
         files.push((
             InputFile {
                 path: format!("{TOOLS_DIR}/{}", tool.name),
@@ -427,7 +469,7 @@ fn project_files(
     dir: &Path,
     action: &Action,
     function: DigestFunction,
-) -> Result<Vec<(InputFile, PathBuf)>, String> {
+) -> Result<Vec<(InputFile, PathBuf)>, RemoteRunError> {
     let paths: Vec<PathBuf> = action
         .inputs
         .iter()
@@ -437,7 +479,7 @@ fn project_files(
             Err(_) => None,
         })
         .collect();
-    let files = input_files(dir, &paths, function, &remote.memo).map_err(|e| e.to_string())?;
+    let files = input_files(dir, &paths, function, &remote.memo).map_err(RemoteRunError::Inputs)?;
     Ok(files
         .into_iter()
         .map(|file| {
@@ -476,7 +518,10 @@ fn declared_outputs(run: &RemoteRun, action: &Action) -> Vec<StageOutput> {
 }
 
 /// Rewrites the paths in the run's JSON request files to what the worker sees.
-fn rewrite_scratch_files(scratch: &Path, rewrites: &[(PathBuf, String)]) -> Result<(), String> {
+fn rewrite_scratch_files(
+    scratch: &Path,
+    rewrites: &[(PathBuf, String)],
+) -> Result<(), RemoteRunError> {
     let Ok(entries) = std::fs::read_dir(scratch) else {
         return Ok(());
     };
@@ -485,14 +530,21 @@ fn rewrite_scratch_files(scratch: &Path, rewrites: &[(PathBuf, String)]) -> Resu
         if path.extension().is_none_or(|e| e != "json") {
             continue;
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| RemoteRunError::ReadRequest {
+                path: path.clone(),
+                source,
+            })?;
         let Ok(mut value) = serde_json::from_str::<Value>(&text) else {
             continue;
         };
         rewrite_strings(&mut value, rewrites);
-        std::fs::write(&path, value.to_string())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        std::fs::write(&path, value.to_string()).map_err(|source| {
+            RemoteRunError::WriteRequest {
+                path: path.clone(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }

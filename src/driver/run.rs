@@ -35,6 +35,38 @@ fn downstream(jobs: &[Job], from: impl Iterator<Item = usize>) -> Vec<bool> {
     marked
 }
 
+/// Checks every wanted stage before the scheduler starts (in parallel) and tells the
+/// observer how many are out of date and how many may follow them.
+fn precheck(
+    executor: &executor::StageExecutor,
+    jobs: &[Job],
+    wanted: &[bool],
+    observer: &mut dyn FnMut(BuildEvent),
+) -> Vec<Option<Check>> {
+    let prechecked: Vec<Option<Check>> = (0..jobs.len())
+        .into_par_iter()
+        .map(|job| wanted[job].then(|| scheduler::Executor::check(executor, job)))
+        .collect();
+    let cannot_run = downstream(jobs, executor.unavailable.keys().copied());
+    let out_of_date: Vec<usize> = (0..jobs.len())
+        .filter(|&job| {
+            matches!(prechecked[job], Some(Check::Run(_) | Check::Restorable(_)))
+                && !cannot_run[job]
+        })
+        .collect();
+    let affected = downstream(jobs, out_of_date.iter().copied());
+    let may_follow = (0..jobs.len())
+        .filter(|&job| affected[job] && wanted[job] && !cannot_run[job])
+        .count()
+        - out_of_date.len();
+    observer(BuildEvent::Planned {
+        stages: wanted.iter().filter(|w| **w).count(),
+        to_run: out_of_date.len(),
+        may_follow,
+    });
+    prechecked
+}
+
 /// How to run a build.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
@@ -127,31 +159,11 @@ impl Workspace {
         executor.unavailable = unavailable;
         executor.invalid = invalid;
         let executor = Arc::new(executor);
-        let prechecked: Vec<Option<Check>> = (0..ids.len())
-            .into_par_iter()
-            .map(|job| wanted[job].then(|| scheduler::Executor::check(&*executor, job)))
-            .collect();
+        let prechecked = precheck(&executor, &jobs, &wanted, observer);
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "stages checked"
         );
-        let cannot_run = downstream(&jobs, executor.unavailable.keys().copied());
-        let out_of_date: Vec<usize> = (0..ids.len())
-            .filter(|&job| {
-                matches!(prechecked[job], Some(Check::Run(_) | Check::Restorable(_)))
-                    && !cannot_run[job]
-            })
-            .collect();
-        let affected = downstream(&jobs, out_of_date.iter().copied());
-        let may_follow = (0..ids.len())
-            .filter(|&job| affected[job] && wanted[job] && !cannot_run[job])
-            .count()
-            - out_of_date.len();
-        observer(BuildEvent::Planned {
-            stages: wanted.iter().filter(|w| **w).count(),
-            to_run: out_of_date.len(),
-            may_follow,
-        });
         let scheduler_options = scheduler::Options {
             keep_going: options.keep_going,
             cancel: Arc::clone(&cancel),
@@ -169,19 +181,28 @@ impl Workspace {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scheduler finished"
         );
+        Ok(self.finish_build(&ids, &executor, &outcomes, started, &cancel, observer))
+    }
+
+    /// After the scheduler: warnings told, the no-op stamp of every complete pipeline
+    /// recorded, the summary made.
+    fn finish_build(
+        &self,
+        ids: &[StageId],
+        executor: &executor::StageExecutor,
+        outcomes: &[Option<Outcome>],
+        started: Instant,
+        cancel: &AtomicBool,
+        observer: &mut dyn FnMut(BuildEvent),
+    ) -> BuildSummary {
         executor.discard_spare_roots();
         let restored = executor.restored();
-        self.tell_warnings(
-            &ids,
-            &executor,
-            &cache_stats(&outcomes, &restored),
-            observer,
-        );
+        self.tell_warnings(ids, executor, &cache_stats(outcomes, &restored), observer);
         let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
         for (p, project) in self.projects.iter().enumerate() {
             let complete = ids
                 .iter()
-                .zip(&outcomes)
+                .zip(outcomes)
                 .filter(|((id, _), _)| *id == p)
                 .all(|(_, o)| o.as_ref().is_some_and(Outcome::is_success));
             if complete && !interrupted {
@@ -193,13 +214,13 @@ impl Workspace {
             "state saved"
         );
         let ran_remotely = executor.ran_remotely();
-        Ok(self.summary(
-            &ids,
-            &outcomes,
+        self.summary(
+            ids,
+            outcomes,
             (&restored, &ran_remotely),
             started.elapsed(),
             interrupted,
-        ))
+        )
     }
 
     /// Passes a scheduler event on to the build's observer, with the stage's name (and

@@ -160,14 +160,14 @@ impl Workspace {
             let (mut remote, mut nowhere) = (BTreeSet::new(), BTreeMap::new());
             for stage in 0..project.pipeline.stages.len() {
                 match remote::place(project, stage, configured) {
-                    Ok(remote::Placed::Here) => {}
-                    Ok(remote::Placed::Remotely) => {
+                    remote::Placed::Here => {}
+                    remote::Placed::Remotely => {
                         remote.insert(stage);
                     }
-                    Ok(remote::Placed::Nowhere(why)) => {
+                    remote::Placed::Nowhere(why) => {
                         nowhere.insert(stage, why);
                     }
-                    Err(reason) => {
+                    remote::Placed::Refused(reason) => {
                         let name = &project.pipeline.stages[stage].name;
                         return Err(BuildError::Placement {
                             stage: match several {

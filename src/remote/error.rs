@@ -157,8 +157,8 @@ pub enum RemoteError {
     NoExecution { endpoint: String },
 }
 
-/// A remote execution that did not give a usable result.
-#[derive(Debug, thiserror::Error)]
+/// A remote execution that did not give a usable result; what to do is its `help`.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ExecutionError {
     #[error(transparent)]
     Remote(#[from] RemoteError),
@@ -166,6 +166,9 @@ pub enum ExecutionError {
         "no worker of the farm took the action within {}: no worker offers {}",
         seconds(*.waited), properties(platform)
     )]
+    #[diagnostic(help(
+        "check that the farm has a worker offering these properties (docs/remote.md lists what pochi sets), or raise --remote-queue-timeout"
+    ))]
     Unschedulable {
         waited: Duration,
         platform: Vec<(String, String)>,
@@ -173,29 +176,15 @@ pub enum ExecutionError {
     #[error("the remote action was cancelled (the server was asked to cancel it)")]
     Cancelled,
     #[error("the remote server {endpoint} failed the action: {code:?}: {message}")]
+    #[diagnostic(help("the farm's message says why; its logs say more"))]
     Failed {
         endpoint: String,
         code: tonic::Code,
         message: String,
     },
     #[error("the remote action's result is unusable: {0}; nothing of it was used")]
+    #[diagnostic(help("run the build again; if it repeats, check the worker that ran it"))]
     BadResult(String),
-}
-
-impl ExecutionError {
-    /// What to do about it.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
-            ExecutionError::Unschedulable { .. } => Some(
-                "check that the farm has a worker offering these properties (docs/remote.md lists what pochi sets), or raise --remote-queue-timeout",
-            ),
-            ExecutionError::BadResult(_) => {
-                Some("run the build again; if it repeats, check the worker that ran it")
-            }
-            ExecutionError::Failed { .. } => Some("the farm's message says why; its logs say more"),
-            ExecutionError::Remote(_) | ExecutionError::Cancelled => None,
-        }
-    }
 }
 
 /// Platform properties as `key=value, key=value` (or a note that there are none).
@@ -245,7 +234,8 @@ mod tests {
             text.ends_with("no worker offers OSFamily=linux, gpu=NVIDIA H100"),
             "{text}"
         );
-        assert!(error.hint().unwrap().contains("--remote-queue-timeout"));
+        let help = miette::Diagnostic::help(&error).unwrap().to_string();
+        assert!(help.contains("--remote-queue-timeout"), "{help}");
         let none = ExecutionError::Unschedulable {
             waited: Duration::from_secs(3),
             platform: Vec::new(),

@@ -293,7 +293,10 @@ fn an_action_no_worker_offers_is_unschedulable_after_the_queue_timeout_and_cance
         "{text}"
     );
     assert!(
-        error.hint().unwrap().contains("--remote-queue-timeout"),
+        miette::Diagnostic::help(&error)
+            .unwrap()
+            .to_string()
+            .contains("--remote-queue-timeout"),
         "{text}"
     );
     // It was cancelled on the server: a worker that offers the GPU now gets no lease.
