@@ -172,7 +172,7 @@ impl StageExecutor {
         let restored = cached::with_request(project, stage, &key, |r| cache.restore(r, &dest_for));
         let origin = match restored.and_then(|hit| check_names(&temp, hit)) {
             Ok(hit) => {
-                match self.finish(project_index, stage, &key, &temp, started, Some(&hit)) {
+                match self.finish(job, &key, &temp, started, Some(&hit)) {
                     Ok(_) => Some(hit.origin),
                     Err(error) => {
                         let message = StageError::from(error).message;
@@ -255,7 +255,7 @@ impl StageExecutor {
             })?;
         let result = self.execute(job, lease, &temp, &key.fingerprint());
         let outcome = result.and_then(|warnings| {
-            let outputs = self.finish(project_index, stage, &key, &temp, started, None)?;
+            let outputs = self.finish(job, &key, &temp, started, None)?;
             if let Some(storer) = self
                 .storer
                 .as_ref()
@@ -430,19 +430,26 @@ impl StageExecutor {
         }
     }
 
-    /// Verifies, re-checks inputs, publishes, hashes and records (`outputs::finish`).
+    /// Finishes `job` like every stage (`outputs::finish`): verified, published, recorded.
     fn finish(
         &self,
-        project_index: usize,
-        stage: usize,
+        job: usize,
         key: &StageKey,
         temp: &TempOutputs,
         started: Instant,
         restored: Option<&Restored>,
     ) -> Result<Vec<OutputRecord>, OutputError> {
-        let project = &self.projects[project_index];
-        let canonical_dir = &self.canonical_dirs[project_index];
-        outputs::finish(project, canonical_dir, stage, key, temp, started, restored)
+        let (project, stage) = self.jobs[job];
+        let canonical_dir = &self.canonical_dirs[project];
+        outputs::finish(
+            &self.projects[project],
+            canonical_dir,
+            stage,
+            key,
+            temp,
+            started,
+            restored,
+        )
     }
 }
 
