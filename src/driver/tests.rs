@@ -41,12 +41,18 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        let fixture = Fixture::with(PIPELINE);
+        fixture.write("a.txt", "a\n");
+        fixture.write("c.txt", "c\n");
+        fixture
+    }
+
+    /// A project whose `pipeline.toml` is `pipeline`.
+    fn with(pipeline: &str) -> Fixture {
         let fixture = Fixture {
             dir: tempfile::tempdir().unwrap(),
         };
-        fixture.write("pipeline.toml", PIPELINE);
-        fixture.write("a.txt", "a\n");
-        fixture.write("c.txt", "c\n");
+        fixture.write("pipeline.toml", pipeline);
         fixture
     }
 
@@ -59,29 +65,44 @@ impl Fixture {
     }
 
     fn workspace(&self) -> Workspace {
-        let mut workspace =
-            Workspace::load(&[self.path("pipeline.toml")], crate::kinds::KINDS).unwrap();
+        self.workspace_of(&["pipeline.toml"])
+    }
+
+    /// The workspace of the pipeline files `files` of the project.
+    fn workspace_of(&self, files: &[&str]) -> Workspace {
+        let files: Vec<PathBuf> = files.iter().map(|file| self.path(file)).collect();
+        let mut workspace = Workspace::load(&files, crate::kinds::KINDS).unwrap();
         workspace.place(false).unwrap();
         workspace
     }
 
     /// A build (keeping going after a failure) with `runner`, no cache.
     fn build(&self, runner: &Arc<FakeRunner>) -> BuildSummary {
+        let options = BuildOptions {
+            keep_going: true,
+            ..BuildOptions::default()
+        };
+        self.build_with(&self.workspace(), runner, &options)
+            .unwrap()
+    }
+
+    /// A build of `workspace` with `runner` and `options`, on a 2-core, 8 GiB machine
+    /// without a GPU.
+    fn build_with(
+        &self,
+        workspace: &Workspace,
+        runner: &Arc<FakeRunner>,
+        options: &BuildOptions,
+    ) -> Result<BuildSummary, super::BuildError> {
         let machine = Machine {
             cores: 2,
             memory: 8 << 30,
             gpus: Vec::new(),
             gpu_models: Vec::new(),
         };
-        let options = BuildOptions {
-            keep_going: true,
-            ..BuildOptions::default()
-        };
         let runner: Arc<dyn crate::process::ProcessRunner> = runner.clone();
         let cancel = Arc::new(AtomicBool::new(false));
-        self.workspace()
-            .build(&options, &machine, runner, cancel, &mut |_| {})
-            .unwrap()
+        workspace.build(options, &machine, runner, cancel, &mut |_| {})
     }
 
     /// The stages the plan says would run.
@@ -184,4 +205,282 @@ fn a_failed_stage_blocks_its_dependents_is_recorded_as_not_built_and_runs_again(
     let runner = Arc::new(FakeRunner::default());
     let again = fixture.build(&runner);
     assert_eq!(with_status(&again, StageStatus::Ran), ["a", "b"]);
+}
+
+/// Moved from the binary's tests (`tests/it/builds.rs`): decisions that need no process.
+mod moved_from_binary_tests {
+    use super::*;
+
+    /// A runner whose outputs are the upper-cased text of the process's second argument
+    /// (the stage's input): two inputs with one upper case give byte-identical outputs.
+    fn upper_casing() -> Arc<FakeRunner> {
+        Arc::new(FakeRunner::writing(|spec, _| {
+            let input = spec.cwd.join(spec.args.get(1)?);
+            Some(std::fs::read_to_string(input).ok()?.to_uppercase())
+        }))
+    }
+
+    #[test]
+    fn reformatting_the_pipeline_file_runs_nothing() {
+        let fixture = Fixture::new();
+        let runner = Arc::new(FakeRunner::default());
+        fixture.build(&runner);
+        let reordered = r#"
+# reformatted: other order, other layout, paths spelled otherwise
+[stages.c]
+outputs.out = "./out/c"
+inputs = { src = "x/../c.txt" }
+run = [ "other", "c", "{inputs.src}", "{outputs.out}" ]
+kind = "command"
+
+[stages.b]
+kind = "command"
+inputs.a = "@a"
+outputs = { out = "out/b" }
+run = ["gen", "b", "{inputs.a}", "{outputs.out}"]
+
+[stages.a]
+run = ["gen", "a", "{inputs.src}", "{outputs.out}"]
+kind = "command"
+inputs = { src = "a.txt" }
+outputs = { out = "out/a" }
+
+[pipeline]
+name = "p"
+"#;
+        fixture.write("pipeline.toml", reordered);
+        let summary = fixture.build(&runner);
+        assert_eq!(
+            with_status(&summary, StageStatus::Ran),
+            Vec::<String>::new()
+        );
+        assert_eq!(runner.first_args().len(), 3);
+    }
+
+    #[test]
+    fn a_parameter_or_env_change_reruns_that_stage_and_its_dependents_only() {
+        let fixture = Fixture::new();
+        let runner = Arc::new(FakeRunner::default());
+        fixture.build(&runner);
+        let changed = PIPELINE.replace(r#"run = ["gen", "a","#, r#"run = ["gen", "a", "--more","#);
+        fixture.write("pipeline.toml", &changed);
+        let summary = fixture.build(&runner);
+        assert_eq!(with_status(&summary, StageStatus::Ran), ["a", "b"]);
+        assert_eq!(with_status(&summary, StageStatus::Skipped), ["c"]);
+
+        let with_env = changed.replace(
+            "[stages.c]\nkind = \"command\"",
+            "[stages.c]\nkind = \"command\"\nenv = { GREETING = \"hi\" }",
+        );
+        fixture.write("pipeline.toml", &with_env);
+        assert_eq!(
+            with_status(&fixture.build(&runner), StageStatus::Ran),
+            ["c"]
+        );
+        fixture.write("pipeline.toml", &with_env.replace("\"hi\"", "\"bye\""));
+        assert_eq!(
+            with_status(&fixture.build(&runner), StageStatus::Ran),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn early_cutoff_skips_dependents_of_byte_identical_outputs() {
+        let fixture = Fixture::new();
+        let runner = upper_casing();
+        fixture.build(&runner);
+        assert_eq!(
+            std::fs::read_to_string(fixture.path("out/a")).unwrap(),
+            "A\n"
+        );
+        // Another input, the same upper-case output: a reruns, b does not.
+        fixture.write("a.txt", "A\n");
+        let summary = fixture.build(&runner);
+        assert_eq!(with_status(&summary, StageStatus::Ran), ["a"]);
+        assert_eq!(with_status(&summary, StageStatus::Skipped), ["b", "c"]);
+        // The control: an input that changes the output reruns b too.
+        fixture.write("a.txt", "other\n");
+        let summary = fixture.build(&runner);
+        assert_eq!(with_status(&summary, StageStatus::Ran), ["a", "b"]);
+    }
+
+    #[test]
+    fn targets_build_only_what_they_need_and_an_unknown_one_suggests_a_name() {
+        let fixture = Fixture::new();
+        let runner = Arc::new(FakeRunner::default());
+        let options = BuildOptions {
+            targets: vec!["b".into()],
+            ..BuildOptions::default()
+        };
+        let summary = fixture
+            .build_with(&fixture.workspace(), &runner, &options)
+            .unwrap();
+        assert_eq!(with_status(&summary, StageStatus::Ran), ["a", "b"]);
+        assert!(!fixture.path("out/c").exists());
+        let named = Fixture::with(
+            "[stages.prep]\nkind = \"command\"\nrun = [\"gen\", \"{outputs.out}\"]\noutputs = { out = \"out/p\" }\n",
+        );
+        let typo = BuildOptions {
+            targets: vec!["prepp".into()],
+            ..BuildOptions::default()
+        };
+        let error = named
+            .build_with(&named.workspace(), &runner, &typo)
+            .unwrap_err();
+        assert_eq!(error.to_string(), "unknown target `prepp`");
+        let help = miette::Diagnostic::help(&error).unwrap().to_string();
+        assert!(help.contains("did you mean `prep`?"), "{help}");
+    }
+
+    #[test]
+    fn a_stage_that_writes_no_declared_output_fails_and_publishes_nothing() {
+        let fixture = Fixture::with(
+            r#"
+[stages.lazy]
+kind = "command"
+run = ["gen", "lazy", "{outputs.a}", "{outputs.b}"]
+outputs = { a = "out/a.txt", b = "out/b.txt" }
+"#,
+        );
+        let writes_a_only = Arc::new(FakeRunner::writing(|_, output| {
+            output.ends_with("a.txt").then(|| "partial\n".to_string())
+        }));
+        for _ in 0..2 {
+            let summary = fixture.build(&writes_a_only);
+            assert_eq!(
+                with_status(&summary, StageStatus::Failed),
+                ["lazy"],
+                "never recorded as built"
+            );
+            let error = summary.stages[0].error.as_deref().unwrap();
+            assert!(
+                error.contains("did not write its declared output `b`"),
+                "{error}"
+            );
+            let hint = summary.stages[0].hint.as_deref().unwrap();
+            assert!(hint.contains("{outputs.b}"), "{hint}");
+            assert!(!fixture.path("out/a.txt").exists(), "nothing is published");
+        }
+    }
+
+    #[test]
+    fn without_keep_going_the_build_stops_after_a_failure() {
+        let fixture = Fixture::with(
+            r#"
+[stages.a_bad]
+kind = "command"
+run = ["fails", "a_bad", "{outputs.out}"]
+outputs = { out = "out/a.txt" }
+
+[stages.b_later]
+kind = "command"
+run = ["gen", "b_later", "{outputs.out}"]
+outputs = { out = "out/b.txt" }
+"#,
+        );
+        let runner = Arc::new(FakeRunner::failing("fails"));
+        // One slot: a_bad sorts first among equal priorities and fails before b starts.
+        let options = BuildOptions {
+            jobs: Some(1),
+            ..BuildOptions::default()
+        };
+        let summary = fixture
+            .build_with(&fixture.workspace(), &runner, &options)
+            .unwrap();
+        assert!(!summary.ok);
+        assert_eq!(with_status(&summary, StageStatus::Failed), ["a_bad"]);
+        assert_eq!(with_status(&summary, StageStatus::Stopped), ["b_later"]);
+        assert_eq!(runner.first_args(), ["a_bad"]);
+    }
+
+    #[test]
+    fn an_input_changed_while_the_stage_ran_is_not_recorded_or_published() {
+        let fixture = Fixture::with(
+            r#"
+[stages.racy]
+kind = "command"
+run = ["gen", "racy", "{inputs.src}", "{outputs.out}"]
+inputs = { src = "src.txt" }
+outputs = { out = "out/racy.txt" }
+"#,
+        );
+        fixture.write("src.txt", "one\n");
+        let appends_to_its_input = Arc::new(FakeRunner::writing(|spec, _| {
+            let input = spec.cwd.join(&spec.args[1]);
+            let text = std::fs::read_to_string(&input).ok()?;
+            std::fs::write(&input, format!("{text}more\n")).ok()?;
+            Some(text)
+        }));
+        let summary = fixture.build(&appends_to_its_input);
+        assert_eq!(with_status(&summary, StageStatus::Failed), ["racy"]);
+        let error = summary.stages[0].error.as_deref().unwrap();
+        assert!(
+            error.contains("an input changed while the stage ran"),
+            "{error}"
+        );
+        assert!(!fixture.path("out/racy.txt").exists());
+        assert_eq!(fixture.would_run(), ["racy"]);
+    }
+
+    #[test]
+    fn several_pipelines_build_in_one_run_and_a_target_names_its_pipeline() {
+        let fixture = Fixture::new();
+        fixture.write(
+            "second.toml",
+            "[stages.extra]\nkind = \"command\"\nrun = [\"gen\", \"extra\", \"{outputs.out}\"]\noutputs = { out = \"out/extra\" }\n",
+        );
+        let runner = Arc::new(FakeRunner::default());
+        let both = fixture.workspace_of(&["pipeline.toml", "second.toml"]);
+        let summary = fixture
+            .build_with(&both, &runner, &BuildOptions::default())
+            .unwrap();
+        assert_eq!(
+            with_status(&summary, StageStatus::Ran),
+            ["a", "b", "c", "extra"]
+        );
+        let options = BuildOptions {
+            targets: vec!["second/extra".into()],
+            ..BuildOptions::default()
+        };
+        let again = fixture.build_with(&both, &runner, &options).unwrap();
+        assert_eq!(with_status(&again, StageStatus::Skipped), ["extra"]);
+        assert_eq!(again.stages.len(), 1);
+    }
+
+    #[test]
+    fn a_stage_that_can_never_fit_fails_at_once_saying_what_it_lacks() {
+        let fixture = Fixture::with(
+            r#"
+[stages.needs_gpu]
+kind = "command"
+device = "cuda"
+run = ["gen", "needs_gpu", "{outputs.out}"]
+outputs = { out = "out/g.txt" }
+
+[stages.hungry]
+kind = "command"
+resources = { memory = "64TiB" }
+run = ["gen", "hungry", "{outputs.out}"]
+outputs = { out = "out/h.txt" }
+"#,
+        );
+        let runner = Arc::new(FakeRunner::default());
+        let summary = fixture.build(&runner);
+        assert!(!summary.ok);
+        let error_of = |name: &str| {
+            let stage = summary.stages.iter().find(|s| s.stage == name).unwrap();
+            stage.error.clone().unwrap_or_default()
+        };
+        assert!(
+            error_of("needs_gpu").contains("needs a GPU"),
+            "{}",
+            error_of("needs_gpu")
+        );
+        assert!(
+            error_of("hungry").contains("64.0 TiB of memory"),
+            "{}",
+            error_of("hungry")
+        );
+        assert!(runner.first_args().is_empty(), "nothing ran");
+    }
 }

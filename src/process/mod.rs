@@ -52,8 +52,10 @@ pub trait ProcessRunner: Send + Sync {
 pub(crate) mod fake {
     //! A TEST DOUBLE of the process runner, as ninja's `build_test.cc` has its fake command
     //! runner: it records every process it is asked to run and, instead of running it,
-    //! writes each declared output (a file naming the call, so every run's output is new)
-    //! and succeeds; a program named in `failing` fails without writing anything.
+    //! writes each declared output and succeeds; a program named in `failing` fails
+    //! without writing anything. By default an output is a file naming the call (so every
+    //! run's output is new); `FakeRunner::writing` decides what each output holds, or that
+    //! it is not written, and may act on the project meanwhile (an input changed mid-run).
 
     use std::collections::BTreeSet;
     use std::sync::Mutex;
@@ -61,10 +63,14 @@ pub(crate) mod fake {
 
     use super::{ProcessResult, ProcessRunner, ProcessSpec};
 
-    #[derive(Debug, Default)]
+    /// What a fake process writes to one of its outputs (`None`: nothing).
+    type Writes = Box<dyn Fn(&ProcessSpec, &std::path::Path) -> Option<String> + Send + Sync>;
+
+    #[derive(Default)]
     pub(crate) struct FakeRunner {
         calls: Mutex<Vec<ProcessSpec>>,
         failing: BTreeSet<String>,
+        writes: Option<Writes>,
     }
 
     impl FakeRunner {
@@ -72,6 +78,17 @@ pub(crate) mod fake {
         pub(crate) fn failing(program: &str) -> FakeRunner {
             FakeRunner {
                 failing: BTreeSet::from([program.to_string()]),
+                ..FakeRunner::default()
+            }
+        }
+
+        /// A runner whose processes write what `writes` returns for each output (given
+        /// the process and the output's path relative to its directory), or nothing.
+        pub(crate) fn writing(
+            writes: impl Fn(&ProcessSpec, &std::path::Path) -> Option<String> + Send + Sync + 'static,
+        ) -> FakeRunner {
+            FakeRunner {
+                writes: Some(Box::new(writes)),
                 ..FakeRunner::default()
             }
         }
@@ -101,14 +118,16 @@ pub(crate) mod fake {
                 };
             }
             for output in &spec.outputs {
+                let text = match &self.writes {
+                    Some(writes) => writes(spec, output),
+                    None => Some(format!("{} {:?} call {call}\n", spec.program, spec.args)),
+                };
+                let Some(text) = text else { continue };
                 let path = spec.cwd.join(output);
                 let written = path
                     .parent()
                     .map_or(Ok(()), std::fs::create_dir_all)
-                    .and_then(|()| {
-                        let text = format!("{} {:?} call {call}\n", spec.program, spec.args);
-                        std::fs::write(&path, text)
-                    });
+                    .and_then(|()| std::fs::write(&path, text));
                 if let Err(error) = written {
                     return ProcessResult::SpawnError(format!("{}: {error}", path.display()));
                 }
