@@ -163,6 +163,10 @@ fn nothing_changed(paths: &[std::path::PathBuf]) -> Option<usize> {
 fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> {
     let targets = workspace.resolve_targets(&args.targets)?;
     let plans = workspace.plan(&targets);
+    let cache = match args.cache.no_cache {
+        true => None,
+        false => crate::cache::LocalCache::from_env().ok(),
+    };
     let mut would_run = 0;
     let mut would_fail = 0;
     for plan in &plans {
@@ -177,10 +181,9 @@ fn dry_run(workspace: &Workspace, args: &BuildArgs) -> miette::Result<ExitCode> 
         } else if plan.status.would_run() {
             would_run += 1;
             let (p, s) = plan.id;
-            let restored = match args.cache.no_cache {
-                true => None,
-                false => super::cache::restorable_from(&workspace.projects[p], s, plan.status),
-            };
+            let restored = cache.as_ref().and_then(|cache| {
+                super::cache::restorable_from(cache, &workspace.projects[p], plan)
+            });
             let restored = restored
                 .map(|origin| format!(" (would be restored from cache ({origin}))"))
                 .unwrap_or_default();

@@ -47,26 +47,26 @@ impl CacheArgs {
     }
 }
 
-/// Where the local cache holds the outputs a stage whose plan is `status` would get with
-/// its key as it is now, if it does (the entry is read and checked; its blobs are checked
-/// by a restore only). None for a stage that is up to date, waits on an upstream stage
-/// (its key is not known yet), cannot run here or opts out (`cache = false`).
+/// Where the local cache (`cache`) holds the outputs a stage would get with the key its
+/// plan computed, if it does (the entry is read and checked; its blobs are checked by a
+/// restore only). None for a stage that is up to date, waits on an upstream stage (its
+/// key is not known yet), cannot run here or opts out (`cache = false`).
 pub fn restorable_from(
+    cache: &LocalCache,
     project: &crate::driver::Project,
-    stage: usize,
-    status: crate::driver::PlanStatus,
+    plan: &crate::driver::StagePlan,
 ) -> Option<crate::cache::Origin> {
     use crate::driver::PlanStatus;
     if !matches!(
-        status,
+        plan.status,
         PlanStatus::Stale | PlanStatus::NeverBuilt | PlanStatus::Failed
-    ) || !project.pipeline.stages[stage].cache
+    ) || !project.pipeline.stages[plan.id.1].cache
     {
         return None;
     }
-    let (_, key) = crate::driver::standing(project, stage);
-    let cache = LocalCache::from_env().ok()?;
-    cache.lookup(&crate::driver::cache_key_of(&key?)).ok()?;
+    cache
+        .lookup(&crate::driver::cache_key_of(plan.key.as_ref()?))
+        .ok()?;
     Some(crate::cache::Origin::local(cache.root()))
 }
 

@@ -74,7 +74,10 @@ fn explain_one(workspace: &Workspace, plan: &crate::driver::StagePlan) {
     for reason in &plan.reasons {
         show!("  - {reason}");
     }
-    if let Some(origin) = super::cache::restorable_from(project, s, plan.status) {
+    let cache = crate::cache::LocalCache::from_env().ok();
+    if let Some(origin) =
+        cache.and_then(|cache| super::cache::restorable_from(&cache, project, plan))
+    {
         show!("  it would be restored from cache ({origin}) instead of run");
     }
 }

@@ -15,6 +15,9 @@ pub struct StagePlan {
     pub status: PlanStatus,
     /// Why it would run (empty when up to date).
     pub reasons: Vec<String>,
+    /// Its key as the inputs are now, when known (not for a stage that waits on another):
+    /// what a build would look up in the output cache.
+    pub key: Option<crate::fingerprint::StageKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,15 +47,16 @@ impl Workspace {
         for (p, project) in self.projects.iter().enumerate() {
             let local = stages_of(targets, p);
             let wanted = project.graph.closure(&local);
-            let standings: Vec<Option<Standing>> = (0..wanted.len())
+            let mut standings: Vec<Option<(Standing, Option<_>)>> = (0..wanted.len())
                 .into_par_iter()
-                .map(|stage| wanted[stage].then(|| standing(project, stage).0))
+                .map(|stage| wanted[stage].then(|| standing(project, stage)))
                 .collect();
             let mut status: Vec<Option<PlanStatus>> = vec![None; wanted.len()];
             for &stage in project.graph.topological() {
-                let Some(standing) = &standings[stage] else {
+                let Some((standing, key)) = standings[stage].take() else {
                     continue;
                 };
+                let standing = &standing;
                 let up_to_date = *standing == Standing::UpToDate;
                 if let Some((verdict, reason)) =
                     availability::in_plan(project, stage, &status).filter(|_| !up_to_date)
@@ -62,6 +66,7 @@ impl Workspace {
                         id: (p, stage),
                         status: verdict,
                         reasons: vec![reason],
+                        key,
                     });
                     continue;
                 }
@@ -89,6 +94,7 @@ impl Workspace {
                     id: (p, stage),
                     status: stage_status,
                     reasons,
+                    key,
                 });
             }
         }
