@@ -62,18 +62,18 @@ pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut workspace = Workspace::load(&paths, crate::kinds::KINDS)?;
+    let mode = match args.dry_run {
+        true => Mode::Inspect,
+        false => Mode::Create,
+    };
+    let workspace = super::open_workspace(&paths, mode, args.remote.executor_configured())?;
     tracing::debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "pipelines loaded"
     );
     if args.dry_run {
-        super::attach_host(&mut workspace, Mode::Inspect)?;
-        workspace.place(args.remote.executor_configured())?;
         return dry_run(&workspace, &args);
     }
-    super::attach_host(&mut workspace, Mode::Create)?;
-    workspace.place(args.remote.executor_configured())?;
     // The executor must answer only when a stage goes there.
     let any_remote = workspace.projects.iter().any(|p| !p.remote.is_empty());
     let execution = match any_remote {

@@ -31,9 +31,8 @@ impl ExplainArgs {
 
 pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let (pipelines, stage) = args.split();
-    let mut workspace = Workspace::load(&pipelines, crate::kinds::KINDS)?;
-    super::attach_host(&mut workspace, Mode::Inspect)?;
-    workspace.place(super::remote::executor_in_env())?;
+    let workspace =
+        super::open_workspace(&pipelines, Mode::Inspect, super::remote::executor_in_env())?;
     let targets = workspace.resolve_targets(std::slice::from_ref(&stage))?;
     let plans = workspace.plan(&targets);
     // A matrix stage's name explains each of its variants, in name order.

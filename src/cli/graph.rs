@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use crate::driver::{PlanStatus, Workspace};
+use crate::driver::PlanStatus;
 use crate::render::{self, GraphFormat, GraphView, StageStatus, StageView};
 use crate::toolchain::Mode;
 
@@ -29,9 +29,8 @@ pub struct GraphArgs {
 
 pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(args.pipeline.as_slice());
-    let mut workspace = Workspace::load(&paths, crate::kinds::KINDS)?;
-    super::attach_host(&mut workspace, Mode::Inspect)?;
-    workspace.place(super::remote::executor_in_env())?;
+    let workspace =
+        super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
     let project = &workspace.projects[0];
     let plans = workspace.plan(&workspace.stage_ids());
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];

@@ -21,6 +21,20 @@ pub fn attach_host(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> 
     Ok(())
 }
 
+/// The workspace of `paths` ready to plan or build, the one sequence every command uses:
+/// the pipelines loaded and checked, their hosts gathered (`mode`), each stage placed
+/// (here or on the remote executor, when one is configured).
+pub fn open_workspace(
+    paths: &[std::path::PathBuf],
+    mode: Mode,
+    remote_configured: bool,
+) -> miette::Result<Workspace> {
+    let mut workspace = Workspace::load(paths, crate::kinds::KINDS)?;
+    attach_host(&mut workspace, mode)?;
+    workspace.place(remote_configured)?;
+    Ok(workspace)
+}
+
 /// The host of one pipeline.
 fn gather(
     project: &Project,
