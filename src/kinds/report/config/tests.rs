@@ -4,7 +4,7 @@ use super::*;
 use crate::kinds::report::sliding_window::{Blend, Padding};
 use crate::pipeline::SourceFile;
 
-fn parse_stage(table: &str) -> Result<Config, String> {
+fn parse_stage(table: &str) -> Result<Config, SpanError> {
     let text = format!("[stages.rep]\nkind = \"report\"\n{table}");
     let src = SourceFile::new("pipeline.toml".into(), text.clone());
     let root = toml::de::DeTable::parse(&text).unwrap();
@@ -16,12 +16,16 @@ fn parse_stage(table: &str) -> Result<Config, String> {
         stage: "rep",
         kinds: crate::kinds::KINDS,
     };
-    parse(&parser, &stage).map_err(|e| {
-        let help = miette::Diagnostic::help(&e)
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        format!("{e} | {help}")
-    })
+    parse(&parser, &stage)
+}
+
+/// The error of a stage table that does not parse, with its help: "error | help".
+fn error_of(table: &str) -> String {
+    let error = parse_stage(table).unwrap_err();
+    let help = miette::Diagnostic::help(&error)
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    format!("{error} | {help}")
 }
 
 fn keys(config: &Config) -> Vec<String> {
@@ -92,7 +96,7 @@ fn tolerance_overrides_merge_with_the_defaults() {
 fn gates_are_checked_as_diff_rules() {
     parse_stage("models = [\"@onnx\"]\ngates = [\"accuracy < -1pp\", \"@onnx:p50_ms > +10%\"]\n")
         .unwrap();
-    let error = parse_stage("models = [\"@onnx\"]\ngates = [\"acuracy < -1pp\"]\n").unwrap_err();
+    let error = error_of("models = [\"@onnx\"]\ngates = [\"acuracy < -1pp\"]\n");
     assert!(
         error.contains("`gates`: rule `acuracy < -1pp`: unknown metric"),
         "{error}"
@@ -102,14 +106,13 @@ fn gates_are_checked_as_diff_rules() {
 
 #[test]
 fn bad_settings_are_named() {
-    let error =
-        parse_stage("models = [\"@onnx\"]\ntolerances = { fp4 = { atol = 1 } }\n").unwrap_err();
+    let error = error_of("models = [\"@onnx\"]\ntolerances = { fp4 = { atol = 1 } }\n");
     assert!(error.contains("unknown precision"), "{error}");
-    let error = parse_stage("models = [\"@onnx\"]\nmin_duration = \"soon\"\n").unwrap_err();
+    let error = error_of("models = [\"@onnx\"]\nmin_duration = \"soon\"\n");
     assert!(error.contains("not a duration"), "{error}");
-    let error = parse_stage("models = [\"@onnx\"]\non_parity_failure = \"ignore\"\n").unwrap_err();
+    let error = error_of("models = [\"@onnx\"]\non_parity_failure = \"ignore\"\n");
     assert!(error.contains("\"warn\""), "{error}");
-    let error = parse_stage("models = []\n").unwrap_err();
+    let error = error_of("models = []\n");
     assert!(error.contains("`models` is empty"), "{error}");
 }
 
@@ -127,17 +130,15 @@ fn dice_options_default_to_monai_and_are_checked() {
     .unwrap();
     assert_eq!(c.dice.reduction, Reduction::Pooled);
     assert!(!c.dice.include_background && c.dice.ignore_empty);
-    let error = parse_stage(
+    let error = error_of(
         "models = [\"m.onnx\"]\ndata = \"d.npy\"\ndice = { reduction = \"mean_btach\" }\n",
-    )
-    .unwrap_err();
+    );
     assert!(
         error.contains("unknown Dice reduction `mean_btach`") && error.contains("mean_batch"),
         "{error}"
     );
     let error =
-        parse_stage("models = [\"m.onnx\"]\ndata = \"d.npy\"\ndice = { background = false }\n")
-            .unwrap_err();
+        error_of("models = [\"m.onnx\"]\ndata = \"d.npy\"\ndice = { background = false }\n");
     assert!(error.contains("background"), "{error}");
 }
 
@@ -179,10 +180,9 @@ fn a_batch_list_is_a_sweep_and_sliding_windows_get_monais_defaults() {
         ("[1, 0]", "0 is not a batch size"),
         ("[2, 2]", "2 is listed twice"),
     ] {
-        let error = parse_stage(&format!(
+        let error = error_of(&format!(
             "models = [\"m.onnx\"]\ndata = \"d.npy\"\nbatch = {bad}\n"
-        ))
-        .unwrap_err();
+        ));
         assert!(error.contains(needle), "{bad}: {error}");
     }
     let c = parse_stage(
