@@ -84,6 +84,8 @@ pub fn retime_report(
         );
         let (old_latency, new_latency) =
             retime::alternating(&new_project.host, &a, &b, plan(new), &cancel).map_err(|e| {
+                // The error with its causes, as a stage failure says it.
+                let e = crate::pipeline::kind::StageError::from(e);
                 failure(
                     format!("cannot time {name} of report `{}` again: {e}", report.stage),
                     "run without --retime to compare the latencies the reports recorded",

@@ -6,29 +6,60 @@ use ndarray::ArrayD;
 use super::config::Task;
 use super::metrics::{self, Tolerance};
 use super::segmentation::{self, DiceOptions, Volumes};
-use super::{Disagreement, ModelResult, OutputParity, TaskResult};
+use super::summary::{Disagreement, ModelResult, OutputParity, TaskResult};
+
+/// Why a model's outputs cannot be evaluated as asked.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum EvaluateError {
+    #[error("batch = {asked}, but the model's batch axis is fixed at {fixed}")]
+    FixedBatch { asked: usize, fixed: usize },
+    #[error(
+        "the model takes batches of exactly {batch}, and {samples} samples do not divide into them"
+    )]
+    Indivisible { batch: usize, samples: usize },
+    #[error("output `{output}` has shape {shape:?}, the reference {reference:?}")]
+    OutputShape {
+        output: String,
+        shape: Vec<usize>,
+        reference: Vec<usize>,
+    },
+    #[error(
+        "task = \"classification\" expects N x classes outputs; the first output has shape {shape:?}"
+    )]
+    NotClasses { shape: Vec<usize> },
+    #[error(
+        "task = \"segmentation\" expects N x classes x spatial outputs; the first output has shape {shape:?}"
+    )]
+    NotVolumes { shape: Vec<usize> },
+    #[error("labels of shape {shape:?} do not match {volumes} volumes of {voxels} voxels")]
+    LabelsShape {
+        shape: Vec<usize>,
+        volumes: usize,
+        voxels: usize,
+    },
+}
 
 /// The batch: the one asked for, else the model's fixed batch, else 1.
-pub fn batch_for(asked: Option<usize>, shape: &[i64], samples: usize) -> Result<usize, String> {
+pub fn batch_for(
+    asked: Option<usize>,
+    shape: &[i64],
+    samples: usize,
+) -> Result<usize, EvaluateError> {
     let fixed = shape
         .first()
         .copied()
         .filter(|&d| d > 0)
         .map(|d| d as usize);
     let batch = match (asked, fixed) {
-        (Some(a), Some(f)) if a != f => {
-            return Err(format!(
-                "batch = {a}, but the model's batch axis is fixed at {f}"
-            ));
+        (Some(asked), Some(fixed)) if asked != fixed => {
+            return Err(EvaluateError::FixedBatch { asked, fixed });
         }
         (Some(a), _) => a,
         (None, Some(f)) => f,
         (None, None) => 1,
     };
     if fixed.is_some() && !samples.is_multiple_of(batch) {
-        return Err(format!(
-            "the model takes batches of exactly {batch}, and {samples} samples do not divide into them"
-        ));
+        return Err(EvaluateError::Indivisible { batch, samples });
     }
     Ok(batch)
 }
@@ -38,7 +69,7 @@ pub fn compare(
     outputs: &[(String, ArrayD<f32>)],
     reference: &[(String, ArrayD<f32>)],
     tolerance: &Tolerance,
-) -> Result<Vec<OutputParity>, String> {
+) -> Result<Vec<OutputParity>, EvaluateError> {
     outputs
         .iter()
         .enumerate()
@@ -51,11 +82,11 @@ pub fn compare(
         })
         .map(|(name, actual, expected)| {
             if actual.shape() != expected.shape() {
-                return Err(format!(
-                    "output `{name}` has shape {:?}, the reference {:?}",
-                    actual.shape(),
-                    expected.shape()
-                ));
+                return Err(EvaluateError::OutputShape {
+                    output: name.clone(),
+                    shape: actual.shape().to_vec(),
+                    reference: expected.shape().to_vec(),
+                });
             }
             let a: Vec<f32> = actual.iter().copied().collect();
             let r: Vec<f32> = expected.iter().copied().collect();
@@ -90,7 +121,7 @@ pub fn task_metrics(
     labels: Option<&ArrayD<i64>>,
     dice: DiceOptions,
     result: &mut ModelResult,
-) -> Result<Option<TaskResult>, String> {
+) -> Result<Option<TaskResult>, EvaluateError> {
     let Some((_, first)) = outputs.first() else {
         return Ok(None);
     };
@@ -110,12 +141,11 @@ fn classification(
     reference: Option<Vec<f32>>,
     labels: Option<&ArrayD<i64>>,
     result: &mut ModelResult,
-) -> Result<TaskResult, String> {
+) -> Result<TaskResult, EvaluateError> {
     if first.ndim() != 2 {
-        return Err(format!(
-            "task = \"classification\" expects N x classes outputs; the first output has shape {:?}",
-            first.shape()
-        ));
+        return Err(EvaluateError::NotClasses {
+            shape: first.shape().to_vec(),
+        });
     }
     let values: Vec<f32> = first.iter().copied().collect();
     let (_, c, _) = layout(first);
@@ -160,12 +190,11 @@ fn segmentation(
     reference: Option<Vec<f32>>,
     labels: Option<&ArrayD<i64>>,
     dice: DiceOptions,
-) -> Result<TaskResult, String> {
+) -> Result<TaskResult, EvaluateError> {
     if first.ndim() < 3 {
-        return Err(format!(
-            "task = \"segmentation\" expects N x classes x spatial outputs; the first output has shape {:?}",
-            first.shape()
-        ));
+        return Err(EvaluateError::NotVolumes {
+            shape: first.shape().to_vec(),
+        });
     }
     let values: Vec<f32> = first.iter().copied().collect();
     let (n, c, s) = layout(first);
@@ -192,10 +221,11 @@ fn segmentation(
         None => None,
         Some(l) => {
             if l.len() != n * s {
-                return Err(format!(
-                    "labels of shape {:?} do not match {n} volumes of {s} voxels",
-                    l.shape()
-                ));
+                return Err(EvaluateError::LabelsShape {
+                    shape: l.shape().to_vec(),
+                    volumes: n,
+                    voxels: s,
+                });
             }
             let truth: Vec<usize> = l
                 .iter()

@@ -13,6 +13,64 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, ValueType};
 
+/// What went wrong with ONNX Runtime or a model on it.
+#[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
+pub enum OnnxRuntimeError {
+    #[error("cannot load ONNX Runtime from {}: {reason}", library.display())]
+    #[diagnostic(help(
+        "the report stage needs ONNX Runtime 1.31 or newer (it uses the `ort` crate 2.0.0-rc.15); `pochi toolchain sync` installs the locked version"
+    ))]
+    Library { library: PathBuf, reason: String },
+    #[error("cannot start ONNX Runtime: {reason}")]
+    Start { reason: String },
+    /// ONNX Runtime's words are kept as text: whether it lacks a kernel is read from them.
+    #[error("cannot load {}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("cannot start ONNX Runtime's CUDA provider on GPU {device} for {}: {reason}", path.display())]
+    #[diagnostic(help(
+        "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or set device = \"cpu\" on the report"
+    ))]
+    CudaProvider {
+        device: u32,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{} has {count} inputs; the report feeds models one input tensor", path.display())]
+    Inputs { path: PathBuf, count: usize },
+    #[error("{}: input `{input}` is not a tensor ({found})", path.display())]
+    NotATensor {
+        path: PathBuf,
+        input: String,
+        found: String,
+    },
+    #[error("{}: input `{input}` is {found}; the report feeds float32", path.display())]
+    #[diagnostic(help("convert fp16 models with keep_io_types"))]
+    NotFloat32 {
+        path: PathBuf,
+        input: String,
+        found: String,
+    },
+    #[error("{reason}")]
+    Tensor { reason: String },
+    #[error("inference failed: {reason}")]
+    Inference { reason: String },
+    #[error("output `{output}` is not float32: {reason}")]
+    OutputNotFloat32 { output: String, reason: String },
+    #[error(transparent)]
+    Shape(#[from] ndarray::ShapeError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl OnnxRuntimeError {
+    /// Whether it says the provider has no kernel for an operator (bf16 on the CPU, for
+    /// example): the model cannot run here, which is not a fault of the model.
+    pub fn lacks_kernel(&self) -> bool {
+        let message = self.to_string();
+        message.contains("NOT_IMPLEMENTED") || message.contains("Could not find an implementation")
+    }
+}
+
 /// The graph optimization level every session gets: ONNX Runtime's `ORT_ENABLE_ALL`, the
 /// default of Python's `onnxruntime.InferenceSession`. (`ort` rc.15's `Level3` is
 /// `ORT_ENABLE_LAYOUT`, one level short of it.)
@@ -21,21 +79,22 @@ pub const OPTIMIZATION: GraphOptimizationLevel = GraphOptimizationLevel::All;
 pub const OPTIMIZATION_NAME: &str = "ORT_ENABLE_ALL";
 
 /// The process's ONNX Runtime (a library can be loaded once per process).
-static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), OnnxRuntimeError>> = OnceLock::new();
 
 /// Loads ONNX Runtime from `library` (once per process) and returns its environment.
-pub fn environment(library: &Path) -> Result<Environment, String> {
+pub fn environment(library: &Path) -> Result<Environment, OnnxRuntimeError> {
     let loaded = ENVIRONMENT.get_or_init(|| {
-        let builder = ort::init_from(library).map_err(|e| {
-            format!(
-                "cannot load ONNX Runtime from {}: {e}\nhint: the report stage needs ONNX Runtime 1.31 or newer (it uses the `ort` crate 2.0.0-rc.15); `pochi toolchain sync` installs the locked version",
-                library.display()
-            )
+        let builder = ort::init_from(library).map_err(|e| OnnxRuntimeError::Library {
+            library: library.to_path_buf(),
+            reason: e.to_string(),
         })?;
-        let environment = builder
-            .with_name("pochi-report")
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+        let environment =
+            builder
+                .with_name("pochi-report")
+                .build()
+                .map_err(|e| OnnxRuntimeError::Start {
+                    reason: e.to_string(),
+                })?;
         Ok((environment, library.to_path_buf()))
     });
     match loaded {
@@ -49,7 +108,7 @@ pub fn environment(library: &Path) -> Result<Environment, String> {
             }
             Ok(environment.clone())
         }
-        Err(message) => Err(message.clone()),
+        Err(error) => Err(error.clone()),
     }
 }
 
@@ -134,13 +193,18 @@ pub fn provider_for(gpu: Option<u32>) -> Provider {
     }
 }
 
+/// Loads the model at `path` for `provider`, with `threads` intra-op threads (0: ONNX
+/// Runtime's default).
 pub fn load(
     environment: &Environment,
     path: &Path,
     threads: usize,
     provider: &Provider,
-) -> Result<Model, String> {
-    let fail = |e: ort::Error| format!("cannot load {}: {e}", path.display());
+) -> Result<Model, OnnxRuntimeError> {
+    let fail = |e: ort::Error| OnnxRuntimeError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut builder = Session::builder(environment)
         .map_err(fail)?
         .with_optimization_level(OPTIMIZATION)
@@ -158,38 +222,15 @@ pub fn load(
             .build()
             .error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| {
-            format!(
-                "cannot start ONNX Runtime's CUDA provider on GPU {device} for {}: {e}\nhint: check the CUDA and cuDNN libraries onnxruntime-gpu needs, or set device = \"cpu\" on the report",
-                path.display()
-            )
+            OnnxRuntimeError::CudaProvider {
+                device: *device,
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
         })?;
     }
     let session = builder.commit_from_file(path).map_err(fail)?;
-    let [input] = session.inputs() else {
-        return Err(format!(
-            "{} has {} inputs; the report feeds models one input tensor",
-            path.display(),
-            session.inputs().len()
-        ));
-    };
-    let (input_shape, ty) = match input.dtype() {
-        ValueType::Tensor { ty, shape, .. } => (shape.to_vec(), *ty),
-        other => {
-            return Err(format!(
-                "{}: input `{}` is not a tensor ({other:?})",
-                path.display(),
-                input.name()
-            ));
-        }
-    };
-    if ty != ort::value::TensorElementType::Float32 {
-        return Err(format!(
-            "{}: input `{}` is {ty:?}; the report feeds float32 (convert fp16 models with keep_io_types)",
-            path.display(),
-            input.name()
-        ));
-    }
-    let input = input.name().to_string();
+    let (input, input_shape) = float32_input(&session, path)?;
     let outputs = session
         .outputs()
         .iter()
@@ -203,10 +244,32 @@ pub fn load(
     })
 }
 
-/// Whether a session error says the provider has no kernel for an operator (bf16 on the
-/// CPU, for example): the model cannot run here, which is not a fault of the model.
-pub fn lacks_kernel(message: &str) -> bool {
-    message.contains("NOT_IMPLEMENTED") || message.contains("Could not find an implementation")
+/// The session's one input, a float32 tensor: its name and shape.
+fn float32_input(session: &Session, path: &Path) -> Result<(String, Vec<i64>), OnnxRuntimeError> {
+    let [input] = session.inputs() else {
+        return Err(OnnxRuntimeError::Inputs {
+            path: path.to_path_buf(),
+            count: session.inputs().len(),
+        });
+    };
+    let (input_shape, ty) = match input.dtype() {
+        ValueType::Tensor { ty, shape, .. } => (shape.to_vec(), *ty),
+        other => {
+            return Err(OnnxRuntimeError::NotATensor {
+                path: path.to_path_buf(),
+                input: input.name().to_string(),
+                found: format!("{other:?}"),
+            });
+        }
+    };
+    if ty != ort::value::TensorElementType::Float32 {
+        return Err(OnnxRuntimeError::NotFloat32 {
+            path: path.to_path_buf(),
+            input: input.name().to_string(),
+            found: format!("{ty:?}"),
+        });
+    }
+    Ok((input.name().to_string(), input_shape))
 }
 
 /// Splits `data` (N x ...) into batches of `batch` samples (the last may be smaller).
@@ -228,20 +291,23 @@ impl Model {
     pub fn outputs_for(
         &mut self,
         batches: &[ArrayD<f32>],
-    ) -> Result<(Vec<ArrayD<f32>>, Vec<f64>), String> {
+    ) -> Result<(Vec<ArrayD<f32>>, Vec<f64>), OnnxRuntimeError> {
         let mut collected: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); self.outputs.len()];
         let mut times = Vec::with_capacity(batches.len());
         for batch in batches {
             let t0 = Instant::now();
-            let tensor = Tensor::from_array(batch.clone()).map_err(|e| e.to_string())?;
+            let tensor = Tensor::from_array(batch.clone()).map_err(tensor_error)?;
             let outputs = self
                 .session
                 .run(ort::inputs![self.input.as_str() => tensor])
-                .map_err(|e| format!("inference failed: {e}"))?;
+                .map_err(inference_error)?;
             for (i, name) in self.outputs.iter().enumerate() {
                 let value = outputs[name.as_str()]
                     .try_extract_array::<f32>()
-                    .map_err(|e| format!("output `{name}` is not float32: {e}"))?;
+                    .map_err(|e| OnnxRuntimeError::OutputNotFloat32 {
+                        output: name.clone(),
+                        reason: e.to_string(),
+                    })?;
                 collected[i].push(value.to_owned());
             }
             times.push(t0.elapsed().as_secs_f64());
@@ -253,9 +319,9 @@ impl Model {
                 if views.is_empty() {
                     return Ok(ArrayD::zeros(IxDyn(&[0])));
                 }
-                ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())
+                Ok(ndarray::concatenate(Axis(0), &views)?)
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, OnnxRuntimeError>>()?;
         Ok((outputs, times))
     }
 
@@ -269,10 +335,10 @@ impl Model {
         iterations: usize,
         min_duration: Duration,
         cancel: &AtomicBool,
-    ) -> Result<(Vec<f64>, Vec<usize>), String> {
+    ) -> Result<(Vec<f64>, Vec<usize>), OnnxRuntimeError> {
         let tensors: Vec<Tensor<f32>> = batches
             .iter()
-            .map(|b| Tensor::from_array(b.clone()).map_err(|e| e.to_string()))
+            .map(|b| Tensor::from_array(b.clone()).map_err(tensor_error))
             .collect::<Result<_, _>>()?;
         let sizes: Vec<usize> = batches.iter().map(|b| b.shape()[0]).collect();
         let input = self.input.clone();
@@ -280,7 +346,7 @@ impl Model {
             let tensor = &tensors[i % tensors.len()];
             self.session
                 .run(ort::inputs![input.as_str() => tensor])
-                .map_err(|e| format!("inference failed: {e}"))?;
+                .map_err(inference_error)?;
         }
         let started = Instant::now();
         let mut times = Vec::with_capacity(iterations);
@@ -288,14 +354,14 @@ impl Model {
         let mut i = 0;
         while times.len() < iterations || started.elapsed() < min_duration {
             if cancel.load(Ordering::Relaxed) {
-                return Err("interrupted".into());
+                return Err(OnnxRuntimeError::Interrupted);
             }
             let k = i % tensors.len();
             let t0 = Instant::now();
             let outputs = self
                 .session
                 .run(ort::inputs![input.as_str() => &tensors[k]])
-                .map_err(|e| format!("inference failed: {e}"))?;
+                .map_err(inference_error)?;
             let elapsed = t0.elapsed().as_secs_f64();
             drop(outputs);
             times.push(elapsed);
@@ -303,5 +369,17 @@ impl Model {
             i += 1;
         }
         Ok((times, samples))
+    }
+}
+
+fn tensor_error(e: ort::Error) -> OnnxRuntimeError {
+    OnnxRuntimeError::Tensor {
+        reason: e.to_string(),
+    }
+}
+
+fn inference_error(e: ort::Error) -> OnnxRuntimeError {
+    OnnxRuntimeError::Inference {
+        reason: e.to_string(),
     }
 }

@@ -5,9 +5,26 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use super::data::{self, DataError};
 use super::metrics::{self, Latency};
-use super::{data, onnxruntime};
+use super::onnxruntime::{self, OnnxRuntimeError};
 use crate::host::Host;
+
+/// Why the models could not be timed again.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RetimeError {
+    /// (`pochi diff` gives its own hint, so the fix stays in the message.)
+    #[error("ONNX Runtime's library was not found in the toolchain (`pochi toolchain sync`)")]
+    NoOnnxRuntime,
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    OnnxRuntime(#[from] OnnxRuntimeError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
+    #[error("no latency measured")]
+    NoLatency,
+}
 
 /// One model to time, with what its report timed it on.
 #[derive(Debug, Clone)]
@@ -37,14 +54,13 @@ pub fn alternating(
     new: &Subject,
     plan: Plan,
     cancel: &AtomicBool,
-) -> Result<(Latency, Latency), String> {
+) -> Result<(Latency, Latency), RetimeError> {
     let site_dirs = host
         .python
         .as_ref()
         .map(|p| p.site_dirs.clone())
         .unwrap_or_default();
-    let library = onnxruntime::find_library(&site_dirs)
-        .ok_or("ONNX Runtime's library was not found in the toolchain (`pochi toolchain sync`)")?;
+    let library = onnxruntime::find_library(&site_dirs).ok_or(RetimeError::NoOnnxRuntime)?;
     let environment = onnxruntime::environment(&library)?;
     let provider = onnxruntime::Provider::Cpu { warning: None };
     let mut sides = Vec::new();
@@ -71,6 +87,6 @@ pub fn alternating(
     });
     match (latencies.next(), latencies.next()) {
         (Some(old), Some(new)) => Ok((old, new)),
-        _ => Err("no latency measured".into()),
+        _ => Err(RetimeError::NoLatency),
     }
 }

@@ -31,7 +31,19 @@ pub enum Padding {
 }
 
 impl Padding {
-    pub const NAMES: &'static [&'static str] = &["constant", "reflect", "replicate", "circular"];
+    /// Each padding mode by its name (as in torch).
+    pub const CHOICES: &'static [(&'static str, Padding)] = &[
+        ("constant", Padding::Constant),
+        ("reflect", Padding::Reflect),
+        ("replicate", Padding::Replicate),
+        ("circular", Padding::Circular),
+    ];
+}
+
+impl Blend {
+    /// Each blending mode by its name (as in MONAI).
+    pub const CHOICES: &'static [(&'static str, Blend)] =
+        &[("constant", Blend::Constant), ("gaussian", Blend::Gaussian)];
 }
 
 /// `sliding_window = { ... }` as parsed (overlap and sigma_scale given per axis).
@@ -47,7 +59,7 @@ pub struct Settings {
 }
 
 /// What can go wrong when a plan meets the data or the predictions.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum WindowError {
     #[error(
         "sliding_window.roi {roi:?} has {} axes, but each sample has {spatial} spatial axes (sample shape {shape:?}, channels first)",

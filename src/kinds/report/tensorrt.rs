@@ -3,7 +3,7 @@
 //! device, then one pass end to end for the outputs). The answer comes back as JSON and an
 //! `.npz`; the report then treats the engine like an ONNX model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -11,10 +11,49 @@ use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
 use serde_json::{Value, json};
 
-use super::data;
+use super::data::{self, DataError};
 use crate::kinds::InvocationContext;
 use crate::kinds::engine::WORKER as ENGINE;
 use crate::kinds::worker::{read_json, run_worker_now};
+
+/// Why an engine could not be run through the worker.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum TensorRtError {
+    #[error("cannot create a scratch directory")]
+    Scratch {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    WriteNpy {
+        path: PathBuf,
+        #[source]
+        source: ndarray_npy::WriteNpyError,
+    },
+    /// The worker failed: its message, and its log when it has one.
+    #[error("{message}{}", log_suffix(log.as_deref()))]
+    Worker {
+        message: String,
+        log: Option<PathBuf>,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
+    #[error("the engine worker's answer has no timed runs")]
+    NoTimedRuns,
+}
+
+/// " (log: PATH)" when the worker's failure has a log.
+fn log_suffix(log: Option<&Path>) -> String {
+    log.map(|log| format!(" (log: {})", log.display()))
+        .unwrap_or_default()
+}
 
 /// What running an engine gave.
 #[derive(Debug)]
@@ -77,18 +116,23 @@ pub fn run(
     samples: &ArrayD<f32>,
     runs: Runs,
     cancel: &AtomicBool,
-) -> Result<EngineRun, String> {
+) -> Result<EngineRun, TensorRtError> {
     let scratch = tempfile::Builder::new()
         .prefix("tensorrt-")
         .tempdir_in(&context.state_dir)
-        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+        .map_err(|source| TensorRtError::Scratch { source })?;
     let dir = scratch.path();
     let data_path = dir.join("data.npy");
-    let file = std::fs::File::create(&data_path)
-        .map_err(|e| format!("cannot write {}: {e}", data_path.display()))?;
+    let file = std::fs::File::create(&data_path).map_err(|source| TensorRtError::Write {
+        path: data_path.clone(),
+        source,
+    })?;
     samples
         .write_npy(std::io::BufWriter::new(file))
-        .map_err(|e| format!("cannot write {}: {e}", data_path.display()))?;
+        .map_err(|source| TensorRtError::WriteNpy {
+            path: data_path.clone(),
+            source,
+        })?;
     let outputs_path = dir.join("outputs.npz");
     let request = json!({
         "protocol": 1,
@@ -102,8 +146,10 @@ pub fn run(
         "outputs": outputs_path,
     });
     let request_path = dir.join("request.json");
-    std::fs::write(&request_path, request.to_string())
-        .map_err(|e| format!("cannot write {}: {e}", request_path.display()))?;
+    std::fs::write(&request_path, request.to_string()).map_err(|source| TensorRtError::Write {
+        path: request_path.clone(),
+        source,
+    })?;
     let result_path = dir.join("result.json");
     let log = context
         .state_dir
@@ -117,9 +163,9 @@ pub fn run(
         log,
         cancel,
     )
-    .map_err(|e| match e.log {
-        Some(log) => format!("{} (log: {})", e.message, log.display()),
-        None => e.message,
+    .map_err(|e| TensorRtError::Worker {
+        message: e.message,
+        log: e.log,
     })?;
     let (_, outputs) = data::read_reference(&outputs_path)?;
     parse_answer(&answer["run"], outputs)
@@ -135,7 +181,7 @@ fn built_for(engine: &Path) -> Value {
     }
 }
 
-fn parse_answer(run: &Value, outputs: data::Named) -> Result<EngineRun, String> {
+fn parse_answer(run: &Value, outputs: data::Named) -> Result<EngineRun, TensorRtError> {
     let floats = |key: &str| -> Vec<f64> {
         run[key]
             .as_array()
@@ -145,7 +191,7 @@ fn parse_answer(run: &Value, outputs: data::Named) -> Result<EngineRun, String> 
     let times = floats("times_s");
     let samples: Vec<usize> = floats("samples").iter().map(|&s| s as usize).collect();
     if times.is_empty() || times.len() != samples.len() {
-        return Err("the engine worker's answer has no timed runs".into());
+        return Err(TensorRtError::NoTimedRuns);
     }
     let text = |key: &str| run[key].as_str().unwrap_or("unknown").to_string();
     Ok(EngineRun {
