@@ -1,7 +1,8 @@
 //! `Host`: the facts about the machine that stages depend on, gathered once per build by
 //! the command line (the only layer that probes) and passed to every kind: the GPUs with
-//! their models, the toolchain, what TensorRT import found, the Python packages' versions
-//! and the pochi binary. No kind probes the machine itself, so a stage's key never
+//! their models, the toolchain, what the kinds' accelerator probes found (TensorRT today,
+//! by its id: the host does not know which accelerators exist), the Python packages'
+//! versions and the pochi binary. No kind probes the machine itself, so a stage's key never
 //! depends on the order in which commands or hooks ran.
 
 use std::collections::BTreeMap;
@@ -30,9 +31,10 @@ pub struct GpuModel {
     pub compute_capability: String,
 }
 
-/// What importing TensorRT with the toolchain's interpreter found.
+/// What an accelerator's probe found with the toolchain's interpreter (its version when it
+/// imports, else why not; the GPU it sees).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct TensorRt {
+pub struct AcceleratorFacts {
     /// The version, when it imports.
     pub version: Option<String>,
     /// Why it does not import.
@@ -42,8 +44,8 @@ pub struct TensorRt {
     pub cuda: Option<String>,
 }
 
-impl TensorRt {
-    /// Whether these facts describe a TensorRT to build for: one that imports here, or a
+impl AcceleratorFacts {
+    /// Whether these facts describe an accelerator to build for: one that imports here, or a
     /// declared target (a GPU model named by the stage, for a remote worker).
     pub fn is_target(&self) -> bool {
         self.version.is_some() || (self.error.is_none() && self.gpu_name.is_some())
@@ -66,8 +68,9 @@ pub struct Host {
     /// What `nvidia-smi` says of the GPUs (empty without it).
     pub gpu_models: Vec<GpuModel>,
     pub toolchain: Toolchain,
-    /// Probed only when a stage uses TensorRT; `None` when not probed.
-    pub tensorrt: Option<TensorRt>,
+    /// What each accelerator the stages use was found to be, by the accelerator's id
+    /// (`pipeline::kind::Accelerator`); empty when none was probed.
+    pub accelerators: BTreeMap<String, AcceleratorFacts>,
     /// Read only when a stage reports its environment; `None` when not read.
     pub python: Option<PythonFacts>,
     /// This pochi binary (the program of stages that pochi runs itself).
@@ -82,45 +85,53 @@ impl Host {
             gpus: Vec::new(),
             gpu_models: Vec::new(),
             toolchain,
-            tensorrt: None,
+            accelerators: BTreeMap::new(),
             python: None,
             pochi: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pochi")),
         }
     }
 
-    /// The facts of a stage that targets GPU model `gpu` (and TensorRT `tensorrt`, when
-    /// declared), wherever it runs: this host's toolchain and binary, the declared GPU
-    /// in place of what the probe found, so the stage's key and platform are the same on
-    /// every machine.
-    pub fn targeting(&self, gpu: &str, tensorrt: Option<&str>) -> Host {
+    /// The facts of a stage that targets GPU model `gpu` (and version `version` of the
+    /// accelerator `accelerator`, when declared), wherever it runs: this host's toolchain
+    /// and binary, the declared GPU in place of what the probe found, so the stage's key
+    /// and platform are the same on every machine.
+    pub fn targeting(&self, accelerator: &str, gpu: &str, version: Option<&str>) -> Host {
         let mut host = self.clone();
-        host.tensorrt = Some(TensorRt {
-            version: tensorrt.map(str::to_string),
-            error: None,
-            gpu_name: Some(gpu.to_string()),
-            compute_capability: None,
-            cuda: None,
-        });
+        host.accelerators.insert(
+            accelerator.to_string(),
+            AcceleratorFacts {
+                version: version.map(str::to_string),
+                error: None,
+                gpu_name: Some(gpu.to_string()),
+                compute_capability: None,
+                cuda: None,
+            },
+        );
         host
     }
 
-    /// The TensorRT version, when TensorRT imports here.
-    pub fn tensorrt_version(&self) -> Option<&str> {
-        self.tensorrt.as_ref()?.version.as_deref()
+    /// What the probe of accelerator `id` found, when it was probed.
+    pub fn accelerator(&self, id: &str) -> Option<&AcceleratorFacts> {
+        self.accelerators.get(id)
     }
 
-    /// Where a TensorRT result can be used, as platform properties (REAPI names them on
-    /// the Action): the GPU model, its compute capability, the TensorRT and CUDA versions
-    /// TensorRT reported. Empty when TensorRT does not import here.
-    pub fn tensorrt_platform(&self) -> BTreeMap<String, String> {
-        let Some(trt) = self.tensorrt.as_ref().filter(|t| t.is_target()) else {
+    /// The version of accelerator `id`, when it imports here.
+    pub fn accelerator_version(&self, id: &str) -> Option<&str> {
+        self.accelerator(id)?.version.as_deref()
+    }
+
+    /// Where a result built with accelerator `id` can be used, as platform properties
+    /// (REAPI names them on the Action): the GPU model, its compute capability, the
+    /// accelerator's version (under its id) and CUDA's. Empty when it does not import here.
+    pub fn accelerator_platform(&self, id: &str) -> BTreeMap<String, String> {
+        let Some(found) = self.accelerator(id).filter(|t| t.is_target()) else {
             return BTreeMap::new();
         };
         [
-            ("gpu", &trt.gpu_name),
-            ("compute_capability", &trt.compute_capability),
-            ("tensorrt", &trt.version),
-            ("cuda", &trt.cuda),
+            ("gpu", &found.gpu_name),
+            ("compute_capability", &found.compute_capability),
+            (id, &found.version),
+            ("cuda", &found.cuda),
         ]
         .into_iter()
         .filter_map(|(key, value)| Some((key.to_string(), value.clone()?)))
@@ -132,31 +143,38 @@ impl Host {
 mod tests {
     use super::*;
 
+    /// An accelerator's id as a kind would declare it (the host knows none by name).
+    const ID: &str = "runtime";
+
     #[test]
-    fn the_tensorrt_platform_names_the_gpu_and_the_versions() {
+    fn an_accelerators_platform_names_the_gpu_and_the_versions() {
         let mut host = Host::plain(Toolchain {
             python: "python3".into(),
             identity: "py".into(),
         });
-        assert!(host.tensorrt_platform().is_empty());
-        host.tensorrt = Some(TensorRt {
-            version: Some("10.13.0".into()),
-            gpu_name: Some("NVIDIA H200".into()),
-            compute_capability: Some("9.0".into()),
-            cuda: None,
-            error: None,
-        });
-        let platform = host.tensorrt_platform();
+        assert!(host.accelerator_platform(ID).is_empty());
+        host.accelerators.insert(
+            ID.into(),
+            AcceleratorFacts {
+                version: Some("10.13.0".into()),
+                gpu_name: Some("NVIDIA H200".into()),
+                compute_capability: Some("9.0".into()),
+                cuda: None,
+                error: None,
+            },
+        );
+        let platform = host.accelerator_platform(ID);
         assert_eq!(platform["gpu"], "NVIDIA H200");
         assert_eq!(platform["compute_capability"], "9.0");
-        assert_eq!(platform["tensorrt"], "10.13.0");
+        assert_eq!(platform[ID], "10.13.0");
         assert!(!platform.contains_key("cuda"));
-        let trt = host.tensorrt.as_mut().unwrap();
-        trt.version = None;
-        trt.error = Some("ModuleNotFoundError: No module named 'tensorrt'".into());
+        assert!(host.accelerator_platform("other").is_empty());
+        let found = host.accelerators.get_mut(ID).unwrap();
+        found.version = None;
+        found.error = Some("ModuleNotFoundError: No module named 'runtime'".into());
         assert!(
-            host.tensorrt_platform().is_empty(),
-            "TensorRT did not import"
+            host.accelerator_platform(ID).is_empty(),
+            "the accelerator did not import"
         );
     }
 
@@ -166,15 +184,18 @@ mod tests {
             python: "python3".into(),
             identity: "py".into(),
         });
-        let a100 = host.targeting("NVIDIA A100-SXM4-40GB", None);
-        let platform = a100.tensorrt_platform();
+        let a100 = host.targeting(ID, "NVIDIA A100-SXM4-40GB", None);
+        let platform = a100.accelerator_platform(ID);
         assert_eq!(platform["gpu"], "NVIDIA A100-SXM4-40GB");
-        assert!(!platform.contains_key("tensorrt"), "{platform:?}");
-        assert!(a100.tensorrt_version().is_none(), "nothing imported here");
+        assert!(!platform.contains_key(ID), "{platform:?}");
+        assert!(
+            a100.accelerator_version(ID).is_none(),
+            "nothing imported here"
+        );
         let pinned = host
-            .targeting("Tesla T4", Some("10.13.0"))
-            .tensorrt_platform();
-        assert_eq!(pinned["tensorrt"], "10.13.0");
+            .targeting(ID, "Tesla T4", Some("10.13.0"))
+            .accelerator_platform(ID);
+        assert_eq!(pinned[ID], "10.13.0");
         assert_eq!(a100.toolchain, host.toolchain);
     }
 }

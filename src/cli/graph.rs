@@ -29,8 +29,7 @@ pub struct GraphArgs {
 
 pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(args.pipeline.as_slice());
-    let workspace =
-        super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
+    let workspace = super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
     let project = &workspace.projects[0];
     let plans = workspace.plan(&workspace.stage_ids());
     let mut status = vec![StageStatus::NeverBuilt; project.pipeline.stages.len()];

@@ -5,7 +5,10 @@
 
 use crate::driver::{Project, Workspace, default_toolchain};
 use crate::host::Host;
-use crate::kinds::TensorRtUse;
+use std::collections::BTreeMap;
+
+use crate::host::AcceleratorFacts;
+use crate::kinds::Accelerator;
 use crate::pipeline::Pipeline;
 use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
 
@@ -47,22 +50,8 @@ fn gather(
     } else {
         default_toolchain(&project.pipeline)
     };
-    let uses = |wanted: &dyn Fn(TensorRtUse) -> bool| {
-        project
-            .pipeline
-            .stages
-            .iter()
-            .any(|stage| wanted(stage.kind.requirements().tensorrt))
-    };
     let python_exists = toolchain.python.exists();
-    let tensorrt = (python_exists && uses(&|t| t != TensorRtUse::Never))
-        .then(|| crate::kinds::engine::probe(&toolchain.python));
-    let tensorrt = tensorrt.or_else(|| {
-        uses(&|t| t == TensorRtUse::Required).then(|| crate::host::TensorRt {
-            error: Some(format!("{} does not exist", toolchain.python.display())),
-            ..Default::default()
-        })
-    });
+    let accelerators = probe_accelerators(project, &toolchain.python, python_exists);
     let reports = project
         .pipeline
         .stages
@@ -74,10 +63,44 @@ fn gather(
     Ok(Host {
         gpus: gpus.to_vec(),
         gpu_models: machine.gpu_models.clone(),
-        tensorrt,
+        accelerators,
         python,
         ..Host::plain(toolchain)
     })
+}
+
+/// What the probe of every accelerator the pipeline's stages declare finds with the
+/// toolchain's interpreter; without the interpreter, why a stage that requires one cannot
+/// have it.
+fn probe_accelerators(
+    project: &Project,
+    python: &std::path::Path,
+    python_exists: bool,
+) -> BTreeMap<String, AcceleratorFacts> {
+    let mut declared: BTreeMap<&str, (&Accelerator, bool)> = BTreeMap::new();
+    for stage in &project.pipeline.stages {
+        let wanted = stage.kind.requirements().accelerator;
+        if let Some(accelerator) = wanted.accelerator() {
+            let entry = declared
+                .entry(accelerator.id)
+                .or_insert((accelerator, false));
+            entry.1 |= wanted.is_required();
+        }
+    }
+    declared
+        .into_values()
+        .filter_map(|(accelerator, required)| {
+            let facts = match python_exists {
+                true => (accelerator.probe)(python),
+                false if required => AcceleratorFacts {
+                    error: Some(format!("{} does not exist", python.display())),
+                    ..Default::default()
+                },
+                false => return None,
+            };
+            Some((accelerator.id.to_string(), facts))
+        })
+        .collect()
 }
 
 /// What a pipeline asks of the toolchain: its `[toolchain] python`, if any.

@@ -69,8 +69,7 @@ pub fn matrix_json(matrix: &crate::pipeline::matrix::MatrixOf) -> serde_json::Va
 
 pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(&args.pipelines);
-    let workspace =
-        super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
+    let workspace = super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
     let plans = workspace.plan(&workspace.stage_ids());
     let mut sorted = plans.clone();
     sorted.sort_by_key(|plan| workspace.display_name(plan.id));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use super::{PlanStatus, Project};
 use crate::pipeline::Device;
-use crate::pipeline::kind::{StageError, TensorRtUse, WithoutGpu};
+use crate::pipeline::kind::{AcceleratorUse, StageError, WithoutGpu};
 
 /// Whether a stage can run here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,15 +47,18 @@ pub fn verdict(project: &Project, stage: usize) -> Verdict {
     if let Some(reason) = other_target(project, stage) {
         missing.push(reason);
     }
-    if requirements.tensorrt == TensorRtUse::Required && host.tensorrt_version().is_none() {
+    if let AcceleratorUse::Required(accelerator) = requirements.accelerator
+        && host.accelerator_version(accelerator.id).is_none()
+    {
         let error = host
-            .tensorrt
-            .as_ref()
-            .and_then(|t| t.error.clone())
+            .accelerator(accelerator.id)
+            .and_then(|found| found.error.clone())
             .unwrap_or_else(|| "not installed".to_string());
         missing.push(format!(
-            "TensorRT is not available on this machine ({} cannot `import tensorrt`: {error})",
-            host.toolchain.python.display()
+            "{} is not available on this machine ({} cannot `import {}`: {error})",
+            accelerator.name,
+            host.toolchain.python.display(),
+            accelerator.module
         ));
     }
     let gpu_stage = matches!(spec.device, Device::Cuda(_));
@@ -69,8 +72,9 @@ pub fn verdict(project: &Project, stage: usize) -> Verdict {
     }
 }
 
-/// Why a stage that names its GPU model (`gpu`, `platform.tensorrt`) cannot run here: this
-/// machine has another GPU or TensorRT, so what it built would not be what the key says.
+/// Why a stage that names its GPU model (`gpu`, and its accelerator's version, e.g.
+/// `platform.tensorrt`) cannot run here: this machine has another GPU or version, so what
+/// it built would not be what the key says.
 fn other_target(project: &Project, stage: usize) -> Option<String> {
     let placement = &project.pipeline.stages[stage].placement;
     let gpu = placement.gpu.as_ref()?;
@@ -90,12 +94,18 @@ fn other_target(project: &Project, stage: usize) -> Option<String> {
             "it targets {gpu} (`gpu`), and {found} (build it on a farm's worker with --remote-executor)"
         ));
     }
-    let wanted = placement.platform.get("tensorrt")?;
-    match project.host.tensorrt_version() {
+    let accelerator = project.pipeline.stages[stage]
+        .kind
+        .requirements()
+        .accelerator
+        .accelerator()?;
+    let (id, name) = (accelerator.id, accelerator.name);
+    let wanted = placement.platform.get(id)?;
+    match project.host.accelerator_version(id) {
         Some(version) if version == wanted => None,
         found => Some(format!(
-            "it targets TensorRT {wanted} (`platform.tensorrt`), and this machine has {}",
-            found.map_or("none".to_string(), |v| format!("TensorRT {v}"))
+            "it targets {name} {wanted} (`platform.{id}`), and this machine has {}",
+            found.map_or("none".to_string(), |v| format!("{name} {v}"))
         )),
     }
 }

@@ -69,16 +69,21 @@ impl Project {
     }
 
     /// The facts a stage is keyed and run with: the attached host, or for a stage that
-    /// names its GPU model (`gpu = ...`) that target instead of the probed GPU, wherever
-    /// the stage runs.
+    /// names its GPU model (`gpu = ...`) and uses an accelerator, that target (and the
+    /// accelerator's declared version) instead of what the probe found, wherever the
+    /// stage runs.
     pub fn stage_host(&self, stage: usize) -> std::borrow::Cow<'_, Host> {
-        let placement = &self.pipeline.stages[stage].placement;
-        match &placement.gpu {
-            Some(gpu) => std::borrow::Cow::Owned(
-                self.host
-                    .targeting(gpu, placement.platform.get("tensorrt").map(String::as_str)),
-            ),
-            None => std::borrow::Cow::Borrowed(&self.host),
+        let spec = &self.pipeline.stages[stage];
+        let accelerator = spec.kind.requirements().accelerator.accelerator();
+        match (&spec.placement.gpu, accelerator) {
+            (Some(gpu), Some(accelerator)) => {
+                let version = spec.placement.platform.get(accelerator.id);
+                let target = self
+                    .host
+                    .targeting(accelerator.id, gpu, version.map(String::as_str));
+                std::borrow::Cow::Owned(target)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.host),
         }
     }
 

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::Project;
 use crate::action::Action;
 use crate::pipeline::Device;
-use crate::pipeline::kind::{InvocationContext, StageError, TensorRtUse, Tool};
+use crate::pipeline::kind::{InvocationContext, StageError, Tool};
 use crate::pipeline::placement::ExecutorChoice;
 use crate::remote::{
     DigestFunction, DigestMemo, ExecutionError, ExecutionJob, ExecutionPhase, InputFile,
@@ -29,9 +29,6 @@ use crate::remote::{
 /// Where the input root keeps the files of tools that live outside the project (the
 /// worker script, the pochi binary).
 pub const TOOLS_DIR: &str = ".pochi-remote";
-
-/// The platform properties of this machine's TensorRT probe (`Host::tensorrt_platform`).
-const TENSORRT_PROPERTIES: &[&str] = &["gpu", "compute_capability", "tensorrt", "cuda"];
 
 /// The output name of a worker's answer file in a remote action.
 const ANSWER: &str = ".answer";
@@ -100,7 +97,7 @@ pub fn remote_obstacle(project: &Project, stage: usize) -> Option<String> {
         }
     }
     let needs_gpu_model = matches!(spec.device, Device::Cuda(_))
-        && spec.kind.requirements().tensorrt == TensorRtUse::Required;
+        && spec.kind.requirements().accelerator.is_required();
     if needs_gpu_model && spec.placement.gpu.is_none() {
         return Some(
             "it is a `cuda` stage that names no GPU model: add `gpu = \"a100\"` (or another model, see docs/remote.md)"
@@ -402,10 +399,13 @@ fn input_root(
 fn with_remote_platform(mut action: Action, run: &RemoteRun) -> Action {
     let spec = &run.project.pipeline.stages[run.stage];
     if spec.placement.gpu.is_none() {
-        // Nothing names the worker's GPU: what TensorRT found here (a report's
-        // `WhenPresent`) says nothing of it, and would match no worker but this machine.
-        for key in TENSORRT_PROPERTIES {
-            action.platform.remove(*key);
+        // Nothing names the worker's GPU: what the accelerator's probe found here (a
+        // report's `WhenPresent`) says nothing of it, and would match no worker but this
+        // machine.
+        if let Some(accelerator) = spec.kind.requirements().accelerator.accelerator() {
+            for key in accelerator.properties {
+                action.platform.remove(*key);
+            }
         }
     }
     action.platform.extend(spec.placement.platform.clone());

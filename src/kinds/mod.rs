@@ -14,7 +14,8 @@ pub mod worker;
 pub use crate::action::Action;
 pub use crate::host::{Host, Toolchain};
 pub use crate::pipeline::kind::{
-    InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool, WithoutGpu,
+    Accelerator, AcceleratorUse, InvocationContext, KindInfo, Requirements, StageError, StageKind,
+    Tool, WithoutGpu,
 };
 use crate::toolchain::workers::Worker;
 

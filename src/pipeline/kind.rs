@@ -99,9 +99,9 @@ pub struct Requirements {
     pub device_follows: Vec<String>,
     /// What happens on a machine without a GPU when the device is `cuda`.
     pub without_gpu: WithoutGpu,
-    /// TensorRT must import with the toolchain's interpreter, else the stage is
-    /// unavailable on this machine.
-    pub tensorrt: TensorRtUse,
+    /// The accelerator runtime the stage builds for or runs on, if any, and whether the
+    /// stage is unavailable without it.
+    pub accelerator: AcceleratorUse,
     /// The stage still runs when an input's stage is unavailable on this machine (its
     /// output then enters the key as missing): a report covers what exists.
     pub tolerates_unavailable_inputs: bool,
@@ -118,7 +118,7 @@ impl Default for Requirements {
             default_device: Device::Cpu,
             device_follows: Vec::new(),
             without_gpu: WithoutGpu::Fails,
-            tensorrt: TensorRtUse::Never,
+            accelerator: AcceleratorUse::Never,
             tolerates_unavailable_inputs: false,
             reports_environment: false,
         }
@@ -127,13 +127,13 @@ impl Default for Requirements {
 
 impl Requirements {
     /// The platform properties of the stage's Action on `host`: the operating system and
-    /// instruction set; for a stage that uses TensorRT also the GPU model, its compute
-    /// capability and the TensorRT and CUDA versions, so its cached outputs are never
-    /// restored for another GPU type.
+    /// instruction set; for a stage that uses an accelerator also the GPU model, its
+    /// compute capability and the accelerator's and CUDA's versions, so its cached outputs
+    /// are never restored for another GPU type.
     pub fn platform(&self, host: &Host) -> BTreeMap<String, String> {
         let mut platform = crate::action::base_platform();
-        if self.tensorrt != TensorRtUse::Never {
-            platform.extend(host.tensorrt_platform());
+        if let Some(accelerator) = self.accelerator.accelerator() {
+            platform.extend(host.accelerator_platform(accelerator.id));
         }
         platform
     }
@@ -151,14 +151,61 @@ pub enum WithoutGpu {
     RunsOnCpu,
 }
 
-/// Whether a stage uses TensorRT.
+/// An accelerator runtime (TensorRT today) as data: declared by the kind that builds for
+/// it, in that kind's folder; probed once per build by the command line through `probe`;
+/// matched by the engine's one availability rule and put on Actions as platform
+/// properties. Nothing outside the declaring kind names the runtime, so a kind for another
+/// accelerator touches no file outside its folder.
+#[derive(Debug)]
+pub struct Accelerator {
+    /// Its key in the host's facts, and the platform property of its version
+    /// (`platform = { tensorrt = "10.13.0" }`).
+    pub id: &'static str,
+    /// The name users read in messages ("TensorRT").
+    pub name: &'static str,
+    /// The Python module that provides it.
+    pub module: &'static str,
+    /// The platform properties its facts put on an Action (`Host::accelerator_platform`):
+    /// a remote stage that names no GPU model drops them (they describe this machine).
+    pub properties: &'static [&'static str],
+    /// What the toolchain's interpreter finds (it spawns: only the command line calls it).
+    pub probe: fn(&Path) -> crate::host::AcceleratorFacts,
+}
+
+/// Accelerators are one when their ids are.
+impl PartialEq for Accelerator {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Accelerator {}
+
+/// Whether and how a stage uses an accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TensorRtUse {
+pub enum AcceleratorUse {
     Never,
-    /// Without TensorRT the stage is unavailable here.
-    Required,
+    /// Without it the stage is unavailable here.
+    Required(&'static Accelerator),
     /// The stage uses it when the machine has it (a report times engines).
-    WhenPresent,
+    WhenPresent(&'static Accelerator),
+}
+
+impl AcceleratorUse {
+    /// The accelerator the stage uses, if any.
+    pub fn accelerator(self) -> Option<&'static Accelerator> {
+        match self {
+            AcceleratorUse::Never => None,
+            AcceleratorUse::Required(accelerator) | AcceleratorUse::WhenPresent(accelerator) => {
+                Some(accelerator)
+            }
+        }
+    }
+
+    /// Whether the stage is unavailable without its accelerator.
+    pub fn is_required(self) -> bool {
+        matches!(self, AcceleratorUse::Required(_))
+    }
 }
 
 /// A tool a stage depends on beyond its inputs.

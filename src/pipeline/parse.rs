@@ -803,7 +803,7 @@ fn default_devices_from_producers(stages: &mut [Stage]) {
         .iter()
         .map(|s| {
             let requirements = s.kind.requirements();
-            let gpu = requirements.tensorrt == super::kind::TensorRtUse::Required
+            let gpu = requirements.accelerator.is_required()
                 && matches!(requirements.default_device, Device::Cuda(_));
             (s.name.clone(), gpu)
         })

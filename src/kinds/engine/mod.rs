@@ -16,14 +16,14 @@ use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
-pub use self::probe::{STANDIN_ENV, probe};
+pub use self::probe::{STANDIN_ENV, TENSORRT};
 pub use self::shapes::{BatchRange, DYNAMIC_NEEDS_SIZE, Shapes, decide_shapes};
 use super::worker::{Program, WorkerStage};
 use super::{
-    Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool,
+    AcceleratorUse, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool,
     WithoutGpu,
 };
-use crate::host::TensorRt;
+use crate::host::AcceleratorFacts;
 use crate::onnx_info;
 use crate::pipeline::ByteSize;
 use crate::pipeline::parse_api::Parser;
@@ -193,7 +193,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
 /// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache; none for a
 /// declared target (a remote worker's GPU: its compute capability is not known here, and
 /// the file would be on this machine).
-fn timing_cache(found: Option<&TensorRt>) -> Option<PathBuf> {
+fn timing_cache(found: Option<&AcceleratorFacts>) -> Option<PathBuf> {
     let found = found.filter(|t| t.version.is_some() && t.compute_capability.is_some())?;
     let cache = crate::toolchain::cache::CacheDir::from_env().ok()?;
     let key = format!(
@@ -239,7 +239,7 @@ impl WorkerStage for Engine {
             "workspace": self.workspace,
             "precision": self.precision,
             "optimization_level": self.optimization_level,
-            "tensorrt": host.tensorrt.as_ref().filter(|t| t.is_target()).map(|t| json!({
+            "tensorrt": host.accelerator(TENSORRT.id).filter(|t| t.is_target()).map(|t| json!({
                 "version": t.version,
                 "gpu": t.gpu_name,
                 "compute_capability": t.compute_capability,
@@ -255,7 +255,7 @@ impl WorkerStage for Engine {
             python_modules: vec!["onnx"],
             default_device: Device::Cuda(None),
             without_gpu: WithoutGpu::Unavailable,
-            tensorrt: TensorRtUse::Required,
+            accelerator: AcceleratorUse::Required(&TENSORRT),
             ..Requirements::default()
         }
     }
@@ -299,7 +299,7 @@ impl WorkerStage for Engine {
             "workspace": self.workspace,
             "precision": self.precision,
             "optimization_level": self.optimization_level,
-            "timing_cache": timing_cache(context.host.tensorrt.as_ref()).map(|p| p.to_string_lossy().into_owned()),
+            "timing_cache": timing_cache(context.host.accelerator(TENSORRT.id)).map(|p| p.to_string_lossy().into_owned()),
             "outputs": { "engine": path("engine"), "manifest": path("manifest") },
         }))
     }

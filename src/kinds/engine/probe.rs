@@ -1,7 +1,8 @@
-//! The TensorRT probe: whether the toolchain's interpreter can `import tensorrt`, and which
-//! GPU it sees (through the engine worker's `--probe`, started by `toolchain::run_script`).
-//! The command line calls it once per build, when a stage uses TensorRT, and puts the
-//! answer into the `Host`; the engine kind reads it from there for its availability and key.
+//! TensorRT as an accelerator (`TENSORRT`, the data the engine and report kinds declare),
+//! and its probe: whether the toolchain's interpreter can `import tensorrt`, and which GPU
+//! it sees (through the engine worker's `--probe`, started by `toolchain::run_script`).
+//! The command line calls the probe of every accelerator the stages declare, once per
+//! build, and puts the answer into the `Host`; the kinds read it from there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::WORKER as ENGINE;
-use crate::host::TensorRt;
+use crate::host::AcceleratorFacts;
+use crate::pipeline::kind::Accelerator;
 use crate::toolchain::{cache, identity};
 
 /// Test-only: a directory the engine worker puts first on its `sys.path` (a TensorRT
@@ -52,11 +54,20 @@ struct CachedProbe {
     probe: Probe,
 }
 
+/// TensorRT: what an engine is built for (`Required`) and a report times when present.
+pub static TENSORRT: Accelerator = Accelerator {
+    id: "tensorrt",
+    name: "TensorRT",
+    module: "tensorrt",
+    properties: &["gpu", "compute_capability", "tensorrt", "cuda"],
+    probe,
+};
+
 /// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`),
 /// or reuses the answer cached for this interpreter while nothing it depends on changed.
-pub fn probe(python: &Path) -> TensorRt {
+pub fn probe(python: &Path) -> AcceleratorFacts {
     let found = probe_cached(python);
-    TensorRt {
+    AcceleratorFacts {
         version: found.tensorrt,
         error: found.error,
         gpu_name: found.gpu_name,

@@ -36,7 +36,7 @@ use self::inputs::is_engine;
 use self::summary::Summary;
 use super::worker::{Program, WorkerStage};
 use super::{
-    Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, TensorRtUse, Tool,
+    AcceleratorUse, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool,
     WithoutGpu,
 };
 use crate::pipeline::parse_api::Parser;
@@ -154,7 +154,7 @@ impl WorkerStage for Report {
             },
             device_follows: models,
             without_gpu: WithoutGpu::RunsOnCpu,
-            tensorrt: TensorRtUse::WhenPresent,
+            accelerator: AcceleratorUse::WhenPresent(&super::engine::TENSORRT),
             tolerates_unavailable_inputs: true,
             reports_environment: true,
         }

@@ -92,11 +92,11 @@ pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) ->
             "the report stage holds no GPU (set device = \"cuda\" on it)".to_string()
         });
     }
-    if context.host.tensorrt_version().is_none() {
+    let tensorrt = super::super::engine::TENSORRT.id;
+    if context.host.accelerator_version(tensorrt).is_none() {
         let error = context
             .host
-            .tensorrt
-            .as_ref()
+            .accelerator(tensorrt)
             .and_then(|t| t.error.as_deref());
         missing.push(format!(
             "TensorRT is not installed ({})",
