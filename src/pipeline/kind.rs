@@ -303,8 +303,8 @@ pub type ParseFn =
 /// A registered stage kind.
 pub struct KindInfo {
     pub name: &'static str,
-    /// The kind's own keys (besides the common ones).
-    pub keys: &'static [&'static str],
+    /// The kind's own keys (besides the common ones): `keys_of::<ItsKeysStruct>`.
+    pub keys: fn() -> &'static [&'static str],
     pub parse: ParseFn,
     /// The Python worker scripts the kind runs (written to the cache before a build).
     pub workers: &'static [Worker],

@@ -1,6 +1,7 @@
 //! The pipeline file users write: its types, parsed and validated with spans (`parse`).
 
 mod error;
+mod keys;
 pub mod kind;
 pub mod matrix;
 mod parse;
@@ -18,6 +19,7 @@ pub use error::{PipelineError, SourceFile, SpanError};
 pub use parse::{common_stage_schema, parse_pipeline};
 /// What stage kinds use to parse their own keys.
 pub mod parse_api {
+    pub use super::keys::keys_of;
     pub use super::parse::{Parser, is_valid_name};
 }
 pub use crate::size::ByteSize;

@@ -14,6 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{PipelineError, SourceFile, SpanError};
+use super::keys::keys_of;
 use super::kind::{KindInfo, Registry};
 use super::matrix::{self, Entry};
 use super::placement::{ExecutorChoice, Placement, gpu_model, is_reserved_property};
@@ -24,23 +25,8 @@ use super::{
 };
 use crate::size::ByteSize;
 
-pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
-pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];
-pub(crate) const TOOLCHAIN_KEYS: &[&str] = &["python"];
-pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory", "gpus"];
-pub(crate) const COMMON_STAGE_KEYS: &[&str] = &[
-    "kind",
-    "needs",
-    "device",
-    "resources",
-    "env",
-    "cache",
-    "matrix",
-    "executor",
-    "gpu",
-    "platform",
-];
-const STAGE_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
+/// The top level's tables (no struct deserializes the whole document).
+const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
 
 /// `[pipeline]`
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -212,9 +198,9 @@ fn parse_document(
     };
     parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
 
-    let section: PipelineSection = parser.section(&root, "pipeline", PIPELINE_KEYS)?;
-    let toolchain: ToolchainSection = parser.section(&root, "toolchain", TOOLCHAIN_KEYS)?;
-    let resources: ResourcesSection = parser.section(&root, "resources", RESOURCES_KEYS)?;
+    let section: PipelineSection = parser.section(&root, "pipeline")?;
+    let toolchain: ToolchainSection = parser.section(&root, "toolchain")?;
+    let resources: ResourcesSection = parser.section(&root, "resources")?;
     let name = parser.pipeline_name(&root, section.name, &file)?;
     let build_dir = section
         .build_dir
@@ -324,7 +310,6 @@ impl Parser<'_> {
         &self,
         root: &Spanned<DeTable>,
         name: &str,
-        keys: &[&str],
     ) -> Result<T, SpanError> {
         let Some(value) = root.get_ref().get(name) else {
             return Ok(T::default());
@@ -333,7 +318,7 @@ impl Parser<'_> {
             self.src
                 .error(value.span(), format!("`{name}` must be a table"))
         })?;
-        self.check_keys(table, keys, &format!("in [{name}]"))?;
+        self.check_keys(table, keys_of::<T>(), &format!("in [{name}]"))?;
         self.deserialize(value)
     }
 
@@ -469,7 +454,11 @@ impl Parser<'_> {
             )
         })?;
         let info = self.kind_of(&stage_name, name.span(), table)?;
-        let allowed: Vec<&str> = COMMON_STAGE_KEYS.iter().chain(info.keys).copied().collect();
+        let allowed: Vec<&str> = keys_of::<CommonStageKeys>()
+            .iter()
+            .chain((info.keys)())
+            .copied()
+            .collect();
         self.check_keys(
             table,
             &allowed,
@@ -627,7 +616,11 @@ impl Parser<'_> {
         table: &DeTable,
     ) -> Result<StageResources, SpanError> {
         if let Some(resources) = table.get("resources").and_then(|v| v.get_ref().as_table()) {
-            self.check_keys(resources, STAGE_RESOURCE_KEYS, "in a stage's `resources`")?;
+            self.check_keys(
+                resources,
+                keys_of::<StageResourcesSection>(),
+                "in a stage's `resources`",
+            )?;
         }
         let Some(section) = section else {
             return Ok(StageResources {
@@ -767,9 +760,10 @@ pub const MAX_NAME_LEN: usize = 128;
 /// kind's (often much larger) `run`, `inputs` and `outputs` (a tenth of parsing a 10,000
 /// stage pipeline).
 fn common_keys_of<'i>(table: &DeTable<'i>, span: Range<usize>) -> Spanned<DeValue<'i>> {
+    let common_keys = keys_of::<CommonStageKeys>();
     let mut common = DeTable::new();
     for (key, value) in table.iter() {
-        if COMMON_STAGE_KEYS.contains(&key.get_ref().as_ref()) {
+        if common_keys.contains(&key.get_ref().as_ref()) {
             common.insert(key.clone(), value.clone());
         }
     }
@@ -828,35 +822,6 @@ fn default_devices_from_producers(stages: &mut [Stage]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn schema_keys<T: JsonSchema>() -> Vec<String> {
-        let schema = schemars::schema_for!(T);
-        let mut keys: Vec<String> = schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default();
-        keys.sort();
-        keys
-    }
-
-    fn sorted(keys: &[&str]) -> Vec<String> {
-        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        keys.sort();
-        keys
-    }
-
-    #[test]
-    fn key_lists_match_the_schema_types() {
-        assert_eq!(schema_keys::<PipelineSection>(), sorted(PIPELINE_KEYS));
-        assert_eq!(schema_keys::<ToolchainSection>(), sorted(TOOLCHAIN_KEYS));
-        assert_eq!(schema_keys::<ResourcesSection>(), sorted(RESOURCES_KEYS));
-        assert_eq!(schema_keys::<CommonStageKeys>(), sorted(COMMON_STAGE_KEYS));
-        assert_eq!(
-            schema_keys::<StageResourcesSection>(),
-            sorted(STAGE_RESOURCE_KEYS)
-        );
-    }
 
     /// A pipeline of `n` command stages in a chain, with `tweak` applied to its text.
     fn chain(n: usize, tweak: impl Fn(String) -> String) -> String {
