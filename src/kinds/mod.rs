@@ -37,7 +37,7 @@ pub fn workers() -> Vec<Worker> {
         .collect()
 }
 
-/// Finds a kind by name, or returns a hint for the error.
-pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {
+/// Finds a kind by name.
+pub fn lookup(name: &str) -> Result<&'static KindInfo, crate::pipeline::kind::UnknownKind> {
     crate::pipeline::kind::lookup(KINDS, name)
 }

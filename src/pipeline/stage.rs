@@ -262,11 +262,12 @@ impl Parser<'_> {
         let Some(kind_name) = kind.get_ref().as_str() else {
             return Err(self.src.error(kind.span(), "`kind` must be a string"));
         };
-        super::kind::lookup(self.kinds, kind_name).map_err(|hint| {
+        super::kind::lookup(self.kinds, kind_name).map_err(|error| {
+            let help = miette::Diagnostic::help(&error).map(|help| help.to_string());
             self.src
-                .error(kind.span(), format!("unknown stage kind `{kind_name}`"))
+                .error(kind.span(), error.to_string())
                 .with_label("unknown kind")
-                .with_help(hint)
+                .with_help(help.unwrap_or_default())
         })
     }
 
