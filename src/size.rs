@@ -2,6 +2,18 @@
 
 use serde::de::{self, Deserializer, Visitor};
 
+/// Why a text is not a size. The messages say how to write one: they are shown inside a
+/// pipeline's span errors, which carry the message alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum SizeError {
+    #[error("`{text}` is not a size (write e.g. \"6GiB\" or \"512MiB\")")]
+    NotASize { text: String },
+    #[error("unknown size unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")]
+    UnknownUnit { unit: String },
+    #[error("`{text}` is not a size")]
+    OutOfRange { text: String },
+}
+
 /// A size in bytes, parsed from `"6GiB"`-style strings or integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct ByteSize(pub u64);
@@ -24,16 +36,17 @@ const UNITS: &[(&str, u64)] = &[
 
 impl ByteSize {
     /// Parses `"6GiB"`, `"6 GiB"`, `"1.5G"`, `"1000"`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SizeError> {
         let text = text.trim();
         let split = text
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
+        let not_a_size = || SizeError::NotASize {
+            text: text.to_string(),
+        };
         if number.is_empty() {
-            return Err(format!(
-                "`{text}` is not a size (write e.g. \"6GiB\" or \"512MiB\")"
-            ));
+            return Err(not_a_size());
         }
         let unit = unit.trim().to_ascii_lowercase();
         let factor = if unit.is_empty() {
@@ -43,17 +56,13 @@ impl ByteSize {
                 .iter()
                 .find(|(name, _)| *name == unit)
                 .map(|(_, factor)| *factor)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown size unit `{unit}` (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-                    )
-                })?
+                .ok_or_else(|| SizeError::UnknownUnit { unit: unit.clone() })?
         };
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size (write e.g. \"6GiB\" or \"512MiB\")"))?;
+        let value: f64 = number.parse().map_err(|_| not_a_size())?;
         if !value.is_finite() || value < 0.0 {
-            return Err(format!("`{text}` is not a size"));
+            return Err(SizeError::OutOfRange {
+                text: text.to_string(),
+            });
         }
         Ok(ByteSize((value * factor as f64).round() as u64))
     }
@@ -131,11 +140,13 @@ mod tests {
         assert!(
             ByteSize::parse("six gigs")
                 .unwrap_err()
+                .to_string()
                 .contains("is not a size")
         );
         assert!(
             ByteSize::parse("6XB")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown size unit")
         );
     }

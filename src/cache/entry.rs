@@ -97,45 +97,72 @@ impl Entry {
     }
 
     /// Why this entry cannot be trusted for `key`, if it cannot.
-    pub fn check(&self, key: &str) -> Result<(), String> {
+    pub fn check(&self, key: &str) -> Result<(), EntryError> {
         if self.format != ENTRY_FORMAT {
-            return Err(format!(
-                "entry format {} is not {ENTRY_FORMAT}",
-                self.format
-            ));
+            return Err(EntryError::Format { found: self.format });
         }
         if self.key != key {
-            return Err(format!("entry is for key {}", self.key));
+            return Err(EntryError::OtherKey {
+                key: self.key.clone(),
+            });
         }
         let mut names = BTreeSet::new();
         for output in &self.outputs {
             if !names.insert(&output.name) {
-                return Err(format!("output `{}` is listed twice", output.name));
+                return Err(EntryError::OutputTwice {
+                    name: output.name.clone(),
+                });
             }
             let digest = match &output.node {
                 Node::File(file) => check_file(file).map(|()| file.blake3.clone())?,
                 Node::Dir { entries } => tree_digest(entries)?,
             };
             if digest != output.digest {
-                return Err(format!(
-                    "output `{}`: its digest does not match its files",
-                    output.name
-                ));
+                return Err(EntryError::DigestMismatch {
+                    name: output.name.clone(),
+                });
             }
         }
         Ok(())
     }
 }
 
-fn check_file(file: &FileRecord) -> Result<(), String> {
+fn check_file(file: &FileRecord) -> Result<(), EntryError> {
     if !is_blake3_hex(&file.blake3) {
-        return Err(format!("`{}` is not a BLAKE3 digest", file.blake3));
+        return Err(EntryError::NotBlake3 {
+            digest: file.blake3.clone(),
+        });
     }
     // A SHA-256 is as long as a BLAKE3 digest in hex.
     if !is_blake3_hex(&file.sha256) {
-        return Err(format!("`{}` is not a SHA-256 digest", file.sha256));
+        return Err(EntryError::NotSha256 {
+            digest: file.sha256.clone(),
+        });
     }
     Ok(())
+}
+
+/// Why an entry (or a directory output's listing) cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum EntryError {
+    #[error("entry format {found} is not {ENTRY_FORMAT}")]
+    Format { found: u32 },
+    #[error("entry is for key {key}")]
+    OtherKey { key: String },
+    #[error("output `{name}` is listed twice")]
+    OutputTwice { name: String },
+    #[error("output `{name}`: its digest does not match its files")]
+    DigestMismatch { name: String },
+    #[error("`{digest}` is not a BLAKE3 digest")]
+    NotBlake3 { digest: String },
+    #[error("`{digest}` is not a SHA-256 digest")]
+    NotSha256 { digest: String },
+    #[error("unsafe path `{path}` in a directory output")]
+    UnsafePath { path: String },
+    #[error("`{path}` has no parent directory")]
+    NoParent { path: String },
+    #[error("`{path}` is listed twice")]
+    ListedTwice { path: String },
 }
 
 /// A directory being rebuilt from a flat list of entries.
@@ -153,7 +180,7 @@ enum Child<'a> {
 /// computes it from the files: each entry's name, `d` or `f`, and digest, in sorted
 /// order, directories recursively). Fails when a path is unsafe or repeated or its parent
 /// is not a listed directory.
-pub fn tree_digest(entries: &[TreeEntry]) -> Result<String, String> {
+pub fn tree_digest(entries: &[TreeEntry]) -> Result<String, EntryError> {
     let mut root = DirNode::default();
     for entry in entries {
         let parts: Vec<&str> = entry.path.split('/').collect();
@@ -161,17 +188,20 @@ pub fn tree_digest(entries: &[TreeEntry]) -> Result<String, String> {
             .iter()
             .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
         {
-            return Err(format!(
-                "unsafe path `{}` in a directory output",
-                entry.path
-            ));
+            return Err(EntryError::UnsafePath {
+                path: entry.path.clone(),
+            });
         }
         let (name, parents) = parts.split_last().unwrap_or((&"", &[]));
         let mut dir = &mut root;
         for part in parents {
             dir = match dir.children.get_mut(part) {
                 Some(Child::Dir(sub)) => sub,
-                _ => return Err(format!("`{}` has no parent directory", entry.path)),
+                _ => {
+                    return Err(EntryError::NoParent {
+                        path: entry.path.clone(),
+                    });
+                }
             };
         }
         let child = match &entry.file {
@@ -179,7 +209,9 @@ pub fn tree_digest(entries: &[TreeEntry]) -> Result<String, String> {
             None => Child::Dir(DirNode::default()),
         };
         if dir.children.insert(name, child).is_some() {
-            return Err(format!("`{}` is listed twice", entry.path));
+            return Err(EntryError::ListedTwice {
+                path: entry.path.clone(),
+            });
         }
     }
     Ok(dir_digest(&root))

@@ -101,9 +101,12 @@ pub enum CacheError {
     #[error("`{}` changed while it was being stored in the cache", path.display())]
     Changed { path: PathBuf },
     #[error("`{value}` is not a size for POCHI_CACHE_MAX_SIZE: {reason}")]
-    BadMaxSize { value: String, reason: String },
-    #[error("{0}")]
-    NoCacheDir(String),
+    BadMaxSize {
+        value: String,
+        reason: crate::size::SizeError,
+    },
+    #[error(transparent)]
+    NoCacheDir(#[from] crate::toolchain::cache::CacheDirError),
     #[error("another pochi is collecting the cache")]
     #[diagnostic(help("wait for it to finish, then run `pochi cache gc` again"))]
     GcBusy,
@@ -152,7 +155,7 @@ impl LocalCache {
                 let dir = PathBuf::from(dir);
                 CacheDir::at(&std::path::absolute(&dir).unwrap_or(dir))
             }
-            None => CacheDir::from_vars(var).map_err(CacheError::NoCacheDir)?,
+            None => CacheDir::from_vars(var)?,
         };
         let mut cache = LocalCache::in_dir(&dir);
         if let Some(value) = max_size {

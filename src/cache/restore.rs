@@ -74,7 +74,9 @@ impl LocalCache {
         };
         let entry: Entry = serde_json::from_slice(&bytes)
             .map_err(|e| Miss::EntryUnreadable(format!("not an entry ({e})")))?;
-        entry.check(key).map_err(Miss::EntryUnreadable)?;
+        entry
+            .check(key)
+            .map_err(|e| Miss::EntryUnreadable(e.to_string()))?;
         Ok(entry)
     }
 

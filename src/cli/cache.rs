@@ -89,23 +89,15 @@ enum Action {
     /// blobs no entry ever named are removed after an hour (a build may be storing them).
     Gc {
         /// The size to shrink the cache to, e.g. 20GiB (0 removes every entry).
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        #[arg(long, value_name = "SIZE", value_parser = ByteSize::parse)]
         max_size: Option<ByteSize>,
         /// Remove entries not used for this long, e.g. 30d, 12h, 1d12h.
-        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        #[arg(long, value_name = "AGE", value_parser = parse_duration)]
         older_than: Option<Duration>,
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
     },
-}
-
-fn parse_size(text: &str) -> Result<ByteSize, String> {
-    ByteSize::parse(text)
-}
-
-fn parse_age(text: &str) -> Result<Duration, String> {
-    parse_duration(text).map_err(|e| e.to_string())
 }
 
 pub fn run(args: CacheCommandArgs) -> miette::Result<ExitCode> {

@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::failure;
-use crate::driver::BuildOptions;
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -123,24 +122,19 @@ pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     if let Some(transform) = transform {
         note!("calibration images: {transform}");
     }
-    let dir = super::oneshot::write(&text)?;
-    let workspace = super::oneshot::load(&dir)?;
     // Everything that can run here: on a machine without TensorRT or a GPU the engine is
     // unavailable, but the quantized ONNX is still built (on the CPU) and kept.
-    let options = BuildOptions {
-        cache: args.cache.open()?,
-        ..BuildOptions::default()
-    };
-    let summary = super::build::run_build(&workspace, &options)?;
-    if summary.interrupted {
-        return Ok(super::signals::interrupted_exit_code());
-    }
-    if !summary.ok {
-        return Err(failure(
+    let failed = |_: &_| {
+        failure(
             "the conversion failed; no engine was written",
             "the failing stage and its error are above",
-        ));
-    }
+        )
+    };
+    let Some(super::oneshot::OneShot { dir, summary, .. }) =
+        super::oneshot::build(&text, &args.cache, failed)?
+    else {
+        return Ok(super::signals::interrupted_exit_code());
+    };
     if let Some(engine) = summary
         .stages
         .iter()

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::output::{duration, failure};
-use crate::driver::BuildOptions;
+use crate::driver::Workspace;
 use crate::pipeline::Device;
 
 #[derive(Debug, Args)]
@@ -72,26 +72,20 @@ pub fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
         PathBuf::from(format!("{stem}.onnx"))
     });
     let text = pipeline_text(&args, &checkpoint, device)?;
-    let dir = super::oneshot::write(&text)?;
-
     list_gpus(device);
-    let workspace = super::oneshot::load(&dir)?;
-    let options = BuildOptions {
-        cache: args.cache.open()?,
-        ..BuildOptions::default()
-    };
-    let summary = super::build::run_build(&workspace, &options)?;
-    let project = &workspace.projects[0];
-    if summary.interrupted {
-        return Ok(super::signals::interrupted_exit_code());
-    }
-    if !summary.ok {
+    let failed = |workspace: &Workspace| {
+        let project = &workspace.projects[0];
         print_traceback(&project.pipeline.dir.join(project.state_log_path(0)));
-        return Err(failure(
+        failure(
             "the export failed; nothing was written",
             "the error and the Python traceback are above",
-        ));
-    }
+        )
+    };
+    let Some(super::oneshot::OneShot { dir, .. }) =
+        super::oneshot::build(&text, &args.cache, failed)?
+    else {
+        return Ok(super::signals::interrupted_exit_code());
+    };
     let built = dir.join("out").join("model.onnx");
     copy_atomic(&built, &output).map_err(|e| {
         failure(

@@ -13,7 +13,6 @@ use clap::Args;
 
 use super::oneshot::{IMAGENET_MEAN, IMAGENET_STD, ImageTransform};
 use super::output::failure;
-use crate::driver::BuildOptions;
 use crate::kinds::dataset::{FolderContents, inspect_folder};
 
 #[derive(Debug, Args)]
@@ -134,30 +133,30 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
         note!("{}", describe(contents, transform.as_ref(), args.samples));
     }
     let text = pipeline_text(&args, &model, &data)?;
-    let dir = super::oneshot::write(&text)?;
-    let workspace = super::oneshot::load(&dir)?;
-    let options = BuildOptions {
-        cache: args.cache.open()?,
-        ..BuildOptions::default()
-    };
-    let summary = super::build::run_build(&workspace, &options)?;
-    if summary.interrupted {
-        return Ok(super::signals::interrupted_exit_code());
-    }
-    if !summary.ok {
-        return Err(failure(
+    let failed = |_: &_| {
+        failure(
             "the inference report failed",
             "the error is above; `pochi status` in the one-shot directory shows more",
-        ));
-    }
-    let built = dir.join("out");
-    std::fs::create_dir_all(&output).map_err(|e| {
+        )
+    };
+    let Some(built) = super::oneshot::build(&text, &args.cache, failed)? else {
+        return Ok(super::signals::interrupted_exit_code());
+    };
+    copy_report(&built.dir.join("out"), &output)?;
+    note!("report written to {}", output.display());
+    note_results(&output, &stem);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies the report's files from `built` (the one-shot's outputs) into `output`.
+fn copy_report(built: &Path, output: &Path) -> miette::Result<()> {
+    std::fs::create_dir_all(output).map_err(|e| {
         failure(
             format!("cannot create {}: {e}", output.display()),
             "check the -o path",
         )
     })?;
-    let entries = std::fs::read_dir(&built).map_err(|e| {
+    let entries = std::fs::read_dir(built).map_err(|e| {
         failure(
             format!("cannot read {}: {e}", built.display()),
             "report this as a bug",
@@ -174,7 +173,12 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
             )
         })?;
     }
-    note!("report written to {}", output.display());
+    Ok(())
+}
+
+/// One line of the model's latency (or why there is none) and its accuracy, from the
+/// report's `summary.json` in `output`.
+fn note_results(output: &Path, stem: &str) {
     if let Ok(summary) = std::fs::read_to_string(output.join("summary.json"))
         && let Ok(value) = serde_json::from_str::<serde_json::Value>(&summary)
         && let Some(model) = value["models"].get(0)
@@ -194,7 +198,6 @@ pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
             note!("accuracy {:.2}%", accuracy * 100.0);
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 const FOLDER_HINT: &str = "give a folder of images in one folder per class (pochitrain's layout: DIR/<class>/<image>.png), a folder of .npy volumes, or a float32 .npy";

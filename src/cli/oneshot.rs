@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
+use super::cache::CacheArgs;
 use super::output::failure;
-use crate::driver::Workspace;
+use crate::driver::{BuildOptions, BuildSummary, Workspace};
 use crate::onnx_info::{self, Dim};
 use crate::toolchain::{self, Mode};
 
@@ -34,8 +35,39 @@ pub(super) fn pipeline_text(
     ))
 }
 
+/// A one-shot pipeline built: its directory (outputs under `out/`) and how the build went.
+pub(super) struct OneShot {
+    pub dir: PathBuf,
+    pub summary: BuildSummary,
+}
+
+/// The one-shot sequence every such command runs: writes `text` as a pipeline, loads it
+/// with its toolchain and builds it (with `cache`) through the same `build::run_build` as
+/// `pochi build`. `None` when the build was interrupted (exit with
+/// `signals::interrupted_exit_code`); a build that fails returns `failed`'s error.
+pub(super) fn build(
+    text: &str,
+    cache: &CacheArgs,
+    failed: impl FnOnce(&Workspace) -> miette::Report,
+) -> miette::Result<Option<OneShot>> {
+    let dir = write(text)?;
+    let workspace = load(&dir)?;
+    let options = BuildOptions {
+        cache: cache.open()?,
+        ..BuildOptions::default()
+    };
+    let summary = super::build::run_build(&workspace, &options)?;
+    if summary.interrupted {
+        return Ok(None);
+    }
+    if !summary.ok {
+        return Err(failed(&workspace));
+    }
+    Ok(Some(OneShot { dir, summary }))
+}
+
 /// Writes `text` to `.pochi/oneshot/<hash of text>/pipeline.toml`; returns that directory.
-pub(super) fn write(text: &str) -> miette::Result<PathBuf> {
+fn write(text: &str) -> miette::Result<PathBuf> {
     let dir = PathBuf::from(crate::pipeline::STATE_ROOT)
         .join("oneshot")
         .join(toolchain::short_hash(text.as_bytes()));
@@ -50,7 +82,7 @@ pub(super) fn write(text: &str) -> miette::Result<PathBuf> {
 }
 
 /// Loads the pipeline written by `write`, with its toolchain (created when missing).
-pub(super) fn load(dir: &std::path::Path) -> miette::Result<Workspace> {
+fn load(dir: &std::path::Path) -> miette::Result<Workspace> {
     let mut workspace = Workspace::load(&[dir.join("pipeline.toml")], crate::kinds::KINDS)?;
     super::attach_host(&mut workspace, Mode::Create)?;
     Ok(workspace)

@@ -124,7 +124,7 @@ impl RemoteArgs {
         let executor = RemoteExecutor::connect(&endpoint).map_err(unusable)?;
         executor.check().map_err(unusable)?;
         let local = CacheDir::from_env()
-            .map_err(|e| super::output::failure(e, "set POCHI_CACHE_DIR"))?
+            .map_err(|e| super::output::failure(e.to_string(), "set POCHI_CACHE_DIR"))?
             .toolchains();
         let workers = CacheDir::at(&self.remote_toolchain_dir).toolchains();
         Ok(Some(RemoteExecution::new(

@@ -13,7 +13,7 @@ use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 
 pub static INFO: KindInfo = KindInfo {
     name: "command",
-    keys: &["run", "inputs", "outputs"],
+    keys: super::keys_of::<CommandKeys>,
     parse,
     workers: &[],
     schema: |generator| generator.subschema_for::<CommandKeys>(),

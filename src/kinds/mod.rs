@@ -17,6 +17,7 @@ pub use crate::pipeline::kind::{
     Accelerator, AcceleratorUse, InvocationContext, KindInfo, Requirements, StageError, StageKind,
     Tool, WithoutGpu,
 };
+pub use crate::pipeline::parse_api::keys_of;
 use crate::toolchain::workers::Worker;
 
 /// Every stage kind this build of pochi knows.
@@ -37,39 +38,7 @@ pub fn workers() -> Vec<Worker> {
         .collect()
 }
 
-/// Finds a kind by name, or returns a hint for the error.
-pub fn lookup(name: &str) -> Result<&'static KindInfo, String> {
+/// Finds a kind by name.
+pub fn lookup(name: &str) -> Result<&'static KindInfo, crate::pipeline::kind::UnknownKind> {
     crate::pipeline::kind::lookup(KINDS, name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every kind's registered keys (what the parser accepts) are exactly the properties of
-    /// its JSON Schema (what `pochi schema` documents).
-    #[test]
-    fn every_kinds_registered_keys_are_its_schema_keys() {
-        for info in KINDS {
-            let mut generator = schemars::SchemaGenerator::default();
-            let reference = (info.schema)(&mut generator);
-            let name = reference
-                .get("$ref")
-                .and_then(|r| r.as_str())
-                .and_then(|r| r.rsplit('/').next())
-                .unwrap_or_else(|| panic!("{}: the schema is not a reference", info.name))
-                .to_string();
-            let definitions = generator.take_definitions(true);
-            let mut properties: Vec<String> = definitions[&name]["properties"]
-                .as_object()
-                .unwrap_or_else(|| panic!("{}: no properties", info.name))
-                .keys()
-                .cloned()
-                .collect();
-            properties.sort();
-            let mut keys: Vec<String> = info.keys.iter().map(|k| k.to_string()).collect();
-            keys.sort();
-            assert_eq!(properties, keys, "kind `{}`", info.name);
-        }
-    }
 }

@@ -350,8 +350,8 @@ pub type ParseFn =
 /// A registered stage kind.
 pub struct KindInfo {
     pub name: &'static str,
-    /// The kind's own keys (besides the common ones).
-    pub keys: &'static [&'static str],
+    /// The kind's own keys (besides the common ones): `keys_of::<ItsKeysStruct>`.
+    pub keys: fn() -> &'static [&'static str],
     pub parse: ParseFn,
     /// The Python worker scripts the kind runs (written to the cache before a build).
     pub workers: &'static [Worker],
@@ -365,22 +365,40 @@ pub type Registry = &'static [&'static KindInfo];
 /// Kinds the pipeline format defines that this version does not implement yet.
 const PLANNED: &[&str] = &[];
 
-/// Finds a kind by name in `kinds`, or returns a hint for the error.
-pub fn lookup(kinds: Registry, name: &str) -> Result<&'static KindInfo, String> {
+/// A stage kind this pochi cannot parse; its help says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum UnknownKind {
+    /// No such kind: `hint` names the nearest known one, or lists them all.
+    #[error("unknown stage kind `{name}`")]
+    #[diagnostic(help("{hint}"))]
+    Unknown { name: String, hint: String },
+    /// A kind the format defines that this version does not implement.
+    #[error("unknown stage kind `{name}`")]
+    #[diagnostic(help(
+        "the `{name}` kind is part of the pipeline format but not implemented in this version of pochi; use kind = \"command\""
+    ))]
+    Planned { name: String },
+}
+
+/// Finds a kind by name in `kinds`.
+pub fn lookup(kinds: Registry, name: &str) -> Result<&'static KindInfo, UnknownKind> {
     if let Some(info) = kinds.iter().find(|info| info.name == name) {
         return Ok(info);
     }
     if PLANNED.contains(&name) {
-        return Err(format!(
-            "the `{name}` kind is part of the pipeline format but not implemented in this version of pochi; use kind = \"command\""
-        ));
+        return Err(UnknownKind::Planned {
+            name: name.to_string(),
+        });
     }
     let known: Vec<&str> = kinds
         .iter()
         .map(|info| info.name)
         .chain(PLANNED.iter().copied())
         .collect();
-    Err(super::suggest::hint(name, &known))
+    Err(UnknownKind::Unknown {
+        name: name.to_string(),
+        hint: super::suggest::hint(name, &known),
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The pipeline file users write: its types, parsed and validated with spans (`parse`).
 
 mod error;
+mod keys;
 pub mod kind;
 pub mod matrix;
 mod parse;
@@ -8,16 +9,20 @@ pub mod paths;
 pub mod placement;
 mod schema;
 mod sections;
+mod stage;
 pub mod suggest;
+mod tables;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use error::{PipelineError, SourceFile, SpanError};
-pub use parse::{common_stage_schema, parse_pipeline};
+pub use parse::parse_pipeline;
+pub use tables::common_stage_schema;
 /// What stage kinds use to parse their own keys.
 pub mod parse_api {
+    pub use super::keys::keys_of;
     pub use super::parse::{Parser, is_valid_name};
 }
 pub use crate::size::ByteSize;

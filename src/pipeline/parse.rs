@@ -1,164 +1,26 @@
 //! Parsing `pipeline.toml`: TOML with spans, unknown keys rejected with a suggestion, every
 //! value checked, then handed to the stage kind that owns the stage's own keys.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rayon::prelude::*;
-use schemars::JsonSchema;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::error::{PipelineError, SourceFile, SpanError};
-use super::kind::{KindInfo, Registry};
-use super::matrix::{self, Entry};
-use super::placement::{ExecutorChoice, Placement, gpu_model, is_reserved_property};
+use super::keys::keys_of;
+use super::kind::Registry;
 use super::suggest;
+use super::tables::{PipelineSection, ResourcesSection, ToolchainSection};
 use super::{
-    DeclaredResources, Device, InputSource, Located, NamedInput, NamedOutput, Pipeline, Stage,
-    StageResources, ToolchainSpec, paths,
+    DeclaredResources, Device, InputSource, NamedInput, NamedOutput, Pipeline, Stage,
+    ToolchainSpec, paths,
 };
-use crate::size::ByteSize;
 
-pub(crate) const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
-pub(crate) const PIPELINE_KEYS: &[&str] = &["name", "build_dir"];
-pub(crate) const TOOLCHAIN_KEYS: &[&str] = &["python"];
-pub(crate) const RESOURCES_KEYS: &[&str] = &["cpu", "memory", "gpus"];
-pub(crate) const COMMON_STAGE_KEYS: &[&str] = &[
-    "kind",
-    "needs",
-    "device",
-    "resources",
-    "env",
-    "cache",
-    "matrix",
-    "executor",
-    "gpu",
-    "platform",
-];
-const STAGE_RESOURCE_KEYS: &[&str] = &["cpu", "memory"];
-
-/// `[pipeline]`
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub(crate) struct PipelineSection {
-    /// The pipeline's name; default: the file's stem.
-    name: Option<String>,
-    /// Where outputs go by convention (`{build_dir}`); default: `build/<name>`.
-    build_dir: Option<String>,
-}
-
-/// `[toolchain]`
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub(crate) struct ToolchainSection {
-    /// A Python interpreter to use instead of the managed one.
-    python: Option<String>,
-}
-
-/// `[resources]`: what this machine offers (default: detected).
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-pub(crate) struct ResourcesSection {
-    /// CPU slots.
-    cpu: Option<u32>,
-    /// Memory available to stages.
-    memory: Option<ByteSize>,
-    /// GPU device ids; default: what nvidia-smi lists, else none.
-    gpus: Option<Vec<u32>>,
-}
-
-/// The keys every stage has, whatever its kind.
-#[derive(Debug, Deserialize, JsonSchema)]
-pub(crate) struct CommonStageKeys {
-    /// The stage kind.
-    #[schemars(with = "String")]
-    #[allow(
-        dead_code,
-        reason = "read with its span by `kind_of`; declared here for the schema"
-    )]
-    kind: Spanned<String>,
-    /// Extra ordering edges: stages whose outputs this one depends on.
-    #[serde(default)]
-    #[schemars(with = "Vec<String>")]
-    needs: Vec<Spanned<String>>,
-    /// `cpu`, `cuda` (any GPU) or `cuda:N`.
-    #[schemars(with = "Option<String>", regex(pattern = r"^(cpu|cuda|cuda:[0-9]+)$"))]
-    device: Option<Spanned<String>>,
-    /// What the stage takes from the machine while it runs.
-    #[schemars(with = "Option<StageResourcesSection>")]
-    resources: Option<Spanned<StageResourcesSection>>,
-    /// Environment variables for the stage (part of its fingerprint).
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    /// Whether the stage's outputs go to and come from the output cache (default true).
-    /// `false` for a stage that reads something pochi cannot see (an undeclared file, the
-    /// clock, the network): it then runs whenever its key changes, and nothing of it is
-    /// stored. Not part of the stage's key.
-    #[serde(default = "cached_by_default")]
-    cache: bool,
-    /// Parametrizes the stage: one stage per combination of the values, named
-    /// `NAME-VALUE-...` in key order (a string as itself, a number after its key's first
-    /// letter: `batch = 8` -> `b8`, a boolean as `KEY` or `no_KEY`). `{matrix.KEY}` in the
-    /// stage's strings is the variant's value; a string that is only `{matrix.KEY}` takes
-    /// the value's type. See docs/pipeline-format.md.
-    #[serde(default)]
-    #[schemars(schema_with = "matrix_schema")]
-    #[allow(
-        dead_code,
-        reason = "expanded away by `matrix::expand`; declared for the schema"
-    )]
-    matrix: Option<serde::de::IgnoredAny>,
-    /// Where the stage runs when a remote executor is configured (`--remote-executor`):
-    /// `auto` (default: remotely when it can run there), `local` or `remote`.
-    #[schemars(with = "Option<String>", regex(pattern = r"^(auto|local|remote)$"))]
-    executor: Option<Spanned<String>>,
-    /// The GPU model a `cuda` stage targets on a remote worker: nvidia-smi's name
-    /// (`"NVIDIA A100-SXM4-40GB"`) or an alias (`t4`, `l4`, `a10g`, `a100`, `a100-80gb`,
-    /// `h100`, `h200`). Part of the stage's key. See docs/remote.md.
-    #[schemars(with = "Option<String>")]
-    gpu: Option<Spanned<String>>,
-    /// Extra platform properties a remote worker must offer (`{ KEY = "VALUE" }`, e.g. a
-    /// farm's pool or container image, or `tensorrt = "10.13.0"`). Part of the stage's key.
-    #[schemars(with = "Option<BTreeMap<String, String>>")]
-    platform: Option<Spanned<BTreeMap<String, String>>>,
-}
-
-fn cached_by_default() -> bool {
-    true
-}
-
-/// `matrix = { precision = ["fp16", "int8"], batch = [1, 8] }`: each key an identifier,
-/// each list non-empty, of scalars.
-fn matrix_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "minProperties": 1,
-        "propertyNames": { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" },
-        "additionalProperties": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": matrix::MAX_VARIANTS_PER_STAGE,
-            "uniqueItems": true,
-            "items": { "type": ["string", "integer", "number", "boolean"] }
-        }
-    })
-}
-
-/// `resources = { cpu = 1, memory = "6GiB" }`
-#[derive(Debug, Deserialize, JsonSchema)]
-pub(crate) struct StageResourcesSection {
-    /// CPU slots the stage occupies (default 1).
-    cpu: Option<u32>,
-    /// Peak memory the stage needs (default 0: not limited).
-    memory: Option<ByteSize>,
-}
-
-/// The JSON Schema of the keys every stage has.
-pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    generator.subschema_for::<CommonStageKeys>()
-}
+/// The top level's tables (no struct deserializes the whole document).
+const TOP_KEYS: &[&str] = &["pipeline", "toolchain", "resources", "stages"];
 
 /// Parses and validates one pipeline file's text. `path` is how the file is named in errors.
 /// `kinds` are the stage kinds it knows (`pochi::kinds::KINDS`).
@@ -182,15 +44,7 @@ fn parse_document(
     cut: bool,
     kinds: Registry,
 ) -> Result<Pipeline, PipelineError> {
-    // `..` is resolved lexically, so `../seg/pipeline.toml` has the same project root as
-    // its absolute path (`std::path::absolute` keeps `..`).
-    let file =
-        paths::lexical_clean(
-            &std::path::absolute(path).map_err(|source| PipelineError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?,
-        );
+    let file = absolute_file(path)?;
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let src = SourceFile::new(path.display().to_string(), text);
     let text = Arc::clone(&src.text);
@@ -210,18 +64,9 @@ fn parse_document(
         stage: "",
         kinds,
     };
-    parser.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
-
-    let section: PipelineSection = parser.section(&root, "pipeline", PIPELINE_KEYS)?;
-    let toolchain: ToolchainSection = parser.section(&root, "toolchain", TOOLCHAIN_KEYS)?;
-    let resources: ResourcesSection = parser.section(&root, "resources", RESOURCES_KEYS)?;
-    let name = parser.pipeline_name(&root, section.name, &file)?;
-    let build_dir = section
-        .build_dir
-        .map(|raw| paths::normalize(&dir, Path::new(&raw)))
-        .unwrap_or_else(|| Path::new("build").join(&name));
+    let head = parser.head(&root, &file)?;
     let stage_parser = Parser {
-        build_dir: &build_dir,
+        build_dir: &head.build_dir,
         ..parser
     };
     let stages = match sections.map(|s| stage_parser.stages_in_sections(&text, &s.stages)) {
@@ -230,41 +75,37 @@ fn parse_document(
         Some(None) => return parse_document(path, src.text.to_string(), false, kinds),
         None => stage_parser.stages(&root)?,
     };
-    if stages.is_empty() {
-        let span = root
-            .get_ref()
-            .get("stages")
-            .map(|v| v.span())
-            .unwrap_or(0..0);
-        return Err(parser
-            .src
-            .error(span, "the pipeline declares no stages")
-            .with_help("add a stage, e.g. `[stages.hello]` with `kind = \"command\"`, `run = [\"sh\", \"-c\", \"echo hi > {outputs.out}\"]` and `outputs = { out = \"build/hello.txt\" }`")
-            .into());
-    }
-    if resources.cpu == Some(0) {
-        return Err(parser
-            .key_error(&root, "resources", "`resources.cpu` must be at least 1")
-            .into());
-    }
+    parser.check_whole(&root, &stages, &head.resources)?;
     Ok(Pipeline {
-        name,
+        name: head.name,
         file,
         dir: dir.clone(),
         source: src.clone(),
-        build_dir,
-        toolchain: ToolchainSpec {
-            python: toolchain
-                .python
-                .map(|raw| paths::normalize(&dir, Path::new(&raw))),
-        },
-        resources: DeclaredResources {
-            cpu: resources.cpu,
-            memory: resources.memory,
-            gpus: resources.gpus,
-        },
+        build_dir: head.build_dir,
+        toolchain: head.toolchain,
+        resources: head.resources,
         stages,
     })
+}
+
+/// The pipeline file's absolute path. `..` is resolved lexically, so
+/// `../seg/pipeline.toml` has the same project root as its absolute path
+/// (`std::path::absolute` keeps `..`).
+fn absolute_file(path: &Path) -> Result<PathBuf, PipelineError> {
+    let absolute = std::path::absolute(path).map_err(|source| PipelineError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(paths::lexical_clean(&absolute))
+}
+
+/// The top level besides the stages: `[pipeline]`, `[toolchain]` and `[resources]`.
+struct Head {
+    name: String,
+    /// Relative to the pipeline directory.
+    build_dir: PathBuf,
+    toolchain: ToolchainSpec,
+    resources: DeclaredResources,
 }
 
 /// Turns a TOML or serde error into one that points at its span.
@@ -324,7 +165,6 @@ impl Parser<'_> {
         &self,
         root: &Spanned<DeTable>,
         name: &str,
-        keys: &[&str],
     ) -> Result<T, SpanError> {
         let Some(value) = root.get_ref().get(name) else {
             return Ok(T::default());
@@ -333,7 +173,7 @@ impl Parser<'_> {
             self.src
                 .error(value.span(), format!("`{name}` must be a table"))
         })?;
-        self.check_keys(table, keys, &format!("in [{name}]"))?;
+        self.check_keys(table, keys_of::<T>(), &format!("in [{name}]"))?;
         self.deserialize(value)
     }
 
@@ -344,6 +184,58 @@ impl Parser<'_> {
             .map(|value| value.span())
             .unwrap_or(0..0);
         self.src.error(span, message)
+    }
+
+    /// The top level's keys checked, and its tables besides the stages parsed.
+    fn head(&self, root: &Spanned<DeTable>, file: &Path) -> Result<Head, SpanError> {
+        self.check_keys(root.get_ref(), TOP_KEYS, "at the top level")?;
+        let section: PipelineSection = self.section(root, "pipeline")?;
+        let toolchain: ToolchainSection = self.section(root, "toolchain")?;
+        let resources: ResourcesSection = self.section(root, "resources")?;
+        let name = self.pipeline_name(root, section.name, file)?;
+        let build_dir = section
+            .build_dir
+            .map(|raw| paths::normalize(self.dir, Path::new(&raw)))
+            .unwrap_or_else(|| Path::new("build").join(&name));
+        Ok(Head {
+            name,
+            build_dir,
+            toolchain: ToolchainSpec {
+                python: toolchain
+                    .python
+                    .map(|raw| paths::normalize(self.dir, Path::new(&raw))),
+            },
+            resources: DeclaredResources {
+                cpu: resources.cpu,
+                memory: resources.memory,
+                gpus: resources.gpus,
+            },
+        })
+    }
+
+    /// What is checked once the stages are parsed: there is one, and `resources.cpu` is
+    /// not 0 (in that order, after the stages' own errors).
+    fn check_whole(
+        &self,
+        root: &Spanned<DeTable>,
+        stages: &[Stage],
+        resources: &DeclaredResources,
+    ) -> Result<(), SpanError> {
+        if stages.is_empty() {
+            let span = root
+                .get_ref()
+                .get("stages")
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            return Err(self
+                .src
+                .error(span, "the pipeline declares no stages")
+                .with_help("add a stage, e.g. `[stages.hello]` with `kind = \"command\"`, `run = [\"sh\", \"-c\", \"echo hi > {outputs.out}\"]` and `outputs = { out = \"build/hello.txt\" }`"));
+        }
+        if resources.cpu == Some(0) {
+            return Err(self.key_error(root, "resources", "`resources.cpu` must be at least 1"));
+        }
+        Ok(())
     }
 
     fn pipeline_name(
@@ -373,282 +265,9 @@ impl Parser<'_> {
             .error(span, format!("pipeline name `{}` is not valid", shorten(&name)))
             .with_help(format!("a pipeline name uses only a-z, 0-9, `_` and `-`, at most {MAX_NAME_LEN} of them; set [pipeline] name")))
     }
+}
 
-    fn stages(&self, root: &Spanned<DeTable>) -> Result<Vec<Stage>, SpanError> {
-        let Some(value) = root.get_ref().get("stages") else {
-            return Ok(Vec::new());
-        };
-        let table = value.get_ref().as_table().ok_or_else(|| {
-            self.src
-                .error(value.span(), "`stages` must be a table of stage tables")
-        })?;
-        let entries: Vec<Entry> = table
-            .iter()
-            .map(|(name, value)| Entry {
-                src: self.src,
-                name,
-                value,
-            })
-            .collect();
-        self.parse_entries(&entries)
-    }
-
-    /// Expands the stages' matrices, then parses every stage. Stages parse independently,
-    /// so in parallel; the first error in file order wins, so errors do not depend on
-    /// thread timing.
-    fn parse_entries(&self, entries: &[Entry]) -> Result<Vec<Stage>, SpanError> {
-        let expanded = matrix::expand(self.src, entries)?;
-        let parsed: Vec<Result<Stage, SpanError>> = expanded
-            .par_iter()
-            .map(|entry| {
-                let parser = Parser {
-                    src: entry.src,
-                    ..*self
-                };
-                let mut stage = parser
-                    .stage(&entry.name, &entry.value)
-                    .map_err(|error| entry.annotate(error))?;
-                stage.matrix = entry.matrix.clone();
-                Ok(stage)
-            })
-            .collect();
-        let mut stages = parsed.into_iter().collect::<Result<Vec<_>, _>>()?;
-        stages.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        default_devices_from_producers(&mut stages);
-        Ok(stages)
-    }
-
-    /// The stages of the file's `[stages.NAME]` sections, parsed in parallel, each as its
-    /// own document; `None` if a section is not valid TOML on its own.
-    fn stages_in_sections(
-        &self,
-        text: &str,
-        sections: &[Range<usize>],
-    ) -> Option<Result<Vec<Stage>, SpanError>> {
-        let roots: Vec<Option<(SourceFile, Spanned<DeTable>)>> = sections
-            .par_iter()
-            .map(|section| {
-                let root = DeTable::parse(&text[section.clone()]).ok()?;
-                Some((self.src.at(section.start), root))
-            })
-            .collect();
-        let roots: Vec<(SourceFile, Spanned<DeTable>)> =
-            roots.into_iter().collect::<Option<_>>()?;
-        let entries: Vec<Entry> = roots
-            .iter()
-            .map(|(src, root)| {
-                let stages = root.get_ref().get("stages")?.get_ref().as_table()?;
-                let (name, value) = stages.iter().next()?;
-                Some(Entry { src, name, value })
-            })
-            .collect::<Option<_>>()?;
-        Some(self.parse_entries(&entries))
-    }
-
-    fn stage(
-        &self,
-        name: &Spanned<toml::de::DeString>,
-        value: &Spanned<DeValue>,
-    ) -> Result<Stage, SpanError> {
-        let stage_name = name.get_ref().to_string();
-        if !is_valid_name(&stage_name) {
-            return Err(self
-                .src
-                .error(
-                    name.span(),
-                    format!("stage name `{}` is not valid", shorten(&stage_name)),
-                )
-                .with_help(format!(
-                    "stage names use only a-z, 0-9, `_` and `-`, at most {MAX_NAME_LEN} of them"
-                )));
-        }
-        let table = value.get_ref().as_table().ok_or_else(|| {
-            self.src.error(
-                value.span(),
-                format!("stage `{stage_name}` must be a table"),
-            )
-        })?;
-        let info = self.kind_of(&stage_name, name.span(), table)?;
-        let allowed: Vec<&str> = COMMON_STAGE_KEYS.iter().chain(info.keys).copied().collect();
-        self.check_keys(
-            table,
-            &allowed,
-            &format!("in stage `{stage_name}` (kind `{}`)", info.name),
-        )?;
-        let common: CommonStageKeys = self.deserialize(&common_keys_of(table, value.span()))?;
-        self.check_env(table)?;
-        let kind = (info.parse)(
-            &Parser {
-                stage: &stage_name,
-                ..*self
-            },
-            value,
-        )?;
-        let device_declared = common.device.is_some();
-        let device = match &common.device {
-            Some(device) => Device::parse(device.get_ref()).ok_or_else(|| {
-                self.src
-                    .error(
-                        device.span(),
-                        format!("invalid device `{}`", device.get_ref()),
-                    )
-                    .with_help("use \"cpu\", \"cuda\" (any GPU) or \"cuda:N\" (GPU number N)")
-            })?,
-            None => kind.requirements().default_device,
-        };
-        Ok(Stage {
-            name: stage_name,
-            span: self.src.shift(name.span()),
-            kind,
-            needs: common
-                .needs
-                .into_iter()
-                .map(|need| Located {
-                    span: self.src.shift(need.span()),
-                    value: need.into_inner(),
-                })
-                .collect(),
-            device,
-            device_declared,
-            resources: self.stage_resources(common.resources, table)?,
-            env: common.env,
-            cache: common.cache,
-            placement: self.placement(common.executor, common.gpu, common.platform, device)?,
-            matrix: None,
-        })
-    }
-
-    /// `executor`, `gpu` and `platform`, checked: a known executor, `gpu` only on a `cuda`
-    /// stage, no property pochi sets itself.
-    fn placement(
-        &self,
-        executor: Option<Spanned<String>>,
-        gpu: Option<Spanned<String>>,
-        platform: Option<Spanned<BTreeMap<String, String>>>,
-        device: Device,
-    ) -> Result<Placement, SpanError> {
-        let executor = match &executor {
-            None => ExecutorChoice::Auto,
-            Some(choice) => ExecutorChoice::parse(choice.get_ref()).ok_or_else(|| {
-                self.src
-                    .error(
-                        choice.span(),
-                        format!("unknown executor `{}`", choice.get_ref()),
-                    )
-                    .with_help("use \"auto\" (the default), \"local\" or \"remote\"")
-            })?,
-        };
-        if let Some(gpu) = &gpu
-            && !matches!(device, Device::Cuda(_))
-        {
-            return Err(self
-                .src
-                .error(gpu.span(), "`gpu` names the GPU model of a `cuda` stage")
-                .with_help("set `device = \"cuda\"` on the stage, or remove `gpu`"));
-        }
-        let reserved = platform.as_ref().and_then(|platform| {
-            let name = platform
-                .get_ref()
-                .keys()
-                .find(|n| is_reserved_property(n))?;
-            Some((name.clone(), platform.span()))
-        });
-        if let Some((reserved, span)) = reserved {
-            return Err(self
-                .src
-                .error(span, format!("platform property `{reserved}` is set by pochi"))
-                .with_help(
-                    "name the GPU model with the stage's `gpu` key; OSFamily, ISA, cuda, compute_capability and pochi-toolchain come from the machine and the toolchain",
-                ));
-        }
-        Ok(Placement {
-            executor,
-            gpu: gpu.map(|g| gpu_model(g.get_ref())),
-            platform: platform.map(Spanned::into_inner).unwrap_or_default(),
-        })
-    }
-
-    /// Environment variable names must be non-empty and hold no `=` or NUL; values no NUL.
-    fn check_env(&self, table: &DeTable) -> Result<(), SpanError> {
-        let Some(env) = table.get("env").and_then(|v| v.get_ref().as_table()) else {
-            return Ok(());
-        };
-        for (key, value) in env.iter() {
-            let name = key.get_ref();
-            if name.is_empty() || name.contains('=') {
-                return Err(self
-                    .src
-                    .error(key.span(), format!("`{name}` is not a valid environment variable name"))
-                    .with_label("invalid name")
-                    .with_help("a variable name is not empty and holds no `=`; write `env = { NAME = \"value\" }`"));
-            }
-            self.check_no_nul(
-                name,
-                key.span(),
-                &format!("environment variable name `{name}`"),
-            )?;
-            if let Some(text) = value.get_ref().as_str() {
-                self.check_no_nul(
-                    text,
-                    value.span(),
-                    &format!("environment variable `{name}`"),
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    fn kind_of(
-        &self,
-        stage: &str,
-        name_span: Range<usize>,
-        table: &DeTable,
-    ) -> Result<&'static KindInfo, SpanError> {
-        let Some(kind) = table.get("kind") else {
-            return Err(self
-                .src
-                .error(name_span, format!("stage `{stage}` has no `kind`"))
-                .with_help("add `kind = \"command\"` (or another kind) to the stage"));
-        };
-        let Some(kind_name) = kind.get_ref().as_str() else {
-            return Err(self.src.error(kind.span(), "`kind` must be a string"));
-        };
-        super::kind::lookup(self.kinds, kind_name).map_err(|hint| {
-            self.src
-                .error(kind.span(), format!("unknown stage kind `{kind_name}`"))
-                .with_label("unknown kind")
-                .with_help(hint)
-        })
-    }
-
-    fn stage_resources(
-        &self,
-        section: Option<Spanned<StageResourcesSection>>,
-        table: &DeTable,
-    ) -> Result<StageResources, SpanError> {
-        if let Some(resources) = table.get("resources").and_then(|v| v.get_ref().as_table()) {
-            self.check_keys(resources, STAGE_RESOURCE_KEYS, "in a stage's `resources`")?;
-        }
-        let Some(section) = section else {
-            return Ok(StageResources {
-                cpu: 1,
-                memory: ByteSize(0),
-            });
-        };
-        let span = section.span();
-        let section = section.into_inner();
-        if section.cpu == Some(0) {
-            return Err(self
-                .src
-                .error(span, "a stage needs at least 1 cpu slot")
-                .with_help("remove `cpu` or set it to 1 or more"));
-        }
-        Ok(StageResources {
-            cpu: section.cpu.unwrap_or(1),
-            memory: section.memory.unwrap_or(ByteSize(0)),
-        })
-    }
-
+impl Parser<'_> {
     /// Parses an input value: `@stage`, `@stage.key`, or a path relative to the pipeline.
     pub fn input(&self, key: &str, value: &Spanned<String>) -> Result<NamedInput, SpanError> {
         let raw = value.get_ref();
@@ -763,19 +382,6 @@ impl Parser<'_> {
 /// `.pochi/v1/<pipeline>/`), and file systems refuse names over 255 bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
-/// The stage table with only its common keys: deserializing these must not clone the
-/// kind's (often much larger) `run`, `inputs` and `outputs` (a tenth of parsing a 10,000
-/// stage pipeline).
-fn common_keys_of<'i>(table: &DeTable<'i>, span: Range<usize>) -> Spanned<DeValue<'i>> {
-    let mut common = DeTable::new();
-    for (key, value) in table.iter() {
-        if COMMON_STAGE_KEYS.contains(&key.get_ref().as_ref()) {
-            common.insert(key.clone(), value.clone());
-        }
-    }
-    Spanned::new(span, DeValue::Table(common))
-}
-
 /// Stage and pipeline names: `[a-z0-9_-]+`, at most `MAX_NAME_LEN` characters.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -787,7 +393,7 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// A name as shown in an error: long ones are cut (a 65,536-character name is not
 /// repeated back whole).
-fn shorten(name: &str) -> String {
+pub(super) fn shorten(name: &str) -> String {
     const SHOWN: usize = 40;
     match name.char_indices().nth(SHOWN) {
         Some((end, _)) => format!("{}... ({} characters)", &name[..end], name.chars().count()),
@@ -798,7 +404,7 @@ fn shorten(name: &str) -> String {
 /// Second pass over the stages (sorted by name): a stage that names no device and whose
 /// kind's `device_follows` inputs come from a stage that needs a GPU (a report over an
 /// `engine` stage's output) gets `cuda`.
-fn default_devices_from_producers(stages: &mut [Stage]) {
+pub(super) fn default_devices_from_producers(stages: &mut [Stage]) {
     let needs_gpu: Vec<(String, bool)> = stages
         .iter()
         .map(|s| {
@@ -828,35 +434,6 @@ fn default_devices_from_producers(stages: &mut [Stage]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn schema_keys<T: JsonSchema>() -> Vec<String> {
-        let schema = schemars::schema_for!(T);
-        let mut keys: Vec<String> = schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default();
-        keys.sort();
-        keys
-    }
-
-    fn sorted(keys: &[&str]) -> Vec<String> {
-        let mut keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        keys.sort();
-        keys
-    }
-
-    #[test]
-    fn key_lists_match_the_schema_types() {
-        assert_eq!(schema_keys::<PipelineSection>(), sorted(PIPELINE_KEYS));
-        assert_eq!(schema_keys::<ToolchainSection>(), sorted(TOOLCHAIN_KEYS));
-        assert_eq!(schema_keys::<ResourcesSection>(), sorted(RESOURCES_KEYS));
-        assert_eq!(schema_keys::<CommonStageKeys>(), sorted(COMMON_STAGE_KEYS));
-        assert_eq!(
-            schema_keys::<StageResourcesSection>(),
-            sorted(STAGE_RESOURCE_KEYS)
-        );
-    }
 
     /// A pipeline of `n` command stages in a chain, with `tweak` applied to its text.
     fn chain(n: usize, tweak: impl Fn(String) -> String) -> String {

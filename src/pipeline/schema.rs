@@ -5,7 +5,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use super::kind::Registry;
-use super::parse::{CommonStageKeys, PipelineSection, ResourcesSection, ToolchainSection};
+use super::tables::{CommonStageKeys, PipelineSection, ResourcesSection, ToolchainSection};
 
 /// The schema `pochi schema` prints.
 pub fn pipeline_schema(kinds: Registry) -> Value {

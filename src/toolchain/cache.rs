@@ -8,6 +8,14 @@ use std::path::{Path, PathBuf};
 /// Bumped when the layout under the cache directory changes.
 pub const CACHE_LAYOUT: &str = "v1";
 
+/// Why there is no cache directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
+pub enum CacheDirError {
+    /// Neither POCHI_CACHE_DIR, XDG_CACHE_HOME nor HOME is set.
+    #[error("cannot find a cache directory: set POCHI_CACHE_DIR (or HOME)")]
+    Unset,
+}
+
 /// The per-user cache directory and the places inside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheDir {
@@ -16,12 +24,12 @@ pub struct CacheDir {
 
 impl CacheDir {
     /// The cache directory named by the environment of this process.
-    pub fn from_env() -> Result<CacheDir, String> {
+    pub fn from_env() -> Result<CacheDir, CacheDirError> {
         Self::from_vars(|name| std::env::var_os(name))
     }
 
     /// The cache directory named by `var` (an environment lookup), for tests.
-    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<CacheDir, String> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> Result<CacheDir, CacheDirError> {
         let set = |name: &str| {
             var(name)
                 .filter(|value| !value.is_empty())
@@ -34,7 +42,7 @@ impl CacheDir {
         } else if let Some(home) = set("HOME") {
             home.join(".cache").join("pochi")
         } else {
-            return Err("cannot find a cache directory: set POCHI_CACHE_DIR (or HOME)".into());
+            return Err(CacheDirError::Unset);
         };
         let base = std::path::absolute(&base).unwrap_or(base);
         Ok(CacheDir {

@@ -89,7 +89,7 @@ fn stamps(python: &Path, facts: &Facts) -> Vec<Stamp> {
 
 /// The facts of `python`, from `cache_file` when it is still current, else asked afresh
 /// (and cached).
-pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts, String> {
+pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
     if let Some(entry) = std::fs::read(cache_file)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())
@@ -115,21 +115,69 @@ pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts
     Ok(facts)
 }
 
+/// Why an interpreter's facts could not be read. The messages carry their causes: they
+/// become part of a toolchain error's message and of an unusable toolchain's identity.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum IdentityError {
+    #[error("cannot write the identity worker to {}: {error}", dir.display())]
+    WriteWorker { dir: PathBuf, error: std::io::Error },
+    #[error("cannot create {}: {error}", dir.display())]
+    CreateDir { dir: PathBuf, error: std::io::Error },
+    #[error("cannot create a temporary directory in {}: {error}", dir.display())]
+    Scratch { dir: PathBuf, error: std::io::Error },
+    #[error("cannot run `{}`: {error}", python.display())]
+    Spawn {
+        python: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("`{}` did not answer the identity query ({status}){}", python.display(), stderr_tail(tail))]
+    NoAnswer {
+        python: PathBuf,
+        status: std::process::ExitStatus,
+        tail: Vec<String>,
+    },
+    #[error("`{}` answered the identity query with {answer}", python.display())]
+    BadAnswer {
+        python: PathBuf,
+        answer: AnswerError,
+    },
+}
+
+/// What is wrong with the identity worker's answer.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum AnswerError {
+    #[error("invalid JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("an error: {0}")]
+    Failed(String),
+    #[error("an unexpected answer: {0}")]
+    Unexpected(serde_json::Error),
+}
+
+/// The last lines of a worker's stderr, as `: a / b`, or nothing.
+fn stderr_tail(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", tail.join(" / "))
+    }
+}
+
 /// Runs the identity worker in `python`.
-fn query(python: &Path, cache: &CacheDir) -> Result<Facts, String> {
-    let worker = IDENTITY.materialize(cache).map_err(|e| {
-        format!(
-            "cannot write the identity worker to {}: {e}",
-            cache.workers().display()
-        )
+fn query(python: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
+    let worker = IDENTITY
+        .materialize(cache)
+        .map_err(|error| IdentityError::WriteWorker {
+            dir: cache.workers(),
+            error,
+        })?;
+    std::fs::create_dir_all(cache.root()).map_err(|error| IdentityError::CreateDir {
+        dir: cache.root().to_path_buf(),
+        error,
     })?;
-    std::fs::create_dir_all(cache.root())
-        .map_err(|e| format!("cannot create {}: {e}", cache.root().display()))?;
-    let scratch = tempfile::tempdir_in(cache.root()).map_err(|e| {
-        format!(
-            "cannot create a temporary directory in {}: {e}",
-            cache.root().display()
-        )
+    let scratch = tempfile::tempdir_in(cache.root()).map_err(|error| IdentityError::Scratch {
+        dir: cache.root().to_path_buf(),
+        error,
     })?;
     let result_path = scratch.path().join("identity.json");
     let pairs = TRACKED
@@ -142,47 +190,36 @@ fn query(python: &Path, cache: &CacheDir) -> Result<Facts, String> {
         .args(pairs)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run `{}`: {e}", python.display()))?;
+        .map_err(|error| IdentityError::Spawn {
+            python: python.to_path_buf(),
+            error,
+        })?;
     let Ok(bytes) = std::fs::read(&result_path) else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(format!(
-            "`{}` did not answer the identity query ({}){}",
-            python.display(),
-            output.status,
-            if tail.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", tail.join(" / "))
-            }
-        ));
+        let mut tail: Vec<String> = stderr.lines().rev().take(5).map(str::to_string).collect();
+        tail.reverse();
+        return Err(IdentityError::NoAnswer {
+            python: python.to_path_buf(),
+            status: output.status,
+            tail,
+        });
     };
-    parse_result(&bytes).map_err(|e| {
-        format!(
-            "`{}` answered the identity query with {e}",
-            python.display()
-        )
+    parse_result(&bytes).map_err(|answer| IdentityError::BadAnswer {
+        python: python.to_path_buf(),
+        answer,
     })
 }
 
-fn parse_result(bytes: &[u8]) -> Result<Facts, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+fn parse_result(bytes: &[u8]) -> Result<Facts, AnswerError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(AnswerError::Json)?;
     if value.get("ok").and_then(serde_json::Value::as_bool) != Some(true) {
         let error = value
             .get("error")
             .and_then(serde_json::Value::as_str)
             .unwrap_or("no message");
-        return Err(format!("an error: {error}"));
+        return Err(AnswerError::Failed(error.to_string()));
     }
-    serde_json::from_value(value).map_err(|e| format!("an unexpected answer: {e}"))
+    serde_json::from_value(value).map_err(AnswerError::Unexpected)
 }
 
 /// The identity string that goes into stage fingerprints: Python and tracked package
@@ -266,7 +303,7 @@ mod tests {
     fn results_with_ok_false_are_errors() {
         let error =
             parse_result(br#"{"ok": false, "error": "boom", "traceback": "..."}"#).unwrap_err();
-        assert!(error.contains("boom"));
+        assert!(error.to_string().contains("boom"));
         assert!(parse_result(b"not json").is_err());
     }
 

@@ -11,6 +11,47 @@ use std::time::Instant;
 
 use super::cache::CacheDir;
 
+/// Why the managed environment could not be created. The messages carry their causes:
+/// they are shown after "cannot create the managed Python toolchain: ".
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ManagedError {
+    #[error("cannot create {}: {error}", path.display())]
+    Create {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot open {}: {error}", path.display())]
+    Open {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot lock {}: {error}", path.display())]
+    Lock {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot move the new toolchain into {}: {error}", path.display())]
+    MoveIntoPlace {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot run `{shown}`: {error}")]
+    Spawn {
+        shown: String,
+        error: std::io::Error,
+    },
+    #[error("`{shown}` failed with {status}")]
+    Failed {
+        shown: String,
+        status: std::process::ExitStatus,
+    },
+}
+
 /// The managed environment for one lock.
 #[derive(Debug, Clone)]
 pub struct Managed {
@@ -49,13 +90,15 @@ impl Managed {
         cache: &CacheDir,
         lock: &str,
         say: &mut dyn FnMut(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), ManagedError> {
         if self.exists() {
             return Ok(());
         }
         let parent = cache.toolchains();
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(&parent).map_err(|error| ManagedError::Create {
+            path: parent.clone(),
+            error,
+        })?;
         let lock_path = parent.join(format!("{}.lock", self.hash));
         let lock_file = File::options()
             .read(true)
@@ -63,12 +106,16 @@ impl Managed {
             .create(true)
             .truncate(false)
             .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+            .map_err(|error| ManagedError::Open {
+                path: lock_path.clone(),
+                error,
+            })?;
         if lock_file.try_lock().is_err() {
             say("waiting: another pochi is creating the Python toolchain");
-            lock_file
-                .lock()
-                .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+            lock_file.lock().map_err(|error| ManagedError::Lock {
+                path: lock_path.clone(),
+                error,
+            })?;
         }
         if self.exists() {
             return Ok(());
@@ -87,11 +134,9 @@ impl Managed {
             return Err(error);
         }
         let _ = crate::fsutil::remove_path(&self.root);
-        std::fs::rename(&partial, &self.root).map_err(|e| {
-            format!(
-                "cannot move the new toolchain into {}: {e}",
-                self.root.display()
-            )
+        std::fs::rename(&partial, &self.root).map_err(|error| ManagedError::MoveIntoPlace {
+            path: self.root.clone(),
+            error,
         })?;
         say(&format!(
             "created the Python toolchain in {:.0}s",
@@ -107,11 +152,16 @@ fn build(
     dir: &Path,
     lock: &str,
     say: &mut dyn FnMut(&str),
-) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+) -> Result<(), ManagedError> {
+    std::fs::create_dir_all(dir).map_err(|error| ManagedError::Create {
+        path: dir.to_path_buf(),
+        error,
+    })?;
     let lock_file = dir.join("requirements.lock");
-    std::fs::write(&lock_file, lock)
-        .map_err(|e| format!("cannot write {}: {e}", lock_file.display()))?;
+    std::fs::write(&lock_file, lock).map_err(|error| ManagedError::Write {
+        path: lock_file.clone(),
+        error,
+    })?;
     let env = dir.join("env");
     let python = env.join("bin").join("python");
     let base = base_python();
@@ -163,17 +213,16 @@ fn base_python() -> PathBuf {
 }
 
 /// Runs an installer step with its output on our stderr (its progress is the user's).
-fn run(command: &mut Command) -> Result<(), String> {
+fn run(command: &mut Command) -> Result<(), ManagedError> {
     let shown = format!("{command:?}").replace('"', "");
     let status = command
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::io::stderr()))
-        .status()
-        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{shown}` failed with {status}"))
+        .status();
+    match status {
+        Err(error) => Err(ManagedError::Spawn { shown, error }),
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(ManagedError::Failed { shown, status }),
     }
 }
 
@@ -208,7 +257,7 @@ fn find_uv(cache: &CacheDir, say: &mut dyn FnMut(&str)) -> Option<PathBuf> {
         ])
         .arg(&partial)
         .arg("uv"));
-    let moved = installed.and_then(|()| {
+    let moved = installed.map_err(|e| e.to_string()).and_then(|()| {
         let _ = crate::fsutil::remove_path(&home);
         std::fs::rename(&partial, &home).map_err(|e| e.to_string())
     });

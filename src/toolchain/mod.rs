@@ -137,17 +137,17 @@ fn on_path(name: &Path) -> Option<PathBuf> {
 /// Why a toolchain cannot be used.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ToolchainError {
-    #[error("cannot create the managed Python toolchain: {message}")]
+    #[error("cannot create the managed Python toolchain: {error}")]
     #[diagnostic(help(
         "pochi needs `python3` (3.11) and access to PyPI the first time; or point it at your own interpreter with POCHI_PYTHON=/path/to/python or `[toolchain] python`"
     ))]
-    Create { message: String },
-    #[error("cannot use the Python interpreter `{}` ({from}): {message}", python.display())]
+    Create { error: managed::ManagedError },
+    #[error("cannot use the Python interpreter `{}` ({from}): {error}", python.display())]
     #[diagnostic(help("{hint}"))]
     Interpreter {
         python: PathBuf,
         from: String,
-        message: String,
+        error: Box<identity::IdentityError>,
         hint: String,
     },
     #[error("the Python interpreter `{}` ({from}) lacks {}", python.display(), list(modules))]
@@ -160,8 +160,14 @@ pub enum ToolchainError {
         modules: Vec<String>,
         install: String,
     },
-    #[error("{0}")]
-    Cache(String),
+    #[error(transparent)]
+    NoCacheDir(#[from] cache::CacheDirError),
+    #[error("cannot write pochi's worker scripts to {}", dir.display())]
+    Workers {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn list(modules: &[String]) -> String {
@@ -186,12 +192,10 @@ pub struct Resolved {
 
 /// Writes the identity worker and `workers` (every kind's scripts) to the per-user cache.
 pub fn materialize_workers(workers: &[workers::Worker]) -> Result<(), ToolchainError> {
-    let cache = CacheDir::from_env().map_err(ToolchainError::Cache)?;
-    workers::materialize_all(&cache, workers).map_err(|e| {
-        ToolchainError::Cache(format!(
-            "cannot write pochi's worker scripts to {}: {e}",
-            cache.workers().display()
-        ))
+    let cache = CacheDir::from_env()?;
+    workers::materialize_all(&cache, workers).map_err(|source| ToolchainError::Workers {
+        dir: cache.workers(),
+        source,
     })
 }
 
@@ -239,7 +243,7 @@ pub fn resolve(
     mode: Mode,
     say: &mut dyn FnMut(&str),
 ) -> Result<Resolved, ToolchainError> {
-    let cache = CacheDir::from_env().map_err(ToolchainError::Cache)?;
+    let cache = CacheDir::from_env()?;
     resolve_in(cache, choice, needed, mode, say)
 }
 
@@ -270,7 +274,7 @@ pub fn resolve_in(
                 }
                 managed
                     .ensure(&cache, LOCK, say)
-                    .map_err(|message| ToolchainError::Create { message })?;
+                    .map_err(|error| ToolchainError::Create { error })?;
             }
             (
                 managed.python(),
@@ -288,8 +292,8 @@ pub fn resolve_in(
     };
     let facts = match identity::facts(&python, &cache_file, &cache) {
         Ok(facts) => facts,
-        Err(message) if mode == Mode::Inspect => {
-            let identity = format!("{prefix} (unusable: {message})");
+        Err(error) if mode == Mode::Inspect => {
+            let identity = format!("{prefix} (unusable: {error})");
             return Ok(Resolved {
                 choice: choice.clone(),
                 toolchain: Toolchain { python, identity },
@@ -297,7 +301,7 @@ pub fn resolve_in(
                 cache,
             });
         }
-        Err(message) => return Err(interpreter_error(choice, &python, message)),
+        Err(error) => return Err(interpreter_error(choice, &python, Box::new(error))),
     };
     let missing = identity::missing(&facts, needed);
     if !missing.is_empty() && mode == Mode::Create {
@@ -321,18 +325,22 @@ pub fn resolve_in(
     })
 }
 
-fn interpreter_error(choice: &Choice, python: &Path, message: String) -> ToolchainError {
+fn interpreter_error(
+    choice: &Choice,
+    python: &Path,
+    error: Box<identity::IdentityError>,
+) -> ToolchainError {
     match choice {
         Choice::Interpreter { python, from } => ToolchainError::Interpreter {
             python: python.clone(),
             from: from.clone(),
-            message,
+            error,
             hint: "give the path of a Python 3 interpreter (for a virtual environment: its bin/python)".into(),
         },
         Choice::Managed => ToolchainError::Interpreter {
             python: python.to_path_buf(),
             from: "the managed toolchain".into(),
-            message,
+            error,
             hint: format!("the environment may be damaged: remove {} and run `pochi toolchain sync`", python.parent().and_then(Path::parent).and_then(Path::parent).unwrap_or(python).display()),
         },
     }

@@ -36,8 +36,15 @@ pub enum GitError {
     },
 }
 
+/// A git command that ran and failed: the first line of its stderr (empty if none).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{first_line}")]
+struct Refused {
+    first_line: String,
+}
+
 /// Runs `git -C dir ARGS`; its stdout (trimmed), or its stderr's first line as the error.
-fn git(dir: &Path, args: &[&str]) -> Result<Result<String, String>, GitError> {
+fn git(dir: &Path, args: &[&str]) -> Result<Result<String, Refused>, GitError> {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -52,7 +59,9 @@ fn git(dir: &Path, args: &[&str]) -> Result<Result<String, String>, GitError> {
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    Ok(Err(first.trim().to_string()))
+    Ok(Err(Refused {
+        first_line: first.trim().to_string(),
+    }))
 }
 
 /// The top directory of the repository that holds `dir`.
@@ -68,11 +77,11 @@ pub fn commit_of(repo: &Path, rev: &str) -> Result<String, GitError> {
     let spec = format!("{rev}^{{commit}}");
     match git(repo, &["rev-parse", "--verify", "--end-of-options", &spec])? {
         Ok(commit) => Ok(commit),
-        Err(reason) => Err(GitError::UnknownRevision {
+        Err(Refused { first_line }) => Err(GitError::UnknownRevision {
             rev: rev.to_string(),
-            reason: match reason.is_empty() {
+            reason: match first_line.is_empty() {
                 true => "git knows no such commit".into(),
-                false => reason,
+                false => first_line,
             },
         }),
     }
@@ -115,10 +124,10 @@ impl Worktree {
         };
         match added {
             Ok(_) => Ok(worktree),
-            Err(reason) => Err(GitError::Worktree {
+            Err(Refused { first_line }) => Err(GitError::Worktree {
                 rev: rev.into(),
                 dir: path_text,
-                reason,
+                reason: first_line,
             }),
         }
     }

@@ -32,15 +32,7 @@ use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
     name: "engine",
-    keys: &[
-        "onnx",
-        "input_size",
-        "batch",
-        "workspace",
-        "precision",
-        "optimization_level",
-        "output",
-    ],
+    keys: super::keys_of::<EngineKeys>,
     parse,
     workers: &[WORKER],
     schema: |generator| generator.subschema_for::<EngineKeys>(),

@@ -22,21 +22,7 @@ use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
     name: "export",
-    keys: &[
-        "checkpoint",
-        "model",
-        "model_args",
-        "input_shape",
-        "dynamic",
-        "opset",
-        "input_names",
-        "output_names",
-        "exporter",
-        "verify",
-        "seed",
-        "external_data",
-        "output",
-    ],
+    keys: super::keys_of::<ExportKeys>,
     parse,
     workers: &[WORKER],
     schema: |generator| generator.subschema_for::<ExportKeys>(),

@@ -23,17 +23,7 @@ use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
     name: "quantize",
-    keys: &[
-        "onnx",
-        "precision",
-        "calibration",
-        "keep_fp32",
-        "calibration_cache",
-        "high_precision",
-        "range_check",
-        "input_size",
-        "output",
-    ],
+    keys: super::keys_of::<QuantizeKeys>,
     parse,
     workers: &[WORKER],
     schema: |generator| generator.subschema_for::<QuantizeKeys>(),
