@@ -3,7 +3,49 @@
 //! A hand-written decoder of the few protobuf messages involved (field numbers from
 //! onnx/onnx.proto); every other field is skipped by its wire type.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why an ONNX file's inputs could not be read.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum OnnxError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a readable ONNX model", path.display())]
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+/// What is wrong with the bytes of a `ModelProto`.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum DecodeError {
+    #[error("the model has no graph")]
+    NoGraph,
+    #[error("the graph has no inputs")]
+    NoInputs,
+    #[error("a message field has the wrong wire type")]
+    NotAMessage,
+    #[error("an integer field has the wrong wire type")]
+    NotAnInteger,
+    #[error("a name is not UTF-8")]
+    NameNotUtf8,
+    #[error("truncated varint")]
+    TruncatedVarint,
+    #[error("varint too long")]
+    VarintTooLong,
+    #[error("truncated field")]
+    TruncatedField,
+    #[error("field too long")]
+    FieldTooLong,
+    #[error("unsupported wire type {0}")]
+    UnsupportedWireType(u64),
+}
 
 /// One axis of a declared shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +76,19 @@ pub struct GraphInput {
 }
 
 /// Reads the runtime inputs of an ONNX model file.
-pub fn read_inputs(path: &Path) -> Result<Vec<GraphInput>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse_inputs(&bytes)
-        .map_err(|e| format!("{} is not a readable ONNX model: {e}", path.display()))
+pub fn read_inputs(path: &Path) -> Result<Vec<GraphInput>, OnnxError> {
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_inputs(&bytes).map_err(|source| OnnxError::Malformed {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Parses the runtime inputs from the bytes of a `ModelProto`.
-pub fn parse_inputs(model: &[u8]) -> Result<Vec<GraphInput>, String> {
+pub fn parse_inputs(model: &[u8]) -> Result<Vec<GraphInput>, DecodeError> {
     let mut graph = None;
     for field in Fields::new(model) {
         let (number, value) = field?;
@@ -49,7 +96,7 @@ pub fn parse_inputs(model: &[u8]) -> Result<Vec<GraphInput>, String> {
             graph = Some(value.bytes()?);
         }
     }
-    let graph = graph.ok_or("the model has no graph")?;
+    let graph = graph.ok_or(DecodeError::NoGraph)?;
     let mut inputs = Vec::new();
     let mut initializers = std::collections::BTreeSet::new();
     for field in Fields::new(graph) {
@@ -67,12 +114,12 @@ pub fn parse_inputs(model: &[u8]) -> Result<Vec<GraphInput>, String> {
     }
     inputs.retain(|input| !initializers.contains(&input.name));
     if inputs.is_empty() {
-        return Err("the graph has no inputs".into());
+        return Err(DecodeError::NoInputs);
     }
     Ok(inputs)
 }
 
-fn value_info(bytes: &[u8]) -> Result<GraphInput, String> {
+fn value_info(bytes: &[u8]) -> Result<GraphInput, DecodeError> {
     let mut input = GraphInput {
         name: String::new(),
         elem_type: 0,
@@ -101,7 +148,7 @@ fn value_info(bytes: &[u8]) -> Result<GraphInput, String> {
     Ok(input)
 }
 
-fn shape(bytes: &[u8]) -> Result<Vec<Dim>, String> {
+fn shape(bytes: &[u8]) -> Result<Vec<Dim>, DecodeError> {
     let mut dims = Vec::new();
     for field in Fields::new(bytes) {
         if let (1, value) = field? {
@@ -131,19 +178,19 @@ enum Value<'a> {
 }
 
 impl<'a> Value<'a> {
-    fn bytes(&self) -> Result<&'a [u8], String> {
+    fn bytes(&self) -> Result<&'a [u8], DecodeError> {
         match self {
             Value::Bytes(b) => Ok(b),
-            _ => Err("a message field has the wrong wire type".into()),
+            _ => Err(DecodeError::NotAMessage),
         }
     }
-    fn string(&self) -> Result<String, String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| "a name is not UTF-8".into())
+    fn string(&self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::NameNotUtf8)
     }
-    fn int(&self) -> Result<i64, String> {
+    fn int(&self) -> Result<i64, DecodeError> {
         match self {
             Value::Varint(v) => Ok(*v as i64),
-            _ => Err("an integer field has the wrong wire type".into()),
+            _ => Err(DecodeError::NotAnInteger),
         }
     }
 }
@@ -162,29 +209,32 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self.rest.split_first().ok_or("truncated varint")?;
+            let (&byte, rest) = self
+                .rest
+                .split_first()
+                .ok_or(DecodeError::TruncatedVarint)?;
             self.rest = rest;
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err("varint too long".into())
+        Err(DecodeError::VarintTooLong)
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.rest.len() {
-            return Err("truncated field".into());
+            return Err(DecodeError::TruncatedField);
         }
         let (head, rest) = self.rest.split_at(n);
         self.rest = rest;
         Ok(head)
     }
 
-    fn next_field(&mut self) -> Result<(u64, Value<'a>), String> {
+    fn next_field(&mut self) -> Result<(u64, Value<'a>), DecodeError> {
         let tag = self.varint()?;
         let value = match tag & 7 {
             0 => Value::Varint(self.varint()?),
@@ -193,21 +243,21 @@ impl<'a> Fields<'a> {
                 Value::Fixed
             }
             2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| "field too long")?;
+                let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::FieldTooLong)?;
                 Value::Bytes(self.take(len)?)
             }
             5 => {
                 self.take(4)?;
                 Value::Fixed
             }
-            other => return Err(format!("unsupported wire type {other}")),
+            other => return Err(DecodeError::UnsupportedWireType(other)),
         };
         Ok((tag >> 3, value))
     }
 }
 
 impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u64, Value<'a>), String>;
+    type Item = Result<(u64, Value<'a>), DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.rest.is_empty() {

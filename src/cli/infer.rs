@@ -13,7 +13,7 @@ use clap::Args;
 
 use super::oneshot::{IMAGENET_MEAN, IMAGENET_STD, ImageTransform};
 use super::output::failure;
-use crate::kinds::dataset::{FolderContents, inspect_folder};
+use crate::kinds::dataset::{DatasetError, FolderContents, inspect_folder};
 
 #[derive(Debug, Args)]
 pub struct InferArgs {
@@ -202,6 +202,12 @@ fn note_results(output: &Path, stem: &str) {
 
 const FOLDER_HINT: &str = "give a folder of images in one folder per class (pochitrain's layout: DIR/<class>/<image>.png), a folder of .npy volumes, or a float32 .npy";
 
+/// A `--data` folder the dataset stage would refuse: its error, with the folder hint.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error(transparent)]
+#[diagnostic(help("{}", FOLDER_HINT))]
+struct UnusableFolder(DatasetError);
+
 /// Checks `--data` and, for a folder, works out its dataset stage.
 fn data(args: &InferArgs, model: &Path) -> miette::Result<Data> {
     let path = absolute(&args.data);
@@ -232,7 +238,7 @@ fn data(args: &InferArgs, model: &Path) -> miette::Result<Data> {
             FOLDER_HINT,
         ));
     }
-    let contents = inspect_folder(&path).map_err(|e| failure(e, FOLDER_HINT))?;
+    let contents = inspect_folder(&path).map_err(UnusableFolder)?;
     if args.labels.is_some() {
         return Err(failure(
             "--labels is for a .npy --data; a folder's labels are its class folders",

@@ -174,6 +174,12 @@ pub fn given_image_size(input_size: Option<&[u64]>) -> Option<[u64; 2]> {
     }
 }
 
+/// The model's input size could not be read, and `--input-size` does not give it.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("cannot read the model's input size")]
+#[diagnostic(help("give --input-size H W, or check that the model is an ONNX file"))]
+struct UnreadableInputSize(#[source] onnx_info::OnnxError);
+
 /// H and W of the model's first input: `given` (`--input-size`), else what the ONNX fixes,
 /// else 224 (with a note) for an engine or dynamic axes. An ONNX that cannot take RGB
 /// images is an error, with or without `given`.
@@ -195,12 +201,7 @@ pub fn image_input_size(model: &Path, given: Option<[u64; 2]>) -> miette::Result
         (Ok(inputs), _) => inputs,
         // The size is given: the model's reader (ONNX Runtime) says what is wrong with it.
         (Err(_), Some(size)) => return Ok(size),
-        (Err(e), None) => {
-            return Err(failure(
-                format!("cannot read the model's input size: {e}"),
-                "give --input-size H W, or check that the model is an ONNX file",
-            ));
-        }
+        (Err(e), None) => return Err(UnreadableInputSize(e).into()),
     };
     let Some(input) = inputs.first() else {
         return Err(failure(

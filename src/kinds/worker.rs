@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::{Action, Host, InvocationContext, Requirements, StageError, StageKind};
 use crate::pipeline::parse_api::Parser;
-use crate::pipeline::{NamedInput, NamedOutput, SpanError};
+use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::workers::Worker;
 
 /// The version of the request file pochi writes for `pochi run-stage`.
@@ -339,6 +339,64 @@ pub fn primary_and_manifest(
         )?,
     ])
 }
+
+/// A key whose value is one of a closed set of names (`precision = "fp16"`): the enum lists
+/// its names once; a name parses to its value, an unknown one is an error with the nearest
+/// name as the hint.
+pub(crate) trait Choice: Copy + PartialEq + 'static {
+    /// Every value with its name as written (and as the worker and the key read it).
+    const ALL: &'static [(&'static str, Self)];
+
+    /// The value named `name`, if any.
+    fn named(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|&(_, value)| value)
+    }
+
+    /// The value's name as written.
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|&&(_, value)| value == self)
+            .map_or("", |&(name, _)| name)
+    }
+
+    /// The value `written` names, else "unknown WHAT `...`" at its span with a "did you mean".
+    fn parse(parser: &Parser, written: &Spanned<String>, what: &str) -> Result<Self, SpanError> {
+        let name = written.get_ref();
+        Self::named(name).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|&(known, _)| known).collect();
+            parser
+                .src
+                .error(written.span(), format!("unknown {what} `{name}`"))
+                .with_help(suggest::hint(name, &names))
+        })
+    }
+}
+
+/// Declares an enum of named values and its `Choice` (each name written once):
+/// `choice! { enum Precision { Fp16 = "fp16", Int8 = "int8" } }`.
+macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$variant_meta])* $variant),+
+        }
+
+        impl $crate::kinds::worker::Choice for $name {
+            const ALL: &'static [(&'static str, Self)] = &[$(($text, $name::$variant)),+];
+        }
+    };
+}
+pub(crate) use choice;
 
 /// `<dir>/<stem>.<suffix>` for `path` = `<dir>/<stem>.<ext>`.
 pub fn beside(path: &Path, suffix: &str) -> PathBuf {

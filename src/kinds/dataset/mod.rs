@@ -11,6 +11,7 @@ mod resample;
 mod run;
 mod source;
 mod transform;
+mod transform_keys;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -24,8 +25,10 @@ use super::worker::{Program, WorkerStage};
 use super::{Host, InvocationContext, KindInfo, Requirements, StageError, StageKind};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError};
+pub use run::DatasetError;
 use source::{Distribution, SyntheticSpec};
-use transform::{RawTransform, Transform, TransformSchema};
+use transform::Transform;
+use transform_keys::{RawTransform, TransformSchema};
 
 pub static INFO: KindInfo = KindInfo {
     name: "dataset",
@@ -100,9 +103,9 @@ pub struct FolderContents {
 
 /// Lists the folder `path` as a `source` would be; the error is the stage's own (an
 /// empty folder, mixed kinds, a stray file next to class folders).
-pub fn inspect_folder(path: &Path) -> Result<FolderContents, String> {
+pub fn inspect_folder(path: &Path) -> Result<FolderContents, DatasetError> {
     if !path.is_dir() {
-        return Err(format!("{} is not a folder", path.display()));
+        return Err(DatasetError::NotAFolder(path.to_path_buf()));
     }
     let listing = source::Listing::open(path, &path.display().to_string())?;
     Ok(FolderContents {
@@ -189,7 +192,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         .transform
         .iter()
         .flatten()
-        .map(|raw| transform::parse(parser, raw))
+        .map(|raw| transform_keys::parse(parser, raw))
         .collect::<Result<Vec<_>, _>>()?;
     let outputs = outputs(
         parser,
@@ -291,7 +294,7 @@ impl WorkerStage for Dataset {
         context: &InvocationContext,
         cancel: &AtomicBool,
     ) -> Result<Vec<String>, StageError> {
-        run::run(self, context, cancel).map_err(StageError::new)?;
+        run::run(self, context, cancel)?;
         Ok(Vec::new())
     }
 }

@@ -103,6 +103,22 @@ fn vertical(plane: &[u8], width: usize, c: &Coefficients) -> Vec<u8> {
     out
 }
 
+/// Why Pillow's resize cannot take a sample.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum PilError {
+    #[error(
+        "resize with backend = \"pil\" works on 8-bit images (whole values 0..255, before to_float), but the sample holds {value}; place the resize before to_float, scale and normalize, or use backend = \"tensor\""
+    )]
+    NotEightBit { value: f32 },
+    #[error("resize cannot map {}x{} to {}x{}: a side is 0", .size[0], .size[1], .target[0], .target[1])]
+    ZeroSide {
+        size: [usize; 2],
+        target: [usize; 2],
+    },
+    #[error(transparent)]
+    Shape(#[from] ndarray::ShapeError),
+}
+
 /// Resizes the last two axes of `sample` (every leading index, e.g. each RGB channel, is
 /// one 8-bit plane) to `[out_h, out_w]` as Pillow's `Image.resize` does. The values must
 /// be whole numbers in 0..=255, as decoded images are before `to_float`.
@@ -111,7 +127,7 @@ pub(super) fn resize(
     out_h: usize,
     out_w: usize,
     filter: Filter,
-) -> Result<ArrayD<f32>, String> {
+) -> Result<ArrayD<f32>, PilError> {
     let ndim = sample.ndim();
     let (h, w) = (sample.shape()[ndim - 2], sample.shape()[ndim - 1]);
     let bytes = to_u8(sample)?;
@@ -119,9 +135,10 @@ pub(super) fn resize(
     shape[ndim - 2] = out_h;
     shape[ndim - 1] = out_w;
     if h * w == 0 || out_h * out_w == 0 {
-        return Err(format!(
-            "resize cannot map {h}x{w} to {out_h}x{out_w}: a side is 0"
-        ));
+        return Err(PilError::ZeroSide {
+            size: [h, w],
+            target: [out_h, out_w],
+        });
     }
     let horizontal_pass = (out_w != w).then(|| coefficients(w, out_w, filter));
     let vertical_pass = (out_h != h).then(|| coefficients(h, out_h, filter));
@@ -151,7 +168,7 @@ pub(super) fn resize(
         }
         out.extend(plane.into_iter().map(f32::from));
     }
-    ArrayD::from_shape_vec(shape, out).map_err(|e| e.to_string())
+    Ok(ArrayD::from_shape_vec(shape, out)?)
 }
 
 /// Pillow 13's choice of pass order: vertical first when the height loses more than
@@ -163,16 +180,14 @@ fn vertical_first([h, w]: [usize; 2], [out_h, out_w]: [usize; 2]) -> bool {
 }
 
 /// The sample's values as bytes, or an error naming the first value that is not one.
-fn to_u8(sample: &ArrayD<f32>) -> Result<Vec<u8>, String> {
+fn to_u8(sample: &ArrayD<f32>) -> Result<Vec<u8>, PilError> {
     sample
         .iter()
         .map(|&v| {
             if (0.0..=255.0).contains(&v) && v.fract() == 0.0 {
                 Ok(v as u8)
             } else {
-                Err(format!(
-                    "resize with backend = \"pil\" works on 8-bit images (whole values 0..255, before to_float), but the sample holds {v}; place the resize before to_float, scale and normalize, or use backend = \"tensor\""
-                ))
+                Err(PilError::NotEightBit { value: v })
             }
         })
         .collect()

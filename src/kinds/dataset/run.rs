@@ -3,31 +3,94 @@
 //! labels and the manifest. Everything goes to the engine's temporary output paths.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use super::npy::NpyWriter;
-use super::source::{FileKind, Listing};
-use super::transform::{Backend, Resize, ResizeTo, Transform};
+use super::source::{FileKind, Listing, SourceError};
+use super::transform::{Backend, Resize, ResizeTo, Transform, TransformError};
 use super::{Dataset, FORMAT, Origin, random};
 use crate::kinds::InvocationContext;
 
 /// Samples decoded per chunk and thread: bounds memory while keeping threads busy.
 const CHUNK_PER_THREAD: usize = 4;
 
+/// Why a dataset stage failed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum DatasetError {
+    #[error("{} is not a folder", .0.display())]
+    NotAFolder(PathBuf),
+    #[error("internal error: the stage has no `source` input")]
+    NoSourceInput,
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot start decoding threads")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+    #[error("interrupted")]
+    Interrupted,
+    #[error(
+        "`resize` with backend = \"pil\" needs 8-bit images (an image folder, before to_float, scale or normalize); here the samples are {samples}: use backend = \"tensor\" or move the resize first"
+    )]
+    PilAfterFloats { samples: &'static str },
+    /// A step failed on one sample.
+    #[error("sample `{name}`")]
+    Step {
+        name: String,
+        #[source]
+        source: TransformError,
+    },
+    #[error(
+        "sample `{name}` has shape {shape:?} after the transforms; samples must be C x H x W or C x D x H x W (add {{ add_channel = true }} to give a D x H x W volume its channel axis)"
+    )]
+    VolumeLayout { name: String, shape: Vec<usize> },
+    #[error(
+        "samples differ in shape after the transforms: `{name}` is {shape:?} but `{first_name}` is {first_shape:?}; add a resize, center_crop or crop_or_pad so every sample ends the same size"
+    )]
+    ShapesDiffer {
+        name: String,
+        shape: Vec<usize>,
+        first_name: String,
+        first_shape: Vec<usize>,
+    },
+    #[error("the source has no samples")]
+    NoSamples,
+    #[error("cannot write {}", .path.display())]
+    CannotWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the data")]
+    WriteData(#[source] std::io::Error),
+    #[error("cannot write the labels")]
+    WriteLabels(#[source] std::io::Error),
+    #[error(transparent)]
+    Manifest(#[from] serde_json::Error),
+}
+
+impl DatasetError {
+    fn cannot_write(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + '_ {
+        move |source| DatasetError::CannotWrite {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 pub(super) fn run(
     dataset: &Dataset,
     context: &InvocationContext,
     cancel: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<(), DatasetError> {
     let (listing, shown_source) = match &dataset.origin {
         Origin::Source => {
             let path = context
                 .inputs
                 .get("source")
-                .ok_or("internal error: the stage has no `source` input")?;
+                .ok_or(DatasetError::NoSourceInput)?;
             let shown = path.display().to_string();
             (Listing::open(&context.dir.join(path), &shown)?, Some(shown))
         }
@@ -35,85 +98,16 @@ pub(super) fn run(
     };
     let selected = select(dataset, listing.len());
     let steps = effective_steps(&dataset.transforms, listing.is_images())?;
-
-    let pool = match dataset.threads {
-        Some(threads) => Some(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| format!("cannot start decoding threads: {e}"))?,
-        ),
-        None => None,
-    };
-    let threads = pool
-        .as_ref()
-        .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-    let chunk_len = (threads * CHUNK_PER_THREAD).max(8);
-
     let output = |key: &str| context.dir.join(&context.outputs[key]);
-    let mut writer: Option<NpyWriter> = None;
-    let mut first: Option<(Vec<usize>, String)> = None;
-    for chunk in selected.chunks(chunk_len) {
-        if cancel.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
-        }
-        let work = || {
-            chunk
-                .par_iter()
-                .map(|&index| prepare(&listing, &steps, index, cancel))
-                .collect::<Vec<_>>()
-        };
-        let samples = match &pool {
-            Some(pool) => pool.install(work),
-            None => work(),
-        };
-        for (sample, &index) in samples.into_iter().zip(chunk) {
-            let sample = sample?;
-            match &first {
-                None => {
-                    check_layout(&listing, &sample, index)?;
-                    let mut shape = vec![selected.len()];
-                    shape.extend_from_slice(sample.shape());
-                    let path = output("data");
-                    writer = Some(
-                        NpyWriter::create(&path, "<f4", &shape)
-                            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
-                    );
-                    first = Some((sample.shape().to_vec(), listing.name(index)));
-                }
-                Some((shape, name)) if shape.as_slice() != sample.shape() => {
-                    return Err(format!(
-                        "samples differ in shape after the transforms: `{}` is {:?} but `{name}` is {shape:?}; add a resize, center_crop or crop_or_pad so every sample ends the same size",
-                        listing.name(index),
-                        sample.shape()
-                    ));
-                }
-                Some(_) => {}
-            }
-            if let Some(writer) = writer.as_mut() {
-                writer
-                    .write_f32(sample.iter().copied())
-                    .map_err(|e| format!("cannot write the data: {e}"))?;
-            }
-        }
-    }
-    let (Some(writer), Some((sample_shape, _))) = (writer, first) else {
-        return Err("the source has no samples".into());
+    let samples = Samples {
+        listing: &listing,
+        steps: &steps,
+        selected: &selected,
     };
-    writer
-        .finish()
-        .map_err(|e| format!("cannot write the data: {e}"))?;
+    let sample_shape = samples.write(&output("data"), dataset.threads, cancel)?;
 
     let labels: Vec<i64> = selected.iter().map(|&index| listing.label(index)).collect();
-    let path = output("labels");
-    let mut label_writer = NpyWriter::create(&path, "<i8", &[labels.len()])
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    label_writer
-        .write_i64(labels.iter().copied())
-        .map_err(|e| format!("cannot write the labels: {e}"))?;
-    label_writer
-        .finish()
-        .map_err(|e| format!("cannot write the labels: {e}"))?;
+    write_labels(&output("labels"), &labels)?;
 
     let manifest = manifest(
         dataset,
@@ -124,10 +118,119 @@ pub(super) fn run(
         &sample_shape,
         &steps,
     );
-    let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_string_pretty(&manifest)?;
     text.push('\n');
     let path = output("manifest");
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(&path, text).map_err(DatasetError::cannot_write(&path))
+}
+
+/// The selected samples of a listing and the steps that prepare each.
+struct Samples<'a> {
+    listing: &'a Listing,
+    steps: &'a [Transform],
+    selected: &'a [usize],
+}
+
+impl Samples<'_> {
+    /// Decodes and transforms the samples in parallel chunks (on `threads` threads, else
+    /// rayon's default) and writes them in selection order to the `.npy` at `path`; returns
+    /// the shape of one sample.
+    fn write(
+        &self,
+        path: &Path,
+        threads: Option<usize>,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<usize>, DatasetError> {
+        let pool = match threads {
+            Some(threads) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(DatasetError::Threads)?,
+            ),
+            None => None,
+        };
+        let threads = pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let chunk_len = (threads * CHUNK_PER_THREAD).max(8);
+        let mut writer: Option<(NpyWriter, Vec<usize>, String)> = None;
+        for chunk in self.selected.chunks(chunk_len) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(DatasetError::Interrupted);
+            }
+            let work = || {
+                chunk
+                    .par_iter()
+                    .map(|&index| prepare(self.listing, self.steps, index, cancel))
+                    .collect::<Vec<_>>()
+            };
+            let samples = match &pool {
+                Some(pool) => pool.install(work),
+                None => work(),
+            };
+            for (sample, &index) in samples.into_iter().zip(chunk) {
+                let sample = sample?;
+                let (npy, ..) = match &mut writer {
+                    None => writer.insert(self.first(path, &sample, index)?),
+                    Some(open) => {
+                        self.check_same_shape(open, &sample, index)?;
+                        open
+                    }
+                };
+                npy.write_f32(sample.iter().copied())
+                    .map_err(DatasetError::WriteData)?;
+            }
+        }
+        let Some((npy, shape, _)) = writer else {
+            return Err(DatasetError::NoSamples);
+        };
+        npy.finish().map_err(DatasetError::WriteData)?;
+        Ok(shape)
+    }
+
+    /// The writer for every sample, opened at the first one (whose shape and name the
+    /// others are compared with).
+    fn first(
+        &self,
+        path: &Path,
+        sample: &ArrayD<f32>,
+        index: usize,
+    ) -> Result<(NpyWriter, Vec<usize>, String), DatasetError> {
+        check_layout(self.listing, sample, index)?;
+        let mut shape = vec![self.selected.len()];
+        shape.extend_from_slice(sample.shape());
+        let npy =
+            NpyWriter::create(path, "<f4", &shape).map_err(DatasetError::cannot_write(path))?;
+        Ok((npy, sample.shape().to_vec(), self.listing.name(index)))
+    }
+
+    fn check_same_shape(
+        &self,
+        (_, first_shape, first_name): &(NpyWriter, Vec<usize>, String),
+        sample: &ArrayD<f32>,
+        index: usize,
+    ) -> Result<(), DatasetError> {
+        if first_shape.as_slice() == sample.shape() {
+            return Ok(());
+        }
+        Err(DatasetError::ShapesDiffer {
+            name: self.listing.name(index),
+            shape: sample.shape().to_vec(),
+            first_name: first_name.clone(),
+            first_shape: first_shape.clone(),
+        })
+    }
+}
+
+/// The labels as an int64 `.npy` at `path`.
+fn write_labels(path: &Path, labels: &[i64]) -> Result<(), DatasetError> {
+    let mut writer = NpyWriter::create(path, "<i8", &[labels.len()])
+        .map_err(DatasetError::cannot_write(path))?;
+    writer
+        .write_i64(labels.iter().copied())
+        .map_err(DatasetError::WriteLabels)?;
+    writer.finish().map_err(DatasetError::WriteLabels)
 }
 
 /// The samples to take, in output order: every one in source order, or a seeded subset
@@ -152,7 +255,7 @@ fn select(dataset: &Dataset, total: usize) -> Vec<usize> {
 /// `pil` after such a step is an error. Images get an implicit `to_float` (ToTensor)
 /// unless the list places one: right before the first step that works on floats, as
 /// torchvision's `Resize`, `CenterCrop` on the PIL image then `ToTensor`.
-fn effective_steps(transforms: &[Transform], images: bool) -> Result<Vec<Transform>, String> {
+fn effective_steps(transforms: &[Transform], images: bool) -> Result<Vec<Transform>, DatasetError> {
     let placed = transforms
         .iter()
         .any(|step| matches!(step, Transform::ToFloat(_)));
@@ -171,14 +274,13 @@ fn effective_steps(transforms: &[Transform], images: bool) -> Result<Vec<Transfo
                 }
                 None => resize.backend = Some(Backend::Tensor),
                 Some(Backend::Pil) if !eight_bit => {
-                    return Err(format!(
-                        "`resize` with backend = \"pil\" needs 8-bit images (an image folder, before to_float, scale or normalize); here the samples are {}: use backend = \"tensor\" or move the resize first",
-                        if images {
+                    return Err(DatasetError::PilAfterFloats {
+                        samples: if images {
                             "floats already"
                         } else {
                             "read from .npy data"
-                        }
-                    ));
+                        },
+                    });
                 }
                 Some(_) => {}
             }
@@ -215,21 +317,22 @@ fn prepare(
     steps: &[Transform],
     index: usize,
     cancel: &AtomicBool,
-) -> Result<ArrayD<f32>, String> {
+) -> Result<ArrayD<f32>, DatasetError> {
     if cancel.load(Ordering::Relaxed) {
-        return Err("interrupted".into());
+        return Err(DatasetError::Interrupted);
     }
     let mut sample = listing.load(index)?;
     for step in steps {
-        sample = step
-            .apply(sample)
-            .map_err(|e| format!("sample `{}`: {e}", listing.name(index)))?;
+        sample = step.apply(sample).map_err(|source| DatasetError::Step {
+            name: listing.name(index),
+            source,
+        })?;
     }
     Ok(sample)
 }
 
 /// A folder of `.npy` volumes must end channels first: C x H x W or C x D x H x W.
-fn check_layout(listing: &Listing, sample: &ArrayD<f32>, index: usize) -> Result<(), String> {
+fn check_layout(listing: &Listing, sample: &ArrayD<f32>, index: usize) -> Result<(), DatasetError> {
     let volumes = matches!(
         listing,
         Listing::Files {
@@ -238,11 +341,10 @@ fn check_layout(listing: &Listing, sample: &ArrayD<f32>, index: usize) -> Result
         }
     );
     if volumes && !(3..=4).contains(&sample.ndim()) {
-        return Err(format!(
-            "sample `{}` has shape {:?} after the transforms; samples must be C x H x W or C x D x H x W (add {{ add_channel = true }} to give a D x H x W volume its channel axis)",
-            listing.name(index),
-            sample.shape()
-        ));
+        return Err(DatasetError::VolumeLayout {
+            name: listing.name(index),
+            shape: sample.shape().to_vec(),
+        });
     }
     Ok(())
 }

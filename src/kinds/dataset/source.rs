@@ -9,6 +9,82 @@ use ndarray_npy::{ReadNpyError, ReadNpyExt};
 
 use super::random;
 
+/// Why a source cannot be listed or a sample of it read.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SourceError {
+    #[error("cannot read source `{shown}`")]
+    CannotReadSource {
+        shown: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "source `{shown}` is a file but not a .npy array; give a folder of images or .npy files, or a .npy file"
+    )]
+    FileNotNpy { shown: String },
+    /// A file of the source (or the source's `.npy` itself) does not decode.
+    #[error("cannot read `{name}`")]
+    Unreadable {
+        name: String,
+        #[source]
+        source: FileError,
+    },
+    #[error(
+        "`{shown}` has shape {shape:?}; a .npy source needs the samples on its first axis (N x ...), N >= 1"
+    )]
+    NotSamples { shown: String, shape: Vec<usize> },
+    #[error("cannot list `{shown}`")]
+    CannotList {
+        shown: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "source `{shown}` has class folders but also `{stray}` directly inside it; move it into a class folder or remove it"
+    )]
+    StrayFile { shown: String, stray: String },
+    #[error(
+        "source `{shown}` has no images ({}) or .npy files",
+        image_extensions()
+    )]
+    NoFiles { shown: String },
+    #[error(
+        "source `{shown}` mixes images and .npy files (`{first}` and `{other}`); keep one kind per source"
+    )]
+    MixedKinds {
+        shown: String,
+        first: String,
+        other: String,
+    },
+    #[error(transparent)]
+    SyntheticShape(#[from] ndarray::ShapeError),
+}
+
+/// Why one file does not decode. The decoders' own errors are shown in the message (their
+/// text already holds their causes).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum FileError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Image(image::ImageError),
+    #[error("not a valid JPEG: {0}")]
+    Jpeg(turbojpeg::Error),
+    #[error("not a valid .npy file: {0}")]
+    Npy(ReadNpyError),
+    #[error("unsupported dtype {0}; use a real number type (float32, float64, int, uint or bool)")]
+    UnsupportedDtype(String),
+}
+
+/// The image extensions as a message lists them: `.jpg, .jpeg, ...`.
+fn image_extensions() -> String {
+    IMAGE_EXTENSIONS
+        .iter()
+        .map(|e| format!(".{e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// torchvision's `ImageFolder` extensions (`IMG_EXTENSIONS`): every file it reads is read.
 const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
@@ -69,21 +145,26 @@ pub(super) enum Distribution {
 
 impl Listing {
     /// Lists a folder or reads a `.npy` file at `root` (absolute); `shown` names it in errors.
-    pub(super) fn open(root: &Path, shown: &str) -> Result<Listing, String> {
-        let metadata =
-            std::fs::metadata(root).map_err(|e| format!("cannot read source `{shown}`: {e}"))?;
+    pub(super) fn open(root: &Path, shown: &str) -> Result<Listing, SourceError> {
+        let metadata = std::fs::metadata(root).map_err(|source| SourceError::CannotReadSource {
+            shown: shown.to_string(),
+            source,
+        })?;
         if metadata.is_file() {
             if extension(root).as_deref() != Some("npy") {
-                return Err(format!(
-                    "source `{shown}` is a file but not a .npy array; give a folder of images or .npy files, or a .npy file"
-                ));
+                return Err(SourceError::FileNotNpy {
+                    shown: shown.to_string(),
+                });
             }
-            let array = read_npy(root).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+            let array = read_npy(root).map_err(|source| SourceError::Unreadable {
+                name: shown.to_string(),
+                source,
+            })?;
             if array.ndim() < 2 || array.shape()[0] == 0 {
-                return Err(format!(
-                    "`{shown}` has shape {:?}; a .npy source needs the samples on its first axis (N x ...), N >= 1",
-                    array.shape()
-                ));
+                return Err(SourceError::NotSamples {
+                    shown: shown.to_string(),
+                    shape: array.shape().to_vec(),
+                });
             }
             return Ok(Listing::Array {
                 path: root.to_path_buf(),
@@ -103,7 +184,7 @@ impl Listing {
     }
 
     /// Sample `index`, decoded to float32 (images: 3 x H x W RGB with values 0..255).
-    pub(super) fn load(&self, index: usize) -> Result<ArrayD<f32>, String> {
+    pub(super) fn load(&self, index: usize) -> Result<ArrayD<f32>, SourceError> {
         match self {
             Listing::Files {
                 root, kind, files, ..
@@ -114,7 +195,10 @@ impl Listing {
                     FileKind::Images => decode_image(&path),
                     FileKind::Volumes => read_npy(&path),
                 }
-                .map_err(|e| format!("cannot read `{}`: {e}", file.relative))
+                .map_err(|source| SourceError::Unreadable {
+                    name: file.relative.clone(),
+                    source,
+                })
             }
             Listing::Array { array, .. } => Ok(array.index_axis(Axis(0), index).to_owned()),
             Listing::Synthetic(spec) => {
@@ -125,7 +209,7 @@ impl Listing {
                     spec.seed,
                     index as u64,
                 );
-                ArrayD::from_shape_vec(spec.shape.clone(), values).map_err(|e| e.to_string())
+                Ok(ArrayD::from_shape_vec(spec.shape.clone(), values)?)
             }
         }
     }
@@ -216,11 +300,15 @@ fn kind_of(path: &Path) -> Option<FileKind> {
 }
 
 /// Entries of `dir` that are not hidden, sorted by name: (name, path, is_dir).
-fn entries(dir: &Path, shown: &str) -> Result<Vec<(String, PathBuf, bool)>, String> {
-    let read = std::fs::read_dir(dir).map_err(|e| format!("cannot list `{shown}`: {e}"))?;
+fn entries(dir: &Path, shown: &str) -> Result<Vec<(String, PathBuf, bool)>, SourceError> {
+    let cannot_list = |source| SourceError::CannotList {
+        shown: shown.to_string(),
+        source,
+    };
+    let read = std::fs::read_dir(dir).map_err(cannot_list)?;
     let mut out = Vec::new();
     for entry in read {
-        let entry = entry.map_err(|e| format!("cannot list `{shown}`: {e}"))?;
+        let entry = entry.map_err(cannot_list)?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
@@ -242,7 +330,7 @@ fn walk(
     prefix: &str,
     depth: usize,
     out: &mut Vec<(String, FileKind)>,
-) -> Result<(), String> {
+) -> Result<(), SourceError> {
     for (name, path, is_dir) in entries(dir, prefix)? {
         let relative = format!("{prefix}/{name}");
         if is_dir {
@@ -256,7 +344,7 @@ fn walk(
     Ok(())
 }
 
-fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
+fn list_folder(root: &Path, shown: &str) -> Result<Listing, SourceError> {
     let top = entries(root, shown)?;
     let mut top_files: Vec<(String, FileKind)> = Vec::new();
     let mut classes = Vec::new();
@@ -284,28 +372,25 @@ fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
             .collect()
     } else {
         if let Some((stray, _)) = top_files.first() {
-            return Err(format!(
-                "source `{shown}` has class folders but also `{stray}` directly inside it; move it into a class folder or remove it"
-            ));
+            return Err(SourceError::StrayFile {
+                shown: shown.to_string(),
+                stray: stray.clone(),
+            });
         }
         class_files
     };
     let Some(first) = files.first() else {
-        return Err(format!(
-            "source `{shown}` has no images ({}) or .npy files",
-            IMAGE_EXTENSIONS
-                .iter()
-                .map(|e| format!(".{e}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(SourceError::NoFiles {
+            shown: shown.to_string(),
+        });
     };
     let kind = first.1;
     if let Some(other) = files.iter().find(|file| file.1 != kind) {
-        return Err(format!(
-            "source `{shown}` mixes images and .npy files (`{}` and `{}`); keep one kind per source",
-            first.0, other.0
-        ));
+        return Err(SourceError::MixedKinds {
+            shown: shown.to_string(),
+            first: first.0.clone(),
+            other: other.0.clone(),
+        });
     }
     let mut files: Vec<SourceFile> = files
         .into_iter()
@@ -323,18 +408,15 @@ fn list_folder(root: &Path, shown: &str) -> Result<Listing, String> {
 
 /// Decodes an image (any supported format, whatever its extension says) to RGB, as
 /// 3 x H x W float32 with values 0..255.
-fn decode_image(path: &Path) -> Result<ArrayD<f32>, String> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+fn decode_image(path: &Path) -> Result<ArrayD<f32>, FileError> {
+    let reader = image::ImageReader::open(path)?.with_guessed_format()?;
     if reader.format() == Some(image::ImageFormat::Jpeg) {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(path)?;
         if let Some(decoded) = decode_jpeg(&bytes)? {
             return Ok(planar(&decoded.pixels, decoded.width, decoded.height));
         }
     }
-    let image = pillow_rgb8(reader.decode().map_err(|e| e.to_string())?);
+    let image = pillow_rgb8(reader.decode().map_err(FileError::Image)?);
     let (width, height) = (image.width() as usize, image.height() as usize);
     Ok(planar(image.as_raw(), width, height))
 }
@@ -380,8 +462,8 @@ fn pillow_rgb8(image: image::DynamicImage) -> image::RgbImage {
 /// `Image.open(f).convert("RGB")` decodes it; grey JPEGs come out with R = G = B. `None`
 /// for CMYK/YCCK files, which Pillow converts with its own formula: those go through the
 /// `image` crate.
-fn decode_jpeg(bytes: &[u8]) -> Result<Option<turbojpeg::Image<Vec<u8>>>, String> {
-    let header = turbojpeg::read_header(bytes).map_err(|e| format!("not a valid JPEG: {e}"))?;
+fn decode_jpeg(bytes: &[u8]) -> Result<Option<turbojpeg::Image<Vec<u8>>>, FileError> {
+    let header = turbojpeg::read_header(bytes).map_err(FileError::Jpeg)?;
     if matches!(
         header.colorspace,
         turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
@@ -390,7 +472,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Option<turbojpeg::Image<Vec<u8>>>, String
     }
     turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB)
         .map(Some)
-        .map_err(|e| format!("not a valid JPEG: {e}"))
+        .map_err(FileError::Jpeg)
 }
 
 /// Interleaved RGB bytes (rows of `width * 3`) as a float32 `3 x height x width` array.
@@ -407,15 +489,15 @@ fn planar(pixels: &[u8], width: usize, height: usize) -> ArrayD<f32> {
 }
 
 /// Reads a `.npy` array of any real numeric dtype as float32.
-fn read_npy(path: &Path) -> Result<ArrayD<f32>, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+fn read_npy(path: &Path) -> Result<ArrayD<f32>, FileError> {
+    let bytes = std::fs::read(path)?;
     macro_rules! try_types {
         ($($t:ty),*) => {
             $(
                 match ArrayD::<$t>::read_npy(bytes.as_slice()) {
                     Ok(array) => return Ok(array.mapv(|v| v as f32)),
                     Err(ReadNpyError::WrongDescriptor(_)) => {}
-                    Err(error) => return Err(format!("not a valid .npy file: {error}")),
+                    Err(error) => return Err(FileError::Npy(error)),
                 }
             )*
         };
@@ -423,10 +505,10 @@ fn read_npy(path: &Path) -> Result<ArrayD<f32>, String> {
     try_types!(f32, f64, u8, i8, u16, i16, u32, i32, u64, i64);
     match ArrayD::<bool>::read_npy(bytes.as_slice()) {
         Ok(array) => Ok(array.mapv(|v| if v { 1.0 } else { 0.0 })),
-        Err(ReadNpyError::WrongDescriptor(descr)) => Err(format!(
-            "unsupported dtype {descr}; use a real number type (float32, float64, int, uint or bool)"
-        )),
-        Err(error) => Err(format!("not a valid .npy file: {error}")),
+        Err(ReadNpyError::WrongDescriptor(descr)) => {
+            Err(FileError::UnsupportedDtype(descr.to_string()))
+        }
+        Err(error) => Err(FileError::Npy(error)),
     }
 }
 
@@ -484,6 +566,7 @@ mod tests {
         assert!(
             list_folder(dir.path(), "vol")
                 .unwrap_err()
+                .to_string()
                 .contains("mixes")
         );
 
@@ -492,6 +575,7 @@ mod tests {
         assert!(
             list_folder(empty.path(), "e")
                 .unwrap_err()
+                .to_string()
                 .contains("has no images")
         );
 
@@ -501,6 +585,7 @@ mod tests {
         assert!(
             list_folder(stray.path(), "s")
                 .unwrap_err()
+                .to_string()
                 .contains("`b.png`")
         );
     }
@@ -510,6 +595,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("broken.png"), b"not a png").unwrap();
         let listing = list_folder(dir.path(), "src").unwrap();
-        assert!(listing.load(0).unwrap_err().contains("`broken.png`"));
+        assert!(
+            listing
+                .load(0)
+                .unwrap_err()
+                .to_string()
+                .contains("`broken.png`")
+        );
     }
 }

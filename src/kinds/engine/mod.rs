@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
 pub use self::probe::{STANDIN_ENV, TENSORRT};
 pub use self::shapes::{BatchRange, DYNAMIC_NEEDS_SIZE, Shapes, decide_shapes};
-use super::worker::{Program, WorkerStage};
+use super::worker::{Choice, Program, WorkerStage, choice};
 use super::{
     AcceleratorUse, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool,
     WithoutGpu,
@@ -27,7 +27,7 @@ use crate::host::AcceleratorFacts;
 use crate::onnx_info;
 use crate::pipeline::ByteSize;
 use crate::pipeline::parse_api::Parser;
-use crate::pipeline::{Device, NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::{Device, NamedInput, NamedOutput, SpanError};
 use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
@@ -46,8 +46,6 @@ pub const WORKER: Worker = Worker {
 
 /// pochitrain's default workspace: 1 GiB.
 pub const DEFAULT_WORKSPACE: u64 = 1 << 30;
-const DEFAULT_OPT_LEVEL: u32 = 3;
-const PRECISIONS: &[&str] = &["auto", "fp32", "fp16", "bf16", "int8", "fp8"];
 
 /// `kind = "engine"`: a TensorRT engine from an ONNX model.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -91,78 +89,101 @@ struct Engine {
     input_size: Option<Vec<u64>>,
     batch: Option<BatchRange>,
     workspace: u64,
-    precision: &'static str,
-    optimization_level: u32,
+    precision: Precision,
+    optimization_level: OptimizationLevel,
     inputs: Vec<NamedInput>,
     outputs: Vec<NamedOutput>,
 }
 
+choice! {
+    /// The precision the engine's layers must have.
+    enum Precision {
+        Auto = "auto",
+        Fp32 = "fp32",
+        Fp16 = "fp16",
+        Bf16 = "bf16",
+        Int8 = "int8",
+        Fp8 = "fp8",
+    }
+}
+
+/// TensorRT's builder optimization level, 0 to 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+struct OptimizationLevel(u32);
+
+impl OptimizationLevel {
+    /// TensorRT's default.
+    const DEFAULT: OptimizationLevel = OptimizationLevel(3);
+
+    fn parse(parser: &Parser, level: &Spanned<i64>) -> Result<Self, SpanError> {
+        match u32::try_from(*level.get_ref()) {
+            Ok(n) if n <= 5 => Ok(OptimizationLevel(n)),
+            _ => Err(parser
+                .src
+                .error(level.span(), "`optimization_level` must be 0 to 5")
+                .with_help("3 is TensorRT's default")),
+        }
+    }
+}
+
+/// `input_size`: [H, W] or [D, H, W] (a 1-axis size passes too), every size positive.
+fn input_size(parser: &Parser, size: &Spanned<Vec<i64>>) -> Result<Vec<u64>, SpanError> {
+    let list = size.get_ref();
+    if !(1..=3).contains(&list.len()) || list.iter().any(|&d| d <= 0) {
+        return Err(parser
+            .src
+            .error(
+                size.span(),
+                "`input_size` must be [H, W] or [D, H, W] of positive sizes",
+            )
+            .with_help("e.g. input_size = [224, 224] or input_size = [96, 96, 96]"));
+    }
+    Ok(list.iter().map(|&d| d as u64).collect())
+}
+
+impl BatchKeys {
+    /// The range as written (one size is min = opt = max): 1 or more, min <= opt <= max.
+    fn range(parser: &Parser, batch: &Spanned<BatchKeys>) -> Result<BatchRange, SpanError> {
+        let (min, opt, max) = match *batch.get_ref() {
+            BatchKeys::One(n) => (n, n, n),
+            BatchKeys::Range { min, opt, max } => (min, opt, max),
+        };
+        if min < 1 || !(min <= opt && opt <= max) {
+            return Err(parser
+                .src
+                .error(
+                    batch.span(),
+                    "`batch` must be 1 or more, with min <= opt <= max",
+                )
+                .with_help("e.g. batch = 1 or batch = { min = 1, opt = 4, max = 8 }"));
+        }
+        Ok(BatchRange {
+            min: min as u64,
+            opt: opt as u64,
+            max: max as u64,
+        })
+    }
+}
+
 fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError> {
     let keys: EngineKeys = parser.deserialize(value)?;
-    let src = parser.src;
     let inputs = vec![parser.input("onnx", &keys.onnx)?];
     let input_size = match &keys.input_size {
         None => None,
-        Some(size) => {
-            let list = size.get_ref();
-            if !(1..=3).contains(&list.len()) || list.iter().any(|&d| d <= 0) {
-                return Err(src
-                    .error(
-                        size.span(),
-                        "`input_size` must be [H, W] or [D, H, W] of positive sizes",
-                    )
-                    .with_help("e.g. input_size = [224, 224] or input_size = [96, 96, 96]"));
-            }
-            Some(list.iter().map(|&d| d as u64).collect())
-        }
+        Some(size) => Some(input_size(parser, size)?),
     };
     let batch = match &keys.batch {
         None => None,
-        Some(spanned) => {
-            let range = match *spanned.get_ref() {
-                BatchKeys::One(n) => (n, n, n),
-                BatchKeys::Range { min, opt, max } => (min, opt, max),
-            };
-            let (min, opt, max) = range;
-            if min < 1 || !(min <= opt && opt <= max) {
-                return Err(src
-                    .error(
-                        spanned.span(),
-                        "`batch` must be 1 or more, with min <= opt <= max",
-                    )
-                    .with_help("e.g. batch = 1 or batch = { min = 1, opt = 4, max = 8 }"));
-            }
-            Some(BatchRange {
-                min: min as u64,
-                opt: opt as u64,
-                max: max as u64,
-            })
-        }
+        Some(batch) => Some(BatchKeys::range(parser, batch)?),
     };
     let precision = match &keys.precision {
-        None => "auto",
-        Some(p) => match PRECISIONS
-            .iter()
-            .find(|known| **known == p.get_ref().as_str())
-        {
-            Some(known) => *known,
-            None => {
-                return Err(src
-                    .error(p.span(), format!("unknown precision `{}`", p.get_ref()))
-                    .with_help(suggest::hint(p.get_ref(), PRECISIONS)));
-            }
-        },
+        None => Precision::Auto,
+        Some(precision) => Precision::parse(parser, precision, "precision")?,
     };
     let optimization_level = match &keys.optimization_level {
-        None => DEFAULT_OPT_LEVEL,
-        Some(level) => match u32::try_from(*level.get_ref()) {
-            Ok(n) if n <= 5 => n,
-            _ => {
-                return Err(src
-                    .error(level.span(), "`optimization_level` must be 0 to 5")
-                    .with_help("3 is TensorRT's default"));
-            }
-        },
+        None => OptimizationLevel::DEFAULT,
+        Some(level) => OptimizationLevel::parse(parser, level)?,
     };
     let outputs = super::worker::primary_and_manifest(
         parser,
@@ -203,9 +224,12 @@ fn timing_cache(found: Option<&AcceleratorFacts>) -> Option<PathBuf> {
 impl Engine {
     /// The shapes for the ONNX at `onnx` (relative to `dir`).
     fn shapes(&self, dir: &Path, onnx: &Path) -> Result<Shapes, StageError> {
-        let graph_inputs = onnx_info::read_inputs(&dir.join(onnx)).map_err(StageError::new)?;
-        decide_shapes(&graph_inputs, self.input_size.as_deref(), self.batch)
-            .map_err(StageError::new)
+        let graph_inputs = onnx_info::read_inputs(&dir.join(onnx))?;
+        Ok(decide_shapes(
+            &graph_inputs,
+            self.input_size.as_deref(),
+            self.batch,
+        )?)
     }
 }
 
@@ -229,7 +253,7 @@ impl WorkerStage for Engine {
             "input_size": self.input_size,
             "batch": self.batch,
             "workspace": self.workspace,
-            "precision": self.precision,
+            "precision": self.precision.name(),
             "optimization_level": self.optimization_level,
             "tensorrt": host.accelerator(TENSORRT.id).filter(|t| t.is_target()).map(|t| json!({
                 "version": t.version,
@@ -289,7 +313,7 @@ impl WorkerStage for Engine {
             "onnx": context.dir.join(&onnx).to_string_lossy(),
             "shapes": shapes,
             "workspace": self.workspace,
-            "precision": self.precision,
+            "precision": self.precision.name(),
             "optimization_level": self.optimization_level,
             "timing_cache": timing_cache(context.host.accelerator(TENSORRT.id)).map(|p| p.to_string_lossy().into_owned()),
             "outputs": { "engine": path("engine"), "manifest": path("manifest") },

@@ -15,10 +15,10 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::StageKind;
-use super::worker::{Program, WorkerStage};
+use super::worker::{Choice, Program, WorkerStage, choice};
 use super::{Host, InvocationContext, KindInfo, Requirements, StageError, Tool};
 use crate::pipeline::parse_api::Parser;
-use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
+use crate::pipeline::{NamedInput, NamedOutput, SpanError};
 use crate::toolchain::workers::Worker;
 
 pub static INFO: KindInfo = KindInfo {
@@ -36,15 +36,6 @@ pub const WORKER: Worker = Worker {
 };
 
 const MODULES: &[&str] = &["numpy", "onnx", "onnxruntime", "modelopt"];
-const PRECISIONS: &[&str] = &["fp16", "bf16", "int8", "fp8"];
-const METHODS: &[&str] = &[
-    "entropy",
-    "max",
-    "minmax",
-    "percentile",
-    "awq_clip",
-    "rtn_dq",
-];
 
 /// `kind = "quantize"`: precision baked into the ONNX.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -100,12 +91,10 @@ struct CalibrationKeys {
 
 #[derive(Debug)]
 struct Quantize {
-    precision: &'static str,
-    samples: Option<u64>,
-    batch_size: u64,
-    method: Option<String>,
+    precision: Precision,
+    calibration: Calibration,
     keep_fp32: Vec<String>,
-    high_precision: &'static str,
+    high_precision: HighPrecision,
     /// `range_check = false` (None: ModelOpt's default range check).
     range_check: Option<bool>,
     /// `input_size = [H, W]` or `[D, H, W]`, for a model with dynamic spatial axes.
@@ -114,90 +103,142 @@ struct Quantize {
     outputs: Vec<NamedOutput>,
 }
 
+choice! {
+    /// The precision baked into the ONNX.
+    enum Precision {
+        Fp16 = "fp16",
+        Bf16 = "bf16",
+        Int8 = "int8",
+        Fp8 = "fp8",
+    }
+}
+
+impl Precision {
+    /// int8 and fp8: ModelOpt's PTQ, calibrated on data.
+    fn calibrated(self) -> bool {
+        matches!(self, Precision::Int8 | Precision::Fp8)
+    }
+
+    /// fp16 and bf16: ModelOpt's AutoCast.
+    fn autocast(self) -> bool {
+        !self.calibrated()
+    }
+}
+
+choice! {
+    /// How the calibration computes its ranges.
+    enum Method {
+        Entropy = "entropy",
+        Max = "max",
+        MinMax = "minmax",
+        Percentile = "percentile",
+        AwqClip = "awq_clip",
+        RtnDq = "rtn_dq",
+    }
+}
+
+choice! {
+    /// The type of what int8/fp8 leaves unquantized.
+    enum HighPrecision {
+        Fp16 = "fp16",
+        Fp32 = "fp32",
+    }
+}
+
+impl HighPrecision {
+    fn parse(parser: &Parser, written: &Spanned<String>) -> Result<Self, SpanError> {
+        HighPrecision::named(written.get_ref()).ok_or_else(|| {
+            parser
+                .src
+                .error(
+                    written.span(),
+                    format!(
+                        "`high_precision = \"{}\"` is not a setting",
+                        written.get_ref()
+                    ),
+                )
+                .with_help("use \"fp16\" (the default) or \"fp32\"")
+        })
+    }
+}
+
+/// The calibration's settings (int8/fp8 with `calibration`; none otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Calibration {
+    samples: Option<u64>,
+    batch_size: u64,
+    method: Option<Method>,
+}
+
+impl Calibration {
+    const NONE: Calibration = Calibration {
+        samples: None,
+        batch_size: 1,
+        method: None,
+    };
+
+    /// `calibration = { ... }` checked against the precision; its data becomes the
+    /// `calibration_data` input.
+    fn parse(
+        parser: &Parser,
+        keys: &QuantizeKeys,
+        precision: Precision,
+        inputs: &mut Vec<NamedInput>,
+    ) -> Result<Calibration, SpanError> {
+        let src = parser.src;
+        let name = precision.name();
+        let calibration = match (&keys.calibration, precision.calibrated()) {
+            (None, true) if keys.calibration_cache.is_none() => {
+                return Err(src
+                    .error(keys.precision.span(), format!("{name} needs calibration data"))
+                    .with_help("add calibration = { data = \"@calib\", samples = 500, batch_size = 1, method = \"entropy\" } with a dataset stage `calib`"));
+            }
+            (Some(calibration), false) => {
+                return Err(src
+                    .error(calibration.span(), format!("{name} needs no calibration"))
+                    .with_help("remove `calibration`; it is for int8 and fp8"));
+            }
+            (Some(calibration), true) => calibration,
+            _ => return Ok(Calibration::NONE),
+        };
+        let span = calibration.span();
+        let c = calibration.get_ref();
+        inputs.push(parser.input(
+            "calibration_data",
+            &Spanned::new(span.clone(), c.data.clone()),
+        )?);
+        if c.samples == Some(0) || c.batch_size == Some(0) {
+            return Err(src.error(span, "`samples` and `batch_size` must be 1 or more"));
+        }
+        let method = match &c.method {
+            None => Method::Entropy,
+            Some(m) => Method::parse(parser, &Spanned::new(span, m.clone()), "calibration method")?,
+        };
+        Ok(Calibration {
+            samples: c.samples,
+            batch_size: c.batch_size.unwrap_or(1),
+            method: Some(method),
+        })
+    }
+}
+
 fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError> {
     let keys: QuantizeKeys = parser.deserialize(value)?;
-    let src = parser.src;
     let mut inputs = vec![parser.input("onnx", &keys.onnx)?];
-    let precision = match PRECISIONS
-        .iter()
-        .find(|p| **p == keys.precision.get_ref().as_str())
-    {
-        Some(p) => *p,
-        None => {
-            return Err(src
-                .error(
-                    keys.precision.span(),
-                    format!("unknown precision `{}`", keys.precision.get_ref()),
-                )
-                .with_help(suggest::hint(keys.precision.get_ref(), PRECISIONS)));
-        }
-    };
-    let calibrated = matches!(precision, "int8" | "fp8");
-    let (mut samples, mut batch_size, mut method) = (None, 1, None);
-    match (&keys.calibration, calibrated) {
-        (None, true) if keys.calibration_cache.is_none() => {
-            return Err(src
-                .error(keys.precision.span(), format!("{precision} needs calibration data"))
-                .with_help("add calibration = { data = \"@calib\", samples = 500, batch_size = 1, method = \"entropy\" } with a dataset stage `calib`"));
-        }
-        (Some(calibration), false) => {
-            return Err(src
-                .error(
-                    calibration.span(),
-                    format!("{precision} needs no calibration"),
-                )
-                .with_help("remove `calibration`; it is for int8 and fp8"));
-        }
-        (Some(calibration), true) => {
-            let c = calibration.get_ref();
-            inputs.push(parser.input(
-                "calibration_data",
-                &Spanned::new(calibration.span(), c.data.clone()),
-            )?);
-            if c.samples == Some(0) || c.batch_size == Some(0) {
-                return Err(src.error(
-                    calibration.span(),
-                    "`samples` and `batch_size` must be 1 or more",
-                ));
-            }
-            samples = c.samples;
-            batch_size = c.batch_size.unwrap_or(1);
-            if let Some(m) = &c.method
-                && !METHODS.contains(&m.as_str())
-            {
-                return Err(src
-                    .error(
-                        calibration.span(),
-                        format!("unknown calibration method `{m}`"),
-                    )
-                    .with_help(suggest::hint(m, METHODS)));
-            }
-            method = Some(c.method.clone().unwrap_or_else(|| "entropy".into()));
-        }
-        _ => {}
-    }
+    let precision = Precision::parse(parser, &keys.precision, "precision")?;
+    let calibration = Calibration::parse(parser, &keys, precision, &mut inputs)?;
     if let Some(cache) = &keys.calibration_cache {
-        if precision != "int8" {
-            return Err(src
+        if precision != Precision::Int8 {
+            return Err(parser
+                .src
                 .error(cache.span(), "`calibration_cache` is for int8")
                 .with_help("remove it, or set precision = \"int8\""));
         }
         inputs.push(parser.input("calibration_cache", cache)?);
     }
     let high_precision = match &keys.high_precision {
-        None => "fp16",
-        Some(h) => match h.get_ref().as_str() {
-            "fp16" => "fp16",
-            "fp32" => "fp32",
-            other => {
-                return Err(src
-                    .error(
-                        h.span(),
-                        format!("`high_precision = \"{other}\"` is not a setting"),
-                    )
-                    .with_help("use \"fp16\" (the default) or \"fp32\""));
-            }
-        },
+        None => HighPrecision::Fp16,
+        Some(written) => HighPrecision::parse(parser, written)?,
     };
     let input_size = autocast_keys(parser, &keys, precision)?;
     let outputs = super::worker::primary_and_manifest(
@@ -211,9 +252,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         range_check: keys.range_check.as_ref().map(|c| *c.get_ref()),
         input_size,
         precision,
-        samples,
-        batch_size,
-        method,
+        calibration,
         keep_fp32: keys.keep_fp32,
         high_precision,
         inputs,
@@ -225,9 +264,9 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
 fn autocast_keys(
     parser: &Parser,
     keys: &QuantizeKeys,
-    precision: &str,
+    precision: Precision,
 ) -> Result<Option<Vec<u64>>, SpanError> {
-    let autocast = matches!(precision, "fp16" | "bf16");
+    let autocast = precision.autocast();
     let spans = [
         ("range_check", keys.range_check.as_ref().map(Spanned::span)),
         ("input_size", keys.input_size.as_ref().map(Spanned::span)),
@@ -264,19 +303,19 @@ impl Quantize {
         let calibration = path(&context.inputs, "calibration_data").map(|data| {
             json!({
                 "data": data,
-                "samples": self.samples,
-                "batch_size": self.batch_size,
-                "method": self.method,
+                "samples": self.calibration.samples,
+                "batch_size": self.calibration.batch_size,
+                "method": self.calibration.method.map(Choice::name),
             })
         });
         json!({
             "protocol": 1,
             "onnx": path(&context.inputs, "onnx"),
-            "precision": self.precision,
+            "precision": self.precision.name(),
             "calibration": calibration,
             "keep_fp32": self.keep_fp32,
             "calibration_cache": path(&context.inputs, "calibration_cache"),
-            "high_precision": self.high_precision,
+            "high_precision": self.high_precision.name(),
             "range_check": self.range_check,
             "input_size": self.input_size,
             "outputs": {
@@ -302,12 +341,12 @@ impl WorkerStage for Quantize {
 
     fn params(&self, _host: &Host) -> Value {
         let mut params = json!({
-            "precision": self.precision,
-            "samples": self.samples,
-            "batch_size": self.batch_size,
-            "method": self.method,
+            "precision": self.precision.name(),
+            "samples": self.calibration.samples,
+            "batch_size": self.calibration.batch_size,
+            "method": self.calibration.method.map(Choice::name),
             "keep_fp32": self.keep_fp32,
-            "high_precision": self.high_precision,
+            "high_precision": self.high_precision.name(),
             "worker": WORKER.hash(),
         });
         // Only when given, so that other stages' keys stay as they were.
