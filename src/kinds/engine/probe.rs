@@ -113,7 +113,7 @@ fn probe_through(python: &Path, cache: Option<&cache::CacheDir>) -> Probe {
     if let Some(entry) = cached {
         return entry.probe;
     }
-    let found = run_probe(python).unwrap_or_else(failed_probe);
+    let found = run_probe(python).unwrap_or_else(|error| failed_probe(error.to_string()));
     if let Some(file) = &cache_file {
         let entry = CachedProbe {
             key: disk_key,
@@ -177,25 +177,43 @@ fn probe_key(python: &Path) -> ProbeKey {
     }
 }
 
-fn run_probe(python: &Path) -> Result<Probe, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+/// Why the probe found nothing (its text is what the host records as the error).
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("{0}")]
+    Scratch(std::io::Error),
+    #[error("{0}")]
+    Script(std::io::Error),
+    #[error("cannot run {}: {source}", python.display())]
+    Run {
+        python: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the TensorRT probe gave no answer: {stderr}")]
+    NoAnswer { stderr: String },
+    #[error("{0}")]
+    Answer(serde_json::Error),
+}
+
+fn run_probe(python: &Path) -> Result<Probe, ProbeError> {
+    let dir = tempfile::tempdir().map_err(ProbeError::Scratch)?;
     let result = dir.path().join("probe.json");
     let script = ENGINE.path();
     if !script.exists()
         && let Ok(cache) = cache::CacheDir::from_env()
     {
-        ENGINE.materialize(&cache).map_err(|e| e.to_string())?;
+        ENGINE.materialize(&cache).map_err(ProbeError::Script)?;
     }
     let output =
         crate::toolchain::run_script(python, &script, &["--probe".as_ref(), result.as_os_str()])
-            .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    let text = std::fs::read(&result).map_err(|_| {
-        format!(
-            "the TensorRT probe gave no answer: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )
+            .map_err(|source| ProbeError::Run {
+                python: python.to_path_buf(),
+                source,
+            })?;
+    let text = std::fs::read(&result).map_err(|_| ProbeError::NoAnswer {
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
     })?;
-    serde_json::from_slice::<Probe>(&text).map_err(|e| e.to_string())
+    serde_json::from_slice::<Probe>(&text).map_err(ProbeError::Answer)
 }
 
 #[cfg(test)]

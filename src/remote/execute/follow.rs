@@ -153,7 +153,7 @@ impl Follower<'_> {
                             ExecutionError::Remote(RemoteError::Protocol {
                                 endpoint: self.grpc.name().to_owned(),
                                 what: "Execute answer",
-                                detail,
+                                detail: detail.to_string(),
                             })
                         });
                     }

@@ -112,17 +112,28 @@ pub(crate) enum Verdict {
     Refused(Refusal, Option<Box<re::ExecuteResponse>>),
 }
 
+/// What is malformed in a done operation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum MalformedOperation {
+    #[error("a done operation with neither a response nor an error")]
+    Empty,
+    #[error("an operation response of type `{0}`")]
+    OtherType(String),
+    #[error("an undecodable ExecuteResponse ({0})")]
+    Undecodable(String),
+}
+
 /// The verdict of a done operation; `Err` says what is malformed.
-pub(crate) fn verdict(operation: &Operation) -> Result<Verdict, String> {
+pub(crate) fn verdict(operation: &Operation) -> Result<Verdict, MalformedOperation> {
     match &operation.result {
-        None => Err("a done operation with neither a response nor an error".into()),
+        None => Err(MalformedOperation::Empty),
         Some(operation::Result::Error(status)) => Ok(judge(Refusal::of_status(status), None)),
         Some(operation::Result::Response(any)) => {
             if type_name(any) != RESPONSE {
-                return Err(format!("an operation response of type `{}`", any.type_url));
+                return Err(MalformedOperation::OtherType(any.type_url.clone()));
             }
             let response = re::ExecuteResponse::decode(any.value.as_slice())
-                .map_err(|e| format!("an undecodable ExecuteResponse ({e})"))?;
+                .map_err(|e| MalformedOperation::Undecodable(e.to_string()))?;
             match &response.status {
                 Some(status) if status.code != Code::Ok as i32 => {
                     Ok(judge(Refusal::of_status(status), Some(Box::new(response))))
