@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::cache::LocalCache;
 use crate::driver::remote::RemoteExecution;
-use crate::remote::{Endpoint, RemoteCache, RemoteExecutor, RemoteTier};
+use crate::remote::{Endpoint, RemoteCache, RemoteExecutor, RemoteTier, TlsPaths, TlsSettings};
 use crate::toolchain::cache::CacheDir;
 
 #[derive(Debug, Clone, Args)]
@@ -37,6 +37,17 @@ pub struct RemoteArgs {
     /// chunk), before the server is given up for the build.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub remote_timeout: u64,
+    /// A CA certificate (PEM; several may follow each other) that signed the remote
+    /// servers' certificates, trusted in addition to the Mozilla roots (grpcs://, https://).
+    #[arg(long, value_name = "FILE", env = "POCHI_TLS_CA_CERT")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for servers that require one (mTLS); needs
+    /// --tls-client-key.
+    #[arg(long, value_name = "FILE", env = "POCHI_TLS_CLIENT_CERT")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", env = "POCHI_TLS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
     /// Run stages on a Remote Execution API farm (grpc:// or grpcs://; BuildBuddy,
     /// Buildbarn, NativeLink, BuildGrid...). Implies --remote-cache at the same URL unless
     /// that names another. Which stages go there: `executor` in the pipeline (docs/remote.md).
@@ -88,7 +99,8 @@ impl RemoteArgs {
             .transpose()
     }
 
-    /// An endpoint for `url` with the instance, headers and timeout given.
+    /// An endpoint for `url` with the instance, headers, timeout and TLS files given (the
+    /// files are read and checked now).
     fn endpoint_of(&self, url: &str, flag: &str) -> miette::Result<Endpoint> {
         let bad = |error: crate::remote::EndpointError| {
             super::output::failure(
@@ -96,9 +108,15 @@ impl RemoteArgs {
                 format!("see `pochi build --help` and docs/remote.md for the forms {flag} takes"),
             )
         };
+        let tls = TlsSettings::load(&TlsPaths {
+            ca_cert: self.tls_ca_cert.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+        })?;
         let mut endpoint = Endpoint::parse(url)
             .map_err(bad)?
-            .with_timeout(Duration::from_secs(self.remote_timeout));
+            .with_timeout(Duration::from_secs(self.remote_timeout))
+            .with_tls(tls);
         if let Some(instance) = &self.remote_instance {
             endpoint = endpoint.with_instance(instance);
         }
@@ -115,10 +133,17 @@ impl RemoteArgs {
         };
         let endpoint = self.endpoint_of(url, "--remote-executor")?;
         let unusable = |error: crate::remote::RemoteError| {
+            let hint = miette::Diagnostic::help(&error).map_or_else(
+                || {
+                    "check --remote-executor, --remote-instance and --remote-header; stages with \
+                 `executor = \"auto\"` run locally without --remote-executor"
+                        .to_string()
+                },
+                |help| help.to_string(),
+            );
             super::output::failure(
                 format!("the remote executor {endpoint} cannot be used: {error}"),
-                "check --remote-executor, --remote-instance and --remote-header; stages with \
-                 `executor = \"auto\"` run locally without --remote-executor",
+                hint,
             )
         };
         let executor = RemoteExecutor::connect(&endpoint).map_err(unusable)?;
@@ -145,10 +170,17 @@ impl RemoteArgs {
             return Ok(None);
         };
         let unusable = |error: crate::remote::RemoteError| {
+            let hint = miette::Diagnostic::help(&error).map_or_else(
+                || {
+                    "check --remote-cache, --remote-instance and --remote-header; without \
+                 --remote-cache-required pochi builds locally instead"
+                        .to_string()
+                },
+                |help| help.to_string(),
+            );
             super::output::failure(
                 format!("the remote cache {endpoint} cannot be used: {error}"),
-                "check --remote-cache, --remote-instance and --remote-header; without \
-                 --remote-cache-required pochi builds locally instead",
+                hint,
             )
         };
         let remote =

@@ -166,6 +166,8 @@ fn takes_the_server_out(error: &RemoteError) -> bool {
             | RemoteError::Timeout { .. }
             | RemoteError::Stalled { .. }
             | RemoteError::PermissionDenied { .. }
+            | RemoteError::ServerCertificate { .. }
+            | RemoteError::ClientCertificate { .. }
             | RemoteError::UnsupportedDigestFunction { .. }
             | RemoteError::Runtime(_)
     )

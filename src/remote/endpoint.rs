@@ -1,11 +1,13 @@
 //! Where a remote server is and how to talk to it: the URL (gRPC or Bazel's HTTP cache,
-//! plain or TLS), the REAPI instance name, extra headers (auth tokens) and timeouts.
+//! plain or TLS), the REAPI instance name, extra headers (auth tokens), timeouts, and the
+//! TLS settings beyond the Mozilla roots (a company CA, a client certificate).
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use super::error::EndpointError;
+use super::tls::TlsSettings;
 
 /// The wire protocol a URL's scheme selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,7 @@ pub struct Endpoint {
     headers: Vec<(String, String)>,
     timeout: Duration,
     connect_timeout: Duration,
+    tls: TlsSettings,
 }
 
 /// Default limit for one call (a unary RPC, or the wait for each chunk of a stream).
@@ -106,6 +109,7 @@ impl Endpoint {
             headers: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: TlsSettings::default(),
         })
     }
 
@@ -131,6 +135,12 @@ impl Endpoint {
     /// Sets the limit for opening a connection.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the extra CAs and the client certificate (used by `grpcs://` and `https://`).
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -168,13 +178,22 @@ impl Endpoint {
         self.connect_timeout
     }
 
-    /// `scheme://host:port`, the address a transport dials (`http`/`https` for gRPC too).
-    pub fn origin(&self) -> String {
-        let tls = matches!(
+    /// The TLS settings beyond the Mozilla roots (empty unless `with_tls` set some).
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Whether the URL asks for TLS (`grpcs://`, `https://`).
+    pub fn is_tls(&self) -> bool {
+        matches!(
             self.protocol,
             Protocol::Grpc { tls: true } | Protocol::Http { tls: true }
-        );
-        let scheme = if tls { "https" } else { "http" };
+        )
+    }
+
+    /// `scheme://host:port`, the address a transport dials (`http`/`https` for gRPC too).
+    pub fn origin(&self) -> String {
+        let scheme = if self.is_tls() { "https" } else { "http" };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {

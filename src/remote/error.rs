@@ -35,11 +35,86 @@ pub enum EndpointError {
     ExecutorScheme { url: String },
 }
 
+/// A TLS file (`--tls-ca-cert`, `--tls-client-cert`, `--tls-client-key`) pochi cannot use.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum TlsError {
+    #[error("cannot read {file} `{}`: {error}", path.display())]
+    #[diagnostic(help("give {flag} the path of a readable PEM file"))]
+    Read {
+        file: String,
+        flag: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{file} `{}` is not usable: {detail}", path.display())]
+    #[diagnostic(help(
+        "give {flag} a PEM file (`-----BEGIN ...-----` blocks); convert a DER file with \
+         `openssl x509 -inform der -in FILE -out FILE.pem` (a key: `openssl pkey -inform der`)"
+    ))]
+    Malformed {
+        file: String,
+        flag: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error(
+        "the key `{}` (--tls-client-key) does not belong to the certificate `{}` \
+         (--tls-client-cert)", key.display(), certificate.display()
+    )]
+    #[diagnostic(help(
+        "give the key the certificate was made for: `openssl x509 -noout -pubkey -in CERT` \
+         and `openssl pkey -pubout -in KEY` print the same public key for a matching pair"
+    ))]
+    KeyMismatch { certificate: PathBuf, key: PathBuf },
+    #[error("the key `{}` (--tls-client-key) cannot sign: {detail}", path.display())]
+    #[diagnostic(help("give an RSA, ECDSA (P-256, P-384) or Ed25519 key in PEM"))]
+    UnusableKey { path: PathBuf, detail: String },
+    #[error("{given} is given without {missing}")]
+    #[diagnostic(help(
+        "a client certificate (mTLS) needs both the certificate and its key: give {missing} \
+         too, or neither"
+    ))]
+    HalfIdentity { given: String, missing: String },
+    #[error("cannot set up TLS for {endpoint}: {detail}")]
+    Setup { endpoint: String, detail: String },
+}
+
 /// An operation against a remote cache or executor that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum RemoteError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Tls(#[from] TlsError),
+    /// The server's certificate did not verify against the trusted roots.
+    #[error(
+        "the certificate of the remote server {endpoint} does not verify ({detail}) for \
+         {operation}: pochi trusts the Mozilla roots and the CA given with --tls-ca-cert"
+    )]
+    #[diagnostic(help(
+        "give the CA that signed the server's certificate with --tls-ca-cert FILE (or \
+         POCHI_TLS_CA_CERT); if the certificate is for another name, use that name in the URL"
+    ))]
+    ServerCertificate {
+        endpoint: String,
+        operation: &'static str,
+        detail: String,
+    },
+    /// The server refused the client's certificate, or its absence (mTLS).
+    #[error(
+        "the remote server {endpoint} did not accept the TLS connection for {operation} \
+         without a client certificate it trusts (--tls-client-cert, --tls-client-key): {detail}"
+    )]
+    #[diagnostic(help(
+        "give a client certificate the server trusts and its key with --tls-client-cert FILE \
+         --tls-client-key FILE (or POCHI_TLS_CLIENT_CERT, POCHI_TLS_CLIENT_KEY)"
+    ))]
+    ClientCertificate {
+        endpoint: String,
+        operation: &'static str,
+        detail: String,
+    },
     #[error(
         "cannot reach the remote server {endpoint} for {operation}: {detail}; check the \
          address and that the server is running"
@@ -161,6 +236,7 @@ pub enum RemoteError {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ExecutionError {
     #[error(transparent)]
+    #[diagnostic(transparent)]
     Remote(#[from] RemoteError),
     #[error(
         "no worker of the farm took the action within {}: no worker offers {}",

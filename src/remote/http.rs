@@ -13,7 +13,8 @@ use prost::Message;
 
 use super::digest::{Digest, DigestFunction, Hasher};
 use super::endpoint::Endpoint;
-use super::error::RemoteError;
+use super::error::{RemoteError, TlsError};
+use super::tls::ClientCertificateProbe;
 use super::verify::{Sink, VerifiedBytes, VerifiedFile};
 use super::{Blob, CacheBackend, Capabilities, is_empty_blob};
 
@@ -30,6 +31,7 @@ pub struct HttpClient {
     endpoint: Endpoint,
     name: String,
     base: String,
+    tls_probe: ClientCertificateProbe,
 }
 
 impl HttpClient {
@@ -46,12 +48,14 @@ impl HttpClient {
             .timeout_per_read(timeout)
             .timeout_per_write(timeout)
             .user_agent(concat!("pochi/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls_config(endpoint)?)
             .build();
         Ok(HttpClient {
             agent: config.into(),
             name: endpoint.to_string(),
             base: format!("{}{}", endpoint.origin(), endpoint.prefix()),
             endpoint: endpoint.clone(),
+            tls_probe: ClientCertificateProbe::default(),
         })
     }
 
@@ -111,6 +115,15 @@ impl HttpClient {
             .filter(|c| !c.is_control() || *c == ' ')
             .take(200)
             .collect();
+        // nginx answers a missing or refused client certificate (`ssl_verify_client on`)
+        // with a 400 page rather than a TLS alert.
+        if status == 400 && text.contains("SSL certificate") {
+            return RemoteError::ClientCertificate {
+                endpoint: self.name.clone(),
+                operation,
+                detail: format!("HTTP {status}: {}", without_tags(&text)),
+            };
+        }
         RemoteError::Server {
             endpoint: self.name.clone(),
             operation,
@@ -124,6 +137,14 @@ impl HttpClient {
     }
 
     fn transport_error(&self, operation: &'static str, error: ureq::Error) -> RemoteError {
+        let failure = match &error {
+            ureq::Error::Rustls(e) => self.tls_probe.failure(&self.endpoint, e, false),
+            ureq::Error::Io(e) => self.tls_probe.failure(&self.endpoint, e, true),
+            _ => None,
+        };
+        if let Some((failure, detail)) = failure {
+            return failure.error(self.name.clone(), operation, detail);
+        }
         match error {
             ureq::Error::Timeout(_) => RemoteError::Timeout {
                 endpoint: self.name.clone(),
@@ -166,6 +187,9 @@ impl HttpClient {
     }
 
     fn read_error(&self, e: io::Error) -> RemoteError {
+        if let Some((failure, detail)) = self.tls_probe.failure(&self.endpoint, &e, false) {
+            return failure.error(self.name.clone(), "GET cas", detail);
+        }
         if e.kind() == io::ErrorKind::TimedOut {
             return RemoteError::Timeout {
                 endpoint: self.name.clone(),
@@ -198,6 +222,53 @@ impl HttpClient {
                 message: "the server has no such path; check the URL's prefix".into(),
             })
     }
+}
+
+/// An error page's text without its HTML tags, spaces collapsed.
+fn without_tags(page: &str) -> String {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in page.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// ureq's TLS: the Mozilla roots plus the endpoint's extra CAs (ureq takes the whole
+/// list, so the Mozilla roots come as certificates), and its client certificate if any.
+fn tls_config(endpoint: &Endpoint) -> Result<ureq::tls::TlsConfig, RemoteError> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let settings = endpoint.tls();
+    let mut builder = TlsConfig::builder();
+    if !settings.ca_certificates().is_empty() {
+        let roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .chain(settings.ca_certificates())
+            .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+            .collect();
+        builder = builder.root_certs(RootCerts::new_with_certs(&roots));
+    }
+    if let Some((_, key_pem)) = settings.identity_pem() {
+        let key = PrivateKey::from_pem(key_pem).map_err(|e| TlsError::Setup {
+            endpoint: endpoint.to_string(),
+            detail: format!("the client key: {e}"),
+        })?;
+        let chain: Vec<Certificate<'static>> = settings
+            .client_chain()
+            .iter()
+            .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+            .collect();
+        builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(builder.build())
 }
 
 enum Request<'a> {

@@ -23,6 +23,7 @@ mod http;
 mod results;
 mod stage;
 mod tier;
+mod tls;
 mod tree;
 mod verify;
 
@@ -36,7 +37,7 @@ pub use bazel_remote_apis::build::bazel::remote::execution::v2 as proto;
 pub use cache::{Lookup, RemoteCache, Uploaded};
 pub use digest::{Digest, DigestFunction, Hasher};
 pub use endpoint::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Endpoint, Protocol, parse_header};
-pub use error::{EndpointError, ExecutionError, RemoteError};
+pub use error::{EndpointError, ExecutionError, RemoteError, TlsError};
 pub use execute::{Executed, ExecutionJob, ExecutionPhase, RemoteExecutor};
 pub use grpc::GrpcClient;
 pub use http::HttpClient;
@@ -46,6 +47,7 @@ pub use stage::{
     stage_action,
 };
 pub use tier::RemoteTier;
+pub use tls::{TlsFile, TlsPaths, TlsSettings};
 pub use tree::{fetch_tree, tree_files, write_tree};
 
 /// What a server says it supports (its Capabilities; fixed for the HTTP protocol).

@@ -31,6 +31,7 @@ mod remote_client;
 mod remote_execute;
 mod remote_execution;
 mod remote_servers;
+mod remote_tls;
 mod report;
 mod tensorrt_bindings;
 mod tensorrt_engine;

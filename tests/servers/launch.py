@@ -8,10 +8,15 @@ server by killing its session (tests/it/common/servers.rs).
 
     launch.py postgres        --dir D --port P
     launch.py createdb        --port P --name DB
-    launch.py buildgrid-cache --venv V --dir D --port P [--instance NAME]
+    launch.py buildgrid-cache --venv V --dir D --port P [--instance NAME] [TLS]
     launch.py buildgrid-exec  --venv V --dir D --port P --sql URL [--match-key K ...]
                               [--queue-timeout S] [--bot-keepalive S] [--max-job-attempts N]
-    launch.py nginx           --dir D --port P
+                              [TLS]
+    launch.py nginx           --dir D --port P [TLS]
+
+TLS: `--certs C --tls-port P2 --mtls-port P3` adds, beside the plain port P, a TLS port
+(server certificate C/server.pem, key C/server.key) and an mTLS port that also requires a
+client certificate signed by C/ca.pem (tests/it/common/tls.rs makes them).
 
 Layouts under D: BuildGrid's disk CAS is `storage/cas/objects/<hash[:2]>/<hash[2:]>`;
 nginx serves `cache/ac/<sha256>` and `cache/cas/<sha256>`; PostgreSQL's data directory is
@@ -96,10 +101,24 @@ def services_yaml(storage_anchor: str, execution: bool) -> str:
     return "".join(services)
 
 
+def tls_channels_yaml(args) -> str:
+    """BuildGrid's TLS channel and its mTLS channel (a client certificate required)."""
+    if not args.certs:
+        return ""
+    certs = Path(args.certs)
+    channel = ("  - !channel\n    address: \"127.0.0.1:%d\"\n    insecure-mode: false\n"
+               "    credentials:\n      tls-server-key: %s\n      tls-server-cert: %s\n")
+    tls = channel % (args.tls_port, certs / "server.key", certs / "server.pem")
+    mtls = channel % (args.mtls_port, certs / "server.key", certs / "server.pem")
+    mtls += "      tls-client-certs: %s\n" % (certs / "ca.pem")
+    return tls + mtls
+
+
 def common_yaml(args) -> str:
     storage = Path(args.dir) / "storage"
     return (
         "server:\n  - !channel\n    address: \"127.0.0.1:%d\"\n    insecure-mode: true\n"
+        + tls_channels_yaml(args) +
         "authorization:\n  method: none\n"
         "thread-pool-size: 64\n"
         "storages:\n  - !disk-storage &cas\n    path: %s\n"
@@ -172,14 +191,34 @@ http {
     client_max_body_size 0;
     server {
         listen 127.0.0.1:%(port)d;
+%(cache)s
+    }
+%(tls)s}
+"""
+
+NGINX_CACHE = """\
         root %(dir)s/cache;
         location / {
             dav_methods PUT DELETE;
             create_full_put_path on;
             dav_access user:rw group:r all:r;
-        }
+        }"""
+
+NGINX_TLS = """\
+    server {
+        listen 127.0.0.1:%(tls_port)d ssl;
+        ssl_certificate %(certs)s/server.pem;
+        ssl_certificate_key %(certs)s/server.key;
+%(cache)s
     }
-}
+    server {
+        listen 127.0.0.1:%(mtls_port)d ssl;
+        ssl_certificate %(certs)s/server.pem;
+        ssl_certificate_key %(certs)s/server.key;
+        ssl_client_certificate %(certs)s/ca.pem;
+        ssl_verify_client on;
+%(cache)s
+    }
 """
 
 
@@ -197,7 +236,13 @@ def run_nginx(args) -> None:
         for path in writable:
             os.chown(path, account.pw_uid, account.pw_gid)
     conf = base / "nginx.conf"
-    conf.write_text(NGINX_CONF % {"dir": base, "port": args.port, "user": user})
+    cache = NGINX_CACHE % {"dir": base}
+    tls = ""
+    if args.certs:
+        tls = NGINX_TLS % {"certs": args.certs, "tls_port": args.tls_port,
+                           "mtls_port": args.mtls_port, "cache": cache}
+    conf.write_text(NGINX_CONF % {"dir": base, "port": args.port, "user": user, "cache": cache,
+                                  "tls": tls})
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     os.execv(nginx, [nginx, "-p", str(base), "-e", str(base / "error.log"), "-c", str(conf)])
 
@@ -212,6 +257,10 @@ def parse(argv):
         if name.startswith("buildgrid"):
             one.add_argument("--venv", required=True)
             one.add_argument("--instance", default="")
+        if name != "postgres":
+            one.add_argument("--certs")
+            one.add_argument("--tls-port", type=int)
+            one.add_argument("--mtls-port", type=int)
     created = sub.add_parser("createdb")
     created.add_argument("--port", type=int, required=True)
     created.add_argument("--name", required=True)

@@ -24,12 +24,13 @@ use re::execution_client::ExecutionClient;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
 
 use super::digest::{Digest, DigestFunction};
 use super::endpoint::{Endpoint, Protocol};
-use super::error::{EndpointError, RemoteError};
+use super::error::{EndpointError, RemoteError, TlsError};
+use super::tls::ClientCertificateProbe;
 use super::{Capabilities, is_empty_blob};
 
 /// Bytes per ByteStream message (the REAPI servers' usual chunk).
@@ -71,6 +72,7 @@ pub struct GrpcClient {
     execution: ExecutionClient<Transport>,
     operations: OperationsClient<Transport>,
     cached: OnceLock<Capabilities>,
+    tls_probe: ClientCertificateProbe,
 }
 
 impl GrpcClient {
@@ -110,6 +112,7 @@ impl GrpcClient {
                 .max_decoding_message_size(MAX_DECODE),
             operations: OperationsClient::new(transport),
             cached: OnceLock::new(),
+            tls_probe: ClientCertificateProbe::default(),
         })
     }
 
@@ -226,6 +229,13 @@ impl GrpcClient {
     pub(crate) fn status_error(&self, operation: &'static str, status: &Status) -> RemoteError {
         let endpoint = self.name.clone();
         let message = describe(status);
+        let closed = matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        );
+        if let Some((failure, detail)) = self.tls_probe.failure(&self.endpoint, status, closed) {
+            return failure.error(endpoint, operation, detail);
+        }
         match status.code() {
             Code::DeadlineExceeded => self.timeout_error(operation),
             // tonic's own deadline (the request's timeout) ends the call this way.
@@ -287,19 +297,30 @@ fn open_channel(
         .user_agent(concat!("pochi/", env!("CARGO_PKG_VERSION")))
         .map_err(|e| bad_url(e.to_string()))?;
     if tls {
-        let config = ClientTlsConfig::new()
-            .with_webpki_roots()
-            .domain_name(endpoint.host());
         builder = builder
-            .tls_config(config)
-            .map_err(|e| RemoteError::Unreachable {
+            .tls_config(tls_config(endpoint))
+            .map_err(|e| TlsError::Setup {
                 endpoint: endpoint.to_string(),
-                operation: "TLS setup",
                 detail: e.to_string(),
             })?;
     }
     let _entered = runtime.enter();
     Ok(builder.connect_lazy())
+}
+
+/// The Mozilla roots plus the endpoint's extra CAs, and its client certificate if any.
+fn tls_config(endpoint: &Endpoint) -> ClientTlsConfig {
+    let settings = endpoint.tls();
+    let mut config = ClientTlsConfig::new()
+        .with_webpki_roots()
+        .domain_name(endpoint.host());
+    if let Some(ca) = settings.ca_pem() {
+        config = config.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((certificate, key)) = settings.identity_pem() {
+        config = config.identity(Identity::from_pem(certificate, key));
+    }
+    config
 }
 
 fn metadata(

@@ -6,6 +6,7 @@
 pub mod hostile;
 pub mod servers;
 pub mod tensorrt;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

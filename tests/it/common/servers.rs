@@ -1,7 +1,9 @@
 //! Real REAPI servers for the remote-cache and remote-execution tests, started by the tests
 //! themselves on 127.0.0.1: BuildGrid (cache only, or with Execution on PostgreSQL), nginx
 //! with WebDAV (Bazel's HTTP cache layout), and the STAND-IN WORKER (a test double of a
-//! farm worker, `tests/servers/standin_worker.py`). See docs/remote-testing.md.
+//! farm worker, `tests/servers/standin_worker.py`). See docs/remote-testing.md. BuildGrid
+//! and nginx started with `start_tls` also serve a TLS port and an mTLS port (a client
+//! certificate required) with the certificates of `common::tls`.
 //!
 //! Every server runs in its own session (`setsid`), in a private temp directory, on a free
 //! port, and is ready when its port answers (and, for BuildGrid, a Capabilities call).
@@ -10,6 +12,7 @@
 //! process) stops every session still registered, and deletes the directories, when the
 //! test process ends, whether it returned, panicked or was killed.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -345,6 +348,69 @@ fn start_on_free_port(
     panic!("{name} did not start:\n{last_log}");
 }
 
+/// The extra ports of a server started with certificates: TLS, and mTLS (a client
+/// certificate signed by the test CA required).
+#[derive(Clone, Copy, Debug)]
+pub struct TlsPorts {
+    pub tls: u16,
+    pub mtls: u16,
+}
+
+/// What a server is started with for TLS: the certificates' directory (`common::tls`) and
+/// the ports, which are picked anew for each try of `start_on_free_port` until it starts.
+struct TlsLaunch<'a> {
+    certs: &'a Path,
+    ports: Cell<TlsPorts>,
+    fixed: bool,
+}
+
+impl TlsLaunch<'_> {
+    fn new(certs: &Path, ports: Option<TlsPorts>) -> TlsLaunch<'_> {
+        TlsLaunch {
+            certs,
+            fixed: ports.is_some(),
+            ports: Cell::new(ports.unwrap_or_else(TlsLaunch::pick)),
+        }
+    }
+
+    fn pick() -> TlsPorts {
+        TlsPorts {
+            tls: free_port(),
+            mtls: free_port(),
+        }
+    }
+
+    /// `launch.py`'s TLS arguments, with fresh ports unless they are fixed.
+    fn add_args(&self, command: &mut Command) {
+        if !self.fixed {
+            self.ports.set(TlsLaunch::pick());
+        }
+        let ports = self.ports.get();
+        command
+            .arg("--certs")
+            .arg(self.certs)
+            .args(["--tls-port", &ports.tls.to_string()])
+            .args(["--mtls-port", &ports.mtls.to_string()]);
+    }
+
+    /// The ports, once both accept connections.
+    fn opened(&self, process: &mut ServerProcess, limit: Duration) -> TlsPorts {
+        let ports = self.ports.get();
+        for port in [ports.tls, ports.mtls] {
+            if let Err(log) = process.wait_for_port(port, limit) {
+                panic!("the server did not open its TLS port {port}:\n{log}");
+            }
+        }
+        ports
+    }
+}
+
+fn tls_url(scheme: &str, ports: Option<TlsPorts>, mtls: bool) -> String {
+    let ports = ports.expect("the server was started with start_tls");
+    let port = if mtls { ports.mtls } else { ports.tls };
+    format!("{scheme}://localhost:{port}")
+}
+
 /// A private temp directory, registered with the reaper (deleted at exit if not before).
 fn private_dir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
@@ -391,6 +457,8 @@ pub struct BuildGridCache {
     dir: tempfile::TempDir,
     port: u16,
     instance: String,
+    certs: Option<PathBuf>,
+    tls: Option<TlsPorts>,
 }
 
 impl BuildGridCache {
@@ -401,13 +469,38 @@ impl BuildGridCache {
     /// A server whose one instance is named `instance` (`""`: the unnamed instance).
     pub fn start_with_instance(instance: &str) -> BuildGridCache {
         let dir = private_dir("pochi-buildgrid-cache-");
-        let (port, process) = Self::launch(dir.path(), None, instance);
+        let (port, process) = Self::launch(dir.path(), None, instance, None);
         BuildGridCache {
             dir,
             port,
             process,
             instance: instance.to_string(),
+            certs: None,
+            tls: None,
         }
+    }
+
+    /// A server that also serves a TLS port and an mTLS port with the certificates in
+    /// `certs` (`common::tls::Certificates`).
+    pub fn start_tls(certs: &Path) -> BuildGridCache {
+        let dir = private_dir("pochi-buildgrid-cache-");
+        let tls = TlsLaunch::new(certs, None);
+        let (port, mut process) = Self::launch(dir.path(), None, "", Some(&tls));
+        let ports = tls.opened(&mut process, BUILDGRID_START_TIMEOUT);
+        BuildGridCache {
+            dir,
+            port,
+            process,
+            instance: String::new(),
+            certs: Some(certs.to_path_buf()),
+            tls: Some(ports),
+        }
+    }
+
+    /// `grpcs://localhost:PORT` of its TLS port (`mtls`: of the port that requires a
+    /// client certificate).
+    pub fn tls_url(&self, mtls: bool) -> String {
+        tls_url("grpcs", self.tls, mtls)
     }
 
     /// One server for every test of this test binary that does not restart it.
@@ -416,7 +509,12 @@ impl BuildGridCache {
         SHARED.get_or_init(BuildGridCache::start)
     }
 
-    fn launch(dir: &Path, port: Option<u16>, instance: &str) -> (u16, ServerProcess) {
+    fn launch(
+        dir: &Path,
+        port: Option<u16>,
+        instance: &str,
+        tls: Option<&TlsLaunch>,
+    ) -> (u16, ServerProcess) {
         let venv = buildgrid_venv();
         let command = |port: u16| {
             let mut command = Command::new("python3");
@@ -428,6 +526,9 @@ impl BuildGridCache {
                 .arg("--dir")
                 .arg(dir)
                 .args(["--port", &port.to_string(), "--instance", instance]);
+            if let Some(tls) = tls {
+                tls.add_args(&mut command);
+            }
             command
         };
         let log = dir.join("buildgrid.log");
@@ -509,7 +610,19 @@ impl BuildGridCache {
     /// Starts it again on the same port with the same storage (the action cache is empty).
     pub fn restart(&mut self) {
         self.process.kill();
-        let (_, process) = Self::launch(self.dir.path(), Some(self.port), &self.instance);
+        let certs = self.certs.clone();
+        let tls = certs
+            .as_deref()
+            .map(|certs| TlsLaunch::new(certs, self.tls));
+        let (_, mut process) = Self::launch(
+            self.dir.path(),
+            Some(self.port),
+            &self.instance,
+            tls.as_ref(),
+        );
+        if let Some(tls) = &tls {
+            tls.opened(&mut process, BUILDGRID_START_TIMEOUT);
+        }
         self.process = process;
     }
 }
@@ -540,13 +653,25 @@ pub struct NginxCache {
     _process: ServerProcess,
     dir: tempfile::TempDir,
     port: u16,
+    tls: Option<TlsPorts>,
 }
 
 impl NginxCache {
     pub fn start() -> NginxCache {
+        NginxCache::launch(None)
+    }
+
+    /// nginx that also serves https on a TLS port and on an mTLS port
+    /// (`ssl_verify_client on`) with the certificates in `certs` (`common::tls`).
+    pub fn start_tls(certs: &Path) -> NginxCache {
+        NginxCache::launch(Some(certs))
+    }
+
+    fn launch(certs: Option<&Path>) -> NginxCache {
         let dir = private_dir("pochi-nginx-");
         let log = dir.path().join("launch.log");
-        let (port, process) =
+        let tls = certs.map(|certs| TlsLaunch::new(certs, None));
+        let (port, mut process) =
             start_on_free_port("nginx", &log, libc::SIGQUIT, NGINX_START_TIMEOUT, |port| {
                 let mut command = Command::new("python3");
                 command
@@ -555,13 +680,24 @@ impl NginxCache {
                     .arg("--dir")
                     .arg(dir.path())
                     .args(["--port", &port.to_string()]);
+                if let Some(tls) = &tls {
+                    tls.add_args(&mut command);
+                }
                 command
             });
+        let tls = tls.map(|tls| tls.opened(&mut process, NGINX_START_TIMEOUT));
         NginxCache {
             dir,
             port,
             _process: process,
+            tls,
         }
+    }
+
+    /// `https://localhost:PORT` of its TLS port (`mtls`: of the port that requires a
+    /// client certificate).
+    pub fn tls_url(&self, mtls: bool) -> String {
+        tls_url("https", self.tls, mtls)
     }
 
     pub fn shared() -> &'static NginxCache {
@@ -682,10 +818,28 @@ pub struct BuildGridExecution {
     dir: tempfile::TempDir,
     port: u16,
     workers: AtomicUsize,
+    tls: Option<TlsPorts>,
 }
 
 impl BuildGridExecution {
     pub fn start(config: &ExecutionConfig) -> BuildGridExecution {
+        BuildGridExecution::launch(config, None)
+    }
+
+    /// A server that also serves a TLS port and an mTLS port with the certificates in
+    /// `certs` (`common::tls`); its workers use the plain port.
+    pub fn start_tls(config: &ExecutionConfig, certs: &Path) -> BuildGridExecution {
+        BuildGridExecution::launch(config, Some(certs))
+    }
+
+    /// `grpcs://localhost:PORT` of its TLS port (`mtls`: of the port that requires a
+    /// client certificate).
+    pub fn tls_url(&self, mtls: bool) -> String {
+        tls_url("grpcs", self.tls, mtls)
+    }
+
+    fn launch(config: &ExecutionConfig, certs: Option<&Path>) -> BuildGridExecution {
+        let tls = certs.map(|certs| TlsLaunch::new(certs, None));
         let sql = Postgres::shared().create_database();
         let venv = buildgrid_venv();
         let dir = private_dir("pochi-buildgrid-exec-");
@@ -711,6 +865,9 @@ impl BuildGridExecution {
             if let Some(timeout) = config.queue_timeout {
                 command.args(["--queue-timeout", &timeout.as_secs_f64().to_string()]);
             }
+            if let Some(tls) = &tls {
+                tls.add_args(&mut command);
+            }
             command
         };
         let (port, mut process) = start_on_free_port(
@@ -725,11 +882,13 @@ impl BuildGridExecution {
             &mut process,
             BUILDGRID_START_TIMEOUT,
         );
+        let tls = tls.map(|tls| tls.opened(&mut process, BUILDGRID_START_TIMEOUT));
         BuildGridExecution {
             dir,
             port,
             process,
             workers: AtomicUsize::new(0),
+            tls,
         }
     }
 
