@@ -26,10 +26,14 @@ const A100: &str = "NVIDIA A100-SXM4-40GB";
 const JOB_STARTED: &str = "Starting worker thread for leaseId";
 
 /// The shared farm: BuildGrid (with `pool` as a matched key besides pochi's) and three
-/// real workers: a CPU one, a T4 one and an A100 one in pool `blue`.
+/// real workers offering this machine's managed toolchain: a CPU one, a T4 one and an A100
+/// one in pool `blue`.
 struct Farm {
     server: BuildGridExecution,
     workers: Vec<BuildboxWorker>,
+    /// `--remote-toolchain-dir`: the workers run here, so their toolchains are this
+    /// machine's.
+    toolchain_dir: String,
 }
 
 fn farm() -> &'static Farm {
@@ -42,17 +46,23 @@ fn farm() -> &'static Farm {
             match_keys,
             ..ExecutionConfig::default()
         });
+        let (property, toolchain_dir) = toolchain(&Project::new(""));
+        let python = ("pochi-toolchain", property.as_str());
         let workers = vec![
-            BuildboxWorker::start(&server, "buildbox-cpu", &host(&[]), 2),
-            BuildboxWorker::start(&server, "buildbox-t4", &host(&[("gpu", T4)]), 1),
+            BuildboxWorker::start(&server, "buildbox-cpu", &host(&[python]), 2),
+            BuildboxWorker::start(&server, "buildbox-t4", &host(&[python, ("gpu", T4)]), 1),
             BuildboxWorker::start(
                 &server,
                 "buildbox-a100",
-                &host(&[("gpu", A100), ("pool", "blue")]),
+                &host(&[python, ("gpu", A100), ("pool", "blue")]),
                 1,
             ),
         ];
-        Farm { server, workers }
+        Farm {
+            server,
+            workers,
+            toolchain_dir,
+        }
     })
 }
 
@@ -73,7 +83,7 @@ fn scratch() -> &'static BuildGridExecution {
 }
 
 /// This machine's OS and ISA (what every pochi Action asks for) plus `extra`.
-fn host(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+fn host<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut platform = vec![
         ("OSFamily", std::env::consts::OS),
         ("ISA", std::env::consts::ARCH),
@@ -93,6 +103,21 @@ fn remote_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 /// `pochi build --json --remote-executor URL`, bounded (a hang fails the test).
 fn build_remote(project: &Project, url: &str, extra: &[&str]) -> Run {
     project.run_within(&remote_args(url, extra), BUILD_LIMIT)
+}
+
+/// `build_remote` with the TensorRT STAND-IN (a test double of TensorRT) for engine stages.
+fn build_remote_with_standin(project: &Project, url: &str, extra: &[&str]) -> Run {
+    let child = project
+        .command(&remote_args(url, extra))
+        .env(
+            "POCHI_TEST_TENSORRT_STANDIN",
+            crate::common::tensorrt_standin_dir(),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pochi");
+    finish_within(child, BUILD_LIMIT)
 }
 
 /// The same build started in the background, its output piped.
@@ -512,4 +537,113 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
         argvs.join("\n")
     );
     assert_eq!(runs(), 1, "a worker ran it again");
+}
+
+/// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain`, and the directory
+/// that holds this machine's managed toolchains (`--remote-toolchain-dir`: the workers run
+/// on this machine, so theirs is the same).
+fn toolchain(project: &Project) -> (String, String) {
+    let python = project.toolchain_python();
+    let run = project.run(&["toolchain", "info", "--json"]);
+    run.assert_ok();
+    let info: serde_json::Value = serde_json::from_str(&run.stdout).expect("toolchain info");
+    let property = info["remote_platform"]["pochi-toolchain"]
+        .as_str()
+        .expect("the toolchain's platform property")
+        .to_string();
+    let dir = python
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "v1"))
+        .and_then(Path::parent)
+        .expect("the toolchains' cache directory");
+    (property, dir.to_string_lossy().into_owned())
+}
+
+#[test]
+fn a_report_runs_on_a_buildbox_worker_with_the_toolchain_and_agrees_with_a_local_one() {
+    let pipeline = r#"
+[stages.cls]
+kind = "report"
+executor = "remote"
+models = ["ident.onnx", "linear.onnx"]
+data = "data.npy"
+labels = "labels.npy"
+reference = "ident.onnx"
+task = "classification"
+iterations = 3
+min_duration = "0s"
+threads = 1
+batch = 2
+"#;
+    let models = include_str!("../fixtures/report_models.py");
+    let remote = Project::new(pipeline);
+    let local = Project::new(&pipeline.replace("executor = \"remote\"\n", ""));
+    for project in [&remote, &local] {
+        project.write("make_models.py", models);
+        project.python(&["make_models.py", "."]);
+    }
+    let farm = farm();
+    let run = build_remote(
+        &remote,
+        &farm.server.url(),
+        &["--remote-toolchain-dir", &farm.toolchain_dir],
+    );
+    run.assert_ok();
+    let summary = run.summary();
+    let worker = stage(&summary, "cls")["ran_remotely"]["worker"]
+        .as_str()
+        .expect("a worker")
+        .to_string();
+    // A real worker of the farm ran it (pochi's `run-stage`, which starts the toolchain's
+    // Python) and sent its outputs back.
+    let log = farm.worker(&worker).log_text();
+    assert!(log.contains("pochi run-stage"), "{log}");
+    assert!(log.contains("predictions.csv"), "{log}");
+    local.build(&[]).assert_ok();
+    for output in [
+        "build/pipeline/cls/predictions.csv",
+        "build/pipeline/cls/classification_report.csv",
+    ] {
+        same_bytes(&remote, &local, output);
+    }
+}
+
+#[test]
+fn engines_are_built_on_the_buildbox_worker_of_their_gpu() {
+    use pochi::onnx_info::{Dim, encode};
+    let farm = farm();
+    let project = Project::new(
+        r#"
+[stages.engine]
+kind = "engine"
+executor = "remote"
+matrix = { gpu = ["t4", "a100"] }
+gpu = "{matrix.gpu}"
+onnx = "model.onnx"
+"#,
+    );
+    let dims = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)];
+    std::fs::write(
+        project.path("model.onnx"),
+        encode::model(&[("input", dims)]),
+    )
+    .unwrap();
+    let run = build_remote_with_standin(
+        &project,
+        &farm.server.url(),
+        &["--remote-toolchain-dir", &farm.toolchain_dir],
+    );
+    run.assert_ok();
+    let summary = run.summary();
+    for (gpu, worker) in [("t4", "buildbox-t4"), ("a100", "buildbox-a100")] {
+        let name = format!("engine-{gpu}");
+        assert_eq!(
+            stage(&summary, &name)["ran_remotely"]["worker"],
+            worker,
+            "{summary}"
+        );
+        let manifest = project.read(&format!("build/pipeline/{name}.manifest.json"));
+        assert!(manifest.contains("Fake GPU (stand-in)"), "{manifest}");
+        assert!(project.exists(&format!("build/pipeline/{name}.engine")));
+    }
 }
