@@ -9,7 +9,8 @@ system's apt state:
 
 1. writes a private apt configuration (its own Dir::Etc, Dir::State, Dir::Cache, an empty
    dpkg status so that the whole closure is listed) with a sources line for suite `sid` on
-   the machine's own Debian mirror (the first `debian` URI in /etc/apt/sources.list*),
+   the machine's own Debian mirror (the first `debian` URI in /etc/apt/sources.list*, or
+   $POCHI_BUILDBOX_DEBIAN_MIRROR),
 2. `apt-get update`, then `apt-get install -s --no-install-recommends buildbox` to list
    the closure (libc6 included), `apt-get download` of exactly those versions,
 3. `dpkg-deb -x` of each into `root/`, and one wrapper per tool in `bin/` that runs it
@@ -60,7 +61,10 @@ def cache_root() -> Path:
 
 
 def debian_mirror() -> str:
-    """The machine's own Debian mirror: the first URI of a `debian` (not -security) archive."""
+    """POCHI_BUILDBOX_DEBIAN_MIRROR if set, else the machine's own Debian mirror: the first
+    URI of a `debian` (not -security) archive in /etc/apt/sources.list*."""
+    if os.environ.get("POCHI_BUILDBOX_DEBIAN_MIRROR"):
+        return os.environ["POCHI_BUILDBOX_DEBIAN_MIRROR"].rstrip("/")
     files = sorted(glob.glob("/etc/apt/sources.list.d/*.sources")) + \
         sorted(glob.glob("/etc/apt/sources.list.d/*.list")) + ["/etc/apt/sources.list"]
     for name in files:
@@ -106,24 +110,28 @@ def write_apt_config(apt: Path) -> Path:
     return config
 
 
-def run(argv, env, cwd=None) -> str:
+def run(argv, env, cwd=None, context="") -> str:
+    """Runs one step within STEP_TIMEOUT_S; returns its stdout and stderr; exits with both
+    (and `context`) when it fails."""
     try:
         done = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=STEP_TIMEOUT_S)
+                              stderr=subprocess.STDOUT, text=True, timeout=STEP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         fail("%s took longer than %d s" % (" ".join(argv[:3]), STEP_TIMEOUT_S))
     if done.returncode != 0:
         fail("%s failed (exit %d):\n%s%s" % (" ".join(argv), done.returncode, done.stdout,
-                                              done.stderr))
+                                             context))
     return done.stdout
 
 
-def closure(env) -> list:
+def closure(env, update_log: str) -> list:
     """`name=version` of every package `apt-get install buildbox` would install."""
-    listing = run(["apt-get", "install", "-s", "-q", "--no-install-recommends", PACKAGE], env)
+    context = "\n`apt-get update` on %s said:\n%s" % (debian_mirror(), update_log)
+    listing = run(["apt-get", "install", "-s", "-q", "--no-install-recommends", PACKAGE], env,
+                  context=context)
     found = re.findall(r"^Inst (\S+) \((\S+) ", listing, re.M)
     if not any(name == PACKAGE for name, _ in found):
-        fail("apt lists no %s in sid:\n%s" % (PACKAGE, listing))
+        fail("apt lists no %s in sid:\n%s%s" % (PACKAGE, listing, context))
     return ["%s=%s" % pair for pair in found]
 
 
@@ -147,8 +155,7 @@ def build(partial: Path) -> None:
         shutil.rmtree(partial)
     env = dict(os.environ, APT_CONFIG=str(write_apt_config(partial / "apt")),
                LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-q"], env)
-    packages = closure(env)
+    packages = closure(env, run(["apt-get", "update", "-q"], env))
     debs = partial / "apt" / "debs"
     debs.mkdir()
     run(["apt-get", "download", "-q"] + packages, env, cwd=debs)
