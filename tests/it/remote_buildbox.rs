@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::buildbox::{BuildboxCasd, BuildboxWorker};
+use crate::common::buildbox::{BuildboxCasd, BuildboxWorker, restart_farm};
 use crate::common::servers::{BuildGridExecution, ExecutionConfig, POCHI_PLATFORM_KEYS, alive};
 use crate::common::{Project, Run, summary_stage as stage};
 
@@ -646,4 +646,31 @@ onnx = "model.onnx"
         assert!(manifest.contains("Fake GPU (stand-in)"), "{manifest}");
         assert!(project.exists(&format!("build/pipeline/{name}.engine")));
     }
+}
+
+#[test]
+fn after_buildgrid_restarts_its_restarted_buildbox_worker_takes_the_next_build() {
+    let mut server = BuildGridExecution::start(&ExecutionConfig::default());
+    let mut worker = BuildboxWorker::start(&server, "buildbox-survivor", &host(&[]), 1);
+    let pipeline = |word: &str| {
+        format!(
+            "[stages.s]\nkind = \"command\"\nexecutor = \"remote\"\n\
+             run = [\"sh\", \"-c\", \"echo {word} > {{outputs.out}}\"]\noutputs = {{ out = \"out/s.txt\" }}\n"
+        )
+    };
+    let before = Project::new(&pipeline("before-restart"));
+    build_remote(&before, &server.url(), &[]).assert_ok();
+    assert_eq!(before.read("out/s.txt"), "before-restart\n");
+
+    let gave_up = restart_farm(&mut server, &mut [&mut worker]);
+    let after = Project::new(&pipeline("after-restart"));
+    let run = build_remote(&after, &server.url(), &[]);
+    run.assert_ok();
+    assert_eq!(
+        stage(&run.summary(), "s")["ran_remotely"]["worker"],
+        "buildbox-survivor"
+    );
+    assert_eq!(after.read("out/s.txt"), "after-restart\n");
+    // What the harness's restart is for: the real worker does not outlive its session.
+    assert_eq!(gave_up, [true], "{}", worker.log_text());
 }

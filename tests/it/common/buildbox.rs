@@ -8,7 +8,7 @@
 //! reaper (`servers::ServerProcess`), so it is stopped on drop and when the test process
 //! ends however it ends. Unlike the stand-in worker: the runner inherits the worker's
 //! environment, collects only `Command.output_paths`, and buildbox-worker exits when
-//! BuildGrid restarts ("Bot does not exist"): restart it with `BuildboxWorker::restart`.
+//! BuildGrid restarts ("Bot does not exist"): `restart_farm` restarts both.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// buildbox-worker had its bot session 0.1 s after start here; this bounds a loaded machine.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
 const CASD_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker whose BuildGrid restarted gets to notice and exit.
+const WORKER_EXIT_WAIT: Duration = Duration::from_secs(30);
 /// What buildbox-worker logs (`--verbose`) once BuildGrid has its bot session.
 const SESSION_CREATED: &str = "Bot Session created";
 
@@ -121,6 +123,18 @@ impl BuildboxWorker {
         self.process.is_running()
     }
 
+    /// Whether it exits (by itself) within `limit`.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.process.is_running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+
     /// The session's leader (the wrapper's exec: buildbox-worker itself).
     pub fn pid(&self) -> i32 {
         self.process.pid()
@@ -139,6 +153,24 @@ impl BuildboxWorker {
     pub fn workspace(&self) -> PathBuf {
         self.dir.path().join("workspace")
     }
+}
+
+/// Restarts BuildGrid (same port, storage and database), then `workers`: buildbox-worker
+/// exits once its bot session is gone ("Bot does not exist"), so a farm restart is both.
+/// Returns, per worker, whether it had exited by itself (within `WORKER_EXIT_WAIT`).
+pub fn restart_farm(
+    server: &mut BuildGridExecution,
+    workers: &mut [&mut BuildboxWorker],
+) -> Vec<bool> {
+    server.restart();
+    workers
+        .iter_mut()
+        .map(|worker| {
+            let exited = worker.wait_for_exit(WORKER_EXIT_WAIT);
+            worker.restart();
+            exited
+        })
+        .collect()
 }
 
 /// buildbox-worker for `name` in a new session, its log appended to `dir/worker.log`;

@@ -682,43 +682,21 @@ pub struct BuildGridExecution {
     dir: tempfile::TempDir,
     port: u16,
     workers: AtomicUsize,
+    sql: String,
+    config: ExecutionConfig,
 }
 
 impl BuildGridExecution {
     pub fn start(config: &ExecutionConfig) -> BuildGridExecution {
         let sql = Postgres::shared().create_database();
-        let venv = buildgrid_venv();
         let dir = private_dir("pochi-buildgrid-exec-");
         let log = dir.path().join("buildgrid.log");
-        let command = |port: u16| {
-            let mut command = Command::new("python3");
-            command
-                .arg(script("launch.py"))
-                .arg("buildgrid-exec")
-                .arg("--venv")
-                .arg(venv)
-                .arg("--dir")
-                .arg(dir.path())
-                .args(["--port", &port.to_string(), "--sql", &sql])
-                .args([
-                    "--bot-keepalive",
-                    &config.bot_keepalive.as_secs().to_string(),
-                ])
-                .args(["--max-job-attempts", &config.max_job_attempts.to_string()]);
-            for key in &config.match_keys {
-                command.args(["--match-key", key]);
-            }
-            if let Some(timeout) = config.queue_timeout {
-                command.args(["--queue-timeout", &timeout.as_secs_f64().to_string()]);
-            }
-            command
-        };
         let (port, mut process) = start_on_free_port(
             "BuildGrid",
             &log,
             libc::SIGTERM,
             BUILDGRID_START_TIMEOUT,
-            command,
+            |port| Self::command(dir.path(), port, &sql, config),
         );
         wait_for_capabilities(
             &format!("127.0.0.1:{port}"),
@@ -730,7 +708,48 @@ impl BuildGridExecution {
             port,
             process,
             workers: AtomicUsize::new(0),
+            sql,
+            config: config.clone(),
         }
+    }
+
+    fn command(dir: &Path, port: u16, sql: &str, config: &ExecutionConfig) -> Command {
+        let mut command = Command::new("python3");
+        command
+            .arg(script("launch.py"))
+            .arg("buildgrid-exec")
+            .arg("--venv")
+            .arg(buildgrid_venv())
+            .arg("--dir")
+            .arg(dir)
+            .args(["--port", &port.to_string(), "--sql", sql])
+            .args([
+                "--bot-keepalive",
+                &config.bot_keepalive.as_secs().to_string(),
+            ])
+            .args(["--max-job-attempts", &config.max_job_attempts.to_string()]);
+        for key in &config.match_keys {
+            command.args(["--match-key", key]);
+        }
+        if let Some(timeout) = config.queue_timeout {
+            command.args(["--queue-timeout", &timeout.as_secs_f64().to_string()]);
+        }
+        command
+    }
+
+    /// Kills the server and starts it again on the same port, storage and database (its
+    /// in-memory action cache is empty). Workers' bot sessions are gone: a real worker
+    /// (buildbox-worker) exits and must be restarted too.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let log = self.dir.path().join("buildgrid.log");
+        let command = Self::command(self.dir.path(), self.port, &self.sql, &self.config);
+        let mut process = ServerProcess::spawn("BuildGrid", command, &log, libc::SIGTERM);
+        if let Err(text) = process.wait_for_port(self.port, BUILDGRID_START_TIMEOUT) {
+            panic!("BuildGrid did not restart on port {}:\n{text}", self.port);
+        }
+        wait_for_capabilities(&self.address(), &mut process, BUILDGRID_START_TIMEOUT);
+        self.process = process;
     }
 
     /// One server with the default configuration for the whole test binary.
