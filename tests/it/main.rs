@@ -26,6 +26,7 @@ mod layering;
 mod matrix;
 mod preprocessing;
 mod quantize;
+mod remote_buildbox;
 mod remote_cache;
 mod remote_client;
 mod remote_execute;

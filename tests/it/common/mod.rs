@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod buildbox;
 pub mod hostile;
 pub mod servers;
 pub mod tensorrt;

@@ -819,6 +819,10 @@ pub struct BuildGridExecution {
     port: u16,
     workers: AtomicUsize,
     tls: Option<TlsPorts>,
+    /// The certificates of its TLS ports, for a restart.
+    certs: Option<PathBuf>,
+    sql: String,
+    config: ExecutionConfig,
 }
 
 impl BuildGridExecution {
@@ -841,41 +845,14 @@ impl BuildGridExecution {
     fn launch(config: &ExecutionConfig, certs: Option<&Path>) -> BuildGridExecution {
         let tls = certs.map(|certs| TlsLaunch::new(certs, None));
         let sql = Postgres::shared().create_database();
-        let venv = buildgrid_venv();
         let dir = private_dir("pochi-buildgrid-exec-");
         let log = dir.path().join("buildgrid.log");
-        let command = |port: u16| {
-            let mut command = Command::new("python3");
-            command
-                .arg(script("launch.py"))
-                .arg("buildgrid-exec")
-                .arg("--venv")
-                .arg(venv)
-                .arg("--dir")
-                .arg(dir.path())
-                .args(["--port", &port.to_string(), "--sql", &sql])
-                .args([
-                    "--bot-keepalive",
-                    &config.bot_keepalive.as_secs().to_string(),
-                ])
-                .args(["--max-job-attempts", &config.max_job_attempts.to_string()]);
-            for key in &config.match_keys {
-                command.args(["--match-key", key]);
-            }
-            if let Some(timeout) = config.queue_timeout {
-                command.args(["--queue-timeout", &timeout.as_secs_f64().to_string()]);
-            }
-            if let Some(tls) = &tls {
-                tls.add_args(&mut command);
-            }
-            command
-        };
         let (port, mut process) = start_on_free_port(
             "BuildGrid",
             &log,
             libc::SIGTERM,
             BUILDGRID_START_TIMEOUT,
-            command,
+            |port| Self::command(dir.path(), port, &sql, config, tls.as_ref()),
         );
         wait_for_capabilities(
             &format!("127.0.0.1:{port}"),
@@ -889,7 +866,65 @@ impl BuildGridExecution {
             process,
             workers: AtomicUsize::new(0),
             tls,
+            certs: certs.map(Path::to_path_buf),
+            sql,
+            config: config.clone(),
         }
+    }
+
+    fn command(
+        dir: &Path,
+        port: u16,
+        sql: &str,
+        config: &ExecutionConfig,
+        tls: Option<&TlsLaunch>,
+    ) -> Command {
+        let mut command = Command::new("python3");
+        command
+            .arg(script("launch.py"))
+            .arg("buildgrid-exec")
+            .arg("--venv")
+            .arg(buildgrid_venv())
+            .arg("--dir")
+            .arg(dir)
+            .args(["--port", &port.to_string(), "--sql", sql])
+            .args([
+                "--bot-keepalive",
+                &config.bot_keepalive.as_secs().to_string(),
+            ])
+            .args(["--max-job-attempts", &config.max_job_attempts.to_string()]);
+        for key in &config.match_keys {
+            command.args(["--match-key", key]);
+        }
+        if let Some(timeout) = config.queue_timeout {
+            command.args(["--queue-timeout", &timeout.as_secs_f64().to_string()]);
+        }
+        if let Some(tls) = tls {
+            tls.add_args(&mut command);
+        }
+        command
+    }
+
+    /// Kills the server and starts it again on the same port, storage and database (its
+    /// in-memory action cache is empty). Workers' bot sessions are gone: a real worker
+    /// (buildbox-worker) exits and must be restarted too.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        let log = self.dir.path().join("buildgrid.log");
+        let tls = (self.certs.as_deref()).map(|certs| TlsLaunch::new(certs, self.tls));
+        let command = Self::command(
+            self.dir.path(),
+            self.port,
+            &self.sql,
+            &self.config,
+            tls.as_ref(),
+        );
+        let mut process = ServerProcess::spawn("BuildGrid", command, &log, libc::SIGTERM);
+        if let Err(text) = process.wait_for_port(self.port, BUILDGRID_START_TIMEOUT) {
+            panic!("BuildGrid did not restart on port {}:\n{text}", self.port);
+        }
+        wait_for_capabilities(&self.address(), &mut process, BUILDGRID_START_TIMEOUT);
+        self.process = process;
     }
 
     /// One server with the default configuration for the whole test binary.

@@ -1,0 +1,726 @@
+//! Remote execution and remote caching against REAL REAPI implementations (issue 21):
+//! Debian's buildbox (`tests/servers/install_buildbox.py`, `common::buildbox`), not the
+//! stand-in worker. `pochi build --remote-executor` runs stages on buildbox-worker +
+//! buildbox-run-hosttools polling the harness's BuildGrid, and against buildbox-casd with
+//! `--buildbox-run`, a second, independent server with CAS, action cache and Execution.
+//!
+//! One BuildGrid with three workers (`farm()`) serves the tests that leave it as it is; the
+//! tests that kill a worker or cancel a job use a second BuildGrid (`scratch()`) and
+//! workers of their own, whose GPU no other stage asks for; the restart test has its own.
+//! Two tests are ignored with what fails today (buildbox-casd and nested output trees; the
+//! farm's action cache and the run's scratch paths in the Action).
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::common::buildbox::{BuildboxCasd, BuildboxWorker, restart_farm};
+use crate::common::servers::{BuildGridExecution, ExecutionConfig, POCHI_PLATFORM_KEYS, alive};
+use crate::common::{Project, Run, summary_stage as stage};
+
+/// How long one remote build may take before the test calls it a hang.
+const BUILD_LIMIT: Duration = Duration::from_secs(150);
+/// The model names pochi's `gpu` aliases resolve to (nvidia-smi's names).
+const T4: &str = "Tesla T4";
+const A100: &str = "NVIDIA A100-SXM4-40GB";
+/// What buildbox-worker logs when a job starts (`--verbose`).
+const JOB_STARTED: &str = "Starting worker thread for leaseId";
+
+/// The shared farm: BuildGrid (with `pool` as a matched key besides pochi's) and three
+/// real workers offering this machine's managed toolchain: a CPU one, a T4 one and an A100
+/// one in pool `blue`.
+struct Farm {
+    server: BuildGridExecution,
+    workers: Vec<BuildboxWorker>,
+    /// `--remote-toolchain-dir`: the workers run here, so their toolchains are this
+    /// machine's.
+    toolchain_dir: String,
+}
+
+fn farm() -> &'static Farm {
+    static FARM: OnceLock<Farm> = OnceLock::new();
+    FARM.get_or_init(|| {
+        let mut match_keys: Vec<String> =
+            POCHI_PLATFORM_KEYS.iter().map(|k| k.to_string()).collect();
+        match_keys.push("pool".into());
+        let server = BuildGridExecution::start(&ExecutionConfig {
+            match_keys,
+            ..ExecutionConfig::default()
+        });
+        let (property, toolchain_dir) = toolchain(&Project::new(""));
+        let python = ("pochi-toolchain", property.as_str());
+        let workers = vec![
+            BuildboxWorker::start(&server, "buildbox-cpu", &host(&[python]), 2),
+            BuildboxWorker::start(&server, "buildbox-t4", &host(&[python, ("gpu", T4)]), 1),
+            BuildboxWorker::start(
+                &server,
+                "buildbox-a100",
+                &host(&[python, ("gpu", A100), ("pool", "blue")]),
+                1,
+            ),
+        ];
+        Farm {
+            server,
+            workers,
+            toolchain_dir,
+        }
+    })
+}
+
+impl Farm {
+    fn worker(&self, name: &str) -> &BuildboxWorker {
+        self.workers
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("no buildbox worker named {name:?}"))
+    }
+}
+
+/// A BuildGrid for the tests that kill workers or cancel jobs: their stages ask for GPUs
+/// that only their own workers offer, so nothing else runs there.
+fn scratch() -> &'static BuildGridExecution {
+    static SCRATCH: OnceLock<BuildGridExecution> = OnceLock::new();
+    SCRATCH.get_or_init(|| BuildGridExecution::start(&ExecutionConfig::default()))
+}
+
+/// This machine's OS and ISA (what every pochi Action asks for) plus `extra`.
+fn host<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut platform = vec![
+        ("OSFamily", std::env::consts::OS),
+        ("ISA", std::env::consts::ARCH),
+    ];
+    platform.extend_from_slice(extra);
+    platform
+}
+
+/// `build --json --remote-executor URL` with a queue bound (a stage no worker takes fails).
+fn remote_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["build", "--json", "--remote-executor", url];
+    args.extend(["--remote-queue-timeout", "90"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `pochi build --json --remote-executor URL`, bounded (a hang fails the test).
+fn build_remote(project: &Project, url: &str, extra: &[&str]) -> Run {
+    project.run_within(&remote_args(url, extra), BUILD_LIMIT)
+}
+
+/// `build_remote` with the TensorRT STAND-IN (a test double of TensorRT) for engine stages.
+fn build_remote_with_standin(project: &Project, url: &str, extra: &[&str]) -> Run {
+    let child = project
+        .command(&remote_args(url, extra))
+        .env(
+            "POCHI_TEST_TENSORRT_STANDIN",
+            crate::common::tensorrt_standin_dir(),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pochi");
+    finish_within(child, BUILD_LIMIT)
+}
+
+/// The same build started in the background, its output piped.
+fn spawn_remote_build(project: &Project, url: &str) -> Child {
+    project
+        .command(&remote_args(url, &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pochi")
+}
+
+/// Waits for a background pochi at most `limit` (then kills it and fails the test).
+fn finish_within(mut child: Child, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pochi did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Run::from_output(child.wait_with_output().expect("pochi output"))
+}
+
+fn same_bytes(a: &Project, b: &Project, output: &str) {
+    let read = |p: &Project| {
+        std::fs::read(p.path(output)).unwrap_or_else(|e| panic!("cannot read {output}: {e}"))
+    };
+    assert_eq!(read(a), read(b), "{output} differs");
+}
+
+/// A command stage that must run remotely on a worker with GPU `gpu` (a pochi alias),
+/// with `extra` TOML lines (`platform = ...`), running `script` with one output `out`.
+fn gpu_stage(name: &str, gpu: &str, extra: &str, script: &str, out: &str) -> String {
+    format!(
+        "[stages.{name}]\nkind = \"command\"\nexecutor = \"remote\"\ndevice = \"cuda\"\n\
+         gpu = \"{gpu}\"\n{extra}run = [\"sh\", \"-c\", {script:?}]\noutputs = {{ out = \"{out}\" }}\n\n"
+    )
+}
+
+/// A stage with a directory output (a nested file) and a file output.
+const TRANSFORM: &str = r#"
+[stages.transform]
+kind = "command"
+executor = "remote"
+run = ["sh", "-c", "echo transform >> runs.log; mkdir -p {outputs.dir}/sub && tr a-z A-Z < {inputs.text} > {outputs.dir}/sub/upper.txt && cp {inputs.text} {outputs.single}"]
+inputs = { text = "data/words.txt" }
+outputs = { dir = "out/tree", single = "out/copy.txt" }
+"#;
+const WORDS: &str = "a real worker\nbyte for byte\n";
+const TRANSFORM_OUTPUTS: [&str; 2] = ["out/tree/sub/upper.txt", "out/copy.txt"];
+
+/// A project of `pipeline` with `words` as the transform's input.
+fn transform_project(pipeline: &str, words: &str) -> Project {
+    let project = Project::new(pipeline);
+    project.write("data/words.txt", words);
+    project
+}
+
+#[test]
+fn a_command_stage_on_a_buildbox_worker_writes_the_bytes_a_local_build_writes() {
+    let farm = farm();
+    let remote = transform_project(TRANSFORM, WORDS);
+    let run = build_remote(&remote, &farm.server.url(), &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    let ran = &stage(&summary, "transform")["ran_remotely"];
+    assert_eq!(ran["executor"], farm.server.url().as_str(), "{summary}");
+    let name = ran["worker"].as_str().expect("the worker's name");
+    // The worker named in the result ran the stage's argv (its log says so).
+    let log = farm.worker(name).log_text();
+    assert!(log.contains("tr a-z A-Z"), "{name} did not run it:\n{log}");
+    assert_eq!(
+        remote.logged_runs(),
+        0,
+        "the command ran on the worker's side"
+    );
+
+    let local = transform_project(&TRANSFORM.replace("executor = \"remote\"\n", ""), WORDS);
+    local.build(&[]).assert_ok();
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&remote, &local, output);
+    }
+    assert_eq!(
+        remote.read("out/tree/sub/upper.txt"),
+        "A REAL WORKER\nBYTE FOR BYTE\n"
+    );
+
+    // A fresh clone (empty local cache) restores the stage from the farm's cache.
+    let clone = transform_project(TRANSFORM, WORDS);
+    let restored = build_remote(&clone, &farm.server.url(), &[]);
+    restored.assert_ok();
+    assert_eq!(restored.count("restored_remote"), 1, "{}", restored.stdout);
+    assert!(restored.ran().is_empty(), "{:?}", restored.ran());
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&remote, &clone, output);
+    }
+}
+
+#[test]
+fn stages_run_on_the_buildbox_worker_of_their_declared_gpu_and_platform() {
+    let farm = farm();
+    let pipeline = gpu_stage(
+        "on_t4",
+        "t4",
+        "",
+        "echo routed-to-t4 > {outputs.out}",
+        "out/t4.txt",
+    ) + &gpu_stage(
+        "on_a100",
+        "a100",
+        "platform = { pool = \"blue\" }\n",
+        "echo routed-to-a100 > {outputs.out}",
+        "out/a100.txt",
+    );
+    let project = Project::new(&pipeline);
+    let run = build_remote(&project, &farm.server.url(), &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    for (name, worker, word, other) in [
+        ("on_t4", "buildbox-t4", "routed-to-t4", "buildbox-a100"),
+        ("on_a100", "buildbox-a100", "routed-to-a100", "buildbox-t4"),
+    ] {
+        assert_eq!(
+            stage(&summary, name)["ran_remotely"]["worker"],
+            worker,
+            "{summary}"
+        );
+        assert!(farm.worker(worker).log_text().contains(word), "{worker}");
+        assert!(!farm.worker(other).log_text().contains(word), "{other}");
+        assert!(!farm.worker("buildbox-cpu").log_text().contains(word));
+    }
+    assert_eq!(project.read("out/t4.txt"), "routed-to-t4\n");
+    assert_eq!(project.read("out/a100.txt"), "routed-to-a100\n");
+}
+
+#[test]
+fn a_stage_pochi_runs_itself_runs_on_a_buildbox_worker_from_the_uploaded_binary() {
+    let farm = farm();
+    let pipeline = r#"
+[pipeline]
+name = "p"
+
+[stages.calib]
+kind = "dataset"
+synthetic = { shape = [3, 8, 8], count = 4, seed = 7 }
+"#;
+    let remote = Project::new(&pipeline.replace(
+        "[stages.calib]\n",
+        "[stages.calib]\nexecutor = \"remote\"\n",
+    ));
+    let local = Project::new(pipeline);
+    let run = build_remote(&remote, &farm.server.url(), &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    let worker = stage(&summary, "calib")["ran_remotely"]["worker"]
+        .as_str()
+        .expect("a worker")
+        .to_string();
+    assert!(worker.starts_with("buildbox-"), "{summary}");
+    local.build(&[]).assert_ok();
+    same_bytes(&remote, &local, "build/p/calib/calib.npy");
+}
+
+/// The first line of a file, once a command has written it (within `limit`).
+fn wait_for_file(path: &Path, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return Some(text.trim().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_buildbox_worker_killed_mid_stage_gives_a_retry_or_a_clear_failure_never_a_hang() {
+    let server = scratch();
+    let l4 = host(&[("gpu", "NVIDIA L4")]);
+    let mut dying = BuildboxWorker::start(server, "buildbox-l4-dying", &l4, 1);
+    let project = Project::new(&gpu_stage(
+        "long",
+        "l4",
+        "",
+        "head -c 1000 /dev/zero > {outputs.out}; sleep 4; head -c 1000 /dev/zero >> {outputs.out}",
+        "out/whole.bin",
+    ));
+    let child = spawn_remote_build(&project, &server.url());
+    assert!(
+        dying.wait_for_log("sleep 4", Duration::from_secs(90)),
+        "the job never started:\n{}",
+        dying.log_text()
+    );
+    dying.kill();
+    let second = BuildboxWorker::start(server, "buildbox-l4-second", &l4, 1);
+    let run = finish_within(child, BUILD_LIMIT);
+    eprintln!(
+        "after the worker died pochi exited {:?}:\n{}",
+        run.code, run.stderr
+    );
+    if run.code == Some(0) {
+        // BuildGrid queued the job again and the second worker ran it whole.
+        assert_eq!(
+            std::fs::read(project.path("out/whole.bin")).unwrap().len(),
+            2000
+        );
+        assert_eq!(
+            stage(&run.summary(), "long")["ran_remotely"]["worker"],
+            "buildbox-l4-second"
+        );
+        assert!(
+            second.log_text().contains(JOB_STARTED),
+            "{}",
+            second.log_text()
+        );
+    } else {
+        run.assert_error(&["stage `long` failed"]);
+        assert!(
+            !project.exists("out/whole.bin"),
+            "nothing partial is published"
+        );
+    }
+}
+
+#[test]
+fn sigterm_to_pochi_cancels_the_job_on_the_buildbox_worker() {
+    let server = scratch();
+    let mut worker = BuildboxWorker::start(
+        server,
+        "buildbox-h100",
+        &host(&[("gpu", "NVIDIA H100 80GB HBM3")]),
+        1,
+    );
+    let marks = tempfile::tempdir().unwrap();
+    let pid_file = marks.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    let project = Project::new(&gpu_stage("slow", "h100", "", &script, "out/late.txt"));
+    let child = spawn_remote_build(&project, &server.url());
+    let pid: i32 = wait_for_file(&pid_file, Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("the command never started:\n{}", worker.log_text()))
+        .parse()
+        .expect("a pid");
+    let signalled = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let run = finish_within(child, Duration::from_secs(30));
+    assert_eq!(run.code, Some(143), "{}", run.stderr);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(!project.exists("out/late.txt"));
+    // The cancel reached the worker, which stopped the command.
+    let gone = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !alive(pid)
+    });
+    assert!(gone, "the command still runs:\n{}", worker.log_text());
+    assert!(worker.is_running(), "the worker survives a cancel");
+}
+
+/// A stage with a flat output directory and a file output (see the nested case below).
+const FLAT: &str = r#"
+[stages.flat]
+kind = "command"
+run = ["sh", "-c", "echo flat >> runs.log; mkdir -p {outputs.dir} && tr a-z A-Z < {inputs.text} > {outputs.dir}/upper.txt && cp {inputs.text} {outputs.single}"]
+inputs = { text = "data/words.txt" }
+outputs = { dir = "out/flat", single = "out/copy.txt" }
+"#;
+
+/// Builds `pipeline` with buildbox-casd as the remote cache in one project, then in a
+/// fresh one (its own local cache): the second restores every output byte for byte.
+fn store_then_restore_through_casd(pipeline: &str, words: &str, outputs: &[&str]) {
+    let casd = BuildboxCasd::shared();
+    let url = casd.url();
+    let args = ["--remote-cache", url.as_str(), "--remote-timeout", "20"];
+    let first = transform_project(pipeline, words);
+    let run = first.build(&args);
+    run.assert_ok();
+    assert_eq!(run.ran().len(), 1, "{}", run.stdout);
+    assert_eq!(first.logged_runs(), 1);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+
+    let fresh = transform_project(pipeline, words);
+    let restored = fresh.build(&args);
+    restored.assert_ok();
+    assert_eq!(
+        restored.count("restored_remote"),
+        1,
+        "{}\n{}\nbuildbox-casd:\n{}",
+        restored.stdout,
+        restored.stderr,
+        casd.log_text()
+    );
+    assert_eq!(fresh.logged_runs(), 0, "restored, not run");
+    for output in outputs {
+        same_bytes(&first, &fresh, output);
+    }
+    assert!(casd.log_text().contains("GetActionResult"));
+}
+
+#[test]
+fn buildbox_casd_as_remote_cache_stores_and_a_fresh_project_restores() {
+    store_then_restore_through_casd(
+        FLAT,
+        "cached by buildbox-casd\n",
+        &["out/flat/upper.txt", "out/copy.txt"],
+    );
+}
+
+/// buildbox-casd checks, before it answers GetActionResult, that every blob the entry
+/// references is in its CAS, including the `Directory` digests inside an output's `Tree`
+/// (`root.directories[].digest`); pochi uploads the Tree message and the files but not
+/// each child Directory as a blob of its own, so casd logs "ActionResult missing 1
+/// digests" / "Some output blob(s) missing from cache" and answers NOT_FOUND: the stage
+/// runs again instead of being restored. A flat output directory has no such digest.
+#[test]
+#[ignore = "pochi uploads an output Tree without its child Directory blobs (src/remote/results.rs); buildbox-casd then treats the entry as incomplete (NOT_FOUND): 'ActionResult missing 1 digests'"]
+fn a_nested_output_directory_stored_in_buildbox_casd_restores_in_a_fresh_project() {
+    store_then_restore_through_casd(
+        &TRANSFORM.replace("executor = \"remote\"\n", ""),
+        "nested in buildbox-casd\n",
+        &TRANSFORM_OUTPUTS,
+    );
+}
+
+#[test]
+fn buildbox_casd_executes_a_stage_and_serves_it_to_a_fresh_clone() {
+    let casd = BuildboxCasd::shared();
+    // Other words than the cache test's, so that this action is new to the server.
+    let words = "executed by buildbox-casd\n";
+    let pipeline = TRANSFORM;
+    let remote = transform_project(pipeline, words);
+    let run = build_remote(&remote, &casd.url(), &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["executor"],
+        casd.url().as_str(),
+        "{summary}"
+    );
+    assert!(
+        casd.log_text().contains("Execute request"),
+        "{}",
+        casd.log_text()
+    );
+    assert_eq!(remote.logged_runs(), 0);
+    let local = transform_project(&pipeline.replace("executor = \"remote\"\n", ""), words);
+    local.build(&[]).assert_ok();
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&remote, &local, output);
+    }
+    let clone = transform_project(pipeline, words);
+    let restored = build_remote(&clone, &casd.url(), &[]);
+    restored.assert_ok();
+    assert_eq!(restored.count("restored_remote"), 1, "{}", restored.stdout);
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&remote, &clone, output);
+    }
+}
+
+/// The one-Action redesign (#21): a stage is one Action on stable, root-relative paths, so
+/// running it again (here with `--no-cache`, which skips pochi's own cache lookups) is the
+/// same Action, and the executor answers it from its action cache without a worker.
+/// Today the Action that runs holds the run's scratch paths
+/// (`.pochi/v1/<pipeline>/tmp/run.<pid>.<n>/...` in its argv and `output_paths`), so each
+/// run is a new Action: the worker runs it again and `cached` stays false.
+#[test]
+#[ignore = "needs the one-Action redesign (#21): the executed Action's argv and output_paths hold the run's scratch dir (.pochi/v1/pipeline/tmp/run.<pid>.<n>/), so a repeat is a new Action and the worker runs it again instead of BuildGrid answering from its action cache"]
+fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
+    let farm = farm();
+    // Its own argv, so that the workers' logs show its runs and no other test's.
+    let pipeline = TRANSFORM.replace("echo transform", "echo repeat-round");
+    let runs = || -> usize {
+        let needle = "Executing command: /usr/bin/sh -c echo repeat-round";
+        farm.workers
+            .iter()
+            .map(|w| w.log_text().matches(needle).count())
+            .sum()
+    };
+    let project = transform_project(&pipeline, "asked twice\n");
+    let first = build_remote(&project, &farm.server.url(), &["--no-cache"]);
+    first.assert_ok();
+    let summary = first.summary();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["cached"],
+        false,
+        "{summary}"
+    );
+    assert_eq!(runs(), 1);
+
+    // The outputs gone and pochi's cache skipped: only the executor can spare the work.
+    std::fs::remove_dir_all(project.path("out")).unwrap();
+    let again = build_remote(&project, &farm.server.url(), &["--no-cache"]);
+    again.assert_ok();
+    let summary = again.summary();
+    let argvs: Vec<String> = farm
+        .workers
+        .iter()
+        .flat_map(|w| {
+            w.log_text()
+                .lines()
+                .filter(|l| l.contains("Executing command: /usr/bin/sh -c echo repeat-round"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["cached"],
+        true,
+        "{summary}\nthe workers ran:\n{}",
+        argvs.join("\n")
+    );
+    assert_eq!(runs(), 1, "a worker ran it again");
+}
+
+/// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain`, and the directory
+/// that holds this machine's managed toolchains (`--remote-toolchain-dir`: the workers run
+/// on this machine, so theirs is the same).
+fn toolchain(project: &Project) -> (String, String) {
+    let python = project.toolchain_python();
+    let run = project.run(&["toolchain", "info", "--json"]);
+    run.assert_ok();
+    let info: serde_json::Value = serde_json::from_str(&run.stdout).expect("toolchain info");
+    let property = info["remote_platform"]["pochi-toolchain"]
+        .as_str()
+        .expect("the toolchain's platform property")
+        .to_string();
+    let dir = python
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "v1"))
+        .and_then(Path::parent)
+        .expect("the toolchains' cache directory");
+    (property, dir.to_string_lossy().into_owned())
+}
+
+#[test]
+fn a_report_runs_on_a_buildbox_worker_with_the_toolchain_and_agrees_with_a_local_one() {
+    let pipeline = r#"
+[stages.cls]
+kind = "report"
+executor = "remote"
+models = ["ident.onnx", "linear.onnx"]
+data = "data.npy"
+labels = "labels.npy"
+reference = "ident.onnx"
+task = "classification"
+iterations = 3
+min_duration = "0s"
+threads = 1
+batch = 2
+"#;
+    let models = include_str!("../fixtures/report_models.py");
+    let remote = Project::new(pipeline);
+    let local = Project::new(&pipeline.replace("executor = \"remote\"\n", ""));
+    for project in [&remote, &local] {
+        project.write("make_models.py", models);
+        project.python(&["make_models.py", "."]);
+    }
+    let farm = farm();
+    let run = build_remote(
+        &remote,
+        &farm.server.url(),
+        &["--remote-toolchain-dir", &farm.toolchain_dir],
+    );
+    run.assert_ok();
+    let summary = run.summary();
+    let worker = stage(&summary, "cls")["ran_remotely"]["worker"]
+        .as_str()
+        .expect("a worker")
+        .to_string();
+    // A real worker of the farm ran it (pochi's `run-stage`, which starts the toolchain's
+    // Python) and sent its outputs back.
+    let log = farm.worker(&worker).log_text();
+    assert!(log.contains("pochi run-stage"), "{log}");
+    assert!(log.contains("predictions.csv"), "{log}");
+    local.build(&[]).assert_ok();
+    for output in [
+        "build/pipeline/cls/predictions.csv",
+        "build/pipeline/cls/classification_report.csv",
+    ] {
+        same_bytes(&remote, &local, output);
+    }
+}
+
+#[test]
+fn engines_are_built_on_the_buildbox_worker_of_their_gpu() {
+    use pochi::onnx_info::{Dim, encode};
+    let farm = farm();
+    let project = Project::new(
+        r#"
+[stages.engine]
+kind = "engine"
+executor = "remote"
+matrix = { gpu = ["t4", "a100"] }
+gpu = "{matrix.gpu}"
+onnx = "model.onnx"
+"#,
+    );
+    let dims = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)];
+    std::fs::write(
+        project.path("model.onnx"),
+        encode::model(&[("input", dims)]),
+    )
+    .unwrap();
+    let run = build_remote_with_standin(
+        &project,
+        &farm.server.url(),
+        &["--remote-toolchain-dir", &farm.toolchain_dir],
+    );
+    run.assert_ok();
+    let summary = run.summary();
+    for (gpu, worker) in [("t4", "buildbox-t4"), ("a100", "buildbox-a100")] {
+        let name = format!("engine-{gpu}");
+        assert_eq!(
+            stage(&summary, &name)["ran_remotely"]["worker"],
+            worker,
+            "{summary}"
+        );
+        let manifest = project.read(&format!("build/pipeline/{name}.manifest.json"));
+        assert!(manifest.contains("Fake GPU (stand-in)"), "{manifest}");
+        assert!(project.exists(&format!("build/pipeline/{name}.engine")));
+    }
+}
+
+#[test]
+fn after_buildgrid_restarts_its_restarted_buildbox_worker_takes_the_next_build() {
+    let mut server = BuildGridExecution::start(&ExecutionConfig::default());
+    let mut worker = BuildboxWorker::start(&server, "buildbox-survivor", &host(&[]), 1);
+    let pipeline = |word: &str| {
+        format!(
+            "[stages.s]\nkind = \"command\"\nexecutor = \"remote\"\n\
+             run = [\"sh\", \"-c\", \"echo {word} > {{outputs.out}}\"]\noutputs = {{ out = \"out/s.txt\" }}\n"
+        )
+    };
+    let before = Project::new(&pipeline("before-restart"));
+    build_remote(&before, &server.url(), &[]).assert_ok();
+    assert_eq!(before.read("out/s.txt"), "before-restart\n");
+
+    let gave_up = restart_farm(&mut server, &mut [&mut worker]);
+    let after = Project::new(&pipeline("after-restart"));
+    let run = build_remote(&after, &server.url(), &[]);
+    run.assert_ok();
+    assert_eq!(
+        stage(&run.summary(), "s")["ran_remotely"]["worker"],
+        "buildbox-survivor"
+    );
+    assert_eq!(after.read("out/s.txt"), "after-restart\n");
+    // What the harness's restart is for: the real worker does not outlive its session.
+    assert_eq!(gave_up, [true], "{}", worker.log_text());
+}
+
+/// What a worker's upload must carry back, against a local build of the same stage.
+const SHAPES: &str = r#"
+[stages.shapes]
+kind = "command"
+executor = "remote"
+run = ["sh", "-c", "mkdir -p {outputs.dir}/empty {outputs.dir}/bin && head -c 6000000 /dev/urandom > {outputs.big} && printf '#!/bin/sh\\necho hi\\n' > {outputs.dir}/bin/tool && chmod +x {outputs.dir}/bin/tool && ln -s bin/tool {outputs.dir}/link"]
+outputs = { dir = "out/shapes", big = "out/big.bin" }
+"#;
+
+#[test]
+fn a_buildbox_worker_sends_back_big_files_executables_links_and_empty_dirs() {
+    use std::os::unix::fs::PermissionsExt;
+    let farm = farm();
+    let project = Project::new(SHAPES);
+    let run = build_remote(&project, &farm.server.url(), &[]);
+    run.assert_ok();
+    let summary = run.summary();
+    assert!(
+        stage(&summary, "shapes")["ran_remotely"]["worker"].is_string(),
+        "{summary}"
+    );
+    assert_eq!(
+        std::fs::metadata(project.path("out/big.bin"))
+            .unwrap()
+            .len(),
+        6_000_000
+    );
+    let tool = std::fs::metadata(project.path("out/shapes/bin/tool")).unwrap();
+    assert_ne!(
+        tool.permissions().mode() & 0o111,
+        0,
+        "the executable bit is kept"
+    );
+    assert_eq!(
+        std::fs::read_link(project.path("out/shapes/link")).unwrap(),
+        Path::new("bin/tool")
+    );
+    assert!(project.path("out/shapes/empty").is_dir());
+    // The bytes the worker uploaded are the ones pochi recorded (the 6 MB file went over
+    // ByteStream both ways): a fresh clone restores the same digests.
+    let clone = Project::new(SHAPES);
+    let restored = build_remote(&clone, &farm.server.url(), &[]);
+    restored.assert_ok();
+    assert_eq!(restored.count("restored_remote"), 1, "{}", restored.stdout);
+    same_bytes(&project, &clone, "out/big.bin");
+    same_bytes(&project, &clone, "out/shapes/bin/tool");
+}
