@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use super::action::Blob;
 use super::digest::{Digest, DigestFunction};
 use super::endpoint::Endpoint;
 use super::error::RemoteError;
@@ -124,10 +125,14 @@ impl RemoteCache {
                     sent.bytes += digest.size();
                 }
             }
-            let small: Vec<_> = messages
-                .into_iter()
-                .filter(|b| missing.contains(&b.digest))
-                .collect();
+            let mut small: Vec<Blob> = Vec::new();
+            for blob in messages {
+                // Two output directories may hold the same directory: sent once.
+                if missing.contains(&blob.digest) && !small.iter().any(|b| b.digest == blob.digest)
+                {
+                    small.push(blob);
+                }
+            }
             sent.blobs += small.len() as u64;
             sent.bytes += small.iter().map(|b| b.digest.size()).sum::<u64>();
             self.backend.upload_blobs(&small)?;

@@ -15,8 +15,9 @@ use super::tree::{fetch_tree, tree_files, write_tree};
 use super::verify::set_mode;
 use crate::cache::{Entry, FileRecord, Node};
 
-/// What an upload sends: the entry, the `Tree` blobs of its output directories, and each
-/// file blob with the local record it is read from.
+/// What an upload sends: the entry, the `Tree` blobs of its output directories (and each
+/// `Directory` in them as a blob of its own), and each file blob with the local record it
+/// is read from.
 #[derive(Debug, Clone)]
 pub struct ResultUpload {
     pub result: proto::ActionResult,
@@ -75,10 +76,15 @@ pub fn action_result(stage: &StageAction, entry: &Entry) -> Result<ResultUpload,
                         None => dirs.push(item.path.clone()),
                     }
                 }
-                let tree = build_directory_tree(function, &files, &dirs)?
+                let directories = build_directory_tree(function, &files, &dirs)?;
+                let tree = directories
                     .to_tree()
                     .map_err(|e| RemoteError::InputTree(e.to_string()))?;
                 let blob = Blob::of_message(function, &tree);
+                // Each `Directory` of the tree is a blob of its own too: a server may check
+                // that the directories an entry names are in its CAS (buildbox-casd treats
+                // an entry without them as missing).
+                upload.trees.extend(directories.directories);
                 upload
                     .result
                     .output_directories

@@ -7,8 +7,8 @@
 //! One BuildGrid with three workers (`farm()`) serves the tests that leave it as it is; the
 //! tests that kill a worker or cancel a job use a second BuildGrid (`scratch()`) and
 //! workers of their own, whose GPU no other stage asks for; the restart test has its own.
-//! Two tests are ignored with what fails today (buildbox-casd and nested output trees; the
-//! farm's action cache and the run's scratch paths in the Action).
+//! One test is ignored with what fails today (the farm's action cache and the run's scratch
+//! paths in the Action).
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -442,7 +442,6 @@ fn buildbox_casd_as_remote_cache_stores_and_a_fresh_project_restores() {
 /// digests" / "Some output blob(s) missing from cache" and answers NOT_FOUND: the stage
 /// runs again instead of being restored. A flat output directory has no such digest.
 #[test]
-#[ignore = "pochi uploads an output Tree without its child Directory blobs (src/remote/results.rs); buildbox-casd then treats the entry as incomplete (NOT_FOUND): 'ActionResult missing 1 digests'"]
 fn a_nested_output_directory_stored_in_buildbox_casd_restores_in_a_fresh_project() {
     store_then_restore_through_casd(
         &TRANSFORM.replace("executor = \"remote\"\n", ""),
