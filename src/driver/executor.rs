@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,18 +33,12 @@ pub struct StageExecutor {
     pub cancel: Arc<AtomicBool>,
     /// Keys computed by `check`, reused by `run` to detect inputs that change meanwhile.
     keys: Mutex<BTreeMap<usize, StageKey>>,
-    runs: AtomicU64,
     /// Jobs that cannot run on this machine, with what is missing.
     pub unavailable: BTreeMap<usize, String>,
     /// Jobs whose inputs are wrong for them (`StageKind::check_inputs`).
     pub invalid: BTreeMap<usize, StageError>,
     /// Warnings of stages that succeeded, (job, message), told after the build.
     warnings: Mutex<Vec<(usize, String)>>,
-    /// Temporary roots ready for the next stage, per project. Each is emptied after its
-    /// stage and reused, because creating and deleting two directories per stage made
-    /// ext4's inode allocator scan its recently deleted inodes (a third of the time of a
-    /// 2,000-stage fan-out, perf).
-    spare_roots: Mutex<Vec<Vec<PathBuf>>>,
     /// Each project's directory with symbolic links resolved, for the confinement checks
     /// (resolved once, not per published output).
     canonical_dirs: Vec<std::io::Result<PathBuf>>,
@@ -75,11 +69,9 @@ impl StageExecutor {
             runner,
             cancel,
             keys: Mutex::new(BTreeMap::new()),
-            runs: AtomicU64::new(0),
             unavailable: BTreeMap::new(),
             invalid: BTreeMap::new(),
             warnings: Mutex::new(Vec::new()),
-            spare_roots: Mutex::new(Vec::new()),
             canonical_dirs,
             cache: None,
             storer: None,
@@ -162,7 +154,7 @@ impl StageExecutor {
         let (project_index, stage) = self.jobs[job];
         let project = &self.projects[project_index];
         let started = Instant::now();
-        let temp = TempOutputs::create(project, stage, self.take_root(project_index)).ok()?;
+        let temp = TempOutputs::create(project, stage).ok()?;
         let dir = &project.pipeline.dir;
         let scratch = temp.scratch();
         let dest_for = |name: &str| match temp.paths.get(name) {
@@ -191,44 +183,8 @@ impl StageExecutor {
                 None
             }
         };
-        if let Some(root) = temp.empty() {
-            self.give_back_root(project_index, root);
-        }
+        temp.empty();
         origin
-    }
-
-    /// A temporary root for a stage of `project`: a spare one, else a new name.
-    fn take_root(&self, project: usize) -> PathBuf {
-        let spare = self
-            .spare_roots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(project)
-            .and_then(Vec::pop);
-        spare.unwrap_or_else(|| {
-            let run = self.runs.fetch_add(1, Ordering::Relaxed);
-            self.projects[project]
-                .temp_root()
-                .join(format!("run.{}.{run}", std::process::id()))
-        })
-    }
-
-    fn give_back_root(&self, project: usize, root: PathBuf) {
-        let mut spare = self.spare_roots.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() <= project {
-            spare.resize_with(project + 1, Vec::new);
-        }
-        spare[project].push(root);
-    }
-
-    /// Removes the spare temporary roots (every stage has given its root back once the
-    /// scheduler returned): nothing of them outlives the build.
-    pub fn discard_spare_roots(&self) {
-        let spare =
-            std::mem::take(&mut *self.spare_roots.lock().unwrap_or_else(|e| e.into_inner()));
-        for root in spare.iter().flatten() {
-            let _ = crate::fsutil::remove_path(root);
-        }
     }
 
     /// The warnings of the stages that ran, in the order they finished.
@@ -249,10 +205,9 @@ impl StageExecutor {
             None => current_key(project, stage).map_err(|s| StageError::new(describe(s)))?,
         };
         let started = Instant::now();
-        let temp =
-            TempOutputs::create(project, stage, self.take_root(project_index)).map_err(|e| {
-                StageError::new(format!("cannot create temporary output directory: {e}"))
-            })?;
+        let temp = TempOutputs::create(project, stage).map_err(|e| {
+            StageError::new(format!("cannot create temporary output directory: {e}"))
+        })?;
         let result = self.execute(job, lease, &temp, &key.fingerprint());
         let outcome = result.and_then(|warnings| {
             let outputs = self.finish(job, &key, &temp, started, None)?;
@@ -268,9 +223,7 @@ impl StageExecutor {
             told.extend(warnings.into_iter().map(|w| (job, w)));
             Ok(())
         });
-        if let Some(root) = temp.empty() {
-            self.give_back_root(project_index, root);
-        }
+        temp.empty();
         if let Err(message) = &outcome
             && !self.cancel.load(Ordering::Relaxed)
         {
@@ -574,12 +527,5 @@ impl Executor for StageExecutor {
             Err(_) if self.cancel.load(Ordering::Relaxed) => RunResult::Cancelled,
             Err(error) => RunResult::Failed(failure(error)),
         }
-    }
-}
-
-impl Drop for StageExecutor {
-    /// The spare temporary roots are empty: nothing of them outlives the build.
-    fn drop(&mut self) {
-        self.discard_spare_roots();
     }
 }

@@ -195,7 +195,6 @@ impl Workspace {
         cancel: &AtomicBool,
         observer: &mut dyn FnMut(BuildEvent),
     ) -> BuildSummary {
-        executor.discard_spare_roots();
         let restored = executor.restored();
         self.tell_warnings(ids, executor, &cache_stats(outcomes, &restored), observer);
         let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);

@@ -7,8 +7,6 @@
 //! One BuildGrid with three workers (`farm()`) serves the tests that leave it as it is; the
 //! tests that kill a worker or cancel a job use a second BuildGrid (`scratch()`) and
 //! workers of their own, whose GPU no other stage asks for; the restart test has its own.
-//! One test is ignored with what fails today (the farm's action cache and the run's scratch
-//! paths in the Action).
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -492,7 +490,6 @@ fn buildbox_casd_executes_a_stage_and_serves_it_to_a_fresh_clone() {
 /// (`.pochi/v1/<pipeline>/tmp/run.<pid>.<n>/...` in its argv and `output_paths`), so each
 /// run is a new Action: the worker runs it again and `cached` stays false.
 #[test]
-#[ignore = "needs the one-Action redesign (#21): the executed Action's argv and output_paths hold the run's scratch dir (.pochi/v1/pipeline/tmp/run.<pid>.<n>/), so a repeat is a new Action and the worker runs it again instead of BuildGrid answering from its action cache"]
 fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
     let farm = farm();
     // Its own argv, so that the workers' logs show its runs and no other test's.

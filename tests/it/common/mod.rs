@@ -276,6 +276,24 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Every file and link below `dir` (not the directories), as paths relative to it,
+/// sorted; empty when `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            } else if let Ok(relative) = entry.path().strip_prefix(dir) {
+                found.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 impl Project {
     /// A directory holding scikit-learn (and joblib, threadpoolctl) for the toolchain's
     /// Python, installed once per build tree with the toolchain's own `uv` from PyPI
