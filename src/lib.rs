@@ -15,10 +15,10 @@ pub mod cache;
 pub mod cli;
 pub(crate) mod diff;
 pub(crate) mod driver;
+pub mod facts;
 pub(crate) mod fingerprint;
 mod fsutil;
 pub mod graph;
-pub mod host;
 pub mod kinds;
 #[allow(clippy::disallowed_methods)]
 pub(crate) mod machine;

@@ -4,12 +4,12 @@
 
 use std::process::Command;
 
-use crate::host::GpuModel;
+use crate::facts::GpuModel;
 use crate::size::ByteSize;
 
 /// What the machine offers, as detected once per command.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub struct Hardware {
     pub cores: u32,
     pub memory: u64,
     pub gpus: Vec<u32>,
@@ -18,14 +18,14 @@ pub struct Machine {
 }
 
 /// Detects the machine, once per process (later calls return the first answer).
-pub fn detect() -> Machine {
-    static DETECTED: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
+pub fn detect() -> Hardware {
+    static DETECTED: std::sync::OnceLock<Hardware> = std::sync::OnceLock::new();
     DETECTED.get_or_init(detect_now).clone()
 }
 
-fn detect_now() -> Machine {
+fn detect_now() -> Hardware {
     let gpu_models = nvidia_smi();
-    Machine {
+    Hardware {
         cores: env_number("POCHI_CPUS").unwrap_or_else(cores),
         memory: std::env::var("POCHI_MEMORY")
             .ok()

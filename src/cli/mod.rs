@@ -9,8 +9,8 @@ mod convert;
 mod diff;
 mod explain;
 mod export_onnx;
+mod facts;
 mod graph;
-mod host;
 mod infer;
 mod internal;
 mod oneshot;
@@ -146,7 +146,7 @@ fn exit_without_freeing(workspace: crate::driver::Workspace) {
     std::mem::forget(workspace);
 }
 
-use host::{attach_host, open_workspace};
+use facts::{gather_facts, open_workspace};
 
 /// The pipeline files named on the command line, or `pipeline.toml` here.
 fn pipeline_paths(given: &[PathBuf]) -> Vec<PathBuf> {

@@ -84,7 +84,7 @@ fn write(text: &str) -> miette::Result<PathBuf> {
 /// Loads the pipeline written by `write`, with its toolchain (created when missing).
 fn load(dir: &std::path::Path) -> miette::Result<Workspace> {
     let mut workspace = Workspace::load(&[dir.join("pipeline.toml")], crate::kinds::KINDS)?;
-    super::attach_host(&mut workspace, Mode::Create)?;
+    super::gather_facts(&mut workspace, Mode::Create)?;
     Ok(workspace)
 }
 

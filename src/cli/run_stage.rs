@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::kinds::worker::RUN_STAGE_PROTOCOL;
+use crate::kinds::request::RUN_STAGE_PROTOCOL;
 use crate::kinds::{InvocationContext, StageError};
 
 #[derive(Debug, clap::Args)]

@@ -46,8 +46,8 @@ impl Common {
             Some(path) => {
                 let pipeline = Pipeline::load(path, crate::kinds::KINDS)?;
                 Ok((
-                    super::host::choice_of(&pipeline),
-                    super::host::needed_modules(&pipeline),
+                    super::facts::choice_of(&pipeline),
+                    super::facts::needed_modules(&pipeline),
                 ))
             }
         }

@@ -1,7 +1,7 @@
 //! The one place that decides whether a stage can run on this machine, for `build`,
 //! `status`, `graph`, `explain` and `--dry-run` alike: first the kind's check of the
 //! inputs that exist (an error there is the user's to fix, on every machine), then the
-//! kind's declared `Requirements` against the `Host` (TensorRT, a GPU), with one rule
+//! kind's declared `Requirements` against the `MachineFacts` (TensorRT, a GPU), with one rule
 //! for every kind.
 
 use std::collections::BTreeMap;
@@ -42,27 +42,27 @@ pub fn verdict(project: &Project, stage: usize) -> Verdict {
         return Verdict::Unavailable(why.clone());
     }
     let requirements = spec.kind.requirements();
-    let host = &project.host;
+    let facts = &project.facts;
     let mut missing = Vec::new();
     if let Some(reason) = other_target(project, stage) {
         missing.push(reason);
     }
     if let AcceleratorUse::Required(accelerator) = requirements.accelerator
-        && host.accelerator_version(accelerator.id).is_none()
+        && facts.accelerator_version(accelerator.id).is_none()
     {
-        let error = host
+        let error = facts
             .accelerator(accelerator.id)
             .and_then(|found| found.error.clone())
             .unwrap_or_else(|| "not installed".to_string());
         missing.push(format!(
             "{} is not available on this machine ({} cannot `import {}`: {error})",
             accelerator.name,
-            host.toolchain.python.display(),
+            facts.toolchain.python.display(),
             accelerator.module
         ));
     }
     let gpu_stage = matches!(spec.device, Device::Cuda(_));
-    if gpu_stage && host.gpus.is_empty() && requirements.without_gpu == WithoutGpu::Unavailable {
+    if gpu_stage && facts.gpus.is_empty() && requirements.without_gpu == WithoutGpu::Unavailable {
         missing.push("no GPU (nvidia-smi lists none and [resources] gpus declares none)".into());
     }
     if missing.is_empty() {
@@ -79,7 +79,7 @@ fn other_target(project: &Project, stage: usize) -> Option<String> {
     let placement = &project.pipeline.stages[stage].placement;
     let gpu = placement.gpu.as_ref()?;
     let here: Vec<&str> = project
-        .host
+        .facts
         .gpu_models
         .iter()
         .map(|m| m.name.as_str())
@@ -101,7 +101,7 @@ fn other_target(project: &Project, stage: usize) -> Option<String> {
         .accelerator()?;
     let (id, name) = (accelerator.id, accelerator.name);
     let wanted = placement.platform.get(id)?;
-    match project.host.accelerator_version(id) {
+    match project.facts.accelerator_version(id) {
         Some(version) if version == wanted => None,
         found => Some(format!(
             "it targets {name} {wanted} (`platform.{id}`), and this machine has {}",

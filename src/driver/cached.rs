@@ -1,7 +1,7 @@
 //! How a build uses the output cache (`cache::OutputCache`): the request that names a
 //! stage to the cache, and the `Storer`, which stores the outputs of stages that ran on a
 //! thread of its own, one stage after another, so that a stage's dependents never wait for
-//! its store. Restores are the executor's (`StageExecutor::restore`): they publish like a run.
+//! its store. Restores are the executor's (`StageJobs::restore`): they publish like a run.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ pub fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u64>) -> 
         platform: spec
             .kind
             .requirements()
-            .platform(&project.stage_host(stage)),
+            .platform(&project.stage_facts(stage)),
         duration_ms,
     }
 }

@@ -1,5 +1,5 @@
 //! One build over one or more pipelines: load and check them, take their locks, plan which
-//! stages are stale, hand them to the scheduler with a `StageExecutor`, and summarize.
+//! stages are stale, hand them to the scheduler with a `StageJobs`, and summarize.
 //! It neither prints nor spawns: events go to an observer, processes to a `ProcessRunner`.
 
 //!
@@ -12,8 +12,8 @@
 
 mod availability;
 mod cached;
-mod executor;
 pub mod explain;
+mod jobs;
 pub mod noop;
 mod outputs;
 mod plan;

@@ -7,9 +7,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::*;
+use crate::facts::{MachineFacts, Toolchain};
 use crate::fingerprint::StatCache;
 use crate::graph::{ResolvedInput, StageGraph};
-use crate::host::{Host, Toolchain};
 use crate::pipeline::kind::{Registry, Tool};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::state::{OutputRecord, StateStore};
@@ -21,10 +21,10 @@ pub struct Project {
     pub graph: StageGraph,
     pub state: Mutex<StateStore>,
     pub stats: StatCache,
-    /// The machine facts of this build, set by the caller (`Workspace::attach_hosts`);
+    /// The machine facts of this build, set by the caller (`Workspace::attach_facts`);
     /// until then a host without GPUs whose toolchain is `[toolchain] python` or
     /// `python3` on PATH.
-    pub host: Host,
+    pub facts: MachineFacts,
     /// The stages that run on the remote executor in this build (`Workspace::place`).
     pub remote: BTreeSet<usize>,
     /// The stages that must run remotely when no executor is configured, with why they
@@ -52,7 +52,7 @@ impl Project {
         Ok(Project {
             graph,
             state: Mutex::new(state),
-            host: Host::plain(default_toolchain(&pipeline)),
+            facts: MachineFacts::plain(default_toolchain(&pipeline)),
             remote: BTreeSet::new(),
             nowhere: BTreeMap::new(),
             pipeline,
@@ -72,18 +72,18 @@ impl Project {
     /// names its GPU model (`gpu = ...`) and uses an accelerator, that target (and the
     /// accelerator's declared version) instead of what the probe found, wherever the
     /// stage runs.
-    pub fn stage_host(&self, stage: usize) -> std::borrow::Cow<'_, Host> {
+    pub fn stage_facts(&self, stage: usize) -> std::borrow::Cow<'_, MachineFacts> {
         let spec = &self.pipeline.stages[stage];
         let accelerator = spec.kind.requirements().accelerator.accelerator();
         match (&spec.placement.gpu, accelerator) {
             (Some(gpu), Some(accelerator)) => {
                 let version = spec.placement.platform.get(accelerator.id);
-                let target = self
-                    .host
-                    .targeting(accelerator.id, gpu, version.map(String::as_str));
+                let target =
+                    self.facts
+                        .for_declared_gpu(accelerator.id, gpu, version.map(String::as_str));
                 std::borrow::Cow::Owned(target)
             }
-            _ => std::borrow::Cow::Borrowed(&self.host),
+            _ => std::borrow::Cow::Borrowed(&self.facts),
         }
     }
 
@@ -94,7 +94,7 @@ impl Project {
 
     /// The toolchain of the attached host.
     pub fn toolchain(&self) -> &Toolchain {
-        &self.host.toolchain
+        &self.facts.toolchain
     }
 
     pub fn state_log_path(&self, stage: usize) -> PathBuf {

@@ -415,7 +415,7 @@ fn with_remote_platform(mut action: Action, run: &RemoteRun) -> Action {
     if spec.kind.requirements().tool == Tool::Python {
         action.platform.insert(
             crate::toolchain::PLATFORM_PROPERTY.into(),
-            crate::toolchain::platform_value(&run.context.host.toolchain.identity),
+            crate::toolchain::platform_value(&run.context.facts.toolchain.identity),
         );
     }
     action
@@ -503,7 +503,7 @@ fn declared_outputs(run: &RemoteRun, action: &Action) -> Vec<StageOutput> {
             temp: dir.join(path),
         })
         .collect();
-    let answer = crate::kinds::worker::answer_file(run.context);
+    let answer = crate::kinds::request::answer_file(run.context);
     let shown = answer.to_string_lossy();
     if action.argv.iter().any(|a| *a == shown)
         && let Ok(inside) = answer.strip_prefix(dir)

@@ -1,5 +1,5 @@
 //! Running a build: the options, the events it reports, the scheduler over the stages
-//! with the `StageExecutor`, and what it tells after.
+//! with the `StageJobs`, and what it tells after.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::workspace::Verdicts;
 use super::*;
-use crate::machine::Machine;
+use crate::machine::Hardware;
 use crate::process::ProcessRunner;
 use crate::scheduler::{self, Check, Job, Outcome};
 
@@ -38,16 +38,16 @@ fn downstream(jobs: &[Job], from: impl Iterator<Item = usize>) -> Vec<bool> {
 /// Checks every wanted stage before the scheduler starts (in parallel) and tells the
 /// observer how many are out of date and how many may follow them.
 fn precheck(
-    executor: &executor::StageExecutor,
+    stage_jobs: &jobs::StageJobs,
     jobs: &[Job],
     wanted: &[bool],
     observer: &mut dyn FnMut(BuildEvent),
 ) -> Vec<Option<Check>> {
     let prechecked: Vec<Option<Check>> = (0..jobs.len())
         .into_par_iter()
-        .map(|job| wanted[job].then(|| scheduler::Executor::check(executor, job)))
+        .map(|job| wanted[job].then(|| scheduler::JobHandler::check(stage_jobs, job)))
         .collect();
-    let cannot_run = downstream(jobs, executor.unavailable.keys().copied());
+    let cannot_run = downstream(jobs, stage_jobs.unavailable.keys().copied());
     let out_of_date: Vec<usize> = (0..jobs.len())
         .filter(|&job| {
             matches!(prechecked[job], Some(Check::Run(_) | Check::Restorable(_)))
@@ -126,7 +126,7 @@ impl Workspace {
     pub fn build(
         &self,
         options: &BuildOptions,
-        machine: &Machine,
+        machine: &Hardware,
         runner: Arc<dyn ProcessRunner>,
         cancel: Arc<AtomicBool>,
         observer: &mut dyn FnMut(BuildEvent),
@@ -148,7 +148,7 @@ impl Workspace {
             noop::invalidate(project);
         }
         let (unavailable, invalid) = self.unavailable(&ids, &wanted, &targets, options)?;
-        let mut executor = executor::StageExecutor::new(
+        let mut stage_jobs = jobs::StageJobs::new(
             Arc::clone(&self.projects),
             ids.clone(),
             runner,
@@ -156,10 +156,10 @@ impl Workspace {
         )
         .with_cache(options.cache.clone())
         .with_remote(options.remote.clone());
-        executor.unavailable = unavailable;
-        executor.invalid = invalid;
-        let executor = Arc::new(executor);
-        let prechecked = precheck(&executor, &jobs, &wanted, observer);
+        stage_jobs.unavailable = unavailable;
+        stage_jobs.invalid = invalid;
+        let stage_jobs = Arc::new(stage_jobs);
+        let prechecked = precheck(&stage_jobs, &jobs, &wanted, observer);
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "stages checked"
@@ -173,15 +173,15 @@ impl Workspace {
             &wanted,
             prechecked,
             capacity,
-            Arc::clone(&executor) as Arc<dyn scheduler::Executor>,
+            Arc::clone(&stage_jobs) as Arc<dyn scheduler::JobHandler>,
             &scheduler_options,
-            &mut |event| self.forward(&ids, &executor, event, observer),
+            &mut |event| self.forward(&ids, &stage_jobs, event, observer),
         );
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "scheduler finished"
         );
-        Ok(self.finish_build(&ids, &executor, &outcomes, started, &cancel, observer))
+        Ok(self.finish_build(&ids, &stage_jobs, &outcomes, started, &cancel, observer))
     }
 
     /// After the scheduler: warnings told, the no-op stamp of every complete pipeline
@@ -189,14 +189,14 @@ impl Workspace {
     fn finish_build(
         &self,
         ids: &[StageId],
-        executor: &executor::StageExecutor,
+        stage_jobs: &jobs::StageJobs,
         outcomes: &[Option<Outcome>],
         started: Instant,
         cancel: &AtomicBool,
         observer: &mut dyn FnMut(BuildEvent),
     ) -> BuildSummary {
-        let restored = executor.restored();
-        self.tell_warnings(ids, executor, &cache_stats(outcomes, &restored), observer);
+        let restored = stage_jobs.restored();
+        self.tell_warnings(ids, stage_jobs, &cache_stats(outcomes, &restored), observer);
         let interrupted = cancel.load(std::sync::atomic::Ordering::Relaxed);
         for (p, project) in self.projects.iter().enumerate() {
             let complete = ids
@@ -212,7 +212,7 @@ impl Workspace {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state saved"
         );
-        let ran_remotely = executor.ran_remotely();
+        let ran_remotely = stage_jobs.ran_remotely();
         self.summary(
             ids,
             outcomes,
@@ -227,7 +227,7 @@ impl Workspace {
     fn forward(
         &self,
         ids: &[StageId],
-        executor: &executor::StageExecutor,
+        stage_jobs: &jobs::StageJobs,
         event: scheduler::Event,
         observer: &mut dyn FnMut(BuildEvent),
     ) {
@@ -243,7 +243,7 @@ impl Workspace {
                 outcome,
                 duration,
             } => {
-                let ran_remotely = executor.ran_remotely_as(job);
+                let ran_remotely = stage_jobs.ran_remotely_as(job);
                 observer(BuildEvent::Finished {
                     stage: &self.display_name(ids[job]),
                     outcome,
@@ -259,12 +259,12 @@ impl Workspace {
     fn tell_warnings(
         &self,
         ids: &[StageId],
-        executor: &executor::StageExecutor,
+        stage_jobs: &jobs::StageJobs,
         stats: &crate::cache::BuildStats,
         observer: &mut dyn FnMut(BuildEvent),
     ) {
-        let cache_warnings = executor.finish_cache(stats);
-        for (job, warning) in executor.take_warnings() {
+        let cache_warnings = stage_jobs.finish_cache(stats);
+        for (job, warning) in stage_jobs.take_warnings() {
             let message = format!("{}: {warning}", self.display_name(ids[job]));
             observer(BuildEvent::Warning { message: &message });
         }

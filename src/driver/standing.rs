@@ -110,7 +110,7 @@ pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing
 /// properties it declares (they decide what it is built for, wherever it runs).
 fn stage_params(project: &Project, stage: usize) -> serde_json::Value {
     let spec = &project.pipeline.stages[stage];
-    let mut params = spec.kind.params(&project.stage_host(stage));
+    let mut params = spec.kind.params(&project.stage_facts(stage));
     let placement = &spec.placement;
     if (placement.gpu.is_some() || !placement.platform.is_empty())
         && let Some(object) = params.as_object_mut()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use super::{BuildOptions, BuildSummary, PlanStatus, StageStatus, Workspace};
-use crate::machine::Machine;
+use crate::machine::Hardware;
 use crate::process::fake::FakeRunner;
 
 /// a.txt -> a -> b; c.txt -> c. The program's first argument names the stage.
@@ -94,7 +94,7 @@ impl Fixture {
         runner: &Arc<FakeRunner>,
         options: &BuildOptions,
     ) -> Result<BuildSummary, super::BuildError> {
-        let machine = Machine {
+        let machine = Hardware {
             cores: 2,
             memory: 8 << 30,
             gpus: Vec::new(),

@@ -8,9 +8,9 @@ use std::sync::atomic::AtomicBool;
 
 use super::project::{check_state_owner, pipeline_file_name};
 use super::*;
+use crate::facts::MachineFacts;
 use crate::graph::GraphError;
-use crate::host::Host;
-use crate::machine::Machine;
+use crate::machine::Hardware;
 use crate::pipeline::kind::{Registry, WithoutGpu};
 use crate::pipeline::{Device, Pipeline, suggest};
 use crate::scheduler::{Capacity, GpuRequest, Job, Request};
@@ -135,15 +135,15 @@ impl Workspace {
     /// Gives every project its machine facts, gathered once by the caller (which may
     /// create environments and spawn probes; the engine does neither), before any key is
     /// computed.
-    pub fn attach_hosts<E>(
+    pub fn attach_facts<E>(
         &mut self,
-        mut host_for: impl FnMut(&Project) -> Result<Host, E>,
+        mut host_for: impl FnMut(&Project) -> Result<MachineFacts, E>,
     ) -> Result<(), E> {
         let Some(projects) = Arc::get_mut(&mut self.projects) else {
             return Ok(());
         };
         for project in projects.iter_mut() {
-            project.host = host_for(project)?;
+            project.facts = host_for(project)?;
         }
         Ok(())
     }
@@ -248,7 +248,7 @@ impl Workspace {
 
     /// The pools for this build: `-j` caps cpu slots; memory and GPUs come from the first
     /// pipeline's `[resources]` that declares them, else from the machine.
-    pub fn capacity(&self, machine: &Machine, jobs: Option<u32>) -> Capacity {
+    pub fn capacity(&self, machine: &Hardware, jobs: Option<u32>) -> Capacity {
         let declared = |f: &dyn Fn(&Pipeline) -> Option<u64>| {
             self.projects.iter().find_map(|p| f(&p.pipeline))
         };

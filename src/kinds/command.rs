@@ -7,7 +7,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Action, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool};
+use super::{
+    Action, InvocationContext, KindInfo, MachineFacts, Requirements, StageError, StageKind, Tool,
+};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 
@@ -15,7 +17,7 @@ pub static INFO: KindInfo = KindInfo {
     name: "command",
     keys: super::keys_of::<CommandKeys>,
     parse,
-    workers: &[],
+    scripts: &[],
     schema: |generator| generator.subschema_for::<CommandKeys>(),
 };
 
@@ -201,7 +203,7 @@ impl StageKind for Command {
         &self.outputs
     }
 
-    fn params(&self, _host: &Host) -> serde_json::Value {
+    fn params(&self, _host: &MachineFacts) -> serde_json::Value {
         serde_json::json!({ "run": self.run })
     }
 

@@ -1,5 +1,5 @@
 //! The stage kinds, one folder (or file) each: its keys, its parse, its `StageKind` (or
-//! `WorkerStage`) implementation and, for Python kinds, its worker script beside it.
+//! `RequestStage`) implementation and, for Python kinds, its worker script beside it.
 //! `KINDS` registers them. Adding a kind = one folder + one line in `KINDS` (+ its
 //! packages in the toolchain's lock).
 
@@ -9,16 +9,16 @@ pub mod engine;
 pub mod export;
 pub mod quantize;
 pub mod report;
-pub mod worker;
+pub mod request;
 
 pub use crate::action::Action;
-pub use crate::host::{Host, Toolchain};
+pub use crate::facts::{MachineFacts, Toolchain};
 pub use crate::pipeline::kind::{
     Accelerator, AcceleratorUse, InvocationContext, KindInfo, Requirements, StageError, StageKind,
     Tool, WithoutGpu,
 };
 pub use crate::pipeline::parse_api::keys_of;
-use crate::toolchain::workers::Worker;
+use crate::toolchain::scripts::Script;
 
 /// Every stage kind this build of pochi knows.
 pub static KINDS: &[&KindInfo] = &[
@@ -31,10 +31,10 @@ pub static KINDS: &[&KindInfo] = &[
 ];
 
 /// Every worker script of every kind (written to the cache before a build).
-pub fn workers() -> Vec<Worker> {
+pub fn scripts() -> Vec<Script> {
     KINDS
         .iter()
-        .flat_map(|info| info.workers.iter().copied())
+        .flat_map(|info| info.scripts.iter().copied())
         .collect()
 }
 

@@ -15,8 +15,8 @@ use toml::de::DeValue;
 
 use super::{Device, NamedInput, NamedOutput, SpanError};
 use crate::action::Action;
-use crate::host::Host;
-use crate::toolchain::workers::Worker;
+use crate::facts::MachineFacts;
+use crate::toolchain::scripts::Script;
 
 /// What every stage kind provides to the engine. Everything else a kind needs to say is
 /// data (`requirements`), so that the engine applies one rule to every kind.
@@ -30,7 +30,7 @@ pub trait StageKind: Debug + Send + Sync {
     /// Every parameter that shapes the output, besides inputs' content and env, as JSON
     /// (serialized canonically into the key). `host` holds the machine facts gathered once
     /// per build (an engine's TensorRT version and GPU model), never probed here.
-    fn params(&self, host: &Host) -> Value;
+    fn params(&self, facts: &MachineFacts) -> Value;
     /// What the stage needs of the machine and the engine.
     fn requirements(&self) -> Requirements {
         Requirements::default()
@@ -106,7 +106,7 @@ pub struct Requirements {
     /// output then enters the key as missing): a report covers what exists.
     pub tolerates_unavailable_inputs: bool,
     /// The stage records the versions of the toolchain's packages (a report says what it
-    /// measured on): they are read into the `Host` before the build.
+    /// measured on): they are read into the `MachineFacts` before the build.
     pub reports_environment: bool,
 }
 
@@ -130,10 +130,10 @@ impl Requirements {
     /// instruction set; for a stage that uses an accelerator also the GPU model, its
     /// compute capability and the accelerator's and CUDA's versions, so its cached outputs
     /// are never restored for another GPU type.
-    pub fn platform(&self, host: &Host) -> BTreeMap<String, String> {
+    pub fn platform(&self, facts: &MachineFacts) -> BTreeMap<String, String> {
         let mut platform = crate::action::base_platform();
         if let Some(accelerator) = self.accelerator.accelerator() {
-            platform.extend(host.accelerator_platform(accelerator.id));
+            platform.extend(facts.accelerator_platform(accelerator.id));
         }
         platform
     }
@@ -165,11 +165,11 @@ pub struct Accelerator {
     pub name: &'static str,
     /// The Python module that provides it.
     pub module: &'static str,
-    /// The platform properties its facts put on an Action (`Host::accelerator_platform`):
+    /// The platform properties its facts put on an Action (`MachineFacts::accelerator_platform`):
     /// a remote stage that names no GPU model drops them (they describe this machine).
     pub properties: &'static [&'static str],
     /// What the toolchain's interpreter finds (it spawns: only the command line calls it).
-    pub probe: fn(&Path) -> crate::host::AcceleratorFacts,
+    pub probe: fn(&Path) -> crate::facts::AcceleratorFacts,
 }
 
 /// Accelerators are one when their ids are.
@@ -236,7 +236,7 @@ pub struct InvocationContext {
     /// in-process work passes it on to the workers it starts).
     pub gpu: Option<u32>,
     /// The machine facts of this build.
-    pub host: Host,
+    pub facts: MachineFacts,
     /// The pipeline file, absolute, and its text as parsed for this build: what `pochi
     /// run-stage` parses again to rebuild a stage that pochi runs itself.
     pub pipeline_file: PathBuf,
@@ -247,7 +247,7 @@ pub struct InvocationContext {
 impl InvocationContext {
     /// The toolchain's interpreter.
     pub fn python(&self) -> &Path {
-        &self.host.toolchain.python
+        &self.facts.toolchain.python
     }
 
     /// A context for unit tests: project `dir`, interpreter `python`, build dir
@@ -263,7 +263,7 @@ impl InvocationContext {
             state_dir: dir.join(".pochi/v1/x"),
             stage: "x".to_string(),
             gpu: None,
-            host: Host::plain(crate::host::Toolchain {
+            facts: MachineFacts::plain(crate::facts::Toolchain {
                 python: PathBuf::from(python),
                 identity: "test".to_string(),
             }),
@@ -328,8 +328,8 @@ impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for StageError {
 
 /// A host for unit tests: the given interpreter, no GPU, nothing probed.
 #[cfg(test)]
-pub fn sample_host(python: &str) -> Host {
-    Host::plain(crate::host::Toolchain {
+pub fn sample_facts(python: &str) -> MachineFacts {
+    MachineFacts::plain(crate::facts::Toolchain {
         python: PathBuf::from(python),
         identity: "test".to_string(),
     })
@@ -354,7 +354,7 @@ pub struct KindInfo {
     pub keys: fn() -> &'static [&'static str],
     pub parse: ParseFn,
     /// The Python worker scripts the kind runs (written to the cache before a build).
-    pub workers: &'static [Worker],
+    pub scripts: &'static [Script],
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
 

@@ -1,8 +1,8 @@
 //! Runs a DAG of jobs: checks each job once its dependencies are done, runs the ones that
 //! must run in parallel under resource pools, longest critical path first. A job whose
 //! results may be had without running it (`Check::Restorable`) is first given to
-//! `Executor::restore` on its own thread, holding no resources, and runs only if that
-//! fails. It knows nothing of stages, processes or caches: an `Executor` checks, restores
+//! `JobHandler::restore` on its own thread, holding no resources, and runs only if that
+//! fails. It knows nothing of stages, processes or caches: an `JobHandler` checks, restores
 //! and runs, an observer hears events.
 
 mod resources;
@@ -33,7 +33,7 @@ pub struct Job {
 pub enum Check {
     UpToDate,
     Run(String),
-    /// It must run (the reason), unless `Executor::restore` can produce its results.
+    /// It must run (the reason), unless `JobHandler::restore` can produce its results.
     Restorable(String),
     Failed(Failure),
     /// It cannot run on this machine (e.g. no TensorRT or no GPU); not a failure.
@@ -106,7 +106,7 @@ impl Outcome {
 }
 
 /// Checks and runs jobs; called from worker threads.
-pub trait Executor: Send + Sync + 'static {
+pub trait JobHandler: Send + Sync + 'static {
     fn check(&self, job: usize) -> Check;
     /// Produces the results of a job checked `Restorable` without running it (from a
     /// cache): `Some(where from)` when it did, `None` to run it. Called on a thread of its
@@ -148,7 +148,7 @@ enum Message {
 enum State {
     Waiting(usize),
     Checking,
-    /// Waiting for or in `Executor::restore`; the reason it runs if that fails.
+    /// Waiting for or in `JobHandler::restore`; the reason it runs if that fails.
     Restoring(String),
     Ready(String),
     Running(Lease, String),
@@ -163,11 +163,11 @@ pub fn run(
     wanted: &[bool],
     prechecked: Vec<Option<Check>>,
     capacity: Capacity,
-    executor: Arc<dyn Executor>,
+    handler: Arc<dyn JobHandler>,
     options: &Options,
     observer: &mut dyn FnMut(Event),
 ) -> Vec<Option<Outcome>> {
-    let mut scheduler = Scheduler::new(jobs, wanted, prechecked, capacity, executor, options);
+    let mut scheduler = Scheduler::new(jobs, wanted, prechecked, capacity, handler, options);
     scheduler.start();
     scheduler.drive(observer);
     scheduler.outcomes
@@ -184,7 +184,7 @@ struct Scheduler<'a> {
     outcomes: Vec<Option<Outcome>>,
     ready: BinaryHeap<(u64, Reverse<usize>)>,
     pools: Pools,
-    executor: Arc<dyn Executor>,
+    handler: Arc<dyn JobHandler>,
     options: &'a Options,
     sender: mpsc::Sender<Message>,
     receiver: mpsc::Receiver<Message>,
@@ -211,7 +211,7 @@ impl<'a> Scheduler<'a> {
         wanted: &'a [bool],
         prechecked: Vec<Option<Check>>,
         capacity: Capacity,
-        executor: Arc<dyn Executor>,
+        handler: Arc<dyn JobHandler>,
         options: &'a Options,
     ) -> Self {
         let mut dependents = vec![Vec::new(); jobs.len()];
@@ -237,7 +237,7 @@ impl<'a> Scheduler<'a> {
             outcomes: vec![None; jobs.len()],
             ready: BinaryHeap::new(),
             pools: Pools::new(capacity),
-            executor,
+            handler,
             options,
             sender,
             receiver,
@@ -309,17 +309,17 @@ impl<'a> Scheduler<'a> {
             if jobs.len() > INLINE_CHECKS {
                 for job in jobs {
                     self.in_flight += 1;
-                    let executor = Arc::clone(&self.executor);
+                    let handler = Arc::clone(&self.handler);
                     let sender = self.sender.clone();
                     rayon::spawn(move || {
-                        let check = executor.check(job);
+                        let check = handler.check(job);
                         let _ = sender.send(Message::Checked(job, check));
                     });
                 }
                 return;
             }
             for job in jobs {
-                let check = self.executor.check(job);
+                let check = self.handler.check(job);
                 self.deliver_check(job, check);
             }
             self.process_pending(observer);
@@ -360,11 +360,11 @@ impl<'a> Scheduler<'a> {
             };
             self.in_flight += 1;
             self.restoring += 1;
-            let executor = Arc::clone(&self.executor);
+            let handler = Arc::clone(&self.handler);
             let sender = self.sender.clone();
             std::thread::spawn(move || {
                 let started = Instant::now();
-                let source = executor.restore(job);
+                let source = handler.restore(job);
                 let _ = sender.send(Message::Restored(job, source, started.elapsed()));
             });
         }
@@ -465,11 +465,11 @@ impl<'a> Scheduler<'a> {
         });
         self.states[job] = State::Running(lease.clone(), reason);
         self.in_flight += 1;
-        let executor = Arc::clone(&self.executor);
+        let handler = Arc::clone(&self.handler);
         let sender = self.sender.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            let result = executor.run(job, &lease);
+            let result = handler.run(job, &lease);
             let _ = sender.send(Message::Finished(job, result, started.elapsed()));
         });
     }

@@ -1,4 +1,4 @@
-//! Scheduler tests with `FakeExecutor`, a test double that records what ran, when, and on
+//! Scheduler tests with `FakeJobHandler`, a test double that records what ran, when, and on
 //! which GPU, instead of running processes.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use super::*;
 type RunEntry = (usize, Instant, Instant, Option<u32>);
 
 #[derive(Default)]
-struct FakeExecutor {
+struct FakeJobHandler {
     checks: HashMap<usize, Check>,
     failures: Vec<usize>,
     sleep_ms: u64,
@@ -20,7 +20,7 @@ struct FakeExecutor {
     restores: Mutex<Vec<(usize, Instant)>>,
 }
 
-impl Executor for FakeExecutor {
+impl JobHandler for FakeJobHandler {
     fn check(&self, job: usize) -> Check {
         self.checks
             .get(&job)
@@ -83,22 +83,22 @@ fn options(keep_going: bool) -> Options {
 
 fn schedule(
     jobs: &[Job],
-    executor: Arc<FakeExecutor>,
+    handler: Arc<FakeJobHandler>,
     capacity: Capacity,
     keep_going: bool,
 ) -> Vec<Option<Outcome>> {
     let wanted = vec![true; jobs.len()];
-    // As in a real build, every job is prechecked (through the executor), so all roots are
+    // As in a real build, every job is prechecked (through the handler), so all roots are
     // ready at once.
     let prechecked = (0..jobs.len())
-        .map(|job| Some(executor.check(job)))
+        .map(|job| Some(handler.check(job)))
         .collect();
     run(
         jobs,
         &wanted,
         prechecked,
         capacity,
-        executor,
+        handler,
         &options(keep_going),
         &mut |_| {},
     )
@@ -114,13 +114,13 @@ fn gpu_leases_never_overlap() {
             GpuRequest::Any
         };
     }
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         sleep_ms: 30,
         ..Default::default()
     });
-    let outcomes = schedule(&jobs, Arc::clone(&executor), capacity(8, &[0, 1]), false);
+    let outcomes = schedule(&jobs, Arc::clone(&handler), capacity(8, &[0, 1]), false);
     assert!(outcomes.iter().all(|o| matches!(o, Some(Outcome::Ran(_)))));
-    let log = executor.log.lock().unwrap();
+    let log = handler.log.lock().unwrap();
     assert_eq!(log.len(), 8);
     for (i, a) in log.iter().enumerate() {
         assert!(a.3.is_some(), "every job got a GPU");
@@ -150,7 +150,7 @@ fn longest_critical_path_starts_first() {
     jobs[1].estimate_ms = 10;
     jobs[2].estimate_ms = 10;
     jobs[3].estimate_ms = 25;
-    let executor = Arc::new(FakeExecutor::default());
+    let handler = Arc::new(FakeJobHandler::default());
     // As in a real build, every job is prechecked, so both roots are ready at once.
     let prechecked = vec![Some(Check::Run("never built".into())); jobs.len()];
     let wanted = vec![true; jobs.len()];
@@ -159,11 +159,11 @@ fn longest_critical_path_starts_first() {
         &wanted,
         prechecked,
         capacity(1, &[]),
-        executor.clone(),
+        handler.clone(),
         &options(false),
         &mut |_| {},
     );
-    let order: Vec<usize> = executor.log.lock().unwrap().iter().map(|e| e.0).collect();
+    let order: Vec<usize> = handler.log.lock().unwrap().iter().map(|e| e.0).collect();
     assert_eq!(
         order[0], 0,
         "the 30 ms chain outranks the 25 ms job: {order:?}"
@@ -172,9 +172,9 @@ fn longest_critical_path_starts_first() {
 
 /// The order in which one slot runs `jobs`.
 fn order_on_one_slot(jobs: &[Job]) -> Vec<usize> {
-    let executor = Arc::new(FakeExecutor::default());
-    schedule(jobs, Arc::clone(&executor), capacity(1, &[]), false);
-    let log = executor.log.lock().unwrap();
+    let handler = Arc::new(FakeJobHandler::default());
+    schedule(jobs, Arc::clone(&handler), capacity(1, &[]), false);
+    let log = handler.log.lock().unwrap();
     log.iter().map(|e| e.0).collect()
 }
 
@@ -199,13 +199,13 @@ fn a_job_never_run_weighs_like_a_typical_one() {
 fn a_failure_blocks_dependents_and_stops_the_build() {
     // 0 fails; 1 depends on it; 2 is independent but waits behind it on one slot.
     let jobs = vec![job(&[]), job(&[0]), job(&[])];
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         failures: vec![0],
         ..Default::default()
     });
     let mut jobs_long = jobs.clone();
     jobs_long[0].estimate_ms = 100;
-    let outcomes = schedule(&jobs_long, executor, capacity(1, &[]), false);
+    let outcomes = schedule(&jobs_long, handler, capacity(1, &[]), false);
     assert_eq!(outcomes[0], Some(Outcome::Failed(Failure::new("boom"))));
     assert_eq!(outcomes[1], Some(Outcome::Blocked(0)));
     assert_eq!(outcomes[2], Some(Outcome::Stopped));
@@ -215,11 +215,11 @@ fn a_failure_blocks_dependents_and_stops_the_build() {
 fn keep_going_runs_independent_jobs() {
     let mut jobs = vec![job(&[]), job(&[0]), job(&[])];
     jobs[0].estimate_ms = 100;
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         failures: vec![0],
         ..Default::default()
     });
-    let outcomes = schedule(&jobs, executor, capacity(1, &[]), true);
+    let outcomes = schedule(&jobs, handler, capacity(1, &[]), true);
     assert_eq!(outcomes[1], Some(Outcome::Blocked(0)));
     assert!(matches!(outcomes[2], Some(Outcome::Ran(_))));
 }
@@ -229,7 +229,7 @@ fn up_to_date_jobs_are_skipped_and_a_long_chain_needs_no_deep_stack() {
     let jobs: Vec<Job> = (0..20_000)
         .map(|i| if i == 0 { job(&[]) } else { job(&[i - 1]) })
         .collect();
-    let executor = Arc::new(FakeExecutor::default());
+    let handler = Arc::new(FakeJobHandler::default());
     let wanted = vec![true; jobs.len()];
     let prechecked = vec![Some(Check::UpToDate); jobs.len()];
     let outcomes = run(
@@ -237,26 +237,26 @@ fn up_to_date_jobs_are_skipped_and_a_long_chain_needs_no_deep_stack() {
         &wanted,
         prechecked,
         capacity(2, &[]),
-        executor.clone(),
+        handler.clone(),
         &options(false),
         &mut |_| {},
     );
     assert!(outcomes.iter().all(|o| *o == Some(Outcome::Skipped)));
-    assert!(executor.log.lock().unwrap().is_empty());
+    assert!(handler.log.lock().unwrap().is_empty());
 }
 
 #[test]
 fn a_precheck_is_not_trusted_after_an_upstream_ran() {
     // 0 must run; 1 was prechecked up to date, but its input changes when 0 runs.
     let jobs = vec![job(&[]), job(&[0])];
-    let executor = Arc::new(FakeExecutor::default());
+    let handler = Arc::new(FakeJobHandler::default());
     let prechecked = vec![Some(Check::Run("changed".into())), Some(Check::UpToDate)];
     let outcomes = run(
         &jobs,
         &[true, true],
         prechecked,
         capacity(1, &[]),
-        executor,
+        handler,
         &options(false),
         &mut |_| {},
     );
@@ -270,22 +270,22 @@ fn a_precheck_is_not_trusted_after_an_upstream_ran() {
 fn impossible_requests_fail_at_once() {
     let mut jobs = vec![job(&[]), job(&[0])];
     jobs[0].request.gpu = GpuRequest::Any;
-    let executor = Arc::new(FakeExecutor::default());
-    let outcomes = schedule(&jobs, Arc::clone(&executor), capacity(2, &[]), false);
+    let handler = Arc::new(FakeJobHandler::default());
+    let outcomes = schedule(&jobs, Arc::clone(&handler), capacity(2, &[]), false);
     assert!(matches!(&outcomes[0], Some(Outcome::Failed(f)) if f.message.contains("GPU")));
     assert_eq!(outcomes[1], Some(Outcome::Blocked(0)));
-    assert!(executor.log.lock().unwrap().is_empty());
+    assert!(handler.log.lock().unwrap().is_empty());
 }
 
 #[test]
 fn parallel_jobs_respect_the_cpu_pool() {
     let jobs: Vec<Job> = (0..6).map(|_| job(&[])).collect();
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         sleep_ms: 20,
         ..Default::default()
     });
-    schedule(&jobs, Arc::clone(&executor), capacity(2, &[]), false);
-    let log = executor.log.lock().unwrap();
+    schedule(&jobs, Arc::clone(&handler), capacity(2, &[]), false);
+    let log = handler.log.lock().unwrap();
     // Sweep over start (+1) and end (-1) instants; an end sorts before a start at the same instant.
     let mut events: Vec<(Instant, i32)> = log.iter().flat_map(|e| [(e.1, 1), (e.2, -1)]).collect();
     events.sort();
@@ -305,11 +305,11 @@ fn an_unavailable_job_marks_its_dependents_and_does_not_stop_the_build() {
     // 2 needs 1; 3 is independent and still runs without keep-going.
     let mut jobs = vec![job(&[]), job(&[0]), job(&[1]), job(&[])];
     jobs[0].estimate_ms = 100;
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         checks: HashMap::from([(0, Check::Unavailable("no GPU".into()))]),
         ..Default::default()
     });
-    let outcomes = schedule(&jobs, executor, capacity(1, &[]), false);
+    let outcomes = schedule(&jobs, handler, capacity(1, &[]), false);
     assert_eq!(outcomes[0], Some(Outcome::Unavailable("no GPU".into())));
     assert_eq!(outcomes[1], Some(Outcome::NeedsUnavailable(0)));
     assert_eq!(outcomes[2], Some(Outcome::NeedsUnavailable(1)));
@@ -322,11 +322,11 @@ fn a_job_that_tolerates_unavailable_dependencies_still_runs() {
     // 0 is unavailable; 1 (a report, say) tolerates it and runs; 2 needs 1 and runs too.
     let mut jobs = vec![job(&[]), job(&[0]), job(&[1])];
     jobs[1].tolerates_unavailable = true;
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         checks: HashMap::from([(0, Check::Unavailable("no GPU".into()))]),
         ..Default::default()
     });
-    let outcomes = schedule(&jobs, executor, capacity(1, &[]), false);
+    let outcomes = schedule(&jobs, handler, capacity(1, &[]), false);
     assert_eq!(outcomes[0], Some(Outcome::Unavailable("no GPU".into())));
     assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
     assert!(matches!(outcomes[2], Some(Outcome::Ran(_))), "{outcomes:?}");
@@ -337,7 +337,7 @@ fn a_restored_job_does_not_run_and_its_dependents_are_checked_again() {
     // 0 is restorable and restores; 1 was prechecked up to date, but 0's restore changed
     // its input: it is checked again (the fake says run).
     let jobs = vec![job(&[]), job(&[0])];
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         restorable: vec![0],
         ..Default::default()
     });
@@ -350,7 +350,7 @@ fn a_restored_job_does_not_run_and_its_dependents_are_checked_again() {
         &[true, true],
         prechecked,
         capacity(1, &[]),
-        executor.clone(),
+        handler.clone(),
         &options(false),
         &mut |_| {},
     );
@@ -359,7 +359,7 @@ fn a_restored_job_does_not_run_and_its_dependents_are_checked_again() {
         Some(Outcome::Restored("stand-in cache".into()))
     );
     assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
-    let ran: Vec<usize> = executor.log.lock().unwrap().iter().map(|e| e.0).collect();
+    let ran: Vec<usize> = handler.log.lock().unwrap().iter().map(|e| e.0).collect();
     assert_eq!(ran, [1], "the restored job never ran");
 }
 
@@ -368,14 +368,14 @@ fn a_job_that_is_not_restored_runs() {
     let jobs = vec![job(&[]), job(&[0])];
     let mut checks = HashMap::new();
     checks.insert(0, Check::Restorable("never built".into()));
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         checks,
         ..Default::default()
     });
-    let outcomes = schedule(&jobs, executor.clone(), capacity(1, &[]), false);
+    let outcomes = schedule(&jobs, handler.clone(), capacity(1, &[]), false);
     assert!(matches!(outcomes[0], Some(Outcome::Ran(_))), "{outcomes:?}");
     assert!(matches!(outcomes[1], Some(Outcome::Ran(_))), "{outcomes:?}");
-    let restores: Vec<usize> = executor
+    let restores: Vec<usize> = handler
         .restores
         .lock()
         .unwrap()
@@ -399,17 +399,17 @@ fn a_restore_holds_no_resources() {
     }
     let mut checks = HashMap::new();
     checks.insert(1, Check::Restorable("never built".into()));
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         checks,
         restorable: vec![1],
         sleep_ms: 500,
         ..Default::default()
     });
-    let outcomes = schedule(&jobs, executor.clone(), capacity(1, &[0]), false);
+    let outcomes = schedule(&jobs, handler.clone(), capacity(1, &[0]), false);
     assert!(matches!(outcomes[0], Some(Outcome::Ran(_))));
     assert!(matches!(outcomes[1], Some(Outcome::Restored(_))));
-    let run_end = executor.log.lock().unwrap()[0].2;
-    let restore_end = executor.restores.lock().unwrap()[0].1;
+    let run_end = handler.log.lock().unwrap()[0].2;
+    let restore_end = handler.restores.lock().unwrap()[0].1;
     assert!(
         restore_end < run_end,
         "the restore waited for the running job"
@@ -434,18 +434,18 @@ fn remote_jobs_take_no_local_slot_and_are_bounded_by_their_own() {
         job.request.memory = 1 << 40; // more than the machine has: remote jobs never ask
         job.request.gpu = GpuRequest::Any; // nor for a GPU this machine lacks
     }
-    let executor = Arc::new(FakeExecutor {
+    let handler = Arc::new(FakeJobHandler {
         sleep_ms: 40,
         ..Default::default()
     });
     let mut pools = capacity(1, &[]);
     pools.remote = 3;
-    let outcomes = schedule(&jobs, Arc::clone(&executor), pools, false);
+    let outcomes = schedule(&jobs, Arc::clone(&handler), pools, false);
     assert!(
         outcomes.iter().flatten().all(Outcome::is_success),
         "{outcomes:?}"
     );
-    let log = executor.log.lock().unwrap();
+    let log = handler.log.lock().unwrap();
     let remote: Vec<usize> = (2..8).collect();
     assert_eq!(peak_overlap(&log, &remote), 3, "{log:?}");
     assert_eq!(peak_overlap(&log, &[0, 1]), 1);

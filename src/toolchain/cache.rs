@@ -71,8 +71,9 @@ impl CacheDir {
         self.root.join("interpreters")
     }
 
-    /// Worker scripts, one directory per script content hash.
-    pub fn workers(&self) -> PathBuf {
+    /// The kinds' scripts, one directory per script content hash (`workers/`, its name
+    /// from before they were called scripts).
+    pub fn scripts(&self) -> PathBuf {
         self.root.join("workers")
     }
 

@@ -11,7 +11,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use super::cache::CacheDir;
-use super::workers::IDENTITY;
+use super::scripts::IDENTITY;
 
 /// Bumped when the cache entry's meaning changes.
 const ENTRY_FORMAT: u32 = 1;
@@ -52,7 +52,7 @@ pub struct ModuleFact {
 struct Entry {
     format: u32,
     interpreter: PathBuf,
-    worker: String,
+    script: String,
     stamps: Vec<Stamp>,
     facts: Facts,
 }
@@ -94,7 +94,7 @@ pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())
         && entry.format == ENTRY_FORMAT
-        && entry.worker == IDENTITY.hash()
+        && entry.script == IDENTITY.hash()
         && entry.interpreter == python
         && entry.stamps == stamps(python, &entry.facts)
     {
@@ -104,7 +104,7 @@ pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts
     let entry = Entry {
         format: ENTRY_FORMAT,
         interpreter: python.to_path_buf(),
-        worker: IDENTITY.hash(),
+        script: IDENTITY.hash(),
         stamps: stamps(python, &facts),
         facts: facts.clone(),
     };
@@ -119,7 +119,7 @@ pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts
 /// become part of a toolchain error's message and of an unusable toolchain's identity.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum IdentityError {
-    #[error("cannot write the identity worker to {}: {error}", dir.display())]
+    #[error("cannot write the identity script to {}: {error}", dir.display())]
     WriteWorker { dir: PathBuf, error: std::io::Error },
     #[error("cannot create {}: {error}", dir.display())]
     CreateDir { dir: PathBuf, error: std::io::Error },
@@ -165,10 +165,10 @@ fn stderr_tail(tail: &[String]) -> String {
 
 /// Runs the identity worker in `python`.
 fn query(python: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
-    let worker = IDENTITY
+    let script = IDENTITY
         .materialize(cache)
         .map_err(|error| IdentityError::WriteWorker {
-            dir: cache.workers(),
+            dir: cache.scripts(),
             error,
         })?;
     std::fs::create_dir_all(cache.root()).map_err(|error| IdentityError::CreateDir {
@@ -185,7 +185,7 @@ fn query(python: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
         .map(|(module, dist)| format!("{module}={dist}"));
     let output = Command::new(python)
         .arg("-I")
-        .arg(&worker)
+        .arg(&script)
         .arg(&result_path)
         .args(pairs)
         .stdin(std::process::Stdio::null())
@@ -317,7 +317,7 @@ mod tests {
         let entry = Entry {
             format: ENTRY_FORMAT,
             interpreter: python.clone(),
-            worker: IDENTITY.hash(),
+            script: IDENTITY.hash(),
             stamps: stamps(&python, &facts),
             facts: facts.clone(),
         };

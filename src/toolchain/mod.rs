@@ -15,7 +15,7 @@
 pub mod cache;
 pub(crate) mod identity;
 mod managed;
-pub mod workers;
+pub mod scripts;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,8 +25,8 @@ pub use cache::CacheDir;
 pub use identity::{Facts, TRACKED};
 pub use managed::Managed;
 
-use crate::host::PythonFacts;
-pub use crate::host::Toolchain;
+use crate::facts::PythonFacts;
+pub use crate::facts::Toolchain;
 
 /// The lock the managed environment is built from (exact versions and hashes).
 pub const LOCK: &str = include_str!("../../toolchain/requirements.lock");
@@ -162,7 +162,7 @@ pub enum ToolchainError {
     },
     #[error(transparent)]
     NoCacheDir(#[from] cache::CacheDirError),
-    #[error("cannot write pochi's worker scripts to {}", dir.display())]
+    #[error("cannot write pochi's scripts to {}", dir.display())]
     Workers {
         dir: PathBuf,
         #[source]
@@ -190,11 +190,11 @@ pub struct Resolved {
     pub cache: CacheDir,
 }
 
-/// Writes the identity worker and `workers` (every kind's scripts) to the per-user cache.
-pub fn materialize_workers(workers: &[workers::Worker]) -> Result<(), ToolchainError> {
+/// Writes the identity script and `scripts` (every kind's) to the per-user cache.
+pub fn materialize_scripts(scripts: &[scripts::Script]) -> Result<(), ToolchainError> {
     let cache = CacheDir::from_env()?;
-    workers::materialize_all(&cache, workers).map_err(|source| ToolchainError::Workers {
-        dir: cache.workers(),
+    scripts::materialize_all(&cache, scripts).map_err(|source| ToolchainError::Workers {
+        dir: cache.scripts(),
         source,
     })
 }

@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "size",
         "action",
-        "host",
+        "facts",
         "process",
         "fsutil",
         "onnx_info",

@@ -1,4 +1,4 @@
-//! The engine worker (`src/kinds/engine/worker.py`) against the REAL TensorRT Python
+//! The engine worker (`src/kinds/engine/script.py`) against the REAL TensorRT Python
 //! bindings of three versions (10.0.1, the newest 10.x, 11.4), through the TensorRT DOUBLE
 //! (`tests/fixtures/fake_tensorrt`, a test double that checks every attribute, property
 //! write and call against the real classes and pybind11 signatures of the version under
@@ -326,7 +326,7 @@ fn infer(bench: &Bench, worker: &Path, version: &str) -> Result<(), String> {
 
 fn worker_source() -> String {
     std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/kinds/engine/worker.py"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/kinds/engine/script.py"),
     )
     .unwrap()
 }
@@ -348,7 +348,7 @@ fn the_real_bindings_say_what_the_docs_say() {
 #[test]
 fn the_engine_worker_conforms_to_the_real_bindings_of_three_tensorrt_versions() {
     let bench = Bench::new();
-    let worker = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/kinds/engine/worker.py");
+    let worker = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/kinds/engine/script.py");
     for version in VERSIONS {
         if let Err(error) = conformance(&bench, &worker, version) {
             panic!("TensorRT {version}: {error}");
@@ -416,7 +416,7 @@ fn mutated_workers_fail_the_conformance_run_as_the_real_bindings_would() {
         assert_eq!(
             source.matches(mutant.from).count(),
             1,
-            "{name}: in worker.py"
+            "{name}: in script.py"
         );
         let path = bench.project.path(&format!("worker-{name}.py"));
         std::fs::write(&path, source.replace(mutant.from, mutant.to)).unwrap();

@@ -83,7 +83,7 @@ pub fn retime_report(
             subject(new_project, new, model),
         );
         let (old_latency, new_latency) =
-            retime::alternating(&new_project.host, &a, &b, plan(new), &cancel).map_err(|e| {
+            retime::alternating(&new_project.facts, &a, &b, plan(new), &cancel).map_err(|e| {
                 // The error with its causes, as a stage failure says it.
                 let e = crate::pipeline::kind::StageError::from(e);
                 failure(

@@ -51,7 +51,7 @@ pub fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miet
     };
     let local = args.cache.open_local()?;
     let mut workspace = Workspace::load(paths, crate::kinds::KINDS)?;
-    super::super::attach_host(&mut workspace, Mode::Create)?;
+    super::super::gather_facts(&mut workspace, Mode::Create)?;
     workspace.place(args.remote.executor_configured())?;
     let remote = super::super::build::remote_tier(&args.remote, local.as_ref(), &workspace)?;
     let cache = super::super::build::tiered(local, remote.as_ref());

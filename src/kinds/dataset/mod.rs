@@ -21,8 +21,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::worker::{Program, WorkerStage};
-use super::{Host, InvocationContext, KindInfo, Requirements, StageError, StageKind};
+use super::request::{Program, RequestStage};
+use super::{InvocationContext, KindInfo, MachineFacts, Requirements, StageError, StageKind};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError};
 pub use run::DatasetError;
@@ -34,7 +34,7 @@ pub static INFO: KindInfo = KindInfo {
     name: "dataset",
     keys: super::keys_of::<DatasetKeys>,
     parse,
-    workers: &[],
+    scripts: &[],
     schema: |generator| generator.subschema_for::<DatasetKeys>(),
 };
 
@@ -254,7 +254,7 @@ fn outputs(
     .collect()
 }
 
-impl WorkerStage for Dataset {
+impl RequestStage for Dataset {
     fn kind(&self) -> &'static str {
         "dataset"
     }
@@ -267,7 +267,7 @@ impl WorkerStage for Dataset {
         &self.outputs
     }
 
-    fn params(&self, _host: &Host) -> serde_json::Value {
+    fn params(&self, _host: &MachineFacts) -> serde_json::Value {
         serde_json::json!({
             "format": FORMAT,
             "synthetic": match &self.origin {
@@ -338,7 +338,7 @@ mod tests {
                 ("manifest", "build/p/calib/calib_manifest.json".into()),
             ]
         );
-        let params = kind.params(&crate::pipeline::kind::sample_host("/py"));
+        let params = kind.params(&crate::pipeline::kind::sample_facts("/py"));
         assert_eq!(params["samples"], 8);
         assert_eq!(
             params["transform"],
@@ -371,11 +371,11 @@ mod tests {
         let kind = dataset(&pipeline);
         assert!(kind.inputs().is_empty());
         assert_eq!(
-            kind.params(&crate::pipeline::kind::sample_host("/py"))["synthetic"]["seed"],
+            kind.params(&crate::pipeline::kind::sample_facts("/py"))["synthetic"]["seed"],
             9
         );
         assert_eq!(
-            kind.params(&crate::pipeline::kind::sample_host("/py"))["synthetic"]["distribution"],
+            kind.params(&crate::pipeline::kind::sample_facts("/py"))["synthetic"]["distribution"],
             "normal"
         );
     }

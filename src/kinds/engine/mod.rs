@@ -1,5 +1,5 @@
 //! The `engine` stage kind: an ONNX model to a TensorRT engine, built by the embedded
-//! worker (`src/kinds/engine/worker.py`) on TensorRT's Python API. pochi decides the
+//! worker (`src/kinds/engine/script.py`) on TensorRT's Python API. pochi decides the
 //! optimization profiles here, from the ONNX's declared input shapes, before any TensorRT
 //! call; the worker builds, checks the precision it got, and writes a manifest. Without
 //! TensorRT or a GPU the stage is unavailable on the machine (`availability`).
@@ -18,30 +18,30 @@ use toml::de::DeValue;
 
 pub use self::probe::{STANDIN_ENV, TENSORRT};
 pub use self::shapes::{BatchRange, DYNAMIC_NEEDS_SIZE, Shapes, decide_shapes};
-use super::worker::{Choice, Program, WorkerStage, choice};
+use super::request::{Choice, Program, RequestStage, choice};
 use super::{
-    AcceleratorUse, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool,
-    WithoutGpu,
+    AcceleratorUse, InvocationContext, KindInfo, MachineFacts, Requirements, StageError, StageKind,
+    Tool, WithoutGpu,
 };
-use crate::host::AcceleratorFacts;
+use crate::facts::AcceleratorFacts;
 use crate::onnx_info;
 use crate::pipeline::ByteSize;
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{Device, NamedInput, NamedOutput, SpanError};
-use crate::toolchain::workers::Worker;
+use crate::toolchain::scripts::Script;
 
 pub static INFO: KindInfo = KindInfo {
     name: "engine",
     keys: super::keys_of::<EngineKeys>,
     parse,
-    workers: &[WORKER],
+    scripts: &[SCRIPT],
     schema: |generator| generator.subschema_for::<EngineKeys>(),
 };
 
 /// Builds a TensorRT engine from an ONNX model (and, with `--probe`, reports whether TensorRT imports and which GPU it sees).
-pub const WORKER: Worker = Worker {
+pub const SCRIPT: Script = Script {
     name: "engine.py",
-    source: include_str!("worker.py"),
+    source: include_str!("script.py"),
 };
 
 /// pochitrain's default workspace: 1 GiB.
@@ -185,7 +185,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         None => OptimizationLevel::DEFAULT,
         Some(level) => OptimizationLevel::parse(parser, level)?,
     };
-    let outputs = super::worker::primary_and_manifest(
+    let outputs = super::request::primary_and_manifest(
         parser,
         value.span(),
         keys.output.as_ref(),
@@ -233,7 +233,7 @@ impl Engine {
     }
 }
 
-impl WorkerStage for Engine {
+impl RequestStage for Engine {
     fn kind(&self) -> &'static str {
         "engine"
     }
@@ -248,20 +248,20 @@ impl WorkerStage for Engine {
 
     /// With TensorRT, its version and the GPU it builds for: an engine is never reused on
     /// another GPU model or TensorRT version.
-    fn params(&self, host: &Host) -> Value {
+    fn params(&self, facts: &MachineFacts) -> Value {
         json!({
             "input_size": self.input_size,
             "batch": self.batch,
             "workspace": self.workspace,
             "precision": self.precision.name(),
             "optimization_level": self.optimization_level,
-            "tensorrt": host.accelerator(TENSORRT.id).filter(|t| t.is_target()).map(|t| json!({
+            "tensorrt": facts.accelerator(TENSORRT.id).filter(|t| t.is_target()).map(|t| json!({
                 "version": t.version,
                 "gpu": t.gpu_name,
                 "compute_capability": t.compute_capability,
                 "cuda": t.cuda,
             })),
-            "worker": WORKER.hash(),
+            "worker": SCRIPT.hash(),
         })
     }
 
@@ -277,7 +277,7 @@ impl WorkerStage for Engine {
     }
 
     fn program(&self) -> Program {
-        Program::Python(&WORKER)
+        Program::Python(&SCRIPT)
     }
 
     /// The shape decision, whenever the ONNX exists: its errors come before "TensorRT is
@@ -315,7 +315,7 @@ impl WorkerStage for Engine {
             "workspace": self.workspace,
             "precision": self.precision.name(),
             "optimization_level": self.optimization_level,
-            "timing_cache": timing_cache(context.host.accelerator(TENSORRT.id)).map(|p| p.to_string_lossy().into_owned()),
+            "timing_cache": timing_cache(context.facts.accelerator(TENSORRT.id)).map(|p| p.to_string_lossy().into_owned()),
             "outputs": { "engine": path("engine"), "manifest": path("manifest") },
         }))
     }

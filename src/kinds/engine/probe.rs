@@ -2,7 +2,7 @@
 //! and its probe: whether the toolchain's interpreter can `import tensorrt`, and which GPU
 //! it sees (through the engine worker's `--probe`, started by `toolchain::run_script`).
 //! The command line calls the probe of every accelerator the stages declare, once per
-//! build, and puts the answer into the `Host`; the kinds read it from there.
+//! build, and puts the answer into the `MachineFacts`; the kinds read it from there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +10,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::WORKER as ENGINE;
-use crate::host::AcceleratorFacts;
+use super::SCRIPT as ENGINE;
+use crate::facts::AcceleratorFacts;
 use crate::pipeline::kind::Accelerator;
 use crate::toolchain::{cache, identity};
 
@@ -43,7 +43,7 @@ struct ProbeKey {
     /// The interpreter, its environment's site-packages directories (installing TensorRT
     /// rewrites one) and the NVIDIA device nodes and driver version file.
     stamps: Vec<identity::Stamp>,
-    worker: String,
+    script: String,
     /// Variables that change what the probe finds (which GPUs, which libraries).
     env: Vec<(String, String)>,
 }
@@ -165,7 +165,7 @@ fn probe_key(python: &Path) -> ProbeKey {
     ProbeKey {
         interpreter: python.to_path_buf(),
         stamps: watched.iter().filter_map(|p| identity::stamp(p)).collect(),
-        worker: ENGINE.hash(),
+        script: ENGINE.hash(),
         env: [
             "CUDA_VISIBLE_DEVICES",
             "LD_LIBRARY_PATH",

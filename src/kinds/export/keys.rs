@@ -14,7 +14,7 @@ use toml::de::DeValue;
 
 use super::Export;
 use crate::kinds::StageKind;
-use crate::kinds::worker::{Choice, choice};
+use crate::kinds::request::{Choice, choice};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 

@@ -1,5 +1,5 @@
 //! The `export` stage kind: a checkpoint to a verified ONNX model, run by the embedded
-//! export worker (`src/kinds/export/worker.py`) in the Python toolchain. Outputs: the
+//! export worker (`src/kinds/export/script.py`) in the Python toolchain. Outputs: the
 //! `.onnx` (primary), the reference input and PyTorch outputs (`.npz`) and a manifest
 //! (JSON); all three are published only when the worker answered `ok` (verification
 //! included).
@@ -14,23 +14,23 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use self::keys::{ExportKeys, Exporter, ModelRef, Opset, Tolerances, WeightsFile, parse};
-use super::worker::{Choice, Program, WorkerStage, answer_file, read_json};
-use super::{Host, InvocationContext, KindInfo, Requirements, StageError, Tool};
+use super::request::{Choice, Program, RequestStage, answer_file, read_json};
+use super::{InvocationContext, KindInfo, MachineFacts, Requirements, StageError, Tool};
 use crate::pipeline::{NamedInput, NamedOutput};
-use crate::toolchain::workers::Worker;
+use crate::toolchain::scripts::Script;
 
 pub static INFO: KindInfo = KindInfo {
     name: "export",
     keys: super::keys_of::<ExportKeys>,
     parse,
-    workers: &[WORKER],
+    scripts: &[SCRIPT],
     schema: |generator| generator.subschema_for::<ExportKeys>(),
 };
 
 /// Exports a checkpoint to ONNX, verifies it and writes its reference outputs and manifest.
-pub const WORKER: Worker = Worker {
+pub const SCRIPT: Script = Script {
     name: "export.py",
-    source: include_str!("worker.py"),
+    source: include_str!("script.py"),
 };
 
 /// The modules every export imports.
@@ -105,7 +105,7 @@ fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
 }
 
-impl WorkerStage for Export {
+impl RequestStage for Export {
     fn kind(&self) -> &'static str {
         "export"
     }
@@ -118,7 +118,7 @@ impl WorkerStage for Export {
         &self.outputs
     }
 
-    fn params(&self, _host: &Host) -> Value {
+    fn params(&self, _host: &MachineFacts) -> Value {
         json!({
             "model": self.model_text,
             "model_args": self.model_args,
@@ -131,7 +131,7 @@ impl WorkerStage for Export {
             "verify": self.verify,
             "seed": self.seed,
             "external_data": self.weights_file.json(),
-            "worker": WORKER.hash(),
+            "worker": SCRIPT.hash(),
         })
     }
 
@@ -153,7 +153,7 @@ impl WorkerStage for Export {
     }
 
     fn program(&self) -> Program {
-        Program::Python(&WORKER)
+        Program::Python(&SCRIPT)
     }
 
     fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
@@ -177,7 +177,7 @@ impl WorkerStage for Export {
             .and_then(|p| p.get("peak_rss_bytes"))
             .and_then(Value::as_f64);
         let measured = peak
-            .map(|p| format!(" after a peak of {} of host memory", gib(p)))
+            .map(|p| format!(" after a peak of {} of facts memory", gib(p)))
             .unwrap_or_default();
         Some(StageError::new(format!(
             "the export was killed by signal 9 during {phase}{measured}: most likely out of memory (the OOM killer)"

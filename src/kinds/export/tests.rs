@@ -39,7 +39,7 @@ fn parse_stage(table: &str) -> Result<Box<dyn StageKind>, SpanError> {
 fn export(table: &str) -> Value {
     parse_stage(table)
         .unwrap()
-        .params(&crate::pipeline::kind::sample_host("/py"))
+        .params(&crate::pipeline::kind::sample_facts("/py"))
 }
 
 fn error(table: &str) -> String {
@@ -61,7 +61,7 @@ fn defaults_follow_the_pipeline_format() {
     assert_eq!(params["verify"], json!({ "rtol": 1e-3, "atol": 1e-5 }));
     assert_eq!(params["seed"], 0);
     assert_eq!(params["external_data"], "auto");
-    assert_eq!(params["worker"], WORKER.hash());
+    assert_eq!(params["worker"], SCRIPT.hash());
     let kind = parse_stage(BASE).unwrap();
     let outputs: Vec<(String, PathBuf)> = kind
         .outputs()

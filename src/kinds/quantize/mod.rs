@@ -1,5 +1,5 @@
 //! The `quantize` stage kind: bakes a precision into an ONNX model on the CPU, through the
-//! embedded worker (`src/kinds/quantize/worker.py`): fp16/bf16 with ModelOpt
+//! embedded worker (`src/kinds/quantize/script.py`): fp16/bf16 with ModelOpt
 //! AutoCast, int8/fp8 with ModelOpt's ONNX PTQ (explicit Q/DQ) calibrated on a dataset
 //! stage's `.npy`. Outputs: the ONNX (primary) and a manifest (JSON). The calibration
 //! data is an input, so its digest is in the fingerprint: new data recalibrates, the same
@@ -15,24 +15,24 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::StageKind;
-use super::worker::{Choice, Program, WorkerStage, choice};
-use super::{Host, InvocationContext, KindInfo, Requirements, StageError, Tool};
+use super::request::{Choice, Program, RequestStage, choice};
+use super::{InvocationContext, KindInfo, MachineFacts, Requirements, StageError, Tool};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError};
-use crate::toolchain::workers::Worker;
+use crate::toolchain::scripts::Script;
 
 pub static INFO: KindInfo = KindInfo {
     name: "quantize",
     keys: super::keys_of::<QuantizeKeys>,
     parse,
-    workers: &[WORKER],
+    scripts: &[SCRIPT],
     schema: |generator| generator.subschema_for::<QuantizeKeys>(),
 };
 
 /// Bakes fp16/bf16 (AutoCast) or int8/fp8 (PTQ with Q/DQ) into an ONNX model on the CPU.
-pub const WORKER: Worker = Worker {
+pub const SCRIPT: Script = Script {
     name: "quantize.py",
-    source: include_str!("worker.py"),
+    source: include_str!("script.py"),
 };
 
 const MODULES: &[&str] = &["numpy", "onnx", "onnxruntime", "modelopt"];
@@ -241,7 +241,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
         Some(written) => HighPrecision::parse(parser, written)?,
     };
     let input_size = autocast_keys(parser, &keys, precision)?;
-    let outputs = super::worker::primary_and_manifest(
+    let outputs = super::request::primary_and_manifest(
         parser,
         value.span(),
         keys.output.as_ref(),
@@ -326,7 +326,7 @@ impl Quantize {
     }
 }
 
-impl WorkerStage for Quantize {
+impl RequestStage for Quantize {
     fn kind(&self) -> &'static str {
         "quantize"
     }
@@ -339,7 +339,7 @@ impl WorkerStage for Quantize {
         &self.outputs
     }
 
-    fn params(&self, _host: &Host) -> Value {
+    fn params(&self, _host: &MachineFacts) -> Value {
         let mut params = json!({
             "precision": self.precision.name(),
             "samples": self.calibration.samples,
@@ -347,7 +347,7 @@ impl WorkerStage for Quantize {
             "method": self.calibration.method.map(Choice::name),
             "keep_fp32": self.keep_fp32,
             "high_precision": self.high_precision.name(),
-            "worker": WORKER.hash(),
+            "worker": SCRIPT.hash(),
         });
         // Only when given, so that other stages' keys stay as they were.
         if let Some(check) = self.range_check {
@@ -368,7 +368,7 @@ impl WorkerStage for Quantize {
     }
 
     fn program(&self) -> Program {
-        Program::Python(&WORKER)
+        Program::Python(&SCRIPT)
     }
 
     fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::host::Host;
+use crate::facts::MachineFacts;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Gpu {
@@ -40,8 +40,8 @@ pub struct EnvironmentInfo {
 }
 
 /// The facts of the build's host (gathered once by the command line, never probed here).
-pub fn from_host(host: &Host) -> Facts {
-    let facts = host.python.clone().unwrap_or_default();
+pub fn from_facts(machine: &MachineFacts) -> Facts {
+    let facts = machine.python.clone().unwrap_or_default();
     let version = |names: &[&str]| names.iter().find_map(|n| facts.versions.get(*n).cloned());
     Facts {
         python: (!facts.python.is_empty()).then(|| facts.python.clone()),
@@ -49,7 +49,7 @@ pub fn from_host(host: &Host) -> Facts {
         torch: version(&["torch"]),
         tensorrt: version(&["tensorrt", "tensorrt-cu13", "tensorrt-cu12"]),
         onnxruntime_library: super::onnxruntime::find_library(&facts.site_dirs),
-        gpus: host
+        gpus: machine
             .gpu_models
             .iter()
             .map(|gpu| Gpu {

@@ -34,10 +34,10 @@ use toml::de::DeValue;
 use self::config::Config;
 use self::inputs::is_engine;
 use self::summary::Summary;
-use super::worker::{Program, WorkerStage};
+use super::request::{Program, RequestStage};
 use super::{
-    AcceleratorUse, Host, InvocationContext, KindInfo, Requirements, StageError, StageKind, Tool,
-    WithoutGpu,
+    AcceleratorUse, InvocationContext, KindInfo, MachineFacts, Requirements, StageError, StageKind,
+    Tool, WithoutGpu,
 };
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{Device, InputSource, NamedInput, NamedOutput, SpanError};
@@ -46,7 +46,7 @@ pub static INFO: KindInfo = KindInfo {
     name: "report",
     keys: super::keys_of::<config::ReportKeys>,
     parse,
-    workers: &[],
+    scripts: &[],
     schema: |generator| generator.subschema_for::<config::ReportKeys>(),
 };
 
@@ -69,7 +69,7 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     }))
 }
 
-impl WorkerStage for Report {
+impl RequestStage for Report {
     fn kind(&self) -> &'static str {
         "report"
     }
@@ -82,7 +82,7 @@ impl WorkerStage for Report {
         &self.config.outputs
     }
 
-    fn params(&self, _host: &Host) -> Value {
+    fn params(&self, _host: &MachineFacts) -> Value {
         let c = &self.config;
         let mut params = json!({
             "models": c.models,
@@ -100,7 +100,7 @@ impl WorkerStage for Report {
             "dice": c.dice,
             "save_outputs": c.save_outputs,
             "schema": SCHEMA_VERSION,
-            "tensorrt_worker": super::engine::WORKER.hash(),
+            "tensorrt_worker": super::engine::SCRIPT.hash(),
         });
         // Only when given, so that the keys of reports without them stay as they were.
         if !c.sweep.is_empty() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::data::{self, DataError};
 use super::metrics::{self, Latency};
 use super::onnxruntime::{self, OnnxRuntimeError};
-use crate::host::Host;
+use crate::facts::MachineFacts;
 
 /// Why the models could not be timed again.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -49,13 +49,13 @@ pub struct Plan {
 
 /// The latency of `old` and `new`, timed alternately on ONNX Runtime's CPU provider.
 pub fn alternating(
-    host: &Host,
+    facts: &MachineFacts,
     old: &Subject,
     new: &Subject,
     plan: Plan,
     cancel: &AtomicBool,
 ) -> Result<(Latency, Latency), RetimeError> {
-    let site_dirs = host
+    let site_dirs = facts
         .python
         .as_ref()
         .map(|p| p.site_dirs.clone())

@@ -69,7 +69,7 @@ pub fn summarize(
     context: &InvocationContext,
     cancel: &AtomicBool,
 ) -> Result<Summary, SummarizeError> {
-    let facts = environment::from_host(&context.host);
+    let facts = environment::from_facts(&context.facts);
     let data_path = input_path(context, "data").ok_or(InputError::NoData)?;
     let (data, npz_outputs) = inputs::read_samples(&data_path)?;
     let samples = data.shape()[0];

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::data::{self, DataError};
 use crate::kinds::InvocationContext;
-use crate::kinds::engine::WORKER as ENGINE;
-use crate::kinds::worker::{read_json, run_worker_now};
+use crate::kinds::engine::SCRIPT as ENGINE;
+use crate::kinds::request::{read_json, run_script_now};
 
 /// Why an engine could not be run through the worker.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -38,14 +38,14 @@ pub enum TensorRtError {
     },
     /// The worker failed: its message, and its log when it has one.
     #[error("{message}{}", log_suffix(log.as_deref()))]
-    Worker {
+    Script {
         message: String,
         log: Option<PathBuf>,
     },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Data(#[from] DataError),
-    #[error("the engine worker's answer has no timed runs")]
+    #[error("the engine script's answer has no timed runs")]
     NoTimedRuns,
 }
 
@@ -93,9 +93,9 @@ pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) ->
         });
     }
     let tensorrt = super::super::engine::TENSORRT.id;
-    if context.host.accelerator_version(tensorrt).is_none() {
+    if context.facts.accelerator_version(tensorrt).is_none() {
         let error = context
-            .host
+            .facts
             .accelerator(tensorrt)
             .and_then(|t| t.error.as_deref());
         missing.push(format!(
@@ -155,7 +155,7 @@ pub fn run(
         .state_dir
         .join("logs")
         .join(format!("{}.tensorrt.log", context.stage));
-    let answer = run_worker_now(
+    let answer = run_script_now(
         context,
         &ENGINE,
         &[Path::new("--infer"), &request_path, &result_path],
@@ -163,7 +163,7 @@ pub fn run(
         log,
         cancel,
     )
-    .map_err(|e| TensorRtError::Worker {
+    .map_err(|e| TensorRtError::Script {
         message: e.message,
         log: e.log,
     })?;
@@ -174,7 +174,7 @@ pub fn run(
 /// The TensorRT version and GPU the engine was built with, from its manifest (the engine
 /// stage's `<stem>.manifest.json`); null when there is none.
 fn built_for(engine: &Path) -> Value {
-    let manifest = crate::kinds::worker::beside(engine, "manifest.json");
+    let manifest = crate::kinds::request::beside(engine, "manifest.json");
     match read_json(&manifest) {
         Some(m) => json!({ "tensorrt": m.get("tensorrt"), "gpu": m.get("gpu") }),
         None => Value::Null,

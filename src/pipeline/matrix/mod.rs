@@ -384,7 +384,7 @@ output = "build/{matrix.precision}/b{matrix.batch}.engine"
         let variant = &pipeline.stages[1];
         let params = variant
             .kind
-            .params(&crate::pipeline::kind::sample_host("/py"));
+            .params(&crate::pipeline::kind::sample_facts("/py"));
         assert_eq!(params["batch"]["opt"], 8, "{params}");
         assert_eq!(params["precision"], "fp16", "{params}");
         assert_eq!(
@@ -472,7 +472,7 @@ data = \"d.npy\"
                 "{:?}",
                 check
                     .kind
-                    .params(&crate::pipeline::kind::sample_host("/py"))
+                    .params(&crate::pipeline::kind::sample_facts("/py"))
             )
             .contains("@engine\"")
         );

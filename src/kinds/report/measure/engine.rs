@@ -141,7 +141,7 @@ fn stitch_all(
 /// The batch range of an engine's optimization profile, from the engine stage's manifest
 /// (None: no manifest, or a static engine).
 fn profile_range(engine: &Path) -> Option<(usize, usize)> {
-    let manifest = crate::kinds::worker::beside(engine, "manifest.json");
+    let manifest = crate::kinds::request::beside(engine, "manifest.json");
     let value: Value = serde_json::from_slice(&std::fs::read(manifest).ok()?).ok()?;
     let profile = value.pointer("/shapes/profiles/0")?;
     let first = |key: &str| profile.get(key)?.get(0)?.as_u64().map(|v| v as usize);
@@ -150,7 +150,7 @@ fn profile_range(engine: &Path) -> Option<(usize, usize)> {
 
 /// Whether the engine was built without an optimization profile (a static ONNX).
 fn fixed_engine(engine: &Path) -> bool {
-    let manifest = crate::kinds::worker::beside(engine, "manifest.json");
+    let manifest = crate::kinds::request::beside(engine, "manifest.json");
     std::fs::read(manifest)
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())

@@ -1,6 +1,6 @@
 //! What the worker kinds share: every kind but `command` runs a worker (a Python script
 //! of its folder, or pochi itself for the kinds built in Rust) that reads a JSON request
-//! file and writes a JSON answer. A kind implements `WorkerStage` (its keys, its request)
+//! file and writes a JSON answer. A kind implements `RequestStage` (its keys, its request)
 //! and gets `StageKind` from the one implementation here: the request written to the
 //! run's scratch directory, the worker's argv, the answer checked in `verify`, and a failed
 //! answer turned into a `StageError` (error, hint, traceback).
@@ -13,10 +13,10 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{Value, json};
 use toml::Spanned;
 
-use super::{Action, Host, InvocationContext, Requirements, StageError, StageKind};
+use super::{Action, InvocationContext, MachineFacts, Requirements, StageError, StageKind};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
-use crate::toolchain::workers::Worker;
+use crate::toolchain::scripts::Script;
 
 /// The version of the request file pochi writes for `pochi run-stage`.
 pub const RUN_STAGE_PROTOCOL: u32 = 1;
@@ -24,18 +24,18 @@ pub const RUN_STAGE_PROTOCOL: u32 = 1;
 /// The program of a worker stage.
 #[derive(Debug, Clone, Copy)]
 pub enum Program {
-    /// `python -I WORKER REQUEST ANSWER`, a script embedded in pochi.
-    Python(&'static Worker),
+    /// `python -I SCRIPT REQUEST ANSWER`, a script embedded in pochi.
+    Python(&'static Script),
     /// `pochi run-stage REQUEST ANSWER`: the kind's `run_in_process`, in a child process.
     Pochi,
 }
 
 /// A stage kind run by a worker. Implementing it gives the kind its `StageKind`.
-pub trait WorkerStage: Debug + Send + Sync {
+pub trait RequestStage: Debug + Send + Sync {
     fn kind(&self) -> &'static str;
     fn inputs(&self) -> &[NamedInput];
     fn outputs(&self) -> &[NamedOutput];
-    fn params(&self, host: &Host) -> Value;
+    fn params(&self, facts: &MachineFacts) -> Value;
     fn requirements(&self) -> Requirements;
     fn program(&self) -> Program;
     /// The request a Python worker reads, for the run's paths in `context` (pochi's own
@@ -87,25 +87,25 @@ pub fn answer_file(context: &InvocationContext) -> PathBuf {
     context.scratch.join("answer.json")
 }
 
-impl<T: WorkerStage> StageKind for T {
+impl<T: RequestStage> StageKind for T {
     fn kind(&self) -> &'static str {
-        WorkerStage::kind(self)
+        RequestStage::kind(self)
     }
 
     fn inputs(&self) -> &[NamedInput] {
-        WorkerStage::inputs(self)
+        RequestStage::inputs(self)
     }
 
     fn outputs(&self) -> &[NamedOutput] {
-        WorkerStage::outputs(self)
+        RequestStage::outputs(self)
     }
 
-    fn params(&self, host: &Host) -> Value {
-        WorkerStage::params(self, host)
+    fn params(&self, facts: &MachineFacts) -> Value {
+        RequestStage::params(self, facts)
     }
 
     fn requirements(&self) -> Requirements {
-        WorkerStage::requirements(self)
+        RequestStage::requirements(self)
     }
 
     fn check_inputs(
@@ -113,12 +113,12 @@ impl<T: WorkerStage> StageKind for T {
         dir: &Path,
         inputs: &BTreeMap<String, PathBuf>,
     ) -> Result<(), StageError> {
-        WorkerStage::check_inputs(self, dir, inputs)
+        RequestStage::check_inputs(self, dir, inputs)
     }
 
     fn action(&self, context: &InvocationContext) -> Result<Action, StageError> {
         let request = match self.program() {
-            Program::Python(_) => WorkerStage::request(self, context)?,
+            Program::Python(_) => RequestStage::request(self, context)?,
             Program::Pochi => run_stage_request(context)?,
         };
         let file = request_file(context);
@@ -127,20 +127,20 @@ impl<T: WorkerStage> StageKind for T {
             .map_err(|e| StageError::new(format!("cannot write {}: {e}", file.display())))?;
         let shown = |path: &Path| path.to_string_lossy().into_owned();
         let (mut argv, tool) = match self.program() {
-            Program::Python(worker) => {
-                let script = worker.path();
+            Program::Python(script) => {
+                let script = script.path();
                 (
                     vec![shown(context.python()), "-I".into(), shown(&script)],
                     script,
                 )
             }
             Program::Pochi => {
-                let pochi = context.host.pochi.clone();
+                let pochi = context.facts.pochi.clone();
                 (vec![shown(&pochi), "run-stage".into()], pochi)
             }
         };
         argv.extend([shown(&file), shown(&answer_file(context))]);
-        let mut env = WorkerStage::env(self);
+        let mut env = RequestStage::env(self);
         env.insert("PYTHONUNBUFFERED".to_string(), "1".to_string());
         let mut inputs: Vec<PathBuf> = context.inputs.values().cloned().collect();
         inputs.extend([tool, file]);
@@ -148,13 +148,13 @@ impl<T: WorkerStage> StageKind for T {
             env,
             inputs,
             outputs: context.outputs.values().cloned().collect(),
-            platform: WorkerStage::requirements(self).platform(&context.host),
+            platform: RequestStage::requirements(self).platform(&context.facts),
             ..Action::new(argv)
         })
     }
 
     fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
-        check_answer(WorkerStage::kind(self), &answer_file(context))?;
+        check_answer(RequestStage::kind(self), &answer_file(context))?;
         Ok(answer_warnings(context))
     }
 
@@ -166,7 +166,7 @@ impl<T: WorkerStage> StageKind for T {
     ) -> StageError {
         let log = error.log.clone();
         let explained = match read_json(&answer_file(context)) {
-            Some(answer) => Some(describe_failure(WorkerStage::kind(self), &answer)),
+            Some(answer) => Some(describe_failure(RequestStage::kind(self), &answer)),
             None => self.explain_no_answer(context, status),
         };
         match (explained, log) {
@@ -181,7 +181,7 @@ impl<T: WorkerStage> StageKind for T {
         context: &InvocationContext,
         cancel: &AtomicBool,
     ) -> Result<Vec<String>, StageError> {
-        WorkerStage::run_in_process(self, context, cancel)
+        RequestStage::run_in_process(self, context, cancel)
     }
 }
 
@@ -207,12 +207,12 @@ pub fn run_stage_request(context: &InvocationContext) -> Result<Value, StageErro
     }))
 }
 
-/// Runs a worker from in-process work (`python -I WORKER ARGS...`) in the pipeline
+/// Runs a worker from in-process work (`python -I SCRIPT ARGS...`) in the pipeline
 /// directory, on the stage's GPU, logging to `log`; stopped when `cancel` is set. Returns
 /// the worker's `ok` answer at `result`, or the error for a failure.
-pub fn run_worker_now(
+pub fn run_script_now(
     context: &InvocationContext,
-    worker: &Worker,
+    script: &Script,
     args: &[&Path],
     result: &Path,
     log: PathBuf,
@@ -221,7 +221,7 @@ pub fn run_worker_now(
     use crate::process::{ProcessResult, ProcessSpec};
     let mut command_args = vec![
         "-I".to_string(),
-        worker.path().to_string_lossy().into_owned(),
+        script.path().to_string_lossy().into_owned(),
     ];
     command_args.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
     let env = BTreeMap::from([
@@ -239,23 +239,23 @@ pub fn run_worker_now(
         log: log.clone(),
         outputs: Vec::new(),
     };
-    let name = worker.name.trim_end_matches(".py");
+    let name = script.name.trim_end_matches(".py");
     let shown_log = log.strip_prefix(&context.dir).unwrap_or(&log).to_path_buf();
     match crate::process::run_borrowing_cancel(&spec, cancel) {
         ProcessResult::Success | ProcessResult::Failed { .. } if read_json(result).is_some() => {
             check_answer(name, result).map_err(|e| e.with_log(&shown_log))?;
             read_json(result)
-                .ok_or_else(|| StageError::new(format!("the {name} worker's answer vanished")))
+                .ok_or_else(|| StageError::new(format!("the {name} script's answer vanished")))
         }
         ProcessResult::Success => Err(StageError::new(format!(
-            "the {name} worker exited without an answer"
+            "the {name} script exited without an answer"
         ))
         .with_log(shown_log)),
         ProcessResult::Failed {
             status,
             stderr_tail,
         } => Err(StageError::new(format!(
-            "the {name} worker ended with {status} and no answer{}",
+            "the {name} script ended with {status} and no answer{}",
             stderr_tail
                 .iter()
                 .map(|line| format!("\n  {line}"))
@@ -277,11 +277,11 @@ pub fn read_json(path: &Path) -> Option<Value> {
 
 /// The message for a failed answer: the error, its hint, and the Python traceback when the
 /// worker hit an exception.
-pub fn describe_failure(worker: &str, result: &Value) -> StageError {
+pub fn describe_failure(script: &str, result: &Value) -> StageError {
     let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
     let mut message = text("error").to_string();
     if message.is_empty() {
-        message = format!("the {worker} worker failed without a message");
+        message = format!("the {script} script failed without a message");
     }
     if text("kind") == "exception" && !text("traceback").is_empty() {
         message.push_str("\nPython traceback:");
@@ -298,15 +298,15 @@ pub fn describe_failure(worker: &str, result: &Value) -> StageError {
 }
 
 /// `verify` for a worker kind: the answer at `path` must exist and say `ok`.
-pub fn check_answer(worker: &str, path: &Path) -> Result<(), StageError> {
+pub fn check_answer(script: &str, path: &Path) -> Result<(), StageError> {
     let Some(result) = read_json(path) else {
         return Err(StageError::new(format!(
-            "the {worker} worker exited without an answer ({} is missing or not JSON)",
+            "the {script} script exited without an answer ({} is missing or not JSON)",
             path.display()
         )));
     };
     if result.get("ok").and_then(Value::as_bool) != Some(true) {
-        return Err(describe_failure(worker, &result));
+        return Err(describe_failure(script, &result));
     }
     Ok(())
 }
@@ -391,7 +391,7 @@ macro_rules! choice {
             $($(#[$variant_meta])* $variant),+
         }
 
-        impl $crate::kinds::worker::Choice for $name {
+        impl $crate::kinds::request::Choice for $name {
             const ALL: &'static [(&'static str, Self)] = &[$(($text, $name::$variant)),+];
         }
     };
@@ -425,7 +425,7 @@ mod tests {
         assert_eq!(error.hint.as_deref(), Some("try again"));
         assert_eq!(
             describe_failure("quantize", &serde_json::json!({"ok": false})).message,
-            "the quantize worker failed without a message"
+            "the quantize script failed without a message"
         );
     }
 
@@ -447,7 +447,7 @@ mod tests {
             .unwrap_err()
             .message;
         assert!(
-            error.contains("the engine worker exited without an answer"),
+            error.contains("the engine script exited without an answer"),
             "{error}"
         );
     }

@@ -1,4 +1,4 @@
-//! `Host`: the facts about the machine that stages depend on, gathered once per build by
+//! `MachineFacts`: the facts about the machine that stages depend on, gathered once per build by
 //! the command line (the only layer that probes) and passed to every kind: the GPUs with
 //! their models, the toolchain, what the kinds' accelerator probes found (TensorRT today,
 //! by its id: the host does not know which accelerators exist), the Python packages'
@@ -62,7 +62,7 @@ pub struct PythonFacts {
 
 /// The machine facts of one build, for one pipeline (pipelines may name other toolchains).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Host {
+pub struct MachineFacts {
     /// The GPUs the scheduler may hand out (detected, `POCHI_GPUS`, or `[resources] gpus`).
     pub gpus: Vec<u32>,
     /// What `nvidia-smi` says of the GPUs (empty without it).
@@ -77,11 +77,11 @@ pub struct Host {
     pub pochi: PathBuf,
 }
 
-impl Host {
+impl MachineFacts {
     /// A host with the given toolchain, no GPU and nothing probed (tests, `status`
     /// without Python stages).
-    pub fn plain(toolchain: Toolchain) -> Host {
-        Host {
+    pub fn plain(toolchain: Toolchain) -> MachineFacts {
+        MachineFacts {
             gpus: Vec::new(),
             gpu_models: Vec::new(),
             toolchain,
@@ -95,9 +95,14 @@ impl Host {
     /// accelerator `accelerator`, when declared), wherever it runs: this host's toolchain
     /// and binary, the declared GPU in place of what the probe found, so the stage's key
     /// and platform are the same on every machine.
-    pub fn targeting(&self, accelerator: &str, gpu: &str, version: Option<&str>) -> Host {
-        let mut host = self.clone();
-        host.accelerators.insert(
+    pub fn for_declared_gpu(
+        &self,
+        accelerator: &str,
+        gpu: &str,
+        version: Option<&str>,
+    ) -> MachineFacts {
+        let mut facts = self.clone();
+        facts.accelerators.insert(
             accelerator.to_string(),
             AcceleratorFacts {
                 version: version.map(str::to_string),
@@ -107,7 +112,7 @@ impl Host {
                 cuda: None,
             },
         );
-        host
+        facts
     }
 
     /// What the probe of accelerator `id` found, when it was probed.
@@ -148,12 +153,12 @@ mod tests {
 
     #[test]
     fn an_accelerators_platform_names_the_gpu_and_the_versions() {
-        let mut host = Host::plain(Toolchain {
+        let mut facts = MachineFacts::plain(Toolchain {
             python: "python3".into(),
             identity: "py".into(),
         });
-        assert!(host.accelerator_platform(ID).is_empty());
-        host.accelerators.insert(
+        assert!(facts.accelerator_platform(ID).is_empty());
+        facts.accelerators.insert(
             ID.into(),
             AcceleratorFacts {
                 version: Some("10.13.0".into()),
@@ -163,28 +168,28 @@ mod tests {
                 error: None,
             },
         );
-        let platform = host.accelerator_platform(ID);
+        let platform = facts.accelerator_platform(ID);
         assert_eq!(platform["gpu"], "NVIDIA H200");
         assert_eq!(platform["compute_capability"], "9.0");
         assert_eq!(platform[ID], "10.13.0");
         assert!(!platform.contains_key("cuda"));
-        assert!(host.accelerator_platform("other").is_empty());
-        let found = host.accelerators.get_mut(ID).unwrap();
+        assert!(facts.accelerator_platform("other").is_empty());
+        let found = facts.accelerators.get_mut(ID).unwrap();
         found.version = None;
         found.error = Some("ModuleNotFoundError: No module named 'runtime'".into());
         assert!(
-            host.accelerator_platform(ID).is_empty(),
+            facts.accelerator_platform(ID).is_empty(),
             "the accelerator did not import"
         );
     }
 
     #[test]
     fn a_declared_target_replaces_the_probed_gpu() {
-        let host = Host::plain(Toolchain {
+        let facts = MachineFacts::plain(Toolchain {
             python: "python3".into(),
             identity: "py".into(),
         });
-        let a100 = host.targeting(ID, "NVIDIA A100-SXM4-40GB", None);
+        let a100 = facts.for_declared_gpu(ID, "NVIDIA A100-SXM4-40GB", None);
         let platform = a100.accelerator_platform(ID);
         assert_eq!(platform["gpu"], "NVIDIA A100-SXM4-40GB");
         assert!(!platform.contains_key(ID), "{platform:?}");
@@ -192,10 +197,10 @@ mod tests {
             a100.accelerator_version(ID).is_none(),
             "nothing imported here"
         );
-        let pinned = host
-            .targeting(ID, "Tesla T4", Some("10.13.0"))
+        let pinned = facts
+            .for_declared_gpu(ID, "Tesla T4", Some("10.13.0"))
             .accelerator_platform(ID);
         assert_eq!(pinned[ID], "10.13.0");
-        assert_eq!(a100.toolchain, host.toolchain);
+        assert_eq!(a100.toolchain, facts.toolchain);
     }
 }

@@ -1,6 +1,6 @@
 //! Python worker scripts shipped inside the binary. Each is written to the cache under its
 //! content hash (so two pochi versions never overwrite each other's script) and run as
-//! `python -I WORKER ...`; every worker answers with a JSON result file, never free text.
+//! `python -I SCRIPT ...`; every worker answers with a JSON result file, never free text.
 
 use std::path::PathBuf;
 
@@ -8,18 +8,18 @@ use super::cache::CacheDir;
 
 /// One embedded worker script.
 #[derive(Debug, Clone, Copy)]
-pub struct Worker {
+pub struct Script {
     pub name: &'static str,
     pub source: &'static str,
 }
 
 /// Reports which Python and which package versions an interpreter has.
-pub const IDENTITY: Worker = Worker {
+pub const IDENTITY: Script = Script {
     name: "identity.py",
-    source: include_str!("workers/identity.py"),
+    source: include_str!("scripts/identity.py"),
 };
 
-impl Worker {
+impl Script {
     /// The first 16 hex digits of the script's blake3: part of the fingerprint of the
     /// stages it runs, so a changed script reruns them.
     pub fn hash(&self) -> String {
@@ -28,7 +28,7 @@ impl Worker {
 
     /// Where the script lives in the cache.
     pub fn path_in(&self, cache: &CacheDir) -> PathBuf {
-        cache.workers().join(self.hash()).join(self.name)
+        cache.scripts().join(self.hash()).join(self.name)
     }
 
     /// Where the script lives in the cache of this process's environment.
@@ -53,10 +53,10 @@ impl Worker {
 }
 
 /// Writes the identity worker and the kinds' `workers` to the cache.
-pub fn materialize_all(cache: &CacheDir, workers: &[Worker]) -> std::io::Result<()> {
+pub fn materialize_all(cache: &CacheDir, scripts: &[Script]) -> std::io::Result<()> {
     std::iter::once(&IDENTITY)
-        .chain(workers)
-        .try_for_each(|worker| worker.materialize(cache).map(|_| ()))
+        .chain(scripts)
+        .try_for_each(|script| script.materialize(cache).map(|_| ()))
 }
 
 #[cfg(test)]
@@ -67,12 +67,12 @@ mod tests {
     fn scripts_land_under_their_content_hash() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CacheDir::at(dir.path());
-        let other = Worker {
+        let other = Script {
             name: "other.py",
             source: "print('other')\n",
         };
         let path = other.materialize(&cache).unwrap();
-        assert_eq!(path, cache.workers().join(other.hash()).join("other.py"));
+        assert_eq!(path, cache.scripts().join(other.hash()).join("other.py"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), other.source);
         assert_ne!(other.hash(), IDENTITY.hash());
         // A second call leaves the file alone.

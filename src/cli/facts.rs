@@ -1,26 +1,26 @@
-//! Gathering the `Host` of every pipeline of a build, once, before any key is computed:
+//! Gathering the `MachineFacts` of every pipeline of a build, once, before any key is computed:
 //! the toolchain (created with `Mode::Create`, only inspected otherwise), the machine
 //! (one `nvidia-smi` query), the TensorRT probe when a stage uses TensorRT, and the Python
 //! packages' versions when a stage reports its environment.
 
 use crate::driver::{Project, Workspace, default_toolchain};
-use crate::host::Host;
+use crate::facts::MachineFacts;
 use std::collections::BTreeMap;
 
-use crate::host::AcceleratorFacts;
+use crate::facts::AcceleratorFacts;
 use crate::kinds::Accelerator;
 use crate::pipeline::Pipeline;
 use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
 
 /// Attaches the host of every pipeline in `workspace`. With `Mode::Create`, the worker
 /// scripts are written to the cache and a missing managed toolchain is created.
-pub fn attach_host(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> {
+pub fn gather_facts(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> {
     if mode == Mode::Create {
-        toolchain::materialize_workers(&crate::kinds::workers())?;
+        toolchain::materialize_scripts(&crate::kinds::scripts())?;
     }
     let machine = crate::machine::detect();
     let gpus = workspace.capacity(&machine, None).gpus;
-    workspace.attach_hosts(|project| gather(project, mode, &machine, &gpus))?;
+    workspace.attach_facts(|project| gather(project, mode, &machine, &gpus))?;
     Ok(())
 }
 
@@ -33,7 +33,7 @@ pub fn open_workspace(
     remote_configured: bool,
 ) -> miette::Result<Workspace> {
     let mut workspace = Workspace::load(paths, crate::kinds::KINDS)?;
-    attach_host(&mut workspace, mode)?;
+    gather_facts(&mut workspace, mode)?;
     workspace.place(remote_configured)?;
     Ok(workspace)
 }
@@ -42,9 +42,9 @@ pub fn open_workspace(
 fn gather(
     project: &Project,
     mode: Mode,
-    machine: &crate::machine::Machine,
+    machine: &crate::machine::Hardware,
     gpus: &[u32],
-) -> Result<Host, ToolchainError> {
+) -> Result<MachineFacts, ToolchainError> {
     let toolchain = if project.needs_python() {
         for_pipeline(&project.pipeline, mode)?
     } else {
@@ -60,12 +60,12 @@ fn gather(
     let python = (python_exists && reports)
         .then(|| toolchain::python_facts(&toolchain.python))
         .flatten();
-    Ok(Host {
+    Ok(MachineFacts {
         gpus: gpus.to_vec(),
         gpu_models: machine.gpu_models.clone(),
         accelerators,
         python,
-        ..Host::plain(toolchain)
+        ..MachineFacts::plain(toolchain)
     })
 }
 

@@ -21,11 +21,11 @@ use crate::cache::{Miss, Origin, OutputCache, Restored};
 use crate::fingerprint::StageKey;
 use crate::pipeline::kind::{InvocationContext, StageError};
 use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
-use crate::scheduler::{Check, Executor, Failure, Lease, RunResult};
+use crate::scheduler::{Check, Failure, JobHandler, Lease, RunResult};
 use crate::state::{FailureRecord, OutputRecord, unix_ms_now};
 
 /// The scheduler's executor over all stages of all pipelines in one build.
-pub struct StageExecutor {
+pub struct StageJobs {
     pub projects: Arc<Vec<Project>>,
     /// Job index -> (project, stage).
     pub jobs: Vec<(usize, usize)>,
@@ -52,7 +52,7 @@ pub struct StageExecutor {
     ran_remotely: Mutex<BTreeMap<usize, RanRemotely>>,
 }
 
-impl StageExecutor {
+impl StageJobs {
     pub fn new(
         projects: Arc<Vec<Project>>,
         jobs: Vec<(usize, usize)>,
@@ -63,7 +63,7 @@ impl StageExecutor {
             .iter()
             .map(|p| std::fs::canonicalize(&p.pipeline.dir))
             .collect();
-        StageExecutor {
+        StageJobs {
             projects,
             jobs,
             runner,
@@ -429,7 +429,7 @@ fn invocation_context(
         state_dir: pipeline.state_dir(),
         stage: spec.name.clone(),
         gpu: lease.gpu,
-        host: project.stage_host(stage).into_owned(),
+        facts: project.stage_facts(stage).into_owned(),
         pipeline_file: pipeline.file.clone(),
         pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
     }
@@ -468,7 +468,7 @@ fn failure(error: StageError) -> Failure {
     }
 }
 
-impl Executor for StageExecutor {
+impl JobHandler for StageJobs {
     fn check(&self, job: usize) -> Check {
         if let Some(error) = self.invalid.get(&job) {
             return Check::Failed(failure(error.clone()));
