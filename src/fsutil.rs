@@ -6,13 +6,13 @@ use std::path::{Component, Path, PathBuf};
 
 /// Writes `bytes` to `path` so that readers see either the old or the new content, and
 /// makes it durable (fsync of the file and its directory): for state.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, bytes, true)
 }
 
 /// Like `write_atomic` without the fsyncs: for caches, where losing the file to a power
 /// cut only costs recomputing it.
-pub fn write_cache(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_cache(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, bytes, false)
 }
 
@@ -37,7 +37,7 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
 /// ninja, pochi does not fsync outputs: a killed process never leaves a partial output; after
 /// a power cut an output may come back truncated, and since its digest then differs from
 /// the recorded one, the next build reruns its stage.
-pub fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
+pub(crate) fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let is_dir = std::fs::symlink_metadata(temp)?.is_dir();
@@ -57,7 +57,7 @@ pub fn publish(temp: &Path, dest: &Path) -> io::Result<()> {
 }
 
 /// Removes a file or a directory tree; a missing path is fine.
-pub fn remove_path(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_path(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
@@ -105,7 +105,7 @@ fn sibling(path: &Path, tag: &str) -> PathBuf {
 }
 
 /// Removes an output and whatever an interrupted publish of it left beside it.
-pub fn remove_output(path: &Path) -> io::Result<bool> {
+pub(crate) fn remove_output(path: &Path) -> io::Result<bool> {
     remove_path(&sibling(path, "pochi-old"))?;
     remove_path(&sibling(path, "pochi-new"))?;
     let existed = std::fs::symlink_metadata(path).is_ok();
@@ -115,7 +115,7 @@ pub fn remove_output(path: &Path) -> io::Result<bool> {
 
 /// Fails when writing `path` would go through a symbolic link that leaves `root` (the
 /// project directory, canonical): its nearest existing ancestor must resolve inside `root`.
-pub fn check_confined(root: &Path, path: &Path) -> io::Result<()> {
+pub(crate) fn check_confined(root: &Path, path: &Path) -> io::Result<()> {
     let Some(existing) = path
         .parent()
         .into_iter()
@@ -146,7 +146,7 @@ pub fn check_confined(root: &Path, path: &Path) -> io::Result<()> {
 /// link, a link out of the project, a link to a directory holding it (a cycle: the output
 /// could never be hashed), or a FIFO or device (which a reader could wait on forever) is an
 /// error.
-pub fn check_output_tree(root: &Path, temp: &Path, dest: &Path) -> io::Result<()> {
+pub(crate) fn check_output_tree(root: &Path, temp: &Path, dest: &Path) -> io::Result<()> {
     let place = Relocation {
         temp,
         dest: &final_location(dest)?,

@@ -3,11 +3,16 @@
 //! Phases, one module each: `pipeline` (the pipeline file, parsed) -> `graph` (resolve, check, seal) -> `driver`
 //! (one build: plan with `fingerprint` and `state`) -> `scheduler` (run under resources).
 //! Every stage becomes an `action::Action` through the kind seam (`pipeline::kind`, kinds in
-//! `kinds`); `host` holds the machine facts gathered once per build; `process` (the
+//! `kinds`); `facts` holds the machine facts gathered once per build; `process` (the
 //! runner seam and the real runner), `machine` and `toolchain` touch the OS; `render` draws graphs; `cli` is the command
 //! line and the only module that prints. `clippy.toml` enforces both: `Command::new` is
 //! allowed only in `process::system`, `machine`, `toolchain` and `cli`, printing only in
 //! `cli`.
+//!
+//! Visibility: `pub(crate)` by default; `pub` only for what the binary (`cli::main`) and the
+//! integration tests (`tests/it`: the remote client, the cache, the pipeline parser and
+//! graph, the kinds' registry, `onnx_info`'s encoder) use.
+#![warn(unreachable_pub)]
 
 pub mod action;
 pub mod cache;
@@ -15,7 +20,7 @@ pub mod cache;
 pub mod cli;
 pub(crate) mod diff;
 pub(crate) mod driver;
-pub mod facts;
+pub(crate) mod facts;
 pub(crate) mod fingerprint;
 mod fsutil;
 pub mod graph;

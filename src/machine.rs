@@ -9,7 +9,7 @@ use crate::size::ByteSize;
 
 /// What the machine offers, as detected once per command.
 #[derive(Debug, Clone)]
-pub struct Hardware {
+pub(crate) struct Hardware {
     pub cores: u32,
     pub memory: u64,
     pub gpus: Vec<u32>,
@@ -18,7 +18,7 @@ pub struct Hardware {
 }
 
 /// Detects the machine, once per process (later calls return the first answer).
-pub fn detect() -> Hardware {
+pub(crate) fn detect() -> Hardware {
     static DETECTED: std::sync::OnceLock<Hardware> = std::sync::OnceLock::new();
     DETECTED.get_or_init(detect_now).clone()
 }
@@ -69,7 +69,7 @@ fn parse_meminfo_total(text: &str) -> Option<u64> {
 }
 
 /// `"0,1"` -> [0, 1]; `""` -> none.
-pub fn parse_gpu_list(list: &str) -> Vec<u32> {
+pub(crate) fn parse_gpu_list(list: &str) -> Vec<u32> {
     list.split(',')
         .filter_map(|id| id.trim().parse().ok())
         .collect()

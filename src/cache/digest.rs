@@ -65,7 +65,7 @@ pub enum Transfer {
 /// Makes `to` (an empty file opened for reading and writing) a copy of `from`, by reflink
 /// when possible, and returns how, with the BLAKE3 digest and size of what `to` now holds
 /// (a clone is read back to hash it; a copy is hashed as it is written).
-pub fn clone_or_copy(from: &mut File, to: &mut File) -> io::Result<(Transfer, blake3::Hash, u64)> {
+pub(super) fn clone_or_copy(from: &mut File, to: &mut File) -> io::Result<(Transfer, blake3::Hash, u64)> {
     if try_reflink(from, to) {
         to.rewind()?;
         let (hash, size) = hash_blake3(to)?;
@@ -81,12 +81,12 @@ pub fn clone_or_copy(from: &mut File, to: &mut File) -> io::Result<(Transfer, bl
 
 /// Makes `to` (empty) a copy-on-write clone of `from`; false where the filesystem has no
 /// reflinks (or the two files are on different filesystems), leaving `to` empty.
-pub fn try_reflink(from: &File, to: &File) -> bool {
+pub(super) fn try_reflink(from: &File, to: &File) -> bool {
     reflink_copy::reflink_file(from, to).is_ok()
 }
 
 /// The BLAKE3 digest and length of everything `reader` yields.
-pub fn hash_blake3(reader: &mut impl Read) -> io::Result<(blake3::Hash, u64)> {
+pub(super) fn hash_blake3(reader: &mut impl Read) -> io::Result<(blake3::Hash, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0; CHUNK];
     let mut size = 0u64;
@@ -101,7 +101,7 @@ pub fn hash_blake3(reader: &mut impl Read) -> io::Result<(blake3::Hash, u64)> {
 }
 
 /// Copies `from` to `to`, hashing each chunk with BLAKE3 as it is written.
-pub fn copy_hashing(
+pub(super) fn copy_hashing(
     from: &mut impl Read,
     to: &mut (impl Write + Send),
 ) -> io::Result<(blake3::Hash, u64)> {

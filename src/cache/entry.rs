@@ -180,7 +180,7 @@ enum Child<'a> {
 /// computes it from the files: each entry's name, `d` or `f`, and digest, in sorted
 /// order, directories recursively). Fails when a path is unsafe or repeated or its parent
 /// is not a listed directory.
-pub fn tree_digest(entries: &[TreeEntry]) -> Result<String, EntryError> {
+pub(super) fn tree_digest(entries: &[TreeEntry]) -> Result<String, EntryError> {
     let mut root = DirNode::default();
     for entry in entries {
         let parts: Vec<&str> = entry.path.split('/').collect();

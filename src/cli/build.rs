@@ -15,7 +15,7 @@ use crate::remote::RemoteTier;
 use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
-pub struct BuildArgs {
+pub(super) struct BuildArgs {
     /// Pipeline files (default: pipeline.toml); several share one scheduler and resources.
     pipelines: Vec<PathBuf>,
     /// Build only these stages (and what they need); `stage` or `pipeline/stage`.
@@ -46,7 +46,7 @@ pub struct BuildArgs {
     remote: super::remote::RemoteArgs,
 }
 
-pub fn run(args: BuildArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: BuildArgs) -> miette::Result<ExitCode> {
     let started = std::time::Instant::now();
     let paths = super::pipeline_paths(&args.pipelines);
     // Before the no-op test, so that a wrong POCHI_CACHE_MAX_SIZE is an error on every

@@ -14,7 +14,7 @@ use crate::size::ByteSize;
 
 /// The cache flags of `build` and the one-shot commands.
 #[derive(Debug, Clone, Args)]
-pub struct CacheArgs {
+pub(super) struct CacheArgs {
     /// Build without the output cache: restore nothing from it, store nothing in it.
     #[arg(long)]
     pub no_cache: bool,
@@ -23,13 +23,13 @@ pub struct CacheArgs {
 impl CacheArgs {
     /// The cache a build uses: none with `--no-cache`, else the local store (a warning and
     /// none when there is no cache directory; an error when its size limit is not a size).
-    pub fn open(&self) -> miette::Result<Option<Arc<dyn OutputCache>>> {
+    pub(super) fn open(&self) -> miette::Result<Option<Arc<dyn OutputCache>>> {
         let local = self.open_local()?;
         Ok(local.map(|local| Arc::new(Tiered::local(local)) as Arc<dyn OutputCache>))
     }
 
     /// The local store a build uses (see `open`), for a build that adds a remote tier.
-    pub fn open_local(&self) -> miette::Result<Option<LocalCache>> {
+    pub(super) fn open_local(&self) -> miette::Result<Option<LocalCache>> {
         if self.no_cache {
             return Ok(None);
         }
@@ -51,7 +51,7 @@ impl CacheArgs {
 /// plan computed, if it does (the entry is read and checked; its blobs are checked by a
 /// restore only). None for a stage that is up to date, waits on an upstream stage (its
 /// key is not known yet), cannot run here or opts out (`cache = false`).
-pub fn restorable_from(
+pub(super) fn restorable_from(
     cache: &LocalCache,
     project: &crate::driver::Project,
     plan: &crate::driver::StagePlan,
@@ -71,7 +71,7 @@ pub fn restorable_from(
 }
 
 #[derive(Debug, Args)]
-pub struct CacheCommandArgs {
+pub(super) struct CacheCommandArgs {
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -100,7 +100,7 @@ enum Action {
     },
 }
 
-pub fn run(args: CacheCommandArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: CacheCommandArgs) -> miette::Result<ExitCode> {
     let cache = LocalCache::from_env()?;
     match args.action.unwrap_or(Action::Info { json: false }) {
         Action::Info { json } => info(&cache, json),

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::driver::{BuildEvent, Workspace};
 
 #[derive(Debug, Args)]
-pub struct CleanArgs {
+pub(super) struct CleanArgs {
     /// Pipeline files (default: pipeline.toml).
     pipelines: Vec<PathBuf>,
     /// Clean only these stages (default: all).
@@ -17,7 +17,7 @@ pub struct CleanArgs {
     targets: Vec<String>,
 }
 
-pub fn run(args: CleanArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: CleanArgs) -> miette::Result<ExitCode> {
     let workspace = Workspace::load(&super::pipeline_paths(&args.pipelines), crate::kinds::KINDS)?;
     let targets = workspace.resolve_targets(&args.targets)?;
     let cancel = super::signals::cancel_flag();

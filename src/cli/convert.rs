@@ -15,7 +15,7 @@ use clap::Args;
 use super::output::failure;
 
 #[derive(Debug, Args)]
-pub struct ConvertArgs {
+pub(super) struct ConvertArgs {
     /// The ONNX model.
     model: PathBuf,
     #[command(flatten)]
@@ -74,7 +74,7 @@ impl ConvertArgs {
 }
 
 /// pochitrain's engine name for a model and precision.
-pub fn engine_name(model: &Path, precision: &str) -> PathBuf {
+pub(super) fn engine_name(model: &Path, precision: &str) -> PathBuf {
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -86,7 +86,7 @@ pub fn engine_name(model: &Path, precision: &str) -> PathBuf {
     model.with_file_name(name)
 }
 
-pub fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: ConvertArgs) -> miette::Result<ExitCode> {
     let model = std::path::absolute(&args.model).unwrap_or_else(|_| args.model.clone());
     if !model.is_file() {
         return Err(failure(

@@ -11,7 +11,7 @@ use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
 #[command(override_usage = "pochi explain [PIPELINE] STAGE")]
-pub struct ExplainArgs {
+pub(super) struct ExplainArgs {
     /// `[PIPELINE] STAGE`: the pipeline file (default: pipeline.toml) and the stage to
     /// explain.
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
@@ -29,7 +29,7 @@ impl ExplainArgs {
     }
 }
 
-pub fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: ExplainArgs) -> miette::Result<ExitCode> {
     let (pipelines, stage) = args.split();
     let workspace =
         super::open_workspace(&pipelines, Mode::Inspect, super::remote::executor_in_env())?;

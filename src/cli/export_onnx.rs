@@ -13,7 +13,7 @@ use crate::driver::Workspace;
 use crate::pipeline::Device;
 
 #[derive(Debug, Args)]
-pub struct ExportOnnxArgs {
+pub(super) struct ExportOnnxArgs {
     /// The checkpoint: a state_dict (.pth), a pickled model or a TorchScript archive.
     checkpoint: PathBuf,
     #[command(flatten)]
@@ -46,7 +46,7 @@ pub struct ExportOnnxArgs {
     no_verify: bool,
 }
 
-pub fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: ExportOnnxArgs) -> miette::Result<ExitCode> {
     let device = Device::parse(&args.device).ok_or_else(|| {
         failure(
             format!("invalid device `{}`", args.device),

@@ -14,7 +14,7 @@ use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
 
 /// Attaches the host of every pipeline in `workspace`. With `Mode::Create`, the worker
 /// scripts are written to the cache and a missing managed toolchain is created.
-pub fn gather_facts(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> {
+pub(super) fn gather_facts(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> {
     if mode == Mode::Create {
         toolchain::materialize_scripts(&crate::kinds::scripts())?;
     }
@@ -27,7 +27,7 @@ pub fn gather_facts(workspace: &mut Workspace, mode: Mode) -> miette::Result<()>
 /// The workspace of `paths` ready to plan or build, the one sequence every command uses:
 /// the pipelines loaded and checked, their hosts gathered (`mode`), each stage placed
 /// (here or on the remote executor, when one is configured).
-pub fn open_workspace(
+pub(super) fn open_workspace(
     paths: &[std::path::PathBuf],
     mode: Mode,
     remote_configured: bool,

@@ -20,14 +20,14 @@ enum Format {
 }
 
 #[derive(Debug, Args)]
-pub struct GraphArgs {
+pub(super) struct GraphArgs {
     /// The pipeline file (default: pipeline.toml).
     pipeline: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
 
-pub fn run(args: GraphArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: GraphArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(args.pipeline.as_slice());
     let workspace = super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
     let project = &workspace.projects[0];

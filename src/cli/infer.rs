@@ -16,7 +16,7 @@ use super::output::failure;
 use crate::kinds::dataset::{DatasetError, FolderContents, inspect_folder};
 
 #[derive(Debug, Args)]
-pub struct InferArgs {
+pub(super) struct InferArgs {
     /// The model: an .onnx file (or a TensorRT .engine, reported as unavailable where
     /// TensorRT or a GPU is missing).
     model: PathBuf,
@@ -98,7 +98,7 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-pub fn run(args: InferArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: InferArgs) -> miette::Result<ExitCode> {
     let model = absolute(&args.model);
     if !model.is_file() {
         return Err(failure(

@@ -12,7 +12,7 @@ use crate::fingerprint::{StatCache, hash_file};
 use crate::graph::StageGraph;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     /// Parse and build the graph of a generated pipeline with this many stages.
     #[arg(long, value_name = "N")]
     graph: Option<usize>,
@@ -21,7 +21,7 @@ pub struct BenchArgs {
     stat_hit: Option<PathBuf>,
 }
 
-pub fn hash(files: &[PathBuf]) -> miette::Result<ExitCode> {
+pub(super) fn hash(files: &[PathBuf]) -> miette::Result<ExitCode> {
     for file in files {
         let digest = hash_file(file).map_err(|e| {
             failure(
@@ -34,7 +34,7 @@ pub fn hash(files: &[PathBuf]) -> miette::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn bench(args: BenchArgs) -> miette::Result<ExitCode> {
+pub(super) fn bench(args: BenchArgs) -> miette::Result<ExitCode> {
     if let Some(stages) = args.graph {
         bench_graph(stages)?;
     }

@@ -166,7 +166,7 @@ pub(super) fn dataset_stage_with(
 const DEFAULT_INPUT_SIZE: u64 = 224;
 
 /// `--input-size` as an image's H and W: N gives N x N, H W (or D H W) its last two.
-pub fn given_image_size(input_size: Option<&[u64]>) -> Option<[u64; 2]> {
+pub(super) fn given_image_size(input_size: Option<&[u64]>) -> Option<[u64; 2]> {
     match input_size? {
         [n] => Some([*n, *n]),
         [.., h, w] => Some([*h, *w]),
@@ -183,7 +183,7 @@ struct UnreadableInputSize(#[source] onnx_info::OnnxError);
 /// H and W of the model's first input: `given` (`--input-size`), else what the ONNX fixes,
 /// else 224 (with a note) for an engine or dynamic axes. An ONNX that cannot take RGB
 /// images is an error, with or without `given`.
-pub fn image_input_size(model: &Path, given: Option<[u64; 2]>) -> miette::Result<[u64; 2]> {
+pub(super) fn image_input_size(model: &Path, given: Option<[u64; 2]>) -> miette::Result<[u64; 2]> {
     let fallback = |why: &str| {
         if let Some(size) = given {
             return Ok(size);

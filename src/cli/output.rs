@@ -6,14 +6,14 @@ use std::io::IsTerminal;
 use miette::{GraphicalReportHandler, GraphicalTheme};
 
 /// Whether stderr gets colour.
-pub fn color() -> bool {
+pub(super) fn color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stderr().is_terminal()
         && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true)
 }
 
 /// Wraps `text` in an ANSI style when colour is on.
-pub fn paint(text: &str, code: &str) -> String {
+pub(super) fn paint(text: &str, code: &str) -> String {
     if color() {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
@@ -52,7 +52,7 @@ static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// The one place pochi writes to stdout. A reader that went away (`pochi graph | head`)
 /// is no error: the rest is dropped. Any other write error (a full disk) is said once on
 /// stderr and makes the command fail.
-pub fn write_stdout(text: &str) {
+pub(super) fn write_stdout(text: &str) {
     use std::io::Write;
     use std::sync::atomic::Ordering;
     let mut out = std::io::stdout().lock();
@@ -65,19 +65,19 @@ pub fn write_stdout(text: &str) {
 }
 
 /// Whether some output to stdout was lost (see `write_stdout`).
-pub fn stdout_failed() -> bool {
+pub(super) fn stdout_failed() -> bool {
     STDOUT_FAILED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// The one place pochi writes to stderr (progress bars aside, which `indicatif` draws).
-pub fn write_stderr(text: &str) {
+pub(super) fn write_stderr(text: &str) {
     use std::io::Write;
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// Tells people what happens, on stderr with the `pochi:` prefix (e.g. while the
 /// toolchain is created).
-pub fn note_line(message: &str) {
+pub(super) fn note_line(message: &str) {
     note!("{message}");
 }
 
@@ -85,7 +85,7 @@ pub fn note_line(message: &str) {
 /// escape sequences that would clear the screen or move the cursor. Control characters
 /// other than newline and tab become visible (`\u{1b}`); colour sequences (`ESC [ ... m`,
 /// which only change colours) are kept when colour is on and dropped otherwise.
-pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     sanitize_with(text, color())
 }
 
@@ -125,7 +125,7 @@ fn sgr_len(text: &str) -> Option<usize> {
     (params.as_bytes().get(digits) == Some(&b'm')).then_some(2 + digits + 1)
 }
 
-pub fn print_error(report: &miette::Report) {
+pub(super) fn print_error(report: &miette::Report) {
     let diagnostic: &dyn miette::Diagnostic = report.as_ref();
     write_stderr(&format!("{}\n", render_error(diagnostic, color()).trim()));
 }
@@ -140,7 +140,7 @@ pub fn render_error(diagnostic: &dyn miette::Diagnostic, color: bool) -> String 
 
 /// `render_error` without wrapping long lines (a stage's failure, whose lines are a
 /// tool's own output and paths, is shown as the tool wrote it).
-pub fn render_error_unwrapped(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
+pub(super) fn render_error_unwrapped(diagnostic: &dyn miette::Diagnostic, color: bool) -> String {
     render(diagnostic, color, false)
 }
 
@@ -248,13 +248,13 @@ impl miette::Diagnostic for WithoutSnippet<'_> {
 /// A hand-made error with a hint, for failures that are not a typed error elsewhere.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("{message}")]
-pub struct Failure {
+pub(super) struct Failure {
     pub message: String,
     #[help]
     pub hint: Option<String>,
 }
 
-pub fn failure(message: impl Into<String>, hint: impl Into<String>) -> miette::Report {
+pub(super) fn failure(message: impl Into<String>, hint: impl Into<String>) -> miette::Report {
     miette::Report::new(Failure {
         message: message.into(),
         hint: Some(hint.into()),
@@ -262,7 +262,7 @@ pub fn failure(message: impl Into<String>, hint: impl Into<String>) -> miette::R
 }
 
 /// Formats a duration as people read it: 350ms, 1.2s, 2m03s.
-pub fn duration(d: std::time::Duration) -> String {
+pub(super) fn duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")

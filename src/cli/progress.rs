@@ -13,13 +13,13 @@ use crate::driver::remote::RanRemotely;
 use crate::driver::{BuildEvent, BuildSummary};
 use crate::scheduler::Outcome;
 
-pub struct Reporter {
+pub(super) struct Reporter {
     bars: Option<MultiProgress>,
     running: HashMap<String, ProgressBar>,
 }
 
 impl Reporter {
-    pub fn new() -> Reporter {
+    pub(super) fn new() -> Reporter {
         let fancy = std::io::stderr().is_terminal()
             && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(true);
         let bars = fancy.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
@@ -38,7 +38,7 @@ impl Reporter {
         }
     }
 
-    pub fn event(&mut self, event: BuildEvent) {
+    pub(super) fn event(&mut self, event: BuildEvent) {
         match event {
             BuildEvent::WaitingForLock { pipeline, holder } => {
                 self.line(&format!("waiting: another pochi (pid {holder}) is building `{pipeline}`; this build starts when it ends (Ctrl-C to stop waiting)"));
@@ -148,7 +148,7 @@ impl Reporter {
     }
 
     /// The closing line: counts and time.
-    pub fn summary(&mut self, summary: &BuildSummary) {
+    pub(super) fn summary(&mut self, summary: &BuildSummary) {
         for bar in self.running.drain().map(|(_, bar)| bar) {
             bar.finish_and_clear();
         }
@@ -204,7 +204,7 @@ fn where_it_ran(ran: &RanRemotely) -> String {
 
 /// A stage's failure rendered like every other error: `error:` with the message (and the
 /// log's path), then `help:` with the hint.
-pub fn render_stage_failure(
+pub(super) fn render_stage_failure(
     stage: &str,
     failure: &crate::scheduler::Failure,
     color: bool,

@@ -14,7 +14,7 @@ use crate::remote::{Endpoint, RemoteCache, RemoteExecutor, RemoteTier, TlsPaths,
 use crate::toolchain::cache::CacheDir;
 
 #[derive(Debug, Clone, Args)]
-pub struct RemoteArgs {
+pub(super) struct RemoteArgs {
     /// A shared cache of stage outputs: grpc://HOST:PORT or grpcs://HOST[:PORT] (the Remote
     /// Execution API: BuildBuddy, Buildbarn, NativeLink, BuildGrid, bazel-remote), or
     /// http(s)://HOST[:PORT]/PREFIX (Bazel's HTTP cache: bazel-remote, nginx with WebDAV).
@@ -73,13 +73,13 @@ pub struct RemoteArgs {
 
 /// Whether `POCHI_REMOTE_EXECUTOR` names an executor: `status`, `explain` and `graph`
 /// (which take no `--remote-*` options) place stages as `pochi build` would with it.
-pub fn executor_in_env() -> bool {
+pub(super) fn executor_in_env() -> bool {
     std::env::var_os("POCHI_REMOTE_EXECUTOR").is_some_and(|url| !url.is_empty())
 }
 
 impl RemoteArgs {
     /// Whether a remote executor is named.
-    pub fn executor_configured(&self) -> bool {
+    pub(super) fn executor_configured(&self) -> bool {
         self.remote_executor
             .as_deref()
             .is_some_and(|u| !u.is_empty())
@@ -87,7 +87,7 @@ impl RemoteArgs {
 
     /// The shared cache's endpoint, if one is named (by --remote-cache, else by
     /// --remote-executor), checked.
-    pub fn endpoint(&self) -> miette::Result<Option<Endpoint>> {
+    pub(super) fn endpoint(&self) -> miette::Result<Option<Endpoint>> {
         let named = [
             (&self.remote_cache, "--remote-cache"),
             (&self.remote_executor, "--remote-executor"),
@@ -127,7 +127,7 @@ impl RemoteArgs {
     }
 
     /// The remote executor, if one is named; it must answer now and execute actions.
-    pub fn execution(&self) -> miette::Result<Option<RemoteExecution>> {
+    pub(super) fn execution(&self) -> miette::Result<Option<RemoteExecution>> {
         let Some(url) = self.remote_executor.as_deref().filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
@@ -161,7 +161,7 @@ impl RemoteArgs {
 
     /// The remote tier for a build, if a shared cache is named. With
     /// `--remote-cache-required` the server must answer now.
-    pub fn tier(
+    pub(super) fn tier(
         &self,
         local: &LocalCache,
         dirs: BTreeMap<String, PathBuf>,
@@ -192,7 +192,7 @@ impl RemoteArgs {
     }
 
     /// The error for a build whose required shared cache failed.
-    pub fn check_required(&self, tier: Option<&RemoteTier>) -> miette::Result<()> {
+    pub(super) fn check_required(&self, tier: Option<&RemoteTier>) -> miette::Result<()> {
         match tier.and_then(RemoteTier::failure) {
             Some(failure) if self.remote_cache_required => Err(super::output::failure(
                 failure,

@@ -15,7 +15,7 @@ use crate::kinds::request::RUN_STAGE_PROTOCOL;
 use crate::kinds::{InvocationContext, StageError};
 
 #[derive(Debug, clap::Args)]
-pub struct RunStageArgs {
+pub(super) struct RunStageArgs {
     /// The request file pochi wrote for the stage.
     request: PathBuf,
     /// Where to write the answer.
@@ -29,7 +29,7 @@ struct Request {
     context: InvocationContext,
 }
 
-pub fn run(args: RunStageArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: RunStageArgs) -> miette::Result<ExitCode> {
     let cancel = super::signals::cancel_flag();
     let (answer, code) = match run_request(&args.request, &cancel) {
         Ok(warnings) => (

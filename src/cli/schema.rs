@@ -3,7 +3,7 @@
 use super::output::show;
 use std::process::ExitCode;
 
-pub fn run() -> miette::Result<ExitCode> {
+pub(super) fn run() -> miette::Result<ExitCode> {
     let schema = crate::pipeline::pipeline_schema(crate::kinds::KINDS);
     show!(
         "{}",

@@ -23,7 +23,7 @@ static RECEIVED: AtomicI32 = AtomicI32::new(0);
 static CANCEL: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 /// The cancel flag that the signals set; installs the handler on first use.
-pub fn cancel_flag() -> Arc<AtomicBool> {
+pub(super) fn cancel_flag() -> Arc<AtomicBool> {
     Arc::clone(CANCEL.get_or_init(|| {
         let cancel = Arc::new(AtomicBool::new(false));
         install(Arc::clone(&cancel));
@@ -78,13 +78,13 @@ fn name(signal: i32) -> &'static str {
 }
 
 /// The exit status of an interrupted command: 128 + the signal (130 when none was seen).
-pub fn interrupted_exit_code() -> ExitCode {
+pub(super) fn interrupted_exit_code() -> ExitCode {
     let signal = RECEIVED.load(Ordering::SeqCst);
     let signal = if signal == 0 { SIGINT } else { signal };
     ExitCode::from((128 + signal) as u8)
 }
 
 /// Whether a signal stopped this command.
-pub fn was_interrupted() -> bool {
+pub(super) fn was_interrupted() -> bool {
     RECEIVED.load(Ordering::SeqCst) != 0
 }

@@ -12,7 +12,7 @@ use crate::driver::{PlanStatus, Workspace};
 use crate::toolchain::Mode;
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(super) struct StatusArgs {
     /// Pipeline files (default: pipeline.toml).
     pipelines: Vec<PathBuf>,
     /// Print JSON on stdout.
@@ -20,7 +20,7 @@ pub struct StatusArgs {
     json: bool,
 }
 
-pub fn label(status: PlanStatus) -> &'static str {
+pub(super) fn label(status: PlanStatus) -> &'static str {
     match status {
         PlanStatus::UpToDate => "up to date",
         PlanStatus::Stale => "stale",
@@ -57,7 +57,7 @@ fn stage_json(workspace: &Workspace, plan: &crate::driver::StagePlan) -> serde_j
 }
 
 /// A variant's values as a JSON object (keys sorted, as every JSON map pochi writes).
-pub fn matrix_json(matrix: &crate::pipeline::matrix::MatrixOf) -> serde_json::Value {
+pub(super) fn matrix_json(matrix: &crate::pipeline::matrix::MatrixOf) -> serde_json::Value {
     serde_json::Value::Object(
         matrix
             .values
@@ -67,7 +67,7 @@ pub fn matrix_json(matrix: &crate::pipeline::matrix::MatrixOf) -> serde_json::Va
     )
 }
 
-pub fn run(args: StatusArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: StatusArgs) -> miette::Result<ExitCode> {
     let paths = super::pipeline_paths(&args.pipelines);
     let workspace = super::open_workspace(&paths, Mode::Inspect, super::remote::executor_in_env())?;
     let plans = workspace.plan(&workspace.stage_ids());

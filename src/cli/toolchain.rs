@@ -11,7 +11,7 @@ use crate::pipeline::Pipeline;
 use crate::toolchain::{self, Choice, Managed, Mode, Resolved};
 
 #[derive(Debug, Args)]
-pub struct ToolchainArgs {
+pub(super) struct ToolchainArgs {
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -54,7 +54,7 @@ impl Common {
     }
 }
 
-pub fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: ToolchainArgs) -> miette::Result<ExitCode> {
     match args.action.unwrap_or(Action::Info {
         common: Common { pipeline: None },
         json: false,

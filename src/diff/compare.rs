@@ -9,7 +9,7 @@ use super::rule::{self, Rule};
 
 /// One figure of one model: old, new and the change.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     pub metric: String,
     pub old: Option<f64>,
     pub new: Option<f64>,
@@ -24,7 +24,7 @@ pub struct Row {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelDiff {
+pub(crate) struct ModelDiff {
     pub model: String,
     /// The short name (`onnx_int8` for `@onnx_int8`, a file's stem) a rule may use too.
     #[serde(skip)]
@@ -34,7 +34,7 @@ pub struct ModelDiff {
 
 /// Whether both sides were timed on the same machine.
 #[derive(Debug, Clone, Serialize)]
-pub struct Timing {
+pub(crate) struct Timing {
     pub comparable: bool,
     /// The machine facts that differ.
     pub differences: Vec<String>,
@@ -44,7 +44,7 @@ pub struct Timing {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ReportDiff {
+pub(crate) struct ReportDiff {
     pub stage: String,
     pub timing: Timing,
     pub models: Vec<ModelDiff>,
@@ -52,7 +52,7 @@ pub struct ReportDiff {
 
 impl ReportDiff {
     /// Whether `rule` names no model of this report (a rule for every model names one).
-    pub fn lacks_model_of(&self, rule: &Rule) -> bool {
+    pub(crate) fn lacks_model_of(&self, rule: &Rule) -> bool {
         rule.model.as_deref().is_some_and(|wanted| {
             !self
                 .models
@@ -62,7 +62,7 @@ impl ReportDiff {
     }
 
     /// The rules broken anywhere in this report.
-    pub fn broken(&self) -> usize {
+    pub(crate) fn broken(&self) -> usize {
         self.models
             .iter()
             .flat_map(|m| &m.rows)
@@ -96,7 +96,7 @@ fn machine_facts(summary: &Value) -> Vec<(&'static str, String)> {
 }
 
 /// Compares the machine facts the two summaries recorded.
-pub fn timing(old: &Value, new: &Value) -> Timing {
+pub(crate) fn timing(old: &Value, new: &Value) -> Timing {
     let differences: Vec<String> = machine_facts(old)
         .into_iter()
         .zip(machine_facts(new))
@@ -125,7 +125,7 @@ fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 }
 
 /// Every figure of one model's entry, named as the rules name them.
-pub fn figures(model: &Value) -> Vec<(String, Option<f64>)> {
+pub(crate) fn figures(model: &Value) -> Vec<(String, Option<f64>)> {
     let mut out: Vec<(String, Option<f64>)> = Vec::new();
     let task = &model["task"];
     let classification = &task["classification"];
@@ -217,7 +217,7 @@ fn models(summary: &Value) -> Vec<(String, String, &Value)> {
 }
 
 /// The rows of one report stage; a model on one side only is an error.
-pub fn compare_report(
+pub(crate) fn compare_report(
     stage: &str,
     old: &Value,
     new: &Value,
@@ -265,7 +265,7 @@ pub fn compare_report(
 
 /// Replaces a model's latency rows with figures timed here on both sides (`--retime`:
 /// `old` and `new` are latencies as the summary writes them), gated by `rules`.
-pub fn retime(
+pub(crate) fn retime(
     report: &mut ReportDiff,
     model: &str,
     label: &str,

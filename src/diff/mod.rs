@@ -1,23 +1,23 @@
 //! `pochi diff`'s comparison: two builds' report summaries, the rules they are gated by,
 //! and the text, Markdown and JSON that show them (`cli::diff` runs git and the builds).
 
-pub mod compare;
-pub mod render;
-pub mod rule;
+pub(crate) mod compare;
+pub(crate) mod render;
+pub(crate) mod rule;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use compare::ReportDiff;
-pub use rule::Rule;
+pub(crate) use compare::ReportDiff;
+pub(crate) use rule::Rule;
 
 /// The version of `pochi diff --json`'s schema (docs/diff.md).
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// What `pochi diff` found, for every pipeline compared.
 #[derive(Debug, Clone, Serialize)]
-pub struct Diff {
+pub(crate) struct Diff {
     pub schema_version: u32,
     pub baseline: Baseline,
     /// Every rule applied: `--fail-on`, then the report stages' `gates`.
@@ -29,7 +29,7 @@ pub struct Diff {
 
 /// The revision compared against.
 #[derive(Debug, Clone, Serialize)]
-pub struct Baseline {
+pub(crate) struct Baseline {
     /// As given (`HEAD`, `origin/main`).
     pub rev: String,
     /// The commit it names.
@@ -37,7 +37,7 @@ pub struct Baseline {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PipelineDiff {
+pub(crate) struct PipelineDiff {
     /// The pipeline file, as given.
     pub pipeline: String,
     /// The baseline's build in the temporary worktree: stages by status (`ran`,
@@ -52,7 +52,7 @@ pub struct PipelineDiff {
 
 /// A stage whose key differs between the revisions.
 #[derive(Debug, Clone, Serialize)]
-pub struct StageChange {
+pub(crate) struct StageChange {
     pub stage: String,
     /// `changed`, `added` (only in the working tree) or `removed` (only at the revision).
     pub status: &'static str,
@@ -62,7 +62,7 @@ pub struct StageChange {
 
 impl Diff {
     /// The rules broken, over every report.
-    pub fn broken(&self) -> usize {
+    pub(crate) fn broken(&self) -> usize {
         self.pipelines
             .iter()
             .flat_map(|p| &p.reports)
@@ -73,7 +73,7 @@ impl Diff {
 
 /// What stops a comparison, each with what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum DiffError {
+pub(crate) enum DiffError {
     #[error(
         "report stage `{stage}`: model `{model}` is new in the working tree (not at the revision)"
     )]
@@ -97,7 +97,7 @@ pub enum DiffError {
 
 impl DiffError {
     /// The help line.
-    pub fn help(&self) -> String {
+    pub(crate) fn help(&self) -> String {
         match self {
             DiffError::ModelAdded { .. } | DiffError::ModelRemoved { .. } => "models are matched by name; compare against a revision with the same models, or rename the model back for the comparison".into(),
             DiffError::ReportAdded { .. } | DiffError::ReportRemoved { .. } => "report stages are matched by name (a renamed stage counts as removed and added); compare against a revision that has it".into(),

@@ -91,7 +91,7 @@ fn why_lines(pipeline: &PipelineDiff) -> Vec<String> {
 }
 
 /// The terminal table of every pipeline and report.
-pub fn text(diff: &Diff) -> String {
+pub(crate) fn text(diff: &Diff) -> String {
     let mut out = String::new();
     for pipeline in &diff.pipelines {
         let _ = writeln!(
@@ -160,7 +160,7 @@ fn short(commit: &str) -> &str {
 }
 
 /// Markdown: one table per report, readable without colour (arrows, **FAIL**).
-pub fn markdown(diff: &Diff) -> String {
+pub(crate) fn markdown(diff: &Diff) -> String {
     let mut out = String::new();
     let verdict_line = match diff.broken() {
         0 => "no rule broken".to_string(),
@@ -225,7 +225,7 @@ fn escape(text: &str) -> String {
 }
 
 /// `--json`: the whole comparison (schema in docs/diff.md).
-pub fn json(diff: &Diff) -> String {
+pub(crate) fn json(diff: &Diff) -> String {
     serde_json::to_string_pretty(diff).unwrap_or_default()
 }
 

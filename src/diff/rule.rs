@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// The metrics a rule may name, with what they measure (for the usage error).
-pub const METRICS: &[(&str, &str)] = &[
+pub(crate) const METRICS: &[(&str, &str)] = &[
     (
         "accuracy",
         "classification accuracy against the labels (share)",
@@ -38,10 +38,10 @@ pub const METRICS: &[(&str, &str)] = &[
 ];
 
 /// Per-class metric families: `dice[CLASS]`, `iou[CLASS]`, `hd95[CLASS]`.
-pub const PER_CLASS: &[&str] = &["dice", "iou", "hd95"];
+pub(crate) const PER_CLASS: &[&str] = &["dice", "iou", "hd95"];
 
 /// Metrics whose values are shares (0..1), the only ones `pp` applies to.
-pub fn is_share(metric: &str) -> bool {
+pub(crate) fn is_share(metric: &str) -> bool {
     let family = metric.split('[').next().unwrap_or(metric);
     matches!(
         family,
@@ -58,12 +58,12 @@ pub fn is_share(metric: &str) -> bool {
 }
 
 /// Latency metrics: gated only when both sides were timed on the same machine.
-pub fn is_timing(metric: &str) -> bool {
+pub(crate) fn is_timing(metric: &str) -> bool {
     matches!(metric, "p50_ms" | "p90_ms" | "p99_ms" | "throughput")
 }
 
 /// Whether `metric` is one a rule may name.
-pub fn is_known(metric: &str) -> bool {
+pub(crate) fn is_known(metric: &str) -> bool {
     if METRICS.iter().any(|(name, _)| *name == metric) {
         return true;
     }
@@ -77,14 +77,14 @@ pub fn is_known(metric: &str) -> bool {
 }
 
 /// The known metrics as one line, for help texts.
-pub fn known_list() -> String {
+pub(crate) fn known_list() -> String {
     let mut names: Vec<String> = METRICS.iter().map(|(n, _)| n.to_string()).collect();
     names.extend(PER_CLASS.iter().map(|f| format!("{f}[CLASS]")));
     names.join(", ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Op {
+pub(crate) enum Op {
     #[serde(rename = "<")]
     Less,
     #[serde(rename = "<=")]
@@ -98,7 +98,7 @@ pub enum Op {
 /// What the rule's number is measured in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Unit {
+pub(crate) enum Unit {
     /// new - old, in the metric's own unit.
     Absolute,
     /// (new - old) / |old| x 100.
@@ -109,7 +109,7 @@ pub enum Unit {
 
 /// One rule: the row it applies to is broken when its change compares true.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub model: Option<String>,
     pub metric: String,
     pub op: Op,
@@ -122,7 +122,7 @@ pub struct Rule {
 /// Why a rule does not parse: the message, and the help line.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
-pub struct RuleError {
+pub(crate) struct RuleError {
     pub message: String,
     pub help: String,
 }
@@ -137,7 +137,7 @@ fn rule_error(message: String, help: impl Into<String>) -> RuleError {
 const GRAMMAR: &str = "write [@MODEL:]METRIC OP CHANGE, e.g. 'accuracy < -0.5pp', 'p50_ms > +10%', '@onnx_int8:dice_mean < -0.01' (OP: <, <=, >, >=)";
 
 /// Parses `[@MODEL:]METRIC OP CHANGE`.
-pub fn parse(text: &str) -> Result<Rule, RuleError> {
+pub(crate) fn parse(text: &str) -> Result<Rule, RuleError> {
     let trimmed = text.trim();
     let (model, rest) = match trimmed.strip_prefix('@') {
         Some(rest) => match rest.split_once(':') {
@@ -213,7 +213,7 @@ fn parse_change(text: &str) -> Option<(f64, Unit)> {
 
 impl Rule {
     /// Whether the rule applies to `model`'s row of `metric`.
-    pub fn applies_to(&self, model: &str, label: &str, metric: &str) -> bool {
+    pub(crate) fn applies_to(&self, model: &str, label: &str, metric: &str) -> bool {
         self.metric == metric
             && self
                 .model
@@ -223,7 +223,7 @@ impl Rule {
 
     /// Whether the change from `old` to `new` breaks the rule (a change that cannot be
     /// measured, such as a relative one from 0, breaks nothing).
-    pub fn broken_by(&self, old: f64, new: f64) -> bool {
+    pub(crate) fn broken_by(&self, old: f64, new: f64) -> bool {
         let change = match self.unit {
             Unit::Absolute => new - old,
             Unit::Points => (new - old) * 100.0,

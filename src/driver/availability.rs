@@ -13,7 +13,7 @@ use crate::pipeline::kind::{AcceleratorUse, StageError, WithoutGpu};
 
 /// Whether a stage can run here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Runs,
     /// Its inputs are wrong for it (the engine's shape decision): it fails.
     Invalid(StageError),
@@ -22,7 +22,7 @@ pub enum Verdict {
 }
 
 /// The stage's verdict from its inputs, its requirements and the project's host.
-pub fn verdict(project: &Project, stage: usize) -> Verdict {
+pub(super) fn verdict(project: &Project, stage: usize) -> Verdict {
     let spec = &project.pipeline.stages[stage];
     let present: BTreeMap<String, PathBuf> = project
         .graph
@@ -113,7 +113,7 @@ fn other_target(project: &Project, stage: usize) -> Option<String> {
 /// For a plan: the status and reason of a stage that cannot run (its inputs are wrong,
 /// it is unavailable here, or it needs an unavailable stage and does not tolerate that),
 /// given the statuses decided so far upstream; `None` when it can run.
-pub fn in_plan(
+pub(super) fn in_plan(
     project: &Project,
     stage: usize,
     status: &[Option<PlanStatus>],

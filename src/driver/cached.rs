@@ -16,12 +16,12 @@ use crate::state::OutputRecord;
 
 /// The key a stage's outputs are cached under on this machine: its fingerprint and the
 /// platform (`cache::cache_key`).
-pub fn cache_key_of(key: &StageKey) -> String {
+pub(crate) fn cache_key_of(key: &StageKey) -> String {
     crate::cache::cache_key(&key.fingerprint(), &crate::action::base_platform())
 }
 
 /// What a stage's cache entry says about it (`duration_ms`: how long it ran, when storing).
-pub fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u64>) -> EntryMeta {
+pub(super) fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u64>) -> EntryMeta {
     let spec = &project.pipeline.stages[stage];
     EntryMeta {
         pipeline: project.pipeline.name.clone(),
@@ -36,7 +36,7 @@ pub fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u64>) -> 
 }
 
 /// Calls `f` with the cache request for a stage whose key is `key`.
-pub fn with_request<T>(
+pub(super) fn with_request<T>(
     project: &Project,
     stage: usize,
     key: &StageKey,
@@ -53,7 +53,7 @@ pub fn with_request<T>(
 
 /// Tells the stat cache the digest of every file of a restored output at `path`, so that
 /// publishing it does not read it again (the restore hashed every byte it wrote).
-pub fn remember_restored(stats: &StatCache, dir: &Path, path: &Path, node: &Node) {
+pub(super) fn remember_restored(stats: &StatCache, dir: &Path, path: &Path, node: &Node) {
     match node {
         Node::File(file) => {
             let _ = stats.remember_published(dir, path, &file.blake3);
@@ -79,7 +79,7 @@ struct StoreJob {
 }
 
 /// Stores the outputs of stages that ran, in the background, in the order they finished.
-pub struct Storer {
+pub(super) struct Storer {
     cache: Arc<dyn OutputCache>,
     queue: Mutex<Option<mpsc::Sender<StoreJob>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -89,7 +89,7 @@ pub struct Storer {
 }
 
 impl Storer {
-    pub fn new(cache: Arc<dyn OutputCache>) -> Storer {
+    pub(super) fn new(cache: Arc<dyn OutputCache>) -> Storer {
         Storer {
             cache,
             queue: Mutex::new(None),
@@ -101,7 +101,7 @@ impl Storer {
 
     /// Queues the outputs of `stage` (just published and recorded as `outputs`) for storing
     /// under `key`; the stage ran for `duration_ms`.
-    pub fn submit(
+    pub(super) fn submit(
         &self,
         job: usize,
         (project, stage): (&Project, usize),
@@ -154,7 +154,7 @@ impl Storer {
     }
 
     /// Waits for the queued stores; returns their warnings and whether anything was stored.
-    pub fn finish(&self) -> (Vec<(usize, String)>, bool) {
+    pub(super) fn finish(&self) -> (Vec<(usize, String)>, bool) {
         drop(self.queue.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = thread.join();

@@ -8,7 +8,7 @@ use crate::fingerprint::StageKey;
 /// One reason a stage's fingerprint changed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "what", rename_all = "snake_case")]
-pub enum Change {
+pub(crate) enum Change {
     NeverBuilt,
     Kind {
         old: String,
@@ -134,7 +134,7 @@ impl fmt::Display for Change {
 }
 
 /// Every difference between the recorded key and the current one, in a stable order.
-pub fn diff(old: &StageKey, new: &StageKey) -> Vec<Change> {
+pub(crate) fn diff(old: &StageKey, new: &StageKey) -> Vec<Change> {
     let mut changes = Vec::new();
     if old.format != new.format {
         changes.push(Change::Format);

@@ -25,7 +25,7 @@ use crate::scheduler::{Check, Failure, JobHandler, Lease, RunResult};
 use crate::state::{FailureRecord, OutputRecord, unix_ms_now};
 
 /// The scheduler's executor over all stages of all pipelines in one build.
-pub struct StageJobs {
+pub(super) struct StageJobs {
     pub projects: Arc<Vec<Project>>,
     /// Job index -> (project, stage).
     pub jobs: Vec<(usize, usize)>,
@@ -53,7 +53,7 @@ pub struct StageJobs {
 }
 
 impl StageJobs {
-    pub fn new(
+    pub(super) fn new(
         projects: Arc<Vec<Project>>,
         jobs: Vec<(usize, usize)>,
         runner: Arc<dyn ProcessRunner>,
@@ -82,20 +82,20 @@ impl StageJobs {
     }
 
     /// The same executor running the stages placed remotely on `remote`.
-    pub fn with_remote(mut self, remote: Option<Arc<RemoteExecution>>) -> Self {
+    pub(super) fn with_remote(mut self, remote: Option<Arc<RemoteExecution>>) -> Self {
         self.remote = remote;
         self
     }
 
     /// The same executor restoring from and storing to `cache`.
-    pub fn with_cache(mut self, cache: Option<Arc<dyn OutputCache>>) -> Self {
+    pub(super) fn with_cache(mut self, cache: Option<Arc<dyn OutputCache>>) -> Self {
         self.storer = cache.clone().map(Storer::new);
         self.cache = cache;
         self
     }
 
     /// Where each restored job's outputs came from.
-    pub fn restored(&self) -> BTreeMap<usize, Origin> {
+    pub(super) fn restored(&self) -> BTreeMap<usize, Origin> {
         self.restored
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -105,7 +105,7 @@ impl StageJobs {
     /// After the scheduler: waits for the stores still queued, then lets the cache record
     /// the build's figures and keep its size limit. Returns the warnings, (job or none,
     /// message).
-    pub fn finish_cache(&self, stats: &crate::cache::BuildStats) -> Vec<(Option<usize>, String)> {
+    pub(super) fn finish_cache(&self, stats: &crate::cache::BuildStats) -> Vec<(Option<usize>, String)> {
         let (Some(cache), Some(storer)) = (&self.cache, &self.storer) else {
             return Vec::new();
         };
@@ -188,7 +188,7 @@ impl StageJobs {
     }
 
     /// The warnings of the stages that ran, in the order they finished.
-    pub fn take_warnings(&self) -> Vec<(usize, String)> {
+    pub(super) fn take_warnings(&self) -> Vec<(usize, String)> {
         std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -315,7 +315,7 @@ impl StageJobs {
     }
 
     /// Where a job ran, if it ran remotely.
-    pub fn ran_remotely_as(&self, job: usize) -> Option<RanRemotely> {
+    pub(super) fn ran_remotely_as(&self, job: usize) -> Option<RanRemotely> {
         self.ran_remotely
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -324,7 +324,7 @@ impl StageJobs {
     }
 
     /// Where each job that ran remotely ran.
-    pub fn ran_remotely(&self) -> BTreeMap<usize, RanRemotely> {
+    pub(super) fn ran_remotely(&self) -> BTreeMap<usize, RanRemotely> {
         self.ran_remotely
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -12,13 +12,13 @@
 
 mod availability;
 mod cached;
-pub mod explain;
+pub(crate) mod explain;
 mod jobs;
-pub mod noop;
+pub(crate) mod noop;
 mod outputs;
 mod plan;
 mod project;
-pub mod remote;
+pub(crate) mod remote;
 mod run;
 mod standing;
 mod summary;
@@ -29,14 +29,14 @@ mod workspace;
 
 use std::path::PathBuf;
 
-pub use availability::Verdict;
-pub use cached::cache_key_of;
-pub use plan::{PlanStatus, StagePlan};
-pub use project::{Project, default_toolchain};
-pub use run::{BuildEvent, BuildOptions};
-pub use standing::{Standing, standing};
-pub use summary::{BuildSummary, StageStatus};
-pub use workspace::{StageId, Workspace, clean};
+pub(crate) use availability::Verdict;
+pub(crate) use cached::cache_key_of;
+pub(crate) use plan::{PlanStatus, StagePlan};
+pub(crate) use project::{Project, default_toolchain};
+pub(crate) use run::{BuildEvent, BuildOptions};
+pub(crate) use standing::{Standing, standing};
+pub(crate) use summary::{BuildSummary, StageStatus};
+pub(crate) use workspace::{StageId, Workspace, clean};
 
 use crate::graph::GraphError;
 use crate::pipeline::PipelineError;
@@ -44,7 +44,7 @@ use crate::state::StateError;
 
 /// Why a build could not start or finish its bookkeeping.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Pipeline(#[from] PipelineError),

@@ -41,7 +41,7 @@ fn stamp_path(file: &Path) -> Option<PathBuf> {
 }
 
 /// The number of stages, if the pipeline in `file` is known to be entirely up to date.
-pub fn up_to_date(file: &Path) -> Option<usize> {
+pub(crate) fn up_to_date(file: &Path) -> Option<usize> {
     let file = std::path::absolute(file).ok()?;
     let stamp: Stamp = serde_json::from_slice(&std::fs::read(stamp_path(&file)?).ok()?).ok()?;
     if stamp.pochi != env!("CARGO_PKG_VERSION") || stamp.key_format != KEY_FORMAT {
@@ -69,7 +69,7 @@ pub fn up_to_date(file: &Path) -> Option<usize> {
 }
 
 /// Removes the stamp: done before a build runs anything and by `clean`.
-pub fn invalidate(project: &Project) {
+pub(crate) fn invalidate(project: &Project) {
     if let Some(path) = stamp_path(&project.pipeline.file) {
         let _ = std::fs::remove_file(path);
     }
@@ -78,7 +78,7 @@ pub fn invalidate(project: &Project) {
 /// Writes the stamp after a build in which every stage of `project` is up to date. Skipped
 /// when a file is too fresh to trust its stat, or the pipeline runs Python (whose toolchain
 /// identity is not a file pochi can stat).
-pub fn record(project: &Project) {
+pub(crate) fn record(project: &Project) {
     if project.needs_python() {
         return;
     }

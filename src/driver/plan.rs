@@ -10,7 +10,7 @@ use super::*;
 
 /// A stage's status without running anything (`status`, `graph`, `explain`, `--dry-run`).
 #[derive(Debug, Clone)]
-pub struct StagePlan {
+pub(crate) struct StagePlan {
     pub id: StageId,
     pub status: PlanStatus,
     /// Why it would run (empty when up to date).
@@ -22,7 +22,7 @@ pub struct StagePlan {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PlanStatus {
+pub(crate) enum PlanStatus {
     UpToDate,
     Stale,
     NeverBuilt,
@@ -34,7 +34,7 @@ pub enum PlanStatus {
 }
 
 impl PlanStatus {
-    pub fn would_run(self) -> bool {
+    pub(crate) fn would_run(self) -> bool {
         !matches!(self, PlanStatus::UpToDate | PlanStatus::Unavailable)
     }
 }
@@ -42,7 +42,7 @@ impl PlanStatus {
 impl Workspace {
     /// The status of every stage of `targets` (and their dependencies), in topological order
     /// per pipeline: a stage downstream of one that would run waits on it.
-    pub fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
+    pub(crate) fn plan(&self, targets: &[StageId]) -> Vec<StagePlan> {
         let mut plans = Vec::new();
         for (p, project) in self.projects.iter().enumerate() {
             let local = stages_of(targets, p);

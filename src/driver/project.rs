@@ -16,7 +16,7 @@ use crate::state::{OutputRecord, StateStore};
 
 /// One pipeline with its graph, state and stat cache.
 #[derive(Debug)]
-pub struct Project {
+pub(crate) struct Project {
     pub pipeline: Pipeline,
     pub graph: StageGraph,
     pub state: Mutex<StateStore>,
@@ -34,7 +34,7 @@ pub struct Project {
 
 impl Project {
     /// Parses, resolves and checks a pipeline, and reads its state.
-    pub fn load(path: &Path, kinds: Registry) -> Result<Project, BuildError> {
+    pub(crate) fn load(path: &Path, kinds: Registry) -> Result<Project, BuildError> {
         let started = Instant::now();
         let pipeline = Pipeline::load(path, kinds)?;
         let parsed = started.elapsed();
@@ -61,7 +61,7 @@ impl Project {
     }
 
     /// Whether any stage runs the Python toolchain.
-    pub fn needs_python(&self) -> bool {
+    pub(crate) fn needs_python(&self) -> bool {
         self.pipeline
             .stages
             .iter()
@@ -72,7 +72,7 @@ impl Project {
     /// names its GPU model (`gpu = ...`) and uses an accelerator, that target (and the
     /// accelerator's declared version) instead of what the probe found, wherever the
     /// stage runs.
-    pub fn stage_facts(&self, stage: usize) -> std::borrow::Cow<'_, MachineFacts> {
+    pub(crate) fn stage_facts(&self, stage: usize) -> std::borrow::Cow<'_, MachineFacts> {
         let spec = &self.pipeline.stages[stage];
         let accelerator = spec.kind.requirements().accelerator.accelerator();
         match (&spec.placement.gpu, accelerator) {
@@ -88,20 +88,20 @@ impl Project {
     }
 
     /// Whether the stage runs on the remote executor in this build.
-    pub fn runs_remotely(&self, stage: usize) -> bool {
+    pub(crate) fn runs_remotely(&self, stage: usize) -> bool {
         self.remote.contains(&stage)
     }
 
     /// The toolchain of the attached host.
-    pub fn toolchain(&self) -> &Toolchain {
+    pub(crate) fn toolchain(&self) -> &Toolchain {
         &self.facts.toolchain
     }
 
-    pub fn state_log_path(&self, stage: usize) -> PathBuf {
+    pub(crate) fn state_log_path(&self, stage: usize) -> PathBuf {
         self.state().log_path(&self.pipeline.stages[stage].name)
     }
 
-    pub fn temp_root(&self) -> PathBuf {
+    pub(crate) fn temp_root(&self) -> PathBuf {
         self.state().temp_root()
     }
 
@@ -110,13 +110,13 @@ impl Project {
     }
 
     /// The last recorded duration of a stage, in ms.
-    pub fn last_duration_ms(&self, stage: usize) -> Option<u64> {
+    pub(crate) fn last_duration_ms(&self, stage: usize) -> Option<u64> {
         self.state()
             .last_duration_ms(&self.pipeline.stages[stage].name)
     }
 
     /// The published outputs of a stage's last successful run.
-    pub fn recorded_outputs(&self, stage: usize) -> Vec<OutputRecord> {
+    pub(crate) fn recorded_outputs(&self, stage: usize) -> Vec<OutputRecord> {
         self.state()
             .built(&self.pipeline.stages[stage].name)
             .map(|r| r.outputs.clone())
@@ -124,7 +124,7 @@ impl Project {
     }
 
     /// The message of the stage's last run, if it failed after its last success.
-    pub fn last_failure(&self, stage: usize) -> Option<String> {
+    pub(crate) fn last_failure(&self, stage: usize) -> Option<String> {
         self.state()
             .failed(&self.pipeline.stages[stage].name)
             .map(|f| f.message.clone())
@@ -153,7 +153,7 @@ impl Project {
 
 /// `[toolchain] python`, or `python3` on PATH, identified by its path only: the toolchain
 /// of a project whose caller attached none.
-pub fn default_toolchain(pipeline: &Pipeline) -> Toolchain {
+pub(crate) fn default_toolchain(pipeline: &Pipeline) -> Toolchain {
     let python = pipeline
         .toolchain
         .python

@@ -28,13 +28,13 @@ use crate::remote::{
 
 /// Where the input root keeps the files of tools that live outside the project (the
 /// worker script, the pochi binary).
-pub const TOOLS_DIR: &str = ".pochi-remote";
+pub(crate) const TOOLS_DIR: &str = ".pochi-remote";
 
 /// The output name of a worker's answer file in a remote action.
 const ANSWER: &str = ".answer";
 
 /// A build's remote executor and how pochi uses it.
-pub struct RemoteExecution {
+pub(crate) struct RemoteExecution {
     pub executor: RemoteExecutor,
     /// How long an action may wait for a worker before it fails.
     pub queue_timeout: Duration,
@@ -46,7 +46,7 @@ pub struct RemoteExecution {
 }
 
 impl RemoteExecution {
-    pub fn new(
+    pub(crate) fn new(
         executor: RemoteExecutor,
         queue_timeout: Duration,
         toolchains: (PathBuf, PathBuf),
@@ -70,7 +70,7 @@ impl std::fmt::Debug for RemoteExecution {
 
 /// Where a stage ran remotely.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RanRemotely {
+pub(crate) struct RanRemotely {
     /// The executor's URL.
     pub executor: String,
     /// The worker's name from the result's metadata (empty if the farm gives none).
@@ -80,7 +80,7 @@ pub struct RanRemotely {
 }
 
 /// Why a stage cannot run on a remote worker, if it cannot.
-pub fn remote_obstacle(project: &Project, stage: usize) -> Option<String> {
+pub(crate) fn remote_obstacle(project: &Project, stage: usize) -> Option<String> {
     let spec = &project.pipeline.stages[stage];
     if !spec.cache {
         return Some(
@@ -109,7 +109,7 @@ pub fn remote_obstacle(project: &Project, stage: usize) -> Option<String> {
 
 /// Where a stage runs in a build.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Placed {
+pub(crate) enum Placed {
     Here,
     Remotely,
     /// It must run remotely (`executor = "remote"`) and no executor is configured: it
@@ -121,7 +121,7 @@ pub enum Placed {
 }
 
 /// Where a stage runs in a build with (or without, `configured`) a remote executor.
-pub fn place(project: &Project, stage: usize, configured: bool) -> Placed {
+pub(crate) fn place(project: &Project, stage: usize, configured: bool) -> Placed {
     let choice = project.pipeline.stages[stage].placement.executor;
     match (choice, configured) {
         (ExecutorChoice::Local, _) | (ExecutorChoice::Auto, false) => Placed::Here,
@@ -162,7 +162,7 @@ fn slash(path: &Path) -> String {
 
 /// Why a stage's remote action could not be put together.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum RemoteRunError {
+pub(crate) enum RemoteRunError {
     #[error("remote executor")]
     DigestFunction(#[source] crate::remote::RemoteError),
     #[error("cannot read {}", path.display())]
@@ -196,7 +196,7 @@ pub enum RemoteRunError {
 }
 
 /// What a remote run of one stage is made of.
-pub struct RemoteRun<'a> {
+pub(crate) struct RemoteRun<'a> {
     pub project: &'a Project,
     pub stage: usize,
     pub context: &'a InvocationContext,
@@ -208,14 +208,14 @@ pub struct RemoteRun<'a> {
 
 /// How a remote run failed: the command ran and failed (its status for the kind's
 /// explanation, and the error), or something else did.
-pub enum RemoteFailure {
+pub(crate) enum RemoteFailure {
     Ran { status: String, error: StageError },
     Other(StageError),
 }
 
 /// Runs the stage's action on the executor; its outputs (and a worker's answer file) are
 /// in the run's temporary paths when it returns `Ok`.
-pub fn run_remotely(
+pub(crate) fn run_remotely(
     remote: &RemoteExecution,
     run: &RemoteRun,
     action: Action,

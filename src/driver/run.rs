@@ -69,7 +69,7 @@ fn precheck(
 
 /// How to run a build.
 #[derive(Debug, Clone, Default)]
-pub struct BuildOptions {
+pub(crate) struct BuildOptions {
     pub targets: Vec<String>,
     pub jobs: Option<u32>,
     pub keep_going: bool,
@@ -89,7 +89,7 @@ pub struct BuildOptions {
 
 /// What a build reports while it runs.
 #[derive(Debug)]
-pub enum BuildEvent<'a> {
+pub(crate) enum BuildEvent<'a> {
     WaitingForLock {
         pipeline: &'a str,
         holder: &'a str,
@@ -123,7 +123,7 @@ pub enum BuildEvent<'a> {
 
 impl Workspace {
     /// Runs the build; returns its summary (also when stages failed).
-    pub fn build(
+    pub(crate) fn build(
         &self,
         options: &BuildOptions,
         machine: &Hardware,

@@ -12,7 +12,7 @@ use crate::pipeline::kind::Tool;
 
 /// A stage's standing against its last successful run.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Standing {
+pub(crate) enum Standing {
     UpToDate,
     /// It must run; the changes say why (never empty).
     Stale(Vec<Change>),
@@ -26,7 +26,7 @@ pub enum Standing {
 const MISSING_DIGEST: &str = "missing";
 
 /// Computes a stage's key from what is on disk now.
-pub fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing> {
+pub(super) fn current_key(project: &Project, stage: usize) -> Result<StageKey, Standing> {
     let pipeline = &project.pipeline;
     let spec = &pipeline.stages[stage];
     let requirements = spec.kind.requirements();
@@ -124,7 +124,7 @@ fn stage_params(project: &Project, stage: usize) -> serde_json::Value {
 }
 
 /// Compares the stage's current key and outputs with its last successful run.
-pub fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>) {
+pub(crate) fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>) {
     let key = match current_key(project, stage) {
         Ok(key) => key,
         Err(standing) => return (standing, None),
@@ -176,7 +176,7 @@ pub fn standing(project: &Project, stage: usize) -> (Standing, Option<StageKey>)
 }
 
 /// Describes a standing that prevents computing a key.
-pub fn describe(standing: Standing) -> String {
+pub(super) fn describe(standing: Standing) -> String {
     match standing {
         Standing::WaitsOnUpstream(why) | Standing::Broken(why) => why,
         Standing::UpToDate => "up to date".into(),

@@ -14,7 +14,7 @@ use crate::state::OutputRecord;
 /// What became of a stage in a build (`status` in `--json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StageStatus {
+pub(crate) enum StageStatus {
     Ran,
     Restored,
     /// Up to date.
@@ -32,7 +32,7 @@ pub enum StageStatus {
 
 impl StageStatus {
     /// The name `--json` and the counts use.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             StageStatus::Ran => "ran",
             StageStatus::Restored => "restored",
@@ -48,7 +48,7 @@ impl StageStatus {
 
 /// The machine-readable result of a build (`--json`).
 #[derive(Debug, Clone, Serialize)]
-pub struct BuildSummary {
+pub(crate) struct BuildSummary {
     pub schema_version: u32,
     pub ok: bool,
     pub interrupted: bool,
@@ -58,7 +58,7 @@ pub struct BuildSummary {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StageSummary {
+pub(crate) struct StageSummary {
     pub pipeline: String,
     pub stage: String,
     pub status: StageStatus,

@@ -85,7 +85,7 @@ fn shared_output_error(
 
 /// Several pipelines built together: one scheduler, one set of resources.
 #[derive(Debug)]
-pub struct Workspace {
+pub(crate) struct Workspace {
     pub projects: Arc<Vec<Project>>,
 }
 
@@ -97,7 +97,7 @@ pub(super) type Verdicts = (
 );
 
 /// A stage of the workspace: (project index, stage index).
-pub type StageId = (usize, usize);
+pub(crate) type StageId = (usize, usize);
 
 /// The stages of `targets` in project `project`.
 pub(super) fn stages_of(targets: &[StageId], project: usize) -> Vec<usize> {
@@ -110,7 +110,7 @@ pub(super) fn stages_of(targets: &[StageId], project: usize) -> Vec<usize> {
 
 impl Workspace {
     /// `kinds`: the stage kinds the pipelines may use (`pochi::kinds::KINDS`).
-    pub fn load(paths: &[PathBuf], kinds: Registry) -> Result<Workspace, BuildError> {
+    pub(crate) fn load(paths: &[PathBuf], kinds: Registry) -> Result<Workspace, BuildError> {
         let projects: Vec<Project> = paths
             .iter()
             .map(|path| Project::load(path, kinds))
@@ -135,7 +135,7 @@ impl Workspace {
     /// Gives every project its machine facts, gathered once by the caller (which may
     /// create environments and spawn probes; the engine does neither), before any key is
     /// computed.
-    pub fn attach_facts<E>(
+    pub(crate) fn attach_facts<E>(
         &mut self,
         mut host_for: impl FnMut(&Project) -> Result<MachineFacts, E>,
     ) -> Result<(), E> {
@@ -151,7 +151,7 @@ impl Workspace {
     /// Decides which stages run on the remote executor (`configured`: one is). A stage
     /// with `executor = "remote"` that cannot run there is an error; without an executor
     /// it is unavailable in this build.
-    pub fn place(&mut self, configured: bool) -> Result<(), BuildError> {
+    pub(crate) fn place(&mut self, configured: bool) -> Result<(), BuildError> {
         let several = self.projects.len() > 1;
         let Some(projects) = Arc::get_mut(&mut self.projects) else {
             return Ok(());
@@ -187,7 +187,7 @@ impl Workspace {
     }
 
     /// How a stage is named in messages: `stage`, or `pipeline/stage` with several pipelines.
-    pub fn display_name(&self, (project, stage): StageId) -> String {
+    pub(crate) fn display_name(&self, (project, stage): StageId) -> String {
         let pipeline = &self.projects[project].pipeline;
         if self.projects.len() == 1 {
             pipeline.stages[stage].name.clone()
@@ -197,7 +197,7 @@ impl Workspace {
     }
 
     /// Every stage, pipeline by pipeline.
-    pub fn stage_ids(&self) -> Vec<StageId> {
+    pub(crate) fn stage_ids(&self) -> Vec<StageId> {
         self.projects
             .iter()
             .enumerate()
@@ -207,7 +207,7 @@ impl Workspace {
 
     /// Resolves `--target` names (`stage` or `pipeline/stage`; a matrix stage's name selects
     /// every variant); none means every stage.
-    pub fn resolve_targets(&self, targets: &[String]) -> Result<Vec<StageId>, BuildError> {
+    pub(crate) fn resolve_targets(&self, targets: &[String]) -> Result<Vec<StageId>, BuildError> {
         if targets.is_empty() {
             return Ok(self.stage_ids());
         }
@@ -248,7 +248,7 @@ impl Workspace {
 
     /// The pools for this build: `-j` caps cpu slots; memory and GPUs come from the first
     /// pipeline's `[resources]` that declares them, else from the machine.
-    pub fn capacity(&self, machine: &Hardware, jobs: Option<u32>) -> Capacity {
+    pub(crate) fn capacity(&self, machine: &Hardware, jobs: Option<u32>) -> Capacity {
         let declared = |f: &dyn Fn(&Pipeline) -> Option<u64>| {
             self.projects.iter().find_map(|p| f(&p.pipeline))
         };
@@ -375,7 +375,7 @@ impl Workspace {
 
 /// Removes the outputs and records of `targets` (every stage when empty), after waiting
 /// (told to `observer`, stopped by `cancel`) for a build of the same pipeline to end.
-pub fn clean(
+pub(crate) fn clean(
     workspace: &Workspace,
     targets: &[StageId],
     cancel: &AtomicBool,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the key's meaning changes, so every stage rebuilds once.
-pub const KEY_FORMAT: u32 = 1;
+pub(crate) const KEY_FORMAT: u32 = 1;
 
 /// One input as the key sees it: where it is and what it contains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

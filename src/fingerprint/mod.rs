@@ -11,10 +11,10 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use key::{InputDigest, KEY_FORMAT, StageKey};
+pub(crate) use key::{InputDigest, KEY_FORMAT, StageKey};
 
 /// A blake3 digest in hex.
-pub type Digest = String;
+pub(crate) type Digest = String;
 
 /// Files at least this large are hashed with mmap and rayon.
 const PARALLEL_HASH_BYTES: u64 = 1 << 20;
@@ -24,7 +24,7 @@ const RACY_WINDOW_NS: i128 = 2_000_000_000;
 
 /// Hashes one file's content. Anything but a regular file (a FIFO, a device, a socket) is
 /// an error: reading one may never end.
-pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
+pub(crate) fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
     let metadata = std::fs::metadata(path)?;
     check_hashable(path, &metadata)?;
     let size = metadata.len();
@@ -65,7 +65,7 @@ fn check_hashable(path: &Path, metadata: &std::fs::Metadata) -> io::Result<()> {
 
 /// What identifies a file's version without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FileStat {
+pub(crate) struct FileStat {
     pub size: u64,
     pub mtime_ns: i128,
     pub ctime_ns: i128,
@@ -73,7 +73,7 @@ pub struct FileStat {
 }
 
 impl FileStat {
-    pub fn of(metadata: &std::fs::Metadata) -> FileStat {
+    pub(crate) fn of(metadata: &std::fs::Metadata) -> FileStat {
         FileStat {
             size: metadata.len(),
             mtime_ns: metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128,
@@ -95,7 +95,7 @@ struct CacheEntry {
 
 /// Digests of files keyed by path, valid while their stat is unchanged. Shared across threads.
 #[derive(Debug, Default)]
-pub struct StatCache {
+pub(crate) struct StatCache {
     /// Read by every parallel check, written only on a miss: a reader-writer lock.
     entries: RwLock<HashMap<PathBuf, CacheEntry>>,
     changed: AtomicBool,
@@ -103,7 +103,7 @@ pub struct StatCache {
 
 impl StatCache {
     /// Loads a saved cache; a missing or unreadable one is an empty cache (it is only a cache).
-    pub fn load(path: &Path) -> StatCache {
+    pub(crate) fn load(path: &Path) -> StatCache {
         let entries = std::fs::read(path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Vec<(PathBuf, CacheEntry)>>(&bytes).ok())
@@ -116,7 +116,7 @@ impl StatCache {
     }
 
     /// Saves the cache atomically if anything changed.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
         if !self.changed.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -129,7 +129,7 @@ impl StatCache {
     }
 
     /// The digest of a file or directory at `root/path` (`path` as the pipeline names it).
-    pub fn digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+    pub(crate) fn digest(&self, root: &Path, path: &Path) -> io::Result<Digest> {
         self.digest_as(root, path, Freshness::Saved)
     }
 
@@ -137,7 +137,7 @@ impl StatCache {
     /// file's digest is still remembered for the rest of this build (not saved), so the
     /// checks of the stages that read it do not hash it again. Only pochi wrote it, and the
     /// process that produced it has ended.
-    pub fn digest_published(&self, root: &Path, path: &Path) -> io::Result<Digest> {
+    pub(crate) fn digest_published(&self, root: &Path, path: &Path) -> io::Result<Digest> {
         self.digest_as(root, path, Freshness::ThisBuild)
     }
 
@@ -206,7 +206,7 @@ impl StatCache {
     /// a file pochi has just written and verified itself (restored from the cache, every
     /// byte hashed), and published. As with `digest_published`, a racily fresh file's
     /// digest is kept for this build only.
-    pub fn remember_published(&self, root: &Path, path: &Path, digest: &str) -> io::Result<()> {
+    pub(crate) fn remember_published(&self, root: &Path, path: &Path, digest: &str) -> io::Result<()> {
         let metadata = std::fs::metadata(root.join(path))?;
         let stat = FileStat::of(&metadata);
         let entry = CacheEntry {
@@ -221,7 +221,7 @@ impl StatCache {
 
     /// Forgets a path after pochi rewrote it; `is_dir` also forgets everything under it
     /// (a scan of the cache, so only for directories).
-    pub fn forget(&self, path: &Path, is_dir: bool) {
+    pub(crate) fn forget(&self, path: &Path, is_dir: bool) {
         let mut entries = self.write();
         entries.remove(path);
         if is_dir {
@@ -231,7 +231,7 @@ impl StatCache {
     }
 
     /// Whether a digest for `path` is cached.
-    pub fn contains(&self, path: &Path) -> bool {
+    pub(crate) fn contains(&self, path: &Path) -> bool {
         self.read().contains_key(path)
     }
 

@@ -75,7 +75,7 @@ pub struct SpanError(Box<SpanDetails>);
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("{message}")]
-pub struct SpanDetails {
+pub(super) struct SpanDetails {
     pub message: String,
     #[source_code]
     pub src: NamedSource<Arc<String>>,

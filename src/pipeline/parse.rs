@@ -380,7 +380,7 @@ impl Parser<'_> {
 
 /// The longest stage or pipeline name: names become file names (`logs/<stage>.log`,
 /// `.pochi/v1/<pipeline>/`), and file systems refuse names over 255 bytes.
-pub const MAX_NAME_LEN: usize = 128;
+pub(super) const MAX_NAME_LEN: usize = 128;
 
 /// Stage and pipeline names: `[a-z0-9_-]+`, at most `MAX_NAME_LEN` characters.
 pub fn is_valid_name(name: &str) -> bool {

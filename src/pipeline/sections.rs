@@ -11,7 +11,7 @@ use std::ops::Range;
 /// `[pipeline]`, `[toolchain]`, `[resources]`) and one range per `[stages.NAME]` section,
 /// in file order, each running to the next header.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Sections {
+pub(super) struct Sections {
     pub prefix: Range<usize>,
     pub stages: Vec<Range<usize>>,
 }
@@ -21,7 +21,7 @@ const MIN_STAGES: usize = 64;
 
 /// Cuts `text` at its stage headers when every header after the first stage header is a
 /// plain `[stages.NAME]` (a bare name, each once). Otherwise `None`.
-pub fn stage_sections(text: &str) -> Option<Sections> {
+pub(super) fn stage_sections(text: &str) -> Option<Sections> {
     let headers = headers(text)?;
     let first = headers.iter().position(|h| h.name.starts_with("stages."))?;
     let mut names = std::collections::HashSet::new();

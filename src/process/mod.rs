@@ -7,7 +7,7 @@
 mod system;
 mod watchdog;
 
-pub use system::{StderrTail, SystemRunner, run_borrowing_cancel};
+pub(crate) use system::{StderrTail, SystemRunner, run_borrowing_cancel};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 
 /// A process to run for a stage.
 #[derive(Debug, Clone)]
-pub struct ProcessSpec {
+pub(crate) struct ProcessSpec {
     pub program: String,
     pub args: Vec<String>,
     /// Variables set on top of pochi's own environment.
@@ -30,7 +30,7 @@ pub struct ProcessSpec {
 
 /// How a process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcessResult {
+pub(crate) enum ProcessResult {
     Success,
     /// It ran and failed: `status` says how ("exit status 1", "killed by signal 9").
     Failed {
@@ -44,7 +44,7 @@ pub enum ProcessResult {
 }
 
 /// Runs processes; stops them when `cancel` becomes true.
-pub trait ProcessRunner: Send + Sync {
+pub(crate) trait ProcessRunner: Send + Sync {
     fn run(&self, spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult;
 }
 

@@ -27,7 +27,7 @@ const STDERR_POLL_MS: i32 = 100;
 /// Runs stage processes on this machine. Each run blocks in `wait`; one watcher thread
 /// per runner turns a cancel into SIGTERM (then SIGKILL) for every running group.
 #[derive(Debug, Default)]
-pub struct SystemRunner {
+pub(crate) struct SystemRunner {
     running: Arc<Mutex<HashSet<i32>>>,
     watcher: std::sync::OnceLock<()>,
 }
@@ -43,14 +43,14 @@ impl ProcessRunner for SystemRunner {
 
 impl SystemRunner {
     /// A runner whose stages are stopped once `cancel` is set.
-    pub fn watching(cancel: Arc<AtomicBool>) -> Arc<SystemRunner> {
+    pub(crate) fn watching(cancel: Arc<AtomicBool>) -> Arc<SystemRunner> {
         let runner = Arc::new(SystemRunner::default());
         runner.watch(cancel);
         runner
     }
 
     /// Starts the watcher that stops running groups once `cancel` is set.
-    pub fn watch(&self, cancel: Arc<AtomicBool>) {
+    pub(crate) fn watch(&self, cancel: Arc<AtomicBool>) {
         let running = Arc::clone(&self.running);
         self.watcher.get_or_init(|| {
             std::thread::spawn(move || {
@@ -163,7 +163,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 
 /// Runs one process for in-process work, which holds only a borrowed cancel flag: a scoped
 /// watcher stops the process's group (SIGTERM, then SIGKILL) once `cancel` is set.
-pub fn run_borrowing_cancel(spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult {
+pub(crate) fn run_borrowing_cancel(spec: &ProcessSpec, cancel: &AtomicBool) -> ProcessResult {
     let runner = SystemRunner::default();
     let finished = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -254,14 +254,14 @@ fn copy_stderr(
 /// A carriage return ends a line too, so a progress bar redrawn with `\r` keeps only its
 /// last states.
 #[derive(Debug, Default)]
-pub struct StderrTail {
+pub(crate) struct StderrTail {
     lines: VecDeque<String>,
     current: Vec<u8>,
     cut: usize,
 }
 
 impl StderrTail {
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         for piece in bytes.split_inclusive(|&b| b == b'\n' || b == b'\r') {
             let (text, ends) = match piece.last() {
                 Some(b'\n' | b'\r') => (&piece[..piece.len() - 1], true),
@@ -296,7 +296,7 @@ impl StderrTail {
     }
 
     /// The kept lines, the unfinished last one included.
-    pub fn finish(mut self) -> Vec<String> {
+    pub(crate) fn finish(mut self) -> Vec<String> {
         if !self.current.is_empty() || self.cut > 0 {
             self.end_line();
         }

@@ -303,7 +303,7 @@ fn redact(arg: &str) -> String {
 }
 
 /// A URL as messages show it: credentials in its authority (`user:token@`) become `***@`.
-pub fn redact_url(url: &str) -> String {
+pub(super) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -133,7 +133,7 @@ pub struct Downloaded {
 /// Checks an entry against the stage and downloads its outputs: output `name` goes to
 /// `dest_for(name)` (replaced if it exists). `Ok(Err(miss))` when the entry cannot be used
 /// (what was written is removed then); `Err` when the server failed.
-pub fn download_result(
+pub(super) fn download_result(
     backend: &dyn CacheBackend,
     stage: &StageAction,
     result: &proto::ActionResult,

@@ -10,14 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// What a graph rendering shows: one pipeline's stages, their edges and status.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct GraphView {
+pub(crate) struct GraphView {
     pub pipeline: String,
     pub stages: Vec<StageView>, // caller gives them sorted by name; renderers must still sort to be deterministic
 }
 
 /// One stage of the pipeline as a rendering shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct StageView {
+pub(crate) struct StageView {
     pub name: String,   // [a-z0-9_-]+
     pub kind: String,   // "command", "export", "dataset", "quantize", "engine", "report"
     pub device: String, // "cpu", "cuda", "cuda:1"
@@ -69,7 +69,7 @@ pub(crate) fn matrix_groups(stages: &[StageView]) -> BTreeMap<&str, Vec<usize>> 
 /// Where a stage stands relative to its inputs and its last build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StageStatus {
+pub(crate) enum StageStatus {
     UpToDate,
     Stale,
     NeverBuilt,
@@ -91,7 +91,7 @@ impl StageStatus {
     ];
 
     /// The words a person reads for this status.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             StageStatus::UpToDate => "up to date",
             StageStatus::Stale => "stale",
@@ -138,7 +138,7 @@ pub(crate) struct StatusStyle {
 
 /// The output formats `pochi graph` can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GraphFormat {
+pub(crate) enum GraphFormat {
     Text,
     Dot,
     Mermaid,
@@ -148,7 +148,7 @@ pub enum GraphFormat {
 
 /// Renders `view` in `format`. The result is deterministic whatever the order of the
 /// stages and deps given, and always ends with a newline.
-pub fn render(view: &GraphView, format: GraphFormat) -> String {
+pub(crate) fn render(view: &GraphView, format: GraphFormat) -> String {
     match format {
         GraphFormat::Text => text::render(view),
         GraphFormat::Dot => dot::render(view),

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub use resources::{Capacity, GpuRequest, Lease, Pools, Request};
+pub(crate) use resources::{Capacity, GpuRequest, Lease, Pools, Request};
 
 /// One node of the DAG.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(crate) struct Job {
     pub deps: Vec<usize>,
     pub request: Request,
     /// How long the job took last time (0 when unknown), for critical-path ordering.
@@ -30,7 +30,7 @@ pub struct Job {
 
 /// Whether a job must run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     UpToDate,
     Run(String),
     /// It must run (the reason), unless `JobHandler::restore` can produce its results.
@@ -42,14 +42,14 @@ pub enum Check {
 
 /// Why a job failed: what happened, what to do, and where its log is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub message: String,
     pub hint: Option<String>,
     pub log: Option<std::path::PathBuf>,
 }
 
 impl Failure {
-    pub fn new(message: impl Into<String>) -> Failure {
+    pub(crate) fn new(message: impl Into<String>) -> Failure {
         Failure {
             message: message.into(),
             hint: None,
@@ -60,7 +60,7 @@ impl Failure {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunResult {
+pub(crate) enum RunResult {
     Done,
     Failed(Failure),
     Cancelled,
@@ -68,7 +68,7 @@ pub enum RunResult {
 
 /// What happened to a job in this build.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Up to date: not run.
     Skipped,
     /// Ran and succeeded; with the reason it ran.
@@ -88,7 +88,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         matches!(
             self,
             Outcome::Skipped | Outcome::Ran(_) | Outcome::Restored(_)
@@ -96,17 +96,17 @@ impl Outcome {
     }
 
     /// Whether the build fails because of this outcome (an unavailable stage does not fail it).
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         !self.is_success() && !self.is_unavailable()
     }
 
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(self, Outcome::Unavailable(_) | Outcome::NeedsUnavailable(_))
     }
 }
 
 /// Checks and runs jobs; called from worker threads.
-pub trait JobHandler: Send + Sync + 'static {
+pub(crate) trait JobHandler: Send + Sync + 'static {
     fn check(&self, job: usize) -> Check;
     /// Produces the results of a job checked `Restorable` without running it (from a
     /// cache): `Some(where from)` when it did, `None` to run it. Called on a thread of its
@@ -119,7 +119,7 @@ pub trait JobHandler: Send + Sync + 'static {
 
 /// What the scheduler reports as it goes.
 #[derive(Debug)]
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     Started {
         job: usize,
         lease: &'a Lease,
@@ -133,7 +133,7 @@ pub enum Event<'a> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     pub keep_going: bool,
     pub cancel: Arc<AtomicBool>,
 }
@@ -158,7 +158,7 @@ enum State {
 /// Runs the jobs marked in `wanted` (their dependencies must be wanted too). `prechecked`
 /// holds checks made before the build; one is used only while all of a job's dependencies
 /// were up to date, since otherwise its inputs may have changed since.
-pub fn run(
+pub(crate) fn run(
     jobs: &[Job],
     wanted: &[bool],
     prechecked: Vec<Option<Check>>,

@@ -3,7 +3,7 @@
 
 /// What one job asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Request {
+pub(crate) struct Request {
     pub cpu: u32,
     pub memory: u64,
     pub gpu: GpuRequest,
@@ -12,7 +12,7 @@ pub struct Request {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuRequest {
+pub(crate) enum GpuRequest {
     None,
     /// Any one free GPU.
     Any,
@@ -22,7 +22,7 @@ pub enum GpuRequest {
 
 /// What the machine offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     pub cpu: u32,
     pub memory: u64,
     pub gpus: Vec<u32>,
@@ -32,7 +32,7 @@ pub struct Capacity {
 
 /// What a running job holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Lease {
+pub(crate) struct Lease {
     pub cpu: u32,
     pub memory: u64,
     /// The GPU this job may use, if it asked for one.
@@ -43,7 +43,7 @@ pub struct Lease {
 
 /// The pools while a build runs.
 #[derive(Debug)]
-pub struct Pools {
+pub(crate) struct Pools {
     capacity: Capacity,
     cpu_used: u32,
     memory_used: u64,
@@ -52,7 +52,7 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(capacity: Capacity) -> Pools {
+    pub(crate) fn new(capacity: Capacity) -> Pools {
         Pools {
             capacity,
             cpu_used: 0,
@@ -63,7 +63,7 @@ impl Pools {
     }
 
     /// Why `request` can never be satisfied here, if it cannot.
-    pub fn impossible(&self, request: &Request) -> Option<String> {
+    pub(crate) fn impossible(&self, request: &Request) -> Option<String> {
         let capacity = &self.capacity;
         if request.remote {
             return (capacity.remote == 0)
@@ -94,7 +94,7 @@ impl Pools {
 
     /// Leases what `request` asks for if it fits now. A cpu request larger than the pool
     /// is clamped to the pool, so such a job runs alone rather than never.
-    pub fn try_lease(&mut self, request: &Request) -> Option<Lease> {
+    pub(crate) fn try_lease(&mut self, request: &Request) -> Option<Lease> {
         if request.remote {
             if self.remote_used >= self.capacity.remote {
                 return None;
@@ -135,11 +135,11 @@ impl Pools {
     }
 
     /// Whether a slot is free: a cpu slot (every local job needs one) or a remote one.
-    pub fn has_free_slot(&self) -> bool {
+    pub(crate) fn has_free_slot(&self) -> bool {
         self.cpu_used < self.capacity.cpu.max(1) || self.remote_used < self.capacity.remote
     }
 
-    pub fn release(&mut self, lease: &Lease) {
+    pub(crate) fn release(&mut self, lease: &Lease) {
         if lease.remote {
             self.remote_used -= 1;
             return;

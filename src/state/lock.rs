@@ -12,7 +12,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum LockError {
+pub(crate) enum LockError {
     #[error("another pochi (pid {holder}) is building pipeline `{pipeline}`")]
     #[diagnostic(help("wait for it to finish, or run without --no-wait to wait for it"))]
     Busy { pipeline: String, holder: String },
@@ -31,7 +31,7 @@ pub enum LockError {
 
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: File,
 }
 
@@ -39,7 +39,7 @@ impl StateLock {
     /// Takes the lock in `dir`. When another process holds it, calls `on_wait` with that
     /// process's pid and waits until it is free or `cancel` is set, or fails at once when
     /// `wait` is false.
-    pub fn acquire(
+    pub(crate) fn acquire(
         dir: &Path,
         pipeline: &str,
         wait: bool,

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use lock::{LockError, StateLock};
+pub(crate) use lock::{LockError, StateLock};
 
 use crate::fingerprint::{Digest, StageKey};
 
 /// The on-disk layout version: a new layout gets a new directory, never a migration.
-pub const LAYOUT_VERSION: &str = "v1";
+pub(crate) const LAYOUT_VERSION: &str = "v1";
 
 const LOG_FILE: &str = "log.jsonl";
 const STAT_CACHE_FILE: &str = "stat-cache.json";
@@ -24,7 +24,7 @@ const STAT_CACHE_FILE: &str = "stat-cache.json";
 const OWNER_FILE: &str = "pipeline-file";
 
 /// The file name of the pipeline file that last built into the state directory `dir`.
-pub fn owner(dir: &Path) -> Option<String> {
+pub(crate) fn owner(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
     Some(text.trim_end_matches('\n').to_string()).filter(|name| !name.is_empty())
 }
@@ -32,7 +32,7 @@ pub fn owner(dir: &Path) -> Option<String> {
 /// Records `file_name` as the pipeline file that builds into `dir` (under its lock). The
 /// file is written on every build, before any stage runs: a state directory that cannot
 /// take a new file (read-only, full) fails the build here, not after its stages ran.
-pub fn claim(dir: &Path, file_name: &str) -> Result<(), StateError> {
+pub(crate) fn claim(dir: &Path, file_name: &str) -> Result<(), StateError> {
     let path = dir.join(OWNER_FILE);
     crate::fsutil::write_cache(&path, format!("{file_name}\n").as_bytes())
         .map_err(|source| StateError::Io { path, source })
@@ -40,7 +40,7 @@ pub fn claim(dir: &Path, file_name: &str) -> Result<(), StateError> {
 
 /// A stage's last successful run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StageRecord {
+pub(crate) struct StageRecord {
     pub stage: String,
     pub fingerprint: String,
     pub key: RecordedKey,
@@ -58,10 +58,10 @@ pub struct StageRecord {
 /// (parsing 10,000 keys was a sixth of a no-op check).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct RecordedKey(Box<serde_json::value::RawValue>);
+pub(crate) struct RecordedKey(Box<serde_json::value::RawValue>);
 
 impl RecordedKey {
-    pub fn new(key: &StageKey) -> RecordedKey {
+    pub(crate) fn new(key: &StageKey) -> RecordedKey {
         let json = serde_json::to_string(key).unwrap_or_else(|_| "null".into());
         RecordedKey(
             serde_json::value::RawValue::from_string(json)
@@ -70,14 +70,14 @@ impl RecordedKey {
     }
 
     /// The key, or `None` when it was written by a pochi with another key format.
-    pub fn parse(&self) -> Option<StageKey> {
+    pub(crate) fn parse(&self) -> Option<StageKey> {
         serde_json::from_str(self.0.get()).ok()
     }
 }
 
 /// One published output and its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputRecord {
+pub(crate) struct OutputRecord {
     pub key: String,
     pub path: PathBuf,
     pub digest: Digest,
@@ -85,7 +85,7 @@ pub struct OutputRecord {
 
 /// A stage's last failed run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FailureRecord {
+pub(crate) struct FailureRecord {
     pub stage: String,
     pub message: String,
     /// The stage's log, relative to the pipeline directory.
@@ -112,7 +112,7 @@ enum LogEntry {
 
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum StateError {
+pub(crate) enum StateError {
     #[error("cannot use pochi's state directory `{}`", path.display())]
     #[diagnostic(help(
         "check that the directory is writable; deleting it only costs a full rebuild"
@@ -177,7 +177,7 @@ impl LogLine {
 
 /// The records of one pipeline, loaded from its log; appends go straight to the log.
 #[derive(Debug)]
-pub struct StateStore {
+pub(crate) struct StateStore {
     dir: PathBuf,
     built: HashMap<String, StageRecord>,
     failed: HashMap<String, FailureRecord>,
@@ -192,7 +192,7 @@ pub struct StateStore {
 impl StateStore {
     /// Reads the state in `dir` (empty when there is none). A torn last line, left by a
     /// process killed mid-write, is ignored.
-    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+    pub(crate) fn open(dir: &Path) -> Result<StateStore, StateError> {
         let mut store = StateStore {
             dir: dir.to_path_buf(),
             built: HashMap::new(),
@@ -241,34 +241,34 @@ impl StateStore {
     }
 
     /// Whether the log on disk differs from what this store read (another process wrote it).
-    pub fn changed_on_disk(&self) -> bool {
+    pub(crate) fn changed_on_disk(&self) -> bool {
         self.log.is_none() && log_stamp(&self.dir) != self.read_stamp
     }
 
     /// The last successful run of `stage`.
-    pub fn built(&self, stage: &str) -> Option<&StageRecord> {
+    pub(crate) fn built(&self, stage: &str) -> Option<&StageRecord> {
         self.built.get(stage)
     }
 
     /// How long `stage` took the last time it was built, even if it was cleaned since.
-    pub fn last_duration_ms(&self, stage: &str) -> Option<u64> {
+    pub(crate) fn last_duration_ms(&self, stage: &str) -> Option<u64> {
         self.durations.get(stage).copied()
     }
 
     /// The last run of `stage`, if it failed after its last success.
-    pub fn failed(&self, stage: &str) -> Option<&FailureRecord> {
+    pub(crate) fn failed(&self, stage: &str) -> Option<&FailureRecord> {
         self.failed.get(stage)
     }
 
-    pub fn record_built(&mut self, record: StageRecord) -> Result<(), StateError> {
+    pub(crate) fn record_built(&mut self, record: StageRecord) -> Result<(), StateError> {
         self.append(LogEntry::Built(Box::new(record)))
     }
 
-    pub fn record_failed(&mut self, record: FailureRecord) -> Result<(), StateError> {
+    pub(crate) fn record_failed(&mut self, record: FailureRecord) -> Result<(), StateError> {
         self.append(LogEntry::Failed(record))
     }
 
-    pub fn record_cleaned(&mut self, stage: &str) -> Result<(), StateError> {
+    pub(crate) fn record_cleaned(&mut self, stage: &str) -> Result<(), StateError> {
         self.append(LogEntry::Cleaned {
             stage: stage.to_string(),
         })
@@ -305,7 +305,7 @@ impl StateStore {
     }
 
     /// Rewrites the log with one line per stage when it has grown well past that.
-    pub fn compact_if_large(&mut self) -> Result<(), StateError> {
+    pub(crate) fn compact_if_large(&mut self) -> Result<(), StateError> {
         // Every built stage has a duration, so this counts each live line once.
         let live = self.durations.len() + self.failed.len();
         if self.lines <= 2 * live + 64 {
@@ -350,21 +350,21 @@ impl StateStore {
     }
 
     /// The log file (which may not exist yet).
-    pub fn log_path_on_disk(&self) -> PathBuf {
+    pub(crate) fn log_path_on_disk(&self) -> PathBuf {
         self.dir.join(LOG_FILE)
     }
 
-    pub fn stat_cache_path(&self) -> PathBuf {
+    pub(crate) fn stat_cache_path(&self) -> PathBuf {
         self.dir.join(STAT_CACHE_FILE)
     }
 
     /// Where a stage's log goes.
-    pub fn log_path(&self, stage: &str) -> PathBuf {
+    pub(crate) fn log_path(&self, stage: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{stage}.log"))
     }
 
     /// Where a stage's outputs are written before they are published.
-    pub fn temp_root(&self) -> PathBuf {
+    pub(crate) fn temp_root(&self) -> PathBuf {
         self.dir.join("tmp")
     }
 
@@ -393,7 +393,7 @@ fn log_stamp(dir: &Path) -> Option<(u64, std::time::SystemTime)> {
     Some((metadata.len(), metadata.modified().ok()?))
 }
 
-pub fn unix_ms_now() -> u64 {
+pub(crate) fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Bumped when the layout under the cache directory changes.
-pub const CACHE_LAYOUT: &str = "v1";
+pub(crate) const CACHE_LAYOUT: &str = "v1";
 
 /// Why there is no cache directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]

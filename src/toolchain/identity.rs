@@ -18,7 +18,7 @@ const ENTRY_FORMAT: u32 = 1;
 
 /// The packages whose versions make a toolchain's identity: (import name, distribution).
 /// Upgrading one of these reruns every Python stage; nothing else does.
-pub const TRACKED: &[(&str, &str)] = &[
+pub(crate) const TRACKED: &[(&str, &str)] = &[
     ("einops", "einops"),
     ("modelopt", "nvidia-modelopt"),
     ("monai", "monai"),
@@ -32,7 +32,7 @@ pub const TRACKED: &[(&str, &str)] = &[
 
 /// What the identity worker reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub python: String,
     pub implementation: String,
     pub executable: String,
@@ -42,7 +42,7 @@ pub struct Facts {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleFact {
+pub(crate) struct ModuleFact {
     pub found: bool,
     pub distribution: Option<String>,
     pub version: Option<String>,
@@ -89,7 +89,7 @@ fn stamps(python: &Path, facts: &Facts) -> Vec<Stamp> {
 
 /// The facts of `python`, from `cache_file` when it is still current, else asked afresh
 /// (and cached).
-pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
+pub(crate) fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
     if let Some(entry) = std::fs::read(cache_file)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())
@@ -118,7 +118,7 @@ pub fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts
 /// Why an interpreter's facts could not be read. The messages carry their causes: they
 /// become part of a toolchain error's message and of an unusable toolchain's identity.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("cannot write the identity script to {}: {error}", dir.display())]
     WriteWorker { dir: PathBuf, error: std::io::Error },
     #[error("cannot create {}: {error}", dir.display())]
@@ -145,7 +145,7 @@ pub enum IdentityError {
 
 /// What is wrong with the identity worker's answer.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum AnswerError {
+pub(crate) enum AnswerError {
     #[error("invalid JSON: {0}")]
     Json(serde_json::Error),
     #[error("an error: {0}")]
@@ -224,7 +224,7 @@ fn parse_result(bytes: &[u8]) -> Result<Facts, AnswerError> {
 
 /// The identity string that goes into stage fingerprints: Python and tracked package
 /// versions, sorted; `prefix` says which toolchain (e.g. the lock hash).
-pub fn identity(prefix: &str, facts: &Facts) -> String {
+pub(crate) fn identity(prefix: &str, facts: &Facts) -> String {
     let mut parts = vec![format!(
         "{prefix}; {} {}",
         facts.implementation, facts.python
@@ -240,7 +240,7 @@ pub fn identity(prefix: &str, facts: &Facts) -> String {
 }
 
 /// The modules of `needed` that the interpreter lacks.
-pub fn missing<'a>(facts: &Facts, needed: &[&'a str]) -> Vec<&'a str> {
+pub(crate) fn missing<'a>(facts: &Facts, needed: &[&'a str]) -> Vec<&'a str> {
     needed
         .iter()
         .copied()

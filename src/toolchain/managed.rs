@@ -14,7 +14,7 @@ use super::cache::CacheDir;
 /// Why the managed environment could not be created. The messages carry their causes:
 /// they are shown after "cannot create the managed Python toolchain: ".
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum ManagedError {
+pub(crate) enum ManagedError {
     #[error("cannot create {}: {error}", path.display())]
     Create {
         path: PathBuf,
@@ -54,14 +54,14 @@ pub enum ManagedError {
 
 /// The managed environment for one lock.
 #[derive(Debug, Clone)]
-pub struct Managed {
+pub(crate) struct Managed {
     /// `<cache>/toolchains/<hash>`.
     pub root: PathBuf,
     pub hash: String,
 }
 
 impl Managed {
-    pub fn new(cache: &CacheDir, hash: &str) -> Managed {
+    pub(crate) fn new(cache: &CacheDir, hash: &str) -> Managed {
         Managed {
             root: cache.toolchains().join(hash),
             hash: hash.to_string(),
@@ -69,23 +69,23 @@ impl Managed {
     }
 
     /// The environment's interpreter.
-    pub fn python(&self) -> PathBuf {
+    pub(crate) fn python(&self) -> PathBuf {
         self.root.join("env").join("bin").join("python")
     }
 
     /// Where the environment's identity is cached.
-    pub fn identity_file(&self) -> PathBuf {
+    pub(crate) fn identity_file(&self) -> PathBuf {
         self.root.join("identity.json")
     }
 
     /// Whether the environment has been created (the rename into place is the commit).
-    pub fn exists(&self) -> bool {
+    pub(crate) fn exists(&self) -> bool {
         self.python().exists()
     }
 
     /// Creates the environment unless it exists, telling `say` what happens (installers'
     /// own progress goes to stderr).
-    pub fn ensure(
+    pub(crate) fn ensure(
         &self,
         cache: &CacheDir,
         lock: &str,

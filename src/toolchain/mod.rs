@@ -12,47 +12,47 @@
 //! Either way the identity (Python version + tracked package versions) goes into the
 //! fingerprint of every stage that runs Python.
 
-pub mod cache;
+pub(crate) mod cache;
 pub(crate) mod identity;
 mod managed;
-pub mod scripts;
+pub(crate) mod scripts;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-pub use cache::CacheDir;
-pub use identity::{Facts, TRACKED};
-pub use managed::Managed;
+pub(crate) use cache::CacheDir;
+pub(crate) use identity::{Facts, TRACKED};
+pub(crate) use managed::Managed;
 
 use crate::facts::PythonFacts;
-pub use crate::facts::Toolchain;
+pub(crate) use crate::facts::Toolchain;
 
 /// The lock the managed environment is built from (exact versions and hashes).
-pub const LOCK: &str = include_str!("../../toolchain/requirements.lock");
+pub(crate) const LOCK: &str = include_str!("../../toolchain/requirements.lock");
 
 /// The first 16 hex digits of blake3 over `bytes`.
-pub fn short_hash(bytes: &[u8]) -> String {
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex()[..16].to_string()
 }
 
 /// The platform property a remote worker offers for this toolchain (`pochi-toolchain`):
 /// a short hash of its identity (Python and package versions), so an action is never run
 /// with another toolchain. `pochi toolchain info` shows it.
-pub const PLATFORM_PROPERTY: &str = "pochi-toolchain";
+pub(crate) const PLATFORM_PROPERTY: &str = "pochi-toolchain";
 
 /// The value of `PLATFORM_PROPERTY` for a toolchain's identity.
-pub fn platform_value(identity: &str) -> String {
+pub(crate) fn platform_value(identity: &str) -> String {
     short_hash(identity.as_bytes())
 }
 
 /// The hash that names the managed environment of this build of pochi.
-pub fn lock_hash() -> String {
+pub(crate) fn lock_hash() -> String {
     short_hash(LOCK.as_bytes())
 }
 
 /// `name==version` pins of a lock (names lowercase).
-pub fn locked_versions(lock: &str) -> BTreeMap<String, String> {
+pub(crate) fn locked_versions(lock: &str) -> BTreeMap<String, String> {
     lock.lines()
         .filter(|line| !line.starts_with([' ', '#', '-']))
         .filter_map(|line| {
@@ -66,7 +66,7 @@ pub fn locked_versions(lock: &str) -> BTreeMap<String, String> {
 
 /// Whether a command may create the managed environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `build`, `toolchain sync`: create it when missing.
     Create,
     /// `status`, `explain`, `graph`, `toolchain info`: never create; a missing environment
@@ -76,7 +76,7 @@ pub enum Mode {
 
 /// Which interpreter a pipeline runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Choice {
+pub(crate) enum Choice {
     Managed,
     /// The user's interpreter and where it was named.
     Interpreter {
@@ -90,7 +90,7 @@ impl Choice {
     /// pipeline; neither means the managed toolchain.
     /// `declared`: a pipeline's `[toolchain] python`, with the pipeline's directory and
     /// file (for messages).
-    pub fn of(declared: Option<(&Path, &Path, &Path)>) -> Choice {
+    pub(crate) fn of(declared: Option<(&Path, &Path, &Path)>) -> Choice {
         Self::from_parts(std::env::var_os("POCHI_PYTHON"), declared)
     }
 
@@ -136,7 +136,7 @@ fn on_path(name: &Path) -> Option<PathBuf> {
 
 /// Why a toolchain cannot be used.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum ToolchainError {
+pub(crate) enum ToolchainError {
     #[error("cannot create the managed Python toolchain: {error}")]
     #[diagnostic(help(
         "pochi needs `python3` (3.11) and access to PyPI the first time; or point it at your own interpreter with POCHI_PYTHON=/path/to/python or `[toolchain] python`"
@@ -181,7 +181,7 @@ fn list(modules: &[String]) -> String {
 
 /// A resolved toolchain with what is known about it.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub choice: Choice,
     pub toolchain: Toolchain,
     /// None when the managed environment does not exist yet, or the query failed while
@@ -191,7 +191,7 @@ pub struct Resolved {
 }
 
 /// Writes the identity script and `scripts` (every kind's) to the per-user cache.
-pub fn materialize_scripts(scripts: &[scripts::Script]) -> Result<(), ToolchainError> {
+pub(crate) fn materialize_scripts(scripts: &[scripts::Script]) -> Result<(), ToolchainError> {
     let cache = CacheDir::from_env()?;
     scripts::materialize_all(&cache, scripts).map_err(|source| ToolchainError::Workers {
         dir: cache.scripts(),
@@ -200,7 +200,7 @@ pub fn materialize_scripts(scripts: &[scripts::Script]) -> Result<(), ToolchainE
 }
 
 /// Runs `python -I SCRIPT ARGS...` to completion, its output captured (the TensorRT probe).
-pub fn run_script(
+pub(crate) fn run_script(
     python: &Path,
     script: &Path,
     args: &[&std::ffi::OsStr],
@@ -215,7 +215,7 @@ pub fn run_script(
 
 /// Asks the interpreter for its version, its packages' versions and its site
 /// directories, without importing the packages (fast): what a report says it ran on.
-pub fn python_facts(python: &Path) -> Option<PythonFacts> {
+pub(crate) fn python_facts(python: &Path) -> Option<PythonFacts> {
     const QUERY: &str = r#"
 import importlib.metadata as m, json, os, sys
 versions = {}
@@ -237,7 +237,7 @@ print(json.dumps({"python": sys.version.split()[0], "versions": versions,
 
 /// Resolves a choice: creates the managed environment when `mode` allows, asks the
 /// interpreter for its identity, and checks that it has the `needed` modules.
-pub fn resolve(
+pub(crate) fn resolve(
     choice: &Choice,
     needed: &[&str],
     mode: Mode,
@@ -248,7 +248,7 @@ pub fn resolve(
 }
 
 /// `resolve` with the cache directory given.
-pub fn resolve_in(
+pub(crate) fn resolve_in(
     cache: CacheDir,
     choice: &Choice,
     needed: &[&str],

@@ -14,7 +14,7 @@ pub struct Script {
 }
 
 /// Reports which Python and which package versions an interpreter has.
-pub const IDENTITY: Script = Script {
+pub(crate) const IDENTITY: Script = Script {
     name: "identity.py",
     source: include_str!("scripts/identity.py"),
 };
@@ -53,7 +53,7 @@ impl Script {
 }
 
 /// Writes the identity worker and the kinds' `workers` to the cache.
-pub fn materialize_all(cache: &CacheDir, scripts: &[Script]) -> std::io::Result<()> {
+pub(crate) fn materialize_all(cache: &CacheDir, scripts: &[Script]) -> std::io::Result<()> {
     std::iter::once(&IDENTITY)
         .chain(scripts)
         .try_for_each(|script| script.materialize(cache).map(|_| ()))

@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// What went wrong with git, each with what to do.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum GitError {
+pub(super) enum GitError {
     #[error("cannot run git: {0}")]
     #[diagnostic(help("install git and make sure it is on PATH"))]
     NotRunnable(String),
@@ -65,7 +65,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<Result<String, Refused>, GitError> {
 }
 
 /// The top directory of the repository that holds `dir`.
-pub fn toplevel(dir: &Path) -> Result<PathBuf, GitError> {
+pub(super) fn toplevel(dir: &Path) -> Result<PathBuf, GitError> {
     match git(dir, &["rev-parse", "--show-toplevel"])? {
         Ok(top) => Ok(PathBuf::from(top)),
         Err(_) => Err(GitError::NotARepository(dir.display().to_string())),
@@ -73,7 +73,7 @@ pub fn toplevel(dir: &Path) -> Result<PathBuf, GitError> {
 }
 
 /// The commit that `rev` names.
-pub fn commit_of(repo: &Path, rev: &str) -> Result<String, GitError> {
+pub(super) fn commit_of(repo: &Path, rev: &str) -> Result<String, GitError> {
     let spec = format!("{rev}^{{commit}}");
     match git(repo, &["rev-parse", "--verify", "--end-of-options", &spec])? {
         Ok(commit) => Ok(commit),
@@ -88,7 +88,7 @@ pub fn commit_of(repo: &Path, rev: &str) -> Result<String, GitError> {
 }
 
 /// Whether `path` (relative to the repository's top) exists in `commit`.
-pub fn exists_at(repo: &Path, commit: &str, path: &Path) -> Result<bool, GitError> {
+pub(super) fn exists_at(repo: &Path, commit: &str, path: &Path) -> Result<bool, GitError> {
     let object = format!("{commit}:{}", path.display());
     Ok(git(repo, &["cat-file", "-e", &object])?.is_ok())
 }
@@ -96,13 +96,13 @@ pub fn exists_at(repo: &Path, commit: &str, path: &Path) -> Result<bool, GitErro
 /// A detached worktree of one commit in a temporary directory, removed when dropped
 /// (also after an error or Ctrl-C, which end the command through the same return).
 #[derive(Debug)]
-pub struct Worktree {
+pub(super) struct Worktree {
     repo: PathBuf,
     pub path: PathBuf,
 }
 
 impl Worktree {
-    pub fn add(repo: &Path, commit: &str, rev: &str) -> Result<Worktree, GitError> {
+    pub(super) fn add(repo: &Path, commit: &str, rev: &str) -> Result<Worktree, GitError> {
         let parent = tempfile::Builder::new()
             .prefix("pochi-diff-")
             .tempdir()

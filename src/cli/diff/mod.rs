@@ -19,7 +19,7 @@ use side::Side;
 #[command(
     override_usage = "pochi diff [REV] [PIPELINE ...] [--fail-on RULE ...] [--json | --markdown] [--retime]"
 )]
-pub struct DiffArgs {
+pub(super) struct DiffArgs {
     /// `[REV] [PIPELINE ...]`: the revision to compare with (default HEAD) and the pipeline
     /// files (default pipeline.toml). A first word that is an existing file or ends in
     /// `.toml` is a pipeline.
@@ -67,7 +67,7 @@ impl DiffArgs {
     }
 }
 
-pub fn run(args: DiffArgs) -> miette::Result<ExitCode> {
+pub(super) fn run(args: DiffArgs) -> miette::Result<ExitCode> {
     let (rev, given) = args.split();
     let rules = match parse_rules(&args.fail_on) {
         Ok(rules) => rules,

@@ -56,7 +56,7 @@ fn plan(summary: &Value) -> Plan {
 
 /// Times every model of `report` that both sides ran on ONNX Runtime's CPU provider again,
 /// and replaces its latency rows; says which models it could not.
-pub fn retime_report(
+pub(super) fn retime_report(
     report: &mut ReportDiff,
     (old_project, old): (&Project, &Value),
     (new_project, new): (&Project, &Value),

@@ -14,7 +14,7 @@ use crate::fingerprint::StageKey;
 use crate::toolchain::Mode;
 
 /// The pipelines of one side, built.
-pub struct Side {
+pub(super) struct Side {
     pub workspace: Workspace,
     pub summary: BuildSummary,
 }
@@ -44,7 +44,7 @@ fn say_what_baseline_cost(summary: &BuildSummary, rev: &str) {
 
 /// Builds `paths` with the caches `args` give (`--no-cache`, `--remote-cache`, env).
 /// The baseline's build (`baseline` names its revision) then says what it cost.
-pub fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miette::Result<Side> {
+pub(super) fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miette::Result<Side> {
     let what = match baseline {
         Some(_) => "baseline",
         None => "working tree",
@@ -95,7 +95,7 @@ pub fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miet
 
 impl Side {
     /// The stages by status (`ran`, `restored`, `skipped`, ...).
-    pub fn counts(&self) -> BTreeMap<String, usize> {
+    pub(super) fn counts(&self) -> BTreeMap<String, usize> {
         self.summary
             .counts
             .iter()
@@ -105,7 +105,7 @@ impl Side {
 }
 
 /// The report stages of a project, by name, with their summary.json.
-pub fn reports(project: &Project) -> Vec<(String, usize)> {
+pub(super) fn reports(project: &Project) -> Vec<(String, usize)> {
     project
         .pipeline
         .stages
@@ -117,7 +117,7 @@ pub fn reports(project: &Project) -> Vec<(String, usize)> {
 }
 
 /// The summary.json a report stage's last build wrote.
-pub fn read_summary(project: &Project, stage: usize, side: &'static str) -> miette::Result<Value> {
+pub(super) fn read_summary(project: &Project, stage: usize, side: &'static str) -> miette::Result<Value> {
     let name = &project.pipeline.stages[stage].name;
     let record = project
         .recorded_outputs(stage)
@@ -138,7 +138,7 @@ pub fn read_summary(project: &Project, stage: usize, side: &'static str) -> miet
 }
 
 /// The key a stage's last successful build recorded, with its fingerprint.
-pub fn recorded_key(project: &Project, stage: &str) -> Option<(String, Option<StageKey>)> {
+pub(super) fn recorded_key(project: &Project, stage: &str) -> Option<(String, Option<StageKey>)> {
     let state = project.state.lock().unwrap_or_else(|e| e.into_inner());
     state
         .built(stage)
@@ -147,7 +147,7 @@ pub fn recorded_key(project: &Project, stage: &str) -> Option<(String, Option<St
 
 /// The `gates` of a report stage as written in the pipeline file (a matrix variant has
 /// those of the stage it was declared as); the parser has already checked them.
-pub fn gates(project: &Project, stage: usize) -> Vec<String> {
+pub(super) fn gates(project: &Project, stage: usize) -> Vec<String> {
     let stage = &project.pipeline.stages[stage];
     let declared = stage.matrix.as_ref().map_or(&stage.name, |m| &m.base);
     let Ok(table) = project.pipeline.source.text.parse::<toml::Table>() else {

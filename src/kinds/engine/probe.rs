@@ -21,7 +21,7 @@ pub const STANDIN_ENV: &str = "POCHI_TEST_TENSORRT_STANDIN";
 
 /// What the TensorRT probe found with this interpreter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Probe {
+pub(super) struct Probe {
     pub tensorrt: Option<String>,
     pub error: Option<String>,
     #[serde(default)]
@@ -65,7 +65,7 @@ pub static TENSORRT: Accelerator = Accelerator {
 
 /// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`),
 /// or reuses the answer cached for this interpreter while nothing it depends on changed.
-pub fn probe(python: &Path) -> AcceleratorFacts {
+pub(super) fn probe(python: &Path) -> AcceleratorFacts {
     let found = probe_cached(python);
     AcceleratorFacts {
         version: found.tensorrt,

@@ -121,7 +121,7 @@ fn slot_name(names: &[String], v: f64) -> String {
 }
 
 /// An SVG saying there is nothing to draw.
-pub fn empty(message: &str) -> String {
+pub(super) fn empty(message: &str) -> String {
     let width = (text_width(message, LABEL) + 40).max(400);
     // Not `render`, whose fallback is this. The SVG backend writes into a `String` and has
     // no failing path, so the empty string is never returned.
@@ -140,7 +140,7 @@ pub fn empty(message: &str) -> String {
 /// to p99 and a mark at the mean. The axis ends at a robust bound ([`axis_bound`]), so one
 /// model's slow tail cannot squeeze the others' bars; a whisker beyond it is cut at the
 /// bound and marked with an arrow and its p99.
-pub fn latency(models: &[ModelResult]) -> String {
+pub(super) fn latency(models: &[ModelResult]) -> String {
     let timed: Vec<(&str, &Latency)> = models
         .iter()
         .filter_map(|m| m.latency.as_ref().map(|l| (m.label.as_str(), l)))
@@ -156,7 +156,7 @@ const CLIP_MEDIANS: f64 = 3.0;
 
 /// Where the latency axis ends: the longest whisker, each cut at [`CLIP_MEDIANS`] times its
 /// own median (and never before the longest bar).
-pub fn axis_bound(timed: &[(&str, &Latency)]) -> f64 {
+pub(super) fn axis_bound(timed: &[(&str, &Latency)]) -> f64 {
     timed
         .iter()
         .map(|(_, l)| l.p99_ms.min(CLIP_MEDIANS * l.median_ms).max(l.median_ms))
@@ -165,7 +165,7 @@ pub fn axis_bound(timed: &[(&str, &Latency)]) -> f64 {
 }
 
 /// A tick or figure in milliseconds without trailing zeros: "5 ms", "2.5 ms", "0.25 ms".
-pub fn ms_label(v: f64) -> String {
+pub(super) fn ms_label(v: f64) -> String {
     let digits = if v.abs() >= 100.0 {
         0
     } else if v.abs() >= 10.0 {
@@ -263,7 +263,7 @@ fn draw_bar(chart: &mut Bars, y: f64, l: &Latency, bound: f64) -> Drawn {
 }
 
 /// SVGs one below the other in one SVG (one alone is returned as it is).
-pub fn stack(svgs: &[String]) -> String {
+pub(super) fn stack(svgs: &[String]) -> String {
     if let [one] = svgs {
         return one.clone();
     }
@@ -296,7 +296,7 @@ pub fn stack(svgs: &[String]) -> String {
 
 /// The histogram of |model - reference| of one output: a bar per decade bin (bins from
 /// [`ErrorHistogram`], exact zeros first), the count beside each bar.
-pub fn errors(model: &str, output: &str, h: &ErrorHistogram) -> String {
+pub(super) fn errors(model: &str, output: &str, h: &ErrorHistogram) -> String {
     let mut names = vec!["= 0".to_string(), format!("< {:e}", h.edges[1])];
     names.extend(
         h.edges[1..]
@@ -353,7 +353,7 @@ pub fn errors(model: &str, output: &str, h: &ErrorHistogram) -> String {
 /// The confusion matrix (rows: true class, columns: predicted), shaded by row share, with
 /// the count in each cell (where cells are large enough) and `classes[i]`, else `i`, naming
 /// class `i` on both axes.
-pub fn confusion(model: &str, matrix: &[Vec<u64>], classes: &[String]) -> String {
+pub(super) fn confusion(model: &str, matrix: &[Vec<u64>], classes: &[String]) -> String {
     let n = matrix.len().max(1);
     let cell = (480.0 / n as f64).clamp(8.0, 64.0);
     let size = (cell * n as f64).ceil() as u32;
@@ -435,7 +435,7 @@ pub fn confusion(model: &str, matrix: &[Vec<u64>], classes: &[String]) -> String
 /// Throughput against batch size (`batch = [...]`): a line per model over the batch sizes
 /// it was timed at, on evenly spaced batch positions; the legend names every model, and
 /// says which were not timed at any size.
-pub fn throughput(models: &[ModelResult], sweep: &[usize]) -> String {
+pub(super) fn throughput(models: &[ModelResult], sweep: &[usize]) -> String {
     if sweep.is_empty() {
         return empty("no batch sweep (batch = [...]) was asked for");
     }

@@ -10,7 +10,7 @@ use ndarray::ArrayD;
 use ndarray_npy::{NpzReader, ReadNpyError, ReadNpyExt, ReadNpzError};
 
 /// Named arrays, in file order.
-pub type Named = Vec<(String, ArrayD<f32>)>;
+pub(super) type Named = Vec<(String, ArrayD<f32>)>;
 
 /// Why an input file could not be read.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -65,7 +65,7 @@ fn open(path: &Path) -> Result<BufReader<File>, DataError> {
 }
 
 /// Reads a float array (float32, or float64 converted) from an `.npy` file.
-pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, DataError> {
+pub(super) fn read_f32(path: &Path) -> Result<ArrayD<f32>, DataError> {
     match ArrayD::<f32>::read_npy(open(path)?) {
         Ok(array) => Ok(array),
         Err(first) => match ArrayD::<f64>::read_npy(open(path)?) {
@@ -79,7 +79,7 @@ pub fn read_f32(path: &Path) -> Result<ArrayD<f32>, DataError> {
 }
 
 /// Reads integer labels (int64 or int32) from an `.npy` file.
-pub fn read_labels(path: &Path) -> Result<ArrayD<i64>, DataError> {
+pub(super) fn read_labels(path: &Path) -> Result<ArrayD<i64>, DataError> {
     match ArrayD::<i64>::read_npy(open(path)?) {
         Ok(array) => Ok(array),
         Err(first) => match ArrayD::<i32>::read_npy(open(path)?) {
@@ -93,7 +93,7 @@ pub fn read_labels(path: &Path) -> Result<ArrayD<i64>, DataError> {
 }
 
 /// The `input.*` and `output.*` arrays of an export's reference `.npz`.
-pub fn read_reference(path: &Path) -> Result<(Named, Named), DataError> {
+pub(super) fn read_reference(path: &Path) -> Result<(Named, Named), DataError> {
     let with_path = |source| (path.to_path_buf(), source);
     let mut npz = NpzReader::new(open(path)?).map_err(|source| {
         let (path, source) = with_path(source);

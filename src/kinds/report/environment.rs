@@ -8,14 +8,14 @@ use serde::Serialize;
 use crate::facts::MachineFacts;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Gpu {
+pub(super) struct Gpu {
     pub name: String,
     pub memory: String,
     pub driver: String,
 }
 
 #[derive(Debug)]
-pub struct Facts {
+pub(super) struct Facts {
     pub python: Option<String>,
     pub onnxruntime: Option<String>,
     pub torch: Option<String>,
@@ -25,7 +25,7 @@ pub struct Facts {
 }
 
 #[derive(Debug, Serialize)]
-pub struct EnvironmentInfo {
+pub(super) struct EnvironmentInfo {
     pub cpu: String,
     pub cores: usize,
     pub os: String,
@@ -40,7 +40,7 @@ pub struct EnvironmentInfo {
 }
 
 /// The facts of the build's host (gathered once by the command line, never probed here).
-pub fn from_facts(machine: &MachineFacts) -> Facts {
+pub(super) fn from_facts(machine: &MachineFacts) -> Facts {
     let facts = machine.python.clone().unwrap_or_default();
     let version = |names: &[&str]| names.iter().find_map(|n| facts.versions.get(*n).cloned());
     Facts {
@@ -74,7 +74,7 @@ fn cpu_model() -> String {
 }
 
 impl Facts {
-    pub fn info(&self, threads: usize) -> EnvironmentInfo {
+    pub(super) fn info(&self, threads: usize) -> EnvironmentInfo {
         EnvironmentInfo {
             cpu: cpu_model(),
             cores: std::thread::available_parallelism()

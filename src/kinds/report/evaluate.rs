@@ -10,7 +10,7 @@ use super::summary::{Disagreement, ModelResult, OutputParity, TaskResult};
 
 /// Why a model's outputs cannot be evaluated as asked.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum EvaluateError {
+pub(super) enum EvaluateError {
     #[error("batch = {asked}, but the model's batch axis is fixed at {fixed}")]
     FixedBatch { asked: usize, fixed: usize },
     #[error(
@@ -40,7 +40,7 @@ pub enum EvaluateError {
 }
 
 /// The batch: the one asked for, else the model's fixed batch, else 1.
-pub fn batch_for(
+pub(super) fn batch_for(
     asked: Option<usize>,
     shape: &[i64],
     samples: usize,
@@ -65,7 +65,7 @@ pub fn batch_for(
 }
 
 /// Parity of each output against the reference output of the same name (or position).
-pub fn compare(
+pub(super) fn compare(
     outputs: &[(String, ArrayD<f32>)],
     reference: &[(String, ArrayD<f32>)],
     tolerance: &Tolerance,
@@ -114,7 +114,7 @@ fn layout(array: &ArrayD<f32>) -> (usize, usize, usize) {
 /// The task metrics of a model's first output (classification: also its disagreements
 /// with the reference; segmentation: MONAI's Dice, IoU and HD95 against the reference's
 /// argmax and the labels).
-pub fn task_metrics(
+pub(super) fn task_metrics(
     task: Task,
     outputs: &[(String, ArrayD<f32>)],
     reference: &[(String, ArrayD<f32>)],

@@ -13,7 +13,7 @@ use super::summary::DatasetNames;
 
 /// Why the report's data or labels cannot be used.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum InputError {
+pub(super) enum InputError {
     #[error("the report has no data input")]
     NoData,
     #[error("{} holds no input.* array", path.display())]
@@ -33,7 +33,7 @@ pub enum InputError {
 
 /// The samples at `path` (N x C x ...), and the export's reference outputs when it is
 /// the export's `.npz`.
-pub fn read_samples(path: &Path) -> Result<(ArrayD<f32>, Option<data::Named>), InputError> {
+pub(super) fn read_samples(path: &Path) -> Result<(ArrayD<f32>, Option<data::Named>), InputError> {
     let (samples, npz_outputs) = if path.extension().is_some_and(|e| e == "npz") {
         let (inputs, outputs) = data::read_reference(path)?;
         let Some((_, array)) = inputs.into_iter().next() else {
@@ -54,7 +54,7 @@ pub fn read_samples(path: &Path) -> Result<(ArrayD<f32>, Option<data::Named>), I
 }
 
 /// The labels at `path`, one (or one volume) per sample.
-pub fn read_labels(path: &Path, samples: usize) -> Result<ArrayD<i64>, InputError> {
+pub(super) fn read_labels(path: &Path, samples: usize) -> Result<ArrayD<i64>, InputError> {
     let labels = data::read_labels(path)?;
     if labels.shape().first() != Some(&samples) {
         return Err(InputError::LabelCount {
@@ -68,7 +68,7 @@ pub fn read_labels(path: &Path, samples: usize) -> Result<ArrayD<i64>, InputErro
 
 /// The class and file names of the data, from the manifest a dataset stage writes beside
 /// it (`<stem>_manifest.json`); none without one.
-pub fn dataset_names(data: &Path) -> DatasetNames {
+pub(super) fn dataset_names(data: &Path) -> DatasetNames {
     let stem = data
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -98,7 +98,7 @@ pub fn dataset_names(data: &Path) -> DatasetNames {
 }
 
 /// Whether the model at `path` is a TensorRT engine (by its extension).
-pub fn is_engine(path: &Path) -> bool {
+pub(super) fn is_engine(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("engine" | "plan" | "trt")
@@ -106,7 +106,7 @@ pub fn is_engine(path: &Path) -> bool {
 }
 
 /// The size of a model on disk, with its external data file if any.
-pub fn size_on_disk(path: &Path) -> u64 {
+pub(super) fn size_on_disk(path: &Path) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut data = path.as_os_str().to_owned();
     data.push(".data");
@@ -115,7 +115,7 @@ pub fn size_on_disk(path: &Path) -> u64 {
 
 /// The precision of a model: a `precision` in the manifest next to it
 /// (`<stem>.manifest.json`, as quantize stages write), else fp32.
-pub fn precision_of(path: &Path) -> String {
+pub(super) fn precision_of(path: &Path) -> String {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

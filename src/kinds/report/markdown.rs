@@ -95,7 +95,7 @@ fn verdict_cell(model: &ModelResult) -> String {
     }
 }
 
-pub fn markdown(summary: &Summary) -> String {
+pub(super) fn markdown(summary: &Summary) -> String {
     let mut md = String::new();
     let p = &summary.provenance;
     let _ = writeln!(
@@ -219,7 +219,7 @@ fn overview_table(md: &mut String, summary: &Summary) {
 }
 
 /// The batch size of the sweep with the highest throughput, and that throughput.
-pub fn best_throughput(m: &ModelResult) -> Option<(usize, f64)> {
+pub(super) fn best_throughput(m: &ModelResult) -> Option<(usize, f64)> {
     m.batch_sweep
         .iter()
         .filter_map(|p| Some((p.batch, p.latency.as_ref()?.throughput)))

@@ -74,15 +74,15 @@ impl OnnxRuntimeError {
 /// The graph optimization level every session gets: ONNX Runtime's `ORT_ENABLE_ALL`, the
 /// default of Python's `onnxruntime.InferenceSession`. (`ort` rc.15's `Level3` is
 /// `ORT_ENABLE_LAYOUT`, one level short of it.)
-pub const OPTIMIZATION: GraphOptimizationLevel = GraphOptimizationLevel::All;
+pub(super) const OPTIMIZATION: GraphOptimizationLevel = GraphOptimizationLevel::All;
 /// [`OPTIMIZATION`] as the report states it.
-pub const OPTIMIZATION_NAME: &str = "ORT_ENABLE_ALL";
+pub(super) const OPTIMIZATION_NAME: &str = "ORT_ENABLE_ALL";
 
 /// The process's ONNX Runtime (a library can be loaded once per process).
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), OnnxRuntimeError>> = OnceLock::new();
 
 /// Loads ONNX Runtime from `library` (once per process) and returns its environment.
-pub fn environment(library: &Path) -> Result<Environment, OnnxRuntimeError> {
+pub(super) fn environment(library: &Path) -> Result<Environment, OnnxRuntimeError> {
     let loaded = ENVIRONMENT.get_or_init(|| {
         let builder = ort::init_from(library).map_err(|e| OnnxRuntimeError::Library {
             library: library.to_path_buf(),
@@ -114,7 +114,7 @@ pub fn environment(library: &Path) -> Result<Environment, OnnxRuntimeError> {
 
 /// Finds `libonnxruntime.so*` (or .dylib / .dll) under `onnxruntime/capi/` in the given
 /// site directories. `POCHI_ONNXRUNTIME_LIB` overrides the search.
-pub fn find_library(site_dirs: &[PathBuf]) -> Option<PathBuf> {
+pub(super) fn find_library(site_dirs: &[PathBuf]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("POCHI_ONNXRUNTIME_LIB") {
         return Some(PathBuf::from(path));
     }
@@ -146,7 +146,7 @@ pub fn find_library(site_dirs: &[PathBuf]) -> Option<PathBuf> {
 }
 
 /// One loaded model.
-pub struct Model {
+pub(super) struct Model {
     session: Session,
     pub input: String,
     /// The input's shape as the model declares it (-1 for dynamic axes).
@@ -157,14 +157,14 @@ pub struct Model {
 /// The execution provider a session gets: CUDA on `gpu` when the stage holds one and the
 /// loaded ONNX Runtime has the CUDA provider, else the CPU (with the reason, when a GPU
 /// was held, as a warning).
-pub enum Provider {
+pub(super) enum Provider {
     Cpu { warning: Option<String> },
     Cuda { device: u32 },
 }
 
 impl Provider {
     /// ONNX Runtime's name for it.
-    pub fn name(&self) -> &'static str {
+    pub(super) fn name(&self) -> &'static str {
         match self {
             Provider::Cpu { .. } => "CPUExecutionProvider",
             Provider::Cuda { .. } => "CUDAExecutionProvider",
@@ -173,7 +173,7 @@ impl Provider {
 }
 
 /// Picks the provider for a stage holding `gpu` (ONNX Runtime must be loaded already).
-pub fn provider_for(gpu: Option<u32>) -> Provider {
+pub(super) fn provider_for(gpu: Option<u32>) -> Provider {
     use ort::ep::ExecutionProvider;
     let Some(device) = gpu else {
         return Provider::Cpu { warning: None };
@@ -195,7 +195,7 @@ pub fn provider_for(gpu: Option<u32>) -> Provider {
 
 /// Loads the model at `path` for `provider`, with `threads` intra-op threads (0: ONNX
 /// Runtime's default).
-pub fn load(
+pub(super) fn load(
     environment: &Environment,
     path: &Path,
     threads: usize,
@@ -273,7 +273,7 @@ fn float32_input(session: &Session, path: &Path) -> Result<(String, Vec<i64>), O
 }
 
 /// Splits `data` (N x ...) into batches of `batch` samples (the last may be smaller).
-pub fn batches(data: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
+pub(super) fn batches(data: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
     let n = data.shape()[0];
     (0..n)
         .step_by(batch.max(1))
@@ -288,7 +288,7 @@ impl Model {
     /// Runs every batch once; returns each output concatenated over the batches, and each
     /// run's seconds end to end (copying the batch into a new input tensor, the run, and
     /// copying the outputs out).
-    pub fn outputs_for(
+    pub(super) fn outputs_for(
         &mut self,
         batches: &[ArrayD<f32>],
     ) -> Result<(Vec<ArrayD<f32>>, Vec<f64>), OnnxRuntimeError> {
@@ -328,7 +328,7 @@ impl Model {
     /// `warmup` runs, then timed runs (cycling over the batches) until at least
     /// `iterations` runs and `min_duration` have passed. Returns each run's seconds and
     /// the samples of each run.
-    pub fn time(
+    pub(super) fn time(
         &mut self,
         batches: &[ArrayD<f32>],
         warmup: usize,

@@ -16,7 +16,7 @@ use super::{InvocationContext, charts};
 
 /// Why a file of the report could not be written.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum OutputsError {
+pub(super) enum OutputsError {
     #[error("cannot create {}", path.display())]
     CreateDir {
         path: PathBuf,
@@ -44,7 +44,7 @@ pub enum OutputsError {
 }
 
 /// Writes every declared output; returns the absolute paths written.
-pub fn write_all(
+pub(super) fn write_all(
     context: &InvocationContext,
     config: &Config,
     summary: &Summary,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::kinds::InvocationContext;
 
 #[derive(Debug, Serialize)]
-pub struct Provenance {
+pub(super) struct Provenance {
     pub pipeline: String,
     /// When the report was written: "2026-12-01 14:35 UTC".
     pub date: String,
@@ -19,7 +19,7 @@ pub struct Provenance {
     pub commit: Option<String>,
 }
 
-pub fn query(context: &InvocationContext) -> Provenance {
+pub(super) fn query(context: &InvocationContext) -> Provenance {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -37,7 +37,7 @@ pub fn query(context: &InvocationContext) -> Provenance {
 
 /// "YYYY-MM-DD HH:MM UTC" of seconds since the Unix epoch (the proleptic Gregorian
 /// calendar, by Howard Hinnant's days-to-civil algorithm).
-pub fn utc(seconds: u64) -> String {
+pub(super) fn utc(seconds: u64) -> String {
     let days = (seconds / 86_400) as i64;
     let minutes = (seconds % 86_400) / 60;
     let z = days + 719_468;
@@ -57,7 +57,7 @@ pub fn utc(seconds: u64) -> String {
 }
 
 /// The commit of `HEAD` of the repository holding `dir`, if any.
-pub fn git_commit(dir: &Path) -> Option<String> {
+pub(super) fn git_commit(dir: &Path) -> Option<String> {
     let git_dir = dir.ancestors().find_map(|d| git_dir_of(&d.join(".git")))?;
     // A linked worktree keeps its HEAD in its own directory and the refs in the common one.
     let common = match std::fs::read_to_string(git_dir.join("commondir")) {

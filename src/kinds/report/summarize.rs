@@ -24,7 +24,7 @@ use crate::kinds::InvocationContext;
 
 /// Why the report could not measure its models.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum SummarizeError {
+pub(super) enum SummarizeError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Input(#[from] InputError),
@@ -64,7 +64,7 @@ pub enum SummarizeError {
 }
 
 /// Runs every model of the report on its data and gathers what it found.
-pub fn summarize(
+pub(super) fn summarize(
     c: &Config,
     context: &InvocationContext,
     cancel: &AtomicBool,

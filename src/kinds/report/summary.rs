@@ -11,7 +11,7 @@ use super::{environment, provenance, segmentation, sliding_window};
 
 /// One model's row of the report.
 #[derive(Debug, Serialize)]
-pub struct ModelResult {
+pub(super) struct ModelResult {
     pub name: String,
     /// The short name in charts and file names: the stage, else the file's stem.
     pub label: String,
@@ -49,7 +49,7 @@ pub struct ModelResult {
 }
 
 #[derive(Debug, Serialize)]
-pub struct OutputParity {
+pub(super) struct OutputParity {
     pub output: String,
     #[serde(flatten)]
     pub figures: Parity,
@@ -59,7 +59,7 @@ pub struct OutputParity {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TaskResult {
+pub(super) struct TaskResult {
     /// Share of samples (classification) or voxels (segmentation) whose argmax equals the
     /// reference's.
     pub agreement_with_reference: Option<f64>,
@@ -74,7 +74,7 @@ pub struct TaskResult {
 
 /// A sample on which a model's top class differs from the reference's.
 #[derive(Debug, Serialize)]
-pub struct Disagreement {
+pub(super) struct Disagreement {
     pub index: usize,
     /// The sample's file, from the dataset's manifest.
     pub file: Option<String>,
@@ -86,7 +86,7 @@ pub struct Disagreement {
 
 /// The reference the models are compared with.
 #[derive(Debug, Serialize)]
-pub struct ReferenceInfo {
+pub(super) struct ReferenceInfo {
     pub description: String,
     #[serde(skip)]
     pub outputs: Vec<(String, ArrayD<f32>)>,
@@ -97,7 +97,7 @@ pub struct ReferenceInfo {
 
 /// Everything the report writes.
 #[derive(Debug, Serialize)]
-pub struct Summary {
+pub(super) struct Summary {
     pub schema_version: u32,
     pub stage: String,
     /// Pipeline, date and commit, for the title.
@@ -121,7 +121,7 @@ pub struct Summary {
 
 /// `sliding_window` as it ran.
 #[derive(Debug, Serialize)]
-pub struct SlidingWindowInfo {
+pub(super) struct SlidingWindowInfo {
     #[serde(flatten)]
     pub settings: sliding_window::Settings,
     pub windows_per_sample: usize,
@@ -130,19 +130,19 @@ pub struct SlidingWindowInfo {
 }
 
 /// What the figures mean with a sliding window.
-pub const SLIDING_TIMING_NOTE: &str = "timed runs: batches of windows (batch = windows per run) cut from the first sample; end to end: one sample per run, its windows cut, run, blended and cropped";
+pub(super) const SLIDING_TIMING_NOTE: &str = "timed runs: batches of windows (batch = windows per run) cut from the first sample; end to end: one sample per run, its windows cut, run, blended and cropped";
 
 /// Class names and per-sample file names from a dataset stage's manifest
 /// (`<stem>_manifest.json` next to the data: `classes`, `files`).
 #[derive(Debug, Default, Serialize)]
-pub struct DatasetNames {
+pub(super) struct DatasetNames {
     pub classes: Option<Vec<String>>,
     #[serde(skip)]
     pub files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DataInfo {
+pub(super) struct DataInfo {
     pub path: String,
     pub samples: usize,
     pub sample_shape: Vec<usize>,
@@ -153,7 +153,7 @@ pub struct DataInfo {
 }
 
 #[derive(Debug, Serialize)]
-pub struct TimingInfo {
+pub(super) struct TimingInfo {
     pub includes: &'static str,
     pub end_to_end_includes: &'static str,
     pub warmup: usize,
@@ -168,7 +168,7 @@ pub struct TimingInfo {
 
 impl Summary {
     /// The sample's file (from the dataset's manifest), else `<data>#<index>`.
-    pub fn sample_file(&self, index: usize) -> String {
+    pub(super) fn sample_file(&self, index: usize) -> String {
         self.data
             .names
             .files
@@ -178,7 +178,7 @@ impl Summary {
     }
 
     /// The dataset's class name, else `class_<i>`.
-    pub fn class_name(&self, class: usize) -> String {
+    pub(super) fn class_name(&self, class: usize) -> String {
         self.data
             .names
             .classes

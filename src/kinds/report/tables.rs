@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::summary::Summary;
 
 /// Every disagreement with the reference, one row per sample and model.
-pub fn disagreements(summary: &Summary) -> String {
+pub(super) fn disagreements(summary: &Summary) -> String {
     let mut out = String::from(
         "model,index,image_path,reference,reference_class,predicted,predicted_class,confidence\n",
     );
@@ -31,7 +31,7 @@ pub fn disagreements(summary: &Summary) -> String {
 }
 
 /// Per sample and class: Dice, IoU and HD95 against the labels and the reference.
-pub fn per_sample(summary: &Summary) -> String {
+pub(super) fn per_sample(summary: &Summary) -> String {
     let mut out = String::from("model,against,index,file,class,dice,iou,hd95\n");
     let csv = |v: f64| {
         if v.is_nan() {
@@ -81,7 +81,7 @@ fn csv_field(text: &str) -> String {
 }
 
 /// pochitrain's per-image columns, one row per sample and model (the model last).
-pub fn predictions(summary: &Summary) -> String {
+pub(super) fn predictions(summary: &Summary) -> String {
     let mut out = String::from(
         "image_path,predicted,predicted_class,true,true_class,confidence,correct,model\n",
     );
@@ -120,7 +120,7 @@ pub fn predictions(summary: &Summary) -> String {
 }
 
 /// Per-class precision / recall / F1 / support for every labelled model.
-pub fn classification_report(summary: &Summary) -> String {
+pub(super) fn classification_report(summary: &Summary) -> String {
     let mut out = String::from("model,class,class_name,precision,recall,f1-score,support\n");
     for m in &summary.models {
         let Some(c) = m.task.as_ref().and_then(|t| t.classification.as_ref()) else {

@@ -18,7 +18,7 @@ use crate::kinds::request::{read_json, run_script_now};
 
 /// Why an engine could not be run through the worker.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum TensorRtError {
+pub(super) enum TensorRtError {
     #[error("cannot create a scratch directory")]
     Scratch {
         #[source]
@@ -57,7 +57,7 @@ fn log_suffix(log: Option<&Path>) -> String {
 
 /// What running an engine gave.
 #[derive(Debug)]
-pub struct EngineRun {
+pub(super) struct EngineRun {
     pub outputs: data::Named,
     /// Seconds of each timed run (CUDA events around `execute_async_v3`).
     pub times: Vec<f64>,
@@ -74,7 +74,7 @@ pub struct EngineRun {
 
 /// How the runs go.
 #[derive(Debug, Clone, Copy)]
-pub struct Runs {
+pub(super) struct Runs {
     pub batch: Option<usize>,
     pub warmup: usize,
     pub iterations: usize,
@@ -83,7 +83,7 @@ pub struct Runs {
 
 /// Why an engine cannot run in this stage, if it cannot: every missing piece (no GPU held,
 /// no TensorRT, the engine not built because its stage is unavailable here).
-pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) -> Option<String> {
+pub(super) fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) -> Option<String> {
     let mut missing = Vec::new();
     if context.gpu.is_none() {
         missing.push(if machine_gpus == 0 {
@@ -110,7 +110,7 @@ pub fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) ->
 }
 
 /// Runs the engine at `engine` on `samples` through the engine worker.
-pub fn run(
+pub(super) fn run(
     context: &InvocationContext,
     engine: &Path,
     samples: &ArrayD<f32>,

@@ -131,7 +131,7 @@ pub(crate) struct Expanded<'a, 'i> {
 
 impl Expanded<'_, '_> {
     /// A kind's error about a value the matrix fed also points at the matrix value.
-    pub fn annotate(&self, error: SpanError) -> SpanError {
+    pub(crate) fn annotate(&self, error: SpanError) -> SpanError {
         let Some(name) = self.matrix.as_ref().map(|_| self.name.get_ref()) else {
             return error;
         };

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 /// `kind = "report"`: latency, throughput, parity and task metrics of every model.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct ReportKeys {
+pub(crate) struct ReportKeys {
     /// The models: "@stage" (ONNX, or a TensorRT .engine) or paths.
     #[schemars(with = "Vec<String>", length(min = 1))]
     pub models: Spanned<Vec<Spanned<String>>>,
@@ -75,7 +75,7 @@ pub struct ReportKeys {
 /// `batch = 4` or `batch = [1, 4, 16]`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
-pub enum BatchKeys {
+pub(crate) enum BatchKeys {
     One(i64),
     Sweep(Vec<i64>),
 }
@@ -83,7 +83,7 @@ pub enum BatchKeys {
 /// One value for every axis, or one per axis.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
-pub enum PerAxis {
+pub(crate) enum PerAxis {
     One(f64),
     Each(Vec<f64>),
 }
@@ -91,7 +91,7 @@ pub enum PerAxis {
 /// `sliding_window = { ... }`, MONAI's `sliding_window_inference` arguments.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SlidingWindowKeys {
+pub(crate) struct SlidingWindowKeys {
     /// The window, one size per spatial axis (the model's input), e.g. [96, 96, 96].
     #[schemars(with = "Vec<u32>", length(min = 1))]
     pub roi: Spanned<Vec<i64>>,
@@ -117,7 +117,7 @@ pub struct SlidingWindowKeys {
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DiceKeys {
+pub(crate) struct DiceKeys {
     /// "mean_batch" (per sample, then the mean over samples: MONAI's DiceMetric) or
     /// "pooled" (over all voxels of all samples at once).
     #[schemars(with = "Option<String>")]
@@ -131,7 +131,7 @@ pub struct DiceKeys {
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ToleranceKeys {
+pub(crate) struct ToleranceKeys {
     pub atol: Option<f64>,
     pub rtol: Option<f64>,
     pub cosine: Option<f64>,

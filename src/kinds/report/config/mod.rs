@@ -19,12 +19,12 @@ use super::sliding_window::Settings;
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{InputSource, NamedInput, NamedOutput, SpanError, suggest};
 
-pub use keys::ReportKeys;
+pub(super) use keys::ReportKeys;
 use keys::{BatchKeys, DiceKeys, ToleranceKeys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Task {
+pub(super) enum Task {
     Classification,
     Segmentation,
     None,
@@ -41,7 +41,7 @@ impl Task {
 
 /// A parsed report stage.
 #[derive(Debug)]
-pub struct Config {
+pub(super) struct Config {
     /// Input keys of the models, in order, with the text as written.
     pub models: Vec<(String, String)>,
     pub has_data: bool,
@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// "1s", "500ms", "2.5s", "1m", "0".
-pub fn parse_duration(text: &str) -> Option<Duration> {
+pub(super) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => text.split_at(i),
@@ -87,7 +87,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// The stage table of a report, parsed and checked.
-pub fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanError> {
+pub(super) fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Config, SpanError> {
     let keys: ReportKeys = parser.deserialize(value)?;
     let Declared { models, inputs } = declare_inputs(parser, &keys)?;
     let task = match &keys.task {
@@ -398,7 +398,7 @@ fn parse_dice(parser: &Parser, keys: Option<&DiceKeys>) -> Result<DiceOptions, S
 
 /// Short, unique model names: "@onnx" -> "onnx", "models/a.onnx" -> "a"; a repeated name
 /// gets its position appended ("a-2").
-pub fn model_labels(models: &[(String, String)]) -> Vec<String> {
+pub(super) fn model_labels(models: &[(String, String)]) -> Vec<String> {
     let short: Vec<String> = models
         .iter()
         .map(|(_, text)| match text.strip_prefix('@') {

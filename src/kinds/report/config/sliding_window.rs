@@ -11,7 +11,7 @@ use crate::pipeline::SpanError;
 use crate::pipeline::parse_api::Parser;
 
 /// `sliding_window = { ... }`, checked, with MONAI's defaults filled in.
-pub fn parse(
+pub(super) fn parse(
     parser: &Parser,
     keys: &SlidingWindowKeys,
     stage: &Spanned<DeValue>,

@@ -18,7 +18,7 @@ use super::{
 
 /// A TensorRT engine through the worker: its timed runs and the pass over the data (the
 /// windows of every sample, with `sliding_window`, stitched here), then the sweep.
-pub fn engine(s: &Setup, path: &Path, file_exists: bool) -> Result<Outcome, MeasureError> {
+pub(crate) fn engine(s: &Setup, path: &Path, file_exists: bool) -> Result<Outcome, MeasureError> {
     if let Some(why) = tensorrt::why_not(s.context, s.machine_gpus, file_exists) {
         return Ok(Outcome::Unavailable(why));
     }

@@ -25,12 +25,12 @@ use super::sliding_window::{Plan, Settings, WindowError};
 use super::tensorrt::TensorRtError;
 use crate::kinds::InvocationContext;
 
-pub use engine::engine;
-pub use onnx::{onnx, reference};
+pub(super) use engine::engine;
+pub(super) use onnx::{onnx, reference};
 
 /// Why a model could not be measured.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum MeasureError {
+pub(super) enum MeasureError {
     #[error("{}: the model's input is {shape:?} (-1 = any), but sliding_window.roi = {roi:?}", path.display())]
     #[diagnostic(help("set roi to the model's spatial input size"))]
     Roi {
@@ -65,7 +65,7 @@ pub enum MeasureError {
 }
 
 /// What a model's measurement needs.
-pub struct Setup<'a> {
+pub(super) struct Setup<'a> {
     pub config: &'a Config,
     pub context: &'a InvocationContext,
     pub data: &'a ArrayD<f32>,
@@ -77,7 +77,7 @@ pub struct Setup<'a> {
 }
 
 /// One model's runs.
-pub struct Measured {
+pub(super) struct Measured {
     /// Samples (windows, with `sliding_window`) per timed run.
     pub batch: usize,
     /// Seconds of each timed run, and its samples.
@@ -98,7 +98,7 @@ pub struct Measured {
 
 /// A model's figures at one batch size of the sweep.
 #[derive(Debug, Clone, Serialize)]
-pub struct SweepPoint {
+pub(super) struct SweepPoint {
     pub batch: usize,
     /// Why this batch size was not timed (outside the engine's profile, a fixed batch axis).
     pub skipped: Option<String>,
@@ -106,7 +106,7 @@ pub struct SweepPoint {
 }
 
 /// A model that ran, or why it could not run here.
-pub enum Outcome {
+pub(super) enum Outcome {
     Ran(Box<Measured>),
     Unavailable(String),
 }
@@ -136,7 +136,7 @@ fn check_roi(shape: &[i64], settings: &Settings, path: &Path) -> Result<(), Meas
 
 /// `batch` samples per batch, as many full batches as `samples` holds (at least one,
 /// cycling through the samples when there are fewer than `batch`).
-pub fn full_batches(samples: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
+pub(super) fn full_batches(samples: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
     let n = samples.shape()[0];
     let count = (n / batch).max(1);
     (0..count)
@@ -148,7 +148,7 @@ pub fn full_batches(samples: &ArrayD<f32>, batch: usize) -> Vec<ArrayD<f32>> {
 }
 
 /// The plan for the data's samples, when the report slides a window.
-pub fn plan_for(config: &Config, data: &ArrayD<f32>) -> Result<Option<Plan>, WindowError> {
+pub(super) fn plan_for(config: &Config, data: &ArrayD<f32>) -> Result<Option<Plan>, WindowError> {
     config
         .sliding_window
         .as_ref()

@@ -38,7 +38,7 @@ fn load(s: &Setup, path: &Path) -> Result<Loaded, OnnxRuntimeError> {
 }
 
 /// The outputs of an ONNX model run as the reference (stitched like the models').
-pub fn reference(s: &Setup, path: &Path) -> Result<data::Named, MeasureError> {
+pub(crate) fn reference(s: &Setup, path: &Path) -> Result<data::Named, MeasureError> {
     let mut model = match load(s, path)? {
         Loaded::Ready(model) => model,
         Loaded::NoKernel(note) => {
@@ -62,7 +62,7 @@ pub fn reference(s: &Setup, path: &Path) -> Result<data::Named, MeasureError> {
 }
 
 /// An ONNX model: timed runs, the sweep, then the pass over the data.
-pub fn onnx(s: &Setup, path: &Path) -> Result<Outcome, MeasureError> {
+pub(crate) fn onnx(s: &Setup, path: &Path) -> Result<Outcome, MeasureError> {
     let mut model = match load(s, path)? {
         Loaded::Ready(model) => model,
         Loaded::NoKernel(note) => return Ok(Outcome::Unavailable(note)),
