@@ -55,7 +55,7 @@ impl FileDigests {
 /// How a file went into or out of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Transfer {
+pub(crate) enum Transfer {
     /// A copy-on-write clone: no data copied (btrfs, XFS, APFS...).
     Reflink,
     /// The bytes were copied.
@@ -65,7 +65,10 @@ pub enum Transfer {
 /// Makes `to` (an empty file opened for reading and writing) a copy of `from`, by reflink
 /// when possible, and returns how, with the BLAKE3 digest and size of what `to` now holds
 /// (a clone is read back to hash it; a copy is hashed as it is written).
-pub(super) fn clone_or_copy(from: &mut File, to: &mut File) -> io::Result<(Transfer, blake3::Hash, u64)> {
+pub(super) fn clone_or_copy(
+    from: &mut File,
+    to: &mut File,
+) -> io::Result<(Transfer, blake3::Hash, u64)> {
     if try_reflink(from, to) {
         to.rewind()?;
         let (hash, size) = hash_blake3(to)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Why a text is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]
-pub enum DurationError {
+pub(crate) enum DurationError {
     #[error("`{text}` is not a duration")]
     #[diagnostic(help("write a number and a unit, e.g. 30d, 12h, 90m, 2w or 1d12h"))]
     NotADuration { text: String },
@@ -24,7 +24,7 @@ const UNITS: &[(&str, u64)] = &[
 ];
 
 /// Parses `30d`, `12h`, `1.5h`, `1d12h`; every number needs a unit.
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let not = || DurationError::NotADuration {
         text: text.to_string(),
     };

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::is_blake3_hex;
 
 /// The entry's JSON format inside the `v1` layout.
-pub const ENTRY_FORMAT: u32 = 1;
+pub(crate) const ENTRY_FORMAT: u32 = 1;
 
 /// What the caller says about an entry's origin; stored, never interpreted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -58,14 +58,14 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use digest::{FileDigests, Transfer};
-pub use duration::{DurationError, parse_duration};
-pub use entry::{ENTRY_FORMAT, Entry, EntryMeta, FileRecord, Node, OutputRecord, TreeEntry};
-pub use gc::{CacheInfo, GcReport};
-pub use restore::{Miss, Restored};
-pub use stats::BuildStats;
-pub use store::Stored;
-pub use tier::{
+pub use digest::FileDigests;
+pub(crate) use duration::parse_duration;
+pub use entry::{Entry, EntryMeta};
+pub(crate) use entry::{FileRecord, Node};
+pub(crate) use gc::CacheInfo;
+pub(crate) use restore::{Miss, Restored};
+pub(crate) use stats::BuildStats;
+pub(crate) use tier::{
     CacheRequest, Origin, OutputCache, PublishedOutput, StoreError, Tier, Tiered, cache_key,
 };
 

@@ -60,7 +60,7 @@ impl fmt::Display for Origin {
 
 /// One stage as the caches see it.
 #[derive(Debug, Clone, Copy)]
-pub struct CacheRequest<'a> {
+pub(crate) struct CacheRequest<'a> {
     /// What its entries are stored under: `cache_key` of its fingerprint and platform.
     pub key: &'a str,
     /// The key the fingerprint was computed from: kind, parameters, inputs by digest,
@@ -72,7 +72,7 @@ pub struct CacheRequest<'a> {
 
 /// An output a stage published, to be stored.
 #[derive(Debug, Clone, Copy)]
-pub struct PublishedOutput<'a> {
+pub(crate) struct PublishedOutput<'a> {
     /// The output's name in the stage (`outputs.NAME`).
     pub name: &'a str,
     /// Where it was published.
@@ -85,7 +85,7 @@ pub struct PublishedOutput<'a> {
 /// Why a tier stored nothing. For the build, a warning: its outputs are published already.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 #[error("cannot store the outputs in the cache ({origin}): {message}")]
-pub struct StoreError {
+pub(crate) struct StoreError {
     pub origin: Origin,
     pub message: String,
 }
@@ -97,7 +97,7 @@ pub struct StoreError {
 /// damaged, leaving nothing at the destinations; a store writes the blobs first and the
 /// entry last, so a partial store is never an entry; a failed stage is never stored (the
 /// executor only stores outputs it verified and published).
-pub trait OutputCache: Send + Sync + fmt::Debug {
+pub(crate) trait OutputCache: Send + Sync + fmt::Debug {
     /// Cheap (no transfer): whether `restore` is worth trying. The local store looks for
     /// the entry's file; a remote tier may answer true and find out in `restore`.
     fn may_have(&self, request: &CacheRequest) -> bool;
@@ -122,7 +122,7 @@ pub trait OutputCache: Send + Sync + fmt::Debug {
 /// The key a stage's outputs are cached under: its fingerprint and the platform it ran on
 /// (`OSFamily`, `ISA`; an engine's GPU and TensorRT are in its parameters already), so a
 /// store shared across machines never gives a Linux x86_64 output to another platform.
-pub fn cache_key(fingerprint: &str, platform: &BTreeMap<String, String>) -> String {
+pub(crate) fn cache_key(fingerprint: &str, platform: &BTreeMap<String, String>) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"pochi-cache-key\n");
     hasher.update(&serde_json::to_vec(&(fingerprint, platform)).unwrap_or_default());
@@ -196,14 +196,14 @@ impl OutputCache for LocalCache {
 
 /// The local store first, then an optional remote tier (either may be absent).
 #[derive(Debug, Clone, Default)]
-pub struct Tiered {
+pub(crate) struct Tiered {
     local: Option<LocalCache>,
     remote: Option<Arc<dyn OutputCache>>,
 }
 
 impl Tiered {
     /// The local store alone.
-    pub fn local(cache: LocalCache) -> Tiered {
+    pub(crate) fn local(cache: LocalCache) -> Tiered {
         Tiered {
             local: Some(cache),
             remote: None,
@@ -211,13 +211,14 @@ impl Tiered {
     }
 
     /// The same tiers with `remote` asked after a local miss.
-    pub fn with_remote(mut self, remote: Arc<dyn OutputCache>) -> Tiered {
+    pub(crate) fn with_remote(mut self, remote: Arc<dyn OutputCache>) -> Tiered {
         self.remote = Some(remote);
         self
     }
 
     /// The local store, if there is one.
-    pub fn local_store(&self) -> Option<&LocalCache> {
+    #[cfg(test)]
+    pub(crate) fn local_store(&self) -> Option<&LocalCache> {
         self.local.as_ref()
     }
 

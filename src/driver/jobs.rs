@@ -105,7 +105,10 @@ impl StageJobs {
     /// After the scheduler: waits for the stores still queued, then lets the cache record
     /// the build's figures and keep its size limit. Returns the warnings, (job or none,
     /// message).
-    pub(super) fn finish_cache(&self, stats: &crate::cache::BuildStats) -> Vec<(Option<usize>, String)> {
+    pub(super) fn finish_cache(
+        &self,
+        stats: &crate::cache::BuildStats,
+    ) -> Vec<(Option<usize>, String)> {
         let (Some(cache), Some(storer)) = (&self.cache, &self.storer) else {
             return Vec::new();
         };

@@ -11,14 +11,14 @@ pub(crate) const KEY_FORMAT: u32 = 1;
 
 /// One input as the key sees it: where it is and what it contains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputDigest {
+pub(crate) struct InputDigest {
     pub path: PathBuf,
     pub digest: super::Digest,
 }
 
 /// Everything that can change a stage's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StageKey {
+pub(crate) struct StageKey {
     pub format: u32,
     pub kind: String,
     /// The kind's parameters (for `command`: the run list).
@@ -37,7 +37,7 @@ pub struct StageKey {
 
 impl StageKey {
     /// blake3 over the canonical JSON of the key, in hex.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
         blake3::hash(&bytes).to_hex().to_string()
     }

@@ -206,7 +206,12 @@ impl StatCache {
     /// a file pochi has just written and verified itself (restored from the cache, every
     /// byte hashed), and published. As with `digest_published`, a racily fresh file's
     /// digest is kept for this build only.
-    pub(crate) fn remember_published(&self, root: &Path, path: &Path, digest: &str) -> io::Result<()> {
+    pub(crate) fn remember_published(
+        &self,
+        root: &Path,
+        path: &Path,
+        digest: &str,
+    ) -> io::Result<()> {
         let metadata = std::fs::metadata(root.join(path))?;
         let stat = FileStat::of(&metadata);
         let entry = CacheEntry {

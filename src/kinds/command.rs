@@ -13,7 +13,7 @@ use super::{
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 
-pub static INFO: KindInfo = KindInfo {
+pub(crate) static INFO: KindInfo = KindInfo {
     name: "command",
     keys: super::keys_of::<CommandKeys>,
     parse,

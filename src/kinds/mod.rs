@@ -3,21 +3,21 @@
 //! `KINDS` registers them. Adding a kind = one folder + one line in `KINDS` (+ its
 //! packages in the toolchain's lock).
 
-pub mod command;
-pub mod dataset;
-pub mod engine;
-pub mod export;
-pub mod quantize;
-pub mod report;
-pub mod request;
+pub(crate) mod command;
+pub(crate) mod dataset;
+pub(crate) mod engine;
+pub(crate) mod export;
+pub(crate) mod quantize;
+pub(crate) mod report;
+pub(crate) mod request;
 
-pub use crate::action::Action;
-pub use crate::facts::{MachineFacts, Toolchain};
-pub use crate::pipeline::kind::{
+pub(crate) use crate::action::Action;
+pub(crate) use crate::facts::MachineFacts;
+pub(crate) use crate::pipeline::kind::{
     Accelerator, AcceleratorUse, InvocationContext, KindInfo, Requirements, StageError, StageKind,
     Tool, WithoutGpu,
 };
-pub use crate::pipeline::parse_api::keys_of;
+pub(crate) use crate::pipeline::parse_api::keys_of;
 use crate::toolchain::scripts::Script;
 
 /// Every stage kind this build of pochi knows.

@@ -19,7 +19,7 @@ use crate::pipeline::{NamedInput, NamedOutput, SpanError, suggest};
 use crate::toolchain::scripts::Script;
 
 /// The version of the request file pochi writes for `pochi run-stage`.
-pub const RUN_STAGE_PROTOCOL: u32 = 1;
+pub(crate) const RUN_STAGE_PROTOCOL: u32 = 1;
 
 /// The program of a worker stage.
 #[derive(Debug, Clone, Copy)]
@@ -78,12 +78,12 @@ pub trait RequestStage: Debug + Send + Sync {
 }
 
 /// The request file of a run.
-pub fn request_file(context: &InvocationContext) -> PathBuf {
+pub(crate) fn request_file(context: &InvocationContext) -> PathBuf {
     context.scratch.join("request.json")
 }
 
 /// The answer file of a run (relative to nothing: `scratch` is absolute).
-pub fn answer_file(context: &InvocationContext) -> PathBuf {
+pub(crate) fn answer_file(context: &InvocationContext) -> PathBuf {
     context.scratch.join("answer.json")
 }
 
@@ -187,7 +187,7 @@ impl<T: RequestStage> StageKind for T {
 
 /// The warnings a worker's answer lists (`"warnings": [...]`), e.g. a report's parity
 /// failure under `on_parity_failure = "warn"`.
-pub fn answer_warnings(context: &InvocationContext) -> Vec<String> {
+pub(crate) fn answer_warnings(context: &InvocationContext) -> Vec<String> {
     read_json(&answer_file(context))
         .and_then(|answer| answer.get("warnings").cloned())
         .and_then(|warnings| serde_json::from_value(warnings).ok())
@@ -197,7 +197,7 @@ pub fn answer_warnings(context: &InvocationContext) -> Vec<String> {
 /// The request of a stage that pochi runs itself (`pochi run-stage`): the pipeline's
 /// text as this build parsed it (the child parses it again and takes the stage named in
 /// the context) and the run's context.
-pub fn run_stage_request(context: &InvocationContext) -> Result<Value, StageError> {
+pub(crate) fn run_stage_request(context: &InvocationContext) -> Result<Value, StageError> {
     let described = serde_json::to_value(context)
         .map_err(|e| StageError::new(format!("cannot describe the run: {e}")))?;
     Ok(json!({
@@ -210,7 +210,7 @@ pub fn run_stage_request(context: &InvocationContext) -> Result<Value, StageErro
 /// Runs a worker from in-process work (`python -I SCRIPT ARGS...`) in the pipeline
 /// directory, on the stage's GPU, logging to `log`; stopped when `cancel` is set. Returns
 /// the worker's `ok` answer at `result`, or the error for a failure.
-pub fn run_script_now(
+pub(crate) fn run_script_now(
     context: &InvocationContext,
     script: &Script,
     args: &[&Path],
@@ -271,13 +271,13 @@ pub fn run_script_now(
 }
 
 /// A worker's JSON answer, if the file exists and parses.
-pub fn read_json(path: &Path) -> Option<Value> {
+pub(crate) fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The message for a failed answer: the error, its hint, and the Python traceback when the
 /// worker hit an exception.
-pub fn describe_failure(script: &str, result: &Value) -> StageError {
+pub(crate) fn describe_failure(script: &str, result: &Value) -> StageError {
     let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
     let mut message = text("error").to_string();
     if message.is_empty() {
@@ -298,7 +298,7 @@ pub fn describe_failure(script: &str, result: &Value) -> StageError {
 }
 
 /// `verify` for a worker kind: the answer at `path` must exist and say `ok`.
-pub fn check_answer(script: &str, path: &Path) -> Result<(), StageError> {
+pub(crate) fn check_answer(script: &str, path: &Path) -> Result<(), StageError> {
     let Some(result) = read_json(path) else {
         return Err(StageError::new(format!(
             "the {script} script exited without an answer ({} is missing or not JSON)",
@@ -314,7 +314,7 @@ pub fn check_answer(script: &str, path: &Path) -> Result<(), StageError> {
 /// A worker kind's outputs: the primary one under `key` (the `output` key, else
 /// `{build_dir}/<stage>.<extension>`) and its `<stem>.manifest.json` beside it. `span` is
 /// where errors about the default path point (the stage table).
-pub fn primary_and_manifest(
+pub(crate) fn primary_and_manifest(
     parser: &Parser,
     span: std::ops::Range<usize>,
     output: Option<&Spanned<String>>,
@@ -399,7 +399,7 @@ macro_rules! choice {
 pub(crate) use choice;
 
 /// `<dir>/<stem>.<suffix>` for `path` = `<dir>/<stem>.<ext>`.
-pub fn beside(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn beside(path: &Path, suffix: &str) -> PathBuf {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -328,7 +328,7 @@ impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for StageError {
 
 /// A host for unit tests: the given interpreter, no GPU, nothing probed.
 #[cfg(test)]
-pub fn sample_facts(python: &str) -> MachineFacts {
+pub(crate) fn sample_facts(python: &str) -> MachineFacts {
     MachineFacts::plain(crate::facts::Toolchain {
         python: PathBuf::from(python),
         identity: "test".to_string(),
@@ -344,7 +344,7 @@ impl std::fmt::Display for StageError {
 impl std::error::Error for StageError {}
 
 /// Parses a stage table of one kind.
-pub type ParseFn =
+pub(crate) type ParseFn =
     fn(&super::parse_api::Parser, &Spanned<DeValue>) -> Result<Box<dyn StageKind>, SpanError>;
 
 /// A registered stage kind.
@@ -360,7 +360,7 @@ pub struct KindInfo {
 
 /// The kinds a parse knows (the `kinds` module's `KINDS`, passed in so that the parser
 /// does not depend on the kinds).
-pub type Registry = &'static [&'static KindInfo];
+pub(crate) type Registry = &'static [&'static KindInfo];
 
 /// Kinds the pipeline format defines that this version does not implement yet.
 const PLANNED: &[&str] = &[];
@@ -381,7 +381,7 @@ pub enum UnknownKind {
 }
 
 /// Finds a kind by name in `kinds`.
-pub fn lookup(kinds: Registry, name: &str) -> Result<&'static KindInfo, UnknownKind> {
+pub(crate) fn lookup(kinds: Registry, name: &str) -> Result<&'static KindInfo, UnknownKind> {
     if let Some(info) = kinds.iter().find(|info| info.name == name) {
         return Ok(info);
     }

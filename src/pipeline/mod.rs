@@ -2,32 +2,31 @@
 
 mod error;
 mod keys;
-pub mod kind;
-pub mod matrix;
+pub(crate) mod kind;
+pub(crate) mod matrix;
 mod parse;
-pub mod paths;
-pub mod placement;
+pub(crate) mod paths;
+pub(crate) mod placement;
 mod schema;
 mod sections;
 mod stage;
-pub mod suggest;
+pub(crate) mod suggest;
 mod tables;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use error::{PipelineError, SourceFile, SpanError};
+pub(crate) use error::{PipelineError, SourceFile, SpanError};
 pub use parse::parse_pipeline;
-pub use tables::common_stage_schema;
 /// What stage kinds use to parse their own keys.
 pub mod parse_api {
     pub use super::keys::keys_of;
     pub use super::parse::{Parser, is_valid_name};
 }
-pub use crate::size::ByteSize;
-pub use kind::StageKind;
-pub use schema::pipeline_schema;
+pub(crate) use crate::size::ByteSize;
+pub(crate) use kind::StageKind;
+pub(crate) use schema::pipeline_schema;
 
 /// The directory under the project root where pochi keeps its state (`.pochi/v1/...`).
 pub const STATE_ROOT: &str = ".pochi";

@@ -4,7 +4,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// The longest name in an output path: 255 bytes, less the 11 that `.NAME.pochi-new` adds
 /// while it is published.
-pub const MAX_OUTPUT_NAME_BYTES: usize = 255 - ".pochi-new".len() - 1;
+pub(crate) const MAX_OUTPUT_NAME_BYTES: usize = 255 - ".pochi-new".len() - 1;
 /// The operating system's longest path, its terminating NUL included (Linux's `PATH_MAX`).
 const PATH_MAX_BYTES: usize = 4096;
 /// What the run's temporary directory adds before an output path at most:
@@ -13,7 +13,7 @@ const TEMP_PATH_RESERVE: usize =
     "/.pochi/v1//tmp/run../".len() + super::parse::MAX_NAME_LEN + 10 + 20 + 11;
 
 /// Why an output could never be published.
-pub struct Unpublishable {
+pub(crate) struct Unpublishable {
     pub what: String,
     pub label: &'static str,
     pub help: String,
@@ -22,7 +22,7 @@ pub struct Unpublishable {
 /// An output at `path` (relative to `dir`) that could never be published: a name too
 /// long for its publish sibling, or a path too long for the operating system from the
 /// deepest place pochi writes it (the run's temporary directory).
-pub fn unpublishable(dir: &Path, path: &Path) -> Option<Unpublishable> {
+pub(crate) fn unpublishable(dir: &Path, path: &Path) -> Option<Unpublishable> {
     let longest = path.components().map(|c| c.as_os_str().len()).max()?;
     if longest > MAX_OUTPUT_NAME_BYTES {
         return Some(Unpublishable {
@@ -45,7 +45,7 @@ pub fn unpublishable(dir: &Path, path: &Path) -> Option<Unpublishable> {
 
 /// Resolves `raw` against `dir` lexically: a path inside `dir` comes back relative to it
 /// (no `.` or `..`), one outside comes back absolute.
-pub fn normalize(dir: &Path, raw: &Path) -> PathBuf {
+pub(crate) fn normalize(dir: &Path, raw: &Path) -> PathBuf {
     let joined = if raw.is_absolute() {
         raw.to_path_buf()
     } else {
@@ -59,7 +59,7 @@ pub fn normalize(dir: &Path, raw: &Path) -> PathBuf {
 }
 
 /// Removes `.` and resolves `..` without touching the filesystem.
-pub fn lexical_clean(path: &Path) -> PathBuf {
+pub(crate) fn lexical_clean(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
@@ -76,14 +76,14 @@ pub fn lexical_clean(path: &Path) -> PathBuf {
 }
 
 /// Whether a normalized path lies inside the project (is relative and non-empty).
-pub fn is_inside_project(normalized: &Path) -> bool {
+pub(crate) fn is_inside_project(normalized: &Path) -> bool {
     normalized.is_relative()
         && normalized.components().next().is_some()
         && !normalized.starts_with("..")
 }
 
 /// Whether one path equals or contains the other.
-pub fn overlaps(a: &Path, b: &Path) -> bool {
+pub(crate) fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 

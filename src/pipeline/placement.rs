@@ -40,7 +40,7 @@ pub struct Placement {
 
 /// Short names for the GPU models users deploy to, and the name nvidia-smi (and so a
 /// worker's `gpu` property) gives each. Documented in docs/remote.md.
-pub const GPU_ALIASES: &[(&str, &str)] = &[
+pub(crate) const GPU_ALIASES: &[(&str, &str)] = &[
     ("t4", "Tesla T4"),
     ("l4", "NVIDIA L4"),
     ("a10g", "NVIDIA A10G"),
@@ -53,7 +53,7 @@ pub const GPU_ALIASES: &[(&str, &str)] = &[
 
 /// The GPU model a `gpu` value names: an alias's full name, else the value itself (a
 /// full nvidia-smi name). Aliases are matched ignoring case.
-pub fn gpu_model(value: &str) -> String {
+pub(crate) fn gpu_model(value: &str) -> String {
     GPU_ALIASES
         .iter()
         .find(|(alias, _)| alias.eq_ignore_ascii_case(value))
@@ -63,7 +63,7 @@ pub fn gpu_model(value: &str) -> String {
 
 /// Whether a platform property name is one pochi sets itself (a stage may not override
 /// it in `platform`: `gpu` has its own key, the rest come from the machine and toolchain).
-pub fn is_reserved_property(name: &str) -> bool {
+pub(crate) fn is_reserved_property(name: &str) -> bool {
     matches!(
         name,
         "OSFamily" | "ISA" | "gpu" | "pochi-toolchain" | "compute_capability" | "cuda"

@@ -8,7 +8,7 @@ use super::kind::Registry;
 use super::tables::{CommonStageKeys, PipelineSection, ResourcesSection, ToolchainSection};
 
 /// The schema `pochi schema` prints.
-pub fn pipeline_schema(kinds: Registry) -> Value {
+pub(crate) fn pipeline_schema(kinds: Registry) -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|s| s.inline_subschemas = true)
         .into_generator();

@@ -1,7 +1,10 @@
 //! "Did you mean" suggestions: the nearest valid name to a misspelt one.
 
 /// The candidate closest to `given`, if one is close enough to be a likely typo.
-pub fn nearest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|candidate| (strsim::damerau_levenshtein(given, candidate), candidate))
@@ -17,7 +20,7 @@ pub fn nearest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -
 }
 
 /// A hint naming the nearest candidate, or listing the valid ones.
-pub fn hint(given: &str, candidates: &[&str]) -> String {
+pub(crate) fn hint(given: &str, candidates: &[&str]) -> String {
     match nearest(given, candidates.iter().copied()) {
         Some(best) => format!("did you mean `{best}`?"),
         None => format!(

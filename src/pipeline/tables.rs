@@ -123,8 +123,3 @@ pub(crate) struct StageResourcesSection {
     /// Peak memory the stage needs (default 0: not limited).
     pub(super) memory: Option<ByteSize>,
 }
-
-/// The JSON Schema of the keys every stage has.
-pub fn common_stage_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    generator.subschema_for::<CommonStageKeys>()
-}

@@ -151,7 +151,7 @@ pub fn build_input_tree(
 
 /// Like `build_input_tree`, with directories that exist even when empty (`dirs`,
 /// relative paths like the files').
-pub fn build_directory_tree(
+pub(crate) fn build_directory_tree(
     function: DigestFunction,
     files: &[InputFile],
     dirs: &[String],

@@ -34,9 +34,9 @@ pub struct Endpoint {
 }
 
 /// Default limit for one call (a unary RPC, or the wait for each chunk of a stream).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default limit for opening a connection.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Endpoint {
     /// Parses `grpc://host:port`, `grpcs://host[:port]`, `http://host[:port]/prefix` or
@@ -245,7 +245,7 @@ impl fmt::Display for Endpoint {
 
 /// Parses `KEY=VALUE`: the key a valid lowercase HTTP/gRPC header name, not a binary
 /// (`-bin`) or reserved (`grpc-`, `:`) one; the value visible ASCII or spaces.
-pub fn parse_header(arg: &str) -> Result<(String, String), EndpointError> {
+pub(crate) fn parse_header(arg: &str) -> Result<(String, String), EndpointError> {
     let bad = |reason: &str| EndpointError::Header {
         header: redact(arg),
         reason: reason.to_owned(),

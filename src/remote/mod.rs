@@ -30,25 +30,23 @@ mod verify;
 use std::path::Path;
 
 pub use action::{
-    ActionSpec, Blob, CommandSpec, InputFile, InputTree, build_action, build_command,
-    build_directory_tree, build_input_tree,
+    ActionSpec, Blob, CommandSpec, InputFile, build_action, build_command, build_input_tree,
 };
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as proto;
-pub use cache::{Lookup, RemoteCache, Uploaded};
-pub use digest::{Digest, DigestFunction, Hasher};
-pub use endpoint::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Endpoint, Protocol, parse_header};
-pub use error::{EndpointError, ExecutionError, RemoteError, TlsError};
+pub use cache::{Lookup, RemoteCache};
+pub use digest::{Digest, DigestFunction};
+pub use endpoint::Endpoint;
+pub(crate) use endpoint::Protocol;
+pub(crate) use error::EndpointError;
+pub use error::{ExecutionError, RemoteError};
 pub use execute::{Executed, ExecutionJob, ExecutionPhase, RemoteExecutor};
 pub use grpc::GrpcClient;
 pub use http::HttpClient;
-pub use results::{Downloaded, RemoteMiss, ResultUpload, action_result, record_digest};
-pub use stage::{
-    DigestMemo, StageAction, StageDescription, StageOutput, input_files, rewrite_paths,
-    stage_action,
-};
-pub use tier::RemoteTier;
-pub use tls::{TlsFile, TlsPaths, TlsSettings};
-pub use tree::{fetch_tree, tree_files, write_tree};
+pub use results::RemoteMiss;
+pub(crate) use stage::{DigestMemo, input_files, rewrite_paths};
+pub use stage::{StageAction, StageDescription, StageOutput, stage_action};
+pub(crate) use tier::RemoteTier;
+pub(crate) use tls::{TlsPaths, TlsSettings};
 
 /// What a server says it supports (its Capabilities; fixed for the HTTP protocol).
 #[derive(Clone, Debug, PartialEq, Eq)]

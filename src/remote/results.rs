@@ -19,14 +19,17 @@ use crate::cache::{Entry, FileRecord, Node};
 /// `Directory` in them as a blob of its own), and each file blob with the local record it
 /// is read from.
 #[derive(Debug, Clone)]
-pub struct ResultUpload {
+pub(crate) struct ResultUpload {
     pub result: proto::ActionResult,
     pub trees: Vec<Blob>,
     pub files: Vec<(Digest, FileRecord)>,
 }
 
 /// A file record's digest under `function`.
-pub fn record_digest(function: DigestFunction, file: &FileRecord) -> Result<Digest, RemoteError> {
+pub(crate) fn record_digest(
+    function: DigestFunction,
+    file: &FileRecord,
+) -> Result<Digest, RemoteError> {
     let hash = match function {
         DigestFunction::Sha256 => &file.sha256,
         DigestFunction::Blake3 => &file.blake3,
@@ -35,7 +38,10 @@ pub fn record_digest(function: DigestFunction, file: &FileRecord) -> Result<Dige
 }
 
 /// The `ActionResult` for a stage whose outputs the local cache stored as `entry`.
-pub fn action_result(stage: &StageAction, entry: &Entry) -> Result<ResultUpload, RemoteError> {
+pub(crate) fn action_result(
+    stage: &StageAction,
+    entry: &Entry,
+) -> Result<ResultUpload, RemoteError> {
     let function = stage.function;
     let mut upload = ResultUpload {
         result: proto::ActionResult::default(),

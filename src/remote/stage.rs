@@ -153,7 +153,7 @@ fn longest_first(mut rewrites: Vec<(String, String)>) -> Vec<(String, String)> {
 
 /// `text` with every occurrence of each of `rewrites`' paths replaced by its text, longest
 /// path first (as a stage's argv is made stable), for the files a remote action reads.
-pub fn rewrite_paths(text: &str, rewrites: &[(PathBuf, String)]) -> String {
+pub(crate) fn rewrite_paths(text: &str, rewrites: &[(PathBuf, String)]) -> String {
     rewrite(text, &longest_first(text_rewrites(rewrites).collect()))
 }
 
@@ -191,7 +191,7 @@ fn rewrite(text: &str, rewrites: &[(String, String)]) -> String {
 /// A file's digests, remembered by its path and stat for one build, so a file that is
 /// the input of several stages is read once.
 #[derive(Debug, Default)]
-pub struct DigestMemo {
+pub(crate) struct DigestMemo {
     known: Mutex<HashMap<(PathBuf, FileIdentity), (Digest, Digest)>>,
 }
 
@@ -219,7 +219,7 @@ impl FileIdentity {
 
 impl DigestMemo {
     /// The file's digest under `function`, read (both digests at once) unless known.
-    pub fn digest(
+    pub(crate) fn digest(
         &self,
         path: &Path,
         metadata: &fs::Metadata,
@@ -263,7 +263,7 @@ impl DigestMemo {
 /// directories, walked recursively). Inputs that do not exist (an upstream output a
 /// tolerant stage runs without) or lie outside the project are left out: the salt holds
 /// their digests.
-pub fn input_files(
+pub(crate) fn input_files(
     dir: &Path,
     paths: &[PathBuf],
     function: DigestFunction,

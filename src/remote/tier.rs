@@ -44,7 +44,7 @@ struct UploadJob {
 
 /// The remote tier: a `RemoteCache`, the local store it reads uploads from and keeps
 /// downloads in, and the project directories its requests' input paths are relative to.
-pub struct RemoteTier {
+pub(crate) struct RemoteTier {
     inner: Arc<Inner>,
     uploads: Mutex<Option<(mpsc::Sender<UploadJob>, JoinHandle<()>)>>,
 }
@@ -59,7 +59,6 @@ struct Inner {
     warnings: Mutex<Vec<String>>,
     /// The first failure of the server, for `--remote-cache-required`.
     failure: Mutex<Option<String>>,
-    uploaded: Mutex<(u64, u64)>,
 }
 
 impl std::fmt::Debug for RemoteTier {
@@ -73,7 +72,11 @@ impl std::fmt::Debug for RemoteTier {
 impl RemoteTier {
     /// A tier over `remote`; `local` is the build's local store, `dirs` each pipeline's
     /// directory by the name the entries' metadata give it.
-    pub fn new(remote: RemoteCache, local: LocalCache, dirs: BTreeMap<String, PathBuf>) -> Self {
+    pub(crate) fn new(
+        remote: RemoteCache,
+        local: LocalCache,
+        dirs: BTreeMap<String, PathBuf>,
+    ) -> Self {
         RemoteTier {
             inner: Arc::new(Inner {
                 remote,
@@ -82,28 +85,18 @@ impl RemoteTier {
                 memo: DigestMemo::default(),
                 warnings: Mutex::new(Vec::new()),
                 failure: Mutex::new(None),
-                uploaded: Mutex::new((0, 0)),
             }),
             uploads: Mutex::new(None),
         }
     }
 
     /// The first time the server failed in this build, if it did.
-    pub fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         self.inner
             .failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// Blobs and bytes uploaded so far.
-    pub fn uploaded(&self) -> (u64, u64) {
-        *self
-            .inner
-            .uploaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn origin(&self) -> Origin {
@@ -223,11 +216,7 @@ impl Inner {
             .remote
             .upload(&job.action, &entry, &|file| local.blob_path(&file.blake3))
         {
-            Ok(sent) => {
-                let mut total = self.uploaded.lock().unwrap_or_else(|e| e.into_inner());
-                total.0 += sent.blobs;
-                total.1 += sent.bytes;
-            }
+            Ok(_) => {}
             Err(error) => {
                 if let Some(text) = self.failed(&format!("upload of stage `{}`", job.stage), &error)
                 {

@@ -22,14 +22,14 @@ use super::error::{RemoteError, TlsError};
 
 /// One of the TLS files, as the user names it: its flag and its environment variable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsFile {
+pub(crate) enum TlsFile {
     CaCert,
     ClientCert,
     ClientKey,
 }
 
 impl TlsFile {
-    pub fn flag(self) -> &'static str {
+    pub(crate) fn flag(self) -> &'static str {
         match self {
             TlsFile::CaCert => "--tls-ca-cert",
             TlsFile::ClientCert => "--tls-client-cert",
@@ -37,7 +37,7 @@ impl TlsFile {
         }
     }
 
-    pub fn variable(self) -> &'static str {
+    pub(crate) fn variable(self) -> &'static str {
         match self {
             TlsFile::CaCert => "POCHI_TLS_CA_CERT",
             TlsFile::ClientCert => "POCHI_TLS_CLIENT_CERT",

@@ -33,7 +33,10 @@ const MAX_LINK_HOPS: u32 = 40;
 const MAX_TREE_BYTES: u64 = 64 << 20;
 
 /// Downloads a `Tree` (verified) and decodes it.
-pub fn fetch_tree(backend: &dyn CacheBackend, digest: &Digest) -> Result<re::Tree, RemoteError> {
+pub(crate) fn fetch_tree(
+    backend: &dyn CacheBackend,
+    digest: &Digest,
+) -> Result<re::Tree, RemoteError> {
     if digest.size() > MAX_TREE_BYTES {
         return Err(RemoteError::RefusedTree {
             endpoint: backend.endpoint().to_string(),
@@ -53,7 +56,7 @@ pub fn fetch_tree(backend: &dyn CacheBackend, digest: &Digest) -> Result<re::Tre
 }
 
 /// The digests of every file a `Tree` names (blobs may repeat).
-pub fn tree_files(tree: &re::Tree) -> Result<Vec<Digest>, RemoteError> {
+pub(crate) fn tree_files(tree: &re::Tree) -> Result<Vec<Digest>, RemoteError> {
     tree.root
         .iter()
         .chain(&tree.children)
@@ -70,7 +73,7 @@ pub fn tree_files(tree: &re::Tree) -> Result<Vec<Digest>, RemoteError> {
 
 /// Writes a `Tree` under `dest` (created if needed), every file downloaded and verified,
 /// once the whole tree has passed `check_tree`.
-pub fn write_tree(
+pub(crate) fn write_tree(
     backend: &dyn CacheBackend,
     tree: &re::Tree,
     dest: &Path,

@@ -89,7 +89,11 @@ fn stamps(python: &Path, facts: &Facts) -> Vec<Stamp> {
 
 /// The facts of `python`, from `cache_file` when it is still current, else asked afresh
 /// (and cached).
-pub(crate) fn facts(python: &Path, cache_file: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
+pub(crate) fn facts(
+    python: &Path,
+    cache_file: &Path,
+    cache: &CacheDir,
+) -> Result<Facts, IdentityError> {
     if let Some(entry) = std::fs::read(cache_file)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok())

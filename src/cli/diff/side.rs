@@ -44,7 +44,11 @@ fn say_what_baseline_cost(summary: &BuildSummary, rev: &str) {
 
 /// Builds `paths` with the caches `args` give (`--no-cache`, `--remote-cache`, env).
 /// The baseline's build (`baseline` names its revision) then says what it cost.
-pub(super) fn build(paths: &[PathBuf], args: &DiffArgs, baseline: Option<&str>) -> miette::Result<Side> {
+pub(super) fn build(
+    paths: &[PathBuf],
+    args: &DiffArgs,
+    baseline: Option<&str>,
+) -> miette::Result<Side> {
     let what = match baseline {
         Some(_) => "baseline",
         None => "working tree",
@@ -117,7 +121,11 @@ pub(super) fn reports(project: &Project) -> Vec<(String, usize)> {
 }
 
 /// The summary.json a report stage's last build wrote.
-pub(super) fn read_summary(project: &Project, stage: usize, side: &'static str) -> miette::Result<Value> {
+pub(super) fn read_summary(
+    project: &Project,
+    stage: usize,
+    side: &'static str,
+) -> miette::Result<Value> {
     let name = &project.pipeline.stages[stage].name;
     let record = project
         .recorded_outputs(stage)

@@ -25,12 +25,12 @@ use super::request::{Program, RequestStage};
 use super::{InvocationContext, KindInfo, MachineFacts, Requirements, StageError, StageKind};
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError};
-pub use run::DatasetError;
+pub(crate) use run::DatasetError;
 use source::{Distribution, SyntheticSpec};
 use transform::Transform;
 use transform_keys::{RawTransform, TransformSchema};
 
-pub static INFO: KindInfo = KindInfo {
+pub(crate) static INFO: KindInfo = KindInfo {
     name: "dataset",
     keys: super::keys_of::<DatasetKeys>,
     parse,
@@ -92,7 +92,7 @@ struct SyntheticKeys {
 /// `pochi infer`, which checks a `--data` folder and picks its transforms before it writes
 /// the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FolderContents {
+pub(crate) struct FolderContents {
     /// Images; else `.npy` volumes.
     pub images: bool,
     /// Usable files.
@@ -103,7 +103,7 @@ pub struct FolderContents {
 
 /// Lists the folder `path` as a `source` would be; the error is the stage's own (an
 /// empty folder, mixed kinds, a stray file next to class folders).
-pub fn inspect_folder(path: &Path) -> Result<FolderContents, DatasetError> {
+pub(crate) fn inspect_folder(path: &Path) -> Result<FolderContents, DatasetError> {
     if !path.is_dir() {
         return Err(DatasetError::NotAFolder(path.to_path_buf()));
     }

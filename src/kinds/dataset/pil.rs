@@ -105,7 +105,7 @@ fn vertical(plane: &[u8], width: usize, c: &Coefficients) -> Vec<u8> {
 
 /// Why Pillow's resize cannot take a sample.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum PilError {
+pub(crate) enum PilError {
     #[error(
         "resize with backend = \"pil\" works on 8-bit images (whole values 0..255, before to_float), but the sample holds {value}; place the resize before to_float, scale and normalize, or use backend = \"tensor\""
     )]

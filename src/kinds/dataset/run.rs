@@ -20,7 +20,7 @@ const CHUNK_PER_THREAD: usize = 4;
 
 /// Why a dataset stage failed.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum DatasetError {
+pub(crate) enum DatasetError {
     #[error("{} is not a folder", .0.display())]
     NotAFolder(PathBuf),
     #[error("internal error: the stage has no `source` input")]

@@ -11,7 +11,7 @@ use super::random;
 
 /// Why a source cannot be listed or a sample of it read.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("cannot read source `{shown}`")]
     CannotReadSource {
         shown: String,
@@ -63,7 +63,7 @@ pub enum SourceError {
 /// Why one file does not decode. The decoders' own errors are shown in the message (their
 /// text already holds their causes).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum FileError {
+pub(crate) enum FileError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{0}")]

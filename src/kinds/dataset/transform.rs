@@ -72,7 +72,7 @@ pub(super) enum ChannelOrder {
 
 /// Why a step cannot apply to a sample.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum TransformError {
+pub(crate) enum TransformError {
     #[error("channel_order needs a channel axis; the sample has shape {shape:?}")]
     NoChannelAxis { shape: Vec<usize> },
     #[error("resize needs at least 2 axes; the sample has shape {shape:?}")]

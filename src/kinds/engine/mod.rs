@@ -5,7 +5,7 @@
 //! TensorRT or a GPU the stage is unavailable on the machine (`availability`).
 
 mod probe;
-pub mod shapes;
+pub(crate) mod shapes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use toml::Spanned;
 use toml::de::DeValue;
 
-pub use self::probe::{STANDIN_ENV, TENSORRT};
-pub use self::shapes::{BatchRange, DYNAMIC_NEEDS_SIZE, Shapes, decide_shapes};
+pub(crate) use self::probe::{STANDIN_ENV, TENSORRT};
+pub(crate) use self::shapes::{BatchRange, Shapes, decide_shapes};
 use super::request::{Choice, Program, RequestStage, choice};
 use super::{
     AcceleratorUse, InvocationContext, KindInfo, MachineFacts, Requirements, StageError, StageKind,
@@ -30,7 +30,7 @@ use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{Device, NamedInput, NamedOutput, SpanError};
 use crate::toolchain::scripts::Script;
 
-pub static INFO: KindInfo = KindInfo {
+pub(crate) static INFO: KindInfo = KindInfo {
     name: "engine",
     keys: super::keys_of::<EngineKeys>,
     parse,
@@ -39,13 +39,13 @@ pub static INFO: KindInfo = KindInfo {
 };
 
 /// Builds a TensorRT engine from an ONNX model (and, with `--probe`, reports whether TensorRT imports and which GPU it sees).
-pub const SCRIPT: Script = Script {
+pub(crate) const SCRIPT: Script = Script {
     name: "engine.py",
     source: include_str!("script.py"),
 };
 
 /// pochitrain's default workspace: 1 GiB.
-pub const DEFAULT_WORKSPACE: u64 = 1 << 30;
+pub(crate) const DEFAULT_WORKSPACE: u64 = 1 << 30;
 
 /// `kind = "engine"`: a TensorRT engine from an ONNX model.
 #[derive(Debug, Deserialize, JsonSchema)]

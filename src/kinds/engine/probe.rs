@@ -17,7 +17,7 @@ use crate::toolchain::{cache, identity};
 
 /// Test-only: a directory the engine worker puts first on its `sys.path` (a TensorRT
 /// stand-in such as tests/fixtures/fake_tensorrt). Real runs never set it.
-pub const STANDIN_ENV: &str = "POCHI_TEST_TENSORRT_STANDIN";
+pub(crate) const STANDIN_ENV: &str = "POCHI_TEST_TENSORRT_STANDIN";
 
 /// What the TensorRT probe found with this interpreter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +55,7 @@ struct CachedProbe {
 }
 
 /// TensorRT: what an engine is built for (`Required`) and a report times when present.
-pub static TENSORRT: Accelerator = Accelerator {
+pub(crate) static TENSORRT: Accelerator = Accelerator {
     id: "tensorrt",
     name: "TensorRT",
     module: "tensorrt",

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::onnx_info::{Dim, GraphInput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct BatchRange {
+pub(crate) struct BatchRange {
     pub min: u64,
     pub opt: u64,
     pub max: u64,
@@ -16,7 +16,7 @@ pub struct BatchRange {
 
 /// One input's min/opt/max shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Profile {
+pub(crate) struct Profile {
     pub input: String,
     pub min: Vec<u64>,
     pub opt: Vec<u64>,
@@ -26,7 +26,7 @@ pub struct Profile {
 /// Which of the three shape patterns the ONNX has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ShapePattern {
+pub(crate) enum ShapePattern {
     Static,
     DynamicBatch,
     DynamicSpatial,
@@ -34,7 +34,7 @@ pub enum ShapePattern {
 
 /// The shapes the engine is built for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Shapes {
+pub(crate) struct Shapes {
     pub pattern: ShapePattern,
     /// Empty for a fully static ONNX (no optimization profile).
     pub profiles: Vec<Profile>,
@@ -43,12 +43,12 @@ pub struct Shapes {
 }
 
 /// The message for a dynamic-spatial ONNX without `input_size` (as pochitrain words it).
-pub const DYNAMIC_NEEDS_SIZE: &str =
+pub(crate) const DYNAMIC_NEEDS_SIZE: &str =
     "the ONNX has dynamic shapes; give `input_size` with the resolution you will use";
 
 /// Why no engine shapes follow from the ONNX's declared inputs and the stage's keys.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum ShapeError {
+pub(crate) enum ShapeError {
     #[error("the ONNX input `{input}` declares no shape; export it with a declared shape")]
     NoShape { input: String },
     #[error(
@@ -110,7 +110,7 @@ impl InputShape {
 /// Decides the profiles from the ONNX's declared inputs, as pochitrain's three patterns:
 /// batch-only dynamic -> one profile (batch from `batch`, spatial axes from the ONNX);
 /// dynamic spatial axes -> `input_size` required; fully static -> no profile.
-pub fn decide_shapes(
+pub(crate) fn decide_shapes(
     inputs: &[GraphInput],
     input_size: Option<&[u64]>,
     batch: Option<BatchRange>,

@@ -19,7 +19,7 @@ use super::{InvocationContext, KindInfo, MachineFacts, Requirements, StageError,
 use crate::pipeline::{NamedInput, NamedOutput};
 use crate::toolchain::scripts::Script;
 
-pub static INFO: KindInfo = KindInfo {
+pub(crate) static INFO: KindInfo = KindInfo {
     name: "export",
     keys: super::keys_of::<ExportKeys>,
     parse,
@@ -28,7 +28,7 @@ pub static INFO: KindInfo = KindInfo {
 };
 
 /// Exports a checkpoint to ONNX, verifies it and writes its reference outputs and manifest.
-pub const SCRIPT: Script = Script {
+pub(crate) const SCRIPT: Script = Script {
     name: "export.py",
     source: include_str!("script.py"),
 };

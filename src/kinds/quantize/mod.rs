@@ -21,7 +21,7 @@ use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{NamedInput, NamedOutput, SpanError};
 use crate::toolchain::scripts::Script;
 
-pub static INFO: KindInfo = KindInfo {
+pub(crate) static INFO: KindInfo = KindInfo {
     name: "quantize",
     keys: super::keys_of::<QuantizeKeys>,
     parse,
@@ -30,7 +30,7 @@ pub static INFO: KindInfo = KindInfo {
 };
 
 /// Bakes fp16/bf16 (AutoCast) or int8/fp8 (PTQ with Q/DQ) into an ONNX model on the CPU.
-pub const SCRIPT: Script = Script {
+pub(crate) const SCRIPT: Script = Script {
     name: "quantize.py",
     source: include_str!("script.py"),
 };

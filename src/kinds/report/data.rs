@@ -14,7 +14,7 @@ pub(super) type Named = Vec<(String, ArrayD<f32>)>;
 
 /// Why an input file could not be read.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum DataError {
+pub(crate) enum DataError {
     #[error("cannot read {}", path.display())]
     Open {
         path: PathBuf,

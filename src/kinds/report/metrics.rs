@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// Latency statistics over timed runs, in milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub runs: usize,
     pub batch: usize,
     pub min_ms: f64,
@@ -25,10 +25,10 @@ pub struct Latency {
 
 /// Runs whose robust spread ((p90 - p10) / median) exceeds this are flagged as too noisy
 /// to compare.
-pub const NOISY_CV: f64 = 0.25;
+pub(crate) const NOISY_CV: f64 = 0.25;
 
 /// The `q`-quantile (0..=1) of sorted values, linearly interpolated (numpy's default).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -41,7 +41,7 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Statistics of run times in seconds, for runs of `batch` samples each (`samples` in all:
 /// the last batch of the data may be smaller).
-pub fn latency(times_s: &[f64], samples: usize, batch: usize) -> Latency {
+pub(crate) fn latency(times_s: &[f64], samples: usize, batch: usize) -> Latency {
     let mut ms: Vec<f64> = times_s.iter().map(|t| t * 1e3).collect();
     ms.sort_by(f64::total_cmp);
     let n = ms.len().max(1) as f64;
@@ -81,7 +81,7 @@ pub fn latency(times_s: &[f64], samples: usize, batch: usize) -> Latency {
 
 /// How one output compares with its reference.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Parity {
+pub(crate) struct Parity {
     pub values: usize,
     pub max_abs: f64,
     pub mean_abs: f64,
@@ -97,7 +97,7 @@ pub struct Parity {
 }
 
 /// Compares `actual` with `reference` (same length).
-pub fn parity(actual: &[f32], reference: &[f32]) -> Parity {
+pub(crate) fn parity(actual: &[f32], reference: &[f32]) -> Parity {
     let ref_max_abs = reference
         .iter()
         .map(|r| f64::from(r.abs()))
@@ -148,17 +148,18 @@ pub fn parity(actual: &[f32], reference: &[f32]) -> Parity {
 /// lie in `[edges[k], edges[k + 1])` (the first bin excludes 0; the last,
 /// `[edges[last], inf)`, is unbounded). Non-finite values are left out.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ErrorHistogram {
+pub(crate) struct ErrorHistogram {
     pub zero: u64,
     pub edges: Vec<f64>,
     pub counts: Vec<u64>,
 }
 
 /// The histogram's edges: 0, then each decade from 1e-8 to 1.
-pub const ERROR_EDGES: [f64; 10] = [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+pub(crate) const ERROR_EDGES: [f64; 10] =
+    [0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 
 /// |a - r| (in f64) of each pair, counted into [`ERROR_EDGES`]' bins.
-pub fn error_histogram(actual: &[f32], reference: &[f32]) -> ErrorHistogram {
+pub(crate) fn error_histogram(actual: &[f32], reference: &[f32]) -> ErrorHistogram {
     let mut histogram = ErrorHistogram {
         zero: 0,
         edges: ERROR_EDGES.to_vec(),
@@ -182,7 +183,7 @@ pub fn error_histogram(actual: &[f32], reference: &[f32]) -> ErrorHistogram {
 /// Tolerances of a parity verdict: pass when max |a - r| <= atol + rtol x max|r|, the
 /// cosine similarity is at least `cosine`, and every value is finite.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Tolerance {
+pub(crate) struct Tolerance {
     pub atol: f64,
     pub rtol: f64,
     pub cosine: f64,
@@ -190,9 +191,9 @@ pub struct Tolerance {
 
 /// The default tolerances by precision: fp32 tight, fp16 looser, int8 looser still.
 /// The precisions a model can have, each with default tolerances.
-pub const PRECISIONS: &[&str] = &["fp32", "fp16", "bf16", "int8", "fp8"];
+pub(crate) const PRECISIONS: &[&str] = &["fp32", "fp16", "bf16", "int8", "fp8"];
 
-pub fn default_tolerance(precision: &str) -> Tolerance {
+pub(crate) fn default_tolerance(precision: &str) -> Tolerance {
     match precision {
         "fp16" => Tolerance {
             atol: 1e-2,
@@ -219,7 +220,7 @@ pub fn default_tolerance(precision: &str) -> Tolerance {
 }
 
 /// `None` when `parity` passes `tolerance`, else why not.
-pub fn verdict(parity: &Parity, tolerance: &Tolerance) -> Option<String> {
+pub(crate) fn verdict(parity: &Parity, tolerance: &Tolerance) -> Option<String> {
     if parity.non_finite > 0 {
         return Some(format!(
             "{} NaN/Inf value(s) in the output",
@@ -244,7 +245,7 @@ pub fn verdict(parity: &Parity, tolerance: &Tolerance) -> Option<String> {
 }
 
 /// Argmax of each row of a `rows x classes` matrix (first maximum wins).
-pub fn argmax_rows(values: &[f32], classes: usize) -> Vec<usize> {
+pub(crate) fn argmax_rows(values: &[f32], classes: usize) -> Vec<usize> {
     values
         .chunks(classes.max(1))
         .map(|row| {
@@ -259,7 +260,7 @@ pub fn argmax_rows(values: &[f32], classes: usize) -> Vec<usize> {
 }
 
 /// Softmax probability of the top class of each row.
-pub fn top_confidence(values: &[f32], classes: usize) -> Vec<f64> {
+pub(crate) fn top_confidence(values: &[f32], classes: usize) -> Vec<f64> {
     values
         .chunks(classes.max(1))
         .map(|row| {
@@ -272,7 +273,7 @@ pub fn top_confidence(values: &[f32], classes: usize) -> Vec<f64> {
 
 /// Argmax over the channel axis of an `N x C x S` array (S = product of spatial axes):
 /// `N x S` labels.
-pub fn argmax_channels(values: &[f32], channels: usize, spatial: usize) -> Vec<usize> {
+pub(crate) fn argmax_channels(values: &[f32], channels: usize, spatial: usize) -> Vec<usize> {
     let mut labels = vec![0usize; values.len() / channels.max(1)];
     for (n, sample) in values.chunks(channels * spatial).enumerate() {
         for s in 0..spatial {
@@ -290,7 +291,7 @@ pub fn argmax_channels(values: &[f32], channels: usize, spatial: usize) -> Vec<u
 }
 
 /// Share of equal positions.
-pub fn agreement(a: &[usize], b: &[usize]) -> f64 {
+pub(crate) fn agreement(a: &[usize], b: &[usize]) -> f64 {
     if a.is_empty() {
         return f64::NAN;
     }
@@ -299,7 +300,7 @@ pub fn agreement(a: &[usize], b: &[usize]) -> f64 {
 
 /// Precision, recall, F1 and support of one class.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ClassScores {
+pub(crate) struct ClassScores {
     pub class: usize,
     pub precision: f64,
     pub recall: f64,
@@ -309,7 +310,7 @@ pub struct ClassScores {
 
 /// Classification against labels (samples whose label is negative are left out).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Classification {
+pub(crate) struct Classification {
     pub labelled: usize,
     pub accuracy: f64,
     pub per_class: Vec<ClassScores>,
@@ -320,7 +321,11 @@ pub struct Classification {
 /// Classification figures over the labelled samples (a negative label: no label). A label
 /// the model has no output for is a class too, never predicted: its samples count as
 /// wrong, as scikit-learn counts them (dropping them overstated the accuracy).
-pub fn classification(predicted: &[usize], labels: &[i64], classes: usize) -> Classification {
+pub(crate) fn classification(
+    predicted: &[usize],
+    labels: &[i64],
+    classes: usize,
+) -> Classification {
     let classes = labels
         .iter()
         .filter_map(|&t| usize::try_from(t).ok())

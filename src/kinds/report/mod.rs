@@ -12,13 +12,13 @@ mod evaluate;
 mod inputs;
 mod markdown;
 mod measure;
-pub mod metrics;
+pub(crate) mod metrics;
 mod onnxruntime;
 mod outputs;
 mod provenance;
-pub mod retime;
-pub mod segmentation;
-pub mod sliding_window;
+pub(crate) mod retime;
+pub(crate) mod segmentation;
+pub(crate) mod sliding_window;
 mod summarize;
 mod summary;
 mod tables;
@@ -42,7 +42,7 @@ use super::{
 use crate::pipeline::parse_api::Parser;
 use crate::pipeline::{Device, InputSource, NamedInput, NamedOutput, SpanError};
 
-pub static INFO: KindInfo = KindInfo {
+pub(crate) static INFO: KindInfo = KindInfo {
     name: "report",
     keys: super::keys_of::<config::ReportKeys>,
     parse,
@@ -51,12 +51,12 @@ pub static INFO: KindInfo = KindInfo {
 };
 
 /// The version of `summary.json`'s layout.
-pub const SCHEMA_VERSION: u32 = 2;
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 
 /// What the timed figures include.
-pub const TIMING_NOTE: &str = "pure inference: session.run on preloaded input tensors (no file reading, preprocessing or copies into the input); outputs are dropped unread";
+pub(crate) const TIMING_NOTE: &str = "pure inference: session.run on preloaded input tensors (no file reading, preprocessing or copies into the input); outputs are dropped unread";
 /// What the end-to-end figures include.
-pub const END_TO_END_NOTE: &str = "end to end: one pass over the data after the timed runs, each run timed from copying the batch into a new input tensor to copying the outputs out (no file reading or image preprocessing)";
+pub(crate) const END_TO_END_NOTE: &str = "end to end: one pass over the data after the timed runs, each run timed from copying the batch into a new input tensor to copying the outputs out (no file reading or image preprocessing)";
 
 #[derive(Debug)]
 struct Report {

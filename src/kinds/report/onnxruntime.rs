@@ -15,7 +15,7 @@ use ort::value::{Tensor, ValueType};
 
 /// What went wrong with ONNX Runtime or a model on it.
 #[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
-pub enum OnnxRuntimeError {
+pub(crate) enum OnnxRuntimeError {
     #[error("cannot load ONNX Runtime from {}: {reason}", library.display())]
     #[diagnostic(help(
         "the report stage needs ONNX Runtime 1.31 or newer (it uses the `ort` crate 2.0.0-rc.15); `pochi toolchain sync` installs the locked version"
@@ -65,7 +65,7 @@ pub enum OnnxRuntimeError {
 impl OnnxRuntimeError {
     /// Whether it says the provider has no kernel for an operator (bf16 on the CPU, for
     /// example): the model cannot run here, which is not a fault of the model.
-    pub fn lacks_kernel(&self) -> bool {
+    pub(crate) fn lacks_kernel(&self) -> bool {
         let message = self.to_string();
         message.contains("NOT_IMPLEMENTED") || message.contains("Could not find an implementation")
     }

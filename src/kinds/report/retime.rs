@@ -12,7 +12,7 @@ use crate::facts::MachineFacts;
 
 /// Why the models could not be timed again.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum RetimeError {
+pub(crate) enum RetimeError {
     /// (`pochi diff` gives its own hint, so the fix stays in the message.)
     #[error("ONNX Runtime's library was not found in the toolchain (`pochi toolchain sync`)")]
     NoOnnxRuntime,
@@ -28,7 +28,7 @@ pub enum RetimeError {
 
 /// One model to time, with what its report timed it on.
 #[derive(Debug, Clone)]
-pub struct Subject {
+pub(crate) struct Subject {
     pub model: PathBuf,
     /// Its report's data (float32 .npy).
     pub data: PathBuf,
@@ -40,7 +40,7 @@ pub struct Subject {
 /// How long to time: `warmup` runs of each, then `rounds` rounds in which each model runs
 /// `iterations / rounds` times (and `min_duration / rounds`), old first.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub warmup: usize,
     pub iterations: usize,
     pub min_duration: Duration,
@@ -48,7 +48,7 @@ pub struct Plan {
 }
 
 /// The latency of `old` and `new`, timed alternately on ONNX Runtime's CPU provider.
-pub fn alternating(
+pub(crate) fn alternating(
     facts: &MachineFacts,
     old: &Subject,
     new: &Subject,

@@ -10,7 +10,7 @@ use super::metrics::quantile;
 /// How per-class Dice is reduced over the samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Reduction {
+pub(crate) enum Reduction {
     /// Per sample, then the mean over the samples whose value is defined (MONAI's
     /// `DiceMetric`, reduction `mean_batch` per class, `mean` overall).
     MeanBatch,
@@ -20,7 +20,7 @@ pub enum Reduction {
 
 /// The `dice = { ... }` options, defaults as MONAI's `DiceMetric()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DiceOptions {
+pub(crate) struct DiceOptions {
     pub reduction: Reduction,
     pub include_background: bool,
     pub ignore_empty: bool,
@@ -38,7 +38,7 @@ impl Default for DiceOptions {
 
 /// Label maps of `samples` volumes of `spatial` voxels each (`shape` = the spatial axes).
 #[derive(Debug, Clone, Copy)]
-pub struct Volumes<'a> {
+pub(crate) struct Volumes<'a> {
     pub predicted: &'a [usize],
     /// `usize::MAX` marks a voxel with no label (left out of every figure).
     pub truth: &'a [usize],
@@ -48,7 +48,7 @@ pub struct Volumes<'a> {
 
 /// Every figure of one model against one truth. NaN: not defined (MONAI's NaN).
 #[derive(Debug, Clone, Serialize)]
-pub struct Segmentation {
+pub(crate) struct Segmentation {
     pub options: DiceOptions,
     /// The classes of the Dice and IoU figures (without 0 unless `include_background`).
     pub classes: Vec<usize>,
@@ -173,7 +173,7 @@ fn counts(v: &Volumes) -> Vec<Vec<Counts>> {
 }
 
 /// MONAI's `mean_batch`: per column, the mean of the values that are not NaN.
-pub fn mean_batch(rows: &[Vec<f64>], columns: usize) -> Vec<f64> {
+pub(crate) fn mean_batch(rows: &[Vec<f64>], columns: usize) -> Vec<f64> {
     (0..columns)
         .map(|k| mean_not_nan(rows.iter().filter_map(|r| r.get(k).copied())))
         .collect()
@@ -181,7 +181,7 @@ pub fn mean_batch(rows: &[Vec<f64>], columns: usize) -> Vec<f64> {
 
 /// MONAI's `mean`: per row the mean of its values that are not NaN, then the mean of the
 /// rows that have one. NaN when no value is defined (MONAI gives 0 there).
-pub fn mean(rows: &[Vec<f64>]) -> f64 {
+pub(crate) fn mean(rows: &[Vec<f64>]) -> f64 {
     mean_not_nan(rows.iter().map(|r| mean_not_nan(r.iter().copied())))
 }
 
@@ -193,7 +193,7 @@ fn mean_not_nan(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Dice, IoU and the 95th-percentile Hausdorff distance of `v` under `options`.
-pub fn evaluate(v: &Volumes, options: DiceOptions) -> Segmentation {
+pub(crate) fn evaluate(v: &Volumes, options: DiceOptions) -> Segmentation {
     let first = usize::from(!options.include_background && v.classes > 1);
     let classes: Vec<usize> = (first..v.classes).collect();
     let per_sample = counts(v);
@@ -269,7 +269,12 @@ fn hausdorff_table(v: &Volumes, classes: &[usize], percentile: f64) -> Vec<Vec<f
 /// mask to the nearest surface voxel of the other (Euclidean, unit spacing). NaN when
 /// either is empty: MONAI 1.6 takes `torch.quantile` of infinite distances there, which
 /// interpolates `inf - inf` to NaN.
-pub fn hausdorff(predicted: &[bool], truth: &[bool], shape: &[usize], percentile: f64) -> f64 {
+pub(crate) fn hausdorff(
+    predicted: &[bool],
+    truth: &[bool],
+    shape: &[usize],
+    percentile: f64,
+) -> f64 {
     let edges_p = edges(predicted, shape);
     let edges_t = edges(truth, shape);
     let any_p = edges_p.iter().any(|&e| e);
@@ -299,7 +304,7 @@ fn directed(from: &[bool], to: &[bool], shape: &[usize], percentile: f64) -> f64
 
 /// The surface of a mask: its voxels with a face neighbour outside it or outside the
 /// array (the mask minus its binary erosion by the cross-shaped element, border 0).
-pub fn edges(mask: &[bool], shape: &[usize]) -> Vec<bool> {
+pub(crate) fn edges(mask: &[bool], shape: &[usize]) -> Vec<bool> {
     let strides = strides(shape);
     let mut index = vec![0usize; shape.len()];
     let mut out = vec![false; mask.len()];
@@ -333,7 +338,7 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 
 /// Exact squared Euclidean distance from every voxel to the nearest `true` voxel of
 /// `targets` (separable: Felzenszwalb and Huttenlocher's lower envelope per axis).
-pub fn squared_distance_to(targets: &[bool], shape: &[usize]) -> Vec<f64> {
+pub(crate) fn squared_distance_to(targets: &[bool], shape: &[usize]) -> Vec<f64> {
     let mut grid: Vec<f64> = targets
         .iter()
         .map(|&t| if t { 0.0 } else { f64::INFINITY })

@@ -15,7 +15,7 @@ use serde::Serialize;
 /// How overlapping windows are blended (MONAI's `BlendMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Blend {
+pub(crate) enum Blend {
     Constant,
     Gaussian,
 }
@@ -23,7 +23,7 @@ pub enum Blend {
 /// How an image smaller than the window is padded (torch's `F.pad` modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Padding {
+pub(crate) enum Padding {
     Constant,
     Reflect,
     Replicate,
@@ -32,7 +32,7 @@ pub enum Padding {
 
 impl Padding {
     /// Each padding mode by its name (as in torch).
-    pub const CHOICES: &'static [(&'static str, Padding)] = &[
+    pub(crate) const CHOICES: &'static [(&'static str, Padding)] = &[
         ("constant", Padding::Constant),
         ("reflect", Padding::Reflect),
         ("replicate", Padding::Replicate),
@@ -42,13 +42,13 @@ impl Padding {
 
 impl Blend {
     /// Each blending mode by its name (as in MONAI).
-    pub const CHOICES: &'static [(&'static str, Blend)] =
+    pub(crate) const CHOICES: &'static [(&'static str, Blend)] =
         &[("constant", Blend::Constant), ("gaussian", Blend::Gaussian)];
 }
 
 /// `sliding_window = { ... }` as parsed (overlap and sigma_scale given per axis).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub roi: Vec<usize>,
     pub overlap: Vec<f64>,
     pub mode: Blend,
@@ -60,7 +60,7 @@ pub struct Settings {
 
 /// What can go wrong when a plan meets the data or the predictions.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum WindowError {
+pub(crate) enum WindowError {
     #[error(
         "sliding_window.roi {roi:?} has {} axes, but each sample has {spatial} spatial axes (sample shape {shape:?}, channels first)",
         roi.len()
@@ -91,7 +91,7 @@ pub enum WindowError {
 
 /// The windows of one image size: where they start, the padding, and the weights.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     roi: Vec<usize>,
     /// The image's spatial size, before padding.
     image: Vec<usize>,
@@ -108,7 +108,7 @@ pub struct Plan {
 
 /// MONAI's scan interval: `roi` when the window covers the axis, else
 /// `int(roi * (1 - overlap))`, at least 1.
-pub fn scan_interval(image: usize, roi: usize, overlap: f64) -> usize {
+pub(crate) fn scan_interval(image: usize, roi: usize, overlap: f64) -> usize {
     if roi == image {
         return roi;
     }
@@ -117,7 +117,7 @@ pub fn scan_interval(image: usize, roi: usize, overlap: f64) -> usize {
 
 /// MONAI's `dense_patch_slices` along one axis: the starts of windows of `patch` every
 /// `interval` over `image`, the last moved back to end at the border.
-pub fn axis_starts(image: usize, patch: usize, interval: usize) -> Vec<usize> {
+pub(crate) fn axis_starts(image: usize, patch: usize, interval: usize) -> Vec<usize> {
     let patch = patch.min(image);
     let num = image.div_ceil(interval);
     let count = (0..num)
@@ -132,7 +132,7 @@ pub fn axis_starts(image: usize, patch: usize, interval: usize) -> Vec<usize> {
 }
 
 /// MONAI's `compute_importance_map` for a window of `patch`, in float32.
-pub fn importance_map(patch: &[usize], mode: Blend, sigma_scale: &[f64]) -> ArrayD<f32> {
+pub(crate) fn importance_map(patch: &[usize], mode: Blend, sigma_scale: &[f64]) -> ArrayD<f32> {
     let mut map = ArrayD::<f32>::ones(IxDyn(patch));
     if mode == Blend::Gaussian {
         for (axis, &n) in patch.iter().enumerate() {
@@ -159,7 +159,7 @@ pub fn importance_map(patch: &[usize], mode: Blend, sigma_scale: &[f64]) -> Arra
 
 impl Plan {
     /// The plan for samples of `shape` (channels first: C x spatial...).
-    pub fn new(settings: &Settings, shape: &[usize]) -> Result<Plan, WindowError> {
+    pub(crate) fn new(settings: &Settings, shape: &[usize]) -> Result<Plan, WindowError> {
         let spatial = shape.len().saturating_sub(1);
         if spatial != settings.roi.len() {
             return Err(WindowError::Dimensions {
@@ -208,12 +208,12 @@ impl Plan {
         })
     }
 
-    pub fn windows(&self) -> usize {
+    pub(crate) fn windows(&self) -> usize {
         self.starts.len()
     }
 
     /// The windows of one sample (C x spatial): `windows x C x roi`.
-    pub fn cut(&self, sample: ArrayViewD<f32>) -> ArrayD<f32> {
+    pub(crate) fn cut(&self, sample: ArrayViewD<f32>) -> ArrayD<f32> {
         let padded = self.padded(sample);
         let channels = padded.shape()[0];
         let mut shape = vec![self.windows(), channels];
@@ -231,7 +231,7 @@ impl Plan {
 
     /// The stitched prediction (K x spatial) from each window's (`windows x K x roi`):
     /// weighted sum, divided by the summed weights, cropped to the image.
-    pub fn stitch(&self, predictions: ArrayViewD<f32>) -> Result<ArrayD<f32>, WindowError> {
+    pub(crate) fn stitch(&self, predictions: ArrayViewD<f32>) -> Result<ArrayD<f32>, WindowError> {
         let shape = predictions.shape();
         if shape.len() != self.roi.len() + 2 || shape[0] != self.windows() || shape[2..] != self.roi
         {

@@ -83,7 +83,11 @@ pub(super) struct Runs {
 
 /// Why an engine cannot run in this stage, if it cannot: every missing piece (no GPU held,
 /// no TensorRT, the engine not built because its stage is unavailable here).
-pub(super) fn why_not(context: &InvocationContext, machine_gpus: usize, built: bool) -> Option<String> {
+pub(super) fn why_not(
+    context: &InvocationContext,
+    machine_gpus: usize,
+    built: bool,
+) -> Option<String> {
     let mut missing = Vec::new();
     if context.gpu.is_none() {
         missing.push(if machine_gpus == 0 {

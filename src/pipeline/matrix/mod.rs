@@ -20,11 +20,11 @@ use declare::{declaration, name_variants};
 use rewrite::{rewrite_plain, variant};
 
 /// The most variants one stage's matrix may make (a typo must not make 10,000 stages).
-pub const MAX_VARIANTS_PER_STAGE: usize = 256;
+pub(crate) const MAX_VARIANTS_PER_STAGE: usize = 256;
 /// The most variant stages all the matrices of one pipeline may make together.
-pub const MAX_VARIANTS_PER_PIPELINE: usize = 4096;
+pub(crate) const MAX_VARIANTS_PER_PIPELINE: usize = 4096;
 /// The stage key that declares a matrix.
-pub const MATRIX_KEY: &str = "matrix";
+pub(crate) const MATRIX_KEY: &str = "matrix";
 const PLACEHOLDER: &str = "{matrix.";
 
 /// One value of a matrix key.
