@@ -25,7 +25,10 @@ pub struct GpuModel {
     pub name: String,
     /// Total memory, as `nvidia-smi` says it (e.g. "81559 MiB").
     pub memory: String,
-    /// Free memory when the machine was detected.
+    /// Free memory when the machine was detected. Not serialized: it changes from minute
+    /// to minute, and a `pochi run-stage` request (part of the stage's Action) carries the
+    /// facts; nothing a stage does reads it.
+    #[serde(skip)]
     pub memory_free: String,
     pub driver: String,
     pub compute_capability: String,

@@ -483,12 +483,11 @@ fn buildbox_casd_executes_a_stage_and_serves_it_to_a_fresh_clone() {
     }
 }
 
-/// The one-Action redesign (#21): a stage is one Action on stable, root-relative paths, so
-/// running it again (here with `--no-cache`, which skips pochi's own cache lookups) is the
-/// same Action, and the executor answers it from its action cache without a worker.
-/// Today the Action that runs holds the run's scratch paths
-/// (`.pochi/v1/<pipeline>/tmp/run.<pid>.<n>/...` in its argv and `output_paths`), so each
-/// run is a new Action: the worker runs it again and `cached` stays false.
+/// A stage's Action is on stable, root-relative paths (its temporary directory is the same
+/// in every build), so running it again (here with `--no-cache`, which skips pochi's own
+/// caches) is the same Action, in the same project and in a fresh clone elsewhere, and the
+/// executor answers it from its action cache without a worker; the outputs come back
+/// verified and byte-identical.
 #[test]
 fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
     let farm = farm();
@@ -535,6 +534,22 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
         argvs.join("\n")
     );
     assert_eq!(runs(), 1, "a worker ran it again");
+
+    // A fresh clone in another directory, with no cache of pochi's at all.
+    let clone = transform_project(&pipeline, "asked twice\n");
+    assert_ne!(clone.path("."), project.path("."));
+    let cloned = build_remote(&clone, &farm.server.url(), &["--no-cache"]);
+    cloned.assert_ok();
+    let summary = cloned.summary();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["cached"],
+        true,
+        "{summary}"
+    );
+    assert_eq!(runs(), 1, "a worker ran it for the clone");
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&project, &clone, output);
+    }
 }
 
 /// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain`, and the directory
