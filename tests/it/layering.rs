@@ -133,3 +133,54 @@ fn the_scan_sees_an_import_and_skips_comments_and_unit_tests() {
     let names: Vec<_> = named_modules(text).into_iter().collect();
     assert_eq!(names, ["size", "spec"]);
 }
+
+/// Accelerators are data (ARCHITECTURE.md, "Adding an accelerator"): the engine core and the
+/// kind seam name no accelerator runtime in code; only the kinds that build for one (and
+/// the command line's one-shots, which are about engines) do. Comments may.
+#[test]
+fn the_engine_core_names_no_accelerator_runtime() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let core = [
+        "pipeline",
+        "facts.rs",
+        "driver",
+        "scheduler",
+        "cache",
+        "remote",
+        "graph",
+        "state",
+        "process",
+        "fingerprint",
+        "machine.rs",
+        "cli/facts.rs",
+    ];
+    let mut named = Vec::new();
+    for part in core {
+        let path = src.join(part);
+        let mut files = Vec::new();
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            files.push(path);
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (number, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("").to_lowercase();
+                if code.contains("tensorrt") {
+                    named.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "the core names TensorRT:\n{}",
+        named.join("\n")
+    );
+}
