@@ -255,7 +255,7 @@ pub enum ExecutionError {
     #[diagnostic(help("the farm's message says why; its logs say more"))]
     Failed {
         endpoint: String,
-        code: tonic::Code,
+        code: super::status::Code,
         message: String,
     },
     #[error("the remote action's result is unusable: {0}; nothing of it was used")]

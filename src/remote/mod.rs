@@ -22,6 +22,8 @@ mod grpc;
 mod http;
 mod results;
 mod stage;
+mod status;
+pub use status::Code;
 mod tier;
 mod tls;
 mod tree;

@@ -205,7 +205,7 @@ fn a_command_stage_on_a_buildbox_worker_writes_the_bytes_a_local_build_writes() 
     }
     assert_eq!(
         remote.read("out/tree/sub/upper.txt"),
-        "A REAL SCRIPT\nBYTE FOR BYTE\n"
+        "A REAL WORKER\nBYTE FOR BYTE\n"
     );
 
     // A fresh clone (empty local cache) restores the stage from the farm's cache.

@@ -328,7 +328,7 @@ fn an_unknown_platform_key_is_refused_with_the_properties_named() {
     let ExecutionError::Failed { code, message, .. } = &error else {
         panic!("not Failed: {error}");
     };
-    assert_eq!(*code, tonic::Code::FailedPrecondition, "{error}");
+    assert_eq!(*code, pochi::remote::Code::FailedPrecondition, "{error}");
     assert!(message.contains("OSFamily=linux, colour=blue"), "{error}");
 }
 

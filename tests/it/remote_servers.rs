@@ -1,6 +1,6 @@
 //! Checks the remote test harness itself (tests/it/common/servers.rs, tests/servers/): real
 //! BuildGrid and nginx servers on 127.0.0.1, driven with BuildGrid's own protos through
-//! `tests/servers/reapi_client.py` and with `curl`, and the STAND-IN SCRIPT (a test double).
+//! `tests/servers/reapi_client.py` and with `curl`, and the STAND-IN WORKER (a test double).
 //! Needs no pochi REAPI client. Servers shared across tests are stopped by the reaper when
 //! this test process ends (see servers.rs).
 

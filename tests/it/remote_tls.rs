@@ -2,7 +2,7 @@
 //! `--tls-client-key` and their `POCHI_TLS_*` variables), against real servers the
 //! harness starts on 127.0.0.1 with certificates it makes with openssl (`common::tls`: a
 //! private CA, as a company's): BuildGrid 0.4.4 with a TLS channel and an mTLS channel, as
-//! a cache and as an executor (with a STAND-IN SCRIPT, a test double of a farm worker, on
+//! a cache and as an executor (with a STAND-IN WORKER, a test double of a farm worker, on
 //! its plain port), and nginx with https and with `ssl_verify_client on`. With the CA (and
 //! the client pair) a fresh clone restores the first build's bytes, or a stage runs on the
 //! farm; without, the cache costs a warning naming the flag that fixes it (a local build),

@@ -10,12 +10,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::{Code, Status};
+use bazel_remote_apis::google::rpc;
 
 use super::operation::{Refusal, Stage, Verdict, judge, stage, verdict};
+use super::service::{ExecutionService, StreamEvent};
 use super::{ExecutionJob, ExecutionPhase};
 use crate::remote::error::{ExecutionError, RemoteError};
-use crate::remote::grpc::{GrpcClient, OperationStream, StreamEvent};
+use crate::remote::status::Code;
 
 /// The longest wait for one read before `cancel` and the queue timeout are checked again.
 const POLL: Duration = Duration::from_millis(100);
@@ -41,14 +42,14 @@ pub(crate) struct Followed {
 }
 
 /// Executes the job's action and follows its operation to the end.
-pub(crate) fn run(
-    grpc: &GrpcClient,
+pub(crate) fn run<S: ExecutionService>(
+    service: &S,
     job: &ExecutionJob,
     cancel: &AtomicBool,
     progress: &dyn Fn(ExecutionPhase),
 ) -> Result<Followed, ExecutionError> {
     let mut follower = Follower {
-        grpc,
+        service,
         job,
         cancel,
         progress,
@@ -70,8 +71,8 @@ enum End {
     Lost(RemoteError),
 }
 
-struct Follower<'a> {
-    grpc: &'a GrpcClient,
+struct Follower<'a, S: ExecutionService> {
+    service: &'a S,
     job: &'a ExecutionJob<'a>,
     cancel: &'a AtomicBool,
     progress: &'a dyn Fn(ExecutionPhase),
@@ -84,7 +85,7 @@ struct Follower<'a> {
     executed_again: bool,
 }
 
-impl Follower<'_> {
+impl<S: ExecutionService> Follower<'_, S> {
     fn follow(&mut self) -> Result<Followed, ExecutionError> {
         let mut stream = self.execute()?;
         loop {
@@ -101,7 +102,7 @@ impl Follower<'_> {
                     self.back_off(error)?;
                     self.resumed += 1;
                     stream = match &self.name {
-                        Some(name) => self.grpc.wait_execution_stream(name),
+                        Some(name) => self.service.wait_execution(name),
                         None => self.execute()?,
                     };
                 }
@@ -117,15 +118,15 @@ impl Follower<'_> {
         }
     }
 
-    fn execute(&mut self) -> Result<OperationStream, RemoteError> {
+    fn execute(&mut self) -> Result<S::Stream, RemoteError> {
         self.watch.queued_since = Some(Instant::now());
-        self.grpc
-            .execute_stream(&self.job.action.digest, self.job.skip_cache_lookup)
+        self.service
+            .execute(&self.job.action.digest, self.job.skip_cache_lookup)
     }
 
     /// Reads operations until the operation is done or the stream stops.
-    fn read(&mut self, stream: &mut OperationStream) -> Result<End, ExecutionError> {
-        let silence_limit = self.grpc.endpoint_ref().timeout();
+    fn read(&mut self, stream: &mut S::Stream) -> Result<End, ExecutionError> {
+        let silence_limit = self.service.silence_limit();
         let mut last_heard = Instant::now();
         loop {
             if self.cancel.load(Ordering::Relaxed) {
@@ -137,9 +138,10 @@ impl Follower<'_> {
                 self.cancel_operation();
                 return Ok(End::Done(Verdict::Unschedulable));
             }
-            match self.grpc.next_event(stream, POLL) {
+            match self.service.next_event(stream, POLL) {
                 StreamEvent::Quiet if last_heard.elapsed() > silence_limit => {
-                    return Ok(End::Broken(self.grpc.timeout_error(call_name(stream))));
+                    let call = call_name::<S>(stream);
+                    return Ok(End::Broken(self.service.silence_error(call)));
                 }
                 StreamEvent::Quiet => {}
                 StreamEvent::Operation(operation) => {
@@ -151,7 +153,7 @@ impl Follower<'_> {
                     if operation.done {
                         return verdict(&operation).map(End::Done).map_err(|detail| {
                             ExecutionError::Remote(RemoteError::Protocol {
-                                endpoint: self.grpc.name().to_owned(),
+                                endpoint: self.service.name().to_owned(),
                                 what: "Execute answer",
                                 detail: detail.to_string(),
                             })
@@ -163,28 +165,15 @@ impl Follower<'_> {
                 }
                 StreamEvent::Ended => {
                     return Ok(End::Broken(RemoteError::Protocol {
-                        endpoint: self.grpc.name().to_owned(),
+                        endpoint: self.service.name().to_owned(),
                         what: "Execute stream",
                         detail: "it ended before the operation was done".into(),
                     }));
                 }
-                StreamEvent::Broken(status) => return self.broken(stream, &status),
+                StreamEvent::Broken(status, error) => {
+                    return broken::<S>(stream, &status, error);
+                }
             }
-        }
-    }
-
-    /// What a failed call means: a refusal of the action, a break worth resuming, the
-    /// operation lost, or an error.
-    fn broken(&self, stream: &OperationStream, status: &Status) -> Result<End, ExecutionError> {
-        let error = self.grpc.status_error(call_name(stream), status);
-        match judge(Refusal::of_call(status), None) {
-            Verdict::Refused(refusal, _) => match refusal.code {
-                Code::NotFound if stream.resumed => Ok(End::Lost(error)),
-                Code::FailedPrecondition => Ok(End::Done(Verdict::Refused(refusal, None))),
-                code if resumable(code) => Ok(End::Broken(error)),
-                _ => Err(error.into()),
-            },
-            other => Ok(End::Done(other)),
         }
     }
 
@@ -208,10 +197,10 @@ impl Follower<'_> {
     }
 
     /// On a cancel before the server named the operation, waits briefly for its name.
-    fn learn_name(&mut self, stream: &mut OperationStream) {
+    fn learn_name(&mut self, stream: &mut S::Stream) {
         if self.name.is_none()
             && let StreamEvent::Operation(operation) =
-                self.grpc.next_event(stream, Duration::from_secs(1))
+                self.service.next_event(stream, Duration::from_secs(1))
             && !operation.name.is_empty()
         {
             self.name = Some(operation.name);
@@ -221,15 +210,33 @@ impl Follower<'_> {
     /// Asks the server to cancel the operation (best effort, bounded).
     fn cancel_operation(&self) {
         let Some(name) = &self.name else { return };
-        let limit = CANCEL_LIMIT.min(self.grpc.endpoint_ref().timeout());
-        if let Err(error) = self.grpc.cancel_operation(name, limit) {
+        let limit = CANCEL_LIMIT.min(self.service.silence_limit());
+        if let Err(error) = self.service.cancel(name, limit) {
             tracing::debug!("CancelOperation of {name} failed: {error}");
         }
     }
 }
 
-fn call_name(stream: &OperationStream) -> &'static str {
-    if stream.resumed {
+/// What a failed call means: a refusal of the action, a break worth resuming, the
+/// operation lost, or an error (`error`, the call's failure as the service named it).
+fn broken<S: ExecutionService>(
+    stream: &S::Stream,
+    status: &rpc::Status,
+    error: RemoteError,
+) -> Result<End, ExecutionError> {
+    match judge(Refusal::of_status(status), None) {
+        Verdict::Refused(refusal, _) => match refusal.code {
+            Code::NotFound if S::is_resumption(stream) => Ok(End::Lost(error)),
+            Code::FailedPrecondition => Ok(End::Done(Verdict::Refused(refusal, None))),
+            code if resumable(code) => Ok(End::Broken(error)),
+            _ => Err(error.into()),
+        },
+        other => Ok(End::Done(other)),
+    }
+}
+
+fn call_name<S: ExecutionService>(stream: &S::Stream) -> &'static str {
+    if S::is_resumption(stream) {
         "WaitExecution"
     } else {
         "Execute"
@@ -293,6 +300,151 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::digest::{Digest, DigestFunction};
+    use crate::remote::execute::operation::tests::{at_stage, done, missing_status};
+    use crate::remote::execute::service::fake::ScriptedService;
+    use crate::remote::proto as re;
+    use crate::remote::stage::StageAction;
+
+    fn status(code: Code, message: &str) -> rpc::Status {
+        rpc::Status {
+            code: code.number(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// A broken call as the fake server reports it.
+    fn broken(code: Code) -> StreamEvent {
+        let error = RemoteError::Unreachable {
+            endpoint: "fake".into(),
+            operation: "Execute",
+            detail: format!("{code:?}"),
+        };
+        StreamEvent::Broken(status(code, "broken"), error)
+    }
+
+    fn queued() -> StreamEvent {
+        StreamEvent::Operation(Box::new(at_stage(re::execution_stage::Value::Queued)))
+    }
+
+    fn finished() -> StreamEvent {
+        let response = re::ExecuteResponse {
+            result: Some(re::ActionResult::default()),
+            ..Default::default()
+        };
+        StreamEvent::Operation(Box::new(done(response)))
+    }
+
+    /// Follows one execution on `service` with `queue_timeout`, cancelled when `cancel`.
+    fn follow_on(
+        service: &ScriptedService,
+        queue_timeout: Duration,
+        cancel: bool,
+    ) -> Result<Followed, ExecutionError> {
+        let action = StageAction {
+            digest: Digest::of_bytes(DigestFunction::Sha256, b"action"),
+            function: DigestFunction::Sha256,
+            outputs: Vec::new(),
+            blobs: Vec::new(),
+            platform: Vec::new(),
+        };
+        let dest_for = |name: &str| std::path::PathBuf::from(name);
+        let job = ExecutionJob {
+            action: &action,
+            files: &[],
+            dest_for: &dest_for,
+            queue_timeout,
+            log: std::path::Path::new("log"),
+            skip_cache_lookup: false,
+            kept_on_failure: &[],
+        };
+        run(service, &job, &AtomicBool::new(cancel), &|_| {})
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_broken_stream_is_resumed_with_wait_execution_of_the_named_operation() {
+        let service = ScriptedService::new(vec![
+            vec![queued(), broken(Code::Unavailable)],
+            vec![finished()],
+        ]);
+        let followed = follow_on(&service, LONG, false).unwrap();
+        assert!(matches!(followed.verdict, Verdict::Ran(_)), "{followed:?}");
+        assert_eq!(followed.resumed, 1);
+        assert_eq!(service.calls(), ["Execute", "WaitExecution operations/1"]);
+    }
+
+    #[test]
+    fn an_operation_the_server_lost_is_executed_once_more_and_not_twice() {
+        let service = ScriptedService::new(vec![
+            vec![queued(), broken(Code::Unavailable)],
+            vec![broken(Code::NotFound)],
+            vec![finished()],
+        ]);
+        let followed = follow_on(&service, LONG, false).unwrap();
+        assert!(matches!(followed.verdict, Verdict::Ran(_)));
+        assert_eq!(
+            service.calls(),
+            ["Execute", "WaitExecution operations/1", "Execute"]
+        );
+        let twice = ScriptedService::new(vec![
+            vec![queued(), broken(Code::Unavailable)],
+            vec![broken(Code::NotFound)],
+            vec![queued(), broken(Code::Unavailable)],
+            vec![broken(Code::NotFound)],
+        ]);
+        assert!(matches!(
+            follow_on(&twice, LONG, false),
+            Err(ExecutionError::Remote(_))
+        ));
+    }
+
+    #[test]
+    fn a_refused_call_is_an_error_and_missing_blobs_a_verdict_neither_resumed() {
+        let refused = ScriptedService::new(vec![vec![broken(Code::PermissionDenied)]]);
+        assert!(matches!(
+            follow_on(&refused, LONG, false),
+            Err(ExecutionError::Remote(_))
+        ));
+        assert_eq!(refused.calls(), ["Execute"]);
+        let hash = "ab".repeat(32);
+        let missing = missing_status(&[&format!("blobs/{hash}/12")]);
+        let error = RemoteError::Unreachable {
+            endpoint: "fake".into(),
+            operation: "Execute",
+            detail: "missing".into(),
+        };
+        let lacking = ScriptedService::new(vec![vec![StreamEvent::Broken(missing, error)]]);
+        let followed = follow_on(&lacking, LONG, false).unwrap();
+        assert_eq!(
+            followed.verdict,
+            Verdict::Missing(vec![Digest::new(&hash, 12).unwrap()])
+        );
+        assert_eq!(lacking.calls(), ["Execute"]);
+    }
+
+    #[test]
+    fn a_cancel_cancels_the_named_operation_on_the_server() {
+        let service = ScriptedService::new(vec![vec![queued()]]);
+        assert!(matches!(
+            follow_on(&service, LONG, true),
+            Err(ExecutionError::Cancelled)
+        ));
+        assert_eq!(service.calls(), ["Execute", "Cancel operations/1"]);
+    }
+
+    #[test]
+    fn an_action_queued_past_the_timeout_is_cancelled_as_unschedulable() {
+        let mut events = vec![queued()];
+        events.extend((0..500).map(|_| StreamEvent::Quiet));
+        let service = ScriptedService::new(vec![events]);
+        let followed = follow_on(&service, Duration::from_millis(50), false).unwrap();
+        assert_eq!(followed.verdict, Verdict::Unschedulable);
+        assert!(followed.queued >= Duration::from_millis(50));
+        assert_eq!(service.calls(), ["Execute", "Cancel operations/1"]);
+    }
 
     #[test]
     fn each_phase_is_reported_once_and_executing_stops_the_queue_clock() {

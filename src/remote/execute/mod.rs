@@ -12,14 +12,15 @@
 mod follow;
 mod logs;
 mod operation;
+mod service;
 mod upload;
+
+pub(crate) use service::{ExecutionService, StreamEvent};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-
-use tonic::Code;
 
 use super::action::InputFile;
 use super::digest::DigestFunction;
@@ -29,6 +30,7 @@ use super::grpc::GrpcClient;
 use super::proto as re;
 use super::results::download_result;
 use super::stage::StageAction;
+use crate::remote::status::Code;
 use operation::{Refusal, Verdict};
 
 /// A client of one server's Execution service (and its CAS). Safe to share between
@@ -137,7 +139,7 @@ impl RemoteExecutor {
         let mut uploaded_again = false;
         let mut resumed = 0;
         loop {
-            let followed = follow::run(&self.grpc, job, cancel, progress)?;
+            let followed = follow::run(&*self.grpc, job, cancel, progress)?;
             resumed += followed.resumed;
             let response = match followed.verdict {
                 Verdict::Ran(response) => response,

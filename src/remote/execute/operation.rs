@@ -7,10 +7,10 @@ use bazel_remote_apis::google::longrunning::{Operation, operation};
 use bazel_remote_apis::google::protobuf::Any;
 use bazel_remote_apis::google::rpc;
 use prost::Message;
-use tonic::Code;
 
 use crate::remote::digest::Digest;
 use crate::remote::proto as re;
+use crate::remote::status::Code;
 
 const METADATA: &str = "build.bazel.remote.execution.v2.ExecuteOperationMetadata";
 const RESPONSE: &str = "build.bazel.remote.execution.v2.ExecuteResponse";
@@ -70,21 +70,9 @@ impl Refusal {
     /// From a `google.rpc.Status` inside an Operation or ExecuteResponse.
     pub(crate) fn of_status(status: &rpc::Status) -> Refusal {
         Refusal {
-            code: Code::from(status.code),
+            code: Code::from_number(status.code),
             message: status.message.clone(),
             missing: missing_blobs(&status.details),
-        }
-    }
-
-    /// From a failed call (its details, when the server sent any, are a `google.rpc.Status`).
-    pub(crate) fn of_call(status: &tonic::Status) -> Refusal {
-        let details = rpc::Status::decode(status.details())
-            .map(|s| s.details)
-            .unwrap_or_default();
-        Refusal {
-            code: status.code(),
-            message: status.message().to_owned(),
-            missing: missing_blobs(&details),
         }
     }
 
@@ -135,7 +123,7 @@ pub(crate) fn verdict(operation: &Operation) -> Result<Verdict, MalformedOperati
             let response = re::ExecuteResponse::decode(any.value.as_slice())
                 .map_err(|e| MalformedOperation::Undecodable(e.to_string()))?;
             match &response.status {
-                Some(status) if status.code != Code::Ok as i32 => {
+                Some(status) if status.code != Code::Ok.number() => {
                     Ok(judge(Refusal::of_status(status), Some(Box::new(response))))
                 }
                 _ => Ok(Verdict::Ran(Box::new(response))),
@@ -203,7 +191,7 @@ pub(crate) mod tests {
                 .collect(),
         };
         rpc::Status {
-            code: Code::FailedPrecondition as i32,
+            code: Code::FailedPrecondition.number(),
             message: "missing blobs".into(),
             details: vec![any(PRECONDITION_FAILURE, &failure)],
         }
@@ -218,7 +206,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn at_stage(stage: re::execution_stage::Value) -> Operation {
+    pub(crate) fn at_stage(stage: re::execution_stage::Value) -> Operation {
         let metadata = re::ExecuteOperationMetadata {
             stage: stage as i32,
             ..Default::default()
@@ -271,24 +259,23 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_failed_call_carries_its_details() {
+    fn a_failed_calls_status_names_the_missing_blobs() {
         let status = missing_status(&[&format!("blobs/{}/3", "cd".repeat(32))]);
-        let call = tonic::Status::with_details(
-            Code::FailedPrecondition,
-            "missing",
-            status.encode_to_vec().into(),
-        );
-        let refusal = Refusal::of_call(&call);
+        let refusal = Refusal::of_status(&status);
         assert_eq!(refusal.code, Code::FailedPrecondition);
         assert_eq!(refusal.missing.len(), 1);
-        let bare = Refusal::of_call(&tonic::Status::failed_precondition("no such key"));
+        let bare = Refusal::of_status(&rpc::Status {
+            code: Code::FailedPrecondition.number(),
+            message: "no such key".into(),
+            details: Vec::new(),
+        });
         assert!(matches!(judge(bare, None), Verdict::Refused(r, None) if r.missing.is_empty()));
     }
 
     #[test]
     fn a_queue_timeout_of_the_server_is_unschedulable() {
         let status = rpc::Status {
-            code: Code::Unavailable as i32,
+            code: Code::Unavailable.number(),
             message: "Operation has been queued for too long".into(),
             details: Vec::new(),
         };

@@ -2,13 +2,16 @@
 //! primitives: `Execute` and `WaitExecution` streams of `Operation`s read on the client's
 //! runtime and handed to the caller's thread one at a time with a short wait (so the
 //! caller can poll for cancellation between reads), and a bounded `CancelOperation`.
-//! What the operations mean is `remote::execute`'s business.
+//! What the operations mean is `remote::execute`'s business; this is its
+//! `ExecutionService`, with tonic's statuses turned into `google.rpc.Status` here.
 
 use std::future::Future;
 use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::longrunning::{CancelOperationRequest, Operation};
+use bazel_remote_apis::google::rpc;
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::codec::Streaming;
 use tonic::{Request, Response, Status};
@@ -16,16 +19,18 @@ use tonic::{Request, Response, Status};
 use super::GrpcClient;
 use crate::remote::digest::Digest;
 use crate::remote::error::RemoteError;
+use crate::remote::execute::{ExecutionService, StreamEvent};
 
 /// Operations buffered between the runtime and the caller's thread.
 const QUEUE: usize = 8;
 
-/// One open `Execute` or `WaitExecution` stream. Dropping it ends the call.
+/// One open `Execute` or `WaitExecution` stream, read on the client's runtime. Dropping it
+/// ends the call.
 pub(crate) struct OperationStream {
     receiver: mpsc::Receiver<Result<Operation, Status>>,
     task: tokio::task::JoinHandle<()>,
     /// Whether this is a `WaitExecution` (a resumption) rather than an `Execute`.
-    pub(crate) resumed: bool,
+    resumed: bool,
 }
 
 impl Drop for OperationStream {
@@ -34,22 +39,9 @@ impl Drop for OperationStream {
     }
 }
 
-/// What one read of an operation stream gave.
-#[derive(Debug)]
-pub(crate) enum StreamEvent {
-    /// The server sent the operation's state.
-    Operation(Box<Operation>),
-    /// Nothing arrived within the wait.
-    Quiet,
-    /// The server closed the stream.
-    Ended,
-    /// The call failed (the connection broke, or the server refused the call).
-    Broken(Status),
-}
-
 impl GrpcClient {
     /// Sends `Execute` for an action; the stream follows its operation.
-    pub(crate) fn execute_stream(
+    fn execute_stream(
         &self,
         action: &Digest,
         skip_cache_lookup: bool,
@@ -70,7 +62,7 @@ impl GrpcClient {
     }
 
     /// Sends `WaitExecution` for an operation the server named earlier.
-    pub(crate) fn wait_execution_stream(&self, name: &str) -> OperationStream {
+    fn wait_execution_stream(&self, name: &str) -> OperationStream {
         let request = Request::new(re::WaitExecutionRequest {
             name: name.to_owned(),
         });
@@ -111,18 +103,8 @@ impl GrpcClient {
         }
     }
 
-    /// Waits at most `wait` for the stream's next message.
-    pub(crate) fn next_event(&self, stream: &mut OperationStream, wait: Duration) -> StreamEvent {
-        match self.within(wait, stream.receiver.recv()) {
-            Err(_) => StreamEvent::Quiet,
-            Ok(None) => StreamEvent::Ended,
-            Ok(Some(Ok(operation))) => StreamEvent::Operation(Box::new(operation)),
-            Ok(Some(Err(status))) => StreamEvent::Broken(status),
-        }
-    }
-
     /// Asks the server to cancel an operation, waiting at most `limit` for its answer.
-    pub(crate) fn cancel_operation(&self, name: &str, limit: Duration) -> Result<(), RemoteError> {
+    fn cancel_operation(&self, name: &str, limit: Duration) -> Result<(), RemoteError> {
         let mut request = Request::new(CancelOperationRequest {
             name: name.to_owned(),
         });
@@ -137,5 +119,95 @@ impl GrpcClient {
             Ok(Err(status)) => Err(self.status_error("CancelOperation", &status)),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// A failed call's status as REAPI carries one (`google.rpc.Status`): its details, when
+/// the server sent any, are one.
+fn rpc_status(status: &Status) -> rpc::Status {
+    rpc::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: rpc::Status::decode(status.details())
+            .map(|s| s.details)
+            .unwrap_or_default(),
+    }
+}
+
+impl ExecutionService for GrpcClient {
+    type Stream = OperationStream;
+
+    fn name(&self) -> &str {
+        GrpcClient::name(self)
+    }
+
+    fn silence_limit(&self) -> Duration {
+        self.endpoint_ref().timeout()
+    }
+
+    fn execute(&self, action: &Digest, skip: bool) -> Result<OperationStream, RemoteError> {
+        self.execute_stream(action, skip)
+    }
+
+    fn wait_execution(&self, name: &str) -> OperationStream {
+        self.wait_execution_stream(name)
+    }
+
+    fn next_event(&self, stream: &mut OperationStream, wait: Duration) -> StreamEvent {
+        match self.within(wait, stream.receiver.recv()) {
+            Err(_) => StreamEvent::Quiet,
+            Ok(None) => StreamEvent::Ended,
+            Ok(Some(Ok(operation))) => StreamEvent::Operation(Box::new(operation)),
+            Ok(Some(Err(status))) => {
+                let call = if stream.resumed {
+                    "WaitExecution"
+                } else {
+                    "Execute"
+                };
+                StreamEvent::Broken(rpc_status(&status), self.status_error(call, &status))
+            }
+        }
+    }
+
+    fn is_resumption(stream: &OperationStream) -> bool {
+        stream.resumed
+    }
+
+    fn cancel(&self, name: &str, limit: Duration) -> Result<(), RemoteError> {
+        self.cancel_operation(name, limit)
+    }
+
+    fn silence_error(&self, call: &'static str) -> RemoteError {
+        self.timeout_error(call)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed call's details (a `google.rpc.Status` the server encoded) reach the
+    /// execution client as the status it reads.
+    #[test]
+    fn a_failed_calls_details_are_kept() {
+        let details = rpc::Status {
+            code: 9,
+            message: "missing".into(),
+            details: vec![bazel_remote_apis::google::protobuf::Any {
+                type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
+                value: vec![1, 2, 3],
+            }],
+        };
+        let call = Status::with_details(
+            tonic::Code::FailedPrecondition,
+            "missing",
+            details.encode_to_vec().into(),
+        );
+        let status = rpc_status(&call);
+        assert_eq!(status.code, 9);
+        assert_eq!(status.message, "missing");
+        assert_eq!(status.details, details.details);
+        let bare = rpc_status(&Status::unavailable("gone"));
+        assert_eq!((bare.code, bare.details.len()), (14, 0));
     }
 }

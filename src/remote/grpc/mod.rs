@@ -7,8 +7,6 @@ mod cas;
 mod execution;
 mod resource;
 
-pub(crate) use execution::{OperationStream, StreamEvent};
-
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};

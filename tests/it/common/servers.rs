@@ -1,6 +1,6 @@
 //! Real REAPI servers for the remote-cache and remote-execution tests, started by the tests
 //! themselves on 127.0.0.1: BuildGrid (cache only, or with Execution on PostgreSQL), nginx
-//! with WebDAV (Bazel's HTTP cache layout), and the STAND-IN SCRIPT (a test double of a
+//! with WebDAV (Bazel's HTTP cache layout), and the STAND-IN WORKER (a test double of a
 //! farm worker, `tests/servers/standin_worker.py`). See docs/remote-testing.md. BuildGrid
 //! and nginx started with `start_tls` also serve a TLS port and an mTLS port (a client
 //! certificate required) with the certificates of `common::tls`.
@@ -994,7 +994,7 @@ impl BuildGridExecution {
     }
 }
 
-/// THE STAND-IN SCRIPT (a test double of a farm worker): `tests/servers/standin_worker.py`
+/// THE STAND-IN WORKER (a test double of a farm worker): `tests/servers/standin_worker.py`
 /// in its own session; the commands it runs are in that session too, so `kill` takes them
 /// with it like a dying machine.
 pub struct StandinWorker {
