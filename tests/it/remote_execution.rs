@@ -95,6 +95,41 @@ fn build_remote(project: &Project, server: &BuildGridExecution, extra: &[&str]) 
     project.run_env(&args, &[("POCHI_TEST_TENSORRT_STANDIN", standin.as_str())])
 }
 
+/// No blob the client uploaded to `server` (Commands, Actions, Directories, request files;
+/// the server's CAS holds nothing else of this test) names the project's absolute path:
+/// a worker sees root-relative paths only. A planted blob that names it must be found, so
+/// the scan is checked to see.
+fn assert_no_blob_names_the_project(server: &BuildGridExecution, project: &Project) {
+    let needles: Vec<String> = [project.path("."), project.path(".").canonicalize().unwrap()]
+        .iter()
+        .map(|path| path.to_string_lossy().trim_end_matches("/.").to_string())
+        .collect();
+    let naming = |needle: &str| -> Vec<String> {
+        crate::common::files_under(&server.storage_dir())
+            .into_iter()
+            .filter(|blob| {
+                let bytes = std::fs::read(server.storage_dir().join(blob)).unwrap_or_default();
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+            .collect()
+    };
+    for needle in &needles {
+        let found = naming(needle);
+        assert!(found.is_empty(), "blobs naming {needle}: {found:?}");
+    }
+    let planted = server.storage_dir().join("planted-by-the-test");
+    std::fs::write(&planted, format!("cwd={}", needles[0])).unwrap();
+    let seen = naming(&needles[0]);
+    std::fs::remove_file(&planted).unwrap();
+    assert_eq!(
+        seen,
+        ["planted-by-the-test"],
+        "the scan sees a planted blob"
+    );
+}
+
 fn leases_started(worker: &StandinWorker) -> usize {
     worker.log_text().matches(" started").count()
 }
@@ -206,6 +241,7 @@ fn engines_run_on_the_worker_of_their_gpu_the_export_here_and_a_rebuild_restores
     assert!(again.ran().is_empty(), "ran again: {:?}", again.ran());
     assert_eq!(leases_started(&t4) + leases_started(&a100), 3);
     assert_eq!(project.read("out/engines.sha256"), engines_digest);
+    assert_no_blob_names_the_project(&server, &project);
 }
 
 #[test]
@@ -716,6 +752,7 @@ transform = [{ channel_order = "bgr" }]
         std::fs::read(server.blob_path(&digest)).unwrap(),
         std::fs::read(&pochi).unwrap()
     );
+    assert_no_blob_names_the_project(&server, &remote);
 }
 
 #[test]
