@@ -42,3 +42,32 @@ pub fn scripts() -> Vec<Script> {
 pub fn lookup(name: &str) -> Result<&'static KindInfo, crate::pipeline::kind::UnknownKind> {
     crate::pipeline::kind::lookup(KINDS, name)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every kind's keys are read from its serde struct (a `#[serde(flatten)]` there would
+    /// panic here, not at a user's parse) and are the keys its schema documents.
+    #[test]
+    fn every_kinds_keys_come_from_its_struct_and_are_its_schemas() {
+        for info in super::KINDS {
+            let keys: BTreeSet<&str> = (info.keys)().iter().copied().collect();
+            let mut generator = schemars::SchemaGenerator::default();
+            let schema = (info.schema)(&mut generator);
+            let mut value = schema.as_value().clone();
+            if let Some(reference) = value.get("$ref").and_then(|r| r.as_str()) {
+                let name = reference.rsplit('/').next().unwrap_or_default();
+                value = generator.definitions()[name].clone();
+            }
+            let documented: BTreeSet<&str> = value["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{}: no properties in {value}", info.name))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert!(!keys.is_empty(), "{}", info.name);
+            assert_eq!(keys, documented, "{}", info.name);
+        }
+    }
+}
