@@ -104,6 +104,41 @@ fn sibling(path: &Path, tag: &str) -> PathBuf {
     path.with_file_name(format!(".{name}.{tag}"))
 }
 
+/// Makes `path` (below `base`) a directory reached from `base` through real directories
+/// only: each missing one is created, and a symbolic link or anything but a directory on
+/// the way is an error, never followed. pochi's own directories in `.pochi/` are written
+/// and emptied through this, so a link committed there cannot make it write or delete
+/// outside them.
+pub(crate) fn real_dirs(base: &Path, path: &Path) -> io::Result<()> {
+    let relative = path.strip_prefix(base).map_err(|_| {
+        io::Error::other(format!(
+            "{} is not inside {}",
+            path.display(),
+            base.display()
+        ))
+    })?;
+    let mut at = base.to_path_buf();
+    for component in relative.components() {
+        at.push(component);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link or a file, not a directory; pochi does not write \
+                     through it: remove it",
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(&at) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Removes an output and whatever an interrupted publish of it left beside it.
 pub(crate) fn remove_output(path: &Path) -> io::Result<bool> {
     remove_path(&sibling(path, "pochi-old"))?;
@@ -295,6 +330,23 @@ fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link on the way is refused, never followed; missing directories are made.
+    #[test]
+    fn real_dirs_makes_directories_and_refuses_links() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        real_dirs(base.path(), &base.path().join("a/b/c")).unwrap();
+        assert!(base.path().join("a/b/c").is_dir());
+        std::os::unix::fs::symlink(outside.path(), base.path().join("a/link")).unwrap();
+        let error = real_dirs(base.path(), &base.path().join("a/link/d")).unwrap_err();
+        assert!(error.to_string().contains("not a directory"), "{error}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(
+            real_dirs(base.path(), outside.path()).is_err(),
+            "not inside base"
+        );
+    }
 
     #[test]
     fn publish_replaces_a_file() {

@@ -30,34 +30,30 @@ impl TempOutputs {
         let pipeline = &project.pipeline;
         let spec = &pipeline.stages[stage];
         let root = project.temp_root().join(&spec.name);
-        remove_strays(&root, spec.kind.outputs().iter().map(|o| o.key.as_str()))?;
+        let keys: Vec<&str> = spec.kind.outputs().iter().map(|o| o.key.as_str()).collect();
         let relative_root = root
             .strip_prefix(&pipeline.dir)
             .map(Path::to_path_buf)
             .unwrap_or_else(|_| root.clone());
         let mut paths = BTreeMap::new();
         let mut dirs = Vec::new();
-        for output in spec.kind.outputs() {
-            let dir = relative_root.join(&output.key);
-            let full = pipeline.dir.join(&dir);
-            if !is_empty_dir(&full) {
-                crate::fsutil::remove_path(&full)?;
-                std::fs::create_dir_all(&full)?;
-            }
+        for (output, key) in spec.kind.outputs().iter().zip(&keys) {
             let name = output
                 .path
                 .file_name()
                 .map(|n| n.to_os_string())
                 .unwrap_or_else(|| output.key.clone().into());
-            paths.insert(output.key.clone(), dir.join(name));
-            dirs.push(full);
+            paths.insert(output.key.clone(), relative_root.join(key).join(name));
+            dirs.push(root.join(key));
         }
-        let scratch = root.join(SCRATCH);
-        if !is_empty_dir(&scratch) {
-            crate::fsutil::remove_path(&scratch)?;
-            std::fs::create_dir_all(&scratch)?;
+        dirs.push(root.join(SCRATCH));
+        // Its name is known in advance: a link planted there (a committed `.pochi/`) is
+        // refused, never followed.
+        crate::fsutil::real_dirs(&pipeline.dir, &root)?;
+        tidy_stage_dir(&root, &keys)?;
+        for dir in &dirs {
+            crate::fsutil::real_dirs(&pipeline.dir, dir)?;
         }
-        dirs.push(scratch);
         Ok(TempOutputs { root, paths, dirs })
     }
 
@@ -67,10 +63,10 @@ impl TempOutputs {
     }
 
     /// Empties the stage's directories (published outputs have already moved out) and
-    /// keeps the root for the next build; removes the root if that fails.
+    /// keeps them for the next run; removes the root if that fails.
     pub(super) fn empty(self) {
-        for dir in self.dirs.iter().filter(|dir| !is_empty_dir(dir)) {
-            if crate::fsutil::remove_path(dir).is_err() {
+        for dir in &self.dirs {
+            if empty_contents(dir).is_err() {
                 let _ = crate::fsutil::remove_path(&self.root);
                 return;
             }
@@ -82,23 +78,62 @@ impl TempOutputs {
 /// directories there; this one cannot be a key).
 const SCRATCH: &str = ".scratch";
 
-/// Removes what the stage's root holds besides its outputs' directories (`keys`) and the
-/// scratch directory: what an older version of the stage, with other outputs, left there.
-fn remove_strays<'a>(root: &Path, keys: impl Iterator<Item = &'a str>) -> std::io::Result<()> {
-    let Ok(entries) = std::fs::read_dir(root) else {
+/// What a build finds in its pipeline's `tmp/` when it takes the lock: each stage's
+/// directory is kept (its paths are in the stage's Action, and recreating thousands of
+/// directories per build is slow on ext4) but emptied of what a killed build left there;
+/// anything else (a stage that no longer exists, a link, a file) is removed.
+pub(super) fn tidy(temp_root: &Path, stages: &[&str]) -> std::io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(temp_root) else {
         return Ok(());
     };
-    let kept: Vec<&str> = keys.chain([SCRATCH]).collect();
-    for entry in entries {
+    if !meta.is_dir() {
+        return crate::fsutil::remove_path(temp_root);
+    }
+    for entry in std::fs::read_dir(temp_root)? {
         let entry = entry?;
-        if !kept.iter().any(|key| entry.file_name() == **key) {
+        let is_dir = entry.file_type()?.is_dir();
+        let stage = entry.file_name();
+        match stages.iter().find(|name| stage == **name) {
+            Some(_) if is_dir => {
+                for inner in std::fs::read_dir(entry.path())? {
+                    empty_contents(&inner?.path())?;
+                }
+            }
+            _ => crate::fsutil::remove_path(&entry.path())?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a stage's directory holds besides its outputs' directories (`keys`) and
+/// the scratch directory (what a version of the stage with other outputs left there), and
+/// any of those that is not a real directory.
+fn tidy_stage_dir(root: &Path, keys: &[&str]) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let kept = keys
+            .iter()
+            .chain([&SCRATCH])
+            .any(|key| entry.file_name() == **key);
+        if !kept || !entry.file_type()?.is_dir() {
             crate::fsutil::remove_path(&entry.path())?;
         }
     }
     Ok(())
 }
 
-/// Whether `dir` is a directory with nothing in it.
-fn is_empty_dir(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+/// Removes everything inside `dir`, keeping `dir`; a `dir` that is not a real directory
+/// (a link, a file) is removed itself. Links inside are removed, never followed.
+fn empty_contents(dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            for entry in std::fs::read_dir(dir)? {
+                crate::fsutil::remove_path(&entry?.path())?;
+            }
+            Ok(())
+        }
+        Ok(_) => crate::fsutil::remove_path(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -207,6 +207,31 @@ fn a_failed_stage_blocks_its_dependents_is_recorded_as_not_built_and_runs_again(
     assert_eq!(with_status(&again, StageStatus::Ran), ["a", "b"]);
 }
 
+/// A hostile project can commit `.pochi/`: a link where a stage's temporary directory goes
+/// (its name is known in advance) is removed when the build takes the lock, never
+/// followed, and nothing behind it is touched.
+#[test]
+fn a_link_planted_as_a_stages_temporary_directory_is_not_followed() {
+    let fixture = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("precious.txt"), "keep me").unwrap();
+    std::fs::create_dir_all(fixture.path(".pochi/v1/p/tmp")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), fixture.path(".pochi/v1/p/tmp/a")).unwrap();
+    let summary = fixture.build(&Arc::new(FakeRunner::default()));
+    assert_eq!(with_status(&summary, StageStatus::Ran), ["a", "b", "c"]);
+    let entries: Vec<_> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    let kept = std::fs::symlink_metadata(fixture.path(".pochi/v1/p/tmp/a")).unwrap();
+    assert!(kept.is_dir(), "a real directory now");
+}
+
 /// Moved from the binary's tests (`tests/it/builds.rs`): decisions that need no process.
 mod moved_from_binary_tests {
     use super::*;

@@ -301,7 +301,13 @@ impl Workspace {
             if state.changed_on_disk() {
                 *state = StateStore::open(&project.pipeline.state_dir())?;
             }
-            let _ = crate::fsutil::remove_path(&state.temp_root());
+            let stages: Vec<&str> = project
+                .pipeline
+                .stages
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            let _ = super::temp::tidy(&state.temp_root(), &stages);
             drop(state);
             if let Some(file_name) = pipeline_file_name(&project.pipeline) {
                 crate::state::claim(&project.pipeline.state_dir(), &file_name)?;
