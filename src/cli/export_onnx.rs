@@ -258,7 +258,7 @@ fn report(manifest: &serde_json::Value, output: &Path, dir: &Path) {
         shape(&manifest["outputs"])
     );
     let mut memory = number(&["peak_rss_bytes"])
-        .map(|b| format!("peak facts memory {}", gib(b)))
+        .map(|b| format!("peak host memory {}", gib(b)))
         .unwrap_or_default();
     if let Some(gpu) = number(&["peak_gpu_bytes"]) {
         memory.push_str(&format!(", peak GPU memory {}", gib(gpu)));

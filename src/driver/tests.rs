@@ -232,6 +232,31 @@ fn a_link_planted_as_a_stages_temporary_directory_is_not_followed() {
     assert!(kept.is_dir(), "a real directory now");
 }
 
+/// A committed `.pochi` that links elsewhere: the build refuses to write its state there,
+/// and says where the link is.
+#[test]
+fn a_state_directory_behind_a_link_is_refused() {
+    let fixture = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), fixture.path(".pochi")).unwrap();
+    let options = BuildOptions::default();
+    let error = fixture
+        .build_with(
+            &fixture.workspace(),
+            &Arc::new(FakeRunner::default()),
+            &options,
+        )
+        .unwrap_err();
+    let text = format!(
+        "{error}: {}",
+        std::error::Error::source(&error)
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    );
+    assert!(text.contains("not a directory"), "{text}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
 /// Moved from the binary's tests (`tests/it/builds.rs`): decisions that need no process.
 mod moved_from_binary_tests {
     use super::*;

@@ -282,6 +282,15 @@ impl Workspace {
         let mut locks = Vec::new();
         for project in order {
             let name = &project.pipeline.name;
+            // Nothing of the state is written through a link (a committed `.pochi/`
+            // pointing elsewhere would put it outside the project).
+            let state_dir = project.pipeline.state_dir();
+            crate::fsutil::real_dirs(&project.pipeline.dir, &state_dir).map_err(|source| {
+                StateError::Io {
+                    path: state_dir.clone(),
+                    source,
+                }
+            })?;
             let lock = StateLock::acquire(
                 &project.pipeline.state_dir(),
                 name,

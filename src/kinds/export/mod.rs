@@ -177,7 +177,7 @@ impl RequestStage for Export {
             .and_then(|p| p.get("peak_rss_bytes"))
             .and_then(Value::as_f64);
         let measured = peak
-            .map(|p| format!(" after a peak of {} of facts memory", gib(p)))
+            .map(|p| format!(" after a peak of {} of host memory", gib(p)))
             .unwrap_or_default();
         Some(StageError::new(format!(
             "the export was killed by signal 9 during {phase}{measured}: most likely out of memory (the OOM killer)"
