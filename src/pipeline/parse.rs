@@ -339,7 +339,7 @@ impl Parser<'_> {
 
     /// An output must be publishable: each name short enough for its publish sibling
     /// (`.NAME.pochi-new`), the whole path short enough for the operating system from the
-    /// deepest place pochi writes it (the run's temporary directory).
+    /// deepest place pochi writes it (the stage's temporary directory).
     fn check_output_length(
         &self,
         key: &str,

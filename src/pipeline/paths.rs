@@ -7,10 +7,11 @@ use std::path::{Component, Path, PathBuf};
 pub(crate) const MAX_OUTPUT_NAME_BYTES: usize = 255 - ".pochi-new".len() - 1;
 /// The operating system's longest path, its terminating NUL included (Linux's `PATH_MAX`).
 const PATH_MAX_BYTES: usize = 4096;
-/// What the run's temporary directory adds before an output path at most:
-/// `/.pochi/v1/<pipeline name>/tmp/run.<pid>.<counter>/` and the publish sibling's 11 bytes.
-const TEMP_PATH_RESERVE: usize =
-    "/.pochi/v1//tmp/run../".len() + super::parse::MAX_NAME_LEN + 10 + 20 + 11;
+/// What a stage's temporary directory adds before an output path at most:
+/// `/.pochi/v1/<pipeline name>/tmp/<stage>/<output key>/` (pipeline and stage names of at
+/// most `MAX_NAME_LEN`, the output key counted as that long too) and the publish
+/// sibling's 11 bytes.
+const TEMP_PATH_RESERVE: usize = "/.pochi/v1//tmp///".len() + 3 * super::parse::MAX_NAME_LEN + 11;
 
 /// Why an output could never be published.
 pub(crate) struct Unpublishable {
@@ -21,7 +22,7 @@ pub(crate) struct Unpublishable {
 
 /// An output at `path` (relative to `dir`) that could never be published: a name too
 /// long for its publish sibling, or a path too long for the operating system from the
-/// deepest place pochi writes it (the run's temporary directory).
+/// deepest place pochi writes it (the stage's temporary directory).
 pub(crate) fn unpublishable(dir: &Path, path: &Path) -> Option<Unpublishable> {
     let longest = path.components().map(|c| c.as_os_str().len()).max()?;
     if longest > MAX_OUTPUT_NAME_BYTES {
