@@ -53,6 +53,8 @@ impl TempOutputs {
         tidy_stage_dir(&root, &keys)?;
         for dir in &dirs {
             crate::fsutil::real_dirs(&pipeline.dir, dir)?;
+            // Normally empty already (emptied after the last run, tidied at the lock).
+            empty_contents(dir)?;
         }
         Ok(TempOutputs { root, paths, dirs })
     }
