@@ -1,7 +1,7 @@
 //! `MachineFacts`: the facts about the machine that stages depend on, gathered once per build by
 //! the command line (the only layer that probes) and passed to every kind: the GPUs with
 //! their models, the toolchain, what the kinds' accelerator probes found (TensorRT today,
-//! by its id: the host does not know which accelerators exist), the Python packages'
+//! by its id: `MachineFacts` does not know which accelerators exist), the Python packages'
 //! versions and the pochi binary. No kind probes the machine itself, so a stage's key never
 //! depends on the order in which commands or hooks ran.
 
@@ -151,7 +151,7 @@ impl MachineFacts {
 mod tests {
     use super::*;
 
-    /// An accelerator's id as a kind would declare it (the host knows none by name).
+    /// An accelerator's id as a kind would declare it (the facts know none by name).
     const ID: &str = "runtime";
 
     #[test]

@@ -12,7 +12,7 @@ use crate::kinds::Accelerator;
 use crate::pipeline::Pipeline;
 use crate::toolchain::{self, Choice, Mode, Toolchain, ToolchainError};
 
-/// Attaches the host of every pipeline in `workspace`. With `Mode::Create`, the worker
+/// Attaches the machine facts of every pipeline in `workspace`. With `Mode::Create`, the
 /// scripts are written to the cache and a missing managed toolchain is created.
 pub(super) fn gather_facts(workspace: &mut Workspace, mode: Mode) -> miette::Result<()> {
     if mode == Mode::Create {

@@ -2,7 +2,7 @@
 //! `dataset` and `report` kinds) as the process of its Action, so that it runs like any
 //! other stage (its own process group, log, cancellation) and could run on another machine
 //! with the pochi binary as an input. The request holds the pipeline text as the build
-//! parsed it and the run's `InvocationContext`; the answer is the workers' JSON protocol:
+//! parsed it and the run's `InvocationContext`; the answer is the scripts' JSON protocol:
 //! `{"ok": true, "warnings": [...]}` or `{"ok": false, "error": ..., "hint": ...}`.
 
 use std::path::{Path, PathBuf};

@@ -48,11 +48,13 @@ impl TempOutputs {
         }
         dirs.push(root.join(SCRATCH));
         // Its name is known in advance: a link planted there (a committed `.pochi/`) is
-        // refused, never followed.
-        crate::fsutil::real_dirs(&pipeline.dir, &root)?;
+        // refused, never followed. The state directory itself was checked when the build
+        // took its lock, so only what lies below it is (a few `lstat`s per stage).
+        let state_dir = pipeline.state_dir();
+        crate::fsutil::real_dirs(&state_dir, &root)?;
         tidy_stage_dir(&root, &keys)?;
         for dir in &dirs {
-            crate::fsutil::real_dirs(&pipeline.dir, dir)?;
+            crate::fsutil::real_dirs(&root, dir)?;
             // Normally empty already (emptied after the last run, tidied at the lock).
             empty_contents(dir)?;
         }

@@ -1,5 +1,5 @@
 //! The stage kinds, one folder (or file) each: its keys, its parse, its `StageKind` (or
-//! `RequestStage`) implementation and, for Python kinds, its worker script beside it.
+//! `RequestStage`) implementation and, for Python kinds, its script beside it.
 //! `KINDS` registers them. Adding a kind = one folder + one line in `KINDS` (+ its
 //! packages in the toolchain's lock).
 
@@ -30,7 +30,7 @@ pub static KINDS: &[&KindInfo] = &[
     &report::INFO,
 ];
 
-/// Every worker script of every kind (written to the cache before a build).
+/// Every script of every kind (written to the cache before a build).
 pub fn scripts() -> Vec<Script> {
     KINDS
         .iter()

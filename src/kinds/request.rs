@@ -1,8 +1,8 @@
-//! What the worker kinds share: every kind but `command` runs a worker (a Python script
+//! What the script kinds share: every kind but `command` runs a script (a Python script
 //! of its folder, or pochi itself for the kinds built in Rust) that reads a JSON request
 //! file and writes a JSON answer. A kind implements `RequestStage` (its keys, its request)
 //! and gets `StageKind` from the one implementation here: the request written to the
-//! run's scratch directory, the worker's argv, the answer checked in `verify`, and a failed
+//! run's scratch directory, the script's argv, the answer checked in `verify`, and a failed
 //! answer turned into a `StageError` (error, hint, traceback).
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ use crate::toolchain::scripts::Script;
 /// The version of the request file pochi writes for `pochi run-stage`.
 pub(crate) const RUN_STAGE_PROTOCOL: u32 = 1;
 
-/// The program of a worker stage.
+/// The program of a script stage.
 #[derive(Debug, Clone, Copy)]
 pub enum Program {
     /// `python -I SCRIPT REQUEST ANSWER`, a script embedded in pochi.
@@ -30,7 +30,7 @@ pub enum Program {
     Pochi,
 }
 
-/// A stage kind run by a worker. Implementing it gives the kind its `StageKind`.
+/// A stage kind run by a script. Implementing it gives the kind its `StageKind`.
 pub trait RequestStage: Debug + Send + Sync {
     fn kind(&self) -> &'static str;
     fn inputs(&self) -> &[NamedInput];
@@ -38,13 +38,13 @@ pub trait RequestStage: Debug + Send + Sync {
     fn params(&self, facts: &MachineFacts) -> Value;
     fn requirements(&self) -> Requirements;
     fn program(&self) -> Program;
-    /// The request a Python worker reads, for the run's paths in `context` (pochi's own
+    /// The request a Python script reads, for the run's paths in `context` (pochi's own
     /// request, `run_stage_request`, needs none from the kind).
     fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
         let _ = context;
         Ok(Value::Null)
     }
-    /// Variables the worker needs besides the stage's `env`.
+    /// Variables the script needs besides the stage's `env`.
     fn env(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
@@ -57,7 +57,7 @@ pub trait RequestStage: Debug + Send + Sync {
         let _ = (dir, inputs);
         Ok(())
     }
-    /// The error for a worker that ended without an answer (`status`: how it ended), when
+    /// The error for a script that ended without an answer (`status`: how it ended), when
     /// the kind knows more than the exit status (the export's out-of-memory remedy).
     fn explain_no_answer(&self, context: &InvocationContext, status: &str) -> Option<StageError> {
         let _ = (context, status);
@@ -185,7 +185,7 @@ impl<T: RequestStage> StageKind for T {
     }
 }
 
-/// The warnings a worker's answer lists (`"warnings": [...]`), e.g. a report's parity
+/// The warnings a script's answer lists (`"warnings": [...]`), e.g. a report's parity
 /// failure under `on_parity_failure = "warn"`.
 pub(crate) fn answer_warnings(context: &InvocationContext) -> Vec<String> {
     read_json(&answer_file(context))
@@ -207,9 +207,9 @@ pub(crate) fn run_stage_request(context: &InvocationContext) -> Result<Value, St
     }))
 }
 
-/// Runs a worker from in-process work (`python -I SCRIPT ARGS...`) in the pipeline
+/// Runs a script from in-process work (`python -I SCRIPT ARGS...`) in the pipeline
 /// directory, on the stage's GPU, logging to `log`; stopped when `cancel` is set. Returns
-/// the worker's `ok` answer at `result`, or the error for a failure.
+/// the script's `ok` answer at `result`, or the error for a failure.
 pub(crate) fn run_script_now(
     context: &InvocationContext,
     script: &Script,
@@ -270,13 +270,13 @@ pub(crate) fn run_script_now(
     }
 }
 
-/// A worker's JSON answer, if the file exists and parses.
+/// A script's JSON answer, if the file exists and parses.
 pub(crate) fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The message for a failed answer: the error, its hint, and the Python traceback when the
-/// worker hit an exception.
+/// script hit an exception.
 pub(crate) fn describe_failure(script: &str, result: &Value) -> StageError {
     let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default();
     let mut message = text("error").to_string();
@@ -297,7 +297,7 @@ pub(crate) fn describe_failure(script: &str, result: &Value) -> StageError {
     }
 }
 
-/// `verify` for a worker kind: the answer at `path` must exist and say `ok`.
+/// `verify` for a script kind: the answer at `path` must exist and say `ok`.
 pub(crate) fn check_answer(script: &str, path: &Path) -> Result<(), StageError> {
     let Some(result) = read_json(path) else {
         return Err(StageError::new(format!(
@@ -311,7 +311,7 @@ pub(crate) fn check_answer(script: &str, path: &Path) -> Result<(), StageError> 
     Ok(())
 }
 
-/// A worker kind's outputs: the primary one under `key` (the `output` key, else
+/// A script kind's outputs: the primary one under `key` (the `output` key, else
 /// `{build_dir}/<stage>.<extension>`) and its `<stem>.manifest.json` beside it. `span` is
 /// where errors about the default path point (the stage table).
 pub(crate) fn primary_and_manifest(
@@ -344,7 +344,7 @@ pub(crate) fn primary_and_manifest(
 /// its names once; a name parses to its value, an unknown one is an error with the nearest
 /// name as the hint.
 pub(crate) trait Choice: Copy + PartialEq + 'static {
-    /// Every value with its name as written (and as the worker and the key read it).
+    /// Every value with its name as written (and as the script and the key read it).
     const ALL: &'static [(&'static str, Self)];
 
     /// The value named `name`, if any.

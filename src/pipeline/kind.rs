@@ -28,7 +28,7 @@ pub trait StageKind: Debug + Send + Sync {
     /// Named outputs; the first is the primary one (`@stage`).
     fn outputs(&self) -> &[NamedOutput];
     /// Every parameter that shapes the output, besides inputs' content and env, as JSON
-    /// (serialized canonically into the key). `host` holds the machine facts gathered once
+    /// (serialized canonically into the key). `facts` holds the machine facts gathered once
     /// per build (an engine's TensorRT version and GPU model), never probed here.
     fn params(&self, facts: &MachineFacts) -> Value;
     /// What the stage needs of the machine and the engine.
@@ -51,14 +51,14 @@ pub trait StageKind: Debug + Send + Sync {
     /// process to run (a kind may write a request file into `context.scratch` first).
     fn action(&self, context: &InvocationContext) -> Result<Action, StageError>;
     /// Checks the outputs after the action succeeded and before they are published (for
-    /// example, a worker's JSON answer) and returns the run's warnings (told to the user
+    /// example, a script's JSON answer) and returns the run's warnings (told to the user
     /// once the stage is built). An error fails the stage and publishes nothing.
     fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
         let _ = context;
         Ok(Vec::new())
     }
     /// The error for a failed process (`status` says how it ended, e.g. "exit status 1"):
-    /// a kind may replace it, e.g. with its worker's JSON answer.
+    /// a kind may replace it, e.g. with its script's JSON answer.
     fn explain_failure(
         &self,
         context: &InvocationContext,
@@ -126,7 +126,7 @@ impl Default for Requirements {
 }
 
 impl Requirements {
-    /// The platform properties of the stage's Action on `host`: the operating system and
+    /// The platform properties of the stage's Action on `facts`: the operating system and
     /// instruction set; for a stage that uses an accelerator also the GPU model, its
     /// compute capability and the accelerator's and CUDA's versions, so its cached outputs
     /// are never restored for another GPU type.
@@ -158,7 +158,7 @@ pub enum WithoutGpu {
 /// accelerator touches no file outside its folder.
 #[derive(Debug)]
 pub struct Accelerator {
-    /// Its key in the host's facts, and the platform property of its version
+    /// Its key in the machine facts, and the platform property of its version
     /// (`platform = { tensorrt = "10.13.0" }`).
     pub id: &'static str,
     /// The name users read in messages ("TensorRT").
@@ -233,7 +233,7 @@ pub struct InvocationContext {
     /// The stage's name.
     pub stage: String,
     /// The GPU the stage holds, if any (processes see only it, as CUDA_VISIBLE_DEVICES;
-    /// in-process work passes it on to the workers it starts).
+    /// in-process work passes it on to the scripts it starts).
     pub gpu: Option<u32>,
     /// The machine facts of this build.
     pub facts: MachineFacts,
@@ -353,7 +353,7 @@ pub struct KindInfo {
     /// The kind's own keys (besides the common ones): `keys_of::<ItsKeysStruct>`.
     pub keys: fn() -> &'static [&'static str],
     pub parse: ParseFn,
-    /// The Python worker scripts the kind runs (written to the cache before a build).
+    /// The Python scripts the kind runs (written to the cache before a build).
     pub scripts: &'static [Script],
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }

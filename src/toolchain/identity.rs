@@ -1,5 +1,5 @@
 //! What an interpreter is: its Python version and the versions of the packages pochi's stage
-//! kinds use, asked once with the embedded identity worker and cached as JSON. The cache
+//! kinds use, asked once with the embedded identity script and cached as JSON. The cache
 //! entry is stamped with the interpreter's and its site directories' modification times,
 //! so installing or upgrading a package (which rewrites a site directory) asks again.
 
@@ -30,7 +30,7 @@ pub(crate) const TRACKED: &[(&str, &str)] = &[
     ("torchvision", "torchvision"),
 ];
 
-/// What the identity worker reported.
+/// What the identity script reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Facts {
     pub python: String,
@@ -147,7 +147,7 @@ pub(crate) enum IdentityError {
     },
 }
 
-/// What is wrong with the identity worker's answer.
+/// What is wrong with the identity script's answer.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub(crate) enum AnswerError {
     #[error("invalid JSON: {0}")]
@@ -158,7 +158,7 @@ pub(crate) enum AnswerError {
     Unexpected(serde_json::Error),
 }
 
-/// The last lines of a worker's stderr, as `: a / b`, or nothing.
+/// The last lines of a script's stderr, as `: a / b`, or nothing.
 fn stderr_tail(tail: &[String]) -> String {
     if tail.is_empty() {
         String::new()
@@ -167,7 +167,7 @@ fn stderr_tail(tail: &[String]) -> String {
     }
 }
 
-/// Runs the identity worker in `python`.
+/// Runs the identity script in `python`.
 fn query(python: &Path, cache: &CacheDir) -> Result<Facts, IdentityError> {
     let script = IDENTITY
         .materialize(cache)

@@ -1,12 +1,12 @@
-//! Python worker scripts shipped inside the binary. Each is written to the cache under its
+//! Python scripts shipped inside the binary. Each is written to the cache under its
 //! content hash (so two pochi versions never overwrite each other's script) and run as
-//! `python -I SCRIPT ...`; every worker answers with a JSON result file, never free text.
+//! `python -I SCRIPT ...`; every script answers with a JSON result file, never free text.
 
 use std::path::PathBuf;
 
 use super::cache::CacheDir;
 
-/// One embedded worker script.
+/// One embedded script.
 #[derive(Debug, Clone, Copy)]
 pub struct Script {
     pub name: &'static str,
@@ -52,7 +52,7 @@ impl Script {
     }
 }
 
-/// Writes the identity worker and the kinds' `workers` to the cache.
+/// Writes the identity script and the kinds' `scripts` to the cache.
 pub(crate) fn materialize_all(cache: &CacheDir, scripts: &[Script]) -> std::io::Result<()> {
     std::iter::once(&IDENTITY)
         .chain(scripts)

@@ -574,27 +574,7 @@ fn toolchain(project: &Project) -> (String, String) {
 
 #[test]
 fn a_report_runs_on_a_buildbox_worker_with_the_toolchain_and_agrees_with_a_local_one() {
-    let pipeline = r#"
-[stages.cls]
-kind = "report"
-executor = "remote"
-models = ["ident.onnx", "linear.onnx"]
-data = "data.npy"
-labels = "labels.npy"
-reference = "ident.onnx"
-task = "classification"
-iterations = 3
-min_duration = "0s"
-threads = 1
-batch = 2
-"#;
-    let models = include_str!("../fixtures/report_models.py");
-    let remote = Project::new(pipeline);
-    let local = Project::new(&pipeline.replace("executor = \"remote\"\n", ""));
-    for project in [&remote, &local] {
-        project.write("make_models.py", models);
-        project.python(&["make_models.py", "."]);
-    }
+    let (remote, local) = crate::remote_execution::report_projects();
     let farm = farm();
     let run = build_remote(
         &remote,

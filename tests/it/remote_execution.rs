@@ -755,9 +755,9 @@ transform = [{ channel_order = "bgr" }]
     assert_no_blob_names_the_project(&server, &remote);
 }
 
-#[test]
-fn a_report_runs_remotely_with_the_workers_onnx_runtime_and_agrees_with_a_local_one() {
-    let server = BuildGridExecution::start(&ExecutionConfig::default());
+/// A report stage over two small ONNX models, as a project that runs it remotely and one
+/// that runs it here (the models made by `tests/fixtures/report_models.py` in each).
+pub(crate) fn report_projects() -> (Project, Project) {
     let pipeline = r#"
 [stages.cls]
 kind = "report"
@@ -779,6 +779,13 @@ batch = 2
         project.write("make_models.py", models);
         project.python(&["make_models.py", "."]);
     }
+    (remote, local)
+}
+
+#[test]
+fn a_report_runs_remotely_with_the_workers_onnx_runtime_and_agrees_with_a_local_one() {
+    let server = BuildGridExecution::start(&ExecutionConfig::default());
+    let (remote, local) = report_projects();
     let _worker = start_worker(&server, "cpu-worker", &worker_properties(&remote, None));
     let run = build_remote(&remote, &server, &[]);
     run.assert_ok();

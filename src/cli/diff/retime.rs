@@ -19,7 +19,7 @@ fn not_retimable(summary: &Value, model: &Value) -> Option<&'static str> {
     if model["status"] != "ok" {
         Some("it did not run")
     } else if !path.ends_with(".onnx") {
-        Some("only ONNX models are timed again (engines run in the TensorRT worker)")
+        Some("only ONNX models are timed again (engines run in the TensorRT script)")
     } else if summary["timing"]["provider"] != "CPUExecutionProvider" {
         Some("its report timed it on a GPU; --retime times on the CPU")
     } else if !summary["sliding_window"].is_null() || !data.ends_with(".npy") {

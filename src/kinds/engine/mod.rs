@@ -1,7 +1,7 @@
 //! The `engine` stage kind: an ONNX model to a TensorRT engine, built by the embedded
-//! worker (`src/kinds/engine/script.py`) on TensorRT's Python API. pochi decides the
+//! script (`src/kinds/engine/script.py`) on TensorRT's Python API. pochi decides the
 //! optimization profiles here, from the ONNX's declared input shapes, before any TensorRT
-//! call; the worker builds, checks the precision it got, and writes a manifest. Without
+//! call; the script builds, checks the precision it got, and writes a manifest. Without
 //! TensorRT or a GPU the stage is unavailable on the machine (`availability`).
 
 mod probe;

@@ -1,6 +1,6 @@
 //! TensorRT as an accelerator (`TENSORRT`, the data the engine and report kinds declare),
 //! and its probe: whether the toolchain's interpreter can `import tensorrt`, and which GPU
-//! it sees (through the engine worker's `--probe`, started by `toolchain::run_script`).
+//! it sees (through the engine script's `--probe`, started by `toolchain::run_script`).
 //! The command line calls the probe of every accelerator the stages declare, once per
 //! build, and puts the answer into the `MachineFacts`; the kinds read it from there.
 
@@ -15,7 +15,7 @@ use crate::facts::AcceleratorFacts;
 use crate::pipeline::kind::Accelerator;
 use crate::toolchain::{cache, identity};
 
-/// Test-only: a directory the engine worker puts first on its `sys.path` (a TensorRT
+/// Test-only: a directory the engine script puts first on its `sys.path` (a TensorRT
 /// stand-in such as tests/fixtures/fake_tensorrt). Real runs never set it.
 pub(crate) const STANDIN_ENV: &str = "POCHI_TEST_TENSORRT_STANDIN";
 
@@ -63,7 +63,7 @@ pub(crate) static TENSORRT: Accelerator = Accelerator {
     probe,
 };
 
-/// Imports `tensorrt` with the given interpreter (through the engine worker's `--probe`),
+/// Imports `tensorrt` with the given interpreter (through the engine script's `--probe`),
 /// or reuses the answer cached for this interpreter while nothing it depends on changed.
 pub(super) fn probe(python: &Path) -> AcceleratorFacts {
     let found = probe_cached(python);
@@ -177,7 +177,7 @@ fn probe_key(python: &Path) -> ProbeKey {
     }
 }
 
-/// Why the probe found nothing (its text is what the host records as the error).
+/// Why the probe found nothing (its text is what the machine facts record as the error).
 #[derive(Debug, thiserror::Error)]
 enum ProbeError {
     #[error("{0}")]

@@ -166,7 +166,7 @@ impl WeightsFile {
         }
     }
 
-    /// As the worker and the key read it: "auto", true or false.
+    /// As the script and the key read it: "auto", true or false.
     pub(super) fn json(self) -> Value {
         match self {
             WeightsFile::Auto => json!("auto"),

@@ -1,7 +1,7 @@
 //! The `export` stage kind: a checkpoint to a verified ONNX model, run by the embedded
-//! export worker (`src/kinds/export/script.py`) in the Python toolchain. Outputs: the
+//! export script (`src/kinds/export/script.py`) in the Python toolchain. Outputs: the
 //! `.onnx` (primary), the reference input and PyTorch outputs (`.npz`) and a manifest
-//! (JSON); all three are published only when the worker answered `ok` (verification
+//! (JSON); all three are published only when the script answered `ok` (verification
 //! included).
 
 mod keys;
@@ -92,7 +92,7 @@ impl Export {
     }
 }
 
-/// Where the worker records its phase and peak memory while it runs (beside its answer).
+/// Where the script records its phase and peak memory while it runs (beside its answer).
 fn progress_file(context: &InvocationContext) -> PathBuf {
     let answer = answer_file(context);
     answer.with_file_name(format!(
@@ -160,7 +160,7 @@ impl RequestStage for Export {
         Ok(self.request_for(context))
     }
 
-    /// A worker killed by signal 9 without an answer ran out of memory, most likely: the
+    /// A script killed by signal 9 without an answer ran out of memory, most likely: the
     /// remedy, with the phase and peak memory its progress file recorded.
     fn explain_no_answer(&self, context: &InvocationContext, status: &str) -> Option<StageError> {
         if !status.starts_with("signal 9") {

@@ -1,5 +1,5 @@
 //! The `quantize` stage kind: bakes a precision into an ONNX model on the CPU, through the
-//! embedded worker (`src/kinds/quantize/script.py`): fp16/bf16 with ModelOpt
+//! embedded script (`src/kinds/quantize/script.py`): fp16/bf16 with ModelOpt
 //! AutoCast, int8/fp8 with ModelOpt's ONNX PTQ (explicit Q/DQ) calibrated on a dataset
 //! stage's `.npy`. Outputs: the ONNX (primary) and a manifest (JSON). The calibration
 //! data is an input, so its digest is in the fingerprint: new data recalibrates, the same

@@ -1,6 +1,6 @@
 //! The report's inputs on disk: a dataset's `.npy` (float32 N x C x ...), labels (`.npy`
 //! int64, -1 = none), and an export's reference `.npz` (`input.<name>` and
-//! `output.<name>` arrays, as written by the export worker).
+//! `output.<name>` arrays, as written by the export script).
 
 use std::fs::File;
 use std::io::BufReader;

@@ -7,7 +7,7 @@
 //! with sigma `sigma_scale * roi`, small weights clamped to `max(min, 1e-3)`), summed, divided
 //! by the summed weights, and cropped back to the image. Everything is float32 in MONAI's
 //! order of operations. The predictor is not here: [`Plan::cut`] gives the windows,
-//! [`Plan::stitch`] takes their predictions (ONNX Runtime or the TensorRT worker).
+//! [`Plan::stitch`] takes their predictions (ONNX Runtime or the TensorRT script).
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice, Zip};
 use serde::Serialize;

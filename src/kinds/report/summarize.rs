@@ -238,7 +238,7 @@ fn unmeasured(context: &InvocationContext, c: &Config, index: usize, path: &Path
     }
 }
 
-/// Runs the model at `path` (an engine through the TensorRT worker, else on ONNX
+/// Runs the model at `path` (an engine through the TensorRT script, else on ONNX
 /// Runtime); None when it cannot run here, with the reason in `result`.
 fn measure_model(
     setup: &Setup,

@@ -1,5 +1,5 @@
 //! TensorRT engines in a report: whether one can run here, and running it through the
-//! engine worker's `--infer` mode on the stage's GPU (timed runs on batches already on the
+//! engine script's `--infer` mode on the stage's GPU (timed runs on batches already on the
 //! device, then one pass end to end for the outputs). The answer comes back as JSON and an
 //! `.npz`; the report then treats the engine like an ONNX model.
 
@@ -16,7 +16,7 @@ use crate::kinds::InvocationContext;
 use crate::kinds::engine::SCRIPT as ENGINE;
 use crate::kinds::request::{read_json, run_script_now};
 
-/// Why an engine could not be run through the worker.
+/// Why an engine could not be run through the script.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub(super) enum TensorRtError {
     #[error("cannot create a scratch directory")]
@@ -36,7 +36,7 @@ pub(super) enum TensorRtError {
         #[source]
         source: ndarray_npy::WriteNpyError,
     },
-    /// The worker failed: its message, and its log when it has one.
+    /// The script failed: its message, and its log when it has one.
     #[error("{message}{}", log_suffix(log.as_deref()))]
     Script {
         message: String,
@@ -49,7 +49,7 @@ pub(super) enum TensorRtError {
     NoTimedRuns,
 }
 
-/// " (log: PATH)" when the worker's failure has a log.
+/// " (log: PATH)" when the script's failure has a log.
 fn log_suffix(log: Option<&Path>) -> String {
     log.map(|log| format!(" (log: {})", log.display()))
         .unwrap_or_default()
@@ -66,7 +66,7 @@ pub(super) struct EngineRun {
     /// Seconds of each run of the pass over the data: copy in, run, copy out.
     pub end_to_end: Vec<f64>,
     pub batch: usize,
-    /// How the worker timed the runs.
+    /// How the script timed the runs.
     pub timing: String,
     /// "TensorRT <version> on <GPU>".
     pub ran_on: String,
@@ -113,7 +113,7 @@ pub(super) fn why_not(
     (!missing.is_empty()).then(|| format!("unavailable on this machine: {}", missing.join("; ")))
 }
 
-/// Runs the engine at `engine` on `samples` through the engine worker.
+/// Runs the engine at `engine` on `samples` through the engine script.
 pub(super) fn run(
     context: &InvocationContext,
     engine: &Path,

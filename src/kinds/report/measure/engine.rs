@@ -1,5 +1,5 @@
-//! A TensorRT engine through the engine worker: the timed runs and the pass over the data
-//! in one worker run (the windows of every sample, with `sliding_window`, stitched here),
+//! A TensorRT engine through the engine script: the timed runs and the pass over the data
+//! in one script run (the windows of every sample, with `sliding_window`, stitched here),
 //! then the batch sweep within the engine's profile.
 
 use std::borrow::Cow;
@@ -16,7 +16,7 @@ use super::{
     MeasureError, Measured, Outcome, Setup, SweepPoint, full_batches, plan_for, skipped, timed,
 };
 
-/// A TensorRT engine through the worker: its timed runs and the pass over the data (the
+/// A TensorRT engine through the script: its timed runs and the pass over the data (the
 /// windows of every sample, with `sliding_window`, stitched here), then the sweep.
 pub(crate) fn engine(s: &Setup, path: &Path, file_exists: bool) -> Result<Outcome, MeasureError> {
     if let Some(why) = tensorrt::why_not(s.context, s.machine_gpus, file_exists) {
@@ -67,7 +67,7 @@ fn inside(range: Option<(usize, usize)>, batch: usize) -> bool {
     range.is_none_or(|(low, high)| (low..=high).contains(&batch))
 }
 
-/// The worker's runs at `batch`, as the report's keys ask.
+/// The script's runs at `batch`, as the report's keys ask.
 fn runs(c: &Config, batch: Option<usize>) -> tensorrt::Runs {
     tensorrt::Runs {
         batch,
@@ -79,7 +79,7 @@ fn runs(c: &Config, batch: Option<usize>) -> tensorrt::Runs {
 
 /// The batch sweep of an engine: its own batch is the run's timed runs, sizes outside its
 /// profile (or any other size, for an engine with a `fixed` batch) are skipped, and each
-/// other size is one more run of the worker on one full batch.
+/// other size is one more run of the script on one full batch.
 fn sweep(
     s: &Setup,
     path: &Path,

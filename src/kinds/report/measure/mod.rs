@@ -1,5 +1,5 @@
 //! Running one model for the report, on ONNX Runtime in process or through the TensorRT
-//! worker: the timed runs, the batch sweep (`batch = [1, 4, 16]`: the same timed loop at each
+//! script: the timed runs, the batch sweep (`batch = [1, 4, 16]`: the same timed loop at each
 //! batch size, sizes a model cannot take skipped with the reason), and the pass over the
 //! data for the outputs: whole samples, or sliding windows stitched as MONAI does
 //! (`sliding_window`), in which case the model's samples are the windows.
@@ -92,7 +92,7 @@ pub(super) struct Measured {
     pub sweep: Vec<SweepPoint>,
     /// "TensorRT 11.4 on H100" for engines (ONNX: the caller knows the provider).
     pub ran_on: Option<String>,
-    /// How an engine's worker timed its runs.
+    /// How an engine's script timed its runs.
     pub timing: Option<String>,
 }
 
