@@ -48,3 +48,45 @@ pub fn base_platform() -> BTreeMap<String, String> {
         ("ISA".to_string(), std::env::consts::ARCH.to_string()),
     ])
 }
+
+/// A stage's Action as the caches and a remote executor see it: every path relative to
+/// the input root (the pipeline directory), tools that live outside it under one alias,
+/// the workers' toolchain in place of this machine's, its input files with their
+/// digests, and pochi's key of the stage as the salt. Built once per run
+/// (`driver::portable`), it is the one Action whose digest (`remote::stage_action`, under
+/// the server's digest function) the remote cache looks up and stores under and the
+/// executor runs: the same in every clone, run and build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortableAction {
+    pub argv: Vec<String>,
+    /// The stage's `env` and the kind's variables (no CUDA_VISIBLE_DEVICES: the GPU lease
+    /// is the scheduler's choice, not what the stage computes).
+    pub env: BTreeMap<String, String>,
+    /// The files of the input root, by path.
+    pub inputs: Vec<PortableInput>,
+    /// What the action writes, (name, path): the declared outputs at the stage's
+    /// temporary paths, and a script's answer file.
+    pub outputs: Vec<(String, String)>,
+    pub platform: BTreeMap<String, String>,
+    /// pochi's key of the stage (its fingerprint), so two stages share an entry only when
+    /// pochi would call them the same stage.
+    pub salt: String,
+}
+
+/// One file of a portable Action's input root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortableInput {
+    /// Relative to the input root, `/`-separated.
+    pub path: String,
+    /// Where the file is on this machine.
+    pub local: PathBuf,
+    pub executable: bool,
+    pub size: u64,
+    /// Hex digests of its bytes, under the two functions a server may ask for.
+    pub sha256: String,
+    pub blake3: String,
+}
+
+/// The output name of a script's answer file in a portable Action (a declared output's
+/// name is a TOML key, which cannot start with a dot).
+pub const ANSWER_OUTPUT: &str = ".answer";

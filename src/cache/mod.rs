@@ -66,7 +66,8 @@ pub(crate) use gc::CacheInfo;
 pub(crate) use restore::{Miss, Restored};
 pub(crate) use stats::BuildStats;
 pub(crate) use tier::{
-    CacheRequest, Origin, OutputCache, PublishedOutput, StoreError, Tier, Tiered, cache_key,
+    ActionSource, CacheRequest, Origin, OutputCache, PublishedOutput, StoreError, Tier, Tiered,
+    cache_key,
 };
 
 use crate::size::ByteSize;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{BuildStats, EntryMeta, LocalCache, Miss, Restored};
+use crate::action::PortableAction;
 use crate::fingerprint::StageKey;
 
 /// The kind of cache a restore came from.
@@ -61,13 +62,34 @@ impl fmt::Display for Origin {
 /// One stage as the caches see it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CacheRequest<'a> {
-    /// What its entries are stored under: `cache_key` of its fingerprint and platform.
+    /// What its entries are stored under locally: `cache_key` of its fingerprint and
+    /// platform.
     pub key: &'a str,
     /// The key the fingerprint was computed from: kind, parameters, inputs by digest,
-    /// declared outputs, tool identity (a remote tier builds its Action from it).
+    /// declared outputs, tool identity.
     pub stage_key: &'a StageKey,
     /// Pipeline, stage, kind, platform properties; when storing, how long the stage ran.
     pub meta: &'a EntryMeta,
+    /// The stage's portable Action, which a remote tier looks up and stores under (none
+    /// in a build without a remote server, and where only the local store asks).
+    pub action: Option<&'a dyn ActionSource>,
+}
+
+/// A stage's portable Action, built the first time a tier asks for it (a restore the
+/// local store answers never does), and what else the Action wrote.
+pub(crate) trait ActionSource: fmt::Debug + Sync {
+    /// The Action, or why it cannot be built.
+    fn portable(&self) -> Result<&PortableAction, String>;
+    /// The Action's outputs besides the declared ones, with their bytes (a script's
+    /// answer file), for an upload; empty when restoring.
+    fn other_outputs(&self) -> &[(String, Vec<u8>)] {
+        &[]
+    }
+    /// The remote executor that ran the Action (its URL), which keeps the result in its
+    /// own action cache: a tier on the same server has nothing to upload.
+    fn executed_at(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// An output a stage published, to be stored.
@@ -425,6 +447,7 @@ mod tests {
                 key: &self.key,
                 stage_key: &self.stage_key,
                 meta: &self.meta,
+                action: None,
             }
         }
 

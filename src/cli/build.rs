@@ -10,6 +10,7 @@ use clap::Args;
 use super::output::{failure, paint};
 use super::progress::Reporter;
 use crate::cache::{LocalCache, OutputCache, Tiered};
+use crate::driver::portable::PortableActions;
 use crate::driver::{BuildOptions, BuildSummary, Workspace};
 use crate::remote::RemoteTier;
 use crate::toolchain::Mode;
@@ -80,7 +81,8 @@ pub(super) fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         true => args.remote.execution()?.map(Arc::new),
         false => None,
     };
-    let remote = remote_tier(&args.remote, local.as_ref(), &workspace)?;
+    let remote = remote_tier(&args.remote, local.as_ref())?;
+    let portable = portable_actions(&args.remote, remote.is_some() || execution.is_some())?;
     let cache = tiered(local, remote.as_ref());
     let options = BuildOptions {
         targets: args.targets.clone(),
@@ -91,6 +93,7 @@ pub(super) fn run(args: BuildArgs) -> miette::Result<ExitCode> {
         cache,
         remote: execution,
         remote_jobs: args.remote.remote_jobs,
+        portable,
     };
     let summary = run_build(&workspace, &options)?;
     super::exit_without_freeing(workspace);
@@ -120,21 +123,27 @@ pub(super) fn run(args: BuildArgs) -> miette::Result<ExitCode> {
 }
 
 /// The remote tier of the build's cache, when `--remote-cache` names one (never with
-/// `--no-cache`): each pipeline's directory by name, for the input roots of its Actions.
+/// `--no-cache`).
 pub(super) fn remote_tier(
     remote: &super::remote::RemoteArgs,
     local: Option<&LocalCache>,
-    workspace: &Workspace,
 ) -> miette::Result<Option<Arc<RemoteTier>>> {
     let Some(local) = local else {
         return Ok(None);
     };
-    let dirs = workspace
-        .projects
-        .iter()
-        .map(|p| (p.pipeline.name.clone(), p.pipeline.dir.clone()))
-        .collect();
-    Ok(remote.tier(local, dirs)?.map(Arc::new))
+    Ok(remote.tier(local)?.map(Arc::new))
+}
+
+/// How the build makes its stages' Actions portable, when it `uses_remote` (a remote tier
+/// or an executor).
+pub(super) fn portable_actions(
+    remote: &super::remote::RemoteArgs,
+    uses_remote: bool,
+) -> miette::Result<Option<Arc<PortableActions>>> {
+    match uses_remote {
+        true => Ok(remote.portable_actions()?.map(Arc::new)),
+        false => Ok(None),
+    }
 }
 
 /// The output cache of a build: the local store, then the remote tier if any.

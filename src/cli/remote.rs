@@ -2,13 +2,13 @@
 //! docs/cache.md), turned into the remote tier of the build's cache, and which remote
 //! executor runs stages (docs/remote.md).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::cache::LocalCache;
+use crate::driver::portable::PortableActions;
 use crate::driver::remote::RemoteExecution;
 use crate::remote::{Endpoint, RemoteCache, RemoteExecutor, RemoteTier, TlsPaths, TlsSettings};
 use crate::toolchain::cache::CacheDir;
@@ -148,24 +148,29 @@ impl RemoteArgs {
         };
         let executor = RemoteExecutor::connect(&endpoint).map_err(unusable)?;
         executor.check().map_err(unusable)?;
+        Ok(Some(RemoteExecution::new(
+            executor,
+            Duration::from_secs(self.remote_queue_timeout),
+        )))
+    }
+
+    /// How the build makes its stages' Actions portable, if it uses a remote server (a
+    /// shared cache or an executor): the workers' toolchains are at
+    /// `--remote-toolchain-dir`, for the cache's lookups as for the executor's runs.
+    pub(super) fn portable_actions(&self) -> miette::Result<Option<PortableActions>> {
+        if self.endpoint()?.is_none() {
+            return Ok(None);
+        }
         let local = CacheDir::from_env()
             .map_err(|e| super::output::failure(e.to_string(), "set POCHI_CACHE_DIR"))?
             .toolchains();
         let workers = CacheDir::at(&self.remote_toolchain_dir).toolchains();
-        Ok(Some(RemoteExecution::new(
-            executor,
-            Duration::from_secs(self.remote_queue_timeout),
-            (local, workers),
-        )))
+        Ok(Some(PortableActions::new(local, workers)))
     }
 
     /// The remote tier for a build, if a shared cache is named. With
     /// `--remote-cache-required` the server must answer now.
-    pub(super) fn tier(
-        &self,
-        local: &LocalCache,
-        dirs: BTreeMap<String, PathBuf>,
-    ) -> miette::Result<Option<RemoteTier>> {
+    pub(super) fn tier(&self, local: &LocalCache) -> miette::Result<Option<RemoteTier>> {
         let Some(endpoint) = self.endpoint()? else {
             return Ok(None);
         };
@@ -188,7 +193,7 @@ impl RemoteArgs {
         if self.remote_cache_required {
             remote.check().map_err(unusable)?;
         }
-        Ok(Some(RemoteTier::new(remote, local.clone(), dirs)))
+        Ok(Some(RemoteTier::new(remote, local.clone())))
     }
 
     /// The error for a build whose required shared cache failed.

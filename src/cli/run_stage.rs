@@ -16,6 +16,9 @@ use crate::kinds::{InvocationContext, StageError};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct RunStageArgs {
+    /// The toolchain's interpreter (on the machine that runs the stage).
+    #[arg(long, value_name = "PATH")]
+    python: PathBuf,
     /// The request file pochi wrote for the stage.
     request: PathBuf,
     /// Where to write the answer.
@@ -31,7 +34,7 @@ struct Request {
 
 pub(super) fn run(args: RunStageArgs) -> miette::Result<ExitCode> {
     let cancel = super::signals::cancel_flag();
-    let (answer, code) = match run_request(&args.request, &cancel) {
+    let (answer, code) = match run_request(&args.request, &args.python, &cancel) {
         Ok(warnings) => (
             json!({ "ok": true, "warnings": warnings }),
             ExitCode::SUCCESS,
@@ -56,6 +59,7 @@ pub(super) fn run(args: RunStageArgs) -> miette::Result<ExitCode> {
 /// Parses the request's pipeline, finds the stage and runs it.
 fn run_request(
     path: &Path,
+    python: &Path,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<String>, StageError> {
     let text = std::fs::read(path)
@@ -70,6 +74,7 @@ fn run_request(
         .with_hint("the request was written by another version of pochi"));
     }
     let mut context = request.context;
+    on_this_machine(&mut context, python)?;
     let pipeline = crate::pipeline::parse_pipeline(
         &context.pipeline_file,
         request.pipeline_text,
@@ -83,4 +88,24 @@ fn run_request(
         .find(|stage| stage.name == context.stage)
         .ok_or_else(|| StageError::new(format!("no stage `{}` in the pipeline", context.stage)))?;
     stage.kind.run_in_process(&context, cancel)
+}
+
+/// Fills in what the request leaves out because it is this machine's
+/// (`kinds::request::run_stage_request`): the pipeline directory (the working directory),
+/// this binary, the interpreter and its site directories, and the GPU the stage holds
+/// (the one CUDA_VISIBLE_DEVICES names, as the build or the worker set it).
+fn on_this_machine(context: &mut InvocationContext, python: &Path) -> Result<(), StageError> {
+    context.dir = std::env::current_dir()
+        .map_err(|e| StageError::new(format!("cannot read the working directory: {e}")))?;
+    context.facts.pochi = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("pochi"));
+    context.facts.toolchain.python = python.to_path_buf();
+    if let Some(facts) = &mut context.facts.python
+        && let Some(found) = crate::toolchain::python_facts(python)
+    {
+        facts.site_dirs = found.site_dirs;
+    }
+    context.gpu = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .and_then(|visible| visible.split(',').next()?.trim().parse().ok());
+    Ok(())
 }

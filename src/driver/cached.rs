@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::Project;
-use crate::cache::{CacheRequest, EntryMeta, Node, OutputCache, PublishedOutput};
+use super::portable::RanPortable;
+use crate::cache::{ActionSource, CacheRequest, EntryMeta, Node, OutputCache, PublishedOutput};
 use crate::fingerprint::{StageKey, StatCache};
 use crate::state::OutputRecord;
 
@@ -35,11 +36,13 @@ pub(super) fn entry_meta(project: &Project, stage: usize, duration_ms: Option<u6
     }
 }
 
-/// Calls `f` with the cache request for a stage whose key is `key`.
+/// Calls `f` with the cache request for a stage whose key is `key` (and whose portable
+/// Action `action` builds, in a build with a remote server).
 pub(super) fn with_request<T>(
     project: &Project,
     stage: usize,
     key: &StageKey,
+    action: Option<&dyn ActionSource>,
     f: impl FnOnce(&CacheRequest) -> T,
 ) -> T {
     let cache_key = cache_key_of(key);
@@ -48,6 +51,7 @@ pub(super) fn with_request<T>(
         key: &cache_key,
         stage_key: key,
         meta: &meta,
+        action,
     })
 }
 
@@ -76,6 +80,8 @@ struct StoreJob {
     meta: EntryMeta,
     /// (name, absolute path, recorded digest).
     outputs: Vec<(String, PathBuf, String)>,
+    /// The portable Action that ran, in a build with a remote server.
+    action: Option<RanPortable>,
 }
 
 /// Stores the outputs of stages that ran, in the background, in the order they finished.
@@ -100,16 +106,17 @@ impl Storer {
     }
 
     /// Queues the outputs of `stage` (just published and recorded as `outputs`) for storing
-    /// under `key`; the stage ran for `duration_ms`.
+    /// under `key` (and its portable Action `action`); the stage ran for `duration_ms`.
     pub(super) fn submit(
         &self,
         job: usize,
         (project, stage): (&Project, usize),
-        key: &StageKey,
+        (key, action): (&StageKey, Option<RanPortable>),
         outputs: &[OutputRecord],
         duration_ms: u64,
     ) {
         let store = StoreJob {
+            action,
             job,
             key: cache_key_of(key),
             stage_key: key.clone(),
@@ -180,6 +187,7 @@ fn store_one(
         key: &store.key,
         stage_key: &store.stage_key,
         meta: &store.meta,
+        action: store.action.as_ref().map(|a| a as &dyn ActionSource),
     };
     // Even a failed store may have added blobs: the size limit is checked either way.
     stored.store(true, Ordering::Relaxed);

@@ -13,11 +13,13 @@ use std::time::Instant;
 use super::Project;
 use super::cached::{self, Storer};
 use super::outputs::{self, OutputError};
+use super::portable::{LazyPortable, PortableActions, RanPortable, portable_action};
 use super::remote::{RanRemotely, RemoteExecution, RemoteFailure, RemoteRun, run_remotely};
 use super::standing::{Standing, current_key, describe, standing};
 use super::temp::TempOutputs;
 use crate::action::Action;
-use crate::cache::{Miss, Origin, OutputCache, Restored};
+use crate::action::PortableAction;
+use crate::cache::{ActionSource, Miss, Origin, OutputCache, Restored};
 use crate::fingerprint::StageKey;
 use crate::pipeline::kind::{InvocationContext, StageError};
 use crate::process::{ProcessResult, ProcessRunner, ProcessSpec};
@@ -50,6 +52,8 @@ pub(super) struct StageJobs {
     /// there ran.
     remote: Option<Arc<RemoteExecution>>,
     ran_remotely: Mutex<BTreeMap<usize, RanRemotely>>,
+    /// How stages' Actions are made portable (none in a build without a remote server).
+    portable: Option<Arc<PortableActions>>,
 }
 
 impl StageJobs {
@@ -78,12 +82,19 @@ impl StageJobs {
             restored: Mutex::new(BTreeMap::new()),
             remote: None,
             ran_remotely: Mutex::new(BTreeMap::new()),
+            portable: None,
         }
     }
 
-    /// The same executor running the stages placed remotely on `remote`.
-    pub(super) fn with_remote(mut self, remote: Option<Arc<RemoteExecution>>) -> Self {
+    /// The same executor running the stages placed remotely on `remote`, and making
+    /// stages' Actions portable with `portable` (for the executor and a remote cache).
+    pub(super) fn with_remote(
+        mut self,
+        remote: Option<Arc<RemoteExecution>>,
+        portable: Option<Arc<PortableActions>>,
+    ) -> Self {
         self.remote = remote;
+        self.portable = portable;
         self
     }
 
@@ -142,7 +153,9 @@ impl StageJobs {
         if !self.projects[project].pipeline.stages[stage].cache {
             return false;
         }
-        cached::with_request(&self.projects[project], stage, key, |r| cache.may_have(r))
+        cached::with_request(&self.projects[project], stage, key, None, |r| {
+            cache.may_have(r)
+        })
     }
 
     /// Restores `job` from the cache into temporary paths and publishes it like a run.
@@ -164,7 +177,23 @@ impl StageJobs {
             Some(path) => dir.join(path),
             None => scratch.join(name),
         };
-        let restored = cached::with_request(project, stage, &key, |r| cache.restore(r, &dest_for));
+        let context = invocation_context(project, stage, None, &temp);
+        let fingerprint = key.fingerprint();
+        let lazy = self.portable.as_deref().map(|actions| {
+            LazyPortable::new(move || {
+                let action = project.pipeline.stages[stage].kind.action(&context);
+                action
+                    .and_then(|action| {
+                        portable_action(actions, project, stage, &context, &action, &fingerprint)
+                            .map_err(StageError::from)
+                    })
+                    .map_err(|error| error.message)
+            })
+        });
+        let source = lazy.as_ref().map(|lazy| lazy as &dyn ActionSource);
+        let restored = cached::with_request(project, stage, &key, source, |r| {
+            cache.restore(r, &dest_for)
+        });
         let origin = match restored.and_then(|hit| check_names(&temp, hit)) {
             Ok(hit) => {
                 match self.finish(job, &key, &temp, started, Some(&hit)) {
@@ -212,7 +241,7 @@ impl StageJobs {
             StageError::new(format!("cannot create temporary output directory: {e}"))
         })?;
         let result = self.execute(job, lease, &temp, &key.fingerprint());
-        let outcome = result.and_then(|warnings| {
+        let outcome = result.and_then(|(warnings, ran)| {
             let outputs = self.finish(job, &key, &temp, started, None)?;
             if let Some(storer) = self
                 .storer
@@ -220,7 +249,7 @@ impl StageJobs {
                 .filter(|_| project.pipeline.stages[stage].cache)
             {
                 let took = started.elapsed().as_millis() as u64;
-                storer.submit(job, (project, stage), &key, &outputs, took);
+                storer.submit(job, (project, stage), (&key, ran), &outputs, took);
             }
             let mut told = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
             told.extend(warnings.into_iter().map(|w| (job, w)));
@@ -251,22 +280,32 @@ impl StageJobs {
     }
 
     /// Runs the stage's action into the temporary paths and verifies what it wrote;
-    /// returns the warnings it reported.
+    /// returns the warnings it reported and, in a build with a remote server, the
+    /// portable Action that ran.
     fn execute(
         &self,
         job: usize,
         lease: &Lease,
         temp: &TempOutputs,
         fingerprint: &str,
-    ) -> Result<Vec<String>, StageError> {
+    ) -> Result<(Vec<String>, Option<RanPortable>), StageError> {
         let (project_index, stage) = self.jobs[job];
         let project = &self.projects[project_index];
         let spec = &project.pipeline.stages[stage];
-        let context = invocation_context(project, stage, lease, temp);
+        let context = invocation_context(project, stage, lease.gpu, temp);
         let action = spec.kind.action(&context)?;
-        let result = match (&self.remote, lease.remote) {
-            (Some(remote), true) => self.run_remote(job, remote, &context, action, fingerprint),
-            _ => self.run_process(project, stage, lease, action),
+        let portable = self.portable.as_deref().map(|actions| {
+            portable_action(actions, project, stage, &context, &action, fingerprint)
+        });
+        let (result, portable) = match (&self.remote, lease.remote, portable) {
+            (Some(remote), true, Some(portable)) => {
+                let portable = portable.map_err(StageError::from)?;
+                (self.run_remote(job, remote, &portable), Some(portable))
+            }
+            (_, _, portable) => {
+                let portable = portable.and_then(|built| self.uploadable(job, built));
+                (self.run_process(project, stage, lease, action), portable)
+            }
         };
         result.map_err(|failure| match failure {
             ProcessFailure::Ran { status, error } => {
@@ -277,7 +316,27 @@ impl StageJobs {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(StageError::new("interrupted"));
         }
-        spec.kind.verify(&context)
+        let warnings = spec.kind.verify(&context)?;
+        let executed_at = self.ran_remotely_as(job).map(|ran| ran.executor);
+        let ran = portable.map(|p| RanPortable::read(p, &project.pipeline.dir, executed_at));
+        Ok((warnings, ran))
+    }
+
+    /// The portable Action of a stage that runs here, for the remote cache's upload; a
+    /// warning without it when it cannot be built (the stage still runs).
+    fn uploadable(
+        &self,
+        job: usize,
+        built: Result<PortableAction, super::portable::PortableError>,
+    ) -> Option<PortableAction> {
+        match built {
+            Ok(portable) => Some(portable),
+            Err(error) => {
+                let message = StageError::from(error).message;
+                self.warn(job, format!("not uploaded to the remote cache: {message}"));
+                None
+            }
+        }
     }
 
     /// Runs the action on the remote executor; remembers the worker.
@@ -285,9 +344,7 @@ impl StageJobs {
         &self,
         job: usize,
         remote: &RemoteExecution,
-        context: &InvocationContext,
-        action: Action,
-        fingerprint: &str,
+        portable: &PortableAction,
     ) -> Result<(), ProcessFailure> {
         let (project_index, stage) = self.jobs[job];
         let project = &self.projects[project_index];
@@ -299,12 +356,11 @@ impl StageJobs {
         let run = RemoteRun {
             project,
             stage,
-            context,
-            fingerprint,
+            action: portable,
             log: &log,
             shown_log: &shown_log,
         };
-        match run_remotely(remote, &run, action, &self.cancel) {
+        match run_remotely(remote, &run, &self.cancel) {
             Ok(ran) => {
                 self.ran_remotely
                     .lock()
@@ -409,15 +465,20 @@ impl StageJobs {
     }
 }
 
-/// The paths and facts of one run of a stage.
+/// The paths and facts of one run of a stage holding `gpu`.
 fn invocation_context(
     project: &Project,
     stage: usize,
-    lease: &Lease,
+    gpu: Option<u32>,
     temp: &TempOutputs,
 ) -> InvocationContext {
     let pipeline = &project.pipeline;
     let spec = &pipeline.stages[stage];
+    let inside = |path: &Path| {
+        path.strip_prefix(&pipeline.dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
     InvocationContext {
         dir: pipeline.dir.clone(),
         inputs: project
@@ -427,14 +488,14 @@ fn invocation_context(
             .map(|(key, input)| (key.clone(), input.path().to_path_buf()))
             .collect(),
         outputs: temp.paths.clone(),
-        scratch: temp.scratch(),
+        scratch: inside(&temp.scratch()),
         build_dir: pipeline.build_dir.clone(),
-        state_dir: pipeline.state_dir(),
+        state_dir: inside(&pipeline.state_dir()),
         stage: spec.name.clone(),
-        gpu: lease.gpu,
+        gpu,
         facts: project.stage_facts(stage).into_owned(),
-        pipeline_file: pipeline.file.clone(),
-        pipeline_text: std::sync::Arc::clone(&pipeline.source.text),
+        pipeline_file: inside(&pipeline.file),
+        pipeline_text: project.stage_text(stage),
     }
 }
 

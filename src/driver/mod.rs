@@ -17,6 +17,7 @@ mod jobs;
 pub(crate) mod noop;
 mod outputs;
 mod plan;
+pub(crate) mod portable;
 mod project;
 pub(crate) mod remote;
 mod run;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use super::*;
@@ -11,7 +11,7 @@ use crate::facts::{MachineFacts, Toolchain};
 use crate::fingerprint::StatCache;
 use crate::graph::{ResolvedInput, StageGraph};
 use crate::pipeline::kind::{Registry, Tool};
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError, StageSources};
 use crate::state::{OutputRecord, StateStore};
 
 /// One pipeline with its graph, state and stat cache.
@@ -30,6 +30,8 @@ pub(crate) struct Project {
     /// The stages that must run remotely when no executor is configured, with why they
     /// cannot run in this build.
     pub nowhere: BTreeMap<usize, String>,
+    /// The pipeline file cut at its stage headers, when a stage's text is first asked for.
+    sources: OnceLock<Option<StageSources>>,
 }
 
 impl Project {
@@ -55,9 +57,28 @@ impl Project {
             facts: MachineFacts::plain(default_toolchain(&pipeline)),
             remote: BTreeSet::new(),
             nowhere: BTreeMap::new(),
+            sources: OnceLock::new(),
             pipeline,
             stats,
         })
+    }
+
+    /// The pipeline text a stage that pochi runs itself parses again (`pochi run-stage`,
+    /// whose request is an input of the stage's Action): the part before the first stage
+    /// header and the stage's own section, so an edit to another stage leaves its Action
+    /// alone. The whole file when it does not cut cleanly or has a matrix (a matrix
+    /// rewrites references across stages).
+    pub(crate) fn stage_text(&self, stage: usize) -> Arc<String> {
+        let whole = &self.pipeline.source.text;
+        if self.pipeline.stages.iter().any(|s| s.matrix.is_some()) {
+            return Arc::clone(whole);
+        }
+        let sources = self.sources.get_or_init(|| StageSources::of(whole));
+        let name = &self.pipeline.stages[stage].name;
+        match sources.as_ref().and_then(|s| s.text_of(whole, name)) {
+            Some(text) => Arc::new(text),
+            None => Arc::clone(whole),
+        }
     }
 
     /// Whether any stage runs the Python toolchain.

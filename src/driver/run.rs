@@ -85,6 +85,9 @@ pub(crate) struct BuildOptions {
     /// many of them may be in flight.
     pub remote: Option<Arc<remote::RemoteExecution>>,
     pub remote_jobs: u32,
+    /// How stages' Actions are made portable, in a build with a remote server (a shared
+    /// cache or an executor).
+    pub portable: Option<Arc<super::portable::PortableActions>>,
 }
 
 /// What a build reports while it runs.
@@ -155,7 +158,7 @@ impl Workspace {
             Arc::clone(&cancel),
         )
         .with_cache(options.cache.clone())
-        .with_remote(options.remote.clone());
+        .with_remote(options.remote.clone(), options.portable.clone());
         stage_jobs.unavailable = unavailable;
         stage_jobs.invalid = invalid;
         let stage_jobs = Arc::new(stage_jobs);

@@ -534,3 +534,177 @@ outputs = { out = "out/h.txt" }
         assert!(runner.first_args().is_empty(), "nothing ran");
     }
 }
+
+/// The one Action of a stage, as a remote tier sees it: a RECORDING FAKE of the remote
+/// tier (a test double for a server) keeps the portable Action of each restore and store.
+mod portable_actions {
+    use super::*;
+    use crate::action::PortableAction;
+    use crate::cache::{
+        BuildStats, CacheRequest, Miss, OutputCache, PublishedOutput, Restored, StoreError,
+    };
+    use crate::driver::portable::PortableActions;
+    use std::sync::Mutex;
+
+    /// (stage, "restore" or "store", the portable Action).
+    type Seen = Vec<(String, &'static str, PortableAction)>;
+
+    #[derive(Debug, Default)]
+    struct RecordingTier {
+        seen: Mutex<Seen>,
+    }
+
+    impl RecordingTier {
+        fn record(&self, request: &CacheRequest, what: &'static str) {
+            let action = request
+                .action
+                .expect("a portable Action")
+                .portable()
+                .unwrap();
+            let entry = (request.meta.stage.clone(), what, action.clone());
+            self.seen.lock().unwrap().push(entry);
+        }
+    }
+
+    impl OutputCache for RecordingTier {
+        fn may_have(&self, _request: &CacheRequest) -> bool {
+            true
+        }
+
+        fn restore(
+            &self,
+            request: &CacheRequest,
+            _dest_for: &dyn Fn(&str) -> PathBuf,
+        ) -> Result<Restored, Miss> {
+            self.record(request, "restore");
+            Err(Miss::NoEntry)
+        }
+
+        fn store(&self, request: &CacheRequest, _: &[PublishedOutput]) -> Result<(), StoreError> {
+            self.record(request, "store");
+            Ok(())
+        }
+
+        fn finish_build(&self, _stats: &BuildStats, _stored: bool) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    /// What a first build of `fixture` hands the tier, in stage order.
+    fn seen_in(fixture: &Fixture) -> Seen {
+        let tier = Arc::new(RecordingTier::default());
+        let options = BuildOptions {
+            cache: Some(Arc::clone(&tier) as Arc<dyn OutputCache>),
+            portable: Some(Arc::new(PortableActions::new(
+                PathBuf::from("/home/me/.cache/pochi/v1/toolchains"),
+                PathBuf::from("/opt/pochi/v1/toolchains"),
+            ))),
+            ..BuildOptions::default()
+        };
+        // Outputs from the arguments alone (the default names the call's number).
+        let runner = Arc::new(FakeRunner::writing(|spec, _| Some(spec.args.join(" "))));
+        let summary = fixture
+            .build_with(&fixture.workspace(), &runner, &options)
+            .unwrap();
+        assert!(summary.ok, "{summary:?}");
+        let mut seen = tier.seen.lock().unwrap().clone();
+        seen.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        seen
+    }
+
+    #[test]
+    fn a_restore_and_the_store_after_the_run_use_one_action_the_same_in_every_clone() {
+        let (first, second) = (Fixture::new(), Fixture::new());
+        let seen = seen_in(&first);
+        let stages: Vec<(&str, &str)> = seen.iter().map(|(s, w, _)| (s.as_str(), *w)).collect();
+        assert_eq!(
+            stages,
+            [
+                ("a", "restore"),
+                ("a", "store"),
+                ("b", "restore"),
+                ("b", "store"),
+                ("c", "restore"),
+                ("c", "store")
+            ]
+        );
+        for pair in seen.chunks(2) {
+            assert_eq!(
+                pair[0].2, pair[1].2,
+                "one Action for the restore and the store"
+            );
+        }
+        let a = &seen[0].2;
+        assert_eq!(a.argv, ["gen", "a", "a.txt", ".pochi/v1/p/tmp/a/out/a"]);
+        assert_eq!(
+            a.outputs,
+            [("out".into(), ".pochi/v1/p/tmp/a/out/a".into())]
+        );
+        assert_eq!(a.inputs[0].path, "a.txt");
+        assert_eq!(a.inputs[0].sha256.len(), 64);
+        assert!(!a.env.contains_key("CUDA_VISIBLE_DEVICES"));
+        // Another clone, in another directory: the same Actions but for where files are.
+        let elsewhere = seen_in(&second);
+        let without_local = |seen: &Seen| -> Vec<PortableAction> {
+            let mut actions: Vec<PortableAction> = seen.iter().map(|s| s.2.clone()).collect();
+            for action in &mut actions {
+                action
+                    .inputs
+                    .iter_mut()
+                    .for_each(|i| i.local = PathBuf::new());
+            }
+            actions
+        };
+        assert_eq!(without_local(&seen), without_local(&elsewhere));
+        let text = format!("{:?}", without_local(&seen));
+        let dir = first.dir.path().to_string_lossy().into_owned();
+        assert!(
+            !text.contains(&dir),
+            "no path of the project's directory: {text}"
+        );
+    }
+
+    #[test]
+    fn an_edit_to_another_stage_leaves_the_action_of_a_stage_pochi_runs_alone() {
+        let pipeline = r#"
+[pipeline]
+name = "p"
+
+[stages.calib]
+kind = "dataset"
+synthetic = { shape = [3, 8, 8], count = 4, seed = 7 }
+
+[stages.other]
+kind = "command"
+run = ["gen", "{outputs.out}"]
+outputs = { out = "out/o" }
+"#;
+        let action_of = |fixture: &Fixture| {
+            let seen = seen_in(fixture);
+            let stored = seen
+                .into_iter()
+                .find(|(s, w, _)| s == "calib" && *w == "store");
+            stored.expect("calib stored").2
+        };
+        let before = action_of(&Fixture::with(pipeline));
+        let after = action_of(&Fixture::with(&pipeline.replace("\"gen\"", "\"gen2\"")));
+        assert_eq!(before.argv, after.argv);
+        let argv: Vec<&str> = before.argv.iter().map(String::as_str).collect();
+        assert!(argv[0].starts_with(".pochi-remote/"), "{argv:?}");
+        assert_eq!(argv[1..3], ["run-stage", "--python"]);
+        let request = |action: &PortableAction| {
+            let found = action
+                .inputs
+                .iter()
+                .find(|i| i.path.ends_with("request.json"));
+            found.expect("the request is an input").clone()
+        };
+        // The request (pipeline text and context) is the same: the edit is not in it.
+        assert_eq!(request(&before).sha256, request(&after).sha256);
+        assert!(
+            before.inputs.iter().any(|i| i.path == argv[0]),
+            "pochi is an input"
+        );
+        assert!(before.outputs.iter().any(|(name, _)| name == ".answer"));
+    }
+}

@@ -77,12 +77,12 @@ pub trait RequestStage: Debug + Send + Sync {
     }
 }
 
-/// The request file of a run.
+/// The request file of a run, relative to the pipeline directory.
 pub(crate) fn request_file(context: &InvocationContext) -> PathBuf {
     context.scratch.join("request.json")
 }
 
-/// The answer file of a run (relative to nothing: `scratch` is absolute).
+/// The answer file of a run, relative to the pipeline directory.
 pub(crate) fn answer_file(context: &InvocationContext) -> PathBuf {
     context.scratch.join("answer.json")
 }
@@ -122,9 +122,10 @@ impl<T: RequestStage> StageKind for T {
             Program::Pochi => run_stage_request(context)?,
         };
         let file = request_file(context);
-        std::fs::create_dir_all(&context.scratch)
-            .and_then(|()| std::fs::write(&file, request.to_string()))
-            .map_err(|e| StageError::new(format!("cannot write {}: {e}", file.display())))?;
+        let written = context.on_disk(&file);
+        std::fs::create_dir_all(context.on_disk(&context.scratch))
+            .and_then(|()| std::fs::write(&written, request.to_string()))
+            .map_err(|e| StageError::new(format!("cannot write {}: {e}", written.display())))?;
         let shown = |path: &Path| path.to_string_lossy().into_owned();
         let (mut argv, tool) = match self.program() {
             Program::Python(script) => {
@@ -136,7 +137,9 @@ impl<T: RequestStage> StageKind for T {
             }
             Program::Pochi => {
                 let pochi = context.facts.pochi.clone();
-                (vec![shown(&pochi), "run-stage".into()], pochi)
+                let python = ["--python".into(), shown(context.python())];
+                let argv = [vec![shown(&pochi), "run-stage".into()], python.to_vec()].concat();
+                (argv, pochi)
             }
         };
         argv.extend([shown(&file), shown(&answer_file(context))]);
@@ -154,7 +157,10 @@ impl<T: RequestStage> StageKind for T {
     }
 
     fn verify(&self, context: &InvocationContext) -> Result<Vec<String>, StageError> {
-        check_answer(RequestStage::kind(self), &answer_file(context))?;
+        check_answer(
+            RequestStage::kind(self),
+            &context.on_disk(&answer_file(context)),
+        )?;
         Ok(answer_warnings(context))
     }
 
@@ -165,7 +171,7 @@ impl<T: RequestStage> StageKind for T {
         error: StageError,
     ) -> StageError {
         let log = error.log.clone();
-        let explained = match read_json(&answer_file(context)) {
+        let explained = match read_json(&context.on_disk(&answer_file(context))) {
             Some(answer) => Some(describe_failure(RequestStage::kind(self), &answer)),
             None => self.explain_no_answer(context, status),
         };
@@ -188,7 +194,7 @@ impl<T: RequestStage> StageKind for T {
 /// The warnings a script's answer lists (`"warnings": [...]`), e.g. a report's parity
 /// failure under `on_parity_failure = "warn"`.
 pub(crate) fn answer_warnings(context: &InvocationContext) -> Vec<String> {
-    read_json(&answer_file(context))
+    read_json(&context.on_disk(&answer_file(context)))
         .and_then(|answer| answer.get("warnings").cloned())
         .and_then(|warnings| serde_json::from_value(warnings).ok())
         .unwrap_or_default()
@@ -196,9 +202,18 @@ pub(crate) fn answer_warnings(context: &InvocationContext) -> Vec<String> {
 
 /// The request of a stage that pochi runs itself (`pochi run-stage`): the pipeline's
 /// text as this build parsed it (the child parses it again and takes the stage named in
-/// the context) and the run's context.
+/// the context) and the run's context, without this machine's paths: the child takes
+/// the pipeline directory from its working directory, itself from `current_exe`, the
+/// interpreter from its `--python` argument and the interpreter's site directories from
+/// the interpreter (`pochi run-stage` fills them in again).
 pub(crate) fn run_stage_request(context: &InvocationContext) -> Result<Value, StageError> {
-    let described = serde_json::to_value(context)
+    let mut portable = context.clone();
+    portable.facts.pochi = PathBuf::new();
+    portable.facts.toolchain.python = PathBuf::new();
+    if let Some(python) = &mut portable.facts.python {
+        python.site_dirs.clear();
+    }
+    let described = serde_json::to_value(&portable)
         .map_err(|e| StageError::new(format!("cannot describe the run: {e}")))?;
     Ok(json!({
         "protocol": RUN_STAGE_PROTOCOL,

@@ -215,30 +215,37 @@ pub enum Tool {
     Python,
 }
 
-/// Paths and facts for one run, relative to the pipeline directory (the working
-/// directory of the action).
+/// Paths and facts for one run. Every path is relative to the pipeline directory, the
+/// working directory of the action and the input root of its REAPI Action, so what a
+/// kind writes into a request is the same in every clone and on a remote worker; a kind
+/// that reads or writes a file itself joins it to `dir` (`on_disk`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InvocationContext {
-    /// The pipeline directory, absolute (for in-process work, which has no working directory).
+    /// The pipeline directory, absolute. Not part of a request: `pochi run-stage` takes
+    /// its working directory.
+    #[serde(skip)]
     pub dir: PathBuf,
     pub inputs: BTreeMap<String, PathBuf>,
     /// Temporary paths: the engine publishes them once the stage succeeded.
     pub outputs: BTreeMap<String, PathBuf>,
-    /// A directory of this run for request and answer files, discarded with it.
+    /// The stage's directory for request and answer files, emptied after the run.
     pub scratch: PathBuf,
     pub build_dir: PathBuf,
-    /// The pipeline's state directory (`.pochi/v1/<pipeline>/`), absolute: where a kind may
-    /// keep files for inspection after a failure (temporary outputs are discarded).
+    /// The pipeline's state directory (`.pochi/v1/<pipeline>/`): where a kind may keep
+    /// files for inspection after a failure (temporary outputs are discarded).
     pub state_dir: PathBuf,
     /// The stage's name.
     pub stage: String,
     /// The GPU the stage holds, if any (processes see only it, as CUDA_VISIBLE_DEVICES;
-    /// in-process work passes it on to the scripts it starts).
+    /// in-process work passes it on to the scripts it starts). Not part of a request (the
+    /// lease is the scheduler's choice, not what the stage computes): `pochi run-stage`
+    /// reads its CUDA_VISIBLE_DEVICES.
+    #[serde(skip)]
     pub gpu: Option<u32>,
     /// The machine facts of this build.
     pub facts: MachineFacts,
-    /// The pipeline file, absolute, and its text as parsed for this build: what `pochi
-    /// run-stage` parses again to rebuild a stage that pochi runs itself.
+    /// The pipeline file and its text as parsed for this build: what `pochi run-stage`
+    /// parses again to rebuild a stage that pochi runs itself.
     pub pipeline_file: PathBuf,
     #[serde(skip)]
     pub pipeline_text: std::sync::Arc<String>,
@@ -250,6 +257,12 @@ impl InvocationContext {
         &self.facts.toolchain.python
     }
 
+    /// Where a path of the context (relative to the pipeline directory) is on this
+    /// machine, for a kind that reads or writes it itself.
+    pub fn on_disk(&self, path: &Path) -> PathBuf {
+        self.dir.join(path)
+    }
+
     /// A context for unit tests: project `dir`, interpreter `python`, build dir
     /// `build/x`, stage `x`, no inputs or outputs.
     #[cfg(test)]
@@ -258,16 +271,16 @@ impl InvocationContext {
         InvocationContext {
             inputs: BTreeMap::new(),
             outputs: BTreeMap::new(),
-            scratch: dir.join(".pochi/v1/x/tmp/scratch"),
+            scratch: PathBuf::from(".pochi/v1/x/tmp/x/.scratch"),
             build_dir: PathBuf::from("build/x"),
-            state_dir: dir.join(".pochi/v1/x"),
+            state_dir: PathBuf::from(".pochi/v1/x"),
             stage: "x".to_string(),
             gpu: None,
             facts: MachineFacts::plain(crate::facts::Toolchain {
                 python: PathBuf::from(python),
                 identity: "test".to_string(),
             }),
-            pipeline_file: dir.join("pipeline.toml"),
+            pipeline_file: PathBuf::from("pipeline.toml"),
             pipeline_text: std::sync::Arc::new(String::new()),
             dir,
         }

@@ -27,6 +27,7 @@ pub mod parse_api {
 pub(crate) use crate::size::ByteSize;
 pub(crate) use kind::StageKind;
 pub(crate) use schema::pipeline_schema;
+pub(crate) use sections::StageSources;
 
 /// The directory under the project root where pochi keeps its state (`.pochi/v1/...`).
 pub const STATE_ROOT: &str = ".pochi";

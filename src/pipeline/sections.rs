@@ -20,8 +20,57 @@ pub(super) struct Sections {
 const MIN_STAGES: usize = 64;
 
 /// Cuts `text` at its stage headers when every header after the first stage header is a
-/// plain `[stages.NAME]` (a bare name, each once). Otherwise `None`.
+/// plain `[stages.NAME]` (a bare name, each once) and the file is large enough for it to
+/// pay. Otherwise `None`.
 pub(super) fn stage_sections(text: &str) -> Option<Sections> {
+    let (prefix, named) = cut(text)?;
+    if named.len() < MIN_STAGES {
+        return None;
+    }
+    Some(Sections {
+        prefix,
+        stages: named.into_iter().map(|(_, range)| range).collect(),
+    })
+}
+
+/// The sections of a file by stage name, to give one stage the text it parses from on its
+/// own (`pochi run-stage`'s request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StageSources {
+    prefix: Range<usize>,
+    by_name: std::collections::HashMap<String, Range<usize>>,
+}
+
+impl StageSources {
+    /// The file's sections, when it cuts cleanly at bare stage headers.
+    pub(crate) fn of(text: &str) -> Option<StageSources> {
+        let (prefix, named) = cut(text)?;
+        let by_name = named
+            .into_iter()
+            .map(|(name, range)| (name.to_string(), range))
+            .collect();
+        Some(StageSources { prefix, by_name })
+    }
+
+    /// Everything before the first stage header and stage `name`'s own section: what the
+    /// stage parses from alone (its references to other stages are resolved by the graph,
+    /// not by the parse). `None` for a name without a section.
+    pub(crate) fn text_of(&self, text: &str, name: &str) -> Option<String> {
+        let section = self.by_name.get(name)?;
+        Some(format!(
+            "{}{}",
+            &text[self.prefix.clone()],
+            &text[section.clone()]
+        ))
+    }
+}
+
+/// Each `[stages.NAME]` section of a file: its name and its range.
+type NamedSections<'a> = Vec<(&'a str, Range<usize>)>;
+
+/// The prefix and each `[stages.NAME]` section by name, when every header after the first
+/// stage header is a plain one (a bare name, each once) and no stage header comes before.
+fn cut(text: &str) -> Option<(Range<usize>, NamedSections<'_>)> {
     let headers = headers(text)?;
     let first = headers.iter().position(|h| h.name.starts_with("stages."))?;
     let mut names = std::collections::HashSet::new();
@@ -42,23 +91,20 @@ pub(super) fn stage_sections(text: &str) -> Option<Sections> {
         return None;
     }
     let stage_headers = &headers[first..];
-    if stage_headers.len() < MIN_STAGES {
-        return None;
-    }
-    let stages = stage_headers
+    let named = stage_headers
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            h.start
-                ..stage_headers
-                    .get(i + 1)
-                    .map_or(text.len(), |next| next.start)
+            let end = stage_headers
+                .get(i + 1)
+                .map_or(text.len(), |next| next.start);
+            (
+                h.name.strip_prefix("stages.").unwrap_or(h.name),
+                h.start..end,
+            )
         })
         .collect();
-    Some(Sections {
-        prefix: 0..stage_headers[0].start,
-        stages,
-    })
+    Some((0..stage_headers[0].start, named))
 }
 
 /// A table header: where its line starts, its dotted name with spaces removed, and
@@ -190,6 +236,23 @@ fn end_of_string(bytes: &[u8], at: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stage_gets_the_prefix_and_its_own_section() {
+        let text = "[pipeline]\nname = \"p\"\n\n[stages.a]\nkind = \"command\"\n# a's\n\n[stages.b]\nrun = [\"[stages.c]\"]\n";
+        let sources = StageSources::of(text).expect("cuts");
+        assert_eq!(
+            sources.text_of(text, "a").unwrap(),
+            "[pipeline]\nname = \"p\"\n\n[stages.a]\nkind = \"command\"\n# a's\n\n"
+        );
+        assert_eq!(
+            sources.text_of(text, "b").unwrap(),
+            "[pipeline]\nname = \"p\"\n\n[stages.b]\nrun = [\"[stages.c]\"]\n"
+        );
+        assert_eq!(sources.text_of(text, "c"), None);
+        // A file that does not cut cleanly (a dotted stage header) is not cut.
+        assert!(StageSources::of("[stages.a]\nx = 1\n[stages.a.env]\ny = 2\n").is_none());
+    }
+
     use super::*;
 
     fn many(extra: &str) -> String {

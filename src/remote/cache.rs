@@ -98,19 +98,22 @@ impl RemoteCache {
     }
 
     /// Stores a stage's outputs under its Action: `entry` is the local cache's entry for
-    /// them, and `blob_path(file)` a file holding each blob's bytes (the local cache's
-    /// copy, which nobody edits). Blobs first, the Action's messages next, the entry last.
+    /// the declared ones, `blob_path(file)` a file holding each blob's bytes (the local
+    /// cache's copy, which nobody edits), and `other_outputs` the Action's other outputs
+    /// with their bytes (a script's answer file). Blobs first, the Action's messages
+    /// next, the entry last.
     pub fn upload(
         &self,
         stage: &StageAction,
         entry: &Entry,
         blob_path: &dyn Fn(&FileRecord) -> PathBuf,
+        other_outputs: &[(String, Vec<u8>)],
     ) -> Result<Uploaded, RemoteError> {
         if self.read_only {
             return Ok(Uploaded::default());
         }
         self.guarded(|| {
-            let upload = action_result(stage, entry)?;
+            let upload = action_result(stage, entry, other_outputs)?;
             let messages: Vec<_> = stage.blobs.iter().chain(&upload.trees).cloned().collect();
             let mut wanted: Vec<Digest> = upload.files.iter().map(|(d, _)| d.clone()).collect();
             wanted.extend(messages.iter().map(|b| b.digest.clone()));

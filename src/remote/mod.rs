@@ -45,8 +45,7 @@ pub use execute::{Executed, ExecutionJob, ExecutionPhase, RemoteExecutor};
 pub use grpc::GrpcClient;
 pub use http::HttpClient;
 pub use results::RemoteMiss;
-pub(crate) use stage::{DigestMemo, input_files, rewrite_paths};
-pub use stage::{StageAction, StageDescription, StageOutput, stage_action};
+pub use stage::{StageAction, input_root_files, stage_action};
 pub(crate) use tier::RemoteTier;
 pub(crate) use tls::{TlsPaths, TlsSettings};
 

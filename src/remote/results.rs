@@ -15,9 +15,9 @@ use super::tree::{fetch_tree, tree_files, write_tree};
 use super::verify::set_mode;
 use crate::cache::{Entry, FileRecord, Node};
 
-/// What an upload sends: the entry, the `Tree` blobs of its output directories (and each
-/// `Directory` in them as a blob of its own), and each file blob with the local record it
-/// is read from.
+/// What an upload sends: the entry, the blobs sent from memory (the `Tree` blobs of its
+/// output directories, each `Directory` in them, the Action's other outputs), and each
+/// file blob with the local record it is read from.
 #[derive(Debug, Clone)]
 pub(crate) struct ResultUpload {
     pub result: proto::ActionResult,
@@ -37,10 +37,12 @@ pub(crate) fn record_digest(
     Digest::new(hash, file.size)
 }
 
-/// The `ActionResult` for a stage whose outputs the local cache stored as `entry`.
+/// The `ActionResult` for a stage whose declared outputs the local cache stored as
+/// `entry`, and whose other outputs (a script's answer file) are `other_outputs`.
 pub(crate) fn action_result(
     stage: &StageAction,
     entry: &Entry,
+    other_outputs: &[(String, Vec<u8>)],
 ) -> Result<ResultUpload, RemoteError> {
     let function = stage.function;
     let mut upload = ResultUpload {
@@ -49,6 +51,19 @@ pub(crate) fn action_result(
         files: Vec::new(),
     };
     for (name, path) in &stage.outputs {
+        if let Some((_, bytes)) = other_outputs.iter().find(|(other, _)| other == name) {
+            let blob = Blob {
+                digest: Digest::of_bytes(function, bytes),
+                bytes: bytes.clone(),
+            };
+            upload.result.output_files.push(proto::OutputFile {
+                path: path.clone(),
+                digest: Some(blob.digest.to_proto()),
+                ..Default::default()
+            });
+            upload.trees.push(blob);
+            continue;
+        }
         let output = entry
             .outputs
             .iter()

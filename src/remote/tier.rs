@@ -4,20 +4,18 @@
 //! immutable copies) on a background thread, so the build does not wait for the network
 //! until its end (`finish_build`).
 //!
-//! The stage's REAPI Action is built from what the seam hands over (`CacheRequest`): the
-//! Command from the stage key (for a `command` stage its `run` list with the declared
-//! paths filled in; for the other kinds `pochi-stage KIND`, their parameters being in the
-//! salt), its `env` and declared outputs; the input root from the key's inputs, read
-//! from the project (SHA-256 unless the server offers BLAKE3); the platform from the
-//! entry's metadata; and the cache key, which covers the fingerprint and the platform, as
-//! the salt.
+//! The stage's REAPI Action is the one its remote execution runs: the seam hands over
+//! the stage's portable Action (`CacheRequest::action`, built by the driver once per
+//! run), and the tier digests it under the server's function (SHA-256 unless the server
+//! offers BLAKE3). An entry a farm wrote when it executed the stage answers a lookup, and
+//! an entry uploaded after a local run answers the farm's own lookup; the upload carries
+//! the Action's other outputs (a script's answer file) beside the declared ones.
 //!
 //! A server that fails costs one warning (a lookup's through the executor, which warns of
 //! a `Miss::Remote`; an upload's from `finish_build`) and the rest of the build runs
 //! locally; `failure` tells the command line whether it failed, for
 //! `--remote-cache-required`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -25,25 +23,23 @@ use std::thread::JoinHandle;
 
 use super::cache::{Lookup, RemoteCache};
 use super::error::RemoteError;
-use super::stage::{
-    DigestMemo, StageAction, StageDescription, StageOutput, input_files, stage_action,
-};
-use crate::action::Action;
+use super::stage::{StageAction, stage_action};
 use crate::cache::{
     BuildStats, CacheRequest, LocalCache, Miss, Origin, OutputCache, PublishedOutput, Restored,
     StoreError,
 };
-use crate::fingerprint::StageKey;
 
-/// What the background uploader is given: a stage's Action and its local entry's key.
+/// What the background uploader is given: a stage's Action, its local entry's key and
+/// the Action's other outputs.
 struct UploadJob {
     action: StageAction,
     key: String,
     stage: String,
+    other_outputs: Vec<(String, Vec<u8>)>,
 }
 
-/// The remote tier: a `RemoteCache`, the local store it reads uploads from and keeps
-/// downloads in, and the project directories its requests' input paths are relative to.
+/// The remote tier: a `RemoteCache` and the local store it reads uploads from and keeps
+/// downloads in.
 pub(crate) struct RemoteTier {
     inner: Arc<Inner>,
     uploads: Mutex<Option<(mpsc::Sender<UploadJob>, JoinHandle<()>)>>,
@@ -52,9 +48,6 @@ pub(crate) struct RemoteTier {
 struct Inner {
     remote: RemoteCache,
     local: LocalCache,
-    /// Pipeline (as `EntryMeta::pipeline` names it) -> its directory.
-    dirs: BTreeMap<String, PathBuf>,
-    memo: DigestMemo,
     /// What went wrong, once per kind of failure, for `finish_build`.
     warnings: Mutex<Vec<String>>,
     /// The first failure of the server, for `--remote-cache-required`.
@@ -70,19 +63,12 @@ impl std::fmt::Debug for RemoteTier {
 }
 
 impl RemoteTier {
-    /// A tier over `remote`; `local` is the build's local store, `dirs` each pipeline's
-    /// directory by the name the entries' metadata give it.
-    pub(crate) fn new(
-        remote: RemoteCache,
-        local: LocalCache,
-        dirs: BTreeMap<String, PathBuf>,
-    ) -> Self {
+    /// A tier over `remote`; `local` is the build's local store.
+    pub(crate) fn new(remote: RemoteCache, local: LocalCache) -> Self {
         RemoteTier {
             inner: Arc::new(Inner {
                 remote,
                 local,
-                dirs,
-                memo: DigestMemo::default(),
                 warnings: Mutex::new(Vec::new()),
                 failure: Mutex::new(None),
             }),
@@ -164,39 +150,13 @@ impl Inner {
         }
     }
 
-    /// The stage's REAPI Action for this request.
-    fn action(&self, request: &CacheRequest) -> Result<StageAction, RemoteError> {
-        let function = self.remote.digest_function()?;
-        let key = request.stage_key;
-        let outputs: Vec<StageOutput> = key
-            .outputs
-            .iter()
-            .map(|(name, path)| StageOutput {
-                name: name.clone(),
-                path: slash_path(path),
-                temp: PathBuf::new(),
-            })
-            .collect();
-        let inputs = match self.dirs.get(&request.meta.pipeline) {
-            Some(dir) => {
-                let paths: Vec<PathBuf> = key.inputs.values().map(|i| i.path.clone()).collect();
-                input_files(dir, &paths, function, &self.memo)?
-            }
-            None => Vec::new(),
+    /// The stage's REAPI Action for this request, under the server's digest function.
+    fn action(&self, request: &CacheRequest) -> Result<Option<StageAction>, RemoteError> {
+        let Some(source) = request.action else {
+            return Ok(None);
         };
-        let mut action = Action::new(command_line(key));
-        action.platform.extend(request.meta.platform.clone());
-        stage_action(
-            function,
-            &StageDescription {
-                action: &action,
-                env: &key.env,
-                outputs: &outputs,
-                rewrites: &[],
-                inputs: &inputs,
-                salt: request.key,
-            },
-        )
+        let portable = source.portable().map_err(RemoteError::InputTree)?;
+        stage_action(self.remote.digest_function()?, portable).map(Some)
     }
 
     /// Uploads one stage's outputs from the local store's copies.
@@ -212,9 +172,10 @@ impl Inner {
             }
         };
         let local = &self.local;
+        let blob_path = |file: &crate::cache::FileRecord| local.blob_path(&file.blake3);
         match self
             .remote
-            .upload(&job.action, &entry, &|file| local.blob_path(&file.blake3))
+            .upload(&job.action, &entry, &blob_path, &job.other_outputs)
         {
             Ok(_) => {}
             Err(error) => {
@@ -225,42 +186,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// A path as REAPI writes them: `/`-separated.
-fn slash_path(path: &Path) -> String {
-    path.components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// The Command's arguments for a stage key: a `command` stage's `run` list with
-/// `{inputs.K}` and `{outputs.K}` replaced by their paths; `pochi-stage KIND` otherwise.
-fn command_line(key: &StageKey) -> Vec<String> {
-    let run = key.params.get("run").and_then(|run| run.as_array());
-    let (Some(run), "command") = (run, key.kind.as_str()) else {
-        return vec!["pochi-stage".into(), key.kind.clone()];
-    };
-    let mut placeholders: Vec<(String, String)> = key
-        .inputs
-        .iter()
-        .map(|(name, input)| (format!("{{inputs.{name}}}"), slash_path(&input.path)))
-        .collect();
-    placeholders.extend(
-        key.outputs
-            .iter()
-            .map(|(name, path)| (format!("{{outputs.{name}}}"), slash_path(path))),
-    );
-    run.iter()
-        .map(|argument| {
-            let mut text = argument.as_str().unwrap_or_default().to_string();
-            for (from, to) in &placeholders {
-                text = text.replace(from, to);
-            }
-            text
-        })
-        .collect()
 }
 
 impl OutputCache for RemoteTier {
@@ -274,11 +199,13 @@ impl OutputCache for RemoteTier {
         dest_for: &dyn Fn(&str) -> PathBuf,
     ) -> Result<Restored, Miss> {
         let inner = &self.inner;
-        let found = inner
-            .action(request)
-            .and_then(|action| inner.remote.lookup(&action, dest_for));
+        let found = inner.action(request).and_then(|action| match action {
+            Some(action) => inner.remote.lookup(&action, dest_for).map(Some),
+            None => Ok(None),
+        });
         match found {
-            Ok(Lookup::Hit(done)) => {
+            Ok(None) => Err(Miss::NoEntry),
+            Ok(Some(Lookup::Hit(done))) => {
                 // Described (and kept) by the local store, which hashes every byte again.
                 let outputs: Vec<(String, PathBuf)> = request
                     .stage_key
@@ -304,8 +231,8 @@ impl OutputCache for RemoteTier {
                 }
             }
             // The executor warns of a notable miss (`Miss::Remote`), once per stage.
-            Ok(Lookup::Miss(super::results::RemoteMiss::NoEntry)) => Err(Miss::NoEntry),
-            Ok(Lookup::Miss(miss)) => Err(Miss::Remote(miss.to_string())),
+            Ok(Some(Lookup::Miss(super::results::RemoteMiss::NoEntry))) => Err(Miss::NoEntry),
+            Ok(Some(Lookup::Miss(miss))) => Err(Miss::Remote(miss.to_string())),
             Err(error) => match inner.failed("lookup", &error) {
                 Some(_) => Err(Miss::Remote(error.to_string())),
                 // Already told: the server is out of this build.
@@ -322,12 +249,21 @@ impl OutputCache for RemoteTier {
         if self.inner.remote.read_only() || self.failure().is_some() {
             return Ok(());
         }
+        let endpoint = self.inner.remote.endpoint().to_string();
+        if request.action.and_then(|a| a.executed_at()) == Some(endpoint.as_str()) {
+            return Ok(());
+        }
         match self.inner.action(request) {
-            Ok(action) => {
+            Ok(None) => Ok(()),
+            Ok(Some(action)) => {
                 self.queue(UploadJob {
                     action,
                     key: request.key.to_string(),
                     stage: request.meta.stage.clone(),
+                    other_outputs: request
+                        .action
+                        .map(|source| source.other_outputs().to_vec())
+                        .unwrap_or_default(),
                 });
                 Ok(())
             }

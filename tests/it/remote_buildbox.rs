@@ -552,6 +552,61 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
     }
 }
 
+/// One Action per stage: the entry the farm keeps when it executes a stage answers a
+/// build that only reads the farm as a cache (`--remote-cache`, a fresh clone with an
+/// empty local cache: restored, nothing runs), and the entry a cache-only build uploads
+/// after a local run answers the farm's own lookup when another clone executes the stage
+/// there (no worker runs it).
+#[test]
+fn the_cache_and_the_executor_answer_each_other_with_one_action() {
+    let farm = farm();
+    let url = farm.server.url();
+    let runs = |needle: &str| -> usize {
+        let needle = format!("Executing command: /usr/bin/sh -c echo {needle}");
+        farm.workers
+            .iter()
+            .map(|w| w.log_text().matches(&needle).count())
+            .sum()
+    };
+    // `executor = "auto"`: remote in a build with an executor, here in one without.
+    let auto = TRANSFORM.replace("executor = \"remote\"\n", "");
+    // Executed on the farm, then restored by a cache-only build of a fresh clone.
+    let executed = auto.replace("echo transform", "echo executed-then-cached");
+    let first = transform_project(&executed, "one action\n");
+    build_remote(&first, &url, &[]).assert_ok();
+    assert_eq!(runs("executed-then-cached"), 1);
+    let clone = transform_project(&executed, "one action\n");
+    let cached = clone.run_within(&["build", "--json", "--remote-cache", &url], BUILD_LIMIT);
+    cached.assert_ok();
+    assert_eq!(cached.count("restored_remote"), 1, "{}", cached.stdout);
+    assert_eq!(clone.logged_runs(), 0, "it ran here");
+    assert_eq!(runs("executed-then-cached"), 1);
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&first, &clone, output);
+    }
+
+    // Run here and uploaded by a cache-only build, then answered by the farm's action
+    // cache when a fresh clone executes it remotely (pochi's own cache skipped).
+    let uploaded = auto.replace("echo transform", "echo cached-then-executed");
+    let local = transform_project(&uploaded, "two\n");
+    let run = local.run_within(&["build", "--json", "--remote-cache", &url], BUILD_LIMIT);
+    run.assert_ok();
+    assert_eq!(local.logged_runs(), 1);
+    let remote = transform_project(&uploaded, "two\n");
+    let answered = build_remote(&remote, &url, &["--no-cache"]);
+    answered.assert_ok();
+    let summary = answered.summary();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["cached"],
+        true,
+        "{summary}"
+    );
+    assert_eq!(runs("cached-then-executed"), 0, "a worker ran it");
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&local, &remote, output);
+    }
+}
+
 /// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain`, and the directory
 /// that holds this machine's managed toolchains (`--remote-toolchain-dir`: the workers run
 /// on this machine, so theirs is the same).

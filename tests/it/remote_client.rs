@@ -232,34 +232,20 @@ fn stored_stage() -> StoredStage {
             &EntryMeta::default(),
         )
         .unwrap();
-    let mut pochi_action = pochi::action::Action::new(vec!["worker".into()]);
-    pochi_action
-        .platform
-        .insert("gpu".into(), "Fake GPU (stand-in)".into());
-    let outputs = vec![
-        remote::StageOutput {
-            name: "onnx".into(),
-            path: "build/model.onnx".into(),
-            temp: "tmp/onnx".into(),
-        },
-        remote::StageOutput {
-            name: "engine".into(),
-            path: "build/engine".into(),
-            temp: "tmp/engine".into(),
-        },
-    ];
-    let action = remote::stage_action(
-        SHA256,
-        &remote::StageDescription {
-            action: &pochi_action,
-            env: &Default::default(),
-            outputs: &outputs,
-            rewrites: &[],
-            inputs: &[],
-            salt: &key,
-        },
-    )
-    .unwrap();
+    let mut platform = pochi::action::base_platform();
+    platform.insert("gpu".into(), "Fake GPU (stand-in)".into());
+    let portable = pochi::action::PortableAction {
+        argv: vec!["worker".into()],
+        env: Default::default(),
+        inputs: Vec::new(),
+        outputs: vec![
+            ("onnx".into(), "build/model.onnx".into()),
+            ("engine".into(), "build/engine".into()),
+        ],
+        platform,
+        salt: key.clone(),
+    };
+    let action = remote::stage_action(SHA256, &portable).unwrap();
     StoredStage {
         _dir: dir,
         cache,
@@ -274,15 +260,21 @@ fn stored_stage() -> StoredStage {
 fn round_trip(remote: &RemoteCache, stage: &StoredStage) -> tempfile::TempDir {
     let cache = stage.cache.clone();
     let sent = remote
-        .upload(&stage.action, &stage.entry, &|file| {
-            cache.blob_path(&file.blake3)
-        })
+        .upload(
+            &stage.action,
+            &stage.entry,
+            &|file| cache.blob_path(&file.blake3),
+            &[],
+        )
         .unwrap();
     assert!(sent.blobs >= 5, "files, tree, Action, Command: {sent:?}");
     let again = remote
-        .upload(&stage.action, &stage.entry, &|file| {
-            cache.blob_path(&file.blake3)
-        })
+        .upload(
+            &stage.action,
+            &stage.entry,
+            &|file| cache.blob_path(&file.blake3),
+            &[],
+        )
         .unwrap();
     assert_eq!(again.blobs, 0, "a second upload sends no blob");
     let dest = tempfile::tempdir().unwrap();
@@ -351,7 +343,12 @@ fn a_read_only_cache_uploads_nothing() {
     let stage = stored_stage();
     let cache = stage.cache.clone();
     let sent = remote
-        .upload(&stage.action, &stage.entry, &|f| cache.blob_path(&f.blake3))
+        .upload(
+            &stage.action,
+            &stage.entry,
+            &|f| cache.blob_path(&f.blake3),
+            &[],
+        )
         .unwrap();
     assert_eq!(sent.blobs, 0);
     let model = Digest::of_bytes(SHA256, &stage.model);

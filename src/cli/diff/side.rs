@@ -57,18 +57,23 @@ pub(super) fn build(
     let mut workspace = Workspace::load(paths, crate::kinds::KINDS)?;
     super::super::gather_facts(&mut workspace, Mode::Create)?;
     workspace.place(args.remote.executor_configured())?;
-    let remote = super::super::build::remote_tier(&args.remote, local.as_ref(), &workspace)?;
-    let cache = super::super::build::tiered(local, remote.as_ref());
+    let remote = super::super::build::remote_tier(&args.remote, local.as_ref())?;
     // Stages placed on a remote executor (`--remote-executor`) run there, as in a build.
     let execution = match workspace.projects.iter().any(|p| !p.remote.is_empty()) {
         true => args.remote.execution()?.map(std::sync::Arc::new),
         false => None,
     };
+    let portable = super::super::build::portable_actions(
+        &args.remote,
+        remote.is_some() || execution.is_some(),
+    )?;
+    let cache = super::super::build::tiered(local, remote.as_ref());
     let options = BuildOptions {
         jobs: args.jobs,
         cache,
         remote: execution,
         remote_jobs: args.remote.remote_jobs,
+        portable,
         ..BuildOptions::default()
     };
     let summary = super::super::build::run_build(&workspace, &options)?;

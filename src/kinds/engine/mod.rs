@@ -302,15 +302,16 @@ impl RequestStage for Engine {
     fn request(&self, context: &InvocationContext) -> Result<Value, StageError> {
         let onnx = context.inputs.get("onnx").cloned().unwrap_or_default();
         let shapes = self.shapes(&context.dir, &onnx)?;
+        // Relative to the pipeline directory, the script's working directory.
         let path = |key: &str| {
             context
                 .outputs
                 .get(key)
-                .map(|p| context.dir.join(p).to_string_lossy().into_owned())
+                .map(|p| p.to_string_lossy().into_owned())
         };
         Ok(json!({
             "protocol": 1,
-            "onnx": context.dir.join(&onnx).to_string_lossy(),
+            "onnx": onnx.to_string_lossy(),
             "shapes": shapes,
             "workspace": self.workspace,
             "precision": self.precision.name(),

@@ -166,7 +166,7 @@ impl RequestStage for Export {
         if !status.starts_with("signal 9") {
             return None;
         }
-        let progress = read_json(&progress_file(context));
+        let progress = read_json(&context.on_disk(&progress_file(context)));
         let phase = progress
             .as_ref()
             .and_then(|p| p.get("phase"))

@@ -197,7 +197,8 @@ fn the_request_names_the_temporary_paths() {
     let action = kind.action(&context).unwrap();
     assert_eq!(action.argv[..2], ["/py", "-I"]);
     assert!(action.argv[2].ends_with("export.py"));
-    let request: Value = serde_json::from_slice(&std::fs::read(&action.argv[3]).unwrap()).unwrap();
+    let request: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(&action.argv[3])).unwrap()).unwrap();
     assert_eq!(request["model"], "m.py:Net");
     assert_eq!(request["outputs"]["onnx"], ".pochi/tmp/onnx/onnx.onnx");
     assert_eq!(

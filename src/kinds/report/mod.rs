@@ -206,7 +206,10 @@ fn parity_failures(summary: &Summary) -> Vec<String> {
 /// Copies the written files to `<state>/failed/<stage>/` (temporary outputs are
 /// discarded when a stage fails); returns where, for the message.
 fn keep_for_inspection(context: &InvocationContext, written: &[PathBuf]) -> String {
-    let dir = context.state_dir.join("failed").join(&context.stage);
+    let dir = context
+        .on_disk(&context.state_dir)
+        .join("failed")
+        .join(&context.stage);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return format!("(nowhere: cannot create {}: {e})", dir.display());

@@ -123,7 +123,7 @@ pub(super) fn run(
 ) -> Result<EngineRun, TensorRtError> {
     let scratch = tempfile::Builder::new()
         .prefix("tensorrt-")
-        .tempdir_in(&context.state_dir)
+        .tempdir_in(context.on_disk(&context.state_dir))
         .map_err(|source| TensorRtError::Scratch { source })?;
     let dir = scratch.path();
     let data_path = dir.join("data.npy");
@@ -156,7 +156,7 @@ pub(super) fn run(
     })?;
     let result_path = dir.join("result.json");
     let log = context
-        .state_dir
+        .on_disk(&context.state_dir)
         .join("logs")
         .join(format!("{}.tensorrt.log", context.stage));
     let answer = run_script_now(
