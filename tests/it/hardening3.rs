@@ -380,6 +380,11 @@ outputs = { dir = "out/d" }
     )
 }
 
+/// Where the stages' Actions write `out/a.txt` and `out/d` (their temporary paths, which a
+/// server's entry names).
+const A_IN_ACTION: &str = ".pochi/v1/p/tmp/a/out/a.txt";
+const D_IN_ACTION: &str = ".pochi/v1/p/tmp/d/dir/d";
+
 fn build_against(project: &Project, url: &str, timeout: &str) -> crate::common::Run {
     let args = [
         "build",
@@ -402,7 +407,7 @@ fn a_trickling_cache_server_is_a_miss_within_its_timeout() {
     let content = vec![b'x'; 1000];
     let digest = Digest::of_bytes(DigestFunction::Sha256, &content);
     let server = HostileHttp::start(
-        entry_with_file("out/a.txt", &digest),
+        entry_with_file(A_IN_ACTION, &digest),
         BlobAnswer::Trickle(content),
     );
     let project = one_output();
@@ -428,9 +433,13 @@ fn claims_a_cache_server_cannot_back_are_refused_before_a_byte_is_read() {
     let tree = Digest::new(&"ab".repeat(32), 10 << 30).unwrap();
     let file = Digest::new(&"cd".repeat(32), 1 << 50).unwrap();
     for (entry, says, blob) in [
-        (entry_with_dir("out/d", &tree), "over the 64 MiB", "abab"),
         (
-            entry_with_file("out/a.txt", &file),
+            entry_with_dir(D_IN_ACTION, &tree),
+            "over the 64 MiB",
+            "abab",
+        ),
+        (
+            entry_with_file(A_IN_ACTION, &file),
             "free on the disk",
             "cdcd",
         ),
