@@ -44,6 +44,11 @@ pub trait RequestStage: Debug + Send + Sync {
         let _ = context;
         Ok(Value::Null)
     }
+    /// What the kind keeps after a run its script answered `ok` for, besides its outputs
+    /// (the engine's TensorRT timing cache, from the stage's scratch directory).
+    fn after_success(&self, context: &InvocationContext) {
+        let _ = context;
+    }
     /// Variables the script needs besides the stage's `env`.
     fn env(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
@@ -161,6 +166,7 @@ impl<T: RequestStage> StageKind for T {
             RequestStage::kind(self),
             &context.on_disk(&answer_file(context)),
         )?;
+        RequestStage::after_success(self, context);
         Ok(answer_warnings(context))
     }
 

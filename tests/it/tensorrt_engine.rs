@@ -10,6 +10,7 @@ use crate::common::summary_stage as stage;
 use crate::common::tensorrt::{NEWEST, NEWEST_10, double_dir};
 use pochi::onnx_info::{Dim, encode};
 use serde_json::Value;
+use std::path::PathBuf;
 
 fn standin_dir() -> String {
     crate::common::tensorrt_standin_dir()
@@ -828,8 +829,21 @@ fn a_timing_cache_tensorrt_refuses_is_not_reported_reused() {
         let text = project.read("build/pipeline/engine.manifest.json");
         serde_json::from_str::<Value>(&text).unwrap()["builder"].clone()
     };
+    let kept_before = timing_caches();
     let first = manifest(&[]);
     assert_eq!(first["timing_cache_reused"], false, "{first}");
+    // The script sees a copy in the stage's scratch directory, named relative to the
+    // project (the request is an input of the stage's Action); the user's cache keeps it.
+    let staged = first["timing_cache"].as_str().unwrap();
+    assert!(
+        staged.starts_with(".pochi/v1/pipeline/tmp/engine/.scratch/"),
+        "{first}"
+    );
+    let added: Vec<PathBuf> = timing_caches()
+        .into_iter()
+        .filter(|file| !kept_before.contains(file))
+        .collect();
+    assert_eq!(added.len(), 1, "one cache for this GPU in the user's cache");
     let level = |n: u32| format!("{pipeline}optimization_level = {n}\n");
     project.write("pipeline.toml", &level(4));
     let second = manifest(&[]);
@@ -845,7 +859,26 @@ fn a_timing_cache_tensorrt_refuses_is_not_reported_reused() {
         .map(|c| &c["ignore_mismatch"])
         .collect();
     assert_eq!(sets, [false, false], "refused, then an empty cache");
-    let _ = std::fs::remove_file(refused["timing_cache"].as_str().unwrap());
+    for file in added {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// The TensorRT timing caches in the user's pochi cache (where `CacheDir::from_env` puts
+/// it: `POCHI_CACHE_DIR`, else `$XDG_CACHE_HOME/pochi`, else `~/.cache/pochi`).
+fn timing_caches() -> Vec<PathBuf> {
+    let set = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let root = set("POCHI_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|d| d.join("pochi")))
+        .or_else(|| set("HOME").map(|d| d.join(".cache/pochi")))
+        .expect("a cache directory");
+    std::fs::read_dir(root.join("v1/tensorrt-timing"))
+        .map(|list| list.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
 }
 
 /// Issue 23: when TensorRT's parser fails without an error, the message says so (it was

@@ -203,6 +203,36 @@ fn parse(parser: &Parser, value: &Spanned<DeValue>) -> Result<Box<dyn StageKind>
     }))
 }
 
+/// The timing cache as the script sees it: a copy of the user's (`timing_cache`) in the
+/// stage's scratch directory, named by a path relative to the project, so the request
+/// (an input of the stage's Action) is the same on every machine; `keep_timing_cache`
+/// copies it back after the build. None without a cache for this TensorRT and GPU.
+fn stage_timing_cache(context: &InvocationContext) -> Option<PathBuf> {
+    let kept = timing_cache(context.facts.accelerator(TENSORRT.id))?;
+    let staged = context.scratch.join(TIMING_CACHE);
+    let on_disk = context.on_disk(&staged);
+    // The scratch directory is the stage's own (links refused there); a stale file goes.
+    let _ = crate::fsutil::remove_path(&on_disk);
+    if kept.is_file() && std::fs::copy(&kept, &on_disk).is_err() {
+        let _ = crate::fsutil::remove_path(&on_disk);
+    }
+    Some(staged)
+}
+
+/// After a build: the timing cache the script wrote, back to the user's (atomically; a
+/// cache, so a failure only costs the next build time).
+fn keep_timing_cache(context: &InvocationContext) {
+    let Some(kept) = timing_cache(context.facts.accelerator(TENSORRT.id)) else {
+        return;
+    };
+    if let Ok(bytes) = std::fs::read(context.on_disk(&context.scratch.join(TIMING_CACHE))) {
+        let _ = crate::fsutil::write_cache(&kept, &bytes);
+    }
+}
+
+/// The timing cache's name in the stage's scratch directory.
+const TIMING_CACHE: &str = "tensorrt-timing.cache";
+
 /// The timing cache's file for this TensorRT, CUDA and GPU, in pochi's cache; none for a
 /// declared target (a remote worker's GPU: its compute capability is not known here, and
 /// the file would be on this machine).
@@ -293,6 +323,10 @@ impl RequestStage for Engine {
         }
     }
 
+    fn after_success(&self, context: &InvocationContext) {
+        keep_timing_cache(context);
+    }
+
     fn env(&self) -> BTreeMap<String, String> {
         std::env::var(STANDIN_ENV)
             .map(|standin| BTreeMap::from([(STANDIN_ENV.to_string(), standin)]))
@@ -316,7 +350,7 @@ impl RequestStage for Engine {
             "workspace": self.workspace,
             "precision": self.precision.name(),
             "optimization_level": self.optimization_level,
-            "timing_cache": timing_cache(context.facts.accelerator(TENSORRT.id)).map(|p| p.to_string_lossy().into_owned()),
+            "timing_cache": stage_timing_cache(context).map(|p| p.to_string_lossy().into_owned()),
             "outputs": { "engine": path("engine"), "manifest": path("manifest") },
         }))
     }
