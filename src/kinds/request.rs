@@ -124,7 +124,10 @@ impl<T: RequestStage> StageKind for T {
     fn action(&self, context: &InvocationContext) -> Result<Action, StageError> {
         let request = match self.program() {
             Program::Python(_) => RequestStage::request(self, context)?,
-            Program::Pochi => run_stage_request(context)?,
+            Program::Pochi => {
+                let environment = RequestStage::requirements(self).reports_environment;
+                run_stage_request(context, environment)?
+            }
         };
         let file = request_file(context);
         let written = context.on_disk(&file);
@@ -211,9 +214,17 @@ pub(crate) fn answer_warnings(context: &InvocationContext) -> Vec<String> {
 /// the context) and the run's context, without this machine's paths: the child takes
 /// the pipeline directory from its working directory, itself from `current_exe`, the
 /// interpreter from its `--python` argument and the interpreter's site directories from
-/// the interpreter (`pochi run-stage` fills them in again).
-pub(crate) fn run_stage_request(context: &InvocationContext) -> Result<Value, StageError> {
+/// the interpreter (`pochi run-stage` fills them in again). A kind that does not report
+/// the machine it ran on (`reports_environment`) gets none of the machine's facts but the
+/// toolchain's identity: its request is the same on a machine with other GPUs.
+pub(crate) fn run_stage_request(
+    context: &InvocationContext,
+    reports_environment: bool,
+) -> Result<Value, StageError> {
     let mut portable = context.clone();
+    if !reports_environment {
+        portable.facts = crate::facts::MachineFacts::plain(portable.facts.toolchain.clone());
+    }
     portable.facts.pochi = PathBuf::new();
     portable.facts.toolchain.python = PathBuf::new();
     if let Some(python) = &mut portable.facts.python {
@@ -434,6 +445,39 @@ pub(crate) fn beside(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_stage_request_holds_no_path_of_this_machine() {
+        let mut context = InvocationContext::sample("/home/me/project", "/home/me/.cache/py");
+        context.gpu = Some(3);
+        context.facts.gpus = vec![0, 3];
+        context.facts.python = Some(crate::facts::PythonFacts {
+            python: "3.11.9".into(),
+            versions: BTreeMap::from([("numpy".to_string(), "2.1.0".to_string())]),
+            site_dirs: vec![PathBuf::from("/home/me/.cache/site-packages")],
+        });
+        context.pipeline_text = std::sync::Arc::new("[stages.x]\n".into());
+        for reports_environment in [false, true] {
+            let request = run_stage_request(&context, reports_environment).unwrap();
+            let text = request.to_string();
+            assert!(!text.contains("/home/me"), "{text}");
+            assert_eq!(
+                request["context"].get("gpu"),
+                None,
+                "the lease is not in it"
+            );
+            assert_eq!(request["pipeline_text"], "[stages.x]\n");
+            let gpus = &request["context"]["facts"]["gpus"];
+            let versions = &request["context"]["facts"]["python"]["versions"];
+            if reports_environment {
+                assert_eq!(gpus, &serde_json::json!([0, 3]), "what a report records");
+                assert_eq!(versions["numpy"], "2.1.0");
+            } else {
+                assert_eq!(gpus, &serde_json::json!([]), "the same on any machine");
+                assert!(versions.is_null());
+            }
+        }
+    }
 
     #[test]
     fn a_failed_answer_reads_as_error_hint_and_traceback() {
