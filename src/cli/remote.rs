@@ -61,7 +61,9 @@ pub(super) struct RemoteArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub remote_queue_timeout: u64,
     /// The workers' pochi cache directory (their POCHI_CACHE_DIR when the worker image ran
-    /// `pochi toolchain sync`): remote stages run the managed toolchain from there.
+    /// `pochi toolchain sync`): remote stages run the managed toolchain from there. It is
+    /// part of the Action a stage is cached under too: give it the same value on every
+    /// machine that shares a remote cache.
     #[arg(
         long,
         value_name = "DIR",

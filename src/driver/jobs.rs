@@ -302,6 +302,11 @@ impl StageJobs {
                 let portable = portable.map_err(StageError::from)?;
                 (self.run_remote(job, remote, &portable), Some(portable))
             }
+            (Some(_), true, None) => {
+                return Err(StageError::new(
+                    "the stage was placed on the remote executor, but the build makes no portable Actions",
+                ));
+            }
             (_, _, portable) => {
                 let portable = portable.and_then(|built| self.uploadable(job, built));
                 (self.run_process(project, stage, lease, action), portable)
