@@ -131,7 +131,9 @@ fn input_root(
             Err(_) if input.is_relative() => input.as_path(),
             Err(_) => continue,
         };
-        let Some(relative) = clean_relative(inside) else {
+        // An input outside the project (`..`) is left out: the stage cannot run remotely
+        // (`remote_obstacle`), and the salt holds its digest.
+        let Some(relative) = clean_relative(inside)? else {
             continue;
         };
         let full = dir.join(inside);
@@ -208,17 +210,25 @@ fn slash(path: &Path) -> String {
         .join("/")
 }
 
-/// `path` as a clean relative `/`-separated path, if it has no `..`, root or `.` part.
-fn clean_relative(path: &Path) -> Option<String> {
+/// `path` as a clean relative `/`-separated path; none if it leaves the project (a `..`
+/// or root part) or is the project itself; an error if it is not UTF-8 (REAPI paths are).
+fn clean_relative(path: &Path) -> Result<Option<String>, PortableError> {
     let mut parts = Vec::new();
     for component in path.components() {
         match component {
-            Component::Normal(part) => parts.push(part.to_str()?),
+            Component::Normal(part) => match part.to_str() {
+                Some(part) => parts.push(part),
+                None => {
+                    return Err(PortableError::BadPath {
+                        path: path.to_string_lossy().into_owned(),
+                    });
+                }
+            },
             Component::CurDir => {}
-            _ => return None,
+            _ => return Ok(None),
         }
     }
-    (!parts.is_empty()).then(|| parts.join("/"))
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
 
 /// The mapping without empty paths, longest path first (so a path inside another one is

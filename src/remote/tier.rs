@@ -29,6 +29,16 @@ use crate::cache::{
     StoreError,
 };
 
+/// Why the tier has no Action for a request.
+enum NoAction {
+    /// The request carries none (a build without portable Actions).
+    NotGiven,
+    /// It could not be built here (an input unreadable...): this stage only.
+    Local(String),
+    /// The server failed (its Capabilities).
+    Server(RemoteError),
+}
+
 /// What the background uploader is given: a stage's Action, its local entry's key and
 /// the Action's other outputs.
 struct UploadJob {
@@ -151,12 +161,11 @@ impl Inner {
     }
 
     /// The stage's REAPI Action for this request, under the server's digest function.
-    fn action(&self, request: &CacheRequest) -> Result<Option<StageAction>, RemoteError> {
-        let Some(source) = request.action else {
-            return Ok(None);
-        };
-        let portable = source.portable().map_err(RemoteError::InputTree)?;
-        stage_action(self.remote.digest_function()?, portable).map(Some)
+    fn action(&self, request: &CacheRequest) -> Result<StageAction, NoAction> {
+        let source = request.action.ok_or(NoAction::NotGiven)?;
+        let portable = source.portable().map_err(NoAction::Local)?;
+        let function = self.remote.digest_function().map_err(NoAction::Server)?;
+        stage_action(function, portable).map_err(|e| NoAction::Local(e.to_string()))
     }
 
     /// Uploads one stage's outputs from the local store's copies.
@@ -199,13 +208,14 @@ impl OutputCache for RemoteTier {
         dest_for: &dyn Fn(&str) -> PathBuf,
     ) -> Result<Restored, Miss> {
         let inner = &self.inner;
-        let found = inner.action(request).and_then(|action| match action {
-            Some(action) => inner.remote.lookup(&action, dest_for).map(Some),
-            None => Ok(None),
-        });
+        let found = match inner.action(request) {
+            Ok(action) => inner.remote.lookup(&action, dest_for),
+            Err(NoAction::NotGiven) => return Err(Miss::NoEntry),
+            Err(NoAction::Local(why)) => return Err(Miss::Remote(why)),
+            Err(NoAction::Server(error)) => Err(error),
+        };
         match found {
-            Ok(None) => Err(Miss::NoEntry),
-            Ok(Some(Lookup::Hit(done))) => {
+            Ok(Lookup::Hit(done)) => {
                 // Described (and kept) by the local store, which hashes every byte again.
                 let outputs: Vec<(String, PathBuf)> = request
                     .stage_key
@@ -231,8 +241,8 @@ impl OutputCache for RemoteTier {
                 }
             }
             // The executor warns of a notable miss (`Miss::Remote`), once per stage.
-            Ok(Some(Lookup::Miss(super::results::RemoteMiss::NoEntry))) => Err(Miss::NoEntry),
-            Ok(Some(Lookup::Miss(miss))) => Err(Miss::Remote(miss.to_string())),
+            Ok(Lookup::Miss(super::results::RemoteMiss::NoEntry)) => Err(Miss::NoEntry),
+            Ok(Lookup::Miss(miss)) => Err(Miss::Remote(miss.to_string())),
             Err(error) => match inner.failed("lookup", &error) {
                 Some(_) => Err(Miss::Remote(error.to_string())),
                 // Already told: the server is out of this build.
@@ -253,9 +263,14 @@ impl OutputCache for RemoteTier {
         if request.action.and_then(|a| a.executed_at()) == Some(endpoint.as_str()) {
             return Ok(());
         }
+        let what = || format!("upload of stage `{}`", request.meta.stage);
         match self.inner.action(request) {
-            Ok(None) => Ok(()),
-            Ok(Some(action)) => {
+            Err(NoAction::NotGiven) => Ok(()),
+            Err(NoAction::Local(why)) => {
+                self.inner.warn(format!("{}: {why}", what()));
+                Ok(())
+            }
+            Ok(action) => {
                 self.queue(UploadJob {
                     action,
                     key: request.key.to_string(),
@@ -267,9 +282,8 @@ impl OutputCache for RemoteTier {
                 });
                 Ok(())
             }
-            Err(error) => {
-                let what = format!("upload of stage `{}`", request.meta.stage);
-                if let Some(text) = self.inner.failed(&what, &error) {
+            Err(NoAction::Server(error)) => {
+                if let Some(text) = self.inner.failed(&what(), &error) {
                     self.inner.warn(text);
                 }
                 Ok(())

@@ -10,6 +10,7 @@
 //! The stages append to `runs.log` when they run and put random bytes in their outputs,
 //! so a run is never byte-identical to an earlier one: identical bytes prove a restore.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::common::servers::{BuildGridCache, NginxCache, corrupt_file};
@@ -509,4 +510,54 @@ fn action_on_disk(server: &BuildGridCache, marker: &str) -> pochi::remote::Diges
         .find(|(_, action)| holds_marker(action))
         .unwrap_or_else(|| panic!("no Action with `{marker}` on the server"));
     Digest::of_bytes(DigestFunction::Sha256, &bytes)
+}
+
+/// A stage whose Action cannot be built here (a file name that is not UTF-8, which no
+/// REAPI path can hold) runs and is kept locally with a warning; the server stays in the
+/// build for the others (`--remote-cache-required` passes), and a fresh clone restores
+/// them from it.
+#[test]
+fn a_stage_without_an_action_stays_local_and_the_server_serves_the_others() {
+    let url = format!("{}/no-action-{}", NginxCache::shared().url(), unique());
+    let pipeline = r#"
+[pipeline]
+name = "p"
+
+[stages.odd]
+kind = "command"
+run = ["sh", "-c", "ls {inputs.dir} > {outputs.out}"]
+inputs = { dir = "data" }
+outputs = { out = "out/odd.txt" }
+
+[stages.plain]
+kind = "command"
+run = ["sh", "-c", "echo plain >> runs.log; cp {inputs.text} {outputs.out}"]
+inputs = { text = "text.txt" }
+outputs = { out = "out/plain.txt" }
+"#;
+    let odd_name = std::ffi::OsStr::from_bytes(b"a\xffb");
+    let write = |project: &Project| {
+        project.write("text.txt", "plain\n");
+        std::fs::create_dir_all(project.path("data")).unwrap();
+        std::fs::write(project.path("data").join(odd_name), b"").unwrap();
+    };
+    let first = Project::new(pipeline);
+    write(&first);
+    let run = build(&first, &url, &["--remote-cache-required"]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains("not uploaded to the remote cache")
+            && run.stderr.contains("cannot be a path of the input root"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("cannot be used"), "{}", run.stderr);
+
+    let clone = Project::new(pipeline);
+    write(&clone);
+    let run = build(&clone, &url, &["--remote-cache-required"]);
+    run.assert_ok();
+    assert_eq!(run.ran(), ["odd"], "{}", run.stdout);
+    assert_eq!(run.count("restored_remote"), 1, "{}", run.stdout);
+    assert_eq!(clone.logged_runs(), 0, "plain came from the server");
 }
