@@ -3,6 +3,8 @@
 //! stand-in worker. `pochi build --remote-executor` runs stages on buildbox-worker +
 //! buildbox-run-hosttools polling the harness's BuildGrid, and against buildbox-casd with
 //! `--buildbox-run`, a second, independent server with CAS, action cache and Execution.
+//! The stand-in worker stays only where no real worker can do the job: `remote_execution.rs`
+//! says which tests and why.
 //!
 //! One BuildGrid with three workers (`farm()`) serves the tests that leave it as it is; the
 //! tests that kill a worker or cancel a job use a second BuildGrid (`scratch()`) and
@@ -24,6 +26,8 @@ const T4: &str = "Tesla T4";
 const A100: &str = "NVIDIA A100-SXM4-40GB";
 /// What buildbox-worker logs when a job starts (`--verbose`).
 const JOB_STARTED: &str = "Starting worker thread for leaseId";
+/// What buildbox-worker logs before a job's argv.
+const EXECUTING: &str = "Executing command: ";
 
 /// The shared farm: BuildGrid (with `pool` as a matched key besides pochi's) and three
 /// real workers offering this machine's managed toolchain: a CPU one, a T4 one and an A100
@@ -73,6 +77,24 @@ impl Farm {
             .find(|w| w.name == name)
             .unwrap_or_else(|| panic!("no buildbox worker named {name:?}"))
     }
+
+    /// How many commands the farm's workers ran whose argv contains `needle`.
+    fn runs(&self, needle: &str) -> usize {
+        self.workers.iter().map(|w| runs_on(w, needle)).sum()
+    }
+}
+
+/// How many commands `worker` ran whose argv contains `needle` (buildbox-worker logs
+/// "Executing command: ARGV" once per job it runs).
+fn runs_on(worker: &BuildboxWorker, needle: &str) -> usize {
+    worker
+        .log_text()
+        .lines()
+        .filter(|line| {
+            line.split_once(EXECUTING)
+                .is_some_and(|(_, argv)| argv.contains(needle))
+        })
+        .count()
 }
 
 /// A BuildGrid for the tests that kill workers or cancel jobs: their stages ask for GPUs
@@ -92,10 +114,13 @@ fn host<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     platform
 }
 
-/// `build --json --remote-executor URL` with a queue bound (a stage no worker takes fails).
+/// `build --json --remote-executor URL` with a queue bound (a stage no worker takes fails)
+/// unless `extra` gives its own.
 fn remote_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["build", "--json", "--remote-executor", url];
-    args.extend(["--remote-queue-timeout", "90"]);
+    if !extra.contains(&"--remote-queue-timeout") {
+        args.extend(["--remote-queue-timeout", "90"]);
+    }
     args.extend_from_slice(extra);
     args
 }
@@ -179,10 +204,22 @@ fn transform_project(pipeline: &str, words: &str) -> Project {
     project
 }
 
+/// A stage that reads what pochi cannot see (`cache = false`): it stays here under
+/// `executor = "auto"`, even in a build with an executor.
+const CLOCK: &str = r#"
+[stages.clock]
+kind = "command"
+cache = false
+run = ["sh", "-c", "date +%s > {outputs.out}"]
+outputs = { out = "out/clock.txt" }
+"#;
+
 #[test]
 fn a_command_stage_on_a_buildbox_worker_writes_the_bytes_a_local_build_writes() {
     let farm = farm();
-    let remote = transform_project(TRANSFORM, WORDS);
+    let pipeline = format!("{TRANSFORM}{CLOCK}");
+    let runs = || farm.runs("echo transform >> runs.log");
+    let remote = transform_project(&pipeline, WORDS);
     let run = build_remote(&remote, &farm.server.url(), &[]);
     run.assert_ok();
     let summary = run.summary();
@@ -192,11 +229,16 @@ fn a_command_stage_on_a_buildbox_worker_writes_the_bytes_a_local_build_writes() 
     // The worker named in the result ran the stage's argv (its log says so).
     let log = farm.worker(name).log_text();
     assert!(log.contains("tr a-z A-Z"), "{name} did not run it:\n{log}");
+    assert_eq!(runs(), 1, "one worker ran it once");
     assert_eq!(
         remote.logged_runs(),
         0,
         "the command ran on the worker's side"
     );
+    let clock = stage(&summary, "clock");
+    assert_eq!(clock["status"], "ran", "{clock}");
+    assert!(clock.get("ran_remotely").is_none(), "ran here: {clock}");
+    assert!(remote.exists("out/clock.txt"));
 
     let local = transform_project(&TRANSFORM.replace("executor = \"remote\"\n", ""), WORDS);
     local.build(&[]).assert_ok();
@@ -208,12 +250,14 @@ fn a_command_stage_on_a_buildbox_worker_writes_the_bytes_a_local_build_writes() 
         "A REAL WORKER\nBYTE FOR BYTE\n"
     );
 
-    // A fresh clone (empty local cache) restores the stage from the farm's cache.
-    let clone = transform_project(TRANSFORM, WORDS);
+    // A fresh clone (empty local cache) restores the stage from the farm's cache: no
+    // worker runs it again (the clock runs here again, as it always does).
+    let clone = transform_project(&pipeline, WORDS);
     let restored = build_remote(&clone, &farm.server.url(), &[]);
     restored.assert_ok();
     assert_eq!(restored.count("restored_remote"), 1, "{}", restored.stdout);
-    assert!(restored.ran().is_empty(), "{:?}", restored.ran());
+    assert_eq!(restored.ran(), ["clock"], "{}", restored.stdout);
+    assert_eq!(runs(), 1, "a worker ran it for the clone");
     for output in TRANSFORM_OUTPUTS {
         same_bytes(&remote, &clone, output);
     }
@@ -257,31 +301,181 @@ fn stages_run_on_the_buildbox_worker_of_their_declared_gpu_and_platform() {
 }
 
 #[test]
-fn a_stage_pochi_runs_itself_runs_on_a_buildbox_worker_from_the_uploaded_binary() {
+fn a_failure_on_a_buildbox_worker_names_the_worker_and_shows_its_stderr() {
+    let farm = farm();
+    let project = Project::new(&gpu_stage(
+        "broken",
+        "t4",
+        "",
+        "echo partial > {outputs.out}; echo 'something broke on the worker' >&2; exit 3",
+        "out/broken.txt",
+    ));
+    let run = build_remote(&project, &farm.server.url(), &[]);
+    run.assert_error(&[
+        "stage `broken` failed",
+        "remote worker `buildbox-t4` with exit code 3",
+        "something broke on the worker",
+        ".pochi/v1/pipeline/logs/broken.log",
+    ]);
+    assert!(
+        project
+            .read(".pochi/v1/pipeline/logs/broken.log")
+            .contains("something broke")
+    );
+    assert!(
+        !project.exists("out/broken.txt"),
+        "nothing partial is published"
+    );
+}
+
+#[test]
+fn a_script_kinds_failure_on_a_buildbox_worker_says_what_its_answer_says() {
+    let farm = farm();
+    let project = Project::new(
+        "[stages.corrupt]\nkind = \"export\"\nexecutor = \"remote\"\ncheckpoint = \"corrupt.pth\"\nmodel = \"torchvision.models:resnet18\"\ninput_shape = [3, 16, 16]\n",
+    );
+    project.write("corrupt.pth", "this is not a checkpoint\n");
+    let args = ["--remote-toolchain-dir", farm.toolchain_dir.as_str()];
+    let run = build_remote(&project, &farm.server.url(), &args);
+    // The export script's own error (from its answer file, fetched although the command
+    // failed), not only an exit code.
+    run.assert_error(&[
+        "stage `corrupt` failed",
+        "cannot read the checkpoint `corrupt.pth`",
+        "help: give a state_dict saved with torch.save",
+    ]);
+    // It failed on a worker of the farm, which ran it once.
+    assert_eq!(farm.runs(".pochi/v1/pipeline/tmp/corrupt/"), 1);
+    assert!(!project.exists("build/pipeline/corrupt.onnx"));
+}
+
+#[test]
+fn a_gpu_no_buildbox_worker_offers_fails_after_the_queue_timeout_naming_the_properties() {
+    // The farm's workers offer a T4, an A100 and no GPU: none takes an H100 job.
+    let farm = farm();
+    let project = Project::new(&gpu_stage(
+        "onnx_copy",
+        "h100",
+        "",
+        "echo never > {outputs.out}",
+        "out/never.txt",
+    ));
+    let started = Instant::now();
+    let run = build_remote(
+        &project,
+        &farm.server.url(),
+        &["--remote-queue-timeout", "4"],
+    );
+    let took = started.elapsed();
+    run.assert_error(&[
+        "onnx_copy",
+        "no worker offers",
+        "gpu=NVIDIA H100 80GB HBM3",
+        "help: check that the farm has a worker",
+    ]);
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(!project.exists("out/never.txt"));
+    assert_eq!(farm.runs("echo never"), 0);
+}
+
+#[test]
+fn stages_pochi_runs_itself_run_on_buildbox_workers_from_the_uploaded_binary() {
     let farm = farm();
     let pipeline = r#"
 [pipeline]
-name = "p"
+name = "farm-datasets"
 
 [stages.calib]
 kind = "dataset"
 synthetic = { shape = [3, 8, 8], count = 4, seed = 7 }
+
+[stages.subset]
+kind = "dataset"
+source = "@calib"
+samples = 2
+transform = [{ channel_order = "bgr" }]
 "#;
     let remote = Project::new(&pipeline.replace(
-        "[stages.calib]\n",
-        "[stages.calib]\nexecutor = \"remote\"\n",
+        "kind = \"dataset\"\n",
+        "kind = \"dataset\"\nexecutor = \"remote\"\n",
     ));
     let local = Project::new(pipeline);
     let run = build_remote(&remote, &farm.server.url(), &[]);
     run.assert_ok();
     let summary = run.summary();
-    let worker = stage(&summary, "calib")["ran_remotely"]["worker"]
-        .as_str()
-        .expect("a worker")
-        .to_string();
-    assert!(worker.starts_with("buildbox-"), "{summary}");
+    for name in ["calib", "subset"] {
+        let worker = stage(&summary, name)["ran_remotely"]["worker"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} ran on no worker: {summary}"));
+        // That worker ran `pochi run-stage` for it, once, and no other worker did.
+        let needle = format!(".pochi/v1/farm-datasets/tmp/{name}/");
+        assert_eq!(
+            runs_on(farm.worker(worker), &needle),
+            1,
+            "{name} on {worker}"
+        );
+        assert_eq!(farm.runs(&needle), 1, "{name}");
+        assert!(farm.worker(worker).log_text().contains("run-stage"));
+    }
     local.build(&[]).assert_ok();
-    same_bytes(&remote, &local, "build/p/calib/calib.npy");
+    for output in [
+        "build/farm-datasets/calib/calib.npy",
+        "build/farm-datasets/subset/subset.npy",
+    ] {
+        same_bytes(&remote, &local, output);
+    }
+    // The binary went to the server by digest, as an input of both actions.
+    let pochi = crate::common::pochi_bin();
+    let output = std::process::Command::new("sha256sum")
+        .arg(&pochi)
+        .output()
+        .expect("sha256sum");
+    let digest = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        std::fs::read(farm.server.blob_path(&digest)).unwrap(),
+        std::fs::read(&pochi).unwrap()
+    );
+    assert_no_blob_names_the_project(&farm.server.storage_dir(), &remote);
+}
+
+/// No blob the server holds (in `storage`: Commands, Actions, Directories, request files,
+/// outputs, the workers' stdout and stderr) names the project's absolute path: a worker
+/// sees root-relative paths only. A planted blob that names it must be found, so the scan
+/// is checked to see.
+fn assert_no_blob_names_the_project(storage: &Path, project: &Project) {
+    let needles: Vec<String> = [project.path("."), project.path(".").canonicalize().unwrap()]
+        .iter()
+        .map(|path| path.to_string_lossy().trim_end_matches("/.").to_string())
+        .collect();
+    let naming = |needle: &str| -> Vec<String> {
+        crate::common::files_under(storage)
+            .into_iter()
+            .filter(|blob| {
+                let bytes = std::fs::read(storage.join(blob)).unwrap_or_default();
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+            .collect()
+    };
+    for needle in &needles {
+        let found = naming(needle);
+        assert!(found.is_empty(), "blobs naming {needle}: {found:?}");
+    }
+    // Named after the project, so that tests sharing the server plant blobs of their own.
+    let project_dir = project.path(".").canonicalize().unwrap();
+    let name = format!(
+        "planted-by-the-test-{}",
+        project_dir.file_name().unwrap().to_string_lossy()
+    );
+    std::fs::write(storage.join(&name), format!("cwd={}", needles[0])).unwrap();
+    let seen = naming(&needles[0]);
+    std::fs::remove_file(storage.join(&name)).unwrap();
+    assert_eq!(seen, [name], "the scan sees a planted blob");
 }
 
 /// The first line of a file, once a command has written it (within `limit`).
@@ -349,26 +543,35 @@ fn a_buildbox_worker_killed_mid_stage_gives_a_retry_or_a_clear_failure_never_a_h
 
 #[test]
 fn sigterm_to_pochi_cancels_the_job_on_the_buildbox_worker() {
+    signal_cancels_the_job(libc::SIGTERM, 143, ("h100", "NVIDIA H100 80GB HBM3"));
+}
+
+#[test]
+fn interrupting_pochi_exits_130_and_cancels_the_job_on_the_buildbox_worker() {
+    signal_cancels_the_job(libc::SIGINT, 130, ("h200", "NVIDIA H200"));
+}
+
+/// Sends `signal` to a `pochi build` whose stage runs on a worker of its own (on the
+/// scratch farm, offering `gpu`: an alias and the model it names): pochi exits with
+/// `code` within seconds, publishes nothing, and the cancel reaches the worker, which
+/// stops the command and keeps serving.
+fn signal_cancels_the_job(signal: i32, code: i32, (alias, model): (&str, &str)) {
     let server = scratch();
-    let mut worker = BuildboxWorker::start(
-        server,
-        "buildbox-h100",
-        &host(&[("gpu", "NVIDIA H100 80GB HBM3")]),
-        1,
-    );
+    let name = format!("buildbox-{alias}");
+    let mut worker = BuildboxWorker::start(server, &name, &host(&[("gpu", model)]), 1);
     let marks = tempfile::tempdir().unwrap();
     let pid_file = marks.path().join("pid");
     let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
-    let project = Project::new(&gpu_stage("slow", "h100", "", &script, "out/late.txt"));
+    let project = Project::new(&gpu_stage("slow", alias, "", &script, "out/late.txt"));
     let child = spawn_remote_build(&project, &server.url());
     let pid: i32 = wait_for_file(&pid_file, Duration::from_secs(90))
         .unwrap_or_else(|| panic!("the command never started:\n{}", worker.log_text()))
         .parse()
         .expect("a pid");
     let signalled = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let run = finish_within(child, Duration::from_secs(30));
-    assert_eq!(run.code, Some(143), "{}", run.stderr);
+    assert_eq!(run.code, Some(code), "{}", run.stderr);
     assert!(
         signalled.elapsed() < Duration::from_secs(15),
         "{:?}",
@@ -493,13 +696,7 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
     let farm = farm();
     // Its own argv, so that the workers' logs show its runs and no other test's.
     let pipeline = TRANSFORM.replace("echo transform", "echo repeat-round");
-    let runs = || -> usize {
-        let needle = "Executing command: /usr/bin/sh -c echo repeat-round";
-        farm.workers
-            .iter()
-            .map(|w| w.log_text().matches(needle).count())
-            .sum()
-    };
+    let runs = || farm.runs("/usr/bin/sh -c echo repeat-round");
     let project = transform_project(&pipeline, "asked twice\n");
     let first = build_remote(&project, &farm.server.url(), &["--no-cache"]);
     first.assert_ok();
@@ -522,7 +719,7 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
         .flat_map(|w| {
             w.log_text()
                 .lines()
-                .filter(|l| l.contains("Executing command: /usr/bin/sh -c echo repeat-round"))
+                .filter(|l| l.contains(EXECUTING) && l.contains("-c echo repeat-round"))
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
@@ -561,13 +758,7 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
 fn the_cache_and_the_executor_answer_each_other_with_one_action() {
     let farm = farm();
     let url = farm.server.url();
-    let runs = |needle: &str| -> usize {
-        let needle = format!("Executing command: /usr/bin/sh -c echo {needle}");
-        farm.workers
-            .iter()
-            .map(|w| w.log_text().matches(&needle).count())
-            .sum()
-    };
+    let runs = |word: &str| farm.runs(&format!("/usr/bin/sh -c echo {word}"));
     // `executor = "auto"`: remote in a build with an executor, here in one without.
     let auto = TRANSFORM.replace("executor = \"remote\"\n", "");
     // Executed on the farm, then restored by a cache-only build of a fresh clone.
@@ -610,7 +801,7 @@ fn the_cache_and_the_executor_answer_each_other_with_one_action() {
 /// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain`, and the directory
 /// that holds this machine's managed toolchains (`--remote-toolchain-dir`: the workers run
 /// on this machine, so theirs is the same).
-fn toolchain(project: &Project) -> (String, String) {
+pub(crate) fn toolchain(project: &Project) -> (String, String) {
     let python = project.toolchain_python();
     let run = project.run(&["toolchain", "info", "--json"]);
     run.assert_ok();
@@ -627,9 +818,36 @@ fn toolchain(project: &Project) -> (String, String) {
     (property, dir.to_string_lossy().into_owned())
 }
 
+/// A report stage over two small ONNX models, as a project that runs it remotely and one
+/// that runs it here (the models made by `tests/fixtures/report_models.py` in each).
+fn report_projects() -> (Project, Project) {
+    let pipeline = r#"
+[stages.cls]
+kind = "report"
+executor = "remote"
+models = ["ident.onnx", "linear.onnx"]
+data = "data.npy"
+labels = "labels.npy"
+reference = "ident.onnx"
+task = "classification"
+iterations = 5
+min_duration = "0s"
+threads = 1
+batch = 2
+"#;
+    let models = include_str!("../fixtures/report_models.py");
+    let remote = Project::new(pipeline);
+    let local = Project::new(&pipeline.replace("executor = \"remote\"\n", ""));
+    for project in [&remote, &local] {
+        project.write("make_models.py", models);
+        project.python(&["make_models.py", "."]);
+    }
+    (remote, local)
+}
+
 #[test]
 fn a_report_runs_on_a_buildbox_worker_with_the_toolchain_and_agrees_with_a_local_one() {
-    let (remote, local) = crate::remote_execution::report_projects();
+    let (remote, local) = report_projects();
     let farm = farm();
     let run = build_remote(
         &remote,
@@ -656,44 +874,124 @@ fn a_report_runs_on_a_buildbox_worker_with_the_toolchain_and_agrees_with_a_local
     }
 }
 
-#[test]
-fn engines_are_built_on_the_buildbox_worker_of_their_gpu() {
-    use pochi::onnx_info::{Dim, encode};
-    let farm = farm();
-    let project = Project::new(
-        r#"
+const RANDOM_INIT: &str = include_str!("../../pipelines/scripts/random_init_checkpoint.py");
+
+/// A checkpoint and its export, here (`executor = "local"`), one engine per GPU model,
+/// remotely, and a digest of both engines (`executor = "auto"`: remotely too).
+const ENGINES: &str = r#"
+[pipeline]
+name = "farm-engines"
+
+[stages.weights]
+kind = "command"
+executor = "local"
+run = ["{python}", "{inputs.script}", "--model", "torchvision.models:resnet18", "--arg", "num_classes=10", "--out", "{outputs.checkpoint}"]
+inputs = { script = "scripts/random_init_checkpoint.py" }
+outputs = { checkpoint = "ckpt/weights.pth" }
+
+[stages.onnx]
+kind = "export"
+executor = "local"
+checkpoint = "@weights"
+model = "torchvision.models:resnet18"
+model_args = { num_classes = 10 }
+input_shape = [3, 32, 32]
+
 [stages.engine]
 kind = "engine"
 executor = "remote"
 matrix = { gpu = ["t4", "a100"] }
 gpu = "{matrix.gpu}"
-onnx = "model.onnx"
-"#,
-    );
-    let dims = vec![Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(16), Dim::Fixed(16)];
-    std::fs::write(
-        project.path("model.onnx"),
-        encode::model(&[("input", dims)]),
-    )
-    .unwrap();
-    let run = build_remote_with_standin(
-        &project,
-        &farm.server.url(),
-        &["--remote-toolchain-dir", &farm.toolchain_dir],
-    );
+onnx = "@onnx"
+
+[stages.digest]
+kind = "command"
+run = ["sh", "-c", "sha256sum {inputs.a} {inputs.b} | cut -c1-64 > {outputs.out}"]
+inputs = { a = "@engine-t4", b = "@engine-a100" }
+outputs = { out = "out/engines.sha256" }
+"#;
+
+/// How many times the farm ran a stage of `ENGINES`: the argv of an engine names its
+/// temporary directory, the digest's its command.
+fn engines_runs(farm: &Farm) -> usize {
+    farm.runs(".pochi/v1/farm-engines/tmp/engine-") + farm.runs("sha256sum build/farm-engines/")
+}
+
+#[test]
+fn engines_run_on_the_buildbox_worker_of_their_gpu_the_export_here_and_a_rebuild_restores() {
+    let farm = farm();
+    let project = Project::new(ENGINES);
+    project.write("scripts/random_init_checkpoint.py", RANDOM_INIT);
+    let url = farm.server.url();
+    let args = ["--remote-toolchain-dir", farm.toolchain_dir.as_str()];
+    let run = build_remote_with_standin(&project, &url, &args);
     run.assert_ok();
     let summary = run.summary();
-    for (gpu, worker) in [("t4", "buildbox-t4"), ("a100", "buildbox-a100")] {
+    for (gpu, worker, other) in [
+        ("t4", "buildbox-t4", "a100"),
+        ("a100", "buildbox-a100", "t4"),
+    ] {
         let name = format!("engine-{gpu}");
-        assert_eq!(
-            stage(&summary, &name)["ran_remotely"]["worker"],
-            worker,
-            "{summary}"
-        );
-        let manifest = project.read(&format!("build/pipeline/{name}.manifest.json"));
-        assert!(manifest.contains("Fake GPU (stand-in)"), "{manifest}");
-        assert!(project.exists(&format!("build/pipeline/{name}.engine")));
+        let ran = &stage(&summary, &name)["ran_remotely"];
+        assert_eq!(ran["worker"], worker, "{summary}");
+        assert_eq!(ran["executor"], url.as_str());
+        // Its worker built it, once, and never the other GPU's engine.
+        let runs = |stage: &str| {
+            runs_on(
+                farm.worker(worker),
+                &format!(".pochi/v1/farm-engines/tmp/{stage}/"),
+            )
+        };
+        assert_eq!(runs(&name), 1, "{}", farm.worker(worker).log_text());
+        assert_eq!(runs(&format!("engine-{other}")), 0, "{worker}");
+        // The outputs are complete and verified: the manifest says what was built.
+        let path = format!("build/farm-engines/{name}.manifest.json");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&project.read(&path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(manifest["gpu"]["name"], "Fake GPU (stand-in)", "{manifest}");
+        assert!(project.exists(&format!("build/farm-engines/{name}.engine")));
     }
+    for local in ["weights", "onnx"] {
+        let entry = stage(&summary, local);
+        assert_eq!(entry["status"], "ran", "{entry}");
+        assert!(
+            entry.get("ran_remotely").is_none(),
+            "{local} ran here: {entry}"
+        );
+    }
+    // The digest (`executor = "auto"`, a plain command) runs remotely too, on whichever
+    // worker: all offer its platform. Three stages ran on the farm, once each.
+    assert!(stage(&summary, "digest")["ran_remotely"]["worker"].is_string());
+    assert_eq!(engines_runs(farm), 3);
+    let engines_digest = project.read("out/engines.sha256");
+    assert_up_to_date_without_the_farm(&project);
+
+    // Outputs gone: a second build restores every stage from the cache, no worker runs.
+    std::fs::remove_dir_all(project.path("build")).unwrap();
+    std::fs::remove_dir_all(project.path("out")).unwrap();
+    let again = build_remote_with_standin(&project, &url, &args);
+    again.assert_ok();
+    assert!(again.ran().is_empty(), "ran again: {:?}", again.ran());
+    assert_eq!(engines_runs(farm), 3, "a worker ran a stage again");
+    assert_eq!(project.read("out/engines.sha256"), engines_digest);
+    assert_no_blob_names_the_project(&farm.server.storage_dir(), &project);
+}
+
+/// Built on the farm, up to date here: this machine has neither GPU, and needs none to
+/// say so (`status`) or to build nothing (a build without the executor).
+fn assert_up_to_date_without_the_farm(project: &Project) {
+    let status = project.run(&["status", "--json"]);
+    status.assert_ok();
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let stages = status["stages"].as_array().expect("stages");
+    assert!(!stages.is_empty(), "{status}");
+    for entry in stages {
+        assert_eq!(entry["status"], "up_to_date", "{entry}");
+    }
+    let here = project.build(&[]);
+    here.assert_ok();
+    assert!(here.ran().is_empty(), "{:?}", here.ran());
+    assert!(here.stages("unavailable").is_empty(), "{}", here.stdout);
 }
 
 #[test]

@@ -812,7 +812,7 @@ impl Default for ExecutionConfig {
 }
 
 /// BuildGrid with Execution (and the cache services) on the shared PostgreSQL. Workers
-/// are stand-ins (`standin_worker`).
+/// are stand-ins (`worker`, a test double) or real ones (`common::buildbox`).
 pub struct BuildGridExecution {
     process: ServerProcess,
     dir: tempfile::TempDir,
