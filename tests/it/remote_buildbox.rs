@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::buildbox::{BuildboxCasd, BuildboxWorker, restart_farm};
-use crate::common::servers::{BuildGridExecution, ExecutionConfig, POCHI_PLATFORM_KEYS, alive};
+use crate::common::servers::{
+    BuildGridExecution, ExecutionConfig, NginxCache, POCHI_PLATFORM_KEYS, alive,
+};
 use crate::common::{Project, Run, summary_stage as stage};
 
 /// How long one remote build may take before the test calls it a hang.
@@ -684,6 +686,63 @@ fn buildbox_casd_executes_a_stage_and_serves_it_to_a_fresh_clone() {
     for output in TRANSFORM_OUTPUTS {
         same_bytes(&remote, &clone, output);
     }
+    // One Action: the entry buildbox-casd kept when it executed the stage restores it in a
+    // build that uses it only as a cache (no executor).
+    let reader = transform_project(&pipeline.replace("executor = \"remote\"\n", ""), words);
+    let args = ["build", "--json", "--remote-cache", &casd.url()];
+    let cached = reader.run_within(&args, BUILD_LIMIT);
+    cached.assert_ok();
+    assert_eq!(cached.count("restored_remote"), 1, "{}", cached.stdout);
+    assert_eq!(reader.logged_runs(), 0);
+}
+
+/// The farm's action cache serves a repeat across clones, whatever shared cache each
+/// build names: a build with the executor at server A and `--remote-cache` at an empty
+/// server B (an HTTP cache: a server of another kind) runs the stage on a worker and
+/// uploads it to B; a fresh clone with an empty local cache and another empty B gets it
+/// from A's action cache (`cached`, no worker runs), verified and byte-identical; and B
+/// holds the entry: a cache-only clone restores from it.
+#[test]
+fn a_fresh_clone_with_a_new_empty_cache_is_answered_by_the_farms_action_cache() {
+    let farm = farm();
+    let url = farm.server.url();
+    let empty_cache = |name: &str| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let id = std::process::id();
+        format!("{}/{name}-{id}-{nanos}", NginxCache::shared().url())
+    };
+    let pipeline = TRANSFORM.replace("echo transform", "echo farm-serves-clones");
+    let runs = || farm.runs("/usr/bin/sh -c echo farm-serves-clones");
+    let first = transform_project(&pipeline, "served by the farm\n");
+    let b = empty_cache("b");
+    build_remote(&first, &url, &["--remote-cache", &b]).assert_ok();
+    assert_eq!(runs(), 1);
+
+    let clone = transform_project(&pipeline, "served by the farm\n");
+    let again = build_remote(&clone, &url, &["--remote-cache", &empty_cache("b2")]);
+    again.assert_ok();
+    let summary = again.summary();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["cached"],
+        true,
+        "{summary}"
+    );
+    assert_eq!(runs(), 1, "a worker ran it for the clone");
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(&first, &clone, output);
+    }
+
+    let reader = transform_project(
+        &pipeline.replace("executor = \"remote\"\n", ""),
+        "served by the farm\n",
+    );
+    let restored = reader.run_within(&["build", "--json", "--remote-cache", &b], BUILD_LIMIT);
+    restored.assert_ok();
+    assert_eq!(restored.count("restored_remote"), 1, "{}", restored.stdout);
+    assert_eq!(reader.logged_runs(), 0);
 }
 
 /// A stage's Action is on stable, root-relative paths (its temporary directory is the same
