@@ -206,6 +206,43 @@ fn transform_project(pipeline: &str, words: &str) -> Project {
     project
 }
 
+/// A fresh clone of `built` (the transform `pipeline` over `words`), built on the farm with
+/// `extra`: the farm answers from its action cache (`cached`, no worker runs: `runs` is
+/// unchanged) and the outputs are `built`'s bytes.
+fn farm_answers_a_clone(
+    built: &Project,
+    (pipeline, words): (&str, &str),
+    extra: &[&str],
+    runs: &dyn Fn() -> usize,
+) {
+    let before = runs();
+    let clone = transform_project(pipeline, words);
+    assert_ne!(clone.path("."), built.path("."));
+    let run = build_remote(&clone, &farm().server.url(), extra);
+    run.assert_ok();
+    let summary = run.summary();
+    assert_eq!(
+        stage(&summary, "transform")["ran_remotely"]["cached"],
+        true,
+        "{summary}"
+    );
+    assert_eq!(runs(), before, "a worker ran it for the clone");
+    for output in TRANSFORM_OUTPUTS {
+        same_bytes(built, &clone, output);
+    }
+}
+
+/// A fresh clone of the transform (`executor = "auto"`), built with `--remote-cache URL`
+/// alone: the stage is restored from the server's entry for its Action; nothing runs here.
+fn cache_only_clone_restores(pipeline: &str, words: &str, url: &str) -> Project {
+    let reader = transform_project(&pipeline.replace("executor = \"remote\"\n", ""), words);
+    let run = reader.run_within(&["build", "--json", "--remote-cache", url], BUILD_LIMIT);
+    run.assert_ok();
+    assert_eq!(run.count("restored_remote"), 1, "{}", run.stdout);
+    assert_eq!(reader.logged_runs(), 0, "it ran here");
+    reader
+}
+
 /// A stage that reads what pochi cannot see (`cache = false`): it stays here under
 /// `executor = "auto"`, even in a build with an executor.
 const CLOCK: &str = r#"
@@ -688,12 +725,7 @@ fn buildbox_casd_executes_a_stage_and_serves_it_to_a_fresh_clone() {
     }
     // One Action: the entry buildbox-casd kept when it executed the stage restores it in a
     // build that uses it only as a cache (no executor).
-    let reader = transform_project(&pipeline.replace("executor = \"remote\"\n", ""), words);
-    let args = ["build", "--json", "--remote-cache", &casd.url()];
-    let cached = reader.run_within(&args, BUILD_LIMIT);
-    cached.assert_ok();
-    assert_eq!(cached.count("restored_remote"), 1, "{}", cached.stdout);
-    assert_eq!(reader.logged_runs(), 0);
+    cache_only_clone_restores(pipeline, words, &casd.url());
 }
 
 /// The farm's action cache serves a repeat across clones, whatever shared cache each
@@ -721,28 +753,14 @@ fn a_fresh_clone_with_a_new_empty_cache_is_answered_by_the_farms_action_cache() 
     build_remote(&first, &url, &["--remote-cache", &b]).assert_ok();
     assert_eq!(runs(), 1);
 
-    let clone = transform_project(&pipeline, "served by the farm\n");
-    let again = build_remote(&clone, &url, &["--remote-cache", &empty_cache("b2")]);
-    again.assert_ok();
-    let summary = again.summary();
-    assert_eq!(
-        stage(&summary, "transform")["ran_remotely"]["cached"],
-        true,
-        "{summary}"
+    let words = (pipeline.as_str(), "served by the farm\n");
+    farm_answers_a_clone(
+        &first,
+        words,
+        &["--remote-cache", &empty_cache("b2")],
+        &runs,
     );
-    assert_eq!(runs(), 1, "a worker ran it for the clone");
-    for output in TRANSFORM_OUTPUTS {
-        same_bytes(&first, &clone, output);
-    }
-
-    let reader = transform_project(
-        &pipeline.replace("executor = \"remote\"\n", ""),
-        "served by the farm\n",
-    );
-    let restored = reader.run_within(&["build", "--json", "--remote-cache", &b], BUILD_LIMIT);
-    restored.assert_ok();
-    assert_eq!(restored.count("restored_remote"), 1, "{}", restored.stdout);
-    assert_eq!(reader.logged_runs(), 0);
+    cache_only_clone_restores(&pipeline, "served by the farm\n", &b);
 }
 
 /// A stage's Action is on stable, root-relative paths (its temporary directory is the same
@@ -792,20 +810,8 @@ fn a_repeated_stage_is_answered_from_the_executors_action_cache() {
     assert_eq!(runs(), 1, "a worker ran it again");
 
     // A fresh clone in another directory, with no cache of pochi's at all.
-    let clone = transform_project(&pipeline, "asked twice\n");
-    assert_ne!(clone.path("."), project.path("."));
-    let cloned = build_remote(&clone, &farm.server.url(), &["--no-cache"]);
-    cloned.assert_ok();
-    let summary = cloned.summary();
-    assert_eq!(
-        stage(&summary, "transform")["ran_remotely"]["cached"],
-        true,
-        "{summary}"
-    );
-    assert_eq!(runs(), 1, "a worker ran it for the clone");
-    for output in TRANSFORM_OUTPUTS {
-        same_bytes(&project, &clone, output);
-    }
+    let words = (pipeline.as_str(), "asked twice\n");
+    farm_answers_a_clone(&project, words, &["--no-cache"], &runs);
 }
 
 /// One Action per stage: the entry the farm keeps when it executes a stage answers a
@@ -825,11 +831,7 @@ fn the_cache_and_the_executor_answer_each_other_with_one_action() {
     let first = transform_project(&executed, "one action\n");
     build_remote(&first, &url, &[]).assert_ok();
     assert_eq!(runs("executed-then-cached"), 1);
-    let clone = transform_project(&executed, "one action\n");
-    let cached = clone.run_within(&["build", "--json", "--remote-cache", &url], BUILD_LIMIT);
-    cached.assert_ok();
-    assert_eq!(cached.count("restored_remote"), 1, "{}", cached.stdout);
-    assert_eq!(clone.logged_runs(), 0, "it ran here");
+    let clone = cache_only_clone_restores(&executed, "one action\n", &url);
     assert_eq!(runs("executed-then-cached"), 1);
     for output in TRANSFORM_OUTPUTS {
         same_bytes(&first, &clone, output);
@@ -842,19 +844,9 @@ fn the_cache_and_the_executor_answer_each_other_with_one_action() {
     let run = local.run_within(&["build", "--json", "--remote-cache", &url], BUILD_LIMIT);
     run.assert_ok();
     assert_eq!(local.logged_runs(), 1);
-    let remote = transform_project(&uploaded, "two\n");
-    let answered = build_remote(&remote, &url, &["--no-cache"]);
-    answered.assert_ok();
-    let summary = answered.summary();
-    assert_eq!(
-        stage(&summary, "transform")["ran_remotely"]["cached"],
-        true,
-        "{summary}"
-    );
-    assert_eq!(runs("cached-then-executed"), 0, "a worker ran it");
-    for output in TRANSFORM_OUTPUTS {
-        same_bytes(&local, &remote, output);
-    }
+    let never = || runs("cached-then-executed");
+    farm_answers_a_clone(&local, (&uploaded, "two\n"), &["--no-cache"], &never);
+    assert_eq!(never(), 0, "a worker ran it");
 }
 
 /// `pochi toolchain info --json`'s `remote_platform.pochi-toolchain`, and the directory
