@@ -3,8 +3,9 @@
 //! stand-in worker. `pochi build --remote-executor` runs stages on buildbox-worker +
 //! buildbox-run-hosttools polling the harness's BuildGrid, and against buildbox-casd with
 //! `--buildbox-run`, a second, independent server with CAS, action cache and Execution.
-//! The stand-in worker stays only where no real worker can do the job: `remote_execution.rs`
-//! says which tests and why.
+//! The stand-in worker stays only where no real worker can do the job: the headers of
+//! `remote_execution.rs`, `remote_execute.rs` and `remote_servers.rs` say which tests and
+//! why (`remote_tls.rs` has none left).
 //!
 //! One BuildGrid with three workers (`farm()`) serves the tests that leave it as it is; the
 //! tests that kill a worker or cancel a job use a second BuildGrid (`scratch()`) and
@@ -15,9 +16,9 @@ use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::buildbox::{BuildboxCasd, BuildboxWorker, restart_farm};
+use crate::common::buildbox::{BuildboxCasd, BuildboxWorker, EXECUTING, JOB_STARTED, restart_farm};
 use crate::common::servers::{
-    BuildGridExecution, ExecutionConfig, NginxCache, POCHI_PLATFORM_KEYS, alive,
+    BuildGridExecution, ExecutionConfig, NginxCache, POCHI_PLATFORM_KEYS, alive, wait_for_file,
 };
 use crate::common::{Project, Run, summary_stage as stage};
 
@@ -26,10 +27,6 @@ const BUILD_LIMIT: Duration = Duration::from_secs(150);
 /// The model names pochi's `gpu` aliases resolve to (nvidia-smi's names).
 const T4: &str = "Tesla T4";
 const A100: &str = "NVIDIA A100-SXM4-40GB";
-/// What buildbox-worker logs when a job starts (`--verbose`).
-const JOB_STARTED: &str = "Starting worker thread for leaseId";
-/// What buildbox-worker logs before a job's argv.
-const EXECUTING: &str = "Executing command: ";
 
 /// The shared farm: BuildGrid (with `pool` as a matched key besides pochi's) and three
 /// real workers offering this machine's managed toolchain: a CPU one, a T4 one and an A100
@@ -82,21 +79,8 @@ impl Farm {
 
     /// How many commands the farm's workers ran whose argv contains `needle`.
     fn runs(&self, needle: &str) -> usize {
-        self.workers.iter().map(|w| runs_on(w, needle)).sum()
+        self.workers.iter().map(|w| w.runs(needle)).sum()
     }
-}
-
-/// How many commands `worker` ran whose argv contains `needle` (buildbox-worker logs
-/// "Executing command: ARGV" once per job it runs).
-fn runs_on(worker: &BuildboxWorker, needle: &str) -> usize {
-    worker
-        .log_text()
-        .lines()
-        .filter(|line| {
-            line.split_once(EXECUTING)
-                .is_some_and(|(_, argv)| argv.contains(needle))
-        })
-        .count()
 }
 
 /// A BuildGrid for the tests that kill workers or cancel jobs: their stages ask for GPUs
@@ -448,11 +432,7 @@ transform = [{ channel_order = "bgr" }]
             .unwrap_or_else(|| panic!("{name} ran on no worker: {summary}"));
         // That worker ran `pochi run-stage` for it, once, and no other worker did.
         let needle = format!(".pochi/v1/farm-datasets/tmp/{name}/");
-        assert_eq!(
-            runs_on(farm.worker(worker), &needle),
-            1,
-            "{name} on {worker}"
-        );
+        assert_eq!(farm.worker(worker).runs(&needle), 1, "{name} on {worker}");
         assert_eq!(farm.runs(&needle), 1, "{name}");
         assert!(farm.worker(worker).log_text().contains("run-stage"));
     }
@@ -515,20 +495,6 @@ fn assert_no_blob_names_the_project(storage: &Path, project: &Project) {
     let seen = naming(&needles[0]);
     std::fs::remove_file(storage.join(&name)).unwrap();
     assert_eq!(seen, [name], "the scan sees a planted blob");
-}
-
-/// The first line of a file, once a command has written it (within `limit`).
-fn wait_for_file(path: &Path, limit: Duration) -> Option<String> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && text.ends_with('\n')
-        {
-            return Some(text.trim().to_string());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 #[test]
@@ -988,10 +954,8 @@ fn engines_run_on_the_buildbox_worker_of_their_gpu_the_export_here_and_a_rebuild
         assert_eq!(ran["executor"], url.as_str());
         // Its worker built it, once, and never the other GPU's engine.
         let runs = |stage: &str| {
-            runs_on(
-                farm.worker(worker),
-                &format!(".pochi/v1/farm-engines/tmp/{stage}/"),
-            )
+            farm.worker(worker)
+                .runs(&format!(".pochi/v1/farm-engines/tmp/{stage}/"))
         };
         assert_eq!(runs(&name), 1, "{}", farm.worker(worker).log_text());
         assert_eq!(runs(&format!("engine-{other}")), 0, "{worker}");

@@ -1,12 +1,25 @@
-//! Checks the remote test harness itself (tests/it/common/servers.rs, tests/servers/): real
-//! BuildGrid and nginx servers on 127.0.0.1, driven with BuildGrid's own protos through
-//! `tests/servers/reapi_client.py` and with `curl`, and the STAND-IN WORKER (a test double).
+//! Checks the remote test harness itself (tests/it/common/servers.rs, common/buildbox.rs,
+//! tests/servers/): real BuildGrid and nginx servers on 127.0.0.1, driven with BuildGrid's
+//! own protos through `tests/servers/reapi_client.py` and with `curl`, with their workers.
 //! Needs no pochi REAPI client. Servers shared across tests are stopped by the reaper when
 //! this test process ends (see servers.rs).
+//!
+//! The execution checks whose subject is BuildGrid or the harness's handling of workers
+//! run on REAL workers (buildbox-worker with buildbox-run-hosttools, as the remote-execution
+//! tests do): an action no worker matches stays queued, a killed worker's command dies with
+//! it and its action runs on another worker, a cancel kills the worker's command. One stays
+//! on the STAND-IN worker (`tests/servers/standin_worker.py`, a test double), because the
+//! stand-in is its subject: `execution_lands_on_the_worker_whose_gpu_matches` checks that
+//! the stand-in, a harness component still used where no real worker can do the job (the
+//! hostile tree and the Bazel-compared benchmark in remote_execution.rs, the lost blob in
+//! remote_execute.rs), is routed by its properties, runs a command in its input root with
+//! the executable bit kept, uploads a file, a directory (as a Tree) and stdout, and names
+//! itself, like a real worker.
 
+use crate::common::buildbox::{BuildboxWorker, JOB_STARTED, LEASE_DROPPED};
 use crate::common::servers::{
     BuildGridCache, BuildGridExecution, ExecutionConfig, NginxCache, alive, command_is_gone,
-    reapi_client,
+    reapi_client, wait_for_file,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -203,6 +216,7 @@ fn execute(server: &BuildGridExecution, args: &[&str]) -> Value {
     reapi_client(&server.address(), &all, Duration::from_secs(120))
 }
 
+/// The STAND-IN worker itself (the module's header says why it stays).
 #[test]
 fn execution_lands_on_the_worker_whose_gpu_matches() {
     let server = BuildGridExecution::shared();
@@ -260,9 +274,11 @@ fn execution_lands_on_the_worker_whose_gpu_matches() {
 #[test]
 fn an_action_for_a_gpu_no_worker_has_stays_queued() {
     let server = BuildGridExecution::shared();
-    let _t4 = server.worker(
+    let _t4 = BuildboxWorker::start(
+        server,
         "queue-t4-worker",
         &[("OSFamily", "linux"), ("gpu", "T4-queue")],
+        1,
     );
     let answer = execute(
         server,
@@ -311,7 +327,7 @@ fn buildgrids_queue_timeout_fails_an_action_no_worker_matches() {
 fn a_killed_workers_action_is_queued_again_and_runs_on_another_worker() {
     let server = BuildGridExecution::shared();
     let properties = [("OSFamily", "linux"), ("gpu", "retry-gpu")];
-    let mut doomed = server.worker("doomed-worker", &properties);
+    let mut doomed = BuildboxWorker::start(server, "doomed-worker", &properties, 1);
     let marker = tempfile::tempdir().unwrap();
     let first_run = marker.path().join("first-run");
     let script = format!(
@@ -335,21 +351,17 @@ fn a_killed_workers_action_is_queued_again_and_runs_on_another_worker() {
         reapi_client(&address, &all, Duration::from_secs(120))
     });
     assert!(
-        doomed.wait_for_log(" started", Duration::from_secs(60)),
+        doomed.wait_for_log(JOB_STARTED, Duration::from_secs(60)),
         "{}",
         doomed.log_text()
     );
-    while !first_run.exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let pid: i32 = std::fs::read_to_string(&first_run)
-        .unwrap()
-        .trim()
+    let pid: i32 = wait_for_file(&first_run, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the command never started:\n{}", doomed.log_text()))
         .parse()
-        .unwrap();
+        .expect("a pid");
     doomed.kill();
     assert!(!alive(pid), "the command outlived its worker");
-    let _rescuer = server.worker("rescuer-worker", &properties);
+    let _rescuer = BuildboxWorker::start(server, "rescuer-worker", &properties, 1);
     let answer = client.join().unwrap();
     assert_eq!(answer["done"], true, "{answer}");
     assert_eq!(answer["worker"], "rescuer-worker", "{answer}");
@@ -359,9 +371,11 @@ fn a_killed_workers_action_is_queued_again_and_runs_on_another_worker() {
 #[test]
 fn cancelling_an_operation_kills_the_workers_command() {
     let server = BuildGridExecution::shared();
-    let mut worker = server.worker(
+    let mut worker = BuildboxWorker::start(
+        server,
         "cancel-worker",
         &[("OSFamily", "linux"), ("gpu", "cancel-gpu")],
+        1,
     );
     let marker = tempfile::tempdir().unwrap();
     let pid_file = marker.path().join("pid");
@@ -388,7 +402,7 @@ fn cancelling_an_operation_kills_the_workers_command() {
     assert_eq!(answer["done"], true, "{answer}");
     assert_eq!(answer["status"], 1, "CANCELLED expected: {answer}");
     assert!(
-        worker.wait_for_log(" cancelled", Duration::from_secs(30)),
+        worker.wait_for_log(LEASE_DROPPED, Duration::from_secs(30)),
         "{}",
         worker.log_text()
     );

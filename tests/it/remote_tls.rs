@@ -2,17 +2,24 @@
 //! `--tls-client-key` and their `POCHI_TLS_*` variables), against real servers the
 //! harness starts on 127.0.0.1 with certificates it makes with openssl (`common::tls`: a
 //! private CA, as a company's): BuildGrid 0.4.4 with a TLS channel and an mTLS channel, as
-//! a cache and as an executor (with a STAND-IN WORKER, a test double of a farm worker, on
-//! its plain port), and nginx with https and with `ssl_verify_client on`. With the CA (and
-//! the client pair) a fresh clone restores the first build's bytes, or a stage runs on the
-//! farm; without, the cache costs a warning naming the flag that fixes it (a local build),
-//! the executor an error naming it. A bad file is an error before anything runs.
+//! a cache and as an executor, and nginx with https and with `ssl_verify_client on`. With
+//! the CA (and the client pair) a fresh clone restores the first build's bytes, or a stage
+//! runs on the farm; without, the cache costs a warning naming the flag that fixes it (a
+//! local build), the executor an error naming it. A bad file is an error before anything
+//! runs.
+//!
+//! No test here uses the stand-in worker (`tests/servers/standin_worker.py`): the
+//! executor's worker is a REAL one (buildbox-worker with buildbox-run-hosttools,
+//! `common::buildbox`) that reaches BuildGrid over its TLS port too, verifying it with the
+//! same CA (buildbox's `--server-cert`), so the whole farm speaks TLS; the job it has, to
+//! run a command stage, is one any real worker does.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::common::buildbox::BuildboxWorker;
 use crate::common::servers::{BuildGridCache, BuildGridExecution, ExecutionConfig, NginxCache};
 use crate::common::tls::Certificates;
 use crate::common::{Project, Run, summary_stage as stage};
@@ -218,8 +225,8 @@ fn nginx_with_ssl_verify_client_restores_with_the_client_pair_and_warns_without(
     );
 }
 
-/// A remote stage (`executor = "remote"`) on a TLS executor whose stand-in worker uses
-/// the plain port.
+/// A remote stage (`executor = "remote"`) on a TLS executor whose real worker
+/// (buildbox-worker with buildbox-run-hosttools) reaches it over TLS too.
 const REMOTE: &str = r#"
 [stages.upper]
 kind = "command"
@@ -248,13 +255,11 @@ fn build_remote(project: &Project, url: &str, flags: &[&str]) -> Run {
 fn an_executor_over_tls_and_mtls_runs_the_stage_with_the_ca_and_refuses_without_it() {
     let certs = Certificates::shared();
     let server = BuildGridExecution::start_tls(&ExecutionConfig::default(), certs.dir());
-    let _worker = server.worker(
-        "tls-worker",
-        &[
-            ("OSFamily", std::env::consts::OS),
-            ("ISA", std::env::consts::ARCH),
-        ],
-    );
+    let platform = [
+        ("OSFamily", std::env::consts::OS),
+        ("ISA", std::env::consts::ARCH),
+    ];
+    let worker = BuildboxWorker::start_tls(&server, &certs.ca(), "tls-worker", &platform);
     for (mtls, text) in [(false, "over tls\n"), (true, "over mtls\n")] {
         let project = Project::new(REMOTE);
         project.write("words.txt", text);
@@ -290,6 +295,8 @@ fn an_executor_over_tls_and_mtls_runs_the_stage_with_the_ca_and_refuses_without_
     );
     run.assert_error(&["remote executor", "help:", "--tls-client-cert FILE"]);
     assert!(!project.exists("out/upper.txt"));
+    // The worker ran the two stages that reached it, and nothing of the refused builds.
+    assert_eq!(worker.runs("tr a-z A-Z"), 2, "{}", worker.log_text());
 }
 
 /// Every bad file stops the build before anything runs, with a `help:` naming the flag

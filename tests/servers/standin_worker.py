@@ -2,8 +2,12 @@
 """THE STAND-IN WORKER: a test double of a Remote Execution worker, for pochi's tests only.
 
 It is not a real farm worker (no sandbox, no caching of inputs, one lease at a time, no
-resource limits) and must never be presented as one. It exists because no real REAPI
-worker installs on the project's machines (buildbox-worker is C++ and not packaged).
+resource limits) and must never be presented as one. The remote-execution tests run on
+real workers (buildbox-worker with buildbox-run-hosttools, tests/it/common/buildbox.rs);
+the stand-in stays only where no real worker can do the job: a hostile output tree and the
+benchmark compared with Bazel 2.1 (tests/it/remote_execution.rs), an input it cannot fetch
+reported as a missing blob (tests/it/remote_execute.rs), and the harness's check of the
+stand-in itself (tests/it/remote_servers.rs). Those files' headers say why.
 
 It speaks BuildGrid's Bots API (google.devtools.remoteworkers.v1test2): CreateBotSession,
 then UpdateBotSession long-polls (a short deadline while idle, a quick heartbeat while a

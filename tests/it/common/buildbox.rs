@@ -29,6 +29,13 @@ const CASD_START_TIMEOUT: Duration = Duration::from_secs(30);
 const WORKER_EXIT_WAIT: Duration = Duration::from_secs(30);
 /// What buildbox-worker logs (`--verbose`) once BuildGrid has its bot session.
 const SESSION_CREATED: &str = "Bot Session created";
+/// What buildbox-worker logs when a job starts.
+pub const JOB_STARTED: &str = "Starting worker thread for leaseId";
+/// What buildbox-worker logs before a job's argv.
+pub const EXECUTING: &str = "Executing command: ";
+/// What buildbox-worker logs when BuildGrid drops a lease it runs (how BuildGrid cancels
+/// a job): it stops the job (SIGTERM to its runner, which kills the command).
+pub const LEASE_DROPPED: &str = "was tracked locally but not by the server, removing";
 
 /// The buildbox prefix (`PREFIX/bin/<tool>` wrappers), installed on first use. A failed
 /// install fails the test that needs it, with the installer's reason.
@@ -67,7 +74,8 @@ fn private_dir(prefix: &str) -> tempfile::TempDir {
 pub struct BuildboxWorker {
     pub name: String,
     process: ServerProcess,
-    remote: String,
+    /// How it reaches BuildGrid: `--remote=URL`, and `--server-cert=CA` over TLS.
+    connection: Vec<String>,
     platform: Vec<(String, String)>,
     concurrent_jobs: usize,
     // Dropped after the process: the runner's workspace and the log.
@@ -83,18 +91,44 @@ impl BuildboxWorker {
         platform: &[(&str, &str)],
         concurrent_jobs: usize,
     ) -> BuildboxWorker {
+        let remote = format!("--remote=http://{}", server.address());
+        BuildboxWorker::connect(vec![remote], name, platform, concurrent_jobs)
+    }
+
+    /// `start` on BuildGrid's TLS port (`BuildGridExecution::start_tls`), the server
+    /// verified with the CA certificate `ca` (buildbox's `--server-cert`): the worker and
+    /// the jobs' runner reach BuildGrid over TLS only.
+    pub fn start_tls(
+        server: &BuildGridExecution,
+        ca: &Path,
+        name: &str,
+        platform: &[(&str, &str)],
+    ) -> BuildboxWorker {
+        let url = server.tls_url(false).replace("grpcs://", "https://");
+        let connection = vec![
+            format!("--remote={url}"),
+            format!("--server-cert={}", ca.display()),
+        ];
+        BuildboxWorker::connect(connection, name, platform, 1)
+    }
+
+    fn connect(
+        connection: Vec<String>,
+        name: &str,
+        platform: &[(&str, &str)],
+        concurrent_jobs: usize,
+    ) -> BuildboxWorker {
         let dir = private_dir(&format!("pochi-buildbox-worker-{name}-"));
         std::fs::create_dir_all(dir.path().join("workspace")).expect("workspace dir");
         let platform: Vec<(String, String)> = platform
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let remote = format!("http://{}", server.address());
-        let process = spawn_worker(name, &remote, dir.path(), &platform, concurrent_jobs);
+        let process = spawn_worker(name, &connection, dir.path(), &platform, concurrent_jobs);
         BuildboxWorker {
             name: name.to_string(),
             process,
-            remote,
+            connection,
             platform,
             concurrent_jobs,
             dir,
@@ -112,7 +146,7 @@ impl BuildboxWorker {
         self.process.kill();
         self.process = spawn_worker(
             &self.name,
-            &self.remote,
+            &self.connection,
             self.dir.path(),
             &self.platform,
             self.concurrent_jobs,
@@ -145,6 +179,18 @@ impl BuildboxWorker {
         self.process.log_text()
     }
 
+    /// How many commands it ran whose argv contains `needle` (it logs "Executing command:
+    /// ARGV" once per job it runs).
+    pub fn runs(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|line| {
+                line.split_once(EXECUTING)
+                    .is_some_and(|(_, argv)| argv.contains(needle))
+            })
+            .count()
+    }
+
     pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> bool {
         self.process.wait_for_log(needle, limit)
     }
@@ -163,6 +209,13 @@ pub fn restart_farm(
     workers: &mut [&mut BuildboxWorker],
 ) -> Vec<bool> {
     server.restart();
+    restart_workers_of_a_restarted_server(workers)
+}
+
+/// After their BuildGrid restarted (`BuildGridExecution::restart` and the like): waits
+/// for each worker to exit by itself (within `WORKER_EXIT_WAIT`), then starts it again.
+/// Returns, per worker, whether it had exited by itself.
+pub fn restart_workers_of_a_restarted_server(workers: &mut [&mut BuildboxWorker]) -> Vec<bool> {
     workers
         .iter_mut()
         .map(|worker| {
@@ -177,7 +230,7 @@ pub fn restart_farm(
 /// returns once it logged its bot session (panics with the log after a bound).
 fn spawn_worker(
     name: &str,
-    remote: &str,
+    connection: &[String],
     dir: &Path,
     platform: &[(String, String)],
     concurrent_jobs: usize,
@@ -185,7 +238,7 @@ fn spawn_worker(
     let mut command = Command::new(buildbox_tool("buildbox-worker"));
     command
         .arg("--verbose")
-        .arg(format!("--remote={remote}"))
+        .args(connection)
         .arg(format!(
             "--buildbox-run={}",
             buildbox_tool("buildbox-run-hosttools").display()

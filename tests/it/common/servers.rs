@@ -831,7 +831,8 @@ impl BuildGridExecution {
     }
 
     /// A server that also serves a TLS port and an mTLS port with the certificates in
-    /// `certs` (`common::tls`); its workers use the plain port.
+    /// `certs` (`common::tls`); its workers use the plain port, or the TLS one
+    /// (`BuildboxWorker::start_tls`).
     pub fn start_tls(config: &ExecutionConfig, certs: &Path) -> BuildGridExecution {
         BuildGridExecution::launch(config, Some(certs))
     }
@@ -927,6 +928,14 @@ impl BuildGridExecution {
         self.process = process;
     }
 
+    /// `restart` with a new, empty database: the restarted server knows no operation of
+    /// before (WaitExecution on one is NOT_FOUND), like a farm that lost its scheduler's
+    /// state.
+    pub fn restart_with_a_new_database(&mut self) {
+        self.sql = Postgres::shared().create_database();
+        self.restart();
+    }
+
     /// One server with the default configuration for the whole test binary.
     pub fn shared() -> &'static BuildGridExecution {
         static SHARED: OnceLock<BuildGridExecution> = OnceLock::new();
@@ -995,30 +1004,17 @@ impl BuildGridExecution {
 }
 
 /// THE STAND-IN WORKER (a test double of a farm worker): `tests/servers/standin_worker.py`
-/// in its own session; the commands it runs are in that session too, so `kill` takes them
-/// with it like a dying machine.
+/// in its own session; the commands it runs are in that session too, so dropping it stops
+/// them with it.
 pub struct StandinWorker {
     pub name: String,
     process: ServerProcess,
 }
 
 impl StandinWorker {
-    /// SIGKILLs the worker and the commands it runs.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.process.is_running()
-    }
-
     /// Its log: one line per event ("lease ID started", "... completed", "... cancelled").
     pub fn log_text(&self) -> String {
         self.process.log_text()
-    }
-
-    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> bool {
-        self.process.wait_for_log(needle, limit)
     }
 }
 
@@ -1044,4 +1040,18 @@ pub fn command_is_gone(pid_file: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(50));
         !alive(pid)
     })
+}
+
+/// The first line of a file, once a command has written it (within `limit`).
+pub fn wait_for_file(path: &Path, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return Some(text.trim().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
