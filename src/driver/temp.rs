@@ -82,31 +82,69 @@ impl TempOutputs {
 /// directories there; this one cannot be a key).
 const SCRATCH: &str = ".scratch";
 
-/// What a build finds in its pipeline's `tmp/` when it takes the lock: each stage's
-/// directory is kept (its paths are in the stage's Action, and recreating thousands of
-/// directories per build is slow on ext4) but emptied of what a killed build left there;
-/// anything else (a stage that no longer exists, a link, a file) is removed.
-pub(super) fn tidy(temp_root: &Path, stages: &[&str]) -> std::io::Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(temp_root) else {
-        return Ok(());
-    };
-    if !meta.is_dir() {
-        return crate::fsutil::remove_path(temp_root);
+/// Present in a pipeline's `tmp/` while a build holds its lock (`InUse`): a build that
+/// finds it when it takes the lock follows one that was killed.
+const IN_USE: &str = ".in-use";
+
+/// The marker of a build in progress; removed when the build lets go of the pipeline.
+#[derive(Debug)]
+pub(super) struct InUse {
+    marker: Option<PathBuf>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Some(marker) = &self.marker {
+            let _ = std::fs::remove_file(marker);
+        }
     }
+}
+
+/// What a build finds in its pipeline's `tmp/` when it takes the lock: each current
+/// stage's directory is kept (its paths are in the stage's Action, and recreating
+/// thousands of directories per build is slow on ext4); anything else (a stage that no
+/// longer exists, a link, a file) is removed. One listing of `tmp/`: a stage's own
+/// directories are emptied when it next runs (`TempOutputs::create`), and only after a
+/// build that was killed (its `IN_USE` marker left behind) is every stage's directory
+/// emptied now, so a no-op build of 10,000 stages reads no stage's directory.
+pub(super) fn tidy(temp_root: &Path, stages: &[&str]) -> std::io::Result<InUse> {
+    if let Ok(meta) = std::fs::symlink_metadata(temp_root)
+        && !meta.is_dir()
+    {
+        crate::fsutil::remove_path(temp_root)?;
+    }
+    std::fs::create_dir_all(temp_root)?;
+    let marker = temp_root.join(IN_USE);
+    let killed = std::fs::symlink_metadata(&marker).is_ok();
+    let stages: std::collections::HashSet<&str> = stages.iter().copied().collect();
     for entry in std::fs::read_dir(temp_root)? {
         let entry = entry?;
+        let name = entry.file_name();
         let is_dir = entry.file_type()?.is_dir();
-        let stage = entry.file_name();
-        match stages.iter().find(|name| stage == **name) {
-            Some(_) if is_dir => {
+        let current = name.to_str().is_some_and(|name| stages.contains(name));
+        if current && is_dir {
+            if killed {
                 for inner in std::fs::read_dir(entry.path())? {
                     empty_contents(&inner?.path())?;
                 }
             }
-            _ => crate::fsutil::remove_path(&entry.path())?,
+        } else if name != IN_USE || is_dir {
+            crate::fsutil::remove_path(&entry.path())?;
         }
     }
-    Ok(())
+    let _ = crate::fsutil::remove_path(&marker);
+    std::fs::write(&marker, b"")?;
+    Ok(InUse {
+        marker: Some(marker),
+    })
+}
+
+impl InUse {
+    /// No marker (the temporary root could not be tidied: stages still check their own
+    /// directories when they run).
+    pub(super) fn none() -> InUse {
+        InUse { marker: None }
+    }
 }
 
 /// Removes what a stage's directory holds besides its outputs' directories (`keys`) and
@@ -139,5 +177,54 @@ fn empty_contents(dir: &Path) -> std::io::Result<()> {
         Ok(_) => crate::fsutil::remove_path(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_in(dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join("left.bin");
+        std::fs::write(&file, b"partial").unwrap();
+        file
+    }
+
+    #[test]
+    fn the_lock_lists_tmp_once_and_empties_stages_only_after_a_killed_build() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = root.path().join("tmp");
+        let left = file_in(&tmp.join("a/out"));
+        let gone = file_in(&tmp.join("removed-stage/out"));
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.join("b")).unwrap();
+        let kept_outside = file_in(outside.path());
+
+        // After a build that ended: only what is not a current stage's directory goes.
+        let in_use = tidy(&tmp, &["a", "b"]).unwrap();
+        assert!(
+            tmp.join(IN_USE).is_file(),
+            "marked while the build holds it"
+        );
+        assert!(left.exists(), "emptied when the stage runs, not now");
+        assert!(!gone.exists() && !tmp.join("removed-stage").exists());
+        assert!(
+            !tmp.join("b").exists(),
+            "a link named as a stage is removed"
+        );
+        assert!(kept_outside.exists(), "never followed");
+        drop(in_use);
+        assert!(
+            !tmp.join(IN_USE).exists(),
+            "unmarked when the build lets go"
+        );
+
+        // After a killed build (its marker left): every stage's directory is emptied.
+        std::fs::write(tmp.join(IN_USE), b"").unwrap();
+        let in_use = tidy(&tmp, &["a", "b"]).unwrap();
+        assert!(!left.exists(), "what a killed build left is removed");
+        assert!(tmp.join("a/out").is_dir(), "the directories are kept");
+        drop(in_use);
     }
 }

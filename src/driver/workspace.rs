@@ -270,13 +270,21 @@ impl Workspace {
     }
 }
 
+/// A pipeline a build holds: the marker of its temporary root (removed first), then its
+/// lock.
+#[derive(Debug)]
+pub(super) struct Held {
+    _in_use: super::temp::InUse,
+    _lock: StateLock,
+}
+
 impl Workspace {
     pub(super) fn lock_all(
         &self,
         no_wait: bool,
         cancel: &AtomicBool,
         observer: &mut dyn FnMut(BuildEvent),
-    ) -> Result<Vec<StateLock>, BuildError> {
+    ) -> Result<Vec<Held>, BuildError> {
         let mut order: Vec<&Project> = self.projects.iter().collect();
         order.sort_by_key(|p| p.pipeline.state_dir());
         let mut locks = Vec::new();
@@ -316,12 +324,16 @@ impl Workspace {
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect();
-            let _ = super::temp::tidy(&state.temp_root(), &stages);
+            let in_use = super::temp::tidy(&state.temp_root(), &stages)
+                .unwrap_or_else(|_| super::temp::InUse::none());
             drop(state);
             if let Some(file_name) = pipeline_file_name(&project.pipeline) {
                 crate::state::claim(&project.pipeline.state_dir(), &file_name)?;
             }
-            locks.push(lock);
+            locks.push(Held {
+                _in_use: in_use,
+                _lock: lock,
+            });
         }
         Ok(locks)
     }
