@@ -221,16 +221,17 @@ pub(crate) fn run_stage_request(
     context: &InvocationContext,
     reports_environment: bool,
 ) -> Result<Value, StageError> {
-    let mut portable = context.clone();
+    let mut without_machine = context.clone();
     if !reports_environment {
-        portable.facts = crate::facts::MachineFacts::plain(portable.facts.toolchain.clone());
+        without_machine.facts =
+            crate::facts::MachineFacts::plain(without_machine.facts.toolchain.clone());
     }
-    portable.facts.pochi = PathBuf::new();
-    portable.facts.toolchain.python = PathBuf::new();
-    if let Some(python) = &mut portable.facts.python {
+    without_machine.facts.pochi = PathBuf::new();
+    without_machine.facts.toolchain.python = PathBuf::new();
+    if let Some(python) = &mut without_machine.facts.python {
         python.site_dirs.clear();
     }
-    let described = serde_json::to_value(&portable)
+    let described = serde_json::to_value(&without_machine)
         .map_err(|e| StageError::new(format!("cannot describe the run: {e}")))?;
     Ok(json!({
         "protocol": RUN_STAGE_PROTOCOL,

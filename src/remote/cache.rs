@@ -114,7 +114,12 @@ impl RemoteCache {
         }
         self.guarded(|| {
             let upload = action_result(stage, entry, other_outputs)?;
-            let messages: Vec<_> = stage.blobs.iter().chain(&upload.trees).cloned().collect();
+            let messages: Vec<_> = stage
+                .blobs
+                .iter()
+                .chain(&upload.from_memory)
+                .cloned()
+                .collect();
             let mut wanted: Vec<Digest> = upload.files.iter().map(|(d, _)| d.clone()).collect();
             wanted.extend(messages.iter().map(|b| b.digest.clone()));
             let missing = self.backend.find_missing(&wanted)?;

@@ -21,7 +21,7 @@ use crate::cache::{Entry, FileRecord, Node};
 #[derive(Debug, Clone)]
 pub(crate) struct ResultUpload {
     pub result: proto::ActionResult,
-    pub trees: Vec<Blob>,
+    pub from_memory: Vec<Blob>,
     pub files: Vec<(Digest, FileRecord)>,
 }
 
@@ -47,7 +47,7 @@ pub(crate) fn action_result(
     let function = stage.function;
     let mut upload = ResultUpload {
         result: proto::ActionResult::default(),
-        trees: Vec::new(),
+        from_memory: Vec::new(),
         files: Vec::new(),
     };
     for (name, path) in &stage.outputs {
@@ -61,7 +61,7 @@ pub(crate) fn action_result(
                 digest: Some(blob.digest.to_proto()),
                 ..Default::default()
             });
-            upload.trees.push(blob);
+            upload.from_memory.push(blob);
             continue;
         }
         let output = entry
@@ -105,7 +105,7 @@ pub(crate) fn action_result(
                 // Each `Directory` of the tree is a blob of its own too: a server may check
                 // that the directories an entry names are in its CAS (buildbox-casd treats
                 // an entry without them as missing).
-                upload.trees.extend(directories.directories);
+                upload.from_memory.extend(directories.directories);
                 upload
                     .result
                     .output_directories
@@ -114,7 +114,7 @@ pub(crate) fn action_result(
                         tree_digest: Some(blob.digest.to_proto()),
                         ..Default::default()
                     });
-                upload.trees.push(blob);
+                upload.from_memory.push(blob);
             }
         }
     }
