@@ -843,7 +843,11 @@ fn a_timing_cache_tensorrt_refuses_is_not_reported_reused() {
         .into_iter()
         .filter(|file| !kept_before.contains(file))
         .collect();
-    assert_eq!(added.len(), 1, "one cache for this GPU in the user's cache");
+    // This GPU's cache is new (other tests' builds may add their GPU's meanwhile).
+    assert!(
+        !added.is_empty(),
+        "the user's cache keeps this GPU's timing cache"
+    );
     let level = |n: u32| format!("{pipeline}optimization_level = {n}\n");
     project.write("pipeline.toml", &level(4));
     let second = manifest(&[]);
