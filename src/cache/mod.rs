@@ -61,7 +61,7 @@ use std::time::Duration;
 pub use digest::FileDigests;
 pub(crate) use duration::parse_duration;
 pub use entry::{Entry, EntryMeta};
-pub(crate) use entry::{FileRecord, Node};
+pub(crate) use entry::{FileRecord, Node, TreeEntry};
 pub(crate) use gc::CacheInfo;
 pub(crate) use restore::{Miss, Restored};
 pub(crate) use stats::BuildStats;

@@ -179,17 +179,10 @@ impl StageJobs {
         };
         let context = invocation_context(project, stage, None, &temp);
         let fingerprint = key.fingerprint();
-        let lazy = self.portable.as_deref().map(|actions| {
-            LazyPortable::new(move || {
-                let action = project.pipeline.stages[stage].kind.action(&context);
-                action
-                    .and_then(|action| {
-                        portable_action(actions, project, stage, &context, &action, &fingerprint)
-                            .map_err(StageError::from)
-                    })
-                    .map_err(|error| error.message)
-            })
-        });
+        let lazy = self
+            .portable
+            .as_deref()
+            .map(|actions| LazyPortable::of_run(actions, (project, stage), context, fingerprint));
         let source = lazy.as_ref().map(|lazy| lazy as &dyn ActionSource);
         let restored = cached::with_request(project, stage, &key, source, |r| {
             cache.restore(r, &dest_for)

@@ -20,7 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use super::Project;
 use crate::action::{ANSWER_OUTPUT, Action, PortableAction, PortableInput};
 use crate::cache::{ActionSource, FileDigests};
-use crate::pipeline::kind::{InvocationContext, Tool};
+use crate::pipeline::kind::{InvocationContext, StageError, Tool};
 
 /// Where the input root keeps the files of tools that live outside the project (the
 /// script, the pochi binary).
@@ -380,9 +380,21 @@ pub(super) struct LazyPortable<'a> {
 }
 
 impl<'a> LazyPortable<'a> {
-    pub(super) fn new(build: impl Fn() -> Result<PortableAction, String> + Sync + 'a) -> Self {
+    /// The portable Action of a run of `stage` with `context` (its kind's Action made, and
+    /// its request written, only when asked).
+    pub(super) fn of_run(
+        actions: &'a PortableActions,
+        (project, stage): (&'a Project, usize),
+        context: InvocationContext,
+        fingerprint: String,
+    ) -> Self {
+        let build = move || {
+            let action = project.pipeline.stages[stage].kind.action(&context)?;
+            portable_action(actions, project, stage, &context, &action, &fingerprint)
+                .map_err(StageError::from)
+        };
         LazyPortable {
-            build: Box::new(build),
+            build: Box::new(move || build().map_err(|error| error.message)),
             built: OnceLock::new(),
         }
     }

@@ -55,7 +55,8 @@ impl TempOutputs {
         tidy_stage_dir(&root, &keys)?;
         for dir in &dirs {
             crate::fsutil::real_dirs(&root, dir)?;
-            // Normally empty already (emptied after the last run, tidied at the lock).
+            // Normally empty already (emptied after the last run; after a killed build,
+            // at the lock).
             empty_contents(dir)?;
         }
         Ok(TempOutputs { root, paths, dirs })

@@ -80,45 +80,54 @@ pub(crate) fn action_result(
                 });
                 upload.files.push((digest, file.clone()));
             }
-            Node::Dir { entries } => {
-                let mut files = Vec::new();
-                let mut dirs = Vec::new();
-                for item in entries {
-                    match &item.file {
-                        Some(file) => {
-                            let digest = record_digest(function, file)?;
-                            files.push(InputFile {
-                                path: item.path.clone(),
-                                digest: digest.clone(),
-                                executable: file.executable,
-                            });
-                            upload.files.push((digest, file.clone()));
-                        }
-                        None => dirs.push(item.path.clone()),
-                    }
-                }
-                let directories = build_directory_tree(function, &files, &dirs)?;
-                let tree = directories
-                    .to_tree()
-                    .map_err(|e| RemoteError::InputTree(e.to_string()))?;
-                let blob = Blob::of_message(function, &tree);
-                // Each `Directory` of the tree is a blob of its own too: a server may check
-                // that the directories an entry names are in its CAS (buildbox-casd treats
-                // an entry without them as missing).
-                upload.from_memory.extend(directories.directories);
-                upload
-                    .result
-                    .output_directories
-                    .push(proto::OutputDirectory {
-                        path: path.clone(),
-                        tree_digest: Some(blob.digest.to_proto()),
-                        ..Default::default()
-                    });
-                upload.from_memory.push(blob);
-            }
+            Node::Dir { entries } => add_directory(&mut upload, function, path, entries)?,
         }
     }
     Ok(upload)
+}
+
+/// Adds an output directory (`entries`, from the local entry) to an upload at `path`: its
+/// files by digest, its `Tree` and each `Directory` in it as blobs of their own (a server
+/// may check that the directories an entry names are in its CAS: buildbox-casd treats an
+/// entry without them as missing).
+fn add_directory(
+    upload: &mut ResultUpload,
+    function: DigestFunction,
+    path: &str,
+    entries: &[crate::cache::TreeEntry],
+) -> Result<(), RemoteError> {
+    let mut files = Vec::new();
+    let mut dirs = Vec::new();
+    for item in entries {
+        match &item.file {
+            Some(file) => {
+                let digest = record_digest(function, file)?;
+                files.push(InputFile {
+                    path: item.path.clone(),
+                    digest: digest.clone(),
+                    executable: file.executable,
+                });
+                upload.files.push((digest, file.clone()));
+            }
+            None => dirs.push(item.path.clone()),
+        }
+    }
+    let directories = build_directory_tree(function, &files, &dirs)?;
+    let tree = directories
+        .to_tree()
+        .map_err(|e| RemoteError::InputTree(e.to_string()))?;
+    let blob = Blob::of_message(function, &tree);
+    upload.from_memory.extend(directories.directories);
+    upload
+        .result
+        .output_directories
+        .push(proto::OutputDirectory {
+            path: path.to_string(),
+            tree_digest: Some(blob.digest.to_proto()),
+            ..Default::default()
+        });
+    upload.from_memory.push(blob);
+    Ok(())
 }
 
 /// Why an entry on the server cannot be used (the stage runs instead).
